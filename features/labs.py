@@ -1,0 +1,222 @@
+"""Lab value parsing: the one place that turns a lab export cell into a canonical number.
+
+Rules (all limits come from the lab catalog):
+
+- Missing: empty, ``NA``, ``n/a``, ``nan``, ``-`` or ``not done`` -> NaN (imputed later).
+- Numbers may be given as numbers or text, with a decimal point or a decimal comma.
+- Units: a value in an accepted unit is multiplied by the catalog factor to give
+  the canonical unit; an unknown unit is an error.
+- ``<x`` (or ``not detected``, meaning below the catalog LOD): censored below the
+  detection limit; the value is substituted by ``x / sqrt(2)`` (Hornung & Reed
+  1990) and ``below_lod = 1``. A plain number below the catalog LOD is treated
+  the same way, so a lab that prints 0.1 and one that prints ``<0.3`` agree.
+- ``>x``: censored above; the value is ``x`` (a lower bound).
+- ``negative`` / ``neg`` for an analyte with a positivity cut-off: the value is
+  half the cut-off; ``positive`` / ``pos``: the value is the cut-off.
+  For a titre, ``negative`` is one dilution below the screening dilution.
+- Titres: ``1:320`` (also ``>1:1280``, ``<1:40`` and a bare dilution ``320``)
+  give the dilution denominator N; features use ``log2(N / 40)``.
+- Plausibility: a canonical value outside the catalog's plausible range is an
+  error naming the analyte and value (a CRP of 5000 mg/L is a data error).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Analyte
+
+MISSING_TEXT = frozenset({"", "na", "n/a", "nan", "none", "null", "-", "not done", "nd", "missing"})
+NEGATIVE_TEXT = frozenset({"negative", "neg", "neg.", "not detected", "undetectable", "non-reactive"})
+POSITIVE_TEXT = frozenset({"positive", "pos", "pos.", "reactive", "detected"})
+
+_NUMBER = r"[0-9]+(?:[.,][0-9]+)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+"
+_COMPARATOR = re.compile(rf"^(<=|>=|<|>|≤|≥)\s*({_NUMBER})$")
+_PLAIN = re.compile(rf"^({_NUMBER})$")
+_TITRE = re.compile(r"^(<=|>=|<|>|≤|≥)?\s*1\s*[:/]\s*([0-9]+)$")
+
+SQRT2 = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """One parsed lab value in canonical units."""
+
+    value: float
+    below_lod: bool = False
+    censored: str | None = None  # "below_lod", "above", "negative", "positive"
+
+    @property
+    def missing(self) -> bool:
+        return math.isnan(self.value)
+
+
+class LabValueError(ValueError):
+    """A lab cell that cannot become a feature; names the analyte and the value."""
+
+    def __init__(self, analyte: str, raw: Any, reason: str, unit: str | None = None):
+        self.analyte = analyte
+        self.raw = raw
+        self.reason = reason
+        self.unit = unit
+        unit_text = f" {unit}" if unit else ""
+        super().__init__(f"{analyte}: {raw!r}{unit_text}: {reason}")
+
+
+def _to_float(text: str) -> float:
+    return float(text.replace(",", "."))
+
+
+def is_missing(raw: Any) -> bool:
+    if raw is None:
+        return True
+    if isinstance(raw, float) and math.isnan(raw):
+        return True
+    if raw is pd.NA or raw is pd.NaT:
+        return True
+    if isinstance(raw, str) and raw.strip().casefold() in MISSING_TEXT:
+        return True
+    return False
+
+
+def parse_lab_value(raw: Any, analyte: Analyte, unit: str | None = None) -> LabResult:
+    """Parse one lab cell for ``analyte`` given in ``unit`` (None: canonical unit).
+
+    Raises :class:`LabValueError` for unparseable text, an unknown unit or an
+    implausible value.
+    """
+    if is_missing(raw):
+        return LabResult(math.nan)
+    if analyte.kind == "titre":
+        return _parse_titre(raw, analyte)
+    if isinstance(unit, str) and not unit.strip():
+        unit = None
+    try:
+        factor = analyte.factor(unit)
+    except KeyError:
+        accepted = ", ".join(analyte.units)
+        raise LabValueError(analyte.key, raw, f"unknown unit {unit!r} (accepted: {accepted})", unit) from None
+
+    if isinstance(raw, bool):
+        raise LabValueError(analyte.key, raw, "not a lab value", unit)
+    if isinstance(raw, (int, float, np.integer, np.floating)):
+        return _quantity(float(raw), None, factor, analyte, raw, unit)
+
+    text = str(raw).strip()
+    folded = text.casefold()
+    if folded in NEGATIVE_TEXT:
+        if folded in {"not detected", "undetectable"} and analyte.lod is not None:
+            return LabResult(analyte.lod / SQRT2, below_lod=True, censored="below_lod")
+        if analyte.positive_at is None:
+            raise LabValueError(analyte.key, raw, "qualitative result for a quantitative-only analyte", unit)
+        return LabResult(analyte.positive_at / 2.0, censored="negative")
+    if folded in POSITIVE_TEXT:
+        if analyte.positive_at is None:
+            raise LabValueError(analyte.key, raw, "qualitative result for a quantitative-only analyte", unit)
+        return LabResult(analyte.positive_at, censored="positive")
+    match = _COMPARATOR.match(text)
+    if match:
+        return _quantity(_to_float(match.group(2)), match.group(1), factor, analyte, raw, unit)
+    match = _PLAIN.match(text)
+    if match:
+        return _quantity(_to_float(match.group(1)), None, factor, analyte, raw, unit)
+    raise LabValueError(analyte.key, raw, "not a number or a recognised lab result", unit)
+
+
+def _quantity(
+    number: float, comparator: str | None, factor: float, analyte: Analyte, raw: Any, unit: str | None
+) -> LabResult:
+    if not math.isfinite(number):
+        raise LabValueError(analyte.key, raw, "not a finite number", unit)
+    value = number * factor
+    low, high = analyte.plausible
+    if not low <= value <= high:
+        raise LabValueError(
+            analyte.key, raw, f"implausible: {value:g} {analyte.unit} is outside {low:g}-{high:g}", unit
+        )
+    if comparator in {"<", "<=", "≤"}:
+        return LabResult(value / SQRT2, below_lod=True, censored="below_lod")
+    if comparator in {">", ">=", "≥"}:
+        return LabResult(value, censored="above")
+    if analyte.lod is not None and value < analyte.lod:
+        return LabResult(analyte.lod / SQRT2, below_lod=True, censored="below_lod")
+    return LabResult(value)
+
+
+def _parse_titre(raw: Any, analyte: Analyte) -> LabResult:
+    assert analyte.negative_dilution is not None and analyte.reference_dilution is not None
+    if isinstance(raw, bool):
+        raise LabValueError(analyte.key, raw, "not a titre")
+    text = str(raw).strip()
+    folded = text.casefold()
+    if folded in NEGATIVE_TEXT:
+        return LabResult(float(analyte.negative_dilution), censored="negative")
+    if folded in POSITIVE_TEXT:
+        if analyte.positive_at is None:
+            raise LabValueError(analyte.key, raw, "positive without a titre and no cut-off")
+        return LabResult(float(analyte.positive_at), censored="positive")
+    comparator = None
+    match = _TITRE.match(text)
+    if match:
+        comparator, dilution = match.group(1), float(match.group(2))
+    elif isinstance(raw, (int, float, np.integer, np.floating)) or _PLAIN.match(text):
+        dilution = float(_to_float(text)) if isinstance(raw, str) else float(raw)
+    else:
+        raise LabValueError(analyte.key, raw, "not a titre such as 1:160 or negative")
+    low, high = analyte.plausible
+    if not low <= dilution <= high:
+        raise LabValueError(analyte.key, raw, f"implausible titre: 1:{dilution:g} is outside 1:{low:g}-1:{high:g}")
+    if comparator in {"<", "<=", "≤"} and dilution <= analyte.reference_dilution:
+        return LabResult(float(analyte.negative_dilution), censored="negative")
+    if comparator in {">", ">=", "≥"}:
+        return LabResult(dilution, censored="above")
+    return LabResult(dilution)
+
+
+@dataclass(frozen=True)
+class LabIssue:
+    """A lab cell that could not be parsed; ``row`` is the frame's index label."""
+
+    row: Any
+    column: str
+    analyte: str
+    raw: Any
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.column}: {self.raw!r}: {self.reason}"
+
+
+def parse_lab_series(
+    values: pd.Series, analyte: Analyte, column: str, unit: str | None = None, units: pd.Series | None = None
+) -> tuple[pd.DataFrame, list[LabIssue]]:
+    """Parse a column of lab cells.
+
+    ``unit`` is the column's declared unit; ``units`` optionally gives a unit per
+    row (a ``<column>_unit`` column or an API field) that overrides it.
+    Returns a frame with ``value`` (canonical, NaN when missing or bad) and
+    ``below_lod`` (0/1) on the same index, and the list of issues found.
+    """
+    out_value = np.full(len(values), np.nan)
+    out_lod = np.zeros(len(values))
+    issues: list[LabIssue] = []
+    row_units = units.to_numpy(dtype=object) if units is not None else None
+    for i, (label, raw) in enumerate(values.items()):
+        row_unit = unit
+        if row_units is not None and not is_missing(row_units[i]):
+            row_unit = str(row_units[i]).strip()
+        try:
+            result = parse_lab_value(raw, analyte, row_unit)
+        except LabValueError as err:
+            issues.append(LabIssue(label, column, analyte.key, raw, err.reason))
+            continue
+        out_value[i] = result.value
+        out_lod[i] = float(result.below_lod)
+    frame = pd.DataFrame({"value": out_value, "below_lod": out_lod}, index=values.index)
+    return frame, issues

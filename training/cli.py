@@ -1,0 +1,96 @@
+"""The ``responders`` command: one thin sub-command per verb, each calling a plain function.
+
+Heavy libraries (MLflow, BentoML, LightGBM) are imported inside the commands
+that need them, after usage reporting has been switched off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="responders",
+    help="Responder-subgroup models for low-dose naltrexone in fibromyalgia.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+report_app = typer.Typer(help="Write SHAP explanation reports (self-contained HTML).", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+SpecOption = Annotated[
+    str | None, typer.Option("--spec", help="dataset spec YAML, or the name of a packaged spec (default: fibromyalgia-ldn)")
+]
+
+
+def quiet_telemetry() -> None:
+    """Switch off usage reporting of MLflow and BentoML before they are imported."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@app.callback()
+def _root() -> None:
+    quiet_telemetry()
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="output file (.csv or .parquet)")],
+    scenario: Annotated[str, typer.Option(help="final, null or strong")] = "final",
+    n: Annotated[int, typer.Option("--n", min=2, help="number of randomised patients")] = 99,
+    seed: Annotated[int, typer.Option(help="random seed")] = 2024,
+) -> None:
+    """Simulate a FINAL-calibrated trial in the data contract (with true_* ground truth)."""
+    from training.simulate import SCENARIOS
+    from training.simulate import simulate as draw
+
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"choose one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    frame = draw(scenario, n, seed)
+    write_table(frame, out)
+    typer.echo(f"Simulated trial: scenario={scenario} n={n} seed={seed} -> {out} (simulated data, not patients)")
+
+
+def write_table(frame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in {".parquet", ".pq"}:
+        frame.astype({c: str for c in frame.columns if frame[c].dtype == object}).to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="trial file (.csv or .parquet)")],
+    spec: SpecOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check a trial file against the data contract; exit 0 when usable, 1 otherwise."""
+    from training.data import read_table
+    from training.data import validate as check
+    from training.spec import load_spec
+
+    dataset_spec = load_spec(spec)
+    report = check(read_table(data), dataset_spec, source=str(data))
+    typer.echo(report.to_json() if json_out else report.render())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def main() -> None:
+    quiet_telemetry()
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
