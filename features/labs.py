@@ -195,13 +195,14 @@ class LabIssue:
 
 def parse_lab_series(
     values: pd.Series, analyte: Analyte, column: str, unit: str | None = None, units: pd.Series | None = None
-) -> tuple[pd.DataFrame, list[LabIssue]]:
+) -> tuple[np.ndarray, np.ndarray, list[LabIssue]]:
     """Parse a column of lab cells.
 
     ``unit`` is the column's declared unit; ``units`` optionally gives a unit per
     row (a ``<column>_unit`` column or an API field) that overrides it.
-    Returns a frame with ``value`` (canonical, NaN when missing or bad) and
-    ``below_lod`` (0/1) on the same index, and the list of issues found.
+    Returns ``value`` (canonical, NaN when missing or bad) and ``below_lod``
+    (0/1) arrays aligned with ``values``, and the list of issues found (rows
+    named by the series' index labels).
     """
     out_value = np.full(len(values), np.nan)
     out_lod = np.zeros(len(values))
@@ -218,5 +219,4 @@ def parse_lab_series(
             continue
         out_value[i] = result.value
         out_lod[i] = float(result.below_lod)
-    frame = pd.DataFrame({"value": out_value, "below_lod": out_lod}, index=values.index)
-    return frame, issues
+    return out_value, out_lod, issues

@@ -238,7 +238,7 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
             report.add("warning", "missing_lab_column", lab.column, [], f"lab column absent: {analyte} will be imputed for every patient")
             continue
         units = frame[f"{lab.column}_unit"] if f"{lab.column}_unit" in frame.columns else None
-        parsed, issues = parse_lab_series(frame[lab.column], catalog[analyte], lab.column, lab.unit, units)
+        _, below_lod, issues = parse_lab_series(frame[lab.column], catalog[analyte], lab.column, lab.unit, units)
         grouped: dict[tuple[str, str], list[int]] = {}
         for issue in issues:
             kind = (
@@ -255,7 +255,7 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
                 "warning", "missing_lab", lab.column, _rows(frame.index[missing]),
                 f"{int(missing.sum())} missing value(s); imputed inside the model pipeline",
             )
-        below = parsed["below_lod"] > 0
+        below = pd.Series(below_lod > 0, index=frame.index)
         if below.any():
             report.add(
                 "warning", "below_detection_limit", lab.column, _rows(frame.index[below]),

@@ -1,0 +1,263 @@
+"""One function builds the feature pipeline for a dataset spec; training fits it, serving reuses it.
+
+The fitted pipeline is the single object that turns a raw patient row (labs as
+report text, optional units) into model features, so training, serving and the
+reports cannot drift apart. Helpers here read it back: feature descriptions for
+clinicians, per-row warnings (imputed, below detection limit, outside the
+training range, unseen category) and per-row lab errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from features.catalog import load_catalog
+from features.labs import LabIssue
+from features.transformers import (
+    AutoantibodyFeatures,
+    FeatureInfo,
+    InflammationFeatures,
+    LabParser,
+    MedianImputer,
+    SymptomFeatures,
+)
+
+if TYPE_CHECKING:
+    from training.spec import DatasetSpec
+
+
+def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -> Pipeline:
+    """The unfitted feature pipeline for ``spec``: parse labs -> impute -> engineer features."""
+    catalog = load_catalog(catalog_path)
+    spec.check_catalog(catalog)
+    analytes = list(spec.labs)
+    inflammation = [a for a in analytes if catalog[a].group == "inflammation"]
+    autoantibody = [a for a in analytes if catalog[a].group == "autoantibody"]
+    with_lod = [a for a in analytes if catalog[a].lod is not None]
+    baselines = spec.baseline_score_columns()
+    numeric = baselines + [c for c in spec.numeric_covariates() if c not in baselines]
+    categorical = spec.categorical_covariates()
+    clash = set(analytes) & set(numeric + categorical)
+    if clash:
+        raise ValueError(f"covariate names clash with lab analyte keys: {sorted(clash)}")
+
+    parse = LabParser(
+        labs=tuple((a, lab.column, lab.unit) for a, lab in spec.labs.items()),
+        numeric=tuple(numeric),
+        categorical=tuple(categorical),
+        catalog_path=catalog_path,
+    )
+    impute_parts: list[tuple[str, Any, list[str]]] = [
+        ("labs", MedianImputer(add_indicator=True), analytes),
+        ("numeric", MedianImputer(add_indicator=False), numeric),
+    ]
+    if categorical:
+        impute_parts.append(("categorical", SimpleImputer(strategy="most_frequent"), categorical))
+    impute_parts.append(("flags", "passthrough", [f"{a}_below_lod" for a in with_lod]))
+    impute = ColumnTransformer(impute_parts, verbose_feature_names_out=False)
+
+    roles = spec.roles
+    context = [c for c in (roles.age, roles.sex) if c]
+    dominance = spec.cognitive_dominance
+    symptom_inputs = list(dict.fromkeys(baselines + ([dominance.memory, dominance.pain] if dominance else [])))
+    feature_parts: list[tuple[str, Any, list[str]]] = []
+    if inflammation:
+        feature_parts.append(
+            (
+                "inflammation",
+                InflammationFeatures(
+                    analytes=tuple(inflammation), age=roles.age, sex=roles.sex, female=roles.female, catalog_path=catalog_path
+                ),
+                inflammation + context,
+            )
+        )
+    if autoantibody:
+        feature_parts.append(("autoantibody", AutoantibodyFeatures(analytes=tuple(autoantibody), catalog_path=catalog_path), autoantibody))
+    feature_parts.append(
+        (
+            "symptoms",
+            SymptomFeatures(
+                scores=tuple(baselines),
+                memory=dominance.memory if dominance else None,
+                pain=dominance.pain if dominance else None,
+            ),
+            symptom_inputs,
+        )
+    )
+    other_numeric = [c for c in numeric if c not in baselines]
+    if other_numeric:
+        feature_parts.append(("covariates", "passthrough", other_numeric))
+    if categorical:
+        feature_parts.append(
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)
+        )
+    flags = [f"{a}_below_lod" for a in with_lod] + [f"{a}_missing" for a in analytes]
+    feature_parts.append(("flags", "passthrough", flags))
+    features = ColumnTransformer(feature_parts, verbose_feature_names_out=False)
+
+    pipeline = Pipeline([("parse", parse), ("impute", impute), ("features", features)])
+    return pipeline.set_output(transform="pandas")
+
+
+def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo]:
+    """Readable description, unit and source of every output feature of a fitted pipeline."""
+    parse: LabParser = pipeline.named_steps["parse"]
+    catalog = parse.catalog_
+    features: ColumnTransformer = pipeline.named_steps["features"]
+    info: dict[str, FeatureInfo] = {}
+    for name, transformer, columns in features.transformers_:
+        if hasattr(transformer, "feature_info"):
+            info.update({f.name: f for f in transformer.feature_info()})
+        elif name == "categorical":
+            for column, levels in zip(columns, transformer.categories_, strict=True):
+                label = spec.covariates[column].label or column
+                for level in levels:
+                    info[f"{column}_{level}"] = FeatureInfo(
+                        f"{column}_{level}", f"{label} is {level} (1 = yes)", "0/1", column, "covariate"
+                    )
+    for column in spec.baseline_score_columns():
+        outcome = next(o for o in spec.outcomes.values() if o.baseline == column)
+        info[column] = FeatureInfo(column, f"Baseline {outcome.label}", outcome.unit, column, "symptom")
+    if spec.cognitive_dominance is not None:
+        info["cognitive_dominance"] = FeatureInfo(
+            "cognitive_dominance",
+            "Cognitive dominance: baseline memory problems minus pain (points; > 0 memory dominates)",
+            "points",
+            None,
+            "symptom",
+        )
+    for column, cov in spec.covariates.items():
+        if cov.kind == "numeric":
+            group = "symptom" if column.endswith("_baseline") else "covariate"
+            info[column] = FeatureInfo(column, cov.label or column, cov.unit, column, group)
+    for analyte in spec.labs:
+        lab = catalog[analyte]
+        info[f"{analyte}_missing"] = FeatureInfo(
+            f"{analyte}_missing", f"{lab.label} not measured, imputed (1 = yes)", "0/1", analyte, "data quality"
+        )
+        if lab.lod is not None:
+            info[f"{analyte}_below_lod"] = FeatureInfo(
+                f"{analyte}_below_lod",
+                f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}; 1 = yes)",
+                "0/1",
+                analyte,
+                "data quality",
+            )
+    names = list(pipeline.get_feature_names_out())
+    missing = [n for n in names if n not in info]
+    if missing:
+        raise RuntimeError(f"features without a description: {missing}")
+    return {n: info[n] for n in names}
+
+
+@dataclass(frozen=True)
+class InputWarning:
+    """Something a clinician should know about one patient's input."""
+
+    code: str  # imputed, below_detection_limit, outside_training_range, unseen_category
+    field: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def lab_issues(pipeline: Pipeline, X: pd.DataFrame) -> dict[Any, list[LabIssue]]:
+    """Lab cells that cannot be used, grouped by row label (rows absent have none)."""
+    _, issues = pipeline.named_steps["parse"].parse(X)
+    grouped: dict[Any, list[LabIssue]] = {}
+    for issue in issues:
+        grouped.setdefault(issue.row, []).append(issue)
+    return grouped
+
+
+def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> list[list[InputWarning]]:
+    """Per row: imputed values, values below detection limit, outside the training range, unseen categories."""
+    parse: LabParser = pipeline.named_steps["parse"]
+    catalog = parse.catalog_
+    parsed, _ = parse.parse(X)
+    impute: ColumnTransformer = pipeline.named_steps["impute"]
+    transformers = {name: (est, cols) for name, est, cols in impute.transformers_}
+    warnings: list[list[InputWarning]] = [[] for _ in range(len(X))]
+
+    lab_imputer, lab_columns = transformers["labs"]
+    num_imputer, num_columns = transformers["numeric"]
+    for imputer, columns, kind in ((lab_imputer, lab_columns, "lab"), (num_imputer, num_columns, "numeric")):
+        if not columns:
+            continue
+        values = parsed[columns]
+        outside = imputer.out_of_range(values)
+        missing = values.isna().to_numpy()
+        for j, column in enumerate(columns):
+            if kind == "lab":
+                lab = catalog[column]
+                label, unit, field = lab.label, lab.unit, spec.labs[column].column
+            else:
+                label = _covariate_label(spec, column)
+                unit, field = _covariate_unit(spec, column), column
+            low, high, fill = imputer.min_[j], imputer.max_[j], imputer.statistics_[j]
+            shown = f"1:{fill:g}" if kind == "lab" and catalog[column].kind == "titre" else f"{fill:.3g} {unit}".rstrip()
+            for i in np.nonzero(missing[:, j])[0]:
+                warnings[i].append(InputWarning("imputed", field, f"{label} not given: imputed with the training median {shown}"))
+            for i in np.nonzero(outside[:, j])[0]:
+                value = values.iat[i, j]
+                warnings[i].append(
+                    InputWarning(
+                        "outside_training_range",
+                        field,
+                        f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; "
+                        "the prediction extrapolates",
+                    )
+                )
+    for analyte in spec.labs:
+        lab = catalog[analyte]
+        flag = f"{analyte}_below_lod"
+        if lab.lod is None or flag not in parsed:
+            continue
+        for i in np.nonzero(parsed[flag].to_numpy() > 0)[0]:
+            warnings[i].append(
+                InputWarning(
+                    "below_detection_limit",
+                    spec.labs[analyte].column,
+                    f"{lab.label} below the detection limit: {parsed[analyte].iat[i]:.3g} {lab.unit} (LOD/sqrt 2) used",
+                )
+            )
+    if "categorical" in transformers:
+        imputer, columns = transformers["categorical"]
+        encoder = pipeline.named_steps["features"].named_transformers_["categorical"]
+        for column, fill, levels in zip(columns, imputer.statistics_, encoder.categories_, strict=True):
+            values = parsed[column]
+            for i, value in enumerate(values):
+                if pd.isna(value):
+                    warnings[i].append(InputWarning("imputed", column, f"{_covariate_label(spec, column)} not given: imputed as {fill!r}"))
+                elif value not in set(levels):
+                    warnings[i].append(
+                        InputWarning("unseen_category", column, f"{_covariate_label(spec, column)} {value!r} was not seen in training")
+                    )
+    return warnings
+
+
+def _covariate_label(spec: DatasetSpec, column: str) -> str:
+    if column in spec.covariates:
+        return spec.covariates[column].label or column
+    for outcome in spec.outcomes.values():
+        if outcome.baseline == column:
+            return f"Baseline {outcome.label}"
+    return column
+
+
+def _covariate_unit(spec: DatasetSpec, column: str) -> str:
+    if column in spec.covariates:
+        return spec.covariates[column].unit
+    for outcome in spec.outcomes.values():
+        if outcome.baseline == column:
+            return outcome.unit
+    return ""

@@ -1,0 +1,408 @@
+"""scikit-learn transformers for inflammation, autoantibody and symptom features.
+
+Conventions (scikit-learn's developer guide): ``__init__`` stores parameters
+only, learned state ends in ``_``, every transformer has
+``get_feature_names_out`` and returns pandas frames, nothing global. The domain
+transformers need named columns (they are assembled by
+:func:`features.pipeline.build_feature_pipeline`); the generic numeric ones
+(:class:`MedianImputer`) accept any numeric array and pass scikit-learn's
+estimator checks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from features.catalog import Analyte, LabCatalog, load_catalog
+from features.labs import LabIssue, parse_lab_series
+
+# Markers that make up the composite inflammation index and the count above
+# reference (IL-10 is anti-inflammatory and lymphocytes fall in inflammation,
+# so both stay out of the index).
+INDEX_MARKERS = ("crp", "esr", "il6", "il8", "tnfa", "il1b", "neutrophils")
+CRP_BANDS = (1.0, 3.0, 10.0)  # mg/L: < 1 low, 1-3 average, 3-10 high, > 10 acute (AHA/CDC)
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a feature means, for clinicians: shown in the API and the reports."""
+
+    name: str
+    description: str
+    unit: str = ""
+    source: str | None = None  # the input column (or analyte) the feature is derived from
+    group: str = "other"  # inflammation, autoantibody, symptom, covariate, data quality
+
+
+class LabParseError(ValueError):
+    """One or more lab cells could not be parsed; ``issues`` names each row, column and value."""
+
+    def __init__(self, issues: list[LabIssue]):
+        self.issues = issues
+        shown = "; ".join(f"row {i.row}: {i.message()}" for i in issues[:10])
+        more = f" (and {len(issues) - 10} more)" if len(issues) > 10 else ""
+        super().__init__(f"{len(issues)} lab value(s) cannot be used: {shown}{more}")
+
+
+def _catalog(path: str | None) -> LabCatalog:
+    return load_catalog(path)
+
+
+class LabParser(TransformerMixin, BaseEstimator):
+    """Raw trial rows -> canonical lab values, below-LOD flags and typed covariates.
+
+    Parameters
+    ----------
+    labs : tuple of (analyte, column, unit)
+        Lab columns of the dataset spec; ``unit`` None means the catalog's
+        canonical unit. A ``<column>_unit`` input column, when present, gives a
+        unit per row.
+    numeric : tuple of str
+        Numeric input columns (coerced to float; non-numbers become missing).
+    categorical : tuple of str
+        Categorical input columns (kept as text).
+    catalog_path : str or None
+        Lab catalog YAML; None uses the packaged catalog.
+    """
+
+    def __init__(self, labs=(), numeric=(), categorical=(), catalog_path=None):
+        self.labs = labs
+        self.numeric = numeric
+        self.categorical = categorical
+        self.catalog_path = catalog_path
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self.catalog_ = _catalog(self.catalog_path)
+        missing = [a for a, _, _ in self.labs if a not in self.catalog_]
+        if missing:
+            raise ValueError(f"labs missing from the catalog: {missing}")
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        return self
+
+    def parse(self, X: pd.DataFrame) -> tuple[pd.DataFrame, list[LabIssue]]:
+        """Parse without raising: returns the frame (bad cells as NaN) and the issues."""
+        check_is_fitted(self, "catalog_")
+        n = len(X)
+        out: dict[str, np.ndarray] = {}
+        for column in self.numeric:
+            out[column] = (
+                pd.to_numeric(X[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+                if column in X.columns
+                else np.full(n, np.nan)
+            )
+        for column in self.categorical:
+            values = X[column].to_numpy(dtype=object) if column in X.columns else np.full(n, None, dtype=object)
+            out[column] = np.array([np.nan if v is None or v is pd.NA or v != v else v for v in values], dtype=object)
+        issues: list[LabIssue] = []
+        flags: dict[str, np.ndarray] = {}
+        for analyte, column, unit in self.labs:
+            if column in X.columns:
+                units = X[f"{column}_unit"] if f"{column}_unit" in X.columns else None
+                value, below_lod, found = parse_lab_series(X[column], self.catalog_[analyte], column, unit, units)
+                issues.extend(found)
+                out[analyte], flags[f"{analyte}_below_lod"] = value, below_lod
+            else:
+                out[analyte], flags[f"{analyte}_below_lod"] = np.full(n, np.nan), np.zeros(n)
+        return pd.DataFrame({**out, **flags}, index=X.index), issues
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        frame, issues = self.parse(X)
+        if issues:
+            raise LabParseError(issues)
+        return frame
+
+    def get_feature_names_out(self, input_features=None):
+        names = list(self.numeric) + list(self.categorical) + [a for a, _, _ in self.labs]
+        names += [f"{a}_below_lod" for a, _, _ in self.labs]
+        return np.asarray(names, dtype=object)
+
+
+class MedianImputer(TransformerMixin, BaseEstimator):
+    """Median imputation learned on training data, with optional missingness indicators.
+
+    Also learns each column's training range, so callers can flag values
+    outside what the model saw (:meth:`out_of_range`).
+
+    Parameters
+    ----------
+    add_indicator : bool
+        Append a ``<name>_missing`` 0/1 column for every input column.
+    """
+
+    def __init__(self, add_indicator=True):
+        self.add_indicator = add_indicator
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no median
+            median = np.nanmedian(X, axis=0)
+            self.min_ = np.nanmin(X, axis=0)
+            self.max_ = np.nanmax(X, axis=0)
+        self.statistics_ = np.where(np.isnan(median), 0.0, median)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "statistics_")
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False, copy=True)
+        missing = np.isnan(X)
+        X[missing] = np.take(self.statistics_, np.nonzero(missing)[1])
+        if self.add_indicator:
+            X = np.hstack([X, missing.astype(np.float64)])
+        return X
+
+    def out_of_range(self, X) -> np.ndarray:
+        """Boolean mask of observed values outside the training range."""
+        check_is_fitted(self, "statistics_")
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
+        with np.errstate(invalid="ignore"):
+            return (X < self.min_) | (X > self.max_)
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "statistics_")
+        if input_features is None:
+            input_features = getattr(self, "feature_names_in_", None)
+        if input_features is None:
+            input_features = [f"x{i}" for i in range(self.n_features_in_)]
+        names = [str(f) for f in input_features]
+        if self.add_indicator:
+            names += [f"{f}_missing" for f in names]
+        return np.asarray(names, dtype=object)
+
+
+def _upper_reference(analyte: Analyte, age: np.ndarray | None, female: np.ndarray | None) -> np.ndarray | float:
+    """Upper reference limit; ESR uses Miller's age/sex rule where age and sex are known."""
+    if analyte.reference_rule == "westergren_age_sex" and age is not None and female is not None:
+        rule = np.where(female, (age + 10.0) / 2.0, age / 2.0)
+        return np.where(np.isfinite(rule), rule, analyte.upper_reference)
+    return analyte.upper_reference if analyte.upper_reference is not None else np.inf
+
+
+class InflammationFeatures(TransformerMixin, BaseEstimator):
+    """Log markers, CRP risk bands, ESR against its age/sex limit, ratios, a composite index.
+
+    Parameters
+    ----------
+    analytes : tuple of str
+        Inflammation analytes present (catalog keys), as columns of the input.
+    age, sex : str or None
+        Input columns for the ESR age/sex-adjusted upper limit.
+    female : str or None
+        Level of ``sex`` meaning female.
+    catalog_path : str or None
+        Lab catalog YAML; None uses the packaged catalog.
+    """
+
+    def __init__(self, analytes=(), age=None, sex=None, female=None, catalog_path=None):
+        self.analytes = analytes
+        self.age = age
+        self.sex = sex
+        self.female = female
+        self.catalog_path = catalog_path
+
+    def _logs(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {f"{a}_log": np.log(np.maximum(X[a].to_numpy(dtype=float), EPS)) for a in self.analytes}
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self.catalog_ = _catalog(self.catalog_path)
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self.index_markers_ = [a for a in INDEX_MARKERS if a in self.analytes]
+        logs = self._logs(X)
+        # The composite index is scaled on training data only; transform reuses these.
+        self.index_mean_ = {a: float(np.nanmean(logs[f"{a}_log"])) for a in self.index_markers_}
+        self.index_scale_ = {a: float(np.nanstd(logs[f"{a}_log"])) or 1.0 for a in self.index_markers_}
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        check_is_fitted(self, "index_mean_")
+        out = self._logs(X)
+        return pd.DataFrame(self._derived(X, out), index=X.index)
+
+    def _derived(self, X: pd.DataFrame, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        age = X[self.age].to_numpy(dtype=float) if self.age and self.age in X else None
+        female = (X[self.sex].astype(str) == str(self.female)).to_numpy() if self.sex and self.sex in X else None
+        have = set(self.analytes)
+        if "crp" in have:
+            out["crp_band"] = np.searchsorted(CRP_BANDS, X["crp"].to_numpy(dtype=float), side="right").astype(float)
+        if "esr" in have:
+            limit = _upper_reference(self.catalog_["esr"], age, female)
+            out["esr_uln_ratio"] = X["esr"].to_numpy(dtype=float) / limit
+            out["esr_elevated"] = (out["esr_uln_ratio"] > 1.0).astype(float)
+        if {"il6", "il10"} <= have:
+            out["il6_il10_ratio_log"] = out["il6_log"] - out["il10_log"]
+        if {"neutrophils", "lymphocytes"} <= have:
+            out["nlr"] = X["neutrophils"].to_numpy(dtype=float) / np.maximum(X["lymphocytes"].to_numpy(dtype=float), 0.01)
+        if self.index_markers_:
+            z = [(out[f"{a}_log"] - self.index_mean_[a]) / self.index_scale_[a] for a in self.index_markers_]
+            out["inflammation_index"] = np.mean(np.column_stack(z), axis=1)
+            above = [
+                X[a].to_numpy(dtype=float) > _upper_reference(self.catalog_[a], age, female)
+                for a in self.index_markers_
+            ]
+            out["markers_above_reference"] = np.sum(np.column_stack(above), axis=1).astype(float)
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "index_mean_")
+        have = set(self.analytes)
+        names = [f"{a}_log" for a in self.analytes]
+        if "crp" in have:
+            names.append("crp_band")
+        if "esr" in have:
+            names += ["esr_uln_ratio", "esr_elevated"]
+        if {"il6", "il10"} <= have:
+            names.append("il6_il10_ratio_log")
+        if {"neutrophils", "lymphocytes"} <= have:
+            names.append("nlr")
+        if self.index_markers_:
+            names += ["inflammation_index", "markers_above_reference"]
+        return np.asarray(names, dtype=object)
+
+    def feature_info(self) -> list[FeatureInfo]:
+        check_is_fitted(self, "index_mean_")
+        info = []
+        for a in self.analytes:
+            lab = self.catalog_[a]
+            info.append(FeatureInfo(f"{a}_log", f"{lab.label} (natural log of {lab.unit})", f"log {lab.unit}", a, "inflammation"))
+        known = {
+            "crp_band": ("CRP risk band: 0 < 1, 1 = 1-3, 2 = 3-10, 3 > 10 mg/L (acute)", "band", "crp"),
+            "esr_uln_ratio": ("ESR relative to its age/sex-adjusted upper limit", "ratio", "esr"),
+            "esr_elevated": ("ESR above its age/sex-adjusted upper limit (1 = yes)", "0/1", "esr"),
+            "il6_il10_ratio_log": ("IL-6 / IL-10 ratio (natural log): pro- vs anti-inflammatory balance", "log ratio", None),
+            "nlr": ("Neutrophil-to-lymphocyte ratio", "ratio", None),
+            "inflammation_index": (
+                "Composite inflammation index: mean z-score of log "
+                + ", ".join(self.catalog_[a].label for a in self.index_markers_)
+                + " (scaled on training data)",
+                "z",
+                None,
+            ),
+            "markers_above_reference": ("Number of inflammation markers above their upper reference limit", "count", None),
+        }
+        for name in self.get_feature_names_out()[len(self.analytes):]:
+            description, unit, source = known[name]
+            info.append(FeatureInfo(name, description, unit, source, "inflammation"))
+        return info
+
+
+class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
+    """Positivity flags at catalog cut-offs, ANA log2 titre, autoantibody burden, anti-SGC index.
+
+    Parameters
+    ----------
+    analytes : tuple of str
+        Autoantibody analytes present (catalog keys), as columns of the input.
+    catalog_path : str or None
+        Lab catalog YAML; None uses the packaged catalog.
+    """
+
+    def __init__(self, analytes=(), catalog_path=None):
+        self.analytes = analytes
+        self.catalog_path = catalog_path
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self.catalog_ = _catalog(self.catalog_path)
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self.positive_analytes_ = [a for a in self.analytes if self.catalog_[a].positive_at is not None]
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        check_is_fitted(self, "positive_analytes_")
+        out: dict[str, np.ndarray] = {}
+        for a in self.analytes:
+            lab = self.catalog_[a]
+            values = X[a].to_numpy(dtype=float)
+            if lab.kind == "titre":
+                out[f"{a}_log2_titre"] = np.log2(np.maximum(values, EPS) / lab.reference_dilution)
+            elif a == "anti_sgc":
+                out["anti_sgc_index"] = values
+            else:
+                out[f"{a}_log"] = np.log(np.maximum(values, EPS))
+        for a in self.positive_analytes_:
+            out[f"{a}_positive"] = (X[a].to_numpy(dtype=float) >= self.catalog_[a].positive_at).astype(float)
+        if self.positive_analytes_:
+            out["autoantibody_burden"] = np.sum([out[f"{a}_positive"] for a in self.positive_analytes_], axis=0)
+        return pd.DataFrame(out, index=X.index)
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "positive_analytes_")
+        names = []
+        for a in self.analytes:
+            lab = self.catalog_[a]
+            names.append(f"{a}_log2_titre" if lab.kind == "titre" else "anti_sgc_index" if a == "anti_sgc" else f"{a}_log")
+        names += [f"{a}_positive" for a in self.positive_analytes_]
+        if self.positive_analytes_:
+            names.append("autoantibody_burden")
+        return np.asarray(names, dtype=object)
+
+    def feature_info(self) -> list[FeatureInfo]:
+        info = []
+        for name in self.get_feature_names_out():
+            if name == "autoantibody_burden":
+                labels = ", ".join(self.catalog_[a].label for a in self.positive_analytes_)
+                info.append(FeatureInfo(name, f"Autoantibody burden: number positive of {labels}", "count", None, "autoantibody"))
+                continue
+            a = name.removesuffix("_log2_titre").removesuffix("_positive").removesuffix("_index").removesuffix("_log")
+            lab = self.catalog_[a]
+            if name.endswith("_log2_titre"):
+                text, unit = f"{lab.label} titre, log2 steps above 1:{lab.reference_dilution}", "log2 dilution"
+            elif name.endswith("_positive"):
+                cut = f"1:{lab.positive_at:g}" if lab.kind == "titre" else f"{lab.positive_at:g} {lab.unit}"
+                text, unit = f"{lab.label} positive (>= {cut}; 1 = yes)", "0/1"
+            elif name == "anti_sgc_index":
+                text, unit = f"{lab.label} (IgG binding vs healthy-control mean)", lab.unit
+            else:
+                text, unit = f"{lab.label} (natural log of {lab.unit})", f"log {lab.unit}"
+            info.append(FeatureInfo(name, text, unit, a, "autoantibody"))
+        return info
+
+
+class SymptomFeatures(TransformerMixin, BaseEstimator):
+    """Baseline symptom scores and cognitive dominance (memory minus pain, points).
+
+    Parameters
+    ----------
+    scores : tuple of str
+        Baseline score columns, passed through.
+    memory, pain : str or None
+        Columns for cognitive dominance; positive values mean memory problems
+        dominate pain.
+    """
+
+    def __init__(self, scores=(), memory=None, pain=None):
+        self.scores = scores
+        self.memory = memory
+        self.pain = pain
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        check_is_fitted(self, "n_features_in_")
+        out = {c: X[c].to_numpy(dtype=float) for c in self.scores}
+        if self.memory and self.pain:
+            out["cognitive_dominance"] = X[self.memory].to_numpy(dtype=float) - X[self.pain].to_numpy(dtype=float)
+        return pd.DataFrame(out, index=X.index)
+
+    def get_feature_names_out(self, input_features=None):
+        names = list(self.scores)
+        if self.memory and self.pain:
+            names.append("cognitive_dominance")
+        return np.asarray(names, dtype=object)

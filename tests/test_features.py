@@ -1,0 +1,182 @@
+"""Feature engineering: lab rules, train-only scaling, imputation flags, estimator checks, signal."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from features.catalog import load_catalog
+from features.labs import LabValueError, parse_lab_value
+from features.pipeline import build_feature_pipeline, feature_info, input_warnings, lab_issues
+from features.transformers import InflammationFeatures, LabParseError, MedianImputer
+from training.data import model_inputs
+from training.simulate import simulate
+
+EXPECTED_NAMES = [
+    "crp_log", "esr_log", "il6_log", "il8_log", "tnfa_log", "il1b_log", "il10_log", "neutrophils_log",
+    "lymphocytes_log", "crp_band", "esr_uln_ratio", "esr_elevated", "il6_il10_ratio_log", "nlr",
+    "inflammation_index", "markers_above_reference", "anti_sgc_index", "ana_log2_titre", "anti_tpo_log",
+    "rf_log", "anti_sgc_positive", "ana_positive", "anti_tpo_positive", "rf_positive", "autoantibody_burden",
+    "pain_baseline", "memory_baseline", "cognitive_dominance", "age", "bmi", "symptom_years",
+    "fatigue_baseline", "sleep_baseline", "stiffness_baseline", "tenderness_baseline", "anxiety_baseline",
+    "depression_baseline", "fiqr_baseline", "sex_female",
+]
+
+
+@pytest.fixture(scope="module")
+def fitted(spec, final_99):
+    pipeline = build_feature_pipeline(spec)
+    pipeline.fit(model_inputs(final_99, spec))
+    return pipeline
+
+
+def _patient(final_99, spec, **changes) -> pd.DataFrame:
+    row = model_inputs(final_99, spec).iloc[[0]].copy().astype(object)
+    for key, value in changes.items():
+        row[key] = value
+    return row
+
+
+def test_feature_names_are_readable_stable_and_described(fitted, spec):
+    names = list(fitted.get_feature_names_out())
+    assert names[: len(EXPECTED_NAMES)] == EXPECTED_NAMES
+    assert all(n.endswith(("_below_lod", "_missing")) for n in names[len(EXPECTED_NAMES):])
+    info = feature_info(fitted, spec)
+    assert list(info) == names
+    assert info["crp_log"].unit == "log mg/L" and info["crp_log"].source == "crp"
+    assert "age/sex" in info["esr_uln_ratio"].description
+    assert all(i.description for i in info.values())
+
+
+def test_crp_in_mg_dl_equals_mg_l(fitted, final_99, spec):
+    in_mg_l = fitted.transform(_patient(final_99, spec, crp=12))
+    in_mg_dl = fitted.transform(_patient(final_99, spec, crp="1.2", crp_unit="mg/dL"))
+    pd.testing.assert_frame_equal(in_mg_l, in_mg_dl)
+    assert in_mg_l.at[in_mg_l.index[0], "crp_log"] == pytest.approx(math.log(12))
+    assert in_mg_l.at[in_mg_l.index[0], "crp_band"] == 3  # > 10 mg/L: acute
+
+
+def test_below_detection_limit_substitution(fitted, final_99, spec):
+    out = fitted.transform(_patient(final_99, spec, crp="<0.3"))
+    assert out["crp_log"].iat[0] == pytest.approx(math.log(0.3 / math.sqrt(2)))
+    assert out["crp_below_lod"].iat[0] == 1
+    assert out["crp_missing"].iat[0] == 0
+
+
+def test_ana_titre(fitted, final_99, spec):
+    out = fitted.transform(_patient(final_99, spec, ana="1:320"))
+    assert out["ana_log2_titre"].iat[0] == pytest.approx(3.0)
+    assert out["ana_positive"].iat[0] == 1
+    neg = fitted.transform(_patient(final_99, spec, ana="NEG"))
+    assert neg["ana_positive"].iat[0] == 0 and neg["ana_log2_titre"].iat[0] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "below"),
+    [("2,5", 2.5, False), (">200", 200.0, False), ("<0.3", 0.3 / math.sqrt(2), True), ("0.1", 0.3 / math.sqrt(2), True), (7, 7.0, False)],
+)
+def test_lab_text_forms(text, value, below):
+    result = parse_lab_value(text, load_catalog()["crp"])
+    assert result.value == pytest.approx(value) and result.below_lod == below
+
+
+def test_qualitative_results_use_cutoffs():
+    tpo = load_catalog()["anti_tpo"]
+    assert parse_lab_value("pos", tpo).value == 34.0
+    assert parse_lab_value("negative", tpo).value < 34.0
+    with pytest.raises(LabValueError, match="crp"):
+        parse_lab_value("positive", load_catalog()["crp"])
+
+
+def test_implausible_value_names_analyte_and_value(fitted, final_99, spec):
+    with pytest.raises(LabValueError, match=r"crp: '5000'.*implausible"):
+        parse_lab_value("5000", load_catalog()["crp"])
+    with pytest.raises(LabParseError, match=r"crp: 5000.*implausible"):
+        fitted.transform(_patient(final_99, spec, crp=5000))
+    issues = lab_issues(fitted, _patient(final_99, spec, crp=5000, il6="lots"))
+    [row] = issues.values()
+    assert {i.analyte for i in row} == {"crp", "il6"}
+
+
+def test_inflammation_index_uses_training_scaling_only():
+    train = pd.DataFrame({"crp": [1.0, 2.0, 4.0, 8.0], "il6": [1.0, 1.0, 4.0, 4.0]})
+    other = pd.DataFrame({"crp": [100.0, 200.0, 400.0], "il6": [50.0, 60.0, 70.0]})
+    step = InflammationFeatures(analytes=("crp", "il6")).fit(train)
+    out = step.transform(other)
+    logs = np.log(train)
+    expected = ((np.log(other) - logs.mean()) / logs.std(ddof=0)).mean(axis=1)
+    np.testing.assert_allclose(out["inflammation_index"], expected)
+    refit = clone(step).fit(other).transform(other)
+    assert not np.allclose(refit["inflammation_index"], out["inflammation_index"])
+    assert out["inflammation_index"].min() > 3  # far above the training cohort
+
+
+def test_unseen_category_and_no_labs_transform_and_flag_imputation(fitted, final_99, spec):
+    row = _patient(final_99, spec, sex="intersex")
+    for column in spec.lab_columns():
+        row[column] = None
+    out = fitted.transform(row)
+    assert np.isfinite(out.to_numpy(dtype=float)).all()
+    assert out[[f"{a}_missing" for a in spec.labs]].to_numpy().all()
+    assert out["sex_female"].iat[0] == 0
+    [warnings] = input_warnings(fitted, spec, row)
+    codes = {(w.code, w.field) for w in warnings}
+    assert ("imputed", "crp") in codes and ("imputed", "ana") in codes
+    assert ("unseen_category", "sex") in codes
+
+
+def test_values_outside_training_range_are_flagged(fitted, final_99, spec):
+    [warnings] = input_warnings(fitted, spec, _patient(final_99, spec, crp=400))
+    assert any(w.code == "outside_training_range" and w.field == "crp" for w in warnings)
+
+
+def test_fitted_pipeline_pickles(fitted, final_99, spec):
+    X = model_inputs(final_99, spec)
+    again = pickle.loads(pickle.dumps(fitted))
+    pd.testing.assert_frame_equal(again.transform(X), fitted.transform(X))
+
+
+@parametrize_with_checks([MedianImputer(), MedianImputer(add_indicator=False)])
+def test_generic_transformers_pass_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("name", ["InflammationFeatures", "AutoantibodyFeatures", "SymptomFeatures", "LabParser"])
+def test_domain_transformers_follow_conventions(fitted, name):
+    step = next(
+        est for est in [fitted.named_steps["parse"], *fitted.named_steps["features"].named_transformers_.values()]
+        if type(est).__name__ == name
+    )
+    fresh = clone(step)
+    assert fresh.get_params() == step.get_params()
+    assert not [k for k in vars(fresh) if k.endswith("_")]  # no fitted state before fit
+
+
+@pytest.fixture(scope="module", params=["final", "null"])
+def big(request, spec):
+    frame = simulate(request.param, 20_000, 5)
+    features = build_feature_pipeline(spec).fit_transform(model_inputs(frame, spec))
+    return request.param, frame, features
+
+
+def test_features_carry_the_simulated_signal(big):
+    scenario, frame, features = big
+    benefit = frame["true_benefit_pain"].to_numpy()
+    # Change in true benefit (probability points) per SD of the feature: scale-aware, so the
+    # tiny baseline-driven spread of benefit under ``null`` does not count as signal.
+    slope = {
+        c: np.polyfit((features[c] - features[c].mean()) / features[c].std(), benefit, 1)[0]
+        for c in ["inflammation_index", "crp_log", "il6_log", "anti_sgc_index", "ana_log2_titre", "autoantibody_burden"]
+    }
+    if scenario == "final":
+        # the simulator documents: benefit rises with inflammation and autoantibody burden
+        assert slope["inflammation_index"] > 0.04, slope
+        assert min(slope.values()) > 0.01, slope
+    else:
+        assert max(abs(v) for v in slope.values()) < 0.005, slope
