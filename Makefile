@@ -15,6 +15,7 @@ export MPLBACKEND := Agg
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export BENTOML_HOME := $(CURDIR)/.bentoml
 export UV_CACHE_DIR := $(CURDIR)/.cache/uv
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 SCENARIO ?= final
 N ?= 99
@@ -42,7 +43,8 @@ simulate: install ## simulate the default trial (SCENARIO, N, SEED) into DATA
 validate: simulate ## check DATA against the data contract
 	$(BIN)/responders validate $(DATA)
 
-train: validate ## simulate, validate and (once training exists) train on the default trial
+train: validate ## simulate, validate, train, track, register and report on the default trial
+	$(BIN)/responders train $(DATA) --summary-json reports/train-summary.json
 
 test: install ## run the test suite
 	$(BIN)/pytest

@@ -33,6 +33,7 @@ def quiet_telemetry() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @app.callback()
@@ -81,6 +82,45 @@ def validate(
     report = check(read_table(data), dataset_spec, source=str(data))
     typer.echo(report.to_json() if json_out else report.render())
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="trial file (.csv or .parquet)")],
+    spec: SpecOption = None,
+    config: Annotated[Path | None, typer.Option("--config", exists=True, dir_okay=False, help="training config YAML")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or dask (overrides the config)")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="address of a running Dask scheduler (implies --executor dask)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="local processes or local Dask workers")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary-json", help="also write the job summary as JSON")] = None,
+) -> None:
+    """Train, evaluate (nested CV), test heterogeneity, register and gate the champion per outcome."""
+    import logging
+
+    from training.config import load_config
+    from training.data import DataContractError
+    from training.spec import load_spec
+    from training.train import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict = {}
+    if executor or scheduler or workers:
+        overrides["executor"] = {
+            k: v for k, v in {"kind": "dask" if scheduler else executor, "scheduler": scheduler, "workers": workers}.items() if v
+        }
+    if seed is not None:
+        overrides["seed"] = seed
+    cfg = load_config(config, **overrides)
+    dataset_spec = load_spec(spec)
+    try:
+        summary = run_training(data, dataset_spec, cfg, tracking_uri=tracking_uri, summary_json=summary_json)
+    except DataContractError as err:
+        typer.echo(err.report.render(), err=True)
+        typer.echo("Training refused: the file breaks the data contract (see the report above).", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(summary.render())
 
 
 def main() -> None:

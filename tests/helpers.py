@@ -1,0 +1,73 @@
+"""Shared helpers for tests that train: tiny, seeded settings that keep CI fast."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from training.config import TrainConfig, load_config
+
+FAST = {
+    "cv": {"folds": 3, "repeats": 1, "inner_folds": 2},
+    "evidence": {"permutations": 19, "rate_bootstrap": 50},
+    "intervals": {"bootstrap_models": 8},
+    "candidates": {
+        "t_learner": {"lightgbm": {"n_estimators": 30}},
+        "dr_learner": {"nuisance": {"n_estimators": 30}, "final": {"n_estimators": 20}},
+    },
+    "executor": {"workers": 2},
+}
+
+
+def fast_config(**overrides) -> TrainConfig:
+    from training.config import _merge
+
+    return load_config(None, **_merge(FAST, overrides))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@contextmanager
+def running(command: list[str], url: str, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 90.0):
+    """Start a server process, wait until ``url`` answers, stop it afterwards (the test owns its lifetime)."""
+    log = Path(cwd or ".") / f"server-{os.getpid()}-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
+        try:
+            wait_http(url, timeout, process)
+            yield process
+        except BaseException:
+            out.flush()
+            sys.stderr.write(log.read_text()[-4000:])
+            raise
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

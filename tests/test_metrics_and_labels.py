@@ -1,0 +1,87 @@
+"""Unit tests of responder labels and the benefit / calibration metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import metrics as M
+from training.evaluation import holm, one_se_choice
+from training.labels import responder_labels
+from training.spec import OutcomeSpec, ResponderRule
+
+PAIN = OutcomeSpec(label="pain", baseline="b", followup="f", scale=(0, 10), better="lower")
+
+
+def _frame(base, follow):
+    return pd.DataFrame({"b": base, "f": follow})
+
+
+def test_relative_rule_default_30_percent_and_50_percent():
+    frame = _frame([6.0, 6.0, 6.0, 0.0], [4.2, 4.3, 3.0, 0.0])
+    labels, counts = responder_labels(frame, PAIN)
+    assert labels.tolist() == [1.0, 0.0, 1.0, 0.0]  # exactly 30% counts; a baseline of 0 cannot respond
+    assert counts.zero_baseline == 1
+    labels50, _ = responder_labels(frame, PAIN, ResponderRule(rule="relative", threshold=0.5))
+    assert labels50.tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_absolute_and_threshold_rules_and_higher_is_better():
+    frame = _frame([6.0, 6.0], [4.0, 4.5])
+    assert responder_labels(frame, PAIN, ResponderRule(rule="absolute", threshold=2))[0].tolist() == [1.0, 0.0]
+    assert responder_labels(frame, PAIN, ResponderRule(rule="threshold", threshold=4))[0].tolist() == [1.0, 0.0]
+    wellbeing = OutcomeSpec(label="wb", baseline="b", followup="f", scale=(0, 100), better="higher")
+    labels, _ = responder_labels(_frame([40.0, 40.0], [52.0, 51.9]), wellbeing, ResponderRule(rule="relative", threshold=0.3))
+    assert labels.tolist() == [1.0, 0.0]
+
+
+def test_missing_followup_policies_are_counted():
+    frame = _frame([6.0, 6.0, 6.0], [3.0, None, 5.0])
+    labels, counts = responder_labels(frame, PAIN)
+    assert labels.tolist() == [1.0, 0.0, 0.0] and counts.missing_followup == 1 and counts.n == 3
+    labels, counts = responder_labels(frame, PAIN, missing_policy="exclude")
+    assert np.isnan(labels[1]) and counts.excluded == 1 and counts.n == 2
+
+
+def test_calibration_of_well_calibrated_predictions():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, 20_000)
+    y = rng.random(20_000) < p
+    intercept, slope = M.calibration(y, p)
+    assert abs(intercept) < 0.05 and abs(slope - 1) < 0.05
+    _, slope_over = M.calibration(y, np.clip(0.5 + 1.6 * (p - 0.5), 0.01, 0.99))
+    assert slope_over < 0.8  # over-confident predictions get a slope below 1
+
+
+def _trial(n, seed, heterogeneous):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t = rng.random(n) < 0.5
+    tau = 0.3 * (x > 0) if heterogeneous else np.full(n, 0.15)
+    p = 0.3 + t * tau
+    y = (rng.random(n) < p).astype(int)
+    return x, t.astype(int), y, tau
+
+
+def test_benefit_metrics_reward_true_ranking_and_not_noise():
+    x, t, y, tau = _trial(4000, 1, True)
+    psi = M.dr_scores(y, t, np.full(len(y), 0.3) + 0.3 * (x > 0) * 0.5, np.full(len(y), 0.3), 0.5)
+    good = M.benefit_metrics(y, t, x, psi)
+    noise = M.benefit_metrics(y, t, np.random.default_rng(2).normal(size=len(y)), psi)
+    assert good["autoc"] > 0.05 and abs(noise["autoc"]) < 0.03
+    assert good["qini"] > noise["qini"] and good["auuc"] > noise["auuc"]
+    assert good["c_for_benefit"] > 0.53 and abs(noise["c_for_benefit"] - 0.5) < 0.04
+    assert good["tau_risk"] < noise["tau_risk"] or np.isclose(good["tau_risk"], noise["tau_risk"], rtol=0.05)
+    est, lo, hi = M.autoc_interval(x, psi, 200, 0)
+    assert lo < est < hi and lo > 0
+
+
+def test_holm_and_one_se_rule():
+    adjusted = holm({"pain": 0.01, "memory": 0.04, "sleep": float("nan")})
+    assert adjusted["pain"] == pytest.approx(0.02) and adjusted["memory"] == pytest.approx(0.04)
+    assert np.isnan(adjusted["sleep"])
+    scores = {"risk_model": (1.00, 0.05), "t_learner": (0.97, 0.05), "dr_learner": (0.90, 0.02)}
+    assert one_se_choice(scores) == "dr_learner"
+    scores["risk_model"] = (0.91, 0.05)
+    assert one_se_choice(scores) == "risk_model"  # within one SE of the best: the simpler model wins

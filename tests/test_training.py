@@ -1,0 +1,280 @@
+"""Training jobs: honest verdicts, no leakage, MLflow tracking, gated champion, executors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import fast_config, free_port, running
+from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
+
+from training.candidates import CANDIDATE_ORDER, make_candidate
+from training.data import model_inputs
+from training.evaluation import cross_validate, permutation_test
+from training.executor import make_executor
+from training.labels import responder_labels
+from training.simulate import simulate
+from training.spec import load_spec
+from training.tracking import CHAMPION, load_registered
+from training.train import outcome_data, run_training
+
+pytestmark = pytest.mark.slow
+
+
+def _write(frame: pd.DataFrame, path) -> str:
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def _uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def strong_job(tmp_path_factory):
+    """A strong-subgroup trial of 600 patients, trained end to end into a fresh store."""
+    tmp = tmp_path_factory.mktemp("strong")
+    frame = simulate("strong", 600, 11)
+    data = _write(frame, tmp / "strong.csv")
+    config = fast_config(evidence={"permutations": 59})
+    summary = run_training(data, load_spec(), config, tracking_uri=_uri(tmp), summary_json=tmp / "summary.json")
+    return frame, summary, tmp
+
+
+@pytest.fixture(scope="module")
+def null_job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("null")
+    frame = simulate("null", 200, 5)
+    summary = run_training(_write(frame, tmp / "null.csv"), load_spec(), fast_config(), tracking_uri=_uri(tmp))
+    return frame, summary, tmp
+
+
+def test_null_trial_gives_no_evidence_and_the_risk_model(null_job):
+    _, summary, tmp = null_job
+    for name, result in summary.outcomes.items():
+        assert not result.evidence, (name, result.p_adjusted)
+        assert result.p_adjusted >= 0.05
+        assert result.champion == "risk_model"
+        assert "no reliable" in result.model.evidence.verdict
+    client = MlflowClient(_uri(tmp))
+    version = client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION)
+    assert version.tags["subgroup_evidence"] == "False"
+    assert version.tags["candidate"] == "risk_model"
+
+
+def test_strong_trial_gives_evidence_and_separates_the_subgroup(strong_job):
+    frame, summary, tmp = strong_job
+    pain = summary.outcomes["pain"]
+    assert pain.evidence and pain.p_adjusted < 0.05
+    # The benefit ranking separates the true subgroup, out of fold (nested CV) ...
+    oof_auc = roc_auc_score(frame["true_responder_subgroup"], pain.cv.mean_benefit("selected"))
+    assert oof_auc > 0.70, oof_auc
+    # ... and the registered champion's benefit does too.
+    model = load_registered(f"models:/fibromyalgia-ldn-pain@{CHAMPION}")
+    predictions = model.predict(model_inputs(frame, load_spec()))
+    assert roc_auc_score(frame["true_responder_subgroup"], predictions["benefit"]) > 0.75
+    saved = json.loads((tmp / "summary.json").read_text())
+    assert saved["outcomes"]["pain"]["evidence"] is True
+    assert saved["outcomes"]["pain"]["registered_model"] == "fibromyalgia-ldn-pain"
+    assert set(saved["outcomes"]["pain"]["metrics"]) >= {"auc_treated", "brier_mean", "autoc", "c_for_benefit", "qini"}
+
+
+def test_ground_truth_never_reaches_a_model(strong_job, tmp_path):
+    frame, summary, _ = strong_job
+    for result in summary.outcomes.values():
+        model = result.model
+        seen = list(model.pipeline.named_steps["parse"].feature_names_in_)
+        assert not [c for c in seen if c.startswith("true_")]
+        assert not [c for c in model.candidate.features_ if c.startswith("true_")]
+    # A canary: a true_ column equal to the label would make a leaking model perfect.
+    spec = load_spec()
+    canary = frame.copy()
+    canary["true_canary"] = responder_labels(canary, spec.outcomes["pain"])[0]
+    data, _ = outcome_data(canary, spec, "pain", fast_config())
+    assert "true_canary" not in data.X.columns
+    assert not [c for c in data.X.columns if c.startswith("true_")]
+
+
+def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_job):
+    frame, summary, tmp = strong_job
+    client = MlflowClient(_uri(tmp))
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["spec"] == "fibromyalgia-ldn" and "code.package_version" in parent.data.tags
+    [dataset_input] = parent.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "strong" and dataset_input.dataset.digest
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "data")}
+    assert {"data/validation_report.txt", "data/validation_report.json", "data/spec.yaml"} <= artifacts
+
+    children = client.search_runs([summary.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.data.tags["outcome"] for r in children} == {"pain", "memory"}
+    pain_run = next(r for r in children if r.data.tags["outcome"] == "pain")
+    assert {"auc_treated", "brier_mean", "autoc", "p_value", "p_adjusted"} <= set(pain_run.data.metrics)
+    plots = {a.path for a in client.list_artifacts(pain_run.info.run_id, "plots")}
+    assert {"plots/calibration.png", "plots/qini.png"} <= plots
+    grandchildren = client.search_runs([summary.experiment_id], f"tags.mlflow.parentRunId = '{pain_run.info.run_id}'")
+    assert {r.data.tags["candidate"] for r in grandchildren} == set(CANDIDATE_ORDER)
+    assert all("auc_treated" in r.data.metrics for r in grandchildren)
+
+    version = client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION)
+    assert str(version.version) == summary.outcomes["pain"].version
+    mlflow.set_tracking_uri(_uri(tmp))
+    loaded = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-pain@{CHAMPION}")
+    patients = model_inputs(frame, load_spec()).head(5)
+    out = loaded.predict(patients)
+    assert list(out.columns) == ["p_response_naltrexone", "p_response_placebo", "benefit", "benefit_lower", "benefit_upper", "label"]
+    assert out["p_response_naltrexone"].between(0, 1).all()
+    assert (out["benefit_lower"] <= out["benefit"]).all() and (out["benefit"] <= out["benefit_upper"]).all()
+    contributions = loaded.predict(patients.head(1), params={"output": "contributions"})
+    assert {"feature", "benefit", "p_response_naltrexone"} <= set(contributions.columns)
+
+
+def test_failure_before_promotion_leaves_champion(tmp_path, monkeypatch):
+    frame = simulate("final", 99, 21)
+    data = _write(frame, tmp_path / "trial.csv")
+    config = fast_config(evidence={"permutations": 0})
+    first = run_training(data, load_spec(), config, tracking_uri=_uri(tmp_path))
+    client = MlflowClient(_uri(tmp_path))
+    before = str(client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION).version)
+    assert before == first.outcomes["pain"].version
+
+    import training.train as job
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("injected failure before promotion")
+
+    monkeypatch.setattr(job, "validate_for_promotion", explode)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_training(data, load_spec(), config, tracking_uri=_uri(tmp_path))
+    after = str(client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION).version)
+    assert after == before
+    versions = client.search_model_versions("name = 'fibromyalgia-ldn-pain'")
+    assert len(versions) == 2  # the failed job registered a version, but it is not champion
+    failed = client.search_runs([first.experiment_id], "attributes.status = 'FAILED'")
+    assert failed
+
+
+def test_gate_refuses_a_worse_candidate(tmp_path):
+    frame = simulate("final", 99, 22)
+    data = _write(frame, tmp_path / "trial.csv")
+    config = fast_config(evidence={"permutations": 0}, gate={"max_brier_excess": 0.0})
+    summary = run_training(data, load_spec(), config, tracking_uri=_uri(tmp_path))
+    for result in summary.outcomes.values():
+        if result.promoted:  # only when the risk model happens to beat the no-information Brier
+            continue
+        assert any("no-information" in reason for reason in result.gate)
+        assert result.champion_version is None
+
+
+def test_same_seed_same_metrics_and_dask_matches_local(spec):
+    frame = simulate("final", 99, 31)
+    config = fast_config(evidence={"permutations": 5})
+    data, _ = outcome_data(frame, spec, "pain", config)
+    with make_executor("local", workers=2) as local:
+        cv_local = cross_validate(data, spec, config, local)
+        perm_local = permutation_test(data, spec, config, local)
+        again = cross_validate(data, spec, config, local)
+    pd.testing.assert_frame_equal(cv_local.summary, again.summary)
+    with make_executor("dask", workers=2) as dask:
+        cv_dask = cross_validate(data, spec, config, dask)
+        perm_dask = permutation_test(data, spec, config, dask)
+    pd.testing.assert_frame_equal(cv_local.summary, cv_dask.summary, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(perm_local.null, perm_dask.null, rtol=1e-9)
+    assert perm_local.p_value == perm_dask.p_value
+
+
+OTHER_SPEC = """
+name: other-trial
+id_column: subject
+arm: {column: group, treated: active, control: sham, treated_fraction: 0.5}
+outcomes:
+  wellbeing:
+    label: Well-being (0-100, higher is better)
+    baseline: wb_0
+    followup: wb_26
+    scale: [0, 100]
+    better: higher
+    responder: {rule: absolute, threshold: 10}
+covariates:
+  years: {kind: numeric, range: [18, 90], required: true}
+  site: {kind: categorical, levels: [north, south]}
+labs:
+  crp: {column: hs_crp, unit: mg/dL}
+  il6: {column: interleukin_6}
+  ana: {column: ana_titre}
+"""
+
+
+def test_second_layout_trains_end_to_end_without_code_changes(tmp_path):
+    source = simulate("strong", 160, 41)
+    rng = np.random.default_rng(0)
+    crp = pd.to_numeric(source["crp"].str.lstrip("<"), errors="coerce") / 10
+    frame = pd.DataFrame(
+        {
+            "subject": [f"S-{i}" for i in range(len(source))],
+            "group": np.where(source["arm"] == "naltrexone", "active", "sham"),
+            "years": source["age"],
+            "site": rng.choice(["north", "south"], len(source)),
+            "wb_0": (100 - 10 * source["pain_baseline"]).round(),
+            "wb_26": (100 - 10 * source["pain_week12"]).round(),
+            "hs_crp": crp.round(3).astype(str).where(crp.notna(), None),
+            "interleukin_6": source["il6"],
+            "ana_titre": source["ana"],
+        }
+    )
+    spec_path = tmp_path / "other.yaml"
+    spec_path.write_text(OTHER_SPEC)
+    data = _write(frame, tmp_path / "other.csv")
+    other = load_spec(spec_path)
+    summary = run_training(data, other, fast_config(evidence={"permutations": 9}), tracking_uri=_uri(tmp_path))
+    assert list(summary.outcomes) == ["wellbeing"]
+    result = summary.outcomes["wellbeing"]
+    assert result.registered_model == "other-trial-wellbeing" and result.promoted
+    model = load_registered(f"models:/other-trial-wellbeing@{CHAMPION}")
+    out = model.predict(model_inputs(pd.read_csv(data, dtype=str), other).head(3))
+    assert out["p_response_naltrexone"].between(0, 1).all()
+    assert "crp_log" in model.feature_info() and "cognitive_dominance" not in model.feature_info()
+
+
+@pytest.mark.integration
+def test_training_against_a_real_mlflow_server(tmp_path):
+    port = free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with running(command, f"http://127.0.0.1:{port}/health", env=env, cwd=tmp_path, timeout=120):
+        uri = f"http://127.0.0.1:{port}"
+        frame = simulate("final", 99, 51)
+        summary = run_training(_write(frame, tmp_path / "trial.csv"), load_spec(), fast_config(evidence={"permutations": 0}), tracking_uri=uri)
+        client = MlflowClient(uri)
+        version = client.get_model_version_by_alias("fibromyalgia-ldn-memory", CHAMPION)
+        assert str(version.version) == summary.outcomes["memory"].version
+        assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
+        model = load_registered(f"models:/fibromyalgia-ldn-memory@{CHAMPION}")
+        assert len(model.predict(model_inputs(frame, load_spec()).head(2))) == 2
+    assert not os.path.exists(tmp_path / "mlruns")  # nothing fell back to the embedded store
+
+
+def test_candidates_give_probabilities_and_additive_explanations(spec, final_99):
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    from features.pipeline import build_feature_pipeline
+
+    F = build_feature_pipeline(spec).fit_transform(data.X)
+    for name in CANDIDATE_ORDER:
+        model = make_candidate(name, config.candidates, 0.5, 3).fit(F, data.t, data.y)
+        p1, p0 = model.predict_arms(F)
+        assert ((0 <= p1) & (p1 <= 1) & (0 <= p0) & (p0 <= 1)).all(), name
+        explanation = model.explain(F)
+        np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), p1 - p0, atol=1e-9)
+        np.testing.assert_allclose(explanation.p_treated.base + explanation.p_treated.values.sum(1), p1, atol=1e-9)

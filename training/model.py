@@ -1,0 +1,195 @@
+"""The deployable model: fitted feature pipeline + chosen candidate + interval ensemble + metadata.
+
+A :class:`ResponderModel` is what MLflow stores (inside a pyfunc wrapper) and
+what serving and the reports load. It takes raw patient rows in the data
+contract (labs as report text, optional ``<lab>_unit`` columns) and returns,
+for one outcome, both probabilities, the benefit with its interval and a label
+from the model's own :class:`~training.config.LabelRule`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from features.pipeline import InputWarning, feature_info, input_warnings, lab_issues
+from features.transformers import FeatureInfo
+from training.candidates import BenefitCandidate, BootstrapEnsemble, Explanation
+from training.config import LabelRule
+from training.spec import DatasetSpec
+
+PREDICTION_COLUMNS = [
+    "p_response_naltrexone",
+    "p_response_placebo",
+    "benefit",
+    "benefit_lower",
+    "benefit_upper",
+    "label",
+]
+
+
+@dataclass
+class Evidence:
+    """The heterogeneity verdict recorded at training time."""
+
+    tested: bool
+    subgroup_evidence: bool
+    p_value: float | None
+    p_adjusted: float | None
+    statistic: float | None
+    alpha: float
+    permutations: int
+    verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class ResponderModel:
+    spec: DatasetSpec
+    outcome: str
+    pipeline: Pipeline
+    candidate: BenefitCandidate
+    ensemble: BootstrapEnsemble
+    label_rule: LabelRule
+    evidence: Evidence
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def candidate_name(self) -> str:
+        return self.candidate.name
+
+    @property
+    def interval_level(self) -> float:
+        return self.ensemble.level
+
+    def input_columns(self) -> list[str]:
+        return [self.spec.id_column, *self.spec.feature_input_columns()]
+
+    def features(self, raw: pd.DataFrame) -> pd.DataFrame:
+        return self.pipeline.transform(raw)
+
+    def feature_info(self) -> dict[str, FeatureInfo]:
+        return feature_info(self.pipeline, self.spec)
+
+    def predict(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """Both probabilities, benefit, its interval and the label, one row per patient."""
+        F = self.features(raw)
+        p1, p0 = self.candidate.predict_arms(F)
+        benefit = p1 - p0
+        lower, upper = self.interval(F, benefit)
+        return pd.DataFrame(
+            {
+                "p_response_naltrexone": p1,
+                "p_response_placebo": p0,
+                "benefit": benefit,
+                "benefit_lower": lower,
+                "benefit_upper": upper,
+                "label": self.label_rule.label(benefit, lower, upper),
+            },
+            index=raw.index,
+        )
+
+    def interval(self, F: pd.DataFrame, benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.ensemble.interval(F, benefit)
+
+    def explain(self, raw: pd.DataFrame) -> tuple[Explanation, pd.DataFrame]:
+        """SHAP contributions (probability points) and the engineered feature values they refer to."""
+        F = self.features(raw)
+        return self.candidate.explain(F), F
+
+    def warnings(self, raw: pd.DataFrame) -> list[list[InputWarning]]:
+        return input_warnings(self.pipeline, self.spec, raw)
+
+    def lab_issues(self, raw: pd.DataFrame):
+        return lab_issues(self.pipeline, raw)
+
+    def example_input(self) -> pd.DataFrame:
+        """A synthetic 'typical patient' from training medians and modes: no real patient's data."""
+        parse = self.pipeline.named_steps["parse"]
+        impute = self.pipeline.named_steps["impute"]
+        parts = {name: (est, cols) for name, est, cols in impute.transformers_}
+        row: dict[str, Any] = {self.spec.id_column: "example-patient"}
+        lab_imputer, lab_cols = parts["labs"]
+        num_imputer, num_cols = parts["numeric"]
+        for column, value in zip(num_cols, num_imputer.statistics_, strict=True):
+            row[column] = float(round(value, 1))
+        for analyte, value in zip(lab_cols, lab_imputer.statistics_, strict=True):
+            lab = parse.catalog_[analyte]
+            text = f"1:{int(value)}" if lab.kind == "titre" and value >= 40 else "negative" if lab.kind == "titre" else f"{value:.3g}"
+            row[self.spec.labs[analyte].column] = text
+        if "categorical" in parts:
+            imputer, cols = parts["categorical"]
+            for column, value in zip(cols, imputer.statistics_, strict=True):
+                row[column] = str(value)
+        return pd.DataFrame([row])[[c for c in self.input_columns() if c in row]]
+
+
+def predictions_schema():
+    from mlflow.types import ColSpec, Schema
+
+    return Schema(
+        [ColSpec("double", c) for c in PREDICTION_COLUMNS[:-1]] + [ColSpec("string", "label")]
+    )
+
+
+def input_schema(model: ResponderModel):
+    """Model signature input: numbers for scores and covariates, text for labs (numbers or report text)."""
+    from mlflow.types import ColSpec, Schema
+
+    spec = model.spec
+    required = set(spec.required_columns())
+    cols = [ColSpec("string", spec.id_column, required=False)]
+    for column in spec.baseline_score_columns() + spec.numeric_covariates():
+        cols.append(ColSpec("double", column, required=column in required))
+    for column in spec.categorical_covariates():
+        cols.append(ColSpec("string", column, required=column in required))
+    for column in spec.lab_columns():
+        cols.append(ColSpec("string", column, required=False))
+        cols.append(ColSpec("string", f"{column}_unit", required=False))
+    return Schema(cols)
+
+
+class ResponderPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc around a :class:`ResponderModel` stored as a joblib artifact.
+
+    ``params={"output": "predictions"}`` (default) returns the prediction
+    columns; ``"contributions"`` returns SHAP contributions (probability
+    points) to the benefit and to P(responder | naltrexone), one row per
+    patient and feature.
+    """
+
+    def load_context(self, context):
+        import joblib
+
+        self.model: ResponderModel = joblib.load(context.artifacts["responder"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        raw = _as_frame(model_input)
+        output = (params or {}).get("output", "predictions")
+        if output == "contributions":
+            explanation, _ = self.model.explain(raw)
+            rows = []
+            for i in range(len(raw)):
+                for j, name in enumerate(explanation.features):
+                    rows.append(
+                        {
+                            "row": i,
+                            "feature": name,
+                            "benefit": explanation.benefit.values[i, j],
+                            "p_response_naltrexone": explanation.p_treated.values[i, j],
+                        }
+                    )
+            return pd.DataFrame(rows)
+        return self.model.predict(raw).reset_index(drop=True)
+
+
+def _as_frame(model_input: Any) -> pd.DataFrame:
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    return frame.reset_index(drop=True)

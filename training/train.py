@@ -1,0 +1,470 @@
+"""The training job: validate -> evaluate (nested CV) -> test heterogeneity -> refit -> register -> gate -> promote.
+
+One MLflow parent run per job; a child run per outcome, and under it a child
+run per candidate. The ``champion`` alias moves last, only for outcomes whose
+model passed validation and is not worse than the current champion on this
+job's evaluation, so a job that fails or is interrupted leaves every previous
+champion in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from features.pipeline import build_feature_pipeline
+from training import plots
+from training.candidates import BootstrapEnsemble, candidate_label, make_candidate
+from training.config import TrainConfig
+from training.data import ValidationReport, file_digest, ground_truth_columns, load_trial, model_inputs
+from training.evaluation import (
+    SELECTED,
+    CVResult,
+    OutcomeData,
+    PermutationResult,
+    cross_validate,
+    holm,
+    permutation_test,
+)
+from training.executor import make_executor
+from training.labels import LabelCounts, responder_labels
+from training.model import Evidence, ResponderModel
+from training.spec import DatasetSpec
+from training.tracking import (
+    code_version,
+    current_champion,
+    ensure_experiment,
+    load_registered,
+    log_responder_model,
+    register,
+    set_champion,
+    setup_tracking,
+)
+
+log = logging.getLogger("responders.train")
+
+HEADLINE = [
+    "auc_treated",
+    "auc_control",
+    "brier_treated",
+    "brier_control",
+    "brier_mean",
+    "brier_null_mean",
+    "calibration_intercept_treated",
+    "calibration_slope_treated",
+    "calibration_intercept_control",
+    "calibration_slope_control",
+    "qini",
+    "auuc",
+    "autoc",
+    "autoc_averaged",
+    "autoc_lower",
+    "autoc_upper",
+    "rate_qini",
+    "c_for_benefit",
+    "tau_risk",
+]
+
+
+@dataclass
+class OutcomeResult:
+    outcome: str
+    counts: LabelCounts
+    data: OutcomeData
+    cv: CVResult
+    permutation: PermutationResult
+    run_id: str = ""
+    p_adjusted: float = float("nan")
+    evidence: bool = False
+    champion: str = "risk_model"
+    reason: str = ""
+    model: ResponderModel | None = None
+    registered_model: str = ""
+    version: str = ""
+    model_uri: str = ""
+    promoted: bool = False
+    gate: list[str] = field(default_factory=list)
+    champion_version: str | None = None
+
+    @property
+    def procedure(self) -> str:
+        """Which out-of-fold predictions describe the champion: the nested selection, or the risk model by default."""
+        return SELECTED if self.evidence else "risk_model"
+
+    def summary(self) -> dict[str, Any]:
+        metrics = {k: _clean(self.cv.summary.loc[self.procedure, k]) for k in HEADLINE if k in self.cv.summary.columns}
+        return {
+            "outcome": self.outcome,
+            "champion": self.champion,
+            "champion_label": candidate_label(self.champion),
+            "reason": self.reason,
+            "registered_model": self.registered_model,
+            "version": self.version,
+            "model_uri": self.model_uri,
+            "promoted": self.promoted,
+            "champion_version": self.champion_version,
+            "gate": self.gate,
+            "evidence": self.evidence,
+            "p_value": _clean(self.permutation.p_value),
+            "p_adjusted": _clean(self.p_adjusted),
+            "heterogeneity_statistic": _clean(self.permutation.statistic),
+            "permutations": int(len(self.permutation.null)),
+            "responder_rule": self.counts.rule,
+            "n_patients": self.counts.n,
+            "n_responders": self.counts.responders,
+            "n_missing_followup": self.counts.missing_followup,
+            "missing_followup_policy": self.counts.missing_policy,
+            "selections": self.cv.selections,
+            "metrics": metrics,
+            "run_id": self.run_id,
+        }
+
+
+@dataclass
+class TrainSummary:
+    spec: str
+    data: str
+    dataset_digest: str
+    config_digest: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    seconds: float
+    outcomes: dict[str, OutcomeResult]
+    validation: ValidationReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "data": self.data,
+            "dataset_digest": self.dataset_digest,
+            "config_digest": self.config_digest,
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+            "seconds": round(self.seconds, 1),
+            "outcomes": {k: v.summary() for k, v in self.outcomes.items()},
+        }
+
+    def render(self) -> str:
+        lines = [f"Training job {self.parent_run_id} on {self.data} (spec {self.spec}) took {self.seconds:.0f} s."]
+        for result in self.outcomes.values():
+            s = result.summary()
+            m = s["metrics"]
+            verdict = "EVIDENCE of a responder subgroup" if s["evidence"] else "NO reliable evidence of a responder subgroup"
+            lines += [
+                f"- {s['outcome']}: {verdict} (permutation p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}, "
+                f"B = {s['permutations']})",
+                f"    champion candidate: {s['champion']} ({s['reason']})",
+                f"    out-of-fold (nested CV): AUC naltrexone {_fmt(m.get('auc_treated'))}, placebo {_fmt(m.get('auc_control'))}; "
+                f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
+                f"AUTOC {_fmt(m.get('autoc_averaged'))} [{_fmt(m.get('autoc_lower'))}, {_fmt(m.get('autoc_upper'))}]; "
+                f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",
+                f"    registry: {s['registered_model']} version {s['version']} -> "
+                + ("promoted to @champion" if s["promoted"] else f"NOT promoted ({'; '.join(s['gate'])}); @champion is version {s['champion_version']}"),
+                f"    MLflow run: {s['run_id']}",
+            ]
+        lines.append(f"Tracking: {self.tracking_uri} (experiment {self.experiment_id})")
+        return "\n".join(lines)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> tuple[OutcomeData, LabelCounts]:
+    labels, counts = responder_labels(
+        frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup
+    )
+    keep = labels.notna().to_numpy()
+    X = model_inputs(frame, spec).loc[keep].reset_index(drop=True)
+    t = (frame[spec.arm.column].to_numpy() == spec.arm.treated)[keep].astype(int)
+    y = labels.to_numpy()[keep].astype(int)
+    return OutcomeData(X, t, y, spec.arm.treated_fraction), counts
+
+
+def fit_champion(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig, evidence: Evidence) -> ResponderModel:
+    data = result.data
+    pipeline = build_feature_pipeline(spec).fit(data.X)
+    F = pipeline.transform(data.X).reset_index(drop=True)
+    candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed).fit(F, data.t, data.y)
+    ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed).fit(F, data.t, data.y)
+    return ResponderModel(
+        spec=spec,
+        outcome=result.outcome,
+        pipeline=pipeline,
+        candidate=candidate,
+        ensemble=ensemble,
+        label_rule=config.labels,
+        evidence=evidence,
+        metadata={
+            "candidate_label": candidate_label(result.champion),
+            "reason": result.reason,
+            "responder_rule": result.counts.rule,
+            "n_train": len(data.y),
+            "n_responders": int(data.y.sum()),
+        },
+    )
+
+
+def _log_table(frame: pd.DataFrame, path: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(path).name
+        if local.suffix == ".csv":
+            frame.to_csv(local)
+        else:
+            frame.to_parquet(local)
+        mlflow.log_artifact(str(local), artifact_path=str(Path(path).parent) if Path(path).parent != Path(".") else None)
+
+
+def _log_outcome_artifacts(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig) -> None:
+    cv, data = result.cv, result.data
+    _log_table(cv.summary, "evaluation/candidates.csv")
+    _log_table(cv.per_repeat.set_index(["candidate", "repeat"]), "evaluation/per_repeat.csv")
+    p = cv.oof[result.procedure].mean(axis=0)
+    tau = cv.mean_benefit(result.procedure)
+    oof = pd.DataFrame({"t": data.t, "y": data.y, "p1": p[:, 0], "p0": p[:, 1], "benefit": tau, "psi": cv.psi.mean(axis=0)})
+    for name in config.candidates.enabled:
+        oof[f"benefit_{name}"] = cv.mean_benefit(name)
+    _log_table(oof, "evaluation/oof_predictions.parquet")
+    arm_labels = (spec.treated_display(), spec.control_display())
+    mlflow.log_figure(
+        plots.calibration_figure(data.y, data.t, p[:, 0], p[:, 1], arm_labels, f"{result.outcome}: calibration (out of fold)"),
+        "plots/calibration.png",
+    )
+    mlflow.log_figure(
+        plots.uplift_figure(tau, data.t, data.y, f"{result.outcome}: Qini curve (out of fold)", seed=config.seed), "plots/qini.png"
+    )
+    perm = result.permutation
+    mlflow.log_figure(
+        plots.permutation_figure(perm.null, perm.statistic, perm.p_value, f"{result.outcome}: permutation test"),
+        "plots/permutation.png",
+    )
+    mlflow.log_dict({"null": perm.null.tolist(), "observed": perm.statistic, "per_candidate": perm.per_candidate}, "evaluation/permutation.json")
+
+
+def _validate_model(result: OutcomeResult, config: TrainConfig) -> list[str]:
+    """Checks a model must pass before it can be champion; returns the failures."""
+    problems = []
+    model = result.model
+    assert model is not None
+    predictions = model.predict(result.data.X)
+    numbers = predictions[["p_response_naltrexone", "p_response_placebo", "benefit_lower", "benefit_upper"]].to_numpy()
+    if not np.isfinite(numbers).all():
+        problems.append("non-finite predictions")
+    probabilities = predictions[["p_response_naltrexone", "p_response_placebo"]].to_numpy()
+    if (probabilities < 0).any() or (probabilities > 1).any():
+        problems.append("probabilities outside [0, 1]")
+    if ((predictions["benefit_lower"] > predictions["benefit"] + 1e-9) | (predictions["benefit"] > predictions["benefit_upper"] + 1e-9)).any():
+        problems.append("benefit outside its interval")
+    excess = result.cv.metric(result.procedure, "brier_mean") - result.cv.metric(result.procedure, "brier_null_mean")
+    if excess > config.gate.max_brier_excess:
+        problems.append(f"cross-validated Brier exceeds the no-information Brier by {excess:.3f} > {config.gate.max_brier_excess}")
+    loaded = load_registered(f"models:/{result.registered_model}/{result.version}")
+    again = loaded.predict(result.data.X.head(10))
+    if not np.allclose(again[["p_response_naltrexone", "benefit"]].to_numpy(), predictions.head(10)[["p_response_naltrexone", "benefit"]].to_numpy()):
+        problems.append("the registered model does not reproduce the in-memory predictions")
+    return problems
+
+
+def _compare_with_champion(result: OutcomeResult, client: MlflowClient, config: TrainConfig) -> list[str]:
+    current = current_champion(client, result.registered_model)
+    if current is None:
+        return []
+    previous = current.tags.get("candidate")
+    if previous not in result.cv.summary.index:
+        return []
+    new = result.cv.metric(result.champion, "brier_mean")
+    old = result.cv.metric(previous, "brier_mean")
+    if new > old + config.gate.max_brier_worse_than_champion:
+        return [
+            f"worse than the current champion's candidate ({previous}, version {current.version}) on this evaluation: "
+            f"Brier {new:.4f} vs {old:.4f}"
+        ]
+    return []
+
+
+def validate_for_promotion(results: dict[str, OutcomeResult], client: MlflowClient, config: TrainConfig) -> None:
+    """Phase 2: decide, per outcome, whether the new version may become champion (no alias moves here)."""
+    for result in results.values():
+        result.gate = _validate_model(result, config) + _compare_with_champion(result, client, config)
+
+
+def promote(results: dict[str, OutcomeResult], client: MlflowClient) -> None:
+    """Phase 3, last: move ``champion`` for every outcome whose model passed."""
+    for result in results.values():
+        if not result.gate:
+            set_champion(client, result.registered_model, result.version)
+            result.promoted = True
+            client.set_model_version_tag(result.registered_model, result.version, "gate", "passed")
+        else:
+            client.set_model_version_tag(result.registered_model, result.version, "gate", "; ".join(result.gate)[:5000])
+        current = current_champion(client, result.registered_model)
+        result.champion_version = str(current.version) if current else None
+
+
+def run_training(
+    data_path: str | Path,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    tracking_uri: str | None = None,
+    summary_json: str | Path | None = None,
+) -> TrainSummary:
+    """Run one training job end to end; raises on bad data or any failure (champion untouched)."""
+    started = time.perf_counter()
+    data_path = Path(data_path)
+    frame, validation = load_trial(data_path, spec)
+    resolved_uri, client = setup_tracking(tracking_uri)
+    experiment_id = ensure_experiment(client, spec.name, resolved_uri)
+    digest = file_digest(data_path)
+    results: dict[str, OutcomeResult] = {}
+
+    mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
+    with mlflow.start_run(run_name=f"train {data_path.name}") as parent:
+        mlflow.set_tags({**code_version(), "spec": spec.name, "dataset.digest": digest, "config.digest": config.digest(), "job": "train"})
+        mlflow.log_params(
+            {
+                "data": data_path.name,
+                "n_rows": len(frame),
+                "seed": config.seed,
+                "cv.folds": config.cv.folds,
+                "cv.repeats": config.cv.repeats,
+                "cv.inner_folds": config.cv.inner_folds,
+                "evidence.permutations": config.evidence.permutations,
+                "evidence.alpha": config.evidence.alpha,
+                "intervals.bootstrap_models": config.intervals.bootstrap_models,
+                "intervals.level": config.intervals.level,
+                "candidates": ",".join(config.candidates.enabled),
+                "executor": config.executor.kind,
+            }
+        )
+        inputs = frame.drop(columns=ground_truth_columns(frame))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
+            dataset = mlflow.data.from_pandas(inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
+        mlflow.log_input(dataset, context="training", tags={"spec": spec.name, "rows": str(len(frame))})
+        mlflow.log_text(validation.render(), "data/validation_report.txt")
+        mlflow.log_dict(validation.to_dict(), "data/validation_report.json")
+        mlflow.log_text(spec.to_yaml(), "data/spec.yaml")
+        mlflow.log_text(config.to_yaml(), "config.yaml")
+
+        with make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler) as executor:
+            for outcome in spec.outcomes:
+                data, counts = outcome_data(frame, spec, outcome, config)
+                log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
+                with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
+                    mlflow.set_tags({"outcome": outcome, "spec": spec.name})
+                    mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
+                    mlflow.log_metrics(counts.as_metrics())
+                    cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
+                    for name in config.candidates.enabled:
+                        with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
+                            mlflow.set_tags({"outcome": outcome, "candidate": name})
+                            params = getattr(config.candidates, name).model_dump(mode="json")
+                            mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+                            mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                            mlflow.log_metric("times_selected", cv.selections[name])
+                    permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
+                    results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
+
+        adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
+        for outcome, result in results.items():
+            result.p_adjusted = adjusted[outcome]
+            tested = result.permutation.tested
+            result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
+            if result.evidence:
+                result.champion = result.cv.final_choice
+                result.reason = f"subgroup evidence; lowest cross-validated tau-risk (one-SE rule) among {len(config.candidates.enabled)} candidates"
+            else:
+                result.champion = "risk_model"
+                result.reason = "no reliable subgroup evidence: the risk model (constant relative effect) is the honest default"
+            verdict = (
+                "evidence of a responder subgroup"
+                if result.evidence
+                else "no reliable evidence of a responder subgroup" if tested else "heterogeneity not tested"
+            )
+            evidence = Evidence(
+                tested=tested,
+                subgroup_evidence=result.evidence,
+                p_value=_clean(result.permutation.p_value),
+                p_adjusted=_clean(result.p_adjusted),
+                statistic=_clean(result.permutation.statistic),
+                alpha=config.evidence.alpha,
+                permutations=len(result.permutation.null),
+                verdict=verdict,
+            )
+            result.model = fit_champion(result, spec, config, evidence)
+            result.registered_model = spec.registered_model_name(outcome)
+            with mlflow.start_run(run_id=result.run_id, nested=True):
+                selected = result.cv.summary.loc[result.procedure]
+                mlflow.log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
+                mlflow.log_metrics(
+                    {
+                        "p_value": result.permutation.p_value if tested else float("nan"),
+                        "p_adjusted": result.p_adjusted if tested else float("nan"),
+                        "heterogeneity_statistic": result.permutation.statistic,
+                        "subgroup_evidence": float(result.evidence),
+                    }
+                )
+                mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict})
+                _log_outcome_artifacts(result, spec, config)
+                info = log_responder_model(result.model)
+            result.model_uri = info.model_uri
+            version = register(
+                info.model_uri,
+                result.registered_model,
+                tags={
+                    "candidate": result.champion,
+                    "subgroup_evidence": result.evidence,
+                    "p_adjusted": _fmt(_clean(result.p_adjusted)),
+                    "verdict": verdict,
+                    "dataset_digest": digest,
+                    "config_digest": config.digest(),
+                    "training_run_id": result.run_id,
+                    "parent_run_id": parent.info.run_id,
+                    "brier_mean_cv": f"{result.cv.metric(result.champion, 'brier_mean'):.5f}",
+                },
+            )
+            result.version = str(version.version)
+            mlflow.log_metrics({f"{outcome}.{k}": v for k, v in {"p_adjusted": result.p_adjusted, "subgroup_evidence": float(result.evidence)}.items() if np.isfinite(v)})
+
+        validate_for_promotion(results, client, config)
+        promote(results, client)
+
+        summary = TrainSummary(
+            spec=spec.name,
+            data=str(data_path),
+            dataset_digest=digest,
+            config_digest=config.digest(),
+            tracking_uri=resolved_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent.info.run_id,
+            seconds=time.perf_counter() - started,
+            outcomes=results,
+            validation=validation,
+        )
+        mlflow.log_dict(summary.to_dict(), "summary.json")
+        mlflow.log_metric("job_seconds", summary.seconds)
+    if summary_json:
+        Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
+    return summary
