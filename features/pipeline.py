@@ -121,11 +121,13 @@ def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo
                 label = spec.covariates[column].label or column
                 for level in levels:
                     info[f"{column}_{level}"] = FeatureInfo(
-                        f"{column}_{level}", f"{label} is {level} (1 = yes)", "0/1", column, "covariate"
+                        f"{column}_{level}", f"{label} is {level} (1 = yes)", "0/1", column, "covariate", f"{label} {level}"
                     )
     for column in spec.baseline_score_columns():
         outcome = next(o for o in spec.outcomes.values() if o.baseline == column)
-        info[column] = FeatureInfo(column, f"Baseline {outcome.label}", outcome.unit, column, "symptom")
+        info[column] = FeatureInfo(
+            column, f"Baseline {outcome.label}", outcome.unit, column, "symptom", f"Baseline {outcome.label.split(' (')[0].lower()}"
+        )
     if spec.cognitive_dominance is not None:
         info["cognitive_dominance"] = FeatureInfo(
             "cognitive_dominance",
@@ -133,15 +135,16 @@ def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo
             "points",
             None,
             "symptom",
+            "Cognitive dominance (memory minus pain)",
         )
     for column, cov in spec.covariates.items():
         if cov.kind == "numeric":
             group = "symptom" if column.endswith("_baseline") else "covariate"
-            info[column] = FeatureInfo(column, cov.label or column, cov.unit, column, group)
+            info[column] = FeatureInfo(column, cov.label or column, cov.unit, column, group, (cov.label or column).split(" (")[0])
     for analyte in spec.labs:
         lab = catalog[analyte]
         info[f"{analyte}_missing"] = FeatureInfo(
-            f"{analyte}_missing", f"{lab.label} not measured, imputed (1 = yes)", "0/1", analyte, "data quality"
+            f"{analyte}_missing", f"{lab.label} not measured, imputed (1 = yes)", "0/1", analyte, "data quality", f"{lab.label} missing"
         )
         if lab.lod is not None:
             info[f"{analyte}_below_lod"] = FeatureInfo(
@@ -150,6 +153,7 @@ def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo
                 "0/1",
                 analyte,
                 "data quality",
+                f"{lab.label} below detection",
             )
     names = list(pipeline.get_feature_names_out())
     missing = [n for n in names if n not in info]

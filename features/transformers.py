@@ -39,6 +39,11 @@ class FeatureInfo:
     unit: str = ""
     source: str | None = None  # the input column (or analyte) the feature is derived from
     group: str = "other"  # inflammation, autoantibody, symptom, covariate, data quality
+    label: str = ""  # short name for sentences ("Inflammation index"); empty: use the description
+
+    @property
+    def short(self) -> str:
+        return self.label or self.description
 
 
 class LabParseError(ValueError):
@@ -277,25 +282,32 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
         info = []
         for a in self.analytes:
             lab = self.catalog_[a]
-            info.append(FeatureInfo(f"{a}_log", f"{lab.label} (natural log of {lab.unit})", f"log {lab.unit}", a, "inflammation"))
+            info.append(
+                FeatureInfo(f"{a}_log", f"{lab.label} (natural log of {lab.unit})", f"log {lab.unit}", a, "inflammation", lab.label)
+            )
         known = {
-            "crp_band": ("CRP risk band: 0 < 1, 1 = 1-3, 2 = 3-10, 3 > 10 mg/L (acute)", "band", "crp"),
-            "esr_uln_ratio": ("ESR relative to its age/sex-adjusted upper limit", "ratio", "esr"),
-            "esr_elevated": ("ESR above its age/sex-adjusted upper limit (1 = yes)", "0/1", "esr"),
-            "il6_il10_ratio_log": ("IL-6 / IL-10 ratio (natural log): pro- vs anti-inflammatory balance", "log ratio", None),
-            "nlr": ("Neutrophil-to-lymphocyte ratio", "ratio", None),
+            "crp_band": ("CRP risk band: 0 < 1, 1 = 1-3, 2 = 3-10, 3 > 10 mg/L (acute)", "band", "crp", "CRP band"),
+            "esr_uln_ratio": ("ESR relative to its age/sex-adjusted upper limit", "ratio", "esr", "ESR / upper limit"),
+            "esr_elevated": ("ESR above its age/sex-adjusted upper limit (1 = yes)", "0/1", "esr", "ESR elevated"),
+            "il6_il10_ratio_log": (
+                "IL-6 / IL-10 ratio (natural log): pro- vs anti-inflammatory balance", "log ratio", None, "IL-6/IL-10 ratio (log)"
+            ),
+            "nlr": ("Neutrophil-to-lymphocyte ratio", "ratio", None, "Neutrophil-to-lymphocyte ratio"),
             "inflammation_index": (
                 "Composite inflammation index: mean z-score of log "
                 + ", ".join(self.catalog_[a].label for a in self.index_markers_)
                 + " (scaled on training data)",
                 "z",
                 None,
+                "Inflammation index",
             ),
-            "markers_above_reference": ("Number of inflammation markers above their upper reference limit", "count", None),
+            "markers_above_reference": (
+                "Number of inflammation markers above their upper reference limit", "count", None, "Markers above reference"
+            ),
         }
         for name in self.get_feature_names_out()[len(self.analytes):]:
-            description, unit, source = known[name]
-            info.append(FeatureInfo(name, description, unit, source, "inflammation"))
+            description, unit, source, label = known[name]
+            info.append(FeatureInfo(name, description, unit, source, "inflammation", label))
         return info
 
 
@@ -355,7 +367,11 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
         for name in self.get_feature_names_out():
             if name == "autoantibody_burden":
                 labels = ", ".join(self.catalog_[a].label for a in self.positive_analytes_)
-                info.append(FeatureInfo(name, f"Autoantibody burden: number positive of {labels}", "count", None, "autoantibody"))
+                info.append(
+                    FeatureInfo(
+                        name, f"Autoantibody burden: number positive of {labels}", "count", None, "autoantibody", "Autoantibody burden"
+                    )
+                )
                 continue
             a = name.removesuffix("_log2_titre").removesuffix("_positive").removesuffix("_index").removesuffix("_log")
             lab = self.catalog_[a]
@@ -368,7 +384,7 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
                 text, unit = f"{lab.label} (IgG binding vs healthy-control mean)", lab.unit
             else:
                 text, unit = f"{lab.label} (natural log of {lab.unit})", f"log {lab.unit}"
-            info.append(FeatureInfo(name, text, unit, a, "autoantibody"))
+            info.append(FeatureInfo(name, text, unit, a, "autoantibody", lab.label))
         return info
 
 

@@ -123,6 +123,48 @@ def train(
     typer.echo(summary.render())
 
 
+@app.command()
+def predict(
+    patients: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="patients as .csv, .parquet or .json")],
+    out: Annotated[Path | None, typer.Option("--out", help="write the JSON here instead of printing it")] = None,
+    spec: SpecOption = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
+) -> None:
+    """Score patients with the registered champions; prints the same JSON as POST /predict."""
+    from serving.scoring import score_file
+
+    text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (or --host)")] = 3000,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="development only: serve without a bearer token if RESPONDERS_API_TOKEN is unset")
+    ] = False,
+) -> None:
+    """Serve the champions as a REST API (BentoML); needs RESPONDERS_API_TOKEN unless --insecure-dev."""
+    import subprocess
+
+    env = dict(os.environ)
+    if insecure_dev:
+        env["RESPONDERS_INSECURE_DEV"] = "1"
+        if not env.get("RESPONDERS_API_TOKEN"):
+            typer.echo("WARNING: --insecure-dev without RESPONDERS_API_TOKEN: the API accepts requests without a token.", err=True)
+    elif not env.get("RESPONDERS_API_TOKEN"):
+        typer.echo("Refusing to start: set RESPONDERS_API_TOKEN (or pass --insecure-dev for local development).", err=True)
+        raise typer.Exit(2)
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
 def main() -> None:
     quiet_telemetry()
     try:
