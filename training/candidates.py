@@ -101,6 +101,29 @@ class _ConstantClassifier:
         return np.zeros((len(X), X.shape[1])), np.full(len(X), logit(self.rate))
 
 
+def _matrix(X, features: list[str]) -> np.ndarray:
+    """Features as a float matrix in training order (a DataFrame is reordered by name; an array is taken as is).
+
+    Prediction works on plain arrays: per-call pandas and scikit-learn input
+    checks cost more than the models themselves, and the interval ensemble
+    calls a hundred models per request.
+    """
+    if isinstance(X, pd.DataFrame):
+        return X[features].to_numpy(dtype=float)
+    return np.asarray(X, dtype=float)
+
+
+def _scale(X: np.ndarray, scaler: StandardScaler) -> np.ndarray:
+    return (X - scaler.mean_) / scaler.scale_
+
+
+def _proba(model, X: np.ndarray) -> np.ndarray:
+    """P(class 1) from a fitted LightGBM classifier (or the constant stand-in), on an array."""
+    if isinstance(model, _ConstantClassifier):
+        return model.predict_proba(X)[:, 1]
+    return model.booster_.predict(X)
+
+
 def _fit_lgbm_classifier(X: pd.DataFrame, y: np.ndarray, params: LightGBMParams, seed: int):
     if len(np.unique(y)) < 2 or len(y) < 4:
         return _ConstantClassifier(y)
@@ -175,8 +198,8 @@ class RiskModel(BenefitCandidate):
         self.b_, self.gamma_ = (float(v) for v in effect.coef_[0])
         return self
 
-    def _eta(self, X: pd.DataFrame) -> np.ndarray:
-        score = self.scaler_.transform(X[self.features_]) @ self.coef_ + self.intercept_
+    def _eta(self, X) -> np.ndarray:
+        score = _scale(_matrix(X, self.features_), self.scaler_) @ self.coef_ + self.intercept_
         return self.a_ + self.b_ * score
 
     def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +207,7 @@ class RiskModel(BenefitCandidate):
         return expit(eta0 + self.gamma_), expit(eta0)
 
     def _explain(self, X: pd.DataFrame) -> Explanation:
-        Z = self.scaler_.transform(X[self.features_])  # training mean is 0 after scaling
+        Z = _scale(_matrix(X, self.features_), self.scaler_)  # training mean is 0 after scaling
         phi = self.b_ * Z * self.coef_[None, :]
         base0 = np.full(len(X), self.a_ + self.b_ * self.intercept_)
         p1 = _logit_to_probability(phi, base0 + self.gamma_)
@@ -247,14 +270,14 @@ class InteractionLogistic(BenefitCandidate):
         self.C_ = float(np.ravel(model.C_)[0])
         return self
 
-    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        Z = self.scaler_.transform(X[self.features_])
+    def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
+        Z = _scale(_matrix(X, self.features_), self.scaler_)
         eta0 = self.intercept_ + Z @ self.main_
         eta1 = eta0 + self.gamma_ + Z @ self.inter_
         return expit(eta1), expit(eta0)
 
     def _explain(self, X: pd.DataFrame) -> Explanation:
-        Z = self.scaler_.transform(X[self.features_])
+        Z = _scale(_matrix(X, self.features_), self.scaler_)
         p1 = _logit_to_probability(Z * (self.main_ + self.inter_)[None, :], np.full(len(X), self.intercept_ + self.gamma_))
         p0 = _logit_to_probability(Z * self.main_[None, :], np.full(len(X), self.intercept_))
         return Explanation(self.features_, p1, _difference(p1, p0))
@@ -278,9 +301,9 @@ class TLearner(BenefitCandidate):
         self.control_ = _fit_lgbm_classifier(X[~t], y[~t], params, self.random_state + 1)
         return self
 
-    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        X = X[self.features_]
-        return self.treated_.predict_proba(X)[:, 1], self.control_.predict_proba(X)[:, 1]
+    def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
+        A = _matrix(X, self.features_)
+        return _proba(self.treated_, A), _proba(self.control_, A)
 
     def _explain(self, X: pd.DataFrame) -> Explanation:
         X = X[self.features_]
@@ -332,12 +355,12 @@ class DRLearner(BenefitCandidate):
         self.treated_ = _fit_lgbm_classifier(X[t == 1], y[t == 1].astype(int), nuisance, self.random_state + 40)
         return self
 
-    def _tau(self, X: pd.DataFrame) -> np.ndarray:
-        return self.final_.predict(X)
+    def _tau(self, X: np.ndarray) -> np.ndarray:
+        return self.final_.booster_.predict(X)
 
-    def predict_arms(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        X = X[self.features_]
-        p1 = self.treated_.predict_proba(X)[:, 1]
+    def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
+        X = _matrix(X, self.features_)
+        p1 = _proba(self.treated_, X)
         p0 = np.clip(p1 - self._tau(X), 0.0, 1.0)
         return p1, p0
 
@@ -406,7 +429,8 @@ class BootstrapEnsemble:
         estimate (trees refitted on resamples shift); centring keeps the width
         and asymmetry of the bootstrap distribution and always contains it.
         """
-        draws = np.column_stack([m.predict_benefit(X) for m in self.models_])
+        A = _matrix(X, self.candidate.features_)  # once, not once per refit
+        draws = np.column_stack([m.predict_benefit(A) for m in self.models_])
         tail = (1 - self.level) / 2
         lo, mid, hi = (np.quantile(draws, q, axis=1) for q in (tail, 0.5, 1 - tail))
         return np.clip(point + (lo - mid), -1, 1), np.clip(point + (hi - mid), -1, 1)
