@@ -12,6 +12,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "responders-mpl"))
+# Tests build Bentos and import models: keep BentoML's store out of the developer's home.
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="responders-bentoml-"))
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402

@@ -95,6 +95,9 @@ def train(
     workers: Annotated[int | None, typer.Option(min=1, help="local processes or local Dask workers")] = None,
     seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="also write the job summary as JSON")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="write the cohort report here as cohort.html (it is also logged to MLflow)")
+    ] = Path("reports"),
 ) -> None:
     """Train, evaluate (nested CV), test heterogeneity, register and gate the champion per outcome."""
     import logging
@@ -115,12 +118,14 @@ def train(
     cfg = load_config(config, **overrides)
     dataset_spec = load_spec(spec)
     try:
-        summary = run_training(data, dataset_spec, cfg, tracking_uri=tracking_uri, summary_json=summary_json)
+        summary = run_training(data, dataset_spec, cfg, tracking_uri=tracking_uri, summary_json=summary_json, report_dir=report_dir)
     except DataContractError as err:
         typer.echo(err.report.render(), err=True)
         typer.echo("Training refused: the file breaks the data contract (see the report above).", err=True)
         raise typer.Exit(2) from None
     typer.echo(summary.render())
+    if report_dir is not None:
+        typer.echo(f"Cohort report: {report_dir / 'cohort.html'}")
 
 
 @app.command()
@@ -163,6 +168,82 @@ def serve(
         raise typer.Exit(2)
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", host, "--port", str(port)]
     raise typer.Exit(subprocess.call(command, env=env))
+
+
+@report_app.command("cohort")
+def report_cohort(
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
+    run: Annotated[str | None, typer.Option("--run", help="training run id (default: the latest finished training run of the spec)")] = None,
+    spec: SpecOption = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")] = None,
+) -> None:
+    """Re-render a training job's cohort report (with model card) from MLflow alone."""
+    import logging
+
+    from training.reports import CohortPayload, latest_training_run, render_cohort_report
+    from training.spec import load_spec
+    from training.tracking import setup_tracking
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uri, client = setup_tracking(tracking_uri)
+    try:
+        run_id = run or latest_training_run(client, load_spec(spec).name)
+        payload = CohortPayload.from_mlflow(run_id, uri)
+    except LookupError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    html = render_cohort_report(payload)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    typer.echo(f"wrote {out} ({len(html) / 1e6:.1f} MB) from training run {run_id}")
+
+
+@report_app.command("patient")
+def report_patient(
+    patient: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON object of baseline fields, or {\"patients\": [...]} (first used)")],
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
+    spec: SpecOption = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
+) -> None:
+    """One-patient report from the @champion model of every outcome of the spec."""
+    from serving.scoring import resolve_champions
+    from training.reports import render_patient_report
+    from training.reports.patient import read_patient_file
+    from training.spec import load_spec
+
+    dataset_spec = load_spec(spec)
+    try:
+        frame = read_patient_file(patient, dataset_spec)
+    except ValueError as err:
+        typer.echo(f"Cannot read {patient}: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        champions = resolve_champions(dataset_spec, tracking_uri)
+    except RuntimeError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    models = {outcome: c.model for outcome, c in champions.items()}
+    versions = {outcome: f"{c.ref.registered_model} v{c.ref.version}" for outcome, c in champions.items()}
+    problems = {i.message() for m in models.values() for issues in m.lab_issues(frame).values() for i in issues}
+    if problems:
+        typer.echo("The patient cannot be scored:\n  " + "\n  ".join(sorted(problems)), err=True)
+        raise typer.Exit(2)
+    html = render_patient_report(models, frame, versions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    typer.echo(f"wrote {out} ({len(html) / 1e3:.0f} kB): {', '.join(versions.values())}")
+
+
+@app.command()
+def bento(
+    spec: SpecOption = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
+) -> None:
+    """Build a deployable Bento (offline) that carries the current champions."""
+    from serving.bento import build_bento
+
+    built = build_bento(spec, tracking_uri)
+    typer.echo(f"built {built.tag} with models {', '.join(str(m.tag) for m in built.info.models)}")
 
 
 def main() -> None:

@@ -1,0 +1,208 @@
+"""Request and response models of the clinic API; the patient model is generated from the dataset spec.
+
+A patient's fields are the data contract's baseline columns, so a row of a
+trial file without its arm and follow-up columns is a valid patient. Units,
+ranges and descriptions come from the spec and the lab catalog, and reach the
+OpenAPI document that the integration engineer reads.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from features.catalog import LabCatalog
+from training.spec import DatasetSpec
+
+Label = Literal["likely_benefit", "uncertain", "unlikely_benefit"]
+
+# Validation errors never echo the submitted values: they would end up in logs.
+_PRIVATE = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+def _lab_description(catalog: LabCatalog, analyte: str, column: str) -> str:
+    lab = catalog[analyte]
+    parts = [f"{lab.name} ({lab.label})."]
+    if lab.kind == "titre":
+        parts.append("Titre as lab report text, e.g. '1:160', '1:320', 'negative'.")
+    else:
+        parts.append(
+            f"A number in {lab.unit} (or in the unit given in `{column}_unit`), or lab report text such as "
+            f"'<{lab.lod:g}', '>{lab.plausible[1] / 10:g}'" + (", 'negative', 'positive'" if lab.positive_at else "") + "."
+        )
+        if lab.lod is not None:
+            parts.append(f"Limit of detection {lab.lod:g} {lab.unit}.")
+    if lab.upper_reference is not None:
+        ref = f"1:{lab.upper_reference:g}" if lab.kind == "titre" else f"{lab.upper_reference:g} {lab.unit}"
+        parts.append(f"Upper reference limit {ref}{' (age/sex-adjusted)' if lab.reference_rule else ''}.")
+    if lab.positive_at is not None:
+        cut = f"1:{lab.positive_at:g}" if lab.kind == "titre" else f"{lab.positive_at:g} {lab.unit}"
+        parts.append(f"Positive at >= {cut}.")
+    if lab.loinc:
+        parts.append(f"LOINC {lab.loinc}.")
+    parts.append("Omit or null when not measured: it is imputed and the response says so.")
+    return " ".join(parts)
+
+
+def patient_model(spec: DatasetSpec, catalog: LabCatalog) -> type[BaseModel]:
+    """A pydantic model of one patient's baseline data for ``spec``."""
+    required = set(spec.required_columns())
+    fields: dict[str, Any] = {
+        spec.id_column: (
+            Annotated[str, Field(min_length=1, max_length=64, description="Pseudonymous patient id, echoed in the response.")],
+            ...,
+        )
+    }
+    for outcome in spec.outcomes.values():
+        low, high = outcome.scale
+        fields[outcome.baseline] = (
+            Annotated[float, Field(ge=low, le=high, description=f"Baseline {outcome.label}; {outcome.unit}, {low:g}-{high:g}.")],
+            ...,
+        )
+    for column, cov in spec.covariates.items():
+        label = cov.label or column
+        if cov.kind == "numeric":
+            low, high = cov.range or (None, None)
+            unit = f"; {cov.unit}" if cov.unit else ""
+            rng = f", {low:g}-{high:g}" if low is not None else ""
+            annotation = Annotated[float, Field(ge=low, le=high, description=f"{label}{unit}{rng}.")]
+        else:
+            levels = tuple(cov.levels or [])
+            annotation = Annotated[Literal[levels], Field(description=f"{label}: one of {', '.join(levels)}.")]  # type: ignore[valid-type]
+        if column in required:
+            fields[column] = (annotation, ...)
+        else:
+            fields[column] = (annotation | None, None)
+    for analyte, lab in spec.labs.items():
+        description = _lab_description(catalog, analyte, lab.column)
+        fields[lab.column] = (float | Annotated[str, Field(max_length=32)] | None, Field(None, description=description))
+        if catalog[analyte].kind != "titre":
+            units = ", ".join(catalog[analyte].units)
+            fields[f"{lab.column}_unit"] = (
+                Annotated[str, Field(max_length=16)] | None,
+                Field(None, description=f"Unit of `{lab.column}` when not {catalog[analyte].unit}; accepted: {units}."),
+            )
+    model = create_model("Patient", __config__=_PRIVATE, **fields)
+    model.__doc__ = (
+        f"One patient's baseline data in the '{spec.name}' data contract (the trial file's baseline columns). "
+        "Labs accept numbers or report text and are parsed by the same code as training."
+    )
+    return model
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="The patient field concerned (data contract column name).")
+    message: str
+    code: str = Field(description="Machine-readable kind, e.g. implausible_lab, unknown_unit, unparseable_lab.")
+
+
+class InputWarningOut(BaseModel):
+    code: str = Field(description="imputed, below_detection_limit, outside_training_range or unseen_category.")
+    field: str
+    message: str
+
+
+class Interval(BaseModel):
+    lower: float = Field(ge=-1, le=1)
+    upper: float = Field(ge=-1, le=1)
+    level: float = Field(description="Nominal coverage, e.g. 0.95.")
+
+
+class Evidence(BaseModel):
+    subgroup_evidence: bool = Field(description="Did training find evidence of a responder subgroup for this outcome?")
+    p_adjusted: float | None = Field(None, description="Holm-adjusted permutation p-value of the heterogeneity test.")
+    verdict: str
+
+
+class ModelRef(BaseModel):
+    registered_model: str
+    version: str
+    training_run_id: str
+    candidate: str = Field(description="Model type: risk_model, interaction_logistic, t_learner or dr_learner.")
+
+
+class OutcomePrediction(BaseModel):
+    p_response_naltrexone: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on naltrexone.")
+    p_response_placebo: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on placebo.")
+    benefit: float = Field(ge=-1, le=1, description="p_response_naltrexone - p_response_placebo (probability points as a fraction).")
+    benefit_interval: Interval
+    label: Label = Field(description="From the model's own label rule (see label_rule).")
+    label_rule: str
+    responder_rule: str = Field(description="What counts as a clinically meaningful response, e.g. '>= 30% reduction from baseline'.")
+    evidence: Evidence
+    model: ModelRef
+
+
+class PatientPrediction(BaseModel):
+    patient_id: str
+    predictions: dict[str, OutcomePrediction] | None = Field(None, description="Per outcome; null when the patient has errors.")
+    warnings: list[InputWarningOut] = []
+    errors: list[FieldProblem] = Field([], description="Why this patient could not be scored; other patients are unaffected.")
+
+
+class PredictResponse(BaseModel):
+    results: list[PatientPrediction]
+    n_scored: int
+    n_failed: int
+    models: dict[str, ModelRef]
+
+
+class Driver(BaseModel):
+    feature: str = Field(description="Engineered feature name, e.g. crp_log, inflammation_index.")
+    description: str
+    patient_value: str = Field(description="The patient's value as a clinician reads it, with unit.")
+    feature_value: float | None
+    unit: str
+    contribution: float = Field(description="Contribution in probability points as a fraction (0.06 = 6 percentage points).")
+    sentence: str
+
+
+class OutputExplanation(BaseModel):
+    base_value: float = Field(description="The model's average output; base_value + sum(contributions) = prediction.")
+    prediction: float
+    drivers: list[Driver] = Field(description="Ranked by absolute contribution.")
+
+
+class OutcomeExplanation(BaseModel):
+    benefit: OutputExplanation
+    p_response_naltrexone: OutputExplanation
+    model: ModelRef
+
+
+class PatientExplanation(BaseModel):
+    patient_id: str
+    explanations: dict[str, OutcomeExplanation] | None = None
+    warnings: list[InputWarningOut] = []
+    errors: list[FieldProblem] = []
+
+
+class ExplainResponse(BaseModel):
+    results: list[PatientExplanation]
+    models: dict[str, ModelRef]
+
+
+class FeatureOut(BaseModel):
+    name: str
+    description: str
+    unit: str
+    group: str
+
+
+class OutcomeMetadata(BaseModel):
+    label: str
+    responder_rule: str
+    label_rule: str
+    interval_level: float
+    evidence: Evidence
+    model: ModelRef
+    features: list[FeatureOut]
+
+
+class Metadata(BaseModel):
+    spec: str
+    treated: str
+    control: str
+    outcomes: dict[str, OutcomeMetadata]
+    max_batch: int
+    simulated_training_data: bool

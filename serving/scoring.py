@@ -1,0 +1,321 @@
+"""Scoring shared by the REST API and ``responders predict``: load the champions once, score batches.
+
+One bad patient never blocks the others: every row is checked on its own
+(request-model validation, then the lab parser of the model's own fitted
+pipeline), rows with errors get an ``errors`` list and no prediction, and the
+rest are scored together. Patient values are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ValidationError
+
+from features.catalog import load_catalog
+from serving import schemas as S
+from training.explain import explain_patients
+from training.model import ResponderModel
+from training.spec import DatasetSpec, load_spec
+
+log = logging.getLogger("responders.serving")
+
+DEFAULT_MAX_BATCH = 500
+
+
+@dataclass
+class Champion:
+    outcome: str
+    model: ResponderModel
+    ref: S.ModelRef
+
+    def evidence(self) -> S.Evidence:
+        ev = self.model.evidence
+        return S.Evidence(subgroup_evidence=ev.subgroup_evidence, p_adjusted=ev.p_adjusted, verdict=ev.verdict)
+
+
+def _lab_code(reason: str) -> str:
+    if reason.startswith("unknown unit"):
+        return "unknown_unit"
+    if reason.startswith("implausible"):
+        return "implausible_lab"
+    return "unparseable_lab"
+
+
+def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dict[str, Champion]:
+    """Resolve each outcome's ``champion`` alias to a fixed registry version, and load that version.
+
+    The version is pinned here, at start-up: later alias moves do not change a
+    running service (restart it to pick up a new champion).
+    """
+    from training.tracking import CHAMPION, current_champion, load_registered, setup_tracking
+
+    _, client = setup_tracking(tracking_uri)
+    champions = {}
+    for outcome in spec.outcomes:
+        name = spec.registered_model_name(outcome)
+        version = current_champion(client, name)
+        if version is None:
+            raise RuntimeError(f"no '{CHAMPION}' version of registered model {name!r}: run `make train` first")
+        model = load_registered(f"models:/{name}/{version.version}")
+        ref = S.ModelRef(
+            registered_model=name,
+            version=str(version.version),
+            training_run_id=version.tags.get("training_run_id", version.run_id or ""),
+            candidate=model.candidate_name,
+        )
+        champions[outcome] = Champion(outcome, model, ref)
+        log.info("loaded %s version %s (%s)", name, ref.version, ref.candidate)
+    return champions
+
+
+def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champion]:
+    """Load champions imported into the BentoML model store (used inside a built Bento)."""
+    import bentoml
+    import joblib
+
+    champions = {}
+    for tag in tags:
+        stored = bentoml.models.get(tag)
+        model: ResponderModel = joblib.load(Path(stored.path_of("mlflow_model")) / "artifacts" / "responder.joblib")
+        labels = stored.info.labels
+        ref = S.ModelRef(
+            registered_model=labels.get("registered_model", str(stored.tag.name)),
+            version=labels.get("mlflow_version", str(stored.tag.version)),
+            training_run_id=labels.get("training_run_id", ""),
+            candidate=model.candidate_name,
+        )
+        champions[model.outcome] = Champion(model.outcome, model, ref)
+    missing = set(spec.outcomes) - set(champions)
+    if missing:
+        raise RuntimeError(f"the Bento lacks models for outcomes {sorted(missing)}")
+    return champions
+
+
+class Scorer:
+    """Validates, parses and scores patients with a fixed set of champions."""
+
+    def __init__(self, spec: DatasetSpec, champions: dict[str, Champion], max_batch: int = DEFAULT_MAX_BATCH):
+        self.spec = spec
+        self.champions = champions
+        self.max_batch = max_batch
+        self.patient_model = S.patient_model(spec, load_catalog())
+
+    @property
+    def refs(self) -> dict[str, S.ModelRef]:
+        return {k: c.ref for k, c in self.champions.items()}
+
+    # Input handling -----------------------------------------------------------
+    def validate_rows(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any] | None, list[S.FieldProblem]]]:
+        """Per row: the validated field values, or the validation problems (for files, not HTTP bodies)."""
+        out = []
+        for row in rows:
+            clean = {k: (None if _is_blank(v) else v) for k, v in row.items()}
+            try:
+                patient = self.patient_model.model_validate(clean)
+            except ValidationError as err:
+                problems = [
+                    S.FieldProblem(field=".".join(str(p) for p in e["loc"]) or "patient", message=e["msg"], code=e["type"])
+                    for e in err.errors(include_input=False)
+                ]
+                out.append((None, problems))
+                continue
+            out.append((patient.model_dump(), []))
+        return out
+
+    def _frame(self, patients: list[dict[str, Any]]) -> pd.DataFrame:
+        columns = list(self.patient_model.model_fields)
+        frame = pd.DataFrame([{c: p.get(c) for c in columns} for p in patients], columns=columns)
+        return frame.astype(object).where(frame.notna(), None)
+
+    def _lab_errors(self, frame: pd.DataFrame) -> dict[int, list[S.FieldProblem]]:
+        errors: dict[int, list[S.FieldProblem]] = {}
+        seen: set[tuple[int, str]] = set()
+        for champion in self.champions.values():
+            for row, issues in champion.model.lab_issues(frame).items():
+                for issue in issues:
+                    if (row, issue.column) in seen:
+                        continue
+                    seen.add((row, issue.column))
+                    errors.setdefault(int(row), []).append(
+                        S.FieldProblem(field=issue.column, message=issue.message(), code=_lab_code(issue.reason))
+                    )
+        return errors
+
+    def _split(self, patients: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[int, list[S.FieldProblem]]]:
+        frame = self._frame(patients)
+        return frame, self._lab_errors(frame)
+
+    def _warnings(self, frame: pd.DataFrame) -> list[list[S.InputWarningOut]]:
+        merged: list[dict[tuple[str, str, str], S.InputWarningOut]] = [{} for _ in range(len(frame))]
+        for champion in self.champions.values():
+            for i, items in enumerate(champion.model.warnings(frame)):
+                for w in items:
+                    merged[i].setdefault((w.code, w.field, w.message), S.InputWarningOut(code=w.code, field=w.field, message=w.message))
+        return [list(m.values()) for m in merged]
+
+    # Scoring --------------------------------------------------------------------
+    def predict(self, patients: list[dict[str, Any]], prior_errors: dict[int, list[S.FieldProblem]] | None = None) -> S.PredictResponse:
+        frame, errors = self._split(patients)
+        for row, problems in (prior_errors or {}).items():
+            errors.setdefault(row, []).extend(problems)
+        good = [i for i in range(len(frame)) if i not in errors]
+        scored = frame.iloc[good].reset_index(drop=True)
+        per_outcome = {}
+        warnings: list[list[S.InputWarningOut]] = self._warnings(scored) if good else []
+        for outcome, champion in self.champions.items():
+            per_outcome[outcome] = champion.model.predict(scored) if good else None
+        results = []
+        position = {row: k for k, row in enumerate(good)}
+        for i, patient in enumerate(patients):
+            pid = str(patient.get(self.spec.id_column) or f"row-{i + 1}")
+            if i in errors:
+                results.append(S.PatientPrediction(patient_id=pid, predictions=None, errors=errors[i]))
+                continue
+            k = position[i]
+            predictions = {}
+            for outcome, champion in self.champions.items():
+                row = per_outcome[outcome].iloc[k]
+                model = champion.model
+                predictions[outcome] = S.OutcomePrediction(
+                    p_response_naltrexone=float(row["p_response_naltrexone"]),
+                    p_response_placebo=float(row["p_response_placebo"]),
+                    benefit=float(row["benefit"]),
+                    benefit_interval=S.Interval(
+                        lower=float(row["benefit_lower"]), upper=float(row["benefit_upper"]), level=model.interval_level
+                    ),
+                    label=str(row["label"]),
+                    label_rule=model.label_rule.describe(),
+                    responder_rule=str(model.metadata.get("responder_rule", "")),
+                    evidence=champion.evidence(),
+                    model=champion.ref,
+                )
+            results.append(S.PatientPrediction(patient_id=pid, predictions=predictions, warnings=warnings[k]))
+        return S.PredictResponse(results=results, n_scored=len(good), n_failed=len(patients) - len(good), models=self.refs)
+
+    def explain(self, patients: list[dict[str, Any]], top: int = 10) -> S.ExplainResponse:
+        frame, errors = self._split(patients)
+        good = [i for i in range(len(frame)) if i not in errors]
+        scored = frame.iloc[good].reset_index(drop=True)
+        warnings = self._warnings(scored) if good else []
+        explained = {o: explain_patients(c.model, scored) if good else [] for o, c in self.champions.items()}
+        position = {row: k for k, row in enumerate(good)}
+        results = []
+        for i, patient in enumerate(patients):
+            pid = str(patient.get(self.spec.id_column) or f"row-{i + 1}")
+            if i in errors:
+                results.append(S.PatientExplanation(patient_id=pid, errors=errors[i]))
+                continue
+            k = position[i]
+            outcomes = {}
+            for outcome, champion in self.champions.items():
+                e = explained[outcome][k]
+                outcomes[outcome] = S.OutcomeExplanation(
+                    benefit=_output(e.benefit, top), p_response_naltrexone=_output(e.p_response_naltrexone, top), model=champion.ref
+                )
+            results.append(S.PatientExplanation(patient_id=pid, explanations=outcomes, warnings=warnings[k]))
+        return S.ExplainResponse(results=results, models=self.refs)
+
+    def metadata(self) -> S.Metadata:
+        outcomes = {}
+        simulated = False
+        for outcome, champion in self.champions.items():
+            model = champion.model
+            simulated = simulated or bool(model.metadata.get("simulated_data", False))
+            outcomes[outcome] = S.OutcomeMetadata(
+                label=self.spec.outcomes[outcome].label,
+                responder_rule=str(model.metadata.get("responder_rule", "")),
+                label_rule=model.label_rule.describe(),
+                interval_level=model.interval_level,
+                evidence=champion.evidence(),
+                model=champion.ref,
+                features=[S.FeatureOut(name=f.name, description=f.description, unit=f.unit, group=f.group) for f in model.feature_info().values()],
+            )
+        return S.Metadata(
+            spec=self.spec.name,
+            treated=self.spec.treated_display(),
+            control=self.spec.control_display(),
+            outcomes=outcomes,
+            max_batch=self.max_batch,
+            simulated_training_data=simulated,
+        )
+
+    def patient_frame(self, patient: dict[str, Any]) -> tuple[pd.DataFrame, list[S.FieldProblem]]:
+        frame, errors = self._split([patient])
+        return frame, errors.get(0, [])
+
+
+def _output(explanation, top: int) -> S.OutputExplanation:
+    drivers = explanation.drivers[: max(0, top)] if top else explanation.drivers
+    return S.OutputExplanation(
+        base_value=explanation.base_value,
+        prediction=explanation.prediction,
+        drivers=[
+            S.Driver(
+                feature=d.feature,
+                description=d.description,
+                patient_value=d.display_value,
+                feature_value=d.value,
+                unit=d.unit,
+                contribution=d.contribution,
+                sentence=d.sentence,
+            )
+            for d in drivers
+        ],
+    )
+
+
+def _is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """Patients from CSV/Parquet (trial-file rows; arm, follow-up and true_* columns are dropped) or JSON."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        rows = data.get("patients", data) if isinstance(data, dict) else data
+        return [rows] if isinstance(rows, dict) else list(rows)
+    from training.data import read_table
+
+    frame = read_table(path)
+    keep = [c for c in frame.columns if c in S.patient_model(spec, load_catalog()).model_fields]
+    records = frame[keep].astype(object).where(frame[keep].notna(), None).to_dict(orient="records")
+    numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
+    for record in records:
+        for column in numeric & record.keys():
+            value = record[column]
+            if isinstance(value, str):
+                try:
+                    record[column] = float(value.replace(",", "."))
+                except ValueError:
+                    pass  # left as text: validation reports it for this row
+    return records
+
+
+def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
+    """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row."""
+    dataset_spec = load_spec(spec)
+    max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
+    scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
+    rows = read_patients(path, dataset_spec)
+    validated = scorer.validate_rows(rows)
+    patients = [clean if clean is not None else {dataset_spec.id_column: rows[i].get(dataset_spec.id_column)} for i, (clean, _) in enumerate(validated)]
+    prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
+    response = scorer.predict(patients, prior_errors=prior)
+    return response.model_dump_json(indent=2)
+
+
+def as_dicts(patients: list[BaseModel]) -> list[dict[str, Any]]:
+    return [p.model_dump() for p in patients]

@@ -1,0 +1,317 @@
+"""The clinic API: contract, bad input, auth, batches, no skew, a real server, a Bento."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import schemathesis
+from helpers import fast_config, free_port, running
+from hypothesis import HealthCheck, settings
+from starlette.testclient import TestClient
+
+from serving.scoring import read_patients
+from training.simulate import simulate
+from training.spec import load_spec
+from training.train import run_training
+
+TOKEN = "test-token-not-a-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Champions trained on a simulated trial, in a fresh store the service is pointed at."""
+    tmp = tmp_path_factory.mktemp("serving")
+    frame = simulate("final", 120, 8)
+    frame.to_csv(tmp / "trial.csv", index=False)
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"permutations": 9}), tracking_uri=uri)
+    settings_env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "RESPONDERS_API_TOKEN": TOKEN,
+        "RESPONDERS_MAX_BATCH": "50",
+        # `bentoml serve` sets this up for /metrics; in-process tests must do it themselves
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
+    }
+    (tmp / "prometheus").mkdir()
+    saved = {k: os.environ.get(k) for k in settings_env}
+    os.environ.update(settings_env)
+    yield {"uri": uri, "tmp": tmp, "frame": frame, "summary": summary}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def app(store):
+    from serving.service import ResponderService
+
+    return ResponderService.to_asgi()  # one app per process: BentoML registers Prometheus metrics globally
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as test_client:  # runs the lifespan: the service instance loads the champions
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def patients(store):
+    path = store["tmp"] / "patients.csv"
+    simulate("final", 6, 99).to_csv(path, index=False)
+    return read_patients(path, load_spec())
+
+
+def test_predict_contract(client, patients, store):
+    response = client.post("/predict", json={"patients": patients[:3]}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["n_scored"] == 3 and body["n_failed"] == 0
+    first = body["results"][0]
+    assert first["patient_id"] == patients[0]["patient_id"]
+    for outcome in ("pain", "memory"):
+        p = first["predictions"][outcome]
+        assert 0 <= p["p_response_placebo"] <= 1 and 0 <= p["p_response_naltrexone"] <= 1
+        assert p["benefit"] == pytest.approx(p["p_response_naltrexone"] - p["p_response_placebo"])
+        assert p["benefit_interval"]["lower"] <= p["benefit"] <= p["benefit_interval"]["upper"]
+        assert p["label"] in {"likely_benefit", "uncertain", "unlikely_benefit"}
+        assert p["model"]["version"] == store["summary"].outcomes[outcome].version
+        assert p["evidence"]["verdict"]
+        assert "30%" in p["responder_rule"]
+
+
+def test_warnings_for_missing_and_below_detection_labs(client, patients):
+    patient = dict(patients[0], crp=None, il6="<1.5")
+    [result] = client.post("/predict", json={"patients": [patient]}, headers=AUTH).json()["results"]
+    codes = {(w["code"], w["field"]) for w in result["warnings"]}
+    assert ("imputed", "crp") in codes and ("below_detection_limit", "il6") in codes
+
+
+def test_explain_is_ranked_additive_and_worded(client, patients):
+    response = client.post("/explain", json={"patients": patients[:1], "top": 100}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    for outcome in ("pain", "memory"):
+        for target in ("benefit", "p_response_naltrexone"):
+            part = result["explanations"][outcome][target]
+            total = part["base_value"] + sum(d["contribution"] for d in part["drivers"])
+            assert total == pytest.approx(part["prediction"], abs=1e-9)
+            sizes = [abs(d["contribution"]) for d in part["drivers"]]
+            assert sizes == sorted(sizes, reverse=True)
+            assert all(d["sentence"].endswith(".") and d["patient_value"] for d in part["drivers"])
+    short = client.post("/explain", json={"patients": patients[:1], "top": 3}, headers=AUTH).json()
+    assert len(short["results"][0]["explanations"]["pain"]["benefit"]["drivers"]) == 3
+
+
+def test_report_is_self_contained_html_with_warnings(client, patients):
+    patient = dict(patients[0], crp=None, il6=None)
+    response = client.post("/report", json={"patient": patient}, headers=AUTH)
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert "<img" in html and "http://" not in html and "https://" not in html
+    assert "imputed" in html.lower()
+    bad = client.post("/report", json={"patient": dict(patients[0], crp="5000")}, headers=AUTH)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "crp"
+    assert client.post("/report", json={"patient": patients[0]}).status_code == 401
+
+
+def test_metadata(client, store):
+    body = client.post("/metadata", json={}, headers=AUTH).json()
+    assert set(body["outcomes"]) == {"pain", "memory"}
+    pain = body["outcomes"]["pain"]
+    assert pain["model"]["training_run_id"] == store["summary"].outcomes["pain"].run_id
+    assert any(f["name"] == "crp_log" and f["unit"] == "log mg/L" for f in pain["features"])
+    assert body["max_batch"] == 50
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field", "text"),
+    [
+        (lambda p: p.pop("pain_baseline"), 422, "patients[0].pain_baseline", "Field required"),
+        (lambda p: p.update(age="fifty"), 422, "patients[0].age", "valid number"),
+        (lambda p: p.update(sex="F"), 422, "patients[0].sex", "'female' or 'male'"),
+        (lambda p: p.update(pain_baseline=11), 422, "patients[0].pain_baseline", "less than or equal to 10"),
+        (lambda p: p.update(unexpected_field=1), 422, "patients[0].unexpected_field", "Extra inputs"),
+        (lambda p: p.update(crp="5000"), 200, "crp", "implausible"),
+        (lambda p: p.update(crp="1.2", crp_unit="furlongs"), 200, "crp", "unknown unit 'furlongs'"),
+        (lambda p: p.update(ana="lots"), 200, "ana", "not a titre"),
+    ],
+)
+def test_bad_input_table(client, patients, change, status, field, text):
+    patient = dict(patients[0])
+    change(patient)
+    response = client.post("/predict", json={"patients": [patient]}, headers=AUTH)
+    assert response.status_code == status, response.text
+    body = response.json()
+    if status == 422:
+        [problem] = [d for d in body["detail"] if d["field"] == field]
+        assert text in problem["message"]
+    else:  # the patient gets its own errors and no prediction
+        [result] = body["results"]
+        assert result["predictions"] is None
+        assert any(e["field"] == field and text in e["message"] for e in result["errors"])
+
+
+def test_empty_oversized_and_malformed_bodies(client, patients):
+    empty = client.post("/predict", json={"patients": []}, headers=AUTH)
+    assert empty.status_code == 422 and empty.json()["detail"][0]["field"] == "patients"
+    big = client.post("/predict", json={"patients": [patients[0]] * 51}, headers=AUTH)
+    assert big.status_code == 413 and "limit is 50" in big.json()["detail"]
+    broken = client.post("/predict", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert broken.status_code == 422
+    missing = client.post("/predict", json={}, headers=AUTH)
+    assert missing.status_code == 422 and missing.json()["detail"][0]["field"] == "patients"
+
+
+def test_auth(client, patients):
+    body = {"patients": patients[:1]}
+    assert client.post("/predict", json=body).status_code == 401
+    assert client.post("/predict", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/predict", json=body, headers={"Authorization": TOKEN}).status_code == 401
+    assert client.post("/explain", json=body).status_code == 401
+    assert client.post("/metadata", json={}).status_code == 401
+    assert client.post("/predict", json=body, headers=AUTH).status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    assert client.get("/docs.json").status_code == 200
+
+
+def test_mixed_batch_scores_others_identically(client, patients):
+    alone = [client.post("/predict", json={"patients": [p]}, headers=AUTH).json()["results"][0] for p in patients[:3]]
+    bad = dict(patients[1], crp="5000")
+    mixed = client.post("/predict", json={"patients": [patients[0], bad, patients[2]]}, headers=AUTH).json()
+    assert mixed["n_scored"] == 2 and mixed["n_failed"] == 1
+    assert mixed["results"][1]["errors"] and mixed["results"][1]["predictions"] is None
+    for k in (0, 2):  # equal up to float rounding (vectorised maths may differ in the last bit with batch size)
+        assert _rounded(mixed["results"][k]) == _rounded(alone[k])
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 12)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def test_no_training_serving_skew(client, patients, store):
+    """The same patient through /predict and through the registered MLflow model directly."""
+    mlflow.set_tracking_uri(store["uri"])
+    served = client.post("/predict", json={"patients": patients}, headers=AUTH).json()["results"]
+    for outcome in ("pain", "memory"):
+        direct = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-{outcome}@champion").predict(pd.DataFrame(patients))
+        for i, result in enumerate(served):
+            p = result["predictions"][outcome]
+            assert p["p_response_naltrexone"] == pytest.approx(direct["p_response_naltrexone"][i], abs=1e-12)
+            assert p["benefit"] == pytest.approx(direct["benefit"][i], abs=1e-12)
+            assert p["benefit_interval"]["lower"] == pytest.approx(direct["benefit_lower"][i], abs=1e-12)
+            assert p["label"] == direct["label"][i]
+
+
+def test_cli_predict_prints_the_same_json(store, patients, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    path = tmp_path / "patients.json"
+    path.write_text(json.dumps({"patients": patients[:2] + [dict(patients[2], age="unknown")]}))
+    result = CliRunner().invoke(app, ["predict", str(path), "--tracking-uri", store["uri"]])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["n_scored"] == 2 and body["n_failed"] == 1
+    assert body["results"][2]["errors"][0]["field"] == "age"
+
+
+def _fuzz(operation, statuses: dict[str, set[int]]) -> None:
+    from hypothesis import given
+
+    examples = 5 if operation.path == "/report" else 25  # a rendered report takes seconds
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    def call(case):
+        response = case.call(headers=AUTH)
+        statuses.setdefault(operation.path, set()).add(response.status_code)
+        assert response.status_code < 500, (case.path, response.status_code, response.text[:300])
+
+    call()
+
+
+def test_fuzzed_requests_never_get_a_server_error(app, client):
+    """schemathesis generates bodies from the service's own OpenAPI document; no answer may be a 5xx."""
+    schema = schemathesis.openapi.from_asgi("/docs.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/predict", "/explain", "/report", "/metadata"}
+    statuses: dict[str, set[int]] = {}
+    for operation in operations:
+        _fuzz(operation, statuses)
+    assert statuses["/predict"] & {200, 422}  # the fuzzer reached the handlers, not only the guard
+
+
+@pytest.mark.integration
+def test_real_bentoml_serve_process(store, patients, tmp_path):
+    port = free_port()
+    env = {"RESPONDERS_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": store["uri"]}
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, f"http://127.0.0.1:{port}/readyz", env=env, cwd=tmp_path, timeout=120):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            response = http.post("/predict", json={"patients": patients[:2]}, headers=AUTH)
+            assert response.status_code == 200, response.text
+            assert response.json()["n_scored"] == 2
+            assert http.post("/predict", json={"patients": patients[:1]}).status_code == 401
+            assert http.get("/metrics").status_code == 200
+            # Values that must never reach the server log: a malformed field and an unusable lab.
+            canary = dict(patients[0], patient_id="canary-id-5521", age="canary-age-4711")
+            assert http.post("/predict", json={"patients": [canary]}, headers=AUTH).status_code == 422
+            lab = dict(patients[0], patient_id="canary-id-7731", crp="canary-crp-9812")
+            assert http.post("/predict", json={"patients": [lab]}, headers=AUTH).json()["n_failed"] == 1
+    log_text = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+    assert "/predict" in log_text  # the log was captured
+    for secret in ("canary-age-4711", "canary-crp-9812", "canary-id-5521", "canary-id-7731", TOKEN):
+        assert secret not in log_text
+
+
+@pytest.mark.integration
+def test_service_refuses_to_start_without_token(store, tmp_path):
+    from serving.service import ResponderService
+
+    saved = os.environ.pop("RESPONDERS_API_TOKEN")
+    try:
+        with pytest.raises(RuntimeError, match="RESPONDERS_API_TOKEN"):
+            ResponderService.inner()  # the worker's constructor, as `bentoml serve` calls it
+    finally:
+        os.environ["RESPONDERS_API_TOKEN"] = saved
+
+
+@pytest.mark.integration
+def test_bento_build_includes_the_champions(store, tmp_path):
+    import bentoml
+
+    from serving.bento import build_bento
+
+    bento = build_bento(tracking_uri=store["uri"], version="test")
+    models = {str(m.tag) for m in bento.info.models}
+    expected = {f"fibromyalgia-ldn-{o}:mlflow-v{store['summary'].outcomes[o].version}" for o in ("pain", "memory")}
+    assert models == expected
+    assert bentoml.bentos.get("ldn-responders:test").path
+    # The Bento serves its own models: the registry is pointed somewhere empty.
+    port = free_port()
+    env = {"RESPONDERS_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
+    command = [sys.executable, "-m", "bentoml", "serve", "ldn-responders:test", "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, f"http://127.0.0.1:{port}/readyz", env=env, cwd=tmp_path, timeout=120):
+        response = httpx.post(f"http://127.0.0.1:{port}/metadata", json={}, headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        versions = {o: m["model"]["version"] for o, m in response.json()["outcomes"].items()}
+        assert versions == {o: store["summary"].outcomes[o].version for o in ("pain", "memory")}
