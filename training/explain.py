@@ -86,30 +86,39 @@ class _Describer:
         parse = model.pipeline.named_steps["parse"]
         self.catalog = parse.catalog_
         self.parsed, _ = parse.parse(raw)
+        # Plain arrays: per-cell pandas lookups dominated the cost of explaining a whole cohort.
+        self.columns = {c: self.parsed[c].to_numpy() for c in self.parsed.columns}
+        self._lab_cache: dict[tuple[int, str], tuple[str, str]] = {}
         self.raw = raw
         spec = model.spec
         self.age_column, self.sex_column, self.female = spec.roles.age, spec.roles.sex, spec.roles.female
 
     def lab_text(self, i: int, analyte: str) -> tuple[str, str]:
         """(display text, flag) for the patient's value of ``analyte``."""
+        key = (i, analyte)
+        if key not in self._lab_cache:
+            self._lab_cache[key] = self._lab_text(i, analyte)
+        return self._lab_cache[key]
+
+    def _lab_text(self, i: int, analyte: str) -> tuple[str, str]:
         lab = self.catalog[analyte]
-        value = float(self.parsed[analyte].iat[i])
+        value = float(self.columns[analyte][i])
         if math.isnan(value):
             return f"{lab.label} not measured (imputed)", ""
         if lab.kind == "titre":
             text = "negative" if value < (lab.reference_dilution or 40) else f"1:{value:g}"
             shown = f"{lab.label} {text}"
         else:
-            below = self.parsed.get(f"{analyte}_below_lod")
-            if below is not None and below.iat[i] > 0:
+            below = self.columns.get(f"{analyte}_below_lod")
+            if below is not None and below[i] > 0:
                 return f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit})", ""
             shown = f"{lab.label} of {_format_number(value)} {lab.unit}"
         flag = ""
         if lab.positive_at is not None:
             flag = "positive" if value >= lab.positive_at else ""
         else:
-            age = self.parsed[self.age_column].iat[i] if self.age_column in self.parsed else None
-            female = (str(self.parsed[self.sex_column].iat[i]) == str(self.female)) if self.sex_column in self.parsed else None
+            age = self.columns[self.age_column][i] if self.age_column in self.columns else None
+            female = (str(self.columns[self.sex_column][i]) == str(self.female)) if self.sex_column in self.columns else None
             limit = _upper_reference(
                 lab,
                 np.array([age]) if age is not None else None,
@@ -140,7 +149,7 @@ def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
 
 
 def _output(
-    target: str, contributions: Contributions, i: int, features: list[str], F: pd.DataFrame, info: dict[str, FeatureInfo], describer: _Describer
+    target: str, contributions: Contributions, i: int, features: list[str], F: np.ndarray, info: dict[str, FeatureInfo], describer: _Describer
 ) -> OutputExplanation:
     values = contributions.values[i]
     order = np.argsort(-np.abs(values), kind="stable")
@@ -150,7 +159,7 @@ def _output(
             continue
         name = features[j]
         meta = info[name]
-        feature_value = float(F[name].iat[i])
+        feature_value = float(F[i, j])
         display, flag = describer.describe(i, meta, feature_value)
         drivers.append(
             Driver(
@@ -177,7 +186,7 @@ def explain_patients(model: ResponderModel, raw: pd.DataFrame) -> list[PatientEx
     """
     raw = raw.reset_index(drop=True)
     explanation, F = model.explain(raw)
-    F = F.reset_index(drop=True)
+    F = F.reset_index(drop=True)[explanation.features].to_numpy(dtype=float)
     info = model.feature_info()
     describer = _Describer(model, raw)
     out = []
@@ -185,6 +194,6 @@ def explain_patients(model: ResponderModel, raw: pd.DataFrame) -> list[PatientEx
         benefit = _output("benefit", explanation.benefit, i, explanation.features, F, info, describer)
         treated = _output("p_response_naltrexone", explanation.p_treated, i, explanation.features, F, info, describer)
         assert benefit.additivity_error < 1e-6 and treated.additivity_error < 1e-6, "SHAP contributions do not add up"
-        imputed = [a for a in model.spec.labs if math.isnan(float(describer.parsed[a].iat[i]))]
+        imputed = [a for a in model.spec.labs if math.isnan(float(describer.columns[a][i]))]
         out.append(PatientExplanation(i, benefit, treated, imputed))
     return out

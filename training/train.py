@@ -24,7 +24,6 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from features.pipeline import build_feature_pipeline
-from training import plots
 from training.candidates import BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
 from training.data import ValidationReport, file_digest, ground_truth_columns, load_trial, model_inputs
@@ -40,6 +39,8 @@ from training.evaluation import (
 from training.executor import make_executor
 from training.labels import LabelCounts, responder_labels
 from training.model import Evidence, ResponderModel
+from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
+from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.spec import DatasetSpec
 from training.tracking import (
     code_version,
@@ -96,6 +97,7 @@ class OutcomeResult:
     promoted: bool = False
     gate: list[str] = field(default_factory=list)
     champion_version: str | None = None
+    figures: dict[str, str] = field(default_factory=dict)  # evaluation plots as PNG data URIs (logged and reported)
 
     @property
     def procedure(self) -> str:
@@ -202,7 +204,9 @@ def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: T
     return OutcomeData(X, t, y, spec.arm.treated_fraction), counts
 
 
-def fit_champion(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig, evidence: Evidence) -> ResponderModel:
+def fit_champion(
+    result: OutcomeResult, spec: DatasetSpec, config: TrainConfig, evidence: Evidence, provenance: dict[str, Any] | None = None
+) -> ResponderModel:
     data = result.data
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X).reset_index(drop=True)
@@ -222,6 +226,8 @@ def fit_champion(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig, 
             "responder_rule": result.counts.rule,
             "n_train": len(data.y),
             "n_responders": int(data.y.sum()),
+            # The patient report and the API show a simulated-data banner from this record.
+            "data_provenance": dict(provenance or {}),
         },
     )
 
@@ -247,19 +253,27 @@ def _log_outcome_artifacts(result: OutcomeResult, spec: DatasetSpec, config: Tra
         oof[f"benefit_{name}"] = cv.mean_benefit(name)
     _log_table(oof, "evaluation/oof_predictions.parquet")
     arm_labels = (spec.treated_display(), spec.control_display())
-    mlflow.log_figure(
-        plots.calibration_figure(data.y, data.t, p[:, 0], p[:, 1], arm_labels, f"{result.outcome}: calibration (out of fold)"),
-        "plots/calibration.png",
-    )
-    mlflow.log_figure(
-        plots.uplift_figure(tau, data.t, data.y, f"{result.outcome}: Qini curve (out of fold)", seed=config.seed), "plots/qini.png"
-    )
     perm = result.permutation
-    mlflow.log_figure(
-        plots.permutation_figure(perm.null, perm.statistic, perm.p_value, f"{result.outcome}: permutation test"),
-        "plots/permutation.png",
-    )
+    evidence = {"tested": perm.tested, "null": perm.null, "statistic": perm.statistic, "p_value": perm.p_value}
+    # Drawn once: logged here as files and embedded in the cohort report.
+    result.figures = evaluation_figures(result.outcome, oof, evidence, arm_labels, config.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, uri in result.figures.items():
+            (Path(tmp) / f"{key}.png").write_bytes(png_from_uri(uri))
+            mlflow.log_artifact(str(Path(tmp) / f"{key}.png"), artifact_path="plots")
     mlflow.log_dict({"null": perm.null.tolist(), "observed": perm.statistic, "per_candidate": perm.per_candidate}, "evaluation/permutation.json")
+
+
+def _log_shap_plots(images: dict[str, dict[str, str]], results: dict[str, OutcomeResult], client: MlflowClient) -> None:
+    """The cohort report's SHAP figures also as PNG artifacts of each outcome run (plots/shap_*.png)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for outcome, figures in images.items():
+            for key, uri in figures.items():
+                if key.startswith(("beeswarm", "bar_", "dependence_")):
+                    path = Path(tmp) / outcome / f"shap_{key}.png"
+                    path.parent.mkdir(exist_ok=True)
+                    path.write_bytes(png_from_uri(uri))
+                    client.log_artifact(results[outcome].run_id, str(path), artifact_path="plots")
 
 
 def _validate_model(result: OutcomeResult, config: TrainConfig) -> list[str]:
@@ -328,14 +342,21 @@ def run_training(
     config: TrainConfig,
     tracking_uri: str | None = None,
     summary_json: str | Path | None = None,
+    report_dir: str | Path | None = None,
 ) -> TrainSummary:
-    """Run one training job end to end; raises on bad data or any failure (champion untouched)."""
+    """Run one training job end to end; raises on bad data or any failure (champion untouched).
+
+    The cohort report is logged to the parent run (``reports/cohort.html``, with
+    the payload it is rendered from) and, when ``report_dir`` is given, also
+    written to ``report_dir/cohort.html``.
+    """
     started = time.perf_counter()
     data_path = Path(data_path)
     frame, validation = load_trial(data_path, spec)
     resolved_uri, client = setup_tracking(tracking_uri)
     experiment_id = ensure_experiment(client, spec.name, resolved_uri)
     digest = file_digest(data_path)
+    provenance = data_provenance(frame, data_path, digest, spec)
     results: dict[str, OutcomeResult] = {}
 
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
@@ -412,7 +433,7 @@ def run_training(
                 permutations=len(result.permutation.null),
                 verdict=verdict,
             )
-            result.model = fit_champion(result, spec, config, evidence)
+            result.model = fit_champion(result, spec, config, evidence, provenance)
             result.registered_model = spec.registered_model_name(outcome)
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 selected = result.cv.summary.loc[result.procedure]
@@ -447,8 +468,31 @@ def run_training(
             result.version = str(version.version)
             mlflow.log_metrics({f"{outcome}.{k}": v for k, v in {"p_adjusted": result.p_adjusted, "subgroup_evidence": float(result.evidence)}.items() if np.isfinite(v)})
 
+        # The report's analysis and figures (SHAP on the cohort, ANCOVA, Table 1) are made before the
+        # gate, so a failure there fails the job while every previous champion is still in place;
+        # only the registry outcome is filled in after promotion.
+        report_started = time.perf_counter()
+        payload = build_cohort_payload(
+            frame, spec, config, results, provenance, validation, parent.info.run_id, experiment_id
+        )
+        images = cohort_figures(payload, drawn={name: r.figures for name, r in results.items()})
+        report_seconds = time.perf_counter() - report_started
+
         validate_for_promotion(results, client, config)
         promote(results, client)
+
+        report_started = time.perf_counter()
+        add_registry(payload, results)
+        payload.log_to_mlflow()
+        html = render_cohort_report(payload, images=images)
+        mlflow.log_text(html, "reports/cohort.html")
+        _log_shap_plots(images, results, client)
+        if report_dir is not None:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            (Path(report_dir) / "cohort.html").write_text(html, encoding="utf-8")
+            log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
+        report_seconds += time.perf_counter() - report_started
+        mlflow.log_metric("report_seconds", report_seconds)
 
         summary = TrainSummary(
             spec=spec.name,

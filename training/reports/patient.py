@@ -1,0 +1,215 @@
+"""The one-patient report: for the clinician, why the model says what it says about this patient.
+
+``render_patient_report`` is the function behind ``responders report patient``
+and the REST API's ``POST /report``. It uses the models' own predict, warnings
+and :func:`~training.explain.explain_patients` (the one explanation function),
+so the report always agrees with ``/predict`` and ``/explain``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from training.explain import explain_patients
+from training.model import ResponderModel
+from training.reports import figures
+from training.reports.render import environment
+from training.spec import DatasetSpec
+
+log = logging.getLogger("responders.reports")
+
+TEMPLATE = "patient.html.j2"
+TOP_DRIVERS = 5
+LABEL_TEXT = {
+    "likely_benefit": "Likely benefit",
+    "uncertain": "Uncertain benefit",
+    "unlikely_benefit": "Unlikely benefit",
+}
+WARNING_TITLES = {
+    "imputed": "Not measured: imputed",
+    "below_detection_limit": "Below the detection limit",
+    "outside_training_range": "Outside the training range",
+    "unseen_category": "Category not seen in training",
+}
+
+
+def _waterfall_names(drivers, info) -> list[str]:
+    """Labels a clinician recognises: the patient's value, or for a data-quality flag what it flags.
+
+    A lab can drive the prediction through several features (its level, a
+    below-detection flag, a ratio); repeated values get the feature's name.
+    """
+    names: list[str] = []
+    for driver in drivers:
+        meta = info[driver.feature]
+        if driver.group == "data quality":
+            name = f"{meta.short}: {'yes' if (driver.value or 0) >= 0.5 else 'no'}"
+        else:
+            name = driver.display_value
+            if name in names:
+                name = f"{name} [{meta.short}]"
+        names.append(name)
+    return names
+
+
+def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> dict[str, Any]:
+    prediction = model.predict(raw).iloc[0]
+    [explained] = explain_patients(model, raw)
+    spec = model.spec
+    labels = (spec.treated_display(), spec.control_display())
+    benefit = explained.benefit
+    drivers = benefit.drivers
+    values = [d.contribution for d in drivers]
+    expl = figures.explanation(values, benefit.base_value, None, _waterfall_names(drivers, model.feature_info()))
+    with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
+        probabilities = figures.data_uri(
+            figures.probability_figure(float(prediction["p_response_naltrexone"]), float(prediction["p_response_placebo"]), labels),
+            tight=False,
+        )
+        interval = figures.data_uri(
+            figures.benefit_figure(
+                float(prediction["benefit"]), float(prediction["benefit_lower"]), float(prediction["benefit_upper"]), labels,
+                model.interval_level,
+            ),
+            tight=False,
+        )
+        waterfall = figures.data_uri(figures.waterfall_figure(expl)) if drivers else None
+    outcome = spec.outcomes[model.outcome]
+    return {
+        "key": model.outcome,
+        "label": outcome.label,
+        "responder_rule": model.metadata.get("responder_rule") or outcome.responder.describe(outcome.better, outcome.unit),
+        "p_treated": float(prediction["p_response_naltrexone"]),
+        "p_control": float(prediction["p_response_placebo"]),
+        "benefit": float(prediction["benefit"]),
+        "lower": float(prediction["benefit_lower"]),
+        "upper": float(prediction["benefit_upper"]),
+        "level": model.interval_level,
+        "label_key": str(prediction["label"]),
+        "label_text": LABEL_TEXT.get(str(prediction["label"]), str(prediction["label"])),
+        "label_rule": model.label_rule.describe(),
+        "probabilities": probabilities,
+        "interval": interval,
+        "waterfall": waterfall,
+        "base": benefit.base_value,
+        "benefit_drivers": [d.sentence for d in drivers[:TOP_DRIVERS]],
+        "treated_drivers": [d.sentence for d in explained.p_response_naltrexone.drivers[:3]],
+        "evidence": model.evidence.to_dict(),
+        "candidate": model.metadata.get("candidate_label", model.candidate_name),
+        "risk_model": model.candidate_name == "risk_model",
+        "version": version,
+    }
+
+
+def _provenance(models: dict[str, ResponderModel]) -> dict[str, Any]:
+    """Simulated if any model was trained on simulated data; unknown when older models did not record it."""
+    records = [m.metadata.get("data_provenance") for m in models.values()]
+    known = [r for r in records if r]
+    return {
+        "simulated": any(r.get("simulated") for r in known),
+        "known": len(known) == len(records),
+        "sources": sorted({r.get("source", "") for r in known if r.get("source")}),
+    }
+
+
+def render_patient_report(
+    models: dict[str, ResponderModel],
+    patient: pd.DataFrame,
+    versions: dict[str, str],
+    now: datetime | None = None,
+) -> str:
+    """One-patient HTML report (self-contained) over one model per outcome.
+
+    Parameters
+    ----------
+    models
+        Outcome name -> the champion :class:`ResponderModel` for that outcome.
+    patient
+        One row of data-contract baseline fields (labs as numbers or report
+        text); only the first row is used.
+    versions
+        Outcome name -> model version text shown on the report (e.g. ``"fibromyalgia-ldn-pain v3"``).
+    now
+        Report date (default: the current UTC time).
+    """
+    if not models:
+        raise ValueError("no models to report on")
+    if len(patient) == 0:
+        raise ValueError("the patient frame has no rows")
+    started = time.perf_counter()
+    raw = patient.iloc[[0]].reset_index(drop=True)
+    first = next(iter(models.values()))
+    spec = first.spec
+    sections = [_outcome_section(model, raw, versions.get(outcome, "unknown version")) for outcome, model in models.items()]
+
+    seen: set[tuple[str, str, str]] = set()
+    warnings = []
+    for model in models.values():
+        for w in model.warnings(raw)[0]:
+            if (w.code, w.field, w.message) not in seen:
+                seen.add((w.code, w.field, w.message))
+                warnings.append({"code": w.code, "title": WARNING_TITLES.get(w.code, w.code), "field": w.field, "message": w.message})
+    patient_id = raw[spec.id_column].iat[0] if spec.id_column in raw.columns else None
+    if patient_id is not None and isinstance(patient_id, float) and math.isnan(patient_id):
+        patient_id = None
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    html = environment().get_template(TEMPLATE).render(
+        spec={"name": spec.name, "treated": spec.treated_display(), "control": spec.control_display()},
+        patient_id=patient_id,
+        sections=sections,
+        warnings=warnings,
+        provenance=_provenance(models),
+        date=moment.strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    log.info("patient report rendered: %d outcome(s), %.0f kB, %.2f s", len(sections), len(html) / 1024, time.perf_counter() - started)
+    return html
+
+
+def patient_frame(fields: dict[str, Any], spec: DatasetSpec) -> pd.DataFrame:
+    """One patient's baseline fields (a JSON object) as the one-row frame the models take.
+
+    Fields the spec does not know are ignored (their names are logged, never
+    their values); absent fields are missing and get imputed. Numeric fields
+    must be numbers; labs may be numbers or report text (``"<0.3"``, ``"1:320"``).
+    """
+    lab_columns = spec.lab_columns()
+    columns = [spec.id_column, *spec.feature_input_columns()]
+    columns += [f"{c}_unit" for c in lab_columns if f"{c}_unit" in fields]
+    ignored = sorted(set(fields) - set(columns))
+    if ignored:
+        log.warning("patient file: ignoring fields not in spec %s: %s", spec.name, ", ".join(ignored))
+    row: dict[str, Any] = {c: fields.get(c) for c in columns}
+    problems = []
+    for column in spec.numeric_covariates() + spec.baseline_score_columns():
+        value = row.get(column)
+        if value is None or value == "":
+            row[column] = None
+            continue
+        try:
+            row[column] = float(value)
+        except (TypeError, ValueError):
+            problems.append(f"{column}: not a number")
+    if problems:
+        raise ValueError("; ".join(problems))
+    frame = pd.DataFrame([row], columns=columns)
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def read_patient_file(path: str | Path, spec: DatasetSpec) -> pd.DataFrame:
+    """Read ``PATIENT.json``: an object of baseline fields, or ``{"patients": [...]}`` (the first is used)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("patients"), list):
+        if not data["patients"]:
+            raise ValueError(f"{path}: 'patients' is empty")
+        data = data["patients"][0]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of baseline fields, or {{\"patients\": [...]}}")
+    return patient_frame(data, spec)

@@ -1,0 +1,53 @@
+"""The Jinja2 environment shared by both reports: autoescaping on, number filters, packaged templates."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def fmt_num(value, digits: int = 3) -> str:
+    """Fixed decimals; ``n/a`` for missing values (the one format the tests compare with MLflow metrics)."""
+    return "n/a" if _missing(value) else f"{float(value):.{digits}f}"
+
+
+def fmt_signed(value, digits: int = 1) -> str:
+    """Signed fixed decimals (changes and differences)."""
+    return "n/a" if _missing(value) else f"{float(value):+.{digits}f}"
+
+
+def fmt_pct(value, digits: int = 0) -> str:
+    """A probability as a percentage."""
+    return "n/a" if _missing(value) else f"{100 * float(value):.{digits}f}%"
+
+
+def fmt_pp(value, digits: int = 0) -> str:
+    """Probability difference as signed percentage points."""
+    return "n/a" if _missing(value) else f"{100 * float(value):+.{digits}f} pp"
+
+
+def fmt_p(value) -> str:
+    """A p-value for prose: three decimals, or ``< 0.001``."""
+    if _missing(value):
+        return "n/a"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    """Templates from ``training/reports/templates``; every variable is HTML-escaped unless marked safe."""
+    env = Environment(
+        loader=PackageLoader("training.reports", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, pp=fmt_pp, pvalue=fmt_p)
+    return env
