@@ -23,7 +23,7 @@ SEED ?= 2024
 DATA ?= data/simulated/$(SCENARIO)-n$(N)-seed$(SEED).csv
 PORT ?= 3000
 
-.PHONY: help install train simulate validate serve test test-fast bench bench-quick lint clean
+.PHONY: help install train simulate validate serve bento test bench bench-quick lint clean browser report
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,10 +44,42 @@ validate: simulate ## check DATA against the data contract
 	$(BIN)/responders validate $(DATA)
 
 train: validate ## simulate, validate, train, track, register and report on the default trial
-	$(BIN)/responders train $(DATA) --summary-json reports/train-summary.json
+	$(BIN)/responders train $(DATA) --summary-json reports/train-summary.json --report-dir reports
 
-test: install ## run the test suite
+report: install ## one-patient report from the champions for examples/patient.json -> reports/patient.html
+	$(BIN)/responders report patient examples/patient.json --out reports/patient.html
+
+# Debian's chromium for the browser tests (never a downloaded browser). Installing needs root;
+# anyone else gets a warning and the browser tests skip (they fail instead when CI is set).
+browser: ## install Debian's chromium for the browser tests when missing (as root; otherwise says how)
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update && apt-get install -y --no-install-recommends chromium; } \
+			|| echo "WARNING: apt-get could not install chromium; browser tests will be skipped"; \
+	else \
+		echo "WARNING: chromium is missing; install it as root (apt-get install -y chromium) or browser tests are skipped"; \
+	fi
+
+test: install browser ## run the test suite
 	$(BIN)/pytest
+
+# The benchmark peers (EconML, CausalML) are an optional extra, installed only for the benchmarks.
+# Bytecode is compiled too: benchmarks time fresh processes, pip compiles at install time but uv
+# does not, and under PYTHONDONTWRITEBYTECODE nothing is ever cached, so every worker process would
+# recompile thousands of modules (about 30 s of CPU each on a 2-core machine).
+$(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml requirements/lock.txt
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -e ".[dev,bench]"
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	@touch $@
+
+# BENCH_ARGS passes options to benchmarks/run.py, e.g. BENCH_ARGS="--sections recovery";
+# BENCH_REPLICATES_SCALE=4 runs four times as many recovery replicates (and takes that much longer).
+bench: $(BIN)/.installed-bench ## run all benchmarks (about an hour on 2 cores) and rewrite benchmarks/RESULTS.md
+	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: $(BIN)/.installed-bench ## smoke-run every benchmark on tiny settings into benchmarks/out/
+	BENCH_COMMAND="make bench-quick$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
 lint: install ## static checks
 	$(BIN)/ruff check features training serving tests benchmarks

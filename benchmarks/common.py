@@ -1,0 +1,186 @@
+"""Helpers shared by the benchmark sections: Markdown tables, Monte-Carlo errors, child processes and their memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Usage reporting off before MLflow/BentoML are imported, here and in every child process.
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MPLBACKEND": "Agg",
+}
+
+
+def quiet_environment() -> None:
+    """Set the no-telemetry variables in this process (children inherit them)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A GitHub Markdown table; ``align`` has one letter per column (l, r, c), default: first left, rest right."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = [
+        "| " + " | ".join(str(h) for h in headers) + " |",
+        "| " + " | ".join(marks[a] for a in align) + " |",
+    ]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells, table has {len(headers)} columns: {row}")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its Monte-Carlo standard error (SD / sqrt(R)); NaN SE for a single replicate."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    se = float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return float(np.mean(x)), se
+
+
+def fmt_mean_se(values: Sequence[float], digits: int = 3, scale: float = 1.0) -> str:
+    """``mean ± SE`` of replicate values (``—`` when there are none)."""
+    mean, se = mean_se(values)
+    if not np.isfinite(mean):
+        return "—"
+    mean, se = mean * scale, se * scale
+    return f"{mean:.{digits}f}" if not np.isfinite(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson 95% interval for a binomial proportion (sensible at 0/n, unlike p ± 2 SE)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def fmt_rate(k: int, n: int) -> str:
+    """A rejection rate as ``k/n = p% (SE s; 95% CI lo–hi)``: the count, the MC error and a Wilson interval."""
+    if n == 0:
+        return "—"
+    p = k / n
+    se = math.sqrt(p * (1 - p) / n)
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} = {100 * p:.0f}% (SE {100 * se:.0f}; CI {100 * lo:.0f}–{100 * hi:.0f})"
+
+
+def growth_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of log(value) on log(size): 1 is linear growth, 2 quadratic."""
+    x, y = np.log(np.asarray(sizes, float)), np.log(np.asarray(values, float))
+    if len(x) < 2 or not np.all(np.isfinite(y)):
+        return float("nan")
+    return float(np.polyfit(x, y, 1)[0])
+
+
+class TreeMemory:
+    """Polls the summed resident memory of a process and all its descendants; keeps the peak.
+
+    ``getrusage(RUSAGE_CHILDREN)`` only reports the largest single descendant, so a
+    job whose worker processes each hold a copy of the data would look smaller than
+    it is; summing the live tree every ``interval`` seconds catches that (and can
+    miss a spike shorter than the interval).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            if total > self.peak:
+                self.peak, self.peak_processes = total, len(procs)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class ChildResult:
+    """What a measured child process reported (its last JSON line), its wall time and peak tree memory."""
+
+    payload: dict
+    wall_seconds: float
+    peak_rss_bytes: int
+    peak_processes: int
+
+
+def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None) -> ChildResult:
+    """Run ``python -m <args>`` from the repository root, measure it, and parse the JSON line it prints last.
+
+    The child's stderr (progress, warnings) goes to ``log_path`` so that a failure can be read afterwards.
+    """
+    env = {**os.environ, **QUIET_ENV}
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        with TreeMemory(process.pid) as memory:
+            try:
+                out, _ = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()  # our own child, by its id
+                process.communicate()
+                raise
+        wall = time.perf_counter() - started
+    finally:
+        if log_path:
+            log.close()
+    if process.returncode != 0:
+        tail = Path(log_path).read_text()[-3000:] if log_path else ""
+        raise RuntimeError(f"benchmark child {' '.join(args)} exited with {process.returncode}\n{tail}")
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"benchmark child {' '.join(args)} printed no result")
+    return ChildResult(json.loads(lines[-1]), wall, memory.peak, memory.peak_processes)
+
+
+def mb(value_bytes: float) -> str:
+    """Bytes as whole megabytes (MiB) for the tables."""
+    return f"{value_bytes / 2**20:,.0f}"

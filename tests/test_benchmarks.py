@@ -1,0 +1,181 @@
+"""Smoke tests of the benchmark code (issue 7) on tiny settings.
+
+They check that every section runs end to end and renders well-formed Markdown
+tables with the expected rows. They assert nothing about speed or accuracy:
+the figures come from ``make bench`` on a real budget, not from here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is not part of the installed distribution
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import recovery, run, training  # noqa: E402
+from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, run_child, wilson  # noqa: E402
+
+
+def tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table in ``markdown`` as rows of cells (header first); fails on a malformed one."""
+    found, current = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            assert line.rstrip().endswith("|"), line
+            current.append([cell.strip() for cell in line.strip()[1:-1].split(" | ")])
+        elif current:
+            header, separator, *body = current
+            assert all(set(cell) <= set(":-") and "---" in cell for cell in separator), separator
+            assert len(separator) == len(header)
+            for row in body:
+                assert len(row) == len(header), (header, row)
+            found.append([header, *body])
+            current = []
+    return found
+
+
+def first_column(table: list[list[str]]) -> list[str]:
+    return [row[0] for row in table[1:]]
+
+
+def test_markdown_helpers():
+    text = md_table(["a", "b"], [[1, "x|y"], [2, 3]])
+    (table,) = tables(text)
+    assert table == [["a", "b"], ["1", "x\\|y"], ["2", "3"]]
+    with pytest.raises(ValueError):
+        md_table(["a", "b"], [[1]])
+    lo, hi = wilson(0, 20)
+    assert lo == 0 and 0.1 < hi < 0.2
+    assert fmt_rate(1, 10).startswith("1/10 = 10%")
+    assert growth_exponent([10, 100, 1000], [1, 10, 100]) == pytest.approx(1.0)
+
+
+TINY_RECOVERY = recovery.Settings(
+    scenarios=("null", "strong"),  # one without and one with a subgroup keeps the smoke run short
+    sizes=(80,),
+    replicates=(1,),
+    scenario_replicates=(),
+    test_folds=(2,),
+    permutations=1,
+    alpha=1.01,  # Holm-adjusted p <= 1 < alpha: every test "significant", so the nested-CV champion choice runs too
+    population=150,
+    bootstrap_models=5,
+    cv_folds=2,
+    forest_trees=8,
+    workers=1,
+    candidate_overrides=recovery.QUICK.candidate_overrides,
+)
+
+
+def test_recovery_section_renders_every_scenario_and_method(tmp_path):
+    markdown = recovery.run(quick=True, out_dir=tmp_path, settings=TINY_RECOVERY)
+    assert markdown.startswith("## 1. Subgroup recovery")
+    assert (tmp_path / "recovery.csv").exists() and (tmp_path / "recovery.parquet").exists()
+    test_table, headline, champions, *details = tables(markdown)
+    assert first_column(test_table) == ["null", "strong"]
+    assert [row[1] for row in test_table[1:]] == ["80", "80"]
+    labels = [recovery.METHOD_LABELS[m] for m in recovery.METHODS]
+    assert first_column(headline) == labels
+    assert headline[0][1:] == ["strong / pain", "strong / memory"]
+    assert len(champions) == 1 + 2 * 2
+    assert len(details) == 2
+    for detail in details:
+        assert [row[2] for row in detail[1:]] == labels * 2  # both outcomes
+    # The oracle is the yardstick: ratio 1 wherever the AUC is defined.
+    oracle_rows = [row for row in details[1][1:] if row[2] == recovery.METHOD_LABELS["oracle"]]
+    assert all(row[4].startswith("1.00") for row in oracle_rows)
+
+
+TINY_JOB = {
+    "cv": {"folds": 2, "repeats": 1, "inner_folds": 2},
+    "evidence": {"permutations": 2, "rate_bootstrap": 10},
+    "intervals": {"bootstrap_models": 5},
+    "candidates": {
+        "t_learner": {"lightgbm": {"n_estimators": 10}},
+        "dr_learner": {"nuisance": {"n_estimators": 10}, "final": {"n_estimators": 10}},
+    },
+    "executor": {"workers": 1},
+}
+
+
+def _child_payload(argv: list[str], capsys) -> dict:
+    """Run a measured child's code in this process (a subprocess would re-import everything) and read its JSON line."""
+    training._main(argv)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+JOB_PAYLOAD = {
+    "job_seconds": 10.0,
+    "permutations": 199,
+    "outcomes": {o: {"p_value": 0.5, "p_adjusted": 0.5, "champion": "risk_model", "promoted": True} for o in ("pain", "memory")},
+    "self_maxrss": 300 * 2**20,
+    "children_maxrss": 200 * 2**20,
+}
+
+
+@pytest.mark.slow  # a whole (tiny) training job with MLflow tracking: about 20 s
+def test_training_job_child_runs_the_real_job(tmp_path, capsys):
+    from training.simulate import simulate
+
+    data = tmp_path / "trial.csv"
+    simulate("final", 60, 3).to_csv(data, index=False)
+    argv = ["job", "--data", str(data), "--executor", "local", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    job = _child_payload([*argv, "--overrides", json.dumps(TINY_JOB)], capsys)
+    assert set(job["outcomes"]) == {"pain", "memory"} and job["permutations"] == 2
+    assert set(job) == set(JOB_PAYLOAD) | {"config_digest"}
+    _, outcomes = tables(training.render_jobs([("local", ChildResult(job, 20.0, 2**20, 1), "0.5")], training.FULL))
+    assert first_column(outcomes) == ["pain", "memory"]
+
+
+def test_training_tables(capsys):
+    jobs = [
+        ("local", ChildResult(JOB_PAYLOAD, 20.0, 900 * 2**20, 3), "0.5"),
+        ("dask", ChildResult(JOB_PAYLOAD, 30.0, 1200 * 2**20, 5), "0.7"),
+    ]
+    markdown = training.render_jobs(jobs, training.FULL)
+    assert "wall time **1.50x**" in markdown and "identical across executors: **yes**" in markdown
+    jobs_table, outcomes = tables(markdown)
+    assert first_column(jobs_table)[0].startswith("local processes") and len(jobs_table) == 3
+    assert first_column(outcomes) == ["pain", "memory"]
+
+    scale = [_child_payload(["scale", "--n", str(n), "--candidate", "t_learner", "--bootstrap", "2"], capsys) for n in (150, 300)]
+    settings = training.Settings(scale_sizes=(150, 300), scale_candidates=("t_learner",), scale_bootstrap=2)
+    scaling, exponents = tables(training.render_scaling([ChildResult(p, 1.0, 1, 1) for p in scale], settings))
+    assert first_column(scaling) == ["t_learner", "t_learner"] and [r[1] for r in scaling[1:]] == ["150", "300"]
+    assert first_column(exponents) == ["t_learner"]
+
+
+def test_a_measured_child_process_reports_time_and_memory(tmp_path):
+    result = run_child(["benchmarks.training", "scale", "--n", "120", "--candidate", "risk_model", "--bootstrap", "1"], 300, tmp_path / "child.log")
+    assert result.payload["n"] == 120 and result.payload["candidate"] == "risk_model"
+    assert result.wall_seconds > 0 and result.peak_rss_bytes > 0 and result.peak_processes >= 1
+
+
+def test_runner_reports_missing_sections_and_writes_the_header(tmp_path):
+    parts, seconds, failed = run.run_sections(["no_such_section"], quick=True, out_dir=tmp_path)
+    assert "does not exist yet" in parts[0] and not seconds and not failed
+    from datetime import UTC, datetime
+
+    text = run.render(parts, seconds, ["--quick"], True, datetime.now(UTC), 1.0, (0.1, 0.2))
+    for needle in ("# Benchmark results", "Date:", "Command:", "Machine:", "Python 3", "scikit-learn", "lightgbm"):
+        assert needle in text
+
+
+def test_a_partial_run_keeps_the_other_sections_figures(tmp_path):
+    earlier = tmp_path / "RESULTS.md"
+    earlier.write_text(
+        "# Benchmark results\n\n- Date: 2026-01-02 03:04 UTC; total 1 min\n- Command: `make bench` (runs `python -m benchmarks.run`)\n\n"
+        "## 1. Subgroup recovery\n\nfigures A\n\n## 2. Serving\n\nNot run: `benchmarks/serving.py` does not exist yet.\n\n"
+        "## 3. Training\n\nfigures C\n"
+    )
+    kept = run.previous_sections(earlier)
+    assert set(kept) == {"recovery", "training"}  # a stub is not worth keeping
+    assert kept["training"].startswith("## 3. Training\n\n> Kept from the run of 2026-01-02 03:04 UTC (`make bench`)")
+    assert kept["training"].rstrip().endswith("figures C")
+    earlier.write_text("# Benchmark results\n\n- Date: 2026-02-02 00:00 UTC\n\n" + kept["training"])
+    assert run.previous_sections(earlier)["training"] == kept["training"]  # the original date stays
