@@ -95,6 +95,22 @@ def growth_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Summed resident memory (bytes) of a process and all its descendants, and how many there are (0 if gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total, len(procs)
+
+
 class TreeMemory:
     """Polls the summed resident memory of a process and all its descendants; keeps the peak.
 
@@ -113,23 +129,12 @@ class TreeMemory:
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
         while not self._stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
+            total, processes = tree_rss(self.pid)
+            if not processes:
                 return
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
             if total > self.peak:
-                self.peak, self.peak_processes = total, len(procs)
+                self.peak, self.peak_processes = total, processes
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:

@@ -36,9 +36,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 
-from benchmarks.common import QUIET_ENV, REPO, mb, md_table, quiet_environment
+from benchmarks.common import QUIET_ENV, REPO, mb, md_table, quiet_environment, tree_rss
 
 TOKEN = "bench-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -98,18 +97,7 @@ def _free_port() -> int:
 
 
 def _tree_rss(pid: int) -> int:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+    return tree_rss(pid)[0]
 
 
 @contextmanager

@@ -25,6 +25,30 @@ FAST = {
 }
 
 
+# A second, differently named trial layout: other ids, arm labels, a higher-is-better outcome
+# with an absolute responder rule, a categorical covariate and labs under other names and units.
+OTHER_SPEC = """
+name: other-trial
+id_column: subject
+arm: {column: group, treated: active, control: sham, treated_fraction: 0.5}
+outcomes:
+  wellbeing:
+    label: Well-being (0-100, higher is better)
+    baseline: wb_0
+    followup: wb_26
+    scale: [0, 100]
+    better: higher
+    responder: {rule: absolute, threshold: 10}
+covariates:
+  years: {kind: numeric, range: [18, 90], required: true}
+  site: {kind: categorical, levels: [north, south]}
+labs:
+  crp: {column: hs_crp, unit: mg/dL}
+  il6: {column: interleukin_6}
+  ana: {column: ana_titre}
+"""
+
+
 def fast_config(**overrides) -> TrainConfig:
     from training.config import _merge
 

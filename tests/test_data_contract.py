@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from helpers import OTHER_SPEC
 from training.cli import app
 from training.data import DataContractError, load_trial, model_inputs, read_table, validate
 from training.spec import load_spec, parse_spec
@@ -105,25 +106,6 @@ def test_spec_refuses_ground_truth_as_feature():
         parse_spec(text)
 
 
-OTHER_SPEC = """
-name: other-trial
-id_column: subject
-arm: {column: group, treated: active, control: sham}
-outcomes:
-  wellbeing:
-    label: Well-being (0-100, higher is better)
-    baseline: wb_0
-    followup: wb_26
-    scale: [0, 100]
-    better: higher
-    responder: {rule: absolute, threshold: 10}
-covariates:
-  years: {kind: numeric, range: [18, 90], required: true}
-  site: {kind: categorical, levels: [north, south]}
-labs:
-  crp: {column: hs_crp, unit: mg/dL}
-  ana: {column: ana_titre}
-"""
 
 
 def test_second_layout_validates_through_its_own_spec(tmp_path):
@@ -138,6 +120,7 @@ def test_second_layout_validates_through_its_own_spec(tmp_path):
             "wb_0": [40, 55, 61, 20],
             "wb_26": [52, 50, None, 35],
             "hs_crp": ["0.12", "<0.03", "1.1", None],
+            "interleukin_6": [2.1, None, "<1.5", "3,4"],
             "ana_titre": ["1:80", "negative", "1:640", "NEG"],
         }
     )

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import fast_config, free_port, running
+from helpers import OTHER_SPEC, fast_config, free_port, running
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
@@ -189,26 +189,6 @@ def test_same_seed_same_metrics_and_dask_matches_local(spec):
     assert perm_local.p_value == perm_dask.p_value
 
 
-OTHER_SPEC = """
-name: other-trial
-id_column: subject
-arm: {column: group, treated: active, control: sham, treated_fraction: 0.5}
-outcomes:
-  wellbeing:
-    label: Well-being (0-100, higher is better)
-    baseline: wb_0
-    followup: wb_26
-    scale: [0, 100]
-    better: higher
-    responder: {rule: absolute, threshold: 10}
-covariates:
-  years: {kind: numeric, range: [18, 90], required: true}
-  site: {kind: categorical, levels: [north, south]}
-labs:
-  crp: {column: hs_crp, unit: mg/dL}
-  il6: {column: interleukin_6}
-  ana: {column: ana_titre}
-"""
 
 
 def test_second_layout_trains_end_to_end_without_code_changes(tmp_path):
