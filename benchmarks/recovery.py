@@ -4,8 +4,9 @@ For each scenario (``null``, ``final``, ``strong``), trial size and replicate:
 
 1. simulate a trial (``training.simulate``);
 2. heterogeneity test per outcome with the product's own
-   :func:`training.evaluation.permutation_test` (statistic: best Qini-weighted
-   RATE over the four candidates, whole pipeline refitted per permutation),
+   :func:`training.evaluation.permutation_test` (the job's default statistic:
+   best Qini-weighted RATE for the benefit beyond the risk model; whole
+   pipeline refitted per permutation),
    then Holm across the two outcomes, as the training job does;
 3. the champion the job would choose: ``cv.final_choice`` of the product's
    nested :func:`training.evaluation.cross_validate` when the Holm-adjusted p is
@@ -99,7 +100,8 @@ class Settings:
         )
         lines = [
             f"- Replicate trials per scenario and size: {per_scenario}. Folds of the heterogeneity statistic: {folds}.",
-            f"- Heterogeneity test: the product's `permutation_test` with B = {self.permutations} permutations per outcome "
+            f"- Heterogeneity test: the product's `permutation_test` (statistic `{_default_statistic()}`, the job's default) "
+            f"with B = {self.permutations} permutations per outcome "
             f"(the job's default is 199 with 5 folds; fewer permutations only coarsen the p-value, which stays valid), "
             f"Holm across pain and memory, alpha = {self.alpha}. With B = {self.permutations} the smallest p is "
             f"1/{self.permutations + 1} = {1 / (self.permutations + 1):.4f} and its Holm adjustment {2 / (self.permutations + 1):.4f}"
@@ -114,6 +116,12 @@ class Settings:
         if self.candidate_overrides:
             lines.append(f"- Candidate settings changed for this run: `{self.candidate_overrides}`.")
         return lines
+
+
+def _default_statistic() -> str:
+    from training.config import load_config
+
+    return load_config(None).evidence.statistic
 
 
 FULL = Settings()

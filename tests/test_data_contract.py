@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import OTHER_SPEC
 from typer.testing import CliRunner
 
-from helpers import OTHER_SPEC
 from training.cli import app
 from training.data import DataContractError, load_trial, model_inputs, read_table, validate
 from training.spec import load_spec, parse_spec

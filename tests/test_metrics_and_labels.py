@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from training import metrics as M
-from training.evaluation import holm, one_se_choice
+from training.evaluation import _statistic, holm, one_se_choice, statistic_kind
 from training.labels import responder_labels
 from training.spec import OutcomeSpec, ResponderRule
 
@@ -85,3 +85,30 @@ def test_holm_and_one_se_rule():
     assert one_se_choice(scores) == "dr_learner"
     scores["risk_model"] = (0.91, 0.05)
     assert one_se_choice(scores) == "risk_model"  # within one SE of the best: the simpler model wins
+
+
+def test_beyond_risk_statistic_ignores_benefit_that_baseline_risk_explains():
+    # Benefit that only follows baseline risk (what the risk model models) is not a responder subgroup;
+    # benefit the risk model cannot explain is.
+    rng = np.random.default_rng(0)
+    n = 4000
+    risk_benefit = rng.uniform(0.0, 0.3, n)  # e.g. patients near the floor cannot improve by 30%
+    noise = rng.normal(0, 0.5, n)
+    tau = {"risk_model": risk_benefit, "t_learner": risk_benefit + rng.normal(0, 0.01, n)}
+    psi = risk_benefit + noise  # DR scores: true benefit plus noise
+    any_spread, _ = _statistic(tau, psi, "rate")
+    beyond, per_candidate = _statistic(tau, psi, "beyond_risk")
+    assert any_spread > 0.01  # the spread is real, and "rate" counts it
+    assert abs(beyond) < 0.005 and set(per_candidate) == {"t_learner"}
+    subgroup = (rng.uniform(size=n) < 0.3) * 0.3  # now a subgroup the risk model does not see
+    tau["t_learner"] = risk_benefit + subgroup
+    beyond, _ = _statistic(tau, risk_benefit + subgroup + noise, "beyond_risk")
+    assert beyond > 0.01
+
+
+def test_beyond_risk_needs_the_risk_model_and_another_candidate():
+    from training.config import load_config
+
+    assert statistic_kind(load_config(None)) == "beyond_risk"
+    assert statistic_kind(load_config(None, candidates={"enabled": ["risk_model"]})) == "rate"
+    assert statistic_kind(load_config(None, evidence={"statistic": "rate"})) == "rate"

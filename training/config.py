@@ -102,6 +102,14 @@ class EvidenceConfig(_Strict):
     permutations: int = Field(199, ge=0, description="0 skips the test (verdict: not tested)")
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
     rate_bootstrap: int = Field(500, ge=0, description="bootstrap replicates for the RATE (AUTOC) interval")
+    statistic: Literal["beyond_risk", "rate"] = Field(
+        "beyond_risk",
+        description=(
+            "beyond_risk: best Qini-weighted RATE of an effect-modelling candidate for the benefit the risk model "
+            "does not explain (the claim 'responder subgroup'); rate: best Qini-weighted RATE of any candidate "
+            "(also counts the benefit spread that baseline risk alone produces)"
+        ),
+    )
 
 
 class IntervalConfig(_Strict):

@@ -6,12 +6,21 @@
   candidate (lowest tau-risk against doubly robust scores, one-standard-error
   rule towards the simpler model), so model choice is nested. Every metric is
   computed on out-of-fold predictions.
-- Heterogeneity test: the statistic is the best Qini-weighted RATE (with DR
-  scores) over the candidates, from one stratified K-fold pass. The Qini
-  weighting averages the whole benefit ranking; on trials of a few hundred
-  patients it has clearly more power than AUTOC, whose top-of-ranking terms
-  are dominated by the noise of a handful of DR scores (AUTOC is still
-  reported, with a bootstrap interval). Covariate rows are
+- Heterogeneity test: the statistic is a Qini-weighted RATE (with DR scores)
+  from one stratified K-fold pass. The Qini weighting averages the whole
+  benefit ranking; on trials of a few hundred patients it has clearly more
+  power than AUTOC, whose top-of-ranking terms are dominated by the noise of a
+  handful of DR scores (AUTOC is still reported, with a bootstrap interval).
+  By default (``evidence.statistic: beyond_risk``) the test asks whether there
+  is benefit *beyond what baseline risk explains*: on the probability scale
+  even a constant treatment effect gives patients with different baseline
+  risk different benefits (a patient who cannot improve by 30% cannot
+  benefit), and a test of "any spread" would call that a responder subgroup.
+  So the out-of-fold benefit of the risk model (prognostic score plus a
+  constant relative effect) is subtracted from both the DR scores and each
+  effect-modelling candidate's ranking, and the statistic is the best RATE of
+  those candidates for that residual benefit (``rate`` restores the best RATE
+  of any candidate for the whole benefit). Covariate rows are
   permuted against (arm, outcome) and everything is refitted; the p-value is
   ``(1 + #{T_perm >= T_obs}) / (1 + B)``. The feature pipeline never sees arm
   or outcome, so it is fitted once on all covariates for this test (its fit is
@@ -237,8 +246,29 @@ def heterogeneity_statistic(task: PermutationTask) -> tuple[float, dict[str, flo
         order = np.random.default_rng(task.permutation_seed).permutation(len(F))
         F = F.iloc[order].reset_index(drop=True)
     tau, psi = oof_benefits(F, task.t, task.y, task.config, task.e, task.config.cv.folds, task.fold_seed)
-    per_candidate = {name: M.rate_qini(values, psi) for name, values in tau.items()}
+    return _statistic(tau, psi, statistic_kind(task.config))
+
+
+def statistic_kind(config: TrainConfig) -> str:
+    """The statistic actually used: ``beyond_risk`` needs the risk model and at least one other candidate."""
+    enabled = config.candidates.enabled
+    return "beyond_risk" if config.evidence.statistic == "beyond_risk" and "risk_model" in enabled and len(enabled) > 1 else "rate"
+
+
+def _statistic(tau: dict[str, np.ndarray], psi: np.ndarray, kind: str) -> tuple[float, dict[str, float]]:
+    """The test statistic and its value per candidate (see the module docstring)."""
+    if kind == "beyond_risk":
+        base = tau["risk_model"]
+        per_candidate = {name: M.rate_qini(values - base, psi - base) for name, values in tau.items() if name != "risk_model"}
+    else:
+        per_candidate = {name: M.rate_qini(values, psi) for name, values in tau.items()}
     return max(per_candidate.values()), per_candidate
+
+
+STATISTIC_LABELS = {
+    "beyond_risk": "best Qini-weighted RATE for benefit beyond the risk model",
+    "rate": "best Qini-weighted RATE over candidates",
+}
 
 
 @dataclass
@@ -247,6 +277,12 @@ class PermutationResult:
     per_candidate: dict[str, float]
     null: np.ndarray
     p_value: float
+    kind: str = "rate"
+
+    @property
+    def label(self) -> str:
+        """What the statistic measures, for plots and reports."""
+        return STATISTIC_LABELS[self.kind]
 
     @property
     def tested(self) -> bool:
@@ -259,14 +295,15 @@ def permutation_test(
     F = build_feature_pipeline(spec).fit_transform(data.X).reset_index(drop=True)
     fold_seed = config.seed + 77
     observed, per_candidate = heterogeneity_statistic(PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, None))
+    kind = statistic_kind(config)
     B = config.evidence.permutations
     if B == 0:
-        return PermutationResult(observed, per_candidate, np.array([]), float("nan"))
+        return PermutationResult(observed, per_candidate, np.array([]), float("nan"), kind)
     seeds = np.random.SeedSequence(config.seed).generate_state(B)
     tasks = [PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, int(s)) for s in seeds]
     null = np.array([stat for stat, _ in executor.map(heterogeneity_statistic, tasks, desc=desc)])
     p_value = (1 + np.sum(null >= observed - 1e-12)) / (1 + B)
-    return PermutationResult(observed, per_candidate, null, float(p_value))
+    return PermutationResult(observed, per_candidate, null, float(p_value), kind)
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

@@ -70,12 +70,12 @@ def uplift_figure(tau_hat: np.ndarray, t: np.ndarray, y: np.ndarray, title: str,
     return fig
 
 
-def permutation_figure(null: np.ndarray, observed: float, p_value: float, title: str):
+def permutation_figure(null: np.ndarray, observed: float, p_value: float, title: str, xlabel: str = "best Qini-weighted RATE over candidates"):
     fig, ax = plt.subplots(figsize=(5, 3.2))
     if len(null):
         ax.hist(null, bins=30, color="0.7", label=f"permuted data (B = {len(null)})")
     ax.axvline(observed, color="#c0392b", lw=2, label=f"observed (p = {p_value:.3f})")
-    ax.set_xlabel("best Qini-weighted RATE over candidates")
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("count")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)

@@ -254,14 +254,17 @@ def _log_outcome_artifacts(result: OutcomeResult, spec: DatasetSpec, config: Tra
     _log_table(oof, "evaluation/oof_predictions.parquet")
     arm_labels = (spec.treated_display(), spec.control_display())
     perm = result.permutation
-    evidence = {"tested": perm.tested, "null": perm.null, "statistic": perm.statistic, "p_value": perm.p_value}
+    evidence = {"tested": perm.tested, "null": perm.null, "statistic": perm.statistic, "p_value": perm.p_value, "statistic_label": perm.label}
     # Drawn once: logged here as files and embedded in the cohort report.
     result.figures = evaluation_figures(result.outcome, oof, evidence, arm_labels, config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         for key, uri in result.figures.items():
             (Path(tmp) / f"{key}.png").write_bytes(png_from_uri(uri))
             mlflow.log_artifact(str(Path(tmp) / f"{key}.png"), artifact_path="plots")
-    mlflow.log_dict({"null": perm.null.tolist(), "observed": perm.statistic, "per_candidate": perm.per_candidate}, "evaluation/permutation.json")
+    mlflow.log_dict(
+        {"null": perm.null.tolist(), "observed": perm.statistic, "per_candidate": perm.per_candidate, "statistic": perm.label},
+        "evaluation/permutation.json",
+    )
 
 
 def _log_shap_plots(images: dict[str, dict[str, str]], results: dict[str, OutcomeResult], client: MlflowClient) -> None:

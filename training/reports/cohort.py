@@ -79,7 +79,13 @@ def evaluation_steps(outcome: str, oof, evidence: dict, labels: tuple[str, str],
         return plots.uplift_figure(oof["benefit"].to_numpy(), t, y, f"{outcome}: Qini curve (out of fold)", seed=seed)
 
     def permutation():
-        return plots.permutation_figure(np.asarray(evidence["null"]), evidence["statistic"], evidence["p_value"], f"{outcome}: permutation test")
+        return plots.permutation_figure(
+            np.asarray(evidence["null"]),
+            evidence["statistic"],
+            evidence["p_value"],
+            f"{outcome}: permutation test",
+            evidence.get("statistic_label", "best Qini-weighted RATE over candidates"),
+        )
 
     steps: list[tuple[str, Callable]] = [("calibration", calibration), ("qini", qini)]
     if evidence["tested"]:

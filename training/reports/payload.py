@@ -543,6 +543,7 @@ def build_cohort_payload(
                 "tested": tested,
                 "subgroup_evidence": bool(result.evidence),
                 "statistic": _num(perm.statistic),
+                "statistic_label": perm.label,
                 "per_candidate": {k: _num(v) for k, v in perm.per_candidate.items()},
                 "p_value": _num(perm.p_value) if tested else None,
                 "p_adjusted": _num(result.p_adjusted) if tested else None,
