@@ -304,6 +304,21 @@ def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     return records
 
 
+def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | None, list[S.FieldProblem]]:
+    """The first patient of a JSON, CSV or Parquet file as the one-row frame the models take, or its problems.
+
+    The same validation as ``POST /report``: the request model (types, ranges, codes), then the labs.
+    """
+    rows = read_patients(path, scorer.spec)
+    if not rows:
+        return None, [S.FieldProblem(field="patients", message="the file holds no patient", code="empty")]
+    ((clean, problems),) = scorer.validate_rows(rows[:1])
+    if clean is None:
+        return None, problems
+    frame, problems = scorer.patient_frame(clean)
+    return (None, problems) if problems else (frame, [])
+
+
 def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
     """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row."""
     dataset_spec = load_spec(spec)

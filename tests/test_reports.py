@@ -17,13 +17,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from features.pipeline import build_feature_pipeline
+from serving.scoring import Scorer, patient_from_file
 from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
 from training.cli import app
 from training.config import LabelRule
 from training.explain import explain_patients
 from training.model import Evidence, ResponderModel
 from training.reports import latest_training_run, render_patient_report
-from training.reports.patient import read_patient_file
 from training.simulate import simulate
 from training.spec import load_spec
 from training.tracking import CHAMPION, current_champion, load_registered
@@ -189,12 +189,19 @@ def test_cohort_report_rerenders_from_mlflow_alone(job, tmp_path):
     assert missing.exit_code != 0
 
 
+def example_patient(spec):
+    """The shipped example patient, read and validated as `responders report patient` and POST /report do."""
+    frame, problems = patient_from_file(EXAMPLE_PATIENT, Scorer(spec, {}))
+    assert frame is not None, problems
+    return frame
+
+
 # The patient report -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_patient_report_warns_about_imputed_labs(job, champions):
     models, versions = champions
     spec = load_spec()
-    patient = read_patient_file(EXAMPLE_PATIENT, spec)
+    patient = example_patient(spec)
     complete = render_patient_report(models, patient, versions, now=datetime(2025, 3, 4, 10, 30, tzinfo=UTC))
     assert "not given: imputed" not in complete
 
@@ -224,9 +231,13 @@ def test_patient_report_command_uses_the_champions(job, tmp_path):
     html = out.read_text(encoding="utf-8")
     assert "fibromyalgia-ldn-pain v" in html and "EXAMPLE-001" in html
     bad = tmp_path / "bad.json"
-    bad.write_text('{"patients": [{"age": 50, "sex": "female", "pain_baseline": 6, "memory_baseline": 5, "crp": "lots"}]}')
+    bad.write_text('{"patients": [{"patient_id": "X", "age": 50, "sex": "female", "pain_baseline": 6, "memory_baseline": 5, "crp": "lots"}]}')
     refused = CliRunner().invoke(app, ["report", "patient", str(bad), "--tracking-uri", job.uri, "--out", str(tmp_path / "bad.html")])
     assert refused.exit_code == 2 and "crp" in refused.output
+    # The same request-model validation as POST /report: an out-of-range age is refused, not imputed.
+    bad.write_text('{"patient_id": "X", "age": 500, "sex": "female", "pain_baseline": 6, "memory_baseline": 5}')
+    refused = CliRunner().invoke(app, ["report", "patient", str(bad), "--tracking-uri", job.uri, "--out", str(tmp_path / "bad.html")])
+    assert refused.exit_code == 2 and "age" in refused.output and not (tmp_path / "bad.html").exists()
 
 
 # A real browser ------------------------------------------------------------------------------------------
@@ -249,7 +260,7 @@ def chromium():
 @pytest.mark.browser
 def test_reports_open_in_headless_chromium(chromium, job, champions, tmp_path):
     models, versions = champions
-    patient = read_patient_file(EXAMPLE_PATIENT, load_spec())
+    patient = example_patient(load_spec())
     patient[["il6"]] = None
     patient_html = tmp_path / "patient.html"
     patient_html.write_text(render_patient_report(models, patient, versions), encoding="utf-8")

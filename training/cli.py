@@ -206,28 +206,26 @@ def report_patient(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
 ) -> None:
     """One-patient report from the @champion model of every outcome of the spec."""
-    from serving.scoring import resolve_champions
+    from serving.scoring import Scorer, patient_from_file, resolve_champions
     from training.reports import render_patient_report
-    from training.reports.patient import read_patient_file
     from training.spec import load_spec
 
     dataset_spec = load_spec(spec)
-    try:
-        frame = read_patient_file(patient, dataset_spec)
-    except ValueError as err:
-        typer.echo(f"Cannot read {patient}: {err}", err=True)
-        raise typer.Exit(2) from None
     try:
         champions = resolve_champions(dataset_spec, tracking_uri)
     except RuntimeError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    try:
+        frame, problems = patient_from_file(patient, Scorer(dataset_spec, champions))
+    except ValueError as err:  # not JSON, or an unreadable table
+        typer.echo(f"Cannot read {patient}: {err}", err=True)
+        raise typer.Exit(2) from None
+    if frame is None:
+        typer.echo("The patient cannot be scored:\n  " + "\n  ".join(f"{p.field}: {p.message}" for p in problems), err=True)
+        raise typer.Exit(2)
     models = {outcome: c.model for outcome, c in champions.items()}
     versions = {outcome: f"{c.ref.registered_model} v{c.ref.version}" for outcome, c in champions.items()}
-    problems = {i.message() for m in models.values() for issues in m.lab_issues(frame).values() for i in issues}
-    if problems:
-        typer.echo("The patient cannot be scored:\n  " + "\n  ".join(sorted(problems)), err=True)
-        raise typer.Exit(2)
     html = render_patient_report(models, frame, versions)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")

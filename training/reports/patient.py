@@ -8,12 +8,10 @@ so the report always agrees with ``/predict`` and ``/explain``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,7 +20,6 @@ from training.explain import explain_patients
 from training.model import ResponderModel
 from training.reports import figures
 from training.reports.render import environment
-from training.spec import DatasetSpec
 
 log = logging.getLogger("responders.reports")
 
@@ -171,45 +168,3 @@ def render_patient_report(
     )
     log.info("patient report rendered: %d outcome(s), %.0f kB, %.2f s", len(sections), len(html) / 1024, time.perf_counter() - started)
     return html
-
-
-def patient_frame(fields: dict[str, Any], spec: DatasetSpec) -> pd.DataFrame:
-    """One patient's baseline fields (a JSON object) as the one-row frame the models take.
-
-    Fields the spec does not know are ignored (their names are logged, never
-    their values); absent fields are missing and get imputed. Numeric fields
-    must be numbers; labs may be numbers or report text (``"<0.3"``, ``"1:320"``).
-    """
-    lab_columns = spec.lab_columns()
-    columns = [spec.id_column, *spec.feature_input_columns()]
-    columns += [f"{c}_unit" for c in lab_columns if f"{c}_unit" in fields]
-    ignored = sorted(set(fields) - set(columns))
-    if ignored:
-        log.warning("patient file: ignoring fields not in spec %s: %s", spec.name, ", ".join(ignored))
-    row: dict[str, Any] = {c: fields.get(c) for c in columns}
-    problems = []
-    for column in spec.numeric_covariates() + spec.baseline_score_columns():
-        value = row.get(column)
-        if value is None or value == "":
-            row[column] = None
-            continue
-        try:
-            row[column] = float(value)
-        except (TypeError, ValueError):
-            problems.append(f"{column}: not a number")
-    if problems:
-        raise ValueError("; ".join(problems))
-    frame = pd.DataFrame([row], columns=columns)
-    return frame.astype(object).where(frame.notna(), None)
-
-
-def read_patient_file(path: str | Path, spec: DatasetSpec) -> pd.DataFrame:
-    """Read ``PATIENT.json``: an object of baseline fields, or ``{"patients": [...]}`` (the first is used)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and isinstance(data.get("patients"), list):
-        if not data["patients"]:
-            raise ValueError(f"{path}: 'patients' is empty")
-        data = data["patients"][0]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of baseline fields, or {{\"patients\": [...]}}")
-    return patient_frame(data, spec)
