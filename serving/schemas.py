@@ -123,9 +123,9 @@ class ModelRef(BaseModel):
 
 
 class OutcomePrediction(BaseModel):
-    p_response_naltrexone: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on naltrexone.")
-    p_response_placebo: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on placebo.")
-    benefit: float = Field(ge=-1, le=1, description="p_response_naltrexone - p_response_placebo (probability points as a fraction).")
+    p_response_treated: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on naltrexone.")
+    p_response_control: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on placebo.")
+    benefit: float = Field(ge=-1, le=1, description="p_response_treated - p_response_control (probability points as a fraction).")
     benefit_interval: Interval
     label: Label = Field(description="From the model's own label rule (see label_rule).")
     label_rule: str
@@ -166,7 +166,7 @@ class OutputExplanation(BaseModel):
 
 class OutcomeExplanation(BaseModel):
     benefit: OutputExplanation
-    p_response_naltrexone: OutputExplanation
+    p_response_treated: OutputExplanation
     model: ModelRef
 
 

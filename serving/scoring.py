@@ -185,8 +185,8 @@ class Scorer:
                 row = per_outcome[outcome].iloc[k]
                 model = champion.model
                 predictions[outcome] = S.OutcomePrediction(
-                    p_response_naltrexone=float(row["p_response_naltrexone"]),
-                    p_response_placebo=float(row["p_response_placebo"]),
+                    p_response_treated=float(row["p_response_treated"]),
+                    p_response_control=float(row["p_response_control"]),
                     benefit=float(row["benefit"]),
                     benefit_interval=S.Interval(
                         lower=float(row["benefit_lower"]), upper=float(row["benefit_upper"]), level=model.interval_level
@@ -218,7 +218,7 @@ class Scorer:
             for outcome, champion in self.champions.items():
                 e = explained[outcome][k]
                 outcomes[outcome] = S.OutcomeExplanation(
-                    benefit=_output(e.benefit, top), p_response_naltrexone=_output(e.p_response_naltrexone, top), model=champion.ref
+                    benefit=_output(e.benefit, top), p_response_treated=_output(e.p_response_treated, top), model=champion.ref
                 )
             results.append(S.PatientExplanation(patient_id=pid, explanations=outcomes, warnings=warnings[k]))
         return S.ExplainResponse(results=results, models=self.refs)

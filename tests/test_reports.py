@@ -109,7 +109,7 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
         explained = explain_patients(model, patients)
         assert len(explained) == len(patients)
         for i, patient in enumerate(explained):
-            for output, column in ((patient.benefit, "benefit"), (patient.p_response_naltrexone, "p_response_naltrexone")):
+            for output, column in ((patient.benefit, "benefit"), (patient.p_response_treated, "p_response_treated")):
                 total = output.base_value + sum(d.contribution for d in output.drivers)
                 assert total == pytest.approx(output.prediction, abs=1e-9), (name, column, i)
                 assert output.prediction == pytest.approx(predicted[column].iat[i], abs=1e-9), (name, column, i)

@@ -81,8 +81,8 @@ def test_predict_contract(client, patients, store):
     assert first["patient_id"] == patients[0]["patient_id"]
     for outcome in ("pain", "memory"):
         p = first["predictions"][outcome]
-        assert 0 <= p["p_response_placebo"] <= 1 and 0 <= p["p_response_naltrexone"] <= 1
-        assert p["benefit"] == pytest.approx(p["p_response_naltrexone"] - p["p_response_placebo"])
+        assert 0 <= p["p_response_control"] <= 1 and 0 <= p["p_response_treated"] <= 1
+        assert p["benefit"] == pytest.approx(p["p_response_treated"] - p["p_response_control"])
         assert p["benefit_interval"]["lower"] <= p["benefit"] <= p["benefit_interval"]["upper"]
         assert p["label"] in {"likely_benefit", "uncertain", "unlikely_benefit"}
         assert p["model"]["version"] == store["summary"].outcomes[outcome].version
@@ -102,7 +102,7 @@ def test_explain_is_ranked_additive_and_worded(client, patients):
     assert response.status_code == 200, response.text
     [result] = response.json()["results"]
     for outcome in ("pain", "memory"):
-        for target in ("benefit", "p_response_naltrexone"):
+        for target in ("benefit", "p_response_treated"):
             part = result["explanations"][outcome][target]
             total = part["base_value"] + sum(d["contribution"] for d in part["drivers"])
             assert total == pytest.approx(part["prediction"], abs=1e-9)
@@ -214,7 +214,7 @@ def test_no_training_serving_skew(client, patients, store):
         direct = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-{outcome}@champion").predict(pd.DataFrame(patients))
         for i, result in enumerate(served):
             p = result["predictions"][outcome]
-            assert p["p_response_naltrexone"] == pytest.approx(direct["p_response_naltrexone"][i], abs=1e-12)
+            assert p["p_response_treated"] == pytest.approx(direct["p_response_treated"][i], abs=1e-12)
             assert p["benefit"] == pytest.approx(direct["benefit"][i], abs=1e-12)
             assert p["benefit_interval"]["lower"] == pytest.approx(direct["benefit_lower"][i], abs=1e-12)
             assert p["label"] == direct["label"][i]

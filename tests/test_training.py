@@ -128,11 +128,11 @@ def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_jo
     loaded = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-pain@{CHAMPION}")
     patients = model_inputs(frame, load_spec()).head(5)
     out = loaded.predict(patients)
-    assert list(out.columns) == ["p_response_naltrexone", "p_response_placebo", "benefit", "benefit_lower", "benefit_upper", "label"]
-    assert out["p_response_naltrexone"].between(0, 1).all()
+    assert list(out.columns) == ["p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper", "label"]
+    assert out["p_response_treated"].between(0, 1).all()
     assert (out["benefit_lower"] <= out["benefit"]).all() and (out["benefit"] <= out["benefit_upper"]).all()
     contributions = loaded.predict(patients.head(1), params={"output": "contributions"})
-    assert {"feature", "benefit", "p_response_naltrexone"} <= set(contributions.columns)
+    assert {"feature", "benefit", "p_response_treated"} <= set(contributions.columns)
 
 
 def test_failure_before_promotion_leaves_champion(tmp_path, monkeypatch):
@@ -218,7 +218,7 @@ def test_second_layout_trains_end_to_end_without_code_changes(tmp_path):
     assert result.registered_model == "other-trial-wellbeing" and result.promoted
     model = load_registered(f"models:/other-trial-wellbeing@{CHAMPION}")
     out = model.predict(model_inputs(pd.read_csv(data, dtype=str), other).head(3))
-    assert out["p_response_naltrexone"].between(0, 1).all()
+    assert out["p_response_treated"].between(0, 1).all()
     assert "crp_log" in model.feature_info() and "cognitive_dominance" not in model.feature_info()
 
 

@@ -22,7 +22,7 @@ from training.model import ResponderModel
 
 TARGETS = {
     "benefit": "the predicted benefit",
-    "p_response_naltrexone": "the chance of a meaningful response on naltrexone",
+    "p_response_treated": "the chance of a meaningful response on naltrexone",
 }
 
 
@@ -43,7 +43,7 @@ class Driver:
 
 @dataclass
 class OutputExplanation:
-    target: str  # "benefit" or "p_response_naltrexone"
+    target: str  # "benefit" or "p_response_treated"
     base_value: float
     prediction: float
     drivers: list[Driver]
@@ -64,7 +64,7 @@ class OutputExplanation:
 class PatientExplanation:
     row: int
     benefit: OutputExplanation
-    p_response_naltrexone: OutputExplanation
+    p_response_treated: OutputExplanation
     imputed: list[str] = field(default_factory=list)
 
 
@@ -192,7 +192,7 @@ def explain_patients(model: ResponderModel, raw: pd.DataFrame) -> list[PatientEx
     out = []
     for i in range(len(raw)):
         benefit = _output("benefit", explanation.benefit, i, explanation.features, F, info, describer)
-        treated = _output("p_response_naltrexone", explanation.p_treated, i, explanation.features, F, info, describer)
+        treated = _output("p_response_treated", explanation.p_treated, i, explanation.features, F, info, describer)
         assert benefit.additivity_error < 1e-6 and treated.additivity_error < 1e-6, "SHAP contributions do not add up"
         imputed = [a for a in model.spec.labs if math.isnan(float(describer.columns[a][i]))]
         out.append(PatientExplanation(i, benefit, treated, imputed))

@@ -24,8 +24,8 @@ from training.config import LabelRule
 from training.spec import DatasetSpec
 
 PREDICTION_COLUMNS = [
-    "p_response_naltrexone",
-    "p_response_placebo",
+    "p_response_treated",
+    "p_response_control",
     "benefit",
     "benefit_lower",
     "benefit_upper",
@@ -86,8 +86,8 @@ class ResponderModel:
         lower, upper = self.interval(F, benefit)
         return pd.DataFrame(
             {
-                "p_response_naltrexone": p1,
-                "p_response_placebo": p0,
+                "p_response_treated": p1,
+                "p_response_control": p0,
                 "benefit": benefit,
                 "benefit_lower": lower,
                 "benefit_upper": upper,
@@ -183,7 +183,7 @@ class ResponderPyfunc(mlflow.pyfunc.PythonModel):
                             "row": i,
                             "feature": name,
                             "benefit": explanation.benefit.values[i, j],
-                            "p_response_naltrexone": explanation.p_treated.values[i, j],
+                            "p_response_treated": explanation.p_treated.values[i, j],
                         }
                     )
             return pd.DataFrame(rows)

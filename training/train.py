@@ -14,7 +14,6 @@ import logging
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,14 @@ from mlflow import MlflowClient
 from features.pipeline import build_feature_pipeline
 from training.candidates import BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
-from training.data import ValidationReport, file_digest, ground_truth_columns, load_trial, model_inputs
-from training.evaluation import (
-    SELECTED,
-    CVResult,
-    OutcomeData,
-    PermutationResult,
-    cross_validate,
-    holm,
-    permutation_test,
-)
+from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
+from training.evaluation import OutcomeData, cross_validate, holm, permutation_test
 from training.executor import make_executor
 from training.labels import LabelCounts, responder_labels
 from training.model import Evidence, ResponderModel
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
+from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
 from training.spec import DatasetSpec
 from training.tracking import (
     code_version,
@@ -54,144 +46,6 @@ from training.tracking import (
 )
 
 log = logging.getLogger("responders.train")
-
-HEADLINE = [
-    "auc_treated",
-    "auc_control",
-    "brier_treated",
-    "brier_control",
-    "brier_mean",
-    "brier_null_mean",
-    "calibration_intercept_treated",
-    "calibration_slope_treated",
-    "calibration_intercept_control",
-    "calibration_slope_control",
-    "qini",
-    "auuc",
-    "autoc",
-    "autoc_averaged",
-    "autoc_lower",
-    "autoc_upper",
-    "rate_qini",
-    "c_for_benefit",
-    "tau_risk",
-]
-
-
-@dataclass
-class OutcomeResult:
-    outcome: str
-    counts: LabelCounts
-    data: OutcomeData
-    cv: CVResult
-    permutation: PermutationResult
-    run_id: str = ""
-    p_adjusted: float = float("nan")
-    evidence: bool = False
-    champion: str = "risk_model"
-    reason: str = ""
-    model: ResponderModel | None = None
-    registered_model: str = ""
-    version: str = ""
-    model_uri: str = ""
-    promoted: bool = False
-    gate: list[str] = field(default_factory=list)
-    champion_version: str | None = None
-    figures: dict[str, str] = field(default_factory=dict)  # evaluation plots as PNG data URIs (logged and reported)
-
-    @property
-    def procedure(self) -> str:
-        """Which out-of-fold predictions describe the champion: the nested selection, or the risk model by default."""
-        return SELECTED if self.evidence else "risk_model"
-
-    def summary(self) -> dict[str, Any]:
-        metrics = {k: _clean(self.cv.summary.loc[self.procedure, k]) for k in HEADLINE if k in self.cv.summary.columns}
-        return {
-            "outcome": self.outcome,
-            "champion": self.champion,
-            "champion_label": candidate_label(self.champion),
-            "reason": self.reason,
-            "registered_model": self.registered_model,
-            "version": self.version,
-            "model_uri": self.model_uri,
-            "promoted": self.promoted,
-            "champion_version": self.champion_version,
-            "gate": self.gate,
-            "evidence": self.evidence,
-            "p_value": _clean(self.permutation.p_value),
-            "p_adjusted": _clean(self.p_adjusted),
-            "heterogeneity_statistic": _clean(self.permutation.statistic),
-            "permutations": int(len(self.permutation.null)),
-            "responder_rule": self.counts.rule,
-            "n_patients": self.counts.n,
-            "n_responders": self.counts.responders,
-            "n_missing_followup": self.counts.missing_followup,
-            "missing_followup_policy": self.counts.missing_policy,
-            "selections": self.cv.selections,
-            "metrics": metrics,
-            "run_id": self.run_id,
-        }
-
-
-@dataclass
-class TrainSummary:
-    spec: str
-    data: str
-    dataset_digest: str
-    config_digest: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    seconds: float
-    outcomes: dict[str, OutcomeResult]
-    validation: ValidationReport
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "data": self.data,
-            "dataset_digest": self.dataset_digest,
-            "config_digest": self.config_digest,
-            "tracking_uri": self.tracking_uri,
-            "experiment_id": self.experiment_id,
-            "parent_run_id": self.parent_run_id,
-            "seconds": round(self.seconds, 1),
-            "outcomes": {k: v.summary() for k, v in self.outcomes.items()},
-        }
-
-    def render(self) -> str:
-        lines = [f"Training job {self.parent_run_id} on {self.data} (spec {self.spec}) took {self.seconds:.0f} s."]
-        for result in self.outcomes.values():
-            s = result.summary()
-            m = s["metrics"]
-            verdict = "EVIDENCE of a responder subgroup" if s["evidence"] else "NO reliable evidence of a responder subgroup"
-            lines += [
-                f"- {s['outcome']}: {verdict} (permutation p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}, "
-                f"B = {s['permutations']})",
-                f"    champion candidate: {s['champion']} ({s['reason']})",
-                f"    out-of-fold (nested CV): AUC naltrexone {_fmt(m.get('auc_treated'))}, placebo {_fmt(m.get('auc_control'))}; "
-                f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
-                f"AUTOC {_fmt(m.get('autoc_averaged'))} [{_fmt(m.get('autoc_lower'))}, {_fmt(m.get('autoc_upper'))}]; "
-                f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",
-                f"    registry: {s['registered_model']} version {s['version']} -> "
-                + ("promoted to @champion" if s["promoted"] else f"NOT promoted ({'; '.join(s['gate'])}); @champion is version {s['champion_version']}"),
-                f"    MLflow run: {s['run_id']}",
-            ]
-        lines.append(f"Tracking: {self.tracking_uri} (experiment {self.experiment_id})")
-        return "\n".join(lines)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, (np.floating, float)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
-
 
 def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> tuple[OutcomeData, LabelCounts]:
     labels, counts = responder_labels(
@@ -285,10 +139,10 @@ def _validate_model(result: OutcomeResult, config: TrainConfig) -> list[str]:
     model = result.model
     assert model is not None
     predictions = model.predict(result.data.X)
-    numbers = predictions[["p_response_naltrexone", "p_response_placebo", "benefit_lower", "benefit_upper"]].to_numpy()
+    numbers = predictions[["p_response_treated", "p_response_control", "benefit_lower", "benefit_upper"]].to_numpy()
     if not np.isfinite(numbers).all():
         problems.append("non-finite predictions")
-    probabilities = predictions[["p_response_naltrexone", "p_response_placebo"]].to_numpy()
+    probabilities = predictions[["p_response_treated", "p_response_control"]].to_numpy()
     if (probabilities < 0).any() or (probabilities > 1).any():
         problems.append("probabilities outside [0, 1]")
     if ((predictions["benefit_lower"] > predictions["benefit"] + 1e-9) | (predictions["benefit"] > predictions["benefit_upper"] + 1e-9)).any():
@@ -298,7 +152,7 @@ def _validate_model(result: OutcomeResult, config: TrainConfig) -> list[str]:
         problems.append(f"cross-validated Brier exceeds the no-information Brier by {excess:.3f} > {config.gate.max_brier_excess}")
     loaded = load_registered(f"models:/{result.registered_model}/{result.version}")
     again = loaded.predict(result.data.X.head(10))
-    if not np.allclose(again[["p_response_naltrexone", "benefit"]].to_numpy(), predictions.head(10)[["p_response_naltrexone", "benefit"]].to_numpy()):
+    if not np.allclose(again[["p_response_treated", "benefit"]].to_numpy(), predictions.head(10)[["p_response_treated", "benefit"]].to_numpy()):
         problems.append("the registered model does not reproduce the in-memory predictions")
     return problems
 

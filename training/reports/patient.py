@@ -68,7 +68,7 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     expl = figures.explanation(values, benefit.base_value, None, _waterfall_names(drivers, model.feature_info()))
     with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
         probabilities = figures.data_uri(
-            figures.probability_figure(float(prediction["p_response_naltrexone"]), float(prediction["p_response_placebo"]), labels),
+            figures.probability_figure(float(prediction["p_response_treated"]), float(prediction["p_response_control"]), labels),
             tight=False,
         )
         interval = figures.data_uri(
@@ -84,8 +84,8 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "key": model.outcome,
         "label": outcome.label,
         "responder_rule": model.metadata.get("responder_rule") or outcome.responder.describe(outcome.better, outcome.unit),
-        "p_treated": float(prediction["p_response_naltrexone"]),
-        "p_control": float(prediction["p_response_placebo"]),
+        "p_treated": float(prediction["p_response_treated"]),
+        "p_control": float(prediction["p_response_control"]),
         "benefit": float(prediction["benefit"]),
         "lower": float(prediction["benefit_lower"]),
         "upper": float(prediction["benefit_upper"]),
@@ -98,7 +98,7 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "waterfall": waterfall,
         "base": benefit.base_value,
         "benefit_drivers": [d.sentence for d in drivers[:TOP_DRIVERS]],
-        "treated_drivers": [d.sentence for d in explained.p_response_naltrexone.drivers[:3]],
+        "treated_drivers": [d.sentence for d in explained.p_response_treated.drivers[:3]],
         "evidence": model.evidence.to_dict(),
         "candidate": model.metadata.get("candidate_label", model.candidate_name),
         "risk_model": model.candidate_name == "risk_model",

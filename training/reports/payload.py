@@ -35,6 +35,7 @@ from training.candidates import candidate_label
 from training.explain import explain_patients
 from training.labels import responder_labels
 from training.model import ResponderModel
+from training.results import HEADLINE
 from training.spec import DEFAULT_SPEC, DatasetSpec
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from training.config import TrainConfig
     from training.data import ValidationReport
-    from training.train import OutcomeResult
+    from training.results import OutcomeResult
 
 log = logging.getLogger("responders.reports")
 
@@ -363,14 +364,14 @@ def shap_cohort(model: ResponderModel, X: pd.DataFrame, seed: int) -> tuple[dict
     treated = np.zeros((len(rows), len(names)))
     bases = np.zeros((len(rows), 4))
     for i, explanation in enumerate(explanations):
-        for matrix, output in ((benefit, explanation.benefit), (treated, explanation.p_response_naltrexone)):
+        for matrix, output in ((benefit, explanation.benefit), (treated, explanation.p_response_treated)):
             for driver in output.drivers:
                 matrix[i, index[driver.feature]] = driver.contribution
         bases[i] = (
             explanation.benefit.base_value,
             explanation.benefit.prediction,
-            explanation.p_response_naltrexone.base_value,
-            explanation.p_response_naltrexone.prediction,
+            explanation.p_response_treated.base_value,
+            explanation.p_response_treated.prediction,
         )
     features = model.features(rows).reset_index(drop=True)[names].astype(float)
     mean_abs = np.abs(benefit).mean(axis=0)
@@ -394,7 +395,7 @@ def shap_cohort(model: ResponderModel, X: pd.DataFrame, seed: int) -> tuple[dict
         "top_inflammation": top("inflammation"),
         "top_autoantibody": top("autoantibody"),
         "max_additivity_error": _num(
-            max(max(e.benefit.additivity_error, e.p_response_naltrexone.additivity_error) for e in explanations) if explanations else 0.0
+            max(max(e.benefit.additivity_error, e.p_response_treated.additivity_error) for e in explanations) if explanations else 0.0
         ),
     }
     parts = {
@@ -510,8 +511,6 @@ def build_cohort_payload(
     experiment_id: str,
 ) -> CohortPayload:
     """Compute the cohort payload from a training job's frame and results (before promotion; see :func:`add_registry`)."""
-    from training.train import HEADLINE
-
     started = time.perf_counter()
     published = bool(provenance.get("compare_published"))
     parts: dict[str, pd.DataFrame] = {}
