@@ -50,14 +50,16 @@ from benchmarks.common import fmt_mean_se, fmt_rate, md_table, mean_se, quiet_en
 
 SCENARIOS = ("null", "final", "strong")
 OUTCOMES = ("pain", "memory")
-CANDIDATES = ("risk_model", "interaction_logistic", "t_learner", "dr_learner")
+CANDIDATES = ("arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner")
 PEERS = ("causal_forest", "x_learner")
 METHODS = ("oracle", "champion", *CANDIDATES, *PEERS)
 POPULATION_SEED = 999_983  # offset of the held-out population's seed from the trials' seeds
 METHOD_LABELS = {
     "oracle": "oracle (true benefit)",
     "champion": "**our champion** (job's choice)",
+    "arm_only": "arm-only floor",
     "risk_model": "risk model",
+    "bcf": "Bayesian Causal Forest (probit)",
     "interaction_logistic": "interaction logistic",
     "t_learner": "T-learner (LightGBM)",
     "dr_learner": "DR-learner (LightGBM)",
@@ -260,7 +262,7 @@ def run_replicate(task: tuple[str, int, int, int, Settings]) -> list[dict]:
         evidence = bool(adjusted[outcome] < settings.alpha)
         base = {"scenario": scenario, "n": n, "replicate": replicate, "seed": seed, "outcome": outcome}
         started = time.perf_counter()
-        champion = cross_validate(d, spec, fit_config, executor).final_choice if evidence else "risk_model"
+        champion = cross_validate(d, spec, fit_config, executor).final_choice
         select_seconds = time.perf_counter() - started
         rows.append(
             {
@@ -283,13 +285,18 @@ def run_replicate(task: tuple[str, int, int, int, Settings]) -> list[dict]:
         predictions, models, seconds = {"oracle": truth}, {}, {"oracle": 0.0}
         for name in CANDIDATES:
             started = time.perf_counter()
-            models[name] = make_candidate(name, fit_config.candidates, d.treated_fraction, fit_config.seed).fit(F, d.t, d.y)
+            models[name] = make_candidate(name, fit_config.candidates, d.treated_fraction, fit_config.seed, final=True).fit(F, d.t, d.y)
             predictions[name] = models[name].predict_benefit(P)
             seconds[name] = time.perf_counter() - started
         intervals = {}
         started = time.perf_counter()
-        ensemble = BootstrapEnsemble(models[champion], settings.bootstrap_models, fit_config.intervals.level, fit_config.seed)
-        intervals["champion"] = ensemble.fit(F, d.t, d.y).interval(P, predictions[champion])
+        ensemble = None
+        if not models[champion].has_draws:
+            ensemble = BootstrapEnsemble(models[champion], settings.bootstrap_models, fit_config.intervals.level, fit_config.seed)
+            ensemble.fit(F, d.t, d.y)
+        from training.model import model_interval
+
+        intervals["champion"] = model_interval(models[champion], ensemble, P, predictions[champion], fit_config.intervals.level)
         predictions["champion"] = predictions[champion]
         seconds["champion"] = seconds[champion] + time.perf_counter() - started
         errors = {}

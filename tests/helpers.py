@@ -18,6 +18,7 @@ FAST = {
     "evidence": {"permutations": 19, "rate_bootstrap": 50},
     "intervals": {"bootstrap_models": 8},
     "candidates": {
+        "bcf": {"num_gfr": 5, "cv_gfr": 2, "num_mcmc": 40, "cv_mcmc": 20, "mu_trees": 30, "tau_trees": 15, "explain_draws": 10},
         "t_learner": {"lightgbm": {"n_estimators": 30}},
         "dr_learner": {"nuisance": {"n_estimators": 30}, "final": {"n_estimators": 20}},
     },

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from training import metrics as M
-from training.evaluation import _statistic, holm, one_se_choice, statistic_kind
+from training.evaluation import _statistic, choose, criterion_scores, holm, statistic_kind
 from training.labels import responder_labels
 from training.spec import OutcomeSpec, ResponderRule
 
@@ -77,14 +77,18 @@ def test_benefit_metrics_reward_true_ranking_and_not_noise():
     assert lo < est < hi and lo > 0
 
 
-def test_holm_and_one_se_rule():
+def test_holm_and_the_paired_one_se_rule():
     adjusted = holm({"pain": 0.01, "memory": 0.04, "sleep": float("nan")})
     assert adjusted["pain"] == pytest.approx(0.02) and adjusted["memory"] == pytest.approx(0.04)
     assert np.isnan(adjusted["sleep"])
-    scores = {"risk_model": (1.00, 0.05), "t_learner": (0.97, 0.05), "dr_learner": (0.90, 0.02)}
-    assert one_se_choice(scores) == "dr_learner"
-    scores["risk_model"] = (0.91, 0.05)
-    assert one_se_choice(scores) == "risk_model"  # within one SE of the best: the simpler model wins
+    rng = np.random.default_rng(5)
+    shared = rng.normal(0, 1, 500) ** 2  # the DR-score noise every candidate's loss shares
+    losses = {"arm_only": shared + 0.010, "risk_model": shared + rng.normal(0.0002, 0.01, 500), "dr_learner": shared}
+    scores = criterion_scores(losses)
+    # Marginal SEs (about 0.06) would call all three equal; the paired SE sees the floor is worse.
+    assert scores["arm_only"][1] < 0.005
+    assert choose(scores, "dr_tau_risk_1se") == "risk_model"  # within one paired SE of the best: simpler wins
+    assert choose(scores, "dr_tau_risk") == "dr_learner"
 
 
 def test_beyond_risk_statistic_ignores_benefit_that_baseline_risk_explains():
@@ -106,9 +110,9 @@ def test_beyond_risk_statistic_ignores_benefit_that_baseline_risk_explains():
     assert beyond > 0.01
 
 
-def test_beyond_risk_needs_the_risk_model_and_another_candidate():
+def test_beyond_risk_needs_an_effect_model_besides_the_risk_model():
     from training.config import load_config
 
     assert statistic_kind(load_config(None)) == "beyond_risk"
-    assert statistic_kind(load_config(None, candidates={"enabled": ["risk_model"]})) == "rate"
+    assert statistic_kind(load_config(None, evidence={"candidates": ["risk_model"]})) == "rate"
     assert statistic_kind(load_config(None, evidence={"statistic": "rate"})) == "rate"

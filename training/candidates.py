@@ -19,6 +19,11 @@ probability scale; its TreeSHAP values are used directly.
 
 Candidates (DESIGN section 5):
 
+- ``arm_only``: the floor. Each arm's smoothed response rate; every patient
+  gets the trial's average answer. Every served model must beat it out of fold.
+- ``bcf``: Bayesian Causal Forest with a probit link (stochtree): a prognostic
+  forest plus a treatment-effect forest whose prior shrinks towards one common
+  effect; its posterior draws give the benefit interval.
 - ``risk_model``: PATH's default. A penalised logistic prognostic model fitted
   blinded to treatment gives a risk score; ``logit P = a + b * score + g * t``
   adds a constant relative treatment effect. Benefit varies only with risk.
@@ -32,6 +37,8 @@ Candidates (DESIGN section 5):
 
 from __future__ import annotations
 
+import warnings
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,6 +46,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
+from scipy.stats import norm
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -46,7 +54,8 @@ from sklearn.preprocessing import StandardScaler
 
 from training.config import CandidatesConfig, LightGBMParams
 
-CANDIDATE_ORDER = ("risk_model", "interaction_logistic", "t_learner", "dr_learner")  # simplest first
+# Simplest first: the one-SE rules and ties prefer the earlier candidate.
+CANDIDATE_ORDER = ("arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner")
 PROB_CLIP = 1e-4
 
 
@@ -141,10 +150,20 @@ def _lgbm_raw_contributions(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndar
 
 
 class BenefitCandidate(BaseEstimator):
-    """Base class; subclasses implement ``fit``, ``predict_arms`` and ``_explain``."""
+    """Base class; subclasses implement ``fit``, ``predict_arms`` and ``_explain``.
+
+    Candidates whose fit yields its own uncertainty (posterior draws) set
+    ``has_draws`` and implement ``benefit_draws``; the others get intervals
+    from a :class:`BootstrapEnsemble` of refits.
+    """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
+    has_draws: ClassVar[bool] = False
+
+    def benefit_draws(self, X) -> np.ndarray:
+        """(n, draws) benefit draws carrying the model's uncertainty (candidates with ``has_draws``)."""
+        raise NotImplementedError(f"{self.name} has no posterior draws; use a BootstrapEnsemble")
 
     def predict_benefit(self, X: pd.DataFrame) -> np.ndarray:
         p1, p0 = self.predict_arms(X)
@@ -157,6 +176,218 @@ class BenefitCandidate(BaseEstimator):
         np.testing.assert_allclose(explanation.p_treated.output, p1, atol=1e-6)
         np.testing.assert_allclose(explanation.benefit.output, p1 - p0, atol=1e-6)
         return explanation
+
+
+class ArmOnly(BenefitCandidate):
+    """The floor: each arm's smoothed response rate, the same answer for every patient.
+
+    ``p = (responders + 0.5) / (n + 1)`` per arm. Its draws are Jeffreys
+    posterior draws of the two rates (Beta(r + 1/2, n - r + 1/2)), so its
+    interval is the uncertainty of the trial's average difference.
+    """
+
+    name = "arm_only"
+    label = "Arm-only floor (each arm's response rate; no patient differences)"
+    has_draws = True
+
+    def __init__(self, n_draws: int = 1000, random_state: int = 0):
+        self.n_draws = n_draws
+        self.random_state = random_state
+
+    def fit(self, X: pd.DataFrame, t: np.ndarray, y: np.ndarray):
+        self.features_ = list(X.columns)
+        t, y = np.asarray(t).astype(int), np.asarray(y).astype(float)
+        r1, n1 = float(y[t == 1].sum()), float((t == 1).sum())
+        r0, n0 = float(y[t == 0].sum()), float((t == 0).sum())
+        self.p_treated_ = (r1 + 0.5) / (n1 + 1.0)
+        self.p_control_ = (r0 + 0.5) / (n0 + 1.0)
+        rng = np.random.default_rng(self.random_state)
+        self.draws_ = rng.beta(r1 + 0.5, n1 - r1 + 0.5, self.n_draws) - rng.beta(r0 + 0.5, n0 - r0 + 0.5, self.n_draws)
+        return self
+
+    def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
+        n = len(X)
+        return np.full(n, self.p_treated_), np.full(n, self.p_control_)
+
+    def benefit_draws(self, X) -> np.ndarray:
+        return np.broadcast_to(self.draws_, (len(X), len(self.draws_)))
+
+    def _explain(self, X: pd.DataFrame) -> Explanation:
+        n, d = len(X), len(self.features_)
+        zeros = np.zeros((n, d))
+        p1 = Contributions(zeros, np.full(n, self.p_treated_), np.full(n, self.p_treated_))
+        benefit = np.full(n, self.p_treated_ - self.p_control_)
+        return Explanation(self.features_, p1, Contributions(zeros.copy(), benefit, benefit))
+
+
+class BayesianCausalForest(BenefitCandidate):
+    """Bayesian Causal Forest (Hahn, Murray & Carvalho 2020) with a probit link, via stochtree.
+
+    ``P(y = 1 | x, t) = Phi(mu(x) + t * tau(x))`` with the known randomisation
+    probability; the treatment-effect forest ``tau`` has a prior that keeps its
+    trees shallow and its leaves small, so on a small trial it answers close to
+    one common effect with wide intervals, and with more patients it can find a
+    subgroup. Point predictions are posterior means of each arm's probability;
+    ``benefit_draws`` are the posterior draws of ``Phi(mu + tau) - Phi(mu)``.
+
+    The fitted stochtree model is kept as its JSON (stochtree objects do not
+    pickle) and rebuilt on first use after loading. Explanations use TreeSHAP
+    on the posterior-mean forests of ``explain_draws`` evenly spaced draws (on
+    the probit scale; see the module docstring for the probability scale).
+    """
+
+    name = "bcf"
+    label = "Bayesian Causal Forest (probit link; shrinks towards one common effect)"
+    has_draws = True
+
+    def __init__(
+        self,
+        num_gfr: int = 10,
+        num_mcmc: int = 200,
+        mu_trees: int = 100,
+        tau_trees: int = 50,
+        explain_draws: int = 50,
+        treated_fraction: float = 0.5,
+        random_state: int = 0,
+    ):
+        self.num_gfr = num_gfr
+        self.num_mcmc = num_mcmc
+        self.mu_trees = mu_trees
+        self.tau_trees = tau_trees
+        self.explain_draws = explain_draws
+        self.treated_fraction = treated_fraction
+        self.random_state = random_state
+
+    def fit(self, X: pd.DataFrame, t: np.ndarray, y: np.ndarray):
+        from stochtree import BCFModel, OutcomeModel
+
+        self.features_ = list(X.columns)
+        F = _matrix(X, self.features_)
+        t, y = np.asarray(t, dtype=float), np.asarray(y, dtype=float)
+        model = BCFModel()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "global error variance is fixed at 1 with a probit link"
+            model.sample(
+                F,
+                t,
+                y,
+                np.full(len(y), self.treated_fraction),
+                num_gfr=self.num_gfr,
+                num_mcmc=self.num_mcmc,
+                general_params={
+                    "outcome_model": OutcomeModel(outcome="binary", link="probit"),
+                    "random_seed": int(self.random_state) % (2**31 - 1),
+                    "num_threads": 1,
+                    "propensity_covariate": "none",
+                },
+                prognostic_forest_params={"num_trees": self.mu_trees},
+                treatment_effect_forest_params={"num_trees": self.tau_trees},
+            )
+        self._live = model
+        self._train_F = F  # only until pickling: node covers for the explainer (see __getstate__)
+        return self
+
+    # stochtree model plumbing -------------------------------------------------------------
+    def _model(self):
+        live = getattr(self, "_live", None)
+        if live is None:
+            from stochtree import BCFModel
+
+            live = BCFModel()
+            live.from_json(zlib.decompress(self.model_json_).decode())
+            self._live = live
+        return live
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if "_live" in state and state["_live"] is not None:
+            state["model_json_"] = zlib.compress(state["_live"].to_json().encode(), 6)
+            if state.get("explain_trees_") is None and state.get("_train_F") is not None:
+                state["explain_trees_"] = self._explain_trees(state["_live"], state["_train_F"])
+        for key in ("_live", "_train_F", "_explainer"):
+            state.pop(key, None)
+        return state
+
+    def _explain_trees(self, model, F: np.ndarray) -> dict:
+        from training.forests import flatten_stochtree
+
+        mu, tau = flatten_stochtree(model.forest_container_mu), flatten_stochtree(model.forest_container_tau)
+        k = max(1, min(self.explain_draws, mu.n_draws))
+        draws = np.unique(np.linspace(0, mu.n_draws - 1, k).round().astype(int))
+        return {
+            "mu": mu.shap_trees(F, draws, 1.0 / len(draws)),
+            "tau": tau.shap_trees(F, draws, 1.0 / len(draws)),
+            "mu_offset": float(model.y_bar),
+            "tau_offset": float(np.mean(_tau0(model)[draws])),
+        }
+
+    def _probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
+        F = _matrix(X, self.features_)
+        n = len(F)
+        out = self._model().predict(F, np.ones(n), np.full(n, self.treated_fraction), terms=["mu", "tau"], type="posterior")
+        return np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
+
+    # BenefitCandidate ---------------------------------------------------------------------
+    def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
+        mu, tau = self._probit_draws(X)
+        return norm.cdf(mu + tau).mean(axis=1), norm.cdf(mu).mean(axis=1)
+
+    def benefit_draws(self, X) -> np.ndarray:
+        mu, tau = self._probit_draws(X)
+        return norm.cdf(mu + tau) - norm.cdf(mu)
+
+    def _shap(self, part: str, F: np.ndarray) -> tuple[np.ndarray, float]:
+        import shap
+
+        explainers = getattr(self, "_explainer", None)
+        if explainers is None:
+            trees = getattr(self, "explain_trees_", None)
+            if trees is None:
+                trees = self.explain_trees_ = self._explain_trees(self._model(), self._train_F)
+            explainers = {
+                key: shap.TreeExplainer({"trees": trees[key], "base_offset": 0.0, "tree_output": "raw_value", "objective": "squared_error"})
+                for key in ("mu", "tau")
+            }
+            self._explainer = explainers
+        explainer = explainers[part]
+        values = np.asarray(explainer.shap_values(F, check_additivity=False)).reshape(len(F), -1)
+        return values, float(np.ravel(explainer.expected_value)[0])
+
+    def _explain(self, X: pd.DataFrame) -> Explanation:
+        F = _matrix(X, self.features_)
+        trees = getattr(self, "explain_trees_", None) or self._explain_trees(self._model(), self._train_F)
+        self.explain_trees_ = trees
+        phi_mu, base_mu = self._shap("mu", F)
+        phi_tau, base_tau = self._shap("tau", F)
+        p1, p0 = self.predict_arms(X)
+        eta_base0 = np.full(len(F), base_mu + trees["mu_offset"])
+        eta_base1 = eta_base0 + base_tau + trees["tau_offset"]
+        treated = _probit_to_probability(phi_mu + phi_tau, eta_base1, p1)
+        control = _probit_to_probability(phi_mu, eta_base0, p0)
+        return Explanation(self.features_, treated, _difference(treated, control))
+
+
+def _tau0(model) -> np.ndarray:
+    samples = getattr(model, "tau_0_samples", None)
+    if samples is None:
+        return np.zeros(model.num_samples)
+    return np.asarray(samples, dtype=float).reshape(-1)
+
+
+def _probit_to_probability(phi: np.ndarray, base_eta: np.ndarray, output: np.ndarray) -> Contributions:
+    """Probit-scale contributions mapped to probability points, adding up to ``output`` exactly.
+
+    The ratio ``(output - Phi(base)) / (eta - base)`` keeps each contribution's
+    sign; ``output`` is the posterior mean probability the model serves.
+    """
+    eta = base_eta + phi.sum(axis=1)
+    p_base = norm.cdf(base_eta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = eta - base_eta
+        ratio = np.where(np.abs(diff) > 1e-9, (output - p_base) / diff, norm.pdf(eta))
+    values = phi * ratio[:, None]
+    # Where the probit-scale contributions cancel, put the (tiny) remainder on the base.
+    return Contributions(values, output - values.sum(axis=1), output)
 
 
 class RiskModel(BenefitCandidate):
@@ -374,7 +605,21 @@ class DRLearner(BenefitCandidate):
         return Explanation(self.features_, p1, Contributions(_rescale(phi, base, benefit), base, benefit))
 
 
-def make_candidate(name: str, config: CandidatesConfig, treated_fraction: float, seed: int) -> BenefitCandidate:
+def make_candidate(name: str, config: CandidatesConfig, treated_fraction: float, seed: int, final: bool = False) -> BenefitCandidate:
+    """A fresh candidate; ``final`` asks for the served model's settings (e.g. all posterior draws)."""
+    if name == "arm_only":
+        return ArmOnly(random_state=seed)
+    if name == "bcf":
+        params = config.bcf
+        return BayesianCausalForest(
+            num_gfr=params.num_gfr if final else params.cv_gfr,
+            num_mcmc=params.num_mcmc if final else params.cv_mcmc,
+            mu_trees=params.mu_trees,
+            tau_trees=params.tau_trees,
+            explain_draws=params.explain_draws,
+            treated_fraction=treated_fraction,
+            random_state=seed,
+        )
     if name == "risk_model":
         return RiskModel(C=config.risk_model.C, score_folds=config.risk_model.score_folds, random_state=seed)
     if name == "interaction_logistic":
@@ -395,7 +640,7 @@ def make_candidate(name: str, config: CandidatesConfig, treated_fraction: float,
 
 
 def candidate_label(name: str) -> str:
-    return {c.name: c.label for c in (RiskModel, InteractionLogistic, TLearner, DRLearner)}[name]
+    return {c.name: c.label for c in (ArmOnly, RiskModel, BayesianCausalForest, InteractionLogistic, TLearner, DRLearner)}[name]
 
 
 class BootstrapEnsemble:

@@ -73,23 +73,55 @@ class DRLearnerParams(_Strict):
     final: LightGBMParams = LightGBMParams(n_estimators=40, min_child_samples=20, num_leaves=3)
 
 
+class BCFParams(_Strict):
+    """Bayesian Causal Forest (stochtree, probit link); tree counts sized for trials of 10^2-10^3 patients."""
+
+    num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations")
+    num_mcmc: int = Field(200, ge=20, description="retained posterior draws of the served model (its interval)")
+    cv_gfr: int = Field(5, ge=0, description="warm-start iterations in cross-validation")
+    cv_mcmc: int = Field(50, ge=10, description="retained draws in cross-validation, where only posterior means are used")
+    mu_trees: int = Field(100, ge=1, description="trees of the prognostic forest")
+    tau_trees: int = Field(50, ge=1, description="trees of the treatment-effect forest")
+    explain_draws: int = Field(50, ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+
+
+CandidateName = Literal["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
+
+
 class CandidatesConfig(_Strict):
-    enabled: list[Literal["risk_model", "interaction_logistic", "t_learner", "dr_learner"]] = [
-        "risk_model",
-        "interaction_logistic",
-        "t_learner",
-        "dr_learner",
-    ]
+    enabled: list[CandidateName] = ["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
     risk_model: RiskModelParams = RiskModelParams()
+    bcf: BCFParams = BCFParams()
     interaction_logistic: InteractionLogisticParams = InteractionLogisticParams()
     t_learner: TLearnerParams = TLearnerParams()
     dr_learner: DRLearnerParams = DRLearnerParams()
 
     @model_validator(mode="after")
-    def _risk_model_enabled(self) -> CandidatesConfig:
-        if "risk_model" not in self.enabled:
-            raise ValueError("the risk model is the honest default without subgroup evidence and cannot be disabled")
+    def _floor_enabled(self) -> CandidatesConfig:
+        if "arm_only" not in self.enabled:
+            raise ValueError("the arm-only model is the floor every served model must beat and cannot be disabled")
+        if len(set(self.enabled)) != len(self.enabled):
+            raise ValueError("a candidate is listed twice")
         return self
+
+
+class SelectionConfig(_Strict):
+    """How the champion is chosen among the candidates (inside the nested cross-validation)."""
+
+    criterion: Literal["dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
+        "dr_tau_risk_1se",
+        description=(
+            "dr_tau_risk: lowest mean squared error against doubly robust scores; r_loss: lowest R-learner loss; "
+            "rate: highest Qini-weighted RATE of the held-out benefit ranking; _1se: the simplest candidate within "
+            "one standard error (of the paired difference) of the best"
+        ),
+    )
+    floor_margin_se: float = Field(
+        1.0,
+        ge=0,
+        description="a candidate is eligible when its out-of-fold log-loss is not worse than the arm-only floor's "
+        "by more than this many standard errors of the paired difference",
+    )
 
 
 class CVConfig(_Strict):
@@ -99,7 +131,19 @@ class CVConfig(_Strict):
 
 
 class EvidenceConfig(_Strict):
-    permutations: int = Field(199, ge=0, description="0 skips the test (verdict: not tested)")
+    method: Literal["auto", "permutation", "split_rate"] = Field(
+        "auto",
+        description="permutation: whole-pipeline permutation test (small trials); split_rate: sample-split RATE test "
+        "with a bootstrap standard error (large trials); auto: permutation up to auto_max_n patients",
+    )
+    auto_max_n: int = Field(3000, ge=10, description="largest trial tested by permutation when method is auto")
+    permutations: int = Field(199, ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")
+    sequential_h: int = Field(
+        10,
+        ge=0,
+        description="Besag-Clifford sequential p-value: stop once this many permuted statistics reach the observed one "
+        "(0: always run every permutation)",
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
     rate_bootstrap: int = Field(500, ge=0, description="bootstrap replicates for the RATE (AUTOC) interval")
     statistic: Literal["beyond_risk", "rate"] = Field(
@@ -110,42 +154,41 @@ class EvidenceConfig(_Strict):
             "(also counts the benefit spread that baseline risk alone produces)"
         ),
     )
+    candidates: list[CandidateName] = Field(
+        ["interaction_logistic", "t_learner", "dr_learner"],
+        description="effect-modelling candidates whose best ranking is the test statistic (refitted for every permutation)",
+    )
 
 
 class IntervalConfig(_Strict):
-    """Benefit intervals: percentile interval over bootstrap refits of the chosen candidate."""
+    """Per-patient benefit intervals.
+
+    The model's own uncertainty comes from posterior draws (arm-only, BCF) or a
+    percentile interval over bootstrap refits (the other candidates). A
+    patient's own benefit also varies with what the trial did not measure,
+    which no parallel-group trial can estimate; ``unmeasured_heterogeneity``
+    states the assumption: the SD of benefit left unexplained by the measured
+    features is this multiple of the SD the shrinkage (BCF) model attributes
+    to them (0: the interval is for the average benefit of patients with the
+    same measurements).
+    """
 
     bootstrap_models: int = Field(100, ge=5)
     level: float = Field(0.95, gt=0.5, lt=1)
+    unmeasured_heterogeneity: float = Field(1.0, ge=0)
 
 
 class LabelRule(_Strict):
-    """How a benefit estimate becomes a label; stored with every model, read by the API.
+    """Thresholds of the subgroup labels, in percentage points of benefit (0.10 = 10 pp).
 
-    ``likely_benefit``: the interval's lower bound is above ``likely_lower_above``
-    and the estimate is at least ``likely_min_benefit``. ``unlikely_benefit``: the
-    upper bound is below ``unlikely_upper_below``. Otherwise ``uncertain``.
+    How they are applied (``training.labels_policy``): ``likely_benefit`` needs an
+    established average benefit of at least ``likely_min_benefit`` or
+    Holm-significant subgroup evidence; ``unlikely_benefit`` an interval below
+    ``unlikely_upper_below``; otherwise ``uncertain``.
     """
 
-    likely_lower_above: float = 0.0
-    likely_min_benefit: float = 0.10
-    unlikely_upper_below: float = 0.05
-
-    def describe(self) -> str:
-        return (
-            f"likely_benefit: interval lower bound > {self.likely_lower_above:+.0%} and estimate >= "
-            f"{self.likely_min_benefit:.0%}; unlikely_benefit: interval upper bound < {self.unlikely_upper_below:+.0%}; "
-            "otherwise uncertain (benefit = naltrexone minus placebo probability of a clinically meaningful response)"
-        )
-
-    def label(self, benefit, lower, upper):
-        """Vectorised labels for arrays of estimates and interval bounds."""
-        import numpy as np
-
-        benefit, lower, upper = (np.asarray(a, dtype=float) for a in (benefit, lower, upper))
-        likely = (lower > self.likely_lower_above) & (benefit >= self.likely_min_benefit)
-        unlikely = upper < self.unlikely_upper_below
-        return np.where(likely, "likely_benefit", np.where(unlikely, "unlikely_benefit", "uncertain"))
+    likely_min_benefit: float = Field(0.10, ge=0, le=1)
+    unlikely_upper_below: float = Field(0.05, ge=-1, le=1)
 
 
 class GateConfig(_Strict):
@@ -169,6 +212,7 @@ class TrainConfig(_Strict):
     seed: int = 2024
     cv: CVConfig = CVConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    selection: SelectionConfig = SelectionConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     intervals: IntervalConfig = IntervalConfig()
     labels: LabelRule = LabelRule()

@@ -1,31 +1,43 @@
-"""Honest small-sample evaluation: nested repeated cross-validation and a whole-pipeline permutation test.
+"""Honest small-sample evaluation: nested repeated cross-validation, the arm-only floor and a heterogeneity test.
 
-- Outer loop: repeated stratified K-fold (strata: arm x responder). In each
+- **Outer loop**: repeated stratified K-fold (strata: arm x responder). In each
   outer fold the feature pipeline and every candidate are fitted on the
-  training part only; an inner stratified K-fold on that training part picks a
-  candidate (lowest tau-risk against doubly robust scores, one-standard-error
-  rule towards the simpler model), so model choice is nested. Every metric is
-  computed on out-of-fold predictions.
-- Heterogeneity test: the statistic is a Qini-weighted RATE (with DR scores)
-  from one stratified K-fold pass. The Qini weighting averages the whole
-  benefit ranking; on trials of a few hundred patients it has clearly more
-  power than AUTOC, whose top-of-ranking terms are dominated by the noise of a
-  handful of DR scores (AUTOC is still reported, with a bootstrap interval).
-  By default (``evidence.statistic: beyond_risk``) the test asks whether there
-  is benefit *beyond what baseline risk explains*: on the probability scale
-  even a constant treatment effect gives patients with different baseline
-  risk different benefits (a patient who cannot improve by 30% cannot
-  benefit), and a test of "any spread" would call that a responder subgroup.
-  So the out-of-fold benefit of the risk model (prognostic score plus a
-  constant relative effect) is subtracted from both the DR scores and each
-  effect-modelling candidate's ranking, and the statistic is the best RATE of
-  those candidates for that residual benefit (``rate`` restores the best RATE
-  of any candidate for the whole benefit). Covariate rows are
-  permuted against (arm, outcome) and everything is refitted; the p-value is
-  ``(1 + #{T_perm >= T_obs}) / (1 + B)``. The feature pipeline never sees arm
-  or outcome, so it is fitted once on all covariates for this test (its fit is
-  invariant to the row permutation); the candidates, the outcome models for
-  the DR scores and the selection by maximum are refitted every time.
+  training part only; an inner stratified K-fold on that part runs the whole
+  selection procedure (floor eligibility, then the criterion), so model choice
+  is nested. Every metric is computed on out-of-fold predictions.
+- **The floor**: the arm-only model (each arm's response rate) is always
+  evaluated. A candidate is *eligible* when its out-of-fold log-loss is not
+  worse than the floor's by more than ``selection.floor_margin_se`` standard
+  errors of the paired per-patient difference; when only the floor is
+  eligible, the floor is the choice.
+- **Criterion** among eligible candidates (``selection.criterion``): tau-risk
+  against doubly robust (DR) scores with or without the one-SE rule towards the
+  simpler model, the R-learner loss, or the Qini-weighted RATE of the held-out
+  ranking (see :func:`criterion_scores`).
+- **Heterogeneity test**: is the benefit ranking better than chance? The
+  statistic is the best Qini-weighted RATE, with DR scores, of the
+  effect-modelling candidates in ``evidence.candidates`` from one stratified
+  K-fold pass; by default (``evidence.statistic: beyond_risk``) for the benefit
+  beyond what baseline risk explains: on the probability scale even a constant
+  treatment effect gives patients with different baseline risk different
+  benefits, so the risk model's out-of-fold benefit is subtracted from both the
+  DR scores and each candidate's ranking.
+
+  - ``permutation`` (small trials): covariate rows permuted against (arm,
+    outcome), everything refitted; the p-value is Besag & Clifford's
+    sequential Monte-Carlo p-value (Biometrika 1991;78:301-304): permutations
+    run in a fixed order and stop once ``h`` permuted statistics reach the
+    observed one (``p = h / L`` after ``L`` permutations), otherwise after
+    ``B`` (``p = (1 + #{T_perm >= T_obs}) / (1 + B)``). It is valid at every
+    stopping point and needs about ``h / p`` permutations, so clearly null
+    outcomes stop early. The feature pipeline never sees arm or outcome, so
+    it is fitted once on all covariates for this test.
+  - ``split_rate`` (large trials; the grf approach): the candidates are
+    fitted on one half of the patients, rank the other half, and the RATE of
+    that ranking with DR scores cross-fitted within the held-out half is
+    divided by its bootstrap standard error; one-sided p-values of the
+    candidates are combined by Bonferroni. Nothing is refitted per replicate.
+  - ``auto``: permutation up to ``evidence.auto_max_n`` patients, split RATE above.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -47,6 +60,7 @@ from training.executor import Executor
 from training.spec import DatasetSpec
 
 SELECTED = "selected"
+FLOOR = "arm_only"
 
 
 @dataclass(frozen=True)
@@ -91,38 +105,147 @@ def predict_outcome_models(fitted, F: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     return out[0], out[1]
 
 
-def one_se_choice(scores: dict[str, tuple[float, float]]) -> str:
-    """The simplest candidate whose tau-risk is within one standard error of the best."""
-    best = min(scores, key=lambda name: scores[name][0])
-    limit = scores[best][0] + scores[best][1]
-    for name in CANDIDATE_ORDER:
-        if name in scores and scores[name][0] <= limit:
-            return name
-    return best
+# Out-of-fold predictions -----------------------------------------------------------------------------
+@dataclass
+class FoldPredictions:
+    """Out-of-fold predictions of several candidates on one set of patients."""
+
+    arms: dict[str, tuple[np.ndarray, np.ndarray]]  # candidate -> (p1, p0)
+    mu1: np.ndarray  # outcome model of the treated arm (DR scores)
+    mu0: np.ndarray
+
+    def benefit(self, name: str) -> np.ndarray:
+        p1, p0 = self.arms[name]
+        return p1 - p0
 
 
-def oof_benefits(
-    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, n_splits: int, seed: int
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Out-of-fold benefit predictions of every enabled candidate, and out-of-fold DR scores."""
+def oof_predictions(
+    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, names: list[str], n_splits: int, seed: int
+) -> FoldPredictions:
+    """Out-of-fold arm probabilities of ``names`` and of the DR outcome models, from one stratified K-fold pass."""
     strata = 2 * t.astype(int) + y.astype(int)
-    tau = {name: np.zeros(len(y)) for name in config.candidates.enabled}
-    mu1, mu0 = np.zeros(len(y)), np.zeros(len(y))
+    n = len(y)
+    arms = {name: (np.zeros(n), np.zeros(n)) for name in names}
+    mu1, mu0 = np.zeros(n), np.zeros(n)
     for k, (train, test) in enumerate(_folds(strata, n_splits, seed)):
         Ftr, Fte = F.iloc[train], F.iloc[test]
-        for name in config.candidates.enabled:
+        for name in names:
             model = make_candidate(name, config.candidates, e, seed + 7 * k).fit(Ftr, t[train], y[train])
-            tau[name][test] = model.predict_benefit(Fte)
+            p1, p0 = model.predict_arms(Fte)
+            arms[name][0][test], arms[name][1][test] = p1, p0
         mu1[test], mu0[test] = predict_outcome_models(outcome_models(Ftr, t[train], y[train]), Fte)
-    return tau, M.dr_scores(y, t, mu1, mu0, e)
+    return FoldPredictions(arms, mu1, mu0)
 
 
-def select_candidate(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> tuple[str, dict[str, tuple[float, float]]]:
-    tau, psi = oof_benefits(F, t, y, config, e, config.cv.inner_folds, seed)
-    scores = {name: M.tau_risk(tau[name], psi) for name in tau}
-    return one_se_choice(scores), scores
+# The selection procedure -------------------------------------------------------------------------------
+def log_loss_per_patient(y: np.ndarray, t: np.ndarray, p1: np.ndarray, p0: np.ndarray) -> np.ndarray:
+    """Each patient's log-loss for the probability of the arm they were randomised to."""
+    p = np.clip(np.where(np.asarray(t) == 1, p1, p0), M.EPS, 1 - M.EPS)
+    y = np.asarray(y, float)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
+def floor_comparison(losses: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Per candidate: (mean paired log-loss difference to the floor, its standard error); negative is better."""
+    base = losses[FLOOR]
+    out = {}
+    for name, loss in losses.items():
+        d = loss - base
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[name] = (float(np.mean(d)), se)
+    return out
+
+
+def eligible(comparison: dict[str, tuple[float, float]], margin_se: float) -> list[str]:
+    """Candidates whose log-loss is not worse than the floor's beyond ``margin_se`` standard errors (floor always)."""
+    names = [FLOOR]
+    for name, (diff, se) in comparison.items():
+        if name != FLOOR and np.isfinite(diff) and diff <= margin_se * (se if np.isfinite(se) else 0.0):
+            names.append(name)
+    return names
+
+
+def criterion_losses(
+    criterion: str, tau: dict[str, np.ndarray], y: np.ndarray, t: np.ndarray, psi: np.ndarray, m: np.ndarray, e: float
+) -> dict[str, np.ndarray]:
+    """Per-patient losses of a selection criterion, per candidate (lower is better).
+
+    - ``dr_tau_risk*``: ``(psi - tau)^2`` against doubly robust scores ``psi``;
+    - ``r_loss*``: Nie & Wager's R-loss ``((y - m) - (t - e) tau)^2`` with ``m`` the
+      out-of-fold outcome mean and ``e`` the known randomisation probability;
+    - ``rate``: minus the Qini-weighted RATE of the ranking, the same value for
+      every patient (0 for a constant prediction).
+    """
+    base = criterion.removesuffix("_1se")
+    out = {}
+    for name, values in tau.items():
+        if base == "dr_tau_risk":
+            out[name] = (psi - values) ** 2
+        elif base == "r_loss":
+            out[name] = ((y - m) - (t - e) * values) ** 2
+        elif base == "rate":
+            rate = 0.0 if np.ptp(values) < 1e-12 else M.rate_qini(values, psi)
+            out[name] = np.full(len(psi), -rate)
+        else:
+            raise ValueError(f"unknown selection criterion {criterion!r}")
+    return out
+
+
+def criterion_scores(losses: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """(mean loss, paired standard error of its difference to the best candidate) per candidate."""
+    means = {name: float(loss.mean()) for name, loss in losses.items()}
+    best = min(means, key=means.get)
+    out = {}
+    for name, loss in losses.items():
+        d = loss - losses[best]
+        out[name] = (means[name], float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0)
+    return out
+
+
+def choose(scores: dict[str, tuple[float, float]], criterion: str) -> str:
+    """The criterion's choice.
+
+    ``*_1se``: the simplest candidate (``CANDIDATE_ORDER``) whose mean loss is
+    within one standard error of the best, where the standard error is that of
+    the *paired* per-patient difference to the best: candidates are compared
+    on the same patients, so the noise the DR scores share cancels (a marginal
+    SE made the rule blind to real differences). Otherwise: the lowest mean
+    loss, the simpler candidate on ties.
+    """
+    best = min(v[0] for v in scores.values())
+    if criterion.endswith("_1se"):
+        for name in CANDIDATE_ORDER:
+            if name in scores and scores[name][0] <= best + scores[name][1] + 1e-12:
+                return name
+    return next(name for name in CANDIDATE_ORDER if name in scores and scores[name][0] <= best + 1e-12)
+
+
+@dataclass
+class Selection:
+    choice: str
+    eligible: list[str]
+    floor: dict[str, tuple[float, float]]  # paired log-loss difference to the floor (mean, se)
+    scores: dict[str, tuple[float, float]]  # criterion (loss, se) among the eligible
+
+
+def select(
+    preds: FoldPredictions, y: np.ndarray, t: np.ndarray, e: float, config: TrainConfig, psi: np.ndarray | None = None
+) -> Selection:
+    """The whole selection procedure on out-of-fold predictions: floor eligibility, then the criterion."""
+    names = list(preds.arms)
+    losses = {name: log_loss_per_patient(y, t, *preds.arms[name]) for name in names}
+    floor = floor_comparison(losses)
+    candidates = eligible(floor, config.selection.floor_margin_se)
+    if psi is None:
+        psi = M.dr_scores(y, t, preds.mu1, preds.mu0, e)
+    m = e * preds.mu1 + (1 - e) * preds.mu0
+    criterion = config.selection.criterion
+    losses = criterion_losses(criterion, {n: preds.benefit(n) for n in candidates}, np.asarray(y, float), np.asarray(t, float), psi, m, e)
+    scores = criterion_scores(losses)
+    return Selection(choose(scores, criterion), candidates, floor, scores)
+
+
+# Nested cross-validation ------------------------------------------------------------------------------
 @dataclass
 class OuterTask:
     data: OutcomeData
@@ -142,20 +265,22 @@ def run_outer_fold(task: OuterTask) -> dict:
     Ftr = pipeline.transform(X.iloc[task.train]).reset_index(drop=True)
     Fte = pipeline.transform(X.iloc[task.test]).reset_index(drop=True)
     ttr, ytr = t[task.train], y[task.train]
-    selected, inner_scores = select_candidate(Ftr, ttr, ytr, config, data.treated_fraction, task.seed)
+    names = list(config.candidates.enabled)
+    inner = oof_predictions(Ftr, ttr, ytr, config, data.treated_fraction, names, config.cv.inner_folds, task.seed)
+    selection = select(inner, ytr, ttr, data.treated_fraction, config)
     predictions = {}
-    for name in config.candidates.enabled:
+    for name in names:
         model = make_candidate(name, config.candidates, data.treated_fraction, task.seed).fit(Ftr, ttr, ytr)
         predictions[name] = model.predict_arms(Fte)
-    predictions[SELECTED] = predictions[selected]
+    predictions[SELECTED] = predictions[selection.choice]
     mu1, mu0 = predict_outcome_models(outcome_models(Ftr, ttr, ytr), Fte)
     return {
         "repeat": task.repeat,
         "fold": task.fold,
         "test": task.test,
         "predictions": predictions,
-        "selected": selected,
-        "inner_scores": inner_scores,
+        "selected": selection.choice,
+        "inner_scores": selection.scores,
         "mu1": mu1,
         "mu0": mu0,
     }
@@ -170,9 +295,10 @@ class CVResult:
     oof: dict[str, np.ndarray]  # name -> (repeats, n, 2) [p1, p0]
     psi: np.ndarray  # (repeats, n) DR scores
     per_repeat: pd.DataFrame  # one row per (candidate, repeat)
-    summary: pd.DataFrame  # one row per candidate: mean and sd over repeats, AUTOC interval
+    summary: pd.DataFrame  # one row per candidate: mean and sd over repeats, AUTOC interval, floor comparison
     selections: dict[str, int]  # how often the inner loop chose each candidate
-    final_choice: str  # the one-SE tau-risk choice on the outer out-of-fold predictions
+    final_choice: str  # the selection procedure applied to the outer out-of-fold predictions
+    eligible: list[str] = field(default_factory=list)  # candidates not worse than the floor (outer out of fold)
     extras: dict = field(default_factory=dict)
 
     def metric(self, candidate: str, name: str) -> float:
@@ -211,12 +337,18 @@ def cross_validate(
         for r in range(config.cv.repeats):
             p1, p0 = oof[name][r, :, 0], oof[name][r, :, 1]
             rows.append(
-                {"candidate": name, "repeat": r, **M.arm_metrics(data.y, data.t, p1, p0), **M.benefit_metrics(data.y, data.t, p1 - p0, psi[r])}
+                {
+                    "candidate": name,
+                    "repeat": r,
+                    **M.arm_metrics(data.y, data.t, p1, p0),
+                    "log_loss": float(log_loss_per_patient(data.y, data.t, p1, p0).mean()),
+                    **M.benefit_metrics(data.y, data.t, p1 - p0, psi[r]),
+                }
             )
     per_repeat = pd.DataFrame(rows)
     summary = per_repeat.drop(columns="repeat").groupby("candidate", sort=False).mean()
     spread = per_repeat.drop(columns="repeat").groupby("candidate", sort=False).std(ddof=1)
-    for column in ["auc_treated", "auc_control", "brier_mean", "autoc", "qini", "c_for_benefit", "tau_risk"]:
+    for column in ["auc_treated", "auc_control", "brier_mean", "log_loss", "autoc", "qini", "c_for_benefit", "tau_risk"]:
         summary[f"{column}_sd"] = spread[column] if config.cv.repeats > 1 else np.nan
     psi_mean = psi.mean(axis=0)
     for name in names:
@@ -225,8 +357,47 @@ def cross_validate(
         summary.loc[name, "autoc_averaged"] = est
         summary.loc[name, "autoc_lower"] = lo
         summary.loc[name, "autoc_upper"] = hi
-    tau_scores = {name: (summary.loc[name, "tau_risk"], summary.loc[name, "tau_risk_se"]) for name in config.candidates.enabled}
-    return CVResult(n, config.cv.repeats, oof, psi, per_repeat, summary, selections, one_se_choice(tau_scores))
+
+    # The procedure on the outer out-of-fold predictions (averaged over repeats) gives the champion.
+    averaged = FoldPredictions(
+        {name: (oof[name][:, :, 0].mean(axis=0), oof[name][:, :, 1].mean(axis=0)) for name in config.candidates.enabled},
+        mu[:, :, 0].mean(axis=0),
+        mu[:, :, 1].mean(axis=0),
+    )
+    final = select(averaged, data.y, data.t, data.treated_fraction, config, psi=psi_mean)
+    losses = {
+        name: np.mean([log_loss_per_patient(data.y, data.t, oof[name][r, :, 0], oof[name][r, :, 1]) for r in range(config.cv.repeats)], axis=0)
+        for name in names
+    }
+    vs_floor = floor_comparison(losses)
+    for name in names:
+        summary.loc[name, "log_loss_vs_floor"], summary.loc[name, "log_loss_vs_floor_se"] = vs_floor[name]
+    return CVResult(n, config.cv.repeats, oof, psi, per_repeat, summary, selections, final.choice, final.eligible, {"final_scores": final.scores})
+
+
+# Heterogeneity test ----------------------------------------------------------------------------------
+def statistic_kind(config: TrainConfig) -> str:
+    """The statistic actually used: ``beyond_risk`` needs at least one effect-modelling candidate besides the risk model."""
+    others = [c for c in config.evidence.candidates if c not in {"risk_model", FLOOR}]
+    return "beyond_risk" if config.evidence.statistic == "beyond_risk" and others else "rate"
+
+
+def statistic_candidates(config: TrainConfig) -> list[str]:
+    """Candidates fitted for the statistic: the listed effect models, plus the risk model for ``beyond_risk``."""
+    names = [c for c in config.evidence.candidates if c != FLOOR]
+    if statistic_kind(config) == "beyond_risk" and "risk_model" not in names:
+        names = ["risk_model", *names]
+    return names or ["risk_model"]
+
+
+def _statistic(tau: dict[str, np.ndarray], psi: np.ndarray, kind: str) -> tuple[float, dict[str, float]]:
+    """The test statistic and its value per candidate (see the module docstring)."""
+    if kind == "beyond_risk":
+        base = tau["risk_model"]
+        per_candidate = {name: M.rate_qini(values - base, psi - base) for name, values in tau.items() if name != "risk_model"}
+    else:
+        per_candidate = {name: M.rate_qini(values, psi) for name, values in tau.items()}
+    return max(per_candidate.values()), per_candidate
 
 
 @dataclass(frozen=True)
@@ -245,24 +416,10 @@ def heterogeneity_statistic(task: PermutationTask) -> tuple[float, dict[str, flo
     if task.permutation_seed is not None:
         order = np.random.default_rng(task.permutation_seed).permutation(len(F))
         F = F.iloc[order].reset_index(drop=True)
-    tau, psi = oof_benefits(F, task.t, task.y, task.config, task.e, task.config.cv.folds, task.fold_seed)
-    return _statistic(tau, psi, statistic_kind(task.config))
-
-
-def statistic_kind(config: TrainConfig) -> str:
-    """The statistic actually used: ``beyond_risk`` needs the risk model and at least one other candidate."""
-    enabled = config.candidates.enabled
-    return "beyond_risk" if config.evidence.statistic == "beyond_risk" and "risk_model" in enabled and len(enabled) > 1 else "rate"
-
-
-def _statistic(tau: dict[str, np.ndarray], psi: np.ndarray, kind: str) -> tuple[float, dict[str, float]]:
-    """The test statistic and its value per candidate (see the module docstring)."""
-    if kind == "beyond_risk":
-        base = tau["risk_model"]
-        per_candidate = {name: M.rate_qini(values - base, psi - base) for name, values in tau.items() if name != "risk_model"}
-    else:
-        per_candidate = {name: M.rate_qini(values, psi) for name, values in tau.items()}
-    return max(per_candidate.values()), per_candidate
+    names = statistic_candidates(task.config)
+    preds = oof_predictions(F, task.t, task.y, task.config, task.e, names, task.config.cv.folds, task.fold_seed)
+    psi = M.dr_scores(task.y, task.t, preds.mu1, preds.mu0, task.e)
+    return _statistic({name: preds.benefit(name) for name in names}, psi, statistic_kind(task.config))
 
 
 STATISTIC_LABELS = {
@@ -273,37 +430,102 @@ STATISTIC_LABELS = {
 
 @dataclass
 class PermutationResult:
+    """The heterogeneity test's result (``method`` says which test; ``null`` holds permuted statistics)."""
+
     statistic: float
     per_candidate: dict[str, float]
     null: np.ndarray
     p_value: float
     kind: str = "rate"
+    method: str = "permutation"
+    permutations_run: int = 0
+    stopped_early: bool = False
+    details: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         """What the statistic measures, for plots and reports."""
-        return STATISTIC_LABELS[self.kind]
+        text = STATISTIC_LABELS[self.kind]
+        return text if self.method == "permutation" else f"{text} (split-sample, z)"
 
     @property
     def tested(self) -> bool:
-        return len(self.null) > 0
+        return bool(np.isfinite(self.p_value))
+
+
+def sequential_p_value(null: np.ndarray, observed: float, h: int, budget: int) -> tuple[float, int]:
+    """Besag-Clifford p-value from permuted statistics in their fixed order: (p, permutations used)."""
+    hits = np.cumsum(null >= observed - 1e-12)
+    if h > 0:
+        reached = np.nonzero(hits >= h)[0]
+        if len(reached):
+            used = int(reached[0]) + 1
+            return h / used, used
+    used = min(len(null), budget)
+    return float((1 + hits[used - 1]) / (1 + used)) if used else float("nan"), used
 
 
 def permutation_test(
     data: OutcomeData, spec: DatasetSpec, config: TrainConfig, executor: Executor, desc: str = "permutation test"
 ) -> PermutationResult:
+    """The heterogeneity test chosen by ``evidence.method`` (``auto``: permutation for small, split RATE for large trials)."""
+    method = config.evidence.method
+    if method == "auto":
+        method = "permutation" if len(data.y) <= config.evidence.auto_max_n else "split_rate"
     F = build_feature_pipeline(spec).fit_transform(data.X).reset_index(drop=True)
+    if method == "split_rate":
+        return split_rate_test(F, data.t, data.y, config, data.treated_fraction, config.seed + 77)
     fold_seed = config.seed + 77
-    observed, per_candidate = heterogeneity_statistic(PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, None))
     kind = statistic_kind(config)
-    B = config.evidence.permutations
+    observed, per_candidate = heterogeneity_statistic(PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, None))
+    B, h = config.evidence.permutations, config.evidence.sequential_h
     if B == 0:
         return PermutationResult(observed, per_candidate, np.array([]), float("nan"), kind)
-    seeds = np.random.SeedSequence(config.seed).generate_state(B)
-    tasks = [PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, int(s)) for s in seeds]
-    null = np.array([stat for stat, _ in executor.map(heterogeneity_statistic, tasks, desc=desc)])
-    p_value = (1 + np.sum(null >= observed - 1e-12)) / (1 + B)
-    return PermutationResult(observed, per_candidate, null, float(p_value), kind)
+    seeds = [int(s) for s in np.random.SeedSequence(config.seed).generate_state(B)]
+    null: list[float] = []
+    batch = max(8, 4 * getattr(executor, "workers", 2))
+    while len(null) < B:
+        tasks = [PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, s) for s in seeds[len(null): len(null) + batch]]
+        null += [stat for stat, _ in executor.map(heterogeneity_statistic, tasks, desc=f"{desc} ({len(null) + len(tasks)}/{B} at most)")]
+        if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
+            break
+    p_value, used = sequential_p_value(np.asarray(null), observed, h, B)
+    return PermutationResult(observed, per_candidate, np.asarray(null[:used]), p_value, kind, "permutation", used, used < B)
+
+
+def split_rate_test(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> PermutationResult:
+    """Sample-split RATE test (see the module docstring): fit on one half, test the ranking of the other."""
+    strata = 2 * t.astype(int) + y.astype(int)
+    fit_rows, test_rows = _folds(strata, 2, seed)[0]
+    names = statistic_candidates(config)
+    kind = statistic_kind(config)
+    Ffit, Ftest = F.iloc[fit_rows], F.iloc[test_rows].reset_index(drop=True)
+    tau = {}
+    for name in names:
+        model = make_candidate(name, config.candidates, e, seed).fit(Ffit, t[fit_rows], y[fit_rows])
+        tau[name] = model.predict_benefit(Ftest)
+    tt, yt = t[test_rows], y[test_rows]
+    preds = oof_predictions(Ftest, tt, yt, config, e, [], 2, seed + 1)
+    psi = M.dr_scores(yt, tt, preds.mu1, preds.mu0, e)
+    base = tau.get("risk_model") if kind == "beyond_risk" else None
+    tested = [n for n in names if not (kind == "beyond_risk" and n == "risk_model")]
+    rng = np.random.default_rng(seed)
+    boots = max(50, config.evidence.rate_bootstrap)
+    draws = [rng.integers(0, len(yt), len(yt)) for _ in range(boots)]
+    per_candidate, z_values = {}, {}
+    for name in tested:
+        ranking = tau[name] - base if base is not None else tau[name]
+        scores = psi - base if base is not None else psi
+        rate = M.rate_qini(ranking, scores)
+        se = float(np.std([M.rate_qini(ranking[d], scores[d]) for d in draws], ddof=1))
+        per_candidate[name] = rate
+        z_values[name] = rate / se if se > 0 else 0.0
+    z_best = max(z_values.values())
+    p_value = min(1.0, len(tested) * float(stats.norm.sf(z_best)))
+    return PermutationResult(
+        max(per_candidate.values()), per_candidate, np.array([]), p_value, kind, "split_rate", 0, False,
+        {"z": z_values, "n_fit": len(fit_rows), "n_test": len(test_rows), "bootstrap": boots, "combination": "Bonferroni"},
+    )
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
