@@ -162,6 +162,32 @@ def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo
     return {n: info[n] for n in names}
 
 
+def feature_sources(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Which input each output feature comes from, for explanations with one driver per input.
+
+    Returns, per feature, ``{source: share}``: share 1.0 for a feature with one
+    source (a lab's log value, its flags and band; a covariate; the levels of a
+    categorical), and per-row arrays for composite features (the inflammation
+    index, markers above reference, ratios, autoantibody burden, cognitive
+    dominance), whose SHAP credit is split by each input's part of the
+    composite's deviation from its training average. Sources are analyte keys
+    for labs and column names otherwise.
+    """
+    info = feature_info(pipeline, spec)
+    imputed = pipeline[:-1].transform(X)
+    composites: dict[str, dict[str, np.ndarray]] = {}
+    for _, transformer, columns in pipeline.named_steps["features"].transformers_:
+        if hasattr(transformer, "source_shares"):
+            composites.update(transformer.source_shares(imputed[list(columns)]))
+    out: dict[str, dict[str, Any]] = {}
+    for name, meta in info.items():
+        if name in composites:
+            out[name] = composites[name]
+        else:
+            out[name] = {meta.source or name: 1.0}
+    return out
+
+
 @dataclass(frozen=True)
 class InputWarning:
     """Something a clinician should know about one patient's input."""

@@ -46,6 +46,22 @@ class FeatureInfo:
         return self.label or self.description
 
 
+def shares(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each source's share of a composite feature's deviation from its training average, per row.
+
+    ``parts`` maps each source to its additive part of the deviation (e.g. a
+    marker's z-score divided by the number of markers); shares sum to 1 per
+    row. Where the parts cancel (the composite sits at its average), the
+    sources share equally: the composite then contributes almost nothing.
+    """
+    names = list(parts)
+    matrix = np.column_stack([np.asarray(parts[k], dtype=float) for k in names])
+    total = matrix.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(np.abs(total)[:, None] > 1e-9, matrix / total[:, None], 1.0 / len(names))
+    return {name: out[:, j] for j, name in enumerate(names)}
+
+
 class LabParseError(ValueError):
     """One or more lab cells could not be parsed; ``issues`` names each row, column and value."""
 
@@ -230,7 +246,41 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
         # The composite index is scaled on training data only; transform reuses these.
         self.index_mean_ = {a: float(np.nanmean(logs[f"{a}_log"])) for a in self.index_markers_}
         self.index_scale_ = {a: float(np.nanstd(logs[f"{a}_log"])) or 1.0 for a in self.index_markers_}
+        # Training averages of the composite features' parts, for splitting a composite's SHAP credit.
+        self.log_mean_ = {a: float(np.nanmean(logs[f"{a}_log"])) for a in self.analytes}
+        age, female = self._age_sex(X)
+        self.above_rate_ = {
+            a: float(np.mean(X[a].to_numpy(dtype=float) > _upper_reference(self.catalog_[a], age, female)))
+            for a in self.index_markers_
+        }
         return self
+
+    def _age_sex(self, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+        age = X[self.age].to_numpy(dtype=float) if self.age and self.age in X else None
+        female = (X[self.sex].astype(str) == str(self.female)).to_numpy() if self.sex and self.sex in X else None
+        return age, female
+
+    def source_shares(self, X: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+        """For each composite feature, each source lab's share of its deviation from the training average."""
+        check_is_fitted(self, "log_mean_")
+        logs = self._logs(X)
+        dev = {a: logs[f"{a}_log"] - self.log_mean_[a] for a in self.analytes}
+        have = set(self.analytes)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        if {"il6", "il10"} <= have:
+            out["il6_il10_ratio_log"] = shares({"il6": dev["il6"], "il10": -dev["il10"]})
+        if {"neutrophils", "lymphocytes"} <= have:
+            out["nlr"] = shares({"neutrophils": dev["neutrophils"], "lymphocytes": -dev["lymphocytes"]})
+        if self.index_markers_:
+            out["inflammation_index"] = shares({a: dev[a] / self.index_scale_[a] for a in self.index_markers_})
+            age, female = self._age_sex(X)
+            out["markers_above_reference"] = shares(
+                {
+                    a: (X[a].to_numpy(dtype=float) > _upper_reference(self.catalog_[a], age, female)) - self.above_rate_[a]
+                    for a in self.index_markers_
+                }
+            )
+        return out
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         check_is_fitted(self, "index_mean_")
@@ -238,8 +288,7 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
         return pd.DataFrame(self._derived(X, out), index=X.index)
 
     def _derived(self, X: pd.DataFrame, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        age = X[self.age].to_numpy(dtype=float) if self.age and self.age in X else None
-        female = (X[self.sex].astype(str) == str(self.female)).to_numpy() if self.sex and self.sex in X else None
+        age, female = self._age_sex(X)
         have = set(self.analytes)
         if "crp" in have:
             out["crp_band"] = np.searchsorted(CRP_BANDS, X["crp"].to_numpy(dtype=float), side="right").astype(float)
@@ -331,7 +380,18 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.positive_analytes_ = [a for a in self.analytes if self.catalog_[a].positive_at is not None]
+        self.positive_rate_ = {a: float(np.mean(X[a].to_numpy(dtype=float) >= self.catalog_[a].positive_at)) for a in self.positive_analytes_}
         return self
+
+    def source_shares(self, X: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+        """The autoantibody burden's credit split by each antibody's positivity against its training rate."""
+        check_is_fitted(self, "positive_rate_")
+        if not self.positive_analytes_:
+            return {}
+        parts = {
+            a: (X[a].to_numpy(dtype=float) >= self.catalog_[a].positive_at) - self.positive_rate_[a] for a in self.positive_analytes_
+        }
+        return {"autoantibody_burden": shares(parts)}
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         check_is_fitted(self, "positive_analytes_")
@@ -408,7 +468,17 @@ class SymptomFeatures(TransformerMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y=None):
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
+        self.mean_ = {c: float(np.nanmean(X[c].to_numpy(dtype=float))) for c in X.columns}
         return self
+
+    def source_shares(self, X: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+        """Cognitive dominance (memory minus pain) split between its two scores."""
+        check_is_fitted(self, "mean_")
+        if not (self.memory and self.pain):
+            return {}
+        memory = X[self.memory].to_numpy(dtype=float) - self.mean_[self.memory]
+        pain = X[self.pain].to_numpy(dtype=float) - self.mean_[self.pain]
+        return {"cognitive_dominance": shares({self.memory: memory, self.pain: -pain})}
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         check_is_fitted(self, "n_features_in_")

@@ -119,7 +119,7 @@ class ModelRef(BaseModel):
     registered_model: str
     version: str
     training_run_id: str
-    candidate: str = Field(description="Model type: risk_model, interaction_logistic, t_learner or dr_learner.")
+    candidate: str = Field(description="Model type: arm_only, risk_model, bcf, interaction_logistic, t_learner or dr_learner.")
 
 
 class OutcomePrediction(BaseModel):
@@ -127,7 +127,8 @@ class OutcomePrediction(BaseModel):
     p_response_control: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on placebo.")
     benefit: float = Field(ge=-1, le=1, description="p_response_treated - p_response_control (probability points as a fraction).")
     benefit_interval: Interval
-    label: Label = Field(description="From the model's own label rule (see label_rule).")
+    label: Label = Field(description="From the model's own label rule (see label_rule), following the trial's evidence.")
+    label_reason: str = Field(description="Why this label, in one sentence (evidence, average effect, thresholds in percentage points).")
     label_rule: str
     responder_rule: str = Field(description="What counts as a clinically meaningful response, e.g. '>= 30% reduction from baseline'.")
     evidence: Evidence
@@ -189,10 +190,36 @@ class FeatureOut(BaseModel):
     group: str
 
 
+class AverageEffectOut(BaseModel):
+    """The trial's average effect on responders for one outcome (treated minus control)."""
+
+    risk_difference: float | None = Field(description="Responder rate difference, treated minus control (0.17 = 17 percentage points).")
+    ci_low: float | None = Field(description="Lower limit of the 95% score interval (Miettinen-Nurminen).")
+    ci_high: float | None
+    p_value: float | None = Field(description="Score test of no difference.")
+    p_adjusted: float | None = Field(None, description="Holm-adjusted across the trial's outcomes.")
+    ci_low_adjusted: float | None = None
+    ci_high_adjusted: float | None = None
+    established: bool = Field(False, description="The multiplicity-adjusted interval excludes no difference.")
+    rate_treated: float | None = None
+    rate_control: float | None = None
+    ancova_difference: float | None = Field(None, description="ANCOVA difference in change from baseline on the score scale, if the outcome has a baseline.")
+    ancova_p_value: float | None = None
+
+    @classmethod
+    def from_model(cls, effect: dict | None) -> AverageEffectOut | None:
+        if not effect:
+            return None
+        ancova = effect.get("ancova") or {}
+        keys = [k for k in cls.model_fields if k in effect]
+        return cls(**{k: effect[k] for k in keys}, ancova_difference=ancova.get("estimate"), ancova_p_value=ancova.get("p_value"))
+
+
 class OutcomeMetadata(BaseModel):
     label: str
     responder_rule: str
     label_rule: str
+    average_effect: AverageEffectOut | None = None
     interval_level: float
     evidence: Evidence
     model: ModelRef

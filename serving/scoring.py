@@ -192,7 +192,8 @@ class Scorer:
                         lower=float(row["benefit_lower"]), upper=float(row["benefit_upper"]), level=model.interval_level
                     ),
                     label=str(row["label"]),
-                    label_rule=model.label_rule.describe(),
+                    label_reason=str(row["label_reason"]),
+                    label_rule=model.label_policy.describe(),
                     responder_rule=str(model.metadata.get("responder_rule", "")),
                     evidence=champion.evidence(),
                     model=champion.ref,
@@ -232,7 +233,8 @@ class Scorer:
             outcomes[outcome] = S.OutcomeMetadata(
                 label=self.spec.outcomes[outcome].label,
                 responder_rule=str(model.metadata.get("responder_rule", "")),
-                label_rule=model.label_rule.describe(),
+                label_rule=model.label_policy.describe(),
+                average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,
                 evidence=champion.evidence(),
                 model=champion.ref,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime
+from html import unescape
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candida
 from training.cli import app
 from training.config import LabelRule
 from training.explain import explain_patients
+from training.labelling import LabelPolicy
 from training.model import Evidence, ResponderModel
 from training.reports import latest_training_run, render_patient_report
 from training.simulate import simulate
@@ -101,10 +103,11 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
     F = pipeline.transform(data.X)
     patients = data.X.head(30)
     evidence = Evidence(True, False, 0.5, 0.5, 0.0, 0.05, 19, "no reliable evidence of a responder subgroup")
+    policy = LabelPolicy("population", LabelRule().model_dump(), "", "uncertain", "no evidence")
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, 0.5, 7).fit(F, data.t, data.y)
-        ensemble = BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
-        model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, LabelRule(), evidence)
+        ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
+        model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence)
         predicted = model.predict(patients)
         explained = explain_patients(model, patients)
         assert len(explained) == len(patients)
@@ -113,10 +116,13 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
                 total = output.base_value + sum(d.contribution for d in output.drivers)
                 assert total == pytest.approx(output.prediction, abs=1e-9), (name, column, i)
                 assert output.prediction == pytest.approx(predicted[column].iat[i], abs=1e-9), (name, column, i)
+                if name == "arm_only":  # the floor does not depend on the patient's values, and says so
+                    assert not output.drivers and output.note, (name, column, i)
+                    continue
                 assert output.drivers, (name, column, i)
                 assert all(d.sentence and d.display_value for d in output.drivers)
-        # Every candidate personalises the benefit (the risk model through baseline risk only).
-        assert np.ptp(predicted["benefit"]) > 0, name
+        # Every candidate but the floor personalises the benefit (the risk model through baseline risk only).
+        assert (np.ptp(predicted["benefit"]) > 0) == (name != "arm_only"), name
 
 
 # The cohort report -----------------------------------------------------------------------------------
@@ -132,7 +138,8 @@ def test_cohort_report_is_written_logged_and_self_contained(job):
     assert {"reports/cohort.html", "reports/payload.json", "reports/payload"} <= artifacts
     assert "report_seconds" in client.get_run(job.summary.parent_run_id).data.metrics
     for result in job.summary.outcomes.values():  # the SHAP figures also as artifacts of each outcome run
-        assert "plots/shap_beeswarm.png" in {a.path for a in client.list_artifacts(result.run_id, "plots")}
+        if result.champion != "arm_only":
+            assert "plots/shap_beeswarm.png" in {a.path for a in client.list_artifacts(result.run_id, "plots")}
 
     assert len(html.encode()) < 3_000_000
     _no_web_references(html)
@@ -143,7 +150,10 @@ def test_cohort_report_is_written_logged_and_self_contained(job):
     assert "P = 0.27" in html and "P = 0.004" in html and "45% vs 28%" in html and "50.6 (8.8)" in html
     assert "ANCOVA" in html and "Holm-adjusted" in html and "TRIPOD+AI" in html
     assert "Not a substitute for clinical judgement" in html
-    assert html.count('<img src="data:image/png;base64,') >= 2 * 6  # calibration, Qini, beeswarm, bar, 2 dependence per outcome
+    personal = [r for r in job.summary.outcomes.values() if r.champion != "arm_only"]
+    # Calibration and Qini per outcome; beeswarm, bar and 2 dependence plots per champion that depends on values.
+    assert html.count('<img src="data:image/png;base64,') >= 2 * len(job.summary.outcomes) + 4 * len(personal)
+    assert html.count('data-arm-only="1"') == len(job.summary.outcomes) - len(personal)
 
 
 @pytest.mark.slow
@@ -219,8 +229,14 @@ def test_patient_report_warns_about_imputed_labs(job, champions):
         assert model.evidence.verdict in html
         benefit = model.predict(patient)["benefit"].iat[0]
         assert f"<strong>{100 * benefit:+.0f} pp</strong>" in html
-    assert html.count('<img src="data:image/png;base64,') == 3 * len(models)  # probabilities, interval, waterfall
-    assert html.count("the predicted benefit by") >= len(models)  # plain-language driver sentences
+    personal = [m for m in models.values() if m.candidate_name != "arm_only"]
+    # Probabilities and interval per outcome; a waterfall only where the prediction depends on the patient's values.
+    assert html.count('<img src="data:image/png;base64,') == 2 * len(models) + len(personal)
+    assert html.count("the predicted benefit by") >= len(personal)  # plain-language driver sentences
+    text = unescape(html)
+    assert text.count("does not depend on the patient's values") == len(models) - len(personal)
+    for model in models.values():
+        assert model.predict(patient)["label_reason"].iat[0] in text
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 def store(tmp_path_factory):
     """Champions trained on a simulated trial, in a fresh store the service is pointed at."""
     tmp = tmp_path_factory.mktemp("serving")
-    frame = simulate("final", 120, 8)
+    # A strong-subgroup trial, so that champions personalise and explanations have drivers.
+    frame = simulate("strong", 160, 8)
     frame.to_csv(tmp / "trial.csv", index=False)
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
     summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"permutations": 9}), tracking_uri=uri)
@@ -85,6 +86,7 @@ def test_predict_contract(client, patients, store):
         assert p["benefit"] == pytest.approx(p["p_response_treated"] - p["p_response_control"])
         assert p["benefit_interval"]["lower"] <= p["benefit"] <= p["benefit_interval"]["upper"]
         assert p["label"] in {"likely_benefit", "uncertain", "unlikely_benefit"}
+        assert p["label_reason"].endswith(".") and "pp" in p["label_reason"]
         assert p["model"]["version"] == store["summary"].outcomes[outcome].version
         assert p["evidence"]["verdict"]
         assert "30%" in p["responder_rule"]
@@ -97,11 +99,13 @@ def test_warnings_for_missing_and_below_detection_labs(client, patients):
     assert ("imputed", "crp") in codes and ("below_detection_limit", "il6") in codes
 
 
-def test_explain_is_ranked_additive_and_worded(client, patients):
+def test_explain_is_ranked_additive_and_worded(client, patients, store):
     response = client.post("/explain", json={"patients": patients[:1], "top": 100}, headers=AUTH)
     assert response.status_code == 200, response.text
     [result] = response.json()["results"]
-    for outcome in ("pain", "memory"):
+    personal = [o for o, r in store["summary"].outcomes.items() if r.champion != "arm_only"]
+    assert personal, "the fixture trial should give at least one champion that depends on the patient's values"
+    for outcome in personal:
         for target in ("benefit", "p_response_treated"):
             part = result["explanations"][outcome][target]
             total = part["base_value"] + sum(d["contribution"] for d in part["drivers"])
@@ -110,7 +114,7 @@ def test_explain_is_ranked_additive_and_worded(client, patients):
             assert sizes == sorted(sizes, reverse=True)
             assert all(d["sentence"].endswith(".") and d["patient_value"] for d in part["drivers"])
     short = client.post("/explain", json={"patients": patients[:1], "top": 3}, headers=AUTH).json()
-    assert len(short["results"][0]["explanations"]["pain"]["benefit"]["drivers"]) == 3
+    assert len(short["results"][0]["explanations"][personal[0]]["benefit"]["drivers"]) == 3
 
 
 def test_report_is_self_contained_html_with_warnings(client, patients):
@@ -133,6 +137,11 @@ def test_metadata(client, store):
     assert pain["model"]["training_run_id"] == store["summary"].outcomes["pain"].run_id
     assert any(f["name"] == "crp_log" and f["unit"] == "log mg/L" for f in pain["features"])
     assert body["max_batch"] == 50
+    effect = pain["average_effect"]
+    trained = store["summary"].outcomes["pain"].average_effect
+    assert effect["risk_difference"] == pytest.approx(trained.risk_difference)
+    assert effect["ci_low"] <= effect["risk_difference"] <= effect["ci_high"] and 0 <= effect["p_value"] <= 1
+    assert effect["established"] == trained.established
 
 
 @pytest.mark.parametrize(

@@ -55,17 +55,20 @@ def null_job(tmp_path_factory):
     return frame, summary, tmp
 
 
-def test_null_trial_gives_no_evidence_and_the_risk_model(null_job):
-    _, summary, tmp = null_job
+def test_null_trial_gives_no_evidence_and_one_label_for_everyone(null_job):
+    frame, summary, tmp = null_job
     for name, result in summary.outcomes.items():
         assert not result.evidence, (name, result.p_adjusted)
         assert result.p_adjusted >= 0.05
-        assert result.champion == "risk_model"
+        assert result.champion in result.cv.eligible
         assert "no reliable" in result.model.evidence.verdict
+        out = result.model.predict(model_inputs(frame, load_spec()))
+        assert out["label"].nunique() == 1 and "trial population as a whole" in out["label_reason"].iat[0]
     client = MlflowClient(_uri(tmp))
     version = client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION)
     assert version.tags["subgroup_evidence"] == "False"
-    assert version.tags["candidate"] == "risk_model"
+    assert version.tags["candidate"] == summary.outcomes["pain"].champion
+    assert version.tags["label_mode"] == "population"
 
 
 def test_strong_trial_gives_evidence_and_separates_the_subgroup(strong_job):
@@ -128,7 +131,9 @@ def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_jo
     loaded = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-pain@{CHAMPION}")
     patients = model_inputs(frame, load_spec()).head(5)
     out = loaded.predict(patients)
-    assert list(out.columns) == ["p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper", "label"]
+    assert list(out.columns) == [
+        "p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper", "label", "label_reason"
+    ]
     assert out["p_response_treated"].between(0, 1).all()
     assert (out["benefit_lower"] <= out["benefit"]).all() and (out["benefit"] <= out["benefit_upper"]).all()
     contributions = loaded.predict(patients.head(1), params={"output": "contributions"})

@@ -1,10 +1,21 @@
-"""The one explanation function: ranked SHAP drivers with patient values, units and plain sentences.
+"""The one explanation function: ranked SHAP drivers, one per input, with the patient's value and a plain sentence.
 
 Both the REST API (``/explain``) and the reports call :func:`explain_patients`.
-Contributions come from the candidate's own exact method (TreeSHAP for
-LightGBM, coefficients for linear models; see ``training.candidates``) in
-probability points, on the feature pipeline's readable feature names, and
-always add up: ``base + sum(contributions) == model output``.
+Contributions come from the candidate's own exact method (TreeSHAP for tree
+models, coefficients for linear models; see ``training.candidates``) in
+probability points on the feature pipeline's features, and always add up:
+``base + sum(contributions) == model output``.
+
+A clinician thinks in inputs, not engineered features, so features are
+grouped into **one driver per input** (``features.pipeline.feature_sources``):
+a lab's log value, positivity flag, band, below-detection and missing flags
+are one driver; a composite feature (the inflammation index, markers above
+reference, ratios, the autoantibody burden, cognitive dominance) is split
+between its inputs by each input's part of the composite's deviation from
+its training average; the levels of a categorical are one driver. Grouping
+keeps additivity, and there is one sentence per input, never two about the
+same lab. The feature-level contributions stay available (``features``) for
+the cohort report's SHAP plots.
 """
 
 from __future__ import annotations
@@ -16,26 +27,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.transformers import FeatureInfo, _upper_reference
+from features.pipeline import feature_sources
+from features.transformers import _upper_reference
 from training.candidates import Contributions
 from training.model import ResponderModel
 
+# Filled with the spec's display names (the treated arm) when the sentence is written.
 TARGETS = {
     "benefit": "the predicted benefit",
-    "p_response_treated": "the chance of a meaningful response on naltrexone",
+    "p_response_treated": "the chance of a meaningful response on {treated}",
 }
+NO_DEPENDENCE = (
+    "This prediction does not depend on the patient's values: the model gives every patient the trial's average answer."
+)
 
 
 @dataclass
 class Driver:
-    feature: str
+    feature: str  # the input (data-contract field) this driver stands for
     description: str
     group: str
-    value: float | None  # the engineered feature's value
+    value: float | None  # the patient's value of the input (canonical units), None for a category
     display_value: str  # what the clinician recognises: the patient's lab or score with its unit
     unit: str
     contribution: float  # probability points as a fraction (0.06 = 6 percentage points)
     sentence: str
+    components: dict[str, float] = field(default_factory=dict)  # engineered feature -> its part of the contribution
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +65,8 @@ class OutputExplanation:
     prediction: float
     drivers: list[Driver]
     additivity_error: float
+    features: dict[str, float] = field(default_factory=dict)  # feature-level contributions (cohort SHAP plots)
+    note: str = ""
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         drivers = self.drivers[:top] if top else self.drivers
@@ -57,6 +76,7 @@ class OutputExplanation:
             "prediction": self.prediction,
             "additivity_error": self.additivity_error,
             "drivers": [d.to_dict() for d in drivers],
+            "note": self.note,
         }
 
 
@@ -79,7 +99,7 @@ def _format_number(value: float) -> str:
 
 
 class _Describer:
-    """Turns (feature, patient row) into a recognisable value and reference flag."""
+    """Turns (input, patient row) into a recognisable value and a reference flag."""
 
     def __init__(self, model: ResponderModel, raw: pd.DataFrame):
         self.model = model
@@ -88,19 +108,29 @@ class _Describer:
         self.parsed, _ = parse.parse(raw)
         # Plain arrays: per-cell pandas lookups dominated the cost of explaining a whole cohort.
         self.columns = {c: self.parsed[c].to_numpy() for c in self.parsed.columns}
-        self._lab_cache: dict[tuple[int, str], tuple[str, str]] = {}
-        self.raw = raw
         spec = model.spec
+        self.spec = spec
         self.age_column, self.sex_column, self.female = spec.roles.age, spec.roles.sex, spec.roles.female
+
+    def is_lab(self, source: str) -> bool:
+        return source in self.catalog.analytes and source in self.model.spec.labs
+
+    def field(self, source: str) -> str:
+        """The data-contract field a source stands for (a lab's column name in this spec)."""
+        return self.spec.labs[source].column if self.is_lab(source) else source
+
+    def value(self, i: int, source: str) -> float | None:
+        column = self.columns.get(source)
+        if column is None:
+            return None
+        try:
+            value = float(column[i])
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
 
     def lab_text(self, i: int, analyte: str) -> tuple[str, str]:
         """(display text, flag) for the patient's value of ``analyte``."""
-        key = (i, analyte)
-        if key not in self._lab_cache:
-            self._lab_cache[key] = self._lab_text(i, analyte)
-        return self._lab_cache[key]
-
-    def _lab_text(self, i: int, analyte: str) -> tuple[str, str]:
         lab = self.catalog[analyte]
         value = float(self.columns[analyte][i])
         if math.isnan(value):
@@ -129,15 +159,34 @@ class _Describer:
                 flag = "above the reference limit"
         return shown, flag
 
-    def describe(self, i: int, info: FeatureInfo, feature_value: float) -> tuple[str, str]:
-        if info.source and info.source in self.catalog.analytes and info.group in {"inflammation", "autoantibody"}:
-            return self.lab_text(i, info.source)
-        if info.group == "data quality" and info.source in self.catalog.analytes:
-            return self.lab_text(i, info.source)
-        unit = f" {info.unit}" if info.unit and info.unit not in {"0/1", "count", "z", "ratio", "band"} else ""
-        if info.unit == "0/1":
-            return f"{info.short}: {'yes' if feature_value >= 0.5 else 'no'}", ""
-        return f"{info.short} of {_format_number(feature_value)}{unit}", ""
+    def describe(self, i: int, source: str) -> tuple[str, str, str, str, float | None]:
+        """(display text, flag, description, unit, value) of input ``source`` for patient ``i``."""
+        if self.is_lab(source):
+            lab = self.catalog[source]
+            shown, flag = self.lab_text(i, source)
+            return shown, flag, lab.name, lab.unit, self.value(i, source)
+        label, unit = _label_unit(self.spec, source)
+        column = self.columns.get(source)
+        if column is None:
+            return label, "", label, unit, None
+        raw = column[i]
+        if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+            return f"{label} not given (imputed)", "", label, unit, None
+        if source in self.spec.covariates and self.spec.covariates[source].kind == "categorical":
+            return f"{label}: {raw}", "", label, "", None
+        value = float(raw)
+        unit_text = f" {unit}" if unit else ""
+        return f"{label} of {_format_number(value)}{unit_text}", "", label, unit, value
+
+
+def _label_unit(spec, column: str) -> tuple[str, str]:
+    if column in spec.covariates:
+        cov = spec.covariates[column]
+        return (cov.label or column).split(" (")[0], cov.unit
+    for outcome in spec.outcomes.values():
+        if outcome.baseline == column:
+            return f"Baseline {outcome.label.split(' (')[0].lower()}", outcome.unit
+    return column, ""
 
 
 def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
@@ -145,55 +194,81 @@ def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
     verb = "raises" if contribution > 0 else "lowers"
     flag_text = f", {flag}," if flag else ""
     amount = "less than 1 percentage point" if points < 1 else f"{points:.0f} percentage point{'s' * (round(points) != 1)}"
-    return f"{display}{flag_text} {verb} {TARGETS[target]} by {amount}."
+    return f"{display}{flag_text} {verb} {target} by {amount}."
 
 
 def _output(
-    target: str, contributions: Contributions, i: int, features: list[str], F: np.ndarray, info: dict[str, FeatureInfo], describer: _Describer
+    target: str,
+    contributions: Contributions,
+    i: int,
+    features: list[str],
+    sources: dict[str, dict[str, Any]],
+    describer: _Describer,
+    arm_only: bool,
 ) -> OutputExplanation:
     values = contributions.values[i]
-    order = np.argsort(-np.abs(values), kind="stable")
-    drivers = []
-    for j in order:
-        if abs(values[j]) < 1e-12:
+    grouped: dict[str, float] = {}
+    parts: dict[str, dict[str, float]] = {}
+    for j, name in enumerate(features):
+        if values[j] == 0.0:
             continue
-        name = features[j]
-        meta = info[name]
-        feature_value = float(F[i, j])
-        display, flag = describer.describe(i, meta, feature_value)
+        for source, share in sources[name].items():
+            amount = float(values[j] * (share[i] if isinstance(share, np.ndarray) else share))
+            grouped[source] = grouped.get(source, 0.0) + amount
+            parts.setdefault(source, {})[name] = parts.get(source, {}).get(name, 0.0) + amount
+    text = TARGETS[target].format(treated=describer.spec.treated_display().lower())
+    drivers = []
+    for source in sorted(grouped, key=lambda s: -abs(grouped[s])):
+        amount = grouped[source]
+        if abs(amount) < 1e-12:
+            continue
+        display, flag, description, unit, value = describer.describe(i, source)
+        group = describer.catalog[source].group if describer.is_lab(source) else (
+            "symptom" if source in describer.spec.baseline_score_columns() else "covariate"
+        )
         drivers.append(
             Driver(
-                feature=name,
-                description=meta.description,
-                group=meta.group,
-                value=feature_value,
+                feature=describer.field(source),
+                description=description,
+                group=group,
+                value=value,
                 display_value=display,
-                unit=meta.unit,
-                contribution=float(values[j]),
-                sentence=_sentence(display, flag, float(values[j]), target),
+                unit=unit,
+                contribution=amount,
+                sentence=_sentence(display, flag, amount, text),
+                components=parts[source],
             )
         )
     base, prediction = float(contributions.base[i]), float(contributions.output[i])
     error = abs(base + float(values.sum()) - prediction)
-    return OutputExplanation(target, base, prediction, drivers, error)
+    return OutputExplanation(
+        target,
+        base,
+        prediction,
+        drivers,
+        error,
+        {name: float(values[j]) for j, name in enumerate(features)},
+        NO_DEPENDENCE if arm_only else "",
+    )
 
 
 def explain_patients(model: ResponderModel, raw: pd.DataFrame) -> list[PatientExplanation]:
-    """SHAP explanation of benefit and of P(responder | naltrexone) for every row of ``raw``.
+    """SHAP explanation of benefit and of P(responder | treated) for every row of ``raw``, one driver per input.
 
     Raises ``AssertionError`` if contributions do not add up to the model output
     (the candidates check exactness, this checks the assembled result).
     """
     raw = raw.reset_index(drop=True)
-    explanation, F = model.explain(raw)
-    F = F.reset_index(drop=True)[explanation.features].to_numpy(dtype=float)
-    info = model.feature_info()
+    explanation, _ = model.explain(raw)
+    sources = feature_sources(model.pipeline, model.spec, raw)
     describer = _Describer(model, raw)
+    arm_only = model.candidate_name == "arm_only"
     out = []
     for i in range(len(raw)):
-        benefit = _output("benefit", explanation.benefit, i, explanation.features, F, info, describer)
-        treated = _output("p_response_treated", explanation.p_treated, i, explanation.features, F, info, describer)
+        benefit = _output("benefit", explanation.benefit, i, explanation.features, sources, describer, arm_only)
+        treated = _output("p_response_treated", explanation.p_treated, i, explanation.features, sources, describer, arm_only)
         assert benefit.additivity_error < 1e-6 and treated.additivity_error < 1e-6, "SHAP contributions do not add up"
+        assert abs(sum(d.contribution for d in benefit.drivers) - sum(benefit.features.values())) < 1e-9
         imputed = [a for a in model.spec.labs if math.isnan(float(describer.columns[a][i]))]
         out.append(PatientExplanation(i, benefit, treated, imputed))
     return out

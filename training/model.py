@@ -4,7 +4,13 @@ A :class:`ResponderModel` is what MLflow stores (inside a pyfunc wrapper) and
 what serving and the reports load. It takes raw patient rows in the data
 contract (labs as report text, optional ``<lab>_unit`` columns) and returns,
 for one outcome, both probabilities, the benefit with its interval and a label
-from the model's own :class:`~training.config.LabelRule`.
+with its reason from the model's own :class:`~training.labelling.LabelPolicy`.
+
+Intervals: the model's own uncertainty (posterior draws of the arm-only and
+BCF models, or a percentile interval over bootstrap refits for the others),
+widened in quadrature by ``z * heterogeneity_sd``, the stated allowance for
+benefit that varies with what the trial did not measure (see
+:class:`~training.config.IntervalConfig`).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 from sklearn.pipeline import Pipeline
 
 from features.pipeline import InputWarning, feature_info, input_warnings, lab_issues
 from features.transformers import FeatureInfo
 from training.candidates import BenefitCandidate, BootstrapEnsemble, Explanation
-from training.config import LabelRule
+from training.labelling import LabelPolicy
 from training.spec import DatasetSpec
 
 PREDICTION_COLUMNS = [
@@ -30,6 +37,7 @@ PREDICTION_COLUMNS = [
     "benefit_lower",
     "benefit_upper",
     "label",
+    "label_reason",
 ]
 
 
@@ -45,6 +53,7 @@ class Evidence:
     alpha: float
     permutations: int
     verdict: str
+    method: str = "permutation"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -56,18 +65,17 @@ class ResponderModel:
     outcome: str
     pipeline: Pipeline
     candidate: BenefitCandidate
-    ensemble: BootstrapEnsemble
-    label_rule: LabelRule
+    ensemble: BootstrapEnsemble | None  # None when the candidate has posterior draws
+    label_policy: LabelPolicy
     evidence: Evidence
+    interval_level: float = 0.95
+    heterogeneity_sd: float = 0.0
+    average_effect: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def candidate_name(self) -> str:
         return self.candidate.name
-
-    @property
-    def interval_level(self) -> float:
-        return self.ensemble.level
 
     def input_columns(self) -> list[str]:
         return [self.spec.id_column, *self.spec.feature_input_columns()]
@@ -84,6 +92,7 @@ class ResponderModel:
         p1, p0 = self.candidate.predict_arms(F)
         benefit = p1 - p0
         lower, upper = self.interval(F, benefit)
+        labels, reasons = self.label_policy.label(benefit)
         return pd.DataFrame(
             {
                 "p_response_treated": p1,
@@ -91,13 +100,19 @@ class ResponderModel:
                 "benefit": benefit,
                 "benefit_lower": lower,
                 "benefit_upper": upper,
-                "label": self.label_rule.label(benefit, lower, upper),
+                "label": labels,
+                "label_reason": reasons,
             },
             index=raw.index,
         )
 
+    def model_interval(self, F: pd.DataFrame, benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The interval from the model's own uncertainty alone (before the unmeasured-heterogeneity allowance)."""
+        return model_interval(self.candidate, self.ensemble, F, benefit, self.interval_level)
+
     def interval(self, F: pd.DataFrame, benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.ensemble.interval(F, benefit)
+        lower, upper = self.model_interval(F, benefit)
+        return widen(benefit, lower, upper, self.heterogeneity_sd, self.interval_level)
 
     def explain(self, raw: pd.DataFrame) -> tuple[Explanation, pd.DataFrame]:
         """SHAP contributions (probability points) and the engineered feature values they refer to."""
@@ -131,11 +146,39 @@ class ResponderModel:
         return pd.DataFrame([row])[[c for c in self.input_columns() if c in row]]
 
 
+def model_interval(
+    candidate: BenefitCandidate, ensemble: BootstrapEnsemble | None, F: pd.DataFrame, benefit: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed interval of the posterior draws, or the median-centred bootstrap interval, containing ``benefit``."""
+    if candidate.has_draws:
+        draws = candidate.benefit_draws(F)
+        tail = (1 - level) / 2
+        lower, upper = np.quantile(draws, [tail, 1 - tail], axis=1)
+        return np.minimum(lower, benefit), np.maximum(upper, benefit)
+    if ensemble is None:
+        raise ValueError(f"{candidate.name} needs a bootstrap ensemble for its interval")
+    return ensemble.interval(F, benefit)
+
+
+def widen(benefit: np.ndarray, lower: np.ndarray, upper: np.ndarray, sd: float, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Add the unmeasured-heterogeneity allowance ``z * sd`` to each half-width in quadrature, within [-1, 1].
+
+    Exact for a normal model uncertainty plus an independent normal deviation;
+    keeps the asymmetry of the model's own interval.
+    """
+    if sd <= 0:
+        return lower, upper
+    z = float(norm.ppf(0.5 + level / 2))
+    low = benefit - np.sqrt((benefit - lower) ** 2 + (z * sd) ** 2)
+    high = benefit + np.sqrt((upper - benefit) ** 2 + (z * sd) ** 2)
+    return np.clip(low, -1.0, 1.0), np.clip(high, -1.0, 1.0)
+
+
 def predictions_schema():
     from mlflow.types import ColSpec, Schema
 
     return Schema(
-        [ColSpec("double", c) for c in PREDICTION_COLUMNS[:-1]] + [ColSpec("string", "label")]
+        [ColSpec("double", c) for c in PREDICTION_COLUMNS[:-2]] + [ColSpec("string", "label"), ColSpec("string", "label_reason")]
     )
 
 

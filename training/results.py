@@ -14,6 +14,7 @@ import numpy as np
 
 from training.candidates import candidate_label
 from training.data import ValidationReport
+from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
 from training.labels import LabelCounts
 from training.model import ResponderModel
@@ -51,7 +52,7 @@ class OutcomeResult:
     run_id: str = ""
     p_adjusted: float = float("nan")
     evidence: bool = False
-    champion: str = "risk_model"
+    champion: str = "arm_only"
     reason: str = ""
     model: ResponderModel | None = None
     registered_model: str = ""
@@ -61,11 +62,12 @@ class OutcomeResult:
     gate: list[str] = field(default_factory=list)
     champion_version: str | None = None
     figures: dict[str, str] = field(default_factory=dict)  # evaluation plots as PNG data URIs (logged and reported)
+    average_effect: AverageEffect | None = None
 
     @property
     def procedure(self) -> str:
-        """Which out-of-fold predictions describe the champion: the nested selection, or the risk model by default."""
-        return SELECTED if self.evidence else "risk_model"
+        """The out-of-fold predictions that describe the champion honestly: the nested selection procedure's."""
+        return SELECTED
 
     def summary(self) -> dict[str, Any]:
         metrics = {k: _clean(self.cv.summary.loc[self.procedure, k]) for k in HEADLINE if k in self.cv.summary.columns}
@@ -84,7 +86,12 @@ class OutcomeResult:
             "p_value": _clean(self.permutation.p_value),
             "p_adjusted": _clean(self.p_adjusted),
             "heterogeneity_statistic": _clean(self.permutation.statistic),
-            "permutations": int(len(self.permutation.null)),
+            "permutations": int(self.permutation.permutations_run),
+            "heterogeneity_test": self.permutation.method,
+            "stopped_early": bool(self.permutation.stopped_early),
+            "average_effect": _average_effect(self.average_effect),
+            "eligible": list(self.cv.eligible),
+            "labels": self._labels(),
             "responder_rule": self.counts.rule,
             "n_patients": self.counts.n,
             "n_responders": self.counts.responders,
@@ -94,6 +101,35 @@ class OutcomeResult:
             "metrics": metrics,
             "run_id": self.run_id,
         }
+
+    def _labels(self) -> dict[str, Any]:
+        if self.model is None or self.model.label_policy is None:
+            return {}
+        policy = self.model.label_policy
+        return {
+            "mode": policy.mode,
+            "rule": policy.describe(),
+            "population_label": policy.population_label,
+            "population_reason": policy.population_reason,
+            "likely_at": policy.likely_at,
+            "unlikely_at": policy.unlikely_at,
+            "heterogeneity_sd": self.model.heterogeneity_sd,
+        }
+
+
+def _arm_names(result: OutcomeResult) -> tuple[str, str]:
+    if result.model is None:
+        return ("treatment", "control")
+    return (result.model.spec.treated_display(), result.model.spec.control_display())
+
+
+def _average_effect(effect: AverageEffect | None) -> dict[str, Any] | None:
+    """The summary JSON's ``average_effect``: risk difference, 95% CI and p-value first, then the rest."""
+    if effect is None:
+        return None
+    out = effect.to_dict()
+    head = {k: out.pop(k) for k in ("risk_difference", "ci_low", "ci_high", "p_value")}
+    return {**head, **{k: _clean(v) if not isinstance(v, dict) else v for k, v in out.items()}}
 
 
 @dataclass
@@ -128,14 +164,23 @@ class TrainSummary:
             s = result.summary()
             m = s["metrics"]
             verdict = "EVIDENCE of a responder subgroup" if s["evidence"] else "NO reliable evidence of a responder subgroup"
+            effect = result.average_effect
+            labels = s["labels"]
+            test = f"{s['heterogeneity_test']} test" + (f", {s['permutations']} permutations" if s["heterogeneity_test"] == "permutation" else "")
             lines += [
-                f"- {s['outcome']}: {verdict} (permutation p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}, "
-                f"B = {s['permutations']})",
+                f"- {s['outcome']}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
+                f"    average effect: {effect.describe(*_arm_names(result)) if effect is not None else 'n/a'}",
                 f"    champion candidate: {s['champion']} ({s['reason']})",
-                f"    out-of-fold (nested CV): AUC naltrexone {_fmt(m.get('auc_treated'))}, placebo {_fmt(m.get('auc_control'))}; "
+                f"    out-of-fold (nested CV): AUC treated {_fmt(m.get('auc_treated'))}, control {_fmt(m.get('auc_control'))}; "
                 f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
                 f"AUTOC {_fmt(m.get('autoc_averaged'))} [{_fmt(m.get('autoc_lower'))}, {_fmt(m.get('autoc_upper'))}]; "
                 f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",
+                "    labels: "
+                + (
+                    f"one label for every patient, {labels.get('population_label')}: {labels.get('population_reason')}"
+                    if labels.get("mode") == "population"
+                    else f"per patient: {labels.get('rule', 'n/a')}"
+                ),
                 f"    registry: {s['registered_model']} version {s['version']} -> "
                 + ("promoted to @champion" if s["promoted"] else f"NOT promoted ({'; '.join(s['gate'])}); @champion is version {s['champion_version']}"),
                 f"    MLflow run: {s['run_id']}",

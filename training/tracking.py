@@ -119,7 +119,8 @@ def log_responder_model(model: ResponderModel, name: str = "model") -> Any:
                 "outcome": model.outcome,
                 "candidate": model.candidate_name,
                 "evidence": model.evidence.to_dict(),
-                "label_rule": model.label_rule.model_dump(),
+                "label_policy": model.label_policy.to_dict(),
+                "average_effect": model.average_effect,
                 "interval_level": model.interval_level,
             },
         )

@@ -23,11 +23,13 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from features.pipeline import build_feature_pipeline
-from training.candidates import BootstrapEnsemble, candidate_label, make_candidate
+from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
+from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import OutcomeData, cross_validate, holm, permutation_test
 from training.executor import make_executor
+from training.labelling import build_policy
 from training.labels import LabelCounts, responder_labels
 from training.model import Evidence, ResponderModel
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
@@ -58,32 +60,122 @@ def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: T
     return OutcomeData(X, t, y, spec.arm.treated_fraction), counts
 
 
+def average_effect(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> AverageEffect:
+    """The outcome's responder risk difference under the rule and missing-follow-up policy it is trained with."""
+    labels, counts = responder_labels(frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup)
+    treated = (frame[spec.arm.column].to_numpy() == spec.arm.treated)
+    effect = risk_difference(outcome, counts.rule, counts.missing_policy, labels.to_numpy(dtype=float), treated)
+    o = spec.outcomes[outcome]
+    if o.baseline in frame.columns and o.followup in frame.columns:
+        effect.ancova = ancova(
+            pd.to_numeric(frame[o.baseline], errors="coerce").to_numpy(dtype=float),
+            pd.to_numeric(frame[o.followup], errors="coerce").to_numpy(dtype=float),
+            treated,
+        )
+        effect.ancova.unit = o.unit
+    return effect
+
+
+def champion_reason(result: OutcomeResult, config: TrainConfig) -> str:
+    """Why this candidate serves: the selection procedure in one sentence."""
+    cv = result.cv
+    others = [c for c in cv.eligible if c != "arm_only"]
+    if result.champion == "arm_only":
+        if not others:
+            return "no candidate predicted responders better than the arm-only floor out of fold: the floor serves"
+        return f"the arm-only floor was preferred by the {config.selection.criterion} criterion over {', '.join(others)}"
+    return (
+        f"chosen by the {config.selection.criterion} criterion among the candidates not worse than the arm-only floor "
+        f"out of fold ({', '.join(cv.eligible)})"
+    )
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def heterogeneity_reference(
+    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig
+) -> tuple[float, str]:
+    """SD over the training patients of the benefit the shrinkage (BCF) model attributes to measured features.
+
+    The interval allowance for unmeasured heterogeneity is a multiple of it
+    (``intervals.unmeasured_heterogeneity``). BCF is used whatever the champion,
+    so the allowance does not depend on which model won; without BCF enabled,
+    the champion's own spread is used.
+    """
+    if champion.name == "bcf":
+        return float(np.std(champion.predict_benefit(F))), "bcf"
+    if "bcf" in config.candidates.enabled:
+        reference = make_candidate("bcf", config.candidates, data.treated_fraction, config.seed + 5, final=True)
+        reference.fit(F, data.t, data.y)
+        return float(np.std(reference.predict_benefit(F))), "bcf"
+    return float(np.std(champion.predict_benefit(F))), champion.name
+
+
+def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
+    """The subgroup verdict in one sentence (it starts every label reason)."""
+    name = spec.outcomes[result.outcome].label.split(" (")[0].lower()
+    if not result.permutation.tested:
+        return f"Whether the benefit for {name} differs between patients was not tested."
+    p = _fmt(_clean(result.p_adjusted))
+    if result.evidence:
+        return f"There is evidence that the benefit for {name} differs between patients (Holm-adjusted p = {p})."
+    return f"There is no reliable evidence that the benefit for {name} differs between patients (Holm-adjusted p = {p})."
+
+
 def fit_champion(
     result: OutcomeResult, spec: DatasetSpec, config: TrainConfig, evidence: Evidence, provenance: dict[str, Any] | None = None
 ) -> ResponderModel:
+    """Refit the chosen candidate on all patients with its interval machinery and fit the label rule."""
     data = result.data
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X).reset_index(drop=True)
-    candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed).fit(F, data.t, data.y)
-    ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed).fit(F, data.t, data.y)
-    return ResponderModel(
+    candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
+    ensemble = None
+    if not candidate.has_draws:
+        ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed).fit(F, data.t, data.y)
+    reference_sd, reference = heterogeneity_reference(candidate, F, data, config)
+    model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
         pipeline=pipeline,
         candidate=candidate,
         ensemble=ensemble,
-        label_rule=config.labels,
+        label_policy=None,  # type: ignore[arg-type]  # fitted below, on this model's own intervals
         evidence=evidence,
+        interval_level=config.intervals.level,
+        heterogeneity_sd=config.intervals.unmeasured_heterogeneity * reference_sd,
+        average_effect=result.average_effect.to_dict() if result.average_effect is not None else {},
         metadata={
             "candidate_label": candidate_label(result.champion),
             "reason": result.reason,
             "responder_rule": result.counts.rule,
             "n_train": len(data.y),
             "n_responders": int(data.y.sum()),
+            "heterogeneity_reference": {"model": reference, "sd": reference_sd, "multiple": config.intervals.unmeasured_heterogeneity},
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
         },
     )
+    benefit = candidate.predict_benefit(F)
+    lower, upper = model.interval(F, benefit)
+    sentence = evidence_sentence(result, spec)
+    if result.champion == "arm_only":
+        sentence += " The data cannot tell these patients apart: every patient gets the trial's average answer."
+    model.label_policy = build_policy(
+        config.labels,
+        subgroup_evidence=result.evidence,
+        evidence_sentence=sentence,
+        average_effect=result.average_effect,
+        benefit=benefit,
+        lower=lower,
+        upper=upper,
+        level=config.intervals.level,
+        treated=spec.treated_display(),
+        control=spec.control_display(),
+    )
+    return model
 
 
 def _log_table(frame: pd.DataFrame, path: str) -> None:
@@ -257,24 +349,27 @@ def run_training(
                     for name in config.candidates.enabled:
                         with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
                             mlflow.set_tags({"outcome": outcome, "candidate": name})
-                            params = getattr(config.candidates, name).model_dump(mode="json")
-                            mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+                            settings = getattr(config.candidates, name, None)
+                            params = settings.model_dump(mode="json") if settings is not None else {}
+                            if params:
+                                mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
                             mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
                             mlflow.log_metric("times_selected", cv.selections[name])
                     permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
                     results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
 
         adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
+        effects = adjust(
+            {k: average_effect(frame, spec, k, config) for k in results},
+            alpha=config.evidence.alpha,
+        )
         for outcome, result in results.items():
             result.p_adjusted = adjusted[outcome]
+            result.average_effect = effects[outcome]
             tested = result.permutation.tested
             result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
-            if result.evidence:
-                result.champion = result.cv.final_choice
-                result.reason = f"subgroup evidence; lowest cross-validated tau-risk (one-SE rule) among {len(config.candidates.enabled)} candidates"
-            else:
-                result.champion = "risk_model"
-                result.reason = "no reliable subgroup evidence: the risk model (constant relative effect) is the honest default"
+            result.champion = result.cv.final_choice
+            result.reason = champion_reason(result, config)
             verdict = (
                 "evidence of a responder subgroup"
                 if result.evidence
@@ -287,20 +382,34 @@ def run_training(
                 p_adjusted=_clean(result.p_adjusted),
                 statistic=_clean(result.permutation.statistic),
                 alpha=config.evidence.alpha,
-                permutations=len(result.permutation.null),
+                permutations=int(result.permutation.permutations_run),
                 verdict=verdict,
+                method=result.permutation.method,
             )
             result.model = fit_champion(result, spec, config, evidence, provenance)
             result.registered_model = spec.registered_model_name(outcome)
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 selected = result.cv.summary.loc[result.procedure]
                 mlflow.log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
+                effect = result.average_effect
                 mlflow.log_metrics(
                     {
-                        "p_value": result.permutation.p_value if tested else float("nan"),
-                        "p_adjusted": result.p_adjusted if tested else float("nan"),
-                        "heterogeneity_statistic": result.permutation.statistic,
-                        "subgroup_evidence": float(result.evidence),
+                        k: v
+                        for k, v in {
+                            "p_value": result.permutation.p_value if tested else float("nan"),
+                            "p_adjusted": result.p_adjusted if tested else float("nan"),
+                            "heterogeneity_statistic": result.permutation.statistic,
+                            "subgroup_evidence": float(result.evidence),
+                            "permutations_run": float(result.permutation.permutations_run),
+                            "average_effect.risk_difference": _nan(effect.risk_difference),
+                            "average_effect.ci_low": _nan(effect.ci_low),
+                            "average_effect.ci_high": _nan(effect.ci_high),
+                            "average_effect.p_value": _nan(effect.p_value),
+                            "average_effect.p_adjusted": _nan(effect.p_adjusted),
+                            "average_effect.established": float(effect.established),
+                            "heterogeneity_sd": result.model.heterogeneity_sd,
+                        }.items()
+                        if np.isfinite(v)
                     }
                 )
                 mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict})
@@ -320,6 +429,7 @@ def run_training(
                     "training_run_id": result.run_id,
                     "parent_run_id": parent.info.run_id,
                     "brier_mean_cv": f"{result.cv.metric(result.champion, 'brier_mean'):.5f}",
+                    "label_mode": result.model.label_policy.mode,
                 },
             )
             result.version = str(version.version)

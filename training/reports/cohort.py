@@ -107,6 +107,8 @@ def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
     for outcome, info in payload.outcomes.items():
         oof = payload.part(outcome, "oof")
         steps += [(outcome, key, build) for key, build in evaluation_steps(outcome, oof, info["evidence"], labels, seed)]
+        if info["champion"] == "arm_only":
+            continue  # the floor's prediction does not depend on any value: nothing to attribute
 
         def beeswarm(outcome=outcome):
             _, benefit, _ = _shap_views(payload, outcome)

@@ -38,23 +38,9 @@ WARNING_TITLES = {
 }
 
 
-def _waterfall_names(drivers, info) -> list[str]:
-    """Labels a clinician recognises: the patient's value, or for a data-quality flag what it flags.
-
-    A lab can drive the prediction through several features (its level, a
-    below-detection flag, a ratio); repeated values get the feature's name.
-    """
-    names: list[str] = []
-    for driver in drivers:
-        meta = info[driver.feature]
-        if driver.group == "data quality":
-            name = f"{meta.short}: {'yes' if (driver.value or 0) >= 0.5 else 'no'}"
-        else:
-            name = driver.display_value
-            if name in names:
-                name = f"{name} [{meta.short}]"
-        names.append(name)
-    return names
+def _waterfall_names(drivers) -> list[str]:
+    """Labels a clinician recognises: the patient's value of each input (one driver per input)."""
+    return [driver.display_value for driver in drivers]
 
 
 def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> dict[str, Any]:
@@ -65,7 +51,7 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     benefit = explained.benefit
     drivers = benefit.drivers
     values = [d.contribution for d in drivers]
-    expl = figures.explanation(values, benefit.base_value, None, _waterfall_names(drivers, model.feature_info()))
+    expl = figures.explanation(values, benefit.base_value, None, _waterfall_names(drivers))
     with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
         probabilities = figures.data_uri(
             figures.probability_figure(float(prediction["p_response_treated"]), float(prediction["p_response_control"]), labels),
@@ -92,10 +78,12 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "level": model.interval_level,
         "label_key": str(prediction["label"]),
         "label_text": LABEL_TEXT.get(str(prediction["label"]), str(prediction["label"])),
-        "label_rule": model.label_rule.describe(),
+        "label_rule": model.label_policy.describe(),
+        "label_reason": str(prediction["label_reason"]),
         "probabilities": probabilities,
         "interval": interval,
         "waterfall": waterfall,
+        "note": benefit.note,
         "base": benefit.base_value,
         "benefit_drivers": [d.sentence for d in drivers[:TOP_DRIVERS]],
         "treated_drivers": [d.sentence for d in explained.p_response_treated.drivers[:3]],

@@ -365,8 +365,8 @@ def shap_cohort(model: ResponderModel, X: pd.DataFrame, seed: int) -> tuple[dict
     bases = np.zeros((len(rows), 4))
     for i, explanation in enumerate(explanations):
         for matrix, output in ((benefit, explanation.benefit), (treated, explanation.p_response_treated)):
-            for driver in output.drivers:
-                matrix[i, index[driver.feature]] = driver.contribution
+            for name, value in output.features.items():
+                matrix[i, index[name]] = value
         bases[i] = (
             explanation.benefit.base_value,
             explanation.benefit.prediction,
@@ -552,7 +552,9 @@ def build_cohort_payload(
                 "verdict": _verdict(bool(result.evidence), tested),
             },
             "interval_level": result.model.interval_level,
-            "label_rule": result.model.label_rule.describe(),
+            "label_rule": result.model.label_policy.describe(),
+            "label_mode": result.model.label_policy.mode,
+            "average_effect": result.average_effect.to_dict() if result.average_effect is not None else None,
             "shap": shap_meta,
             "registry": {},
         }
