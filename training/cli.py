@@ -9,9 +9,35 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
+
+from training.errors import ConfigError
+
+if TYPE_CHECKING:
+    from training.spec import DatasetSpec
+
+
+class _Commands(TyperGroup):
+    """Turns a bad config or spec into one line per problem (exit 2) and Ctrl-C into a message (exit 130).
+
+    Typer itself converts an interrupt into a silent exit 130 before any
+    handler around ``app()`` could speak.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:
+            for line in err.lines():
+                typer.echo(line, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
+
 
 app = typer.Typer(
     name="responders",
@@ -19,6 +45,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 report_app = typer.Typer(help="Write SHAP explanation reports (self-contained HTML).", no_args_is_help=True)
 app.add_typer(report_app, name="report")
@@ -105,6 +132,7 @@ def train(
     from training.config import load_config
     from training.data import DataContractError
     from training.spec import load_spec
+    from training.tracking import ui_link
     from training.train import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -123,9 +151,40 @@ def train(
         typer.echo(err.report.render(), err=True)
         typer.echo("Training refused: the file breaks the data contract (see the report above).", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt as err:
+        typer.echo(interruption_message(err, dataset_spec, tracking_uri), err=True)
+        raise typer.Exit(130) from None
     typer.echo(summary.render())
+    typer.echo(f"MLflow UI: {ui_link(summary.tracking_uri, summary.experiment_id)}")
     if report_dir is not None:
         typer.echo(f"Cohort report: {report_dir / 'cohort.html'}")
+
+
+def interruption_message(err: KeyboardInterrupt, spec: DatasetSpec, tracking_uri: str | None) -> str:
+    """One line for a Ctrl-C during training: the step, the runs' fate and whether any champion moved.
+
+    The ``champion`` alias moves only in the "validate and promote" step, all
+    aliases together; the registry is asked rather than assumed, so the line
+    stays true if the interrupt came after promotion.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from training.progress import JobInterrupted
+    from training.tracking import champions_set_by, setup_tracking
+
+    if not isinstance(err, JobInterrupted):
+        return "Training interrupted before its MLflow run started: nothing was recorded and the champions are unchanged."
+    where = f" at {err.phase}" if err.phase else ""
+    runs = f"MLflow run {err.run_id} and its outcome runs are marked KILLED"
+    try:
+        _, client = setup_tracking(tracking_uri)
+        moved = champions_set_by(client, [spec.registered_model_name(o) for o in spec.outcomes], err.run_id)
+    except MlflowException as problem:
+        return f"Training interrupted{where}; {runs}; could not check the champions ({problem})."
+    if moved:
+        now = ", ".join(f"{name}@champion -> version {version}" for name, version in moved.items())
+        return f"Training interrupted{where}, after promotion: {now} (this job's models); {runs}."
+    return f"Training interrupted{where}; {runs}; the champions are unchanged (no @champion alias was moved)."
 
 
 @app.command()
@@ -249,7 +308,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo("Interrupted.", err=True)
         sys.exit(130)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from training.errors import ConfigError, validation_problems, yaml_mapping
 from training.spec import ResponderRule
 
 
@@ -234,13 +235,21 @@ class TrainConfig(_Strict):
 
 
 def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
-    """The packaged default config, updated by a YAML file and keyword overrides (deep-merged)."""
+    """The packaged default config, updated by a YAML file and keyword overrides (deep-merged).
+
+    Raises ``ConfigError`` with one line per problem (unknown key with the
+    nearest known one, wrong type or value) instead of pydantic's long report.
+    """
+    source = f"config {path}" if path is not None else "config"
     data = _default_dict()
     if path is not None:
-        data = _merge(data, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        data = _merge(data, yaml_mapping(Path(path).read_text(encoding="utf-8"), source))
     if overrides:
         data = _merge(data, overrides)
-    return TrainConfig.model_validate(data)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, validation_problems(err, TrainConfig)) from None
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,8 @@
 Tasks are plain picklable callables applied to a list of items, each item
 carrying its own seed, and results come back in submission order. With
 single-threaded math inside each task the same seed gives the same numbers on
-either executor.
+either executor. Every loop reports progress through ``training.progress``: a
+bar on a terminal, rate-limited log lines (done/total, ETA) anywhere else.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from functools import partial
 from typing import Any, Protocol
 
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+
+from training.progress import task_progress
 
 
 class Executor(Protocol):
@@ -30,10 +32,6 @@ def _single_threaded(fn: Callable[[Any], Any], item: Any) -> Any:
         return fn(item)
 
 
-def _progress(total: int, desc: str):
-    return tqdm(total=total, desc=desc, unit="task", leave=False, disable=None, dynamic_ncols=True)
-
-
 class LocalExecutor:
     """joblib (loky) worker processes on this machine; ``workers=1`` runs in-process."""
 
@@ -46,7 +44,7 @@ class LocalExecutor:
         task = partial(_single_threaded, fn)
         if self.workers == 1 or len(items) <= 1:
             results = []
-            with _progress(len(items), desc) as bar:
+            with task_progress(len(items), desc) as bar:
                 for item in items:
                     results.append(task(item))
                     bar.update()
@@ -55,7 +53,7 @@ class LocalExecutor:
 
         parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator")
         results = []
-        with _progress(len(items), desc) as bar:
+        with task_progress(len(items), desc) as bar:
             for result in parallel(delayed(task)(item) for item in items):
                 results.append(result)
                 bar.update()
@@ -76,7 +74,7 @@ class DaskExecutor:
         futures = self.client.map(partial(_single_threaded, fn), list(items), pure=False)
         order = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
-        with _progress(len(futures), desc) as bar:
+        with task_progress(len(futures), desc) as bar:
             for future in as_completed(futures):
                 results[order[future.key]] = future.result()
                 bar.update()

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.catalog import LabCatalog, load_catalog
+from training.errors import ConfigError, did_you_mean, spec_columns, validation_problems, yaml_mapping
 
 DEFAULT_SPEC = "fibromyalgia-ldn"
 GROUND_TRUTH_PREFIX = "true_"
@@ -229,23 +230,48 @@ class DatasetSpec(_Strict):
 
 
 def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None = None) -> DatasetSpec:
-    """Load a spec from a YAML path, or a packaged spec by name (default ``fibromyalgia-ldn``)."""
+    """Load a spec from a YAML path, or a packaged spec by name (default ``fibromyalgia-ldn``).
+
+    Problems raise ``ConfigError``, one line each, with the nearest known key,
+    column, lab or packaged spec name suggested.
+    """
     if path_or_name is None or str(path_or_name) == DEFAULT_SPEC:
-        spec = _packaged(DEFAULT_SPEC)
+        spec, source = _packaged(DEFAULT_SPEC), f"spec {DEFAULT_SPEC}"
     else:
         path = Path(path_or_name)
+        source = f"spec {path_or_name}"
         if path.exists():
-            spec = parse_spec(path.read_text(encoding="utf-8"))
+            spec = parse_spec(path.read_text(encoding="utf-8"), source)
         elif resources.files("training").joinpath("specs", f"{path_or_name}.yaml").is_file():
             spec = _packaged(str(path_or_name))
         else:
-            raise FileNotFoundError(f"no spec file or packaged spec named {str(path_or_name)!r}")
-    spec.check_catalog(catalog or load_catalog())
+            packaged = [p.name.removesuffix(".yaml") for p in resources.files("training").joinpath("specs").iterdir() if p.name.endswith(".yaml")]
+            raise ConfigError(source, [f"no such file, and no packaged spec of that name{did_you_mean(path_or_name, packaged)}"])
+    catalog = catalog or load_catalog()
+    problems = []
+    for analyte, lab in spec.labs.items():
+        if analyte not in catalog:
+            problems.append(f"labs.{analyte}: not in the lab catalog{did_you_mean(analyte, catalog.analytes, 'labs.')}")
+        elif lab.unit is not None:
+            try:
+                catalog[analyte].factor(lab.unit)
+            except KeyError:
+                # Listed, never guessed: a one-letter slip (mmol/L vs nmol/L) is a factor of a million.
+                known = ", ".join(catalog[analyte].units)
+                problems.append(f"labs.{analyte}.unit: unknown unit {lab.unit!r} (known: {known})")
+    if problems:
+        raise ConfigError(source, problems)
+    spec.check_catalog(catalog)
     return spec
 
 
-def parse_spec(text: str) -> DatasetSpec:
-    return DatasetSpec.model_validate(yaml.safe_load(text))
+def parse_spec(text: str, source: str = "spec") -> DatasetSpec:
+    """Validate spec YAML text; problems raise ``ConfigError`` (one line each, with suggestions)."""
+    data = yaml_mapping(text, source)
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, validation_problems(err, DatasetSpec, spec_columns(data))) from None
 
 
 @lru_cache(maxsize=8)

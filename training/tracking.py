@@ -11,23 +11,30 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import joblib
 import mlflow
-from mlflow import MlflowClient
+from mlflow import ActiveRun, MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec
 
 from training.model import ResponderModel, input_schema, predictions_schema
+from training.progress import JobInterrupted, JobSteps, deferred_interrupt
 
 CHAMPION = "champion"
 DEFAULT_DIR = "mlruns"
 PACKAGE = "ldn-responders"
+NOTE = "mlflow.note.content"  # a run's or experiment's description (Markdown) in the MLflow UI
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning" in MLflow 3's UI
+KILLED = "KILLED"
 
 
 def default_tracking_uri(root: str | Path | None = None) -> str:
@@ -50,15 +57,22 @@ def setup_tracking(uri: str | None = None) -> tuple[str, MlflowClient]:
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The spec's experiment (created when missing), tagged as a model-training experiment.
+
+    MLflow 3's UI otherwise treats an experiment as a GenAI one (an empty
+    "Traces" page). A kind already set, e.g. by a person in the UI, is kept.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     artifact_location = None
     if tracking_uri.startswith("sqlite:///"):
         artifacts = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         artifact_location = artifacts.resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def code_version() -> dict[str, str]:
@@ -145,3 +159,255 @@ def load_registered(uri: str) -> ResponderModel:
     """Load the ResponderModel behind a ``models:/`` URI (without the pyfunc wrapper)."""
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     return joblib.load(Path(local) / "artifacts" / "responder.joblib")
+
+
+# Interrupted jobs --------------------------------------------------------------------------------
+
+
+@contextmanager
+def job_run(run_name: str, steps: JobSteps | None = None, description: str = "") -> Iterator[ActiveRun]:
+    """The job's parent run. On Ctrl-C its runs are marked KILLED and ``JobInterrupted`` is raised.
+
+    MLflow's ``with start_run()`` would record an interrupted job as FAILED,
+    which reads as a fault in the job rather than a person stopping it.
+    ``steps`` names the phase the job was in.
+    """
+    with mlflow.start_run(run_name=run_name, description=description or None) as run:
+        run_id = run.info.run_id
+        try:
+            yield run
+        except KeyboardInterrupt:
+            with deferred_interrupt(reraise=False):  # a second Ctrl-C must not leave the runs half-marked
+                while (active := mlflow.active_run()) is not None and active.info.run_id != run_id:
+                    mlflow.end_run(KILLED)  # a nested run caught between its creation and its `with`
+                mark_killed(MlflowClient(), run.info.experiment_id, run_id)
+                mlflow.end_run(KILLED)
+            raise JobInterrupted(run_id, steps.current if steps else None) from None
+
+
+def mark_killed(client: MlflowClient, experiment_id: str, run_id: str) -> list[str]:
+    """Mark a job's parent run, its outcome runs and any run under them still open (or FAILED by the interrupt) KILLED.
+
+    Outcome runs are complete only when the job is (the model is logged into
+    them last), so they are KILLED even if their first part had finished;
+    candidate runs that finished keep FINISHED. Returns the ids marked.
+    """
+    from mlflow.entities import ViewType
+
+    marked = []
+    level, depth = [run_id], 0
+    while level:
+        below = []
+        for parent_id in level:
+            below += client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", run_view_type=ViewType.ALL)
+        for child in below:
+            if depth == 0 or child.info.status != "FINISHED":
+                client.set_terminated(child.info.run_id, KILLED)
+                marked.append(child.info.run_id)
+        level, depth = [child.info.run_id for child in below], depth + 1
+    if client.get_run(run_id).info.status != KILLED:
+        client.set_terminated(run_id, KILLED)
+    return [run_id, *marked]
+
+
+def champions_set_by(client: MlflowClient, registered_models: list[str], parent_run_id: str) -> dict[str, str]:
+    """Registered model -> version, for each ``@champion`` that now points at a version of this job."""
+    moved = {}
+    for name in registered_models:
+        current = current_champion(client, name)
+        if current is not None and current.tags.get("parent_run_id") == parent_run_id:
+            moved[name] = str(current.version)
+    return moved
+
+
+# Descriptions shown in the MLflow UI -------------------------------------------------------------
+#
+# Runs and experiments: the ``mlflow.note.content`` tag; registered models and versions: their
+# ``description``. All Markdown. Metrics stay logged at full precision (MLflow has no per-metric
+# display format and rounds only in some views), so the descriptions carry the headline figures
+# rounded. The builders take plain values (the job summary's dict, the config as a dict).
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if number != number else f"{number:.{digits}f}"
+
+
+MISSING_POLICY = {"non_responder": "counted as non-responders", "exclude": "excluded"}
+
+
+def _plural(count: Any, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _candidate_name(name: str) -> str:
+    from training.candidates import candidate_label
+
+    try:
+        return candidate_label(name)
+    except KeyError:
+        return name.replace("_", " ")
+
+
+def verdict_text(evidence: bool, permutations: int) -> str:
+    if evidence:
+        return "evidence of a responder subgroup"
+    return "no reliable evidence of a responder subgroup" if permutations else "heterogeneity not tested"
+
+
+def job_note(data: str, n_rows: int, digest: str, spec: str, outcomes: list[str], settings: dict[str, Any]) -> str:
+    """What a training job trains, on which data and how (the parent run's description)."""
+    cv, evidence = settings.get("cv", {}), settings.get("evidence", {})
+    candidates = ", ".join(_candidate_name(c) for c in settings.get("candidates", {}).get("enabled", []))
+    return (
+        f"**Training job** on `{Path(data).name}` ({n_rows} patients, SHA-256 `{digest[:12]}`), dataset spec `{spec}`.\n\n"
+        f"Per outcome ({', '.join(outcomes)}): candidates {candidates} compared by nested cross-validation "
+        f"({cv.get('folds')} folds x {_plural(cv.get('repeats'), 'repeat')}), heterogeneity tested by a whole-pipeline permutation "
+        f"test ({evidence.get('permutations')} permutations, Holm across outcomes, alpha {evidence.get('alpha')}); the champion is "
+        "refitted on all data, registered and promoted only if it passes validation."
+    )
+
+
+def outcome_note(outcome: str, rule: str, n_patients: int, n_responders: int, n_missing: int, missing_policy: str) -> str:
+    """What an outcome run evaluates and on which patients (its description while the job runs)."""
+    return (
+        f"**Outcome {outcome}**: responder = {rule}; {n_patients} patients, {n_responders} responders, "
+        f"{n_missing} with missing follow-up ({MISSING_POLICY.get(missing_policy, missing_policy)})."
+    )
+
+
+def outcome_verdict_note(summary: dict[str, Any], verdict: str) -> str:
+    """The outcome's verdict, champion and registry outcome, from one entry of the job summary."""
+    m = summary.get("metrics", {})
+    registry = f"registered `{summary['registered_model']}` version {summary['version']}: " + (
+        "promoted to `@champion`."
+        if summary.get("promoted")
+        else f"**not promoted** ({'; '.join(summary.get('gate') or [])}); `@champion` is version {summary.get('champion_version')}."
+    )
+    return (
+        f"**Verdict: {verdict}** (permutation p = {_num(summary.get('p_value'))}, Holm-adjusted p = "
+        f"{_num(summary.get('p_adjusted'))}, {summary.get('permutations')} permutations).\n\n"
+        f"Champion candidate: **{summary.get('champion_label') or _candidate_name(summary['champion'])}** ({summary.get('reason')}). "
+        f"Out of fold: AUC naltrexone {_num(m.get('auc_treated'))}, placebo {_num(m.get('auc_control'))}; Brier "
+        f"{_num(m.get('brier_mean'))} (no-information {_num(m.get('brier_null_mean'))}); c-for-benefit {_num(m.get('c_for_benefit'))}.\n\n"
+        + registry
+    )
+
+
+def candidate_note(candidate: str, outcome: str, metrics: dict[str, float], champion: str | None = None) -> str:
+    """A candidate run's description: its out-of-fold performance and whether it became the champion."""
+    times = metrics.get("times_selected")
+    text = (
+        f"**Candidate {_candidate_name(candidate)}** for {outcome}, evaluated by nested cross-validation (out of fold): "
+        f"AUC naltrexone {_num(metrics.get('auc_treated'))}, placebo {_num(metrics.get('auc_control'))}; Brier "
+        f"{_num(metrics.get('brier_mean'))} (no-information {_num(metrics.get('brier_null_mean'))}); calibration slope "
+        f"naltrexone {_num(metrics.get('calibration_slope_treated'), 2)}, placebo {_num(metrics.get('calibration_slope_control'), 2)}; "
+        f"AUTOC {_num(metrics.get('autoc'))}; c-for-benefit {_num(metrics.get('c_for_benefit'))}"
+        + (f"; chosen by the inner loop in {int(times)} outer folds." if times is not None else ".")
+    )
+    if champion is not None:
+        text += (
+            f"\n\n**Champion** for {outcome} in this job."
+            if champion == candidate
+            else f"\n\nNot the champion for {outcome} ({_candidate_name(champion)} is)."
+        )
+    return text
+
+
+def version_note(summary: dict[str, Any], data: str, digest: str, parent_run_id: str, verdict: str) -> str:
+    """A model version's description: what was trained, on which data, the verdict and the gate.
+
+    Plain text: the registry's version table shows it raw.
+    """
+    gate = (
+        "Passed validation; promoted to @champion."
+        if summary.get("promoted")
+        else f"Not promoted: {'; '.join(summary.get('gate') or ['see the gate tag'])}."
+    )
+    metrics = summary.get("metrics", {})
+    return (
+        f"{summary.get('champion_label') or _candidate_name(summary['champion'])} for {summary['outcome']} "
+        f"(responder = {summary.get('responder_rule')}), trained on {Path(data).name} "
+        f"({summary.get('n_patients')} patients, SHA-256 {digest[:12]}) by training run {parent_run_id}. "
+        f"Verdict: {verdict} (Holm-adjusted p = {_num(summary.get('p_adjusted'))}). "
+        f"Out-of-fold Brier {_num(metrics.get('brier_mean'))} (no-information {_num(metrics.get('brier_null_mean'))}). {gate}"
+    )
+
+
+def registered_model_note(outcome: str, spec: str, rule: str | None, champion: str | None, champion_summary: str) -> str:
+    """A registered model's description: what its versions predict and which one is served."""
+    return (
+        f"Responder model for **{outcome}** (dataset spec `{spec}`): per patient, the probability of a clinically "
+        f"meaningful response (responder = {rule}) on the active arm and on control, their difference (the benefit) with "
+        f"an interval, and a label. Trained by `responders train`; the `@champion` alias is the version the API serves"
+        + (f": currently version {champion} ({champion_summary})." if champion else "; no version has passed validation yet.")
+    )
+
+
+def ui_link(tracking_uri: str, experiment_id: str) -> str:
+    """Where to read a job in the MLflow UI.
+
+    MLflow 3.17's UI picks its GenAI or "Model training" view from a sidebar
+    toggle remembered by the browser (default GenAI, which opens on Traces), not
+    from the experiment's kind tag; ``workflowType=machine_learning`` in the
+    link selects the training view and the Runs table.
+    """
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000/{page}"
+
+
+def experiment_note(spec: str, outcomes: list[str], registered_models: list[str]) -> str:
+    return (
+        f"Responder-subgroup models for the dataset spec `{spec}` (outcomes: {', '.join(outcomes)}). One parent run per "
+        "training job (data, spec, config, cohort report), under it a run per outcome (evaluation, evidence, model) and "
+        f"under that a run per candidate. Registered models: {', '.join(f'`{n}`' for n in registered_models)}."
+    )
+
+
+def describe_job(
+    client: MlflowClient, experiment_id: str, spec: str, data: str, digest: str, parent_run_id: str, outcomes: dict[str, dict[str, Any]]
+) -> None:
+    """Write a job's descriptions once its champions are decided: experiment, runs, registered models, versions.
+
+    ``outcomes`` maps each outcome to its summary (``OutcomeResult.summary()``);
+    the verdict text is read back from each outcome run's ``verdict`` tag (what
+    the job recorded).
+    """
+    names = [s["registered_model"] for s in outcomes.values()]
+    client.set_experiment_tag(experiment_id, NOTE, experiment_note(spec, list(outcomes), names))
+    lines = []
+    for outcome, summary in outcomes.items():
+        run = client.get_run(summary["run_id"])
+        verdict = run.data.tags.get("verdict") or verdict_text(summary.get("evidence", False), summary.get("permutations", 0))
+        intro = run.data.tags.get(NOTE, "").split("\n\n**Verdict")[0]
+        client.set_tag(summary["run_id"], NOTE, f"{intro}\n\n{outcome_verdict_note(summary, verdict)}".strip())
+        for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'"):
+            candidate = child.data.tags.get("candidate")
+            if candidate:
+                client.set_tag(child.info.run_id, NOTE, candidate_note(candidate, outcome, child.data.metrics, summary["champion"]))
+        client.update_model_version(
+            summary["registered_model"], summary["version"], description=version_note(summary, data, digest, parent_run_id, verdict)
+        )
+        label = summary.get("champion_label") or _candidate_name(summary["champion"])
+        served = (
+            f"{label}, {verdict}, trained on `{Path(data).name}` by run `{parent_run_id}`"
+            if summary.get("promoted")
+            else f"from an earlier job; this job's version {summary['version']} was not promoted"
+        )
+        client.update_registered_model(
+            summary["registered_model"],
+            description=registered_model_note(outcome, spec, summary.get("responder_rule"), summary.get("champion_version"), served),
+        )
+        state = "promoted to `@champion`" if summary.get("promoted") else "not promoted"
+        lines.append(
+            f"- **{outcome}**: {verdict} (Holm-adjusted p = {_num(summary.get('p_adjusted'))}); champion candidate "
+            f"{label}; `{summary['registered_model']}` "
+            f"version {summary['version']} {state}."
+        )
+    intro = client.get_run(parent_run_id).data.tags.get(NOTE, "").split("\n\n**Verdicts**")[0]
+    client.set_tag(parent_run_id, NOTE, f"{intro}\n\n**Verdicts**\n\n" + "\n".join(lines))

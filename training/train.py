@@ -32,16 +32,23 @@ from training.executor import make_executor
 from training.labelling import build_policy
 from training.labels import LabelCounts, responder_labels
 from training.model import Evidence, ResponderModel
+from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
 from training.spec import DatasetSpec
 from training.tracking import (
+    NOTE,
+    candidate_note,
     code_version,
     current_champion,
+    describe_job,
     ensure_experiment,
+    job_note,
+    job_run,
     load_registered,
     log_responder_model,
+    outcome_note,
     register,
     set_champion,
     setup_tracking,
@@ -307,9 +314,13 @@ def run_training(
     digest = file_digest(data_path)
     provenance = data_provenance(frame, data_path, digest, spec)
     results: dict[str, OutcomeResult] = {}
+    # Per outcome: nested CV, permutation test; then refit/register, report analysis, gate/promote, report.
+    steps = JobSteps(2 * len(spec.outcomes) + 4)
+    note = job_note(data_path.name, len(frame), digest, spec.name, list(spec.outcomes), config.model_dump(mode="json"))
 
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
-    with mlflow.start_run(run_name=f"train {data_path.name}") as parent:
+    # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
+    with job_run(f"train {data_path.name}", steps, description=note) as parent:
         mlflow.set_tags({**code_version(), "spec": spec.name, "dataset.digest": digest, "config.digest": config.digest(), "job": "train"})
         mlflow.log_params(
             {
@@ -343,8 +354,10 @@ def run_training(
                 log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
                 with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
                     mlflow.set_tags({"outcome": outcome, "spec": spec.name})
+                    mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
                     mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
                     mlflow.log_metrics(counts.as_metrics())
+                    steps.start(f"{outcome}: nested cross-validation")
                     cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
                     for name in config.candidates.enabled:
                         with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
@@ -355,9 +368,12 @@ def run_training(
                                 mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
                             mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
                             mlflow.log_metric("times_selected", cv.selections[name])
+                            mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
+                    steps.start(f"{outcome}: permutation test")
                     permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
                     results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
 
+        steps.start("refit, log and register the champions")
         adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
         effects = adjust(
             {k: average_effect(frame, spec, k, config) for k in results},
@@ -438,6 +454,7 @@ def run_training(
         # The report's analysis and figures (SHAP on the cohort, ANCOVA, Table 1) are made before the
         # gate, so a failure there fails the job while every previous champion is still in place;
         # only the registry outcome is filled in after promotion.
+        steps.start("cohort report: analysis and figures")
         report_started = time.perf_counter()
         payload = build_cohort_payload(
             frame, spec, config, results, provenance, validation, parent.info.run_id, experiment_id
@@ -445,8 +462,13 @@ def run_training(
         images = cohort_figures(payload, drawn={name: r.figures for name, r in results.items()})
         report_seconds = time.perf_counter() - report_started
 
+        steps.start("validate and promote")
         validate_for_promotion(results, client, config)
-        promote(results, client)
+        with deferred_interrupt():  # all aliases move, or none
+            promote(results, client)
+        describe_job(client, experiment_id, spec.name, data_path.name, digest, parent.info.run_id, {k: r.summary() for k, r in results.items()})
+
+        steps.start("cohort report: render and log")
 
         report_started = time.perf_counter()
         add_registry(payload, results)
