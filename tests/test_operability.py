@@ -53,7 +53,7 @@ def test_unknown_config_keys_are_named_with_the_nearest_known_key(tmp_path):
             "unknown key cv.fold (did you mean cv.folds?)",
             "unknown key candidates.t_learner.lightgbm.n_estimator (did you mean candidates.t_learner.lightgbm.n_estimators?)",
             "unknown key zzz (known keys: candidates, cv, evidence, executor, gate, intervals, labels, "
-            "missing_followup, responder_rules, seed)",
+            "missing_followup, responder_rules, seed, selection)",
         ]
     )
     # A key under a free-form mapping (per-outcome responder rules) is checked against the rule's fields.
@@ -221,7 +221,7 @@ def test_the_mlflow_ui_gets_a_training_experiment_and_descriptions(finished_job)
         assert note.startswith(f"**Outcome {outcome}**") and f"**Verdict: {verdict}**" in note
         assert f"Holm-adjusted p = {result.p_adjusted:.3f}" in note
         candidates = client.search_runs([summary.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
-        assert len(candidates) == 4
+        assert len(candidates) == len(summary.outcomes[outcome].cv.selections)
         for run in candidates:
             text = run.data.tags[NOTE]
             assert text.startswith("**Candidate ") and f" for {outcome}" in text
