@@ -150,19 +150,21 @@ class PredictResponse(BaseModel):
 
 
 class Driver(BaseModel):
-    feature: str = Field(description="Engineered feature name, e.g. crp_log, inflammation_index.")
+    feature: str = Field(description="The input this driver stands for (data-contract field, e.g. crp, pain_baseline).")
     description: str
     patient_value: str = Field(description="The patient's value as a clinician reads it, with unit.")
-    feature_value: float | None
+    feature_value: float | None = Field(description="The patient's value of the input in canonical units (null for a category or an imputed value).")
     unit: str
     contribution: float = Field(description="Contribution in probability points as a fraction (0.06 = 6 percentage points).")
     sentence: str
+    components: dict[str, float] = Field({}, description="Engineered features grouped into this driver and their contributions.")
 
 
 class OutputExplanation(BaseModel):
     base_value: float = Field(description="The model's average output; base_value + sum(contributions) = prediction.")
     prediction: float
-    drivers: list[Driver] = Field(description="Ranked by absolute contribution.")
+    drivers: list[Driver] = Field(description="Ranked by absolute contribution; one driver per input (a lab, a score, a covariate).")
+    note: str = Field("", description="Set when the prediction does not depend on the patient's values (arm-only model).")
 
 
 class OutcomeExplanation(BaseModel):

@@ -259,12 +259,14 @@ def _output(explanation, top: int) -> S.OutputExplanation:
     return S.OutputExplanation(
         base_value=explanation.base_value,
         prediction=explanation.prediction,
+        note=explanation.note,
         drivers=[
             S.Driver(
                 feature=d.feature,
                 description=d.description,
                 patient_value=d.display_value,
                 feature_value=d.value,
+                components=d.components,
                 unit=d.unit,
                 contribution=d.contribution,
                 sentence=d.sentence,
