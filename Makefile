@@ -22,6 +22,7 @@ N ?= 99
 SEED ?= 2024
 DATA ?= data/simulated/$(SCENARIO)-n$(N)-seed$(SEED).csv
 PORT ?= 3000
+SPEC ?=
 
 .PHONY: help install train simulate validate serve bento test bench bench-quick lint clean browser report
 
@@ -48,6 +49,14 @@ train: validate ## simulate, validate, train, track, register and report on the 
 
 report: install ## one-patient report from the champions for examples/patient.json -> reports/patient.html
 	$(BIN)/responders report patient examples/patient.json --out reports/patient.html
+
+# Serves the registered champions on 127.0.0.1:$(PORT); without RESPONDERS_API_TOKEN in development mode
+# (no token needed, with a warning). SPEC names another dataset spec (a YAML path or a packaged name).
+serve: install ## serve the champions on 127.0.0.1:PORT (SPEC=... for another dataset spec; token from RESPONDERS_API_TOKEN)
+	$(BIN)/responders serve --port $(PORT)$(if $(SPEC), --spec $(SPEC)) --insecure-dev
+
+bento: install ## build a deployable Bento (offline) that carries the current champions (SPEC=... for another spec)
+	$(BIN)/responders bento$(if $(SPEC), --spec $(SPEC))
 
 # Debian's chromium for the browser tests (never a downloaded browser). Installing needs root;
 # anyone else gets a warning and the browser tests skip (they fail instead when CI is set).

@@ -15,6 +15,11 @@
   (``benchmarks/batched_service.py``), measured at the same levels, to decide
   whether it helps (the product's /predict is not batchable unless it does).
 - Resident memory of each server's process tree before and after its load.
+- Load test of our service (issue 14): 20,000 single-patient ``/predict``
+  requests at concurrency 8 against one ``bentoml serve``, with the error
+  count and the RSS of the server's process tree (arbiter and worker) before,
+  at its peak during, and after the run: flat memory and zero errors are the
+  expectation.
 
 Servers run one at a time (started, measured, stopped), and the load
 generator (asyncio + httpx) runs in this process on the same 2 cores, so the
@@ -37,7 +42,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import QUIET_ENV, REPO, mb, md_table, quiet_environment, tree_rss
+from benchmarks.common import QUIET_ENV, REPO, TreeMemory, mb, md_table, quiet_environment, tree_rss
 
 TOKEN = "bench-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -51,6 +56,9 @@ class Settings:
     seconds: float = 30.0
     explain_requests: int = 100
     floor_repeats: int = 50
+    load_requests: int = 20_000
+    load_concurrency: int = 8
+    load_seconds: float = 3600.0  # a safety cap against a stuck server, not part of the design
     train_overrides: dict = field(default_factory=lambda: {"evidence": {"permutations": 19}})
 
 
@@ -62,6 +70,8 @@ QUICK = Settings(
     seconds=10.0,
     explain_requests=10,
     floor_repeats=5,
+    load_requests=200,
+    load_seconds=120.0,
     train_overrides={
         "cv": {"folds": 3, "repeats": 1, "inner_folds": 2},
         "evidence": {"permutations": 9, "rate_bootstrap": 50},
@@ -153,6 +163,29 @@ async def _load(calls, concurrency: int, total: int, seconds: float) -> tuple[in
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return issued, errors, time.perf_counter() - started, latencies
+
+
+@dataclass
+class LoadTest:
+    """One long run at fixed concurrency against one server, with its process tree's memory."""
+
+    result: LoadResult
+    rss_before: int
+    rss_peak: int
+    rss_after: int
+    processes: int
+
+
+def _load_test(calls, pid: int, settings: Settings) -> LoadTest:
+    """``settings.load_requests`` requests at ``settings.load_concurrency``; RSS of the server tree before, peak, after."""
+    before, _ = tree_rss(pid)
+    with TreeMemory(pid, interval=1.0) as memory:
+        issued, errors, elapsed, latencies = asyncio.run(
+            _load(calls, settings.load_concurrency, settings.load_requests, settings.load_seconds)
+        )
+    after, processes = tree_rss(pid)
+    result = LoadResult("BentoML /predict (ours)", "1 patient", settings.load_concurrency, issued, errors, elapsed, latencies)
+    return LoadTest(result, before, max(memory.peak, before, after), after, processes)
 
 
 def _measure(target: str, payload: str, calls, concurrency: int, total: int, seconds: float) -> LoadResult:
@@ -255,6 +288,7 @@ def run(quick: bool, out_dir: Path) -> str:
     results: list[LoadResult] = []
     memory: dict[str, tuple[int, int]] = {}
     explain: LoadResult | None = None
+    load: LoadTest | None = None
     env = {"RESPONDERS_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": uri, "BENTOML_HOME": str(work / "bentoml")}
 
     def sweep(target, make_single, make_batch, process):
@@ -273,6 +307,8 @@ def run(quick: bool, out_dir: Path) -> str:
             sweep(name, _bentoml_calls(url, "/predict", single), _bentoml_calls(url, "/predict", batch), process)
             if service.startswith("serving."):
                 explain = _measure("BentoML /explain", "1 patient", _bentoml_calls(url, "/explain", single), 1, settings.explain_requests, settings.seconds)
+                print(f"[bench] serving: load test, {settings.load_requests} requests x{settings.load_concurrency}", file=sys.stderr, flush=True)
+                load = _load_test(_bentoml_calls(url, "/predict", single), process.pid, settings)
 
     with _mlflow_servers(uri, work, env) as (mlflow_urls, processes):
         before = sum(_tree_rss(p.pid) for p in processes)
@@ -284,7 +320,43 @@ def run(quick: bool, out_dir: Path) -> str:
         memory["mlflow models serve, pain + memory (2 processes)"] = (before, sum(_tree_rss(p.pid) for p in processes))
 
     (work / "results.json").write_text(json.dumps([vars(r) | {"rps": r.rps} for r in results], default=float))
-    return _markdown(results, explain, floor, memory, settings, quick)
+    if load is not None:
+        (work / "load.json").write_text(json.dumps(_load_record(load), default=float))
+    return _markdown(results, explain, floor, memory, settings, quick, load)
+
+
+def _load_record(load: LoadTest) -> dict:
+    r = load.result
+    return {
+        "requests": r.requests, "errors": r.errors, "seconds": r.seconds, "rps": r.rps,
+        "p50_ms": r.quantile(0.5), "p99_ms": r.quantile(0.99), "max_ms": max(r.latencies) * 1000 if r.latencies else None,
+        "rss_before": load.rss_before, "rss_peak": load.rss_peak, "rss_after": load.rss_after, "processes": load.processes,
+    }  # fmt: skip
+
+
+def render_load_test(load: LoadTest, settings: Settings) -> str:
+    """The load-test paragraph and table of the serving section."""
+    r = load.result
+    stopped = (
+        f" Stopped by the {settings.load_seconds:.0f} s safety cap after {r.requests} of {settings.load_requests} requests."
+        if r.requests < settings.load_requests
+        else ""
+    )
+    growth = (load.rss_after - load.rss_before) / 2**20
+    table = md_table(
+        ["requests", "concurrency", "errors", "requests/s", "p50 ms", "p99 ms", "RSS before, MiB", "RSS peak, MiB", "RSS after, MiB", "growth, MiB"],
+        [[r.requests, r.concurrency, r.errors, f"{r.rps:.1f}", f"{r.quantile(0.5):.0f}", f"{r.quantile(0.99):.0f}",
+          mb(load.rss_before), mb(load.rss_peak), mb(load.rss_after), f"{growth:+,.0f}"]],
+        "rrrrrrrrrr",
+    )  # fmt: skip
+    return "\n\n".join(
+        [
+            f"Load test: {settings.load_requests:,} single-patient `/predict` requests at concurrency {settings.load_concurrency} "
+            f"against one `bentoml serve` (1 worker); memory is the RSS of the server's process tree ({load.processes} processes: "
+            f"the supervisor and its worker), peak polled every second.{stopped}",
+            table,
+        ]
+    )
 
 
 @contextmanager
@@ -307,7 +379,7 @@ def _mlflow_servers(uri: str, work: Path, env: dict):
             context.__exit__(None, None, None)
 
 
-def _markdown(results, explain, floor, memory, settings, quick) -> str:
+def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest | None = None) -> str:
     ours = {(r.payload, r.concurrency): r for r in results if r.target == "BentoML /predict (ours)"}
     peer = {(r.payload, r.concurrency): r for r in results if r.target == "mlflow models serve, pain + memory"}
     rows = []
@@ -356,5 +428,6 @@ def _markdown(results, explain, floor, memory, settings, quick) -> str:
             batch_table,
             "Memory:",
             memory_table,
+            *([render_load_test(load, settings)] if load is not None else []),
         ]
     )

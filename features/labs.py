@@ -6,11 +6,23 @@ Rules (all limits come from the lab catalog):
 - Numbers may be given as numbers or text, with a decimal point or a decimal comma.
 - Units: a value in an accepted unit is multiplied by the catalog factor to give
   the canonical unit; an unknown unit is an error.
-- ``<x`` (or ``not detected``, meaning below the catalog LOD): censored below the
-  detection limit; the value is substituted by ``x / sqrt(2)`` (Hornung & Reed
-  1990) and ``below_lod = 1``. A plain number below the catalog LOD is treated
-  the same way, so a lab that prints 0.1 and one that prints ``<0.3`` agree.
-- ``>x``: censored above; the value is ``x`` (a lower bound).
+- Detection limit (LOD, the catalog's, in canonical units after unit conversion).
+  No parsed value is ever below ``LOD / sqrt(2)``, the value that stands for
+  "below the detection limit" in training, so a censored or tiny value can never
+  be extrapolated beyond what the models saw:
+
+  - a plain number below the LOD, including 0, becomes ``LOD / sqrt(2)`` with
+    ``below_lod = 1`` (Hornung & Reed 1990), so a lab that prints 0.1 and one
+    that prints ``<0.3`` agree; a negative number is implausible (an error);
+  - ``<x`` (also ``<=x``) and ``not detected``: censored below ``x``. With
+    ``0 < x <= LOD`` (``<0.3``, ``<0.0001``) the value is below the detection
+    limit: ``LOD / sqrt(2)``, ``below_lod = 1``. With ``x > LOD`` (a lab whose
+    reporting limit is higher, ``<5``) it is ``x / sqrt(2)``, ``below_lod = 1``.
+    ``<0`` (or any ``x <= 0``) says nothing a concentration can be and is an
+    error for that patient, never a number;
+  - ``>x`` (also ``>=x``): censored above; the value is ``x`` (a lower bound).
+    A lower bound below the LOD (``>0``, ``>0.1`` for CRP) carries no usable
+    value and is an error for that patient.
 - ``negative`` / ``neg`` for an analyte with a positivity cut-off: the value is
   half the cut-off; ``positive`` / ``pos``: the value is the cut-off.
   For a titre, ``negative`` is one dilution below the screening dilution.
@@ -140,12 +152,22 @@ def _quantity(
         raise LabValueError(
             analyte.key, raw, f"implausible: {value:g} {analyte.unit} is outside {low:g}-{high:g}", unit
         )
+    lod = analyte.lod
     if comparator in {"<", "<=", "≤"}:
+        if value <= 0:
+            raise LabValueError(
+                analyte.key, raw, f"implausible censoring: '<{number:g}' is not a detection limit ({analyte.label} cannot be below {value:g} {analyte.unit})", unit
+            )
+        if lod is not None and value <= lod:
+            return LabResult(lod / SQRT2, below_lod=True, censored="below_lod")
         return LabResult(value / SQRT2, below_lod=True, censored="below_lod")
     if comparator in {">", ">=", "≥"}:
+        if value <= 0 or (lod is not None and value < lod):
+            limit = f"the detection limit ({lod:g} {analyte.unit})" if lod is not None else "zero"
+            raise LabValueError(analyte.key, raw, f"implausible censoring: '>{number:g}' is a lower bound below {limit}, no usable value", unit)
         return LabResult(value, censored="above")
-    if analyte.lod is not None and value < analyte.lod:
-        return LabResult(analyte.lod / SQRT2, below_lod=True, censored="below_lod")
+    if lod is not None and value < lod:
+        return LabResult(lod / SQRT2, below_lod=True, censored="below_lod")
     return LabResult(value)
 
 

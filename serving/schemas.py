@@ -17,8 +17,16 @@ from training.spec import DatasetSpec
 
 Label = Literal["likely_benefit", "uncertain", "unlikely_benefit"]
 
-# Validation errors never echo the submitted values: they would end up in logs.
-_PRIVATE = ConfigDict(extra="forbid", hide_input_in_errors=True)
+# Validation errors never echo the submitted values: they would end up in logs. Strict types: a JSON
+# boolean or a numeric string is not a number here (`crp: true` must not become 1.0 mg/L).
+_PRIVATE = ConfigDict(extra="forbid", hide_input_in_errors=True, strict=True)
+
+# A patient id is echoed in responses and reports: no control, line-separator, zero-width or bidi
+# characters anywhere, not blank, no space at either end. Written with \uXXXX escapes, which JSON
+# Schema, Python and pydantic's regex engine all read the same way.
+_ID_FORBIDDEN = r"\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+_ID_EDGE = _ID_FORBIDDEN + r"\u0020\u00a0\u1680\u2000-\u200a\u205f\u3000"
+PATIENT_ID_PATTERN = f"^[^{_ID_EDGE}](?:[^{_ID_FORBIDDEN}]*[^{_ID_EDGE}])?$"
 
 
 def _lab_description(catalog: LabCatalog, analyte: str, column: str) -> str:
@@ -50,7 +58,16 @@ def patient_model(spec: DatasetSpec, catalog: LabCatalog) -> type[BaseModel]:
     required = set(spec.required_columns())
     fields: dict[str, Any] = {
         spec.id_column: (
-            Annotated[str, Field(min_length=1, max_length=64, description="Pseudonymous patient id, echoed in the response.")],
+            Annotated[
+                str,
+                Field(
+                    min_length=1,
+                    max_length=64,
+                    pattern=PATIENT_ID_PATTERN,
+                    description="Pseudonymous patient id, echoed in the response: not blank, no control characters, "
+                    "no leading or trailing spaces. Ids repeated within one request are scored and get a duplicate_id warning.",
+                ),
+            ],
             ...,
         )
     }
@@ -98,7 +115,7 @@ class FieldProblem(BaseModel):
 
 
 class InputWarningOut(BaseModel):
-    code: str = Field(description="imputed, below_detection_limit, outside_training_range or unseen_category.")
+    code: str = Field(description="imputed, below_detection_limit, outside_training_range, unseen_category or duplicate_id.")
     field: str
     message: str
 

@@ -49,22 +49,34 @@ def _lab_code(reason: str) -> str:
     return "unparseable_lab"
 
 
+class ChampionError(RuntimeError):
+    """A champion that cannot be served; the message names the registered model, version and file."""
+
+
 def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dict[str, Champion]:
     """Resolve each outcome's ``champion`` alias to a fixed registry version, and load that version.
 
     The version is pinned here, at start-up: later alias moves do not change a
-    running service (restart it to pick up a new champion).
+    running service (restart it to pick up a new champion). Raises
+    :class:`ChampionError` when an outcome has no champion or its file cannot be loaded.
     """
     from training.tracking import CHAMPION, current_champion, load_registered, setup_tracking
 
-    _, client = setup_tracking(tracking_uri)
+    uri, client = setup_tracking(tracking_uri)
     champions = {}
     for outcome in spec.outcomes:
         name = spec.registered_model_name(outcome)
         version = current_champion(client, name)
         if version is None:
-            raise RuntimeError(f"no '{CHAMPION}' version of registered model {name!r}: run `make train` first")
-        model = load_registered(f"models:/{name}/{version.version}")
+            raise ChampionError(f"no '{CHAMPION}' version of registered model {name!r} in {uri}: run `make train` first")
+        try:
+            model = load_registered(f"models:/{name}/{version.version}")
+        except Exception as err:  # any failure to read the artifact: name what could not be served
+            where = _download_uri(client, name, str(version.version))
+            raise ChampionError(
+                f"registered model {name!r} version {version.version}: cannot load {where}/artifacts/responder.joblib "
+                f"({type(err).__name__}: {_one_line(err)})"
+            ) from err
         ref = S.ModelRef(
             registered_model=name,
             version=str(version.version),
@@ -76,6 +88,17 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
     return champions
 
 
+def _download_uri(client, name: str, version: str) -> str:
+    try:
+        return client.get_model_version_download_uri(name, version)
+    except Exception:  # the registry itself is the problem: fall back to the model URI
+        return f"models:/{name}/{version}"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or "no message"
+
+
 def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champion]:
     """Load champions imported into the BentoML model store (used inside a built Bento)."""
     import bentoml
@@ -83,8 +106,20 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
 
     champions = {}
     for tag in tags:
-        stored = bentoml.models.get(tag)
-        model: ResponderModel = joblib.load(Path(stored.path_of("mlflow_model")) / "artifacts" / "responder.joblib")
+        try:
+            stored = bentoml.models.get(tag)
+        except bentoml.exceptions.NotFound as err:
+            raise ChampionError(f"BentoML model {tag!r} is not in the model store: {_one_line(err)}") from err
+        path = Path(stored.path_of("mlflow_model")) / "artifacts" / "responder.joblib"
+        try:
+            model: ResponderModel = joblib.load(path)
+        except Exception as err:  # name what could not be served
+            labels = stored.info.labels
+            raise ChampionError(
+                f"registered model {labels.get('registered_model', str(stored.tag.name))!r} version "
+                f"{labels.get('mlflow_version', str(stored.tag.version))} (BentoML model {tag}): cannot load {path} "
+                f"({type(err).__name__}: {_one_line(err)})"
+            ) from err
         labels = stored.info.labels
         ref = S.ModelRef(
             registered_model=labels.get("registered_model", str(stored.tag.name)),
@@ -95,7 +130,7 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
         champions[model.outcome] = Champion(model.outcome, model, ref)
     missing = set(spec.outcomes) - set(champions)
     if missing:
-        raise RuntimeError(f"the Bento lacks models for outcomes {sorted(missing)}")
+        raise ChampionError(f"the Bento lacks models for outcomes {sorted(missing)}")
     return champions
 
 

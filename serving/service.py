@@ -1,34 +1,57 @@
 """The clinic REST API: a BentoML service over the registered champions.
 
 Endpoints (all POST, JSON): ``/predict``, ``/explain``, ``/report`` (HTML) and
-``/metadata``; BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics`` and
-the OpenAPI document at ``/docs.json`` stay open. Every data endpoint needs
-``Authorization: Bearer <RESPONDERS_API_TOKEN>``.
+``/metadata``; BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, the
+OpenAPI document at ``/docs.json`` and a plain index page at ``/`` stay open.
+Every data endpoint needs ``Authorization: Bearer <RESPONDERS_API_TOKEN>``.
+Any other path is a 404, answered before BentoML's metrics see it (so unknown
+paths add no series to ``/metrics``).
 
-Settings come from the environment (read when the worker starts):
-``RESPONDERS_API_TOKEN`` (required unless ``RESPONDERS_INSECURE_DEV=1``),
-``RESPONDERS_MAX_BATCH`` (default 500 patients), ``MLFLOW_TRACKING_URI``
-(default ``sqlite:///mlruns/mlflow.db``), ``RESPONDERS_SPEC`` (default
+Settings come from the environment (checked before the port is bound, read again
+when the worker starts): ``RESPONDERS_API_TOKEN`` (required unless
+``RESPONDERS_INSECURE_DEV=1``), ``RESPONDERS_MAX_BATCH`` (default 500 patients),
+``RESPONDERS_MAX_BODY_BYTES`` (default 1 MiB), ``MLFLOW_TRACKING_URI`` (default
+``sqlite:///mlruns/mlflow.db``), ``RESPONDERS_SPEC`` (default
 ``fibromyalgia-ldn``), ``RESPONDERS_BENTO_MODELS`` (BentoML model tags to serve
 instead of the registry's champions; a built Bento serves the models it carries).
+
+Bounded requests, in this order, before any per-patient work: the body size
+(413, read no further than the limit), the media type (415 unless JSON), the
+JSON syntax (422) and the batch size (413); then the schema (422, listing at
+most :data:`MAX_LISTED_ERRORS` errors and saying how many were left out).
+
+Start-up (``bentoml serve``, also under ``responders serve``): the
+``on_deployment`` hook checks the settings and loads every champion in the
+serving process before the port is bound, and exits non-zero with one line
+naming the registered model, version and file when it cannot; it then starts
+the worker supervision of :mod:`serving.supervision`. Binds 127.0.0.1 unless
+``--host`` / ``BENTOML_HOST`` says otherwise.
 """
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 import logging
 import os
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
+import attr
 import bentoml
+import yaml
+from _bentoml_sdk import Service
+from bentoml._internal.service.openapi.specification import OpenAPISpecification
 from pydantic import Field
 from starlette.responses import HTMLResponse, JSONResponse
 
 from features.catalog import load_catalog
 from serving import schemas as S
-from serving.scoring import DEFAULT_MAX_BATCH, Scorer, load_bento_champions, resolve_champions
+from serving import supervision
+from serving.scoring import DEFAULT_MAX_BATCH, ChampionError, Scorer, load_bento_champions, resolve_champions
 from training.spec import load_spec
 
 log = logging.getLogger("responders.serving")
@@ -39,8 +62,57 @@ log = logging.getLogger("responders.serving")
 SPEC = load_spec(os.environ.get("RESPONDERS_SPEC"))
 Patient = S.patient_model(SPEC, load_catalog())
 
-OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/docs", "/")
-OPEN_PREFIXES = ("/static_content/",)
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # a full batch of 500 typical patients is about 0.3 MB
+MAX_LISTED_ERRORS = 50
+DATA_ROUTES = ("/predict", "/explain", "/report", "/metadata")
+BATCH_ROUTES = ("/predict", "/explain")
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json")
+# Every path the service answers; BentoML also serves its schema at /schema.json (behind the token).
+KNOWN_PATHS = frozenset({*OPEN_PATHS, *DATA_ROUTES, "/schema.json"})
+
+
+class ConfigurationError(ValueError):
+    """A setting in the environment that the service cannot run with; names the variable."""
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigurationError(f"{name}={text!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigurationError(f"{name}={value} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The service's settings, from the environment."""
+
+    token: str | None
+    insecure: bool
+    max_batch: int
+    max_body_bytes: int
+
+    @classmethod
+    def from_env(cls) -> ServiceSettings:
+        token = os.environ.get("RESPONDERS_API_TOKEN") or None
+        insecure = os.environ.get("RESPONDERS_INSECURE_DEV", "").lower() in {"1", "true", "yes"}
+        return cls(
+            token=token,
+            insecure=insecure and token is None,
+            max_batch=_env_int("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH),
+            max_body_bytes=_env_int("RESPONDERS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        )
+
+    def require_token(self) -> None:
+        if self.token is None and not self.insecure:
+            raise ConfigurationError(
+                "RESPONDERS_API_TOKEN is not set; refusing to start (RESPONDERS_INSECURE_DEV=1 for local development)"
+            )
 
 
 class _NoRequestData(logging.Filter):
@@ -65,28 +137,117 @@ def _protect_logs() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoRequestData) for f in logger.filters):
             logger.addFilter(_NoRequestData())
+    # BentoML's server log shows warnings only; what the service loaded is worth a line.
+    logging.getLogger("responders").setLevel(logging.INFO)
 
 
-def _token() -> str | None:
-    return os.environ.get("RESPONDERS_API_TOKEN") or None
+INDEX_HTML = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ldn-responders API</title></head>
+<body>
+<h1>ldn-responders API</h1>
+<p>Chance of a clinically meaningful pain or memory response on low-dose naltrexone and on placebo, the
+difference with an interval, and why. Decision support only, not a substitute for clinical judgement.</p>
+<ul>
+<li><a href="/docs.json">/docs.json</a>: the OpenAPI contract of <code>POST /predict</code>, <code>/explain</code>,
+<code>/report</code> and <code>/metadata</code> (each needs <code>Authorization: Bearer &lt;token&gt;</code>)</li>
+<li><a href="/readyz">/readyz</a>, <a href="/livez">/livez</a>, <a href="/healthz">/healthz</a>: readiness and health</li>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+</ul>
+</body></html>
+"""
+# The index page loads nothing: no scripts, styles, images or third-party resources.
+_INDEX_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
-def _insecure() -> bool:
-    return os.environ.get("RESPONDERS_INSECURE_DEV", "").lower() in {"1", "true", "yes"}
+async def _respond(send, status: int, body: bytes, content_type: bytes, headers: list | None = None, head: bool = False) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-class ApiGuard:
-    """ASGI middleware: bearer-token check on data endpoints, and 422 for invalid request bodies.
+async def _refuse(send, status: int, error: str, detail: Any, headers: list | None = None) -> None:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    await _respond(send, status, body, b"application/json", headers)
 
-    BentoML answers a pydantic validation error with 400; the contract here
-    (as in FastAPI) is 422 with one entry per bad field, so the integration
-    engineer can tell "your JSON does not fit the schema" from other errors.
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None when the client went away; raises _TooLarge past ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+class PathFilter:
+    """Outermost ASGI layer: 404 for any path the service does not have; notes a clean shutdown.
+
+    It wraps BentoML's whole application, so an unknown path never reaches the
+    metrics middleware, which labels its series with the raw request path
+    (300 requests to ``/x-$i`` would otherwise add thousands of series). When
+    the application reports its shutdown complete, the worker supervision is
+    told that this worker stopped rather than died.
     """
 
     def __init__(self, app):
         self.app = app
-        self.token = _token()
-        self.insecure = _insecure() and self.token is None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+
+            async def noting_shutdown(message):
+                if message["type"] == "lifespan.shutdown.complete":
+                    supervision.mark_clean_stop()
+                await send(message)
+
+            return await self.app(scope, receive, noting_shutdown)
+        if scope["type"] in ("http", "websocket") and scope.get("path", "") not in KNOWN_PATHS:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            return await _refuse(send, 404, "not found", "see /docs.json for the endpoints")
+        return await self.app(scope, receive, send)
+
+
+class ApiGuard:
+    """ASGI middleware inside BentoML: the index page, the bearer token, bounded bodies, and 422 for invalid ones.
+
+    Requests to the data endpoints are checked in order of cost before BentoML
+    parses them: the token (401), the body size (413, without reading past the
+    limit), the media type (415), the JSON syntax (422) and the batch size
+    (413). BentoML answers a pydantic validation error with 400; the contract
+    here (as in FastAPI) is 422 with one entry per bad field, at most
+    :data:`MAX_LISTED_ERRORS` of them, so the integration engineer can tell
+    "your JSON does not fit the schema" from other errors.
+    """
+
+    def __init__(self, app):
+        self.app = app
+        settings = ServiceSettings.from_env()
+        self.token = settings.token
+        self.insecure = settings.insecure
+        self.max_batch = settings.max_batch
+        self.max_body = settings.max_body_bytes
 
     def _authorised(self, scope) -> bool:
         if self.insecure:
@@ -101,38 +262,85 @@ class ApiGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path == "/" and method in ("GET", "HEAD"):
+            return await _respond(send, 200, INDEX_HTML, b"text/html; charset=utf-8", _INDEX_HEADERS, head=method == "HEAD")
+        if path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if not self._authorised(scope):
-            body = json.dumps({"error": "unauthorised", "detail": "send 'Authorization: Bearer <token>'"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"), (b"content-length", str(len(body)).encode())],
-                }
+            return await _refuse(send, 401, "unauthorised", "send 'Authorization: Bearer <token>'", [(b"www-authenticate", b"Bearer")])
+        if method != "POST" or path not in DATA_ROUTES:
+            return await self.app(scope, receive, send)
+        body = await self._bounded_body(scope, receive, send)
+        if body is None:
+            return None
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, _unprocessable_rewriter(send))
+
+    async def _bounded_body(self, scope, receive, send) -> bytes | None:
+        """The body of a data request, or None after answering it (or when the client left)."""
+        headers = dict(scope.get("headers") or [])
+        limit = f"the limit is {self.max_body} bytes (RESPONDERS_MAX_BODY_BYTES)"
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.max_body:
+            await _refuse(send, 413, "request body too large", f"{int(declared)} bytes sent; {limit}")
+            return None
+        media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if media != b"application/json":
+            shown = media.decode("latin-1")[:80] or "(empty)"
+            await _refuse(send, 415, "unsupported media type", f"{shown} is not accepted: send 'Content-Type: application/json'")
+            return None
+        try:
+            body = await _read_body(receive, self.max_body)
+        except _TooLarge:
+            await _refuse(send, 413, "request body too large", f"more than {self.max_body} bytes sent; {limit}")
+            return None
+        if body is None or not body.strip():
+            return body  # an empty body is an empty object to BentoML: the schema decides
+        try:
+            data = json.loads(body)
+        except ValueError as err:  # JSONDecodeError and undecodable bytes; the message carries no values
+            where = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+            await _send_unprocessable(send, [{"field": "body", "message": f"not valid JSON{where}", "type": "json_invalid"}])
+            return None
+        patients = data.get("patients") if isinstance(data, dict) else None
+        if scope["path"] in BATCH_ROUTES and isinstance(patients, list) and len(patients) > self.max_batch:
+            await _refuse(
+                send, 413, "batch too large", f"{len(patients)} patients sent; the limit is {self.max_batch} per request (RESPONDERS_MAX_BATCH)"
             )
-            await send({"type": "http.response.body", "body": body})
-            return
-        state: dict = {}
+            return None
+        return body
 
-        async def rewrite(message):
-            if message["type"] == "http.response.start" and message["status"] == 400:
-                state["start"], state["chunks"] = message, []
-                return
-            if "start" not in state:
-                return await send(message)
-            state["chunks"].append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            status, body = _as_unprocessable(b"".join(state["chunks"]))
-            headers = [(k, v) for k, v in state["start"]["headers"] if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({**state["start"], "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
 
-        return await self.app(scope, receive, rewrite)
+def _unprocessable_rewriter(send):
+    """Wrap ``send`` so that BentoML's 400 for a pydantic validation error leaves as a bounded 422."""
+    state: dict = {}
+
+    async def rewrite(message):
+        if message["type"] == "http.response.start" and message["status"] == 400:
+            state["start"], state["chunks"] = message, []
+            return None
+        if "start" not in state:
+            return await send(message)
+        state["chunks"].append(message.get("body", b""))
+        if message.get("more_body"):
+            return None
+        status, body = _as_unprocessable(b"".join(state["chunks"]))
+        headers = [(k, v) for k, v in state["start"]["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**state["start"], "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return None
+
+    return rewrite
 
 
 def _field_path(loc) -> str:
@@ -143,6 +351,39 @@ def _field_path(loc) -> str:
     return out or "body"
 
 
+def _error_fields(detail: list[dict]) -> list[dict]:
+    """One entry per field and message; a union field (lab: number or text) reports under its own name."""
+    fields, seen = [], set()
+    names = set(Patient.model_fields) | {"patients", "patient", "top"}
+    for d in detail:
+        loc = list(d.get("loc", ()))
+        # pydantic appends the union member that failed ("float", "constrained-str") after the field name
+        while len(loc) > 1 and isinstance(loc[-1], str) and loc[-2] in names and loc[-1] not in names:
+            loc.pop()
+        entry = {"field": _field_path(loc), "message": d.get("msg", ""), "type": d.get("type", "")}
+        if entry["type"] == "string_pattern_mismatch" and loc and loc[-1] == SPEC.id_column:
+            entry["message"] = "must not be blank, contain control or invisible characters, or start or end with a space"
+        key = (entry["field"], entry["message"])
+        if key not in seen:
+            seen.add(key)
+            fields.append(entry)
+    return fields
+
+
+def _unprocessable_payload(fields: list[dict]) -> dict:
+    listed = fields[:MAX_LISTED_ERRORS]
+    omitted = len(fields) - len(listed)
+    error = "request does not match the schema (see /docs.json)"
+    if omitted:
+        error += f"; the first {len(listed)} of {len(fields)} errors are listed, {omitted} omitted"
+    return {"error": error, "detail": listed, "omitted": omitted}
+
+
+async def _send_unprocessable(send, fields: list[dict]) -> None:
+    body = json.dumps(_unprocessable_payload(fields)).encode()
+    await _respond(send, 422, body, b"application/json")
+
+
 def _as_unprocessable(body: bytes) -> tuple[int, bytes]:
     try:
         data = json.loads(body)
@@ -151,13 +392,123 @@ def _as_unprocessable(body: bytes) -> tuple[int, bytes]:
     detail = data.get("detail") if isinstance(data, dict) else None
     if not isinstance(detail, list) or not all(isinstance(d, dict) and "loc" in d for d in detail):
         return 400, body
-    fields = [{"field": _field_path(d.get("loc", ())), "message": d.get("msg", ""), "type": d.get("type", "")} for d in detail]
-    payload = {"error": "request does not match the schema (see /docs.json)", "detail": fields}
-    return 422, json.dumps(payload).encode()
+    return 422, json.dumps(_unprocessable_payload(_error_fields(detail))).encode()
 
 
 def _error(status: int, error: str, detail) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+# The published contract ---------------------------------------------------------------------------------------
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"description": "What to change, in words."}},
+}
+_UNPROCESSABLE_SCHEMA = {
+    "type": "object",
+    "required": ["error", "detail", "omitted"],
+    "properties": {
+        "error": {"type": "string"},
+        "detail": {
+            "type": "array",
+            "maxItems": MAX_LISTED_ERRORS,
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": "string", "description": "e.g. patients[0].age, or body"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string", "description": "Machine-readable kind (pydantic error type or lab problem code)."},
+                },
+            },
+        },
+        "omitted": {"type": "integer", "minimum": 0, "description": "Errors not listed (at most 50 are)."},
+    },
+}
+
+
+def _json_response(description: str, ref: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def publish_contract(doc: dict, settings: ServiceSettings) -> dict:
+    """BentoML's generated OpenAPI document, completed with what the service really does.
+
+    Adds the bearer security scheme, the 401/413/415/422 answers of every data
+    endpoint, the batch limit as ``maxItems``, marks the bodies that must be
+    sent as required (``/metadata`` takes an empty one) and declares ``/report``
+    as HTML.
+    """
+    doc = copy.deepcopy(doc)
+    components = doc.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The service's token (RESPONDERS_API_TOKEN), as 'Authorization: Bearer <token>'.",
+    }
+    schemas = components.setdefault("schemas", {})
+    schemas["ErrorResponse"] = _ERROR_SCHEMA
+    schemas["UnprocessableResponse"] = _UNPROCESSABLE_SCHEMA
+    limit = f"{settings.max_body_bytes} bytes (RESPONDERS_MAX_BODY_BYTES)"
+    for path in DATA_ROUTES:
+        operation = doc.get("paths", {}).get(path, {}).get("post")
+        if operation is None:
+            continue
+        operation["security"] = [{"bearer": []}]
+        responses = operation.setdefault("responses", {})
+        responses["401"] = _json_response("Missing or wrong bearer token.", "ErrorResponse")
+        responses["413"] = _json_response(
+            f"Request body over {limit}" + (f", or more than {settings.max_batch} patients (RESPONDERS_MAX_BATCH)." if path in BATCH_ROUTES else "."),
+            "ErrorResponse",
+        )
+        responses["415"] = _json_response("The body is not sent as application/json.", "ErrorResponse")
+        responses["422"] = _json_response(
+            "The body is not JSON or does not fit the schema: one entry per bad field, at most "
+            f"{MAX_LISTED_ERRORS} (`omitted` counts the rest)."
+            + (" For /report also a patient whose labs cannot be used (implausible, unknown unit, unparseable)." if path == "/report" else ""),
+            "UnprocessableResponse",
+        )
+        body = operation.get("requestBody")
+        if body is not None:
+            body["required"] = path != "/metadata"
+            schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+            patients = schema.get("properties", {}).get("patients")
+            if path in BATCH_ROUTES and patients is not None:
+                patients["maxItems"] = settings.max_batch
+                named = schemas.get(f"{path.strip('/')}__Input", {}).get("properties", {}).get("patients")
+                if named is not None:
+                    named["maxItems"] = settings.max_batch
+    report = doc.get("paths", {}).get("/report", {}).get("post")
+    if report is not None:
+        report["responses"]["200"] = {
+            "description": "The self-contained one-patient HTML report.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    return doc
+
+
+@attr.frozen
+class PublishedSpec(OpenAPISpecification):
+    """BentoML's OpenAPI specification whose dictionary form is the published contract."""
+
+    def asdict(self) -> dict[str, Any]:
+        return publish_contract(super().asdict(), ServiceSettings.from_env())
+
+
+yaml.add_representer(PublishedSpec, lambda dumper, spec: dumper.represent_dict(spec.asdict()))
+
+
+class HardenedService(Service):
+    """A BentoML service whose ASGI app is wrapped in :class:`PathFilter` and whose OpenAPI is the real contract."""
+
+    def to_asgi(self, is_main: bool = True):
+        return PathFilter(super().to_asgi(is_main=is_main))
+
+    @property
+    def openapi_spec(self) -> OpenAPISpecification:
+        generated = super().openapi_spec
+        return PublishedSpec(**{a.name: getattr(generated, a.name) for a in attr.fields(OpenAPISpecification)})
 
 
 @bentoml.service(
@@ -165,23 +516,42 @@ def _error(status: int, error: str, detail) -> JSONResponse:
     description=(
         "Chance of a clinically meaningful pain or memory response on low-dose naltrexone and on placebo, the difference "
         "(benefit) with an interval, and why (SHAP). Decision support only, not a substitute for clinical judgement. "
-        "All data endpoints require 'Authorization: Bearer <token>'. Invalid bodies get 422 naming each field; a patient "
-        "with an unusable lab value gets its own 'errors' and no prediction while the others are scored; batches larger "
-        "than the configured limit get 413."
+        "All data endpoints require 'Authorization: Bearer <token>' and a JSON body. Invalid bodies get 422 naming each "
+        "field (at most 50 listed); a patient with an unusable lab value gets its own 'errors' and no prediction while the "
+        "others are scored; bodies over the size limit and batches over the batch limit get 413."
     ),
     traffic={"timeout": 60},
     workers=1,
+    # Loopback unless told otherwise (`--host`, BENTOML_HOST): a clinic puts its own proxy in front.
+    http={"host": "127.0.0.1"},
+    service_class=HardenedService,
 )
 class ResponderService:
+    @bentoml.on_deployment
+    def _check_before_binding() -> None:
+        """In the ``bentoml serve`` process, before the port is bound: settings and champions, or exit with one line."""
+        _protect_logs()
+        try:
+            ServiceSettings.from_env().require_token()
+            champions = _load_champions()
+        except Exception as err:  # also the registry itself (unreachable tracking server, broken store): one line
+            raise SystemExit(f"ldn-responders cannot start: {_reason(err)}") from None
+        log.info("verified %s", ", ".join(f"{c.ref.registered_model} v{c.ref.version}" for c in champions.values()))
+        del champions
+        supervision.start_supervision()
+
     def __init__(self) -> None:
         _protect_logs()
-        if _token() is None and not _insecure():
-            raise RuntimeError("RESPONDERS_API_TOKEN is not set; refusing to start (RESPONDERS_INSECURE_DEV=1 for local development)")
-        if _token() is None:
+        try:
+            settings = ServiceSettings.from_env()
+            settings.require_token()
+            champions = _load_champions()
+        except Exception as err:  # re-raised: under `bentoml serve` the server stops instead of respawning this worker
+            supervision.stop_supervisor(f"ldn-responders cannot start: {_reason(err)}")
+            raise
+        if settings.token is None:
             log.warning("serving WITHOUT authentication (RESPONDERS_INSECURE_DEV=1): development only")
-        bento_models = _bento_model_tags()
-        champions = load_bento_champions(SPEC, bento_models) if bento_models else resolve_champions(SPEC)
-        self.max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
+        self.max_batch = settings.max_batch
         self.scorer = Scorer(SPEC, champions, max_batch=self.max_batch)
         log.info("serving %s", ", ".join(f"{r.registered_model} v{r.version}" for r in self.scorer.refs.values()))
 
@@ -196,19 +566,23 @@ class ResponderService:
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
-        return self.scorer.predict([p.model_dump() for p in patients])
+        response = self.scorer.predict([p.model_dump() for p in patients])
+        _warn_duplicate_ids(response.results)
+        return response
 
     @bentoml.api(route="/explain")
     def explain(
         self,
         patients: Annotated[list[Patient], Field(min_length=1)],  # type: ignore[valid-type]
-        top: Annotated[int, Field(ge=1, le=100, description="drivers returned per output")] = 10,
+        top: Annotated[int, Field(ge=1, le=100, strict=True, description="drivers returned per output")] = 10,
     ) -> S.ExplainResponse:
         """SHAP contributions to the benefit and to P(response | naltrexone), ranked, with plain-language sentences."""
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
-        return self.scorer.explain([p.model_dump() for p in patients], top=top)
+        response = self.scorer.explain([p.model_dump() for p in patients], top=top)
+        _warn_duplicate_ids(response.results)
+        return response
 
     @bentoml.api(route="/report")
     def report(self, patient: Patient) -> str:  # type: ignore[valid-type]
@@ -217,7 +591,9 @@ class ResponderService:
 
         frame, problems = self.scorer.patient_frame(patient.model_dump())
         if problems:
-            return _error(422, "the patient cannot be scored", [p.model_dump() for p in problems])  # type: ignore[return-value]
+            fields = [{"field": p.field, "message": p.message, "type": p.code} for p in problems]
+            payload = _unprocessable_payload(fields) | {"error": "the patient cannot be scored"}
+            return JSONResponse(payload, status_code=422)  # type: ignore[return-value]
         models = {o: c.model for o, c in self.scorer.champions.items()}
         versions = {o: f"{r.registered_model} v{r.version}" for o, r in self.scorer.refs.items()}
         html = render_patient_report(models, frame, versions, now=datetime.now(UTC))
@@ -227,6 +603,33 @@ class ResponderService:
     def metadata(self) -> S.Metadata:
         """Outcomes, registry versions, training runs, evidence verdicts, label rules and the feature list with units."""
         return self.scorer.metadata()
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as one line; our own errors already say what failed, others get their type."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, (ConfigurationError, ChampionError)) else f"{type(err).__name__}: {text}"
+
+
+def _warn_duplicate_ids(results: list) -> None:
+    """Patients sharing an id are all scored, in request order; each gets a warning saying so."""
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, result in enumerate(results):
+        positions[result.patient_id].append(i + 1)
+    for result in results:
+        rows = positions[result.patient_id]
+        if len(rows) > 1:
+            message = (
+                f"this patient_id appears {len(rows)} times in the request (positions {', '.join(map(str, rows))}); "
+                "each is scored on its own, results follow the request order"
+            )
+            result.warnings = [*result.warnings, S.InputWarningOut(code="duplicate_id", field=SPEC.id_column, message=message)]
+
+
+def _load_champions():
+    """The champions to serve: those a built Bento carries, RESPONDERS_BENTO_MODELS, or the registry's aliases."""
+    tags = _bento_model_tags()
+    return load_bento_champions(SPEC, tags) if tags else resolve_champions(SPEC)
 
 
 def _bento_model_tags() -> list[str]:

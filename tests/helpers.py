@@ -96,3 +96,28 @@ def running(command: list[str], url: str, env: dict | None = None, cwd: str | Pa
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+_SERVING_STORE: dict = {}
+
+
+def serving_store(tmp_path_factory) -> dict:
+    """Champions trained once per test session on a simulated trial, in a fresh sqlite store.
+
+    Shared by the serving test modules (training takes a while); callers must not
+    change the store. Returns the tracking ``uri``, the directory ``tmp``, the
+    trial ``frame`` and the training ``summary``.
+    """
+    if not _SERVING_STORE:
+        from training.simulate import simulate
+        from training.spec import load_spec
+        from training.train import run_training
+
+        tmp = tmp_path_factory.mktemp("serving-store")
+        # A strong-subgroup trial, so that champions personalise and explanations have drivers.
+        frame = simulate("strong", 160, 8)
+        frame.to_csv(tmp / "trial.csv", index=False)
+        uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+        summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"permutations": 9}), tracking_uri=uri)
+        _SERVING_STORE.update(uri=uri, tmp=tmp, frame=frame, summary=summary)
+    return dict(_SERVING_STORE)

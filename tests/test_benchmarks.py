@@ -179,3 +179,17 @@ def test_a_partial_run_keeps_the_other_sections_figures(tmp_path):
     assert kept["training"].rstrip().endswith("figures C")
     earlier.write_text("# Benchmark results\n\n- Date: 2026-02-02 00:00 UTC\n\n" + kept["training"])
     assert run.previous_sections(earlier)["training"] == kept["training"]  # the original date stays
+
+
+def test_serving_load_test_table():
+    from benchmarks import serving
+
+    result = serving.LoadResult("BentoML /predict (ours)", "1 patient", 8, 200, 0, 20.0, [0.01 * (i % 7 + 1) for i in range(200)])
+    load = serving.LoadTest(result, rss_before=400 * 2**20, rss_peak=420 * 2**20, rss_after=410 * 2**20, processes=2)
+    markdown = serving.render_load_test(load, serving.QUICK)
+    (table,) = tables(markdown)
+    assert table[0][:3] == ["requests", "concurrency", "errors"]
+    assert table[1][:3] == ["200", "8", "0"] and table[1][-1] == "+10"
+    assert "Stopped by" not in markdown
+    short = serving.LoadTest(serving.LoadResult("x", "1 patient", 8, 50, 1, 120.0, [0.1] * 50), 1, 1, 1, 2)
+    assert "after 50 of 200 requests" in serving.render_load_test(short, serving.QUICK)

@@ -11,14 +11,13 @@ import mlflow
 import pandas as pd
 import pytest
 import schemathesis
-from helpers import fast_config, free_port, running
+from helpers import free_port, running, serving_store
 from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
 from serving.scoring import read_patients
 from training.simulate import simulate
 from training.spec import load_spec
-from training.train import run_training
 
 TOKEN = "test-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,12 +28,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Champions trained on a simulated trial, in a fresh store the service is pointed at."""
+    shared = serving_store(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("serving")
-    # A strong-subgroup trial, so that champions personalise and explanations have drivers.
-    frame = simulate("strong", 160, 8)
-    frame.to_csv(tmp / "trial.csv", index=False)
-    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-    summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"permutations": 9}), tracking_uri=uri)
+    uri, frame, summary = shared["uri"], shared["frame"], shared["summary"]
     settings_env = {
         "MLFLOW_TRACKING_URI": uri,
         "RESPONDERS_API_TOKEN": TOKEN,
@@ -183,6 +179,130 @@ def test_empty_oversized_and_malformed_bodies(client, patients):
     assert missing.status_code == 422 and missing.json()["detail"][0]["field"] == "patients"
 
 
+def test_body_size_limit_is_enforced_before_parsing(client, patients):
+    """A body over RESPONDERS_MAX_BODY_BYTES gets 413 naming the limit, whether its size is declared or not."""
+    from serving.service import DEFAULT_MAX_BODY_BYTES
+
+    huge = b'{"patients":[' + b",".join([b"1"] * (DEFAULT_MAX_BODY_BYTES // 2 + 10)) + b"]}"
+    declared = client.post("/predict", content=huge, headers={**AUTH, "content-type": "application/json"})
+    assert declared.status_code == 413, declared.text[:300]
+    assert f"the limit is {DEFAULT_MAX_BODY_BYTES} bytes" in declared.json()["detail"]
+
+    def chunks():  # no content-length: the limit is enforced while reading
+        for start in range(0, len(huge), 64 * 1024):
+            yield huge[start : start + 64 * 1024]
+
+    streamed = client.post("/explain", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert streamed.status_code == 413 and "RESPONDERS_MAX_BODY_BYTES" in streamed.json()["detail"]
+    assert client.post("/predict", json={"patients": patients[:1]}, headers=AUTH).status_code == 200
+
+
+def test_batch_limit_comes_before_item_validation_and_422_lists_a_bounded_number_of_errors(client, patients):
+    # 51 malformed items: one 413 naming the limit, not 51 validation errors.
+    over = client.post("/predict", json={"patients": [1] * 51}, headers=AUTH)
+    assert over.status_code == 413 and "51 patients sent; the limit is 50" in over.json()["detail"]
+    # 50 patients with 3 bad fields each: 150 errors, 50 listed, the rest counted.
+    bad = [dict(p, age="x", bmi="y", pain_baseline=99) for p in (patients * 9)[:50]]
+    response = client.post("/predict", json={"patients": bad}, headers=AUTH)
+    assert response.status_code == 422
+    body = response.json()
+    assert len(body["detail"]) == 50 and body["omitted"] == 100
+    assert "50 of 150 errors are listed, 100 omitted" in body["error"]
+    assert {d["field"] for d in body["detail"][:3]} == {"patients[0].age", "patients[0].bmi", "patients[0].pain_baseline"}
+
+
+@pytest.mark.parametrize("value", ["<0", "<0.0", "<=0", "<-1"])
+def test_censored_lab_at_or_below_zero_is_refused_per_patient(client, patients, value):
+    response = client.post("/predict", json={"patients": [dict(patients[0], rf=value), patients[1]]}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    refused, scored = response.json()["results"]
+    assert refused["predictions"] is None and [e["field"] for e in refused["errors"]] == ["rf"]
+    assert scored["predictions"] is not None
+
+
+def test_censored_lab_far_below_the_detection_limit_is_scored_as_below_the_limit(client, patients):
+    """``<0.0001``, ``<0.3`` (the catalogue LOD) and a plain 0 are the same fact: below the detection limit."""
+    forms = ["<0.0001", "<0.3", "0", 0.01, "<0.00001", "<0.001 mg/dL"]
+    results = []
+    for form in forms:
+        patient = dict(patients[0], crp=form) if form != "<0.001 mg/dL" else dict(patients[0], crp="<0.001", crp_unit="mg/dL")
+        [result] = client.post("/predict", json={"patients": [patient]}, headers=AUTH).json()["results"]
+        assert result["errors"] == [], (form, result["errors"])
+        assert ("below_detection_limit", "crp") in {(w["code"], w["field"]) for w in result["warnings"]}
+        results.append(result["predictions"])
+    assert all(_rounded(r) == _rounded(results[0]) for r in results[1:])
+
+
+@pytest.mark.parametrize("field", ["crp", "age", "pain_baseline", "ana"])
+def test_json_booleans_are_not_numbers(client, patients, field):
+    response = client.post("/predict", json={"patients": [dict(patients[0], **{field: True})]}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    fields = {d["field"] for d in response.json()["detail"]}
+    assert fields == {f"patients[0].{field}"}
+
+
+def test_numeric_strings_are_not_numbers_and_top_is_an_integer(client, patients):
+    assert client.post("/predict", json={"patients": [dict(patients[0], age="52")]}, headers=AUTH).status_code == 422
+    for top in ("3", 3.5, True):
+        response = client.post("/explain", json={"patients": patients[:1], "top": top}, headers=AUTH)
+        assert response.status_code == 422 and response.json()["detail"][0]["field"] == "top"
+
+
+def test_unknown_paths_are_404_and_create_no_metric_series(client):
+    for i in range(30):
+        assert client.get(f"/x-{i}").status_code == 404
+        assert client.post(f"/predict/x-{i}", headers=AUTH).status_code == 404
+    metrics = client.get("/metrics").text
+    assert "/x-" not in metrics and "endpoint=" in metrics  # the known endpoints are still measured
+
+
+@pytest.mark.parametrize("path", ["/predict", "/explain", "/report", "/metadata"])
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; charset=utf-8", "text/plain", "application/x-www-form-urlencoded"])
+def test_anything_but_json_is_415(client, path, content_type):
+    response = client.post(path, content=b'{"patients": []}', headers={**AUTH, "content-type": content_type})
+    assert response.status_code == 415, response.text
+    assert "application/json" in response.json()["detail"]
+
+
+def test_patient_ids_blank_control_duplicates(client, patients):
+    for bad in ["", " ", " A-17", "A-17 ", "A\x0017", "A\n17", "A\u200b17", "\u2028"]:
+        response = client.post("/predict", json={"patients": [patients[1], dict(patients[0], patient_id=bad)]}, headers=AUTH)
+        assert response.status_code == 422, repr(bad)
+        [problem] = response.json()["detail"]
+        assert problem["field"] == "patients[1].patient_id", problem
+    same = [dict(patients[0], patient_id="A-17"), dict(patients[1], patient_id="B-2"), dict(patients[2], patient_id="A-17")]
+    for route in ("/predict", "/explain"):
+        results = client.post(route, json={"patients": same}, headers=AUTH).json()["results"]
+        flagged = [[w for w in r["warnings"] if w["code"] == "duplicate_id"] for r in results]
+        assert [len(f) for f in flagged] == [1, 0, 1]
+        assert "2 times" in flagged[0][0]["message"] and "positions 1, 3" in flagged[0][0]["message"]
+    assert client.post("/predict", json={"patients": [dict(patients[0], patient_id="Ærø 12")]}, headers=AUTH).status_code == 200
+
+
+def test_index_page_is_ours_and_loads_nothing(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert 'href="/docs.json"' in html and 'href="/readyz"' in html
+    for external in ("<script", "http://", "https://", "<link", "<img", "src="):
+        assert external not in html
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_openapi_declares_security_errors_and_html(client):
+    doc = client.get("/docs.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {**doc["components"]["securitySchemes"]["bearer"], "type": "http", "scheme": "bearer"}
+    for path in ("/predict", "/explain", "/report", "/metadata"):
+        operation = doc["paths"][path]["post"]
+        assert operation["security"] == [{"bearer": []}]
+        assert {"200", "401", "413", "415", "422"} <= set(operation["responses"])
+        assert operation["requestBody"]["required"] is (path != "/metadata")
+    assert list(doc["paths"]["/report"]["post"]["responses"]["200"]["content"]) == ["text/html"]
+    patients = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["patients"]
+    assert patients["maxItems"] == 50
+    assert doc["components"]["schemas"]["Patient"]["properties"]["patient_id"]["pattern"]
+
+
 def test_auth(client, patients):
     body = {"patients": patients[:1]}
     assert client.post("/predict", json=body).status_code == 401
@@ -294,11 +414,11 @@ def test_real_bentoml_serve_process(store, patients, tmp_path):
 
 @pytest.mark.integration
 def test_service_refuses_to_start_without_token(store, tmp_path):
-    from serving.service import ResponderService
+    from serving.service import ConfigurationError, ResponderService
 
     saved = os.environ.pop("RESPONDERS_API_TOKEN")
     try:
-        with pytest.raises(RuntimeError, match="RESPONDERS_API_TOKEN"):
+        with pytest.raises(ConfigurationError, match="RESPONDERS_API_TOKEN"):
             ResponderService.inner()  # the worker's constructor, as `bentoml serve` calls it
     finally:
         os.environ["RESPONDERS_API_TOKEN"] = saved

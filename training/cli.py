@@ -210,14 +210,36 @@ def predict(
 def serve(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (or --host)")] = 3000,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    spec: SpecOption = None,
     insecure_dev: Annotated[
         bool, typer.Option("--insecure-dev", help="development only: serve without a bearer token if RESPONDERS_API_TOKEN is unset")
     ] = False,
 ) -> None:
-    """Serve the champions as a REST API (BentoML); needs RESPONDERS_API_TOKEN unless --insecure-dev."""
-    import subprocess
+    """Serve the champions as a REST API (BentoML); needs RESPONDERS_API_TOKEN unless --insecure-dev.
 
-    env = dict(os.environ)
+    The champions are loaded and checked before the port is bound; the command
+    exits non-zero with one line when they cannot be served. This process
+    becomes the BentoML server (no wrapper left behind), so SIGTERM or Ctrl-C
+    stops it and frees the port.
+    """
+    command = serve_command(port=port, host=host)
+    env = serve_environment(dict(os.environ), spec=spec, insecure_dev=insecure_dev)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+
+
+def serve_command(port: int, host: str) -> list[str]:
+    """The ``bentoml serve`` command line that ``responders serve`` becomes."""
+    return [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", host, "--port", str(port)]
+
+
+def serve_environment(env: dict[str, str], spec: str | None = None, insecure_dev: bool = False) -> dict[str, str]:
+    """The server's environment: token policy checked, the dataset spec resolved (exits 2 when unusable)."""
+    import yaml
+
+    from training.spec import load_spec
+
     if insecure_dev:
         env["RESPONDERS_INSECURE_DEV"] = "1"
         if not env.get("RESPONDERS_API_TOKEN"):
@@ -225,8 +247,15 @@ def serve(
     elif not env.get("RESPONDERS_API_TOKEN"):
         typer.echo("Refusing to start: set RESPONDERS_API_TOKEN (or pass --insecure-dev for local development).", err=True)
         raise typer.Exit(2)
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command, env=env))
+    if spec is not None:
+        try:
+            load_spec(spec)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            typer.echo(f"Refusing to start: spec {spec!r}: {' '.join(str(err).split())}", err=True)
+            raise typer.Exit(2) from None
+        # A file is found again by the server whatever its working directory; a packaged name stays a name.
+        env["RESPONDERS_SPEC"] = str(Path(spec).resolve()) if Path(spec).is_file() else spec
+    return env
 
 
 @report_app.command("cohort")
