@@ -14,6 +14,7 @@ import numpy as np
 
 from training.candidates import candidate_label
 from training.data import ValidationReport
+from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
 from training.labels import LabelCounts
 from training.model import ResponderModel
@@ -61,6 +62,8 @@ class OutcomeResult:
     gate: list[str] = field(default_factory=list)
     champion_version: str | None = None
     figures: dict[str, str] = field(default_factory=dict)  # evaluation plots as PNG data URIs (logged and reported)
+    # The average effect under the other missing-follow-up policy, when > 10% of follow-up is missing.
+    average_effect_sensitivity: AverageEffect | None = None
 
     @property
     def procedure(self) -> str:
@@ -90,6 +93,11 @@ class OutcomeResult:
             "n_responders": self.counts.responders,
             "n_missing_followup": self.counts.missing_followup,
             "missing_followup_policy": self.counts.missing_policy,
+            "n_counted_non_responder": self.counts.counted_non_responder,
+            "n_excluded": self.counts.excluded,
+            "average_effect_sensitivity": (
+                self.average_effect_sensitivity.to_dict() if self.average_effect_sensitivity is not None else None
+            ),
             "selections": self.cv.selections,
             "metrics": metrics,
             "run_id": self.run_id,
@@ -132,7 +140,7 @@ class TrainSummary:
                 f"- {s['outcome']}: {verdict} (permutation p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}, "
                 f"B = {s['permutations']})",
                 f"    champion candidate: {s['champion']} ({s['reason']})",
-                f"    out-of-fold (nested CV): AUC naltrexone {_fmt(m.get('auc_treated'))}, placebo {_fmt(m.get('auc_control'))}; "
+                f"    out-of-fold (nested CV): AUC treated {_fmt(m.get('auc_treated'))}, control {_fmt(m.get('auc_control'))}; "
                 f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
                 f"AUTOC {_fmt(m.get('autoc_averaged'))} [{_fmt(m.get('autoc_lower'))}, {_fmt(m.get('autoc_upper'))}]; "
                 f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",

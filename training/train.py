@@ -28,7 +28,7 @@ from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from training.evaluation import OutcomeData, cross_validate, holm, permutation_test
 from training.executor import make_executor
-from training.labels import LabelCounts, responder_labels
+from training.labels import LabelCounts, responder_labels, sensitivity_effects
 from training.model import Evidence, ResponderModel
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
@@ -53,7 +53,7 @@ def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: T
     )
     keep = labels.notna().to_numpy()
     X = model_inputs(frame, spec).loc[keep].reset_index(drop=True)
-    t = (frame[spec.arm.column].to_numpy() == spec.arm.treated)[keep].astype(int)
+    t = spec.arm.is_treated(frame[spec.arm.column])[keep].astype(int)
     y = labels.to_numpy()[keep].astype(int)
     return OutcomeData(X, t, y, spec.arm.treated_fraction), counts
 
@@ -263,6 +263,10 @@ def run_training(
                             mlflow.log_metric("times_selected", cv.selections[name])
                     permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
                     results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
+
+        # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
+        for outcome, effect in sensitivity_effects(frame, spec, config).items():
+            results[outcome].average_effect_sensitivity = effect
 
         adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
         for outcome, result in results.items():
