@@ -135,7 +135,7 @@ class LabelRule(_Strict):
         return (
             f"likely_benefit: interval lower bound > {self.likely_lower_above:+.0%} and estimate >= "
             f"{self.likely_min_benefit:.0%}; unlikely_benefit: interval upper bound < {self.unlikely_upper_below:+.0%}; "
-            "otherwise uncertain (benefit = naltrexone minus placebo probability of a clinically meaningful response)"
+            "otherwise uncertain (benefit = active minus control arm probability of a clinically meaningful response)"
         )
 
     def label(self, benefit, lower, upper):

@@ -19,11 +19,15 @@ import pandas as pd
 from features.transformers import FeatureInfo, _upper_reference
 from training.candidates import Contributions
 from training.model import ResponderModel
+from training.spec import DatasetSpec
 
-TARGETS = {
-    "benefit": "the predicted benefit",
-    "p_response_treated": "the chance of a meaningful response on naltrexone",
-}
+
+def targets(spec: DatasetSpec) -> dict[str, str]:
+    """What each explained output is, in a sentence, with the spec's name of the active arm."""
+    return {
+        "benefit": "the predicted benefit",
+        "p_response_treated": f"the chance of a meaningful response on {spec.treated_inline()}",
+    }
 
 
 @dataclass
@@ -91,6 +95,10 @@ class _Describer:
         self._lab_cache: dict[tuple[int, str], tuple[str, str]] = {}
         self.raw = raw
         spec = model.spec
+        self.spec = spec
+        self.targets = targets(spec)
+        # Per categorical covariate: its label and code -> name (looked up once per cell otherwise).
+        self.levels = {c: (spec.covariates[c].label or c, spec.covariates[c].level_names()) for c in spec.categorical_covariates()}
         self.age_column, self.sex_column, self.female = spec.roles.age, spec.roles.sex, spec.roles.female
 
     def lab_text(self, i: int, analyte: str) -> tuple[str, str]:
@@ -129,7 +137,17 @@ class _Describer:
                 flag = "above the reference limit"
         return shown, flag
 
+    def level_text(self, i: int, column: str) -> str:
+        """The patient's level of a categorical covariate, by the name people read ("Drug: Yes")."""
+        label, names = self.levels[column]
+        value = self.columns[column][i]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return f"{label} not given (imputed)"
+        return f"{label}: {names.get(str(value), str(value))}"
+
     def describe(self, i: int, info: FeatureInfo, feature_value: float) -> tuple[str, str]:
+        if info.source in self.levels and info.source in self.columns:
+            return self.level_text(i, info.source), ""
         if info.source and info.source in self.catalog.analytes and info.group in {"inflammation", "autoantibody"}:
             return self.lab_text(i, info.source)
         if info.group == "data quality" and info.source in self.catalog.analytes:
@@ -141,11 +159,12 @@ class _Describer:
 
 
 def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
+    """One plain sentence; ``target`` is what the output is (see :func:`targets`)."""
     points = abs(contribution) * 100
     verb = "raises" if contribution > 0 else "lowers"
     flag_text = f", {flag}," if flag else ""
     amount = "less than 1 percentage point" if points < 1 else f"{points:.0f} percentage point{'s' * (round(points) != 1)}"
-    return f"{display}{flag_text} {verb} {TARGETS[target]} by {amount}."
+    return f"{display}{flag_text} {verb} {target} by {amount}."
 
 
 def _output(
@@ -170,7 +189,7 @@ def _output(
                 display_value=display,
                 unit=meta.unit,
                 contribution=float(values[j]),
-                sentence=_sentence(display, flag, float(values[j]), target),
+                sentence=_sentence(display, flag, float(values[j]), describer.targets[target]),
             )
         )
     base, prediction = float(contributions.base[i]), float(contributions.output[i])
@@ -179,7 +198,7 @@ def _output(
 
 
 def explain_patients(model: ResponderModel, raw: pd.DataFrame) -> list[PatientExplanation]:
-    """SHAP explanation of benefit and of P(responder | naltrexone) for every row of ``raw``.
+    """SHAP explanation of benefit and of P(responder | treated arm) for every row of ``raw``.
 
     Raises ``AssertionError`` if contributions do not add up to the model output
     (the candidates check exactness, this checks the assembled result).
