@@ -108,7 +108,7 @@ def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -
     if categorical:
         # The spec's levels fix the categories (reference level first), so a binary covariate is one
         # 0/1 indicator of its other level and every model sees the same columns, whatever a fold holds.
-        levels = [spec.covariates[c].level_codes() for c in categorical]
+        levels = [spec.covariates[c].encoding_order() for c in categorical]
         feature_parts.append(
             (
                 "categorical",

@@ -155,7 +155,7 @@ class OutcomePrediction(BaseModel):
     label_rule: str
     responder_rule: str = Field(
         description="What counts as a clinically meaningful response, e.g. '>= 30% reduction from baseline' or "
-        "'no event: no post-ERCP pancreatitis by follow-up'."
+        "'no post-ERCP pancreatitis' (a binary event to prevent)."
     )
     evidence: Evidence
     model: ModelRef

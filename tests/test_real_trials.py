@@ -126,7 +126,7 @@ def test_indomethacin_lowers_post_ercp_pancreatitis(store):
     assert (effect.n_treated - effect.responders_treated, effect.n_control - effect.responders_control) == (27, 52)
     assert effect.ci_low > 0
     assert abs(_cohort_benefit(store, job, "pancreatitis") - effect.risk_difference) < 0.05
-    assert job["json"]["outcomes"]["pancreatitis"]["responder_rule"] == "no event: no post-ERCP pancreatitis by follow-up"
+    assert job["json"]["outcomes"]["pancreatitis"]["responder_rule"] == "no post-ERCP pancreatitis"
 
 
 def test_periodontal_treatment_leaves_birth_outcomes_and_improves_pockets(store):

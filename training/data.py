@@ -330,11 +330,31 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
     return report
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of neighbours."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def likely_typo(column: str, candidates: list[str]) -> str | None:
+    """A candidate one slip away from ``column`` (case aside; two for long names): cpr for crp, CRP, hs_crp_ for hs_crp."""
+    best = min(candidates, key=lambda c: _edit_distance(column.lower(), str(c).lower()), default=None)
+    if best is None:
+        return None
+    distance = _edit_distance(column.lower(), str(best).lower())
+    return best if distance <= 1 or (distance <= 2 and len(column) >= 8) else None
+
+
 def _absent_optional(report: ValidationReport, column: str, what: str, unclaimed: list[str], present: list[str]) -> None:
-    """An optional spec column the file lacks: an error when the file has a near-identical column the
-    spec does not know (almost surely a typo in one of them), else a warning naming the closest column."""
-    typo = closest_column(column, unclaimed)
-    if typo is not None and difflib.SequenceMatcher(None, column.lower(), typo.lower()).ratio() >= 0.75:
+    """An optional spec column the file lacks: an error when the file has a column one slip away that the
+    spec does not know (a typo in one of them), else a warning naming the closest column, if any."""
+    typo = likely_typo(column, unclaimed)
+    if typo is not None:
         report.add(
             "error", "missing_column", column, [],
             f"{what} named in the spec is not in the file, which has an unknown column {typo!r}: did you mean {typo!r}? "

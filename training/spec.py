@@ -32,12 +32,23 @@ def inline(name: str) -> str:
     return name
 
 
-def _no_yaml_booleans(value: Any, what: str) -> Any:
-    """YAML reads unquoted yes/no/true/false as booleans; a category code must say which text it means."""
+def _yaml_codes(value: Any, what: str) -> Any:
+    """YAML reads unquoted yes/no/true/false as booleans; a category code must say which text it means.
+
+    Float codes become their canonical form (1.0 is the code 1), so a spec may write codes as a file does.
+    """
     values = [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else [value]
     if any(isinstance(v, bool) for v in values):
         raise ValueError(f"{what}: write yes/no/true/false in quotes (YAML reads them as booleans), e.g. ['no', 'yes']")
-    return value
+
+    def code(v: Any) -> Any:
+        return (int(v) if v.is_integer() else repr(v)) if isinstance(v, float) else v
+
+    if isinstance(value, dict):
+        return {code(k): v for k, v in value.items()}
+    if isinstance(value, list):
+        return [code(v) for v in value]
+    return code(value)
 
 
 class _Strict(BaseModel):
@@ -55,7 +66,7 @@ class ArmSpec(_Strict):
     @field_validator("treated", "control", mode="before")
     @classmethod
     def _codes(cls, value: Any) -> Any:
-        return _no_yaml_booleans(value, "arm codes")
+        return _yaml_codes(value, "arm codes")
 
     @model_validator(mode="after")
     def _distinct(self) -> ArmSpec:
@@ -111,7 +122,7 @@ class EventSpec(_Strict):
     @field_validator("present", "absent", mode="before")
     @classmethod
     def _codes(cls, value: Any) -> Any:
-        return _no_yaml_booleans(value, "event codes")
+        return _yaml_codes(value, "event codes")
 
     @model_validator(mode="after")
     def _distinct(self) -> EventSpec:
@@ -197,7 +208,7 @@ class OutcomeSpec(_Strict):
         """The responder rule in words (the override ``rule`` for score outcomes, when given)."""
         if self.kind == "binary":
             assert self.event is not None
-            return f"event: {inline(self.label)} by follow-up" if self.event.good else f"no event: no {inline(self.label)} by follow-up"
+            return inline(self.label) if self.event.good else f"no {inline(self.label)}"
         return (rule or self.responder).describe(self.better, self.unit)
 
 
@@ -222,7 +233,7 @@ class CovariateSpec(_Strict):
     @field_validator("levels", "reference", mode="before")
     @classmethod
     def _codes(cls, value: Any) -> Any:
-        return _no_yaml_booleans(value, "levels") if value is not None else value
+        return _yaml_codes(value, "levels") if value is not None else value
 
     @model_validator(mode="after")
     def _check(self) -> CovariateSpec:
@@ -239,10 +250,14 @@ class CovariateSpec(_Strict):
         return self
 
     def level_codes(self) -> list[str]:
-        """Canonical codes (see :func:`level_key`), the reference level first."""
-        keys = [level_key(v) for v in (self.levels or [])]
-        ref = level_key(self.reference) if self.reference is not None else None
-        return [k for k in keys if k is not None and k == ref] + [k for k in keys if k is not None and k != ref]
+        """Canonical codes (see :func:`level_key`) in the spec's order."""
+        return [k for k in (level_key(v) for v in (self.levels or [])) if k is not None]
+
+    def encoding_order(self) -> list[str]:
+        """The codes with the reference level first: the order the one-hot encoder drops from."""
+        keys = self.level_codes()
+        ref = level_key(self.reference) if self.reference is not None else keys[0]
+        return [ref] + [k for k in keys if k != ref]
 
     def level_names(self) -> dict[str, str]:
         """Canonical code -> the name shown to people (the code itself unless ``levels`` maps it)."""
