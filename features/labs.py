@@ -2,7 +2,8 @@
 
 Rules (all limits come from the lab catalog):
 
-- Missing: empty, ``NA``, ``n/a``, ``nan``, ``-`` or ``not done`` -> NaN (imputed later).
+- Missing: empty, ``NA``, ``n/a``, ``nan``, ``-``, ``.`` (SAS and Stata exports) or ``not done`` -> NaN
+  (imputed later).
 - Numbers may be given as numbers or text, with a decimal point or a decimal comma.
 - Units: a value in an accepted unit is multiplied by the catalog factor to give
   the canonical unit; an unknown unit is an error.
@@ -44,7 +45,7 @@ import pandas as pd
 
 from features.catalog import Analyte
 
-MISSING_TEXT = frozenset({"", "na", "n/a", "nan", "none", "null", "-", "not done", "nd", "missing"})
+MISSING_TEXT = frozenset({"", ".", "na", "n/a", "nan", "none", "null", "-", "not done", "nd", "missing"})
 NEGATIVE_TEXT = frozenset({"negative", "neg", "neg.", "not detected", "undetectable", "non-reactive"})
 POSITIVE_TEXT = frozenset({"positive", "pos", "pos.", "reactive", "detected"})
 

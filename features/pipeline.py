@@ -35,7 +35,12 @@ if TYPE_CHECKING:
 
 
 def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -> Pipeline:
-    """The unfitted feature pipeline for ``spec``: parse labs -> impute -> engineer features."""
+    """The unfitted feature pipeline for ``spec``: parse labs -> impute -> engineer features.
+
+    Every step is present only when the spec gives it inputs: a trial without
+    labs has no lab imputer, inflammation or autoantibody features and no
+    missing-lab indicators, rather than empty or constant ones.
+    """
     catalog = load_catalog(catalog_path)
     spec.check_catalog(catalog)
     analytes = list(spec.labs)
@@ -55,13 +60,17 @@ def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -
         categorical=tuple(categorical),
         catalog_path=catalog_path,
     )
-    impute_parts: list[tuple[str, Any, list[str]]] = [
-        ("labs", MedianImputer(add_indicator=True), analytes),
-        ("numeric", MedianImputer(add_indicator=False), numeric),
-    ]
+    # A ColumnTransformer silently skips a part with no columns (it is never fitted), so parts are
+    # added only when they have inputs; readers look parts up by name and treat absence as "none".
+    impute_parts: list[tuple[str, Any, list[str]]] = []
+    if analytes:
+        impute_parts.append(("labs", MedianImputer(add_indicator=True), analytes))
+    if numeric:
+        impute_parts.append(("numeric", MedianImputer(add_indicator=False), numeric))
     if categorical:
         impute_parts.append(("categorical", SimpleImputer(strategy="most_frequent"), categorical))
-    impute_parts.append(("flags", "passthrough", [f"{a}_below_lod" for a in with_lod]))
+    if with_lod:
+        impute_parts.append(("flags", "passthrough", [f"{a}_below_lod" for a in with_lod]))
     impute = ColumnTransformer(impute_parts, verbose_feature_names_out=False)
 
     roles = spec.roles
@@ -81,30 +90,58 @@ def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -
         )
     if autoantibody:
         feature_parts.append(("autoantibody", AutoantibodyFeatures(analytes=tuple(autoantibody), catalog_path=catalog_path), autoantibody))
-    feature_parts.append(
-        (
-            "symptoms",
-            SymptomFeatures(
-                scores=tuple(baselines),
-                memory=dominance.memory if dominance else None,
-                pain=dominance.pain if dominance else None,
-            ),
-            symptom_inputs,
+    if symptom_inputs:
+        feature_parts.append(
+            (
+                "symptoms",
+                SymptomFeatures(
+                    scores=tuple(baselines),
+                    memory=dominance.memory if dominance else None,
+                    pain=dominance.pain if dominance else None,
+                ),
+                symptom_inputs,
+            )
         )
-    )
     other_numeric = [c for c in numeric if c not in baselines]
     if other_numeric:
         feature_parts.append(("covariates", "passthrough", other_numeric))
     if categorical:
+        # The spec's levels fix the categories (reference level first), so a binary covariate is one
+        # 0/1 indicator of its other level and every model sees the same columns, whatever a fold holds.
+        levels = [spec.covariates[c].encoding_order() for c in categorical]
         feature_parts.append(
-            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)
+            (
+                "categorical",
+                OneHotEncoder(categories=levels, drop="if_binary", handle_unknown="ignore", sparse_output=False),
+                categorical,
+            )
         )
     flags = [f"{a}_below_lod" for a in with_lod] + [f"{a}_missing" for a in analytes]
-    feature_parts.append(("flags", "passthrough", flags))
+    if flags:
+        feature_parts.append(("flags", "passthrough", flags))
     features = ColumnTransformer(feature_parts, verbose_feature_names_out=False)
 
     pipeline = Pipeline([("parse", parse), ("impute", impute), ("features", features)])
     return pipeline.set_output(transform="pandas")
+
+
+def fitted_parts(column_transformer: ColumnTransformer) -> dict[str, tuple[Any, list[str]]]:
+    """Name -> (fitted transformer, its input columns) of a fitted ColumnTransformer (absent parts are absent)."""
+    return {name: (est, list(cols)) for name, est, cols in column_transformer.transformers_ if name != "remainder"}
+
+
+def categorical_levels(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, tuple[list[str], list[str]]]:
+    """Column -> (all level codes, the codes that have an indicator) of the fitted one-hot encoder."""
+    parts = fitted_parts(pipeline.named_steps["features"])
+    if "categorical" not in parts:
+        return {}
+    encoder, columns = parts["categorical"]
+    out = {}
+    for j, (column, levels) in enumerate(zip(columns, encoder.categories_, strict=True)):
+        dropped = encoder.drop_idx_[j] if encoder.drop_idx_ is not None else None
+        shown = [str(level) for k, level in enumerate(levels) if dropped is None or k != dropped]
+        out[column] = ([str(level) for level in levels], shown)
+    return out
 
 
 def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo]:
@@ -113,21 +150,28 @@ def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo
     catalog = parse.catalog_
     features: ColumnTransformer = pipeline.named_steps["features"]
     info: dict[str, FeatureInfo] = {}
-    for name, transformer, columns in features.transformers_:
+    for transformer, _ in fitted_parts(features).values():
         if hasattr(transformer, "feature_info"):
             info.update({f.name: f for f in transformer.feature_info()})
-        elif name == "categorical":
-            for column, levels in zip(columns, transformer.categories_, strict=True):
-                label = spec.covariates[column].label or column
-                for level in levels:
-                    info[f"{column}_{level}"] = FeatureInfo(
-                        f"{column}_{level}", f"{label} is {level} (1 = yes)", "0/1", column, "covariate", f"{label} {level}"
-                    )
+    for column, (levels, shown) in categorical_levels(pipeline, spec).items():
+        cov = spec.covariates[column]
+        label = cov.label or column
+        names = cov.level_names()
+        reference = f" (vs {names.get(levels[0], levels[0])})" if len(levels) == 2 else ""
+        for level in shown:
+            info[f"{column}_{level}"] = FeatureInfo(
+                f"{column}_{level}",
+                f"{label}: {names.get(level, level)}{reference} (1 = yes)",
+                "0/1",
+                column,
+                "covariate",
+                f"{label}: {names.get(level, level)}",
+            )
     for column in spec.baseline_score_columns():
-        outcome = next(o for o in spec.outcomes.values() if o.baseline == column)
-        info[column] = FeatureInfo(
-            column, f"Baseline {outcome.label}", outcome.unit, column, "symptom", f"Baseline {outcome.label.split(' (')[0].lower()}"
-        )
+        outcome = spec.baseline_outcome(column)
+        label = spec.baseline_label(column)
+        short = label if outcome.baseline_label else f"Baseline {outcome.label.split(' (')[0].lower()}"
+        info[column] = FeatureInfo(column, label, outcome.unit, column, "symptom", short)
     if spec.cognitive_dominance is not None:
         info["cognitive_dominance"] = FeatureInfo(
             "cognitive_dominance",
@@ -214,15 +258,13 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
     parse: LabParser = pipeline.named_steps["parse"]
     catalog = parse.catalog_
     parsed, _ = parse.parse(X)
-    impute: ColumnTransformer = pipeline.named_steps["impute"]
-    transformers = {name: (est, cols) for name, est, cols in impute.transformers_}
+    transformers = fitted_parts(pipeline.named_steps["impute"])
     warnings: list[list[InputWarning]] = [[] for _ in range(len(X))]
 
-    lab_imputer, lab_columns = transformers["labs"]
-    num_imputer, num_columns = transformers["numeric"]
-    for imputer, columns, kind in ((lab_imputer, lab_columns, "lab"), (num_imputer, num_columns, "numeric")):
-        if not columns:
+    for part, kind in (("labs", "lab"), ("numeric", "numeric")):
+        if part not in transformers:
             continue
+        imputer, columns = transformers[part]
         values = parsed[columns]
         outside = imputer.out_of_range(values)
         missing = values.isna().to_numpy()
@@ -262,15 +304,17 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
             )
     if "categorical" in transformers:
         imputer, columns = transformers["categorical"]
-        encoder = pipeline.named_steps["features"].named_transformers_["categorical"]
-        for column, fill, levels in zip(columns, imputer.statistics_, encoder.categories_, strict=True):
-            values = parsed[column]
-            for i, value in enumerate(values):
+        seen = getattr(parse, "levels_seen_", {})
+        for column, fill in zip(columns, imputer.statistics_, strict=True):
+            names = spec.covariates[column].level_names() if column in spec.covariates else {}
+            label = _covariate_label(spec, column)
+            known = set(seen.get(column, names))
+            for i, value in enumerate(parsed[column]):
                 if pd.isna(value):
-                    warnings[i].append(InputWarning("imputed", column, f"{_covariate_label(spec, column)} not given: imputed as {fill!r}"))
-                elif value not in set(levels):
+                    warnings[i].append(InputWarning("imputed", column, f"{label} not given: imputed as {names.get(str(fill), fill)!r}"))
+                elif value not in known:
                     warnings[i].append(
-                        InputWarning("unseen_category", column, f"{_covariate_label(spec, column)} {value!r} was not seen in training")
+                        InputWarning("unseen_category", column, f"{label} {names.get(value, value)!r} was not seen in training")
                     )
     return warnings
 
@@ -278,9 +322,8 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
 def _covariate_label(spec: DatasetSpec, column: str) -> str:
     if column in spec.covariates:
         return spec.covariates[column].label or column
-    for outcome in spec.outcomes.values():
-        if outcome.baseline == column:
-            return f"Baseline {outcome.label}"
+    if column in spec.baseline_score_columns():
+        return spec.baseline_label(column)
     return column
 
 

@@ -20,7 +20,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.catalog import Analyte, LabCatalog, load_catalog
-from features.labs import LabIssue, parse_lab_series
+from features.codes import level_key as _level_key
+from features.labs import LabIssue, is_missing, parse_lab_series
 
 # Markers that make up the composite inflammation index and the count above
 # reference (IL-10 is anti-inflammatory and lymphocytes fall in inflammation,
@@ -88,7 +89,8 @@ class LabParser(TransformerMixin, BaseEstimator):
     numeric : tuple of str
         Numeric input columns (coerced to float; non-numbers become missing).
     categorical : tuple of str
-        Categorical input columns (kept as text).
+        Categorical input columns, as canonical level codes (text; the number 1,
+        the text "1" and "1.0" are the same code, see ``training.spec.level_key``).
     catalog_path : str or None
         Lab catalog YAML; None uses the packaged catalog.
     """
@@ -106,6 +108,11 @@ class LabParser(TransformerMixin, BaseEstimator):
             raise ValueError(f"labs missing from the catalog: {missing}")
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
+        # Which codes training saw: a level the spec allows but training never saw gets a warning at prediction.
+        self.levels_seen_ = {
+            column: sorted({c for c in map(_level_key, X[column]) if c is not None}) if column in X.columns else []
+            for column in self.categorical
+        }
         return self
 
     def parse(self, X: pd.DataFrame) -> tuple[pd.DataFrame, list[LabIssue]]:
@@ -113,16 +120,14 @@ class LabParser(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "catalog_")
         n = len(X)
         out: dict[str, np.ndarray] = {}
+        issues: list[LabIssue] = []
         for column in self.numeric:
-            out[column] = (
-                pd.to_numeric(X[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-                if column in X.columns
-                else np.full(n, np.nan)
-            )
+            out[column], bad = _numbers(X[column]) if column in X.columns else (np.full(n, np.nan), [])
+            issues.extend(LabIssue(X.index[i], column, column, X[column].iat[i], "not a number") for i in bad)
         for column in self.categorical:
             values = X[column].to_numpy(dtype=object) if column in X.columns else np.full(n, None, dtype=object)
-            out[column] = np.array([np.nan if v is None or v is pd.NA or v != v else v for v in values], dtype=object)
-        issues: list[LabIssue] = []
+            codes = [_level_key(v) for v in values]
+            out[column] = np.array([np.nan if c is None else c for c in codes], dtype=object)
         flags: dict[str, np.ndarray] = {}
         for analyte, column, unit in self.labs:
             if column in X.columns:
@@ -144,6 +149,16 @@ class LabParser(TransformerMixin, BaseEstimator):
         names = list(self.numeric) + list(self.categorical) + [a for a, _, _ in self.labs]
         names += [f"{a}_below_lod" for a, _, _ in self.labs]
         return np.asarray(names, dtype=object)
+
+
+def _numbers(values: pd.Series) -> tuple[np.ndarray, list[int]]:
+    """Floats from numbers or numeric text (decimal comma allowed); positions of cells that are not numbers."""
+    if values.dtype.kind in "iufb":
+        return values.to_numpy(dtype=float, na_value=np.nan), []
+    text = values.astype(object).map(lambda v: v.strip().replace(",", ".") if isinstance(v, str) else v)
+    numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    bad = [i for i, (raw, number) in enumerate(zip(values, numbers, strict=True)) if np.isnan(number) and not is_missing(raw)]
+    return numbers, bad
 
 
 class MedianImputer(TransformerMixin, BaseEstimator):

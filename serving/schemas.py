@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from features.catalog import LabCatalog
-from training.spec import DatasetSpec
+from features.codes import level_key
+from training.spec import CovariateSpec, DatasetSpec
 
 Label = Literal["likely_benefit", "uncertain", "unlikely_benefit"]
 
@@ -53,6 +54,24 @@ def _lab_description(catalog: LabCatalog, analyte: str, column: str) -> str:
     return " ".join(parts)
 
 
+def _as_code(value: Any) -> Any:
+    """A category code sent as a JSON number or text, in its canonical text form (1, 1.0, "1" -> "1")."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return level_key(value)
+    return value
+
+
+def _categorical_field(column: str, cov: CovariateSpec) -> Any:
+    codes = tuple(cov.level_codes())
+    names = cov.level_names()
+    shown = ", ".join(code if names.get(code, code) == code else f"{code} ({names[code]})" for code in codes)
+    return Annotated[
+        Literal[codes],  # type: ignore[valid-type]
+        BeforeValidator(_as_code),
+        Field(description=f"{cov.label or column}: one of {shown} (a JSON number or text)."),
+    ]
+
+
 def patient_model(spec: DatasetSpec, catalog: LabCatalog) -> type[BaseModel]:
     """A pydantic model of one patient's baseline data for ``spec``."""
     required = set(spec.required_columns())
@@ -71,10 +90,12 @@ def patient_model(spec: DatasetSpec, catalog: LabCatalog) -> type[BaseModel]:
             ...,
         )
     }
-    for outcome in spec.outcomes.values():
+    for column in spec.baseline_score_columns():
+        outcome = spec.baseline_outcome(column)
+        assert outcome.scale is not None
         low, high = outcome.scale
-        fields[outcome.baseline] = (
-            Annotated[float, Field(ge=low, le=high, description=f"Baseline {outcome.label}; {outcome.unit}, {low:g}-{high:g}.")],
+        fields[column] = (
+            Annotated[float, Field(ge=low, le=high, description=f"{spec.baseline_label(column)}; {outcome.unit}, {low:g}-{high:g}.")],
             ...,
         )
     for column, cov in spec.covariates.items():
@@ -85,8 +106,7 @@ def patient_model(spec: DatasetSpec, catalog: LabCatalog) -> type[BaseModel]:
             rng = f", {low:g}-{high:g}" if low is not None else ""
             annotation = Annotated[float, Field(ge=low, le=high, description=f"{label}{unit}{rng}.")]
         else:
-            levels = tuple(cov.levels or [])
-            annotation = Annotated[Literal[levels], Field(description=f"{label}: one of {', '.join(levels)}.")]  # type: ignore[valid-type]
+            annotation = _categorical_field(column, cov)
         if column in required:
             fields[column] = (annotation, ...)
         else:
@@ -140,14 +160,21 @@ class ModelRef(BaseModel):
 
 
 class OutcomePrediction(BaseModel):
-    p_response_treated: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on naltrexone.")
-    p_response_control: float = Field(ge=0, le=1, description="Probability of a clinically meaningful response on placebo.")
+    p_response_treated: float = Field(
+        ge=0, le=1, description="Probability of a clinically meaningful response on the active arm (named in /metadata: treated)."
+    )
+    p_response_control: float = Field(
+        ge=0, le=1, description="Probability of a clinically meaningful response on the control arm (named in /metadata: control)."
+    )
     benefit: float = Field(ge=-1, le=1, description="p_response_treated - p_response_control (probability points as a fraction).")
     benefit_interval: Interval
     label: Label = Field(description="From the model's own label rule (see label_rule), following the trial's evidence.")
     label_reason: str = Field(description="Why this label, in one sentence (evidence, average effect, thresholds in percentage points).")
     label_rule: str
-    responder_rule: str = Field(description="What counts as a clinically meaningful response, e.g. '>= 30% reduction from baseline'.")
+    responder_rule: str = Field(
+        description="What counts as a clinically meaningful response, e.g. '>= 30% reduction from baseline' or "
+        "'no post-ERCP pancreatitis' (a binary event to prevent)."
+    )
     evidence: Evidence
     model: ModelRef
 
@@ -236,6 +263,8 @@ class AverageEffectOut(BaseModel):
 
 class OutcomeMetadata(BaseModel):
     label: str
+    kind: Literal["score", "binary"] = Field("score", description="score: a follow-up score; binary: an event (yes/no).")
+    description: str = ""
     responder_rule: str
     label_rule: str
     average_effect: AverageEffectOut | None = None
@@ -247,8 +276,11 @@ class OutcomeMetadata(BaseModel):
 
 class Metadata(BaseModel):
     spec: str
-    treated: str
-    control: str
+    description: str = Field("", description="The trial, as the dataset spec describes it.")
+    treated: str = Field(description="Name of the active arm, as people read it (e.g. 'Low-dose naltrexone').")
+    control: str = Field(description="Name of the control arm (e.g. 'Placebo').")
+    treated_code: str = Field("", description="Code of the active arm in the trial file's arm column.")
+    control_code: str = Field("", description="Code of the control arm in the trial file's arm column.")
     outcomes: dict[str, OutcomeMetadata]
     max_batch: int
     simulated_training_data: bool

@@ -267,6 +267,8 @@ class Scorer:
             simulated = simulated or bool(model.metadata.get("simulated_data", False))
             outcomes[outcome] = S.OutcomeMetadata(
                 label=self.spec.outcomes[outcome].label,
+                kind=self.spec.outcomes[outcome].kind,
+                description=self.spec.outcomes[outcome].description.strip(),
                 responder_rule=str(model.metadata.get("responder_rule", "")),
                 label_rule=model.label_policy.describe(),
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
@@ -277,8 +279,11 @@ class Scorer:
             )
         return S.Metadata(
             spec=self.spec.name,
+            description=self.spec.description.strip(),
             treated=self.spec.treated_display(),
             control=self.spec.control_display(),
+            treated_code=self.spec.arm.labels[0],
+            control_code=self.spec.arm.labels[1],
             outcomes=outcomes,
             max_batch=self.max_batch,
             simulated_training_data=simulated,

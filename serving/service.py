@@ -514,7 +514,8 @@ class HardenedService(Service):
 @bentoml.service(
     name="ldn-responders",
     description=(
-        "Chance of a clinically meaningful pain or memory response on low-dose naltrexone and on placebo, the difference "
+        f"Chance of a clinically meaningful response ({', '.join(o.label for o in SPEC.outcomes.values())}) on "
+        f"{SPEC.treated_inline()} and on {SPEC.control_inline()}, the difference "
         "(benefit) with an interval, and why (SHAP). Decision support only, not a substitute for clinical judgement. "
         "All data endpoints require 'Authorization: Bearer <token>' and a JSON body. Invalid bodies get 422 naming each "
         "field (at most 50 listed); a patient with an unusable lab value gets its own 'errors' and no prediction while the "
@@ -562,7 +563,7 @@ class ResponderService:
 
     @bentoml.api(route="/predict")
     def predict(self, patients: Annotated[list[Patient], Field(min_length=1)]) -> S.PredictResponse:  # type: ignore[valid-type]
-        """Per patient and outcome: P(response) on naltrexone and on placebo, benefit with interval, label, warnings."""
+        """Per patient and outcome: P(response) on the active and the control arm, benefit with interval, label, warnings."""
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
@@ -576,7 +577,7 @@ class ResponderService:
         patients: Annotated[list[Patient], Field(min_length=1)],  # type: ignore[valid-type]
         top: Annotated[int, Field(ge=1, le=100, strict=True, description="drivers returned per output")] = 10,
     ) -> S.ExplainResponse:
-        """SHAP contributions to the benefit and to P(response | naltrexone), ranked, with plain-language sentences."""
+        """SHAP contributions to the benefit and to P(response | active arm), ranked, with plain-language sentences."""
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]

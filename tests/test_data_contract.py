@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import OTHER_SPEC
@@ -132,3 +133,126 @@ def test_second_layout_validates_through_its_own_spec(tmp_path):
     result = runner.invoke(app, ["validate", str(data), "--spec", str(spec_path)])
     assert result.exit_code == 1
     assert "[out_of_scale] wb_0" in result.output and "row 2" in result.output
+
+
+# Trials of other shapes: several time points, binary events, integer codes, typos ----------------------------
+MULTI = """
+name: multi
+id_column: pid
+arm: {column: arm, treated: 1, control: 0}
+outcomes:
+  bdi_week8: {label: BDI week 8, baseline: bdi_baseline, followup: bdi_week8, scale: [0, 63], responder: {rule: relative, threshold: 0.5}}
+  bdi_week26: {label: BDI week 26, baseline: bdi_baseline, followup: bdi_week26, scale: [0, 63], responder: {rule: relative, threshold: 0.5}}
+  relapse: {kind: binary, label: Relapse, event: {column: relapse, good: false}}
+covariates:
+  age: {kind: numeric, range: [18, 90], required: true}
+  drug: {kind: categorical, label: Drug, levels: {0: 'No', 1: 'Yes'}}
+labs:
+  crp: {column: crp}
+"""
+
+
+def _multi_frame(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    base = rng.integers(10, 40, n).astype(float)
+    return pd.DataFrame(
+        {
+            "pid": [f"p{i}" for i in range(n)],
+            "arm": np.arange(n) % 2,
+            "bdi_baseline": base,
+            "bdi_week8": (base * rng.uniform(0.2, 1.0, n)).round(),
+            "bdi_week26": (base * rng.uniform(0.2, 1.0, n)).round(),
+            "relapse": rng.integers(0, 2, n),
+            "age": rng.integers(20, 70, n),
+            "drug": rng.integers(0, 2, n),
+            "crp": rng.uniform(0.5, 10, n).round(1),
+        }
+    )
+
+
+def test_outcomes_share_a_baseline_and_codes_may_be_numbers(tmp_path):
+    spec = parse_spec(MULTI)
+    assert spec.baseline_score_columns() == ["bdi_baseline"]
+    assert spec.followup_columns() == ["bdi_week8", "bdi_week26", "relapse"]
+    assert spec.arm.labels == ("1", "0") and spec.covariates["drug"].level_names() == {"0": "No", "1": "Yes"}
+    frame = _multi_frame()
+    frame["drug"] = frame["drug"].astype(float)  # 0.0 / 1.0, as a float column is written
+    path = _write(frame, tmp_path / "multi.csv")
+    report = validate(read_table(path), spec)
+    assert report.ok, report.render()
+    frame.to_parquet(tmp_path / "multi.parquet")
+    assert validate(read_table(tmp_path / "multi.parquet"), spec).ok
+    frame.loc[3, "drug"] = 2
+    frame.loc[4, "relapse"] = 7
+    frame.loc[5, "arm"] = 3
+    report = validate(frame, spec)
+    assert [f.rows for f in _errors(report, "unknown_level")] == [[4], [5]]
+    assert "event code" in report.render() and [f.rows for f in _errors(report, "unknown_arm")] == [[6]]
+
+
+def test_roles_other_than_a_shared_baseline_are_refused():
+    with pytest.raises(ValueError, match="'bdi_baseline' is baseline and covariate"):
+        parse_spec(MULTI.replace("  age:", "  bdi_baseline: {kind: numeric}\n  age:"))
+    with pytest.raises(ValueError, match="'bdi_week8' is outcome bdi_week8 and outcome bdi_week26"):
+        parse_spec(MULTI.replace("followup: bdi_week26", "followup: bdi_week8"))
+    with pytest.raises(ValueError, match="share its scale"):
+        parse_spec(MULTI.replace("followup: bdi_week26, scale: [0, 63]", "followup: bdi_week26, scale: [0, 60]"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("relapse: {kind: binary, label: Relapse, event: {column: relapse, good: false}, responder: {rule: absolute}}", "event.good instead"),
+        ("relapse: {kind: binary, label: Relapse}", "needs event"),
+        ("relapse: {label: Relapse, followup: relapse, scale: [0, 1], responder: {rule: absolute, threshold: 1}}", "needs a baseline"),
+        ("relapse: {kind: binary, label: Relapse, event: {column: relapse, good: false, present: 1, absent: 1.0}}", "different codes"),
+        ("relapse: {kind: binary, label: Relapse, event: {column: relapse, good: false, present: yes, absent: no}}", "in quotes"),
+    ],
+)
+def test_outcome_specs_are_checked(change, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec(MULTI.replace("relapse: {kind: binary, label: Relapse, event: {column: relapse, good: false}}", change))
+
+
+def test_yaml_booleans_as_levels_get_a_hint():
+    with pytest.raises(ValueError, match="in quotes"):
+        parse_spec(MULTI.replace("levels: {0: 'No', 1: 'Yes'}", "levels: [no, yes]"))
+
+
+def test_relative_rule_with_zero_baselines_is_refused_naming_rows():
+    spec = parse_spec(MULTI)
+    frame = _multi_frame()
+    frame.loc[[2, 9], "bdi_baseline"] = 0
+    frame.loc[[2, 9], ["bdi_week8", "bdi_week26"]] = 0
+    report = validate(frame, spec)
+    assert not report.ok
+    found = _errors(report, "zero_baseline")
+    assert found and found[0].rows == [3, 10] and "zero_baseline: non_responder or exclude" in found[0].message
+    declared = parse_spec(MULTI.replace("threshold: 0.5}}\n  relapse", "threshold: 0.5}, zero_baseline: exclude}\n  relapse").replace(
+        "threshold: 0.5}}\n  bdi_week26", "threshold: 0.5}, zero_baseline: exclude}\n  bdi_week26"))
+    report = validate(frame, declared)
+    assert report.ok, report.render()
+    assert [f.rows for f in report.warnings if f.kind == "zero_baseline"] == [[3, 10], [3, 10]]
+
+
+def test_few_responders_in_an_arm_is_a_warning():
+    spec = parse_spec(MULTI)
+    frame = _multi_frame()
+    frame["relapse"] = np.where(frame["arm"] == 1, 0, frame["relapse"])  # nobody relapses on treatment
+    report = validate(frame, spec)
+    assert report.ok
+    [finding] = [f for f in report.warnings if f.kind == "few_responders" and f.column == "relapse"]
+    assert "0 non-responder(s)" in finding.message
+
+
+def test_absent_spec_columns_are_errors_or_warnings_with_a_suggestion():
+    spec = parse_spec(MULTI)
+    frame = _multi_frame()
+    [missing] = _errors(validate(frame.rename(columns={"age": "Age"}), spec), "missing_column")
+    assert missing.column == "age" and "did you mean 'Age'?" in missing.message
+    # The spec says crp and the file has an unknown cpr column: a typo, never USABLE.
+    [typo] = _errors(validate(frame.rename(columns={"crp": "cpr"}), spec), "missing_column")
+    assert typo.column == "crp" and "did you mean 'cpr'?" in typo.message
+    # Nothing like it in the file: an optional lab may be absent (warned, imputed for everyone).
+    absent = validate(frame.drop(columns=["crp"]), spec)
+    assert absent.ok and [f.column for f in absent.warnings if f.kind == "missing_column"] == ["crp"]

@@ -180,3 +180,72 @@ def test_features_carry_the_simulated_signal(big):
         assert min(slope.values()) > 0.01, slope
     else:
         assert max(abs(v) for v in slope.values()) < 0.005, slope
+
+
+# Specs without labs, with integer-coded categories ------------------------------------------------------------
+COVARIATES_ONLY = """
+name: covariates-only
+id_column: pid
+arm: {column: arm, treated: 1, control: 0}
+outcomes:
+  event: {kind: binary, label: Event, event: {column: event, good: false}}
+covariates:
+  age: {kind: numeric, range: [18, 90], required: true}
+  drug: {kind: categorical, label: Drug, levels: {0: 'No', 1: 'Yes'}}
+  site: {kind: categorical, label: Site, levels: [north, south, east]}
+"""
+
+
+def test_a_spec_without_labs_or_baselines_builds_fits_and_describes(tmp_path):
+    from mlflow.models.utils import _enforce_schema
+
+    from training.config import LabelRule
+    from training.model import ResponderModel, input_schema
+    from training.spec import parse_spec
+
+    spec = parse_spec(COVARIATES_ONLY)
+    rng = np.random.default_rng(0)
+    n = 30
+    frame = pd.DataFrame(
+        {
+            "pid": range(n),
+            "arm": np.arange(n) % 2,
+            "event": rng.integers(0, 2, n),
+            "age": rng.integers(20, 80, n),  # int64, as pd.read_csv gives whole numbers
+            "drug": rng.integers(0, 2, n),
+            "site": rng.choice(["north", "south", "east"], n),
+        }
+    )
+    frame.loc[3, "age"] = None
+    pipeline = build_feature_pipeline(spec).fit(model_inputs(frame, spec))
+    names = list(pipeline.get_feature_names_out())
+    # One indicator for the binary covariate (reference: the first level), one per level otherwise; no lab parts.
+    assert names == ["age", "drug_1", "site_north", "site_south", "site_east"]
+    info = feature_info(pipeline, spec)
+    assert info["drug_1"].label == "Drug: Yes" and "(vs No)" in info["drug_1"].description
+    row = pd.DataFrame({"pid": ["x"], "age": [None], "drug": [1.0], "site": ["west"]})
+    [warnings] = input_warnings(pipeline, spec, row)
+    assert {(w.code, w.field) for w in warnings} == {("imputed", "age"), ("unseen_category", "site")}
+    assert pipeline.transform(row)[["drug_1", "site_north", "site_south", "site_east"]].to_numpy().tolist() == [[1, 0, 0, 0]]
+
+    # The registered model's example and signature need no lab imputer, and take what pd.read_csv returns.
+    model = ResponderModel(spec, "event", pipeline, None, None, LabelRule(), None)  # type: ignore[arg-type]
+    example = model.example_input()
+    assert list(example.columns) == ["pid", "age", "drug", "site"]
+    schema = input_schema(model)
+    frame.to_csv(tmp_path / "trial.csv", index=False)
+    plain = pd.read_csv(tmp_path / "trial.csv")
+    assert plain["age"].dtype.kind == "f" and plain["drug"].dtype.kind == "i"
+    for candidate in (example, plain, plain.astype({"age": "Int64"}).fillna({"age": 50}).astype({"age": "int64"})):
+        enforced = _enforce_schema(candidate, schema)
+        assert set(enforced.columns) <= {"pid", "age", "drug", "site"}
+        assert np.isfinite(pipeline.transform(enforced).to_numpy(dtype=float)).all()
+
+
+def test_text_in_a_numeric_column_is_an_issue_not_a_silent_imputation(fitted, final_99, spec):
+    row = _patient(final_99, spec, age="fifty", bmi="27,5")
+    issues = lab_issues(fitted, row)
+    [[issue]] = issues.values()
+    assert (issue.column, issue.raw, issue.reason) == ("age", "fifty", "not a number")
+    with pytest.raises(LabParseError, match="age"):
+        fitted.transform(row)

@@ -116,3 +116,74 @@ def test_beyond_risk_needs_an_effect_model_besides_the_risk_model():
     assert statistic_kind(load_config(None)) == "beyond_risk"
     assert statistic_kind(load_config(None, evidence={"candidates": ["risk_model"]})) == "rate"
     assert statistic_kind(load_config(None, evidence={"statistic": "rate"})) == "rate"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [ResponderRule(rule="relative", threshold=0.3), ResponderRule(rule="absolute", threshold=2), ResponderRule(rule="threshold", threshold=0)],
+)
+def test_missing_followup_follows_the_declared_policy_whatever_the_rule(rule):
+    # A drop-out with a baseline of 0 used to pass "pain <= 0" under non_responder (follow-up filled with the baseline).
+    outcome = PAIN.model_copy(update={"zero_baseline": "non_responder"})
+    frame = _frame([0.0, 6.0, 6.0], [None, None, 0.0])
+    labels, counts = responder_labels(frame, outcome, rule, "non_responder")
+    assert labels.tolist() == [0.0, 0.0, 1.0]
+    assert (counts.counted_non_responder, counts.excluded, counts.n) == (2, 0, 3)
+    labels, counts = responder_labels(frame, outcome, rule, "exclude")
+    assert np.isnan(labels.iat[0]) and np.isnan(labels.iat[1]) and labels.iat[2] == 1.0
+    assert (counts.counted_non_responder, counts.excluded, counts.n) == (0, 2, 1)
+
+
+def test_zero_baseline_can_be_declared_excluded():
+    outcome = PAIN.model_copy(update={"zero_baseline": "exclude"})
+    labels, counts = responder_labels(_frame([0.0, 6.0], [0.0, 3.0]), outcome)
+    assert np.isnan(labels.iat[0]) and labels.iat[1] == 1.0
+    assert counts.zero_baseline == 1 and counts.excluded == 1
+
+
+@pytest.mark.parametrize(("good", "expected"), [(False, [1.0, 0.0, 1.0, 0.0]), (True, [0.0, 1.0, 0.0, 0.0])])
+def test_binary_event_labels(good, expected):
+    outcome = OutcomeSpec.model_validate(
+        {"kind": "binary", "label": "Pancreatitis", "event": {"column": "pep", "good": good, "present": "1_yes", "absent": "0_no"}}
+    )
+    frame = pd.DataFrame({"pep": ["0_no", " 1_yes", "0_no ", None]})
+    labels, counts = responder_labels(frame, outcome)
+    assert labels.tolist() == expected  # the patient without a recorded outcome is a non-responder either way
+    assert counts.missing_followup == 1 and counts.rule == ("pancreatitis" if good else "no pancreatitis")
+    assert responder_labels(frame, outcome, missing_policy="exclude")[1].n == 3
+
+
+def test_missing_followup_sensitivity_only_above_ten_percent():
+    from helpers import fast_config
+
+    from training.labels import missing_followup_sensitivity, sensitivity_effects
+    from training.spec import parse_spec
+
+    spec = parse_spec(
+        """
+name: sens
+arm: {column: arm, treated: a, control: b}
+outcomes:
+  few: {label: Few missing, baseline: base, followup: few, scale: [0, 10], responder: {rule: absolute, threshold: 2}}
+  many: {label: Many missing, baseline: base, followup: many, scale: [0, 10], responder: {rule: absolute, threshold: 2}}
+"""
+    )
+    rng = np.random.default_rng(3)
+    n = 200
+    arm = np.where(np.arange(n) % 2 == 0, "a", "b")
+    follow = np.where(arm == "a", 3.0, 5.0) + rng.normal(0, 1.5, n)
+    frame = pd.DataFrame({"patient_id": range(n), "arm": arm, "base": 6.0, "few": follow, "many": follow})
+    frame.loc[:9, "few"] = np.nan  # 5%
+    frame.loc[(frame.index % 4 == 0) & (frame["arm"] == "a"), "many"] = np.nan  # 25%, all in the treated arm
+    config = fast_config()
+    assert missing_followup_sensitivity(frame, spec, "few", config) is None
+    effect = missing_followup_sensitivity(frame, spec, "many", config)
+    assert effect is not None and effect.missing_policy == "exclude"
+    assert effect.n_treated + effect.n_control == n - frame["many"].isna().sum()
+    primary = responder_labels(frame, spec.outcomes["many"])[0]
+    # Counting the treated drop-outs as non-responders shrinks the difference; excluding them does not.
+    treated = frame["arm"].eq("a").to_numpy()
+    primary_rd = primary[treated].mean() - primary[~treated].mean()
+    assert effect.risk_difference > primary_rd + 0.1
+    family = sensitivity_effects(frame, spec, config)
+    assert list(family) == ["many"] and family["many"].n_outcomes == 2 and family["many"].p_adjusted is not None

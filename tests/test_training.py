@@ -140,6 +140,19 @@ def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_jo
     assert {"feature", "benefit", "p_response_treated"} <= set(contributions.columns)
 
 
+def test_registered_model_takes_a_plain_read_csv_frame(strong_job):
+    # pd.read_csv gives whole-number ages as int64 and labs as floats or text: the signature must take them.
+    frame, summary, tmp = strong_job
+    mlflow.set_tracking_uri(_uri(tmp))
+    raw = pd.read_csv(tmp / "strong.csv")
+    assert raw["age"].dtype == "int64" and raw["esr"].dtype == "float64" and not pd.api.types.is_numeric_dtype(raw["crp"])
+    for outcome in ("pain", "memory"):
+        uri = f"models:/fibromyalgia-ldn-{outcome}@{CHAMPION}"
+        out = mlflow.pyfunc.load_model(uri).predict(raw)
+        expected = load_registered(uri).predict(model_inputs(frame, load_spec()))
+        np.testing.assert_allclose(out["benefit"].to_numpy(), expected["benefit"].to_numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_failure_before_promotion_leaves_champion(tmp_path, monkeypatch):
     frame = simulate("final", 99, 21)
     data = _write(frame, tmp_path / "trial.csv")

@@ -10,6 +10,7 @@ through the feature code's lab parser, the one place that knows lab rules.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,10 @@ import pandera.pandas as pa
 
 from features.catalog import LabCatalog, load_catalog
 from features.labs import is_missing, parse_lab_series
-from training.spec import GROUND_TRUTH_PREFIX, DatasetSpec
+from training.spec import GROUND_TRUTH_PREFIX, DatasetSpec, level_key
 
 MAX_ROWS_LISTED = 12
+MIN_PER_ARM = 10  # fewer responders (or non-responders) than this in an arm: too few to model, warn
 
 
 @dataclass
@@ -163,7 +165,7 @@ def model_inputs(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
     for column in spec.categorical_covariates():
         if column in out.columns:
-            out[column] = out[column].astype(object).where(out[column].notna(), None)
+            out[column] = out[column].map(level_key).astype(object)
     return out
 
 
@@ -188,6 +190,15 @@ def coerce_numeric(frame: pd.DataFrame, spec: DatasetSpec, report: ValidationRep
     return out
 
 
+def _codes(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Arm, categorical and event columns as canonical codes, so 1, "1" and 1.0 are one level."""
+    out = frame.copy()
+    for column in [spec.arm.column, *spec.categorical_covariates(), *(o.column for o in spec.event_outcomes().values())]:
+        if column in out.columns:
+            out[column] = out[column].map(level_key).astype(object)
+    return out
+
+
 def _schema(spec: DatasetSpec) -> pa.DataFrameSchema:
     required = set(spec.required_columns())
     non_null = required - set(spec.followup_columns())  # missing follow-up is a warning, not an error
@@ -203,11 +214,27 @@ def _schema(spec: DatasetSpec) -> pa.DataFrameSchema:
             float, checks, nullable=column not in non_null, coerce=True, required=column in required
         )
     for column in spec.categorical_covariates():
-        levels = spec.covariates[column].levels or []
+        levels = spec.covariates[column].level_codes()
         columns[column] = pa.Column(
             str, pa.Check.isin(levels), nullable=column not in non_null, coerce=True, required=column in required
         )
+    for outcome in spec.event_outcomes().values():
+        assert outcome.event is not None
+        codes = [level_key(outcome.event.present), level_key(outcome.event.absent)]
+        columns[outcome.column] = pa.Column(str, pa.Check.isin(codes), nullable=True, coerce=True, required=True)
     return pa.DataFrameSchema(columns, strict=False)
+
+
+def closest_column(column: str, candidates: list[str]) -> str | None:
+    """The candidate most like ``column`` (case-insensitive), if any is close: for "did you mean ...?"."""
+    lowered = {str(c).lower(): str(c) for c in candidates}
+    match = difflib.get_close_matches(column.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+def _suggestion(column: str, candidates: list[str]) -> str:
+    match = closest_column(column, candidates)
+    return f"; did you mean {match!r}?" if match else ""
 
 
 _CHECK_KIND = {
@@ -226,16 +253,21 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
         report.add("error", "empty", None, [], "the file has no data rows")
         return report
 
-    typed = coerce_numeric(frame, spec, report)
+    typed = _codes(coerce_numeric(frame, spec, report), spec)
     not_numbers = {(f.column, r) for f in report.findings for r in f.rows}
     try:
         _schema(spec).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as exc:
         _collect_schema_failures(exc.failure_cases, spec, report, skip=not_numbers)
+    present = [str(c) for c in frame.columns]
+    unclaimed = [c for c in present if c not in spec.known_columns() and not c.startswith(GROUND_TRUTH_PREFIX)]
+    for finding in report.findings:
+        if finding.kind == "missing_column" and finding.column:
+            finding.message += _suggestion(finding.column, unclaimed or present)
 
     for analyte, lab in spec.labs.items():
         if lab.column not in frame.columns:
-            report.add("warning", "missing_lab_column", lab.column, [], f"lab column absent: {analyte} will be imputed for every patient")
+            _absent_optional(report, lab.column, f"lab column ({analyte})", unclaimed, present)
             continue
         units = frame[f"{lab.column}_unit"] if f"{lab.column}_unit" in frame.columns else None
         _, below_lod, issues = parse_lab_series(frame[lab.column], catalog[analyte], lab.column, lab.unit, units)
@@ -263,18 +295,23 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
             )
 
     for name, outcome in spec.outcomes.items():
-        if outcome.followup in frame.columns:
-            missing = frame[outcome.followup].map(is_missing).astype(bool)
+        if outcome.column in frame.columns:
+            missing = typed[outcome.column].isna().to_numpy()
             if missing.any():
-                rule = "counted as non-responders" if outcome.missing_followup == "non_responder" else "excluded"
+                rule = (
+                    "counted as non-responders whatever the responder rule"
+                    if outcome.missing_followup == "non_responder"
+                    else "excluded from this outcome"
+                )
                 report.add(
-                    "warning", "missing_followup", outcome.followup, _rows(typed.index[missing]),
+                    "warning", "missing_followup", outcome.column, _rows(typed.index[missing]),
                     f"{int(missing.sum())} patient(s) without {name} follow-up; {rule}",
                 )
+    _check_responder_rules(typed, spec, report)
     optional = [c for c, s in spec.covariates.items() if not s.required]
     for column in optional:
         if column not in frame.columns:
-            report.add("warning", "missing_column", column, [], "optional covariate absent; imputed")
+            _absent_optional(report, column, "optional covariate", unclaimed, present)
         elif (missing := frame[column].map(is_missing).astype(bool)).any():
             report.add(
                 "warning", "missing_value", column, _rows(frame.index[missing]),
@@ -291,6 +328,87 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
     if unknown:
         report.add("warning", "unknown_column", None, [], f"columns not in the spec, ignored: {', '.join(map(str, unknown))}")
     return report
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of neighbours."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def likely_typo(column: str, candidates: list[str]) -> str | None:
+    """A candidate one slip away from ``column`` (case aside; two for long names): cpr for crp, CRP, hs_crp_ for hs_crp."""
+    best = min(candidates, key=lambda c: _edit_distance(column.lower(), str(c).lower()), default=None)
+    if best is None:
+        return None
+    distance = _edit_distance(column.lower(), str(best).lower())
+    return best if distance <= 1 or (distance <= 2 and len(column) >= 8) else None
+
+
+def _absent_optional(report: ValidationReport, column: str, what: str, unclaimed: list[str], present: list[str]) -> None:
+    """An optional spec column the file lacks: an error when the file has a column one slip away that the
+    spec does not know (a typo in one of them), else a warning naming the closest column, if any."""
+    typo = likely_typo(column, unclaimed)
+    if typo is not None:
+        report.add(
+            "error", "missing_column", column, [],
+            f"{what} named in the spec is not in the file, which has an unknown column {typo!r}: did you mean {typo!r}? "
+            "(fix the spec or the file)",
+        )
+        return
+    report.add(
+        "warning", "missing_column", column, [],
+        f"{what} named in the spec is not in the file: imputed for every patient{_suggestion(column, present)}",
+    )
+
+
+def _check_responder_rules(typed: pd.DataFrame, spec: DatasetSpec, report: ValidationReport) -> None:
+    """Relative rules need non-zero baselines (an error naming the rows); every rule needs responders
+    and non-responders in both arms (a warning below 10)."""
+    from training.labels import responder_labels
+
+    if spec.arm.column not in typed.columns:
+        return
+    arm = typed[spec.arm.column]
+    arms = {spec.treated_display(): (arm == spec.arm.labels[0]).to_numpy(), spec.control_display(): (arm == spec.arm.labels[1]).to_numpy()}
+    for name, outcome in spec.outcomes.items():
+        if outcome.column not in typed.columns or (outcome.baseline is not None and outcome.baseline not in typed.columns):
+            continue
+        if outcome.kind == "score" and outcome.responder.rule == "relative" and outcome.baseline is not None:
+            zero = (typed[outcome.baseline] <= 0).to_numpy()
+            if zero.any() and outcome.zero_baseline == "refuse":
+                report.add(
+                    "error", "zero_baseline", outcome.baseline, _rows(typed.index[zero]),
+                    f"{int(zero.sum())} baseline value(s) of 0: the relative rule of {name} ({outcome.describe_rule()}) "
+                    "cannot be met from 0; use an absolute or threshold rule, or declare zero_baseline: "
+                    "non_responder or exclude for this outcome in the spec",
+                )
+                continue
+            if zero.any():
+                counted = "counted as non-responders" if outcome.zero_baseline == "non_responder" else "excluded"
+                report.add(
+                    "warning", "zero_baseline", outcome.baseline, _rows(typed.index[zero]),
+                    f"{int(zero.sum())} baseline value(s) of 0 cannot meet the relative rule of {name}; {counted}, as the spec declares",
+                )
+        labels, counts = responder_labels(typed, outcome)
+        y = labels.to_numpy(dtype=float)
+        few = []
+        for arm_name, rows in arms.items():
+            known = rows & ~np.isnan(y)
+            responders, others = int(y[known].sum()), int(known.sum() - y[known].sum())
+            if responders < MIN_PER_ARM or others < MIN_PER_ARM:
+                few.append(f"{arm_name}: {responders} responder(s), {others} non-responder(s)")
+        if few:
+            report.add(
+                "warning", "few_responders", outcome.column, [],
+                f"{name} ({counts.rule}) leaves fewer than {MIN_PER_ARM} responders or non-responders in an arm ("
+                + "; ".join(few) + "): the models will be unstable and the evidence weak",
+            )
 
 
 def _collect_schema_failures(
@@ -310,9 +428,15 @@ def _collect_schema_failures(
             if check.startswith("isin"):
                 if column == spec.arm.column:
                     kind, message = "unknown_arm", f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r})"
-                else:
-                    levels = spec.covariates[column].levels if column in spec.covariates else []
+                elif column in spec.covariates:
+                    levels = spec.covariates[column].level_codes()
                     kind, message = "unknown_level", f"unknown level (expected one of {levels})"
+                else:
+                    outcome = next(o for o in spec.event_outcomes().values() if o.column == column)
+                    assert outcome.event is not None
+                    kind, message = "unknown_level", (
+                        f"unknown event code (expected {outcome.event.present!r} for the event or {outcome.event.absent!r} for none)"
+                    )
             elif check.startswith("in_range"):
                 kind, message = "out_of_scale", f"outside its scale {check.removeprefix('in_range')}"
             else:

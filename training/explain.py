@@ -31,12 +31,17 @@ from features.pipeline import feature_sources
 from features.transformers import _upper_reference
 from training.candidates import Contributions
 from training.model import ResponderModel
+from training.spec import DatasetSpec
 
-# Filled with the spec's display names (the treated arm) when the sentence is written.
-TARGETS = {
-    "benefit": "the predicted benefit",
-    "p_response_treated": "the chance of a meaningful response on {treated}",
-}
+
+def targets(spec: DatasetSpec) -> dict[str, str]:
+    """What each explained output is, in a sentence, with the spec's name of the active arm."""
+    return {
+        "benefit": "the predicted benefit",
+        "p_response_treated": f"the chance of a meaningful response on {spec.treated_inline()}",
+    }
+
+
 NO_DEPENDENCE = (
     "This prediction does not depend on the patient's values: the model gives every patient the trial's average answer."
 )
@@ -110,6 +115,9 @@ class _Describer:
         self.columns = {c: self.parsed[c].to_numpy() for c in self.parsed.columns}
         spec = model.spec
         self.spec = spec
+        self.targets = targets(spec)
+        # Per categorical covariate: its label and code -> name (looked up once per cell otherwise).
+        self.levels = {c: (spec.covariates[c].label or c, spec.covariates[c].level_names()) for c in spec.categorical_covariates()}
         self.age_column, self.sex_column, self.female = spec.roles.age, spec.roles.sex, spec.roles.female
 
     def is_lab(self, source: str) -> bool:
@@ -159,6 +167,14 @@ class _Describer:
                 flag = "above the reference limit"
         return shown, flag
 
+    def level_text(self, i: int, column: str) -> str:
+        """The patient's level of a categorical covariate, by the name people read ("Drug: Yes")."""
+        label, names = self.levels[column]
+        value = self.columns[column][i]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return f"{label} not given (imputed)"
+        return f"{label}: {names.get(str(value), str(value))}"
+
     def describe(self, i: int, source: str) -> tuple[str, str, str, str, float | None]:
         """(display text, flag, description, unit, value) of input ``source`` for patient ``i``."""
         if self.is_lab(source):
@@ -172,8 +188,8 @@ class _Describer:
         raw = column[i]
         if raw is None or (isinstance(raw, float) and math.isnan(raw)):
             return f"{label} not given (imputed)", "", label, unit, None
-        if source in self.spec.covariates and self.spec.covariates[source].kind == "categorical":
-            return f"{label}: {raw}", "", label, "", None
+        if source in self.levels:
+            return self.level_text(i, source), "", label, "", None
         value = float(raw)
         unit_text = f" {unit}" if unit else ""
         return f"{label} of {_format_number(value)}{unit_text}", "", label, unit, value
@@ -190,6 +206,7 @@ def _label_unit(spec, column: str) -> tuple[str, str]:
 
 
 def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
+    """One plain sentence; ``target`` is what the output is (see :func:`targets`)."""
     points = abs(contribution) * 100
     verb = "raises" if contribution > 0 else "lowers"
     flag_text = f", {flag}," if flag else ""
@@ -216,7 +233,7 @@ def _output(
             amount = float(values[j] * (share[i] if isinstance(share, np.ndarray) else share))
             grouped[source] = grouped.get(source, 0.0) + amount
             parts.setdefault(source, {})[name] = parts.get(source, {}).get(name, 0.0) + amount
-    text = TARGETS[target].format(treated=describer.spec.treated_display().lower())
+    text = describer.targets[target]
     drivers = []
     for source in sorted(grouped, key=lambda s: -abs(grouped[s])):
         amount = grouped[source]

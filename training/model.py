@@ -126,19 +126,26 @@ class ResponderModel:
         return lab_issues(self.pipeline, raw)
 
     def example_input(self) -> pd.DataFrame:
-        """A synthetic 'typical patient' from training medians and modes: no real patient's data."""
+        """A synthetic 'typical patient' from training medians and modes: no real patient's data.
+
+        Parts of the pipeline a spec does not use (no labs, no categorical
+        covariates) are simply absent.
+        """
+        from features.pipeline import fitted_parts
+
         parse = self.pipeline.named_steps["parse"]
-        impute = self.pipeline.named_steps["impute"]
-        parts = {name: (est, cols) for name, est, cols in impute.transformers_}
+        parts = fitted_parts(self.pipeline.named_steps["impute"])
         row: dict[str, Any] = {self.spec.id_column: "example-patient"}
-        lab_imputer, lab_cols = parts["labs"]
-        num_imputer, num_cols = parts["numeric"]
-        for column, value in zip(num_cols, num_imputer.statistics_, strict=True):
-            row[column] = float(round(value, 1))
-        for analyte, value in zip(lab_cols, lab_imputer.statistics_, strict=True):
-            lab = parse.catalog_[analyte]
-            text = f"1:{int(value)}" if lab.kind == "titre" and value >= 40 else "negative" if lab.kind == "titre" else f"{value:.3g}"
-            row[self.spec.labs[analyte].column] = text
+        if "numeric" in parts:
+            num_imputer, num_cols = parts["numeric"]
+            for column, value in zip(num_cols, num_imputer.statistics_, strict=True):
+                row[column] = float(round(value, 1))
+        if "labs" in parts:
+            lab_imputer, lab_cols = parts["labs"]
+            for analyte, value in zip(lab_cols, lab_imputer.statistics_, strict=True):
+                lab = parse.catalog_[analyte]
+                text = f"1:{int(value)}" if lab.kind == "titre" and value >= 40 else "negative" if lab.kind == "titre" else f"{value:.3g}"
+                row[self.spec.labs[analyte].column] = text
         if "categorical" in parts:
             imputer, cols = parts["categorical"]
             for column, value in zip(cols, imputer.statistics_, strict=True):
@@ -183,20 +190,25 @@ def predictions_schema():
 
 
 def input_schema(model: ResponderModel):
-    """Model signature input: numbers for scores and covariates, text for labs (numbers or report text)."""
+    """Model signature input: the spec's baseline columns, typed loosely enough for an ordinary data frame.
+
+    A trial file read with ``pd.read_csv`` gives whole-number columns as int64
+    (MLflow will not cast int64 to double), labs as numbers or report text
+    (``<0.3``, ``1:320``) depending on the file, category codes as numbers or
+    text and an all-empty unit column as float NaN. Every column is therefore
+    ``Any`` (MLflow's AnyType): MLflow checks that the required columns are
+    present and drops unknown ones, and the model's own pipeline does the real
+    validation (numbers, units, plausible ranges, codes), as for ``responders
+    predict`` and the REST API. Required columns are the spec's required ones.
+    """
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
     spec = model.spec
     required = set(spec.required_columns())
-    cols = [ColSpec("string", spec.id_column, required=False)]
-    for column in spec.baseline_score_columns() + spec.numeric_covariates():
-        cols.append(ColSpec("double", column, required=column in required))
-    for column in spec.categorical_covariates():
-        cols.append(ColSpec("string", column, required=column in required))
-    for column in spec.lab_columns():
-        cols.append(ColSpec("string", column, required=False))
-        cols.append(ColSpec("string", f"{column}_unit", required=False))
-    return Schema(cols)
+    columns = [spec.id_column, *spec.feature_input_columns()]
+    columns += [f"{c}_unit" for c in spec.lab_columns()]
+    return Schema([ColSpec(AnyType(), column, required=column in required and column != spec.id_column) for column in columns])
 
 
 class ResponderPyfunc(mlflow.pyfunc.PythonModel):

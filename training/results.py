@@ -63,6 +63,8 @@ class OutcomeResult:
     champion_version: str | None = None
     figures: dict[str, str] = field(default_factory=dict)  # evaluation plots as PNG data URIs (logged and reported)
     average_effect: AverageEffect | None = None
+    # The average effect under the other missing-follow-up policy, when > 10% of follow-up is missing.
+    average_effect_sensitivity: AverageEffect | None = None
 
     @property
     def procedure(self) -> str:
@@ -97,6 +99,11 @@ class OutcomeResult:
             "n_responders": self.counts.responders,
             "n_missing_followup": self.counts.missing_followup,
             "missing_followup_policy": self.counts.missing_policy,
+            "n_counted_non_responder": self.counts.counted_non_responder,
+            "n_excluded": self.counts.excluded,
+            "average_effect_sensitivity": (
+                self.average_effect_sensitivity.to_dict() if self.average_effect_sensitivity is not None else None
+            ),
             "selections": self.cv.selections,
             "metrics": metrics,
             "run_id": self.run_id,

@@ -9,16 +9,47 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from features.catalog import LabCatalog, load_catalog
+from features.codes import level_key
 from training.errors import ConfigError, did_you_mean, spec_columns, validation_problems, yaml_mapping
 
 DEFAULT_SPEC = "fibromyalgia-ldn"
 GROUND_TRUTH_PREFIX = "true_"
+
+Level = StrictInt | str
+
+
+def inline(name: str) -> str:
+    """A display name inside a sentence: "Low-dose naltrexone" -> "low-dose naltrexone", "LDN" stays "LDN"."""
+    if len(name) > 1 and name[0].isupper() and name[1].islower():
+        return name[0].lower() + name[1:]
+    return name
+
+
+def _yaml_codes(value: Any, what: str) -> Any:
+    """YAML reads unquoted yes/no/true/false as booleans; a category code must say which text it means.
+
+    Float codes become their canonical form (1.0 is the code 1), so a spec may write codes as a file does.
+    """
+    values = [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    if any(isinstance(v, bool) for v in values):
+        raise ValueError(f"{what}: write yes/no/true/false in quotes (YAML reads them as booleans), e.g. ['no', 'yes']")
+
+    def code(v: Any) -> Any:
+        return (int(v) if v.is_integer() else repr(v)) if isinstance(v, float) else v
+
+    if isinstance(value, dict):
+        return {code(k): v for k, v in value.items()}
+    if isinstance(value, list):
+        return [code(v) for v in value]
+    return code(value)
 
 
 class _Strict(BaseModel):
@@ -27,15 +58,31 @@ class _Strict(BaseModel):
 
 class ArmSpec(_Strict):
     column: str = "arm"
-    treated: str = Field(description="label of the active arm")
-    control: str = Field(description="label of the control arm")
+    treated: Level = Field(description="code of the active arm (text or a number)")
+    control: Level = Field(description="code of the control arm (text or a number)")
     treated_fraction: float = Field(0.5, gt=0, lt=1, description="known randomisation probability of the active arm")
     treated_name: str | None = Field(None, description="display name of the active arm")
     control_name: str | None = Field(None, description="display name of the control arm")
 
+    @field_validator("treated", "control", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return _yaml_codes(value, "arm codes")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ArmSpec:
+        if level_key(self.treated) == level_key(self.control):
+            raise ValueError("arm: treated and control must be different codes")
+        return self
+
     @property
     def labels(self) -> tuple[str, str]:
-        return (self.treated, self.control)
+        """The arm codes in canonical form (see :func:`level_key`): (treated, control)."""
+        return (str(level_key(self.treated)), str(level_key(self.control)))
+
+    def is_treated(self, values: pd.Series) -> np.ndarray:
+        """True where the arm column holds the treated code (numbers and text compared as codes)."""
+        return (values.map(level_key) == self.labels[0]).to_numpy(dtype=bool)
 
 
 class ResponderRule(_Strict):
@@ -44,11 +91,16 @@ class ResponderRule(_Strict):
     - ``relative``: improvement of at least ``threshold`` as a fraction of baseline
       (0.30 = the IMMPACT "moderate" >= 30% reduction for pain);
     - ``absolute``: improvement of at least ``threshold`` scale points;
-    - ``threshold``: follow-up value at or beyond ``threshold`` (e.g. pain <= 1).
+    - ``threshold``: follow-up value at or beyond ``threshold`` (e.g. pain <= 1);
+      the only rule that needs no baseline.
     """
 
     rule: Literal["relative", "absolute", "threshold"] = "relative"
     threshold: float = 0.30
+
+    @property
+    def needs_baseline(self) -> bool:
+        return self.rule != "threshold"
 
     def describe(self, better: str, unit: str = "points") -> str:
         word = "reduction" if better == "lower" else "increase"
@@ -57,38 +109,162 @@ class ResponderRule(_Strict):
         if self.rule == "absolute":
             return f">= {self.threshold:g} {unit} {word} from baseline"
         sign = "<=" if better == "lower" else ">="
-        return f"follow-up {sign} {self.threshold:g}"
+        return f"follow-up {sign} {self.threshold:g}" + (f" {unit}" if unit and unit != "points" else "")
+
+
+class EventSpec(_Strict):
+    """A binary outcome: did the event happen by follow-up (e.g. pancreatitis yes/no)?"""
+
+    column: str = Field(description="the column recording the event")
+    good: bool = Field(description="true: the event is the hoped-for result (cured); false: it is to be prevented (pancreatitis)")
+    present: Level = Field(1, description="the code meaning the event happened")
+    absent: Level = Field(0, description="the code meaning it did not")
+
+    @field_validator("present", "absent", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return _yaml_codes(value, "event codes")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> EventSpec:
+        if level_key(self.present) == level_key(self.absent):
+            raise ValueError("event: present and absent must be different codes")
+        return self
 
 
 class OutcomeSpec(_Strict):
+    """One outcome of the trial: a score at follow-up (``kind: score``) or a binary event (``kind: binary``).
+
+    A score outcome names its follow-up column and, for the ``relative`` and
+    ``absolute`` rules, a baseline column (several outcomes, e.g. one per
+    follow-up time, may share a baseline). A binary outcome names the event
+    column and whether the event is good; a responder is a patient with the
+    event when it is good, without it when it is bad.
+    """
+
+    kind: Literal["score", "binary"] = "score"
     label: str
-    baseline: str
-    followup: str
-    scale: tuple[float, float]
+    baseline: str | None = None
+    baseline_label: str | None = Field(None, description="what the baseline column measures (default: 'Baseline <label>')")
+    followup: str | None = Field(None, description="follow-up column (score); for a binary outcome, the event column")
+    scale: tuple[float, float] | None = None
     better: Literal["lower", "higher"] = "lower"
     unit: str = "points"
     responder: ResponderRule = ResponderRule()
+    event: EventSpec | None = None
     missing_followup: Literal["non_responder", "exclude"] = Field(
         "non_responder",
-        description="non_responder: baseline observation carried forward (no improvement); exclude: drop the patient for this outcome",
+        description="non_responder: a patient without follow-up counts as not responding, whatever the rule; "
+        "exclude: drop the patient for this outcome",
+    )
+    zero_baseline: Literal["refuse", "non_responder", "exclude"] = Field(
+        "refuse",
+        description="relative rule only: a baseline of 0 cannot improve by a fraction of itself; refuse the file "
+        "(default), or count such patients as non-responders, or exclude them from this outcome",
     )
     description: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _event_column(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "binary" and isinstance(data.get("event"), dict):
+            column = data["event"].get("column")
+            followup = data.get("followup")
+            if followup is not None and column is not None and followup != column:
+                raise ValueError(f"a binary outcome names one column: event.column {column!r} and followup {followup!r} differ")
+            if column is None and followup is not None:
+                data = {**data, "event": {**data["event"], "column": followup}}
+            data = {**data, "followup": column or followup}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> OutcomeSpec:
+        if self.kind == "binary":
+            if self.event is None:
+                raise ValueError("a binary outcome needs event: {column, good: true|false}")
+            if self.baseline is not None:
+                raise ValueError("a binary outcome has no baseline score (name baseline risk factors as covariates)")
+            if "responder" in self.model_fields_set or "scale" in self.model_fields_set or "better" in self.model_fields_set:
+                raise ValueError("a binary outcome takes event.good instead of responder, scale and better")
+            return self
+        if self.event is not None:
+            raise ValueError("event: is for kind: binary outcomes")
+        if self.followup is None:
+            raise ValueError("a score outcome needs a followup column")
+        if self.scale is None:
+            raise ValueError("a score outcome needs a scale: [low, high]")
+        if self.scale[0] >= self.scale[1]:
+            raise ValueError(f"scale {list(self.scale)}: low must be below high")
+        if self.responder.needs_baseline and self.baseline is None:
+            raise ValueError(f"the {self.responder.rule} responder rule needs a baseline column (or use rule: threshold)")
+        return self
+
+    @property
+    def column(self) -> str:
+        """The follow-up (or event) column: what is observed at the end of the trial."""
+        assert self.followup is not None
+        return self.followup
+
+    def describe_rule(self, rule: ResponderRule | None = None) -> str:
+        """The responder rule in words (the override ``rule`` for score outcomes, when given)."""
+        if self.kind == "binary":
+            assert self.event is not None
+            return inline(self.label) if self.event.good else f"no {inline(self.label)}"
+        return (rule or self.responder).describe(self.better, self.unit)
+
 
 class CovariateSpec(_Strict):
+    """A baseline covariate: numeric, or categorical with its codes.
+
+    Codes are numbers or text (``levels: [0, 1]``, ``levels: [female, male]``),
+    or a mapping from code to the name people read (``levels: {0: No, 1: Yes}``).
+    The first level is the reference (``reference`` overrides it): a binary
+    categorical becomes one 0/1 indicator of the other level.
+    """
+
     kind: Literal["numeric", "categorical"] = "numeric"
     label: str | None = None
     unit: str = ""
     description: str = ""
     range: tuple[float, float] | None = None
-    levels: list[str] | None = None
+    levels: list[Level] | dict[Level, str] | None = None
+    reference: Level | None = None
     required: bool = False
+
+    @field_validator("levels", "reference", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return _yaml_codes(value, "levels") if value is not None else value
 
     @model_validator(mode="after")
     def _check(self) -> CovariateSpec:
         if self.kind == "categorical" and not self.levels:
             raise ValueError("a categorical covariate needs levels")
+        if self.kind == "numeric" and (self.levels or self.reference is not None):
+            raise ValueError("levels and reference are for categorical covariates")
+        if self.levels:
+            keys = [level_key(v) for v in self.levels]
+            if None in keys or len(set(keys)) != len(keys):
+                raise ValueError(f"levels must be distinct, non-empty codes: {list(self.levels)}")
+            if self.reference is not None and level_key(self.reference) not in keys:
+                raise ValueError(f"reference {self.reference!r} is not one of the levels {keys}")
         return self
+
+    def level_codes(self) -> list[str]:
+        """Canonical codes (see :func:`level_key`) in the spec's order."""
+        return [k for k in (level_key(v) for v in (self.levels or [])) if k is not None]
+
+    def encoding_order(self) -> list[str]:
+        """The codes with the reference level first: the order the one-hot encoder drops from."""
+        keys = self.level_codes()
+        ref = level_key(self.reference) if self.reference is not None else keys[0]
+        return [ref] + [k for k in keys if k != ref]
+
+    def level_names(self) -> dict[str, str]:
+        """Canonical code -> the name shown to people (the code itself unless ``levels`` maps it)."""
+        if isinstance(self.levels, dict):
+            return {level_key(k) or "": str(v) for k, v in self.levels.items()}
+        return {k: k for k in self.level_codes()}
 
 
 class LabColumnSpec(_Strict):
@@ -97,7 +273,10 @@ class LabColumnSpec(_Strict):
 
 
 class AuxiliarySpec(_Strict):
-    """A known column that is not a model input (e.g. secondary outcomes' follow-up)."""
+    """A known column that is not a model input (e.g. secondary outcomes' follow-up).
+
+    With a ``range`` it is checked as a number in that range; without one it is only recognised.
+    """
 
     range: tuple[float, float] | None = None
     description: str = ""
@@ -136,14 +315,34 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_columns(self) -> DatasetSpec:
-        names = self.feature_input_columns() + [self.id_column, self.arm.column] + self.followup_columns()
-        truth = [c for c in names if c.startswith(GROUND_TRUTH_PREFIX)]
+        roles: dict[str, list[str]] = {}
+        for column in self.baseline_score_columns():
+            roles.setdefault(column, []).append("baseline")
+        for name, outcome in self.outcomes.items():
+            roles.setdefault(outcome.column, []).append(f"outcome {name}")
+        for column in self.covariates:
+            roles.setdefault(column, []).append("covariate")
+        for analyte, lab in self.labs.items():
+            roles.setdefault(lab.column, []).append(f"lab {analyte}")
+        roles.setdefault(self.id_column, []).append("id")
+        roles.setdefault(self.arm.column, []).append("arm")
+        for column in self.auxiliary:
+            roles.setdefault(column, []).append("auxiliary")
+        truth = [c for c in roles if c.startswith(GROUND_TRUTH_PREFIX)]
         if truth:
             raise ValueError(f"columns starting with {GROUND_TRUTH_PREFIX!r} are ground truth and cannot be used: {truth}")
-        seen: set[str] = set()
-        dupes = sorted({c for c in names if c in seen or seen.add(c)})
-        if dupes:
-            raise ValueError(f"columns with more than one role: {dupes}")
+        clashes = {c: r for c, r in roles.items() if len(r) > 1}
+        if clashes:
+            shown = "; ".join(f"{c!r} is {' and '.join(r)}" for c, r in clashes.items())
+            raise ValueError(
+                f"columns with more than one role: {shown} (outcomes may share a baseline, nothing else may be shared)"
+            )
+        for column in self.baseline_score_columns():
+            scales = {tuple(o.scale or ()) for o in self.outcomes.values() if o.baseline == column}
+            if len(scales) > 1:
+                raise ValueError(f"outcomes sharing the baseline {column!r} must share its scale, not {sorted(scales)}")
+        if not self.feature_input_columns():
+            raise ValueError("the spec names no model input: give at least one baseline score, covariate or lab")
         for role in ("age", "sex"):
             column = getattr(self.roles, role)
             if column is not None and column not in self.covariates:
@@ -157,10 +356,23 @@ class DatasetSpec(_Strict):
 
     # Column roles -------------------------------------------------------------
     def baseline_score_columns(self) -> list[str]:
-        return [o.baseline for o in self.outcomes.values()]
+        """Baseline score columns, once each (outcomes at several follow-up times share one)."""
+        return list(dict.fromkeys(o.baseline for o in self.outcomes.values() if o.baseline is not None))
+
+    def baseline_outcome(self, column: str) -> OutcomeSpec:
+        """The first outcome measured from ``column`` at baseline (its scale, unit and label describe it)."""
+        return next(o for o in self.outcomes.values() if o.baseline == column)
+
+    def baseline_label(self, column: str) -> str:
+        outcome = self.baseline_outcome(column)
+        return outcome.baseline_label or f"Baseline {outcome.label}"
 
     def followup_columns(self) -> list[str]:
-        return [o.followup for o in self.outcomes.values()]
+        """The columns observed at the end of the trial: follow-up scores and binary events."""
+        return [o.column for o in self.outcomes.values()]
+
+    def event_outcomes(self) -> dict[str, OutcomeSpec]:
+        return {k: o for k, o in self.outcomes.items() if o.kind == "binary"}
 
     def lab_columns(self) -> list[str]:
         return [lab.column for lab in self.labs.values()]
@@ -193,13 +405,17 @@ class DatasetSpec(_Strict):
         """Numeric columns with their allowed range (outcome scales for baseline and follow-up)."""
         ranges: dict[str, tuple[float, float] | None] = {}
         for outcome in self.outcomes.values():
-            ranges[outcome.baseline] = outcome.scale
-            ranges[outcome.followup] = outcome.scale
+            if outcome.kind != "score":
+                continue
+            if outcome.baseline is not None:
+                ranges.setdefault(outcome.baseline, outcome.scale)
+            ranges[outcome.column] = outcome.scale
         for column, cov in self.covariates.items():
             if cov.kind == "numeric":
                 ranges[column] = cov.range
         for column, aux in self.auxiliary.items():
-            ranges[column] = aux.range
+            if aux.range is not None:  # an auxiliary column without a range may hold anything (text, flags)
+                ranges[column] = aux.range
         return ranges
 
     def analyte_for_column(self) -> dict[str, str]:
@@ -220,13 +436,21 @@ class DatasetSpec(_Strict):
         return f"{self.name}-{outcome}"
 
     def treated_display(self) -> str:
-        return self.arm.treated_name or self.arm.treated
+        return self.arm.treated_name or str(self.arm.treated)
 
     def control_display(self) -> str:
-        return self.arm.control_name or self.arm.control
+        return self.arm.control_name or str(self.arm.control)
+
+    def treated_inline(self) -> str:
+        """The active arm's name inside a sentence ("on low-dose naltrexone")."""
+        return inline(self.treated_display())
+
+    def control_inline(self) -> str:
+        return inline(self.control_display())
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        # Only what the spec's author set: defaults stay implicit, and a binary outcome's ignored score fields stay out.
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True, exclude_unset=True), sort_keys=False)
 
 
 def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None = None) -> DatasetSpec:

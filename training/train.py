@@ -30,7 +30,7 @@ from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import OutcomeData, cross_validate, holm, permutation_test
 from training.executor import make_executor
 from training.labelling import build_policy
-from training.labels import LabelCounts, responder_labels
+from training.labels import LabelCounts, responder_labels, sensitivity_effects
 from training.model import Evidence, ResponderModel
 from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
@@ -62,7 +62,7 @@ def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: T
     )
     keep = labels.notna().to_numpy()
     X = model_inputs(frame, spec).loc[keep].reset_index(drop=True)
-    t = (frame[spec.arm.column].to_numpy() == spec.arm.treated)[keep].astype(int)
+    t = spec.arm.is_treated(frame[spec.arm.column])[keep].astype(int)
     y = labels.to_numpy()[keep].astype(int)
     return OutcomeData(X, t, y, spec.arm.treated_fraction), counts
 
@@ -70,10 +70,10 @@ def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: T
 def average_effect(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> AverageEffect:
     """The outcome's responder risk difference under the rule and missing-follow-up policy it is trained with."""
     labels, counts = responder_labels(frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup)
-    treated = (frame[spec.arm.column].to_numpy() == spec.arm.treated)
+    treated = spec.arm.is_treated(frame[spec.arm.column])
     effect = risk_difference(outcome, counts.rule, counts.missing_policy, labels.to_numpy(dtype=float), treated)
     o = spec.outcomes[outcome]
-    if o.baseline in frame.columns and o.followup in frame.columns:
+    if o.kind == "score" and o.baseline in frame.columns and o.followup in frame.columns:
         effect.ancova = ancova(
             pd.to_numeric(frame[o.baseline], errors="coerce").to_numpy(dtype=float),
             pd.to_numeric(frame[o.followup], errors="coerce").to_numpy(dtype=float),
@@ -372,6 +372,10 @@ def run_training(
                     steps.start(f"{outcome}: permutation test")
                     permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
                     results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
+
+        # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
+        for outcome, effect in sensitivity_effects(frame, spec, config).items():
+            results[outcome].average_effect_sensitivity = effect
 
         steps.start("refit, log and register the champions")
         adjusted = holm({k: r.permutation.p_value for k, r in results.items()})

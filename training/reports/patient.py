@@ -147,7 +147,12 @@ def render_patient_report(
         patient_id = None
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     html = environment().get_template(TEMPLATE).render(
-        spec={"name": spec.name, "treated": spec.treated_display(), "control": spec.control_display()},
+        spec={
+            "name": spec.name,
+            "treated": spec.treated_display(),
+            "control": spec.control_display(),
+            "n_train": first.metadata.get("n_train"),
+        },
         patient_id=patient_id,
         sections=sections,
         warnings=warnings,

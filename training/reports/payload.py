@@ -36,7 +36,7 @@ from training.explain import explain_patients
 from training.labels import responder_labels
 from training.model import ResponderModel
 from training.results import HEADLINE
-from training.spec import DEFAULT_SPEC, DatasetSpec
+from training.spec import DEFAULT_SPEC, DatasetSpec, level_key
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -139,13 +139,15 @@ def data_provenance(frame: pd.DataFrame, data_path: str | Path, digest: str, spe
 
 # Table 1 ------------------------------------------------------------------------------------------
 def _suffixes(spec: DatasetSpec) -> tuple[str, str]:
-    """Baseline and follow-up column suffixes of the spec's first outcome (``_baseline``, ``_week12``)."""
-    first = next(iter(spec.outcomes.values()))
-    common = _common_prefix(first.baseline, first.followup)
+    """Baseline and follow-up column suffixes of the spec's first outcome with a baseline (``_baseline``, ``_week12``)."""
+    first = next((o for o in spec.outcomes.values() if o.baseline is not None), None)
+    if first is None or first.baseline is None:
+        return "", ""
+    common = _common_prefix(first.baseline, first.column)
     if "_" not in common:
         return "", ""
     prefix = common[: common.rindex("_")]  # whole name parts only: wb_0 / wb_26 give _0 / _26, not 0 / 26
-    return first.baseline[len(prefix):], first.followup[len(prefix):]
+    return first.baseline[len(prefix):], first.column[len(prefix):]
 
 
 def _is_symptom_score(spec: DatasetSpec, column: str) -> bool:
@@ -154,8 +156,7 @@ def _is_symptom_score(spec: DatasetSpec, column: str) -> bool:
 
 
 def _arms(frame: pd.DataFrame, spec: DatasetSpec) -> list[tuple[str, np.ndarray]]:
-    arm = frame[spec.arm.column].astype(str).to_numpy()
-    treated = arm == spec.arm.treated
+    treated = spec.arm.is_treated(frame[spec.arm.column])
     return [(spec.treated_display(), treated), (spec.control_display(), ~treated), ("All", np.ones(len(frame), bool))]
 
 
@@ -175,10 +176,14 @@ def table_one(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> dict[s
             continue
         label = cov.label or column
         if cov.kind == "categorical":
-            values = frame[column].astype(object)
-            for level in cov.levels or []:
-                add("Demographics", f"{label}: {level}, n (%)",
+            values = frame[column].map(level_key)
+            names = cov.level_names()
+            for level in cov.level_codes():
+                add("Demographics", f"{label}: {names.get(level, level)}, n (%)",
                     [_count_pct(int((values[m] == level).sum()), int(m.sum())) for _, m in arms])
+            missing = [int(values[m].isna().sum()) for _, m in arms]
+            if any(missing):
+                add("Demographics", f"{label}: not recorded, n (%)", [_count_pct(k, int(m.sum())) for k, (_, m) in zip(missing, arms, strict=True)])
             continue
         x = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         skewed = abs(float(pd.Series(x).skew())) > 1 if np.isfinite(x).sum() > 2 else False
@@ -189,14 +194,15 @@ def table_one(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> dict[s
         pub = PUBLISHED_FINAL["age"] if (published and column == spec.roles.age) else None
         add("Demographics", f"{label}{unit}, {stat}", [summarise(x[m]) for _, m in arms], notes, pub)
 
-    scores = [(o.baseline, f"{o.label}") for o in spec.outcomes.values()]
+    scores = [(c, spec.baseline_outcome(c).baseline_label or spec.baseline_outcome(c).label) for c in spec.baseline_score_columns()]
     scores += [(c, cov.label or c) for c, cov in spec.covariates.items() if cov.kind == "numeric" and _is_symptom_score(spec, c)]
+    group = "Baseline symptoms" if spec.cognitive_dominance is not None else "Baseline scores"
     for column, label in scores:
         if column not in frame.columns:
             continue
         x = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         pub = PUBLISHED_FINAL["baseline"].get(column) if published else None
-        add("Baseline symptoms", f"{label}, mean (SD)", [_mean_sd(x[m]) for _, m in arms], published_value=f"{pub} (all)" if pub else None)
+        add(group, f"{label}, mean (SD)", [_mean_sd(x[m]) for _, m in arms], published_value=f"{pub} (all)" if pub else None)
 
     positivity: list[tuple[str, np.ndarray, np.ndarray, str]] = []
     for analyte, lab_spec in spec.labs.items():
@@ -232,12 +238,13 @@ def table_one(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> dict[s
 def _outcome_pairs(spec: DatasetSpec) -> list[dict[str, Any]]:
     """Spec outcomes (primary analysis of this job) and secondary pairs named like them (e.g. fatigue_week12)."""
     pairs = [
-        {"key": name, "label": o.label, "baseline": o.baseline, "followup": o.followup, "role": "modelled", "better": o.better}
+        {"key": name, "label": o.label, "baseline": o.baseline, "followup": o.column, "role": "modelled", "better": o.better}
         for name, o in spec.outcomes.items()
+        if o.kind == "score"
     ]
     base_suffix, follow_suffix = _suffixes(spec)
     if base_suffix and follow_suffix:
-        known = {o.followup for o in spec.outcomes.values()}
+        known = set(spec.followup_columns())
         for column in spec.auxiliary:
             if column in known or not column.endswith(follow_suffix):
                 continue
@@ -261,16 +268,18 @@ def outcome_changes(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> 
     from scipy import stats
     from statsmodels.regression.linear_model import OLS  # not statsmodels.api: that imports every submodule (seconds)
 
-    treated = (frame[spec.arm.column].astype(str) == spec.arm.treated).to_numpy()
+    treated = spec.arm.is_treated(frame[spec.arm.column])
     out = []
     for pair in _outcome_pairs(spec):
-        if pair["baseline"] not in frame.columns or pair["followup"] not in frame.columns:
+        if pair["followup"] not in frame.columns or (pair["baseline"] is not None and pair["baseline"] not in frame.columns):
             continue
-        base = pd.to_numeric(frame[pair["baseline"]], errors="coerce").to_numpy(dtype=float)
         follow = pd.to_numeric(frame[pair["followup"]], errors="coerce").to_numpy(dtype=float)
+        # Without a baseline the comparison is of the follow-up values themselves, unadjusted.
+        has_baseline = pair["baseline"] is not None
+        base = pd.to_numeric(frame[pair["baseline"]], errors="coerce").to_numpy(dtype=float) if has_baseline else np.zeros(len(frame))
         change = follow - base
         ok = np.isfinite(change)
-        row: dict[str, Any] = {**pair, "n_missing": int((~ok).sum())}
+        row: dict[str, Any] = {**pair, "n_missing": int((~ok).sum()), "measure": "change" if has_baseline else "follow-up"}
         for arm, rows in (("treated", treated & ok), ("control", ~treated & ok)):
             x = change[rows]
             n = len(x)
@@ -278,7 +287,8 @@ def outcome_changes(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> 
             sd = float(np.std(x, ddof=1)) if n > 1 else float("nan")
             half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else float("nan")
             row[arm] = {"n": n, "mean": _num(mean), "sd": _num(sd), "lower": _num(mean - half), "upper": _num(mean + half)}
-        design = np.column_stack([np.ones(int(ok.sum())), treated[ok].astype(float), base[ok]])
+        columns = [np.ones(int(ok.sum())), treated[ok].astype(float)] + ([base[ok]] if has_baseline else [])
+        design = np.column_stack(columns)
         if ok.sum() > 3 and 0 < treated[ok].sum() < ok.sum():
             fit = OLS(change[ok], design).fit()
             lower, upper = fit.conf_int()[1]
@@ -295,7 +305,7 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
     from scipy.stats import fisher_exact
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    treated = (frame[spec.arm.column].astype(str) == spec.arm.treated).to_numpy()
+    treated = spec.arm.is_treated(frame[spec.arm.column])
     out = []
     for name, outcome in spec.outcomes.items():
         labels, counts = responder_labels(frame, outcome, config.responder_rules.get(name), config.missing_followup)
@@ -315,6 +325,8 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
                 "rule": counts.rule,
                 "missing_followup": counts.missing_followup,
                 "missing_policy": counts.missing_policy,
+                "kind": outcome.kind,
+                "sensitivity": None,  # filled from the job's results (missing_followup_sensitivity) when computed
                 "treated": {"responders": r_t, "n": n_t, "rate": _num(r_t / n_t) if n_t else None},
                 "control": {"responders": r_c, "n": n_c, "rate": _num(r_c / n_c) if n_c else None},
                 "difference": {"estimate": _num(r_t / n_t - r_c / n_c) if n_t and n_c else None, "lower": lower, "upper": upper, "p": p},
@@ -571,6 +583,7 @@ def build_cohort_payload(
             "treated": spec.treated_display(),
             "control": spec.control_display(),
             "treated_fraction": spec.arm.treated_fraction,
+            "n_labs": len(spec.labs),
         },
         "data": {
             **provenance,
@@ -591,7 +604,7 @@ def build_cohort_payload(
         "published": PUBLISHED_FINAL if published else None,
         "table1": table_one(frame, spec, published),
         "changes": outcome_changes(frame, spec, published),
-        "responders": responder_rates(frame, spec, config, published),
+        "responders": _with_sensitivity(responder_rates(frame, spec, config, published), results),
         "outcomes": outcomes,
         "verdict": {
             "tested": any_tested,
@@ -602,6 +615,26 @@ def build_cohort_payload(
     json.dumps(meta, allow_nan=False)  # fail now, before the champion gate, rather than when the payload is logged
     log.info("cohort report payload built in %.1f s", time.perf_counter() - started)
     return CohortPayload(meta, parts)
+
+
+def _with_sensitivity(rows: list[dict[str, Any]], results: dict[str, OutcomeResult]) -> list[dict[str, Any]]:
+    """Each responder row with the job's sensitivity analysis (the other missing-follow-up policy), if computed."""
+    for row in rows:
+        effect = getattr(results.get(row["outcome"]), "average_effect_sensitivity", None)
+        row["sensitivity"] = _json_safe(effect.to_dict()) if effect is not None else None
+    return rows
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return _num(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def add_registry(payload: CohortPayload, results: dict[str, OutcomeResult]) -> None:

@@ -7,6 +7,8 @@ from functools import lru_cache
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from training.spec import inline
+
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
@@ -49,5 +51,5 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, pp=fmt_pp, pvalue=fmt_p)
+    env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, pp=fmt_pp, pvalue=fmt_p, inline=inline)
     return env
