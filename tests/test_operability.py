@@ -226,7 +226,7 @@ def test_the_mlflow_ui_gets_a_training_experiment_and_descriptions(finished_job)
             text = run.data.tags[NOTE]
             assert text.startswith("**Candidate ") and f" for {outcome}" in text
             # rounded for reading; the logged metric keeps full precision
-            assert f"AUC naltrexone {run.data.metrics['auc_treated']:.3f}" in text
+            assert f"AUC treated arm {run.data.metrics['auc_treated']:.3f}" in text
             assert ("**Champion**" in text) == (run.data.tags["candidate"] == result.champion)
         model = client.get_registered_model(result.registered_model)
         assert f"**{outcome}**" in model.description and f"currently version {result.version}" in model.description

@@ -41,7 +41,7 @@ class _Commands(TyperGroup):
 
 app = typer.Typer(
     name="responders",
-    help="Responder-subgroup models for low-dose naltrexone in fibromyalgia.",
+    help="Responder-subgroup models for randomised trials (default spec: low-dose naltrexone in fibromyalgia).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

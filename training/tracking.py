@@ -287,14 +287,35 @@ def outcome_verdict_note(summary: dict[str, Any], verdict: str) -> str:
         if summary.get("promoted")
         else f"**not promoted** ({'; '.join(summary.get('gate') or [])}); `@champion` is version {summary.get('champion_version')}."
     )
+    effect = summary.get("average_effect") or {}
+    labels = summary.get("labels") or {}
+    test = summary.get("heterogeneity_test", "permutation")
+    runs = f", {summary.get('permutations')} permutations" if test == "permutation" else ""
+    average = (
+        f"Average effect (responders, treated minus control): {_pp(effect.get('risk_difference'))} "
+        f"(95% interval {_pp(effect.get('ci_low'))} to {_pp(effect.get('ci_high'))}, p = {_num(effect.get('p_value'))}; "
+        f"Holm-adjusted p = {_num(effect.get('p_adjusted'))}, {'established' if effect.get('established') else 'not established'}). "
+        if effect
+        else ""
+    )
+    label_text = (
+        f"Labels: one for every patient ({labels.get('population_label')})."
+        if labels.get("mode") == "population"
+        else "Labels: per patient, from the point estimate (subgroup evidence)." if labels else ""
+    )
     return (
-        f"**Verdict: {verdict}** (permutation p = {_num(summary.get('p_value'))}, Holm-adjusted p = "
-        f"{_num(summary.get('p_adjusted'))}, {summary.get('permutations')} permutations).\n\n"
-        f"Champion candidate: **{summary.get('champion_label') or _candidate_name(summary['champion'])}** ({summary.get('reason')}). "
-        f"Out of fold: AUC naltrexone {_num(m.get('auc_treated'))}, placebo {_num(m.get('auc_control'))}; Brier "
+        f"**Verdict: {verdict}** ({test} test p = {_num(summary.get('p_value'))}, Holm-adjusted p = "
+        f"{_num(summary.get('p_adjusted'))}{runs}).\n\n"
+        + (f"{average}{label_text}\n\n" if average or label_text else "")
+        + f"Champion candidate: **{summary.get('champion_label') or _candidate_name(summary['champion'])}** ({summary.get('reason')}). "
+        f"Out of fold: AUC treated arm {_num(m.get('auc_treated'))}, control arm {_num(m.get('auc_control'))}; Brier "
         f"{_num(m.get('brier_mean'))} (no-information {_num(m.get('brier_null_mean'))}); c-for-benefit {_num(m.get('c_for_benefit'))}.\n\n"
         + registry
     )
+
+
+def _pp(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):+.1f} pp"
 
 
 def candidate_note(candidate: str, outcome: str, metrics: dict[str, float], champion: str | None = None) -> str:
@@ -302,9 +323,9 @@ def candidate_note(candidate: str, outcome: str, metrics: dict[str, float], cham
     times = metrics.get("times_selected")
     text = (
         f"**Candidate {_candidate_name(candidate)}** for {outcome}, evaluated by nested cross-validation (out of fold): "
-        f"AUC naltrexone {_num(metrics.get('auc_treated'))}, placebo {_num(metrics.get('auc_control'))}; Brier "
+        f"AUC treated arm {_num(metrics.get('auc_treated'))}, control arm {_num(metrics.get('auc_control'))}; Brier "
         f"{_num(metrics.get('brier_mean'))} (no-information {_num(metrics.get('brier_null_mean'))}); calibration slope "
-        f"naltrexone {_num(metrics.get('calibration_slope_treated'), 2)}, placebo {_num(metrics.get('calibration_slope_control'), 2)}; "
+        f"treated arm {_num(metrics.get('calibration_slope_treated'), 2)}, control arm {_num(metrics.get('calibration_slope_control'), 2)}; "
         f"AUTOC {_num(metrics.get('autoc'))}; c-for-benefit {_num(metrics.get('c_for_benefit'))}"
         + (f"; chosen by the inner loop in {int(times)} outer folds." if times is not None else ".")
     )
