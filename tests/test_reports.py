@@ -25,6 +25,7 @@ from training.config import LabelRule
 from training.explain import explain_patients
 from training.labelling import LabelPolicy
 from training.model import Evidence, ResponderModel
+from training.published import DEFAULT_SEED
 from training.reports import latest_training_run, render_patient_report
 from training.simulate import simulate
 from training.spec import load_spec
@@ -73,8 +74,8 @@ def _no_web_references(html: str) -> None:
 def job(tmp_path_factory):
     """The default simulated trial (n = 99), trained once with tiny settings; the cohort report goes to reports/."""
     tmp = tmp_path_factory.mktemp("reports-job")
-    data = tmp / "final-n99-seed2024.csv"
-    simulate("final", 99, 2024).to_csv(data, index=False)
+    data = tmp / f"final-n99-seed{DEFAULT_SEED}.csv"
+    simulate("final", 99, DEFAULT_SEED).to_csv(data, index=False)
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
     config = fast_config(evidence={"permutations": 9}, intervals={"bootstrap_models": 5})
     summary = run_training(data, load_spec(), config, tracking_uri=uri, report_dir=tmp / "reports")
