@@ -74,10 +74,10 @@ class Figure:
 FIGURES: tuple[Figure, ...] = (
     Figure("pain_change_treated", "Pain change, naltrexone", -1.3, "mean", "-1.3"),
     Figure("pain_change_control", "Pain change, placebo", -0.9, "mean", "-0.9"),
-    Figure("pain_p", "Pain, ANCOVA p (as a normal z)", 0.27, "p", "P = 0.27"),
+    Figure("pain_p", "Pain, ANCOVA p-value", 0.27, "p", "P = 0.27"),
     Figure("memory_change_treated", "Memory change, naltrexone", -1.4, "mean", "-1.4"),
     Figure("memory_change_control", "Memory change, placebo", -0.5, "mean", "-0.5"),
-    Figure("memory_p", "Memory, ANCOVA p (as a normal z)", 0.004, "p", "P = 0.004"),
+    Figure("memory_p", "Memory, ANCOVA p-value", 0.004, "p", "P = 0.004"),
     Figure("responders_treated", ">= 30% pain responders, naltrexone", 0.45, "rate", "45%"),
     Figure("responders_control", ">= 30% pain responders, placebo", 0.28, "rate", "28%"),
     Figure("age", "Age, mean", 50.6, "mean", "50.6"),
