@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # headless: training jobs, servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# pyplot keeps one current figure per process; shap's waterfall draws on it, and the
+# pyplot keeps one current figure per process; shap's plots draw on it, and the
 # REST API renders reports from several threads at once.
 PLOT_LOCK = threading.RLock()
 
