@@ -165,7 +165,7 @@ def forest_figure(subgroups: dict, title: str):
     rows: list[tuple[str, dict | None, str]] = [("All patients", subgroups["overall"], "")]
     for group in subgroups["groups"]:
         p = group["interaction_p"]
-        rows.append((group["label"], None, "interaction p = " + ("n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}")))
+        rows.append((group["label"], None, "interaction p " + ("n/a" if p is None else "< 0.001" if p < 0.001 else f"= {p:.3f}")))
         rows += [(f"  {level['label']}", level, "") for level in group["levels"]]
     fig, ax = plt.subplots(figsize=(7.2, 0.36 * len(rows) + 1.1))
     y = np.arange(len(rows))[::-1]

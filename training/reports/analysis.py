@@ -160,7 +160,8 @@ def subgroup_definitions(X: pd.DataFrame, spec: DatasetSpec, outcome: str) -> li
                 "label": "Raised inflammation",
                 "definition": (
                     f"{names} above {'its' if len(inflammation) == 1 else 'any of their'} upper reference limit"
-                    f"{'' if len(inflammation) == 1 else 's'} (lab catalog; ESR by age and sex)"
+                    f"{'' if len(inflammation) == 1 else 's'} (lab catalog"
+                    f"{'; ESR by age and sex' if any(catalog[a].reference_rule for a in inflammation) else ''})"
                 ),
                 "levels": ("above the reference limit" if len(inflammation) == 1 else "at least one marker raised", "none raised"),
                 "member": _any_of(flags, measured),

@@ -8,9 +8,16 @@ MLflow alone, without the data file or a refit. Metrics are copied from the
 same cross-validation summary the job logs as MLflow metrics, never
 recomputed, so the report and the tracking store cannot disagree.
 
+Numbers that are not logged metrics are computed here once, at training time,
+from the same out-of-fold predictions and responder labels: bootstrap
+intervals for AUC and Brier, the worse-than-chance flags, the prespecified
+subgroups and, for a simulated trial, its distance from the published one
+(``training.reports.analysis``, ``training.published``).
+
 Parts hold pseudonymised per-patient arrays (no patient ids): out-of-fold
-predictions for the calibration and Qini plots, and SHAP contributions of the
-champion on the training cohort for the beeswarm and dependence plots.
+predictions for the calibration, Qini, TOC, calibration-for-benefit and
+decision curves, and SHAP contributions of the champion on the training cohort
+for the beeswarm and dependence plots.
 """
 
 from __future__ import annotations
@@ -56,8 +63,6 @@ PAYLOAD_FILE = "payload.json"
 PARTS_DIR = "payload"
 MAX_SHAP_ROWS = 1000  # a beeswarm of more points adds nothing and explain time grows linearly (registries of 1e5 rows)
 METRIC_BOOTSTRAP = 1000  # draws for the AUC and Brier intervals
-
-__all__ = ["PUBLISHED_FINAL", "CohortPayload", "build_cohort_payload", "latest_training_run"]
 
 SIMULATED_NAME = re.compile(r"^(?P<scenario>final|null|strong)-n(?P<n>\d+)-seed(?P<seed>\d+)$")
 
