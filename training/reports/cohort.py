@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -78,11 +79,11 @@ def evaluation_steps(
     benefit, psi = oof["benefit"].to_numpy(), oof["psi"].to_numpy()
     stats = None
     if metrics is not None:
-        stats = {
-            arm: (float(metrics[f"calibration_intercept_{arm}"]), float(metrics[f"calibration_slope_{arm}"]))
-            for arm in ("treated", "control")
-            if metrics.get(f"calibration_slope_{arm}") is not None and metrics.get(f"calibration_intercept_{arm}") is not None
-        }
+        stats = {}
+        for arm in ("treated", "control"):
+            pair = (metrics.get(f"calibration_intercept_{arm}"), metrics.get(f"calibration_slope_{arm}"))
+            if all(v is not None and math.isfinite(float(v)) for v in pair):
+                stats[arm] = (float(pair[0]), float(pair[1]))
 
     def calibration():
         return plots.calibration_figure(
