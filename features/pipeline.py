@@ -19,8 +19,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from features.catalog import load_catalog
-from features.labs import LabIssue
+from features.catalog import Analyte, load_catalog
+from features.labs import SQRT2, LabIssue, LabValueError, is_missing, parse_lab_value
 from features.transformers import (
     AutoantibodyFeatures,
     FeatureInfo,
@@ -281,6 +281,8 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
                 warnings[i].append(InputWarning("imputed", field, f"{label} not given: imputed with the training median {shown}"))
             for i in np.nonzero(outside[:, j])[0]:
                 value = values.iat[i, j]
+                if kind == "lab" and _censored_within(catalog[column], _raw_cell(X, spec, column, i), low, high):
+                    continue
                 warnings[i].append(
                     InputWarning(
                         "outside_training_range",
@@ -299,7 +301,8 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
                 InputWarning(
                     "below_detection_limit",
                     spec.labs[analyte].column,
-                    f"{lab.label} below the detection limit: {parsed[analyte].iat[i]:.3g} {lab.unit} (LOD/sqrt 2) used",
+                    f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}): counted as {parsed[analyte].iat[i]:.3g} "
+                    f"{lab.unit}, the value the model uses for every result below this limit",
                 )
             )
     if "categorical" in transformers:
@@ -317,6 +320,42 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
                         InputWarning("unseen_category", column, f"{label} {names.get(value, value)!r} was not seen in training")
                     )
     return warnings
+
+
+def _raw_cell(X: pd.DataFrame, spec: DatasetSpec, analyte: str, i: int) -> tuple[object, str | None]:
+    """The lab cell of row ``i`` as given (report text or number) and its unit."""
+    lab = spec.labs[analyte]
+    raw = X[lab.column].iat[i] if lab.column in X.columns else None
+    unit = lab.unit
+    unit_column = f"{lab.column}_unit"
+    if unit_column in X.columns and not is_missing(X[unit_column].iat[i]):
+        unit = str(X[unit_column].iat[i]).strip()
+    return raw, unit
+
+
+def _censored_within(analyte: Analyte, cell: tuple[object, str | None], low: float, high: float) -> bool:
+    """Whether a censored result (``negative``, ``<x``, ``positive``, ``>x``) is compatible with the training range.
+
+    A qualitative or censored result says only that the true value lies in an
+    interval ("negative": below the positivity cut-off; ``<x``: below x); the
+    number standing for it is a convention, not a measurement, so the result is
+    outside the range the models saw only when that whole interval is.
+    """
+    raw, unit = cell
+    try:
+        result = parse_lab_value(raw, analyte, unit)
+    except LabValueError:
+        return False
+    if result.censored == "negative":
+        bound = analyte.reference_dilution if analyte.kind == "titre" else analyte.positive_at
+        interval = (0.0, float(bound) if bound is not None else result.value)
+    elif result.censored == "below_lod":
+        interval = (0.0, result.value * SQRT2)
+    elif result.censored in ("positive", "above"):
+        interval = (result.value, np.inf)
+    else:
+        return False
+    return interval[0] <= high and interval[1] >= low
 
 
 def _covariate_label(spec: DatasetSpec, column: str) -> str:

@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from features.catalog import load_catalog
 from features.labs import LabValueError, parse_lab_value
-from features.pipeline import build_feature_pipeline, feature_info, input_warnings, lab_issues
+from features.pipeline import build_feature_pipeline, feature_info, fitted_parts, input_warnings, lab_issues
 from features.transformers import InflammationFeatures, LabParseError, MedianImputer
 from training.data import model_inputs
 from training.simulate import simulate
@@ -134,6 +134,31 @@ def test_unseen_category_and_no_labs_transform_and_flag_imputation(fitted, final
 def test_values_outside_training_range_are_flagged(fitted, final_99, spec):
     [warnings] = input_warnings(fitted, spec, _patient(final_99, spec, crp=400))
     assert any(w.code == "outside_training_range" and w.field == "crp" for w in warnings)
+
+
+def test_censored_and_qualitative_results_are_not_out_of_range_unless_their_interval_is(fitted, final_99, spec):
+    """'negative' says "below the cut-off" and '<x' says "below x": not an extrapolation when training saw such values.
+
+    RF 'negative' stands for half the cut-off (7 IU/mL), just under the smallest training value (10/sqrt 2):
+    that is a convention, not a measurement outside the range. A number or a lower bound beyond the range is.
+    """
+    imputer, _ = fitted_parts(fitted.named_steps["impute"])["labs"]
+    rf_low = imputer.min_[list(spec.labs).index("rf")]
+    assert 7.0 < rf_low  # the situation of issue 15: the substituted number is below the training minimum
+
+    def codes(**changes):
+        [warnings] = input_warnings(fitted, spec, _patient(final_99, spec, **changes))
+        return {(w.code, w.field) for w in warnings}
+
+    for quiet in ({"rf": "negative"}, {"rf": "NEG"}, {"rf": "<10"}, {"crp": "<0.3"}, {"ana": "negative"}, {"rf": "positive"}):
+        field = next(iter(quiet))
+        assert ("outside_training_range", field) not in codes(**quiet), quiet
+    for loud in ({"rf": 3000}, {"crp": 400}, {"crp": ">450"}, {"rf": ">4000"}):
+        field = next(iter(loud))
+        assert ("outside_training_range", field) in codes(**loud), loud
+    [warnings] = input_warnings(fitted, spec, _patient(final_99, spec, il6="<1.5"))
+    [below] = [w for w in warnings if w.code == "below_detection_limit" and w.field == "il6"]
+    assert "sqrt" not in below.message and "LOD" not in below.message and "1.5 pg/mL" in below.message
 
 
 def test_fitted_pipeline_pickles(fitted, final_99, spec):

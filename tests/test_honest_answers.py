@@ -233,11 +233,12 @@ def test_explanations_have_one_driver_per_input_and_add_up(spec, final_99):
 
 def test_default_draw_has_no_subgroup_evidence_and_labels_say_so(tmp_path, spec):
     """The default trial size: labels follow the evidence, one label per outcome, with its reason."""
+    from training.published import DEFAULT_SEED
     from training.simulate import simulate
     from training.train import run_training
 
     path = tmp_path / "trial.csv"
-    simulate("final", 99, 2024).to_csv(path, index=False)
+    simulate("final", 99, DEFAULT_SEED).to_csv(path, index=False)
     summary = run_training(path, spec, fast_config(), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     frame = pd.read_csv(path, dtype=str)
     from training.data import model_inputs

@@ -19,13 +19,15 @@ from typer.testing import CliRunner
 
 from features.pipeline import build_feature_pipeline
 from serving.scoring import Scorer, patient_from_file
-from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
+from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, candidate_label, make_candidate
 from training.cli import app
 from training.config import LabelRule
 from training.explain import explain_patients
 from training.labelling import LabelPolicy
 from training.model import Evidence, ResponderModel
+from training.published import DEFAULT_SEED
 from training.reports import latest_training_run, render_patient_report
+from training.reports.patient import driver_view
 from training.simulate import simulate
 from training.spec import load_spec
 from training.tracking import CHAMPION, current_champion, load_registered
@@ -48,10 +50,11 @@ VIEWPORTS = [(390, 844), (1280, 900)]
 COHORT_SECTIONS = {
     "table1": "Table 1",
     "changes": "Outcome changes by arm",
-    "responders": "Responder rates by arm",
+    "responders": "Average effect: responder rates by arm",
     "candidates": "Candidate comparison",
     "calibration": "Calibration per arm",
-    "uplift": "Qini / uplift curve",
+    "uplift": "Qini / uplift curve, TOC, calibration for benefit, decision curve",
+    "subgroups": "Prespecified subgroups",
     "evidence": "Heterogeneity evidence",
     "shap": "SHAP summary of benefit drivers",
     "dependence": "Dependence plots",
@@ -59,6 +62,23 @@ COHORT_SECTIONS = {
 }
 METRIC = re.compile(r'<span class="metric" data-run="([^"]+)" data-metric="([^"]+)" data-value="([^"]+)">([^<]+)</span>')
 VERDICTS = ("No reliable evidence of a responder subgroup", "Evidence of a responder subgroup")
+
+
+JARGON = ("E[f(X)]", "f(x)", "LOD/sqrt", "sqrt 2", "likely_benefit", "unlikely_benefit", "extrapolates")
+
+
+def _text(html: str) -> str:
+    """What a reader sees: the page without tags, attributes, styles or image data."""
+    html = re.sub(r"<style.*?</style>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html)))
+
+
+def _png_width(uri: str) -> int:
+    import base64
+    import struct
+
+    png = base64.b64decode(uri.split(",", 1)[1])
+    return struct.unpack(">I", png[16:20])[0]
 
 
 def _no_web_references(html: str) -> None:
@@ -73,8 +93,8 @@ def _no_web_references(html: str) -> None:
 def job(tmp_path_factory):
     """The default simulated trial (n = 99), trained once with tiny settings; the cohort report goes to reports/."""
     tmp = tmp_path_factory.mktemp("reports-job")
-    data = tmp / "final-n99-seed2024.csv"
-    simulate("final", 99, 2024).to_csv(data, index=False)
+    data = tmp / f"final-n99-seed{DEFAULT_SEED}.csv"
+    simulate("final", 99, DEFAULT_SEED).to_csv(data, index=False)
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
     config = fast_config(evidence={"permutations": 9}, intervals={"bootstrap_models": 5})
     summary = run_training(data, load_spec(), config, tracking_uri=uri, report_dir=tmp / "reports")
@@ -125,6 +145,129 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
         assert (np.ptp(predicted["benefit"]) > 0) == (name != "arm_only"), name
 
 
+# The patient report's layout, without a training job -----------------------------------------------------
+@pytest.fixture(scope="module")
+def personal_model(spec, final_99):
+    """A pain model whose benefit depends on the patient's values (penalised interaction logistic), with the trial's average effect."""
+    from training.train import average_effect
+
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    pipeline = build_feature_pipeline(spec).fit(data.X)
+    F = pipeline.transform(data.X)
+    candidate = make_candidate("interaction_logistic", config.candidates, 0.5, 7).fit(F, data.t, data.y)
+    ensemble = BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
+    evidence = Evidence(True, False, 0.4, 0.8, 0.0, 0.05, 19, "no reliable evidence of a responder subgroup")
+    reason = "There is no reliable evidence that the benefit for pain differs between patients. This applies to the trial population as a whole."
+    policy = LabelPolicy("population", LabelRule().model_dump(), "", "uncertain", reason)
+    effect = average_effect(final_99, spec, "pain", config).to_dict()
+    model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence, average_effect=effect,
+                           metadata={"data_provenance": {"simulated": True, "source": "final-n99.csv"}})
+    return model
+
+
+def test_patient_report_gives_the_answer_first_in_plain_words(spec, personal_model):
+    patient = example_patient(spec)
+    patient["rf"] = "negative"  # a qualitative negative: not outside the training range
+    html = render_patient_report({"pain": personal_model}, patient, {"pain": "pain v1"})
+    _no_web_references(html)
+    text = _text(html)
+    prediction = personal_model.predict(patient).iloc[0]
+    # One answer line per outcome, before any detail: label, both chances, benefit with interval, the label's reason.
+    answer = html.split('<section id="answer"')[1].split("</section>")[0]
+    assert html.index('<section id="answer"') < html.index('id="warnings"') < html.index('<section id="outcome-pain"')
+    for shown in (f"{100 * prediction['p_response_treated']:.0f}% on", f"{100 * prediction['p_response_control']:.0f}% on",
+                  f"<strong>{100 * prediction['benefit']:+.0f} pp</strong>", f"{100 * prediction['benefit_lower']:+.0f} pp to",
+                  "Uncertain benefit"):
+        assert shown in answer, shown
+    assert prediction["label_reason"] in unescape(answer)
+    # The trial's average effect, with the Holm adjustment when there are several outcomes and the ANCOVA.
+    effect = personal_model.average_effect
+    average = _text(html.split('id="average-effect-pain"')[1].split("</p>")[0])
+    assert f"difference {100 * effect['risk_difference']:+.1f} pp" in average and "ANCOVA adjusted for baseline" in average
+    assert f"{effect['ancova']['estimate']:+.2f} points" in average
+    # Plain words; the technical detail sits in the notes.
+    assert not [j for j in JARGON if j in text], [j for j in JARGON if j in text]
+    assert 'id="note-detection"' in html and "Hornung" in text and '"likely benefit"' not in text and "\u201clikely benefit\u201d" in text
+    assert 'data-code="outside_training_range"' not in html
+    # Pictures drawn for a 390 px phone at twice the pixels, shown at that width.
+    images = re.findall(r'<img src="(data:image/png;base64,[^"]+)" width="(\d+)"', html)
+    assert len(images) == 3  # probabilities, interval, drivers
+    assert all(int(width) == 370 and _png_width(src) == 740 for src, width in images)
+
+
+def test_drivers_chart_uses_the_benefit_scale_and_is_dropped_below_one_point():
+    from training.explain import NO_DEPENDENCE, Driver, OutputExplanation
+    from training.reports import figures
+
+    def driver(amount, name="CRP of 1.2 mg/L"):
+        return Driver("crp", "C-reactive protein", "inflammation", 1.2, name, "mg/L", amount, f"{name} moves it.")
+
+    tiny = OutputExplanation("benefit", 0.17, 0.1716, [driver(0.004), driver(-0.0025), driver(0.0001)], 0.0)
+    view = driver_view(tiny, arm_only=False)
+    assert not view["chart"] and "less than 1 percentage point" in view["sentence"] and "+17.0 pp" in view["sentence"]
+    floor = OutputExplanation("benefit", 0.15, 0.15, [], 0.0, note=NO_DEPENDENCE)
+    assert driver_view(floor, arm_only=True)["sentence"] == NO_DEPENDENCE
+    many = OutputExplanation("benefit", 0.10, 0.16, [driver(0.05), driver(-0.02)] + [driver(0.004, f"x{i}") for i in range(7)], 0.0)
+    view = driver_view(many, arm_only=False)
+    assert view["chart"] and len(view["bars"]) == 6 and view["remainder"] == (3, pytest.approx(0.012))
+    # Bars start at 0 on a percentage-point axis at least +-5 pp wide: 1.2 pp in all looks small, as it is.
+    fig = figures.drivers_figure([("IL-6 of 8.1 pg/mL", 0.009), ("CRP of 1.2 mg/L", -0.003)])
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    assert low <= -5 and high >= 5 and all(bar.get_x() == 0 for bar in ax.patches)
+    figures.data_uri(fig)
+
+
+def test_report_statistics(spec, final_99):
+    from sklearn.metrics import roc_auc_score
+
+    from training.reports import analysis
+    from training.reports.payload import _censored_median_iqr
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, (20, 40)).astype(float)
+    p = np.round(rng.random((20, 40)), 1)  # ties counted half, as scikit-learn does
+    assert np.allclose(analysis._auc_rows(y, p), [roc_auc_score(a, b) for a, b in zip(y, p, strict=True)])
+
+    # Bootstrap intervals of the metric as logged: the mean over repeats of each repeat's AUC lies inside.
+    n = 120
+    t = np.arange(n) % 2
+    truth = rng.random(n)
+    yy = (rng.random(n) < truth).astype(int)
+    oof = np.stack([np.stack([np.clip(truth + rng.normal(0, 0.2, n), 0, 1)] * 2, axis=1) for _ in range(3)])
+    cv = SimpleNamespace(oof={"m": oof})
+    data = SimpleNamespace(t=t, y=yy)
+    [interval] = analysis.metric_intervals(cv, data, ["m"], n_boot=400, seed=1).values()
+    logged = np.mean([roc_auc_score(yy[t == 1], oof[r, t == 1, 0]) for r in range(3)])
+    assert interval["auc_treated"][0] < logged < interval["auc_treated"][1] and interval["auc_treated"][0] > 0.5
+    assert interval["brier_mean"][0] < interval["brier_mean"][1]
+    assert analysis.chance_flags({"auc_treated": 0.35, "auc_control": 0.6, "calibration_slope_control": -11.0}, ("A", "B")) == [
+        "AUC below 0.5 (A)", "negative calibration slope (B)"]
+
+    # Decision curve: ranking by the true benefit is never worse than treating everyone or no one.
+    psi = rng.normal(0.1, 0.3, 500)
+    curves = analysis.decision_curve(psi, psi, np.linspace(0, 0.3, 31))
+    assert np.allclose(curves["all"], psi.mean() - curves["threshold"])
+    assert (curves["model"] >= np.maximum(curves["all"], 0) - 1e-12).all()
+
+    # Prespecified subgroups of the default spec: every level counted once, interaction p-values.
+    data, _ = outcome_data(final_99, spec, "pain", fast_config())
+    subgroups = analysis.subgroup_effects(data.X, data.t, data.y, spec, "pain")
+    assert [g["key"] for g in subgroups["groups"]] == ["inflammation", "autoantibody", "severity"]
+    for group in subgroups["groups"]:
+        assert sum(level["n"] for level in group["levels"]) + group["unknown"] == len(data.y)
+        assert group["interaction_p"] is None or 0 <= group["interaction_p"] <= 1
+    assert subgroups["overall"]["risk_difference"] == pytest.approx(data.y[data.t == 1].mean() - data.y[data.t == 0].mean())
+
+    # Table 1: a median of censored values is not a number.
+    below = np.r_[np.ones(8), np.zeros(4)]
+    values = np.r_[np.full(8, 10 / np.sqrt(2)), [12.0, 15.0, 20.0, 31.0]]
+    assert _censored_median_iqr(values, below, 10.0, 1) == "< 10 in 8/12 (67%)"
+    below = np.r_[np.ones(4), np.zeros(8)]
+    assert _censored_median_iqr(np.r_[np.full(4, 7.07), np.arange(8) + 11.0], below, 10.0, 1) == "12.5 [< 10 to 15.2]"
+
+
 # The cohort report -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cohort_report_is_written_logged_and_self_contained(job):
@@ -151,9 +294,55 @@ def test_cohort_report_is_written_logged_and_self_contained(job):
     assert "ANCOVA" in html and "Holm-adjusted" in html and "TRIPOD+AI" in html
     assert "Not a substitute for clinical judgement" in html
     personal = [r for r in job.summary.outcomes.values() if r.champion != "arm_only"]
-    # Calibration and Qini per outcome; beeswarm, bar and 2 dependence plots per champion that depends on values.
-    assert html.count('<img src="data:image/png;base64,') >= 2 * len(job.summary.outcomes) + 4 * len(personal)
+    # Calibration, Qini, TOC, calibration for benefit, decision curve and the subgroup forest plot per outcome;
+    # beeswarm, bar and 2 dependence plots per champion that depends on values.
+    assert html.count('<img src="data:image/png;base64,') >= 6 * len(job.summary.outcomes) + 4 * len(personal)
     assert html.count('data-arm-only="1"') == len(job.summary.outcomes) - len(personal)
+    for key in ("toc", "benefit_calibration", "decision_curve"):  # also logged with the outcome run's plots
+        for result in job.summary.outcomes.values():
+            assert f"plots/{key}.png" in {a.path for a in client.list_artifacts(result.run_id, "plots")}, key
+
+
+@pytest.mark.slow
+def test_cohort_report_flags_intervals_average_effect_and_published_draw(job):
+    """Issue 15's statistician findings: flags, one calibration definition, intervals, subgroups, the default draw, Table 1."""
+    html = job.cohort.read_text(encoding="utf-8")
+    text = _text(html)
+    client = MlflowClient(job.uri)
+    for name, result in job.summary.outcomes.items():
+        summary = result.cv.summary
+        rows = dict(re.findall(r'<tr class="[^"]*" data-candidate="([^"]+)"(?: data-flags="([^"]*)")?>', html.split(f"<h3>{result.model.spec.outcomes[name].label} <span")[1].split("</table>")[0]))
+        assert set(rows) == set(summary.index), name
+        for candidate, flags in rows.items():
+            worse = any(summary.loc[candidate, f"auc_{arm}"] < 0.5 or summary.loc[candidate, f"calibration_slope_{arm}"] < 0 for arm in ("treated", "control"))
+            floor = candidate == "arm_only" or (candidate == "selected" and result.cv.selections.get("arm_only") == sum(result.cv.selections.values()))
+            assert bool(flags) == (worse and not floor), (name, candidate, flags)
+        flagged = [candidate_label(c).split(" (")[0] for c, f in rows.items() if f and c != "selected"]
+        verdict = _text(html.split(f'id="verdict-{name}"')[1].split("</li>")[0])
+        for label in flagged:  # named in the verdict too
+            assert label in verdict, (name, label)
+        assert ("worse than chance" in verdict) == bool(flagged or rows.get("selected")), name
+        # The average effect, prominently: in the verdict and in its own table, as trained.
+        effect = result.average_effect
+        assert f"{100 * effect.risk_difference:+.1f} pp" in verdict and "ANCOVA" in verdict, name
+        assert f'id="effect-{name}"' in html
+        # The calibration figure's title and caption give the logged slope (one definition).
+        slope = client.get_run(result.run_id).data.metrics["calibration_slope_treated"]
+        assert f"slope {slope:.2f}" in text
+    assert 'id="calibration-definition"' in html
+    # AUC and Brier with bootstrap intervals in the candidate table.
+    assert html.count('<small class="ci">') >= 3 * sum(len(r.cv.summary) for r in job.summary.outcomes.values())
+    # Prespecified subgroups with interaction p-values.
+    assert 'id="subgroups-pain"' in html and "Raised inflammation" in text and "Autoantibody positive" in text
+    assert "Baseline severity" in text and "interaction p" in text
+    # The default draw is the one closest to the published trial, and the report says how close.
+    assert f"This is the default simulated trial (seed {DEFAULT_SEED})" in text
+    assert 'id="published-distance"' in html and "seed 2024, scored 24.4" in text
+    # Table 1: a lab whose values are mostly below the detection limit shows a count, not a median of LOD/sqrt 2.
+    rf = _text(html.split("RF, IU/mL, median [IQR]")[1].split("</tr>")[0])
+    assert "< 10 in" in rf and "7.1 [7.1 to 7.1]" not in rf
+    for jargon in ("LOD/sqrt", "E[f(X)]"):
+        assert jargon not in text
 
 
 @pytest.mark.slow
@@ -230,9 +419,10 @@ def test_patient_report_warns_about_imputed_labs(job, champions):
         benefit = model.predict(patient)["benefit"].iat[0]
         assert f"<strong>{100 * benefit:+.0f} pp</strong>" in html
     personal = [m for m in models.values() if m.candidate_name != "arm_only"]
-    # Probabilities and interval per outcome; a waterfall only where the prediction depends on the patient's values.
-    assert html.count('<img src="data:image/png;base64,') == 2 * len(models) + len(personal)
-    assert html.count("the predicted benefit by") >= len(personal)  # plain-language driver sentences
+    charted = [m for m in personal if driver_view(explain_patients(m, patient)[0].benefit, False)["chart"]]
+    # Probabilities and interval per outcome; a drivers chart only where the patient's values move the answer.
+    assert html.count('<img src="data:image/png;base64,') == 2 * len(models) + len(charted)
+    assert html.count("the predicted benefit by") >= len(charted)  # plain-language driver sentences
     text = unescape(html)
     assert text.count("does not depend on the patient's values") == len(models) - len(personal)
     for model in models.values():
@@ -298,6 +488,16 @@ def test_reports_open_in_headless_chromium(chromium, job, champions, tmp_path):
             assert all(u.startswith(("file:", "data:")) for u in requests), (name, [u[:60] for u in requests])
             # Readable on a phone: the page itself never scrolls sideways (wide tables scroll in their own box).
             assert page.evaluate("() => document.documentElement.scrollWidth") <= width, (name, width)
+            shown = page.evaluate("() => Array.from(document.images).map(i => [i.getBoundingClientRect().width, i.naturalWidth])")
+            assert all(w <= width for w, _ in shown), (name, width)
+            if name == "patient":
+                # The answer for every outcome is on the first screen, before any scrolling.
+                answers = page.evaluate(
+                    "() => Array.from(document.querySelectorAll('.answer')).map(a => [a.id, a.getBoundingClientRect().bottom])"
+                )
+                assert len(answers) == len(models) and all(bottom <= height for _, bottom in answers), (width, answers)
+                # Pictures are drawn for a phone and shown at (nearly) their drawn size: no 0.35x shrinking.
+                assert all(w >= 0.9 * natural / 2 for w, natural in shown), (width, shown)
             shot = tmp_path / f"{name}-{width}x{height}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

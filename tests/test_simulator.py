@@ -61,3 +61,37 @@ def test_deterministic_and_lab_export_look():
     assert a["ana"].dropna().str.match(r"^(1:\d+|negative|NEG)$").all()
     assert a[["crp", "anti_sgc", "il6"]].isna().to_numpy().any()
     assert np.isfinite(a.filter(like="true_benefit").to_numpy()).all()
+
+
+def test_default_draw_is_the_searched_seed_closest_to_the_published_trial():
+    """One default draw, named in one place, chosen on the published summary figures only (training/published.py)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from training import cli
+    from training.published import (
+        DEFAULT_DISTANCE,
+        DEFAULT_SEED,
+        SEARCH_SEEDS,
+        SEED_2024_DISTANCE,
+        distance,
+        distance_terms,
+        search_seeds,
+    )
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert re.search(r"^SEED \?= (\d+)$", makefile, re.M).group(1) == str(DEFAULT_SEED)
+    assert inspect.signature(cli.simulate).parameters["seed"].default == DEFAULT_SEED
+    assert DEFAULT_SEED in SEARCH_SEEDS
+
+    default = simulate("final", 99, DEFAULT_SEED)
+    assert distance(default) == pytest.approx(DEFAULT_DISTANCE, abs=1e-3)
+    assert distance(simulate("final", 99, 2024)) == pytest.approx(SEED_2024_DISTANCE, abs=1e-2)
+    # What issue 15 found wrong with seed 2024: pain ANCOVA p = 0.031 (published 0.27), placebo memory +0.1 (-0.5).
+    terms = {t.key: t for t in distance_terms(default)}
+    assert terms["pain_p"].simulated > 0.1 and terms["memory_p"].simulated < 0.05
+    assert terms["memory_change_control"].simulated < 0 and all(abs(t.z) < 1 for t in terms.values())
+    # The search keeps the smallest distance.
+    ranked = search_seeds([2024, 1, DEFAULT_SEED, 2])
+    assert ranked["seed"].iat[0] == DEFAULT_SEED and ranked["distance"].is_monotonic_increasing

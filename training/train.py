@@ -209,7 +209,7 @@ def _log_outcome_artifacts(result: OutcomeResult, spec: DatasetSpec, config: Tra
     perm = result.permutation
     evidence = {"tested": perm.tested, "null": perm.null, "statistic": perm.statistic, "p_value": perm.p_value, "statistic_label": perm.label}
     # Drawn once: logged here as files and embedded in the cohort report.
-    result.figures = evaluation_figures(result.outcome, oof, evidence, arm_labels, config.seed)
+    result.figures = evaluation_figures(result.outcome, oof, evidence, arm_labels, config.seed, cv.summary.loc[result.procedure].to_dict())
     with tempfile.TemporaryDirectory() as tmp:
         for key, uri in result.figures.items():
             (Path(tmp) / f"{key}.png").write_bytes(png_from_uri(uri))

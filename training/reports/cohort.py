@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,13 +18,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from training import plots
-from training.reports import figures
+from training.reports import analysis, figures
 from training.reports.payload import CohortPayload
 from training.reports.render import environment
 
 log = logging.getLogger("responders.reports")
 
 TEMPLATE = "cohort.html.j2"
+DECISION_THRESHOLDS = np.linspace(0.0, 0.30, 61)  # smallest benefit worth treating for: 0 to 30 percentage points
 
 # TRIPOD+AI (Collins et al., BMJ 2024;385:e078378) main items this report covers, and where.
 TRIPOD_COVERED = [
@@ -40,7 +42,8 @@ TRIPOD_COVERED = [
     ("20", "Participants", "Table 1 by arm; outcome changes"),
     ("21", "Model development (participants and outcome events)", "Candidate comparison (n patients, responders)"),
     ("22", "Model specification", "Model card: champion candidate and registry version"),
-    ("23", "Model performance", "Candidate comparison; calibration plots; Qini curve with bootstrap band; AUTOC interval"),
+    ("23", "Model performance", "Candidate comparison with bootstrap intervals for AUC and Brier; calibration plots; Qini and TOC "
+     "curves with bootstrap bands; AUTOC interval; calibration for benefit; decision curve; prespecified subgroups"),
     ("25", "Interpretation", "Heterogeneity evidence verdict"),
     ("26", "Limitations", "Model card: limitations"),
     ("27", "Usability in context", "Model card: intended use, not a substitute for clinical judgement, input warnings"),
@@ -62,21 +65,46 @@ def _shap_views(payload: CohortPayload, outcome: str):
     return meta, benefit, treated
 
 
-def evaluation_steps(outcome: str, oof, evidence: dict, labels: tuple[str, str], seed: int) -> list[tuple[str, Callable]]:
+def evaluation_steps(
+    outcome: str, oof, evidence: dict, labels: tuple[str, str], seed: int, metrics: dict | None = None
+) -> list[tuple[str, Callable]]:
     """(figure key, builder) for the out-of-fold evaluation figures of one outcome.
 
     The training job draws these once, logs them as the outcome run's
-    ``plots/<key>.png`` and embeds the same images in the report.
+    ``plots/<key>.png`` and embeds the same images in the report. ``metrics``
+    (the logged out-of-fold metrics of the champion procedure) puts the logged
+    calibration intercepts and slopes on the calibration figure.
     """
     t, y = oof["t"].to_numpy(), oof["y"].to_numpy()
+    benefit, psi = oof["benefit"].to_numpy(), oof["psi"].to_numpy()
+    stats = None
+    if metrics is not None:
+        stats = {}
+        for arm in ("treated", "control"):
+            pair = (metrics.get(f"calibration_intercept_{arm}"), metrics.get(f"calibration_slope_{arm}"))
+            if all(v is not None and math.isfinite(float(v)) for v in pair):
+                stats[arm] = (float(pair[0]), float(pair[1]))
 
     def calibration():
         return plots.calibration_figure(
-            y, t, oof["p1"].to_numpy(), oof["p0"].to_numpy(), labels, f"{outcome}: calibration of the champion procedure (out of fold)"
+            y, t, oof["p1"].to_numpy(), oof["p0"].to_numpy(), labels, f"{outcome}: calibration of the champion procedure (out of fold)", stats
         )
 
     def qini():
-        return plots.uplift_figure(oof["benefit"].to_numpy(), t, y, f"{outcome}: Qini curve (out of fold)", seed=seed)
+        return plots.uplift_figure(benefit, t, y, f"{outcome}: Qini curve (out of fold)", seed=seed)
+
+    def toc():
+        grid = np.linspace(max(0.05, 1 / len(psi)), 1, 60)
+        curve, band = analysis.toc_band(benefit, psi, grid, seed=seed)
+        return plots.toc_figure(curve, band, grid, f"{outcome}: TOC curve (out of fold)")
+
+    def benefit_calibration():
+        rows = analysis.benefit_calibration(benefit, t, y)
+        return plots.benefit_calibration_figure(rows, f"{outcome}: calibration for benefit (out of fold)")
+
+    def decision():
+        curves = analysis.decision_curve(benefit, psi, DECISION_THRESHOLDS)
+        return plots.decision_curve_figure(curves, f"{outcome}: decision curve (out of fold)", labels)
 
     def permutation():
         return plots.permutation_figure(
@@ -87,15 +115,23 @@ def evaluation_steps(outcome: str, oof, evidence: dict, labels: tuple[str, str],
             evidence.get("statistic_label", "best Qini-weighted RATE over candidates"),
         )
 
-    steps: list[tuple[str, Callable]] = [("calibration", calibration), ("qini", qini)]
+    steps: list[tuple[str, Callable]] = [
+        ("calibration", calibration),
+        ("qini", qini),
+        ("toc", toc),
+        ("benefit_calibration", benefit_calibration),
+        ("decision_curve", decision),
+    ]
     if evidence["tested"]:
         steps.append(("permutation", permutation))
     return steps
 
 
-def evaluation_figures(outcome: str, oof, evidence: dict, labels: tuple[str, str], seed: int) -> dict[str, str]:
+def evaluation_figures(
+    outcome: str, oof, evidence: dict, labels: tuple[str, str], seed: int, metrics: dict | None = None
+) -> dict[str, str]:
     """Draw :func:`evaluation_steps` now: figure key -> PNG ``data:`` URI."""
-    return {key: figures.data_uri(build()) for key, build in evaluation_steps(outcome, oof, evidence, labels, seed)}
+    return {key: figures.data_uri(build()) for key, build in evaluation_steps(outcome, oof, evidence, labels, seed, metrics)}
 
 
 def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
@@ -106,7 +142,13 @@ def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
     steps: list[tuple[str, str, Callable]] = []
     for outcome, info in payload.outcomes.items():
         oof = payload.part(outcome, "oof")
-        steps += [(outcome, key, build) for key, build in evaluation_steps(outcome, oof, info["evidence"], labels, seed)]
+        steps += [(outcome, key, build) for key, build in evaluation_steps(outcome, oof, info["evidence"], labels, seed, info["metrics"])]
+        if info["subgroups"]["groups"]:
+
+            def forest(outcome=outcome, info=info):
+                return plots.forest_figure(info["subgroups"], f"{outcome}: prespecified subgroups")
+
+            steps.append((outcome, "forest", forest))
         if info["champion"] == "arm_only":
             continue  # the floor's prediction does not depend on any value: nothing to attribute
 

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # headless: training jobs, servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# pyplot keeps one current figure per process; shap's waterfall draws on it, and the
+# pyplot keeps one current figure per process; shap's plots draw on it, and the
 # REST API renders reports from several threads at once.
 PLOT_LOCK = threading.RLock()
 
@@ -103,55 +103,88 @@ def dependence_figure(expl_column, title: str, xlabel: str):
         return fig
 
 
-def waterfall_figure(expl_row, max_display: int = 8):
-    """SHAP waterfall of one patient's prediction (shap draws on the current pyplot figure)."""
-    import shap
+PHONE_WIDTH = 3.7  # inches: 370 CSS px at 100 px per inch, the width of a 390 px phone screen less margins
+PATIENT_DPI = 200  # drawn at twice the displayed size, so the picture stays sharp on a phone's dense screen
+DISPLAY_WIDTH = int(PHONE_WIDTH * 100)  # the <img width> the patient report gives its pictures
 
+
+def _wrap(text: str, width: int = 24) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:3]) or text
+
+
+def drivers_figure(drivers: list[tuple[str, float]], remainder: tuple[int, float] | None = None):
+    """The patient's drivers of the benefit as bars from zero, in percentage points (a bar list, not a waterfall).
+
+    The axis is the benefit's own scale centred on no change and at least
+    +-5 percentage points wide, so a bar's length is what it is on the scale
+    the clinician reads the benefit in: small contributions look small.
+    ``remainder`` pools the inputs not shown (count, total contribution).
+    """
+    rows = [(_wrap(label), 100 * value) for label, value in drivers]
+    if remainder is not None and remainder[0] > 0:
+        count, total = remainder
+        rows.append((f"{count} other input{'s' * (count != 1)}", 100 * total))
     with PLOT_LOCK:
-        fig = plt.figure()  # now the current figure, which the waterfall draws on
-        shap.plots.waterfall(expl_row, max_display=max_display, show=False)
-        for text in fig.axes[0].get_yticklabels():
-            text.set_fontsize(10)
+        height = 0.5 + 0.42 * len(rows) + 0.16 * sum(label.count("\n") for label, _ in rows)
+        fig, ax = plt.subplots(figsize=(PHONE_WIDTH, height))
+        values = [v for _, v in rows]
+        span = max(5.0, 1.25 * max(abs(v) for v in values))
+        y = np.arange(len(rows))
+        ax.barh(y, values, color=[TREATED if v >= 0 else CONTROL for v in values], height=0.62)
+        ax.axvline(0, color="0.3", lw=1)
+        for yi, v in zip(y, values, strict=True):
+            ax.text(v + (0.02 if v >= 0 else -0.02) * span, yi, f"{v:+.1f}", va="center", ha="left" if v >= 0 else "right", fontsize=8.5)
+        ax.set_yticks(y, [label for label, _ in rows], fontsize=8.5)
+        ax.invert_yaxis()
+        ax.set_xlim(-span * 1.18, span * 1.18)
+        ax.set_xlabel("percentage points", fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=8)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(axis="y", length=0)
+        fig.tight_layout(pad=0.4)
         return fig
 
 
 def probability_figure(p_treated: float, p_control: float, labels: tuple[str, str]):
-    """Both arms' chance of a meaningful response as bars (percent)."""
+    """Both arms' chance of a meaningful response as bars (percent), sized for a phone."""
     with PLOT_LOCK:
-        fig, ax = plt.subplots(figsize=(4.4, 1.7))
+        fig, ax = plt.subplots(figsize=(PHONE_WIDTH, 1.45))
         values = [100 * p_treated, 100 * p_control]
         bars = ax.barh([0, 1], values, color=[TREATED, CONTROL], height=0.6)
         for bar, value in zip(bars, values, strict=True):
-            ax.text(min(value + 2, 86), bar.get_y() + bar.get_height() / 2, f"{value:.0f}%", va="center", fontsize=10)
-        ax.set_yticks([0, 1], [_shorten(labels[0], 22), _shorten(labels[1], 22)], fontsize=10)
+            ax.text(min(value + 2, 84), bar.get_y() + bar.get_height() / 2, f"{value:.0f}%", va="center", fontsize=9)
+        ax.set_yticks([0, 1], [_wrap(labels[0], 16), _wrap(labels[1], 16)], fontsize=8.5)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
-        ax.set_xlabel("chance of a meaningful response (%)", fontsize=9)
-        ax.tick_params(axis="x", labelsize=9)
+        ax.set_xlabel("chance of a meaningful response (%)", fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=8)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-        fig.tight_layout()
+        fig.tight_layout(pad=0.4)
         return fig
 
 
 def benefit_figure(benefit: float, lower: float, upper: float, labels: tuple[str, str], level: float):
-    """The benefit as a point with its interval on a percentage-point axis centred on no difference."""
+    """The benefit as a point with its interval on a percentage-point axis centred on no difference, sized for a phone."""
     with PLOT_LOCK:
-        fig, ax = plt.subplots(figsize=(4.4, 1.7))
+        fig, ax = plt.subplots(figsize=(PHONE_WIDTH, 1.45))
         lo, mid, hi = 100 * lower, 100 * benefit, 100 * upper
         span = max(30.0, abs(lo) + 5, abs(hi) + 5)
         ax.axvline(0, color="0.4", lw=1)
         ax.hlines(0, lo, hi, color="#333333", lw=3)
-        ax.plot([mid], [0], "o", color=TREATED if mid >= 0 else CONTROL, ms=11, zorder=3)
+        ax.plot([mid], [0], "o", color=TREATED if mid >= 0 else CONTROL, ms=10, zorder=3)
         ax.set_xlim(-span, span)
         ax.set_ylim(-1, 1)
         ax.set_yticks([])
-        ax.set_xlabel(f"benefit, percentage points ({level:.0%} interval)", fontsize=9)
-        ax.tick_params(axis="x", labelsize=9)
-        ax.text(-span * 0.97, 0.62, f"favours {_shorten(labels[1].lower(), 20)}", fontsize=8, color="0.35")
-        ax.text(span * 0.97, 0.62, f"favours {_shorten(labels[0].lower(), 20)}", fontsize=8, color="0.35", ha="right")
-        ax.text(mid, -0.62, f"{mid:+.0f} ({lo:+.0f} to {hi:+.0f})", ha="center", fontsize=10)
+        ax.set_xlabel(f"benefit, percentage points ({level:.0%} interval)", fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.text(-span * 0.97, 0.62, f"favours {_shorten(labels[1].lower(), 18)}", fontsize=7.5, color="0.35")
+        ax.text(span * 0.97, 0.62, f"favours {_shorten(labels[0].lower(), 18)}", fontsize=7.5, color="0.35", ha="right")
+        ax.text(mid, -0.66, f"{mid:+.0f} ({lo:+.0f} to {hi:+.0f})", ha="center", fontsize=9)
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
-        fig.tight_layout()
+        fig.tight_layout(pad=0.4)
         return fig

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from training.explain import explain_patients
+from training.explain import OutputExplanation, explain_patients
+from training.labelling import pp
 from training.model import ResponderModel
 from training.reports import figures
 from training.reports.render import environment
@@ -38,9 +39,53 @@ WARNING_TITLES = {
 }
 
 
-def _waterfall_names(drivers) -> list[str]:
-    """Labels a clinician recognises: the patient's value of each input (one driver per input)."""
-    return [driver.display_value for driver in drivers]
+CHART_DRIVERS = 6  # bars in the drivers chart; the rest are pooled into one "other inputs" bar
+MIN_MOVE = 0.01  # below 1 percentage point in total, the drivers do not change the answer: no chart
+
+
+def driver_view(benefit: OutputExplanation, arm_only: bool) -> dict[str, Any]:
+    """How the report shows what moves this patient's benefit: a bar chart, or a sentence saying why not.
+
+    ``total`` is how far the drivers move the answer in all (the sum of their
+    absolute contributions, probability points); below :data:`MIN_MOVE` a chart
+    would draw noise at a scale no one reads, so the report says so instead.
+    """
+    drivers = benefit.drivers
+    total = float(sum(abs(d.contribution) for d in drivers))
+    view: dict[str, Any] = {"chart": False, "total": total, "base": benefit.base_value, "prediction": benefit.prediction}
+    if arm_only or not drivers:
+        view["sentence"] = benefit.note or "The prediction equals the average benefit: no value of this patient moves it."
+        return view
+    if total < MIN_MOVE:
+        view["sentence"] = (
+            f"This patient's values move the predicted benefit by less than 1 percentage point in all "
+            f"(from the trial average of {pp(benefit.base_value, 1)} to {pp(benefit.prediction, 1)}), so no chart is shown: "
+            "for this patient the answer is, in effect, the model's average answer."
+        )
+        return view
+    shown = drivers[:CHART_DRIVERS]
+    rest = drivers[CHART_DRIVERS:]
+    view.update(
+        chart=True,
+        bars=[(d.display_value, d.contribution) for d in shown],
+        remainder=(len(rest), float(sum(d.contribution for d in rest))) if rest else None,
+    )
+    return view
+
+
+def plain_rule(text: str) -> str:
+    """The label rule with the labels' code names (``likely_benefit``) replaced by the words on the report."""
+    for code in ("unlikely_benefit", "likely_benefit"):
+        text = text.replace(code, f"\u201c{LABEL_TEXT[code].lower()}\u201d")
+    return text
+
+
+def _average_effect(model: ResponderModel) -> dict[str, Any] | None:
+    effect = model.average_effect or {}
+    if effect.get("risk_difference") is None:
+        return None
+    ancova = effect.get("ancova") or {}
+    return {**effect, "ancova": ancova if ancova.get("estimate") is not None else None}
 
 
 def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> dict[str, Any]:
@@ -48,13 +93,11 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     [explained] = explain_patients(model, raw)
     spec = model.spec
     labels = (spec.treated_display(), spec.control_display())
-    benefit = explained.benefit
-    drivers = benefit.drivers
-    values = [d.contribution for d in drivers]
-    expl = figures.explanation(values, benefit.base_value, None, _waterfall_names(drivers))
+    view = driver_view(explained.benefit, model.candidate_name == "arm_only")
     with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
         probabilities = figures.data_uri(
             figures.probability_figure(float(prediction["p_response_treated"]), float(prediction["p_response_control"]), labels),
+            dpi=figures.PATIENT_DPI,
             tight=False,
         )
         interval = figures.data_uri(
@@ -62,13 +105,20 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
                 float(prediction["benefit"]), float(prediction["benefit_lower"]), float(prediction["benefit_upper"]), labels,
                 model.interval_level,
             ),
+            dpi=figures.PATIENT_DPI,
             tight=False,
         )
-        waterfall = figures.data_uri(figures.waterfall_figure(expl)) if drivers else None
+        drivers = (
+            figures.data_uri(figures.drivers_figure(view["bars"], view["remainder"]), dpi=figures.PATIENT_DPI, tight=False)
+            if view["chart"]
+            else None
+        )
     outcome = spec.outcomes[model.outcome]
+    label = str(prediction["label"])
     return {
         "key": model.outcome,
         "label": outcome.label,
+        "short": outcome.label.split(" (")[0],
         "responder_rule": model.metadata.get("responder_rule") or outcome.responder.describe(outcome.better, outcome.unit),
         "p_treated": float(prediction["p_response_treated"]),
         "p_control": float(prediction["p_response_control"]),
@@ -76,17 +126,17 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "lower": float(prediction["benefit_lower"]),
         "upper": float(prediction["benefit_upper"]),
         "level": model.interval_level,
-        "label_key": str(prediction["label"]),
-        "label_text": LABEL_TEXT.get(str(prediction["label"]), str(prediction["label"])),
-        "label_rule": model.label_policy.describe(),
+        "label_key": label,
+        "label_text": LABEL_TEXT.get(label, label.replace("_", " ")),
+        "label_rule": plain_rule(model.label_policy.describe()),
         "label_reason": str(prediction["label_reason"]),
         "probabilities": probabilities,
         "interval": interval,
-        "waterfall": waterfall,
-        "note": benefit.note,
-        "base": benefit.base_value,
-        "benefit_drivers": [d.sentence for d in drivers[:TOP_DRIVERS]],
+        "drivers_chart": drivers,
+        "drivers_view": view,
+        "benefit_drivers": [d.sentence for d in explained.benefit.drivers[:TOP_DRIVERS]] if view["chart"] else [],
         "treated_drivers": [d.sentence for d in explained.p_response_treated.drivers[:3]],
+        "average_effect": _average_effect(model),
         "evidence": model.evidence.to_dict(),
         "candidate": model.metadata.get("candidate_label", model.candidate_name),
         "risk_model": model.candidate_name == "risk_model",
@@ -158,6 +208,8 @@ def render_patient_report(
         warnings=warnings,
         provenance=_provenance(models),
         date=moment.strftime("%Y-%m-%d %H:%M UTC"),
+        image_width=figures.DISPLAY_WIDTH,
+        below_detection=any(w["code"] == "below_detection_limit" for w in warnings),
     )
     log.info("patient report rendered: %d outcome(s), %.0f kB, %.2f s", len(sections), len(html) / 1024, time.perf_counter() - started)
     return html

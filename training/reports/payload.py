@@ -8,9 +8,16 @@ MLflow alone, without the data file or a refit. Metrics are copied from the
 same cross-validation summary the job logs as MLflow metrics, never
 recomputed, so the report and the tracking store cannot disagree.
 
+Numbers that are not logged metrics are computed here once, at training time,
+from the same out-of-fold predictions and responder labels: bootstrap
+intervals for AUC and Brier, the worse-than-chance flags, the prespecified
+subgroups and, for a simulated trial, its distance from the published one
+(``training.reports.analysis``, ``training.published``).
+
 Parts hold pseudonymised per-patient arrays (no patient ids): out-of-fold
-predictions for the calibration and Qini plots, and SHAP contributions of the
-champion on the training cohort for the beeswarm and dependence plots.
+predictions for the calibration, Qini, TOC, calibration-for-benefit and
+decision curves, and SHAP contributions of the champion on the training cohort
+for the beeswarm and dependence plots.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ import pandas as pd
 from features.catalog import load_catalog
 from features.labs import parse_lab_series
 from training.candidates import candidate_label
+from training.evaluation import SELECTED
 from training.explain import explain_patients
 from training.labels import responder_labels
 from training.model import ResponderModel
+from training.published import PUBLISHED_FINAL, comparison
+from training.reports.analysis import chance_flags, metric_intervals, subgroup_effects
 from training.results import HEADLINE
 from training.spec import DEFAULT_SPEC, DatasetSpec, level_key
 
@@ -47,24 +57,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("responders.reports")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ARTIFACT_DIR = "reports"
 PAYLOAD_FILE = "payload.json"
 PARTS_DIR = "payload"
 MAX_SHAP_ROWS = 1000  # a beeswarm of more points adds nothing and explain time grows linearly (registries of 1e5 rows)
-
-# Published FINAL figures (Bruun et al., Lancet Rheumatology 2024;6:e31-e39; DESIGN section 1).
-PUBLISHED_FINAL: dict[str, Any] = {
-    "citation": "Bruun et al., Lancet Rheumatology 2024;6:e31-e39 (FINAL trial, NCT04270877)",
-    "n": {"treated": 49, "control": 50},
-    "age": "50.6 (8.8)",
-    "baseline": {"pain_baseline": "6.3", "memory_baseline": "5.7"},
-    "changes": {
-        "pain": {"treated": "-1.3 (-1.7 to -0.8)", "control": "-0.9 (-1.4 to -0.5)", "p": "0.27"},
-        "memory": {"treated": "-1.4", "control": "-0.5", "p": "0.004"},
-    },
-    "responders": {"pain": {"treated": "45%", "control": "28%"}},
-}
+METRIC_BOOTSTRAP = 1000  # draws for the AUC and Brier intervals
 
 SIMULATED_NAME = re.compile(r"^(?P<scenario>final|null|strong)-n(?P<n>\d+)-seed(?P<seed>\d+)$")
 
@@ -98,6 +96,30 @@ def _median_iqr(x: np.ndarray, digits: int = 1) -> str:
     return f"{q2:.{digits}f} [{q1:.{digits}f} to {q3:.{digits}f}]"
 
 
+def _censored_median_iqr(x: np.ndarray, below: np.ndarray, lod: float | None, digits: int) -> str:
+    """Median [IQR] of a lab with values below the detection limit, which are only known to be below it.
+
+    A quartile that falls among the censored values is shown as ``< LOD``; when
+    most measured values are censored the median itself is, and the count
+    below the limit is shown instead of a number that would only repeat the
+    substituted value.
+    """
+    measured = ~np.isnan(x)
+    n = int(measured.sum())
+    if n == 0:
+        return "n/a"
+    censored = int((below[measured] > 0).sum())
+    if lod is None or censored == 0:
+        return _median_iqr(x, digits)
+    limit = f"< {lod:g}"
+    if censored * 2 >= n:
+        return f"{limit} in {censored}/{n} ({100 * censored / n:.0f}%)"
+    fraction = censored / n
+    values = np.quantile(x[measured], [0.25, 0.5, 0.75])
+    shown = [limit if q <= fraction else f"{v:.{digits}f}" for q, v in zip((0.25, 0.5, 0.75), values, strict=True)]
+    return f"{shown[1]} [{shown[0]} to {shown[2]}]"
+
+
 def _digits(x: np.ndarray) -> int:
     """Decimals that suit the scale of a lab (IL-1beta near 0.7 needs two, ESR near 12 none)."""
     x = x[np.isfinite(x)]
@@ -126,12 +148,14 @@ def data_provenance(frame: pd.DataFrame, data_path: str | Path, digest: str, spe
     simulated = bool(truth)
     match = SIMULATED_NAME.match(Path(data_path).stem)
     scenario = match.group("scenario") if (simulated and match) else None
+    seed = int(match.group("seed")) if (simulated and match) else None
     return {
         "source": Path(data_path).name,
         "digest": digest,
         "n_rows": len(frame),
         "simulated": simulated,
         "scenario": scenario,
+        "seed": seed,
         "ground_truth_columns": len(truth),
         "compare_published": simulated and spec.name == DEFAULT_SPEC and scenario in (None, "final"),
     }
@@ -224,7 +248,7 @@ def table_one(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> dict[s
                 if n_below:
                     parts.append(f"{n_below} below LOD")
                 notes.append("; ".join(parts))
-            add(group, f"{lab.label}, {lab.unit}, median [IQR]", [_median_iqr(value[m], digits) for _, m in arms], notes)
+            add(group, f"{lab.label}, {lab.unit}, median [IQR]", [_censored_median_iqr(value[m], below[m], lab.lod, digits) for _, m in arms], notes)
         if lab.positive_at is not None:
             cut = f"1:{lab.positive_at:g}" if lab.kind == "titre" else f"{lab.positive_at:g} {lab.unit}"
             positivity.append((f"{lab.label} positive (>= {cut}), n/N measured (%)", value, value >= lab.positive_at, analyte))
@@ -301,10 +325,7 @@ def outcome_changes(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> 
 
 
 def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig, published: bool) -> list[dict[str, Any]]:
-    """Responders by arm under each outcome's rule (as trained), with the risk difference (Newcombe CI, Fisher p)."""
-    from scipy.stats import fisher_exact
-    from statsmodels.stats.proportion import confint_proportions_2indep
-
+    """Responders by arm under each outcome's rule (as trained); the difference is the job's average effect (see ``effect``)."""
     treated = spec.arm.is_treated(frame[spec.arm.column])
     out = []
     for name, outcome in spec.outcomes.items():
@@ -313,11 +334,6 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
         ok = ~np.isnan(y)
         r_t, n_t = int(y[treated & ok].sum()), int((treated & ok).sum())
         r_c, n_c = int(y[~treated & ok].sum()), int((~treated & ok).sum())
-        lower = upper = p = None
-        if n_t and n_c:
-            lo, hi = confint_proportions_2indep(r_t, n_t, r_c, n_c, method="newcomb", compare="diff")
-            lower, upper = _num(lo), _num(hi)
-            p = _num(fisher_exact([[r_t, n_t - r_t], [r_c, n_c - r_c]])[1])
         out.append(
             {
                 "outcome": name,
@@ -326,10 +342,10 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
                 "missing_followup": counts.missing_followup,
                 "missing_policy": counts.missing_policy,
                 "kind": outcome.kind,
+                "effect": None,  # the job's average effect (Miettinen-Nurminen, Holm), filled from its results
                 "sensitivity": None,  # filled from the job's results (missing_followup_sensitivity) when computed
                 "treated": {"responders": r_t, "n": n_t, "rate": _num(r_t / n_t) if n_t else None},
                 "control": {"responders": r_c, "n": n_c, "rate": _num(r_c / n_c) if n_c else None},
-                "difference": {"estimate": _num(r_t / n_t - r_c / n_c) if n_t and n_c else None, "lower": lower, "upper": upper, "p": p},
                 "published": PUBLISHED_FINAL["responders"].get(name) if published else None,
             }
         )
@@ -337,20 +353,44 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
 
 
 # Models: candidates, evidence, SHAP ----------------------------------------------------------------
-def candidate_rows(result: OutcomeResult, headline: list[str]) -> list[dict[str, Any]]:
-    """One row per candidate (and the nested selection procedure) with the out-of-fold metrics as logged."""
+def _floor_only(result: OutcomeResult, name: str) -> bool:
+    """Whether a row's predictions are the arm-only floor's: one probability per arm, no ranking to judge."""
+    if name == "arm_only":
+        return True
+    selections = result.cv.selections
+    return name == SELECTED and sum(selections.values()) > 0 and selections.get("arm_only", 0) == sum(selections.values())
+
+
+def candidate_rows(
+    result: OutcomeResult, headline: list[str], arm_names: tuple[str, str] = ("treated", "control"), seed: int = 0
+) -> list[dict[str, Any]]:
+    """One row per candidate (and the nested selection procedure): out-of-fold metrics as logged, intervals, flags.
+
+    AUC and Brier intervals are percentile bootstrap intervals over the
+    out-of-fold predictions (:func:`training.reports.analysis.metric_intervals`).
+    A row is flagged when it predicts worse than chance out of fold (AUC below
+    0.5 or a negative calibration slope in an arm), except the arm-only floor,
+    which gives every patient of an arm the same probability by design: its AUC
+    and slope only reflect fold-to-fold noise.
+    """
     summary = result.cv.summary
+    names = [str(name) for name in summary.index]
+    intervals = metric_intervals(result.cv, result.data, [n for n in names if n in result.cv.oof], METRIC_BOOTSTRAP, seed)
     rows = []
-    for name in summary.index:
+    for name in names:
         metrics = {k: _num(summary.loc[name, k]) for k in headline if k in summary.columns}
+        floor = _floor_only(result, name)
         rows.append(
             {
-                "name": str(name),
+                "name": name,
                 "label": candidate_label(name) if name in result.cv.selections else "Nested selection (inner-loop choice per outer fold)",
                 "times_selected": result.cv.selections.get(name),
                 "is_procedure": name == result.procedure,
                 "is_champion": name == result.champion,
                 "metrics": metrics,
+                "intervals": intervals.get(name, {}),
+                "floor_only": floor,
+                "flags": [] if floor else chance_flags(metrics, arm_names),
             }
         )
     return rows
@@ -536,6 +576,7 @@ def build_cohort_payload(
             parts[f"{name}__{part}"] = table
         parts[f"{name}__oof"] = oof_frame(result)
         outcome = spec.outcomes[name]
+        candidates = candidate_rows(result, HEADLINE, (spec.treated_display(), spec.control_display()), config.seed)
         outcomes[name] = {
             "label": outcome.label,
             "responder_rule": result.counts.rule,
@@ -549,7 +590,10 @@ def build_cohort_payload(
             "champion_label": candidate_label(result.champion),
             "reason": result.reason,
             "metrics": {k: _num(result.cv.summary.loc[result.procedure, k]) for k in HEADLINE if k in result.cv.summary.columns},
-            "candidates": candidate_rows(result, HEADLINE),
+            "candidates": candidates,
+            "worse_than_chance": [c["label"].split(" (")[0] for c in candidates if c["flags"] and not c["is_procedure"]],
+            "procedure_flags": next((c["flags"] for c in candidates if c["is_procedure"]), []),
+            "subgroups": subgroup_effects(result.data.X, result.data.t, result.data.y, spec, name),
             "evidence": {
                 "tested": tested,
                 "subgroup_evidence": bool(result.evidence),
@@ -566,7 +610,7 @@ def build_cohort_payload(
             "interval_level": result.model.interval_level,
             "label_rule": result.model.label_policy.describe(),
             "label_mode": result.model.label_policy.mode,
-            "average_effect": result.average_effect.to_dict() if result.average_effect is not None else None,
+            "average_effect": _json_safe(result.average_effect.to_dict()) if result.average_effect is not None else None,
             "shap": shap_meta,
             "registry": {},
         }
@@ -599,12 +643,14 @@ def build_cohort_payload(
             "alpha": config.evidence.alpha,
             "bootstrap_models": config.intervals.bootstrap_models,
             "interval_level": config.intervals.level,
+            "metric_bootstrap": METRIC_BOOTSTRAP,
             "digest": config.digest(),
         },
         "published": PUBLISHED_FINAL if published else None,
+        "published_comparison": comparison(frame, provenance.get("seed")) if published else None,
         "table1": table_one(frame, spec, published),
         "changes": outcome_changes(frame, spec, published),
-        "responders": _with_sensitivity(responder_rates(frame, spec, config, published), results),
+        "responders": _with_effects(responder_rates(frame, spec, config, published), results),
         "outcomes": outcomes,
         "verdict": {
             "tested": any_tested,
@@ -617,11 +663,14 @@ def build_cohort_payload(
     return CohortPayload(meta, parts)
 
 
-def _with_sensitivity(rows: list[dict[str, Any]], results: dict[str, OutcomeResult]) -> list[dict[str, Any]]:
-    """Each responder row with the job's sensitivity analysis (the other missing-follow-up policy), if computed."""
+def _with_effects(rows: list[dict[str, Any]], results: dict[str, OutcomeResult]) -> list[dict[str, Any]]:
+    """Each responder row with the job's average effect and its sensitivity analysis (the other missing-follow-up policy)."""
     for row in rows:
-        effect = getattr(results.get(row["outcome"]), "average_effect_sensitivity", None)
-        row["sensitivity"] = _json_safe(effect.to_dict()) if effect is not None else None
+        result = results.get(row["outcome"])
+        effect = getattr(result, "average_effect", None)
+        row["effect"] = _json_safe(effect.to_dict()) if effect is not None else None
+        sensitivity = getattr(result, "average_effect_sensitivity", None)
+        row["sensitivity"] = _json_safe(sensitivity.to_dict()) if sensitivity is not None else None
     return rows
 
 

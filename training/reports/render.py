@@ -41,6 +41,19 @@ def fmt_p(value) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def fmt_p_eq(value) -> str:
+    """A p-value as a clause: ``p = 0.079`` or ``p < 0.001``."""
+    text = fmt_p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def fmt_level(value) -> str:
+    """A confidence level as a percentage without a needless decimal: 0.95 -> '95%', 0.975 -> '97.5%'."""
+    if _missing(value):
+        return "n/a"
+    return f"{100 * float(value):.1f}".removesuffix(".0") + "%"
+
+
 @lru_cache(maxsize=1)
 def environment() -> Environment:
     """Templates from ``training/reports/templates``; every variable is HTML-escaped unless marked safe."""
@@ -51,5 +64,5 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, pp=fmt_pp, pvalue=fmt_p, inline=inline)
+    env.filters.update(num=fmt_num, signed=fmt_signed, pct=fmt_pct, pp=fmt_pp, pvalue=fmt_p, peq=fmt_p_eq, level=fmt_level, inline=inline)
     return env

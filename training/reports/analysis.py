@@ -1,0 +1,311 @@
+"""Statistics the cohort report shows beyond the logged metrics: intervals, flags, subgroups, benefit curves.
+
+Everything here is computed from out-of-fold predictions or the trial's own
+responder labels; nothing refits a model.
+
+- :func:`metric_intervals`: percentile bootstrap intervals for AUC and Brier
+  score per arm. Patients are resampled within each arm; every draw
+  recomputes the metric on each cross-validation repeat's out-of-fold
+  predictions and averages over repeats, exactly as the logged metric is
+  defined, so the interval is the interval of the number in the table.
+- :func:`chance_flags`: a candidate whose out-of-fold AUC is below 0.5 or
+  whose calibration slope is negative in an arm predicts worse than chance.
+- :func:`subgroup_effects`: prespecified subgroups (raised inflammation,
+  autoantibody positivity, baseline severity; only those the spec's inputs
+  allow) with the responder risk difference in each level and a test of
+  equal risk differences (the interaction on the scale that is drawn).
+- :func:`benefit_calibration`, :func:`decision_curve`, :func:`toc_band`:
+  the calibration-for-benefit table, the decision curve for treating by
+  predicted benefit and the TOC curve behind RATE, from the out-of-fold
+  predictions and doubly robust scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from features.catalog import load_catalog
+from features.labs import parse_lab_series
+from features.transformers import _upper_reference
+from training import metrics as M
+from training.effects import score_interval
+
+if TYPE_CHECKING:
+    from training.evaluation import CVResult, OutcomeData
+    from training.spec import DatasetSpec
+
+LEVEL = 0.95
+BOOTSTRAP = 1000
+MIN_GROUP = 5  # fewer patients than this in an arm of a subgroup level: no estimate
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# Bootstrap intervals for the arm metrics ----------------------------------------------------------------
+def _auc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """AUC of every row of ``(y, p)`` (Mann-Whitney, ties counted half); NaN where a row has one class."""
+    ranks = stats.rankdata(p, axis=1)
+    n1 = y.sum(axis=1)
+    n0 = y.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * y).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def metric_intervals(
+    cv: CVResult, data: OutcomeData, names: list[str], n_boot: int = BOOTSTRAP, seed: int = 0, level: float = LEVEL
+) -> dict[str, dict[str, list[float | None]]]:
+    """Per candidate: ``{metric: [lower, upper]}`` for AUC and Brier per arm and the Brier mean of the arms."""
+    rng = np.random.default_rng(seed)
+    t = np.asarray(data.t).astype(bool)
+    y = np.asarray(data.y, dtype=float)
+    arms = {"treated": np.nonzero(t)[0], "control": np.nonzero(~t)[0]}
+    draws = {arm: rows[rng.integers(0, len(rows), (n_boot, len(rows)))] for arm, rows in arms.items() if len(rows)}
+    tail = (1 - level) / 2
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for name in names:
+        oof = cv.oof[name]  # (repeats, n, 2)
+        values: dict[str, np.ndarray] = {}
+        for column, arm in ((0, "treated"), (1, "control")):
+            if arm not in draws:
+                continue
+            rows = draws[arm]
+            yy = y[rows]
+            auc = np.zeros(n_boot)
+            brier = np.zeros(n_boot)
+            for r in range(oof.shape[0]):
+                pp = oof[r, :, column][rows]
+                auc += _auc_rows(yy, pp)
+                brier += ((pp - yy) ** 2).mean(axis=1)
+            values[f"auc_{arm}"] = auc / oof.shape[0]
+            values[f"brier_{arm}"] = brier / oof.shape[0]
+        if "brier_treated" in values and "brier_control" in values:
+            values["brier_mean"] = (values["brier_treated"] + values["brier_control"]) / 2
+        out[name] = {}
+        for key, v in values.items():
+            v = v[np.isfinite(v)]
+            out[name][key] = [_num(np.quantile(v, tail)), _num(np.quantile(v, 1 - tail))] if len(v) else [None, None]
+    return out
+
+
+def chance_flags(metrics: dict[str, float | None], arm_names: tuple[str, str]) -> list[str]:
+    """Why a candidate predicts worse than chance out of fold, one phrase per condition (empty when it does not)."""
+    low_auc, negative_slope = [], []
+    for arm, name in zip(("treated", "control"), arm_names, strict=True):
+        auc = metrics.get(f"auc_{arm}")
+        slope = metrics.get(f"calibration_slope_{arm}")
+        if auc is not None and auc < 0.5:
+            low_auc.append(name)
+        if slope is not None and slope < 0:
+            negative_slope.append(name)
+    flags = []
+    if low_auc:
+        flags.append(f"AUC below 0.5 ({', '.join(low_auc)})")
+    if negative_slope:
+        flags.append(f"negative calibration slope ({', '.join(negative_slope)})")
+    return flags
+
+
+# Prespecified subgroups ------------------------------------------------------------------------------------
+def _lab_values(X: pd.DataFrame, spec: DatasetSpec, analyte: str) -> np.ndarray:
+    lab_spec = spec.labs[analyte]
+    if lab_spec.column not in X.columns:
+        return np.full(len(X), np.nan)
+    units = X[f"{lab_spec.column}_unit"] if f"{lab_spec.column}_unit" in X.columns else None
+    value, _, _ = parse_lab_series(X[lab_spec.column], load_catalog()[analyte], lab_spec.column, lab_spec.unit, units)
+    return value
+
+
+def _any_of(flags: list[np.ndarray], measured: list[np.ndarray]) -> np.ndarray:
+    """1 if any measured flag is set, 0 if at least one is measured and none is set, NaN if none is measured."""
+    hit = np.zeros(len(flags[0]), bool)
+    seen = np.zeros(len(flags[0]), bool)
+    for flag, ok in zip(flags, measured, strict=True):
+        hit |= flag & ok
+        seen |= ok
+    return np.where(seen, hit.astype(float), np.nan)
+
+
+def subgroup_definitions(X: pd.DataFrame, spec: DatasetSpec, outcome: str) -> list[dict[str, Any]]:
+    """The prespecified subgroups the spec's inputs allow: membership (1/0/NaN) and level names."""
+    catalog = load_catalog()
+    groups: list[dict[str, Any]] = []
+    inflammation = [a for a in spec.labs if catalog[a].group == "inflammation"]
+    if inflammation:
+        age = pd.to_numeric(X[spec.roles.age], errors="coerce").to_numpy(dtype=float) if spec.roles.age in X.columns else None
+        female = None
+        if spec.roles.sex and spec.roles.sex in X.columns:
+            female = X[spec.roles.sex].astype(str).to_numpy() == str(spec.roles.female)
+        flags, measured = [], []
+        for analyte in inflammation:
+            lab = catalog[analyte]
+            value = _lab_values(X, spec, analyte)
+            limit = np.broadcast_to(_upper_reference(lab, age, female), value.shape)
+            ok = np.isfinite(value)
+            flags.append(ok & (value > limit))
+            measured.append(ok)
+        names = ", ".join(catalog[a].label for a in inflammation)
+        groups.append(
+            {
+                "key": "inflammation",
+                "label": "Raised inflammation",
+                "definition": (
+                    f"{names} above {'its' if len(inflammation) == 1 else 'any of their'} upper reference limit"
+                    f"{'' if len(inflammation) == 1 else 's'} (lab catalog"
+                    f"{'; ESR by age and sex' if any(catalog[a].reference_rule for a in inflammation) else ''})"
+                ),
+                "levels": ("above the reference limit" if len(inflammation) == 1 else "at least one marker raised", "none raised"),
+                "member": _any_of(flags, measured),
+            }
+        )
+    autoantibody = [a for a in spec.labs if catalog[a].group == "autoantibody" and catalog[a].positive_at is not None]
+    if autoantibody:
+        flags, measured = [], []
+        for analyte in autoantibody:
+            value = _lab_values(X, spec, analyte)
+            ok = np.isfinite(value)
+            flags.append(ok & (value >= catalog[analyte].positive_at))
+            measured.append(ok)
+        names = ", ".join(catalog[a].label for a in autoantibody)
+        groups.append(
+            {
+                "key": "autoantibody",
+                "label": "Autoantibody positive",
+                "definition": f"{names} at or above the catalog's positivity cut-off (any)",
+                "levels": ("positive", "negative"),
+                "member": _any_of(flags, measured),
+            }
+        )
+    baseline = spec.outcomes[outcome].baseline
+    if baseline is not None and baseline in X.columns:
+        value = pd.to_numeric(X[baseline], errors="coerce").to_numpy(dtype=float)
+        if np.isfinite(value).sum() > 1:
+            median = float(np.nanmedian(value))
+            high = value >= median
+            if 0 < high[np.isfinite(value)].sum() < np.isfinite(value).sum():
+                label = spec.baseline_label(baseline) if baseline in spec.baseline_score_columns() else baseline
+                groups.append(
+                    {
+                        "key": "severity",
+                        "label": "Baseline severity",
+                        "definition": f"{label} at or above the trial median ({median:g})",
+                        "levels": (f">= {median:g}", f"< {median:g}"),
+                        "member": np.where(np.isfinite(value), high.astype(float), np.nan),
+                    }
+                )
+    return groups
+
+
+def _effect(y: np.ndarray, t: np.ndarray) -> dict[str, Any]:
+    r_t, n_t = int(y[t].sum()), int(t.sum())
+    r_c, n_c = int(y[~t].sum()), int((~t).sum())
+    row: dict[str, Any] = {"n": n_t + n_c, "responders_treated": r_t, "n_treated": n_t, "responders_control": r_c, "n_control": n_c,
+                           "risk_difference": None, "lower": None, "upper": None}
+    if n_t >= MIN_GROUP and n_c >= MIN_GROUP:
+        low, high = score_interval(r_t, n_t, r_c, n_c, LEVEL)
+        row.update(risk_difference=_num(r_t / n_t - r_c / n_c), lower=_num(low), upper=_num(high))
+    return row
+
+
+def _adjusted_rd(y: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Risk difference and its variance with one success and one failure added per arm (Agresti-Caffo)."""
+    r_t, n_t = y[t].sum() + 1, t.sum() + 2
+    r_c, n_c = y[~t].sum() + 1, (~t).sum() + 2
+    p_t, p_c = r_t / n_t, r_c / n_c
+    return float(p_t - p_c), float(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
+
+
+def subgroup_effects(X: pd.DataFrame, t: np.ndarray, y: np.ndarray, spec: DatasetSpec, outcome: str) -> dict[str, Any]:
+    """Responder risk difference overall and in each level of each prespecified subgroup, with interaction p-values.
+
+    Interval: Miettinen-Nurminen score interval (as the average effect).
+    Interaction: Wald test that the two levels' risk differences are equal,
+    each with the Agresti-Caffo variance (stable with 0% or 100% response).
+    Unadjusted for multiplicity: exploratory, as subgroup analyses of a trial are.
+    """
+    t = np.asarray(t).astype(bool)
+    y = np.asarray(y, dtype=float)
+    out: dict[str, Any] = {"overall": _effect(y, t), "groups": []}
+    for group in subgroup_definitions(X.reset_index(drop=True), spec, outcome):
+        member = group["member"]
+        levels = []
+        estimates = []
+        for value, name in zip((1.0, 0.0), group["levels"], strict=True):
+            rows = member == value
+            levels.append({"label": name, **_effect(y[rows], t[rows])})
+            if t[rows].sum() and (~t[rows]).sum():
+                estimates.append(_adjusted_rd(y[rows], t[rows]))
+        p = None
+        if len(estimates) == 2 and all(lv["risk_difference"] is not None for lv in levels):
+            (d1, v1), (d0, v0) = estimates
+            p = _num(2 * stats.norm.sf(abs(d1 - d0) / math.sqrt(v1 + v0)))
+        out["groups"].append(
+            {
+                "key": group["key"],
+                "label": group["label"],
+                "definition": group["definition"],
+                "levels": levels,
+                "unknown": int(np.isnan(member).sum()),
+                "interaction_p": p,
+            }
+        )
+    return out
+
+
+# Benefit curves from out-of-fold predictions ------------------------------------------------------------
+def benefit_calibration(benefit: np.ndarray, t: np.ndarray, y: np.ndarray, groups: int | None = None) -> list[dict[str, Any]]:
+    """Observed vs predicted benefit by quantile group of predicted benefit (observed: responder risk difference)."""
+    benefit, t, y = np.asarray(benefit, float), np.asarray(t).astype(bool), np.asarray(y, float)
+    n = len(benefit)
+    groups = groups or max(2, min(5, n // 30))
+    edges = np.unique(np.quantile(benefit, np.linspace(0, 1, groups + 1)))
+    index = np.clip(np.searchsorted(edges, benefit, side="right") - 1, 0, max(len(edges) - 2, 0))
+    rows = []
+    for g in np.unique(index):
+        rows_g = index == g
+        effect = _effect(y[rows_g], t[rows_g])
+        rows.append({"predicted": _num(benefit[rows_g].mean()), **effect})
+    return rows
+
+
+def decision_curve(benefit: np.ndarray, psi: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """Net benefit (extra responders per patient, minus the threshold per patient treated) of three policies.
+
+    Treating the patients whose predicted benefit exceeds a threshold gains
+    ``mean(psi * treat)`` responders per patient (doubly robust scores, so the
+    gain is estimated from the randomised comparison, not from the model's own
+    predictions) and costs ``threshold * mean(treat)``; treating everyone gains
+    ``mean(psi)`` at cost ``threshold``; treating no one is 0 (Vickers, Kattan
+    and Sargent, Trials 2007;8:14).
+    """
+    benefit, psi = np.asarray(benefit, float), np.asarray(psi, float)
+    treat = benefit[None, :] > thresholds[:, None]
+    model = (psi[None, :] * treat).mean(axis=1) - thresholds * treat.mean(axis=1)
+    everyone = psi.mean() - thresholds
+    return {"threshold": thresholds, "model": model, "all": everyone, "none": np.zeros_like(thresholds)}
+
+
+def toc_band(benefit: np.ndarray, psi: np.ndarray, grid: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The TOC curve on ``grid`` (fractions treated) and a percentile bootstrap 95% band (patients resampled)."""
+    benefit, psi = np.asarray(benefit, float), np.asarray(psi, float)
+    q, toc = M.toc_curve(benefit, psi)
+    curve = np.interp(grid, q, toc)
+    if n_boot <= 0:
+        return curve, None
+    rng = np.random.default_rng(seed)
+    n = len(psi)
+    draws = np.empty((n_boot, len(grid)))
+    for b in range(n_boot):
+        rows = rng.integers(0, n, n)
+        qb, tb = M.toc_curve(benefit[rows], psi[rows])
+        draws[b] = np.interp(grid, qb, tb)
+    return curve, np.quantile(draws, [0.025, 0.975], axis=0)
