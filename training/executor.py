@@ -121,7 +121,8 @@ class DaskExecutor:
         kwargs = {}
         if shared is not None:
             # Once to every worker; the tasks carry only their item (and seed).
-            kwargs["shared"] = self.client.scatter(shared, broadcast=True, hash=False)
+            # (in a list: scatter would send a dict's or a list's items one by one)
+            [kwargs["shared"]] = self.client.scatter([shared], broadcast=True, hash=False)
         futures = self.client.map(partial(_single_threaded, fn), items, pure=False, **kwargs)
         order = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
