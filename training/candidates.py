@@ -187,6 +187,10 @@ def fit_logistic_cv(
     rows with the best C. Returns (coefficients, intercept, C).
     """
     y = np.asarray(y).astype(int)
+    if len(Cs) == 1:
+        # One candidate penalty: the internal CV could only choose it, and the refit is this fit.
+        coef, intercept = fit_logistic(Z, y, float(Cs[0]), solver, max_iter)
+        return coef, intercept, float(Cs[0])
     if solver != "liblinear":
         # Large n: scikit-learn's path warm-starts each C from the last; its validation is cheap here.
         model = LogisticRegressionCV(
@@ -745,19 +749,27 @@ class DRLearner(BenefitCandidate):
 
 
 def make_candidate(name: str, config: CandidatesConfig, treated_fraction: float, seed: int, final: bool = False) -> BenefitCandidate:
-    """A fresh candidate; ``final`` asks for the served model's settings (e.g. all posterior draws)."""
+    """A fresh candidate; ``final`` asks for the served model's settings (e.g. all posterior draws).
+
+    ``config`` should be resolved for the trial's size (``TrainConfig.resolved``); an ``auto`` left
+    in it gets the small-trial value.
+    """
     if name == "arm_only":
         return ArmOnly(random_state=seed)
     if name == "bcf":
         params = config.bcf
+
+        def small(value, default):  # an unresolved ``auto`` (see TrainConfig.resolved) gets the small-trial value
+            return default if value == "auto" else value
+
         return BayesianCausalForest(
             num_gfr=params.num_gfr if final else params.cv_gfr,
-            num_mcmc=params.num_mcmc if final else params.cv_mcmc,
+            num_mcmc=small(params.num_mcmc, 200) if final else small(params.cv_mcmc, 50),
             mu_trees=params.mu_trees,
             tau_trees=params.tau_trees,
             explain_draws=params.explain_draws,
             treated_fraction=treated_fraction,
-            max_patients=None if params.max_patients == "auto" else params.max_patients,
+            max_patients=small(params.max_patients, None),
             random_state=seed,
         )
     if name == "risk_model":
@@ -792,11 +804,19 @@ class BootstrapEnsemble:
     model-fitting uncertainty given the fitted feature pipeline.
     """
 
-    def __init__(self, candidate: BenefitCandidate, n_models: int = 100, level: float = 0.95, seed: int = 0):
+    def __init__(self, candidate: BenefitCandidate, n_models: int = 100, level: float = 0.95, seed: int = 0, penalty: str = "reselect"):
         self.candidate = candidate
         self.n_models = n_models
         self.level = level
         self.seed = seed
+        self.penalty = penalty
+
+    def template(self) -> BenefitCandidate:
+        """The settings every refit starts from: the candidate's, or with ``penalty="keep"`` its chosen penalty only."""
+        chosen = getattr(self.candidate, "C_", None)
+        if self.penalty == "keep" and hasattr(self.candidate, "Cs") and chosen is not None and np.isfinite(chosen):
+            return clone(self.candidate).set_params(Cs=(float(chosen),))
+        return self.candidate
 
     def resamples(self, t: np.ndarray) -> list[tuple[np.ndarray, int]]:
         """(rows, random_state) of every refit, in order: the resamples are drawn here, the refits anywhere."""
@@ -821,7 +841,8 @@ class BootstrapEnsemble:
                 raise ValueError(f"expected {self.n_models} refits, got {len(models)}")
             self.models_ = list(models)
             return self
-        self.models_ = [self.refit(self.candidate, X, t, y, rows, seed) for rows, seed in self.resamples(t)]
+        template = self.template()
+        self.models_ = [self.refit(template, X, t, y, rows, seed) for rows, seed in self.resamples(t)]
         return self
 
     def interval(self, X: pd.DataFrame, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -109,12 +109,28 @@ class BCFParams(_Strict):
     """Bayesian Causal Forest (stochtree, probit link); tree counts sized for trials of 10^2-10^3 patients."""
 
     num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations")
-    num_mcmc: int = Field(200, ge=20, description="retained posterior draws of the served model (its interval)")
+    num_mcmc: IntOrAuto = Field(
+        AUTO,
+        description="retained posterior draws of the served model (its interval). auto: 200 below 2,000 patients, 100 from "
+        "there (each prediction evaluates every draw's trees for every patient)",
+    )
     cv_gfr: int = Field(5, ge=0, description="warm-start iterations in cross-validation")
-    cv_mcmc: int = Field(50, ge=10, description="retained draws in cross-validation, where only posterior means are used")
+    cv_mcmc: IntOrAuto = Field(
+        AUTO,
+        description="retained draws in cross-validation, where only posterior means are used. auto: 50 below 2,000 "
+        "patients, 20 from there",
+    )
     mu_trees: int = Field(100, ge=1, description="trees of the prognostic forest")
     tau_trees: int = Field(50, ge=1, description="trees of the treatment-effect forest")
     explain_draws: int = Field(50, ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+    @model_validator(mode="after")
+    def _draws(self) -> BCFParams:
+        for name, low in (("num_mcmc", 20), ("cv_mcmc", 10)):
+            value = getattr(self, name)
+            if value != AUTO and value < low:
+                raise ValueError(f"{name} must be at least {low} (or auto)")
+        return self
+
     max_patients: OptionalIntOrAuto = Field(
         AUTO,
         description="BCF is fitted on a stratified random subsample of at most this many patients (None: all). "
@@ -209,7 +225,18 @@ class EvidenceConfig(_Strict):
         "(0: always run every permutation)",
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
-    rate_bootstrap: int = Field(500, ge=0, description="bootstrap replicates for the RATE (AUTOC) interval")
+    rate_bootstrap: IntOrAuto = Field(
+        AUTO,
+        description="bootstrap replicates for the RATE (AUTOC) interval and the split-sample test's standard error. "
+        "auto: 500 below 10,000 patients, 200 from there (each replicate sorts every patient; 200 keep the Monte-Carlo "
+        "error of a standard error near 5%)",
+    )
+
+    @model_validator(mode="after")
+    def _replicates(self) -> EvidenceConfig:
+        if self.rate_bootstrap != AUTO and self.rate_bootstrap < 0:
+            raise ValueError("rate_bootstrap must be at least 0 (or auto)")
+        return self
     statistic: Literal["beyond_risk", "rate"] = Field(
         "beyond_risk",
         description=(
@@ -240,8 +267,15 @@ class IntervalConfig(_Strict):
     bootstrap_models: IntOrAuto = Field(
         AUTO,
         description="refits of the bootstrap interval (candidates without posterior draws). auto: 100 below 10,000 "
-        "patients, 40 from there (each refit costs O(n) and the interval narrows like 1/sqrt(n): 40 refits place the "
-        "2.5% and 97.5% quantiles within a few percent of the interval's width)",
+        "patients, 20 from there (each refit costs O(n), while the model's interval narrows like 1/sqrt(n) and the "
+        "unmeasured-heterogeneity allowance, which does not shrink with n, dominates the served interval)",
+    )
+
+    bootstrap_penalty: Literal["auto", "reselect", "keep"] = Field(
+        AUTO,
+        description="reselect: each bootstrap refit chooses its own penalty by internal CV, as the served fit did; keep: "
+        "refits use the penalty chosen on all patients (one fit instead of folds x Cs + 1). auto: reselect below 10,000 "
+        "patients, keep from there (the choice barely varies between resamples of that size)",
     )
 
     @model_validator(mode="after")
@@ -307,13 +341,25 @@ class TrainConfig(_Strict):
         an explicit value is kept as it is.
         """
         bcf = self.candidates.bcf
-        max_patients = _auto(bcf.max_patients, lambda: 1_000 if n >= 2_000 else None)
+        bcf = bcf.model_copy(
+            update={
+                "max_patients": _auto(bcf.max_patients, lambda: 1_000 if n >= 2_000 else None),
+                "num_mcmc": _auto(bcf.num_mcmc, lambda: 200 if n < 2_000 else 100),
+                "cv_mcmc": _auto(bcf.cv_mcmc, lambda: 50 if n < 2_000 else 20),
+            }
+        )
         return self.model_copy(
             update={
                 "cv": self.cv.resolved(n),
-                "candidates": self.candidates.model_copy(update={"bcf": bcf.model_copy(update={"max_patients": max_patients})}),
+                "candidates": self.candidates.model_copy(update={"bcf": bcf}),
+                "evidence": self.evidence.model_copy(
+                    update={"rate_bootstrap": _auto(self.evidence.rate_bootstrap, lambda: 500 if n < 10_000 else 200)}
+                ),
                 "intervals": self.intervals.model_copy(
-                    update={"bootstrap_models": _auto(self.intervals.bootstrap_models, lambda: 100 if n < 10_000 else 40)}
+                    update={
+                        "bootstrap_models": _auto(self.intervals.bootstrap_models, lambda: 100 if n < 10_000 else 20),
+                        "bootstrap_penalty": _auto(self.intervals.bootstrap_penalty, lambda: "reselect" if n < 10_000 else "keep"),
+                    }
                 ),
             }
         )

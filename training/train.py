@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,49 +168,48 @@ def _final_task(task: tuple, shared: _FinalShared):
         return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
     if kind == "reference":
         return _reference_sd(F, t, y, e, config)
-    candidate = make_candidate(name, config.candidates, e, config.seed, final=True)
-    return [BootstrapEnsemble.refit(candidate, F, t, y, rows, seed) for rows, seed in payload]
+    template, resamples = payload
+    return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
 
 
 def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: TrainConfig, executor: Executor) -> dict[str, FinalFits]:
-    """Every outcome's champion fit, bootstrap refits and BCF reference fit, all in one pass over the worker pool.
+    """Every outcome's champion fit, bootstrap refits and BCF reference fit, in the worker pool.
 
     The same fits, seeds and resamples as :func:`fit_champion` makes by itself
     (the resamples are drawn here, in order), so the served models are identical.
+    Two passes: the champions (whose chosen penalty the refits may keep), then
+    the BCF references and the bootstrap refits of every outcome together.
     """
-    shared_data, configs, pipelines, tasks = {}, {}, {}, []
+    shared_data, configs, pipelines = {}, {}, {}
     for outcome, result in results.items():
         data = with_parsed(result.data, spec)
         pipelines[outcome], F = fit_pipeline(spec, data.X, data.parsed)
-        resolved = config.resolved(len(data.y))
-        shared_data[outcome], configs[outcome] = (F, data.t, data.y, data.treated_fraction), resolved
-        tasks.append(("champion", outcome, None))
-        if result.champion != "bcf" and "bcf" in resolved.candidates.enabled:
-            tasks.insert(0, ("reference", outcome, None))  # the longest fit first
+        configs[outcome] = config.resolved(len(data.y))
+        shared_data[outcome] = (F, data.t, data.y, data.treated_fraction)
+    shared = _FinalShared(shared_data, {k: r.champion for k, r in results.items()}, configs)
+    champions = dict(zip(results, executor.map(_final_task, [("champion", o, None) for o in results], desc="final fits: champions", shared=shared), strict=True))
+    tasks = [("reference", o, None) for o, r in results.items() if r.champion != "bcf" and "bcf" in configs[o].candidates.enabled]
     workers = max(1, getattr(executor, "workers", 2))
-    for outcome, result in results.items():
-        probe = make_candidate(result.champion, configs[outcome].candidates, result.data.treated_fraction, configs[outcome].seed, final=True)
-        if probe.has_draws:
+    for outcome, candidate in champions.items():
+        if candidate.has_draws:
             continue
-        n_models = configs[outcome].intervals.bootstrap_models
-        resamples = BootstrapEnsemble(probe, n_models, configs[outcome].intervals.level, configs[outcome].seed).resamples(result.data.t)
-        chunks = max(1, min(n_models, 2 * workers))
-        tasks += [("bootstrap", outcome, resamples[i::chunks]) for i in range(chunks)]
-    champions = {k: r.champion for k, r in results.items()}
-    answers = executor.map(_final_task, tasks, desc="final fits", shared=_FinalShared(shared_data, champions, configs))
+        intervals = configs[outcome].intervals
+        ensemble = BootstrapEnsemble(candidate, intervals.bootstrap_models, intervals.level, configs[outcome].seed, intervals.bootstrap_penalty)
+        resamples, template = ensemble.resamples(results[outcome].data.t), ensemble.template()
+        chunks = max(1, min(len(resamples), 2 * workers))
+        tasks += [("bootstrap", outcome, (template, resamples[i::chunks])) for i in range(chunks)]
+    answers = executor.map(_final_task, tasks, desc="final fits: BCF references and bootstrap refits", shared=shared)
     fits = {}
     for outcome in results:
-        candidate = next(a for (kind, o, _), a in zip(tasks, answers, strict=True) if kind == "champion" and o == outcome)
         reference = next((a for (kind, o, _), a in zip(tasks, answers, strict=True) if kind == "reference" and o == outcome), None)
-        chunks = [(payload, a) for (kind, o, payload), a in zip(tasks, answers, strict=True) if kind == "bootstrap" and o == outcome]
+        chunks = [models for (kind, o, _), models in zip(tasks, answers, strict=True) if kind == "bootstrap" and o == outcome]
         bootstrap = None
         if chunks:
-            # Back into resample order: chunk i holds resamples i, i + chunks, i + 2 * chunks, ...
-            k = len(chunks)
-            bootstrap = [None] * sum(len(models) for _, models in chunks)
-            for i, (_, models) in enumerate(chunks):
-                bootstrap[i::k] = models
-        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], candidate, bootstrap, reference)
+            # Back into resample order: chunk i holds resamples i, i + k, i + 2k, ... (k chunks)
+            bootstrap = [None] * sum(len(models) for models in chunks)
+            for i, models in enumerate(chunks):
+                bootstrap[i :: len(chunks)] = models
+        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap, reference)
     return fits
 
 
@@ -247,9 +247,9 @@ def fit_champion(
         pipeline, F, candidate, bootstrap, reference_sd = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference_sd
     ensemble = None
     if not candidate.has_draws:
-        ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed).fit(
-            F, data.t, data.y, models=bootstrap
-        )
+        ensemble = BootstrapEnsemble(
+            candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
+        ).fit(F, data.t, data.y, models=bootstrap)
     reference_sd, reference = heterogeneity_reference(candidate, F, data, config, reference_sd)
     model = ResponderModel(
         spec=spec,
@@ -431,10 +431,10 @@ def run_training(
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
     # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
     # One executor for the whole job: its workers start once and serve every resampling loop and the final fits.
-    clock.start("MLflow: job run, dataset and parameters", "mlflow")
-    with job_run(f"train {data_path.name}", steps, description=note) as parent, make_executor(
-        config.executor.kind, config.executor.workers, config.executor.scheduler
-    ) as executor:
+    with job_run(f"train {data_path.name}", steps, description=note) as parent, ExitStack() as stack:
+        clock.start("start the executor", "executor")
+        executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
+        clock.start("MLflow: job run, dataset and parameters", "mlflow")
         run_config = config.resolved(len(frame))
         mlflow.set_tags({**code_version(), "spec": spec.name, "dataset.digest": digest, "config.digest": config.digest(), "job": "train"})
         mlflow.log_params(
@@ -584,8 +584,9 @@ def run_training(
         clock.start("cohort report: analysis and figures", "reports")
         report_started = time.perf_counter()
         payload = build_cohort_payload(
-            frame, spec, config, results, provenance, validation, parent.info.run_id, experiment_id
+            frame, spec, run_config, results, provenance, validation, parent.info.run_id, experiment_id
         )
+        payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
         images = cohort_figures(payload, drawn={name: r.figures for name, r in results.items()})
         report_seconds = time.perf_counter() - report_started
 
