@@ -96,7 +96,7 @@ def test_auto_settings_follow_n_and_an_explicit_value_wins():
     small, large = config.resolved(99), config.resolved(100_000)
     assert (small.cv.folds, small.cv.repeats, small.cv.inner_folds) == (5, 3, 3)
     assert small.intervals.bootstrap_models == 100 and small.candidates.bcf.max_patients is None
-    assert (large.cv.folds, large.cv.repeats, large.cv.inner_folds) == (3, 1, 2)
+    assert (large.cv.folds, large.cv.repeats, large.cv.inner_folds) == (2, 1, 2)
     assert large.intervals.bootstrap_models < 100 and large.candidates.bcf.max_patients == 1_000
     mine = load_config(None, cv={"repeats": 2}, intervals={"bootstrap_models": 7}, candidates={"bcf": {"max_patients": None}})
     resolved = mine.resolved(100_000)
@@ -266,3 +266,60 @@ def test_dask_executor_map_with_shared_data_matches_local():
         got = dask.map(_square_plus, list(range(7)), shared={"offset": 2})
         assert dask.workers == 2
     assert got == [i * i + 2 for i in range(7)]
+
+
+def test_final_fits_in_the_pool_equal_the_serial_champion_fit(spec, final_99):
+    from types import SimpleNamespace
+
+    from training.train import _reference_sd, final_fits
+
+    config = fast_config()
+    results = {}
+    for outcome, champion in (("pain", "risk_model"), ("memory", "interaction_logistic")):
+        data, _ = outcome_data(final_99, spec, outcome, config)
+        results[outcome] = SimpleNamespace(data=data, champion=champion)
+    fits = final_fits(results, spec, config, LocalExecutor(workers=2))
+    for outcome, result in results.items():
+        data = result.data
+        F = build_feature_pipeline(spec).fit_transform(data.X).reset_index(drop=True)
+        pd.testing.assert_frame_equal(fits[outcome].F, F, check_exact=True)
+        candidate = make_candidate(result.champion, config.candidates, 0.5, config.seed, final=True).fit(F, data.t, data.y)
+        assert np.array_equal(fits[outcome].candidate.predict_benefit(F), candidate.predict_benefit(F))
+        serial = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, config.seed).fit(F, data.t, data.y)
+        pooled = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, config.seed).fit(F, data.t, data.y, models=fits[outcome].bootstrap)
+        point = candidate.predict_benefit(F)
+        assert all(np.array_equal(a, b) for a, b in zip(serial.interval(F, point), pooled.interval(F, point), strict=True))
+        assert fits[outcome].reference_sd == _reference_sd(F, data.t, data.y, 0.5, config.resolved(len(data.y)))
+
+
+def test_keeping_the_chosen_penalty_refits_once_with_it(spec, final_99):
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    F = build_feature_pipeline(spec).fit_transform(data.X)
+    candidate = make_candidate("interaction_logistic", config.candidates, 0.5, 1).fit(F, data.t, data.y)
+    keep = BootstrapEnsemble(candidate, 5, 0.95, 1, penalty="keep")
+    assert keep.template().Cs == (candidate.C_,)
+    assert BootstrapEnsemble(candidate, 5, 0.95, 1).template() is candidate  # reselect: the served fit's own procedure
+    refit = BootstrapEnsemble.refit(keep.template(), F, data.t, data.y, np.arange(len(data.y)), 1)
+    assert refit.C_ == candidate.C_ and np.allclose(refit.predict_benefit(F), candidate.predict_benefit(F))
+
+
+def test_large_trial_path_gives_the_small_trial_numbers(spec, final_99, monkeypatch):
+    """Tasks per (fold, candidate) and the AUTOC bootstrap by counts, forced on a small trial: the same CV."""
+    import training.evaluation as evaluation
+
+    config = fast_config(cv={"repeats": 2})
+    data, _ = outcome_data(final_99, spec, "memory", config)
+    executor = LocalExecutor(workers=2)
+    small = evaluation.cross_validate(data, spec, config, executor)
+    monkeypatch.setattr(evaluation, "LARGE_N", 0)
+    large = evaluation.cross_validate(data, spec, config, executor)
+    assert large.final_choice == small.final_choice and large.selections == small.selections
+    for name in small.oof:
+        assert np.array_equal(large.oof[name], small.oof[name], equal_nan=True)
+    interval = ["autoc_lower", "autoc_upper"]
+    pd.testing.assert_frame_equal(large.summary.drop(columns=interval), small.summary.drop(columns=interval), check_exact=True)
+    # Equal up to rounding where the ranking has no ties (by counts, tied patients keep their order).
+    untied = [name for name in small.oof if len(np.unique(small.mean_benefit(name))) == len(data.y)]
+    assert {"interaction_logistic", "bcf"} <= set(untied)
+    pd.testing.assert_frame_equal(large.summary.loc[untied, interval], small.summary.loc[untied, interval], rtol=1e-9, atol=1e-12)

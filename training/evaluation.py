@@ -175,18 +175,32 @@ def oof_predictions(
     F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, names: list[str], n_splits: int, seed: int
 ) -> FoldPredictions:
     """Out-of-fold arm probabilities of ``names`` and of the DR outcome models, from one stratified K-fold pass."""
+    arms = {name: oof_arms(F, t, y, config, e, name, n_splits, seed) for name in names}
+    return FoldPredictions(arms, *oof_arms(F, t, y, config, e, OUTCOME_MODELS, n_splits, seed))
+
+
+OUTCOME_MODELS = "outcome models"  # the DR scores' outcome models, fitted like a candidate in oof_arms
+
+
+def oof_arms(
+    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, name: str, n_splits: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One candidate's (or the DR outcome models') out-of-fold (p1, p0) from the stratified K-fold pass of ``seed``.
+
+    Each fit depends only on its own fold and seed, so candidates can be fitted
+    separately (in parallel) and give the numbers of one joint pass.
+    """
     strata = 2 * t.astype(int) + y.astype(int)
     n = len(y)
-    arms = {name: (np.zeros(n), np.zeros(n)) for name in names}
-    mu1, mu0 = np.zeros(n), np.zeros(n)
+    p1, p0 = np.zeros(n), np.zeros(n)
     for k, (train, test) in enumerate(_folds(strata, n_splits, seed)):
         Ftr, Fte = F.iloc[train], F.iloc[test]
-        for name in names:
+        if name == OUTCOME_MODELS:
+            p1[test], p0[test] = predict_outcome_models(outcome_models(Ftr, t[train], y[train], config.candidates.solver), Fte)
+        else:
             model = make_candidate(name, config.candidates, e, seed + 7 * k).fit(Ftr, t[train], y[train])
-            p1, p0 = model.predict_arms(Fte)
-            arms[name][0][test], arms[name][1][test] = p1, p0
-        mu1[test], mu0[test] = predict_outcome_models(outcome_models(Ftr, t[train], y[train], config.candidates.solver), Fte)
-    return FoldPredictions(arms, mu1, mu0)
+            p1[test], p0[test] = model.predict_arms(Fte)
+    return p1, p0
 
 
 # The selection procedure -------------------------------------------------------------------------------
@@ -321,12 +335,70 @@ class OuterTask:
     seed: int
 
 
-def run_outer_fold(task: OuterTask, shared: CVShared) -> dict:
-    config, t, y = shared.config, shared.t, shared.y
+def _fold_features(shared: CVShared, task: OuterTask) -> tuple[pd.DataFrame, pd.DataFrame]:
     rest = Pipeline(build_feature_pipeline(shared.spec).steps[1:])
     rest.fit(shared.parsed.iloc[task.train])
     Ftr = rest.transform(shared.parsed.iloc[task.train]).reset_index(drop=True)
     Fte = rest.transform(shared.parsed.iloc[task.test]).reset_index(drop=True)
+    return Ftr, Fte
+
+
+@dataclass(frozen=True)
+class FitShared:
+    """Large trials: every outer fold's features, sent to each worker once; tasks are (fold, candidate) pairs."""
+
+    folds: list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, int]]  # (Ftr, Fte, t train, y train, seed)
+    config: TrainConfig
+    treated_fraction: float
+
+
+def _fold_candidate(task: tuple[int, str], shared: FitShared) -> dict:
+    """One candidate (or the outcome models) in one outer fold: its inner out-of-fold and its outer predictions."""
+    k, name = task
+    Ftr, Fte, ttr, ytr, seed = shared.folds[k]
+    config, e = shared.config, shared.treated_fraction
+    inner = oof_arms(Ftr, ttr, ytr, config, e, name, config.cv.inner_folds, seed)
+    if name == OUTCOME_MODELS:
+        outer = predict_outcome_models(outcome_models(Ftr, ttr, ytr, config.candidates.solver), Fte)
+    else:
+        outer = make_candidate(name, config.candidates, e, seed).fit(Ftr, ttr, ytr).predict_arms(Fte)
+    return {"inner": inner, "outer": outer}
+
+
+def outer_folds_by_candidate(tasks: list[OuterTask], shared: CVShared, executor: Executor, desc: str) -> list[dict]:
+    """The outer folds' results (as :func:`run_outer_fold` gives them), with one task per fold and candidate.
+
+    For large trials: a few outer folds would leave workers idle, while folds x
+    candidates tasks keep them busy. The same fits and seeds, so the same numbers.
+    """
+    config, e = shared.config, shared.treated_fraction
+    names = list(config.candidates.enabled)
+    folds = []
+    for task in tasks:
+        Ftr, Fte = _fold_features(shared, task)
+        folds.append((Ftr, Fte, shared.t[task.train], shared.y[task.train], task.seed))
+    jobs = [(k, name) for k in range(len(tasks)) for name in [*names, OUTCOME_MODELS]]
+    answers = dict(zip(jobs, executor.map(_fold_candidate, jobs, desc=desc, shared=FitShared(folds, config, e)), strict=True))
+    results = []
+    for k, task in enumerate(tasks):
+        _, _, ttr, ytr, _ = folds[k]
+        inner = FoldPredictions({name: answers[k, name]["inner"] for name in names}, *answers[k, OUTCOME_MODELS]["inner"])
+        selection = select(inner, ytr, ttr, e, config)
+        predictions = {name: answers[k, name]["outer"] for name in names}
+        predictions[SELECTED] = predictions[selection.choice]
+        mu1, mu0 = answers[k, OUTCOME_MODELS]["outer"]
+        results.append(
+            {
+                "repeat": task.repeat, "fold": task.fold, "test": task.test, "predictions": predictions,
+                "selected": selection.choice, "inner_scores": selection.scores, "mu1": mu1, "mu0": mu0,
+            }
+        )
+    return results
+
+
+def run_outer_fold(task: OuterTask, shared: CVShared) -> dict:
+    config, t, y = shared.config, shared.t, shared.y
+    Ftr, Fte = _fold_features(shared, task)
     ttr, ytr = t[task.train], y[task.train]
     data = shared
     names = list(config.candidates.enabled)
@@ -350,12 +422,37 @@ def run_outer_fold(task: OuterTask, shared: CVShared) -> dict:
     }
 
 
-PARALLEL_INTERVALS_N = 10_000
+LARGE_N = 10_000  # from here: CV tasks per (fold, candidate), AUTOC bootstrap by counts
 
 
-def _autoc_interval(tau: np.ndarray, shared: tuple[np.ndarray, int, int]) -> tuple[float, float, float]:
-    psi, n_boot, seed = shared
-    return M.autoc_interval(tau, psi, n_boot, seed)
+def autoc_interval_by_counts(tau_hat: np.ndarray, psi: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
+    """:func:`training.metrics.autoc_interval` without a sort per replicate, for large trials.
+
+    The same resamples (the same random draws); each replicate's AUTOC is
+    computed from how often each patient was drawn: with patients in the
+    full-sample ranking order, a patient drawn ``c`` times at ranks ``P+1..P+c``
+    contributes ``psi * sum(w_j)``, where ``w_j = sum_{k >= j} 1/k`` is how
+    often rank ``j`` enters ``mean_k TOC(k)``. O(n) instead of O(n log n) per
+    replicate; equal up to floating-point rounding, except that tied
+    predictions are ordered by patient rather than by position in the resample.
+    """
+    estimate = M.autoc(tau_hat, psi)
+    if n_boot <= 0:
+        return estimate, float("nan"), float("nan")
+    tau_hat, psi = np.asarray(tau_hat, float), np.asarray(psi, float)
+    n = len(psi)
+    order = M._order(tau_hat)
+    psi_ordered = psi[order]
+    weights = np.cumsum((1.0 / np.arange(1, n + 1))[::-1])[::-1]  # w_j, j = 1..n
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)])
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)[order]
+        start = np.cumsum(counts) - counts
+        draws[b] = (psi_ordered @ (cumulative[start + counts] - cumulative[start]) - counts @ psi_ordered) / n
+    tail = (1 - level) / 2
+    return estimate, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
 
 
 @dataclass
@@ -393,7 +490,10 @@ def cross_validate(
         for k, (train, test) in enumerate(_folds(data.strata, config.cv.folds, config.seed + 1000 * r)):
             tasks.append(OuterTask(r, k, train, test, config.seed + 100 * r + k))
     shared = CVShared(data.parsed, data.t, data.y, data.treated_fraction, spec, config)
-    results = executor.map(run_outer_fold, tasks, desc=desc, shared=shared)
+    if n >= LARGE_N:
+        results = outer_folds_by_candidate(tasks, shared, executor, desc)
+    else:
+        results = executor.map(run_outer_fold, tasks, desc=desc, shared=shared)
 
     names = [*config.candidates.enabled, SELECTED]
     oof = {name: np.full((config.cv.repeats, n, 2), np.nan) for name in names}
@@ -427,12 +527,10 @@ def cross_validate(
     for column in ["auc_treated", "auc_control", "brier_mean", "log_loss", "autoc", "qini", "c_for_benefit", "tau_risk"]:
         summary[f"{column}_sd"] = spread[column] if config.cv.repeats > 1 else np.nan
     psi_mean = psi.mean(axis=0)
-    taus = [(oof[name][:, :, 0] - oof[name][:, :, 1]).mean(axis=0) for name in names]
-    if n >= PARALLEL_INTERVALS_N:  # each replicate sorts every patient: worth the workers at large n (same numbers)
-        intervals = executor.map(_autoc_interval, taus, desc=f"{desc}: AUTOC intervals", shared=(psi_mean, config.evidence.rate_bootstrap, config.seed))
-    else:
-        intervals = [_autoc_interval(tau, (psi_mean, config.evidence.rate_bootstrap, config.seed)) for tau in taus]
-    for name, (est, lo, hi) in zip(names, intervals, strict=True):
+    interval = M.autoc_interval if n < LARGE_N else autoc_interval_by_counts
+    for name in names:
+        tau_mean = (oof[name][:, :, 0] - oof[name][:, :, 1]).mean(axis=0)
+        est, lo, hi = interval(tau_mean, psi_mean, config.evidence.rate_bootstrap, config.seed)
         summary.loc[name, "autoc_averaged"] = est
         summary.loc[name, "autoc_lower"] = lo
         summary.loc[name, "autoc_upper"] = hi
