@@ -3,6 +3,7 @@ same code runs against a separate Dask scheduler. The 10^5-patient job itself is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import fast_config, free_port
+import yaml
+from helpers import FAST, fast_config, free_port
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
@@ -30,12 +32,12 @@ from training.candidates import (
     make_candidate,
     stratified_subsample,
 )
-from training.config import LightGBMParams, load_config
+from training.config import LightGBMParams, _merge, load_config
 from training.data import validate
-from training.evaluation import fit_pipeline, parsed_inputs
+from training.evaluation import cross_validate, fit_pipeline, parsed_inputs, permutation_test
 from training.executor import LocalExecutor, make_executor
 from training.simulate import _export, simulate
-from training.train import outcome_data, run_training
+from training.train import outcome_data
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +223,28 @@ def test_a_job_runs_against_a_dask_scheduler_with_workers_in_other_processes(tmp
         frame = simulate("final", 80, 8)
         data = tmp_path / "trial.csv"
         frame.to_csv(data, index=False)
-        config = fast_config(evidence={"permutations": 9}, executor={"kind": "dask", "scheduler": address})
-        remote = run_training(data, spec_default(), config, tracking_uri=f"sqlite:///{tmp_path / 'remote.db'}")
-        local = run_training(data, spec_default(), fast_config(evidence={"permutations": 9}), tracking_uri=f"sqlite:///{tmp_path / 'local.db'}")
-        for name, result in remote.outcomes.items():
-            other = local.outcomes[name]
-            assert result.champion == other.champion and result.permutation.p_value == other.permutation.p_value
-            np.testing.assert_allclose(result.permutation.null, other.permutation.null, rtol=1e-12)
-            pd.testing.assert_frame_equal(result.cv.summary, other.cv.summary, rtol=1e-12, atol=1e-14)
+        overrides = {"evidence": {"permutations": 9}}
+        config_file = tmp_path / "tiny.yaml"
+        config_file.write_text(yaml.safe_dump(_merge(FAST, overrides)))
+        responders = Path(sys.executable).parent / "responders"
+        summary = tmp_path / "summary.json"
+        job = subprocess.run(
+            [str(responders), "train", str(data), "--config", str(config_file), "--scheduler", address,
+             "--tracking-uri", f"sqlite:///{tmp_path / 'remote.db'}", "--summary-json", str(summary)],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+        )
+        assert job.returncode == 0, job.stderr[-3000:]
+        remote = json.loads(summary.read_text())
+        # The same numbers as this process computes with local worker processes.
+        config, spec = fast_config(**overrides), spec_default()
+        with make_executor("local", workers=2) as local:
+            for outcome, result in remote["outcomes"].items():
+                outcome_frame, _ = outcome_data(frame, spec, outcome, config)
+                cv = cross_validate(outcome_frame, spec, config, local)
+                test = permutation_test(outcome_frame, spec, config, local)
+                assert result["champion"] == cv.final_choice and result["permutations"] == test.permutations_run
+                assert result["p_value"] == pytest.approx(test.p_value, rel=1e-12)
+                assert result["metrics"]["brier_mean"] == pytest.approx(cv.metric("selected", "brier_mean"), rel=1e-12)
     finally:
         for process in reversed(processes):  # our own processes, by their handles
             process.terminate()
