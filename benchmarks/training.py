@@ -91,6 +91,9 @@ CATEGORIES = ("data", "cv", "test", "final fits", "mlflow", "reports")
 
 def _job_child(args: argparse.Namespace) -> dict:
     quiet_environment()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # progress lines into the child's log
     from training.config import load_config
     from training.simulate import simulate
     from training.spec import load_spec
@@ -200,7 +203,7 @@ def _loadavg() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-def _job(work: Path, label: str, n: int, seed: int, executor: str, overrides: dict, timeout: float) -> tuple[ChildResult, str]:
+def _job(work: Path, label: str, n: int, seed: int, executor: str, overrides: dict, timeout: float, logs: Path) -> tuple[ChildResult, str]:
     store = work / f"mlruns-{label}"
     store.mkdir(parents=True, exist_ok=True)
     data = work / f"final-n{n}-seed{seed}.csv"
@@ -220,7 +223,7 @@ def _job(work: Path, label: str, n: int, seed: int, executor: str, overrides: di
             "--overrides", json.dumps(overrides),
         ],
         timeout=timeout,
-        log_path=work.parent / f"job-{label}.log",
+        log_path=logs / f"job-{label}.log",
     )
     p = result.payload
     print(f"[training]   {result.wall_seconds:.0f} s wall, {p['process_cpu_seconds']:.0f} s CPU, peak {mb(result.peak_rss_bytes)} MB",
@@ -228,27 +231,27 @@ def _job(work: Path, label: str, n: int, seed: int, executor: str, overrides: di
     return result, load
 
 
-def measure_jobs(settings: Settings, work: Path) -> list[tuple[str, ChildResult, str]]:
+def measure_jobs(settings: Settings, work: Path, logs: Path) -> list[tuple[str, ChildResult, str]]:
     """Part (a): the same job with each executor, one after the other; returns (executor, measurement, load before)."""
     return [
         (executor, *_job(work, f"n{settings.job_n}-{executor}", settings.job_n, settings.job_seed, executor, settings.job_overrides,
-                         settings.job_timeout))
+                         settings.job_timeout, logs))
         for executor in settings.executors
     ]
 
 
-def measure_scaling(settings: Settings, work: Path) -> list[tuple[ChildResult, str]]:
+def measure_scaling(settings: Settings, work: Path, logs: Path) -> list[tuple[ChildResult, str]]:
     """Part (b): the whole job on the Dask executor at each size, smallest first, each in a fresh child."""
-    return [_job(work, f"scale-{n}", n, 1, "dask", settings.scale_overrides, settings.scale_timeout) for n in settings.scale_sizes]
+    return [_job(work, f"scale-{n}", n, 1, "dask", settings.scale_overrides, settings.scale_timeout, logs) for n in settings.scale_sizes]
 
 
-def measure_level(settings: Settings, work: Path) -> ChildResult:
+def measure_level(settings: Settings, logs: Path) -> ChildResult:
     """Part (c): p-values of the split-sample RATE test on null trials."""
     print(f"[training] split RATE level at n = {settings.level_sizes} ...", file=sys.stderr, flush=True)
     return run_child(
         ["benchmarks.training", "level", "--sizes", *map(str, settings.level_sizes), "--replicates", *map(str, settings.level_replicates)],
         timeout=settings.scale_timeout * 2,
-        log_path=work.parent / "level.log",
+        log_path=logs / "level.log",
     )
 
 
@@ -389,9 +392,9 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=work) as tmp:  # fresh MLflow stores: no earlier champion to compare with
-        jobs = measure_jobs(settings, Path(tmp) / "jobs")
-        scaling = measure_scaling(settings, Path(tmp) / "scale")
-    level = measure_level(settings, work / "level")
+        jobs = measure_jobs(settings, Path(tmp) / "jobs", work)
+        scaling = measure_scaling(settings, Path(tmp) / "scale", work)
+    level = measure_level(settings, work)
     minutes = (time.perf_counter() - started) / 60
     config_note = (
         "the packaged default config (nested CV 3 x 5 folds, inner 3; six candidates; at most 199 permutations per outcome "
