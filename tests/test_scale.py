@@ -143,6 +143,10 @@ def test_parsing_once_gives_the_pipeline_of_the_raw_rows(spec, final_99):
     pipeline, F = fit_pipeline(spec, data.X.iloc[rows], parsed.iloc[rows])
     pd.testing.assert_frame_equal(F, expected, check_exact=True)
     pd.testing.assert_frame_equal(pipeline.transform(data.X.head(5)), direct.transform(data.X.head(5)), check_exact=True)
+    # Whatever the parsing step learns about its rows (used for input warnings when serving) is learned from the same rows.
+    learned = [k for k in vars(direct.steps[0][1]) if k.endswith("_") and not k.startswith("_")]
+    for key in learned:
+        assert repr(getattr(pipeline.steps[0][1], key)) == repr(getattr(direct.steps[0][1], key)), key
 
 
 def _square_plus(item, shared):

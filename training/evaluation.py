@@ -90,10 +90,11 @@ class OutcomeData:
 
 
 # Feature pipeline, parsed once ---------------------------------------------------------------------------
-# The pipeline's first step parses lab text row by row and learns nothing from the rows (its fit
-# records the catalog and the column names), so parsing every patient once and fitting the remaining
-# steps on any subset of parsed rows gives the same fitted pipeline and the same features as fitting
-# the whole pipeline on that subset of raw rows; at 10^5 patients parsing is most of the pipeline's cost.
+# The pipeline's first step parses lab text row by row: its output for a row does not depend on the
+# other rows (its fit records the catalog and column names, and nothing its transform uses), so parsing
+# every patient once and fitting the remaining steps on any subset of parsed rows gives the same
+# features as fitting the whole pipeline on that subset of raw rows; at 10^5 patients parsing is most
+# of the pipeline's cost. The served pipeline's first step is still fitted on its own raw rows.
 def parsed_inputs(spec: DatasetSpec, X: pd.DataFrame) -> pd.DataFrame:
     """``X`` after the feature pipeline's stateless first step (lab parsing)."""
     _, parse = build_feature_pipeline(spec).steps[0]
@@ -113,7 +114,7 @@ def fit_pipeline(spec: DatasetSpec, X: pd.DataFrame, parsed: pd.DataFrame) -> tu
     The same fitted pipeline and features as ``pipeline.fit(X)`` then ``pipeline.transform(X)``.
     """
     pipeline = build_feature_pipeline(spec)
-    pipeline.steps[0][1].fit(X.iloc[:0])
+    pipeline.steps[0][1].fit(X)  # cheap (no parsing), and whatever it records about the rows is the served model's
     rest = Pipeline(pipeline.steps[1:])  # the same step objects: fitting rest fits the pipeline
     rest.fit(parsed)
     return pipeline, rest.transform(parsed).reset_index(drop=True)
