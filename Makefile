@@ -25,7 +25,7 @@ DATA ?= data/simulated/$(SCENARIO)-n$(N)-seed$(SEED).csv
 PORT ?= 3000
 SPEC ?=
 
-.PHONY: help install train simulate validate serve bento test bench bench-quick lint clean browser report
+.PHONY: help install compile train simulate validate serve bento test bench bench-quick lint clean browser report
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,7 +35,14 @@ $(BIN)/.installed: pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -e ".[dev]"
+	$(MAKE) --no-print-directory compile
 	@touch $@
+
+# Bytecode compiled once at install: uv does not compile (pip does), and every fresh process (a
+# training job, each executor worker) would otherwise compile thousands of modules again, about
+# 30 s of CPU each on a 2-core machine, or every time under PYTHONDONTWRITEBYTECODE.
+compile: ## compile the virtual environment's and the project's Python files to bytecode
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib features training serving benchmarks > /dev/null || true
 
 install: $(BIN)/.installed ## create .venv with the pinned, known-good versions
 
@@ -74,13 +81,11 @@ browser: ## install Debian's chromium for the browser tests when missing (as roo
 test: install browser ## run the test suite
 	$(BIN)/pytest
 
-# The benchmark peers (EconML, CausalML) are an optional extra, installed only for the benchmarks.
-# Bytecode is compiled too: benchmarks time fresh processes, pip compiles at install time but uv
-# does not, and under PYTHONDONTWRITEBYTECODE nothing is ever cached, so every worker process would
-# recompile thousands of modules (about 30 s of CPU each on a 2-core machine).
+# The benchmark peers (EconML, CausalML) are an optional extra, installed only for the benchmarks
+# (and compiled like the rest: benchmarks time fresh processes).
 $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml requirements/lock.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -c requirements/lock.txt -e ".[dev,bench]"
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	$(MAKE) --no-print-directory compile
 	@touch $@
 
 # BENCH_ARGS passes options to benchmarks/run.py, e.g. BENCH_ARGS="--sections recovery";

@@ -114,6 +114,10 @@ def tree_rss(pid: int) -> tuple[int, int]:
 class TreeMemory:
     """Polls the summed resident memory of a process and all its descendants; keeps the peak.
 
+    It also keeps each process's last seen user + system CPU time, so ``cpu_seconds`` is the CPU of
+    the whole tree, worker processes included (``getrusage`` misses workers that are not reaped by
+    the time the child exits; a process's last 0.2 s may be missed).
+
     ``getrusage(RUSAGE_CHILDREN)`` only reports the largest single descendant, so a
     job whose worker processes each hold a copy of the data would look smaller than
     it is; summing the live tree every ``interval`` seconds catches that (and can
@@ -125,8 +129,13 @@ class TreeMemory:
         self.interval = interval
         self.peak = 0
         self.peak_processes = 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -135,7 +144,21 @@ class TreeMemory:
                 return
             if total > self.peak:
                 self.peak, self.peak_processes = total, processes
+            self._poll_cpu()
             self._stop.wait(self.interval)
+
+    def _poll_cpu(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                self._cpu[proc.pid] = max(self._cpu.get(proc.pid, 0.0), times.user + times.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
 
     def __enter__(self) -> TreeMemory:
         self._thread.start()
@@ -154,9 +177,10 @@ class ChildResult:
     wall_seconds: float
     peak_rss_bytes: int
     peak_processes: int
+    cpu_seconds: float = 0.0  # user + system of the child and every descendant seen (polled)
 
 
-def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None) -> ChildResult:
+def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None, cwd: Path | None = None) -> ChildResult:
     """Run ``python -m <args>`` from the repository root, measure it, and parse the JSON line it prints last.
 
     The child's stderr (progress, warnings) goes to ``log_path`` so that a failure can be read afterwards.
@@ -165,7 +189,7 @@ def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None)
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd or REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
         with TreeMemory(process.pid) as memory:
             try:
                 out, _ = process.communicate(timeout=timeout)
@@ -183,7 +207,7 @@ def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"benchmark child {' '.join(args)} printed no result")
-    return ChildResult(json.loads(lines[-1]), wall, memory.peak, memory.peak_processes)
+    return ChildResult(json.loads(lines[-1]), wall, memory.peak, memory.peak_processes, memory.cpu_seconds)
 
 
 def mb(value_bytes: float) -> str:

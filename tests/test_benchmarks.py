@@ -109,12 +109,19 @@ def _child_payload(argv: list[str], capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+TIMING = {"phases": [], "by_category": {c: {"wall_s": 1.0, "cpu_s": 1.5} for c in ("data", "cv", "test", "final fits", "mlflow", "reports")}}
 JOB_PAYLOAD = {
+    "n": 99,
     "job_seconds": 10.0,
-    "permutations": 199,
-    "outcomes": {o: {"p_value": 0.5, "p_adjusted": 0.5, "champion": "risk_model", "promoted": True} for o in ("pain", "memory")},
-    "self_maxrss": 300 * 2**20,
-    "children_maxrss": 200 * 2**20,
+    "job_cpu_seconds": 15.0,
+    "process_cpu_seconds": 18.0,
+    "timing": TIMING,
+    "config_digest": "x",
+    "settings": {"cv": "3 x 5 folds, inner 3", "bootstrap_models": 100, "bcf_patients": "all"},
+    "outcomes": {
+        o: {"test": "permutation", "permutations": 11, "p_value": 0.5, "p_adjusted": 0.5, "champion": "risk_model", "evidence": False, "promoted": True}
+        for o in ("pain", "memory")
+    },
 }
 
 
@@ -124,35 +131,45 @@ def test_training_job_child_runs_the_real_job(tmp_path, capsys):
 
     data = tmp_path / "trial.csv"
     simulate("final", 60, 3).to_csv(data, index=False)
-    argv = ["job", "--data", str(data), "--executor", "local", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    argv = ["job", "--data", str(data), "--n", "60", "--executor", "local", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     job = _child_payload([*argv, "--overrides", json.dumps(TINY_JOB)], capsys)
-    assert set(job["outcomes"]) == {"pain", "memory"} and job["permutations"] == 2
-    assert set(job) == set(JOB_PAYLOAD) | {"config_digest"}
-    _, outcomes = tables(training.render_jobs([("local", ChildResult(job, 20.0, 2**20, 1), "0.5")], training.FULL))
+    assert set(job["outcomes"]) == {"pain", "memory"} and all(o["permutations"] <= 2 for o in job["outcomes"].values())
+    assert set(job) == set(JOB_PAYLOAD)
+    assert {"cv", "test", "final fits", "mlflow", "reports"} <= set(job["timing"]["by_category"])
+    assert job["process_cpu_seconds"] >= job["timing"]["by_category"]["cv"]["cpu_s"] > 0
+    _, _, outcomes = tables(training.render_jobs([("local", ChildResult(job, 20.0, 2**20, 1), "0.5")], training.FULL))
     assert first_column(outcomes) == ["pain", "memory"]
 
 
-def test_training_tables(capsys):
+def test_training_tables():
     jobs = [
         ("local", ChildResult(JOB_PAYLOAD, 20.0, 900 * 2**20, 3), "0.5"),
         ("dask", ChildResult(JOB_PAYLOAD, 30.0, 1200 * 2**20, 5), "0.7"),
     ]
     markdown = training.render_jobs(jobs, training.FULL)
-    assert "wall time **1.50x**" in markdown and "identical across executors: **yes**" in markdown
-    jobs_table, outcomes = tables(markdown)
-    assert first_column(jobs_table)[0].startswith("local processes") and len(jobs_table) == 3
+    assert "wall **1.50x**" in markdown and "identical across executors: **yes**" in markdown
+    assert markdown.index("the 60 s target") < markdown.index("| executor")  # ratios first
+    jobs_table, phases, outcomes = tables(markdown)
+    assert first_column(jobs_table)[0].startswith("local processes") and len(jobs_table) == 3 and len(jobs_table[0]) == 8
+    assert phases[0][1:] == ["data", "cv", "test", "final fits", "mlflow", "reports"] and phases[1][2] == "1.0 / 1.5"
     assert first_column(outcomes) == ["pain", "memory"]
 
-    scale = [_child_payload(["scale", "--n", str(n), "--candidate", "t_learner", "--bootstrap", "2"], capsys) for n in (150, 300)]
-    settings = training.Settings(scale_sizes=(150, 300), scale_candidates=("t_learner",), scale_bootstrap=2)
-    scaling, exponents = tables(training.render_scaling([ChildResult(p, 1.0, 1, 1) for p in scale], settings))
-    assert first_column(scaling) == ["t_learner", "t_learner"] and [r[1] for r in scaling[1:]] == ["150", "300"]
-    assert first_column(exponents) == ["t_learner"]
+    scale = [ChildResult({**JOB_PAYLOAD, "n": n}, n / 100, n * 2**20, 4) for n in (1_000, 10_000)]
+    markdown = training.render_scaling([(r, "1.0") for r in scale])
+    assert "wall **0.33x** the 5-minute target" in markdown and "10x linear" not in markdown
+    curve, phases = tables(markdown)
+    assert first_column(curve) == ["1,000", "10,000"] and first_column(phases) == ["1,000", "10,000"]
+
+    settings = training.Settings(level_sizes=(500,), level_replicates=(4,))
+    level = ChildResult({"p_values": {"sharp:500": [0.01, 0.5, 0.7, 0.9], "null:500": [0.2, 0.3, 0.6, 0.04]}, "alpha": 0.05, "seconds": 6.0}, 1, 1, 1)
+    [rates] = tables(training.render_level(level, settings))
+    assert rates[1][0] == "500" and rates[1][1].startswith("1/4 = 25%") and rates[1][2].startswith("1/4")
 
 
 def test_a_measured_child_process_reports_time_and_memory(tmp_path):
-    result = run_child(["benchmarks.training", "scale", "--n", "120", "--candidate", "risk_model", "--bootstrap", "1"], 300, tmp_path / "child.log")
-    assert result.payload["n"] == 120 and result.payload["candidate"] == "risk_model"
+    result = run_child(["benchmarks.training", "level", "--sizes", "400", "--replicates", "1"], 600, tmp_path / "child.log")
+    assert set(result.payload["p_values"]) == {"sharp:400", "null:400"}
+    assert all(0 < p <= 1 for values in result.payload["p_values"].values() for p in values)
     assert result.wall_seconds > 0 and result.peak_rss_bytes > 0 and result.peak_processes >= 1
 
 

@@ -12,10 +12,11 @@ import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from training.errors import ConfigError, validation_problems, yaml_mapping
 from training.spec import ResponderRule
@@ -23,6 +24,36 @@ from training.spec import ResponderRule
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Settings that must change with the number of patients accept ``auto``: the rule is written in the
+# field's description (and default.yaml) and applied by ``TrainConfig.resolved(n)`` once the job knows
+# n. An explicit number always wins.
+AUTO = "auto"
+_INT = TypeAdapter(int)
+
+
+def _int_or_auto(value: Any) -> int | str:
+    # One error line for a bad value (a plain union would report one per member).
+    if value == AUTO:
+        return AUTO
+    try:
+        return _INT.validate_python(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise PydanticCustomError(first["type"], first["msg"]) from None
+
+
+def _optional_int_or_auto(value: Any) -> int | str | None:
+    return None if value is None else _int_or_auto(value)
+
+
+IntOrAuto = Annotated[Any, PlainValidator(_int_or_auto)]
+OptionalIntOrAuto = Annotated[Any, PlainValidator(_optional_int_or_auto)]
+
+
+def _auto(value, rule):
+    return rule() if value == AUTO else value
 
 
 class LightGBMParams(_Strict):
@@ -78,12 +109,34 @@ class BCFParams(_Strict):
     """Bayesian Causal Forest (stochtree, probit link); tree counts sized for trials of 10^2-10^3 patients."""
 
     num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations")
-    num_mcmc: int = Field(200, ge=20, description="retained posterior draws of the served model (its interval)")
+    num_mcmc: IntOrAuto = Field(
+        AUTO,
+        description="retained posterior draws of the served model (its interval). auto: 200 below 2,000 patients, 100 from "
+        "there (each prediction evaluates every draw's trees for every patient)",
+    )
     cv_gfr: int = Field(5, ge=0, description="warm-start iterations in cross-validation")
-    cv_mcmc: int = Field(50, ge=10, description="retained draws in cross-validation, where only posterior means are used")
+    cv_mcmc: IntOrAuto = Field(
+        AUTO,
+        description="retained draws in cross-validation, where only posterior means are used. auto: 50 below 2,000 "
+        "patients, 20 from there",
+    )
     mu_trees: int = Field(100, ge=1, description="trees of the prognostic forest")
     tau_trees: int = Field(50, ge=1, description="trees of the treatment-effect forest")
     explain_draws: int = Field(50, ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+    @model_validator(mode="after")
+    def _draws(self) -> BCFParams:
+        for name, low in (("num_mcmc", 20), ("cv_mcmc", 10)):
+            value = getattr(self, name)
+            if value != AUTO and value < low:
+                raise ValueError(f"{name} must be at least {low} (or auto)")
+        return self
+
+    max_patients: OptionalIntOrAuto = Field(
+        AUTO,
+        description="BCF is fitted on a stratified random subsample of at most this many patients (None: all). "
+        "auto: 1,000 from 2,000 patients on (a probit BCF fit grows faster than linearly and its prior already "
+        "shrinks towards one effect; the other candidates use every patient), all patients below",
+    )
 
 
 CandidateName = Literal["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
@@ -91,6 +144,11 @@ CandidateName = Literal["arm_only", "risk_model", "bcf", "interaction_logistic",
 
 class CandidatesConfig(_Strict):
     enabled: list[CandidateName] = ["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
+    solver: Literal["auto", "liblinear", "newton-cholesky", "lbfgs"] = Field(
+        "auto",
+        description="solver of the L2 logistic fits (risk model, interaction logistic, DR outcome models). auto: "
+        "liblinear below 5,000 training rows of a fit, newton-cholesky from there (liblinear grows ~40x for 10x patients)",
+    )
     risk_model: RiskModelParams = RiskModelParams()
     bcf: BCFParams = BCFParams()
     interaction_logistic: InteractionLogisticParams = InteractionLogisticParams()
@@ -126,9 +184,34 @@ class SelectionConfig(_Strict):
 
 
 class CVConfig(_Strict):
-    folds: int = Field(5, ge=2)
-    repeats: int = Field(3, ge=1)
-    inner_folds: int = Field(3, ge=2, description="folds of the inner loop that chooses the candidate")
+    folds: IntOrAuto = Field(
+        AUTO,
+        description="outer folds. auto: 5 below 20,000 patients, 2 from there (each model still trains on 10,000 or "
+        "more; a fit's cost grows with its training rows, so 2 folds cost about a quarter of 3 folds with 2 inner folds)",
+    )
+    repeats: IntOrAuto = Field(
+        AUTO,
+        description="repeats of the outer split. auto: 3 below 10,000 patients, 1 from there (the split-to-split "
+        "spread of out-of-fold metrics shrinks like 1/sqrt(n); at 10^4 one split is already as stable as three at 10^3)",
+    )
+    inner_folds: IntOrAuto = Field(
+        AUTO, description="folds of the inner loop that chooses the candidate. auto: 3 below 20,000 patients, 2 from there"
+    )
+
+    @model_validator(mode="after")
+    def _at_least(self) -> CVConfig:
+        for name, low in (("folds", 2), ("repeats", 1), ("inner_folds", 2)):
+            value = getattr(self, name)
+            if value != AUTO and value < low:
+                raise ValueError(f"{name} must be at least {low} (or auto)")
+        return self
+
+    def resolved(self, n: int) -> CVConfig:
+        return CVConfig(
+            folds=_auto(self.folds, lambda: 5 if n < 20_000 else 2),
+            repeats=_auto(self.repeats, lambda: 3 if n < 10_000 else 1),
+            inner_folds=_auto(self.inner_folds, lambda: 3 if n < 20_000 else 2),
+        )
 
 
 class EvidenceConfig(_Strict):
@@ -146,7 +229,18 @@ class EvidenceConfig(_Strict):
         "(0: always run every permutation)",
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
-    rate_bootstrap: int = Field(500, ge=0, description="bootstrap replicates for the RATE (AUTOC) interval")
+    rate_bootstrap: IntOrAuto = Field(
+        AUTO,
+        description="bootstrap replicates for the RATE (AUTOC) interval and the split-sample test's standard error. "
+        "auto: 500 below 10,000 patients, 200 from there (each replicate sorts every patient; 200 keep the Monte-Carlo "
+        "error of a standard error near 5%)",
+    )
+
+    @model_validator(mode="after")
+    def _replicates(self) -> EvidenceConfig:
+        if self.rate_bootstrap != AUTO and self.rate_bootstrap < 0:
+            raise ValueError("rate_bootstrap must be at least 0 (or auto)")
+        return self
     statistic: Literal["beyond_risk", "rate"] = Field(
         "beyond_risk",
         description=(
@@ -174,7 +268,25 @@ class IntervalConfig(_Strict):
     same measurements).
     """
 
-    bootstrap_models: int = Field(100, ge=5)
+    bootstrap_models: IntOrAuto = Field(
+        AUTO,
+        description="refits of the bootstrap interval (candidates without posterior draws). auto: 100 below 10,000 "
+        "patients, 20 from there (each refit costs O(n), while the model's interval narrows like 1/sqrt(n) and the "
+        "unmeasured-heterogeneity allowance, which does not shrink with n, dominates the served interval)",
+    )
+
+    bootstrap_penalty: Literal["auto", "reselect", "keep"] = Field(
+        AUTO,
+        description="reselect: each bootstrap refit chooses its own penalty by internal CV, as the served fit did; keep: "
+        "refits use the penalty chosen on all patients (one fit instead of folds x Cs + 1). auto: reselect below 10,000 "
+        "patients, keep from there (the choice barely varies between resamples of that size)",
+    )
+
+    @model_validator(mode="after")
+    def _enough(self) -> IntervalConfig:
+        if self.bootstrap_models != AUTO and self.bootstrap_models < 5:
+            raise ValueError("bootstrap_models must be at least 5 (or auto)")
+        return self
     level: float = Field(0.95, gt=0.5, lt=1)
     unmeasured_heterogeneity: float = Field(1.0, ge=0)
 
@@ -225,6 +337,36 @@ class TrainConfig(_Strict):
     missing_followup: Literal["non_responder", "exclude"] | None = Field(
         None, description="override of the spec's handling of missing follow-up"
     )
+
+    def resolved(self, n: int) -> TrainConfig:
+        """This config with every ``auto`` setting replaced by its rule's value for ``n`` patients.
+
+        The rules are in the fields' descriptions and in ``configs/default.yaml``;
+        an explicit value is kept as it is.
+        """
+        bcf = self.candidates.bcf
+        bcf = bcf.model_copy(
+            update={
+                "max_patients": _auto(bcf.max_patients, lambda: 1_000 if n >= 2_000 else None),
+                "num_mcmc": _auto(bcf.num_mcmc, lambda: 200 if n < 2_000 else 100),
+                "cv_mcmc": _auto(bcf.cv_mcmc, lambda: 50 if n < 2_000 else 20),
+            }
+        )
+        return self.model_copy(
+            update={
+                "cv": self.cv.resolved(n),
+                "candidates": self.candidates.model_copy(update={"bcf": bcf}),
+                "evidence": self.evidence.model_copy(
+                    update={"rate_bootstrap": _auto(self.evidence.rate_bootstrap, lambda: 500 if n < 10_000 else 200)}
+                ),
+                "intervals": self.intervals.model_copy(
+                    update={
+                        "bootstrap_models": _auto(self.intervals.bootstrap_models, lambda: 100 if n < 10_000 else 20),
+                        "bootstrap_penalty": _auto(self.intervals.bootstrap_penalty, lambda: "reselect" if n < 10_000 else "keep"),
+                    }
+                ),
+            }
+        )
 
     def digest(self) -> str:
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)

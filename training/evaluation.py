@@ -48,13 +48,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline
 
 from features.pipeline import build_feature_pipeline
 from training import metrics as M
-from training.candidates import CANDIDATE_ORDER, make_candidate
+from training.candidates import (
+    CANDIDATE_ORDER,
+    _decision,
+    _scale,
+    fit_logistic,
+    fit_scaler,
+    logistic_solver,
+    make_candidate,
+)
 from training.config import TrainConfig
 from training.executor import Executor
 from training.spec import DatasetSpec
@@ -65,16 +72,57 @@ FLOOR = "arm_only"
 
 @dataclass(frozen=True)
 class OutcomeData:
-    """One outcome's modelling data: raw model inputs, arm (1 = treated) and responder label."""
+    """One outcome's modelling data: raw model inputs, arm (1 = treated) and responder label.
+
+    ``parsed`` optionally holds ``X`` after the feature pipeline's first step
+    (lab parsing), computed once: see :func:`parsed_inputs`.
+    """
 
     X: pd.DataFrame
     t: np.ndarray
     y: np.ndarray
     treated_fraction: float
+    parsed: pd.DataFrame | None = None
 
     @property
     def strata(self) -> np.ndarray:
         return 2 * self.t.astype(int) + self.y.astype(int)
+
+
+# Feature pipeline, parsed once ---------------------------------------------------------------------------
+# The pipeline's first step parses lab text row by row: its output for a row does not depend on the
+# other rows (its fit records the catalog and column names, and nothing its transform uses), so parsing
+# every patient once and fitting the remaining steps on any subset of parsed rows gives the same
+# features as fitting the whole pipeline on that subset of raw rows; at 10^5 patients parsing is most
+# of the pipeline's cost. The served pipeline's first step is still fitted on its own raw rows.
+def parsed_inputs(spec: DatasetSpec, X: pd.DataFrame) -> pd.DataFrame:
+    """``X`` after the feature pipeline's stateless first step (lab parsing)."""
+    _, parse = build_feature_pipeline(spec).steps[0]
+    return parse.fit(X).transform(X)
+
+
+def with_parsed(data: OutcomeData, spec: DatasetSpec) -> OutcomeData:
+    """``data`` with its parsed inputs (computed here unless already there)."""
+    if data.parsed is not None:
+        return data
+    return OutcomeData(data.X, data.t, data.y, data.treated_fraction, parsed_inputs(spec, data.X))
+
+
+def fit_pipeline(spec: DatasetSpec, X: pd.DataFrame, parsed: pd.DataFrame) -> tuple[Pipeline, pd.DataFrame]:
+    """The whole feature pipeline fitted on raw rows ``X`` whose parsed form is ``parsed``; returns it and its features.
+
+    The same fitted pipeline and features as ``pipeline.fit(X)`` then ``pipeline.transform(X)``.
+    """
+    pipeline = build_feature_pipeline(spec)
+    pipeline.steps[0][1].fit(X)  # cheap (no parsing), and whatever it records about the rows is the served model's
+    rest = Pipeline(pipeline.steps[1:])  # the same step objects: fitting rest fits the pipeline
+    rest.fit(parsed)
+    return pipeline, rest.transform(parsed).reset_index(drop=True)
+
+
+def features_of(spec: DatasetSpec, parsed: pd.DataFrame) -> pd.DataFrame:
+    """``build_feature_pipeline(spec).fit_transform(X)`` from the parsed rows of ``X``."""
+    return Pipeline(build_feature_pipeline(spec).steps[1:]).fit_transform(parsed).reset_index(drop=True)
 
 
 def _folds(strata: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,25 +131,30 @@ def _folds(strata: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarra
     return list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(strata)), on))
 
 
-def outcome_models(F: pd.DataFrame, t: np.ndarray, y: np.ndarray) -> tuple[LogisticRegression | float, ...]:
-    """Penalised logistic outcome models per arm, used only for the DR scores (any model keeps them unbiased)."""
-    scaler = StandardScaler().fit(F)
+def outcome_models(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, solver: str = "auto") -> tuple:
+    """Penalised logistic outcome models per arm, used only for the DR scores (any model keeps them unbiased).
+
+    Returns the scaler and, per arm, ``(coefficients, intercept)`` or the smoothed rate when the arm has one class.
+    """
+    A = np.asarray(F, dtype=float)
+    scaler = fit_scaler(A)
+    Z = _scale(A, scaler)
     models: list = []
     for arm in (1, 0):
         rows = t == arm
         if len(np.unique(y[rows])) < 2:
             models.append((y[rows].sum() + 0.5) / (rows.sum() + 1.0))
         else:
-            models.append(LogisticRegression(C=0.1, solver="liblinear").fit(scaler.transform(F[rows]), y[rows]))
+            models.append(fit_logistic(Z[rows], y[rows], 0.1, logistic_solver(solver, int(rows.sum())), max_iter=100))
     return scaler, *models
 
 
 def predict_outcome_models(fitted, F: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     scaler, m1, m0 = fitted
-    Z = scaler.transform(F)
+    Z = _scale(np.asarray(F, dtype=float), scaler)
     out = []
     for m in (m1, m0):
-        out.append(np.full(len(F), m) if isinstance(m, float) else expit(m.decision_function(Z)))
+        out.append(np.full(len(Z), m) if isinstance(m, float) else expit(_decision(Z, *m)))
     return out[0], out[1]
 
 
@@ -123,18 +176,32 @@ def oof_predictions(
     F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, names: list[str], n_splits: int, seed: int
 ) -> FoldPredictions:
     """Out-of-fold arm probabilities of ``names`` and of the DR outcome models, from one stratified K-fold pass."""
+    arms = {name: oof_arms(F, t, y, config, e, name, n_splits, seed) for name in names}
+    return FoldPredictions(arms, *oof_arms(F, t, y, config, e, OUTCOME_MODELS, n_splits, seed))
+
+
+OUTCOME_MODELS = "outcome models"  # the DR scores' outcome models, fitted like a candidate in oof_arms
+
+
+def oof_arms(
+    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, name: str, n_splits: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One candidate's (or the DR outcome models') out-of-fold (p1, p0) from the stratified K-fold pass of ``seed``.
+
+    Each fit depends only on its own fold and seed, so candidates can be fitted
+    separately (in parallel) and give the numbers of one joint pass.
+    """
     strata = 2 * t.astype(int) + y.astype(int)
     n = len(y)
-    arms = {name: (np.zeros(n), np.zeros(n)) for name in names}
-    mu1, mu0 = np.zeros(n), np.zeros(n)
+    p1, p0 = np.zeros(n), np.zeros(n)
     for k, (train, test) in enumerate(_folds(strata, n_splits, seed)):
         Ftr, Fte = F.iloc[train], F.iloc[test]
-        for name in names:
+        if name == OUTCOME_MODELS:
+            p1[test], p0[test] = predict_outcome_models(outcome_models(Ftr, t[train], y[train], config.candidates.solver), Fte)
+        else:
             model = make_candidate(name, config.candidates, e, seed + 7 * k).fit(Ftr, t[train], y[train])
-            p1, p0 = model.predict_arms(Fte)
-            arms[name][0][test], arms[name][1][test] = p1, p0
-        mu1[test], mu0[test] = predict_outcome_models(outcome_models(Ftr, t[train], y[train]), Fte)
-    return FoldPredictions(arms, mu1, mu0)
+            p1[test], p0[test] = model.predict_arms(Fte)
+    return p1, p0
 
 
 # The selection procedure -------------------------------------------------------------------------------
@@ -246,11 +313,22 @@ def select(
 
 
 # Nested cross-validation ------------------------------------------------------------------------------
-@dataclass
-class OuterTask:
-    data: OutcomeData
+@dataclass(frozen=True)
+class CVShared:
+    """What every outer fold of one cross-validation reads: sent to each worker once (``Executor.map(shared=...)``)."""
+
+    parsed: pd.DataFrame  # the raw inputs after lab parsing (see parsed_inputs)
+    t: np.ndarray
+    y: np.ndarray
+    treated_fraction: float
     spec: DatasetSpec
     config: TrainConfig
+
+
+@dataclass(frozen=True)
+class OuterTask:
+    """One outer fold: its rows and seed (the data come with ``CVShared``)."""
+
     repeat: int
     fold: int
     train: np.ndarray
@@ -258,13 +336,72 @@ class OuterTask:
     seed: int
 
 
-def run_outer_fold(task: OuterTask) -> dict:
-    data, config = task.data, task.config
-    X, t, y = data.X, data.t, data.y
-    pipeline = build_feature_pipeline(task.spec).fit(X.iloc[task.train])
-    Ftr = pipeline.transform(X.iloc[task.train]).reset_index(drop=True)
-    Fte = pipeline.transform(X.iloc[task.test]).reset_index(drop=True)
+def _fold_features(shared: CVShared, task: OuterTask) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rest = Pipeline(build_feature_pipeline(shared.spec).steps[1:])
+    rest.fit(shared.parsed.iloc[task.train])
+    Ftr = rest.transform(shared.parsed.iloc[task.train]).reset_index(drop=True)
+    Fte = rest.transform(shared.parsed.iloc[task.test]).reset_index(drop=True)
+    return Ftr, Fte
+
+
+@dataclass(frozen=True)
+class FitShared:
+    """Large trials: every outer fold's features, sent to each worker once; tasks are (fold, candidate) pairs."""
+
+    folds: list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, int]]  # (Ftr, Fte, t train, y train, seed)
+    config: TrainConfig
+    treated_fraction: float
+
+
+def _fold_candidate(task: tuple[int, str], shared: FitShared) -> dict:
+    """One candidate (or the outcome models) in one outer fold: its inner out-of-fold and its outer predictions."""
+    k, name = task
+    Ftr, Fte, ttr, ytr, seed = shared.folds[k]
+    config, e = shared.config, shared.treated_fraction
+    inner = oof_arms(Ftr, ttr, ytr, config, e, name, config.cv.inner_folds, seed)
+    if name == OUTCOME_MODELS:
+        outer = predict_outcome_models(outcome_models(Ftr, ttr, ytr, config.candidates.solver), Fte)
+    else:
+        outer = make_candidate(name, config.candidates, e, seed).fit(Ftr, ttr, ytr).predict_arms(Fte)
+    return {"inner": inner, "outer": outer}
+
+
+def outer_folds_by_candidate(tasks: list[OuterTask], shared: CVShared, executor: Executor, desc: str) -> list[dict]:
+    """The outer folds' results (as :func:`run_outer_fold` gives them), with one task per fold and candidate.
+
+    For large trials: a few outer folds would leave workers idle, while folds x
+    candidates tasks keep them busy. The same fits and seeds, so the same numbers.
+    """
+    config, e = shared.config, shared.treated_fraction
+    names = list(config.candidates.enabled)
+    folds = []
+    for task in tasks:
+        Ftr, Fte = _fold_features(shared, task)
+        folds.append((Ftr, Fte, shared.t[task.train], shared.y[task.train], task.seed))
+    jobs = [(k, name) for k in range(len(tasks)) for name in [*names, OUTCOME_MODELS]]
+    answers = dict(zip(jobs, executor.map(_fold_candidate, jobs, desc=desc, shared=FitShared(folds, config, e)), strict=True))
+    results = []
+    for k, task in enumerate(tasks):
+        _, _, ttr, ytr, _ = folds[k]
+        inner = FoldPredictions({name: answers[k, name]["inner"] for name in names}, *answers[k, OUTCOME_MODELS]["inner"])
+        selection = select(inner, ytr, ttr, e, config)
+        predictions = {name: answers[k, name]["outer"] for name in names}
+        predictions[SELECTED] = predictions[selection.choice]
+        mu1, mu0 = answers[k, OUTCOME_MODELS]["outer"]
+        results.append(
+            {
+                "repeat": task.repeat, "fold": task.fold, "test": task.test, "predictions": predictions,
+                "selected": selection.choice, "inner_scores": selection.scores, "mu1": mu1, "mu0": mu0,
+            }
+        )
+    return results
+
+
+def run_outer_fold(task: OuterTask, shared: CVShared) -> dict:
+    config, t, y = shared.config, shared.t, shared.y
+    Ftr, Fte = _fold_features(shared, task)
     ttr, ytr = t[task.train], y[task.train]
+    data = shared
     names = list(config.candidates.enabled)
     inner = oof_predictions(Ftr, ttr, ytr, config, data.treated_fraction, names, config.cv.inner_folds, task.seed)
     selection = select(inner, ytr, ttr, data.treated_fraction, config)
@@ -273,7 +410,7 @@ def run_outer_fold(task: OuterTask) -> dict:
         model = make_candidate(name, config.candidates, data.treated_fraction, task.seed).fit(Ftr, ttr, ytr)
         predictions[name] = model.predict_arms(Fte)
     predictions[SELECTED] = predictions[selection.choice]
-    mu1, mu0 = predict_outcome_models(outcome_models(Ftr, ttr, ytr), Fte)
+    mu1, mu0 = predict_outcome_models(outcome_models(Ftr, ttr, ytr, config.candidates.solver), Fte)
     return {
         "repeat": task.repeat,
         "fold": task.fold,
@@ -284,6 +421,39 @@ def run_outer_fold(task: OuterTask) -> dict:
         "mu1": mu1,
         "mu0": mu0,
     }
+
+
+LARGE_N = 10_000  # from here: CV tasks per (fold, candidate), AUTOC bootstrap by counts
+
+
+def autoc_interval_by_counts(tau_hat: np.ndarray, psi: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:
+    """:func:`training.metrics.autoc_interval` without a sort per replicate, for large trials.
+
+    The same resamples (the same random draws); each replicate's AUTOC is
+    computed from how often each patient was drawn: with patients in the
+    full-sample ranking order, a patient drawn ``c`` times at ranks ``P+1..P+c``
+    contributes ``psi * sum(w_j)``, where ``w_j = sum_{k >= j} 1/k`` is how
+    often rank ``j`` enters ``mean_k TOC(k)``. O(n) instead of O(n log n) per
+    replicate; equal up to floating-point rounding, except that tied
+    predictions are ordered by patient rather than by position in the resample.
+    """
+    estimate = M.autoc(tau_hat, psi)
+    if n_boot <= 0:
+        return estimate, float("nan"), float("nan")
+    tau_hat, psi = np.asarray(tau_hat, float), np.asarray(psi, float)
+    n = len(psi)
+    order = M._order(tau_hat)
+    psi_ordered = psi[order]
+    weights = np.cumsum((1.0 / np.arange(1, n + 1))[::-1])[::-1]  # w_j, j = 1..n
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)])
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)[order]
+        start = np.cumsum(counts) - counts
+        draws[b] = (psi_ordered @ (cumulative[start + counts] - cumulative[start]) - counts @ psi_ordered) / n
+    tail = (1 - level) / 2
+    return estimate, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
 
 
 @dataclass
@@ -312,12 +482,19 @@ class CVResult:
 def cross_validate(
     data: OutcomeData, spec: DatasetSpec, config: TrainConfig, executor: Executor, desc: str = "cross-validation"
 ) -> CVResult:
+    """Nested repeated cross-validation of every enabled candidate (``auto`` settings resolved for this n)."""
     n = len(data.y)
+    config = config.resolved(n)
+    data = with_parsed(data, spec)
     tasks = []
     for r in range(config.cv.repeats):
         for k, (train, test) in enumerate(_folds(data.strata, config.cv.folds, config.seed + 1000 * r)):
-            tasks.append(OuterTask(data, spec, config, r, k, train, test, config.seed + 100 * r + k))
-    results = executor.map(run_outer_fold, tasks, desc=desc)
+            tasks.append(OuterTask(r, k, train, test, config.seed + 100 * r + k))
+    shared = CVShared(data.parsed, data.t, data.y, data.treated_fraction, spec, config)
+    if n >= LARGE_N:
+        results = outer_folds_by_candidate(tasks, shared, executor, desc)
+    else:
+        results = executor.map(run_outer_fold, tasks, desc=desc, shared=shared)
 
     names = [*config.candidates.enabled, SELECTED]
     oof = {name: np.full((config.cv.repeats, n, 2), np.nan) for name in names}
@@ -351,9 +528,10 @@ def cross_validate(
     for column in ["auc_treated", "auc_control", "brier_mean", "log_loss", "autoc", "qini", "c_for_benefit", "tau_risk"]:
         summary[f"{column}_sd"] = spread[column] if config.cv.repeats > 1 else np.nan
     psi_mean = psi.mean(axis=0)
+    interval = M.autoc_interval if n < LARGE_N else autoc_interval_by_counts
     for name in names:
         tau_mean = (oof[name][:, :, 0] - oof[name][:, :, 1]).mean(axis=0)
-        est, lo, hi = M.autoc_interval(tau_mean, psi_mean, config.evidence.rate_bootstrap, config.seed)
+        est, lo, hi = interval(tau_mean, psi_mean, config.evidence.rate_bootstrap, config.seed)
         summary.loc[name, "autoc_averaged"] = est
         summary.loc[name, "autoc_lower"] = lo
         summary.loc[name, "autoc_upper"] = hi
@@ -402,24 +580,32 @@ def _statistic(tau: dict[str, np.ndarray], psi: np.ndarray, kind: str) -> tuple[
 
 @dataclass(frozen=True)
 class PermutationTask:
+    """The permutation test's data, the same for every permutation: sent to each worker once."""
+
     F: pd.DataFrame
     t: np.ndarray
     y: np.ndarray
     config: TrainConfig
     e: float
     fold_seed: int
-    permutation_seed: int | None  # None: the observed data
+    permutation_seed: int | None = None  # None: the observed data
 
 
-def heterogeneity_statistic(task: PermutationTask) -> tuple[float, dict[str, float]]:
+def heterogeneity_statistic(task: PermutationTask, permutation_seed: int | None = None) -> tuple[float, dict[str, float]]:
+    """The statistic on the observed data, or with covariate rows permuted by ``permutation_seed``."""
     F = task.F
-    if task.permutation_seed is not None:
-        order = np.random.default_rng(task.permutation_seed).permutation(len(F))
+    seed = permutation_seed if permutation_seed is not None else task.permutation_seed
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(F))
         F = F.iloc[order].reset_index(drop=True)
     names = statistic_candidates(task.config)
     preds = oof_predictions(F, task.t, task.y, task.config, task.e, names, task.config.cv.folds, task.fold_seed)
     psi = M.dr_scores(task.y, task.t, preds.mu1, preds.mu0, task.e)
     return _statistic({name: preds.benefit(name) for name in names}, psi, statistic_kind(task.config))
+
+
+def _permuted_statistic(seed: int, task: PermutationTask) -> float:
+    return heterogeneity_statistic(task, seed)[0]
 
 
 STATISTIC_LABELS = {
@@ -469,41 +655,75 @@ def permutation_test(
     data: OutcomeData, spec: DatasetSpec, config: TrainConfig, executor: Executor, desc: str = "permutation test"
 ) -> PermutationResult:
     """The heterogeneity test chosen by ``evidence.method`` (``auto``: permutation for small, split RATE for large trials)."""
+    config = config.resolved(len(data.y))
     method = config.evidence.method
     if method == "auto":
         method = "permutation" if len(data.y) <= config.evidence.auto_max_n else "split_rate"
-    F = build_feature_pipeline(spec).fit_transform(data.X).reset_index(drop=True)
+    F = features_of(spec, with_parsed(data, spec).parsed)
     if method == "split_rate":
-        return split_rate_test(F, data.t, data.y, config, data.treated_fraction, config.seed + 77)
+        return split_rate_test(F, data.t, data.y, config, data.treated_fraction, config.seed + 77, executor)
     fold_seed = config.seed + 77
     kind = statistic_kind(config)
-    observed, per_candidate = heterogeneity_statistic(PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, None))
+    shared = PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed)
+    observed, per_candidate = heterogeneity_statistic(shared)
     B, h = config.evidence.permutations, config.evidence.sequential_h
     if B == 0:
         return PermutationResult(observed, per_candidate, np.array([]), float("nan"), kind)
     seeds = [int(s) for s in np.random.SeedSequence(config.seed).generate_state(B)]
     null: list[float] = []
+    # Batches keep the workers busy while the sequential rule can stop at the first batch that reaches h.
     batch = max(8, 4 * getattr(executor, "workers", 2))
     while len(null) < B:
-        tasks = [PermutationTask(F, data.t, data.y, config, data.treated_fraction, fold_seed, s) for s in seeds[len(null): len(null) + batch]]
-        null += [stat for stat, _ in executor.map(heterogeneity_statistic, tasks, desc=f"{desc} ({len(null) + len(tasks)}/{B} at most)")]
+        chunk = seeds[len(null): len(null) + batch]
+        null += executor.map(_permuted_statistic, chunk, desc=f"{desc} ({len(null) + len(chunk)}/{B} at most)", shared=shared)
         if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
             break
     p_value, used = sequential_p_value(np.asarray(null), observed, h, B)
     return PermutationResult(observed, per_candidate, np.asarray(null[:used]), p_value, kind, "permutation", used, used < B)
 
 
-def split_rate_test(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> PermutationResult:
-    """Sample-split RATE test (see the module docstring): fit on one half, test the ranking of the other."""
+@dataclass(frozen=True)
+class SplitShared:
+    """The split RATE test's halves, sent to each worker once."""
+
+    F: pd.DataFrame
+    t: np.ndarray
+    y: np.ndarray
+    fit_rows: np.ndarray
+    test_rows: np.ndarray
+    config: TrainConfig
+    e: float
+    seed: int
+
+
+def _split_benefit(name: str, shared: SplitShared) -> np.ndarray:
+    """One candidate fitted on the fitting half, its benefit on the testing half."""
+    F, fit_rows = shared.F, shared.fit_rows
+    model = make_candidate(name, shared.config.candidates, shared.e, shared.seed).fit(
+        F.iloc[fit_rows], shared.t[fit_rows], shared.y[fit_rows]
+    )
+    return model.predict_benefit(F.iloc[shared.test_rows].reset_index(drop=True))
+
+
+def split_rate_test(
+    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int, executor: Executor | None = None
+) -> PermutationResult:
+    """Sample-split RATE test (see the module docstring): fit on one half, test the ranking of the other.
+
+    The candidates are fitted in parallel on ``executor`` when one is given (the same numbers either way).
+    """
+    config = config.resolved(len(y))
     strata = 2 * t.astype(int) + y.astype(int)
     fit_rows, test_rows = _folds(strata, 2, seed)[0]
     names = statistic_candidates(config)
     kind = statistic_kind(config)
-    Ffit, Ftest = F.iloc[fit_rows], F.iloc[test_rows].reset_index(drop=True)
-    tau = {}
-    for name in names:
-        model = make_candidate(name, config.candidates, e, seed).fit(Ffit, t[fit_rows], y[fit_rows])
-        tau[name] = model.predict_benefit(Ftest)
+    Ftest = F.iloc[test_rows].reset_index(drop=True)
+    shared = SplitShared(F, t, y, fit_rows, test_rows, config, e, seed)
+    if executor is None:
+        benefits = [_split_benefit(name, shared) for name in names]
+    else:
+        benefits = executor.map(_split_benefit, names, desc="split-sample RATE test: candidate fits", shared=shared)
+    tau = dict(zip(names, benefits, strict=True))
     tt, yt = t[test_rows], y[test_rows]
     preds = oof_predictions(Ftest, tt, yt, config, e, [], 2, seed + 1)
     psi = M.dr_scores(yt, tt, preds.mu1, preds.mu0, e)

@@ -5,14 +5,25 @@ carrying its own seed, and results come back in submission order. With
 single-threaded math inside each task the same seed gives the same numbers on
 either executor. Every loop reports progress through ``training.progress``: a
 bar on a terminal, rate-limited log lines (done/total, ETA) anywhere else.
+
+Data that every task of a loop reads (the feature table, the arm and outcome
+vectors, the config) is passed once as ``shared`` and reaches each worker
+once, not once per task: Dask scatters it to the workers
+(``client.scatter(..., broadcast=True)``) and the tasks name it; local workers
+read it from one pickle file written for the loop and keep it in memory for
+the loop's later tasks. The task function is then called as ``fn(item, shared)``.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from threadpoolctl import threadpool_limits
@@ -23,13 +34,26 @@ from training.progress import task_progress
 class Executor(Protocol):
     name: str
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str = "") -> list[Any]: ...
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], desc: str = "", shared: Any = None) -> list[Any]: ...
 
 
-def _single_threaded(fn: Callable[[Any], Any], item: Any) -> Any:
+def _single_threaded(fn: Callable[..., Any], item: Any, shared: Any = None) -> Any:
     # BLAS threads would make float sums depend on scheduling; one thread per task.
     with threadpool_limits(limits=1):
-        return fn(item)
+        return fn(item) if shared is None else fn(item, shared)
+
+
+# Local workers: the shared object is read from its file once per worker process and loop.
+_LOADED: dict[str, Any] = {}
+
+
+def _from_file(fn: Callable[..., Any], path: str, item: Any) -> Any:
+    shared = _LOADED.get(path)
+    if shared is None:
+        _LOADED.clear()  # an earlier loop's data is not needed any more
+        with open(path, "rb") as handle:
+            shared = _LOADED[path] = pickle.load(handle)
+    return _single_threaded(fn, item, shared)
 
 
 class LocalExecutor:
@@ -40,24 +64,42 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = workers or os.cpu_count() or 1
 
-    def map(self, fn, items, desc=""):
-        task = partial(_single_threaded, fn)
+    def map(self, fn, items, desc="", shared=None):
+        items = list(items)
         if self.workers == 1 or len(items) <= 1:
             results = []
             with task_progress(len(items), desc) as bar:
                 for item in items:
-                    results.append(task(item))
+                    results.append(_single_threaded(fn, item, shared))
                     bar.update()
             return results
         from joblib import Parallel, delayed
 
-        parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator")
-        results = []
-        with task_progress(len(items), desc) as bar:
-            for result in parallel(delayed(task)(item) for item in items):
-                results.append(result)
-                bar.update()
+        with _shared_file(shared) as path:
+            task = partial(_single_threaded, fn) if path is None else partial(_from_file, fn, path)
+            # loky keeps its worker processes between loops: start-up is paid once per job.
+            parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator")
+            results = []
+            with task_progress(len(items), desc) as bar:
+                for result in parallel(delayed(task)(item) for item in items):
+                    results.append(result)
+                    bar.update()
         return results
+
+
+@contextmanager
+def _shared_file(shared: Any) -> Iterator[str | None]:
+    if shared is None:
+        yield None
+        return
+    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    path = folder / f"responders-shared-{os.getpid()}-{uuid.uuid4().hex}.pkl"
+    try:
+        with open(path, "wb") as handle:
+            pickle.dump(shared, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        yield str(path)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 class DaskExecutor:
@@ -68,16 +110,31 @@ class DaskExecutor:
     def __init__(self, client):
         self.client = client
 
-    def map(self, fn, items, desc=""):
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+
+    def map(self, fn, items, desc="", shared=None):
         from distributed import as_completed
 
-        futures = self.client.map(partial(_single_threaded, fn), list(items), pure=False)
+        items = list(items)
+        kwargs = {}
+        if shared is not None:
+            # Once to every worker; the tasks carry only their item (and seed).
+            # (in a list: scatter would send a dict's or a list's items one by one)
+            [kwargs["shared"]] = self.client.scatter([shared], broadcast=True, hash=False)
+        futures = self.client.map(partial(_single_threaded, fn), items, pure=False, **kwargs)
         order = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
-        with task_progress(len(futures), desc) as bar:
-            for future in as_completed(futures):
-                results[order[future.key]] = future.result()
-                bar.update()
+        try:
+            with task_progress(len(futures), desc) as bar:
+                for future in as_completed(futures):
+                    results[order[future.key]] = future.result()
+                    bar.update()
+        finally:
+            self.client.cancel(futures)
+            if "shared" in kwargs:
+                kwargs["shared"].release()
         return results
 
 

@@ -151,6 +151,7 @@ class TrainSummary:
     seconds: float
     outcomes: dict[str, OutcomeResult]
     validation: ValidationReport
+    timing: dict[str, Any] = field(default_factory=dict)  # wall and CPU seconds per phase (training.timing)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +164,7 @@ class TrainSummary:
             "parent_run_id": self.parent_run_id,
             "seconds": round(self.seconds, 1),
             "outcomes": {k: v.summary() for k, v in self.outcomes.items()},
+            "timing": self.timing,
         }
 
     def render(self) -> str:

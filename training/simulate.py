@@ -282,7 +282,7 @@ def simulate(scenario: str = "final", n: int = 99, seed: int = 0, calibration: C
 
     catalog = load_catalog()
     for key, (value, missing, decimals) in labs.items():
-        frame[key] = _export(value, missing, decimals, catalog[key].lod, key)
+        frame[key] = _export(value, missing, decimals, catalog[key].lod, key, catalog[key].plausible[1])
     lam = loading(cal.ana_loading)
     ana_z = lam * latent_a + math.sqrt(1 - lam**2) * rng.normal(size=n)
     cuts = stats.norm.ppf(np.cumsum(cal.ana_probabilities)[:-1])
@@ -385,8 +385,18 @@ def _mean_weight(centre: float, scale: float, profile_sd: float) -> float:
     return float(np.sum(weights * values) / np.sqrt(2 * np.pi))
 
 
-def _export(value: np.ndarray, missing: np.ndarray, decimals: int, lod: float | None, key: str) -> np.ndarray:
-    """Format values as a lab system exports them: text, ``<LOD`` below detection, ``>600`` above range."""
+def _export(
+    value: np.ndarray, missing: np.ndarray, decimals: int, lod: float | None, key: str, upper: float = math.inf
+) -> np.ndarray:
+    """Format values as a lab system exports them: text, ``<LOD`` below detection, ``>600`` above range.
+
+    A draw whose reported (rounded) value would exceed the catalog's plausible
+    upper limit ``upper`` is exported as ``>upper``, as a lab reports a result
+    above its measuring range: the log-normal tails reach such values once in
+    tens of thousands of patients (ESR 179 mm/h at n = 20,000), and the data
+    contract refuses them as implausible. So the simulator's output always
+    satisfies the contract; the ground truth does not depend on lab values.
+    """
     out = np.empty(len(value), dtype=object)
     for i, v in enumerate(value):
         if missing[i]:
@@ -395,6 +405,8 @@ def _export(value: np.ndarray, missing: np.ndarray, decimals: int, lod: float | 
             out[i] = f"<{lod:g}"
         elif key == "anti_tpo" and v > 600:
             out[i] = ">600"
+        elif round(v, decimals) > upper:
+            out[i] = f">{upper:g}"
         else:
             out[i] = f"{v:.{decimals}f}"
     return out

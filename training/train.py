@@ -14,6 +14,8 @@ import logging
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,20 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from features.pipeline import build_feature_pipeline
 from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from training.effects import AverageEffect, adjust, ancova, risk_difference
-from training.evaluation import OutcomeData, cross_validate, holm, permutation_test
-from training.executor import make_executor
+from training.evaluation import (
+    OutcomeData,
+    cross_validate,
+    fit_pipeline,
+    holm,
+    parsed_inputs,
+    permutation_test,
+    with_parsed,
+)
+from training.executor import Executor, make_executor
 from training.labelling import build_policy
 from training.labels import LabelCounts, responder_labels, sensitivity_effects
 from training.model import Evidence, ResponderModel
@@ -37,6 +46,7 @@ from training.reports.cohort import cohort_figures, evaluation_figures, png_from
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
 from training.spec import DatasetSpec
+from training.timing import PhaseClock
 from training.tracking import (
     NOTE,
     candidate_note,
@@ -56,7 +66,11 @@ from training.tracking import (
 
 log = logging.getLogger("responders.train")
 
-def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> tuple[OutcomeData, LabelCounts]:
+def outcome_data(
+    frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig, parsed: pd.DataFrame | None = None
+) -> tuple[OutcomeData, LabelCounts]:
+    """One outcome's patients (those with a label), arms and labels; ``parsed``: the whole frame's
+    model inputs already lab-parsed (:func:`training.evaluation.parsed_inputs`), row for row."""
     labels, counts = responder_labels(
         frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup
     )
@@ -64,7 +78,8 @@ def outcome_data(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: T
     X = model_inputs(frame, spec).loc[keep].reset_index(drop=True)
     t = spec.arm.is_treated(frame[spec.arm.column])[keep].astype(int)
     y = labels.to_numpy()[keep].astype(int)
-    return OutcomeData(X, t, y, spec.arm.treated_fraction), counts
+    rows = parsed.loc[keep].reset_index(drop=True) if parsed is not None else None
+    return OutcomeData(X, t, y, spec.arm.treated_fraction, rows), counts
 
 
 def average_effect(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> AverageEffect:
@@ -102,7 +117,7 @@ def _nan(value: float | None) -> float:
 
 
 def heterogeneity_reference(
-    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig
+    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig, reference_sd: float | None = None
 ) -> tuple[float, str]:
     """SD over the training patients of the benefit the shrinkage (BCF) model attributes to measured features.
 
@@ -112,12 +127,105 @@ def heterogeneity_reference(
     the champion's own spread is used.
     """
     if champion.name == "bcf":
-        return float(np.std(champion.predict_benefit(F))), "bcf"
+        return float(np.std(champion.predict_benefit(_reference_rows(F, config.seed)))), "bcf"
     if "bcf" in config.candidates.enabled:
-        reference = make_candidate("bcf", config.candidates, data.treated_fraction, config.seed + 5, final=True)
-        reference.fit(F, data.t, data.y)
-        return float(np.std(reference.predict_benefit(F))), "bcf"
+        if reference_sd is None:  # otherwise fitted in the worker pool (FinalFits)
+            reference_sd = _reference_sd(F, data.t, data.y, data.treated_fraction, config)
+        return reference_sd, "bcf"
     return float(np.std(champion.predict_benefit(F))), champion.name
+
+
+def _reference_sd(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, e: float, config: TrainConfig) -> float:
+    reference = make_candidate("bcf", config.candidates, e, config.seed + 5, final=True)
+    reference.fit(F, t, y)
+    return float(np.std(reference.predict_benefit(_reference_rows(F, config.seed))))
+
+
+REFERENCE_MAX_N = 10_000
+
+
+def _reference_rows(F: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The patients the reference SD is taken over: all of them, or a seeded random 10,000 in larger trials.
+
+    Predicting every posterior draw for 10^5 patients costs more than the fit;
+    the SD of 10,000 patients' benefits is within about 1% of all patients'.
+    """
+    if len(F) <= REFERENCE_MAX_N:
+        return F
+    rows = np.sort(np.random.default_rng(seed).choice(len(F), REFERENCE_MAX_N, replace=False))
+    return F.iloc[rows]
+
+
+# Final fits in the worker pool -------------------------------------------------------------------------
+@dataclass
+class FinalFits:
+    """One outcome's served parts, fitted before the champion is assembled (:func:`final_fits`)."""
+
+    pipeline: Any
+    F: pd.DataFrame
+    candidate: BenefitCandidate
+    bootstrap: list[BenefitCandidate] | None  # refits for the interval (candidates without posterior draws)
+    reference_sd: float | None  # the BCF heterogeneity reference, when BCF is not the champion
+
+
+@dataclass(frozen=True)
+class _FinalShared:
+    data: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray, float]]  # outcome -> (F, t, y, treated fraction)
+    champions: dict[str, str]
+    configs: dict[str, TrainConfig]
+
+
+def _final_task(task: tuple, shared: _FinalShared):
+    kind, outcome, payload = task
+    F, t, y, e = shared.data[outcome]
+    config, name = shared.configs[outcome], shared.champions[outcome]
+    if kind == "champion":
+        return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
+    if kind == "reference":
+        return _reference_sd(F, t, y, e, config)
+    template, resamples = payload
+    return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
+
+
+def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: TrainConfig, executor: Executor) -> dict[str, FinalFits]:
+    """Every outcome's champion fit, bootstrap refits and BCF reference fit, in the worker pool.
+
+    The same fits, seeds and resamples as :func:`fit_champion` makes by itself
+    (the resamples are drawn here, in order), so the served models are identical.
+    Two passes: the champions (whose chosen penalty the refits may keep), then
+    the BCF references and the bootstrap refits of every outcome together.
+    """
+    shared_data, configs, pipelines = {}, {}, {}
+    for outcome, result in results.items():
+        data = with_parsed(result.data, spec)
+        pipelines[outcome], F = fit_pipeline(spec, data.X, data.parsed)
+        configs[outcome] = config.resolved(len(data.y))
+        shared_data[outcome] = (F, data.t, data.y, data.treated_fraction)
+    shared = _FinalShared(shared_data, {k: r.champion for k, r in results.items()}, configs)
+    champions = dict(zip(results, executor.map(_final_task, [("champion", o, None) for o in results], desc="final fits: champions", shared=shared), strict=True))
+    tasks = [("reference", o, None) for o, r in results.items() if r.champion != "bcf" and "bcf" in configs[o].candidates.enabled]
+    workers = max(1, getattr(executor, "workers", 2))
+    for outcome, candidate in champions.items():
+        if candidate.has_draws:
+            continue
+        intervals = configs[outcome].intervals
+        ensemble = BootstrapEnsemble(candidate, intervals.bootstrap_models, intervals.level, configs[outcome].seed, intervals.bootstrap_penalty)
+        resamples, template = ensemble.resamples(results[outcome].data.t), ensemble.template()
+        chunks = max(1, min(len(resamples), 2 * workers))
+        tasks += [("bootstrap", outcome, (template, resamples[i::chunks])) for i in range(chunks)]
+    answers = executor.map(_final_task, tasks, desc="final fits: BCF references and bootstrap refits", shared=shared)
+    fits = {}
+    for outcome in results:
+        reference = next((a for (kind, o, _), a in zip(tasks, answers, strict=True) if kind == "reference" and o == outcome), None)
+        chunks = [models for (kind, o, _), models in zip(tasks, answers, strict=True) if kind == "bootstrap" and o == outcome]
+        bootstrap = None
+        if chunks:
+            # Back into resample order: chunk i holds resamples i, i + k, i + 2k, ... (k chunks)
+            bootstrap = [None] * sum(len(models) for models in chunks)
+            for i, models in enumerate(chunks):
+                bootstrap[i :: len(chunks)] = models
+        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap, reference)
+    return fits
 
 
 def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
@@ -132,17 +240,32 @@ def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
 
 
 def fit_champion(
-    result: OutcomeResult, spec: DatasetSpec, config: TrainConfig, evidence: Evidence, provenance: dict[str, Any] | None = None
+    result: OutcomeResult,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    evidence: Evidence,
+    provenance: dict[str, Any] | None = None,
+    fitted: FinalFits | None = None,
 ) -> ResponderModel:
-    """Refit the chosen candidate on all patients with its interval machinery and fit the label rule."""
+    """Refit the chosen candidate on all patients with its interval machinery and fit the label rule.
+
+    ``fitted``: the parts :func:`final_fits` already made in the worker pool (else they are fitted here).
+    """
     data = result.data
-    pipeline = build_feature_pipeline(spec).fit(data.X)
-    F = pipeline.transform(data.X).reset_index(drop=True)
-    candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
+    config = config.resolved(len(data.y))
+    if fitted is None:
+        data = with_parsed(data, spec)
+        pipeline, F = fit_pipeline(spec, data.X, data.parsed)
+        candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
+        bootstrap, reference_sd = None, None
+    else:
+        pipeline, F, candidate, bootstrap, reference_sd = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference_sd
     ensemble = None
     if not candidate.has_draws:
-        ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed).fit(F, data.t, data.y)
-    reference_sd, reference = heterogeneity_reference(candidate, F, data, config)
+        ensemble = BootstrapEnsemble(
+            candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
+        ).fit(F, data.t, data.y, models=bootstrap)
+    reference_sd, reference = heterogeneity_reference(candidate, F, data, config, reference_sd)
     model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
@@ -307,6 +430,8 @@ def run_training(
     written to ``report_dir/cohort.html``.
     """
     started = time.perf_counter()
+    clock = PhaseClock()
+    clock.start("load and validate the data", "data")
     data_path = Path(data_path)
     frame, validation = load_trial(data_path, spec)
     resolved_uri, client = setup_tracking(tracking_uri)
@@ -320,19 +445,24 @@ def run_training(
 
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
     # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
-    with job_run(f"train {data_path.name}", steps, description=note) as parent:
+    # One executor for the whole job: its workers start once and serve every resampling loop and the final fits.
+    with job_run(f"train {data_path.name}", steps, description=note) as parent, ExitStack() as stack:
+        clock.start("start the executor", "executor")
+        executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
+        clock.start("MLflow: job run, dataset and parameters", "mlflow")
+        run_config = config.resolved(len(frame))
         mlflow.set_tags({**code_version(), "spec": spec.name, "dataset.digest": digest, "config.digest": config.digest(), "job": "train"})
         mlflow.log_params(
             {
                 "data": data_path.name,
                 "n_rows": len(frame),
                 "seed": config.seed,
-                "cv.folds": config.cv.folds,
-                "cv.repeats": config.cv.repeats,
-                "cv.inner_folds": config.cv.inner_folds,
+                "cv.folds": run_config.cv.folds,
+                "cv.repeats": run_config.cv.repeats,
+                "cv.inner_folds": run_config.cv.inner_folds,
                 "evidence.permutations": config.evidence.permutations,
                 "evidence.alpha": config.evidence.alpha,
-                "intervals.bootstrap_models": config.intervals.bootstrap_models,
+                "intervals.bootstrap_models": run_config.intervals.bootstrap_models,
                 "intervals.level": config.intervals.level,
                 "candidates": ",".join(config.candidates.enabled),
                 "executor": config.executor.kind,
@@ -348,36 +478,42 @@ def run_training(
         mlflow.log_text(spec.to_yaml(), "data/spec.yaml")
         mlflow.log_text(config.to_yaml(), "config.yaml")
 
-        with make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler) as executor:
-            for outcome in spec.outcomes:
-                data, counts = outcome_data(frame, spec, outcome, config)
-                log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
-                with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
-                    mlflow.set_tags({"outcome": outcome, "spec": spec.name})
-                    mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
-                    mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
-                    mlflow.log_metrics(counts.as_metrics())
-                    steps.start(f"{outcome}: nested cross-validation")
-                    cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
-                    for name in config.candidates.enabled:
-                        with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
-                            mlflow.set_tags({"outcome": outcome, "candidate": name})
-                            settings = getattr(config.candidates, name, None)
-                            params = settings.model_dump(mode="json") if settings is not None else {}
-                            if params:
-                                mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-                            mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
-                            mlflow.log_metric("times_selected", cv.selections[name])
-                            mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
-                    steps.start(f"{outcome}: permutation test")
-                    permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
-                    results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
+        clock.start("parse the lab values once", "data")
+        parsed = parsed_inputs(spec, model_inputs(frame, spec))
+        for outcome in spec.outcomes:
+            clock.start(f"{outcome}: MLflow outcome run", "mlflow")
+            data, counts = outcome_data(frame, spec, outcome, config, parsed)
+            log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
+            with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
+                mlflow.set_tags({"outcome": outcome, "spec": spec.name})
+                mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
+                mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
+                mlflow.log_metrics(counts.as_metrics())
+                steps.start(f"{outcome}: nested cross-validation")
+                clock.start(f"{outcome}: nested cross-validation", "cv")
+                cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
+                clock.start(f"{outcome}: MLflow candidate runs", "mlflow")
+                for name in config.candidates.enabled:
+                    with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
+                        mlflow.set_tags({"outcome": outcome, "candidate": name})
+                        settings = getattr(config.candidates, name, None)
+                        params = settings.model_dump(mode="json") if settings is not None else {}
+                        if params:
+                            mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+                        mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                        mlflow.log_metric("times_selected", cv.selections[name])
+                        mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
+                steps.start(f"{outcome}: permutation test")
+                clock.start(f"{outcome}: heterogeneity test", "test")
+                permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
+                results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
 
         # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
         for outcome, effect in sensitivity_effects(frame, spec, config).items():
             results[outcome].average_effect_sensitivity = effect
 
         steps.start("refit, log and register the champions")
+        clock.start("final fits: champions, bootstrap refits, BCF references", "final fits")
         adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
         effects = adjust(
             {k: average_effect(frame, spec, k, config) for k in results},
@@ -390,6 +526,9 @@ def run_training(
             result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
             result.champion = result.cv.final_choice
             result.reason = champion_reason(result, config)
+        fitted = final_fits(results, spec, config, executor)
+        for outcome, result in results.items():
+            tested = result.permutation.tested
             verdict = (
                 "evidence of a responder subgroup"
                 if result.evidence
@@ -406,7 +545,9 @@ def run_training(
                 verdict=verdict,
                 method=result.permutation.method,
             )
-            result.model = fit_champion(result, spec, config, evidence, provenance)
+            clock.start(f"{outcome}: assemble the served model", "final fits")
+            result.model = fit_champion(result, spec, config, evidence, provenance, fitted[outcome])
+            clock.start(f"{outcome}: MLflow logging and registration", "mlflow")
             result.registered_model = spec.registered_model_name(outcome)
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 selected = result.cv.summary.loc[result.procedure]
@@ -459,20 +600,24 @@ def run_training(
         # gate, so a failure there fails the job while every previous champion is still in place;
         # only the registry outcome is filled in after promotion.
         steps.start("cohort report: analysis and figures")
+        clock.start("cohort report: analysis and figures", "reports")
         report_started = time.perf_counter()
         payload = build_cohort_payload(
-            frame, spec, config, results, provenance, validation, parent.info.run_id, experiment_id
+            frame, spec, run_config, results, provenance, validation, parent.info.run_id, experiment_id
         )
+        payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
         images = cohort_figures(payload, drawn={name: r.figures for name, r in results.items()})
         report_seconds = time.perf_counter() - report_started
 
         steps.start("validate and promote")
+        clock.start("validate and promote", "mlflow")
         validate_for_promotion(results, client, config)
         with deferred_interrupt():  # all aliases move, or none
             promote(results, client)
         describe_job(client, experiment_id, spec.name, data_path.name, digest, parent.info.run_id, {k: r.summary() for k, r in results.items()})
 
         steps.start("cohort report: render and log")
+        clock.start("cohort report: render and log", "reports")
 
         report_started = time.perf_counter()
         add_registry(payload, results)
@@ -487,6 +632,7 @@ def run_training(
         report_seconds += time.perf_counter() - report_started
         mlflow.log_metric("report_seconds", report_seconds)
 
+        clock.start("MLflow: summary", "mlflow")
         summary = TrainSummary(
             spec=spec.name,
             data=str(data_path),
@@ -501,6 +647,9 @@ def run_training(
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
         mlflow.log_metric("job_seconds", summary.seconds)
+        clock.stop()
+        summary.timing = clock.to_dict()
+        mlflow.log_dict(summary.timing, "timing.json")
     if summary_json:
         Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_json).write_text(json.dumps(summary.to_dict(), indent=2))

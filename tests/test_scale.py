@@ -1,0 +1,345 @@
+"""Scale: lean fits equal the estimator wrappers, settings follow n, data reach workers once, and the
+same code runs against a separate Dask scheduler. The 10^5-patient job itself is in the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers import FAST, fast_config, free_port
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.preprocessing import StandardScaler
+
+from features.pipeline import build_feature_pipeline
+from training import metrics as M
+from training.candidates import (
+    LIBLINEAR_MAX_N,
+    BootstrapEnsemble,
+    fit_lgbm,
+    fit_logistic,
+    fit_logistic_cv,
+    logistic_solver,
+    make_candidate,
+    stratified_subsample,
+)
+from training.config import LightGBMParams, _merge, load_config
+from training.data import validate
+from training.evaluation import cross_validate, fit_pipeline, parsed_inputs, permutation_test
+from training.executor import LocalExecutor, make_executor
+from training.simulate import _export, simulate
+from training.train import outcome_data
+
+
+@pytest.fixture(scope="module")
+def design():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(90, 12))
+    y = (rng.random(90) < 1 / (1 + np.exp(-X[:, 0] + 0.3 * X[:, 1]))).astype(int)
+    return X, y
+
+
+# Lean fits ---------------------------------------------------------------------------------------------
+def test_lean_logistic_fits_equal_scikit_learn_bit_for_bit(design):
+    X, y = design
+    Z = StandardScaler().fit_transform(X)
+    model = LogisticRegression(C=0.1, solver="liblinear", max_iter=2000).fit(Z, y)
+    coef, intercept = fit_logistic(Z, y, 0.1)
+    assert np.array_equal(coef, model.coef_[0]) and intercept == model.intercept_[0]
+    cv = LogisticRegressionCV(
+        Cs=[0.001, 0.01, 0.1, 1.0], l1_ratios=(0.0,), cv=3, scoring="neg_log_loss", solver="liblinear", max_iter=5000, use_legacy_attributes=False
+    ).fit(Z, y)
+    coef, intercept, C = fit_logistic_cv(Z, y, [0.001, 0.01, 0.1, 1.0], 3)
+    assert C == np.ravel(cv.C_)[0] and np.array_equal(coef, cv.coef_[0]) and intercept == cv.intercept_[0]
+
+
+def test_lightgbm_on_arrays_grows_the_wrappers_trees(design):
+    X, y = design
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    params = LightGBMParams(n_estimators=25)
+    wrapped = lgb.LGBMClassifier(**params.kwargs(3)).fit(frame, y)
+    lean = fit_lgbm(X, y, params, 3, list(frame.columns))
+    assert _trees(lean.booster_) == _trees(wrapped.booster_)
+    assert np.array_equal(lean.predict_proba(X), wrapped.predict_proba(frame))
+    regressor = lgb.LGBMRegressor(**params.kwargs(4)).fit(frame, X[:, 2])
+    assert _trees(fit_lgbm(X, X[:, 2], params, 4, list(frame.columns), "regression").booster_) == _trees(regressor.booster_)
+
+
+def _trees(booster: lgb.Booster) -> str:
+    # The model text without its last line, which records pandas categories (none either way).
+    text = booster.model_to_string()
+    assert "pandas_categorical" in text.splitlines()[-1]
+    return "\n".join(text.splitlines()[:-1])
+
+
+def test_solver_rule_and_large_n_fits_agree_with_the_small_n_solver():
+    assert logistic_solver("auto", LIBLINEAR_MAX_N - 1) == "liblinear" and logistic_solver("auto", LIBLINEAR_MAX_N) == "lbfgs"
+    assert logistic_solver("newton-cholesky", 10) == "newton-cholesky"  # an explicit choice wins
+    rng = np.random.default_rng(2)
+    Z = rng.normal(size=(6000, 8))
+    y = (rng.random(6000) < 1 / (1 + np.exp(-Z[:, 0]))).astype(int)
+    p_lib = 1 / (1 + np.exp(-(Z @ fit_logistic(Z, y, 0.1, "liblinear")[0])))
+    p_lbfgs = 1 / (1 + np.exp(-(Z @ fit_logistic(Z, y, 0.1, "lbfgs")[0])))
+    assert np.abs(p_lib - p_lbfgs).max() < 5e-3  # the same model up to the intercept's (tiny) penalty
+
+
+# Settings that follow n ----------------------------------------------------------------------------------
+def test_auto_settings_follow_n_and_an_explicit_value_wins():
+    config = load_config()
+    small, large = config.resolved(99), config.resolved(100_000)
+    assert (small.cv.folds, small.cv.repeats, small.cv.inner_folds) == (5, 3, 3)
+    assert small.intervals.bootstrap_models == 100 and small.candidates.bcf.max_patients is None
+    assert (large.cv.folds, large.cv.repeats, large.cv.inner_folds) == (2, 1, 2)
+    assert large.intervals.bootstrap_models < 100 and large.candidates.bcf.max_patients == 1_000
+    mine = load_config(None, cv={"repeats": 2}, intervals={"bootstrap_models": 7}, candidates={"bcf": {"max_patients": None}})
+    resolved = mine.resolved(100_000)
+    assert resolved.cv.repeats == 2 and resolved.intervals.bootstrap_models == 7 and resolved.candidates.bcf.max_patients is None
+    assert resolved.resolved(50) == resolved  # resolving twice changes nothing
+
+
+def test_bcf_subsample_keeps_each_stratum_in_proportion():
+    strata = np.repeat([0, 1, 2, 3], [500, 250, 150, 100])
+    rows = stratified_subsample(strata, 100, 7)
+    assert len(rows) == 100 and len(set(rows)) == 100
+    assert np.bincount(strata[rows]).tolist() == [50, 25, 15, 10]
+    assert np.array_equal(rows, stratified_subsample(strata, 100, 7))
+
+
+def test_c_for_benefit_by_sorting_equals_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    for n in (6, 7, 40, 301):
+        t, y = rng.integers(0, 2, n), rng.integers(0, 2, n)
+        tau = np.round(rng.normal(size=n), 1)  # ties included
+        treated, control = np.nonzero(t == 1)[0], np.nonzero(t == 0)[0]
+        treated, control = treated[M._order(tau[treated])], control[M._order(tau[control])]
+        m = min(len(treated), len(control))
+        pt = treated[np.round(np.linspace(0, len(treated) - 1, m)).astype(int)]
+        pc = control[np.round(np.linspace(0, len(control) - 1, m)).astype(int)]
+        pred, obs = (tau[pt] + tau[pc]) / 2, y[pt] - y[pc]
+        usable = obs[:, None] > obs[None, :]
+        d = pred[:, None] - pred[None, :]
+        with np.errstate(invalid="ignore"):
+            expected = (np.sum((d > 0) & usable) + 0.5 * np.sum((d == 0) & usable)) / usable.sum()
+        np.testing.assert_equal(M.c_for_benefit(tau, t, y), expected)  # NaN when no pair is usable
+
+
+# Data movement and the final fits -------------------------------------------------------------------------
+def test_parsing_once_gives_the_pipeline_of_the_raw_rows(spec, final_99):
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    rows = np.arange(10, 80)
+    direct = build_feature_pipeline(spec).fit(data.X.iloc[rows])
+    expected = direct.transform(data.X.iloc[rows]).reset_index(drop=True)
+    parsed = parsed_inputs(spec, data.X)
+    pipeline, F = fit_pipeline(spec, data.X.iloc[rows], parsed.iloc[rows])
+    pd.testing.assert_frame_equal(F, expected, check_exact=True)
+    pd.testing.assert_frame_equal(pipeline.transform(data.X.head(5)), direct.transform(data.X.head(5)), check_exact=True)
+    # Whatever the parsing step learns about its rows (used for input warnings when serving) is learned from the same rows.
+    learned = [k for k in vars(direct.steps[0][1]) if k.endswith("_") and not k.startswith("_")]
+    for key in learned:
+        assert repr(getattr(pipeline.steps[0][1], key)) == repr(getattr(direct.steps[0][1], key)), key
+
+
+def _square_plus(item, shared):
+    return item * item + shared["offset"] + os.getpid() * 0
+
+
+def test_shared_data_reach_local_workers_once_per_loop_and_results_keep_order():
+    executor = LocalExecutor(workers=2)
+    assert executor.map(_square_plus, list(range(12)), shared={"offset": 3}) == [i * i + 3 for i in range(12)]
+    assert LocalExecutor(workers=1).map(_square_plus, [2, 3], shared={"offset": 1}) == [5, 10]
+    assert not list(Path("/dev/shm").glob(f"responders-shared-{os.getpid()}-*")) if Path("/dev/shm").is_dir() else True
+
+
+def test_bootstrap_refits_made_in_the_pool_equal_the_serial_ensemble(spec, final_99):
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    F = build_feature_pipeline(spec).fit_transform(data.X)
+    candidate = make_candidate("t_learner", config.candidates, 0.5, 1, final=True).fit(F, data.t, data.y)
+    serial = BootstrapEnsemble(candidate, 6, 0.95, 1).fit(F, data.t, data.y)
+    resamples = serial.resamples(data.t)
+    models = LocalExecutor(workers=2).map(_refit, resamples, shared=(candidate, F, data.t, data.y))
+    pooled = BootstrapEnsemble(candidate, 6, 0.95, 1).fit(F, data.t, data.y, models=models)
+    point = candidate.predict_benefit(F)
+    for a, b in zip(serial.interval(F, point), pooled.interval(F, point), strict=True):
+        assert np.array_equal(a, b)
+
+
+def _refit(resample, shared):
+    candidate, F, t, y = shared
+    rows, seed = resample
+    return BootstrapEnsemble.refit(candidate, F, t, y, rows, seed)
+
+
+# The simulator and the data contract ---------------------------------------------------------------------
+def test_simulated_labs_above_the_plausible_range_are_reported_above_the_measuring_range(spec):
+    out = _export(np.array([12.0, 160.4, 160.6, 179.0, 0.5]), np.zeros(5, bool), 0, 1.0, "esr", 160.0)
+    assert out.tolist() == ["12", "160", ">160", ">160", "<1"]
+    frame = simulate("final", 300, 3)
+    frame.loc[:4, "esr"] = ">160"  # what a 1-in-20,000 draw now looks like: the contract accepts it
+    assert not validate(frame, spec).errors
+
+
+def test_a_large_simulated_trial_satisfies_the_data_contract(spec):
+    frame = simulate("strong", 20_000, 1)
+    report = validate(frame, spec)
+    assert not report.errors, report.render()[:2000]
+
+
+# The same code against a separate Dask scheduler -----------------------------------------------------------
+@pytest.mark.integration
+def test_a_job_runs_against_a_dask_scheduler_with_workers_in_other_processes(tmp_path):
+    dask = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
+    assert dask, "the dask command comes with dask[distributed]"
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = [open(tmp_path / name, "w") for name in ("scheduler.log", "worker.log")]  # noqa: SIM115 - closed below
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0", "--no-show"],
+            stdout=logs[0], stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )
+    ]
+    try:
+        _wait_for_port(port, processes[0])
+        processes.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
+                 "--dashboard-address", ":0", "--local-directory", str(tmp_path / "dask-worker")],
+                stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            )
+        )
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+        frame = simulate("final", 80, 8)
+        data = tmp_path / "trial.csv"
+        frame.to_csv(data, index=False)
+        overrides = {"evidence": {"permutations": 9}}
+        config_file = tmp_path / "tiny.yaml"
+        config_file.write_text(yaml.safe_dump(_merge(FAST, overrides)))
+        responders = Path(sys.executable).parent / "responders"
+        summary = tmp_path / "summary.json"
+        job = subprocess.run(
+            [str(responders), "train", str(data), "--config", str(config_file), "--scheduler", address,
+             "--tracking-uri", f"sqlite:///{tmp_path / 'remote.db'}", "--summary-json", str(summary)],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+        )
+        assert job.returncode == 0, job.stderr[-3000:]
+        remote = json.loads(summary.read_text())
+        # The same numbers as this process computes with local worker processes.
+        config, spec = fast_config(**overrides), spec_default()
+        with make_executor("local", workers=2) as local:
+            for outcome, result in remote["outcomes"].items():
+                outcome_frame, _ = outcome_data(frame, spec, outcome, config)
+                cv = cross_validate(outcome_frame, spec, config, local)
+                test = permutation_test(outcome_frame, spec, config, local)
+                assert result["champion"] == cv.final_choice and result["permutations"] == test.permutations_run
+                assert result["p_value"] == pytest.approx(test.p_value, rel=1e-12)
+                assert result["metrics"]["brier_mean"] == pytest.approx(cv.metric("selected", "brier_mean"), rel=1e-12)
+    finally:
+        for process in reversed(processes):  # our own processes, by their handles
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def spec_default():
+    from training.spec import load_spec
+
+    return load_spec()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dask scheduler exited with code {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"no scheduler on port {port} after {timeout:.0f} s")
+
+
+def test_dask_executor_map_with_shared_data_matches_local():
+    with make_executor("dask", workers=2) as dask:
+        got = dask.map(_square_plus, list(range(7)), shared={"offset": 2})
+        assert dask.workers == 2
+    assert got == [i * i + 2 for i in range(7)]
+
+
+def test_final_fits_in_the_pool_equal_the_serial_champion_fit(spec, final_99):
+    from types import SimpleNamespace
+
+    from training.train import _reference_sd, final_fits
+
+    config = fast_config()
+    results = {}
+    for outcome, champion in (("pain", "risk_model"), ("memory", "interaction_logistic")):
+        data, _ = outcome_data(final_99, spec, outcome, config)
+        results[outcome] = SimpleNamespace(data=data, champion=champion)
+    fits = final_fits(results, spec, config, LocalExecutor(workers=2))
+    for outcome, result in results.items():
+        data = result.data
+        F = build_feature_pipeline(spec).fit_transform(data.X).reset_index(drop=True)
+        pd.testing.assert_frame_equal(fits[outcome].F, F, check_exact=True)
+        candidate = make_candidate(result.champion, config.candidates, 0.5, config.seed, final=True).fit(F, data.t, data.y)
+        assert np.array_equal(fits[outcome].candidate.predict_benefit(F), candidate.predict_benefit(F))
+        serial = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, config.seed).fit(F, data.t, data.y)
+        pooled = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, config.seed).fit(F, data.t, data.y, models=fits[outcome].bootstrap)
+        point = candidate.predict_benefit(F)
+        assert all(np.array_equal(a, b) for a, b in zip(serial.interval(F, point), pooled.interval(F, point), strict=True))
+        assert fits[outcome].reference_sd == _reference_sd(F, data.t, data.y, 0.5, config.resolved(len(data.y)))
+
+
+def test_keeping_the_chosen_penalty_refits_once_with_it(spec, final_99):
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    F = build_feature_pipeline(spec).fit_transform(data.X)
+    candidate = make_candidate("interaction_logistic", config.candidates, 0.5, 1).fit(F, data.t, data.y)
+    keep = BootstrapEnsemble(candidate, 5, 0.95, 1, penalty="keep")
+    assert keep.template().Cs == (candidate.C_,)
+    assert BootstrapEnsemble(candidate, 5, 0.95, 1).template() is candidate  # reselect: the served fit's own procedure
+    refit = BootstrapEnsemble.refit(keep.template(), F, data.t, data.y, np.arange(len(data.y)), 1)
+    assert refit.C_ == candidate.C_ and np.allclose(refit.predict_benefit(F), candidate.predict_benefit(F))
+
+
+def test_large_trial_path_gives_the_small_trial_numbers(spec, final_99, monkeypatch):
+    """Tasks per (fold, candidate) and the AUTOC bootstrap by counts, forced on a small trial: the same CV."""
+    import training.evaluation as evaluation
+
+    config = fast_config(cv={"repeats": 2})
+    data, _ = outcome_data(final_99, spec, "memory", config)
+    executor = LocalExecutor(workers=2)
+    small = evaluation.cross_validate(data, spec, config, executor)
+    monkeypatch.setattr(evaluation, "LARGE_N", 0)
+    large = evaluation.cross_validate(data, spec, config, executor)
+    assert large.final_choice == small.final_choice and large.selections == small.selections
+    for name in small.oof:
+        assert np.array_equal(large.oof[name], small.oof[name], equal_nan=True)
+    interval = ["autoc_lower", "autoc_upper"]
+    pd.testing.assert_frame_equal(large.summary.drop(columns=interval), small.summary.drop(columns=interval), check_exact=True)
+    # Equal up to rounding where the ranking has no ties (by counts, tied patients keep their order).
+    untied = [name for name in small.oof if len(np.unique(small.mean_benefit(name))) == len(data.y)]
+    assert {"interaction_logistic", "bcf"} <= set(untied)
+    pd.testing.assert_frame_equal(large.summary.loc[untied, interval], small.summary.loc[untied, interval], rtol=1e-9, atol=1e-12)
