@@ -18,13 +18,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from features.pipeline import build_feature_pipeline
+from serving.runtime.artefact import Evidence, ResponderModel
+from serving.runtime.explain import explain_patients
 from serving.scoring import Scorer, patient_from_file
 from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
 from training.cli import app
 from training.config import LabelRule
-from training.explain import explain_patients
 from training.labelling import LabelPolicy
-from training.model import Evidence, ResponderModel
 from training.reports import latest_training_run, render_patient_report
 from training.simulate import simulate
 from training.spec import load_spec

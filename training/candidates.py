@@ -52,6 +52,7 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from serving.runtime.intervals import bootstrap_interval
 from training.config import CandidatesConfig, LightGBMParams
 
 # Simplest first: the one-SE rules and ties prefer the earlier candidate.
@@ -309,7 +310,7 @@ class BayesianCausalForest(BenefitCandidate):
         return state
 
     def _explain_trees(self, model, F: np.ndarray) -> dict:
-        from training.forests import flatten_stochtree
+        from serving.runtime.forests import flatten_stochtree
 
         mu, tau = flatten_stochtree(model.forest_container_mu), flatten_stochtree(model.forest_container_tau)
         k = max(1, min(self.explain_draws, mu.n_draws))
@@ -537,7 +538,7 @@ class TLearner(BenefitCandidate):
         return _proba(self.treated_, A), _proba(self.control_, A)
 
     def _explain(self, X: pd.DataFrame) -> Explanation:
-        X = X[self.features_]
+        X = _matrix(X, self.features_)
         p1 = _logit_to_probability(*_lgbm_raw_contributions(self.treated_, X))
         p0 = _logit_to_probability(*_lgbm_raw_contributions(self.control_, X))
         return Explanation(self.features_, p1, _difference(p1, p0))
@@ -596,7 +597,7 @@ class DRLearner(BenefitCandidate):
         return p1, p0
 
     def _explain(self, X: pd.DataFrame) -> Explanation:
-        X = X[self.features_]
+        X = _matrix(X, self.features_)
         p1 = _logit_to_probability(*_lgbm_raw_contributions(self.treated_, X))
         contrib = self.final_.booster_.predict(X, pred_contrib=True)
         phi, base = contrib[:, :-1], contrib[:, -1]
@@ -668,14 +669,6 @@ class BootstrapEnsemble:
         return self
 
     def interval(self, X: pd.DataFrame, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Median-centred percentile interval: the refits' spread placed around the point estimate.
-
-        A plain percentile interval of refits need not contain the full-data
-        estimate (trees refitted on resamples shift); centring keeps the width
-        and asymmetry of the bootstrap distribution and always contains it.
-        """
+        """Median-centred percentile interval of the refits around the point estimate (``serving.runtime.intervals``)."""
         A = _matrix(X, self.candidate.features_)  # once, not once per refit
-        draws = np.column_stack([m.predict_benefit(A) for m in self.models_])
-        tail = (1 - self.level) / 2
-        lo, mid, hi = (np.quantile(draws, q, axis=1) for q in (tail, 0.5, 1 - tail))
-        return np.clip(point + (lo - mid), -1, 1), np.clip(point + (hi - mid), -1, 1)
+        return bootstrap_interval(np.column_stack([m.predict_benefit(A) for m in self.models_]), point, self.level)

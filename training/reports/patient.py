@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from training.explain import explain_patients
-from training.model import ResponderModel
+from serving.runtime.artefact import ResponderModel
+from serving.runtime.explain import explain_patients
 from training.reports import figures
 from training.reports.render import environment
 

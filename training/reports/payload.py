@@ -31,10 +31,10 @@ import pandas as pd
 
 from features.catalog import load_catalog
 from features.labs import parse_lab_series
+from serving.runtime.artefact import ResponderModel
+from serving.runtime.explain import explain_patients
 from training.candidates import candidate_label
-from training.explain import explain_patients
 from training.labels import responder_labels
-from training.model import ResponderModel
 from training.results import HEADLINE
 from training.spec import DEFAULT_SPEC, DatasetSpec, level_key
 
