@@ -119,7 +119,9 @@ def _matrix(X, features: list[str]) -> np.ndarray:
     calls a hundred models per request.
     """
     if isinstance(X, pd.DataFrame):
-        return X[features].to_numpy(dtype=float)
+        # A copy: with pandas' copy-on-write a single-block frame (a spec with only categorical covariates)
+        # gives a read-only view, which stochtree refuses ("array is not writeable").
+        return X[features].to_numpy(dtype=float, copy=True)
     return np.asarray(X, dtype=float)
 
 
