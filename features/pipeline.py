@@ -281,10 +281,11 @@ def warnings_from_parsed(pipeline: Pipeline, spec: DatasetSpec, parsed: Mapping[
         if part not in transformers:
             continue
         imputer, columns = transformers[part]
-        values = np.column_stack([np.asarray(parsed[c], dtype=float) for c in columns]).reshape(n, len(columns))
+        values = _stack([parsed[c] for c in columns], n)
         outside = imputer.outside(values)
         missing = np.isnan(values)
-        for j, column in enumerate(columns):
+        flagged = np.flatnonzero(outside.any(axis=0) | missing.any(axis=0))  # most patients: none
+        for j, column in ((j, columns[j]) for j in flagged):
             if kind == "lab":
                 lab = catalog[column]
                 label, unit, field = lab.label, lab.unit, spec.labs[column].column
@@ -401,7 +402,7 @@ class FeaturePlan:
     def features(self, imputed: Mapping[str, np.ndarray], n: int, order: Sequence[str] | None = None) -> np.ndarray:
         """The engineered feature matrix (n, d), columns in ``order`` (default: the pipeline's output order)."""
         out = self._run(self.feature_parts, imputed, n)
-        return np.column_stack([out[name] for name in (order or self.names)]).reshape(n, -1)
+        return _stack([out[name] for name in (order or self.names)], n)
 
     def warnings(self, parsed: Mapping[str, np.ndarray], n: int) -> list[list[InputWarning]]:
         return warnings_from_parsed(self.pipeline, self.spec, parsed, n)
@@ -416,7 +417,7 @@ class FeaturePlan:
             if isinstance(est, str):  # passthrough
                 out.update({c: columns[c] for c in inputs})
             elif isinstance(est, MedianImputer):
-                filled = est.fill(np.column_stack([np.asarray(columns[c], dtype=float) for c in inputs]).reshape(n, len(inputs)))
+                filled = est.fill(_stack([columns[c] for c in inputs], n))
                 out.update({name: filled[:, j] for j, name in enumerate(names)})
             elif isinstance(est, SimpleImputer):
                 out.update({name: _fill_codes(columns[c], fill) for name, c, fill in zip(names, inputs, est.statistics_, strict=True)})
@@ -425,6 +426,14 @@ class FeaturePlan:
             else:
                 out.update(est.compute({c: columns[c] for c in inputs}))
         return out
+
+
+def _stack(columns: list[Any], n: int) -> np.ndarray:
+    """Columns as an (n, k) float array (``np.column_stack`` costs more than the arithmetic for one patient)."""
+    out = np.empty((n, len(columns)))
+    for j, column in enumerate(columns):
+        out[:, j] = column
+    return out
 
 
 def _fill_codes(values: np.ndarray, fill: Any) -> np.ndarray:
