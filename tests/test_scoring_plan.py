@@ -187,7 +187,7 @@ def test_plan_equals_the_pyfunc_model_for_every_candidate_type(layout):
 def test_explanations_are_the_candidates_own_contributions(layout):
     spec, patients = layout["spec"], layout["patients"]
     records = _requests(spec, patients.head(120))
-    for name, model in layout["models"].items():
+    for model in layout["models"].values():
         plan = ScoringPlan({"o": model})
         parsed, issues = plan.parse(records)
         good = [i for i in range(len(records)) if i not in issues]

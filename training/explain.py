@@ -1,5 +1,12 @@
 """Moved to :mod:`serving.runtime.explain` (the one explanation function, run by the scoring plan); kept for old imports."""
 
-from serving.runtime.explain import NO_DEPENDENCE, Driver, OutputExplanation, PatientExplanation, explain_patients, targets
+from serving.runtime.explain import (
+    NO_DEPENDENCE,
+    Driver,
+    OutputExplanation,
+    PatientExplanation,
+    explain_patients,
+    targets,
+)
 
 __all__ = ["NO_DEPENDENCE", "Driver", "OutputExplanation", "PatientExplanation", "explain_patients", "targets"]
