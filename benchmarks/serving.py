@@ -51,6 +51,7 @@ import numpy as np
 from benchmarks.common import QUIET_ENV, REPO, TreeMemory, mb, md_table, quiet_environment, tree_rss
 
 TOKEN = "bench-token-not-a-secret"
+TWO_WORKERS = "BentoML /predict, 2 workers"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -425,13 +426,19 @@ def run(quick: bool, out_dir: Path) -> str:
             results.append(_measure(target, "100 patients", make_batch, level, max(settings.batch_requests, 2 * level), settings.seconds))
         memory[target] = (before, _tree_rss(process.pid))
 
-    for name, service in (("BentoML /predict (ours)", "serving.service:ResponderService"), ("BentoML adaptive batching", "benchmarks.batched_service:BatchedResponderService")):
+    variants = (
+        ("BentoML /predict (ours)", "serving.service:ResponderService", {}),
+        ("BentoML adaptive batching", "benchmarks.batched_service:BatchedResponderService", {}),
+        # BentoML's configuration override: the decorator's workers=1 is only the default.
+        (TWO_WORKERS, "serving.service:ResponderService", {"BENTOML_CONFIG_OPTIONS": "services.ldn-responders.workers=2"}),
+    )
+    for name, service, extra_env in variants:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(port)]
-        with _server(command, f"{url}/readyz", env, work / f"server-{port}.log") as process:
+        with _server(command, f"{url}/readyz", {**env, **extra_env}, work / f"server-{port}.log") as process:
             sweep(name, _bentoml_calls(url, "/predict", single), _bentoml_calls(url, "/predict", batch), process)
-            if service.startswith("serving."):
+            if name == "BentoML /predict (ours)":
                 explain = _measure("BentoML /explain", "1 patient", _bentoml_calls(url, "/explain", single), 1, settings.explain_requests, settings.seconds)
                 print(f"[bench] serving: load test, {settings.load_requests} requests x{settings.load_concurrency}", file=sys.stderr, flush=True)
                 load = _load_test(_bentoml_calls(url, "/predict", single), process.pid, settings)
@@ -576,6 +583,13 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         for k, b in batching.items()
     ]
     batch_table = md_table(["request", "concurrency", "throughput adaptive / plain", "errors (adaptive)"], batch_rows, "lrrr")
+    two = {(r.payload, r.concurrency): r for r in results if r.target == TWO_WORKERS}
+    worker_rows = [
+        [k[0], k[1], f"{w.rps / ours[k].rps:.2f}" if ours.get(k) and ours[k].rps else "—",
+         f"{w.quantile(0.5) / ours[k].quantile(0.5):.2f}" if ours.get(k) else "—", w.errors]
+        for k, w in two.items()
+    ]  # fmt: skip
+    workers_table = md_table(["request", "concurrency", "throughput 2 workers / 1", "p50 2 workers / 1", "errors (2 workers)"], worker_rows, "lrrrr")
     champions = extra.get("champions", {})
     parts = [
         "## 2. Serving",
@@ -620,6 +634,8 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
         batch_table,
+        "Two BentoML workers (`BENTOML_CONFIG_OPTIONS=services.ldn-responders.workers=2`) relative to one, same endpoint:",
+        workers_table,
         "Memory:",
         memory_table,
         *([render_load_test(load, settings)] if load is not None else []),

@@ -335,18 +335,25 @@ def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     from training.data import read_table
 
     frame = read_table(path)
-    keep = [c for c in frame.columns if c in S.patient_model(spec, load_catalog()).model_fields]
-    records = frame[keep].astype(object).where(frame[keep].notna(), None).to_dict(orient="records")
+    fields = S.patient_model(spec, load_catalog()).model_fields  # once: building the model takes milliseconds
+    keep = [c for c in frame.columns if c in fields]
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
-    for record in records:
-        for column in numeric & record.keys():
-            value = record[column]
-            if isinstance(value, str):
-                try:
-                    record[column] = float(value.replace(",", "."))
-                except ValueError:
-                    pass  # left as text: validation reports it for this row
-    return records
+    columns = []
+    for column in keep:
+        values = frame[column].astype(object).to_numpy()
+        values = np.where(pd.isna(values), None, values)
+        columns.append([_number(v) for v in values] if column in numeric else values.tolist())
+    return [dict(zip(keep, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _number(value: Any) -> Any:
+    """A numeric cell of a file as a float (decimal comma allowed); text that is no number stays text for validation."""
+    if isinstance(value, str):
+        try:
+            return float(value.replace(",", "."))
+        except ValueError:
+            return value
+    return value
 
 
 def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | None, list[S.FieldProblem]]:
