@@ -11,6 +11,12 @@
   batch of 100, bounded in requests and time.
 - ``/explain`` latency; the in-process floor (``Scorer.predict`` and
   ``Scorer.explain`` per patient, no HTTP) and the ratio of served latency to it.
+- The compiled scoring plan per candidate type (issue 13): every type fitted
+  with the served settings (100 refits, 200 posterior draws) on the same
+  trial, one patient's predict and explain in process, and a cProfile summary
+  of one ``/predict`` request's scoring.
+- Batch scoring: ``responders predict`` on 10^5 simulated patients (a child
+  process, wall time and the rate).
 - Adaptive batching: the same scorer behind a ``batchable=True`` BentoML API
   (``benchmarks/batched_service.py``), measured at the same levels, to decide
   whether it helps (the product's /predict is not batchable unless it does).
@@ -45,6 +51,7 @@ import numpy as np
 from benchmarks.common import QUIET_ENV, REPO, TreeMemory, mb, md_table, quiet_environment, tree_rss
 
 TOKEN = "bench-token-not-a-secret"
+TWO_WORKERS = "BentoML /predict, 2 workers"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -59,6 +66,9 @@ class Settings:
     load_requests: int = 20_000
     load_concurrency: int = 8
     load_seconds: float = 3600.0  # a safety cap against a stuck server, not part of the design
+    plan_repeats: int = 200
+    batch_patients: int = 100_000
+    candidate_config: dict = field(default_factory=dict)  # the served settings
     train_overrides: dict = field(default_factory=lambda: {"evidence": {"permutations": 19}})
 
 
@@ -72,6 +82,9 @@ QUICK = Settings(
     floor_repeats=5,
     load_requests=200,
     load_seconds=120.0,
+    plan_repeats=20,
+    batch_patients=2_000,
+    candidate_config={"intervals": {"bootstrap_models": 8}, "candidates": {"bcf": {"num_gfr": 3, "num_mcmc": 40}}},
     train_overrides={
         "cv": {"folds": 3, "repeats": 1, "inner_folds": 2},
         "evidence": {"permutations": 9, "rate_bootstrap": 50},
@@ -217,28 +230,137 @@ def _patients(work: Path) -> list[dict]:
     return read_patients(path, load_spec())
 
 
-def _floor(uri: str, patients: list[dict], repeats: int) -> dict[str, float]:
-    """In-process time per call (ms, median) with the same champions: no HTTP, no JSON."""
+def _scorer(uri: str):
     from serving.scoring import Scorer, resolve_champions
     from training.spec import load_spec
 
     spec = load_spec()
-    scorer = Scorer(spec, resolve_champions(spec, uri))
+    return Scorer(spec, resolve_champions(spec, uri))
+
+
+def _median_ms(call, repeats: int) -> float:
+    call(0)
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        call(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def _floor(uri: str, patients: list[dict], repeats: int) -> dict[str, float]:
+    """In-process time per call (ms, median) with the same champions: no HTTP, no JSON."""
+    scorer = _scorer(uri)
     clean = [c for c, _ in scorer.validate_rows(patients)]
-    out = {}
-    for name, call in (
-        ("predict, 1 patient", lambda i: scorer.predict([clean[i % len(clean)]])),
-        ("predict, 100 patients", lambda i: scorer.predict(clean)),
-        ("explain, 1 patient", lambda i: scorer.explain([clean[i % len(clean)]])),
-    ):
-        call(0)
-        times = []
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            call(i)
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times) * 1000
-    return out
+    return {
+        name: _median_ms(call, repeats)
+        for name, call in (
+            ("predict, 1 patient", lambda i: scorer.predict([clean[i % len(clean)]])),
+            ("predict, 100 patients", lambda i: scorer.predict(clean)),
+            ("explain, 1 patient", lambda i: scorer.explain([clean[i % len(clean)]])),
+        )
+    }
+
+
+def _profile(uri: str, patients: list[dict], repeats: int, route: str = "predict", top: int = 14) -> tuple[list[list], float]:
+    """cProfile of the scorer answering one patient (what a request does after BentoML parsed it): rows per function."""
+    import cProfile
+    import pstats
+
+    scorer = _scorer(uri)
+    clean = [c for c, _ in scorer.validate_rows(patients)]
+    call = scorer.predict if route == "predict" else scorer.explain
+    call([clean[0]])
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for i in range(repeats):
+        call([clean[i % len(clean)]])
+    profiler.disable()
+    per_call = (time.perf_counter() - started) / repeats * 1000
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive, tottime, cumtime, callers)
+    rows = []
+    for (file, line, name), (calls, _, tottime, cumtime, _) in sorted(stats.items(), key=lambda kv: -kv[1][3]):
+        where = f"{Path(file).name}:{line} {name}" if line else name
+        if any(skip in file for skip in ("cProfile", "benchmarks/serving.py")) or name in ("<lambda>", "<genexpr>"):
+            continue
+        rows.append([where, f"{calls / repeats:g}", f"{cumtime / repeats * 1000:.3f}", f"{tottime / repeats * 1000:.3f}"])
+        if len(rows) == top:
+            break
+    return rows, per_call
+
+
+def _candidate_plans(settings: Settings, patients: list[dict]) -> list[list]:
+    """Every candidate type as a served model on the same trial: plan time for one patient, in process (ms, median)."""
+    from features.pipeline import build_feature_pipeline
+    from serving.runtime.arms import limit_lightgbm_threads
+    from serving.runtime.artefact import Evidence, ResponderModel
+    from serving.runtime.plan import ScoringPlan
+    from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
+    from training.config import LabelRule, load_config
+    from training.labelling import LabelPolicy
+    from training.simulate import simulate
+    from training.spec import load_spec
+    from training.train import outcome_data
+
+    limit_lightgbm_threads()
+    spec = load_spec()
+    config = load_config(None, **settings.candidate_config)
+    data, _ = outcome_data(simulate("strong", 160, 8), spec, "pain", config)
+    pipeline = build_feature_pipeline(spec).fit(data.X)
+    F = pipeline.transform(data.X)
+    evidence = Evidence(True, True, 0.01, 0.02, 0.1, 0.05, 199, "evidence")
+    policy = LabelPolicy("individual", LabelRule().model_dump(), "There is evidence.", None, None, 0.1, 0.0, 0.95)
+    rows = []
+    for name in CANDIDATE_ORDER:
+        candidate = make_candidate(name, config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
+        ensemble = None
+        if not candidate.has_draws:
+            ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, 7).fit(F, data.t, data.y)
+        model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence, heterogeneity_sd=0.05)
+        t0 = time.perf_counter()
+        plan = ScoringPlan({"pain": model})
+        compile_ms = (time.perf_counter() - t0) * 1000
+        predict, explain, batch = _time_plan(plan, patients, settings.plan_repeats)
+        size = len(ensemble.models_) if ensemble is not None else getattr(candidate, "num_mcmc", len(getattr(candidate, "draws_", [])))
+        rows.append([name, size, f"{compile_ms:.0f}", f"{predict:.2f}", f"{explain:.2f}", f"{batch:.1f}"])
+    return rows
+
+
+def _time_plan(plan, patients: list[dict], repeats: int) -> tuple[float, float, float]:
+    """Median ms of parse + predict for one patient, parse + explain for one, parse + predict for all of ``patients``."""
+    (outcome,) = plan.plans
+
+    def one(i):
+        return plan.parse([patients[i % len(patients)]])[0][outcome]
+
+    scorer = plan.plans[outcome]
+    return (
+        _median_ms(lambda i: scorer.predict(one(i)), repeats),
+        _median_ms(lambda i: scorer.explain(one(i)), max(5, repeats // 4)),
+        _median_ms(lambda i: scorer.predict(plan.parse(patients)[0][outcome]), max(3, repeats // 20)),
+    )
+
+
+def _batch_cli(uri: str, work: Path, n: int) -> dict[str, float]:
+    """``responders predict`` on ``n`` simulated patients in a child process: wall seconds, rate, output size."""
+    from training.simulate import simulate
+
+    path = work / f"patients-{n}.csv"
+    simulate("final", n, 123).to_csv(path, index=False)
+    out = work / f"scores-{n}.json"
+    command = [str(Path(sys.executable).with_name("responders")), "predict", str(path), "--out", str(out), "--tracking-uri", uri]
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, **QUIET_ENV}, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    (work / "batch-cli.log").write_text(done.stdout[-5000:] + done.stderr[-20000:])
+    if done.returncode != 0:
+        raise RuntimeError(f"responders predict failed ({done.returncode}); see {work / 'batch-cli.log'}")
+    body = json.loads(out.read_text())
+    progress_lines = sum("scoring:" in line for line in done.stderr.splitlines())
+    return {"patients": n, "seconds": seconds, "rate": n / seconds, "mib": out.stat().st_size / 2**20, "scored": body["n_scored"],
+            "progress_lines": progress_lines, "load": load}  # fmt: skip
 
 
 def _bentoml_calls(url: str, path: str, body_of):
@@ -271,7 +393,12 @@ def run(quick: bool, out_dir: Path) -> str:
     print("[bench] serving: training the champions ...", file=sys.stderr, flush=True)
     uri = _train(work, settings)
     patients = _patients(work)
+    loads = {"start": os.getloadavg()}
     floor = _floor(uri, patients, settings.floor_repeats)
+    profile, profiled_ms = _profile(uri, patients, settings.plan_repeats)
+    explain_profile, explain_profiled_ms = _profile(uri, patients, max(10, settings.plan_repeats // 4), "explain", top=10)
+    print("[bench] serving: plans of every candidate type ...", file=sys.stderr, flush=True)
+    plans = _candidate_plans(settings, patients)
 
     def single(i):
         return {"patients": [patients[i % len(patients)]]}
@@ -299,13 +426,19 @@ def run(quick: bool, out_dir: Path) -> str:
             results.append(_measure(target, "100 patients", make_batch, level, max(settings.batch_requests, 2 * level), settings.seconds))
         memory[target] = (before, _tree_rss(process.pid))
 
-    for name, service in (("BentoML /predict (ours)", "serving.service:ResponderService"), ("BentoML adaptive batching", "benchmarks.batched_service:BatchedResponderService")):
+    variants = (
+        ("BentoML /predict (ours)", "serving.service:ResponderService", {}),
+        ("BentoML adaptive batching", "benchmarks.batched_service:BatchedResponderService", {}),
+        # BentoML's configuration override: the decorator's workers=1 is only the default.
+        (TWO_WORKERS, "serving.service:ResponderService", {"BENTOML_CONFIG_OPTIONS": "services.ldn-responders.workers=2"}),
+    )
+    for name, service, extra_env in variants:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(port)]
-        with _server(command, f"{url}/readyz", env, work / f"server-{port}.log") as process:
+        with _server(command, f"{url}/readyz", {**env, **extra_env}, work / f"server-{port}.log") as process:
             sweep(name, _bentoml_calls(url, "/predict", single), _bentoml_calls(url, "/predict", batch), process)
-            if service.startswith("serving."):
+            if name == "BentoML /predict (ours)":
                 explain = _measure("BentoML /explain", "1 patient", _bentoml_calls(url, "/explain", single), 1, settings.explain_requests, settings.seconds)
                 print(f"[bench] serving: load test, {settings.load_requests} requests x{settings.load_concurrency}", file=sys.stderr, flush=True)
                 load = _load_test(_bentoml_calls(url, "/predict", single), process.pid, settings)
@@ -319,10 +452,31 @@ def run(quick: bool, out_dir: Path) -> str:
                 results.append(_measure(label, "100 patients", _mlflow_calls(urls, records_batch), level, max(settings.batch_requests, 2 * level), settings.seconds))
         memory["mlflow models serve, pain + memory (2 processes)"] = (before, sum(_tree_rss(p.pid) for p in processes))
 
+    print(f"[bench] serving: responders predict on {settings.batch_patients} patients", file=sys.stderr, flush=True)
+    batch_cli = _batch_cli(uri, work, settings.batch_patients)
+    loads["end"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps([vars(r) | {"rps": r.rps} for r in results], default=float))
     if load is not None:
         (work / "load.json").write_text(json.dumps(_load_record(load), default=float))
-    return _markdown(results, explain, floor, memory, settings, quick, load)
+    extra = {
+        "plans": plans, "profile": profile, "profiled_ms": profiled_ms, "explain_profile": explain_profile,
+        "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "loads": loads, "champions": _champion_names(uri),
+    }  # fmt: skip
+    (work / "plan.json").write_text(json.dumps(extra, default=str))
+    return _markdown(results, explain, floor, memory, settings, quick, load, extra)
+
+
+def _champion_names(uri: str) -> dict[str, str]:
+    from training.spec import load_spec
+    from training.tracking import current_champion, setup_tracking
+
+    spec = load_spec()
+    _, client = setup_tracking(uri)
+    out = {}
+    for outcome in spec.outcomes:
+        version = current_champion(client, spec.registered_model_name(outcome))
+        out[outcome] = f"{version.tags.get('candidate', '?')} (v{version.version})" if version is not None else "?"
+    return out
 
 
 def _load_record(load: LoadTest) -> dict:
@@ -345,7 +499,7 @@ def render_load_test(load: LoadTest, settings: Settings) -> str:
     growth = (load.rss_after - load.rss_before) / 2**20
     table = md_table(
         ["requests", "concurrency", "errors", "requests/s", "p50 ms", "p99 ms", "RSS before, MiB", "RSS peak, MiB", "RSS after, MiB", "growth, MiB"],
-        [[r.requests, r.concurrency, r.errors, f"{r.rps:.1f}", f"{r.quantile(0.5):.0f}", f"{r.quantile(0.99):.0f}",
+        [[r.requests, r.concurrency, r.errors, f"{r.rps:.1f}", f"{r.quantile(0.5):.1f}", f"{r.quantile(0.99):.1f}",
           mb(load.rss_before), mb(load.rss_peak), mb(load.rss_after), f"{growth:+,.0f}"]],
         "rrrrrrrrrr",
     )  # fmt: skip
@@ -379,12 +533,13 @@ def _mlflow_servers(uri: str, work: Path, env: dict):
             context.__exit__(None, None, None)
 
 
-def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest | None = None) -> str:
+def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest | None = None, extra: dict | None = None) -> str:
+    extra = extra or {}
     ours = {(r.payload, r.concurrency): r for r in results if r.target == "BentoML /predict (ours)"}
     peer = {(r.payload, r.concurrency): r for r in results if r.target == "mlflow models serve, pain + memory"}
     rows = []
     for r in results:
-        rows.append([r.target, r.payload, r.concurrency, r.requests, r.errors, f"{r.rps:.1f}", f"{r.quantile(0.5):.0f}", f"{r.quantile(0.99):.0f}"])
+        rows.append([r.target, r.payload, r.concurrency, r.requests, r.errors, f"{r.rps:.1f}", f"{r.quantile(0.5):.1f}", f"{r.quantile(0.99):.1f}"])
     table = md_table(["server", "request", "concurrency", "requests", "errors", "requests/s", "p50 ms", "p99 ms"], rows, "llrrrrrr")
     ratio_rows = []
     for key, mine in ours.items():
@@ -392,15 +547,33 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         if other and other.rps:
             ratio_rows.append([key[0], key[1], f"{mine.rps / other.rps:.2f}", f"{mine.quantile(0.5) / other.quantile(0.5):.2f}"])
     ratios = md_table(["request", "concurrency", "throughput ours / mlflow", "p50 ours / mlflow"], ratio_rows, "lrrr")
-    floor_rows = [[k, f"{v:.1f}"] for k, v in floor.items()]
+    floor_rows = [[k, f"{v:.2f}"] for k, v in floor.items()]
     one = ours.get(("1 patient", 1))
+    at8, peer8 = ours.get(("1 patient", 8)), peer.get(("1 patient", 8))
+    targets = [
+        ["`/predict`, 1 patient, p99 over HTTP (concurrency 1)", "<= 10 ms", f"{one.quantile(0.99):.1f} ms" if one else "—",
+         f"p50 {one.quantile(0.5):.1f} ms" if one else ""],
+        ["`/explain`, 1 patient, p99 over HTTP (concurrency 1)", "<= 25 ms", f"{explain.quantile(0.99):.1f} ms" if explain else "—",
+         f"p50 {explain.quantile(0.5):.1f} ms" if explain else ""],
+        ["throughput / `mlflow models serve` (pain + memory), 1 patient, concurrency 8", ">= 3x",
+         f"{at8.rps / peer8.rps:.1f}x" if at8 and peer8 and peer8.rps else "—",
+         f"{at8.rps:.0f} vs {peer8.rps:.1f} requests/s" if at8 and peer8 else ""],
+    ]  # fmt: skip
+    batch_cli = extra.get("batch_cli")
+    if batch_cli:
+        targets.append([f"`responders predict`, {batch_cli['patients']:,} patients (file to JSON, child process)", "seconds",
+                        f"{batch_cli['seconds']:.1f} s", f"{batch_cli['rate']:,.0f} patients/s, {batch_cli['mib']:.0f} MiB of JSON"])  # fmt: skip
+    loads = extra.get("loads", {})
+    load_text = ", ".join(f"{k} {v[0]:.2f} / {v[1]:.2f} / {v[2]:.2f}" for k, v in loads.items())
     served = [
-        ["predict, 1 patient", f"{one.quantile(0.5):.0f}" if one else "—", f"{one.quantile(0.99):.0f}" if one else "—",
+        ["predict, 1 patient", f"{one.quantile(0.5):.1f}" if one else "—", f"{one.quantile(0.99):.1f}" if one else "—",
          f"{one.quantile(0.5) / floor['predict, 1 patient']:.1f}" if one else "—"],
-    ]
+    ]  # fmt: skip
     if explain is not None:
-        served.append(["explain, 1 patient", f"{explain.quantile(0.5):.0f}", f"{explain.quantile(0.99):.0f}",
-                       f"{explain.quantile(0.5) / floor['explain, 1 patient']:.1f}"])
+        served.append([
+            "explain, 1 patient", f"{explain.quantile(0.5):.1f}", f"{explain.quantile(0.99):.1f}",
+            f"{explain.quantile(0.5) / floor['explain, 1 patient']:.1f}",
+        ])  # fmt: skip
     served_table = md_table(["call (concurrency 1)", "served p50 ms", "served p99 ms", "served p50 / in-process floor"], served, "lrrr")
     memory_rows = [[k, mb(b), mb(a)] for k, (b, a) in memory.items()]
     memory_table = md_table(["server (process tree)", "RSS before, MiB", "RSS after, MiB"], memory_rows, "lrr")
@@ -410,24 +583,61 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         for k, b in batching.items()
     ]
     batch_table = md_table(["request", "concurrency", "throughput adaptive / plain", "errors (adaptive)"], batch_rows, "lrrr")
-    return "\n\n".join(
-        [
-            "## 2. Serving",
-            f"Champions trained on `simulate('final', 99, 2024)`; 100 simulated patients; levels {', '.join(map(str, settings.levels))}; "
-            f"at most {settings.single_requests} single-patient and {settings.batch_requests} batch requests per level, "
-            f"{settings.seconds:.0f} s cap. Our /predict answers pain and memory (and input warnings) in one request; the "
-            "peer row 'pain + memory' calls the two MLflow servers one after the other. Load generator and servers share the "
-            "same 2 cores." + (" QUICK settings: not estimates." if quick else ""),
-            table,
-            "Ratios (same patients, same level):",
-            ratios,
-            "Latency against the in-process floor (`Scorer` called directly, median ms):",
-            md_table(["in-process call", "ms"], floor_rows, "lr"),
-            served_table,
-            "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
-            batch_table,
-            "Memory:",
-            memory_table,
-            *([render_load_test(load, settings)] if load is not None else []),
+    two = {(r.payload, r.concurrency): r for r in results if r.target == TWO_WORKERS}
+    worker_rows = [
+        [k[0], k[1], f"{w.rps / ours[k].rps:.2f}" if ours.get(k) and ours[k].rps else "—",
+         f"{w.quantile(0.5) / ours[k].quantile(0.5):.2f}" if ours.get(k) else "—", w.errors]
+        for k, w in two.items()
+    ]  # fmt: skip
+    workers_table = md_table(["request", "concurrency", "throughput 2 workers / 1", "p50 2 workers / 1", "errors (2 workers)"], worker_rows, "lrrrr")
+    champions = extra.get("champions", {})
+    parts = [
+        "## 2. Serving",
+        "Targets of issue 13, measured in this run (load average of the machine, 1/5/15 min: "
+        f"{load_text or 'not recorded'}; the machine is shared, so compare the ratios):",
+        md_table(["what", "target", "measured", "detail"], targets, "llrl"),
+        "Ratios (same patients, same level):",
+        ratios,
+        f"Champions trained on `simulate('final', 99, 2024)` ({', '.join(f'{o}: {c}' for o, c in champions.items())}); 100 simulated "
+        f"patients; levels {', '.join(map(str, settings.levels))}; at most {settings.single_requests} single-patient and "
+        f"{settings.batch_requests} batch requests per level, {settings.seconds:.0f} s cap. Our /predict answers pain and memory "
+        "(and input warnings) in one request; the peer row 'pain + memory' calls the two MLflow servers one after the other. "
+        "Load generator and servers share the same 2 cores." + (" QUICK settings: not estimates." if quick else ""),
+        table,
+        "Latency against the in-process floor (`Scorer` called directly, median ms):",
+        md_table(["in-process call", "ms"], floor_rows, "lr"),
+        served_table,
+    ]
+    if extra.get("plans"):
+        parts += [
+            "The compiled plan of every candidate type (in process, one outcome; each fitted with the served settings on "
+            "`simulate('strong', 160, 8)`; median ms; compile = at load time; 100 patients = one batch, the libraries' own predict):",
+            md_table(["candidate", "refits / draws", "compile ms", "predict, 1 patient", "explain, 1 patient", "predict, 100 patients"],
+                     extra["plans"], "lrrrrr"),
+        ]  # fmt: skip
+    if extra.get("profile"):
+        parts += [
+            f"Profile of one `/predict` request's scoring (cProfile, `Scorer.predict` for one patient, both outcomes; "
+            f"{extra['profiled_ms']:.2f} ms per request under the profiler; the rest of a served request is BentoML, pydantic "
+            "and the socket), top functions by cumulative time per request:",
+            md_table(["function", "calls", "cumulative ms", "own ms"], extra["profile"], "lrrr"),
+            f"The same for `/explain` ({extra['explain_profiled_ms']:.2f} ms per request under the profiler):",
+            md_table(["function", "calls", "cumulative ms", "own ms"], extra["explain_profile"], "lrrr"),
         ]
-    )
+    if batch_cli:
+        parts.append(
+            f"Batch scoring: `responders predict` on {batch_cli['patients']:,} simulated patients (CSV in, JSON out, both outcomes) "
+            f"took {batch_cli['seconds']:.1f} s wall in a fresh process, start-up and model loading included "
+            f"({batch_cli['rate']:,.0f} patients/s; {batch_cli['scored']:,} scored; {batch_cli['mib']:.0f} MiB written; "
+            f"{batch_cli['progress_lines']} progress lines logged, as off a terminal; load average {batch_cli['load']:.2f} at its start)."
+        )
+    parts += [
+        "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
+        batch_table,
+        "Two BentoML workers (`BENTOML_CONFIG_OPTIONS=services.ldn-responders.workers=2`) relative to one, same endpoint:",
+        workers_table,
+        "Memory:",
+        memory_table,
+        *([render_load_test(load, settings)] if load is not None else []),
+    ]
+    return "\n\n".join(parts)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,18 +228,29 @@ def parse_lab_series(
     (0/1) arrays aligned with ``values``, and the list of issues found (rows
     named by the series' index labels).
     """
+    row_units = units.to_numpy(dtype=object) if units is not None else None
+    return parse_lab_cells(values.to_numpy(dtype=object), analyte, column, unit, row_units, values.index)
+
+
+def parse_lab_cells(
+    values: Sequence[Any], analyte: Analyte, column: str, unit: str | None = None, units: Sequence[Any] | None = None, rows: Sequence[Any] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[LabIssue]]:
+    """:func:`parse_lab_series` on plain sequences (a frame's column or the values of a batch of request dicts).
+
+    ``rows`` names each cell's row in the issues (default: its position). Every
+    cell goes through :func:`parse_lab_value`, the one implementation of the rules.
+    """
     out_value = np.full(len(values), np.nan)
     out_lod = np.zeros(len(values))
     issues: list[LabIssue] = []
-    row_units = units.to_numpy(dtype=object) if units is not None else None
-    for i, (label, raw) in enumerate(values.items()):
+    for i, raw in enumerate(values):
         row_unit = unit
-        if row_units is not None and not is_missing(row_units[i]):
-            row_unit = str(row_units[i]).strip()
+        if units is not None and not is_missing(units[i]):
+            row_unit = str(units[i]).strip()
         try:
             result = parse_lab_value(raw, analyte, row_unit)
         except LabValueError as err:
-            issues.append(LabIssue(label, column, analyte.key, raw, err.reason))
+            issues.append(LabIssue(rows[i] if rows is not None else i, column, analyte.key, raw, err.reason))
             continue
         out_value[i] = result.value
         out_lod[i] = float(result.below_lod)

@@ -5,10 +5,18 @@ report text, optional units) into model features, so training, serving and the
 reports cannot drift apart. Helpers here read it back: feature descriptions for
 clinicians, per-row warnings (imputed, below detection limit, outside the
 training range, unseen category) and per-row lab errors.
+
+:class:`FeaturePlan` is the same fitted pipeline compiled for scoring: it runs
+each fitted transformer's NumPy core (``features.transformers``) on columns of
+plain arrays, parsing each raw value once, and reads scikit-learn's own fitted
+steps (the categorical imputer, the one-hot encoder) from their fitted
+attributes; the tests check it against ``pipeline.transform`` cell by cell.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +25,7 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from features.catalog import Analyte, load_catalog
 from features.labs import SQRT2, LabIssue, LabValueError, is_missing, parse_lab_value
@@ -217,12 +225,15 @@ def feature_sources(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> d
     composite's deviation from its training average. Sources are analyte keys
     for labs and column names otherwise.
     """
-    info = feature_info(pipeline, spec)
-    imputed = pipeline[:-1].transform(X)
+    return sources_from_imputed(pipeline, feature_info(pipeline, spec), pipeline[:-1].transform(X))
+
+
+def sources_from_imputed(pipeline: Pipeline, info: dict[str, FeatureInfo], imputed: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The core of :func:`feature_sources`, on the imputed columns (a frame or a mapping of arrays)."""
     composites: dict[str, dict[str, np.ndarray]] = {}
     for _, transformer, columns in pipeline.named_steps["features"].transformers_:
         if hasattr(transformer, "source_shares"):
-            composites.update(transformer.source_shares(imputed[list(columns)]))
+            composites.update(transformer.source_shares({c: imputed[c] for c in columns}))
     out: dict[str, dict[str, Any]] = {}
     for name, meta in info.items():
         if name in composites:
@@ -255,20 +266,33 @@ def lab_issues(pipeline: Pipeline, X: pd.DataFrame) -> dict[Any, list[LabIssue]]
 
 def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> list[list[InputWarning]]:
     """Per row: imputed values, values below detection limit, outside the training range, unseen categories."""
+    parsed, _ = pipeline.named_steps["parse"].parse(X)
+    raw = {c: X[c].to_numpy(dtype=object) for c in X.columns}
+    return warnings_from_parsed(pipeline, spec, {c: parsed[c].to_numpy() for c in parsed.columns}, len(X), raw)
+
+
+def warnings_from_parsed(
+    pipeline: Pipeline, spec: DatasetSpec, parsed: Mapping[str, np.ndarray], n: int, raw: Mapping[str, Sequence[Any]] | None = None
+) -> list[list[InputWarning]]:
+    """The core of :func:`input_warnings`, on the parser's output columns (``LabParser.parse_columns``).
+
+    ``raw``: the input columns as given; a censored lab result (``negative``, ``<x``) is then outside
+    the training range only when every value it stands for is (without ``raw``, its number is checked).
+    """
     parse: LabParser = pipeline.named_steps["parse"]
     catalog = parse.catalog_
-    parsed, _ = parse.parse(X)
     transformers = fitted_parts(pipeline.named_steps["impute"])
-    warnings: list[list[InputWarning]] = [[] for _ in range(len(X))]
+    warnings: list[list[InputWarning]] = [[] for _ in range(n)]
 
     for part, kind in (("labs", "lab"), ("numeric", "numeric")):
         if part not in transformers:
             continue
         imputer, columns = transformers[part]
-        values = parsed[columns]
-        outside = imputer.out_of_range(values)
-        missing = values.isna().to_numpy()
-        for j, column in enumerate(columns):
+        values = _stack([parsed[c] for c in columns], n)
+        outside = imputer.outside(values)
+        missing = np.isnan(values)
+        flagged = np.flatnonzero(outside.any(axis=0) | missing.any(axis=0))  # most patients: none
+        for j, column in ((j, columns[j]) for j in flagged):
             if kind == "lab":
                 lab = catalog[column]
                 label, unit, field = lab.label, lab.unit, spec.labs[column].column
@@ -280,8 +304,8 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
             for i in np.nonzero(missing[:, j])[0]:
                 warnings[i].append(InputWarning("imputed", field, f"{label} not given: imputed with the training median {shown}"))
             for i in np.nonzero(outside[:, j])[0]:
-                value = values.iat[i, j]
-                if kind == "lab" and _censored_within(catalog[column], _raw_cell(X, spec, column, i), low, high):
+                value = values[i, j]
+                if kind == "lab" and raw is not None and _censored_within(catalog[column], _raw_cell(raw, spec, column, i), low, high):
                     continue
                 warnings[i].append(
                     InputWarning(
@@ -296,12 +320,12 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
         flag = f"{analyte}_below_lod"
         if lab.lod is None or flag not in parsed:
             continue
-        for i in np.nonzero(parsed[flag].to_numpy() > 0)[0]:
+        for i in np.nonzero(np.asarray(parsed[flag]) > 0)[0]:
             warnings[i].append(
                 InputWarning(
                     "below_detection_limit",
                     spec.labs[analyte].column,
-                    f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}): counted as {parsed[analyte].iat[i]:.3g} "
+                    f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}): counted as {parsed[analyte][i]:.3g} "
                     f"{lab.unit}, the value the model uses for every result below this limit",
                 )
             )
@@ -313,7 +337,7 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
             label = _covariate_label(spec, column)
             known = set(seen.get(column, names))
             for i, value in enumerate(parsed[column]):
-                if pd.isna(value):
+                if _missing_code(value):
                     warnings[i].append(InputWarning("imputed", column, f"{label} not given: imputed as {names.get(str(fill), fill)!r}"))
                 elif value not in known:
                     warnings[i].append(
@@ -322,15 +346,15 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
     return warnings
 
 
-def _raw_cell(X: pd.DataFrame, spec: DatasetSpec, analyte: str, i: int) -> tuple[object, str | None]:
-    """The lab cell of row ``i`` as given (report text or number) and its unit."""
+def _raw_cell(raw: Mapping[str, Sequence[Any]], spec: DatasetSpec, analyte: str, i: int) -> tuple[object, str | None]:
+    """The lab cell of row ``i`` as given (report text or number) and its unit, from the raw input columns."""
     lab = spec.labs[analyte]
-    raw = X[lab.column].iat[i] if lab.column in X.columns else None
+    value = raw[lab.column][i] if lab.column in raw else None
     unit = lab.unit
     unit_column = f"{lab.column}_unit"
-    if unit_column in X.columns and not is_missing(X[unit_column].iat[i]):
-        unit = str(X[unit_column].iat[i]).strip()
-    return raw, unit
+    if unit_column in raw and not is_missing(raw[unit_column][i]):
+        unit = str(raw[unit_column][i]).strip()
+    return value, unit
 
 
 def _censored_within(analyte: Analyte, cell: tuple[object, str | None], low: float, high: float) -> bool:
@@ -358,6 +382,10 @@ def _censored_within(analyte: Analyte, cell: tuple[object, str | None], low: flo
     return interval[0] <= high and interval[1] >= low
 
 
+def _missing_code(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _covariate_label(spec: DatasetSpec, column: str) -> str:
     if column in spec.covariates:
         return spec.covariates[column].label or column
@@ -373,3 +401,103 @@ def _covariate_unit(spec: DatasetSpec, column: str) -> str:
         if outcome.baseline == column:
             return outcome.unit
     return ""
+
+
+class FeaturePlan:
+    """A fitted feature pipeline compiled for scoring: raw columns -> parsed values -> imputed columns -> features.
+
+    Every step runs the fitted transformer's own NumPy core (``parse_columns``,
+    ``fill``, ``compute``, ``source_shares``); scikit-learn's stock steps are
+    read from their fitted attributes: the categorical ``SimpleImputer``
+    (``statistics_``) and the ``OneHotEncoder`` (``categories_``, ``drop_idx_``,
+    unknown levels as all zeros). ``transform`` equals ``pipeline.transform``
+    (tests/test_scoring_plan.py). Parsing is separate, so that several
+    outcomes' plans can share one parse of a request.
+    """
+
+    def __init__(self, pipeline: Pipeline, spec: DatasetSpec):
+        self.pipeline = pipeline
+        self.spec = spec
+        self.parser: LabParser = pipeline.named_steps["parse"]
+        self.impute_parts = [self._part(name, est, cols) for name, est, cols in pipeline.named_steps["impute"].transformers_ if name != "remainder"]
+        self.feature_parts = [self._part(name, est, cols) for name, est, cols in pipeline.named_steps["features"].transformers_ if name != "remainder"]
+        self.names = [str(n) for n in pipeline.get_feature_names_out()]
+        self.info = feature_info(pipeline, spec)
+
+    @staticmethod
+    def _part(name: str, est: Any, columns: Sequence[str]) -> tuple[str, Any, list[str], list[str]]:
+        columns = list(columns)
+        if isinstance(est, FunctionTransformer) and est.func is None:
+            est = "passthrough"  # a fitted ColumnTransformer stands an identity FunctionTransformer in for "passthrough"
+        if isinstance(est, str):
+            if est != "passthrough":
+                raise ValueError(f"cannot compile pipeline part {name!r}: {est!r}")
+            return name, est, columns, columns
+        if not isinstance(est, (MedianImputer, SimpleImputer, OneHotEncoder)) and not hasattr(est, "compute"):
+            raise ValueError(f"cannot compile pipeline part {name!r}: {type(est).__name__} has no NumPy core")
+        return name, est, columns, [str(c) for c in est.get_feature_names_out(columns)]
+
+    def parse(self, columns: Mapping[str, Sequence[Any]], n: int, rows: Sequence[Any] | None = None):
+        """Raw columns (absent ones missing) -> the parser's output columns and the unusable cells."""
+        return self.parser.parse_columns(columns, n, rows)
+
+    def impute(self, parsed: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """The impute step on parsed columns: imputed values, missing indicators and flags, by name."""
+        return self._run(self.impute_parts, parsed, n)
+
+    def features(self, imputed: Mapping[str, np.ndarray], n: int, order: Sequence[str] | None = None) -> np.ndarray:
+        """The engineered feature matrix (n, d), columns in ``order`` (default: the pipeline's output order)."""
+        out = self._run(self.feature_parts, imputed, n)
+        return _stack([out[name] for name in (order or self.names)], n)
+
+    def warnings(self, parsed: Mapping[str, np.ndarray], n: int, raw: Mapping[str, Sequence[Any]] | None = None) -> list[list[InputWarning]]:
+        return warnings_from_parsed(self.pipeline, self.spec, parsed, n, raw)
+
+    def sources(self, imputed: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+        return sources_from_imputed(self.pipeline, self.info, imputed)
+
+    @staticmethod
+    def _run(parts, columns: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for _, est, inputs, names in parts:
+            if isinstance(est, str):  # passthrough
+                out.update({c: columns[c] for c in inputs})
+            elif isinstance(est, MedianImputer):
+                filled = est.fill(_stack([columns[c] for c in inputs], n))
+                out.update({name: filled[:, j] for j, name in enumerate(names)})
+            elif isinstance(est, SimpleImputer):
+                out.update({name: _fill_codes(columns[c], fill) for name, c, fill in zip(names, inputs, est.statistics_, strict=True)})
+            elif isinstance(est, OneHotEncoder):
+                out.update(_one_hot(est, [columns[c] for c in inputs], names))
+            else:
+                out.update(est.compute({c: columns[c] for c in inputs}))
+        return out
+
+
+def _stack(columns: list[Any], n: int) -> np.ndarray:
+    """Columns as an (n, k) float array (``np.column_stack`` costs more than the arithmetic for one patient)."""
+    out = np.empty((n, len(columns)))
+    for j, column in enumerate(columns):
+        out[:, j] = column
+    return out
+
+
+def _fill_codes(values: np.ndarray, fill: Any) -> np.ndarray:
+    """``SimpleImputer(strategy="most_frequent")`` on one object column: missing codes (NaN) become ``fill``."""
+    out = np.asarray(values, dtype=object).copy()
+    out[[_missing_code(v) for v in out]] = fill
+    return out
+
+
+def _one_hot(encoder: OneHotEncoder, columns: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """``OneHotEncoder.transform`` (dense, ``handle_unknown="ignore"``) from its fitted categories and dropped levels."""
+    out, k = {}, 0
+    for j, (values, levels) in enumerate(zip(columns, encoder.categories_, strict=True)):
+        dropped = encoder.drop_idx_[j] if encoder.drop_idx_ is not None else None
+        values = np.asarray(values, dtype=object)
+        for i, level in enumerate(levels):
+            if dropped is not None and i == dropped:
+                continue
+            out[names[k]] = (values == level).astype(float)
+            k += 1
+    return out

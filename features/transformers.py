@@ -7,12 +7,20 @@ transformers need named columns (they are assembled by
 :func:`features.pipeline.build_feature_pipeline`); the generic numeric ones
 (:class:`MedianImputer`) accept any numeric array and pass scikit-learn's
 estimator checks.
+
+Each transformer's arithmetic is a NumPy core on a mapping of column name ->
+array (``parse_columns``, ``fill``, ``compute``, ``source_shares``): its pandas
+``transform`` calls that core, and so does the compiled scoring plan
+(``features.pipeline.FeaturePlan``), which skips scikit-learn's per-call
+validation and pandas for a single patient. One implementation, two callers.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.catalog import Analyte, LabCatalog, load_catalog
 from features.codes import level_key as _level_key
-from features.labs import LabIssue, is_missing, parse_lab_series
+from features.labs import LabIssue, is_missing, parse_lab_cells
 
 # Markers that make up the composite inflammation index and the count above
 # reference (IL-10 is anti-inflammatory and lymphocytes fall in inflammation,
@@ -77,6 +85,11 @@ def _catalog(path: str | None) -> LabCatalog:
     return load_catalog(path)
 
 
+def _floats(columns: Mapping[str, Any], name: str) -> np.ndarray:
+    """A column as a float array, from a DataFrame or a mapping of arrays."""
+    return np.asarray(columns[name], dtype=float)
+
+
 class LabParser(TransformerMixin, BaseEstimator):
     """Raw trial rows -> canonical lab values, below-LOD flags and typed covariates.
 
@@ -115,29 +128,54 @@ class LabParser(TransformerMixin, BaseEstimator):
         }
         return self
 
+    def input_columns(self) -> list[str]:
+        """The raw columns the parser reads (a lab's ``<column>_unit`` included)."""
+        columns = [*self.numeric, *self.categorical]
+        for _, column, _ in self.labs:
+            columns += [column, f"{column}_unit"]
+        return columns
+
     def parse(self, X: pd.DataFrame) -> tuple[pd.DataFrame, list[LabIssue]]:
         """Parse without raising: returns the frame (bad cells as NaN) and the issues."""
+        columns = {c: X[c] if c in self.numeric else X[c].to_numpy(dtype=object) for c in self.input_columns() if c in X.columns}
+        out, issues = self.parse_columns(columns, len(X), X.index)
+        return pd.DataFrame(out, index=X.index), issues
+
+    def parse_columns(
+        self, columns: Mapping[str, Sequence[Any]], n: int, rows: Sequence[Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[LabIssue]]:
+        """The parser's core: raw columns (absent ones are missing) -> parsed arrays and the issues.
+
+        ``rows`` names the rows in the issues (a frame's index; default positions).
+        Output order: numeric, categorical, labs, then each lab's below-LOD flag.
+        """
         check_is_fitted(self, "catalog_")
-        n = len(X)
+        rows = rows if rows is not None else range(n)
         out: dict[str, np.ndarray] = {}
         issues: list[LabIssue] = []
         for column in self.numeric:
-            out[column], bad = _numbers(X[column]) if column in X.columns else (np.full(n, np.nan), [])
-            issues.extend(LabIssue(X.index[i], column, column, X[column].iat[i], "not a number") for i in bad)
+            if column not in columns:
+                out[column] = np.full(n, np.nan)
+                continue
+            values = columns[column]
+            out[column], bad = _numbers(values)
+            cells = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else values
+            issues.extend(LabIssue(rows[i], column, column, cells[i], "not a number") for i in bad)
         for column in self.categorical:
-            values = X[column].to_numpy(dtype=object) if column in X.columns else np.full(n, None, dtype=object)
+            values = columns[column] if column in columns else [None] * n
             codes = [_level_key(v) for v in values]
             out[column] = np.array([np.nan if c is None else c for c in codes], dtype=object)
         flags: dict[str, np.ndarray] = {}
         for analyte, column, unit in self.labs:
-            if column in X.columns:
-                units = X[f"{column}_unit"] if f"{column}_unit" in X.columns else None
-                value, below_lod, found = parse_lab_series(X[column], self.catalog_[analyte], column, unit, units)
+            if column in columns:
+                value, below_lod, found = parse_lab_cells(
+                    columns[column], self.catalog_[analyte], column, unit, columns.get(f"{column}_unit"), rows
+                )
                 issues.extend(found)
                 out[analyte], flags[f"{analyte}_below_lod"] = value, below_lod
             else:
                 out[analyte], flags[f"{analyte}_below_lod"] = np.full(n, np.nan), np.zeros(n)
-        return pd.DataFrame({**out, **flags}, index=X.index), issues
+        return {**out, **flags}, issues
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         frame, issues = self.parse(X)
@@ -151,13 +189,20 @@ class LabParser(TransformerMixin, BaseEstimator):
         return np.asarray(names, dtype=object)
 
 
-def _numbers(values: pd.Series) -> tuple[np.ndarray, list[int]]:
+def _numbers(values: pd.Series | Sequence[Any]) -> tuple[np.ndarray, list[int]]:
     """Floats from numbers or numeric text (decimal comma allowed); positions of cells that are not numbers."""
-    if values.dtype.kind in "iufb":
-        return values.to_numpy(dtype=float, na_value=np.nan), []
-    text = values.astype(object).map(lambda v: v.strip().replace(",", ".") if isinstance(v, str) else v)
+    if isinstance(values, pd.Series):
+        if values.dtype.kind in "iufb":
+            return values.to_numpy(dtype=float, na_value=np.nan), []
+        values = values.to_numpy(dtype=object)
+    cells = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    if cells.dtype.kind in "iufb":
+        return cells.astype(float), []
+    if all(v is None or (isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_))) for v in cells):
+        return np.array([np.nan if v is None else float(v) for v in cells], dtype=float), []  # numbers already (JSON, Parquet)
+    text = pd.Series(cells, dtype=object).map(lambda v: v.strip().replace(",", ".") if isinstance(v, str) else v)
     numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    bad = [i for i, (raw, number) in enumerate(zip(values, numbers, strict=True)) if np.isnan(number) and not is_missing(raw)]
+    bad = [i for i, (raw, number) in enumerate(zip(cells, numbers, strict=True)) if np.isnan(number) and not is_missing(raw)]
     return numbers, bad
 
 
@@ -194,6 +239,10 @@ class MedianImputer(TransformerMixin, BaseEstimator):
     def transform(self, X):
         check_is_fitted(self, "statistics_")
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False, copy=True)
+        return self.fill(X)
+
+    def fill(self, X: np.ndarray) -> np.ndarray:
+        """The core of :meth:`transform` on a float array in the fitted column order (filled in place)."""
         missing = np.isnan(X)
         X[missing] = np.take(self.statistics_, np.nonzero(missing)[1])
         if self.add_indicator:
@@ -204,6 +253,10 @@ class MedianImputer(TransformerMixin, BaseEstimator):
         """Boolean mask of observed values outside the training range."""
         check_is_fitted(self, "statistics_")
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
+        return self.outside(X)
+
+    def outside(self, X: np.ndarray) -> np.ndarray:
+        """The core of :meth:`out_of_range` on a float array in the fitted column order."""
         with np.errstate(invalid="ignore"):
             return (X < self.min_) | (X > self.max_)
 
@@ -249,8 +302,8 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
         self.female = female
         self.catalog_path = catalog_path
 
-    def _logs(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
-        return {f"{a}_log": np.log(np.maximum(X[a].to_numpy(dtype=float), EPS)) for a in self.analytes}
+    def _logs(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {f"{a}_log": np.log(np.maximum(_floats(X, a), EPS)) for a in self.analytes}
 
     def fit(self, X: pd.DataFrame, y=None):
         self.catalog_ = _catalog(self.catalog_path)
@@ -265,17 +318,17 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
         self.log_mean_ = {a: float(np.nanmean(logs[f"{a}_log"])) for a in self.analytes}
         age, female = self._age_sex(X)
         self.above_rate_ = {
-            a: float(np.mean(X[a].to_numpy(dtype=float) > _upper_reference(self.catalog_[a], age, female)))
+            a: float(np.mean(_floats(X, a) > _upper_reference(self.catalog_[a], age, female)))
             for a in self.index_markers_
         }
         return self
 
-    def _age_sex(self, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
-        age = X[self.age].to_numpy(dtype=float) if self.age and self.age in X else None
-        female = (X[self.sex].astype(str) == str(self.female)).to_numpy() if self.sex and self.sex in X else None
+    def _age_sex(self, X: Mapping[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        age = _floats(X, self.age) if self.age and self.age in X else None
+        female = np.asarray(X[self.sex], dtype=object).astype(str) == str(self.female) if self.sex and self.sex in X else None
         return age, female
 
-    def source_shares(self, X: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    def source_shares(self, X: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
         """For each composite feature, each source lab's share of its deviation from the training average."""
         check_is_fitted(self, "log_mean_")
         logs = self._logs(X)
@@ -291,37 +344,35 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
             age, female = self._age_sex(X)
             out["markers_above_reference"] = shares(
                 {
-                    a: (X[a].to_numpy(dtype=float) > _upper_reference(self.catalog_[a], age, female)) - self.above_rate_[a]
+                    a: (_floats(X, a) > _upper_reference(self.catalog_[a], age, female)) - self.above_rate_[a]
                     for a in self.index_markers_
                 }
             )
         return out
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.compute(X), index=X.index)
+
+    def compute(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The core of :meth:`transform`: input columns (a frame or a mapping of arrays) -> feature arrays."""
         check_is_fitted(self, "index_mean_")
         out = self._logs(X)
-        return pd.DataFrame(self._derived(X, out), index=X.index)
-
-    def _derived(self, X: pd.DataFrame, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         age, female = self._age_sex(X)
         have = set(self.analytes)
         if "crp" in have:
-            out["crp_band"] = np.searchsorted(CRP_BANDS, X["crp"].to_numpy(dtype=float), side="right").astype(float)
+            out["crp_band"] = np.searchsorted(CRP_BANDS, _floats(X, "crp"), side="right").astype(float)
         if "esr" in have:
             limit = _upper_reference(self.catalog_["esr"], age, female)
-            out["esr_uln_ratio"] = X["esr"].to_numpy(dtype=float) / limit
+            out["esr_uln_ratio"] = _floats(X, "esr") / limit
             out["esr_elevated"] = (out["esr_uln_ratio"] > 1.0).astype(float)
         if {"il6", "il10"} <= have:
             out["il6_il10_ratio_log"] = out["il6_log"] - out["il10_log"]
         if {"neutrophils", "lymphocytes"} <= have:
-            out["nlr"] = X["neutrophils"].to_numpy(dtype=float) / np.maximum(X["lymphocytes"].to_numpy(dtype=float), 0.01)
+            out["nlr"] = _floats(X, "neutrophils") / np.maximum(_floats(X, "lymphocytes"), 0.01)
         if self.index_markers_:
             z = [(out[f"{a}_log"] - self.index_mean_[a]) / self.index_scale_[a] for a in self.index_markers_]
             out["inflammation_index"] = np.mean(np.column_stack(z), axis=1)
-            above = [
-                X[a].to_numpy(dtype=float) > _upper_reference(self.catalog_[a], age, female)
-                for a in self.index_markers_
-            ]
+            above = [_floats(X, a) > _upper_reference(self.catalog_[a], age, female) for a in self.index_markers_]
             out["markers_above_reference"] = np.sum(np.column_stack(above), axis=1).astype(float)
         return out
 
@@ -395,25 +446,29 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.positive_analytes_ = [a for a in self.analytes if self.catalog_[a].positive_at is not None]
-        self.positive_rate_ = {a: float(np.mean(X[a].to_numpy(dtype=float) >= self.catalog_[a].positive_at)) for a in self.positive_analytes_}
+        self.positive_rate_ = {a: float(np.mean(_floats(X, a) >= self.catalog_[a].positive_at)) for a in self.positive_analytes_}
         return self
 
-    def source_shares(self, X: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    def source_shares(self, X: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
         """The autoantibody burden's credit split by each antibody's positivity against its training rate."""
         check_is_fitted(self, "positive_rate_")
         if not self.positive_analytes_:
             return {}
         parts = {
-            a: (X[a].to_numpy(dtype=float) >= self.catalog_[a].positive_at) - self.positive_rate_[a] for a in self.positive_analytes_
+            a: (_floats(X, a) >= self.catalog_[a].positive_at) - self.positive_rate_[a] for a in self.positive_analytes_
         }
         return {"autoantibody_burden": shares(parts)}
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.compute(X), index=X.index)
+
+    def compute(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The core of :meth:`transform`: input columns (a frame or a mapping of arrays) -> feature arrays."""
         check_is_fitted(self, "positive_analytes_")
         out: dict[str, np.ndarray] = {}
         for a in self.analytes:
             lab = self.catalog_[a]
-            values = X[a].to_numpy(dtype=float)
+            values = _floats(X, a)
             if lab.kind == "titre":
                 out[f"{a}_log2_titre"] = np.log2(np.maximum(values, EPS) / lab.reference_dilution)
             elif a == "anti_sgc":
@@ -421,10 +476,10 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
             else:
                 out[f"{a}_log"] = np.log(np.maximum(values, EPS))
         for a in self.positive_analytes_:
-            out[f"{a}_positive"] = (X[a].to_numpy(dtype=float) >= self.catalog_[a].positive_at).astype(float)
+            out[f"{a}_positive"] = (_floats(X, a) >= self.catalog_[a].positive_at).astype(float)
         if self.positive_analytes_:
             out["autoantibody_burden"] = np.sum([out[f"{a}_positive"] for a in self.positive_analytes_], axis=0)
-        return pd.DataFrame(out, index=X.index)
+        return out
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "positive_analytes_")
@@ -486,21 +541,25 @@ class SymptomFeatures(TransformerMixin, BaseEstimator):
         self.mean_ = {c: float(np.nanmean(X[c].to_numpy(dtype=float))) for c in X.columns}
         return self
 
-    def source_shares(self, X: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    def source_shares(self, X: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
         """Cognitive dominance (memory minus pain) split between its two scores."""
         check_is_fitted(self, "mean_")
         if not (self.memory and self.pain):
             return {}
-        memory = X[self.memory].to_numpy(dtype=float) - self.mean_[self.memory]
-        pain = X[self.pain].to_numpy(dtype=float) - self.mean_[self.pain]
+        memory = _floats(X, self.memory) - self.mean_[self.memory]
+        pain = _floats(X, self.pain) - self.mean_[self.pain]
         return {"cognitive_dominance": shares({self.memory: memory, self.pain: -pain})}
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.compute(X), index=X.index)
+
+    def compute(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The core of :meth:`transform`: input columns (a frame or a mapping of arrays) -> feature arrays."""
         check_is_fitted(self, "n_features_in_")
-        out = {c: X[c].to_numpy(dtype=float) for c in self.scores}
+        out = {c: _floats(X, c) for c in self.scores}
         if self.memory and self.pain:
-            out["cognitive_dominance"] = X[self.memory].to_numpy(dtype=float) - X[self.pain].to_numpy(dtype=float)
-        return pd.DataFrame(out, index=X.index)
+            out["cognitive_dominance"] = _floats(X, self.memory) - _floats(X, self.pain)
+        return out
 
     def get_feature_names_out(self, input_features=None):
         names = list(self.scores)

@@ -1,5 +1,9 @@
 """Scoring shared by the REST API and ``responders predict``: load the champions once, score batches.
 
+The champions are compiled into one :class:`~serving.runtime.plan.ScoringPlan`
+when the scorer is made (at start-up): a request's patient dicts are parsed
+once for every outcome and scored with array operations, without pandas.
+
 One bad patient never blocks the others: every row is checked on its own
 (request-model validation, then the lab parser of the model's own fitted
 pipeline), rows with errors get an ``errors`` list and no prediction, and the
@@ -21,13 +25,16 @@ from pydantic import BaseModel, ValidationError
 
 from features.catalog import load_catalog
 from serving import schemas as S
-from training.explain import explain_patients
-from training.model import ResponderModel
+from serving.runtime.arms import limit_lightgbm_threads
+from serving.runtime.artefact import ResponderModel
+from serving.runtime.plan import Parsed, ScoringPlan
+from training.progress import task_progress
 from training.spec import DatasetSpec, load_spec
 
 log = logging.getLogger("responders.serving")
 
 DEFAULT_MAX_BATCH = 500
+FILE_CHUNK = 2_000  # patients scored per step of `responders predict` (one progress update each)
 
 
 @dataclass
@@ -135,13 +142,26 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
 
 
 class Scorer:
-    """Validates, parses and scores patients with a fixed set of champions."""
+    """Validates, parses and scores patients with a fixed set of champions, through their compiled plan."""
 
     def __init__(self, spec: DatasetSpec, champions: dict[str, Champion], max_batch: int = DEFAULT_MAX_BATCH):
         self.spec = spec
         self.champions = champions
         self.max_batch = max_batch
         self.patient_model = S.patient_model(spec, load_catalog())
+        limit_lightgbm_threads()
+        self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
+        # What every answer repeats, built once: the rule texts, the evidence and the model references.
+        self._fixed = {
+            o: {
+                "label_rule": c.model.label_policy.describe(),
+                "responder_rule": str(c.model.metadata.get("responder_rule", "")),
+                "evidence": c.evidence(),
+                "model": c.ref,
+                "level": c.model.interval_level,
+            }
+            for o, c in champions.items()
+        }
 
     @property
     def refs(self) -> dict[str, S.ModelRef]:
@@ -165,50 +185,33 @@ class Scorer:
             out.append((patient.model_dump(), []))
         return out
 
-    def _frame(self, patients: list[dict[str, Any]]) -> pd.DataFrame:
-        columns = list(self.patient_model.model_fields)
-        frame = pd.DataFrame([{c: p.get(c) for c in columns} for p in patients], columns=columns)
-        return frame.astype(object).where(frame.notna(), None)
+    def _parse(
+        self, patients: list[dict[str, Any]], prior_errors: dict[int, list[S.FieldProblem]] | None = None
+    ) -> tuple[dict[str, Parsed], list[int], dict[int, list[S.FieldProblem]]]:
+        """Each patient parsed once for every outcome: the usable rows' parsed batches, their positions, the errors."""
+        parsed, issues = self.plan.parse(patients)
+        errors: dict[int, list[S.FieldProblem]] = {
+            row: [S.FieldProblem(field=i.column, message=i.message(), code=_lab_code(i.reason)) for i in found] for row, found in issues.items()
+        }
+        for row, problems in (prior_errors or {}).items():
+            errors.setdefault(row, []).extend(problems)
+        good = [i for i in range(len(patients)) if i not in errors]
+        usable: dict[int, Parsed] = {}  # outcomes sharing a parse share its subset too
+        subset = {o: usable.setdefault(id(p), p.rows(good)) for o, p in parsed.items()}
+        return subset, good, errors
 
-    def _lab_errors(self, frame: pd.DataFrame) -> dict[int, list[S.FieldProblem]]:
-        errors: dict[int, list[S.FieldProblem]] = {}
-        seen: set[tuple[int, str]] = set()
-        for champion in self.champions.values():
-            for row, issues in champion.model.lab_issues(frame).items():
-                for issue in issues:
-                    if (row, issue.column) in seen:
-                        continue
-                    seen.add((row, issue.column))
-                    errors.setdefault(int(row), []).append(
-                        S.FieldProblem(field=issue.column, message=issue.message(), code=_lab_code(issue.reason))
-                    )
-        return errors
-
-    def _split(self, patients: list[dict[str, Any]]) -> tuple[pd.DataFrame, dict[int, list[S.FieldProblem]]]:
-        frame = self._frame(patients)
-        return frame, self._lab_errors(frame)
-
-    def _warnings(self, frame: pd.DataFrame) -> list[list[S.InputWarningOut]]:
-        merged: list[dict[tuple[str, str, str], S.InputWarningOut]] = [{} for _ in range(len(frame))]
-        for champion in self.champions.values():
-            for i, items in enumerate(champion.model.warnings(frame)):
-                for w in items:
-                    merged[i].setdefault((w.code, w.field, w.message), S.InputWarningOut(code=w.code, field=w.field, message=w.message))
-        return [list(m.values()) for m in merged]
+    def _warnings(self, parsed: dict[str, Parsed]) -> list[list[S.InputWarningOut]]:
+        return [
+            [S.InputWarningOut(code=w.code, field=w.field, message=w.message) for w in items] for items in self.plan.warnings(parsed)
+        ]
 
     # Scoring --------------------------------------------------------------------
     def predict(self, patients: list[dict[str, Any]], prior_errors: dict[int, list[S.FieldProblem]] | None = None) -> S.PredictResponse:
-        frame, errors = self._split(patients)
-        for row, problems in (prior_errors or {}).items():
-            errors.setdefault(row, []).extend(problems)
-        good = [i for i in range(len(frame)) if i not in errors]
-        scored = frame.iloc[good].reset_index(drop=True)
-        per_outcome = {}
-        warnings: list[list[S.InputWarningOut]] = self._warnings(scored) if good else []
-        for outcome, champion in self.champions.items():
-            per_outcome[outcome] = champion.model.predict(scored) if good else None
-        results = []
+        parsed, good, errors = self._parse(patients, prior_errors)
+        warnings = self._warnings(parsed) if good else []
+        per_outcome = {o: plan.predict(parsed[o]) for o, plan in self.plan.plans.items()} if good else {}
         position = {row: k for k, row in enumerate(good)}
+        results = []
         for i, patient in enumerate(patients):
             pid = str(patient.get(self.spec.id_column) or f"row-{i + 1}")
             if i in errors:
@@ -216,32 +219,27 @@ class Scorer:
                 continue
             k = position[i]
             predictions = {}
-            for outcome, champion in self.champions.items():
-                row = per_outcome[outcome].iloc[k]
-                model = champion.model
+            for outcome, scores in per_outcome.items():
+                fixed = self._fixed[outcome]
                 predictions[outcome] = S.OutcomePrediction(
-                    p_response_treated=float(row["p_response_treated"]),
-                    p_response_control=float(row["p_response_control"]),
-                    benefit=float(row["benefit"]),
-                    benefit_interval=S.Interval(
-                        lower=float(row["benefit_lower"]), upper=float(row["benefit_upper"]), level=model.interval_level
-                    ),
-                    label=str(row["label"]),
-                    label_reason=str(row["label_reason"]),
-                    label_rule=model.label_policy.describe(),
-                    responder_rule=str(model.metadata.get("responder_rule", "")),
-                    evidence=champion.evidence(),
-                    model=champion.ref,
+                    p_response_treated=float(scores.p_response_treated[k]),
+                    p_response_control=float(scores.p_response_control[k]),
+                    benefit=float(scores.benefit[k]),
+                    benefit_interval=S.Interval(lower=float(scores.benefit_lower[k]), upper=float(scores.benefit_upper[k]), level=fixed["level"]),
+                    label=str(scores.label[k]),
+                    label_reason=str(scores.label_reason[k]),
+                    label_rule=fixed["label_rule"],
+                    responder_rule=fixed["responder_rule"],
+                    evidence=fixed["evidence"],
+                    model=fixed["model"],
                 )
             results.append(S.PatientPrediction(patient_id=pid, predictions=predictions, warnings=warnings[k]))
         return S.PredictResponse(results=results, n_scored=len(good), n_failed=len(patients) - len(good), models=self.refs)
 
     def explain(self, patients: list[dict[str, Any]], top: int = 10) -> S.ExplainResponse:
-        frame, errors = self._split(patients)
-        good = [i for i in range(len(frame)) if i not in errors]
-        scored = frame.iloc[good].reset_index(drop=True)
-        warnings = self._warnings(scored) if good else []
-        explained = {o: explain_patients(c.model, scored) if good else [] for o, c in self.champions.items()}
+        parsed, good, errors = self._parse(patients)
+        warnings = self._warnings(parsed) if good else []
+        explained = {o: plan.explain(parsed[o]) if good else [] for o, plan in self.plan.plans.items()}
         position = {row: k for k, row in enumerate(good)}
         results = []
         for i, patient in enumerate(patients):
@@ -290,8 +288,11 @@ class Scorer:
         )
 
     def patient_frame(self, patient: dict[str, Any]) -> tuple[pd.DataFrame, list[S.FieldProblem]]:
-        frame, errors = self._split([patient])
-        return frame, errors.get(0, [])
+        """One patient as the one-row frame the report takes, or the patient's lab problems."""
+        _, _, errors = self._parse([patient])
+        columns = list(self.patient_model.model_fields)
+        frame = pd.DataFrame([{c: patient.get(c) for c in columns}], columns=columns)
+        return frame.astype(object).where(frame.notna(), None), errors.get(0, [])
 
 
 def _output(explanation, top: int) -> S.OutputExplanation:
@@ -334,18 +335,25 @@ def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     from training.data import read_table
 
     frame = read_table(path)
-    keep = [c for c in frame.columns if c in S.patient_model(spec, load_catalog()).model_fields]
-    records = frame[keep].astype(object).where(frame[keep].notna(), None).to_dict(orient="records")
+    fields = S.patient_model(spec, load_catalog()).model_fields  # once: building the model takes milliseconds
+    keep = [c for c in frame.columns if c in fields]
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
-    for record in records:
-        for column in numeric & record.keys():
-            value = record[column]
-            if isinstance(value, str):
-                try:
-                    record[column] = float(value.replace(",", "."))
-                except ValueError:
-                    pass  # left as text: validation reports it for this row
-    return records
+    columns = []
+    for column in keep:
+        values = frame[column].astype(object).to_numpy()
+        values = np.where(pd.isna(values), None, values)
+        columns.append([_number(v) for v in values] if column in numeric else values.tolist())
+    return [dict(zip(keep, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _number(value: Any) -> Any:
+    """A numeric cell of a file as a float (decimal comma allowed); text that is no number stays text for validation."""
+    if isinstance(value, str):
+        try:
+            return float(value.replace(",", "."))
+        except ValueError:
+            return value
+    return value
 
 
 def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | None, list[S.FieldProblem]]:
@@ -364,16 +372,32 @@ def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | 
 
 
 def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
-    """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row."""
+    """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row.
+
+    Patients are validated and scored in chunks of :data:`FILE_CHUNK`, with a
+    progress bar on a terminal (log lines otherwise).
+    """
     dataset_spec = load_spec(spec)
     max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
     scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
     rows = read_patients(path, dataset_spec)
-    validated = scorer.validate_rows(rows)
-    patients = [clean if clean is not None else {dataset_spec.id_column: rows[i].get(dataset_spec.id_column)} for i, (clean, _) in enumerate(validated)]
-    prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
-    response = scorer.predict(patients, prior_errors=prior)
-    return response.model_dump_json(indent=2)
+    return score_rows(scorer, rows).model_dump_json(indent=2)
+
+
+def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHUNK) -> S.PredictResponse:
+    """Validate and score file rows chunk by chunk (with progress); one response, rows in file order."""
+    id_column = scorer.spec.id_column
+    results: list[S.PatientPrediction] = []
+    with task_progress(len(rows), "scoring", unit="patient") as progress:
+        for start in range(0, len(rows), chunk):
+            block = rows[start : start + chunk]
+            validated = scorer.validate_rows(block)
+            patients = [clean if clean is not None else {id_column: block[i].get(id_column)} for i, (clean, _) in enumerate(validated)]
+            prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
+            results.extend(scorer.predict(patients, prior_errors=prior).results)
+            progress.update(len(block))
+    scored = sum(r.predictions is not None for r in results)
+    return S.PredictResponse(results=results, n_scored=scored, n_failed=len(results) - scored, models=scorer.refs)
 
 
 def as_dicts(patients: list[BaseModel]) -> list[dict[str, Any]]:

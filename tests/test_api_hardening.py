@@ -239,7 +239,14 @@ def test_a_killed_worker_is_logged_and_replaced(server):
 
 # Fail fast ------------------------------------------------------------------------------------------------------
 def _port_is_free(port: int) -> bool:
+    """Nothing listens on ``port``: a new server could bind it.
+
+    With SO_REUSEADDR, as servers (uvicorn included) bind: a connection the
+    server closed itself lingers in TIME_WAIT for a minute after the process is
+    gone, and would make a plain bind fail although the port is free.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

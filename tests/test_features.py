@@ -224,8 +224,8 @@ covariates:
 def test_a_spec_without_labs_or_baselines_builds_fits_and_describes(tmp_path):
     from mlflow.models.utils import _enforce_schema
 
+    from serving.runtime.artefact import ResponderModel, input_schema
     from training.config import LabelRule
-    from training.model import ResponderModel, input_schema
     from training.spec import parse_spec
 
     spec = parse_spec(COVARIATES_ONLY)

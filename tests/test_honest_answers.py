@@ -10,6 +10,7 @@ import pytest
 from helpers import fast_config
 
 from features.pipeline import build_feature_pipeline
+from serving.runtime.explain import NO_DEPENDENCE
 from training.candidates import ArmOnly, BayesianCausalForest
 from training.config import LabelRule
 from training.effects import adjust, risk_difference, score_interval, score_test
@@ -21,7 +22,6 @@ from training.evaluation import (
     select,
     sequential_p_value,
 )
-from training.explain import NO_DEPENDENCE
 from training.labelling import LIKELY, UNCERTAIN, UNLIKELY, build_policy
 from training.train import outcome_data
 
@@ -185,7 +185,7 @@ def test_bcf_posterior_draws_pickle_and_explanations_add_up(features_99):
 
 
 def test_flattened_posterior_forests_predict_what_stochtree_predicts(features_99):
-    from training.forests import flatten_stochtree
+    from serving.runtime.forests import flatten_stochtree
 
     F, data = features_99
     model = BayesianCausalForest(num_gfr=3, num_mcmc=30, mu_trees=20, tau_trees=10, random_state=5).fit(F, data.t, data.y)
@@ -200,9 +200,9 @@ def test_flattened_posterior_forests_predict_what_stochtree_predicts(features_99
 
 # Explanations: one driver per input ------------------------------------------------------------------
 def test_explanations_have_one_driver_per_input_and_add_up(spec, final_99):
-    from training.explain import explain_patients
+    from serving.runtime.artefact import Evidence, ResponderModel
+    from serving.runtime.explain import explain_patients
     from training.labelling import LabelPolicy
-    from training.model import Evidence, ResponderModel
 
     data, _ = outcome_data(final_99, spec, "pain", fast_config())
     pipeline = build_feature_pipeline(spec).fit(data.X)

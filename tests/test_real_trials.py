@@ -30,9 +30,9 @@ import pandas as pd
 import pytest
 from helpers import fast_config, free_port, running
 
+from serving.runtime.explain import explain_patients
 from serving.scoring import Scorer, read_patients, resolve_champions
 from training.effects import risk_difference
-from training.explain import explain_patients
 from training.labels import responder_labels
 from training.reports import render_patient_report
 from training.spec import load_spec

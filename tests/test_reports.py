@@ -18,13 +18,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from features.pipeline import build_feature_pipeline
+from serving.runtime.artefact import Evidence, ResponderModel
+from serving.runtime.explain import explain_patients
 from serving.scoring import Scorer, patient_from_file
 from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, candidate_label, make_candidate
 from training.cli import app
 from training.config import LabelRule
-from training.explain import explain_patients
 from training.labelling import LabelPolicy
-from training.model import Evidence, ResponderModel
 from training.published import DEFAULT_SEED
 from training.reports import latest_training_run, render_patient_report
 from training.reports.patient import driver_view
@@ -197,7 +197,7 @@ def test_patient_report_gives_the_answer_first_in_plain_words(spec, personal_mod
 
 
 def test_drivers_chart_uses_the_benefit_scale_and_is_dropped_below_one_point():
-    from training.explain import NO_DEPENDENCE, Driver, OutputExplanation
+    from serving.runtime.explain import NO_DEPENDENCE, Driver, OutputExplanation
     from training.reports import figures
 
     def driver(amount, name="CRP of 1.2 mg/L"):

@@ -54,6 +54,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm._base import _fit_liblinear
 
+from serving.runtime.intervals import bootstrap_interval
 from training.config import CandidatesConfig, LightGBMParams
 
 # Simplest first: the one-SE rules and ties prefer the earlier candidate.
@@ -120,7 +121,9 @@ def _matrix(X, features: list[str]) -> np.ndarray:
     calls a hundred models per request.
     """
     if isinstance(X, pd.DataFrame):
-        return X[features].to_numpy(dtype=float)
+        # A copy: with pandas' copy-on-write a single-block frame (a spec with only categorical covariates)
+        # gives a read-only view, which stochtree refuses ("array is not writeable").
+        return X[features].to_numpy(dtype=float, copy=True)
     return np.asarray(X, dtype=float)
 
 
@@ -444,7 +447,7 @@ class BayesianCausalForest(BenefitCandidate):
         return state
 
     def _explain_trees(self, model, F: np.ndarray) -> dict:
-        from training.forests import flatten_stochtree
+        from serving.runtime.forests import flatten_stochtree
 
         mu, tau = flatten_stochtree(model.forest_container_mu), flatten_stochtree(model.forest_container_tau)
         k = max(1, min(self.explain_draws, mu.n_draws))
@@ -846,14 +849,6 @@ class BootstrapEnsemble:
         return self
 
     def interval(self, X: pd.DataFrame, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Median-centred percentile interval: the refits' spread placed around the point estimate.
-
-        A plain percentile interval of refits need not contain the full-data
-        estimate (trees refitted on resamples shift); centring keeps the width
-        and asymmetry of the bootstrap distribution and always contains it.
-        """
+        """Median-centred percentile interval of the refits around the point estimate (``serving.runtime.intervals``)."""
         A = _matrix(X, self.candidate.features_)  # once, not once per refit
-        draws = np.column_stack([m.predict_benefit(A) for m in self.models_])
-        tail = (1 - self.level) / 2
-        lo, mid, hi = (np.quantile(draws, q, axis=1) for q in (tail, 0.5, 1 - tail))
-        return np.clip(point + (lo - mid), -1, 1), np.clip(point + (hi - mid), -1, 1)
+        return bootstrap_interval(np.column_stack([m.predict_benefit(A) for m in self.models_]), point, self.level)

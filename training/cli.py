@@ -197,8 +197,12 @@ def predict(
     spec: SpecOption = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
 ) -> None:
-    """Score patients with the registered champions; prints the same JSON as POST /predict."""
+    """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr)."""
+    import logging
+
     from serving.scoring import score_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
     if out:

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from training.model import ResponderPyfunc
+from serving.runtime.artefact import ResponderPyfunc
 
 mlflow.models.set_model(ResponderPyfunc())

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from serving.runtime.artefact import ResponderModel
 from training.candidates import candidate_label
 from training.data import ValidationReport
 from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
 from training.labels import LabelCounts
-from training.model import ResponderModel
 
 HEADLINE = [
     "auc_treated",

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec
 
-from training.model import ResponderModel, input_schema, predictions_schema
+from serving.runtime.artefact import ResponderModel, input_schema, predictions_schema
 from training.progress import JobInterrupted, JobSteps, deferred_interrupt
 
 CHAMPION = "champion"

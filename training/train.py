@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from serving.runtime.artefact import Evidence, ResponderModel
 from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
@@ -40,7 +41,6 @@ from training.evaluation import (
 from training.executor import Executor, make_executor
 from training.labelling import build_policy
 from training.labels import LabelCounts, responder_labels, sensitivity_effects
-from training.model import Evidence, ResponderModel
 from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance

@@ -2,7 +2,7 @@
 
 ``render_patient_report`` is the function behind ``responders report patient``
 and the REST API's ``POST /report``. It uses the models' own predict, warnings
-and :func:`~training.explain.explain_patients` (the one explanation function),
+and :func:`~serving.runtime.explain.explain_patients` (the one explanation function),
 so the report always agrees with ``/predict`` and ``/explain``.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from training.explain import OutputExplanation, explain_patients
+from serving.runtime.artefact import ResponderModel
+from serving.runtime.explain import OutputExplanation, explain_patients
 from training.labelling import pp
-from training.model import ResponderModel
 from training.reports import figures
 from training.reports.render import environment
 

@@ -38,11 +38,11 @@ import pandas as pd
 
 from features.catalog import load_catalog
 from features.labs import parse_lab_series
+from serving.runtime.artefact import ResponderModel
+from serving.runtime.explain import explain_patients
 from training.candidates import candidate_label
 from training.evaluation import SELECTED
-from training.explain import explain_patients
 from training.labels import responder_labels
-from training.model import ResponderModel
 from training.published import PUBLISHED_FINAL, comparison
 from training.reports.analysis import chance_flags, metric_intervals, subgroup_effects
 from training.results import HEADLINE

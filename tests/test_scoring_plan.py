@@ -1,0 +1,289 @@
+"""The compiled scoring plan gives the pyfunc model's answers: every candidate type, three data layouts, 10,000 patients.
+
+The reference is the MLflow pyfunc path (``ResponderPyfunc.predict``: the
+scikit-learn pipeline, the candidate's own ``predict_arms``, the ensemble's
+refits or the posterior draws, ``widen``, the label rule). The plan parses
+patient dicts as the API receives them and must match it to 1e-9: both
+probabilities, the benefit, its interval, the label and its reason, the input
+warnings and the unusable cells; its explanations must be the candidate's own
+contributions. Tree ensembles are checked both ways (flattened arrays for a few
+patients, the libraries' own predict for batches) against each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import OTHER_SPEC, fast_config
+
+from features.pipeline import FeaturePlan, build_feature_pipeline, input_warnings, lab_issues
+from serving.runtime import arms as A
+from serving.runtime.artefact import Evidence, ResponderModel, ResponderPyfunc
+from serving.runtime.forests import concat_forests, flatten_lightgbm
+from serving.runtime.plan import ScoringPlan
+from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
+from training.config import LabelRule
+from training.labelling import LabelPolicy
+from training.simulate import simulate
+from training.spec import load_spec, parse_spec
+from training.train import outcome_data
+
+N_PATIENTS = 10_000
+NUMBERS = ["p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper"]
+
+
+def _fibromyalgia():
+    spec = load_spec()
+    train = simulate("strong", 160, 8)
+    patients = simulate("final", N_PATIENTS, 31)
+    rng = np.random.default_rng(5)
+    patients = patients.astype({c: object for c in ("crp", "il6", "ana", "rf", "esr")})
+    n = len(patients)
+    # What clinics send: missing values, report text, other units, values outside the training range, unusable labs.
+    for column in ("crp", "il6", "bmi", "anti_sgc", "ana", "symptom_years", "fatigue_baseline"):
+        patients.loc[rng.random(n) < 0.08, column] = None
+    crp = pd.to_numeric(patients["crp"], errors="coerce")
+    in_mg_dl = (rng.random(n) < 0.1) & crp.notna().to_numpy()
+    patients["crp_unit"] = np.where(in_mg_dl, "mg/dL", None)
+    patients.loc[in_mg_dl, "crp"] = (crp[in_mg_dl] / 10).round(4).astype(str)
+    patients.loc[rng.random(n) < 0.05, "il6"] = "<1.5"
+    patients.loc[rng.random(n) < 0.02, "rf"] = "NEG"
+    patients.loc[rng.random(n) < 0.03, "ana"] = "1:1280"
+    patients.loc[rng.random(n) < 0.02, "age"] = 89.0
+    patients.loc[rng.random(n) < 0.005, "esr"] = "500"  # implausible: the patient's own error
+    patients.loc[rng.random(n) < 0.003, "rf"] = "<0"  # a censored value that says nothing
+    return spec, train, patients, "pain"
+
+
+def _other(n: int, seed: int, *, labs: bool = True) -> pd.DataFrame:
+    source = simulate("strong", n, seed)
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "subject": [f"S-{i}" for i in range(n)],
+            "group": np.where(source["arm"] == "naltrexone", "active", "sham"),
+            "years": source["age"],
+            "site": rng.choice(["north", "south"], n),
+            "wb_0": (100 - 10 * source["pain_baseline"]).round(),
+            "wb_26": (100 - 10 * source["pain_week12"]).round(),
+        }
+    )
+    if labs:
+        crp = pd.to_numeric(source["crp"].astype(str).str.lstrip("<"), errors="coerce") / 10
+        frame["hs_crp"] = crp.round(3).astype(str).where(crp.notna(), None)
+        frame["interleukin_6"] = source["il6"]
+        frame["ana_titre"] = source["ana"]
+    return frame
+
+
+def _other_layout():
+    spec = parse_spec(OTHER_SPEC)
+    patients = _other(N_PATIENTS, 3)
+    patients.loc[np.random.default_rng(1).random(N_PATIENTS) < 0.1, "site"] = None
+    return spec, _other(160, 41), patients, "wellbeing"
+
+
+STREP = {"gender": ["F", "M"], "baseline_condition": ["1_Good", "2_Fair", "3_Poor"], "baseline_temp": ["1_98-98.9F", "2_99-99.9F", "3_100-100.9F", "4_100F+"],
+         "baseline_esr": ["1_0-10", "2_11-20", "3_21-50", "4_51+"], "baseline_cavitation": ["no", "yes"]}  # fmt: skip
+
+
+def _strep(n: int, seed: int, train: bool) -> pd.DataFrame:
+    """Patients in the strep-tb layout (no labs, categorical covariates only); the outcome depends on condition and arm."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"patient_id": [f"P{i}" for i in range(n)]})
+    for column, levels in STREP.items():
+        frame[column] = rng.choice(levels, n)
+    if train:
+        frame["arm"] = rng.choice(["Streptomycin", "Control"], n)
+        good = (frame["baseline_condition"] == "1_Good").to_numpy()
+        p = 0.25 + 0.3 * (frame["arm"] == "Streptomycin").to_numpy() * (0.5 + good)
+        frame["rad_num"] = np.where(rng.random(n) < p, rng.choice([5, 6], n), rng.choice([1, 2, 3, 4], n))
+    else:
+        frame.loc[rng.random(n) < 0.1, "baseline_temp"] = None  # imputed with the training mode
+    return frame
+
+
+def _strep_layout():
+    spec = load_spec("strep-tb")
+    train = _strep(200, 2, True)
+    train.loc[train["baseline_esr"] == "4_51+", "baseline_esr"] = "3_21-50"  # a level training never saw
+    return spec, train, _strep(N_PATIENTS, 9, False), "radiologic"
+
+
+LAYOUTS = {"fibromyalgia": _fibromyalgia, "other-trial": _other_layout, "strep-tb (no labs)": _strep_layout}
+
+
+def _models(spec, train, outcome) -> dict[str, ResponderModel]:
+    """One served model per candidate type, with refits or draws, a per-patient label rule and a heterogeneity allowance."""
+    config = fast_config()
+    data, _ = outcome_data(train, spec, outcome, config)
+    pipeline = build_feature_pipeline(spec).fit(data.X)
+    F = pipeline.transform(data.X)
+    evidence = Evidence(True, True, 0.01, 0.02, 0.1, 0.05, 19, "evidence of a responder subgroup")
+    models = {}
+    for name in CANDIDATE_ORDER:
+        candidate = make_candidate(name, config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
+        ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 8, 0.95, 7).fit(F, data.t, data.y)
+        benefit = candidate.predict_benefit(F)
+        likely, unlikely = np.quantile(benefit, [0.7, 0.3])  # so that every label occurs
+        policy = LabelPolicy("individual", LabelRule().model_dump(), "There is evidence.", None, None, float(likely), float(unlikely), 0.95)
+        models[name] = ResponderModel(spec, outcome, pipeline, candidate, ensemble, policy, evidence, heterogeneity_sd=0.04)
+    return models
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def layout(request):
+    spec, train, patients, outcome = LAYOUTS[request.param]()
+    return {"name": request.param, "spec": spec, "patients": patients, "models": _models(spec, train, outcome)}
+
+
+def _requests(spec, patients: pd.DataFrame) -> list[dict]:
+    """The patients as the API receives them (validated dicts: every field present, None when not sent)."""
+    from features.catalog import load_catalog
+    from serving.schemas import patient_model
+
+    fields = list(patient_model(spec, load_catalog()).model_fields)
+    frame = patients.reindex(columns=fields).astype(object)
+    return frame.where(frame.notna(), None).to_dict(orient="records")
+
+
+def test_plan_equals_the_pyfunc_model_for_every_candidate_type(layout):
+    spec, patients = layout["spec"], layout["patients"]
+    records = _requests(spec, patients)
+    first = next(iter(layout["models"].values()))
+    raw = pd.DataFrame(records)
+    expected_issues = {(int(r), i.column) for r, found in lab_issues(first.pipeline, raw).items() for i in found}
+    good = [i for i in range(len(raw)) if i not in {r for r, _ in expected_issues}]
+    reference_rows = raw.iloc[good].reset_index(drop=True)
+    expected_warnings = input_warnings(first.pipeline, spec, reference_rows)
+    assert len(good) > 0.95 * len(raw)
+    for name, model in layout["models"].items():
+        plan = ScoringPlan({"o": model})
+        parsed, issues = plan.parse(records)
+        assert {(r, i.column) for r, found in issues.items() for i in found} == expected_issues, name
+        batch = parsed["o"].rows(good)
+        got = plan.plans["o"].predict(batch).frame()
+        pyfunc = ResponderPyfunc()
+        pyfunc.model = model
+        expected = pyfunc.predict(None, reference_rows)
+        np.testing.assert_allclose(got[NUMBERS].to_numpy(), expected[NUMBERS].to_numpy(), rtol=0, atol=1e-9, err_msg=f"{layout['name']}: {name}")
+        assert got["label"].tolist() == expected["label"].tolist(), name
+        assert got["label_reason"].tolist() == expected["label_reason"].tolist(), name
+        assert plan.warnings({"o": batch}) == expected_warnings, name
+        # The features themselves: the pipeline's transform, cell by cell.
+        _, F = plan.plans["o"].matrix(batch)
+        np.testing.assert_allclose(F, model.pipeline.transform(reference_rows)[model.candidate.features_].to_numpy(float), rtol=0, atol=1e-12)
+        # One patient at a time (the flattened trees, not the libraries' batch predict).
+        for k in range(0, 400, 20):
+            one = plan.plans["o"].predict(parsed["o"].rows([good[k]])).frame()
+            np.testing.assert_allclose(one[NUMBERS].to_numpy()[0], expected[NUMBERS].to_numpy()[k], rtol=0, atol=1e-9, err_msg=name)
+            assert one["label"].iat[0] == expected["label"].iat[k] and one["label_reason"].iat[0] == expected["label_reason"].iat[k]
+        labels = set(expected["label"])
+        assert name == "arm_only" or len(labels) == 3, (name, labels)
+    assert any(w for w in expected_warnings), "the patients should exercise the input warnings"
+
+
+def test_explanations_are_the_candidates_own_contributions(layout):
+    spec, patients = layout["spec"], layout["patients"]
+    records = _requests(spec, patients.head(120))
+    for model in layout["models"].values():
+        plan = ScoringPlan({"o": model})
+        parsed, issues = plan.parse(records)
+        good = [i for i in range(len(records)) if i not in issues]
+        explained = plan.plans["o"].explain(parsed["o"].rows(good))
+        rows = pd.DataFrame(records).iloc[good].reset_index(drop=True)
+        reference = model.candidate.explain(model.pipeline.transform(rows))  # the pandas path, with its own checks
+        predicted = model.predict(rows)
+        for k, patient in enumerate(explained):
+            for output, contributions, column in (
+                (patient.benefit, reference.benefit, "benefit"),
+                (patient.p_response_treated, reference.p_treated, "p_response_treated"),
+            ):
+                assert output.prediction == pytest.approx(predicted[column].iat[k], abs=1e-9)
+                assert output.base_value == pytest.approx(contributions.base[k], abs=1e-9)
+                np.testing.assert_allclose(list(output.features.values()), contributions.values[k], rtol=0, atol=1e-9)
+                assert output.base_value + sum(d.contribution for d in output.drivers) == pytest.approx(output.prediction, abs=1e-9)
+
+
+def test_feature_plan_equals_the_pipeline_for_unknown_and_missing_values(spec, final_99):
+    pipeline = build_feature_pipeline(spec).fit(final_99)
+    plan = FeaturePlan(pipeline, spec)
+    rows = final_99.head(40).astype(object).copy()
+    rows.loc[:5, "sex"] = None
+    rows.loc[6:9, ["crp", "il6", "ana"]] = None
+    rows.loc[10:12, "crp"] = ["<0.3", "1,5", ">300"]
+    rows["crp_unit"] = None
+    rows.loc[13, ["crp", "crp_unit"]] = ["1.2", "mg/dL"]
+    columns = {c: rows[c].to_numpy(dtype=object) for c in plan.parser.input_columns() if c in rows.columns}
+    parsed, issues = plan.parse(columns, len(rows))
+    assert not issues
+    F = plan.features(plan.impute(parsed, len(rows)), len(rows))
+    expected = pipeline.transform(rows)
+    assert plan.names == list(expected.columns)
+    np.testing.assert_allclose(F, expected.to_numpy(float), rtol=0, atol=1e-12)
+    imputed = plan.impute(parsed, len(rows))
+    assert all(isinstance(v, np.ndarray) for v in imputed.values())
+
+
+def test_flattened_lightgbm_follows_its_missing_value_rules():
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4))
+    X[rng.random(X.shape) < 0.15] = np.nan  # missing_type NaN on these splits
+    y = (np.nan_to_num(X[:, 0]) + 0.5 * np.nan_to_num(X[:, 1]) + rng.normal(size=400) > 0).astype(int)
+    for params in ({}, {"zero_as_missing": True}, {"use_missing": False}):
+        booster = lgb.train({"objective": "binary", "num_leaves": 6, "verbose": -1, "min_data_in_leaf": 5, **params}, lgb.Dataset(X, y), 25)
+        arrays, kind, sigmoid = flatten_lightgbm(booster)
+        test = rng.normal(size=(300, 4))
+        test[rng.random(test.shape) < 0.2] = np.nan
+        test[rng.random(test.shape) < 0.1] = 0.0
+        raw = arrays.predict(test)[:, 0]
+        np.testing.assert_allclose(raw, booster.predict(test, raw_score=True), rtol=0, atol=1e-12, err_msg=str(params))
+        np.testing.assert_allclose(1 / (1 + np.exp(-sigmoid * raw)), booster.predict(test), rtol=0, atol=1e-12)
+        assert kind == "binary"
+
+
+def test_tree_paths_agree_with_each_other(spec, final_99, monkeypatch):
+    """Flattened arrays (a few patients) and the libraries' own predict (batches) give the same numbers."""
+    config = fast_config()
+    data, _ = outcome_data(simulate("strong", 160, 8), spec, "pain", config)
+    pipeline = build_feature_pipeline(spec).fit(data.X)
+    F = pipeline.transform(data.X)
+    X = pipeline.transform(final_99)[list(F.columns)].to_numpy(float)
+    for name in ("t_learner", "dr_learner", "bcf"):
+        candidate = make_candidate(name, config.candidates, 0.5, 3, final=True).fit(F, data.t, data.y)
+        ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 6, 0.95, 3).fit(F, data.t, data.y)
+        plan = A.compile_arms(candidate, ensemble, 0.95)
+        if name == "bcf":
+            mu, tau = plan.mu.predict(X) + plan.mu_offset, plan.tau.predict(X) + plan.tau_offset
+            library_mu, library_tau = candidate._probit_draws(X)
+            np.testing.assert_allclose(mu, library_mu, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(tau, library_tau, rtol=0, atol=1e-12)
+        else:
+            arrays = plan.forest.predict(X)
+            library = np.column_stack([b.predict(X, raw_score=True) for b in plan.boosters])
+            np.testing.assert_allclose(arrays, library, rtol=0, atol=1e-12)
+        monkeypatch.setattr(A, "ARRAY_CELLS", 10**12)
+        arrays_path = np.column_stack(plan.predict(X))
+        one = np.vstack([np.column_stack(plan.predict(X[[i]])) for i in range(len(X))])
+        monkeypatch.setattr(A, "ARRAY_CELLS", 0)
+        batch = np.column_stack(plan.predict(X))  # the libraries' own predict
+        np.testing.assert_allclose(arrays_path, batch, rtol=0, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(one, batch, rtol=0, atol=1e-12, err_msg=name)
+        p1, p0 = candidate.predict_arms(X)
+        np.testing.assert_allclose(batch[:, 0], p1, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(batch[:, 1], p0, rtol=0, atol=1e-12)
+
+
+def test_concatenated_forests_keep_each_booster_apart(spec, final_99):
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    pipeline = build_feature_pipeline(spec).fit(data.X)
+    F = pipeline.transform(data.X)
+    candidate = make_candidate("t_learner", config.candidates, 0.5, 1).fit(F, data.t, data.y)
+    boosters = [candidate.treated_.booster_, candidate.control_.booster_]
+    forest = concat_forests([flatten_lightgbm(b)[0] for b in boosters])
+    X = F.to_numpy(float)
+    np.testing.assert_allclose(forest.predict(X), np.column_stack([b.predict(X, raw_score=True) for b in boosters]), rtol=0, atol=1e-12)
