@@ -121,9 +121,11 @@ def _matrix(X, features: list[str]) -> np.ndarray:
     calls a hundred models per request.
     """
     if isinstance(X, pd.DataFrame):
-        # A copy: with pandas' copy-on-write a single-block frame (a spec with only categorical covariates)
-        # gives a read-only view, which stochtree refuses ("array is not writeable").
-        return X[features].to_numpy(dtype=float, copy=True)
+        # Already in training order (the usual case inside a job): skip pandas' reindexing. A copy: with
+        # pandas' copy-on-write a single-block frame (a spec with only categorical covariates) gives a
+        # read-only view, which stochtree refuses ("array is not writeable").
+        same = len(X.columns) == len(features) and all(a == b for a, b in zip(X.columns, features, strict=True))
+        return (X if same else X[features]).to_numpy(dtype=float, copy=True)
     return np.asarray(X, dtype=float)
 
 
