@@ -429,8 +429,7 @@ def run(quick: bool, out_dir: Path) -> str:
     variants = (
         ("BentoML /predict (ours)", "serving.service:ResponderService", {}),
         ("BentoML adaptive batching", "benchmarks.batched_service:BatchedResponderService", {}),
-        # BentoML's configuration override: the decorator's workers=1 is only the default.
-        (TWO_WORKERS, "serving.service:ResponderService", {"BENTOML_CONFIG_OPTIONS": "services.ldn-responders.workers=2"}),
+        (TWO_WORKERS, "serving.service:ResponderService", {"RESPONDERS_WORKERS": "2"}),
     )
     for name, service, extra_env in variants:
         port = _free_port()
@@ -634,7 +633,7 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
         batch_table,
-        "Two BentoML workers (`BENTOML_CONFIG_OPTIONS=services.ldn-responders.workers=2`) relative to one, same endpoint:",
+        "Two BentoML workers (`RESPONDERS_WORKERS=2`) relative to one, same endpoint:",
         workers_table,
         "Memory:",
         memory_table,

@@ -88,6 +88,14 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
+def _workers() -> int:
+    """``RESPONDERS_WORKERS`` server processes (default 1); a bad value is reported before binding, not here."""
+    try:
+        return _env_int("RESPONDERS_WORKERS", 1)
+    except ConfigurationError:
+        return 1
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """The service's settings, from the environment."""
@@ -96,6 +104,7 @@ class ServiceSettings:
     insecure: bool
     max_batch: int
     max_body_bytes: int
+    workers: int = 1  # server processes, each with its own copy of the champions
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -106,6 +115,7 @@ class ServiceSettings:
             insecure=insecure and token is None,
             max_batch=_env_int("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH),
             max_body_bytes=_env_int("RESPONDERS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            workers=_env_int("RESPONDERS_WORKERS", 1),
         )
 
     def require_token(self) -> None:
@@ -522,7 +532,7 @@ class HardenedService(Service):
         "others are scored; bodies over the size limit and batches over the batch limit get 413."
     ),
     traffic={"timeout": 60},
-    workers=1,
+    workers=_workers(),  # RESPONDERS_WORKERS; one process per core at most pays (benchmarks/RESULTS.md)
     # Loopback unless told otherwise (`--host`, BENTOML_HOST): a clinic puts its own proxy in front.
     http={"host": "127.0.0.1"},
     service_class=HardenedService,
