@@ -600,8 +600,14 @@ def _single_threaded(task: Task) -> list[dict]:
         return run_replicate(task)
 
 
-def run_benchmark(settings: Settings, observable: dict[str, dict[str, np.ndarray]], progress: bool = True) -> pd.DataFrame:
-    """Run every replicate (in ``settings.workers`` processes) and return one row per replicate x outcome x row kind."""
+def run_benchmark(
+    settings: Settings, observable: dict[str, dict[str, np.ndarray]], progress: bool = True, partial: Path | None = None
+) -> pd.DataFrame:
+    """Run every replicate (in ``settings.workers`` processes) and return one row per replicate x outcome x row kind.
+
+    ``partial``: a JSON-lines file that receives each trial's rows as it finishes, so that an
+    interrupted campaign still leaves its figures (``pd.read_json(partial, lines=True)``).
+    """
     from joblib import Parallel, delayed
 
     todo = tasks(settings, observable)
@@ -613,8 +619,13 @@ def run_benchmark(settings: Settings, observable: dict[str, dict[str, np.ndarray
         )
     else:
         results = (_single_threaded(task) for task in todo)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     for done, result in enumerate(results, 1):
         rows += result
+        if partial is not None:
+            with partial.open("a") as handle:
+                handle.write(pd.DataFrame(result).to_json(orient="records", lines=True))
         if progress:
             first = result[0]
             print(
@@ -1107,7 +1118,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     oracles, cached = load_oracles(settings.scenarios, settings.oracle, out_dir / "oracle-cache")
     observable = observable_predictions(oracles, settings)
-    frame = run_benchmark(settings, observable)
+    frame = run_benchmark(settings, observable, partial=out_dir / "recovery-partial.jsonl")
     seconds = time.perf_counter() - started
     frame.to_parquet(out_dir / "recovery.parquet", index=False)  # exact types (pandas reads "null" in a CSV as missing)
     frame.to_csv(out_dir / "recovery.csv", index=False)
