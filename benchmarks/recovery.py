@@ -582,14 +582,19 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
 
 
 def tasks(settings: Settings, observable: dict[str, dict[str, np.ndarray]]) -> list[Task]:
-    """Every trial of the design, the most expensive first so that the workers finish together."""
+    """Every trial of the design, round by round: every cell's first trial, then every cell's second, ...
+
+    A campaign stopped early (or still running) then has the first trials of
+    every cell; within a round the most expensive come first so that the
+    workers finish together.
+    """
     out = []
     for scenario in settings.scenarios:
         trials, perm, full = (settings.counts(k, scenario) for k in ("trials", "permutation_trials", "full_trials"))
         for i, n in enumerate(settings.sizes):
             for r in range(trials[i]):
                 out.append(Task(scenario, n, r, r < perm[i], r < full[i], settings.seed + 1000 * i + r, settings, observable[scenario]))
-    return sorted(out, key=lambda t: (-(2 * t.full + 3 * t.permutation), -t.n))
+    return sorted(out, key=lambda t: (t.replicate, -(2 * t.full + 3 * t.permutation), -t.n))
 
 
 def _single_threaded(task: Task) -> list[dict]:
@@ -600,27 +605,52 @@ def _single_threaded(task: Task) -> list[dict]:
         return run_replicate(task)
 
 
+def _campaign_key(settings: Settings) -> str:
+    """What must match for a campaign to be resumed: the code revision and the design (not the worker count)."""
+    from benchmarks.run import git_revision
+
+    return f"{git_revision()}\n{asdict(replace(settings, workers=0))!r}\n"
+
+
 def run_benchmark(
-    settings: Settings, observable: dict[str, dict[str, np.ndarray]], progress: bool = True, partial: Path | None = None
+    settings: Settings,
+    observable: dict[str, dict[str, np.ndarray]],
+    progress: bool = True,
+    partial: Path | None = None,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Run every replicate (in ``settings.workers`` processes) and return one row per replicate x outcome x row kind.
 
     ``partial``: a JSON-lines file that receives each trial's rows as it finishes, so that an
     interrupted campaign still leaves its figures (``pd.read_json(partial, lines=True)``).
+    ``resume``: keep the trials already in ``partial`` when it was written by the same code
+    revision and design (they are deterministic) and run only the others; their rows are
+    marked ``resumed``.
     """
     from joblib import Parallel, delayed
 
     todo = tasks(settings, observable)
     started = time.perf_counter()
     rows: list[dict] = []
+    if partial is not None:
+        stamp = partial.with_suffix(".key")
+        key = _campaign_key(settings)
+        if resume and partial.exists() and stamp.exists() and stamp.read_text() == key:
+            earlier = pd.read_json(partial, lines=True)
+            finished = set(map(tuple, earlier.loc[earlier["kind"] == "timing", ["scenario", "n", "replicate"]].to_numpy().tolist()))
+            earlier = earlier[[(s, n, r) in finished for s, n, r in earlier[["scenario", "n", "replicate"]].itertuples(index=False)]]
+            rows = [{**row, "resumed": True} for row in earlier.to_dict("records")]
+            todo = [t for t in todo if (t.scenario, t.n, t.replicate) not in finished]
+            print(f"[recovery] resuming: {len(finished)} trials kept from {partial}", file=sys.stderr, flush=True)
+        else:
+            partial.unlink(missing_ok=True)
+            stamp.write_text(key)
     if settings.workers > 1:
         results = Parallel(n_jobs=settings.workers, backend="loky", return_as="generator_unordered")(
             delayed(_single_threaded)(task) for task in todo
         )
     else:
         results = (_single_threaded(task) for task in todo)
-    if partial is not None:
-        partial.unlink(missing_ok=True)
     for done, result in enumerate(results, 1):
         rows += result
         if partial is not None:
@@ -960,6 +990,13 @@ def champion_counts_markdown(frame: pd.DataFrame, settings: Settings) -> str:
     return md_table(["scenario", "n", "outcome", *CANDIDATES], rows, "lrl" + "r" * len(CANDIDATES))
 
 
+def _resumed(frame: pd.DataFrame) -> str:
+    if "resumed" not in frame or not frame["resumed"].fillna(False).astype(bool).any():
+        return ""
+    kept = frame[frame["resumed"].fillna(False).astype(bool)].drop_duplicates(["scenario", "n", "replicate"]).shape[0]
+    return f" ({kept} of them kept from an interrupted run of the same code and design: `BENCH_RESUME=1`)"
+
+
 def timing_line(frame: pd.DataFrame, settings: Settings) -> str:
     """Where the compute went: CPU time by trial kind, and the permutation tests' share of the wall time."""
     timing = frame[frame["kind"] == "timing"]
@@ -1001,7 +1038,7 @@ def render(
         "## 1. Subgroup recovery",
         "",
         f"{'QUICK smoke run: figures are not estimates. ' if quick else ''}"
-        f"{trials} simulated trials in {seconds / 60:.1f} min. Every rate and mean is over replicate trials and is "
+        f"{trials} simulated trials in {seconds / 60:.1f} min{_resumed(frame)}. Every rate and mean is over replicate trials and is "
         "shown with its Monte-Carlo standard error (± SE); rejection rates also with a Wilson 95% interval where it matters.",
         "",
         *settings.describe(),
@@ -1118,7 +1155,8 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     oracles, cached = load_oracles(settings.scenarios, settings.oracle, out_dir / "oracle-cache")
     observable = observable_predictions(oracles, settings)
-    frame = run_benchmark(settings, observable, partial=out_dir / "recovery-partial.jsonl")
+    resume = os.environ.get("BENCH_RESUME") == "1"
+    frame = run_benchmark(settings, observable, partial=out_dir / "recovery-partial.jsonl", resume=resume)
     seconds = time.perf_counter() - started
     frame.to_parquet(out_dir / "recovery.parquet", index=False)  # exact types (pandas reads "null" in a CSV as missing)
     frame.to_csv(out_dir / "recovery.csv", index=False)

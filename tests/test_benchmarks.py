@@ -108,6 +108,12 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert champion["coverage"].between(0, 1).all() and (champion["width"] > 0).all()
     # The served interval contains the model-only interval: the allowance only widens.
     assert (champion["width"] >= champion["width_model"] - 1e-9).all()
+    # An interrupted campaign of the same code and design resumes from its finished trials.
+    oracles, cached = recovery.load_oracles(TINY_RECOVERY.scenarios, TINY_RECOVERY.oracle, tmp_path / "oracle-cache")
+    assert cached
+    observable = recovery.observable_predictions(oracles, TINY_RECOVERY)
+    again = recovery.run_benchmark(TINY_RECOVERY, observable, progress=False, partial=tmp_path / "recovery-partial.jsonl", resume=True)
+    assert len(again) == len(frame) and again["resumed"].all()
 
 
 def test_test_calibration_ranks_against_null_trials_and_leaves_each_out():
