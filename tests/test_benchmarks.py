@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +21,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is not part of the installed distri
 
 from benchmarks import recovery, run, training  # noqa: E402
 from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, run_child, wilson  # noqa: E402
+from benchmarks.oracle import OracleSettings  # noqa: E402
 
 
 def tables(markdown: str) -> list[list[list[str]]]:
@@ -58,37 +61,85 @@ def test_markdown_helpers():
 TINY_RECOVERY = recovery.Settings(
     scenarios=("null", "strong"),  # one without and one with a subgroup keeps the smoke run short
     sizes=(80,),
-    replicates=(1,),
-    scenario_replicates=(),
-    test_folds=(2,),
+    trials=(("null", (3,)), ("strong", (1,))),  # null: one trial of each kind (full, permutation test, cheap tests)
+    permutation_trials=(("null", (2,)), ("strong", (1,))),
+    full_trials=(("null", (1,)), ("strong", (1,))),
     permutations=1,
-    alpha=1.01,  # Holm-adjusted p <= 1 < alpha: every test "significant", so the nested-CV champion choice runs too
     population=150,
     bootstrap_models=5,
     cv_folds=2,
+    cv_repeats=1,
     forest_trees=8,
+    rate_bootstrap=20,
     workers=1,
-    candidate_overrides=recovery.QUICK.candidate_overrides,
+    oracle=OracleSettings(patients=2000, n_estimators=20, learning_rate=0.2, min_child_samples=20, early_stopping=5, threads=1),
+    candidate_overrides={
+        **recovery.QUICK.candidate_overrides,
+        "bcf": {"num_gfr": 2, "num_mcmc": 20, "cv_gfr": 2, "cv_mcmc": 10, "mu_trees": 20, "tau_trees": 10},
+    },
 )
 
 
-def test_recovery_section_renders_every_scenario_and_method(tmp_path):
+def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     markdown = recovery.run(quick=True, out_dir=tmp_path, settings=TINY_RECOVERY)
     assert markdown.startswith("## 1. Subgroup recovery")
     assert (tmp_path / "recovery.csv").exists() and (tmp_path / "recovery.parquet").exists()
-    test_table, headline, champions, *details = tables(markdown)
-    assert first_column(test_table) == ["null", "strong"]
-    assert [row[1] for row in test_table[1:]] == ["80", "80"]
+    assert list((tmp_path / "oracle-cache").glob("oracle-*.joblib")), "the observable oracle is cached"
+    fwer, nominal, calibrated, headline, coverage, allowance, criteria, champions, *details, criteria_detail = tables(markdown)
+    assert first_column(fwer) == ["80", "all (pooled)"] and fwer[1][1] == "2"  # the two null trials that ran the permutation test
+    tests = [recovery._test_label(t) for t in [*recovery.TESTS, *recovery.COMBINATIONS]]
+    assert first_column(nominal) == tests and first_column(calibrated) == tests
+    assert "/2 = " in nominal[1][2]  # the permutation test ran on two null trials
+    assert all("/3 = " in row[2] for row in nominal[2:6])  # the cheap tests on all three
     labels = [recovery.METHOD_LABELS[m] for m in recovery.METHODS]
     assert first_column(headline) == labels
     assert headline[0][1:] == ["strong / pain", "strong / memory"]
+    assert headline[2][1:] == ["1.00", "1.00"]  # the observable oracle is the yardstick
+    assert [row[:3] for row in coverage[1:]] == [["null", "80", "pain"], ["null", "80", "memory"], ["strong", "80", "pain"], ["strong", "80", "memory"]]
+    assert len(allowance) == 1 + 4 and len(allowance[0]) == 3 + len(TINY_RECOVERY.allowance_multiples) + len(recovery.ALLOWANCE_RULES)
+    assert first_column(criteria)[:-1] == [recovery.SELECTOR_LABELS[s] for s in recovery.SELECTORS]
     assert len(champions) == 1 + 2 * 2
     assert len(details) == 2
     for detail in details:
         assert [row[2] for row in detail[1:]] == labels * 2  # both outcomes
-    # The oracle is the yardstick: ratio 1 wherever the AUC is defined.
-    oracle_rows = [row for row in details[1][1:] if row[2] == recovery.METHOD_LABELS["oracle"]]
-    assert all(row[4].startswith("1.00") for row in oracle_rows)
+    assert len(criteria_detail) == 1 + 2 * len(recovery.SELECTORS)
+    frame = pd.read_parquet(tmp_path / "recovery.parquet")
+    champion = frame[(frame["kind"] == "method") & (frame["method"] == "champion")]
+    assert champion["coverage"].between(0, 1).all() and (champion["width"] > 0).all()
+    # The served interval contains the model-only interval: the allowance only widens.
+    assert (champion["width"] >= champion["width_model"] - 1e-9).all()
+    # An interrupted campaign of the same code and design resumes from its finished trials.
+    oracles, cached = recovery.load_oracles(TINY_RECOVERY.scenarios, TINY_RECOVERY.oracle, tmp_path / "oracle-cache")
+    assert cached
+    observable = recovery.observable_predictions(oracles, TINY_RECOVERY)
+    again = recovery.run_benchmark(TINY_RECOVERY, observable, progress=False, partial=tmp_path / "recovery-partial.jsonl", resume=True)
+    assert len(again) == len(frame) and again["resumed"].all()
+
+
+def test_test_calibration_ranks_against_null_trials_and_leaves_each_out():
+    rows = []
+    for replicate, p in enumerate([0.01, 0.2, 0.5, 0.8]):
+        for outcome in ("pain", "memory"):
+            rows.append({"kind": "test", "scenario": "null", "n": 99, "replicate": replicate, "outcome": outcome, "method": "split_rate", "p": p, "stat": 0.0})
+    rows.append({"kind": "test", "scenario": "final", "n": 99, "replicate": 0, "outcome": "pain", "method": "split_rate", "p": 0.001, "stat": 0.0})
+    rows.append({"kind": "test", "scenario": "final", "n": 99, "replicate": 0, "outcome": "memory", "method": "split_rate", "p": 0.6, "stat": 0.0})
+    table = recovery.rejection_table(pd.DataFrame(rows), recovery.QUICK).set_index(["scenario", "replicate", "outcome", "method"])
+    # Below every one of the 8 null values: 1/9; the null trial with p = 0.01 is ranked among the other 6.
+    assert table.loc[("final", 0, "pain", "split_rate"), "p_cal"] == pytest.approx(1 / 9)
+    assert table.loc[("null", 0, "pain", "split_rate"), "p_cal"] == pytest.approx(1 / 7)
+    assert table.loc[("final", 0, "pain", "split_rate"), "p_cal_holm"] == pytest.approx(2 / 9)
+
+
+def test_grf_rate_averages_ties_and_weights_like_grf():
+    from benchmarks.peers import rate
+
+    scores = np.array([1.0, 0.0, 3.0, 0.0])
+    # A constant priority is no ranking at all: every TOC point is 0.
+    assert rate(np.zeros(4), scores, "AUTOC") == pytest.approx(0.0)
+    priority = np.array([4.0, 3.0, 2.0, 1.0])
+    toc = np.cumsum(scores) / np.arange(1, 5) - scores.mean()
+    assert rate(priority, scores, "AUTOC") == pytest.approx(toc.mean())
+    assert rate(priority, scores, "QINI") == pytest.approx(np.mean(np.arange(1, 5) / 4 * toc))
 
 
 TINY_JOB = {
