@@ -227,6 +227,18 @@ QUICK = Settings(
     },
 )
 
+# A campaign of about half an hour on 2 idle cores (``BENCH_RECOVERY=short``): the trial sizes of a
+# FINAL-like trial and three times it, enough work-ups for the served intervals' coverage and the
+# champion's ranking, few permutation tests (their level needs FULL's many null trials).
+SHORT = Settings(
+    sizes=(99, 300),
+    trials=(("null", (20, 10)), ("final", (8, 6)), ("strong", (8, 6))),
+    permutation_trials=(("null", (6, 2)), ("final", (3, 2)), ("strong", (3, 2))),
+    full_trials=(("null", (3, 2)), ("final", (8, 6)), ("strong", (8, 6))),
+    permutations=49,
+)
+PRESETS = {"full": FULL, "short": SHORT, "quick": QUICK}
+
 
 @dataclass(frozen=True)
 class Task:
@@ -1147,7 +1159,10 @@ def observable_predictions(oracles: dict, settings: Settings) -> dict[str, dict[
 
 def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     """Run section 1 and return its Markdown; per-replicate rows go to ``out_dir/recovery.parquet`` (and ``.csv``)."""
-    settings = settings or (QUICK if quick else FULL)
+    preset = os.environ.get("BENCH_RECOVERY", "").strip().lower()
+    if preset and preset not in PRESETS:
+        raise ValueError(f"BENCH_RECOVERY={preset!r}: expected one of {sorted(PRESETS)}")
+    settings = settings or (QUICK if quick else PRESETS[preset or "full"])
     scale = os.environ.get("BENCH_REPLICATES_SCALE")
     if scale:  # a longer, more precise campaign: multiply every replicate count
         settings = settings.scaled(float(scale))
