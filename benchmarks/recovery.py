@@ -227,14 +227,13 @@ QUICK = Settings(
     },
 )
 
-# A campaign of about half an hour on 2 idle cores (``BENCH_RECOVERY=short``): the trial sizes of a
-# FINAL-like trial and three times it, enough work-ups for the served intervals' coverage and the
-# champion's ranking, few permutation tests (their level needs FULL's many null trials).
+# A campaign of about an hour on 2 idle cores (``BENCH_RECOVERY=short``): every size, enough work-ups
+# for the served intervals' coverage and the champion's ranking, many cheap permutation tests on
+# FINAL-sized null trials (their family-wise rate), few at the larger sizes.
 SHORT = Settings(
-    sizes=(99, 300),
-    trials=(("null", (20, 10)), ("final", (8, 6)), ("strong", (8, 6))),
-    permutation_trials=(("null", (6, 2)), ("final", (3, 2)), ("strong", (3, 2))),
-    full_trials=(("null", (3, 2)), ("final", (8, 6)), ("strong", (8, 6))),
+    trials=(("null", (40, 10, 4)), ("final", (8, 6, 3)), ("strong", (8, 6, 3))),
+    permutation_trials=(("null", (40, 2, 1)), ("final", (3, 2, 1)), ("strong", (3, 2, 1))),
+    full_trials=(("null", (3, 2, 2)), ("final", (8, 6, 3)), ("strong", (8, 6, 3))),
     permutations=49,
 )
 PRESETS = {"full": FULL, "short": SHORT, "quick": QUICK}
