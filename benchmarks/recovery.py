@@ -330,8 +330,8 @@ class RecordingExecutor:
         self._inner = LocalExecutor(workers=1)
         self.results: list | None = None
 
-    def map(self, fn, items, desc=""):
-        self.results = self._inner.map(fn, items, desc)
+    def map(self, fn, items, desc="", shared=None, progress=None):
+        self.results = self._inner.map(fn, items, desc, shared=shared, progress=progress)
         return self.results
 
 

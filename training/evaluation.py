@@ -63,6 +63,7 @@ from training.candidates import (
     make_candidate,
 )
 from training.config import TrainConfig
+from training.progress import task_progress
 from training.executor import Executor
 from training.spec import DatasetSpec
 
@@ -673,11 +674,14 @@ def permutation_test(
     null: list[float] = []
     # Batches keep the workers busy while the sequential rule can stop at the first batch that reaches h.
     batch = max(8, 4 * getattr(executor, "workers", 2))
-    while len(null) < B:
-        chunk = seeds[len(null): len(null) + batch]
-        null += executor.map(_permuted_statistic, chunk, desc=f"{desc} ({len(null) + len(chunk)}/{B} at most)", shared=shared)
-        if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
-            break
+    # One progress counter over the budget: the log says how far towards B, not each batch's 8 tasks.
+    label = f"{desc} (at most {B}; stops once {h} reach the observed statistic)" if h else desc
+    with task_progress(B, label, "permutation") as bar:
+        while len(null) < B:
+            chunk = seeds[len(null): len(null) + batch]
+            null += executor.map(_permuted_statistic, chunk, desc=desc, shared=shared, progress=bar)
+            if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
+                break
     p_value, used = sequential_p_value(np.asarray(null), observed, h, B)
     return PermutationResult(observed, per_candidate, np.asarray(null[:used]), p_value, kind, "permutation", used, used < B)
 

@@ -34,7 +34,17 @@ from training.progress import task_progress
 class Executor(Protocol):
     name: str
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Any], desc: str = "", shared: Any = None) -> list[Any]: ...
+    def map(self, fn: Callable[..., Any], items: Sequence[Any], desc: str = "", shared: Any = None, progress: Any = None) -> list[Any]: ...
+
+
+@contextmanager
+def _counter(progress: Any, total: int, desc: str) -> Iterator[Any]:
+    """The caller's progress counter (a loop run in batches counts as one), or a new one for this map."""
+    if progress is not None:
+        yield progress
+        return
+    with task_progress(total, desc) as bar:
+        yield bar
 
 
 def _single_threaded(fn: Callable[..., Any], item: Any, shared: Any = None) -> Any:
@@ -64,11 +74,11 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None):
         self.workers = workers or os.cpu_count() or 1
 
-    def map(self, fn, items, desc="", shared=None):
+    def map(self, fn, items, desc="", shared=None, progress=None):
         items = list(items)
         if self.workers == 1 or len(items) <= 1:
             results = []
-            with task_progress(len(items), desc) as bar:
+            with _counter(progress, len(items), desc) as bar:
                 for item in items:
                     results.append(_single_threaded(fn, item, shared))
                     bar.update()
@@ -80,7 +90,7 @@ class LocalExecutor:
             # loky keeps its worker processes between loops: start-up is paid once per job.
             parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator")
             results = []
-            with task_progress(len(items), desc) as bar:
+            with _counter(progress, len(items), desc) as bar:
                 for result in parallel(delayed(task)(item) for item in items):
                     results.append(result)
                     bar.update()
@@ -114,7 +124,7 @@ class DaskExecutor:
     def workers(self) -> int:
         return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
 
-    def map(self, fn, items, desc="", shared=None):
+    def map(self, fn, items, desc="", shared=None, progress=None):
         from distributed import as_completed
 
         items = list(items)
@@ -127,7 +137,7 @@ class DaskExecutor:
         order = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
         try:
-            with task_progress(len(futures), desc) as bar:
+            with _counter(progress, len(futures), desc) as bar:
                 for future in as_completed(futures):
                     results[order[future.key]] = future.result()
                     bar.update()
