@@ -63,8 +63,8 @@ from training.candidates import (
     make_candidate,
 )
 from training.config import TrainConfig
-from training.progress import task_progress
 from training.executor import Executor
+from training.progress import task_progress
 from training.spec import DatasetSpec
 
 SELECTED = "selected"
