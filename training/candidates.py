@@ -48,11 +48,11 @@ import pandas as pd
 from scipy.special import expit, logit
 from scipy.stats import norm
 from sklearn.base import BaseEstimator, clone
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm._base import _fit_liblinear
+from sklearn.svm import _liblinear
+from sklearn.svm._base import _get_liblinear_solver_type
 
 from serving.runtime.intervals import bootstrap_interval
 from training.config import CandidatesConfig, LightGBMParams
@@ -169,12 +169,31 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, solver: str = "liblinea
     """
     Z = np.ascontiguousarray(Z, dtype=np.float64)
     if solver == "liblinear":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            coef, intercept, _ = _fit_liblinear(Z, y, C, True, 1.0, None, "l2", False, 0, max_iter, 1e-4, None)
-        return coef[0], float(intercept[0])
+        return _liblinear_fit(Z, y, C, max_iter)
     model = LogisticRegression(C=C, solver=solver, max_iter=max_iter).fit(Z, y)
     return model.coef_[0], float(model.intercept_[0])
+
+
+# What scikit-learn's ``_fit_liblinear`` hands liblinear for ``LogisticRegression(solver="liblinear")``
+# with two classes: labels 0/1 as doubles (LabelEncoder's sorted classes), unit class and sample
+# weights, the primal L2 logistic solver, bias = intercept_scaling = 1. That function's label
+# encoding, class-weight and sample-weight checks cost three times the fit on 60 rows; the primal
+# solver (trust-region Newton) draws no random numbers, so the seed it is passed does not matter.
+_PRIMAL_L2_LOGISTIC = _get_liblinear_solver_type("ovr", "l2", "logistic_regression", False)
+_UNIT_CLASS_WEIGHTS = np.ones(2, dtype=np.float64)
+
+
+def _liblinear_fit(Z: np.ndarray, y: np.ndarray, C: float, max_iter: int, tol: float = 1e-4) -> tuple[np.ndarray, float]:
+    y = np.asarray(y)
+    classes = np.unique(y)
+    if len(classes) != 2:
+        raise ValueError(f"logistic fit needs two classes, got {classes.tolist()}")
+    target = np.require((y == classes[1]).astype(np.float64), requirements="W")
+    _liblinear.set_verbosity_wrap(0)  # liblinear prints its iterations unless told (scikit-learn does the same)
+    raw, _ = _liblinear.train_wrap(
+        Z, target, False, _PRIMAL_L2_LOGISTIC, tol, 1.0, C, _UNIT_CLASS_WEIGHTS, max_iter, 0, 0.1, np.ones(len(target), dtype=np.float64)
+    )
+    return raw[0, :-1], float(raw[0, -1])
 
 
 def _decision(Z: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
@@ -260,11 +279,18 @@ def _booster_params(params: LightGBMParams, seed: int, objective: str) -> tuple[
     return out, kw["n_estimators"]
 
 
+KEEP_TRAINING_DATA_BELOW = 5_000  # rows
+
+
 def fit_lgbm(A: np.ndarray, target: np.ndarray, params: LightGBMParams, seed: int, features: list[str], objective: str = "binary") -> LGBMModel:
     """``lightgbm.train`` on an array with the wrapper's parameters (the same trees as ``LGBMClassifier.fit``)."""
     booster_params, rounds = _booster_params(params, seed, objective)
     dataset = lgb.Dataset(A, label=target, feature_name=list(features), params=booster_params)
-    return LGBMModel(lgb.train(booster_params, dataset, num_boost_round=rounds))
+    # lightgbm.train ends by writing the model to text and reading it back, to free the binned training
+    # data: a tenth of a small fit's cost, and the same trees either way. Small fits keep the data
+    # (a few kB; pickling drops it); large ones free it, since bootstrap ensembles hold many boosters.
+    keep = len(A) < KEEP_TRAINING_DATA_BELOW
+    return LGBMModel(lgb.train(booster_params, dataset, num_boost_round=rounds, keep_training_booster=keep))
 
 
 def _fit_lgbm_classifier(X, y: np.ndarray, params: LightGBMParams, seed: int, features: list[str] | None = None):
