@@ -176,7 +176,7 @@ class Settings:
         from training.config import load_config
 
         job = load_config(None)
-        config = load_config(None, **self.config_overrides(self.seed))
+        config = load_config(None, **self.config_overrides(self.seed)).resolved(max(self.sizes))
 
         def per_size(which: str) -> str:
             return "; ".join(
@@ -383,7 +383,8 @@ def run_replicate(task: Task) -> list[dict]:
     settings = task.settings
     spec = load_spec()
     trial = simulate(task.scenario, task.n, task.seed)
-    config = load_config(None, **settings.config_overrides(task.seed))
+    # ``auto`` settings resolved for this trial's size, as the job resolves them.
+    config = load_config(None, **settings.config_overrides(task.seed)).resolved(task.n)
     from training.train import outcome_data  # after the environment is quiet: imports MLflow
 
     executor = LocalExecutor(workers=1)  # replicates are the parallel unit; everything inside runs in this process
@@ -469,7 +470,7 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
     recorder = RecordingExecutor()
     cv = cross_validate(d, spec, config, recorder)
     cv_seconds = time.perf_counter() - started
-    configs = {c: load_config(None, **settings.config_overrides(task.seed), selection={"criterion": c}) for c in CRITERIA}
+    configs = {c: load_config(None, **settings.config_overrides(task.seed), selection={"criterion": c}).resolved(task.n) for c in CRITERIA}
     choices, eligible = criterion_choices(cv, recorder.results or [], d, configs)
     if choices[config.selection.criterion] != cv.final_choice:
         raise AssertionError(f"re-running the selection gave {choices[config.selection.criterion]}, cross_validate {cv.final_choice}")

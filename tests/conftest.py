@@ -14,6 +14,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "responders-mpl"))
 # Tests build Bentos and import models: keep BentoML's store out of the developer's home.
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="responders-bentoml-"))
+# prometheus_client picks single- or multi-process values once, at import, from this variable; dask
+# (test_scale) imports it long before test_serving's in-process BentoML app, whose /metrics reads the
+# multi-process files and was empty in a full run. Set before anything imports it.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="responders-prometheus-"))
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
