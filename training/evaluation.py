@@ -453,8 +453,7 @@ def autoc_interval_by_counts(tau_hat: np.ndarray, psi: np.ndarray, n_boot: int, 
         counts = np.bincount(rng.integers(0, n, n), minlength=n)[order]
         start = np.cumsum(counts) - counts
         draws[b] = (psi_ordered @ (cumulative[start + counts] - cumulative[start]) - counts @ psi_ordered) / n
-    tail = (1 - level) / 2
-    return estimate, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+    return M.bootstrap_normal_interval(estimate, draws, level)
 
 
 @dataclass
