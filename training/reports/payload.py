@@ -638,6 +638,8 @@ def build_cohort_payload(
             "cv_folds": config.cv.folds,
             "cv_repeats": config.cv.repeats,
             "inner_folds": config.cv.inner_folds,
+            "criterion": config.selection.criterion,
+            "floor_margin_se": config.selection.floor_margin_se,
             "candidates": list(config.candidates.enabled),
             "permutations": config.evidence.permutations,
             "alpha": config.evidence.alpha,
