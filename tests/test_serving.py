@@ -466,3 +466,15 @@ def test_file_scoring_in_chunks_equals_one_batch_and_logs_progress(store, patien
     assert (chunked.n_scored, chunked.n_failed) == (len(patients), 2)
     lines = [r.getMessage() for r in caplog.records if r.name == "responders.progress"]
     assert lines and lines[-1].startswith(f"scoring: {len(rows)}/{len(rows)} patients (100%)")
+
+
+def test_worker_count_comes_from_the_environment_and_a_bad_value_is_named(monkeypatch):
+    from serving.service import ConfigurationError, ServiceSettings, _workers
+
+    monkeypatch.setenv("RESPONDERS_WORKERS", "2")
+    assert _workers() == 2 and ServiceSettings.from_env().workers == 2
+    for bad in ("0", "two"):
+        monkeypatch.setenv("RESPONDERS_WORKERS", bad)
+        assert _workers() == 1  # the decorator's value; the start-up check below stops the server first
+        with pytest.raises(ConfigurationError, match="RESPONDERS_WORKERS"):
+            ServiceSettings.from_env()
