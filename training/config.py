@@ -265,7 +265,8 @@ class IntervalConfig(_Strict):
     states the assumption: the SD of benefit left unexplained by the measured
     features is this multiple of the SD the shrinkage (BCF) model attributes
     to them (0: the interval is for the average benefit of patients with the
-    same measurements).
+    same measurements). ``model_gap`` adds what the champion's form leaves out
+    of the benefit that model attributes to the measured features.
     """
 
     bootstrap_models: IntOrAuto = Field(
@@ -289,6 +290,13 @@ class IntervalConfig(_Strict):
         return self
     level: float = Field(0.95, gt=0.5, lt=1)
     unmeasured_heterogeneity: float = Field(1.0, ge=0)
+    model_gap: bool = Field(
+        True,
+        description="also add, in quadrature, the SD over the training patients of the difference between the "
+        "shrinkage (BCF) reference's benefit and the champion's: heterogeneity the champion's form leaves out "
+        "(0 when BCF is the champion). Without it an arm-only or risk-model champion covered the true benefit of "
+        "78-89% of simulated patients where a subgroup exists (benchmarks/RESULTS.md, allowance rules)",
+    )
 
 
 class LabelRule(_Strict):

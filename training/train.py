@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -117,28 +118,41 @@ def _nan(value: float | None) -> float:
 
 
 def heterogeneity_reference(
-    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig, reference_sd: float | None = None
-) -> tuple[float, str]:
-    """SD over the training patients of the benefit the shrinkage (BCF) model attributes to measured features.
+    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig, reference_benefit: np.ndarray | None = None
+) -> tuple[float, float, str]:
+    """The interval allowance's parts: (reference SD, model gap SD, reference model name).
 
-    The interval allowance for unmeasured heterogeneity is a multiple of it
-    (``intervals.unmeasured_heterogeneity``). BCF is used whatever the champion,
-    so the allowance does not depend on which model won; without BCF enabled,
-    the champion's own spread is used.
+    The reference SD is the SD over the training patients of the benefit the
+    shrinkage (BCF) model attributes to measured features; the allowance for
+    unmeasured heterogeneity is a multiple of it (``intervals.unmeasured_heterogeneity``).
+    The model gap is the SD of that benefit minus the champion's (0 when BCF
+    is the champion): heterogeneity the champion's form cannot follow. BCF is
+    used whatever the champion, so the allowance does not depend on which
+    model won; without BCF enabled, the champion's own spread is the reference
+    and there is no gap.
     """
+    rows = _reference_rows(F, config.seed)
     if champion.name == "bcf":
-        return float(np.std(champion.predict_benefit(_reference_rows(F, config.seed)))), "bcf"
+        return float(np.std(champion.predict_benefit(rows))), 0.0, "bcf"
     if "bcf" in config.candidates.enabled:
-        if reference_sd is None:  # otherwise fitted in the worker pool (FinalFits)
-            reference_sd = _reference_sd(F, data.t, data.y, data.treated_fraction, config)
-        return reference_sd, "bcf"
-    return float(np.std(champion.predict_benefit(F))), champion.name
+        if reference_benefit is None:  # otherwise fitted in the worker pool (FinalFits)
+            reference_benefit = _reference_benefit(F, data.t, data.y, data.treated_fraction, config)
+        gap = float(np.std(reference_benefit - champion.predict_benefit(rows)))
+        return float(np.std(reference_benefit)), gap, "bcf"
+    return float(np.std(champion.predict_benefit(F))), 0.0, champion.name
 
 
-def _reference_sd(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, e: float, config: TrainConfig) -> float:
+def allowance_sd(config: TrainConfig, reference_sd: float, gap_sd: float) -> float:
+    """The SD the served interval is widened by (in quadrature, times z): ``k x reference (+) gap``."""
+    k = config.intervals.unmeasured_heterogeneity
+    return math.hypot(k * reference_sd, gap_sd if config.intervals.model_gap else 0.0)
+
+
+def _reference_benefit(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, e: float, config: TrainConfig) -> np.ndarray:
+    """The BCF reference's benefit for the reference patients (:func:`_reference_rows`)."""
     reference = make_candidate("bcf", config.candidates, e, config.seed + 5, final=True)
     reference.fit(F, t, y)
-    return float(np.std(reference.predict_benefit(_reference_rows(F, config.seed))))
+    return np.asarray(reference.predict_benefit(_reference_rows(F, config.seed)), dtype=float)
 
 
 REFERENCE_MAX_N = 10_000
@@ -165,7 +179,7 @@ class FinalFits:
     F: pd.DataFrame
     candidate: BenefitCandidate
     bootstrap: list[BenefitCandidate] | None  # refits for the interval (candidates without posterior draws)
-    reference_sd: float | None  # the BCF heterogeneity reference, when BCF is not the champion
+    reference_benefit: np.ndarray | None  # the BCF heterogeneity reference's benefits, when BCF is not the champion
 
 
 @dataclass(frozen=True)
@@ -182,7 +196,7 @@ def _final_task(task: tuple, shared: _FinalShared):
     if kind == "champion":
         return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
     if kind == "reference":
-        return _reference_sd(F, t, y, e, config)
+        return _reference_benefit(F, t, y, e, config)
     template, resamples = payload
     return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
 
@@ -257,15 +271,15 @@ def fit_champion(
         data = with_parsed(data, spec)
         pipeline, F = fit_pipeline(spec, data.X, data.parsed)
         candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
-        bootstrap, reference_sd = None, None
+        bootstrap, reference_benefit = None, None
     else:
-        pipeline, F, candidate, bootstrap, reference_sd = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference_sd
+        pipeline, F, candidate, bootstrap, reference_benefit = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference_benefit
     ensemble = None
     if not candidate.has_draws:
         ensemble = BootstrapEnsemble(
             candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
         ).fit(F, data.t, data.y, models=bootstrap)
-    reference_sd, reference = heterogeneity_reference(candidate, F, data, config, reference_sd)
+    reference_sd, gap_sd, reference = heterogeneity_reference(candidate, F, data, config, reference_benefit)
     model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
@@ -275,7 +289,7 @@ def fit_champion(
         label_policy=None,  # type: ignore[arg-type]  # fitted below, on this model's own intervals
         evidence=evidence,
         interval_level=config.intervals.level,
-        heterogeneity_sd=config.intervals.unmeasured_heterogeneity * reference_sd,
+        heterogeneity_sd=allowance_sd(config, reference_sd, gap_sd),
         average_effect=result.average_effect.to_dict() if result.average_effect is not None else {},
         metadata={
             "candidate_label": candidate_label(result.champion),
@@ -283,7 +297,12 @@ def fit_champion(
             "responder_rule": result.counts.rule,
             "n_train": len(data.y),
             "n_responders": int(data.y.sum()),
-            "heterogeneity_reference": {"model": reference, "sd": reference_sd, "multiple": config.intervals.unmeasured_heterogeneity},
+            "heterogeneity_reference": {
+                "model": reference,
+                "sd": reference_sd,
+                "multiple": config.intervals.unmeasured_heterogeneity,
+                "model_gap_sd": gap_sd if config.intervals.model_gap else 0.0,
+            },
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
         },
