@@ -107,9 +107,9 @@ COMBINATIONS = {
 }
 # Allowance rules beyond multiples of the job's reference SD (k = intervals.unmeasured_heterogeneity):
 ALLOWANCE_RULES = {
-    "posterior_sd": "k x BCF posterior SD",  # k x the posterior mean of the across-patient SD of BCF's benefit draws
-    "gap": "k x BCF SD (+) gap (the job's default)",  # in quadrature with the SD of (BCF's benefit - the champion's) over the training patients
-    "gap_posterior_sd": "k x BCF posterior SD (+) gap",
+    "mean_sd": "k x SD of BCF's mean benefit",  # the SD over patients of BCF's posterior-mean benefit (shrinks with the mean)
+    "mean_sd_gap": "k x SD of BCF's mean benefit (+) gap",  # ... in quadrature with the SD of (BCF's benefit - the champion's)
+    "gap": "k x BCF posterior spread (+) gap (the job's default)",  # the served interval
 }
 MIN_NULL_FOR_CALIBRATION = 40  # null values per size below which a test's calibration pools the sizes
 
@@ -194,7 +194,8 @@ class Settings:
             f"- Champion: `cross_validate(...).final_choice` ({config.cv.repeats} repeat(s) of {config.cv.folds} outer folds, "
             f"inner {config.cv.inner_folds} folds, criterion `{config.selection.criterion}`), refitted by `training.train.fit_champion` "
             f"({config.intervals.bootstrap_models} bootstrap refits where the candidate has no posterior draws; unmeasured-heterogeneity "
-            f"allowance {config.intervals.unmeasured_heterogeneity} x the SD of BCF's benefit) and scored by `ResponderModel.predict`.",
+            f"allowance {config.intervals.unmeasured_heterogeneity} x BCF's posterior spread of benefit"
+            f"{', plus the model gap in quadrature' if config.intervals.model_gap else ''}) and scored by `ResponderModel.predict`.",
             f"- Held-out population: {self.population:,} simulated patients per scenario (a seed no trial uses); pipelines and models "
             "see the trial only.",
             f"- Observable oracle: LightGBM regression of the true benefit on the engineered features of {self.oracle.patients:,} "
@@ -551,21 +552,22 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
             row.update({"heterogeneity_sd": model.heterogeneity_sd, "reference_sd": reference_sd, "cv_seconds": cv_seconds})
         rows.append(row)
 
-    # The champion's interval under other allowances: multiples of the same reference, and BCF's posterior SD.
+    # The champion's interval under other allowances: multiples of the job's reference (BCF's posterior spread of
+    # benefit), the SD of BCF's posterior-mean benefit instead, and either with the model gap.
     lower, upper = model_intervals["champion"]
     benefit = predictions["champion"]
     k = config.intervals.unmeasured_heterogeneity
-    posterior_sd = float(np.mean(bcf_model.benefit_draws(F).std(axis=0)))
+    mean_sd = float(np.std(bcf_model.predict_benefit(F)))
     # What the champion leaves out of the benefit BCF attributes to the measured features (0 for BCF itself):
-    # the job's own figure (its BCF reference fit), part of the served allowance when intervals.model_gap is on.
+    # the job's own figure (its BCF reference fit) when intervals.model_gap is on, as served.
     if config.intervals.model_gap:
         gap = float(model.metadata["heterogeneity_reference"]["model_gap_sd"])
     else:
         gap = 0.0 if model.candidate.name == "bcf" else float(np.std(bcf_model.predict_benefit(F) - model.candidate.predict_benefit(F)))
     rules = {f"x{m:g}": m * reference_sd for m in settings.allowance_multiples}
-    rules["posterior_sd"] = k * posterior_sd
+    rules["mean_sd"] = k * mean_sd
+    rules["mean_sd_gap"] = math.hypot(k * mean_sd, gap)
     rules["gap"] = math.hypot(k * reference_sd, gap)
-    rules["gap_posterior_sd"] = math.hypot(k * posterior_sd, gap)
     for rule, sd in rules.items():
         wl, wu = widen(benefit, lower, upper, sd, level)
         rows.append(
@@ -1105,18 +1107,19 @@ def render(
         "### Coverage of the served champion's 95% benefit interval",
         "",
         "`ResponderModel.predict` on the held-out population: the interval the API returns (model uncertainty widened by the "
-        "allowance: k x the SD of BCF's benefit over the training patients, plus in quadrature the SD of BCF's benefit minus the "
-        "champion's when `intervals.model_gap` is on, the default). Target (issue 12): covers the individual true benefit for "
+        "allowance: k x BCF's posterior spread of benefit over the training patients, plus in quadrature the SD of BCF's benefit "
+        "minus the champion's when `intervals.model_gap` is on, the default). Target (issue 12): covers the individual true benefit for "
         ">= 0.90 of patients in every scenario and size. *Model only* is the interval before the allowance.",
         "",
         coverage_markdown(frame, settings),
         "",
         "The same champion intervals under other allowance rules (coverage of the true benefit, mean width in brackets; k = "
-        "`intervals.unmeasured_heterogeneity`): multiples of the job's reference (the SD of BCF's posterior-mean benefit over the "
-        "training patients); BCF's posterior estimate of that SD (the posterior mean of the SD across patients, which the "
-        "posterior mean benefit shrinks away); and either of them with the *gap* added in quadrature: the SD over the training "
-        "patients of BCF's benefit minus the champion's, i.e. the measured-feature heterogeneity the champion leaves out (all of "
-        "BCF's for the arm-only floor, none for BCF itself).",
+        "`intervals.unmeasured_heterogeneity`): multiples of the job's reference, BCF's posterior spread of benefit (the "
+        "posterior mean, over draws, of the SD of the drawn benefit across the training patients); the SD of BCF's "
+        "posterior-mean benefit instead (which shrinks with the posterior mean on small trials); and either with the *gap* "
+        "added in quadrature: the SD over the training patients of BCF's benefit minus the champion's, i.e. the "
+        "measured-feature heterogeneity the champion leaves out (all of BCF's for the arm-only floor, none for BCF itself). "
+        "The last column is what the API serves.",
         "",
         allowance_markdown(frame, settings),
         "",

@@ -256,18 +256,21 @@ def test_default_draw_has_no_subgroup_evidence_and_labels_say_so(tmp_path, spec)
 
 
 def test_interval_allowance_adds_what_the_champions_form_leaves_out(features_99):
-    """k x the BCF reference's SD, plus (in quadrature) the SD of BCF's benefit minus the champion's."""
+    """k x BCF's posterior spread of benefit, plus (in quadrature) the SD of BCF's benefit minus the champion's."""
     import math
 
-    from training.train import allowance_sd, heterogeneity_reference
+    from training.train import _reference_fit, allowance_sd, heterogeneity_reference
 
     F, data = features_99
     config = fast_config(candidates={"enabled": ["arm_only", "bcf"], "bcf": {"num_gfr": 3, "num_mcmc": 40, "mu_trees": 20, "tau_trees": 10}})
     floor = ArmOnly(random_state=1).fit(F, data.t, data.y)
-    reference_sd, gap, name = heterogeneity_reference(floor, F, data, config)
-    assert name == "bcf" and reference_sd > 0
-    assert gap == pytest.approx(reference_sd, rel=1e-9)  # the floor gives everyone one benefit: it leaves out all of BCF's spread
-    assert allowance_sd(config, reference_sd, gap) == pytest.approx(math.sqrt(2) * reference_sd)
+    reference = _reference_fit(F, data.t, data.y, 0.5, config)
+    reference_sd, gap, name = heterogeneity_reference(floor, F, data, config, reference)
+    assert name == "bcf" and reference_sd == reference.spread
+    # The posterior spread of benefit is wider than the spread of the posterior-mean benefit, which shrinks.
+    assert reference_sd > np.std(reference.benefit) > 0
+    assert gap == pytest.approx(np.std(reference.benefit), rel=1e-9)  # the floor gives everyone one benefit: it leaves out all of BCF's
+    assert allowance_sd(config, reference_sd, gap) == pytest.approx(math.hypot(reference_sd, gap))
     assert allowance_sd(config.model_copy(update={"intervals": config.intervals.model_copy(update={"model_gap": False})}), reference_sd, gap) == reference_sd
     bcf = BayesianCausalForest(num_gfr=3, num_mcmc=40, mu_trees=20, tau_trees=10, random_state=4).fit(F, data.t, data.y)
     assert heterogeneity_reference(bcf, F, data, config)[1] == 0.0  # BCF is its own reference: no gap

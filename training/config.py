@@ -263,10 +263,12 @@ class IntervalConfig(_Strict):
     patient's own benefit also varies with what the trial did not measure,
     which no parallel-group trial can estimate; ``unmeasured_heterogeneity``
     states the assumption: the SD of benefit left unexplained by the measured
-    features is this multiple of the SD the shrinkage (BCF) model attributes
-    to them (0: the interval is for the average benefit of patients with the
-    same measurements). ``model_gap`` adds what the champion's form leaves out
-    of the benefit that model attributes to the measured features.
+    features is this multiple of the spread of benefit across patients that
+    the shrinkage (BCF) model's posterior allows (the posterior mean over draws
+    of the SD across patients; 0: the interval is for the average benefit of
+    patients with the same measurements). ``model_gap`` adds what the
+    champion's form leaves out of the benefit BCF attributes to the measured
+    features.
     """
 
     bootstrap_models: IntOrAuto = Field(
@@ -294,8 +296,8 @@ class IntervalConfig(_Strict):
         True,
         description="also add, in quadrature, the SD over the training patients of the difference between the "
         "shrinkage (BCF) reference's benefit and the champion's: heterogeneity the champion's form leaves out "
-        "(0 when BCF is the champion). Without it an arm-only or risk-model champion covered the true benefit of "
-        "78-89% of simulated patients where a subgroup exists (benchmarks/RESULTS.md, allowance rules)",
+        "(0 when BCF is the champion): the interval's model uncertainty (benchmarks/RESULTS.md compares the "
+        "allowance rules)",
     )
 
 

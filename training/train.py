@@ -118,28 +118,44 @@ def _nan(value: float | None) -> float:
 
 
 def heterogeneity_reference(
-    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig, reference_benefit: np.ndarray | None = None
+    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig, reference: Reference | None = None
 ) -> tuple[float, float, str]:
     """The interval allowance's parts: (reference SD, model gap SD, reference model name).
 
-    The reference SD is the SD over the training patients of the benefit the
-    shrinkage (BCF) model attributes to measured features; the allowance for
-    unmeasured heterogeneity is a multiple of it (``intervals.unmeasured_heterogeneity``).
-    The model gap is the SD of that benefit minus the champion's (0 when BCF
-    is the champion): heterogeneity the champion's form cannot follow. BCF is
-    used whatever the champion, so the allowance does not depend on which
-    model won; without BCF enabled, the champion's own spread is the reference
-    and there is no gap.
+    The reference SD is the shrinkage (BCF) model's posterior spread of benefit
+    across the training patients: the posterior mean, over draws, of the SD of
+    the drawn benefit across patients. (The SD of the posterior-mean benefit
+    would shrink with the posterior mean: on 99 patients it is a fraction of the
+    spread the posterior still allows.) The allowance for unmeasured
+    heterogeneity is a multiple of it (``intervals.unmeasured_heterogeneity``).
+    The model gap is the SD of BCF's posterior-mean benefit minus the champion's
+    (0 when BCF is the champion): heterogeneity the champion's form cannot
+    follow. BCF is used whatever the champion, so the allowance does not depend
+    on which model won; without BCF enabled, the champion's own spread is the
+    reference and there is no gap.
     """
     rows = _reference_rows(F, config.seed)
     if champion.name == "bcf":
-        return float(np.std(champion.predict_benefit(rows))), 0.0, "bcf"
+        return _posterior_spread(champion, rows)[1], 0.0, "bcf"
     if "bcf" in config.candidates.enabled:
-        if reference_benefit is None:  # otherwise fitted in the worker pool (FinalFits)
-            reference_benefit = _reference_benefit(F, data.t, data.y, data.treated_fraction, config)
-        gap = float(np.std(reference_benefit - champion.predict_benefit(rows)))
-        return float(np.std(reference_benefit)), gap, "bcf"
+        if reference is None:  # otherwise fitted in the worker pool (FinalFits)
+            reference = _reference_fit(F, data.t, data.y, data.treated_fraction, config)
+        gap = float(np.std(reference.benefit - champion.predict_benefit(rows)))
+        return reference.spread, gap, "bcf"
     return float(np.std(champion.predict_benefit(F))), 0.0, champion.name
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The BCF reference on the reference patients: its posterior-mean benefit and its posterior spread of benefit."""
+
+    benefit: np.ndarray
+    spread: float
+
+
+def _posterior_spread(model: BenefitCandidate, rows: pd.DataFrame) -> tuple[np.ndarray, float]:
+    draws = model.benefit_draws(rows)  # (patients, draws)
+    return draws.mean(axis=1), float(np.mean(draws.std(axis=0)))
 
 
 def allowance_sd(config: TrainConfig, reference_sd: float, gap_sd: float) -> float:
@@ -148,11 +164,13 @@ def allowance_sd(config: TrainConfig, reference_sd: float, gap_sd: float) -> flo
     return math.hypot(k * reference_sd, gap_sd if config.intervals.model_gap else 0.0)
 
 
-def _reference_benefit(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, e: float, config: TrainConfig) -> np.ndarray:
-    """The BCF reference's benefit for the reference patients (:func:`_reference_rows`)."""
-    reference = make_candidate("bcf", config.candidates, e, config.seed + 5, final=True)
-    reference.fit(F, t, y)
-    return np.asarray(reference.predict_benefit(_reference_rows(F, config.seed)), dtype=float)
+def _reference_fit(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, e: float, config: TrainConfig) -> Reference:
+    """The BCF reference fitted on all patients, summarised on the reference patients (:func:`_reference_rows`)."""
+    model = make_candidate("bcf", config.candidates, e, config.seed + 5, final=True)
+    model.fit(F, t, y)
+    rows = _reference_rows(F, config.seed)
+    _, spread = _posterior_spread(model, rows)
+    return Reference(np.asarray(model.predict_benefit(rows), dtype=float), spread)
 
 
 REFERENCE_MAX_N = 10_000
@@ -179,7 +197,7 @@ class FinalFits:
     F: pd.DataFrame
     candidate: BenefitCandidate
     bootstrap: list[BenefitCandidate] | None  # refits for the interval (candidates without posterior draws)
-    reference_benefit: np.ndarray | None  # the BCF heterogeneity reference's benefits, when BCF is not the champion
+    reference: Reference | None  # the BCF heterogeneity reference, when BCF is not the champion
 
 
 @dataclass(frozen=True)
@@ -196,7 +214,7 @@ def _final_task(task: tuple, shared: _FinalShared):
     if kind == "champion":
         return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
     if kind == "reference":
-        return _reference_benefit(F, t, y, e, config)
+        return _reference_fit(F, t, y, e, config)
     template, resamples = payload
     return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
 
@@ -271,15 +289,15 @@ def fit_champion(
         data = with_parsed(data, spec)
         pipeline, F = fit_pipeline(spec, data.X, data.parsed)
         candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
-        bootstrap, reference_benefit = None, None
+        bootstrap, reference = None, None
     else:
-        pipeline, F, candidate, bootstrap, reference_benefit = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference_benefit
+        pipeline, F, candidate, bootstrap, reference = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference
     ensemble = None
     if not candidate.has_draws:
         ensemble = BootstrapEnsemble(
             candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
         ).fit(F, data.t, data.y, models=bootstrap)
-    reference_sd, gap_sd, reference = heterogeneity_reference(candidate, F, data, config, reference_benefit)
+    reference_sd, gap_sd, reference_name = heterogeneity_reference(candidate, F, data, config, reference)
     model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
@@ -298,7 +316,7 @@ def fit_champion(
             "n_train": len(data.y),
             "n_responders": int(data.y.sum()),
             "heterogeneity_reference": {
-                "model": reference,
+                "model": reference_name,
                 "sd": reference_sd,
                 "multiple": config.intervals.unmeasured_heterogeneity,
                 "model_gap_sd": gap_sd if config.intervals.model_gap else 0.0,
