@@ -141,6 +141,10 @@ class InputWarningOut(BaseModel):
 
 
 class Interval(BaseModel):
+    """Where this patient's own benefit may lie: the model's uncertainty (posterior draws or bootstrap refits) widened
+    by a stated allowance for differences between patients that the trial did not measure or the model's form leaves
+    out. Its coverage of simulated patients' true benefit is measured in the benchmarks."""
+
     lower: float = Field(ge=-1, le=1)
     upper: float = Field(ge=-1, le=1)
     level: float = Field(description="Nominal coverage, e.g. 0.95.")
