@@ -306,7 +306,7 @@ def _candidate_plans(settings: Settings, patients: list[dict]) -> list[list]:
 
     limit_lightgbm_threads()
     spec = load_spec()
-    config = load_config(None, **settings.candidate_config)
+    config = load_config(None, **settings.candidate_config).resolved(160)  # the job's auto settings at this size
     data, _ = outcome_data(simulate("strong", 160, 8), spec, "pain", config)
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
