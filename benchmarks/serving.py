@@ -598,7 +598,7 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         md_table(["what", "target", "measured", "detail"], targets, "llrl"),
         "Ratios (same patients, same level):",
         ratios,
-        f"Champions trained on `simulate('final', 99, 2024)` ({', '.join(f'{o}: {c}' for o, c in champions.items())}); 100 simulated "
+        f"Champions trained on `simulate('final', 99, {DEFAULT_SEED})` (the default job's trial) ({', '.join(f'{o}: {c}' for o, c in champions.items())}); 100 simulated "
         f"patients; levels {', '.join(map(str, settings.levels))}; at most {settings.single_requests} single-patient and "
         f"{settings.batch_requests} batch requests per level, {settings.seconds:.0f} s cap. Our /predict answers pain and memory "
         "(and input warnings) in one request; the peer row 'pain + memory' calls the two MLflow servers one after the other. "
