@@ -14,8 +14,9 @@ with its reason from the model's own :class:`~training.labelling.LabelPolicy`.
 Intervals: the model's own uncertainty (posterior draws of the arm-only and
 BCF models, or a percentile interval over bootstrap refits for the others),
 widened in quadrature by ``z * heterogeneity_sd``, the stated allowance for
-benefit that varies with what the trial did not measure (see
-:class:`~training.config.IntervalConfig`).
+benefit that varies with what the trial did not measure, plus the
+heterogeneity the champion's form leaves out (see
+:class:`~training.config.IntervalConfig` and ``training.train.allowance_sd``).
 """
 
 from __future__ import annotations
