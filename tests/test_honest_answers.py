@@ -131,6 +131,36 @@ def test_a_candidate_worse_than_the_floor_is_not_eligible_and_the_floor_then_ser
     assert select(preds, y, t, 0.5, fast_config()).choice == "arm_only"
 
 
+def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_floor():
+    rng = np.random.default_rng(5)
+    n = 400
+    t = rng.integers(0, 2, n)
+    x = rng.normal(size=n)
+    p_true = (0.3 + 0.3 * t * (x > 0), np.full(n, 0.3))  # the benefit lives in x > 0
+    y = (rng.uniform(size=n) < np.where(t == 1, *p_true)).astype(int)
+    floor = (np.full(n, y[t == 1].mean()), np.full(n, y[t == 0].mean()))
+    sharp = (0.3 + 0.3 * (x > 0), np.full(n, 0.3))  # the truth: the lowest tau-risk and log-loss
+    shrunk = (0.5 * floor[0] + 0.5 * sharp[0], 0.5 * floor[1] + 0.5 * sharp[1])  # between the floor and the truth
+    noisy = (np.clip(floor[0] + rng.normal(0, 0.3, n), 0.01, 0.99), np.clip(floor[1] + rng.normal(0, 0.3, n), 0.01, 0.99))
+    mu = (sharp[0], sharp[1])
+    default = fast_config()
+    assert default.selection.criterion == "bcf_when_eligible"
+    eligible_bcf = select(FoldPredictions({"arm_only": floor, "bcf": shrunk, "t_learner": sharp}, *mu), y, t, 0.5, default)
+    assert set(eligible_bcf.eligible) == {"arm_only", "bcf", "t_learner"} and eligible_bcf.choice == "bcf"
+    # tau-risk would have taken the sharper candidate: the default names its model in advance.
+    tau_risk = fast_config(selection={"criterion": "dr_tau_risk"})
+    assert select(FoldPredictions({"arm_only": floor, "bcf": shrunk, "t_learner": sharp}, *mu), y, t, 0.5, tau_risk).choice == "t_learner"
+    # BCF worse than the floor: the floor serves, even though another candidate is eligible.
+    worse = select(FoldPredictions({"arm_only": floor, "bcf": noisy, "t_learner": sharp}, *mu), y, t, 0.5, default)
+    assert "bcf" not in worse.eligible and "t_learner" in worse.eligible and worse.choice == "arm_only"
+
+
+def test_the_default_criterion_refuses_a_candidate_list_without_bcf():
+    with pytest.raises(ValueError, match="bcf_when_eligible .*needs bcf"):
+        fast_config(candidates={"enabled": ["arm_only", "risk_model"]})
+    assert fast_config(candidates={"enabled": ["arm_only", "risk_model"]}, selection={"criterion": "dr_tau_risk_1se"})
+
+
 def test_sequential_p_value_stops_early_and_is_valid_under_the_null():
     null = np.r_[np.ones(10), np.zeros(189)]
     p, used = sequential_p_value(null, 0.5, h=10, budget=199)

@@ -51,6 +51,7 @@ REAL = {
     "evidence": {"permutations": 0, "rate_bootstrap": 20},
     "intervals": {"bootstrap_models": 5},
     "candidates": {"enabled": ["arm_only", "risk_model", "interaction_logistic"]},
+    "selection": {"criterion": "dr_tau_risk_1se"},  # the default criterion names BCF, which is left out for speed
 }
 
 

@@ -167,12 +167,14 @@ class CandidatesConfig(_Strict):
 class SelectionConfig(_Strict):
     """How the champion is chosen among the candidates (inside the nested cross-validation)."""
 
-    criterion: Literal["dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
-        "dr_tau_risk_1se",
+    criterion: Literal["bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
+        "bcf_when_eligible",
         description=(
-            "dr_tau_risk: lowest mean squared error against doubly robust scores; r_loss: lowest R-learner loss; "
-            "rate: highest Qini-weighted RATE of the held-out benefit ranking; _1se: the simplest candidate within "
-            "one standard error (of the paired difference) of the best"
+            "bcf_when_eligible: the prespecified shrinkage model (BCF) when it is eligible, else the arm-only floor "
+            "(lost the least fresh-patient AUC of these rules in the recovery benchmark; needs bcf among the "
+            "candidates); dr_tau_risk: lowest mean squared error against doubly robust scores; r_loss: lowest "
+            "R-learner loss; rate: highest Qini-weighted RATE of the held-out benefit ranking; _1se: the simplest "
+            "candidate within one standard error (of the paired difference) of the best"
         ),
     )
     floor_margin_se: float = Field(
@@ -347,6 +349,15 @@ class TrainConfig(_Strict):
     missing_followup: Literal["non_responder", "exclude"] | None = Field(
         None, description="override of the spec's handling of missing follow-up"
     )
+
+    @model_validator(mode="after")
+    def _criterion_has_its_candidate(self) -> TrainConfig:
+        if self.selection.criterion == "bcf_when_eligible" and "bcf" not in self.candidates.enabled:
+            raise ValueError(
+                "selection.criterion bcf_when_eligible chooses BCF and needs bcf in candidates.enabled; "
+                "enable it or choose another criterion (e.g. dr_tau_risk_1se)"
+            )
+        return self
 
     def resolved(self, n: int) -> TrainConfig:
         """This config with every ``auto`` setting replaced by its rule's value for ``n`` patients.

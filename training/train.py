@@ -31,6 +31,7 @@ from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import (
+    PRESPECIFIED,
     OutcomeData,
     cross_validate,
     fit_pipeline,
@@ -103,6 +104,16 @@ def champion_reason(result: OutcomeResult, config: TrainConfig) -> str:
     """Why this candidate serves: the selection procedure in one sentence."""
     cv = result.cv
     others = [c for c in cv.eligible if c != "arm_only"]
+    if config.selection.criterion == PRESPECIFIED:
+        if result.champion == "bcf":
+            return (
+                "the prespecified shrinkage model (BCF) serves: its out-of-fold log-loss was not worse than the "
+                "arm-only floor's (selection.criterion bcf_when_eligible)"
+            )
+        return (
+            "the prespecified shrinkage model (BCF) predicted responders worse than the arm-only floor out of fold: "
+            "the floor serves (selection.criterion bcf_when_eligible)"
+        )
     if result.champion == "arm_only":
         if not others:
             return "no candidate predicted responders better than the arm-only floor out of fold: the floor serves"
