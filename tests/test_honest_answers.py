@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from training.evaluation import (
     sequential_p_value,
 )
 from training.labelling import LIKELY, UNCERTAIN, UNLIKELY, build_policy
-from training.train import outcome_data
+from training.train import champion_reason, outcome_data
 
 
 # Average effect -----------------------------------------------------------------------------------
@@ -153,6 +154,10 @@ def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_
     # BCF worse than the floor: the floor serves, even though another candidate is eligible.
     worse = select(FoldPredictions({"arm_only": floor, "bcf": noisy, "t_learner": sharp}, *mu), y, t, 0.5, default)
     assert "bcf" not in worse.eligible and "t_learner" in worse.eligible and worse.choice == "arm_only"
+    # The champion's reason says which happened, in words.
+    for selection, says in ((eligible_bcf, "BCF, serves"), (worse, "so the floor serves")):
+        result = SimpleNamespace(champion=selection.choice, cv=SimpleNamespace(eligible=selection.eligible))
+        assert says in champion_reason(result, default)
 
 
 def test_the_default_criterion_refuses_a_candidate_list_without_bcf():

@@ -107,12 +107,12 @@ def champion_reason(result: OutcomeResult, config: TrainConfig) -> str:
     if config.selection.criterion == PRESPECIFIED:
         if result.champion == "bcf":
             return (
-                "the prespecified shrinkage model (BCF) serves: its out-of-fold log-loss was not worse than the "
-                "arm-only floor's (selection.criterion bcf_when_eligible)"
+                "the prespecified shrinkage model, BCF, serves: its out-of-fold log-loss was not worse than the "
+                "arm-only floor's (criterion bcf_when_eligible)"
             )
         return (
-            "the prespecified shrinkage model (BCF) predicted responders worse than the arm-only floor out of fold: "
-            "the floor serves (selection.criterion bcf_when_eligible)"
+            "the prespecified shrinkage model, BCF, predicted responders worse than the arm-only floor out of fold, "
+            "so the floor serves (criterion bcf_when_eligible)"
         )
     if result.champion == "arm_only":
         if not others:
