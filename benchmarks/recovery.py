@@ -229,7 +229,7 @@ QUICK = Settings(
     },
 )
 
-# A campaign of about 70 minutes on 2 idle cores (``BENCH_RECOVERY=short``): every size, enough
+# A campaign of about 90 minutes on 2 cores (86 measured) (``BENCH_RECOVERY=short``): every size, enough
 # work-ups for the served intervals' coverage and the champion's ranking, and 300 cheap permutation
 # tests (the job's B = 199) on FINAL-sized null trials: at a family-wise rate near 5%, 300 trials put
 # the Wilson 95% upper bound near 8% (40 trials left it at 15%); few at the larger sizes.

@@ -206,14 +206,30 @@ def test_bcf_posterior_draws_pickle_and_explanations_add_up(features_99):
     draws = model.benefit_draws(F)
     assert draws.shape == (len(F), 40)
     np.testing.assert_allclose(draws.mean(axis=1), p1 - p0, atol=1e-12)
+    live_explanation = model.explain(F.head(20))
     restored = pickle.loads(pickle.dumps(model))
     assert not hasattr(restored, "_live") and restored.model_json_
+    # The explanation trees travel as a few packed arrays, not one dictionary per tree.
+    assert "explain_trees_" not in restored.__dict__ and set(restored.explain_packed_["tau"]) >= {"starts", "features"}
+    # The served plan scores a few patients from the pickled flat forests, without rebuilding stochtree's model.
+    from serving.runtime.arms import PosteriorForestArms
+
+    plan_p1, plan_p0 = PosteriorForestArms(restored, 0.95).point(F.to_numpy(dtype=float)[:5])
+    assert getattr(restored, "_live", None) is None
+    np.testing.assert_allclose(plan_p1, p1[:5], atol=1e-12)
+    np.testing.assert_allclose(plan_p0, p0[:5], atol=1e-12)
     again = restored.predict_arms(F)
     np.testing.assert_allclose(again[0], p1, atol=1e-12)
     np.testing.assert_allclose(again[1], p0, atol=1e-12)
     explanation = restored.explain(F.head(20))
     np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), (p1 - p0)[:20], atol=1e-9)
+    np.testing.assert_allclose(explanation.benefit.values, live_explanation.benefit.values, atol=1e-12)
     assert np.abs(explanation.benefit.values).sum() > 0
+    assert pickle.loads(pickle.dumps(restored)).explain(F.head(20)).benefit.values == pytest.approx(explanation.benefit.values, abs=1e-12)
+    # A refit forgets the earlier fit's stored model and trees.
+    refit = pickle.loads(pickle.dumps(model)).fit(F.iloc[:60], data.t[:60], data.y[:60])
+    assert refit.model_json_ is None and refit.explain_packed_ is None
+    assert not np.allclose(pickle.loads(pickle.dumps(refit)).predict_arms(F)[0], p1)
     # The same seed gives the same posterior.
     twin = BayesianCausalForest(num_gfr=3, num_mcmc=40, mu_trees=20, tau_trees=10, random_state=4).fit(F, data.t, data.y)
     np.testing.assert_array_equal(twin.benefit_draws(F), draws)

@@ -451,6 +451,7 @@ class BayesianCausalForest(BenefitCandidate):
             )
         self._live = model
         self._train_F = F  # only until pickling: node covers for the explainer (see __getstate__)
+        self.model_json_ = self.explain_trees_ = self.explain_packed_ = self._explainer = self.flat_ = None  # of an earlier fit
         return self
 
     # stochtree model plumbing -------------------------------------------------------------
@@ -465,26 +466,67 @@ class BayesianCausalForest(BenefitCandidate):
         return live
 
     def __getstate__(self):
+        if getattr(self, "_live", None) is not None:
+            if getattr(self, "model_json_", None) is None:
+                self.model_json_ = zlib.compress(self._live.to_json().encode(), 6)
+            self.flat_forests()
+            if getattr(self, "explain_trees_", None) is None and getattr(self, "explain_packed_", None) is None:
+                if getattr(self, "_train_F", None) is not None:
+                    self.explain_trees_ = self._explain_trees(self._train_F)
         state = dict(self.__dict__)
-        if "_live" in state and state["_live"] is not None:
-            state["model_json_"] = zlib.compress(state["_live"].to_json().encode(), 6)
-            if state.get("explain_trees_") is None and state.get("_train_F") is not None:
-                state["explain_trees_"] = self._explain_trees(state["_live"], state["_train_F"])
+        trees = state.pop("explain_trees_", None)
+        if trees is not None:  # thousands of small tree dictionaries pickle slowly: a few arrays instead
+            from serving.runtime.forests import pack_shap_trees
+
+            state["explain_packed_"] = {**trees, "mu": pack_shap_trees(trees["mu"]), "tau": pack_shap_trees(trees["tau"])}
         for key in ("_live", "_train_F", "_explainer"):
             state.pop(key, None)
         return state
 
-    def _explain_trees(self, model, F: np.ndarray) -> dict:
-        from serving.runtime.forests import flatten_stochtree
+    def _trees(self) -> dict:
+        """The explanation trees: kept, unpacked from the pickled arrays, or computed from the training rows."""
+        trees = getattr(self, "explain_trees_", None)
+        if trees is None:
+            packed = getattr(self, "explain_packed_", None)
+            if packed is not None:
+                from serving.runtime.forests import unpack_shap_trees
 
-        mu, tau = flatten_stochtree(model.forest_container_mu), flatten_stochtree(model.forest_container_tau)
+                trees = {**packed, "mu": unpack_shap_trees(packed["mu"]), "tau": unpack_shap_trees(packed["tau"])}
+            else:
+                trees = self._explain_trees(self._train_F)
+            self.explain_trees_ = trees
+        return trees
+
+    def flat_forests(self) -> dict:
+        """Both posterior forests flattened (:class:`serving.runtime.forests.TreeArrays`) with their offsets.
+
+        Computed once from the live model and pickled with the candidate, so a
+        loaded model scores a few patients without parsing stochtree's JSON.
+        """
+        flat = getattr(self, "flat_", None)
+        if flat is None:
+            from serving.runtime.forests import flatten_stochtree
+
+            live = self._model()
+            mu, tau = flatten_stochtree(live.forest_container_mu), flatten_stochtree(live.forest_container_tau)
+            flat = self.flat_ = {
+                "mu": mu,
+                "tau": tau,
+                "mu_offset": float(live.y_bar),
+                "tau_offset": _tau0(live),
+            }
+        return flat
+
+    def _explain_trees(self, F: np.ndarray) -> dict:
+        flat = self.flat_forests()
+        mu, tau = flat["mu"], flat["tau"]
         k = max(1, min(self.explain_draws, mu.n_draws))
         draws = np.unique(np.linspace(0, mu.n_draws - 1, k).round().astype(int))
         return {
             "mu": mu.shap_trees(F, draws, 1.0 / len(draws)),
             "tau": tau.shap_trees(F, draws, 1.0 / len(draws)),
-            "mu_offset": float(model.y_bar),
-            "tau_offset": float(np.mean(_tau0(model)[draws])),
+            "mu_offset": flat["mu_offset"],
+            "tau_offset": float(np.mean(flat["tau_offset"][draws])),
         }
 
     def _probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
@@ -507,9 +549,7 @@ class BayesianCausalForest(BenefitCandidate):
 
         explainers = getattr(self, "_explainer", None)
         if explainers is None:
-            trees = getattr(self, "explain_trees_", None)
-            if trees is None:
-                trees = self.explain_trees_ = self._explain_trees(self._model(), self._train_F)
+            trees = self._trees()
             explainers = {
                 key: shap.TreeExplainer({"trees": trees[key], "base_offset": 0.0, "tree_output": "raw_value", "objective": "squared_error"})
                 for key in ("mu", "tau")
@@ -521,8 +561,7 @@ class BayesianCausalForest(BenefitCandidate):
 
     def _explain(self, X: pd.DataFrame) -> Explanation:
         F = _matrix(X, self.features_)
-        trees = getattr(self, "explain_trees_", None) or self._explain_trees(self._model(), self._train_F)
-        self.explain_trees_ = trees
+        trees = self._trees()
         phi_mu, base_mu = self._shap("mu", F)
         phi_tau, base_tau = self._shap("tau", F)
         p1, p0 = self.predict_arms(X)

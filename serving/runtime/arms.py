@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, ndtr
 
-from serving.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm, flatten_stochtree
+from serving.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
 from serving.runtime.intervals import bootstrap_interval, posterior_interval
 
 # Rows x trees up to which walking the flattened arrays beats the libraries' own predict calls: measured on
@@ -206,12 +206,10 @@ class PosteriorForestArms:
     def __init__(self, candidate: Any, level: float):
         self.candidate = candidate
         self.level = level
-        live = candidate._model()
-        self.mu = flatten_stochtree(live.forest_container_mu)
-        self.tau = flatten_stochtree(live.forest_container_tau)
-        self.mu_offset = float(live.y_bar)
-        samples = getattr(live, "tau_0_samples", None)
-        self.tau_offset = np.zeros(self.tau.n_draws) if samples is None else np.asarray(samples, dtype=float).reshape(-1)
+        flat = candidate.flat_forests()  # pickled with the candidate: no stochtree JSON parsed at load
+        self.mu, self.tau = flat["mu"], flat["tau"]
+        self.mu_offset = float(flat["mu_offset"])
+        self.tau_offset = np.asarray(flat["tau_offset"], dtype=float)
         self.trees = len(self.mu.roots) + len(self.tau.roots)
 
     def probit_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
