@@ -215,6 +215,7 @@ def test_bcf_posterior_draws_pickle_and_explanations_add_up(features_99):
     from serving.runtime.arms import PosteriorForestArms
 
     plan_p1, plan_p0 = PosteriorForestArms(restored, 0.95).point(F.to_numpy(dtype=float)[:5])
+    restored.explain(F.head(1))  # one patient's explanation needs no stochtree model either
     assert getattr(restored, "_live", None) is None
     np.testing.assert_allclose(plan_p1, p1[:5], atol=1e-12)
     np.testing.assert_allclose(plan_p0, p0[:5], atol=1e-12)

@@ -532,6 +532,9 @@ class BayesianCausalForest(BenefitCandidate):
     def _probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
         F = _matrix(X, self.features_)
         n = len(F)
+        flat = getattr(self, "flat_", None)  # a loaded model: a few rows from the flat forests, as the served plan does
+        if flat is not None and n * (len(flat["mu"].roots) + len(flat["tau"].roots)) <= FLAT_CELLS:
+            return flat["mu"].predict(F) + flat["mu_offset"], flat["tau"].predict(F) + flat["tau_offset"][None, :]
         out = self._model().predict(F, np.ones(n), np.full(n, self.treated_fraction), terms=["mu", "tau"], type="posterior")
         return np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
 
@@ -582,6 +585,9 @@ def stratified_subsample(strata: np.ndarray, size: int, seed: int) -> np.ndarray
     take[np.argsort(-(quota - take), kind="stable")[: size - take.sum()]] += 1
     rows = [rng.choice(np.nonzero(strata == level)[0], k, replace=False) for level, k in zip(levels, take, strict=True)]
     return np.sort(np.concatenate(rows))
+
+
+FLAT_CELLS = 120_000  # rows x trees up to which the flat forests beat stochtree's predict (serving.runtime.arms.ARRAY_CELLS)
 
 
 def _tau0(model) -> np.ndarray:
