@@ -87,10 +87,10 @@ def metric_intervals(
     """Per candidate: ``{metric: [lower, upper]}`` for AUC and Brier per arm and the Brier mean of the arms."""
     t = np.asarray(data.t).astype(bool)
     y = np.asarray(data.y, dtype=float)
-    if len(y) > LARGE_N:
+    large = len(y) > LARGE_N
+    if large:
         n_boot = min(n_boot, LARGE_N_BOOTSTRAP)
     arms = {"treated": np.nonzero(t)[0], "control": np.nonzero(~t)[0]}
-    large = len(y) > LARGE_N
     chunks = None if large else _arm_draws(seed, arms, n_boot, chunked=False)
     tail = (1 - level) / 2
     out: dict[str, dict[str, list[float | None]]] = {}
