@@ -140,19 +140,35 @@ class InputWarningOut(BaseModel):
     message: str
 
 
-class Interval(BaseModel):
-    """Where this patient's own benefit may lie: the model's uncertainty (posterior draws or bootstrap refits) widened
-    by a stated allowance for differences between patients that the trial did not measure or the model's form leaves
-    out. Its coverage of simulated patients' true benefit is measured in the benchmarks."""
+Answer = Literal["conditional", "risk_based", "average"]
 
-    lower: float = Field(ge=-1, le=1)
-    upper: float = Field(ge=-1, le=1)
-    level: float = Field(description="Nominal coverage, e.g. 0.95.")
+
+class Interval(BaseModel):
+    """The interval for the estimand served (see ``estimand``): the model's own uncertainty, from posterior draws
+    (credible) or bootstrap refits (confidence). It is not an interval for one patient's own benefit, which no
+    parallel-group trial identifies. Its coverage, width and interval score are measured in benchmarks/RESULTS.md."""
+
+    lower: float = Field(ge=-1, le=1, description="Fraction (0.05 = 5 percentage points).")
+    upper: float = Field(ge=-1, le=1, description="Fraction.")
+    level: float = Field(description="Nominal level, e.g. 0.95.")
+    kind: Literal["credible", "confidence"] = Field("credible", description="credible: posterior draws; confidence: bootstrap refits.")
+
+
+class PopulationAnswer(BaseModel):
+    """The trial population's answer: its average effect and the label that belongs to it (the same for every patient)."""
+
+    label: Label = Field(description="From the trial's multiplicity-adjusted average effect; describes the trial population, not this patient.")
+    label_reason: str
+    risk_difference: float | None = Field(None, description="Responder rate difference, treated minus control, as a fraction.")
+    interval: Interval | None = Field(None, description="Multiplicity-adjusted score interval of the risk difference (confidence).")
 
 
 class Evidence(BaseModel):
-    subgroup_evidence: bool = Field(description="Did training find evidence of a responder subgroup for this outcome?")
-    p_adjusted: float | None = Field(None, description="Holm-adjusted permutation p-value of the heterogeneity test.")
+    subgroup_evidence: bool = Field(
+        description="Did training establish effect modification for this outcome (the heterogeneity test, Holm-adjusted)? "
+        "Only then are patient labels and drivers of benefit served."
+    )
+    p_adjusted: float | None = Field(None, description="Holm-adjusted p-value of the heterogeneity test (see /metadata for its null).")
     verdict: str
 
 
@@ -170,10 +186,22 @@ class OutcomePrediction(BaseModel):
     p_response_control: float = Field(
         ge=0, le=1, description="Probability of a clinically meaningful response on the control arm (named in /metadata: control)."
     )
-    benefit: float = Field(ge=-1, le=1, description="p_response_treated - p_response_control (probability points as a fraction).")
+    benefit: float = Field(
+        ge=-1, le=1, description="p_response_treated - p_response_control, as a fraction (0.12 = 12 percentage points); see estimand."
+    )
     benefit_interval: Interval
-    label: Label = Field(description="From the model's own label rule (see label_rule), following the trial's evidence.")
-    label_reason: str = Field(description="Why this label, in one sentence (evidence, average effect, thresholds in percentage points).")
+    answer: Answer = Field(
+        description="Which estimand these numbers are: conditional (conditional average benefit given the patient's measured "
+        "values; effect modification established), risk_based (the trial's constant odds ratio at the patient's predicted "
+        "risk) or average (the trial average for everybody)."
+    )
+    estimand: str = Field(description="The estimand in one sentence.")
+    patient_label: Label | None = Field(
+        description="Only when effect modification is established (answer conditional): read from benefit_interval "
+        "(above 0: likely_benefit; wholly below the minimal important benefit: unlikely_benefit; else uncertain). Null otherwise."
+    )
+    patient_label_reason: str = Field(description="Why this patient label, or why there is none, in one sentence.")
+    population: PopulationAnswer
     label_rule: str
     responder_rule: str = Field(
         description="What counts as a clinically meaningful response, e.g. '>= 30% reduction from baseline' or "
@@ -195,6 +223,9 @@ class PredictResponse(BaseModel):
     n_scored: int
     n_failed: int
     models: dict[str, ModelRef]
+    simulated_training_data: bool = Field(
+        False, description="The champions were trained on simulated data (a validation harness, not a source of findings)."
+    )
 
 
 class Driver(BaseModel):
@@ -216,7 +247,13 @@ class OutputExplanation(BaseModel):
 
 
 class OutcomeExplanation(BaseModel):
-    benefit: OutputExplanation
+    drivers_of: Literal["benefit", "prognosis"] = Field(
+        description="benefit: effect modification is established and `benefit` explains the conditional average benefit; "
+        "prognosis: it is not, so `benefit` is null and `p_response_control` shows prognostic drivers (what shapes the "
+        "chance of response without the treatment), which are not drivers of benefit."
+    )
+    benefit: OutputExplanation | None = Field(description="SHAP drivers of benefit; null unless effect modification is established.")
+    p_response_control: OutputExplanation = Field(description="Prognostic drivers: SHAP contributions to the chance of response on the control arm.")
     p_response_treated: OutputExplanation
     model: ModelRef
 
@@ -231,6 +268,9 @@ class PatientExplanation(BaseModel):
 class ExplainResponse(BaseModel):
     results: list[PatientExplanation]
     models: dict[str, ModelRef]
+    simulated_training_data: bool = Field(
+        False, description="The champions were trained on simulated data (a validation harness, not a source of findings)."
+    )
 
 
 class FeatureOut(BaseModel):
@@ -255,14 +295,22 @@ class AverageEffectOut(BaseModel):
     rate_control: float | None = None
     ancova_difference: float | None = Field(None, description="ANCOVA difference in change from baseline on the score scale, if the outcome has a baseline.")
     ancova_p_value: float | None = None
+    risk_ratio: float | None = Field(None, description="Responder risk ratio, treated over control (Katz interval).")
+    rr_low: float | None = None
+    rr_high: float | None = None
+    odds_ratio: float | None = Field(None, description="Responder odds ratio (Woolf interval).")
+    or_low: float | None = None
+    or_high: float | None = None
 
     @classmethod
     def from_model(cls, effect: dict | None) -> AverageEffectOut | None:
         if not effect:
             return None
         ancova = effect.get("ancova") or {}
+        relative = effect.get("relative") or {}
         keys = [k for k in cls.model_fields if k in effect]
-        return cls(**{k: effect[k] for k in keys}, ancova_difference=ancova.get("estimate"), ancova_p_value=ancova.get("p_value"))
+        ratios = {k: relative.get(k) for k in ("risk_ratio", "rr_low", "rr_high", "odds_ratio", "or_low", "or_high")}
+        return cls(**{k: effect[k] for k in keys}, ancova_difference=ancova.get("estimate"), ancova_p_value=ancova.get("p_value"), **ratios)
 
 
 class OutcomeMetadata(BaseModel):
@@ -271,6 +319,9 @@ class OutcomeMetadata(BaseModel):
     description: str = ""
     responder_rule: str
     label_rule: str
+    answer: Answer = Field("average", description="The answer every patient gets for this outcome (see OutcomePrediction.answer).")
+    answer_reason: str = Field("", description="Why this answer and model serve, including models refused by the served-model checks.")
+    estimand: str = ""
     average_effect: AverageEffectOut | None = None
     interval_level: float
     evidence: Evidence
@@ -287,4 +338,4 @@ class Metadata(BaseModel):
     control_code: str = Field("", description="Code of the control arm in the trial file's arm column.")
     outcomes: dict[str, OutcomeMetadata]
     max_batch: int
-    simulated_training_data: bool
+    simulated_training_data: bool = Field(description="The champions were trained on simulated data.")

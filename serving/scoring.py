@@ -152,6 +152,9 @@ class Scorer:
         limit_lightgbm_threads()
         self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
         # What every answer repeats, built once: the rule texts, the evidence and the model references.
+        treated, control = spec.treated_display(), spec.control_display()
+        # Training records where its data came from (training.reports.payload.data_provenance).
+        self.simulated = any(bool((c.model.metadata.get("data_provenance") or {}).get("simulated")) for c in champions.values())
         self._fixed = {
             o: {
                 "label_rule": c.model.label_policy.describe(),
@@ -159,6 +162,9 @@ class Scorer:
                 "evidence": c.evidence(),
                 "model": c.ref,
                 "level": c.model.interval_level,
+                "kind": c.model.label_policy.interval_kind,
+                "estimand": c.model.label_policy.estimand(treated, control),
+                "population": population_answer(c.model),
             }
             for o, c in champions.items()
         }
@@ -225,16 +231,23 @@ class Scorer:
                     p_response_treated=float(scores.p_response_treated[k]),
                     p_response_control=float(scores.p_response_control[k]),
                     benefit=float(scores.benefit[k]),
-                    benefit_interval=S.Interval(lower=float(scores.benefit_lower[k]), upper=float(scores.benefit_upper[k]), level=fixed["level"]),
-                    label=str(scores.label[k]),
-                    label_reason=str(scores.label_reason[k]),
+                    benefit_interval=S.Interval(
+                        lower=float(scores.benefit_lower[k]), upper=float(scores.benefit_upper[k]), level=fixed["level"], kind=fixed["kind"]
+                    ),
+                    answer=scores.answer,
+                    estimand=fixed["estimand"],
+                    patient_label=scores.patient_label[k],
+                    patient_label_reason=scores.patient_label_reason[k],
+                    population=fixed["population"],
                     label_rule=fixed["label_rule"],
                     responder_rule=fixed["responder_rule"],
                     evidence=fixed["evidence"],
                     model=fixed["model"],
                 )
             results.append(S.PatientPrediction(patient_id=pid, predictions=predictions, warnings=warnings[k]))
-        return S.PredictResponse(results=results, n_scored=len(good), n_failed=len(patients) - len(good), models=self.refs)
+        return S.PredictResponse(
+            results=results, n_scored=len(good), n_failed=len(patients) - len(good), models=self.refs, simulated_training_data=self.simulated
+        )
 
     def explain(self, patients: list[dict[str, Any]], top: int = 10) -> S.ExplainResponse:
         parsed, good, errors = self._parse(patients)
@@ -252,23 +265,28 @@ class Scorer:
             for outcome, champion in self.champions.items():
                 e = explained[outcome][k]
                 outcomes[outcome] = S.OutcomeExplanation(
-                    benefit=_output(e.benefit, top), p_response_treated=_output(e.p_response_treated, top), model=champion.ref
+                    drivers_of="benefit" if e.shows_benefit_drivers else "prognosis",
+                    benefit=_output(e.benefit, top) if e.shows_benefit_drivers else None,
+                    p_response_control=_output(e.p_response_control, top),
+                    p_response_treated=_output(e.p_response_treated, top),
+                    model=champion.ref,
                 )
             results.append(S.PatientExplanation(patient_id=pid, explanations=outcomes, warnings=warnings[k]))
-        return S.ExplainResponse(results=results, models=self.refs)
+        return S.ExplainResponse(results=results, models=self.refs, simulated_training_data=self.simulated)
 
     def metadata(self) -> S.Metadata:
         outcomes = {}
-        simulated = False
         for outcome, champion in self.champions.items():
             model = champion.model
-            simulated = simulated or bool(model.metadata.get("simulated_data", False))
             outcomes[outcome] = S.OutcomeMetadata(
                 label=self.spec.outcomes[outcome].label,
                 kind=self.spec.outcomes[outcome].kind,
                 description=self.spec.outcomes[outcome].description.strip(),
                 responder_rule=str(model.metadata.get("responder_rule", "")),
                 label_rule=model.label_policy.describe(),
+                answer=model.label_policy.answer,
+                answer_reason=model.label_policy.answer_reason,
+                estimand=model.label_policy.estimand(self.spec.treated_display(), self.spec.control_display()),
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,
                 evidence=champion.evidence(),
@@ -284,7 +302,7 @@ class Scorer:
             control_code=self.spec.arm.labels[1],
             outcomes=outcomes,
             max_batch=self.max_batch,
-            simulated_training_data=simulated,
+            simulated_training_data=self.simulated,
         )
 
     def patient_frame(self, patient: dict[str, Any]) -> tuple[pd.DataFrame, list[S.FieldProblem]]:
@@ -293,6 +311,18 @@ class Scorer:
         columns = list(self.patient_model.model_fields)
         frame = pd.DataFrame([{c: patient.get(c) for c in columns}], columns=columns)
         return frame.astype(object).where(frame.notna(), None), errors.get(0, [])
+
+
+def population_answer(model: ResponderModel) -> S.PopulationAnswer:
+    """The trial population's answer of one outcome: the average effect and its label (the same for every patient)."""
+    policy, effect = model.label_policy, model.average_effect or {}
+    low = effect.get("ci_low_adjusted", effect.get("ci_low"))
+    high = effect.get("ci_high_adjusted", effect.get("ci_high"))
+    level = effect.get("adjusted_level") or effect.get("level") or model.interval_level
+    interval = S.Interval(lower=low, upper=high, level=level, kind="confidence") if low is not None and high is not None else None
+    return S.PopulationAnswer(
+        label=policy.population_label, label_reason=policy.population_reason, risk_difference=effect.get("risk_difference"), interval=interval
+    )
 
 
 def _output(explanation, top: int) -> S.OutputExplanation:
@@ -397,7 +427,9 @@ def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHU
             results.extend(scorer.predict(patients, prior_errors=prior).results)
             progress.update(len(block))
     scored = sum(r.predictions is not None for r in results)
-    return S.PredictResponse(results=results, n_scored=scored, n_failed=len(results) - scored, models=scorer.refs)
+    return S.PredictResponse(
+        results=results, n_scored=scored, n_failed=len(results) - scored, models=scorer.refs, simulated_training_data=scorer.simulated
+    )
 
 
 def as_dicts(patients: list[BaseModel]) -> list[dict[str, Any]]:

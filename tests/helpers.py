@@ -15,7 +15,7 @@ from training.config import TrainConfig, load_config
 
 FAST = {
     "cv": {"folds": 3, "repeats": 1, "inner_folds": 2},
-    "evidence": {"permutations": 19, "rate_bootstrap": 50},
+    "evidence": {"permutations": 19, "replicates": 19, "rate_bootstrap": 50},
     "intervals": {"bootstrap_models": 8},
     "candidates": {
         "bcf": {"num_gfr": 5, "cv_gfr": 2, "num_mcmc": 40, "cv_mcmc": 20, "mu_trees": 30, "tau_trees": 15, "explain_draws": 10},

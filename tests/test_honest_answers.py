@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,8 @@ from training.evaluation import (
     select,
     sequential_p_value,
 )
-from training.labelling import LIKELY, UNCERTAIN, UNLIKELY, build_policy
-from training.train import champion_reason, outcome_data
+from training.labelling import AVERAGE, CONDITIONAL, LIKELY, RISK_BASED, UNCERTAIN, UNLIKELY, build_policy
+from training.train import outcome_data
 
 
 # Average effect -----------------------------------------------------------------------------------
@@ -65,55 +64,85 @@ def test_holm_adjusted_intervals_agree_with_holm_rejections():
         assert effect.ci_low_adjusted <= effect.ci_low  # adjusted intervals are never narrower
 
 
-# Labels ---------------------------------------------------------------------------------------------
-def _policy(evidence: bool, effect, benefit, lower, upper):
+# Answers and labels -----------------------------------------------------------------------------------
+def _policy(answer: str, effect, interval_kind: str = "credible"):
     return build_policy(
         LabelRule(),
-        subgroup_evidence=evidence,
-        evidence_sentence="(evidence sentence)",
+        answer=answer,
+        answer_reason="(why this answer).",
+        evidence_sentence="(evidence sentence).",
         average_effect=effect,
-        benefit=benefit,
-        lower=lower,
-        upper=upper,
         level=0.95,
+        interval_kind=interval_kind,
         treated="LDN",
         control="placebo",
     )
 
 
-def test_without_subgroup_evidence_every_patient_shares_one_label_that_follows_the_average_effect():
+def test_without_effect_modification_there_is_no_patient_label_and_the_population_label_follows_the_average():
     rng = np.random.default_rng(0)
     benefit = rng.uniform(0.0, 0.4, 50)
     lower, upper = benefit - 0.05, benefit + 0.05  # intervals that would look convincing one by one
     not_established = adjust({"pain": _effect("pain", 21, 49, 13, 50)})["pain"]
-    labels, reasons = _policy(False, not_established, benefit, lower, upper).label(benefit)
-    assert set(labels) == {UNCERTAIN}
-    assert len(set(reasons)) == 1 and "trial population as a whole" in reasons[0] and "not established" in reasons[0]
     established = adjust({"memory": _effect("memory", 30, 49, 7, 50)})["memory"]
-    labels, reasons = _policy(False, established, benefit, lower, upper).label(benefit)
-    assert set(labels) == {LIKELY} and "established" in reasons[0]
     ruled_out = adjust({"x": _effect("x", 100, 1000, 110, 1000)})["x"]
-    labels, _ = _policy(False, ruled_out, benefit, lower, upper).label(benefit)
-    assert set(labels) == {UNLIKELY}
-    for reason in reasons:
-        assert "%" not in reason.replace("% on", "").replace("% interval", "")  # thresholds are in pp
+    for answer in (RISK_BASED, AVERAGE):
+        for effect, expected in ((not_established, UNCERTAIN), (established, LIKELY), (ruled_out, UNLIKELY)):
+            labels = _policy(answer, effect).label(benefit, lower, upper)
+            assert all(label is None for label in labels.patient_label), answer
+            assert set(labels.patient_reason) == {labels.patient_reason[0]} and labels.patient_reason[0].startswith("No patient label")
+            assert labels.population_label == expected
+            assert "trial population as a whole, not this patient" in labels.population_reason
+            assert "%" not in labels.population_reason.replace("% on", "").replace("% interval", "")  # thresholds in pp
+    assert "established" in _policy(AVERAGE, established).population_reason
 
 
-def test_with_subgroup_evidence_labels_never_contradict_the_order_of_estimates():
+def test_a_patient_label_is_read_from_the_patients_own_interval_and_never_disagrees_with_it():
     rng = np.random.default_rng(1)
-    benefit = rng.normal(0.1, 0.12, 300)
-    width = rng.uniform(0.05, 0.3, 300)  # intervals of very different widths
-    policy = _policy(True, None, benefit, benefit - width, benefit + width)
-    fresh = rng.normal(0.1, 0.15, 500)
-    labels, reasons = policy.label(fresh)
-    rank = {UNLIKELY: 0, UNCERTAIN: 1, LIKELY: 2}
-    order = np.argsort(fresh)
-    ranks = np.array([rank[label] for label in labels[order]])
-    assert (np.diff(ranks) >= 0).all()
-    assert policy.likely_at is not None and all("pp" in r for r in reasons)
-    # Every training patient at or above the likely threshold had an interval above 0 pp.
-    above = benefit >= policy.likely_at
-    assert ((benefit - width)[above] > 0).all()
+    benefit = rng.normal(0.1, 0.12, 400)
+    width = rng.uniform(0.02, 0.3, 400)  # intervals of very different widths
+    lower, upper = benefit - width, benefit + width
+    established = adjust({"memory": _effect("memory", 30, 49, 7, 50)})["memory"]
+    policy = _policy(CONDITIONAL, established)
+    labels = policy.label(benefit, lower, upper)
+    mid = LabelRule().unlikely_upper_below
+    assert ((labels.patient_label == LIKELY) == (lower > 0)).all()
+    assert ((labels.patient_label == UNLIKELY) == (upper < mid)).all()
+    assert ((labels.patient_label == UNCERTAIN) == ((lower <= 0) & (upper >= mid))).all()
+    assert {LIKELY, UNLIKELY, UNCERTAIN} <= set(labels.patient_label)
+    for reason, lo, hi in zip(labels.patient_reason, lower, upper, strict=True):
+        assert f"{100 * lo:+.0f} pp to {100 * hi:+.0f} pp" in reason and "credible interval for the conditional average benefit" in reason
+    # Finding effect modification does not take the established average away: the population label stays.
+    assert labels.population_label == LIKELY
+    assert "patient's own 95% interval" in policy.describe() and policy.mode == "individual"
+    assert "risk-based" in _policy(RISK_BASED, established).estimand("LDN", "placebo")
+
+
+def test_relative_effects_match_a_hand_computation():
+    from training.effects import relative_effects
+
+    out = relative_effects(30, 49, 12, 50)
+    rr = (30 / 49) / (12 / 50)
+    se = np.sqrt(1 / 30 - 1 / 49 + 1 / 12 - 1 / 50)
+    assert out["risk_ratio"] == pytest.approx(rr) and out["rr_low"] == pytest.approx(rr * np.exp(-1.959964 * se), rel=1e-5)
+    odds = (30 * 38) / (19 * 12)
+    se = np.sqrt(1 / 30 + 1 / 19 + 1 / 12 + 1 / 38)
+    assert out["odds_ratio"] == pytest.approx(odds) and out["or_high"] == pytest.approx(odds * np.exp(1.959964 * se), rel=1e-5)
+    assert not out["corrected"] and relative_effects(0, 20, 5, 20)["corrected"]  # an empty cell: Haldane's 0.5
+
+
+def test_auc_interval_is_delong_and_covers_under_the_null():
+    from training.metrics import auc, auc_interval
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    p = y * 0.6 + rng.normal(size=300)
+    a, lo, hi = auc_interval(y, p)
+    assert a == pytest.approx(auc(y, p)) and lo < a < hi
+    covered = [auc_interval(rng.integers(0, 2, 60), rng.normal(size=60))[1:] for _ in range(400)]
+    rate = np.mean([lo <= 0.5 <= hi for lo, hi in covered])
+    assert 0.92 <= rate <= 0.98
+    assert np.isnan(auc_interval(y, np.zeros(300))[0])  # a constant prediction ranks nobody
 
 
 # The floor and the selection ------------------------------------------------------------------------
@@ -154,10 +183,6 @@ def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_
     # BCF worse than the floor: the floor serves, even though another candidate is eligible.
     worse = select(FoldPredictions({"arm_only": floor, "bcf": noisy, "t_learner": sharp}, *mu), y, t, 0.5, default)
     assert "bcf" not in worse.eligible and "t_learner" in worse.eligible and worse.choice == "arm_only"
-    # The champion's reason says which happened, in words.
-    for selection, says in ((eligible_bcf, "BCF, serves"), (worse, "so the floor serves")):
-        result = SimpleNamespace(champion=selection.choice, cv=SimpleNamespace(eligible=selection.eligible))
-        assert says in champion_reason(result, default)
 
 
 def test_the_default_criterion_refuses_a_candidate_list_without_bcf():
@@ -260,14 +285,15 @@ def test_explanations_have_one_driver_per_input_and_add_up(spec, final_99):
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
     evidence = Evidence(True, False, 0.5, 0.5, 0.0, 0.05, 10, "no reliable evidence")
-    policy = LabelPolicy("population", LabelRule().model_dump(), "", UNCERTAIN, "reason")
+    policy = LabelPolicy(AVERAGE, LabelRule().model_dump(), "", UNCERTAIN, "reason")
     from training.candidates import TLearner
 
     for candidate in (TLearner(random_state=0).fit(F, data.t, data.y), ArmOnly().fit(F, data.t, data.y)):
         model = ResponderModel(spec, "pain", pipeline, candidate, None, policy, evidence)
         explained = explain_patients(model, data.X.head(15))
         for patient in explained:
-            for output in (patient.benefit, patient.p_response_treated):
+            assert not patient.shows_benefit_drivers  # no established effect modification: prognostic drivers
+            for output in (patient.benefit, patient.p_response_treated, patient.p_response_control):
                 fields = [d.feature for d in output.drivers]
                 assert len(fields) == len(set(fields)), fields  # one driver per input, never two about one lab
                 assert abs(output.base_value + sum(d.contribution for d in output.drivers) - output.prediction) < 1e-6
@@ -283,8 +309,8 @@ def test_explanations_have_one_driver_per_input_and_add_up(spec, final_99):
             assert not all_fields & {"inflammation_index", "markers_above_reference", "autoantibody_burden", "nlr"}
 
 
-def test_default_draw_has_no_subgroup_evidence_and_labels_say_so(tmp_path, spec):
-    """The default trial size: labels follow the evidence, one label per outcome, with its reason."""
+def test_default_draw_answers_with_what_the_trial_identifies(tmp_path, spec):
+    """The default trial size: without established effect modification no patient label and no drivers of benefit."""
     from training.published import DEFAULT_SEED
     from training.simulate import simulate
     from training.train import run_training
@@ -297,32 +323,31 @@ def test_default_draw_has_no_subgroup_evidence_and_labels_say_so(tmp_path, spec)
 
     for name, result in summary.outcomes.items():
         out = result.model.predict(model_inputs(frame, spec))
+        s = result.summary()
+        assert s["answer"] == out["answer"].iat[0] and s["estimand"].split(":")[0] in {
+            "conditional average benefit", "risk-based benefit", "trial average benefit"
+        }
+        assert s["heterogeneity_test"] == "parametric_bootstrap" and "probit scale" in s["heterogeneity_null"]
+        assert s["path"]["n"] == result.counts.n and len(s["path"]["quarters"]) == 4
+        assert sum(q["n"] for q in s["path"]["quarters"]) == result.counts.n
         if not result.evidence:
-            assert out["label"].nunique() == 1 and out["label_reason"].nunique() == 1, name
-            assert "trial population as a whole" in out["label_reason"].iat[0]
-        effect = result.summary()["average_effect"]
+            assert out["patient_label"].isna().all(), name
+            assert out["patient_label_reason"].str.startswith("No patient label").all()
+            assert s["answer"] in {"risk_based", "average"}
+            # risk-based only when the prognostic model discriminates out of fold; else the trial average for all
+            assert (s["answer"] == "risk_based") == bool(s["path"]["discriminates"] and "risk_model" not in s["refused"])
+            if s["answer"] == "average":
+                assert out["benefit"].nunique() == 1
+        assert out["population_label"].nunique() == 1
+        assert "trial population as a whole" in out["population_label_reason"].iat[0]
+        effect = s["average_effect"]
         assert list(effect)[:4] == ["risk_difference", "ci_low", "ci_high", "p_value"]
-        if out["label"].iat[0] == LIKELY:
-            assert result.evidence or effect["established"], name
+        assert effect["relative"]["risk_ratio"] > 0 and effect["relative"]["odds_ratio"] > 0
+        if out["population_label"].iat[0] == LIKELY:
+            assert effect["established"], name
         assert (out["benefit_lower"] <= out["benefit"]).all() and (out["benefit"] <= out["benefit_upper"]).all()
-
-
-def test_interval_allowance_adds_what_the_champions_form_leaves_out(features_99):
-    """k x BCF's posterior spread of benefit, plus (in quadrature) the SD of BCF's benefit minus the champion's."""
-    import math
-
-    from training.train import _reference_fit, allowance_sd, heterogeneity_reference
-
-    F, data = features_99
-    config = fast_config(candidates={"enabled": ["arm_only", "bcf"], "bcf": {"num_gfr": 3, "num_mcmc": 40, "mu_trees": 20, "tau_trees": 10}})
-    floor = ArmOnly(random_state=1).fit(F, data.t, data.y)
-    reference = _reference_fit(F, data.t, data.y, 0.5, config)
-    reference_sd, gap, name = heterogeneity_reference(floor, F, data, config, reference)
-    assert name == "bcf" and reference_sd == reference.spread
-    # The posterior spread of benefit is wider than the spread of the posterior-mean benefit, which shrinks.
-    assert reference_sd > np.std(reference.benefit) > 0
-    assert gap == pytest.approx(np.std(reference.benefit), rel=1e-9)  # the floor gives everyone one benefit: it leaves out all of BCF's
-    assert allowance_sd(config, reference_sd, gap) == pytest.approx(math.hypot(reference_sd, gap))
-    assert allowance_sd(config.model_copy(update={"intervals": config.intervals.model_copy(update={"model_gap": False})}), reference_sd, gap) == reference_sd
-    bcf = BayesianCausalForest(num_gfr=3, num_mcmc=40, mu_trees=20, tau_trees=10, random_state=4).fit(F, data.t, data.y)
-    assert heterogeneity_reference(bcf, F, data, config)[1] == 0.0  # BCF is its own reference: no gap
+        # The interval is the model's own: nothing is added for a patient's own deviation.
+        F = result.model.features(model_inputs(frame, spec))
+        own = result.model.interval(F, out["benefit"].to_numpy())
+        np.testing.assert_allclose(own[0], out["benefit_lower"])
+        np.testing.assert_allclose(own[1], out["benefit_upper"])

@@ -2,9 +2,9 @@
 
 The reference is the MLflow pyfunc path (``ResponderPyfunc.predict``: the
 scikit-learn pipeline, the candidate's own ``predict_arms``, the ensemble's
-refits or the posterior draws, ``widen``, the label rule). The plan parses
+refits or the posterior draws, the answer and label rule). The plan parses
 patient dicts as the API receives them and must match it to 1e-9: both
-probabilities, the benefit, its interval, the label and its reason, the input
+probabilities, the benefit, its interval, both labels and their reasons, the input
 warnings and the unusable cells; its explanations must be the candidate's own
 contributions. Tree ensembles are checked both ways (flattened arrays for a few
 patients, the libraries' own predict for batches) against each other.
@@ -19,7 +19,7 @@ from helpers import OTHER_SPEC, fast_config
 
 from features.pipeline import FeaturePlan, build_feature_pipeline, input_warnings, lab_issues
 from serving.runtime import arms as A
-from serving.runtime.artefact import Evidence, ResponderModel, ResponderPyfunc
+from serving.runtime.artefact import TEXT_COLUMNS, Evidence, ResponderModel, ResponderPyfunc
 from serving.runtime.forests import concat_forests, flatten_lightgbm
 from serving.runtime.plan import ScoringPlan
 from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
@@ -115,20 +115,21 @@ LAYOUTS = {"fibromyalgia": _fibromyalgia, "other-trial": _other_layout, "strep-t
 
 
 def _models(spec, train, outcome) -> dict[str, ResponderModel]:
-    """One served model per candidate type, with refits or draws, a per-patient label rule and a heterogeneity allowance."""
+    """One served model per candidate type, with refits or draws and a per-patient (conditional) label rule."""
     config = fast_config()
     data, _ = outcome_data(train, spec, outcome, config)
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
-    evidence = Evidence(True, True, 0.01, 0.02, 0.1, 0.05, 19, "evidence of a responder subgroup")
+    evidence = Evidence(True, True, 0.01, 0.02, 0.1, 0.05, 19, "evidence of effect modification")
     models = {}
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
         ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 8, 0.95, 7).fit(F, data.t, data.y)
         benefit = candidate.predict_benefit(F)
-        likely, unlikely = np.quantile(benefit, [0.7, 0.3])  # so that every label occurs
-        policy = LabelPolicy("individual", LabelRule().model_dump(), "There is evidence.", None, None, float(likely), float(unlikely), 0.95)
-        models[name] = ResponderModel(spec, outcome, pipeline, candidate, ensemble, policy, evidence, heterogeneity_sd=0.04)
+        rule = LabelRule(unlikely_upper_below=float(np.quantile(benefit, 0.6))).model_dump()  # so that unlikely occurs
+        kind = "credible" if candidate.has_draws else "confidence"
+        policy = LabelPolicy("conditional", rule, "There is evidence.", "uncertain", "The trial population.", "Why.", 0.95, kind)
+        models[name] = ResponderModel(spec, outcome, pipeline, candidate, ensemble, policy, evidence)
     return models
 
 
@@ -168,8 +169,8 @@ def test_plan_equals_the_pyfunc_model_for_every_candidate_type(layout):
         pyfunc.model = model
         expected = pyfunc.predict(None, reference_rows)
         np.testing.assert_allclose(got[NUMBERS].to_numpy(), expected[NUMBERS].to_numpy(), rtol=0, atol=1e-9, err_msg=f"{layout['name']}: {name}")
-        assert got["label"].tolist() == expected["label"].tolist(), name
-        assert got["label_reason"].tolist() == expected["label_reason"].tolist(), name
+        for column in TEXT_COLUMNS:
+            assert got[column].tolist() == expected[column].tolist(), (name, column)
         assert plan.warnings({"o": batch}) == expected_warnings, name
         # The features themselves: the pipeline's transform, cell by cell.
         _, F = plan.plans["o"].matrix(batch)
@@ -178,9 +179,9 @@ def test_plan_equals_the_pyfunc_model_for_every_candidate_type(layout):
         for k in range(0, 400, 20):
             one = plan.plans["o"].predict(parsed["o"].rows([good[k]])).frame()
             np.testing.assert_allclose(one[NUMBERS].to_numpy()[0], expected[NUMBERS].to_numpy()[k], rtol=0, atol=1e-9, err_msg=name)
-            assert one["label"].iat[0] == expected["label"].iat[k] and one["label_reason"].iat[0] == expected["label_reason"].iat[k]
-        labels = set(expected["label"])
-        assert name == "arm_only" or len(labels) == 3, (name, labels)
+            assert all(one[c].iat[0] == expected[c].iat[k] for c in TEXT_COLUMNS), name
+        # Each patient label is read from that patient's own interval.
+        assert ((expected["patient_label"] == "likely_benefit") == (expected["benefit_lower"] > 0)).all(), name
     assert any(w for w in expected_warnings), "the patients should exercise the input warnings"
 
 

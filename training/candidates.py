@@ -383,12 +383,18 @@ class ArmOnly(BenefitCandidate):
 class BayesianCausalForest(BenefitCandidate):
     """Bayesian Causal Forest (Hahn, Murray & Carvalho 2020) with a probit link, via stochtree.
 
-    ``P(y = 1 | x, t) = Phi(mu(x) + t * tau(x))`` with the known randomisation
-    probability; the treatment-effect forest ``tau`` has a prior that keeps its
+    ``P(y = 1 | x, t) = Phi(mu(x) + (t - 1/2) * tau(x))`` with the known
+    randomisation probability: the symmetric treatment coding of Hahn, Murray &
+    Carvalho (section 5.2). With a 0/1 coding the effect forest sees only the
+    treated patients' residuals, so prognosis that the ``mu`` forest misses in
+    both arms leaks into it; with +-1/2 a shift common to both arms cannot be
+    an effect. (On trials with a constant probit effect and a U-shaped
+    prognosis, the 0/1 coding made the heterogeneity test reject far above its
+    level.) The treatment-effect forest ``tau`` has a prior that keeps its
     trees shallow and its leaves small, so on a small trial it answers close to
     one common effect with wide intervals, and with more patients it can find a
     subgroup. Point predictions are posterior means of each arm's probability;
-    ``benefit_draws`` are the posterior draws of ``Phi(mu + tau) - Phi(mu)``.
+    ``benefit_draws`` are the posterior draws of ``Phi(mu + tau/2) - Phi(mu - tau/2)``.
 
     The fitted stochtree model is kept as its JSON (stochtree objects do not
     pickle) and rebuilt on first use after loading. Explanations use TreeSHAP
@@ -430,12 +436,13 @@ class BayesianCausalForest(BenefitCandidate):
             rows = stratified_subsample(2 * t.astype(int) + y.astype(int), self.max_patients, self.random_state)
             F, t, y = F[rows], t[rows], y[rows]
         self.n_fitted_ = len(y)
+        self.control_code_, self.treated_code_ = -0.5, 0.5
         model = BCFModel()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "global error variance is fixed at 1 with a probit link"
             model.sample(
                 F,
-                t,
+                t + self.control_code_,  # +-1/2: stochtree takes it as a continuous treatment basis
                 y,
                 np.full(len(y), self.treated_fraction),
                 num_gfr=self.num_gfr,
@@ -529,14 +536,31 @@ class BayesianCausalForest(BenefitCandidate):
             "tau_offset": float(np.mean(flat["tau_offset"][draws])),
         }
 
-    def _probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
-        F = _matrix(X, self.features_)
+    def coding(self) -> tuple[float, float]:
+        """The treatment basis of control and treated patients (+-1/2; 0 and 1 in models fitted before the change)."""
+        return getattr(self, "control_code_", 0.0), getattr(self, "treated_code_", 1.0)
+
+    def _forest_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The forests' own posterior draws: ``mu`` (the prognosis at the coding's midpoint) and ``tau``."""
         n = len(F)
         flat = getattr(self, "flat_", None)  # a loaded model: a few rows from the flat forests, as the served plan does
         if flat is not None and n * (len(flat["mu"].roots) + len(flat["tau"].roots)) <= FLAT_CELLS:
             return flat["mu"].predict(F) + flat["mu_offset"], flat["tau"].predict(F) + flat["tau_offset"][None, :]
         out = self._model().predict(F, np.ones(n), np.full(n, self.treated_fraction), terms=["mu", "tau"], type="posterior")
         return np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
+
+    def _probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior draws of the control arm's probit ``mu + c0 tau`` and of the effect ``tau`` (treated: ``+ tau``)."""
+        mu, tau = self._forest_draws(_matrix(X, self.features_))
+        return mu + self.coding()[0] * tau, tau
+
+    def probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior draws (patients x draws), probit scale: the control arm's prognosis and the treatment effect."""
+        return self._probit_draws(X)
+
+    def midpoint_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior draws of the prognosis at the coding's midpoint (the ``mu`` forest) and of the effect."""
+        return self._forest_draws(_matrix(X, self.features_))
 
     # BenefitCandidate ---------------------------------------------------------------------
     def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
@@ -568,10 +592,10 @@ class BayesianCausalForest(BenefitCandidate):
         phi_mu, base_mu = self._shap("mu", F)
         phi_tau, base_tau = self._shap("tau", F)
         p1, p0 = self.predict_arms(X)
-        eta_base0 = np.full(len(F), base_mu + trees["mu_offset"])
-        eta_base1 = eta_base0 + base_tau + trees["tau_offset"]
-        treated = _probit_to_probability(phi_mu + phi_tau, eta_base1, p1)
-        control = _probit_to_probability(phi_mu, eta_base0, p0)
+        c0, c1 = self.coding()
+        mid, effect = base_mu + trees["mu_offset"], base_tau + trees["tau_offset"]
+        treated = _probit_to_probability(phi_mu + c1 * phi_tau, np.full(len(F), mid + c1 * effect), p1)
+        control = _probit_to_probability(phi_mu + c0 * phi_tau, np.full(len(F), mid + c0 * effect), p0)
         return Explanation(self.features_, treated, _difference(treated, control))
 
 
@@ -643,10 +667,7 @@ class RiskModel(BenefitCandidate):
             return self
         solver = logistic_solver(self.solver, len(y))
         self.coef_, self.intercept_ = fit_logistic(Z, y, self.C, solver)
-        score = np.zeros(len(y))
-        folds = StratifiedKFold(self.score_folds, shuffle=True, random_state=self.random_state)
-        for train, test in folds.split(Z, y):
-            score[test] = _decision(Z[test], *fit_logistic(Z[train], y[train], self.C, solver))
+        score = crossfit_score(Z, y, self.C, self.score_folds, self.random_state, solver)
         effect = LogisticRegression(C=1e6, max_iter=2000).fit(np.column_stack([score, t]), y)  # 3 parameters, unpenalised
         self.a_ = float(effect.intercept_[0])
         self.b_, self.gamma_ = (float(v) for v in effect.coef_[0])
@@ -667,6 +688,20 @@ class RiskModel(BenefitCandidate):
         p1 = _logit_to_probability(phi, base0 + self.gamma_)
         p0 = _logit_to_probability(phi, base0)
         return Explanation(self.features_, p1, _difference(p1, p0))
+
+
+def crossfit_score(Z: np.ndarray, y: np.ndarray, C: float, folds: int, seed: int, solver: str = "liblinear") -> np.ndarray:
+    """The prognostic linear predictor of each patient from a penalised logistic fitted without them (blind to arm).
+
+    The risk model's effect fit and the PATH analysis (:mod:`training.path`)
+    both use it, so a patient's risk quarter never comes from a model that saw
+    their outcome.
+    """
+    score = np.zeros(len(y))
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(Z, y):
+        score[test] = _decision(Z[test], *fit_logistic(Z[train], y[train], C, solver))
+    return score
 
 
 def _log_odds_ratio(t: np.ndarray, y: np.ndarray) -> float:

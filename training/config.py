@@ -217,10 +217,22 @@ class CVConfig(_Strict):
 
 
 class EvidenceConfig(_Strict):
-    method: Literal["auto", "permutation", "split_rate"] = Field(
-        "auto",
-        description="permutation: whole-pipeline permutation test (small trials); split_rate: sample-split RATE test "
-        "with a bootstrap standard error (large trials); auto: permutation up to auto_max_n patients",
+    method: Literal["parametric_bootstrap", "auto", "permutation", "split_rate"] = Field(
+        "parametric_bootstrap",
+        description="parametric_bootstrap: the served model (BCF) is the statistic, calibrated by data simulated from the "
+        "fitted no-modification model (null: a constant treatment effect on the probit scale with a flexible "
+        "prognosis; training.heterogeneity); permutation: whole-pipeline permutation test of 'covariates carry no "
+        "information' (small trials); split_rate: sample-split RATE test on the risk-difference scale (large trials); "
+        "auto: permutation up to auto_max_n patients, split_rate above",
+    )
+    replicates: int = Field(
+        99, ge=0, description="most simulated trials of the parametric bootstrap test (0 skips the test: verdict not tested)"
+    )
+    max_patients: int = Field(
+        1000,
+        ge=50,
+        description="the parametric bootstrap test runs on a stratified random subsample of at most this many patients "
+        "(the BCF statistic is refitted for every replicate)",
     )
     auto_max_n: int = Field(3000, ge=10, description="largest trial tested by permutation when method is auto")
     permutations: int = Field(199, ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")
@@ -258,26 +270,19 @@ class EvidenceConfig(_Strict):
 
 
 class IntervalConfig(_Strict):
-    """Per-patient benefit intervals.
+    """Per-patient benefit intervals: for the *conditional average* benefit given the patient's measured values.
 
-    The model's own uncertainty comes from posterior draws (arm-only, BCF) or a
-    percentile interval over bootstrap refits (the other candidates). A
-    patient's own benefit also varies with what the trial did not measure,
-    which no parallel-group trial can estimate; ``unmeasured_heterogeneity``
-    states the assumption: the SD of benefit left unexplained by the measured
-    features is this multiple of the spread of benefit across patients that
-    the shrinkage (BCF) model's posterior allows (the posterior mean over draws
-    of the SD across patients; 0: the interval is for the average benefit of
-    patients with the same measurements). ``model_gap`` adds what the
-    champion's form leaves out of the benefit BCF attributes to the measured
-    features.
+    The uncertainty comes from posterior draws (arm-only, BCF: credible
+    intervals) or a percentile interval over bootstrap refits (the risk model
+    and the other candidates: confidence intervals). No allowance is added for
+    how one patient's own benefit may differ from that average: no
+    parallel-group trial identifies it.
     """
 
     bootstrap_models: IntOrAuto = Field(
         AUTO,
         description="refits of the bootstrap interval (candidates without posterior draws). auto: 100 below 10,000 "
-        "patients, 20 from there (each refit costs O(n), while the model's interval narrows like 1/sqrt(n) and the "
-        "unmeasured-heterogeneity allowance, which does not shrink with n, dominates the served interval)",
+        "patients, 20 from there (each refit costs O(n), while the model's interval narrows like 1/sqrt(n))",
     )
 
     bootstrap_penalty: Literal["auto", "reselect", "keep"] = Field(
@@ -293,27 +298,24 @@ class IntervalConfig(_Strict):
             raise ValueError("bootstrap_models must be at least 5 (or auto)")
         return self
     level: float = Field(0.95, gt=0.5, lt=1)
-    unmeasured_heterogeneity: float = Field(1.0, ge=0)
-    model_gap: bool = Field(
-        True,
-        description="also add, in quadrature, the SD over the training patients of the difference between the "
-        "shrinkage (BCF) reference's benefit and the champion's: heterogeneity the champion's form leaves out "
-        "(0 when BCF is the champion): the interval's model uncertainty (benchmarks/RESULTS.md compares the "
-        "allowance rules)",
-    )
 
 
 class LabelRule(_Strict):
-    """Thresholds of the subgroup labels, in percentage points of benefit (0.10 = 10 pp).
+    """Thresholds of the labels, in percentage points of benefit (0.10 = 10 pp); applied by ``training.labelling``.
 
-    How they are applied (``training.labels_policy``): ``likely_benefit`` needs an
-    established average benefit of at least ``likely_min_benefit`` or
-    Holm-significant subgroup evidence; ``unlikely_benefit`` an interval below
-    ``unlikely_upper_below``; otherwise ``uncertain``.
+    Population label (every patient, from the trial's average effect):
+    ``likely_benefit`` for an established (multiplicity-adjusted) average
+    benefit of at least ``likely_min_benefit``; ``unlikely_benefit`` when the
+    adjusted interval lies wholly below ``unlikely_upper_below``; otherwise
+    ``uncertain``. Patient label (only when effect modification is
+    established): ``likely_benefit`` when the patient's interval lies above
+    0 pp, ``unlikely_benefit`` when it lies wholly below
+    ``unlikely_upper_below`` (the smallest benefit worth having), otherwise
+    ``uncertain``.
     """
 
     likely_min_benefit: float = Field(0.10, ge=0, le=1)
-    unlikely_upper_below: float = Field(0.05, ge=-1, le=1)
+    unlikely_upper_below: float = Field(0.05, ge=-1, le=1, description="the minimal important benefit")
 
 
 class GateConfig(_Strict):

@@ -15,6 +15,9 @@ the first, the way a trial paper would:
   non-rejection share the level of that step, so an adjusted interval
   excludes 0 exactly when Holm rejects. An average effect is **established**
   when its adjusted interval excludes 0.
+- **Relative effects**: the responder risk ratio (Katz log interval) and odds
+  ratio (Woolf logit interval), each with a 0.5 correction only when a cell is
+  empty, beside the absolute difference (CONSORT asks for both).
 - **ANCOVA** on the score scale (change from baseline, adjusted for baseline,
   complete cases), the trial's primary analysis, for outcomes with a baseline.
 """
@@ -139,6 +142,7 @@ class AverageEffect:
     n_outcomes: int = 1
     ancova: Ancova | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    relative: dict[str, Any] = field(default_factory=dict)  # risk ratio and odds ratio (:func:`relative_effects`)
 
     @property
     def rate_treated(self) -> float | None:
@@ -205,7 +209,34 @@ def risk_difference(
     if n1 == 0 or n2 == 0:
         return AverageEffect(outcome, rule, missing_policy, x1, n1, x2, n2, None, None, None, None, level)
     low, high = score_interval(x1, n1, x2, n2, level)
-    return AverageEffect(outcome, rule, missing_policy, x1, n1, x2, n2, x1 / n1 - x2 / n2, low, high, score_test(x1, n1, x2, n2), level)
+    effect = AverageEffect(outcome, rule, missing_policy, x1, n1, x2, n2, x1 / n1 - x2 / n2, low, high, score_test(x1, n1, x2, n2), level)
+    effect.relative = relative_effects(x1, n1, x2, n2, level)
+    return effect
+
+
+def relative_effects(x1: int, n1: int, x2: int, n2: int, level: float = LEVEL) -> dict[str, Any]:
+    """Risk ratio (Katz) and odds ratio (Woolf) of responding, treated over control, with ``level`` intervals.
+
+    A 0.5 correction is added to every cell only when one is empty (Haldane);
+    a ratio that cannot be estimated (an arm without patients) is None.
+    """
+    out: dict[str, Any] = {"level": level, "corrected": False}
+    if n1 == 0 or n2 == 0:
+        return {**out, **dict.fromkeys(("risk_ratio", "rr_low", "rr_high", "odds_ratio", "or_low", "or_high"))}
+    a, b, c, d = float(x1), float(n1 - x1), float(x2), float(n2 - x2)
+    if min(a, b, c, d) == 0:
+        a, b, c, d = a + 0.5, b + 0.5, c + 0.5, d + 0.5
+        out["corrected"] = True
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    log_rr = math.log((a / (a + b)) / (c / (c + d)))
+    se_rr = math.sqrt(1 / a - 1 / (a + b) + 1 / c - 1 / (c + d))
+    log_or = math.log(a * d / (b * c))
+    se_or = math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
+    out.update(
+        risk_ratio=math.exp(log_rr), rr_low=math.exp(log_rr - z * se_rr), rr_high=math.exp(log_rr + z * se_rr),
+        odds_ratio=math.exp(log_or), or_low=math.exp(log_or - z * se_or), or_high=math.exp(log_or + z * se_or),
+    )
+    return out
 
 
 def adjust(effects: dict[str, AverageEffect], alpha: float = 1 - LEVEL) -> dict[str, AverageEffect]:

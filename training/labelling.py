@@ -1,22 +1,30 @@
-"""Subgroup labels that follow the evidence, each with a one-sentence reason.
+"""What a patient is told: which estimand answers, and two labels that never disagree with what stands beside them.
 
-The rule (issue 12; thresholds in percentage points, never "%"):
+A parallel-group trial identifies the average effect and the *conditional
+average* benefit given measured values; it never identifies one patient's own
+benefit. Every served answer is therefore one of three (``answer``):
 
-- Without Holm-significant subgroup evidence, every patient shares one label,
-  and its reason says that it applies to the trial population as a whole:
-  ``likely_benefit`` only when the trial established an average benefit
-  (multiplicity-adjusted interval above 0 pp) of at least the rule's minimum;
-  ``unlikely_benefit`` when the adjusted interval lies wholly below the rule's
-  upper limit (the trial rules out a meaningful average benefit); otherwise
-  ``uncertain``.
-- With subgroup evidence, labels are per patient, and a monotone function of
-  the point estimate, so a label never contradicts the ordering of estimates:
-  ``likely_benefit`` from the smallest estimate at and above which every
-  training patient's interval lay above 0 pp (and the estimate reached the
-  rule's minimum), ``unlikely_benefit`` up to the largest estimate at and
-  below which every training patient's interval lay below the rule's upper
-  limit, ``uncertain`` in between. The thresholds are fixed at training time
-  and stored with the model, so a served patient is labelled by the same rule.
+- ``conditional``: effect modification is established (the heterogeneity
+  test rejects after Holm's correction). The patient's numbers are the served
+  model's conditional average benefit given their measured values, with its
+  interval, and the patient gets a **patient label** read from that interval:
+  ``likely_benefit`` when it lies above 0 pp, ``unlikely_benefit`` when it lies
+  wholly below the minimal important benefit (``labels.unlikely_upper_below``),
+  otherwise ``uncertain``.
+- ``risk_based``: no established effect modification, but the prognostic
+  model discriminates baseline risk out of fold (PATH, :mod:`training.path`).
+  The numbers are the trial's constant odds ratio applied to the patient's
+  predicted control risk. No patient label: such a difference between
+  patients comes from their baseline risk, not from a subgroup.
+- ``average``: neither. Every patient gets the trial's average answer.
+
+Every answer also carries the **population label**, from the trial's
+(multiplicity-adjusted) average effect: ``likely_benefit`` only for an
+established average benefit of at least ``labels.likely_min_benefit``;
+``unlikely_benefit`` when the adjusted interval lies wholly below
+``labels.unlikely_upper_below``; otherwise ``uncertain``. Its reason says that
+it describes the trial population, not this patient. Thresholds are in
+percentage points (never "%").
 """
 
 from __future__ import annotations
@@ -30,6 +38,23 @@ from training.config import LabelRule
 
 LIKELY, UNCERTAIN, UNLIKELY = "likely_benefit", "uncertain", "unlikely_benefit"
 LABELS = (LIKELY, UNCERTAIN, UNLIKELY)
+CONDITIONAL, RISK_BASED, AVERAGE = "conditional", "risk_based", "average"
+ANSWERS = (CONDITIONAL, RISK_BASED, AVERAGE)
+
+ESTIMANDS = {
+    CONDITIONAL: (
+        "conditional average benefit: the expected difference in the chance of response, {treated} minus {control}, "
+        "among patients with this patient's measured values (effect modification is established)"
+    ),
+    RISK_BASED: (
+        "risk-based benefit: the trial's constant odds ratio applied to this patient's predicted chance of response on "
+        "{control} (no established effect modification; the prognostic model discriminates baseline risk)"
+    ),
+    AVERAGE: (
+        "trial average benefit: the difference in the chance of response, {treated} minus {control}, over the trial "
+        "population (no established effect modification and no discriminating prognostic model)"
+    ),
+}
 
 
 def pp(value: float | None, digits: int = 0) -> str:
@@ -40,66 +65,74 @@ def pp(value: float | None, digits: int = 0) -> str:
 
 
 @dataclass
-class LabelPolicy:
-    """A fitted label rule: population-wide or per patient, with its thresholds and reasons."""
+class PatientLabels:
+    """A batch's labels: the population label (one for all) and the patient labels (None unless conditional)."""
 
-    mode: str  # "population" or "individual"
+    population_label: str
+    population_reason: str
+    patient_label: np.ndarray  # object array of labels or None
+    patient_reason: list[str]
+
+
+@dataclass
+class LabelPolicy:
+    """One outcome's answer and label rule, fitted at training time and stored with the model."""
+
+    answer: str  # conditional, risk_based or average
     rule: dict[str, float]
     evidence_sentence: str
-    population_label: str | None = None
-    population_reason: str | None = None
-    likely_at: float | None = None
-    unlikely_at: float | None = None
+    population_label: str
+    population_reason: str
+    answer_reason: str = ""
     level: float = 0.95
+    interval_kind: str = "credible"  # credible (posterior draws) or confidence (bootstrap refits)
 
-    def label(self, benefit: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """Labels and one-sentence reasons for point estimates ``benefit``."""
-        benefit = np.asarray(benefit, dtype=float)
-        n = len(benefit)
-        if self.mode == "population":
-            return np.full(n, self.population_label, dtype=object), [str(self.population_reason)] * n
-        likely = benefit >= self.likely_at if self.likely_at is not None else np.zeros(n, bool)
-        unlikely = (benefit <= self.unlikely_at) & ~likely if self.unlikely_at is not None else np.zeros(n, bool)
-        labels = np.where(likely, LIKELY, np.where(unlikely, UNLIKELY, UNCERTAIN)).astype(object)
-        return labels, [self._reason(str(label), float(b)) for label, b in zip(labels, benefit, strict=True)]
+    @property
+    def mode(self) -> str:
+        """``individual`` when patients get their own label, else ``population`` (one label for everybody)."""
+        return "individual" if self.answer == CONDITIONAL else "population"
 
-    def _reason(self, label: str, benefit: float) -> str:
-        level = f"{100 * self.level:.0f}%"
+    def estimand(self, treated: str = "treatment", control: str = "control") -> str:
+        return ESTIMANDS[self.answer].format(treated=treated, control=control)
+
+    def label(self, benefit: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> PatientLabels:
+        """Both labels and their reasons for a batch of estimates and their intervals."""
+        lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+        n = len(lower)
+        if self.answer != CONDITIONAL:
+            reason = self.no_patient_label_reason()
+            return PatientLabels(self.population_label, self.population_reason, np.full(n, None, dtype=object), [reason] * n)
+        mid = self.rule["unlikely_upper_below"]
+        labels = np.where(lower > 0, LIKELY, np.where(upper < mid, UNLIKELY, UNCERTAIN)).astype(object)
+        reasons = [self._reason(str(label), float(lo), float(hi)) for label, lo, hi in zip(labels, lower, upper, strict=True)]
+        return PatientLabels(self.population_label, self.population_reason, labels, reasons)
+
+    def _reason(self, label: str, low: float, high: float) -> str:
+        interval = f"this patient's {100 * self.level:.0f}% {self.interval_kind} interval for the conditional average benefit ({pp(low)} to {pp(high)})"
+        mid = pp(self.rule["unlikely_upper_below"])
         if label == LIKELY:
-            return (
-                f"{self.evidence_sentence} An estimated benefit of {pp(benefit)} is at or above {pp(self.likely_at)}, "
-                f"from which every trial patient's {level} interval lay above 0 pp."
-            )
+            return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} lies above 0 pp."
         if label == UNLIKELY:
-            return (
-                f"{self.evidence_sentence} An estimated benefit of {pp(benefit)} is at or below {pp(self.unlikely_at)}, "
-                f"up to which every trial patient's {level} interval lay below {pp(self.rule['unlikely_upper_below'])}."
-            )
-        if self.likely_at is None:
-            return (
-                f"{self.evidence_sentence} No trial patient's {level} interval excluded no benefit, "
-                f"so no estimate (here {pp(benefit)}) supports a likely benefit."
-            )
-        return (
-            f"{self.evidence_sentence} An estimated benefit of {pp(benefit)} is below {pp(self.likely_at)}: "
-            f"patients with such estimates had {level} intervals that include no benefit."
-        )
+            return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} lies wholly below {mid}, the smallest benefit worth having."
+        return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} includes 0 pp and reaches {mid}, so it cannot tell."
+
+    def no_patient_label_reason(self) -> str:
+        """Why a patient gets no label of their own (answers other than ``conditional``)."""
+        return f"No patient label: {self.evidence_sentence[0].lower()}{self.evidence_sentence[1:]} {self.answer_reason}".strip()
 
     def describe(self) -> str:
         """The rule in one sentence (thresholds in percentage points)."""
-        if self.mode == "population":
-            return (
-                f"One label for every patient ({self.population_label}): without reliable subgroup evidence the label "
-                f"follows the trial's average effect. likely_benefit needs an established average benefit of at least "
-                f"{pp(self.rule['likely_min_benefit'])}; unlikely_benefit an average-effect interval wholly below "
-                f"{pp(self.rule['unlikely_upper_below'])}; otherwise uncertain."
-            )
-        likely = f"estimate >= {pp(self.likely_at, 1)}" if self.likely_at is not None else "no estimate (no trial patient qualified)"
-        unlikely = f"estimate <= {pp(self.unlikely_at, 1)}" if self.unlikely_at is not None else "no estimate"
+        population = (
+            f"The population label ({self.population_label}) follows the trial's average effect: likely_benefit needs an "
+            f"established average benefit of at least {pp(self.rule['likely_min_benefit'])}, unlikely_benefit an "
+            f"average-effect interval wholly below {pp(self.rule['unlikely_upper_below'])}, otherwise uncertain."
+        )
+        if self.answer != CONDITIONAL:
+            return f"{population} There is no patient label, because effect modification is not established."
         return (
-            f"Per patient, from the point estimate (subgroup evidence): likely_benefit for {likely}, "
-            f"unlikely_benefit for {unlikely}, otherwise uncertain; thresholds set on the trial's patients from their "
-            f"{100 * self.level:.0f}% intervals."
+            f"{population} The patient label is read from the patient's own {100 * self.level:.0f}% interval: "
+            f"likely_benefit when it lies above 0 pp, unlikely_benefit when it lies wholly below "
+            f"{pp(self.rule['unlikely_upper_below'])}, otherwise uncertain."
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,56 +142,36 @@ class LabelPolicy:
 def build_policy(
     rule: LabelRule,
     *,
-    subgroup_evidence: bool,
+    answer: str,
+    answer_reason: str,
     evidence_sentence: str,
     average_effect: Any,
-    benefit: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
     level: float,
+    interval_kind: str,
     treated: str = "treatment",
     control: str = "control",
 ) -> LabelPolicy:
-    """Fit the label rule of one outcome's model on its training patients' estimates and intervals.
-
-    ``average_effect`` is the outcome's :class:`training.effects.AverageEffect`
-    (multiplicity-adjusted); ``evidence_sentence`` states the subgroup verdict.
-    """
-    rules = rule.model_dump()
-    if not subgroup_evidence:
-        label, reason = _population(rule, average_effect, evidence_sentence, treated, control)
-        return LabelPolicy("population", rules, evidence_sentence, label, reason, level=level)
-    benefit, lower, upper = (np.asarray(a, dtype=float) for a in (benefit, lower, upper))
-    order = np.argsort(benefit, kind="stable")
-    b, lo, hi = benefit[order], lower[order], upper[order]
-    # likely: the smallest estimate such that every patient at or above it qualifies.
-    ok_likely = (lo > 0) & (b >= rule.likely_min_benefit)
-    suffix_ok = np.flip(np.logical_and.accumulate(np.flip(ok_likely)))
-    likely_at = float(b[np.argmax(suffix_ok)]) if suffix_ok.any() else None
-    # unlikely: the largest estimate such that every patient at or below it qualifies.
-    ok_unlikely = hi < rule.unlikely_upper_below
-    prefix_ok = np.logical_and.accumulate(ok_unlikely)
-    unlikely_at = float(b[len(b) - 1 - np.argmax(np.flip(prefix_ok))]) if prefix_ok.any() else None
-    if likely_at is not None and unlikely_at is not None and unlikely_at >= likely_at:
-        unlikely_at = None  # cannot happen with lower <= estimate <= upper; kept as a guard
-    return LabelPolicy("individual", rules, evidence_sentence, None, None, likely_at, unlikely_at, level)
+    """One outcome's answer policy; ``average_effect`` is its multiplicity-adjusted :class:`training.effects.AverageEffect`."""
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer {answer!r} (one of {ANSWERS})")
+    label, reason = population_label(rule, average_effect, treated, control)
+    return LabelPolicy(answer, rule.model_dump(), evidence_sentence, label, reason, answer_reason, level, interval_kind)
 
 
-def _population(rule: LabelRule, effect: Any, evidence_sentence: str, treated: str, control: str) -> tuple[str, str]:
-    scope = "This applies to the trial population as a whole, not to this patient in particular."
+def population_label(rule: LabelRule, effect: Any, treated: str, control: str) -> tuple[str, str]:
+    """The label of the trial population as a whole, from its average effect, with its reason."""
+    scope = "This describes the trial population as a whole, not this patient in particular."
     if effect is None or effect.risk_difference is None:
-        return UNCERTAIN, f"{evidence_sentence} The trial's average effect could not be estimated. {scope}"
+        return UNCERTAIN, f"The trial's average effect could not be estimated. {scope}"
     summary = effect.describe(treated, control)
-    low = effect.ci_low_adjusted if effect.ci_low_adjusted is not None else effect.ci_low
     high = effect.ci_high_adjusted if effect.ci_high_adjusted is not None else effect.ci_high
     if effect.direction == "benefit" and effect.risk_difference >= rule.likely_min_benefit:
-        return LIKELY, f"{summary} {evidence_sentence} {scope}"
+        return LIKELY, f"{summary} {scope}"
     if high is not None and high < rule.unlikely_upper_below:
-        return UNLIKELY, f"{summary} It rules out an average benefit of {pp(rule.unlikely_upper_below)} or more. {evidence_sentence} {scope}"
+        return UNLIKELY, f"{summary} It rules out an average benefit of {pp(rule.unlikely_upper_below)} or more. {scope}"
     if effect.direction == "benefit":
         return UNCERTAIN, (
-            f"{summary} The established average benefit is below the {pp(rule.likely_min_benefit)} needed for a "
-            f"likely benefit. {evidence_sentence} {scope}"
+            f"{summary} The established average benefit is below the {pp(rule.likely_min_benefit)} needed for a likely "
+            f"benefit. {scope}"
         )
-    del low
-    return UNCERTAIN, f"{summary} {evidence_sentence} {scope}"
+    return UNCERTAIN, f"{summary} {scope}"

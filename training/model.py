@@ -13,7 +13,6 @@ from serving.runtime.artefact import (
     input_schema,
     model_interval,
     predictions_schema,
-    widen,
 )
 
 __all__ = [
@@ -24,5 +23,4 @@ __all__ = [
     "input_schema",
     "model_interval",
     "predictions_schema",
-    "widen",
 ]

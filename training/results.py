@@ -17,7 +17,9 @@ from training.candidates import candidate_label
 from training.data import ValidationReport
 from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
+from training.labelling import CONDITIONAL
 from training.labels import LabelCounts
+from training.path import PathAnalysis
 
 HEADLINE = [
     "auc_treated",
@@ -34,8 +36,6 @@ HEADLINE = [
     "auuc",
     "autoc",
     "autoc_averaged",
-    "autoc_lower",
-    "autoc_upper",
     "rate_qini",
     "c_for_benefit",
     "tau_risk",
@@ -65,11 +65,22 @@ class OutcomeResult:
     average_effect: AverageEffect | None = None
     # The average effect under the other missing-follow-up policy, when > 10% of follow-up is missing.
     average_effect_sensitivity: AverageEffect | None = None
+    path: PathAnalysis | None = None  # the risk-based (PATH) analysis
+    answer: str = "average"  # conditional, risk_based or average (training.labelling)
+    refused: dict[str, list[str]] = field(default_factory=dict)  # candidates that failed the served-model checks
 
     @property
     def procedure(self) -> str:
-        """The out-of-fold predictions that describe the champion honestly: the nested selection procedure's."""
-        return SELECTED
+        """The out-of-fold predictions that describe the served model honestly.
+
+        For a conditional answer chosen by the selection criterion, the nested
+        selection procedure's (the choice is part of the model); otherwise the
+        served candidate's own (the risk model or the floor is fixed by the
+        evidence and the prognosis, not picked by comparing out-of-fold scores).
+        """
+        if self.answer == CONDITIONAL and self.champion == self.cv.final_choice:
+            return SELECTED
+        return self.champion
 
     def summary(self) -> dict[str, Any]:
         metrics = {k: _clean(self.cv.summary.loc[self.procedure, k]) for k in HEADLINE if k in self.cv.summary.columns}
@@ -84,7 +95,12 @@ class OutcomeResult:
             "promoted": self.promoted,
             "champion_version": self.champion_version,
             "gate": self.gate,
+            "answer": self.answer,
+            "estimand": self._estimand(),
+            "refused": self.refused,
             "evidence": self.evidence,
+            "heterogeneity_null": self.permutation.details.get("null") if self.permutation.details else None,
+            "heterogeneity_statistic_label": self.permutation.label,
             "p_value": _clean(self.permutation.p_value),
             "p_adjusted": _clean(self.p_adjusted),
             "heterogeneity_statistic": _clean(self.permutation.statistic),
@@ -92,6 +108,7 @@ class OutcomeResult:
             "heterogeneity_test": self.permutation.method,
             "stopped_early": bool(self.permutation.stopped_early),
             "average_effect": _average_effect(self.average_effect),
+            "path": self.path.to_dict() if self.path is not None else None,
             "eligible": list(self.cv.eligible),
             "labels": self._labels(),
             "responder_rule": self.counts.rule,
@@ -109,6 +126,11 @@ class OutcomeResult:
             "run_id": self.run_id,
         }
 
+    def _estimand(self) -> str | None:
+        if self.model is None or self.model.label_policy is None:
+            return None
+        return self.model.label_policy.estimand(*_arm_names(self))
+
     def _labels(self) -> dict[str, Any]:
         if self.model is None or self.model.label_policy is None:
             return {}
@@ -118,9 +140,9 @@ class OutcomeResult:
             "rule": policy.describe(),
             "population_label": policy.population_label,
             "population_reason": policy.population_reason,
-            "likely_at": policy.likely_at,
-            "unlikely_at": policy.unlikely_at,
-            "heterogeneity_sd": self.model.heterogeneity_sd,
+            "patient_label": "from each patient's interval" if policy.mode == "individual" else None,
+            "no_patient_label_reason": policy.no_patient_label_reason() if policy.mode != "individual" else None,
+            "interval_kind": policy.interval_kind,
         }
 
 
@@ -172,24 +194,24 @@ class TrainSummary:
         for result in self.outcomes.values():
             s = result.summary()
             m = s["metrics"]
-            verdict = "EVIDENCE of a responder subgroup" if s["evidence"] else "NO reliable evidence of a responder subgroup"
+            verdict = "EVIDENCE of effect modification" if s["evidence"] else "NO reliable evidence of effect modification"
             effect = result.average_effect
             labels = s["labels"]
-            test = f"{s['heterogeneity_test']} test" + (f", {s['permutations']} permutations" if s["heterogeneity_test"] == "permutation" else "")
+            runs = {"permutation": "permutations", "parametric_bootstrap": "simulated trials"}.get(s["heterogeneity_test"])
+            test = f"{s['heterogeneity_test'].replace('_', ' ')} test" + (f", {s['permutations']} {runs}" if runs else "")
             lines += [
                 f"- {s['outcome']}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
                 f"    average effect: {effect.describe(*_arm_names(result)) if effect is not None else 'n/a'}",
-                f"    champion candidate: {s['champion']} ({s['reason']})",
+                f"    risk-based (PATH): {result.path.sentence() if result.path is not None else 'n/a'}",
+                f"    answer: {s['answer']} ({s['reason']}); served model {s['champion']}",
+                f"    estimand: {s['estimand']}",
+                *[f"    not served: {name} ({'; '.join(problems)})" for name, problems in s["refused"].items()],
                 f"    out-of-fold (nested CV): AUC treated {_fmt(m.get('auc_treated'))}, control {_fmt(m.get('auc_control'))}; "
                 f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
-                f"AUTOC {_fmt(m.get('autoc_averaged'))} [{_fmt(m.get('autoc_lower'))}, {_fmt(m.get('autoc_upper'))}]; "
+                f"AUTOC {_fmt(m.get('autoc_averaged'))} (descriptive); "
                 f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",
-                "    labels: "
-                + (
-                    f"one label for every patient, {labels.get('population_label')}: {labels.get('population_reason')}"
-                    if labels.get("mode") == "population"
-                    else f"per patient: {labels.get('rule', 'n/a')}"
-                ),
+                f"    population label: {labels.get('population_label')}; patient labels: "
+                + ("from each patient's interval" if labels.get("mode") == "individual" else "none (effect modification not established)"),
                 f"    registry: {s['registered_model']} version {s['version']} -> "
                 + ("promoted to @champion" if s["promoted"] else f"NOT promoted ({'; '.join(s['gate'])}); @champion is version {s['champion_version']}"),
                 f"    MLflow run: {s['run_id']}",

@@ -254,8 +254,8 @@ def _candidate_name(name: str) -> str:
 
 def verdict_text(evidence: bool, permutations: int) -> str:
     if evidence:
-        return "evidence of a responder subgroup"
-    return "no reliable evidence of a responder subgroup" if permutations else "heterogeneity not tested"
+        return "evidence of effect modification"
+    return "no reliable evidence of effect modification" if permutations else "effect modification not tested"
 
 
 def job_note(data: str, n_rows: int, digest: str, spec: str, outcomes: list[str], settings: dict[str, Any]) -> str:

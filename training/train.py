@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 import warnings
@@ -26,23 +25,25 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from serving.runtime.artefact import Evidence, ResponderModel
+from training.answer import choose_answer
 from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import (
-    PRESPECIFIED,
     OutcomeData,
     cross_validate,
+    features_of,
     fit_pipeline,
     holm,
     parsed_inputs,
-    permutation_test,
     with_parsed,
 )
 from training.executor import Executor, make_executor
+from training.heterogeneity import heterogeneity_test
 from training.labelling import build_policy
 from training.labels import LabelCounts, responder_labels, sensitivity_effects
+from training.path import path_analysis
 from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
@@ -100,103 +101,8 @@ def average_effect(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config:
     return effect
 
 
-def champion_reason(result: OutcomeResult, config: TrainConfig) -> str:
-    """Why this candidate serves: the selection procedure in one sentence."""
-    cv = result.cv
-    others = [c for c in cv.eligible if c != "arm_only"]
-    if config.selection.criterion == PRESPECIFIED:
-        if result.champion == "bcf":
-            return (
-                "the prespecified shrinkage model, BCF, serves: its out-of-fold log-loss was not worse than the "
-                "arm-only floor's (criterion bcf_when_eligible)"
-            )
-        return (
-            "the prespecified shrinkage model, BCF, predicted responders worse than the arm-only floor out of fold, "
-            "so the floor serves (criterion bcf_when_eligible)"
-        )
-    if result.champion == "arm_only":
-        if not others:
-            return "no candidate predicted responders better than the arm-only floor out of fold: the floor serves"
-        return f"the arm-only floor was preferred by the {config.selection.criterion} criterion over {', '.join(others)}"
-    return (
-        f"chosen by the {config.selection.criterion} criterion among the candidates not worse than the arm-only floor "
-        f"out of fold ({', '.join(cv.eligible)})"
-    )
-
-
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-def heterogeneity_reference(
-    champion: BenefitCandidate, F: pd.DataFrame, data: OutcomeData, config: TrainConfig, reference: Reference | None = None
-) -> tuple[float, float, str]:
-    """The interval allowance's parts: (reference SD, model gap SD, reference model name).
-
-    The reference SD is the shrinkage (BCF) model's posterior spread of benefit
-    across the training patients: the posterior mean, over draws, of the SD of
-    the drawn benefit across patients. (The SD of the posterior-mean benefit
-    would shrink with the posterior mean: on 99 patients it is a fraction of the
-    spread the posterior still allows.) The allowance for unmeasured
-    heterogeneity is a multiple of it (``intervals.unmeasured_heterogeneity``).
-    The model gap is the SD of BCF's posterior-mean benefit minus the champion's
-    (0 when BCF is the champion): heterogeneity the champion's form cannot
-    follow. BCF is used whatever the champion, so the allowance does not depend
-    on which model won; without BCF enabled, the champion's own spread is the
-    reference and there is no gap.
-    """
-    rows = _reference_rows(F, config.seed)
-    if champion.name == "bcf":
-        return _posterior_spread(champion, rows)[1], 0.0, "bcf"
-    if "bcf" in config.candidates.enabled:
-        if reference is None:  # otherwise fitted in the worker pool (FinalFits)
-            reference = _reference_fit(F, data.t, data.y, data.treated_fraction, config)
-        gap = float(np.std(reference.benefit - champion.predict_benefit(rows)))
-        return reference.spread, gap, "bcf"
-    return float(np.std(champion.predict_benefit(F))), 0.0, champion.name
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The BCF reference on the reference patients: its posterior-mean benefit and its posterior spread of benefit."""
-
-    benefit: np.ndarray
-    spread: float
-
-
-def _posterior_spread(model: BenefitCandidate, rows: pd.DataFrame) -> tuple[np.ndarray, float]:
-    draws = model.benefit_draws(rows)  # (patients, draws)
-    return draws.mean(axis=1), float(np.mean(draws.std(axis=0)))
-
-
-def allowance_sd(config: TrainConfig, reference_sd: float, gap_sd: float) -> float:
-    """The SD the served interval is widened by (in quadrature, times z): ``k x reference (+) gap``."""
-    k = config.intervals.unmeasured_heterogeneity
-    return math.hypot(k * reference_sd, gap_sd if config.intervals.model_gap else 0.0)
-
-
-def _reference_fit(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, e: float, config: TrainConfig) -> Reference:
-    """The BCF reference fitted on all patients, summarised on the reference patients (:func:`_reference_rows`)."""
-    model = make_candidate("bcf", config.candidates, e, config.seed + 5, final=True)
-    model.fit(F, t, y)
-    rows = _reference_rows(F, config.seed)
-    _, spread = _posterior_spread(model, rows)
-    return Reference(np.asarray(model.predict_benefit(rows), dtype=float), spread)
-
-
-REFERENCE_MAX_N = 10_000
-
-
-def _reference_rows(F: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """The patients the reference SD is taken over: all of them, or a seeded random 10,000 in larger trials.
-
-    Predicting every posterior draw for 10^5 patients costs more than the fit;
-    the SD of 10,000 patients' benefits is within about 1% of all patients'.
-    """
-    if len(F) <= REFERENCE_MAX_N:
-        return F
-    rows = np.sort(np.random.default_rng(seed).choice(len(F), REFERENCE_MAX_N, replace=False))
-    return F.iloc[rows]
 
 
 # Final fits in the worker pool -------------------------------------------------------------------------
@@ -208,7 +114,6 @@ class FinalFits:
     F: pd.DataFrame
     candidate: BenefitCandidate
     bootstrap: list[BenefitCandidate] | None  # refits for the interval (candidates without posterior draws)
-    reference: Reference | None  # the BCF heterogeneity reference, when BCF is not the champion
 
 
 @dataclass(frozen=True)
@@ -224,19 +129,17 @@ def _final_task(task: tuple, shared: _FinalShared):
     config, name = shared.configs[outcome], shared.champions[outcome]
     if kind == "champion":
         return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
-    if kind == "reference":
-        return _reference_fit(F, t, y, e, config)
     template, resamples = payload
     return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
 
 
 def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: TrainConfig, executor: Executor) -> dict[str, FinalFits]:
-    """Every outcome's champion fit, bootstrap refits and BCF reference fit, in the worker pool.
+    """Every outcome's champion fit and bootstrap refits, in the worker pool.
 
     The same fits, seeds and resamples as :func:`fit_champion` makes by itself
     (the resamples are drawn here, in order), so the served models are identical.
     Two passes: the champions (whose chosen penalty the refits may keep), then
-    the BCF references and the bootstrap refits of every outcome together.
+    the bootstrap refits of every outcome together.
     """
     shared_data, configs, pipelines = {}, {}, {}
     for outcome, result in results.items():
@@ -246,7 +149,7 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
         shared_data[outcome] = (F, data.t, data.y, data.treated_fraction)
     shared = _FinalShared(shared_data, {k: r.champion for k, r in results.items()}, configs)
     champions = dict(zip(results, executor.map(_final_task, [("champion", o, None) for o in results], desc="final fits: champions", shared=shared), strict=True))
-    tasks = [("reference", o, None) for o, r in results.items() if r.champion != "bcf" and "bcf" in configs[o].candidates.enabled]
+    tasks: list[tuple] = []
     workers = max(1, getattr(executor, "workers", 2))
     for outcome, candidate in champions.items():
         if candidate.has_draws:
@@ -256,10 +159,9 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
         resamples, template = ensemble.resamples(results[outcome].data.t), ensemble.template()
         chunks = max(1, min(len(resamples), 2 * workers))
         tasks += [("bootstrap", outcome, (template, resamples[i::chunks])) for i in range(chunks)]
-    answers = executor.map(_final_task, tasks, desc="final fits: BCF references and bootstrap refits", shared=shared)
+    answers = executor.map(_final_task, tasks, desc="final fits: bootstrap refits", shared=shared) if tasks else []
     fits = {}
     for outcome in results:
-        reference = next((a for (kind, o, _), a in zip(tasks, answers, strict=True) if kind == "reference" and o == outcome), None)
         chunks = [models for (kind, o, _), models in zip(tasks, answers, strict=True) if kind == "bootstrap" and o == outcome]
         bootstrap = None
         if chunks:
@@ -267,19 +169,20 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
             bootstrap = [None] * sum(len(models) for models in chunks)
             for i, models in enumerate(chunks):
                 bootstrap[i :: len(chunks)] = models
-        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap, reference)
+        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap)
     return fits
 
 
 def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
-    """The subgroup verdict in one sentence (it starts every label reason)."""
+    """The effect-modification verdict in one sentence (it starts every patient-label reason)."""
     name = spec.outcomes[result.outcome].label.split(" (")[0].lower()
     if not result.permutation.tested:
-        return f"Whether the benefit for {name} differs between patients was not tested."
+        return f"Whether the effect on {name} differs between patients was not tested."
     p = _fmt(_clean(result.p_adjusted))
+    beyond = " beyond what their baseline risk explains" if result.permutation.method == "parametric_bootstrap" else ""
     if result.evidence:
-        return f"There is evidence that the benefit for {name} differs between patients (Holm-adjusted p = {p})."
-    return f"There is no reliable evidence that the benefit for {name} differs between patients (Holm-adjusted p = {p})."
+        return f"There is evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
+    return f"There is no reliable evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
 
 
 def fit_champion(
@@ -290,7 +193,7 @@ def fit_champion(
     provenance: dict[str, Any] | None = None,
     fitted: FinalFits | None = None,
 ) -> ResponderModel:
-    """Refit the chosen candidate on all patients with its interval machinery and fit the label rule.
+    """Refit the chosen candidate on all patients with its interval machinery and fix the answer and label rule.
 
     ``fitted``: the parts :func:`final_fits` already made in the worker pool (else they are fitted here).
     """
@@ -300,25 +203,23 @@ def fit_champion(
         data = with_parsed(data, spec)
         pipeline, F = fit_pipeline(spec, data.X, data.parsed)
         candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
-        bootstrap, reference = None, None
+        bootstrap = None
     else:
-        pipeline, F, candidate, bootstrap, reference = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap, fitted.reference
+        pipeline, F, candidate, bootstrap = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap
     ensemble = None
     if not candidate.has_draws:
         ensemble = BootstrapEnsemble(
             candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
         ).fit(F, data.t, data.y, models=bootstrap)
-    reference_sd, gap_sd, reference_name = heterogeneity_reference(candidate, F, data, config, reference)
     model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
         pipeline=pipeline,
         candidate=candidate,
         ensemble=ensemble,
-        label_policy=None,  # type: ignore[arg-type]  # fitted below, on this model's own intervals
+        label_policy=None,  # type: ignore[arg-type]  # fitted below
         evidence=evidence,
         interval_level=config.intervals.level,
-        heterogeneity_sd=allowance_sd(config, reference_sd, gap_sd),
         average_effect=result.average_effect.to_dict() if result.average_effect is not None else {},
         metadata={
             "candidate_label": candidate_label(result.champion),
@@ -326,30 +227,20 @@ def fit_champion(
             "responder_rule": result.counts.rule,
             "n_train": len(data.y),
             "n_responders": int(data.y.sum()),
-            "heterogeneity_reference": {
-                "model": reference_name,
-                "sd": reference_sd,
-                "multiple": config.intervals.unmeasured_heterogeneity,
-                "model_gap_sd": gap_sd if config.intervals.model_gap else 0.0,
-            },
+            "answer": result.answer,
+            "path": result.path.to_dict() if result.path is not None else None,
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
         },
     )
-    benefit = candidate.predict_benefit(F)
-    lower, upper = model.interval(F, benefit)
-    sentence = evidence_sentence(result, spec)
-    if result.champion == "arm_only":
-        sentence += " The data cannot tell these patients apart: every patient gets the trial's average answer."
     model.label_policy = build_policy(
         config.labels,
-        subgroup_evidence=result.evidence,
-        evidence_sentence=sentence,
+        answer=result.answer,
+        answer_reason=result.reason[0].upper() + result.reason[1:] + "." if result.reason else "",
+        evidence_sentence=evidence_sentence(result, spec),
         average_effect=result.average_effect,
-        benefit=benefit,
-        lower=lower,
-        upper=upper,
         level=config.intervals.level,
+        interval_kind="credible" if candidate.has_draws else "confidence",
         treated=spec.treated_display(),
         control=spec.control_display(),
     )
@@ -433,6 +324,10 @@ def _compare_with_champion(result: OutcomeResult, client: MlflowClient, config: 
         return []
     previous = current.tags.get("candidate")
     if previous not in result.cv.summary.index:
+        return []
+    if current.tags.get("answer") != result.answer:
+        # A different estimand (the evidence or the prognosis changed what a trial can tell a patient): the
+        # evidence decides which answer serves, not a Brier comparison across answers.
         return []
     new = result.cv.metric(result.champion, "brier_mean")
     old = result.cv.metric(previous, "brier_mean")
@@ -551,17 +446,19 @@ def run_training(
                         mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
                         mlflow.log_metric("times_selected", cv.selections[name])
                         mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
-                steps.start(f"{outcome}: permutation test")
+                clock.start(f"{outcome}: risk-based (PATH) analysis", "test")
+                path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
+                steps.start(f"{outcome}: heterogeneity test")
                 clock.start(f"{outcome}: heterogeneity test", "test")
-                permutation = permutation_test(data, spec, config, executor, desc=f"{outcome}: permutation test")
-                results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id)
+                permutation = heterogeneity_test(data, spec, config, executor, desc=f"{outcome}: heterogeneity test")
+                results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id, path=path)
 
         # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
         for outcome, effect in sensitivity_effects(frame, spec, config).items():
             results[outcome].average_effect_sensitivity = effect
 
         steps.start("refit, log and register the champions")
-        clock.start("final fits: champions, bootstrap refits, BCF references", "final fits")
+        clock.start("final fits: champions and bootstrap refits", "final fits")
         adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
         effects = adjust(
             {k: average_effect(frame, spec, k, config) for k in results},
@@ -572,15 +469,18 @@ def run_training(
             result.average_effect = effects[outcome]
             tested = result.permutation.tested
             result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
-            result.champion = result.cv.final_choice
-            result.reason = champion_reason(result, config)
+            choice = choose_answer(
+                result.cv, result.data.y, result.data.t, result.evidence, tested,
+                bool(result.path is not None and result.path.discriminates), list(config.candidates.enabled), config.intervals.level,
+            )
+            result.answer, result.champion, result.reason, result.refused = choice.answer, choice.champion, choice.reason, choice.refused
         fitted = final_fits(results, spec, config, executor)
         for outcome, result in results.items():
             tested = result.permutation.tested
             verdict = (
-                "evidence of a responder subgroup"
+                "evidence of effect modification"
                 if result.evidence
-                else "no reliable evidence of a responder subgroup" if tested else "heterogeneity not tested"
+                else "no reliable evidence of effect modification" if tested else "effect modification not tested"
             )
             evidence = Evidence(
                 tested=tested,
@@ -616,12 +516,11 @@ def run_training(
                             "average_effect.p_value": _nan(effect.p_value),
                             "average_effect.p_adjusted": _nan(effect.p_adjusted),
                             "average_effect.established": float(effect.established),
-                            "heterogeneity_sd": result.model.heterogeneity_sd,
                         }.items()
                         if np.isfinite(v)
                     }
                 )
-                mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict})
+                mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
                 _log_outcome_artifacts(result, spec, config)
                 info = log_responder_model(result.model)
             result.model_uri = info.model_uri
@@ -639,6 +538,7 @@ def run_training(
                     "parent_run_id": parent.info.run_id,
                     "brier_mean_cv": f"{result.cv.metric(result.champion, 'brier_mean'):.5f}",
                     "label_mode": result.model.label_policy.mode,
+                    "answer": result.answer,
                 },
             )
             result.version = str(version.version)

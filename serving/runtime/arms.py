@@ -3,7 +3,7 @@
 :func:`compile_arms` reads a fitted candidate (and its bootstrap ensemble) and
 returns a plan whose ``predict(F)`` gives, for the feature matrix ``F`` (columns
 in the candidate's ``features_`` order), P(response | treated), P(response |
-control) and the model's own interval (before the heterogeneity allowance):
+control) and the model's own interval (the served interval):
 
 - ``arm_only``: the two rates and the quantiles of the Jeffreys draws;
 - ``risk_model``, ``interaction_logistic``: the champion's own ``predict_arms``
@@ -211,11 +211,13 @@ class PosteriorForestArms:
         self.mu_offset = float(flat["mu_offset"])
         self.tau_offset = np.asarray(flat["tau_offset"], dtype=float)
         self.trees = len(self.mu.roots) + len(self.tau.roots)
+        self.control_code = float(candidate.coding()[0])
 
     def probit_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, draws) posterior draws of mu and tau on the probit scale."""
+        """(n, draws) posterior draws of the control arm's probit and of the effect tau (treated: control + tau)."""
         if len(F) * self.trees <= ARRAY_CELLS:
-            return self.mu.predict(F) + self.mu_offset, self.tau.predict(F) + self.tau_offset[None, :]
+            tau = self.tau.predict(F) + self.tau_offset[None, :]
+            return self.mu.predict(F) + self.mu_offset + self.control_code * tau, tau
         return self.candidate._probit_draws(F)
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,15 +8,15 @@ service and ``responders predict`` run its compiled :meth:`ResponderModel.plan`
 path that ``mlflow models serve`` runs, goes through the scikit-learn pipeline
 and the candidate objects themselves: the reference the plan is tested against. It takes raw patient rows in the data
 contract (labs as report text, optional ``<lab>_unit`` columns) and returns,
-for one outcome, both probabilities, the benefit with its interval and a label
-with its reason from the model's own :class:`~training.labelling.LabelPolicy`.
+for one outcome, both probabilities, the benefit with its interval, which
+answer (estimand) they are, and the population and patient labels with their
+reasons from the model's own :class:`~training.labelling.LabelPolicy`.
 
-Intervals: the model's own uncertainty (posterior draws of the arm-only and
-BCF models, or a percentile interval over bootstrap refits for the others),
-widened in quadrature by ``z * heterogeneity_sd``, the stated allowance for
-benefit that varies with what the trial did not measure, plus the
-heterogeneity the champion's form leaves out (see
-:class:`~training.config.IntervalConfig` and ``training.train.allowance_sd``).
+Intervals are for the estimand served (the conditional average, risk-based or
+trial average benefit): the model's own uncertainty, from posterior draws
+(arm-only, BCF: credible intervals) or a percentile interval over bootstrap
+refits (the other candidates: confidence intervals). Nothing is added for one
+patient's own deviation from that average, which no trial identifies.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sklearn.pipeline import Pipeline
 
 from features.pipeline import InputWarning, feature_info, input_warnings, lab_issues
 from features.transformers import FeatureInfo
-from serving.runtime.intervals import posterior_interval, widen
+from serving.runtime.intervals import posterior_interval
 from training.labelling import LabelPolicy
 from training.spec import DatasetSpec
 
@@ -45,9 +45,13 @@ PREDICTION_COLUMNS = [
     "benefit",
     "benefit_lower",
     "benefit_upper",
-    "label",
-    "label_reason",
+    "answer",
+    "patient_label",
+    "patient_label_reason",
+    "population_label",
+    "population_label_reason",
 ]
+TEXT_COLUMNS = PREDICTION_COLUMNS[5:]
 
 
 @dataclass
@@ -78,7 +82,6 @@ class ResponderModel:
     label_policy: LabelPolicy
     evidence: Evidence
     interval_level: float = 0.95
-    heterogeneity_sd: float = 0.0
     average_effect: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -110,32 +113,18 @@ class ResponderModel:
         return feature_info(self.pipeline, self.spec)
 
     def predict(self, raw: pd.DataFrame) -> pd.DataFrame:
-        """Both probabilities, benefit, its interval and the label, one row per patient."""
+        """Both probabilities, benefit, its interval, the answer and both labels, one row per patient."""
         F = self.features(raw)
         p1, p0 = self.candidate.predict_arms(F)
         benefit = p1 - p0
         lower, upper = self.interval(F, benefit)
-        labels, reasons = self.label_policy.label(benefit)
-        return pd.DataFrame(
-            {
-                "p_response_treated": p1,
-                "p_response_control": p0,
-                "benefit": benefit,
-                "benefit_lower": lower,
-                "benefit_upper": upper,
-                "label": labels,
-                "label_reason": reasons,
-            },
-            index=raw.index,
-        )
-
-    def model_interval(self, F: pd.DataFrame, benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The interval from the model's own uncertainty alone (before the unmeasured-heterogeneity allowance)."""
-        return model_interval(self.candidate, self.ensemble, F, benefit, self.interval_level)
+        return prediction_frame(self.label_policy, p1, p0, benefit, lower, upper, raw.index)
 
     def interval(self, F: pd.DataFrame, benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lower, upper = self.model_interval(F, benefit)
-        return widen(benefit, lower, upper, self.heterogeneity_sd, self.interval_level)
+        """The interval for the served estimand: the model's own uncertainty (posterior draws or bootstrap refits)."""
+        return model_interval(self.candidate, self.ensemble, F, benefit, self.interval_level)
+
+    model_interval = interval  # one interval: nothing is added for a patient's own deviation
 
     def explain(self, raw: pd.DataFrame) -> tuple[Explanation, pd.DataFrame]:
         """SHAP contributions (probability points) and the engineered feature values they refer to."""
@@ -176,6 +165,27 @@ class ResponderModel:
         return pd.DataFrame([row])[[c for c in self.input_columns() if c in row]]
 
 
+def prediction_frame(policy: LabelPolicy, p1, p0, benefit, lower, upper, index=None) -> pd.DataFrame:
+    """The prediction columns (:data:`PREDICTION_COLUMNS`) of a batch, labels read from the policy."""
+    labels = policy.label(benefit, lower, upper)
+    n = len(benefit)
+    return pd.DataFrame(
+        {
+            "p_response_treated": p1,
+            "p_response_control": p0,
+            "benefit": benefit,
+            "benefit_lower": lower,
+            "benefit_upper": upper,
+            "answer": [policy.answer] * n,
+            "patient_label": labels.patient_label,
+            "patient_label_reason": labels.patient_reason,
+            "population_label": [labels.population_label] * n,
+            "population_label_reason": [labels.population_reason] * n,
+        },
+        index=index,
+    )
+
+
 def model_interval(
     candidate: BenefitCandidate, ensemble: BootstrapEnsemble | None, F: pd.DataFrame, benefit: np.ndarray, level: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +201,8 @@ def predictions_schema():
     from mlflow.types import ColSpec, Schema
 
     return Schema(
-        [ColSpec("double", c) for c in PREDICTION_COLUMNS[:-2]] + [ColSpec("string", "label"), ColSpec("string", "label_reason")]
+        [ColSpec("double", c) for c in PREDICTION_COLUMNS[:5]]
+        + [ColSpec("string", c, required=c not in ("patient_label", "patient_label_reason")) for c in TEXT_COLUMNS]
     )
 
 
@@ -217,7 +228,7 @@ def input_schema(model: ResponderModel):
     return Schema([ColSpec(AnyType(), column, required=column in required and column != spec.id_column) for column in columns])
 
 
-__all__ = ["PREDICTION_COLUMNS", "Evidence", "ResponderModel", "ResponderPyfunc", "input_schema", "model_interval", "predictions_schema", "widen"]
+__all__ = ["PREDICTION_COLUMNS", "Evidence", "ResponderModel", "ResponderPyfunc", "input_schema", "model_interval", "prediction_frame", "predictions_schema"]
 
 
 class ResponderPyfunc(mlflow.pyfunc.PythonModel):

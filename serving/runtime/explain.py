@@ -44,6 +44,7 @@ def targets(spec: DatasetSpec) -> dict[str, str]:
     return {
         "benefit": "the predicted benefit",
         "p_response_treated": f"the chance of a meaningful response on {spec.treated_inline()}",
+        "p_response_control": f"the chance of a meaningful response on {spec.control_inline()}",
     }
 
 
@@ -70,7 +71,7 @@ class Driver:
 
 @dataclass
 class OutputExplanation:
-    target: str  # "benefit" or "p_response_treated"
+    target: str  # "benefit", "p_response_treated" or "p_response_control"
     base_value: float
     prediction: float
     drivers: list[Driver]
@@ -92,10 +93,20 @@ class OutputExplanation:
 
 @dataclass
 class PatientExplanation:
+    """One patient's SHAP explanations of every output.
+
+    ``p_response_control`` holds the *prognostic* drivers (what shapes the
+    chance of response without the treatment). Which of them a reader is shown
+    follows the answer (:mod:`training.labelling`): drivers of benefit only
+    when effect modification is established (``shows_benefit_drivers``).
+    """
+
     row: int
     benefit: OutputExplanation
     p_response_treated: OutputExplanation
+    p_response_control: OutputExplanation
     imputed: list[str] = field(default_factory=list)
+    shows_benefit_drivers: bool = False
 
 
 def _format_number(value: float) -> str:
@@ -288,14 +299,22 @@ def explain_rows(
     Raises ``AssertionError`` if contributions do not add up to the model output
     (the candidates check exactness, this checks the assembled result).
     """
+    from training.candidates import Contributions
+    from training.labelling import CONDITIONAL
+
     describer = _Describer(model, parsed)
     arm_only = model.candidate_name == "arm_only"
+    treated_c, benefit_c = explanation.p_treated, explanation.benefit
+    # SHAP values are additive: the control arm's are the treated arm's minus the benefit's.
+    control_c = Contributions(treated_c.values - benefit_c.values, treated_c.base - benefit_c.base, treated_c.output - benefit_c.output)
+    conditional = model.label_policy is not None and model.label_policy.answer == CONDITIONAL
     out = []
-    for i in range(len(explanation.benefit.output)):
-        benefit = _output("benefit", explanation.benefit, i, explanation.features, sources, describer, arm_only)
-        treated = _output("p_response_treated", explanation.p_treated, i, explanation.features, sources, describer, arm_only)
-        assert benefit.additivity_error < 1e-6 and treated.additivity_error < 1e-6, "SHAP contributions do not add up"
+    for i in range(len(benefit_c.output)):
+        benefit = _output("benefit", benefit_c, i, explanation.features, sources, describer, arm_only)
+        treated = _output("p_response_treated", treated_c, i, explanation.features, sources, describer, arm_only)
+        control = _output("p_response_control", control_c, i, explanation.features, sources, describer, arm_only)
+        assert max(benefit.additivity_error, treated.additivity_error, control.additivity_error) < 1e-6, "SHAP contributions do not add up"
         assert abs(sum(d.contribution for d in benefit.drivers) - sum(benefit.features.values())) < 1e-9
         imputed = [a for a in model.spec.labs if math.isnan(float(describer.columns[a][i]))]
-        out.append(PatientExplanation(i, benefit, treated, imputed))
+        out.append(PatientExplanation(i, benefit, treated, control, imputed, conditional))
     return out

@@ -3,8 +3,8 @@
 :class:`OutcomePlan` compiles one :class:`~serving.runtime.artefact.ResponderModel`:
 its feature pipeline into a :class:`features.pipeline.FeaturePlan` (the fitted
 transformers' own NumPy cores) and its champion with the bootstrap refits or
-posterior draws into a plan from :mod:`serving.runtime.arms`. The label rule,
-the heterogeneity allowance and the warnings are the model's own objects.
+posterior draws into a plan from :mod:`serving.runtime.arms`. The answer and
+label rule and the warnings are the model's own objects.
 :class:`ScoringPlan` serves several outcomes (the service's champions) and
 parses a request once for all of them: each raw value goes through
 ``features.labs`` exactly once, whatever the number of outcomes.
@@ -30,7 +30,6 @@ from features.labs import LabIssue
 from features.pipeline import FeaturePlan, InputWarning
 from serving.runtime.arms import compile_arms
 from serving.runtime.explain import PatientExplanation, explain_rows
-from serving.runtime.intervals import widen
 
 if TYPE_CHECKING:
     from serving.runtime.artefact import ResponderModel
@@ -45,12 +44,19 @@ class Scores:
     benefit: np.ndarray
     benefit_lower: np.ndarray
     benefit_upper: np.ndarray
-    label: np.ndarray
-    label_reason: list[str]
+    answer: str
+    patient_label: np.ndarray  # object array: a label, or None when effect modification is not established
+    patient_label_reason: list[str]
+    population_label: str
+    population_label_reason: str
 
     def frame(self, index: Any = None) -> pd.DataFrame:
         """The pyfunc model's prediction frame (for comparisons and files)."""
-        return pd.DataFrame({k: getattr(self, k) for k in self.__dataclass_fields__}, index=index)
+        n = len(self.benefit)
+        columns = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("answer", "population_label", "population_label_reason"):
+            columns[k] = [columns[k]] * n
+        return pd.DataFrame(columns, index=index)
 
 
 @dataclass
@@ -99,14 +105,16 @@ class OutcomePlan:
         return imputed, self.features.features(imputed, parsed.n, self.order)
 
     def predict(self, parsed: Parsed) -> Scores:
-        """Both probabilities, the benefit with its widened interval, the label and its reason (rows without issues)."""
-        model = self.model
+        """Both probabilities, the benefit with its interval, the answer and both labels (rows without issues)."""
+        policy = self.model.label_policy
         _, F = self.matrix(parsed)
         p1, p0, lower, upper = self.arms.predict(F)
         benefit = p1 - p0
-        lower, upper = widen(benefit, lower, upper, model.heterogeneity_sd, model.interval_level)
-        labels, reasons = model.label_policy.label(benefit)
-        return Scores(p1, p0, benefit, lower, upper, labels, reasons)
+        labels = policy.label(benefit, lower, upper)
+        return Scores(
+            p1, p0, benefit, lower, upper, policy.answer, labels.patient_label, labels.patient_reason,
+            labels.population_label, labels.population_reason,
+        )
 
     def warnings(self, parsed: Parsed) -> list[list[InputWarning]]:
         return self.features.warnings(parsed.columns, parsed.n, parsed.raw)

@@ -87,7 +87,7 @@ def evaluation_steps(
 
     def calibration():
         return plots.calibration_figure(
-            y, t, oof["p1"].to_numpy(), oof["p0"].to_numpy(), labels, f"{outcome}: calibration of the champion procedure (out of fold)", stats
+            y, t, oof["p1"].to_numpy(), oof["p0"].to_numpy(), labels, f"{outcome}: calibration of the served model (out of fold)", stats
         )
 
     def qini():

@@ -18,7 +18,7 @@ import pandas as pd
 
 from serving.runtime.artefact import ResponderModel
 from serving.runtime.explain import OutputExplanation, explain_patients
-from training.labelling import pp
+from training.labelling import CONDITIONAL, RISK_BASED, pp
 from training.reports import figures
 from training.reports.render import environment
 
@@ -30,6 +30,11 @@ LABEL_TEXT = {
     "likely_benefit": "Likely benefit",
     "uncertain": "Uncertain benefit",
     "unlikely_benefit": "Unlikely benefit",
+}
+ANSWER_TEXT = {
+    "conditional": "conditional average benefit for patients with these measured values",
+    "risk_based": "risk-based benefit, from this patient's baseline chance of response",
+    "average": "the trial average, the same for every patient",
 }
 WARNING_TITLES = {
     "imputed": "Not measured: imputed",
@@ -44,7 +49,7 @@ MIN_MOVE = 0.01  # below 1 percentage point in total, the drivers do not change 
 
 
 def driver_view(benefit: OutputExplanation, arm_only: bool) -> dict[str, Any]:
-    """How the report shows what moves this patient's benefit: a bar chart, or a sentence saying why not.
+    """How the report shows what moves one output (benefit, or the control arm's chance): a chart, or a sentence saying why not.
 
     ``total`` is how far the drivers move the answer in all (the sum of their
     absolute contributions, probability points); below :data:`MIN_MOVE` a chart
@@ -57,9 +62,13 @@ def driver_view(benefit: OutputExplanation, arm_only: bool) -> dict[str, Any]:
         view["sentence"] = benefit.note or "The prediction equals the average benefit: no value of this patient moves it."
         return view
     if total < MIN_MOVE:
+        what = "the predicted benefit" if benefit.target == "benefit" else "the predicted chance of response without the treatment"
+        values = f"{pp(benefit.base_value, 1)} to {pp(benefit.prediction, 1)}" if benefit.target == "benefit" else (
+            f"{100 * benefit.base_value:.0f}% to {100 * benefit.prediction:.0f}%"
+        )
         view["sentence"] = (
-            f"This patient's values move the predicted benefit by less than 1 percentage point in all "
-            f"(from the trial average of {pp(benefit.base_value, 1)} to {pp(benefit.prediction, 1)}), so no chart is shown: "
+            f"This patient's values move {what} by less than 1 percentage point in all "
+            f"(from the trial average of {values}), so no chart is shown: "
             "for this patient the answer is, in effect, the model's average answer."
         )
         return view
@@ -93,7 +102,11 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     [explained] = explain_patients(model, raw)
     spec = model.spec
     labels = (spec.treated_display(), spec.control_display())
-    view = driver_view(explained.benefit, model.candidate_name == "arm_only")
+    policy = model.label_policy
+    conditional = policy.answer == CONDITIONAL
+    # Drivers of benefit only with established effect modification; otherwise prognostic drivers, named as such.
+    explained_output = explained.benefit if conditional else explained.p_response_control
+    view = driver_view(explained_output, model.candidate_name == "arm_only")
     with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
         probabilities = figures.data_uri(
             figures.probability_figure(float(prediction["p_response_treated"]), float(prediction["p_response_control"]), labels),
@@ -114,7 +127,10 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
             else None
         )
     outcome = spec.outcomes[model.outcome]
-    label = str(prediction["label"])
+    patient_label = prediction["patient_label"]
+    patient_label = None if patient_label is None or (isinstance(patient_label, float) and math.isnan(patient_label)) else str(patient_label)
+    population = str(prediction["population_label"])
+    effect = _average_effect(model) or {}
     return {
         "key": model.outcome,
         "label": outcome.label,
@@ -126,20 +142,34 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "lower": float(prediction["benefit_lower"]),
         "upper": float(prediction["benefit_upper"]),
         "level": model.interval_level,
-        "label_key": label,
-        "label_text": LABEL_TEXT.get(label, label.replace("_", " ")),
-        "label_rule": plain_rule(model.label_policy.describe()),
-        "label_reason": str(prediction["label_reason"]),
+        "answer": policy.answer,
+        "answer_text": ANSWER_TEXT[policy.answer],
+        "answer_reason": policy.answer_reason,
+        "estimand": policy.estimand(*labels),
+        "interval_kind": policy.interval_kind,
+        "patient_label": patient_label,
+        "patient_label_text": LABEL_TEXT.get(patient_label, "") if patient_label else "",
+        "patient_label_reason": str(prediction["patient_label_reason"]),
+        "population_label": population,
+        "population_label_text": LABEL_TEXT.get(population, population.replace("_", " ")),
+        "population_label_reason": str(prediction["population_label_reason"]),
+        "population_rd": effect.get("risk_difference"),
+        "population_low": effect.get("ci_low_adjusted", effect.get("ci_low")),
+        "population_high": effect.get("ci_high_adjusted", effect.get("ci_high")),
+        "population_level": effect.get("adjusted_level") or effect.get("level") or model.interval_level,
+        "label_rule": plain_rule(policy.describe()),
         "probabilities": probabilities,
         "interval": interval,
         "drivers_chart": drivers,
         "drivers_view": view,
-        "benefit_drivers": [d.sentence for d in explained.benefit.drivers[:TOP_DRIVERS]] if view["chart"] else [],
+        "conditional": conditional,
+        "drivers_of": "benefit" if conditional else "prognosis",
+        "benefit_drivers": [d.sentence for d in explained_output.drivers[:TOP_DRIVERS]] if view["chart"] else [],
         "treated_drivers": [d.sentence for d in explained.p_response_treated.drivers[:3]],
         "average_effect": _average_effect(model),
         "evidence": model.evidence.to_dict(),
         "candidate": model.metadata.get("candidate_label", model.candidate_name),
-        "risk_model": model.candidate_name == "risk_model",
+        "risk_model": policy.answer == RISK_BASED,
         "version": version,
     }
 

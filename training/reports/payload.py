@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("responders.reports")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: answers (estimands), PATH analysis, calibrated heterogeneity test
 ARTIFACT_DIR = "reports"
 PAYLOAD_FILE = "payload.json"
 PARTS_DIR = "payload"
@@ -470,8 +470,8 @@ def oof_frame(result: OutcomeResult) -> pd.DataFrame:
 
 def _verdict(evidence: bool, tested: bool) -> str:
     if not tested:
-        return "Heterogeneity not tested"
-    return "Evidence of a responder subgroup" if evidence else "No reliable evidence of a responder subgroup"
+        return "Effect modification not tested"
+    return "Evidence of effect modification" if evidence else "No reliable evidence of effect modification"
 
 
 # The payload ------------------------------------------------------------------------------------------
@@ -603,6 +603,9 @@ def build_cohort_payload(
                 "p_value": _num(perm.p_value) if tested else None,
                 "p_adjusted": _num(result.p_adjusted) if tested else None,
                 "permutations": int(len(perm.null)),
+                "method": perm.method,
+                "null_hypothesis": perm.details.get("null") if perm.details else None,
+                "stopped_early": bool(perm.stopped_early),
                 "null": [float(v) for v in perm.null if math.isfinite(v)],
                 "alpha": config.evidence.alpha,
                 "verdict": _verdict(bool(result.evidence), tested),
@@ -610,6 +613,14 @@ def build_cohort_payload(
             "interval_level": result.model.interval_level,
             "label_rule": result.model.label_policy.describe(),
             "label_mode": result.model.label_policy.mode,
+            "answer": result.answer,
+            "answer_reason": result.model.label_policy.answer_reason,
+            "estimand": result.model.label_policy.estimand(spec.treated_display(), spec.control_display()),
+            "interval_kind": result.model.label_policy.interval_kind,
+            "population_label": result.model.label_policy.population_label,
+            "refused": result.refused,
+            "path": _json_safe(result.path.to_dict()) if result.path is not None else None,
+            "path_sentence": result.path.sentence() if result.path is not None else None,
             "average_effect": _json_safe(result.average_effect.to_dict()) if result.average_effect is not None else None,
             "shap": shap_meta,
             "registry": {},
@@ -642,6 +653,8 @@ def build_cohort_payload(
             "floor_margin_se": config.selection.floor_margin_se,
             "candidates": list(config.candidates.enabled),
             "permutations": config.evidence.permutations,
+            "evidence_method": config.evidence.method,
+            "replicates": config.evidence.replicates,
             "alpha": config.evidence.alpha,
             "bootstrap_models": config.intervals.bootstrap_models,
             "interval_level": config.intervals.level,

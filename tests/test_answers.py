@@ -1,0 +1,125 @@
+"""Issue 21: per-patient answers built on what a trial can identify.
+
+The PATH risk-based analysis, the heterogeneity test of the null it names
+(with the served model as its statistic), which answer serves, and the checks
+a served model must pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import fast_config
+from scipy.stats import norm
+
+from training.answer import choose_answer, served_model_problems
+from training.evaluation import CVResult
+from training.executor import LocalExecutor
+from training.heterogeneity import parametric_bootstrap_test, spread_beyond_prognosis
+from training.labelling import AVERAGE, CONDITIONAL, RISK_BASED
+from training.path import path_analysis
+
+
+def _trial(n: int, seed: int, prognosis: float, modifier: float, constant: float = 0.4):
+    """Covariates, arm and outcome from ``Phi(prognosis * x0 + t * (constant + modifier * (x1 > 0)))``."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, 6)), columns=[f"x{i}" for i in range(6)])
+    t = rng.permutation(np.r_[np.ones(n // 2), np.zeros(n - n // 2)]).astype(int)
+    eta = prognosis * X["x0"].to_numpy() - 0.3 + t * (constant + modifier * (X["x1"].to_numpy() > 0))
+    y = (rng.uniform(size=n) < norm.cdf(eta)).astype(int)
+    return X, t, y
+
+
+# PATH -------------------------------------------------------------------------------------------------
+def test_path_finds_a_discriminating_prognosis_and_no_risk_interaction_when_the_odds_ratio_is_constant():
+    X, t, y = _trial(600, 1, prognosis=1.2, modifier=0.0)
+    analysis = path_analysis(X, t, y, fast_config())
+    assert analysis.discriminates and analysis.c_low > 0.6
+    assert [q["quarter"] for q in analysis.quarters] == [1, 2, 3, 4]
+    assert sum(q["n"] for q in analysis.quarters) == 600
+    means = [q["predicted_risk_mean"] for q in analysis.quarters]
+    assert means == sorted(means)  # quarters of predicted risk, lowest first
+    rates = [q["rate_control"] for q in analysis.quarters]
+    assert rates[0] < rates[-1]  # the cross-fitted score separates risk out of fold
+    for q in analysis.quarters:
+        assert q["rd_low"] <= q["risk_difference"] <= q["rd_high"] and q["or_low"] <= q["odds_ratio"] <= q["or_high"]
+    assert analysis.interaction["p_value"] > 0.01 and analysis.interaction["constant_odds_ratio"] > 1
+    assert "discriminates baseline risk" in analysis.sentence()
+
+
+def test_path_says_when_the_prognosis_does_not_discriminate():
+    X, t, y = _trial(200, 2, prognosis=0.0, modifier=0.0)
+    analysis = path_analysis(X, t, y, fast_config())
+    assert not analysis.discriminates and analysis.c_low <= 0.5
+    assert "does not reliably discriminate" in analysis.sentence()
+
+
+# The heterogeneity test -------------------------------------------------------------------------------
+def test_the_statistic_ignores_effect_variation_that_runs_with_prognosis():
+    rng = np.random.default_rng(3)
+    mu = rng.normal(size=500)
+    aligned = 0.3 + 0.2 * mu - 0.1 * mu**2  # what a misfit prognosis leaks into the effect forest
+    assert spread_beyond_prognosis(aligned, mu) < 1e-9
+    independent = aligned + 0.3 * (rng.uniform(size=500) > 0.5)
+    assert spread_beyond_prognosis(independent, mu) > 0.1
+
+
+@pytest.mark.slow
+def test_the_calibrated_test_rejects_a_real_modifier_and_names_its_null():
+    config = fast_config()
+    executor = LocalExecutor(workers=2)
+    X, t, y = _trial(300, 4, prognosis=0.6, modifier=1.6, constant=-0.2)
+    strong = parametric_bootstrap_test(X, t, y, config, 0.5, executor)
+    again = parametric_bootstrap_test(X, t, y, config, 0.5, executor)
+    assert strong.method == "parametric_bootstrap" and strong.kind == "bcf_spread"
+    assert "constant treatment effect on the probit scale" in strong.details["null"]
+    assert strong.p_value == pytest.approx(1 / 20) and strong.permutations_run == 19  # every replicate below it
+    assert again.p_value == strong.p_value and np.array_equal(again.null, strong.null)  # same seed, same test
+
+
+# Which answer serves ----------------------------------------------------------------------------------
+def _cv(y, t, oof: dict[str, tuple[np.ndarray, np.ndarray]], eligible: list[str], final: str) -> CVResult:
+    arrays = {name: np.stack([p1, p0], axis=-1)[None] for name, (p1, p0) in oof.items()}
+    return CVResult(len(y), 1, arrays, np.zeros((1, len(y))), pd.DataFrame(), pd.DataFrame(), {}, final, eligible)
+
+
+def _arms(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 2, n)
+    risk = rng.uniform(0.1, 0.7, n)
+    y = (rng.uniform(size=n) < risk + 0.1 * t).astype(int)
+    floor = (np.full(n, y[t == 1].mean()), np.full(n, y[t == 0].mean()))
+    good = (np.clip(risk + 0.1, 0, 1), risk)
+    backwards = (1 - good[0], 1 - good[1])  # ranks patients the wrong way round in both arms
+    return y, t, floor, good, backwards
+
+
+def test_a_model_that_ranks_worse_than_chance_or_runs_backwards_never_serves():
+    y, t, floor, good, backwards = _arms(400, 5)
+    cv = _cv(y, t, {"arm_only": floor, "bcf": good, "t_learner": backwards}, ["arm_only", "bcf", "t_learner"], "t_learner")
+    problems = served_model_problems(cv, y, t, "t_learner")
+    assert any("AUC" in p for p in problems) and any("negative" in p for p in problems)
+    assert served_model_problems(cv, y, t, "bcf") == [] and served_model_problems(cv, y, t, "arm_only") == []
+    # With evidence, the criterion's (backwards) choice is refused and the next eligible candidate serves.
+    choice = choose_answer(cv, y, t, evidence=True, tested=True, discriminates=False, enabled=["arm_only", "bcf", "t_learner"])
+    assert choice.answer == CONDITIONAL and choice.champion == "bcf" and "t_learner" in choice.refused
+
+
+def test_the_answer_follows_the_evidence_then_the_prognosis_then_the_average():
+    y, t, floor, good, backwards = _arms(400, 6)
+    enabled = ["arm_only", "risk_model", "bcf"]
+    cv = _cv(y, t, {"arm_only": floor, "risk_model": good, "bcf": good}, enabled, "bcf")
+    assert choose_answer(cv, y, t, True, True, False, enabled).answer == CONDITIONAL
+    risk = choose_answer(cv, y, t, False, True, True, enabled)
+    assert (risk.answer, risk.champion) == (RISK_BASED, "risk_model") and "discriminates" in risk.reason
+    average = choose_answer(cv, y, t, False, True, False, enabled)
+    assert (average.answer, average.champion) == (AVERAGE, "arm_only") and "does not discriminate" in average.reason
+    # Evidence, but only the floor beats the floor: not conditional; the prognosis decides what is served.
+    floor_only = _cv(y, t, {"arm_only": floor, "risk_model": good, "bcf": backwards}, ["arm_only"], "arm_only")
+    fallback = choose_answer(floor_only, y, t, True, True, True, enabled)
+    assert fallback.answer == RISK_BASED and "established" in fallback.reason
+    # A risk model that runs backwards is refused: the trial average serves and the reason says why.
+    bad_risk = _cv(y, t, {"arm_only": floor, "risk_model": backwards, "bcf": good}, enabled, "bcf")
+    refused = choose_answer(bad_risk, y, t, False, True, True, enabled)
+    assert refused.answer == AVERAGE and "risk_model" in refused.refused and "failed the served-model checks" in refused.reason

@@ -1,0 +1,158 @@
+"""Is there effect modification? A parametric-bootstrap test of the null it names, with the served model as statistic.
+
+**Null hypothesis.** No effect modification beyond a constant treatment effect
+on the probit scale with a flexible prognosis:
+``P(y = 1 | x, t) = Phi(m(x) + c t)`` for some function ``m`` and constant
+``c``. On the risk-difference scale such a trial still shows benefits that
+vary with baseline risk; that variation is the risk-based (PATH) answer
+(:mod:`training.path`), not a subgroup, and this null does not count it.
+
+**Statistic.** The served model itself: the Bayesian Causal Forest (probit
+link, the cross-validation settings) fitted to the trial. ``T`` is the
+standard deviation across patients of its posterior-mean treatment effect on
+the probit scale, after removing the part that a cubic in its own
+posterior-mean prognosis explains. BCF's effect forest is shrunk towards one
+common effect, so ``T`` is small unless the data insist that effects differ.
+The removed part is what a prognosis the forest cannot fit leaks into the
+effect forest (on a constant-effect trial with a U-shaped prognosis, the
+plain spread rejected far above its level), and effect variation that runs
+with baseline risk is what the PATH treatment x risk interaction test
+examines (:mod:`training.path`).
+
+**Calibration.** A composite null has no exact permutation distribution, so
+the test simulates it (a parametric bootstrap; Efron & Tibshirani 1993, ch.
+16): the null model is the fitted BCF's own prognostic function ``mu(x)``
+(posterior mean, at the midpoint of its +-1/2 treatment coding) with its
+average probit effect ``c`` in place of the patient-varying one; each
+replicate draws new outcomes ``y* ~ Bernoulli(Phi(mu(x) + c (t - 1/2)))`` for
+the trial's own patients and arms, refits
+BCF and recomputes ``T``. The p-value is Besag & Clifford's sequential
+Monte-Carlo p-value over at most ``evidence.replicates`` replicates (it stops
+once ``sequential_h`` replicate statistics reach the observed one).
+
+On trials above ``evidence.max_patients`` the test runs on a stratified
+random subsample of that many patients (every replicate refits BCF). Its
+level on several null designs and sizes, and its power beside the other
+tests, are measured in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from training.candidates import make_candidate, stratified_subsample
+from training.config import TrainConfig
+from training.evaluation import (
+    OutcomeData,
+    PermutationResult,
+    features_of,
+    permutation_test,
+    sequential_p_value,
+    with_parsed,
+)
+from training.executor import Executor
+from training.progress import task_progress
+from training.spec import DatasetSpec
+
+STATISTIC = "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis"
+NULL = (
+    "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
+    "P(response | x, arm) = Phi(m(x) + c x arm)"
+)
+
+
+@dataclass(frozen=True)
+class BootstrapTask:
+    """What every replicate reads (sent to each worker once)."""
+
+    F: pd.DataFrame
+    t: np.ndarray
+    eta0: np.ndarray  # the null model's prognosis at the midpoint of the arms (probit), per patient
+    effect: float  # the null model's constant probit effect
+    config: TrainConfig
+    e: float
+    seed: int
+
+
+def fit_statistic(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """BCF fitted to (F, t, y): the statistic, and the posterior-mean prognosis and effect per patient (probit scale)."""
+    model = make_candidate("bcf", config.candidates, e, seed).fit(F, t, y)
+    mu, tau = model.midpoint_draws(F)
+    mu_mean, tau_mean = mu.mean(axis=1), tau.mean(axis=1)
+    return spread_beyond_prognosis(tau_mean, mu_mean), mu_mean, tau_mean
+
+
+def spread_beyond_prognosis(tau: np.ndarray, mu: np.ndarray) -> float:
+    """SD of ``tau`` after least-squares removal of a cubic in standardised ``mu`` (the statistic)."""
+    z = (mu - mu.mean()) / (mu.std() or 1.0)
+    basis = np.column_stack([np.ones_like(z), z, z**2, z**3])
+    residual = tau - basis @ np.linalg.lstsq(basis, tau, rcond=None)[0]
+    return float(np.std(residual))
+
+
+def _replicate(seed: int, task: BootstrapTask) -> float:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(len(task.t)) < norm.cdf(task.eta0 + task.effect * (task.t - 0.5))).astype(int)
+    if y.min() == y.max():  # a simulated trial with one outcome class has no spread to estimate
+        return 0.0
+    return fit_statistic(task.F, task.t, y, task.config, task.e, task.seed)[0]
+
+
+def test_rows(t: np.ndarray, y: np.ndarray, max_patients: int, seed: int) -> np.ndarray | None:
+    """The stratified (arm x outcome) subsample the test runs on, or None for every patient."""
+    if len(y) <= max_patients:
+        return None
+    return np.sort(stratified_subsample(2 * np.asarray(t).astype(int) + np.asarray(y).astype(int), max_patients, seed))
+
+
+def heterogeneity_test(data: OutcomeData, spec: DatasetSpec, config: TrainConfig, executor: Executor, desc: str = "heterogeneity test") -> PermutationResult:
+    """The test ``evidence.method`` names, on one outcome's patients."""
+    if config.evidence.method != "parametric_bootstrap":
+        return permutation_test(data, spec, config, executor, desc=desc)
+    F = features_of(spec, with_parsed(data, spec).parsed)
+    return parametric_bootstrap_test(F, data.t, data.y, config, data.treated_fraction, executor, desc)
+
+
+def parametric_bootstrap_test(
+    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, executor: Executor, desc: str = "heterogeneity test"
+):
+    """The test on one outcome's engineered features (see the module docstring)."""
+    config = config.resolved(len(y))
+    seed = config.seed + 77
+    n_all = len(y)
+    rows = test_rows(t, y, config.evidence.max_patients, seed)
+    if rows is not None:
+        F, t, y = F.iloc[rows].reset_index(drop=True), np.asarray(t)[rows], np.asarray(y)[rows]
+    t, y = np.asarray(t).astype(int), np.asarray(y).astype(int)
+    observed, mu, tau = fit_statistic(F, t, y, config, e, seed)
+    effect = float(tau.mean())
+    details = {
+        "null": NULL,
+        "statistic": STATISTIC,
+        "null_model": "the fitted BCF's posterior-mean prognosis mu(x) with its average probit effect",
+        "null_effect_probit": effect,
+        "n_tested": len(y),
+        "n_patients": n_all,
+    }
+    B, h = config.evidence.replicates, config.evidence.sequential_h
+    if B == 0:
+        return PermutationResult(observed, {"bcf": observed}, np.array([]), float("nan"), "bcf_spread", "parametric_bootstrap", 0, False, details)
+    task = BootstrapTask(F, t, mu, effect, config, e, seed)
+    seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
+    null: list[float] = []
+    batch = max(8, 4 * getattr(executor, "workers", 2))
+    label = f"{desc} (at most {B} simulated trials; stops once {h} reach the observed statistic)" if h else desc
+    with task_progress(B, label, "replicate") as bar:
+        while len(null) < B:
+            chunk = seeds[len(null) : len(null) + batch]
+            null += executor.map(_replicate, chunk, desc=desc, shared=task, progress=bar)
+            if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
+                break
+    p_value, used = sequential_p_value(np.asarray(null), observed, h, B)
+    return PermutationResult(
+        observed, {"bcf": observed}, np.asarray(null[:used]), p_value, "bcf_spread", "parametric_bootstrap", used, used < B, details
+    )
