@@ -18,7 +18,7 @@ FAST = {
     "evidence": {"permutations": 19, "replicates": 19, "rate_bootstrap": 50},
     "intervals": {"bootstrap_models": 8},
     "candidates": {
-        "bcf": {"num_gfr": 5, "cv_gfr": 2, "num_mcmc": 40, "cv_mcmc": 20, "mu_trees": 30, "tau_trees": 15, "explain_draws": 10},
+        "bcf": {"num_gfr": 5, "cv_gfr": 2, "num_mcmc": 40, "cv_mcmc": 20, "num_burnin": 10, "mu_trees": 30, "tau_trees": 15, "explain_draws": 10},
         "t_learner": {"lightgbm": {"n_estimators": 30}},
         "dr_learner": {"nuisance": {"n_estimators": 30}, "final": {"n_estimators": 20}},
     },
@@ -118,6 +118,6 @@ def serving_store(tmp_path_factory) -> dict:
         frame = simulate("strong", 160, 8)
         frame.to_csv(tmp / "trial.csv", index=False)
         uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
-        summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"permutations": 9}), tracking_uri=uri)
+        summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"replicates": 59}), tracking_uri=uri)
         _SERVING_STORE.update(uri=uri, tmp=tmp, frame=frame, summary=summary)
     return dict(_SERVING_STORE)

@@ -123,3 +123,34 @@ def test_the_answer_follows_the_evidence_then_the_prognosis_then_the_average():
     bad_risk = _cv(y, t, {"arm_only": floor, "risk_model": backwards, "bcf": good}, enabled, "bcf")
     refused = choose_answer(bad_risk, y, t, False, True, True, enabled)
     assert refused.answer == AVERAGE and "risk_model" in refused.refused and "failed the served-model checks" in refused.reason
+
+
+# The served BCF: several chains, diagnostics, thinning --------------------------------------------------
+def test_bcf_chains_are_diagnosed_then_thinned_for_serving_with_the_change_measured():
+    import pickle
+
+    from serving.runtime.arms import PosteriorForestArms
+    from training.candidates import BayesianCausalForest
+    from training.diagnostics import bcf_diagnostics, describe, thin_and_measure
+
+    X, t, y = _trial(200, 7, prognosis=0.8, modifier=1.0)
+    model = BayesianCausalForest(num_gfr=4, num_mcmc=160, num_chains=4, num_burnin=20, mu_trees=20, tau_trees=10, random_state=3)
+    model.fit(X, t, y)
+    assert model.benefit_draws(X.head(3)).shape == (3, 160)  # 4 chains x 40 retained draws
+    diagnostics = bcf_diagnostics(model, X)
+    assert diagnostics["chains"] == 4 and diagnostics["draws"] == 160
+    for quantity in ("average_benefit", "average_probit_effect", "benefit_spread"):
+        assert 0.9 < diagnostics[quantity]["rhat"] < 2 and 1 <= diagnostics[quantity]["ess"] <= 160
+    full = model.predict_arms(X)
+    diagnostics["thinning"] = thinning = thin_and_measure(model, X, 40, 0.95)
+    assert (thinning["retained_draws"], thinning["served_draws"]) == (160, 40)
+    assert 0 < thinning["mean_limit_change"] <= thinning["max_limit_change"] < 1
+    assert model.benefit_draws(X).shape == (200, 40)
+    assert np.abs(model.predict_arms(X)[0] - full[0]).max() < 0.1  # a subset of the same posterior
+    assert "Served from 40 of them" in describe(diagnostics)
+    restored = pickle.loads(pickle.dumps(model))
+    arms = PosteriorForestArms(restored, 0.95)  # the served plan: flat forests of the 40 served draws
+    np.testing.assert_allclose(arms.point(X.to_numpy(float)[:5])[0], model.predict_arms(X.head(5))[0], atol=1e-12)
+    np.testing.assert_allclose(restored.benefit_draws(X), model.benefit_draws(X), atol=1e-12)
+    explanation = restored.explain(X.head(5))
+    np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), restored.predict_benefit(X.head(5)), atol=1e-9)

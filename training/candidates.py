@@ -410,6 +410,8 @@ class BayesianCausalForest(BenefitCandidate):
         self,
         num_gfr: int = 10,
         num_mcmc: int = 200,
+        num_chains: int = 1,
+        num_burnin: int = 0,
         mu_trees: int = 100,
         tau_trees: int = 50,
         explain_draws: int = 50,
@@ -419,6 +421,8 @@ class BayesianCausalForest(BenefitCandidate):
     ):
         self.num_gfr = num_gfr
         self.num_mcmc = num_mcmc
+        self.num_chains = num_chains
+        self.num_burnin = num_burnin
         self.mu_trees = mu_trees
         self.tau_trees = tau_trees
         self.explain_draws = explain_draws
@@ -437,6 +441,7 @@ class BayesianCausalForest(BenefitCandidate):
             F, t, y = F[rows], t[rows], y[rows]
         self.n_fitted_ = len(y)
         self.control_code_, self.treated_code_ = -0.5, 0.5
+        self.serve_index_ = None  # every retained draw, until thin_for_serving
         model = BCFModel()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "global error variance is fixed at 1 with a probit link"
@@ -446,8 +451,10 @@ class BayesianCausalForest(BenefitCandidate):
                 y,
                 np.full(len(y), self.treated_fraction),
                 num_gfr=self.num_gfr,
-                num_mcmc=self.num_mcmc,
+                num_burnin=self.num_burnin,
+                num_mcmc=self.draws_per_chain(),  # per chain: stochtree stores the chains one after another
                 general_params={
+                    "num_chains": self.num_chains,
                     "outcome_model": OutcomeModel(outcome="binary", link="probit"),
                     "random_seed": int(self.random_state) % (2**31 - 1),
                     "num_threads": 1,
@@ -515,12 +522,14 @@ class BayesianCausalForest(BenefitCandidate):
             from serving.runtime.forests import flatten_stochtree
 
             live = self._model()
-            mu, tau = flatten_stochtree(live.forest_container_mu), flatten_stochtree(live.forest_container_tau)
+            index = getattr(self, "serve_index_", None)
+            mu, tau = flatten_stochtree(live.forest_container_mu, index), flatten_stochtree(live.forest_container_tau, index)
+            tau0 = _tau0(live)
             flat = self.flat_ = {
                 "mu": mu,
                 "tau": tau,
                 "mu_offset": float(live.y_bar),
-                "tau_offset": _tau0(live),
+                "tau_offset": tau0 if index is None else tau0[index],
             }
         return flat
 
@@ -536,6 +545,13 @@ class BayesianCausalForest(BenefitCandidate):
             "tau_offset": float(np.mean(flat["tau_offset"][draws])),
         }
 
+    def draws_per_chain(self) -> int:
+        return -(-self.num_mcmc // max(1, self.num_chains))
+
+    def chains(self) -> int:
+        """Chains of this fit (1 for models fitted before several chains were run)."""
+        return getattr(self, "num_chains", 1)
+
     def coding(self) -> tuple[float, float]:
         """The treatment basis of control and treated patients (+-1/2; 0 and 1 in models fitted before the change)."""
         return getattr(self, "control_code_", 0.0), getattr(self, "treated_code_", 1.0)
@@ -547,7 +563,23 @@ class BayesianCausalForest(BenefitCandidate):
         if flat is not None and n * (len(flat["mu"].roots) + len(flat["tau"].roots)) <= FLAT_CELLS:
             return flat["mu"].predict(F) + flat["mu_offset"], flat["tau"].predict(F) + flat["tau_offset"][None, :]
         out = self._model().predict(F, np.ones(n), np.full(n, self.treated_fraction), terms=["mu", "tau"], type="posterior")
-        return np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
+        mu, tau = np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
+        index = getattr(self, "serve_index_", None)
+        return (mu, tau) if index is None else (mu[:, index], tau[:, index])
+
+    def thin_for_serving(self, draws: int, X: pd.DataFrame) -> BayesianCausalForest:
+        """Serve ``draws`` of the retained draws, evenly spaced over all chains (every chain contributes alike).
+
+        Each served prediction evaluates every draw's trees; the full posterior
+        (all retained draws) is what the convergence diagnostics read, before
+        thinning. The difference thinning makes to the interval limits is
+        measured by the training job (:func:`training.diagnostics.thin_and_measure`). ``X``: the training rows.
+        """
+        total = self._model().num_samples
+        self.serve_index_ = None if draws >= total else np.unique(np.linspace(0, total - 1, draws).round().astype(int))
+        self.flat_ = self.explain_trees_ = self.explain_packed_ = self._explainer = None
+        self._train_F = _matrix(X, self.features_)  # the explanation trees' node covers, rebuilt for the served draws
+        return self
 
     def _probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Posterior draws of the control arm's probit ``mu + c0 tau`` and of the effect ``tau`` (treated: ``+ tau``)."""
@@ -875,7 +907,10 @@ def make_candidate(name: str, config: CandidatesConfig, treated_fraction: float,
 
         return BayesianCausalForest(
             num_gfr=params.num_gfr if final else params.cv_gfr,
-            num_mcmc=small(params.num_mcmc, 200) if final else small(params.cv_mcmc, 50),
+            num_mcmc=small(params.num_mcmc, 1000) if final else small(params.cv_mcmc, 50),
+            # CV fits use posterior means only; each chain starts from its own warm start (stochtree)
+            num_chains=(min(params.num_chains, params.num_gfr) if params.num_gfr else params.num_chains) if final else 1,
+            num_burnin=params.num_burnin if final else 0,
             mu_trees=params.mu_trees,
             tau_trees=params.tau_trees,
             explain_draws=params.explain_draws,

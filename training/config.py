@@ -108,11 +108,19 @@ class DRLearnerParams(_Strict):
 class BCFParams(_Strict):
     """Bayesian Causal Forest (stochtree, probit link); tree counts sized for trials of 10^2-10^3 patients."""
 
-    num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations")
+    num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations (each chain starts from one of them)")
+    num_chains: int = Field(4, ge=1, description="MCMC chains of the served model (R-hat and ESS need several); at most num_gfr when num_gfr > 0, as each chain starts from its own warm start")
+    num_burnin: int = Field(100, ge=0, description="burn-in iterations per chain of the served model, discarded")
+    serve_draws: int = Field(
+        200,
+        ge=20,
+        description="retained draws each served prediction evaluates, evenly spaced over the chains (the diagnostics use "
+        "every retained draw; the job measures how far thinning moves the interval limits)",
+    )
     num_mcmc: IntOrAuto = Field(
         AUTO,
-        description="retained posterior draws of the served model (its interval). auto: 200 below 2,000 patients, 100 from "
-        "there (each prediction evaluates every draw's trees for every patient)",
+        description="retained posterior draws of the served model over all chains (its interval). auto: 1,000 below 2,000 "
+        "patients, 400 from there (each prediction evaluates every draw's trees for every patient)",
     )
     cv_gfr: int = Field(5, ge=0, description="warm-start iterations in cross-validation")
     cv_mcmc: IntOrAuto = Field(
@@ -371,7 +379,7 @@ class TrainConfig(_Strict):
         bcf = bcf.model_copy(
             update={
                 "max_patients": _auto(bcf.max_patients, lambda: 1_000 if n >= 2_000 else None),
-                "num_mcmc": _auto(bcf.num_mcmc, lambda: 200 if n < 2_000 else 100),
+                "num_mcmc": _auto(bcf.num_mcmc, lambda: 1_000 if n < 2_000 else 400),
                 "cv_mcmc": _auto(bcf.cv_mcmc, lambda: 50 if n < 2_000 else 20),
             }
         )

@@ -15,6 +15,7 @@ import numpy as np
 from serving.runtime.artefact import ResponderModel
 from training.candidates import candidate_label
 from training.data import ValidationReport
+from training.diagnostics import describe as describe_diagnostics
 from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
 from training.labelling import CONDITIONAL
@@ -109,6 +110,7 @@ class OutcomeResult:
             "stopped_early": bool(self.permutation.stopped_early),
             "average_effect": _average_effect(self.average_effect),
             "path": self.path.to_dict() if self.path is not None else None,
+            "diagnostics": self.model.metadata.get("bcf_diagnostics") if self.model is not None else None,
             "eligible": list(self.cv.eligible),
             "labels": self._labels(),
             "responder_rule": self.counts.rule,
@@ -206,6 +208,7 @@ class TrainSummary:
                 f"    answer: {s['answer']} ({s['reason']}); served model {s['champion']}",
                 f"    estimand: {s['estimand']}",
                 *[f"    not served: {name} ({'; '.join(problems)})" for name, problems in s["refused"].items()],
+                *([f"    convergence: {describe_diagnostics(s['diagnostics'])}"] if s["diagnostics"] else []),
                 f"    out-of-fold (nested CV): AUC treated {_fmt(m.get('auc_treated'))}, control {_fmt(m.get('auc_control'))}; "
                 f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
                 f"AUTOC {_fmt(m.get('autoc_averaged'))} (descriptive); "

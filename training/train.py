@@ -29,6 +29,7 @@ from training.answer import choose_answer
 from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from training.config import TrainConfig
 from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
+from training.diagnostics import bcf_diagnostics, thin_and_measure
 from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import (
     OutcomeData,
@@ -229,6 +230,8 @@ def fit_champion(
             "n_responders": int(data.y.sum()),
             "answer": result.answer,
             "path": result.path.to_dict() if result.path is not None else None,
+            # Convergence of the served posterior (several chains); None for models without MCMC draws.
+            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == "bcf" else None,
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
         },
@@ -245,6 +248,13 @@ def fit_champion(
         control=spec.control_display(),
     )
     return model
+
+
+def _bcf_diagnostics(candidate: BenefitCandidate, F: pd.DataFrame, config: TrainConfig) -> dict[str, Any]:
+    """Convergence of the served BCF on all its retained draws, then its thinning for serving (measured)."""
+    diagnostics = bcf_diagnostics(candidate, F, config.seed)
+    diagnostics["thinning"] = thin_and_measure(candidate, F, config.candidates.bcf.serve_draws, config.intervals.level, config.seed)
+    return diagnostics
 
 
 def _log_table(frame: pd.DataFrame, path: str) -> None:

@@ -261,10 +261,15 @@ def flatten_lightgbm(booster) -> tuple[TreeArrays, str, float]:
     return arrays, kind, sigmoid
 
 
-def flatten_stochtree(container) -> TreeArrays:
-    """Flatten a stochtree ``ForestContainer`` (one forest per retained draw) into :class:`TreeArrays`."""
+def flatten_stochtree(container, draws=None) -> TreeArrays:
+    """Flatten a stochtree ``ForestContainer`` (one forest per retained draw) into :class:`TreeArrays`.
+
+    ``draws``: the indices of the retained draws to keep, in order (None: all).
+    """
     data = json.loads(container.dump_json_string())
     forests = sorted((k for k in data if k.startswith("forest_")), key=lambda k: int(k.split("_")[1]))
+    if draws is not None:
+        forests = [forests[int(i)] for i in draws]
     features, thresholds, lefts, rights, values, roots = [], [], [], [], [], []
     offset, max_depth, per_draw = 0, 0, None
     for key in forests:

@@ -41,6 +41,7 @@ from features.labs import parse_lab_series
 from serving.runtime.artefact import ResponderModel
 from serving.runtime.explain import explain_patients
 from training.candidates import candidate_label
+from training.diagnostics import describe as describe_diagnostics
 from training.evaluation import SELECTED
 from training.labels import responder_labels
 from training.published import PUBLISHED_FINAL, comparison
@@ -621,6 +622,8 @@ def build_cohort_payload(
             "refused": result.refused,
             "path": _json_safe(result.path.to_dict()) if result.path is not None else None,
             "path_sentence": result.path.sentence() if result.path is not None else None,
+            "diagnostics": _json_safe(result.model.metadata.get("bcf_diagnostics")),
+            "diagnostics_sentence": describe_diagnostics(result.model.metadata.get("bcf_diagnostics")),
             "average_effect": _json_safe(result.average_effect.to_dict()) if result.average_effect is not None else None,
             "shap": shap_meta,
             "registry": {},
