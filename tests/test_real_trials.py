@@ -214,7 +214,7 @@ def test_serve_one_request_and_render_a_patient_report(store, name):
     assert not problems
     html = render_patient_report(models, frame, {o: f"{r.registered_model} v{r.version}" for o, r in scorer.refs.items()},
                                  now=datetime(2025, 1, 2, tzinfo=UTC))
-    assert f"<h1>{spec.treated_display()}: who is likely to benefit?" in html
+    assert f"<h1>{spec.treated_display()} or " in html and "who is likely to benefit" not in html
     assert "naltrexone" not in html.lower()
     if name != "indo-rct":
         assert "placebo" not in html.lower()
@@ -289,4 +289,5 @@ def test_mlflow_models_serve_answers_for_a_plain_trial_file(store):
     assert response.status_code == 200, response.text[:1000]
     predictions = pd.DataFrame(response.json()["predictions"])
     np.testing.assert_allclose(predictions["benefit"].to_numpy(), expected["benefit"].to_numpy(), rtol=1e-9)
-    assert list(predictions["label"]) == list(expected["label"])
+    assert list(predictions["population_label"]) == list(expected["population_label"])
+    assert list(predictions["answer"]) == list(expected["answer"])

@@ -61,7 +61,7 @@ COHORT_SECTIONS = {
     "model-card": "Model card",
 }
 METRIC = re.compile(r'<span class="metric" data-run="([^"]+)" data-metric="([^"]+)" data-value="([^"]+)">([^<]+)</span>')
-VERDICTS = ("No reliable evidence of a responder subgroup", "Evidence of a responder subgroup")
+VERDICTS = ("No reliable evidence of effect modification", "Evidence of effect modification")
 
 
 JARGON = ("E[f(X)]", "f(x)", "LOD/sqrt", "sqrt 2", "likely_benefit", "unlikely_benefit", "extrapolates")
@@ -122,8 +122,8 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
     patients = data.X.head(30)
-    evidence = Evidence(True, False, 0.5, 0.5, 0.0, 0.05, 19, "no reliable evidence of a responder subgroup")
-    policy = LabelPolicy("population", LabelRule().model_dump(), "", "uncertain", "no evidence")
+    evidence = Evidence(True, False, 0.5, 0.5, 0.0, 0.05, 19, "no reliable evidence of effect modification")
+    policy = LabelPolicy("average", LabelRule().model_dump(), "", "uncertain", "no evidence")
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, 0.5, 7).fit(F, data.t, data.y)
         ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
@@ -132,7 +132,8 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
         explained = explain_patients(model, patients)
         assert len(explained) == len(patients)
         for i, patient in enumerate(explained):
-            for output, column in ((patient.benefit, "benefit"), (patient.p_response_treated, "p_response_treated")):
+            outputs = ((patient.benefit, "benefit"), (patient.p_response_treated, "p_response_treated"), (patient.p_response_control, "p_response_control"))
+            for output, column in outputs:
                 total = output.base_value + sum(d.contribution for d in output.drivers)
                 assert total == pytest.approx(output.prediction, abs=1e-9), (name, column, i)
                 assert output.prediction == pytest.approx(predicted[column].iat[i], abs=1e-9), (name, column, i)
@@ -146,24 +147,43 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
 
 
 # The patient report's layout, without a training job -----------------------------------------------------
-@pytest.fixture(scope="module")
-def personal_model(spec, final_99):
-    """A pain model whose benefit depends on the patient's values (penalised interaction logistic), with the trial's average effect."""
+def _report_model(spec, final_99, name: str, answer: str) -> ResponderModel:
     from training.train import average_effect
 
     config = fast_config()
     data, _ = outcome_data(final_99, spec, "pain", config)
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
-    candidate = make_candidate("interaction_logistic", config.candidates, 0.5, 7).fit(F, data.t, data.y)
+    candidate = make_candidate(name, config.candidates, 0.5, 7).fit(F, data.t, data.y)
     ensemble = BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
-    evidence = Evidence(True, False, 0.4, 0.8, 0.0, 0.05, 19, "no reliable evidence of a responder subgroup")
-    reason = "There is no reliable evidence that the benefit for pain differs between patients. This applies to the trial population as a whole."
-    policy = LabelPolicy("population", LabelRule().model_dump(), "", "uncertain", reason)
+    conditional = answer == "conditional"
+    verdict = "evidence of effect modification" if conditional else "no reliable evidence of effect modification"
+    evidence = Evidence(True, conditional, 0.004, 0.008 if conditional else 0.8, 0.0, 0.05, 19, verdict)
+    sentence = ("There is evidence" if conditional else "There is no reliable evidence") + " that the effect on pain differs between patients."
+    reason = "Responders 43% vs 28%. This describes the trial population as a whole, not this patient in particular."
+    policy = LabelPolicy(answer, LabelRule().model_dump(), sentence, "uncertain", reason, "Why this answer.", 0.95, "confidence")
     effect = average_effect(final_99, spec, "pain", config).to_dict()
-    model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence, average_effect=effect,
-                           metadata={"data_provenance": {"simulated": True, "source": "final-n99.csv"}})
-    return model
+    return ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence, average_effect=effect,
+                          metadata={"data_provenance": {"simulated": True, "source": "final-n99.csv"}})
+
+
+@pytest.fixture(scope="module")
+def personal_model(spec, final_99):
+    """A pain model with established effect modification (penalised interaction logistic: a conditional answer)."""
+    return _report_model(spec, final_99, "interaction_logistic", "conditional")
+
+
+def test_without_effect_modification_the_report_names_prognostic_drivers_and_gives_no_patient_label(spec, final_99):
+    model = _report_model(spec, final_99, "risk_model", "risk_based")
+    html = render_patient_report({"pain": model}, example_patient(spec), {"pain": "pain v1"})
+    answer = html.split('<section id="answer"')[1].split("</section>")[0]
+    assert 'data-patient-label=""' in answer and 'data-answer="risk_based"' in answer
+    assert "No patient label" in unescape(answer) and "in the trial population" in answer
+    assert "risk-based benefit, from this patient" in unescape(answer)
+    text = unescape(html)
+    assert "who is likely to benefit" not in text and "Why: what moves this patient's predicted benefit" not in text
+    assert "Prognostic drivers: what shapes this patient's chance of response on placebo" in text
+    assert "These are not drivers of benefit" in text
 
 
 def test_patient_report_gives_the_answer_first_in_plain_words(spec, personal_model):
@@ -173,14 +193,18 @@ def test_patient_report_gives_the_answer_first_in_plain_words(spec, personal_mod
     _no_web_references(html)
     text = _text(html)
     prediction = personal_model.predict(patient).iloc[0]
-    # One answer line per outcome, before any detail: label, both chances, benefit with interval, the label's reason.
+    # Per outcome, before any detail: the population's label beside the trial average, then the patient's numbers
+    # with the patient's own label beside the interval it is read from.
     answer = html.split('<section id="answer"')[1].split("</section>")[0]
     assert html.index('<section id="answer"') < html.index('id="warnings"') < html.index('<section id="outcome-pain"')
     for shown in (f"{100 * prediction['p_response_treated']:.0f}% on", f"{100 * prediction['p_response_control']:.0f}% on",
                   f"<strong>{100 * prediction['benefit']:+.0f} pp</strong>", f"{100 * prediction['benefit_lower']:+.0f} pp to",
-                  "Uncertain benefit"):
+                  "Uncertain benefit", "in the trial population", "conditional average benefit for patients with these measured values"):
         assert shown in answer, shown
-    assert prediction["label_reason"] in unescape(answer)
+    assert prediction["population_label_reason"] in unescape(answer) and prediction["patient_label_reason"] in unescape(answer)
+    assert f'data-patient-label="{prediction["patient_label"]}"' in answer
+    population = answer.split("patient-line")[0]
+    assert f"{100 * personal_model.average_effect['risk_difference']:+.0f} pp" in population  # the label stands beside the average
     # The trial's average effect, with the Holm adjustment when there are several outcomes and the ANCOVA.
     effect = personal_model.average_effect
     average = _text(html.split('id="average-effect-pain"')[1].split("</p>")[0])
@@ -419,14 +443,20 @@ def test_patient_report_warns_about_imputed_labs(job, champions):
         benefit = model.predict(patient)["benefit"].iat[0]
         assert f"<strong>{100 * benefit:+.0f} pp</strong>" in html
     personal = [m for m in models.values() if m.candidate_name != "arm_only"]
-    charted = [m for m in personal if driver_view(explain_patients(m, patient)[0].benefit, False)["chart"]]
+    def shown(m):  # drivers of benefit only with established effect modification, else prognostic drivers
+        e = explain_patients(m, patient)[0]
+        return e.benefit if e.shows_benefit_drivers else e.p_response_control
+
+    charted = [m for m in personal if driver_view(shown(m), False)["chart"]]
     # Probabilities and interval per outcome; a drivers chart only where the patient's values move the answer.
     assert html.count('<img src="data:image/png;base64,') == 2 * len(models) + len(charted)
-    assert html.count("the predicted benefit by") >= len(charted)  # plain-language driver sentences
+    sentences = html.count("the predicted benefit by") + html.count("the chance of a meaningful response on placebo by")
+    assert sentences >= len(charted)  # plain-language driver sentences
     text = unescape(html)
     assert text.count("does not depend on the patient's values") == len(models) - len(personal)
     for model in models.values():
-        assert model.predict(patient)["label_reason"].iat[0] in text
+        prediction = model.predict(patient).iloc[0]
+        assert prediction["population_label_reason"] in text and prediction["patient_label_reason"] in text
 
 
 @pytest.mark.slow

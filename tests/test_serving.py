@@ -74,6 +74,7 @@ def test_predict_contract(client, patients, store):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["n_scored"] == 3 and body["n_failed"] == 0
+    assert body["simulated_training_data"] is True  # the store is trained on a simulated trial
     first = body["results"][0]
     assert first["patient_id"] == patients[0]["patient_id"]
     for outcome in ("pain", "memory"):
@@ -81,8 +82,17 @@ def test_predict_contract(client, patients, store):
         assert 0 <= p["p_response_control"] <= 1 and 0 <= p["p_response_treated"] <= 1
         assert p["benefit"] == pytest.approx(p["p_response_treated"] - p["p_response_control"])
         assert p["benefit_interval"]["lower"] <= p["benefit"] <= p["benefit_interval"]["upper"]
-        assert p["label"] in {"likely_benefit", "uncertain", "unlikely_benefit"}
-        assert p["label_reason"].endswith(".") and "pp" in p["label_reason"]
+        assert p["answer"] in {"conditional", "risk_based", "average"} and p["estimand"]
+        assert p["benefit_interval"]["kind"] in {"credible", "confidence"}
+        # The patient label only with established effect modification, read from the interval beside it.
+        if p["answer"] == "conditional":
+            assert p["patient_label"] == ("likely_benefit" if p["benefit_interval"]["lower"] > 0 else p["patient_label"])
+        else:
+            assert p["patient_label"] is None and p["patient_label_reason"].startswith("No patient label")
+        population = p["population"]
+        assert population["label"] in {"likely_benefit", "uncertain", "unlikely_benefit"}
+        assert population["label_reason"].endswith(".") and "pp" in population["label_reason"]
+        assert population["interval"]["lower"] <= population["risk_difference"] <= population["interval"]["upper"]
         assert p["model"]["version"] == store["summary"].outcomes[outcome].version
         assert p["evidence"]["verdict"]
         assert "30%" in p["responder_rule"]
@@ -102,15 +112,19 @@ def test_explain_is_ranked_additive_and_worded(client, patients, store):
     personal = [o for o, r in store["summary"].outcomes.items() if r.champion != "arm_only"]
     assert personal, "the fixture trial should give at least one champion that depends on the patient's values"
     for outcome in personal:
-        for target in ("benefit", "p_response_treated"):
-            part = result["explanations"][outcome][target]
+        explanation = result["explanations"][outcome]
+        conditional = store["summary"].outcomes[outcome].answer == "conditional"
+        assert explanation["drivers_of"] == ("benefit" if conditional else "prognosis")
+        assert (explanation["benefit"] is None) == (not conditional)  # no drivers of benefit without evidence
+        for target in ("benefit", "p_response_treated", "p_response_control") if conditional else ("p_response_treated", "p_response_control"):
+            part = explanation[target]
             total = part["base_value"] + sum(d["contribution"] for d in part["drivers"])
             assert total == pytest.approx(part["prediction"], abs=1e-9)
             sizes = [abs(d["contribution"]) for d in part["drivers"]]
             assert sizes == sorted(sizes, reverse=True)
             assert all(d["sentence"].endswith(".") and d["patient_value"] for d in part["drivers"])
     short = client.post("/explain", json={"patients": patients[:1], "top": 3}, headers=AUTH).json()
-    assert len(short["results"][0]["explanations"][personal[0]]["benefit"]["drivers"]) == 3
+    assert len(short["results"][0]["explanations"][personal[0]]["p_response_control"]["drivers"]) == 3
 
 
 def test_report_is_self_contained_html_with_warnings(client, patients):
@@ -346,7 +360,8 @@ def test_no_training_serving_skew(client, patients, store):
             assert p["p_response_treated"] == pytest.approx(direct["p_response_treated"][i], abs=1e-12)
             assert p["benefit"] == pytest.approx(direct["benefit"][i], abs=1e-12)
             assert p["benefit_interval"]["lower"] == pytest.approx(direct["benefit_lower"][i], abs=1e-12)
-            assert p["label"] == direct["label"][i]
+            assert p["patient_label"] == (None if pd.isna(direct["patient_label"][i]) else direct["patient_label"][i])
+            assert p["population"]["label"] == direct["population_label"][i] and p["answer"] == direct["answer"][i]
 
 
 def test_cli_predict_prints_the_same_json(store, patients, tmp_path):

@@ -14,10 +14,12 @@ from helpers import OTHER_SPEC, fast_config, free_port, running
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
+from serving.runtime.artefact import PREDICTION_COLUMNS
 from training.candidates import CANDIDATE_ORDER, make_candidate
 from training.data import model_inputs
-from training.evaluation import cross_validate, permutation_test
+from training.evaluation import cross_validate
 from training.executor import make_executor
+from training.heterogeneity import heterogeneity_test
 from training.labels import responder_labels
 from training.simulate import simulate
 from training.spec import load_spec
@@ -42,7 +44,7 @@ def strong_job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("strong")
     frame = simulate("strong", 600, 11)
     data = _write(frame, tmp / "strong.csv")
-    config = fast_config(evidence={"permutations": 59})
+    config = fast_config(evidence={"replicates": 59})  # p can reach 1/60: below 0.05 after Holm over two outcomes
     summary = run_training(data, load_spec(), config, tracking_uri=_uri(tmp), summary_json=tmp / "summary.json")
     return frame, summary, tmp
 
@@ -55,26 +57,28 @@ def null_job(tmp_path_factory):
     return frame, summary, tmp
 
 
-def test_null_trial_gives_no_evidence_and_one_label_for_everyone(null_job):
+def test_null_trial_gives_no_evidence_and_no_patient_labels(null_job):
     frame, summary, tmp = null_job
     for name, result in summary.outcomes.items():
         assert not result.evidence, (name, result.p_adjusted)
         assert result.p_adjusted >= 0.05
-        assert result.champion in result.cv.eligible
+        assert result.answer in {"risk_based", "average"} and result.champion in {"risk_model", "arm_only"}
         assert "no reliable" in result.model.evidence.verdict
         out = result.model.predict(model_inputs(frame, load_spec()))
-        assert out["label"].nunique() == 1 and "trial population as a whole" in out["label_reason"].iat[0]
+        assert out["patient_label"].isna().all() and out["population_label"].nunique() == 1
+        assert "trial population as a whole" in out["population_label_reason"].iat[0]
     client = MlflowClient(_uri(tmp))
     version = client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION)
     assert version.tags["subgroup_evidence"] == "False"
     assert version.tags["candidate"] == summary.outcomes["pain"].champion
-    assert version.tags["label_mode"] == "population"
+    assert version.tags["label_mode"] == "population" and version.tags["answer"] == summary.outcomes["pain"].answer
 
 
 def test_strong_trial_gives_evidence_and_separates_the_subgroup(strong_job):
     frame, summary, tmp = strong_job
     pain = summary.outcomes["pain"]
     assert pain.evidence and pain.p_adjusted < 0.05
+    assert pain.answer == "conditional" and pain.champion == "bcf"
     # The benefit ranking separates the true subgroup, out of fold (nested CV) ...
     oof_auc = roc_auc_score(frame["true_responder_subgroup"], pain.cv.mean_benefit("selected"))
     assert oof_auc > 0.70, oof_auc
@@ -131,9 +135,7 @@ def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_jo
     loaded = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-pain@{CHAMPION}")
     patients = model_inputs(frame, load_spec()).head(5)
     out = loaded.predict(patients)
-    assert list(out.columns) == [
-        "p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper", "label", "label_reason"
-    ]
+    assert list(out.columns) == PREDICTION_COLUMNS
     assert out["p_response_treated"].between(0, 1).all()
     assert (out["benefit_lower"] <= out["benefit"]).all() and (out["benefit"] <= out["benefit_upper"]).all()
     contributions = loaded.predict(patients.head(1), params={"output": "contributions"})
@@ -192,16 +194,16 @@ def test_gate_refuses_a_worse_candidate(tmp_path):
 
 def test_same_seed_same_metrics_and_dask_matches_local(spec):
     frame = simulate("final", 99, 31)
-    config = fast_config(evidence={"permutations": 5})
+    config = fast_config(evidence={"replicates": 5})
     data, _ = outcome_data(frame, spec, "pain", config)
     with make_executor("local", workers=2) as local:
         cv_local = cross_validate(data, spec, config, local)
-        perm_local = permutation_test(data, spec, config, local)
+        perm_local = heterogeneity_test(data, spec, config, local)
         again = cross_validate(data, spec, config, local)
     pd.testing.assert_frame_equal(cv_local.summary, again.summary)
     with make_executor("dask", workers=2) as dask:
         cv_dask = cross_validate(data, spec, config, dask)
-        perm_dask = permutation_test(data, spec, config, dask)
+        perm_dask = heterogeneity_test(data, spec, config, dask)
     pd.testing.assert_frame_equal(cv_local.summary, cv_dask.summary, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(perm_local.null, perm_dask.null, rtol=1e-9)
     assert perm_local.p_value == perm_dask.p_value
