@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from features.catalog import load_catalog
 from serving import schemas as S
 from serving.runtime.arms import limit_lightgbm_threads
-from serving.runtime.artefact import ResponderModel
+from serving.runtime.artefact import ResponderModel, check_format
 from serving.runtime.plan import Parsed, ScoringPlan
 from training.progress import task_progress
 from training.spec import DatasetSpec, load_spec
@@ -119,7 +119,7 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
             raise ChampionError(f"BentoML model {tag!r} is not in the model store: {_one_line(err)}") from err
         path = Path(stored.path_of("mlflow_model")) / "artifacts" / "responder.joblib"
         try:
-            model: ResponderModel = joblib.load(path)
+            model: ResponderModel = check_format(joblib.load(path))
         except Exception as err:  # name what could not be served
             labels = stored.info.labels
             raise ChampionError(

@@ -118,7 +118,8 @@ class LabelPolicy:
 
     def no_patient_label_reason(self) -> str:
         """Why a patient gets no label of their own (answers other than ``conditional``)."""
-        return f"No patient label: {self.evidence_sentence[0].lower()}{self.evidence_sentence[1:]} {self.answer_reason}".strip()
+        sentence = self.evidence_sentence[:1].lower() + self.evidence_sentence[1:]
+        return " ".join(part for part in ("No patient label:", sentence or "effect modification is not established.", self.answer_reason) if part)
 
     def describe(self) -> str:
         """The rule in one sentence (thresholds in percentage points)."""

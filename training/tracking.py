@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec
 
-from serving.runtime.artefact import ResponderModel, input_schema, predictions_schema
+from serving.runtime.artefact import ResponderModel, check_format, input_schema, predictions_schema
 from training.progress import JobInterrupted, JobSteps, deferred_interrupt
 
 CHAMPION = "champion"
@@ -158,7 +158,7 @@ def set_champion(client: MlflowClient, name: str, version: str) -> None:
 def load_registered(uri: str) -> ResponderModel:
     """Load the ResponderModel behind a ``models:/`` URI (without the pyfunc wrapper)."""
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    return joblib.load(Path(local) / "artifacts" / "responder.joblib")
+    return check_format(joblib.load(Path(local) / "artifacts" / "responder.joblib"))
 
 
 # Interrupted jobs --------------------------------------------------------------------------------

@@ -52,6 +52,24 @@ PREDICTION_COLUMNS = [
     "population_label_reason",
 ]
 TEXT_COLUMNS = PREDICTION_COLUMNS[5:]
+# The artefact's format: 2 = answers (estimands) with population and patient labels, no interval allowance.
+# A model pickled in another format is refused at load with one line (retrain), never served half-understood.
+FORMAT_VERSION = 2
+
+
+class ArtefactFormatError(ValueError):
+    """A stored model written in a format this code does not read."""
+
+
+def check_format(model: ResponderModel) -> ResponderModel:
+    """The model itself, or :class:`ArtefactFormatError` naming both formats and what to do."""
+    found = model.__dict__.get("format_version", 1)  # the class default would hide an older pickle
+    if found != FORMAT_VERSION:
+        raise ArtefactFormatError(
+            f"model artefact format {found}, this code reads format {FORMAT_VERSION}: retrain with `make train` "
+            "(or `responders train`) to register a model in the current format"
+        )
+    return model
 
 
 @dataclass
@@ -84,6 +102,7 @@ class ResponderModel:
     interval_level: float = 0.95
     average_effect: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
 
     @property
     def candidate_name(self) -> str:
@@ -243,7 +262,7 @@ class ResponderPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import joblib
 
-        self.model: ResponderModel = joblib.load(context.artifacts["responder"])
+        self.model: ResponderModel = check_format(joblib.load(context.artifacts["responder"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         raw = _as_frame(model_input)
