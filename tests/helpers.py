@@ -114,8 +114,10 @@ def serving_store(tmp_path_factory) -> dict:
         from training.train import run_training
 
         tmp = tmp_path_factory.mktemp("serving-store")
-        # A strong-subgroup trial, so that champions personalise and explanations have drivers.
-        frame = simulate("strong", 160, 8)
+        # A strong-subgroup trial large enough that one outcome gets the conditional answer (BCF, drivers of benefit)
+        # and the other the risk-based one (prognostic drivers): with the fast settings, memory p = 0.033 and pain
+        # p = 0.05 after Holm.
+        frame = simulate("strong", 400, 8)
         frame.to_csv(tmp / "trial.csv", index=False)
         uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
         summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"replicates": 59}), tracking_uri=uri)

@@ -154,3 +154,14 @@ def test_bcf_chains_are_diagnosed_then_thinned_for_serving_with_the_change_measu
     np.testing.assert_allclose(restored.benefit_draws(X), model.benefit_draws(X), atol=1e-12)
     explanation = restored.explain(X.head(5))
     np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), restored.predict_benefit(X.head(5)), atol=1e-9)
+
+
+def test_a_model_stored_in_an_older_format_is_refused_with_one_line():
+    from types import SimpleNamespace
+
+    from serving.runtime.artefact import FORMAT_VERSION, ArtefactFormatError, check_format
+
+    current = SimpleNamespace(format_version=FORMAT_VERSION)
+    assert check_format(current) is current
+    with pytest.raises(ArtefactFormatError, match=f"format 1, this code reads format {FORMAT_VERSION}: retrain with `make train`"):
+        check_format(SimpleNamespace())  # pickled before the format was recorded

@@ -201,7 +201,7 @@ def finished_job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("operability")
     data = tmp / "trial.csv"
     simulate("final", 99, 61).to_csv(data, index=False)
-    summary = run_training(data, load_spec(), fast_config(evidence={"permutations": 9}), tracking_uri=_uri(tmp))
+    summary = run_training(data, load_spec(), fast_config(evidence={"replicates": 9}), tracking_uri=_uri(tmp))
     return tmp, data, summary
 
 
@@ -263,9 +263,9 @@ def test_ctrl_c_during_training_marks_runs_killed_and_leaves_the_champions(finis
     before = {r.registered_model: str(client.get_model_version_by_alias(r.registered_model, CHAMPION).version) for r in first.outcomes.values()}
     versions_before = len(client.search_model_versions("name LIKE 'fibromyalgia-ldn-%'"))
 
-    # Long enough a permutation test that the interrupt lands inside it.
+    # Long enough a heterogeneity test (no early stop) that the interrupt lands inside it.
     config = tmp / "slow.yaml"
-    config.write_text(yaml.safe_dump({**FAST, "evidence": {**FAST["evidence"], "permutations": 2000}}))
+    config.write_text(yaml.safe_dump({**FAST, "evidence": {**FAST["evidence"], "replicates": 2000, "sequential_h": 0}}))
     stderr = tmp / "interrupted.err"
     with open(stderr, "w") as err, open(tmp / "interrupted.out", "w") as out:
         # Its own process group, signalled as a whole: what Ctrl-C in a terminal does (workers included).
@@ -275,7 +275,7 @@ def test_ctrl_c_during_training_marks_runs_killed_and_leaves_the_champions(finis
             stdout=out, stderr=err, cwd=ROOT, start_new_session=True, preexec_fn=_restore_sigint,
         )  # fmt: skip
         try:
-            _wait_for(stderr, "step 2/8: pain: permutation test", process)
+            _wait_for(stderr, "step 2/8: pain: heterogeneity test", process)
             os.killpg(process.pid, signal.SIGINT)
             code = process.wait(timeout=300)
         finally:
@@ -289,7 +289,7 @@ def test_ctrl_c_during_training_marks_runs_killed_and_leaves_the_champions(finis
     assert "pain: nested CV: 3/3 tasks (100%)" in log and "\r" not in log
     [line] = [x for x in log.splitlines() if x.startswith("Training interrupted")]
     match = re.fullmatch(
-        r"Training interrupted at step 2/8: pain: permutation test; MLflow run (\w+) and its outcome runs are marked KILLED; "
+        r"Training interrupted at step 2/8: pain: heterogeneity test; MLflow run (\w+) and its outcome runs are marked KILLED; "
         r"the champions are unchanged \(no @champion alias was moved\)\.",
         line,
     )
@@ -314,7 +314,7 @@ def test_interrupt_after_registration_keeps_champions_and_after_promotion_says_t
     spec = load_spec()
     names = [spec.registered_model_name(o) for o in spec.outcomes]
     before = {name: str(client.get_model_version_by_alias(name, CHAMPION).version) for name in names}
-    config = fast_config(evidence={"permutations": 0})
+    config = fast_config(evidence={"permutations": 0, "replicates": 0})
 
     import training.train as job
 

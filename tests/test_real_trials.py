@@ -100,14 +100,16 @@ def _cohort_benefit(store, job, outcome):
 
 
 def _personalised(model, job, outcome):
-    """The registered model with a candidate that depends on the patient's values (the champion may be the floor)."""
+    """The registered model with a candidate that depends on the patient's values (the champion may be the floor),
+    answering as if effect modification were established, so that its drivers of benefit are shown."""
     from dataclasses import replace
 
     from training.candidates import InteractionLogistic
 
     data = job["summary"].outcomes[outcome].data
     F = model.pipeline.transform(data.X)
-    return replace(model, candidate=InteractionLogistic(Cs=(0.1,), random_state=0).fit(F, data.t, data.y), ensemble=None)
+    policy = replace(model.label_policy, answer="conditional")
+    return replace(model, candidate=InteractionLogistic(Cs=(0.1,), random_state=0).fit(F, data.t, data.y), ensemble=None, label_policy=policy)
 
 
 def _agrees_with_logistic(job, outcome):

@@ -56,7 +56,7 @@ COHORT_SECTIONS = {
     "uplift": "Qini / uplift curve, TOC, calibration for benefit, decision curve",
     "subgroups": "Prespecified subgroups",
     "evidence": "Heterogeneity evidence",
-    "shap": "SHAP summary of benefit drivers",
+    "shap": "SHAP summary of the served models",
     "dependence": "Dependence plots",
     "model-card": "Model card",
 }
@@ -453,7 +453,8 @@ def test_patient_report_warns_about_imputed_labs(job, champions):
     sentences = html.count("the predicted benefit by") + html.count("the chance of a meaningful response on placebo by")
     assert sentences >= len(charted)  # plain-language driver sentences
     text = unescape(html)
-    assert text.count("does not depend on the patient's values") == len(models) - len(personal)
+    sections = text.split('<section id="notes">')[0]  # the footnote may say it once more
+    assert sections.count("does not depend on the patient's values") == len(models) - len(personal)
     for model in models.values():
         prediction = model.predict(patient).iloc[0]
         assert prediction["population_label_reason"] in text and prediction["patient_label_reason"] in text
