@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from training.candidates import candidate_label
 from training.evaluation import FLOOR, CVResult, log_loss_per_patient
 from training.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.metrics import auc_interval, calibration
@@ -77,7 +78,8 @@ def choose_answer(cv: CVResult, y: np.ndarray, t: np.ndarray, evidence: bool, te
         for name in order:
             if fit_to_serve(name):
                 how = "the selection criterion's choice" if name == cv.final_choice else "the eligible candidate with the lowest out-of-fold log-loss"
-                return AnswerChoice(CONDITIONAL, name, f"effect modification is established, so {name} ({how}) gives the conditional average benefit", refused)
+                model = candidate_label(name).split(" (")[0]
+                return AnswerChoice(CONDITIONAL, name, f"effect modification is established, so the {model} ({how}) gives the conditional average benefit", refused)
         notes.append(
             "effect modification is established, but no candidate other than the arm-only floor predicted responders "
             "at least as well as the floor out of fold" + (" and passed the served-model checks" if refused else "")

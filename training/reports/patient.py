@@ -89,6 +89,33 @@ def plain_rule(text: str) -> str:
     return text
 
 
+def short_reasons(model: ResponderModel, population: str, patient: str | None, lower: float, upper: float) -> tuple[str, str]:
+    """One short sentence per label for the answer box (the full reasons stand in the outcome's section)."""
+    rule = model.label_policy.rule
+    effect = model.average_effect or {}
+    if population == "likely_benefit":
+        first = f"The trial established an average benefit of at least {pp(rule['likely_min_benefit'])}."
+    elif population == "unlikely_benefit":
+        first = f"The trial rules out an average benefit of {pp(rule['unlikely_upper_below'])} or more."
+    elif effect.get("direction") == "benefit":
+        first = f"The established average benefit is below the {pp(rule['likely_min_benefit'])} needed for a likely benefit."
+    else:
+        first = "The trial did not establish an average effect."
+    first += " This describes the trial population, not this patient."
+    mid = pp(rule["unlikely_upper_below"])
+    if patient == "likely_benefit":
+        second = f"Read from this patient's interval: it lies above 0 pp ({pp(lower)} to {pp(upper)})."
+    elif patient == "unlikely_benefit":
+        second = f"Read from this patient's interval: it lies wholly below {mid} ({pp(lower)} to {pp(upper)})."
+    elif patient == "uncertain":
+        second = f"Read from this patient's interval: it includes 0 pp and reaches {mid} ({pp(lower)} to {pp(upper)})."
+    else:
+        evidence = model.evidence
+        p = f" (Holm-adjusted p = {evidence.p_adjusted:.3g})" if evidence.tested and evidence.p_adjusted is not None else ""
+        second = f"No patient label: effect modification is not established{p}."
+    return first, second
+
+
 def _average_effect(model: ResponderModel) -> dict[str, Any] | None:
     effect = model.average_effect or {}
     if effect.get("risk_difference") is None:
@@ -131,6 +158,9 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     patient_label = None if patient_label is None or (isinstance(patient_label, float) and math.isnan(patient_label)) else str(patient_label)
     population = str(prediction["population_label"])
     effect = _average_effect(model) or {}
+    short_population, short_patient = short_reasons(
+        model, population, patient_label, float(prediction["benefit_lower"]), float(prediction["benefit_upper"])
+    )
     return {
         "key": model.outcome,
         "label": outcome.label,
@@ -153,6 +183,8 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "population_label": population,
         "population_label_text": LABEL_TEXT.get(population, population.replace("_", " ")),
         "population_label_reason": str(prediction["population_label_reason"]),
+        "population_short": short_population,
+        "patient_short": short_patient,
         "population_rd": effect.get("risk_difference"),
         "population_low": effect.get("ci_low_adjusted", effect.get("ci_low")),
         "population_high": effect.get("ci_high_adjusted", effect.get("ci_high")),
