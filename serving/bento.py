@@ -57,7 +57,8 @@ def build_bento(spec_name: str | None = None, tracking_uri: str | None = None, v
         description="LDN responder-subgroup API with its champion models",
         # Recursive globs for every package: a subpackage (serving/runtime/) missing here breaks the Bento at import.
         include=[*BENTO_INCLUDE],
-        exclude=["tests", "benchmarks", "mlruns", "data", "reports", ".venv"],
+        # Anchored at the root: a bare "reports" also dropped training/reports/, the /report endpoint's code.
+        exclude=["/tests/", "/benchmarks/", "/mlruns/", "/data/", "/reports/", "/.venv/"],
         # Offline build: no lock resolution against an index; the pins are the project's lock file.
         python={"requirements_txt": "requirements/lock.txt", "lock_packages": False},
         models=tags,

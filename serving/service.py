@@ -13,7 +13,9 @@ when the worker starts): ``RESPONDERS_API_TOKEN`` (required unless
 ``RESPONDERS_MAX_BODY_BYTES`` (default 1 MiB), ``MLFLOW_TRACKING_URI`` (default
 ``sqlite:///mlruns/mlflow.db``), ``RESPONDERS_SPEC`` (default
 ``fibromyalgia-ldn``), ``RESPONDERS_BENTO_MODELS`` (BentoML model tags to serve
-instead of the registry's champions; a built Bento serves the models it carries).
+instead of the registry's champions; a built Bento serves the models it carries),
+``RESPONDERS_WORKERS`` (default 1). The registry is checked before MLflow touches
+it (:func:`check_registry`); see the README's "Deployment" section.
 
 Bounded requests, in this order, before any per-patient work: the body size
 (413, read no further than the limit), the media type (415 unless JSON), the
@@ -25,7 +27,9 @@ Start-up (``bentoml serve``, also under ``responders serve``): the
 serving process before the port is bound, and exits non-zero with one line
 naming the registered model, version and file when it cannot; it then starts
 the worker supervision of :mod:`serving.supervision`. Binds 127.0.0.1 unless
-``--host`` / ``BENTOML_HOST`` says otherwise.
+``--host`` / ``BENTOML_HOST`` says otherwise (0.0.0.0 inside the Bento's container).
+Each worker dies with the server, and warms up on synthetic patients before it
+serves (``/readyz`` is 503 until then).
 """
 
 from __future__ import annotations
@@ -98,6 +102,16 @@ def _workers() -> int:
         return _env_int("RESPONDERS_WORKERS", 1)
     except ConfigurationError:
         return 1
+
+
+def _default_host() -> str:
+    """127.0.0.1, except inside the container BentoML generates for the Bento (BENTOML_CONTAINERIZED=true).
+
+    A container's loopback is unreachable from outside it, so there the server
+    listens on the container's own interfaces; what is exposed is decided by
+    publishing the port (and the clinic's proxy), not by this address.
+    """
+    return "0.0.0.0" if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -593,7 +607,7 @@ class HardenedService(Service):
     traffic={"timeout": 60},
     workers=_workers(),  # RESPONDERS_WORKERS; one process per core at most pays (benchmarks/RESULTS.md)
     # Loopback unless told otherwise (`--host`, BENTOML_HOST): a clinic puts its own proxy in front.
-    http={"host": "127.0.0.1"},
+    http={"host": _default_host()},
     service_class=HardenedService,
 )
 class ResponderService:

@@ -210,6 +210,15 @@ def test_real_server_is_warm_when_ready_counts_deep_nesting_and_dies_with_its_pr
         server.stop()
 
 
+def test_the_service_listens_beyond_loopback_only_inside_its_container(monkeypatch):
+    from serving.service import _default_host
+
+    monkeypatch.delenv("BENTOML_CONTAINERIZED", raising=False)
+    assert _default_host() == "127.0.0.1"
+    monkeypatch.setenv("BENTOML_CONTAINERIZED", "true")  # set by the Bento's generated Dockerfile
+    assert _default_host() == "0.0.0.0"
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -261,8 +270,7 @@ def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_reposit
     assert where.stdout.strip().startswith(str(tmp_path / "venv")), where.stdout  # the installed copy, not the sources
     # A tiny trial, trained by the installed command.
     config = work / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**FAST, "candidates": {**FAST["candidates"], "enabled": ["arm_only", "interaction_logistic"]},
-                                      "evidence": {"permutations": 9, "rate_bootstrap": 50}}))  # fmt: skip
+    config.write_text(yaml.safe_dump({**FAST, "evidence": {"permutations": 9, "rate_bootstrap": 50}}))
     responders = str(venv_bin / "responders")
     subprocess.run([responders, "simulate", "--scenario", "strong", "--n", "120", "--seed", "3", "--out", "trial.csv"],
                    env=env, cwd=work, check=True, capture_output=True, timeout=300)  # fmt: skip
@@ -297,11 +305,17 @@ def test_bento_serves_from_outside_the_repository_and_its_dockerfile_starts_it(s
                 if p.is_file() and p.suffix in {".py", ".yaml", ".j2"}}  # fmt: skip
     assert packaged <= shipped, sorted(packaged - shipped)
     assert not {p for p in shipped if p.startswith(("tests/", "benchmarks/", "mlruns/", ".venv/"))}
-    # The container recipe BentoML generated: it copies the Bento (sources, models, environment) and starts this service.
+    # The container recipe BentoML generated: the pinned requirements, the whole Bento (sources and models) copied,
+    # and an entrypoint that runs `bentoml serve` on it; the container flag makes the service listen beyond loopback.
     dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^COPY .*\./ \./", dockerfile, re.M) or "COPY --chown=bentoml:bentoml ./src ./src" in dockerfile, dockerfile
-    assert "requirements.txt" in dockerfile
-    assert re.search(r'bentoml.*serve', dockerfile), dockerfile
+    assert "pip install -r $BENTO_PATH/env/python/requirements.txt" in dockerfile
+    assert re.search(r"^COPY --chown=\S+ \. \./$", dockerfile, re.M), dockerfile
+    assert "ENV BENTOML_CONTAINERIZED=true" in dockerfile and "EXPOSE 3000" in dockerfile
+    assert 'ENTRYPOINT [ "/home/bentoml/bento/env/docker/entrypoint.sh" ]' in dockerfile
+    entrypoint = (Path(bento.path) / "env" / "docker" / "entrypoint.sh").read_text()
+    assert 'bentoml serve "$@" "$BENTO_PATH"' in entrypoint
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert "bentoml==" in requirements and "lightgbm==" in requirements
     assert (Path(bento.path) / "bento.yaml").is_file() and "serving.service:ResponderService" in (Path(bento.path) / "bento.yaml").read_text()
     assert {str(m.tag) for m in bentoml.bentos.get(tag).info.models} == {
         f"fibromyalgia-ldn-{o}:mlflow-v{store['summary'].outcomes[o].version}" for o in ("pain", "memory")
@@ -319,8 +333,10 @@ def test_bento_serves_from_outside_the_repository_and_its_dockerfile_starts_it(s
     try:
         server.wait_ready()
         response = httpx.post(f"{server.url}/predict", json={"patients": [EXAMPLE]}, headers=AUTH, timeout=60)
+        report = httpx.post(f"{server.url}/report", json={"patient": EXAMPLE}, headers=AUTH, timeout=120)
     finally:
         server.stop()
     assert response.status_code == 200, response.text
     assert _rounded(response.json()) == _rounded(_in_process_prediction(store["uri"], EXAMPLE))
+    assert report.status_code == 200 and report.text.lstrip().lower().startswith("<!doctype html"), report.text[:300]
     assert not (tmp_path / "no-registry.db").exists()  # the Bento never asked the registry
