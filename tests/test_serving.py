@@ -364,32 +364,6 @@ def test_cli_predict_prints_the_same_json(store, patients, tmp_path):
     assert body["results"][2]["errors"][0]["field"] == "age"
 
 
-def _fuzz(operation, statuses: dict[str, set[int]]) -> None:
-    from hypothesis import given
-
-    examples = 5 if operation.path == "/report" else 25  # a rendered report takes seconds
-
-    @given(case=operation.as_strategy())
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    def call(case):
-        response = case.call(headers=AUTH)
-        statuses.setdefault(operation.path, set()).add(response.status_code)
-        assert response.status_code < 500, (case.path, response.status_code, response.text[:300])
-
-    call()
-
-
-def test_fuzzed_requests_never_get_a_server_error(app, client):
-    """schemathesis generates bodies from the service's own OpenAPI document; no answer may be a 5xx."""
-    schema = schemathesis.openapi.from_asgi("/docs.json", app)
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/predict", "/explain", "/report", "/metadata"}
-    statuses: dict[str, set[int]] = {}
-    for operation in operations:
-        _fuzz(operation, statuses)
-    assert statuses["/predict"] & {200, 422}  # the fuzzer reached the handlers, not only the guard
-
-
 def _post_text(client, path: str, text: str):
     return client.post(path, content=text.encode(), headers={**AUTH, "Content-Type": "application/json"})
 
@@ -448,6 +422,32 @@ def test_the_service_is_warm_once_its_lifespan_has_started(client):
     metrics = client.get("/metrics").text
     for endpoint in ("/predict", "/explain"):
         assert re.search(rf'responders_warm_up_seconds{{endpoint="{endpoint}"[^}}]*}} [0-9.e+-]+', metrics), metrics[-2000:]
+
+
+def _fuzz(operation, statuses: dict[str, set[int]]) -> None:
+    from hypothesis import given
+
+    examples = 5 if operation.path == "/report" else 25  # a rendered report takes seconds
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    def call(case):
+        response = case.call(headers=AUTH)
+        statuses.setdefault(operation.path, set()).add(response.status_code)
+        assert response.status_code < 500, (case.path, response.status_code, response.text[:300])
+
+    call()
+
+
+def test_fuzzed_requests_never_get_a_server_error(app, client):
+    """schemathesis generates bodies from the service's own OpenAPI document; no answer may be a 5xx."""
+    schema = schemathesis.openapi.from_asgi("/docs.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/predict", "/explain", "/report", "/metadata"}
+    statuses: dict[str, set[int]] = {}
+    for operation in operations:
+        _fuzz(operation, statuses)
+    assert statuses["/predict"] & {200, 422}  # the fuzzer reached the handlers, not only the guard
 
 
 @pytest.mark.integration
