@@ -5,9 +5,11 @@
   test does not change serving cost).
 - Our service answers both outcomes (pain and memory) plus input warnings per
   request. ``mlflow models serve --env-manager local`` serves one registered
-  model per process, so the fair peer is two MLflow servers (pain, memory)
-  called one after the other for each request; the pain server alone is shown
-  too. Same patients, same concurrency levels (1, 8, 32), single patient and a
+  model per process (one outcome per request), so the same answers take two
+  MLflow servers (pain, memory) called one after the other; the pain server
+  alone is measured too. Two ratios are reported, both from the measured rows:
+  per request (ours / the pain server) and per outcome answer (patients x
+  outcomes answered per second, ours / the two MLflow servers together). Same patients, same concurrency levels (1, 8, 32), single patient and a
   batch of 100, bounded in requests and time.
 - ``/explain`` latency; the in-process floor (``Scorer.predict`` and
   ``Scorer.explain`` per patient, no HTTP) and the ratio of served latency to it.
@@ -447,7 +449,7 @@ def run(quick: bool, out_dir: Path) -> str:
         before = sum(_tree_rss(p.pid) for p in processes)
         for level in settings.levels:
             print(f"[bench] serving: mlflow x{level}", file=sys.stderr, flush=True)
-            for label, urls in (("mlflow models serve, pain + memory", mlflow_urls), ("mlflow models serve, pain only", mlflow_urls[:1])):
+            for label, urls in ((PEER_BOTH, mlflow_urls), (PEER_ONE, mlflow_urls[:1])):
                 results.append(_measure(label, "1 patient", _mlflow_calls(urls, records_single), level, max(settings.single_requests, 10 * level), settings.seconds))
                 results.append(_measure(label, "100 patients", _mlflow_calls(urls, records_batch), level, max(settings.batch_requests, 2 * level), settings.seconds))
         memory["mlflow models serve, pain + memory (2 processes)"] = (before, sum(_tree_rss(p.pid) for p in processes))
@@ -533,31 +535,91 @@ def _mlflow_servers(uri: str, work: Path, env: dict):
             context.__exit__(None, None, None)
 
 
+PEER_BOTH = "mlflow models serve, pain + memory"
+PEER_ONE = "mlflow models serve, pain only"
+COMPARED = (
+    "Throughput against `mlflow models serve` on the same champions, same patients, same concurrency. What is compared: "
+    "one request to our `/predict` answers every outcome ({outcomes}: pain and memory) for each patient it carries; one "
+    "request to `mlflow models serve` answers one outcome (one registered model per server). *Per request* is our "
+    "requests/s over the pain server's requests/s. *Per outcome answer* counts patients x outcomes answered per second: "
+    "ours against the pain and memory servers together (each patient sent to one, then the other). Both ratios come from "
+    "the rows of the table below, measured in this run:"
+)
+
+
+def throughput_comparison(ours: LoadResult, pain: LoadResult | None, both: LoadResult | None, outcomes: int) -> dict:
+    """Per-request and per-outcome-answer throughput ratios of our /predict against `mlflow models serve`.
+
+    ``pain`` is one MLflow server (one outcome per request); ``both`` calls the
+    pain and the memory server one after the other per row request (two HTTP
+    requests, one outcome each). Outcome answers per second are patients per
+    request x outcomes per request x requests per second.
+    """
+    patients = int(ours.payload.split()[0])
+    ours_answers = ours.rps * patients * outcomes
+    mlflow_answers = both.rps * patients * outcomes if both is not None and both.rps else None
+    return {
+        "ours_rps": ours.rps,
+        "pain_rps": pain.rps if pain is not None else None,
+        "per_request": ours.rps / pain.rps if pain is not None and pain.rps else None,
+        "ours_answers": ours_answers,
+        "mlflow_answers": mlflow_answers,
+        "per_answer": ours_answers / mlflow_answers if mlflow_answers else None,
+        "p50_vs_pain": ours.quantile(0.5) / pain.quantile(0.5) if pain is not None and pain.latencies else None,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _headline(c: dict | None) -> str:
+    if c is None or c["per_request"] is None:
+        return "—"
+    return f"{c['per_request']:.1f}x per request, {_fmt(c['per_answer'], '.1f')}x per outcome answer"
+
+
+def _headline_detail(c: dict | None, outcomes: int) -> str:
+    if c is None or c["pain_rps"] is None:
+        return ""
+    return (
+        f"{c['ours_rps']:.0f} requests/s ({outcomes} outcomes each) vs the pain server's {c['pain_rps']:.1f} (1 outcome each); "
+        f"{c['ours_answers']:.0f} vs {_fmt(c['mlflow_answers'], '.0f')} outcome answers/s (pain + memory servers)"
+    )
+
+
 def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest | None = None, extra: dict | None = None) -> str:
     extra = extra or {}
     ours = {(r.payload, r.concurrency): r for r in results if r.target == "BentoML /predict (ours)"}
-    peer = {(r.payload, r.concurrency): r for r in results if r.target == "mlflow models serve, pain + memory"}
+    peer = {(r.payload, r.concurrency): r for r in results if r.target == PEER_BOTH}
+    pain = {(r.payload, r.concurrency): r for r in results if r.target == PEER_ONE}
+    outcomes = len(extra.get("champions") or {}) or 2
     rows = []
     for r in results:
         rows.append([r.target, r.payload, r.concurrency, r.requests, r.errors, f"{r.rps:.1f}", f"{r.quantile(0.5):.1f}", f"{r.quantile(0.99):.1f}"])
     table = md_table(["server", "request", "concurrency", "requests", "errors", "requests/s", "p50 ms", "p99 ms"], rows, "llrrrrrr")
-    ratio_rows = []
-    for key, mine in ours.items():
-        other = peer.get(key)
-        if other and other.rps:
-            ratio_rows.append([key[0], key[1], f"{mine.rps / other.rps:.2f}", f"{mine.quantile(0.5) / other.quantile(0.5):.2f}"])
-    ratios = md_table(["request", "concurrency", "throughput ours / mlflow", "p50 ours / mlflow"], ratio_rows, "lrrr")
+    comparisons = {key: throughput_comparison(mine, pain.get(key), peer.get(key), outcomes) for key, mine in ours.items()}
+    ratio_rows = [
+        [key[0], key[1], f"{c['ours_rps']:.1f}", _fmt(c["pain_rps"], ".1f"), _fmt(c["per_request"], ".2f"),
+         f"{c['ours_answers']:,.0f}", _fmt(c["mlflow_answers"], ",.0f"), _fmt(c["per_answer"], ".2f"), _fmt(c["p50_vs_pain"], ".2f")]
+        for key, c in comparisons.items()
+    ]  # fmt: skip
+    ratios = md_table(
+        ["request", "concurrency", "ours requests/s", "pain server requests/s", "per request (ours / pain server)",
+         "ours outcome answers/s", "MLflow outcome answers/s (pain + memory servers)", "per outcome answer (ours / MLflow)",
+         "p50 ours / pain server"],
+        ratio_rows, "lrrrrrrrr",
+    )  # fmt: skip
     floor_rows = [[k, f"{v:.2f}"] for k, v in floor.items()]
     one = ours.get(("1 patient", 1))
-    at8, peer8 = ours.get(("1 patient", 8)), peer.get(("1 patient", 8))
+    at8 = comparisons.get(("1 patient", 8))
     targets = [
         ["`/predict`, 1 patient, p99 over HTTP (concurrency 1)", "<= 10 ms", f"{one.quantile(0.99):.1f} ms" if one else "—",
          f"p50 {one.quantile(0.5):.1f} ms" if one else ""],
         ["`/explain`, 1 patient, p99 over HTTP (concurrency 1)", "<= 25 ms", f"{explain.quantile(0.99):.1f} ms" if explain else "—",
          f"p50 {explain.quantile(0.5):.1f} ms" if explain else ""],
-        ["throughput / `mlflow models serve` (pain + memory), 1 patient, concurrency 8", ">= 3x",
-         f"{at8.rps / peer8.rps:.1f}x" if at8 and peer8 and peer8.rps else "—",
-         f"{at8.rps:.0f} vs {peer8.rps:.1f} requests/s" if at8 and peer8 else ""],
+        ["throughput / `mlflow models serve`, 1 patient, concurrency 8", ">= 3x", _headline(at8),
+         _headline_detail(at8, outcomes)],
     ]  # fmt: skip
     batch_cli = extra.get("batch_cli")
     if batch_cli:
@@ -596,12 +658,13 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         "Targets of issue 13, measured in this run (load average of the machine, 1/5/15 min: "
         f"{load_text or 'not recorded'}; the machine is shared, so compare the ratios):",
         md_table(["what", "target", "measured", "detail"], targets, "llrl"),
-        "Ratios (same patients, same level):",
+        COMPARED.format(outcomes=outcomes),
         ratios,
         f"Champions trained on `simulate('final', 99, {DEFAULT_SEED})` (the default job's trial) ({', '.join(f'{o}: {c}' for o, c in champions.items())}); 100 simulated "
         f"patients; levels {', '.join(map(str, settings.levels))}; at most {settings.single_requests} single-patient and "
         f"{settings.batch_requests} batch requests per level, {settings.seconds:.0f} s cap. Our /predict answers pain and memory "
-        "(and input warnings) in one request; the peer row 'pain + memory' calls the two MLflow servers one after the other. "
+        "(and input warnings) in one request; the peer row 'pain + memory' calls the two MLflow servers one after the other "
+        "(two HTTP requests, one outcome each, counted as one row request). "
         "Load generator and servers share the same 2 cores." + (" QUICK settings: not estimates." if quick else ""),
         table,
         "Latency against the in-process floor (`Scorer` called directly, median ms):",

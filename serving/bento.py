@@ -18,6 +18,8 @@ from serving.scoring import resolve_champions
 from training.spec import DatasetSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("features", "training", "serving")
+BENTO_INCLUDE = tuple(f"{package}/**/*.{ext}" for package in PACKAGES for ext in ("py", "yaml", "j2"))
 
 
 def import_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> list[str]:
@@ -53,8 +55,10 @@ def build_bento(spec_name: str | None = None, tracking_uri: str | None = None, v
         "serving.service:ResponderService",
         name="ldn-responders",
         description="LDN responder-subgroup API with its champion models",
-        include=["features/*.py", "features/*.yaml", "training/**/*.py", "training/**/*.yaml", "training/**/*.j2", "serving/*.py"],
-        exclude=["tests", "benchmarks", "mlruns", "data", "reports", ".venv"],
+        # Recursive globs for every package: a subpackage (serving/runtime/) missing here breaks the Bento at import.
+        include=[*BENTO_INCLUDE],
+        # Anchored at the root: a bare "reports" also dropped training/reports/, the /report endpoint's code.
+        exclude=["/tests/", "/benchmarks/", "/mlruns/", "/data/", "/reports/", "/.venv/"],
         # Offline build: no lock resolution against an index; the pins are the project's lock file.
         python={"requirements_txt": "requirements/lock.txt", "lock_packages": False},
         models=tags,

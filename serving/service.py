@@ -13,7 +13,9 @@ when the worker starts): ``RESPONDERS_API_TOKEN`` (required unless
 ``RESPONDERS_MAX_BODY_BYTES`` (default 1 MiB), ``MLFLOW_TRACKING_URI`` (default
 ``sqlite:///mlruns/mlflow.db``), ``RESPONDERS_SPEC`` (default
 ``fibromyalgia-ldn``), ``RESPONDERS_BENTO_MODELS`` (BentoML model tags to serve
-instead of the registry's champions; a built Bento serves the models it carries).
+instead of the registry's champions; a built Bento serves the models it carries),
+``RESPONDERS_WORKERS`` (default 1). The registry is checked before MLflow touches
+it (:func:`check_registry`); see the README's "Deployment" section.
 
 Bounded requests, in this order, before any per-patient work: the body size
 (413, read no further than the limit), the media type (415 unless JSON), the
@@ -25,7 +27,9 @@ Start-up (``bentoml serve``, also under ``responders serve``): the
 serving process before the port is bound, and exits non-zero with one line
 naming the registered model, version and file when it cannot; it then starts
 the worker supervision of :mod:`serving.supervision`. Binds 127.0.0.1 unless
-``--host`` / ``BENTOML_HOST`` says otherwise.
+``--host`` / ``BENTOML_HOST`` says otherwise (0.0.0.0 inside the Bento's container).
+Each worker dies with the server, and warms up on synthetic patients before it
+serves (``/readyz`` is 503 until then).
 """
 
 from __future__ import annotations
@@ -34,14 +38,18 @@ import copy
 import hmac
 import json
 import logging
+import math
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import attr
 import bentoml
+import numpy as np
 import yaml
 from _bentoml_sdk import Service
 from bentoml._internal.service.openapi.specification import OpenAPISpecification
@@ -94,6 +102,16 @@ def _workers() -> int:
         return _env_int("RESPONDERS_WORKERS", 1)
     except ConfigurationError:
         return 1
+
+
+def _default_host() -> str:
+    """127.0.0.1, except inside the container BentoML generates for the Bento (BENTOML_CONTAINERIZED=true).
+
+    A container's loopback is unreachable from outside it, so there the server
+    listens on the container's own interfaces; what is exposed is decided by
+    publishing the port (and the clinic's proxy), not by this address.
+    """
+    return "0.0.0.0" if os.environ.get("BENTOML_CONTAINERIZED", "").lower() == "true" else "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -315,11 +333,22 @@ class ApiGuard:
             return None
         if body is None or not body.strip():
             return body  # an empty body is an empty object to BentoML: the schema decides
+        if _nesting_depth(body) > MAX_JSON_DEPTH:
+            message = f"JSON nested deeper than {MAX_JSON_DEPTH} levels; a request needs at most {MAX_REQUEST_DEPTH}"
+            await _send_unprocessable(send, [{"field": "body", "message": message, "type": "json_too_deep"}])
+            return None
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_constant=_NonFinite, parse_float=_finite_float)
+        except RecursionError:  # not reached after the depth check; kept so that nesting can never become a 500
+            await _send_unprocessable(send, [{"field": "body", "message": "JSON nested too deeply", "type": "json_too_deep"}])
+            return None
         except ValueError as err:  # JSONDecodeError and undecodable bytes; the message carries no values
             where = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
             await _send_unprocessable(send, [{"field": "body", "message": f"not valid JSON{where}", "type": "json_invalid"}])
+            return None
+        non_finite = _non_finite_fields(data)
+        if non_finite:
+            await _send_unprocessable(send, non_finite)
             return None
         patients = data.get("patients") if isinstance(data, dict) else None
         if scope["path"] in BATCH_ROUTES and isinstance(patients, list) and len(patients) > self.max_batch:
@@ -328,6 +357,50 @@ class ApiGuard:
             )
             return None
         return body
+
+
+# The deepest a valid request goes is {"patients": [{"field": value}]}: 3 levels. A little room for a
+# client's harmless wrapping, far below the depth at which json.loads (and pydantic) would recurse for long.
+MAX_REQUEST_DEPTH = 3
+MAX_JSON_DEPTH = 16
+_OPENING, _CLOSING = frozenset(b"[{"), frozenset(b"]}")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``body``, outside strings, without recursing (linear time)."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
+    steps = np.isin(brackets, list(_OPENING)).astype(np.int32) - np.isin(brackets, list(_CLOSING)).astype(np.int32)
+    return int(np.cumsum(steps).max()) if steps.size else 0
+
+
+class _NonFinite:
+    """A JSON number that is not finite: the constants NaN, Infinity, -Infinity (not JSON), or a literal like 1e999."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _non_finite_fields(data: Any) -> list[dict]:
+    """One 422 entry per field holding NaN, Infinity or an overflowing number (never imputed as if missing)."""
+    found, stack = [], [((), data)]
+    while stack:  # iterative: the depth is bounded already, and no recursion is needed
+        loc, value = stack.pop()
+        if isinstance(value, _NonFinite):
+            shown = value.text if len(value.text) <= 24 else value.text[:21] + "..."
+            found.append(
+                {"field": _field_path(loc), "message": f"{shown} is not a finite number; send a number, or null for a missing value", "type": "non_finite_number"}
+            )
+        elif isinstance(value, dict):
+            stack.extend(((*loc, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), v) for i, v in reversed(list(enumerate(value))))
+    return found
 
 
 def _unprocessable_rewriter(send):
@@ -534,7 +607,7 @@ class HardenedService(Service):
     traffic={"timeout": 60},
     workers=_workers(),  # RESPONDERS_WORKERS; one process per core at most pays (benchmarks/RESULTS.md)
     # Loopback unless told otherwise (`--host`, BENTOML_HOST): a clinic puts its own proxy in front.
-    http={"host": "127.0.0.1"},
+    http={"host": _default_host()},
     service_class=HardenedService,
 )
 class ResponderService:
@@ -552,7 +625,9 @@ class ResponderService:
         supervision.start_supervision()
 
     def __init__(self) -> None:
+        supervision.die_with_supervisor()  # first: a worker must not outlive a killed server, even while loading
         _protect_logs()
+        self.warm = False
         try:
             settings = ServiceSettings.from_env()
             settings.require_token()
@@ -565,6 +640,31 @@ class ResponderService:
         self.max_batch = settings.max_batch
         self.scorer = Scorer(SPEC, champions, max_batch=self.max_batch)
         log.info("serving %s", ", ".join(f"{r.registered_model} v{r.version}" for r in self.scorer.refs.values()))
+
+    @bentoml.on_startup
+    async def _warm_up(self) -> None:
+        """Before the worker serves (and so before ``/readyz`` is 200): one full batch predicted, one patient explained.
+
+        The first calls otherwise pay for lazy imports, first allocations and
+        caches (a first 500-patient ``/predict`` took 4.6-7.2 s and kept about
+        280 MiB, a first ``/explain`` about 1 s). Synthetic patients only: the
+        champions' training medians and modes (``example_input``), no patient data.
+        """
+        import anyio
+
+        # In the thread pool that serves the sync endpoints, as a request would run.
+        timings = await anyio.to_thread.run_sync(warm_up, self.scorer, self.max_batch)
+        _record_warm_up(timings)
+        await anyio.to_thread.run_sync(_warm_metrics)
+        self.warm = True
+        log.info(
+            "warm: /predict of %d synthetic patients took %.2f s, /explain of one %.2f s (before reporting ready)",
+            self.max_batch, timings["predict"], timings["explain"],
+        )  # fmt: skip
+
+    def __is_ready__(self) -> bool:
+        """BentoML's ``/readyz``: 503 until the warm-up has run."""
+        return self.warm
 
     def _too_many(self, n: int) -> JSONResponse | None:
         if n > self.max_batch:
@@ -637,10 +737,107 @@ def _warn_duplicate_ids(results: list) -> None:
             result.warnings = [*result.warnings, S.InputWarningOut(code="duplicate_id", field=SPEC.id_column, message=message)]
 
 
+def synthetic_patients(scorer: Scorer, n: int) -> list[dict[str, Any]]:
+    """``n`` copies of the champions' typical patient (training medians and modes), validated as a request would be."""
+    row: dict[str, Any] = {}
+    for champion in scorer.champions.values():
+        example = champion.model.example_input()
+        row.update(json.loads(example.to_json(orient="records"))[0])
+    clean = scorer.patient_model.model_validate(row).model_dump()
+    return [dict(clean, **{SPEC.id_column: f"warm-up-{i + 1}"}) for i in range(n)]
+
+
+def warm_up(scorer: Scorer, batch: int) -> dict[str, float]:
+    """Score ``batch`` synthetic patients and explain one, as the endpoints do (answers serialised); seconds taken."""
+    import time
+
+    patients = synthetic_patients(scorer, batch)
+    started = time.perf_counter()
+    scorer.predict(patients).model_dump_json()
+    predicted = time.perf_counter()
+    scorer.explain(patients[:1]).model_dump_json()
+    return {"predict": predicted - started, "explain": time.perf_counter() - predicted}
+
+
+_WARM_UP_GAUGE: list = []
+
+
+def _record_warm_up(timings: dict[str, float]) -> None:
+    """``responders_warm_up_seconds{endpoint=...}`` on ``/metrics``: the worker warmed up, and what it cost."""
+    if not _WARM_UP_GAUGE:
+        _WARM_UP_GAUGE.append(
+            bentoml.metrics.Gauge(
+                name="responders_warm_up_seconds",
+                documentation="Seconds the worker spent warming an endpoint (synthetic patients) before reporting ready",
+                labelnames=["endpoint"],
+                multiprocess_mode="livemax",
+            )
+        )
+    for endpoint, seconds in timings.items():
+        _WARM_UP_GAUGE[0].labels(endpoint=f"/{endpoint}").set(seconds)
+
+
+def _warm_metrics() -> None:
+    """Render the metrics once: the first rendering (prometheus' multi-process collector, also used when a request
+    is counted) cost about 0.3 s, paid otherwise by the first request after ready."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    BentoMLContainer.metrics_client.get().generate_latest()
+
+
+# Settings for MLflow's REST client in the server: its defaults (7 retries with exponential back-off,
+# 120 s timeouts) kept an unreachable registry silent for minutes. An operator's own values win.
+REGISTRY_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+REGISTRY_PROBE_SECONDS = 3.0
+
+
+def check_registry(uri: str, timeout: float = REGISTRY_PROBE_SECONDS) -> None:
+    """Raise :class:`ConfigurationError` naming ``uri`` when its registry cannot be there, before MLflow touches it.
+
+    A sqlite store must exist already (MLflow would create an empty ``mlflow.db``
+    and report no champion, leaving the file behind); a tracking server must
+    accept a connection within ``timeout`` seconds (MLflow would retry for minutes).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else uri  # no credentials
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        missing = f"no model registry: MLFLOW_TRACKING_URI={shown} names a store that does not exist; train first (make train) or point it at the registry"
+    else:
+        missing = f"no model registry: MLFLOW_TRACKING_URI is unset or empty and the default store {shown} does not exist; train first (make train) or set it"
+    if parts.scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:" or not Path(path).is_file():
+            raise ConfigurationError(missing)
+    elif parts.scheme in ("http", "https"):
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise ConfigurationError(
+                f"the model registry at {shown} is unreachable ({reason}, waited at most {timeout:.0f} s); check MLFLOW_TRACKING_URI"
+            ) from None
+    elif parts.scheme in ("", "file"):
+        path = parts.path if parts.scheme == "file" else uri
+        if not Path(path).is_dir():
+            raise ConfigurationError(missing)
+
+
 def _load_champions():
     """The champions to serve: those a built Bento carries, RESPONDERS_BENTO_MODELS, or the registry's aliases."""
     tags = _bento_model_tags()
-    return load_bento_champions(SPEC, tags) if tags else resolve_champions(SPEC)
+    if tags:
+        return load_bento_champions(SPEC, tags)
+    from training.tracking import resolve_tracking_uri
+
+    for name, value in REGISTRY_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    uri = resolve_tracking_uri()
+    check_registry(uri)
+    return resolve_champions(SPEC, uri)
 
 
 def _bento_model_tags() -> list[str]:
@@ -652,4 +849,17 @@ def _bento_model_tags() -> list[str]:
     return [str(m.tag) for m in bento.info.models] if bento is not None else []
 
 
+def _forbid_unknown_fields(service) -> None:
+    """Every endpoint's request model refuses fields it does not know (422 naming them), as the patient model does.
+
+    BentoML builds each request model from the method's parameters, accepting
+    and ignoring anything else; a misspelt ``top`` or ``patient`` must not pass unnoticed.
+    """
+    for method in service.apis.values():
+        model = method.input_spec
+        model.model_config = {**model.model_config, "extra": "forbid"}
+        model.model_rebuild(force=True)
+
+
+_forbid_unknown_fields(ResponderService)
 ResponderService.add_asgi_middleware(ApiGuard)

@@ -20,12 +20,16 @@ the port is bound; it verifies the settings and the champions itself (see
   and the arbiter exits with status 3 after printing that line.
 
 Workers call :func:`mark_clean_stop` when their application has shut down, so that a normal
-shutdown (Ctrl-C, SIGTERM) is not reported as a death.
+shutdown (Ctrl-C, SIGTERM) is not reported as a death, and :func:`die_with_supervisor` when they
+start: BentoML puts each worker in a session of its own, so a SIGKILL of the server's process group
+(or of the arbiter alone) would leave a worker holding the port and answering requests, and a
+restart would find the port taken.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
 import shutil
@@ -98,6 +102,46 @@ def mark_clean_stop() -> None:
     state = os.environ.get(STATE_ENV)
     if state and Path(state).is_dir():
         Path(state, f"stopped-{os.getpid()}").touch()
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_supervisor(interval: float = 0.5) -> bool:
+    """In a worker of a supervised server: exit as soon as the arbiter that started it is gone.
+
+    On Linux the kernel kills the worker when its parent dies (``PR_SET_PDEATHSIG``);
+    a watchdog thread checks the parent id as well, everywhere, in case the parent
+    died before this call or the platform has no such signal. Does nothing (returns
+    False) outside a supervised server (tests, ``Service.to_asgi()``).
+    """
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if not supervisor.isdigit() or os.environ.get(STATE_ENV) is None:
+        return False
+    arbiter = int(supervisor)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends the worker, within ``interval``
+    ParentWatch(arbiter, interval).start()
+    return True
+
+
+class ParentWatch(threading.Thread):
+    """Ends this worker process when its parent is no longer the arbiter (which has then died)."""
+
+    def __init__(self, arbiter: int, interval: float = 0.5):
+        super().__init__(name="responders-parent-watch", daemon=True)
+        self.arbiter = arbiter
+        self.interval = interval
+
+    def run(self) -> None:
+        while os.getppid() == self.arbiter:
+            time.sleep(self.interval)
+        log.error("the server process %d is gone; worker process %d stops to free the port", self.arbiter, os.getpid())
+        logging.shutdown()
+        os._exit(1)
 
 
 def _is_worker(process: psutil.Process) -> bool:

@@ -262,8 +262,12 @@ def _refused_start(command: list[str], env: dict, cwd: Path) -> tuple[int, list[
 
 @pytest.mark.integration
 def test_no_champion_exits_with_one_line_before_binding(store, tmp_path):
+    from training.tracking import setup_tracking
+
     port = free_port()
-    env = _env(store, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}")
+    empty = f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
+    setup_tracking(empty)[1].search_registered_models()  # a store that exists and has no champion (a missing one: test_deployment)
+    env = _env(store, MLFLOW_TRACKING_URI=empty)
     status, lines, output = _refused_start([str(BIN / "responders"), "serve", "--port", str(port)], env, tmp_path)
     assert status != 0
     assert lines[-1].startswith("ldn-responders cannot start: no 'champion' version of registered model 'fibromyalgia-ldn-pain'")

@@ -267,3 +267,30 @@ def test_serving_load_test_table():
     assert "Stopped by" not in markdown
     short = serving.LoadTest(serving.LoadResult("x", "1 patient", 8, 50, 1, 120.0, [0.1] * 50), 1, 1, 1, 2)
     assert "after 50 of 200 requests" in serving.render_load_test(short, serving.QUICK)
+
+
+def test_serving_throughput_says_what_is_compared_and_gives_both_ratios():
+    """Issue 23: one of our requests answers both outcomes, one MLflow request one; both ratios, from the measured rows."""
+    from benchmarks import serving
+
+    def row(target, payload, rps):
+        return serving.LoadResult(target, payload, 8, int(rps * 10), 0, 10.0, [0.02] * 10)
+
+    results = [
+        row("BentoML /predict (ours)", "1 patient", 200.0),
+        row(serving.PEER_BOTH, "1 patient", 25.0),  # pain then memory: two HTTP requests per row request
+        row(serving.PEER_ONE, "1 patient", 40.0),
+        row("BentoML /predict (ours)", "100 patients", 20.0),
+        row(serving.PEER_BOTH, "100 patients", 5.0),
+        row(serving.PEER_ONE, "100 patients", 10.0),
+    ]
+    c = serving.throughput_comparison(results[0], results[2], results[1], outcomes=2)
+    assert c["per_request"] == pytest.approx(5.0)  # 200 / 40 requests/s
+    assert c["ours_answers"] == pytest.approx(400.0) and c["mlflow_answers"] == pytest.approx(50.0)
+    assert c["per_answer"] == pytest.approx(8.0)
+    batch = serving.throughput_comparison(results[3], results[5], results[4], outcomes=2)
+    assert batch["ours_answers"] == pytest.approx(4000.0) and batch["per_answer"] == pytest.approx(4.0)
+    markdown = serving._markdown(results, None, {}, {}, serving.QUICK, True, extra={"champions": {"pain": "bcf (v1)", "memory": "bcf (v1)"}})
+    assert "one request to our `/predict` answers every outcome" in markdown and "answers one outcome" in markdown
+    assert "5.0x per request, 8.0x per outcome answer" in markdown
+    assert "200 requests/s (2 outcomes each) vs the pain server's 40.0 (1 outcome each)" in markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import httpx
@@ -376,6 +377,66 @@ def test_cli_predict_prints_the_same_json(store, patients, tmp_path):
     body = json.loads(result.output)
     assert body["n_scored"] == 2 and body["n_failed"] == 1
     assert body["results"][2]["errors"][0]["field"] == "age"
+
+
+def _post_text(client, path: str, text: str):
+    return client.post(path, content=text.encode(), headers={**AUTH, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("shape", ["arrays", "objects", "inside patients"])
+def test_deeply_nested_json_is_a_422_saying_so(client, shape):
+    """200 kB of nesting made json.loads raise RecursionError: a 500 after a long hang, uncounted (issue 23)."""
+    depth = 100_000
+    text = {
+        "arrays": "[" * depth + "]" * depth,
+        "objects": '{"a":' * depth + "1" + "}" * depth,
+        "inside patients": '{"patients": [{"crp": ' + "[" * depth + "]" * depth + "}]}",
+    }[shape]
+    response = _post_text(client, "/predict", text)
+    assert response.status_code == 422, response.text[:300]
+    [entry] = response.json()["detail"]
+    assert entry["field"] == "body" and entry["type"] == "json_too_deep" and "nested deeper than" in entry["message"]
+
+
+def test_brackets_inside_strings_are_not_nesting(client, patients):
+    patient = dict(patients[0], patient_id="[[[[{{{{" * 3)  # 24 brackets, past the depth limit were they counted
+    response = client.post("/predict", json={"patients": [patient]}, headers=AUTH)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("literal", "field"), [("NaN", "crp"), ("Infinity", "age"), ("-Infinity", "bmi"), ("1e999", "pain_baseline")])
+def test_nan_and_infinity_are_refused_naming_the_field(client, patients, literal, field):
+    """Not JSON, and not missing either: NaN was imputed with the training median (issue 23)."""
+    body = json.dumps({"patients": [dict(patients[0], **{field: 0})]}).replace(f'"{field}": 0', f'"{field}": {literal}')
+    response = _post_text(client, "/predict", body)
+    assert response.status_code == 422, response.text
+    [entry] = response.json()["detail"]
+    assert entry["field"] == f"patients[0].{field}" and entry["type"] == "non_finite_number"
+    assert "not a finite number" in entry["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "field"),
+    [("/predict", {"patient": {}}, "patient"), ("/explain", {"tops": 3}, "tops"), ("/report", {"format": "pdf"}, "format"), ("/metadata", {"verbose": True}, "verbose")],
+)
+def test_unknown_top_level_fields_are_422_naming_them(client, patients, path, extra, field):
+    body = {"/predict": {"patients": patients[:1]}, "/explain": {"patients": patients[:1]}, "/report": {"patient": patients[0]}, "/metadata": {}}[path]
+    response = client.post(path, json={**body, **extra}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert {(e["field"], e["type"]) for e in response.json()["detail"]} == {(field, "extra_forbidden")}
+
+
+def test_the_published_contract_forbids_unknown_top_level_fields(client):
+    schemas = client.get("/docs.json").json()["components"]["schemas"]
+    inputs = {name: schema for name, schema in schemas.items() if name.endswith("__Input")}
+    assert inputs and all(schema.get("additionalProperties") is False for schema in inputs.values()), list(inputs)
+
+
+def test_the_service_is_warm_once_its_lifespan_has_started(client):
+    """The warm-up ran (synthetic patients, before serving) and is on /metrics; the real server: test_deployment.py."""
+    metrics = client.get("/metrics").text
+    for endpoint in ("/predict", "/explain"):
+        assert re.search(rf'responders_warm_up_seconds{{endpoint="{endpoint}"[^}}]*}} [0-9.e+-]+', metrics), metrics[-2000:]
 
 
 def _fuzz(operation, statuses: dict[str, set[int]]) -> None:
