@@ -270,7 +270,7 @@ def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_reposit
     assert where.stdout.strip().startswith(str(tmp_path / "venv")), where.stdout  # the installed copy, not the sources
     # A tiny trial, trained by the installed command.
     config = work / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**FAST, "evidence": {"permutations": 9, "rate_bootstrap": 50}}))
+    config.write_text(yaml.safe_dump({**FAST, "evidence": {**FAST["evidence"], "replicates": 9}}))
     responders = str(venv_bin / "responders")
     subprocess.run([responders, "simulate", "--scenario", "strong", "--n", "120", "--seed", "3", "--out", "trial.csv"],
                    env=env, cwd=work, check=True, capture_output=True, timeout=300)  # fmt: skip
