@@ -16,7 +16,7 @@ from scipy.stats import norm
 from training.answer import choose_answer, served_model_problems
 from training.evaluation import CVResult
 from training.executor import LocalExecutor
-from training.heterogeneity import parametric_bootstrap_test, spread_beyond_prognosis
+from training.heterogeneity import imputed_randomisation_test, spread_beyond_prognosis
 from training.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.path import path_analysis
 
@@ -65,14 +65,34 @@ def test_the_statistic_ignores_effect_variation_that_runs_with_prognosis():
     assert spread_beyond_prognosis(independent, mu) > 0.1
 
 
+def test_a_null_trial_rerandomises_arms_and_keeps_every_real_outcome_it_can():
+    from training.heterogeneity import null_trial
+
+    rng = np.random.default_rng(8)
+    n = 4000
+    t = rng.permutation(np.r_[np.ones(n // 2), np.zeros(n // 2)]).astype(int)
+    eta0 = rng.normal(0, 1, n)
+    y = (rng.uniform(size=n) < norm.cdf(eta0 + 0.6 * (t - 0.5))).astype(int)
+    arms, outcome = null_trial(np.random.default_rng(1), t, y, eta0, 0.6)
+    assert sorted(arms) == sorted(t) and 0.4 < np.mean(arms != t) < 0.6  # a re-randomisation
+    kept = arms == t
+    assert np.array_equal(outcome[kept], y[kept])  # patients who keep their arm keep their real outcome
+    moved_up, moved_down = (arms > t), (arms < t)
+    assert (outcome[moved_up] >= y[moved_up]).all() and (outcome[moved_down] <= y[moved_down]).all()  # a positive effect
+    # The imputed trial follows the null model: the treated respond at about Phi(eta0 + 0.3), the controls at Phi(eta0 - 0.3).
+    for arm, shift in ((1, 0.3), (0, -0.3)):
+        rows = arms == arm
+        assert abs(outcome[rows].mean() - norm.cdf(eta0[rows] + shift).mean()) < 0.03
+
+
 @pytest.mark.slow
 def test_the_calibrated_test_rejects_a_real_modifier_and_names_its_null():
     config = fast_config()
     executor = LocalExecutor(workers=2)
     X, t, y = _trial(300, 4, prognosis=0.6, modifier=1.6, constant=-0.2)
-    strong = parametric_bootstrap_test(X, t, y, config, 0.5, executor)
-    again = parametric_bootstrap_test(X, t, y, config, 0.5, executor)
-    assert strong.method == "parametric_bootstrap" and strong.kind == "bcf_spread"
+    strong = imputed_randomisation_test(X, t, y, config, 0.5, executor)
+    again = imputed_randomisation_test(X, t, y, config, 0.5, executor)
+    assert strong.method == "imputed_randomisation" and strong.kind == "bcf_spread"
     assert "constant treatment effect on the probit scale" in strong.details["null"]
     assert strong.p_value == pytest.approx(1 / 20) and strong.permutations_run == 19  # every replicate below it
     assert again.p_value == strong.p_value and np.array_equal(again.null, strong.null)  # same seed, same test

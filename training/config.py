@@ -225,21 +225,21 @@ class CVConfig(_Strict):
 
 
 class EvidenceConfig(_Strict):
-    method: Literal["parametric_bootstrap", "auto", "permutation", "split_rate"] = Field(
-        "parametric_bootstrap",
-        description="parametric_bootstrap: the served model (BCF) is the statistic, calibrated by data simulated from the "
-        "fitted no-modification model (null: a constant treatment effect on the probit scale with a flexible "
-        "prognosis; training.heterogeneity); permutation: whole-pipeline permutation test of 'covariates carry no "
+    method: Literal["imputed_randomisation", "auto", "permutation", "split_rate"] = Field(
+        "imputed_randomisation",
+        description="imputed_randomisation: the served model (BCF) is the statistic, calibrated by null trials built "
+        "from the fitted no-modification model (null: a constant treatment effect on the probit scale with a flexible "
+        "prognosis; arms re-randomised, outcomes imputed; training.heterogeneity); permutation: whole-pipeline permutation test of 'covariates carry no "
         "information' (small trials); split_rate: sample-split RATE test on the risk-difference scale (large trials); "
         "auto: permutation up to auto_max_n patients, split_rate above",
     )
     replicates: int = Field(
-        99, ge=0, description="most simulated trials of the parametric bootstrap test (0 skips the test: verdict not tested)"
+        99, ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
     )
     max_patients: int = Field(
         1000,
         ge=50,
-        description="the parametric bootstrap test runs on a stratified random subsample of at most this many patients "
+        description="the imputed randomisation test runs on a stratified random subsample of at most this many patients "
         "(the BCF statistic is refitted for every replicate)",
     )
     auto_max_n: int = Field(3000, ge=10, description="largest trial tested by permutation when method is auto")

@@ -638,7 +638,7 @@ def permutation_test(
     """The heterogeneity test chosen by ``evidence.method`` (``auto``: permutation for small, split RATE for large trials)."""
     config = config.resolved(len(data.y))
     method = config.evidence.method
-    if method in ("auto", "parametric_bootstrap"):  # the calibrated test lives in training.heterogeneity
+    if method in ("auto", "imputed_randomisation"):  # the calibrated test lives in training.heterogeneity
         method = "permutation" if len(data.y) <= config.evidence.auto_max_n else "split_rate"
     F = features_of(spec, with_parsed(data, spec).parsed)
     if method == "split_rate":

@@ -199,7 +199,7 @@ class TrainSummary:
             verdict = "EVIDENCE of effect modification" if s["evidence"] else "NO reliable evidence of effect modification"
             effect = result.average_effect
             labels = s["labels"]
-            runs = {"permutation": "permutations", "parametric_bootstrap": "simulated trials"}.get(s["heterogeneity_test"])
+            runs = {"permutation": "permutations", "imputed_randomisation": "null trials"}.get(s["heterogeneity_test"])
             test = f"{s['heterogeneity_test'].replace('_', ' ')} test" + (f", {s['permutations']} {runs}" if runs else "")
             lines += [
                 f"- {s['outcome']}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
