@@ -150,7 +150,7 @@ def test_grf_rate_averages_ties_and_weights_like_grf():
 
 TINY_JOB = {
     "cv": {"folds": 2, "repeats": 1, "inner_folds": 2},
-    "evidence": {"permutations": 2, "rate_bootstrap": 10},
+    "evidence": {"permutations": 2, "replicates": 2, "rate_bootstrap": 10},  # replicates: the default test's simulated trials
     "intervals": {"bootstrap_models": 5},
     "candidates": {
         "t_learner": {"lightgbm": {"n_estimators": 10}},
