@@ -271,25 +271,33 @@ class Settings:
             f"after h = {job.evidence.sequential_h} exceedances; a subsample above {job.evidence.max_patients:,} patients) with at most "
             f"B = {self.replicates} simulated trials (job: {job.evidence.replicates}; smallest p-value {1 / (self.replicates + 1):.3f}), "
             f"Holm across pain and memory, alpha = {self.alpha}.",
-            f"- Earlier default: `permutation_test` with `evidence.method: permutation` (statistic `{job.evidence.statistic}`, "
-            f"{config.cv.folds} folds, same sequential rule) with at most B = {self.permutations} permutations (job: "
-            f"{job.evidence.permutations}; smallest p-value {1 / (self.permutations + 1):.3f}).",
-            f"- Served answer: `path_analysis` on the trial's engineered features (the prognostic model discriminates when the lower "
-            f"limit of its c-statistic's {100 * config.intervals.level:.0f}% interval is above 0.5), evidence of effect modification = "
-            "the default test's Holm-adjusted p < alpha, `choose_answer` on `cross_validate` "
-            f"({config.cv.repeats} repeat(s) of {config.cv.folds} outer folds, inner {config.cv.inner_folds} folds, criterion "
-            f"`{config.selection.criterion}`), refitted by `training.train.fit_champion` ({config.intervals.bootstrap_models} bootstrap "
-            "refits where the model has no posterior draws) and scored by `ResponderModel.predict`: the benefit and the "
-            f"{100 * config.intervals.level:.0f}% interval the API returns.",
-            "- Baselines for the intervals, on the same trials: the trial average (the trial's responder risk difference with its "
-            "Miettinen-Nurminen 95% interval, not adjusted for the two outcomes, given to every patient) and EconML "
-            "`CausalForestDML`'s `effect_interval` (95%).",
-            f"- Held-out population: {self.population:,} simulated patients per scenario (a seed no trial uses); pipelines and models "
-            "see the trial only.",
-            f"- Observable oracle (the target of every interval): LightGBM regression of the true benefit on the engineered features "
-            f"of {self.oracle.patients:,} simulated patients per scenario (at most {self.oracle.n_estimators} trees, learning rate "
-            f"{self.oracle.learning_rate}, {self.oracle.num_leaves} leaves, early stopping on a 10% split), its own seed; "
-            "`benchmarks/oracle.py`.",
+        ]
+        if any(any(self.counts("permutation_trials", s)) for s in self.scenarios):
+            lines.append(
+                f"- Earlier default: `permutation_test` with `evidence.method: permutation` (statistic `{job.evidence.statistic}`, "
+                f"{config.cv.folds} folds, same sequential rule) with at most B = {self.permutations} permutations (job: "
+                f"{job.evidence.permutations}; smallest p-value {1 / (self.permutations + 1):.3f})."
+            )
+        if self.work_up_scenarios:  # what only the work-up uses
+            lines += [
+                f"- Served answer: `path_analysis` on the trial's engineered features (the prognostic model discriminates when the lower "
+                f"limit of its c-statistic's {100 * config.intervals.level:.0f}% interval is above 0.5), evidence of effect modification = "
+                "the default test's Holm-adjusted p < alpha, `choose_answer` on `cross_validate` "
+                f"({config.cv.repeats} repeat(s) of {config.cv.folds} outer folds, inner {config.cv.inner_folds} folds, criterion "
+                f"`{config.selection.criterion}`), refitted by `training.train.fit_champion` ({config.intervals.bootstrap_models} bootstrap "
+                "refits where the model has no posterior draws) and scored by `ResponderModel.predict`: the benefit and the "
+                f"{100 * config.intervals.level:.0f}% interval the API returns.",
+                "- Baselines for the intervals, on the same trials: the trial average (the trial's responder risk difference with its "
+                "Miettinen-Nurminen 95% interval, not adjusted for the two outcomes, given to every patient) and EconML "
+                "`CausalForestDML`'s `effect_interval` (95%).",
+                f"- Held-out population: {self.population:,} simulated patients per scenario (a seed no trial uses); pipelines and models "
+                "see the trial only.",
+                f"- Observable oracle (the target of every interval): LightGBM regression of the true benefit on the engineered features "
+                f"of {self.oracle.patients:,} simulated patients per scenario (at most {self.oracle.n_estimators} trees, learning rate "
+                f"{self.oracle.learning_rate}, {self.oracle.num_leaves} leaves, early stopping on a 10% split), its own seed; "
+                "`benchmarks/oracle.py`.",
+            ]
+        lines += [
             f"- grf-style test: {self.forest_trees}-tree causal forests, {self.rate_bootstrap} half-samples.",
         ]
         if self.candidate_overrides:
@@ -1199,7 +1207,10 @@ def timing_line(frame: pd.DataFrame, settings: Settings) -> str:
     wall = timing["seconds"].sum()
     shares = []
     for method in PRODUCT_TESTS:
-        spent = frame[(frame["kind"] == "test") & (frame["method"] == method)]["seconds"].sum()
+        ran = frame[(frame["kind"] == "test") & (frame["method"] == method)]
+        if ran.empty:
+            continue
+        spent = ran["seconds"].sum()
         shares.append(f"{TESTS[method][0].split(':')[0]} {100 * spent / wall:.0f}%" if wall > 0 else "—")
     return (
         f"- Compute: {timing['cpu_seconds'].sum() / 3600:.2f} CPU-hours in {settings.workers} worker processes ({parts}); "

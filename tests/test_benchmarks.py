@@ -175,6 +175,7 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     markdown = recovery.run(quick=False, out_dir=tmp_path, settings=settings)
     assert not (tmp_path / "oracle-cache").exists() or not list((tmp_path / "oracle-cache").iterdir())
     assert "No trial of this run had the work-up" in markdown
+    assert "- Served answer:" not in markdown and "- Earlier default:" not in markdown  # the design lists what ran
     fwer, nominal, calibrated = tables(markdown)
     assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"]]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
