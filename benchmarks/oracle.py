@@ -6,11 +6,12 @@ labs measure only noisily, so no model of the observed features can reach the
 regression of ``true_benefit_<outcome>`` on the product's engineered features,
 fitted on a very large simulated population (200,000 patients by default), one
 model per scenario and outcome: it approximates ``E[benefit | observed
-features]``. AUC ratios against it say how close a method is to what the data
-allow. It is also the target of the served interval, which is for the
-conditional average benefit given the measured values; the residual SD of the
-true benefit around it is the per-patient benefit no model of these features
-can explain, which no trial identifies and the product does not serve.
+features]``, the observable conditional benefit: what a trial can identify per
+patient, and so the target every interval in the recovery benchmark is scored
+against. AUC ratios against it say how close a method is to what the data
+allow; the residual SD of the true benefit around it is the per-patient benefit
+no model of these features can explain (no trial identifies it, and no served
+interval is for it).
 
 Fitted once per run and cached under ``benchmarks/out/oracle/``, keyed by the
 code that defines the simulated patients and the features, the package

@@ -1,48 +1,87 @@
-"""Section 1: subgroup recovery. Does the product find real responder subgroups, refuse false ones, and say honestly how sure it is?
+"""Section 1: subgroup recovery. Does the product find real effect modification, refuse false claims of it, and are its answers' intervals honest for what they estimate?
 
-For each scenario (``null``, ``final``, ``strong``), trial size and replicate a
-trial is simulated (``training.simulate``) and, per outcome:
+**Designs.** The simulator's scenarios (``training.simulate``): ``null`` (the
+same uplift of the latent response probability for everybody), ``final`` (a
+~30% responder subgroup with weak, overlapping markers) and ``strong`` (a
+larger, sharper subgroup). Two more null designs are built on the simulator's
+patients, for the heterogeneity tests only (no work-up):
 
-1. **Heterogeneity tests** (issue 12, item 7). The product's default test
-   (:func:`training.evaluation.permutation_test`: whole-pipeline permutation
-   test of the beyond-risk RATE, Besag-Clifford sequential p-value), the
-   product's sample-split RATE test (``split_rate``), the grf-style RATE test
-   with a half-sample bootstrap (:func:`benchmarks.peers.grf_rate_test`) and a
-   statistic of BCF's posterior (:func:`benchmarks.peers.bcf_heterogeneity`),
-   each with Holm across the two outcomes; at the nominal level, and at the
-   same false-positive rate (p-values calibrated on the ``null`` replicates).
-2. **The champion** the job would serve: ``cv.final_choice`` of the product's
-   nested :func:`training.evaluation.cross_validate`, refitted by
-   :func:`training.train.fit_champion` (the training job's own function) and
-   scored by :meth:`training.model.ResponderModel.predict` on a fresh
-   held-out population of the same scenario: the served point estimate and
-   95% interval, including the unmeasured-heterogeneity allowance.
-3. **Every candidate** refitted the same way with its own interval machinery
-   (BCF posterior, arm-only Jeffreys draws, bootstrap refits for the others;
-   :func:`training.model.model_interval`, widened by the job's allowance with
-   :func:`training.model.widen`) and the peers (EconML ``CausalForestDML``
-   with its own interval, CausalML ``BaseXClassifier``): AUC for the true
-   subgroup, Spearman and RMSE (PEHE) against the true benefit, coverage of
-   the individual true benefit and of the observable oracle.
-4. **Selection criteria** (item 8): every value of ``selection.criterion``
-   (the default ``bcf_when_eligible``: BCF when it is not worse than the
-   floor, else the floor) applied to the same out-of-fold predictions of the
-   same nested CV, scored by the fresh-patient ranking of the candidate each
-   picks.
+- ``ushape``: the patients and arms of a ``null`` trial (its own seed) with
+  each outcome redrawn as ``y ~ Bernoulli(Phi(0.9 z^2 - 1 + 0.35 t))``, ``z``
+  the trial's standardised log CRP (``crp_log``): a constant treatment effect
+  on the probit scale with a strongly nonlinear prognosis, exactly the
+  composite null the product's test names. (``null`` is near that null but not
+  on it: a constant uplift of a probability is not a constant probit effect.)
+- ``sharp``: each outcome of a ``null`` trial permuted across its patients:
+  outcomes independent of covariates and arm.
+
+**Per simulated trial and outcome:**
+
+1. **Heterogeneity tests.** The product's default test
+   (:func:`training.heterogeneity.imputed_randomisation_test`, ``evidence.method:
+   imputed_randomisation``; null: no effect modification beyond a constant
+   probit effect with a flexible prognosis; statistic: the spread of the
+   served BCF's effects beyond its prognosis; Besag-Clifford sequential
+   p-value over null trials built from the fitted null model: arms
+   re-randomised, outcomes imputed for the patients whose arm changed), the earlier
+   default (:func:`training.evaluation.permutation_test`, ``evidence.method:
+   permutation``: whole-pipeline permutation test of the beyond-risk RATE; its
+   null is "covariates carry no information"), the product's sample-split RATE
+   test (``split_rate``), the grf-style RATE test with a half-sample bootstrap
+   (:func:`benchmarks.peers.grf_rate_test`) and a statistic of BCF's posterior
+   (:func:`benchmarks.peers.bcf_heterogeneity`), each with Holm across the two
+   outcomes: the family-wise false-positive rate on every null design (Wilson
+   95% intervals), and power at the nominal level and at the same
+   false-positive rate (p-values calibrated on the ``null`` trials).
+2. **The served answer**, exactly as the training job decides it: the PATH
+   risk-based analysis (:func:`training.path.path_analysis`) on the trial's
+   engineered features, evidence of effect modification = the product test's
+   Holm-adjusted p < alpha, :func:`training.answer.choose_answer` on the
+   product's nested :func:`training.evaluation.cross_validate` (answer
+   ``conditional``: the champion's conditional average benefit;
+   ``risk_based``: the risk model; ``average``: the arm-only floor), refitted
+   by :func:`training.train.fit_champion` and scored by
+   :meth:`serving.runtime.artefact.ResponderModel.predict` on a fresh held-out
+   population of the same scenario: the served benefit and its 95% interval
+   (posterior draws or bootstrap refits; :func:`serving.runtime.artefact.model_interval`).
+3. **Every candidate** refitted with its own interval (BCF posterior,
+   arm-only Jeffreys draws, bootstrap refits for the others), the peers
+   (EconML ``CausalForestDML`` with its own ``effect_interval``, CausalML
+   ``BaseXClassifier`` without one) and a constant baseline, the **trial
+   average**: the trial's responder risk difference with its
+   Miettinen-Nurminen 95% interval (:func:`training.effects.risk_difference`),
+   the same for every patient. Ranking: AUC for the true subgroup, Spearman
+   and RMSE (PEHE) against the true benefit. Intervals: coverage of the
+   *observable conditional benefit*, mean width and mean interval score
+   (Gneiting & Raftery 2007).
+4. **Selection criteria**: every value of ``selection.criterion`` applied to
+   the same out-of-fold predictions of the same nested CV, scored by the
+   fresh-patient ranking of the candidate each picks.
 5. **Two oracles**: the true benefit itself, and the *observable oracle*
    (:mod:`benchmarks.oracle`), a LightGBM fit of the true benefit on 200,000
-   simulated patients' engineered features: the best ranking the measured
-   features allow.
+   simulated patients' engineered features: ``E[benefit | measured
+   features]``, the best ranking the measured features allow.
 
-Compute budget. Not every trial needs every step, and the product's
-permutation test (refits four learners per fold per permutation) dominates:
-the ``null`` family-wise rate needs many trials but only that test; the
-calibration of the other tests' cut-offs and their power need more trials, but
-only the cheap tests (one fit each); coverage and the criteria need the
-work-up but not the test. So each scenario and size has three counts
-(:class:`Settings`): trials (all run the cheap tests), the first of which also
-run the permutation test, and the first of which also get the work-up.
-``BENCH_REPLICATES_SCALE=k`` multiplies all three.
+**Estimands.** A parallel-group trial identifies the average effect and the
+conditional average benefit given measured values; it never identifies one
+patient's own benefit, and no served interval is for it. So every interval
+here is scored against the observable conditional benefit. A served
+``average`` or ``risk_based`` answer is for another estimand (the trial
+average, or the benefit at the patient's baseline risk): scored against the
+conditional benefit of a trial with effect modification it shows as low
+coverage, the price of the answer the evidence allowed; the interval score
+puts width and misses on one scale.
+
+**Compute budget.** The product's tests dominate: the imputed randomisation test
+refits BCF for every simulated trial (at most B = 99, stopped early when the
+observed statistic is unremarkable), the permutation test refits four
+learners per fold per permutation. So each design and size has four counts
+(:class:`Settings`): trials (all run the cheap tests: split RATE, grf-style
+RATE, BCF's posterior); of these, the first ``bootstrap_trials`` also run the
+product's default test, the first ``permutation_trials`` the permutation test,
+and the first ``full_trials`` get the work-up (which always runs the default
+test: the served answer depends on its verdict).
+``BENCH_REPLICATES_SCALE=k`` multiplies every count.
 """
 
 from __future__ import annotations
@@ -58,24 +97,34 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import norm, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.common import fmt_mean_se, fmt_rate, md_table, mean_se, quiet_environment, wilson
 from benchmarks.oracle import OracleSettings, load_oracles
 from benchmarks.peers import BCF_SMALL_SD, PEERS
 
-SCENARIOS = ("null", "final", "strong")
+SCENARIOS = ("null", "final", "strong")  # the simulator's scenarios: tests and work-up
+NULL_DESIGNS = ("ushape", "sharp")  # null designs built on `null` trials: tests only
+DESIGNS = (*SCENARIOS, *NULL_DESIGNS)
+NULLS = ("null", *NULL_DESIGNS)  # every design without effect modification on the probit scale but `null`'s slight one
+ALTERNATIVES = ("final", "strong")
+DESIGN_SEED_OFFSET = {"ushape": 100_000, "sharp": 200_000}  # a null design's trial never reuses a `null` trial's patients
+USHAPE_FEATURE = "crp_log"  # the engineered lab feature whose square drives the U-shaped prognosis
+USHAPE = (0.9, -1.0, 0.35)  # y ~ Bernoulli(Phi(a z^2 + b + c t))
 OUTCOMES = ("pain", "memory")
+ANSWERS = ("conditional", "risk_based", "average")
 CANDIDATES = ("arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner")
-METHODS = ("oracle", "observable", "champion", *CANDIDATES, *PEERS)
+METHODS = ("oracle", "observable", "champion", "trial_average", *CANDIDATES, *PEERS)
+INTERVAL_METHODS = ("champion", "trial_average", "causal_forest")  # the served interval and its two baselines
 CRITERIA = ("bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate")
 SELECTORS = CRITERIA
 POPULATION_SEED = 999_983  # offset of the held-out population's seed from the trials' seeds
 METHOD_LABELS = {
     "oracle": "oracle (true benefit)",
     "observable": "observable oracle (LightGBM on 200k)",
-    "champion": "**our champion** (job's choice)",
+    "champion": "**served answer** (job's choice)",
+    "trial_average": "trial average (Miettinen-Nurminen), every patient",
     "arm_only": "arm-only floor",
     "risk_model": "risk model",
     "bcf": "Bayesian Causal Forest (probit)",
@@ -95,44 +144,52 @@ SELECTOR_LABELS = {
 }
 # The heterogeneity tests; "calibrate" says which column carries the evidence (p: smaller, stat: larger).
 TESTS = {
-    "permutation": ("product default: permutation test of the beyond-risk RATE", "p"),
+    "imputed_randomisation": ("product default: imputed randomisation, BCF effect spread beyond prognosis", "p"),
+    "permutation": ("product `permutation` (earlier default): permutation test of the beyond-risk RATE", "p"),
     "split_rate": ("product `split_rate`: sample-split beyond-risk RATE, 3 candidates, Bonferroni", "p"),
     "grf_autoc": ("grf-style RATE test, AUTOC (causal forest, half-sample bootstrap)", "p"),
     "grf_qini": ("grf-style RATE test, QINI (causal forest, half-sample bootstrap)", "p"),
     "bcf": ("BCF posterior: 5% quantile of the SD of tau(x)", "stat"),
 }
-# Combinations decided before looking at any figure: the product's test with each other valid test.
+PRODUCT_TESTS = ("imputed_randomisation", "permutation")
+# Combinations decided before looking at any figure (with the earlier default): the permutation test with each other valid test.
 COMBINATIONS = {
     "permutation+split_rate": ("permutation or split_rate (Bonferroni)", ("permutation", "split_rate")),
     "permutation+grf_qini": ("permutation or grf QINI (Bonferroni)", ("permutation", "grf_qini")),
 }
-# Allowance rules beyond multiples of the job's reference SD (k = intervals.unmeasured_heterogeneity):
-ALLOWANCE_RULES = {
-    "mean_sd": "k x SD of BCF's mean benefit",  # the SD over patients of BCF's posterior-mean benefit (shrinks with the mean)
-    "mean_sd_gap": "k x SD of BCF's mean benefit (+) gap",  # ... in quadrature with the SD of (BCF's benefit - the champion's)
-    "gap": "k x BCF posterior spread (+) gap (the job's default)",  # the served interval
-}
 MIN_NULL_FOR_CALIBRATION = 40  # null values per size below which a test's calibration pools the sizes
 
 Counts = tuple[tuple[str, tuple[int, ...]], ...]
+COUNT_KINDS = ("trials", "bootstrap_trials", "permutation_trials", "full_trials")
 
 
 @dataclass(frozen=True)
 class Settings:
     """The Monte-Carlo design of one recovery run (every figure in the section is read against these).
 
-    ``trials``: simulated trials per scenario and size (every one runs the cheap
-    tests: split RATE, grf-style RATE, BCF's posterior); ``permutation_trials``:
-    how many of them (the first ones) also run the product's permutation test;
-    ``full_trials``: how many (the first ones) also get the work-up. ``None``
-    settings take the training job's default.
+    ``trials``: simulated trials per design and size (every one runs the cheap
+    tests: split RATE, grf-style RATE, BCF's posterior); ``bootstrap_trials``:
+    how many of them (the first ones) also run the product's default test
+    (the imputed randomisation test); ``permutation_trials``: how many also run the
+    earlier default, the permutation test; ``full_trials``: how many also get
+    the work-up (simulator scenarios only; a work-up trial always runs the
+    default test, whose verdict decides the served answer). ``None`` settings
+    take the training job's default.
     """
 
     sizes: tuple[int, ...] = (99, 300, 1000)
-    trials: Counts = (("null", (300, 60, 60)), ("final", (5, 20, 20)), ("strong", (5, 20, 20)))
-    permutation_trials: Counts = (("null", (300, 20, 12)), ("final", (5, 6, 5)), ("strong", (5, 6, 5)))
+    trials: Counts = (
+        ("null", (300, 60, 60)), ("final", (10, 20, 20)), ("strong", (10, 20, 20)), ("ushape", (200, 60, 20)), ("sharp", (100, 30, 10)),
+    )
+    bootstrap_trials: Counts = (
+        ("null", (200, 60, 20)), ("final", (10, 20, 10)), ("strong", (10, 20, 10)), ("ushape", (200, 60, 20)), ("sharp", (100, 30, 10)),
+    )
+    permutation_trials: Counts = (
+        ("null", (300, 20, 12)), ("final", (5, 6, 5)), ("strong", (5, 6, 5)), ("ushape", (100, 20, 5)), ("sharp", (60, 10, 0)),
+    )
     full_trials: Counts = (("null", (4, 4, 3)), ("final", (5, 6, 5)), ("strong", (5, 6, 5)))
-    permutations: int = 199  # as the job; the sequential rule stops most null trials after a few dozen
+    replicates: int = 99  # the default test's simulated trials at most, as the job; the sequential rule stops most null trials early
+    permutations: int = 199  # the permutation test's, as the job
     alpha: float = 0.05
     population: int = 2000  # held-out patients per scenario
     bootstrap_models: int | None = None
@@ -140,17 +197,21 @@ class Settings:
     cv_repeats: int | None = None
     forest_trees: int = 200  # CausalForestDML trees (multiple of 4)
     rate_bootstrap: int = 200  # half-samples of the grf-style test (grf's default R)
-    allowance_multiples: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     oracle: OracleSettings = OracleSettings()
     workers: int = 2
     seed: int = 7000
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = DESIGNS
     peers: bool = True
     candidate_overrides: dict = field(default_factory=dict)  # quick runs: lighter learners
 
     def counts(self, which: str, scenario: str) -> tuple[int, ...]:
-        """Trials per size of one kind (``trials``, ``permutation_trials``, ``full_trials``) for one scenario."""
+        """Trials per size of one kind (``trials``, ``bootstrap_trials``, ``permutation_trials``, ``full_trials``) for one design."""
         return dict(getattr(self, which)).get(scenario, (0,) * len(self.sizes))
+
+    @property
+    def work_up_scenarios(self) -> tuple[str, ...]:
+        """The simulator scenarios of this run that get a work-up (they need the observable oracle)."""
+        return tuple(s for s in self.scenarios if s in SCENARIOS and any(self.counts("full_trials", s)))
 
     def scaled(self, factor: float) -> Settings:
         """Every trial count multiplied by ``factor`` (rounded up)."""
@@ -158,12 +219,15 @@ class Settings:
         def scale(counts: Counts) -> Counts:
             return tuple((s, tuple(math.ceil(c * factor) for c in per_size)) for s, per_size in counts)
 
-        return replace(self, trials=scale(self.trials), permutation_trials=scale(self.permutation_trials), full_trials=scale(self.full_trials))
+        return replace(self, **{kind: scale(getattr(self, kind)) for kind in COUNT_KINDS})
 
-    def config_overrides(self, seed: int) -> dict:
-        """Keyword overrides of the packaged training config for one trial."""
+    def config_overrides(self, seed: int, method: str | None = None) -> dict:
+        """Keyword overrides of the packaged training config for one trial (``method``: another ``evidence.method``)."""
         cv = {k: v for k, v in (("folds", self.cv_folds), ("repeats", self.cv_repeats)) if v is not None}
-        out: dict = {"seed": seed, "evidence": {"permutations": self.permutations}}
+        evidence: dict = {"permutations": self.permutations, "replicates": self.replicates}
+        if method is not None:
+            evidence["method"] = method
+        out: dict = {"seed": seed, "evidence": evidence}
         if cv:
             out["cv"] = cv
         if self.bootstrap_models is not None:
@@ -178,30 +242,63 @@ class Settings:
 
         job = load_config(None)
         config = load_config(None, **self.config_overrides(self.seed)).resolved(max(self.sizes))
+        a, b, c = USHAPE
 
         def per_size(which: str) -> str:
-            return "; ".join(
-                f"`{s}` " + ", ".join(f"{c} at n = {n}" for n, c in zip(self.sizes, self.counts(which, s), strict=True))
-                for s in self.scenarios
-            )
+            parts = []
+            for s in self.scenarios:
+                counts = self.counts(which, s)
+                if any(counts):
+                    parts.append(f"`{s}` " + ", ".join(f"{k} at n = {n}" for n, k in zip(self.sizes, counts, strict=True)))
+            return "; ".join(parts) or "none"
 
         lines = [
-            f"- Simulated trials: {per_size('trials')}. Of these, with the product's permutation test: {per_size('permutation_trials')}; "
-            f"with the full work-up (nested CV, champion, every candidate's interval, peers, criteria): {per_size('full_trials')}.",
-            f"- Product test: `permutation_test` as the job runs it (`evidence.method: {job.evidence.method}`, statistic "
-            f"`{job.evidence.statistic}`, {config.cv.folds} folds, sequential stop after h = {job.evidence.sequential_h} exceedances) "
-            f"with at most B = {self.permutations} permutations (job: {job.evidence.permutations}; a smaller cap only coarsens "
-            f"the p-value, smallest {1 / (self.permutations + 1):.3f}), Holm across pain and memory, alpha = {self.alpha}.",
-            f"- Champion: `cross_validate(...).final_choice` ({config.cv.repeats} repeat(s) of {config.cv.folds} outer folds, "
-            f"inner {config.cv.inner_folds} folds, criterion `{config.selection.criterion}`), refitted by `training.train.fit_champion` "
-            f"({config.intervals.bootstrap_models} bootstrap refits where the candidate has no posterior draws; unmeasured-heterogeneity "
-            f"allowance {config.intervals.unmeasured_heterogeneity} x BCF's posterior spread of benefit"
-            f"{', plus the model gap in quadrature' if config.intervals.model_gap else ''}) and scored by `ResponderModel.predict`.",
-            f"- Held-out population: {self.population:,} simulated patients per scenario (a seed no trial uses); pipelines and models "
-            "see the trial only.",
-            f"- Observable oracle: LightGBM regression of the true benefit on the engineered features of {self.oracle.patients:,} "
-            f"simulated patients per scenario (at most {self.oracle.n_estimators} trees, learning rate {self.oracle.learning_rate}, "
-            f"{self.oracle.num_leaves} leaves, early stopping on a 10% split), its own seed; `benchmarks/oracle.py`.",
+            f"- Simulated trials: {per_size('trials')}. Of these, with the product's default test: {per_size('bootstrap_trials')}; "
+            f"with the permutation test (earlier default): {per_size('permutation_trials')}; with the work-up (nested CV, PATH "
+            f"analysis, the served answer, every candidate's interval, peers, criteria; always with the default test): "
+            f"{per_size('full_trials')}.",
+        ]
+        if any(s in NULL_DESIGNS for s in self.scenarios):
+            lines.append(
+                f"- Null designs for the tests: `ushape`, the patients and arms of a `null` trial (own seeds) with each outcome "
+                f"redrawn as y ~ Bernoulli(Phi({a} z^2 - {-b} + {c} t)), z the trial's standardised `{USHAPE_FEATURE}` (a constant "
+                f"probit effect of {c} with a U-shaped prognosis: the null the default test names); `sharp`, each outcome of a "
+                "`null` trial permuted across its patients (independent of covariates and arm)."
+            )
+        lines += [
+            f"- Product default test: `imputed_randomisation_test` as the job runs it (`evidence.method: {job.evidence.method}`; "
+            f"statistic: the SD of BCF's posterior-mean probit effects beyond a cubic in its prognosis, BCF with the cross-validation "
+            f"settings, {config.candidates.bcf.cv_gfr} warm-start iterations and {config.candidates.bcf.cv_mcmc} draws; sequential stop "
+            f"after h = {job.evidence.sequential_h} exceedances; a subsample above {job.evidence.max_patients:,} patients) with at most "
+            f"B = {self.replicates} simulated trials (job: {job.evidence.replicates}; smallest p-value {1 / (self.replicates + 1):.3f}), "
+            f"Holm across pain and memory, alpha = {self.alpha}.",
+        ]
+        if any(any(self.counts("permutation_trials", s)) for s in self.scenarios):
+            lines.append(
+                f"- Earlier default: `permutation_test` with `evidence.method: permutation` (statistic `{job.evidence.statistic}`, "
+                f"{config.cv.folds} folds, same sequential rule) with at most B = {self.permutations} permutations (job: "
+                f"{job.evidence.permutations}; smallest p-value {1 / (self.permutations + 1):.3f})."
+            )
+        if self.work_up_scenarios:  # what only the work-up uses
+            lines += [
+                f"- Served answer: `path_analysis` on the trial's engineered features (the prognostic model discriminates when the lower "
+                f"limit of its c-statistic's {100 * config.intervals.level:.0f}% interval is above 0.5), evidence of effect modification = "
+                "the default test's Holm-adjusted p < alpha, `choose_answer` on `cross_validate` "
+                f"({config.cv.repeats} repeat(s) of {config.cv.folds} outer folds, inner {config.cv.inner_folds} folds, criterion "
+                f"`{config.selection.criterion}`), refitted by `training.train.fit_champion` ({config.intervals.bootstrap_models} bootstrap "
+                "refits where the model has no posterior draws) and scored by `ResponderModel.predict`: the benefit and the "
+                f"{100 * config.intervals.level:.0f}% interval the API returns.",
+                "- Baselines for the intervals, on the same trials: the trial average (the trial's responder risk difference with its "
+                "Miettinen-Nurminen 95% interval, not adjusted for the two outcomes, given to every patient) and EconML "
+                "`CausalForestDML`'s `effect_interval` (95%).",
+                f"- Held-out population: {self.population:,} simulated patients per scenario (a seed no trial uses); pipelines and models "
+                "see the trial only.",
+                f"- Observable oracle (the target of every interval): LightGBM regression of the true benefit on the engineered features "
+                f"of {self.oracle.patients:,} simulated patients per scenario (at most {self.oracle.n_estimators} trees, learning rate "
+                f"{self.oracle.learning_rate}, {self.oracle.num_leaves} leaves, early stopping on a 10% split), its own seed; "
+                "`benchmarks/oracle.py`.",
+            ]
+        lines += [
             f"- grf-style test: {self.forest_trees}-tree causal forests, {self.rate_bootstrap} half-samples.",
         ]
         if self.candidate_overrides:
@@ -212,9 +309,11 @@ class Settings:
 FULL = Settings()
 QUICK = Settings(
     sizes=(99, 300),
-    trials=(("null", (3, 2)), ("final", (1, 1)), ("strong", (1, 1))),
-    permutation_trials=(("null", (2, 1)), ("final", (1, 1)), ("strong", (1, 1))),
+    trials=(("null", (3, 2)), ("final", (1, 1)), ("strong", (1, 1)), ("ushape", (2, 1)), ("sharp", (1, 1))),
+    bootstrap_trials=(("null", (2, 1)), ("final", (1, 1)), ("strong", (1, 1)), ("ushape", (2, 1)), ("sharp", (1, 1))),
+    permutation_trials=(("null", (2, 1)), ("final", (1, 1)), ("strong", (1, 1)), ("ushape", (1, 0)), ("sharp", (1, 0))),
     full_trials=(("null", (1, 1)), ("final", (1, 1)), ("strong", (1, 1))),
+    replicates=9,
     permutations=9,
     population=500,
     bootstrap_models=8,
@@ -229,34 +328,50 @@ QUICK = Settings(
     },
 )
 
-# A campaign of about 90 minutes on 2 cores (86 measured) (``BENCH_RECOVERY=short``): every size, enough
-# work-ups for the served intervals' coverage and the champion's ranking, and 300 cheap permutation
-# tests (the job's B = 199) on FINAL-sized null trials: at a family-wise rate near 5%, 300 trials put
-# the Wilson 95% upper bound near 8% (40 trials left it at 15%); few at the larger sizes.
+# A campaign of a few hours on 2 cores (``BENCH_RECOVERY=short``; not yet timed with the imputed randomisation test, which
+# costs about 20-40 s per null test at n = 99: B = 99 BCF fits of about 0.6 s each on an idle core, stopped early):
+# every size, enough work-ups for the served intervals' coverage and the ranking, and 60 trials per null design at
+# n = 99 for the default test's level (Wilson 95% interval about 2-14% at 5%: a first look, not a verdict).
 SHORT = Settings(
-    trials=(("null", (300, 10, 4)), ("final", (8, 6, 3)), ("strong", (8, 6, 3))),
-    permutation_trials=(("null", (300, 2, 1)), ("final", (3, 2, 1)), ("strong", (3, 2, 1))),
+    trials=(("null", (100, 10, 4)), ("final", (8, 6, 3)), ("strong", (8, 6, 3)), ("ushape", (60, 6, 2)), ("sharp", (60, 4, 0))),
+    bootstrap_trials=(("null", (60, 6, 3)), ("final", (8, 6, 3)), ("strong", (8, 6, 3)), ("ushape", (60, 6, 2)), ("sharp", (60, 4, 0))),
+    permutation_trials=(("null", (100, 2, 1)), ("final", (3, 2, 1)), ("strong", (3, 2, 1)), ("ushape", (60, 2, 0)), ("sharp", (20, 0, 0))),
     full_trials=(("null", (3, 2, 2)), ("final", (8, 6, 3)), ("strong", (8, 6, 3))),
 )
-PRESETS = {"full": FULL, "short": SHORT, "quick": QUICK}
+# A first look at the default test's level (``BENCH_RECOVERY=level``): the null designs at n = 99 (most trials for
+# `ushape`, the design the test's +-1/2 coding was changed for), the cheap tests beside it, no permutation test, no
+# work-up (so no oracle); estimated at about 20 minutes on 2 cores. Too few trials for a verdict on the level.
+LEVEL = Settings(
+    sizes=(99,),
+    scenarios=NULLS,
+    trials=(("null", (10,)), ("ushape", (16,)), ("sharp", (6,))),
+    bootstrap_trials=(("null", (10,)), ("ushape", (16,)), ("sharp", (6,))),
+    permutation_trials=(),
+    full_trials=(),
+)
+PRESETS = {"full": FULL, "short": SHORT, "level": LEVEL, "quick": QUICK}
 
 
 @dataclass(frozen=True)
 class Task:
     """One simulated trial and what to run on it."""
 
-    scenario: str
+    scenario: str  # a design: a simulator scenario or a null design built on `null` trials
     n: int
     replicate: int
-    permutation: bool  # also run the product's permutation test
-    full: bool  # also the work-up: nested CV, champion, every candidate's interval, peers, criteria
+    bootstrap: bool  # also run the product's default test (imputed randomisation)
+    permutation: bool  # also run the permutation test (earlier default)
+    full: bool  # also the work-up: nested CV, PATH, the served answer, every candidate's interval, peers, criteria
     seed: int
     settings: Settings
-    observable: dict[str, np.ndarray]  # the observable oracle's prediction on the population, per outcome
+    observable: dict[str, np.ndarray]  # the observable oracle's prediction on the population, per outcome (work-up only)
 
     @property
     def kind(self) -> str:
-        return "+".join(["cheap tests", *(["permutation test"] if self.permutation else []), *(["work-up"] if self.full else [])])
+        return "+".join(
+            ["cheap tests", *(["default test"] if self.bootstrap else []), *(["permutation test"] if self.permutation else []),
+             *(["work-up"] if self.full else [])]
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -305,14 +420,24 @@ def _covers(lower: np.ndarray, upper: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean((lower <= target + 1e-12) & (target - 1e-12 <= upper)))
 
 
-def _interval_metrics(lower, upper, model_lower, model_upper, truth, observable) -> dict:
+def interval_score(lower: np.ndarray, upper: np.ndarray, target: np.ndarray, alpha: float) -> np.ndarray:
+    """Gneiting & Raftery's (2007) interval score of central (1 - alpha) intervals, per patient (lower is better).
+
+    ``(u - l) + (2 / alpha) (l - x) 1{x < l} + (2 / alpha) (x - u) 1{x > u}``: the width plus a penalty for
+    every miss in proportion to its distance; a proper scoring rule for the interval's quantiles.
+    """
+    lower, upper, target = (np.asarray(v, dtype=float) for v in (lower, upper, target))
+    return (upper - lower) + (2 / alpha) * np.clip(lower - target, 0, None) + (2 / alpha) * np.clip(target - upper, 0, None)
+
+
+def _interval_metrics(lower, upper, observable, truth, alpha: float) -> dict:
+    """Coverage, width and interval score against the observable conditional benefit (and, for the record, the individual benefit)."""
     return {
-        "coverage": _covers(lower, upper, truth),
         "coverage_observable": _covers(lower, upper, observable),
-        "coverage_model": _covers(model_lower, model_upper, truth),
-        "coverage_model_observable": _covers(model_lower, model_upper, observable),
         "width": float(np.mean(upper - lower)),
-        "width_model": float(np.mean(model_upper - model_lower)),
+        "interval_score": float(np.mean(interval_score(lower, upper, observable, alpha))),
+        # Not the estimand of any interval here (no trial identifies it); kept in the rows, not rendered.
+        "coverage_individual": _covers(lower, upper, truth),
     }
 
 
@@ -367,6 +492,19 @@ def _untested():
     return PermutationResult(float("nan"), {}, np.array([]), float("nan"))
 
 
+def null_design_outcome(design: str, F: pd.DataFrame, t: np.ndarray, y: np.ndarray, seed: int, index: int) -> np.ndarray:
+    """One outcome of a null design (module docstring) for the patients of a `null` trial; ``index``: the outcome's position."""
+    rng = np.random.default_rng([seed, index, 31_337])
+    if design == "sharp":  # independent of covariates and arm; the responder count stays the trial's
+        return rng.permutation(np.asarray(y).astype(int))
+    if design == "ushape":
+        x = F[USHAPE_FEATURE].to_numpy(dtype=float)
+        z = (x - x.mean()) / (x.std() or 1.0)
+        a, b, c = USHAPE
+        return (rng.random(len(z)) < norm.cdf(a * z**2 + b + c * np.asarray(t, dtype=float))).astype(int)
+    raise ValueError(f"unknown null design {design!r}")
+
+
 def run_replicate(task: Task) -> list[dict]:
     """Simulate one trial and run what ``task`` asks for on it; one row per (outcome, test / method / selector)."""
     quiet_environment()
@@ -377,15 +515,17 @@ def run_replicate(task: Task) -> list[dict]:
     from training.config import load_config
     from training.evaluation import holm, permutation_test, split_rate_test
     from training.executor import LocalExecutor
+    from training.heterogeneity import imputed_randomisation_test
     from training.simulate import simulate
     from training.spec import load_spec
 
     wall, cpu = time.perf_counter(), time.process_time()
     settings = task.settings
     spec = load_spec()
-    trial = simulate(task.scenario, task.n, task.seed)
+    trial = simulate("null" if task.scenario in NULL_DESIGNS else task.scenario, task.n, task.seed)
     # ``auto`` settings resolved for this trial's size, as the job resolves them.
     config = load_config(None, **settings.config_overrides(task.seed)).resolved(task.n)
+    permutation_config = load_config(None, **settings.config_overrides(task.seed, method="permutation")).resolved(task.n)
     from training.train import outcome_data  # after the environment is quiet: imports MLflow
 
     executor = LocalExecutor(workers=1)  # replicates are the parallel unit; everything inside runs in this process
@@ -393,21 +533,32 @@ def run_replicate(task: Task) -> list[dict]:
     rows: list[dict] = []
     base = {"scenario": task.scenario, "n": task.n, "replicate": task.replicate, "seed": task.seed, "trial_kind": task.kind}
     tests = {o: _untested() for o in OUTCOMES}
-    for outcome in OUTCOMES:
+    for index, outcome in enumerate(OUTCOMES):
         d, counts[outcome] = outcome_data(trial, spec, outcome, config)
-        data[outcome] = d
         F = features[outcome] = build_feature_pipeline(spec).fit_transform(d.X).reset_index(drop=True)
+        if task.scenario in NULL_DESIGNS:
+            d = replace(d, y=null_design_outcome(task.scenario, F, d.t, d.y, task.seed, index))
+        data[outcome] = d
         results: dict[str, dict] = {}
+        if task.bootstrap:
+            started = time.perf_counter()
+            boot = imputed_randomisation_test(F, d.t, d.y, config, d.treated_fraction, executor)
+            results["imputed_randomisation"] = {
+                "p": boot.p_value,
+                "stat": boot.statistic,
+                "permutations_run": boot.permutations_run,  # simulated trials (the result type's field name)
+                "seconds": time.perf_counter() - started,
+            }
+            tests[outcome] = boot
         if task.permutation:
             started = time.perf_counter()
-            perm = permutation_test(d, spec, config, executor)
+            perm = permutation_test(d, spec, permutation_config, executor)
             results["permutation"] = {
                 "p": perm.p_value,
                 "stat": perm.statistic,
                 "permutations_run": perm.permutations_run,
                 "seconds": time.perf_counter() - started,
             }
-            tests[outcome] = perm
         started = time.perf_counter()
         split = split_rate_test(F, d.t, d.y, config, d.treated_fraction, config.seed + 77)
         results["split_rate"] = {"p": split.p_value, "stat": split.statistic, "seconds": time.perf_counter() - started}
@@ -436,8 +587,7 @@ def run_replicate(task: Task) -> list[dict]:
         for test, values in results.items():
             rows.append({**base, "kind": "test", "outcome": outcome, "method": test, **values})
     if task.full:
-        # Without the permutation test (alternatives at some sizes) the model is served as "not tested":
-        # the evidence changes the labels only, not the point estimates or intervals measured here.
+        # The served answer depends on the default test's verdict, so a work-up trial always runs it (tasks()).
         adjusted = holm({o: tests[o].p_value for o in OUTCOMES})
         for outcome in OUTCOMES:
             rows += _work_up(task, config, spec, trial, outcome, data[outcome], counts[outcome], features[outcome], bcf[outcome], tests[outcome], adjusted)
@@ -446,16 +596,18 @@ def run_replicate(task: Task) -> list[dict]:
 
 
 def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, test, adjusted) -> list[dict]:
-    """Nested CV, the served champion, every candidate's and peer's interval, the criteria (one outcome)."""
+    """Nested CV, PATH, the served answer, every candidate's, the baselines' and the peers' intervals, the criteria (one outcome)."""
     from benchmarks.peers import fit_peer
+    from serving.runtime.artefact import Evidence, model_interval
+    from training.answer import choose_answer
     from training.candidates import BootstrapEnsemble, make_candidate
     from training.config import load_config
     from training.data import model_inputs
     from training.effects import adjust
     from training.evaluation import cross_validate
-    from training.model import Evidence, model_interval, widen
+    from training.path import path_analysis
     from training.results import OutcomeResult
-    from training.train import average_effect, champion_reason, fit_champion
+    from training.train import average_effect, fit_champion
 
     settings = task.settings
     pop = population(settings, task.scenario)
@@ -465,8 +617,9 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
     observable = task.observable[outcome]
     base = {"scenario": task.scenario, "n": task.n, "replicate": task.replicate, "seed": task.seed, "trial_kind": task.kind, "outcome": outcome}
     level = config.intervals.level
+    alpha = 1 - level
 
-    # The champion exactly as the training job chooses, fits and serves it.
+    # The served answer exactly as the training job decides, fits and serves it (training.train.run_training).
     started = time.perf_counter()
     recorder = RecordingExecutor()
     cv = cross_validate(d, spec, config, recorder)
@@ -475,29 +628,40 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
     choices, eligible = criterion_choices(cv, recorder.results or [], d, configs)
     if choices[config.selection.criterion] != cv.final_choice:
         raise AssertionError(f"re-running the selection gave {choices[config.selection.criterion]}, cross_validate {cv.final_choice}")
-    effects = adjust({o: average_effect(trial, spec, o, config) for o in OUTCOMES}, alpha=config.evidence.alpha)
-    evidence_found = bool(test.tested and adjusted[outcome] < config.evidence.alpha)
-    result = OutcomeResult(
-        outcome, counts, d, cv, test, p_adjusted=adjusted[outcome], evidence=evidence_found, champion=cv.final_choice,
-        average_effect=effects[outcome],
-    )
-    result.reason = champion_reason(result, config)
-    evidence = Evidence(
-        tested=test.tested, subgroup_evidence=evidence_found, p_value=test.p_value, p_adjusted=adjusted[outcome],
-        statistic=test.statistic, alpha=config.evidence.alpha, permutations=int(test.permutations_run),
-        verdict="benchmark", method=test.method,
-    )
     started = time.perf_counter()
+    path = path_analysis(F, d.t, d.y, config)
+    effects = adjust({o: average_effect(trial, spec, o, config) for o in OUTCOMES}, alpha=config.evidence.alpha)
+    tested = test.tested
+    evidence_found = bool(tested and adjusted[outcome] < config.evidence.alpha)
+    choice = choose_answer(cv, d.y, d.t, evidence_found, tested, bool(path.discriminates), list(config.candidates.enabled), level)
+    result = OutcomeResult(
+        outcome, counts, d, cv, test, p_adjusted=adjusted[outcome], evidence=evidence_found, champion=choice.champion,
+        reason=choice.reason, average_effect=effects[outcome], path=path, answer=choice.answer, refused=choice.refused,
+    )
+    verdict = "evidence of effect modification" if evidence_found else "no reliable evidence of effect modification" if tested else "effect modification not tested"
+    evidence = Evidence(
+        tested=tested, subgroup_evidence=evidence_found, p_value=test.p_value, p_adjusted=adjusted[outcome],
+        statistic=test.statistic, alpha=config.evidence.alpha, permutations=int(test.permutations_run),
+        verdict=verdict, method=test.method,
+    )
     model = fit_champion(result, spec, config, evidence)
     served = model.predict(pop_inputs)
     champion_seconds = time.perf_counter() - started
     P = model.features(pop_inputs)
-    reference_sd = float(model.metadata["heterogeneity_reference"]["sd"])
 
     predictions = {"oracle": truth, "observable": observable, "champion": served["benefit"].to_numpy()}
     intervals: dict[str, tuple] = {"champion": (served["benefit_lower"].to_numpy(), served["benefit_upper"].to_numpy())}
-    model_intervals = {"champion": model.model_interval(P, predictions["champion"])}
     seconds = {"oracle": 0.0, "observable": 0.0, "champion": champion_seconds}
+    errors = {}
+    # The constant baseline: the trial's average effect and its Miettinen-Nurminen interval (unadjusted), for everybody.
+    average = effects[outcome]
+    if average.risk_difference is not None:
+        ones = np.ones(len(pop))
+        predictions["trial_average"] = average.risk_difference * ones
+        intervals["trial_average"] = (average.ci_low * ones, average.ci_high * ones)
+        seconds["trial_average"] = 0.0
+    else:
+        errors["trial_average"] = "no patients in one arm"
     for name in CANDIDATES:
         started = time.perf_counter()
         if name == model.candidate_name:
@@ -508,17 +672,17 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
             candidate = make_candidate(name, config.candidates, d.treated_fraction, config.seed, final=True).fit(F, d.t, d.y)
             ensemble = None
             if not candidate.has_draws:
-                ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, level, config.seed).fit(F, d.t, d.y)
+                ensemble = BootstrapEnsemble(
+                    candidate, config.intervals.bootstrap_models, level, config.seed, config.intervals.bootstrap_penalty
+                ).fit(F, d.t, d.y)
         benefit = candidate.predict_benefit(P)
-        lower, upper = model_interval(candidate, ensemble, P, benefit, level)
-        predictions[name], model_intervals[name] = benefit, (lower, upper)
-        intervals[name] = widen(benefit, lower, upper, model.heterogeneity_sd, level)
+        predictions[name], intervals[name] = benefit, model_interval(candidate, ensemble, P, benefit, level)
         seconds[name] = time.perf_counter() - started
-    # The served answer is the champion candidate's, through the same functions.
+    # The served answer is the served model's, through the same functions.
     np.testing.assert_allclose(predictions["champion"], predictions[model.candidate_name], atol=1e-9)
     np.testing.assert_allclose(intervals["champion"][0], intervals[model.candidate_name][0], atol=1e-9)
+    np.testing.assert_allclose(intervals["champion"][1], intervals[model.candidate_name][1], atol=1e-9)
 
-    errors = {}
     if settings.peers:
         Fa, Pa = F.to_numpy(float), P.to_numpy(float)
         for name in PEERS:
@@ -533,49 +697,37 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
                 continue
             seconds[name] = time.perf_counter() - started
             if interval is not None:
-                model_intervals[name] = interval
-                intervals[name] = widen(predictions[name], *interval, model.heterogeneity_sd, level)
+                intervals[name] = interval
 
     rows = []
     metrics = {}
+    served_lower, served_upper = intervals["champion"]
+    served_benefit = predictions["champion"]
     for name in METHODS:
-        row = {**base, "kind": "method", "method": name, "champion_choice": cv.final_choice}
+        row = {**base, "kind": "method", "method": name, "champion_choice": model.candidate_name, "answer": choice.answer}
         if name in predictions:
             metrics[name] = _ranking_metrics(predictions[name], truth, observable, subgroup, task.scenario)
             row.update(metrics[name])
             row["seconds"] = seconds[name]
             if name in intervals:
-                row.update(_interval_metrics(*intervals[name], *model_intervals[name], truth, observable))
+                row.update(_interval_metrics(*intervals[name], observable, truth, alpha))
         else:
             row["error"] = errors.get(name, "not run")
         if name == "champion":
-            row.update({"heterogeneity_sd": model.heterogeneity_sd, "reference_sd": reference_sd, "cv_seconds": cv_seconds})
+            row.update(
+                {
+                    "cv_choice": cv.final_choice,
+                    "refused": ",".join(choice.refused),
+                    "evidence": evidence_found,
+                    "p_adjusted": adjusted[outcome],
+                    "path_c": path.c_statistic,
+                    "path_discriminates": bool(path.discriminates),
+                    # Every served interval must contain its own benefit (the served estimate is inside its interval).
+                    "contains_benefit": float(np.mean((served_lower <= served_benefit + 1e-12) & (served_benefit - 1e-12 <= served_upper))),
+                    "cv_seconds": cv_seconds,
+                }
+            )
         rows.append(row)
-
-    # The champion's interval under other allowances: multiples of the job's reference (BCF's posterior spread of
-    # benefit), the SD of BCF's posterior-mean benefit instead, and either with the model gap.
-    lower, upper = model_intervals["champion"]
-    benefit = predictions["champion"]
-    k = config.intervals.unmeasured_heterogeneity
-    mean_sd = float(np.std(bcf_model.predict_benefit(F)))
-    # What the champion leaves out of the benefit BCF attributes to the measured features (0 for BCF itself):
-    # the job's own figure (its BCF reference fit) when intervals.model_gap is on, as served.
-    if config.intervals.model_gap:
-        gap = float(model.metadata["heterogeneity_reference"]["model_gap_sd"])
-    else:
-        gap = 0.0 if model.candidate.name == "bcf" else float(np.std(bcf_model.predict_benefit(F) - model.candidate.predict_benefit(F)))
-    rules = {f"x{m:g}": m * reference_sd for m in settings.allowance_multiples}
-    rules["mean_sd"] = k * mean_sd
-    rules["mean_sd_gap"] = math.hypot(k * mean_sd, gap)
-    rules["gap"] = math.hypot(k * reference_sd, gap)
-    for rule, sd in rules.items():
-        wl, wu = widen(benefit, lower, upper, sd, level)
-        rows.append(
-            {
-                **base, "kind": "allowance", "method": rule, "champion_choice": cv.final_choice, "allowance_sd": sd,
-                "coverage": _covers(wl, wu, truth), "coverage_observable": _covers(wl, wu, observable), "width": float(np.mean(wu - wl)),
-            }
-        )
 
     # Selection criteria: which candidate each picks, judged on the fresh patients.
     best_auc = max(CANDIDATES, key=lambda c: (np.nan_to_num(metrics[c]["auc"], nan=-1.0), -CANDIDATES.index(c)))
@@ -604,15 +756,18 @@ def tasks(settings: Settings, observable: dict[str, dict[str, np.ndarray]]) -> l
 
     A campaign stopped early (or still running) then has the first trials of
     every cell; within a round the most expensive come first so that the
-    workers finish together.
+    workers finish together. A work-up trial always runs the default test.
     """
     out = []
     for scenario in settings.scenarios:
-        trials, perm, full = (settings.counts(k, scenario) for k in ("trials", "permutation_trials", "full_trials"))
+        trials, boot, perm, full = (settings.counts(k, scenario) for k in COUNT_KINDS)
+        if scenario not in SCENARIOS and any(full):
+            raise ValueError(f"{scenario}: a null design gets the tests only, not the work-up")
         for i, n in enumerate(settings.sizes):
             for r in range(trials[i]):
-                out.append(Task(scenario, n, r, r < perm[i], r < full[i], settings.seed + 1000 * i + r, settings, observable[scenario]))
-    return sorted(out, key=lambda t: (t.replicate, -(2 * t.full + 3 * t.permutation), -t.n))
+                seed = settings.seed + DESIGN_SEED_OFFSET.get(scenario, 0) + 1000 * i + r
+                out.append(Task(scenario, n, r, r < max(boot[i], full[i]), r < perm[i], r < full[i], seed, settings, observable.get(scenario, {})))
+    return sorted(out, key=lambda t: (t.replicate, -(2 * t.full + 3 * t.permutation + 3 * t.bootstrap), -t.n))
 
 
 def _single_threaded(task: Task) -> list[dict]:
@@ -757,52 +912,85 @@ def _pct(k: int, n: int) -> str:
     return f"{100 * k / n:.0f}%" if n else "—"
 
 
+def _nulls(settings: Settings) -> list[str]:
+    return [s for s in NULLS if s in settings.scenarios]
+
+
 def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) -> str:
-    """The null family-wise false-positive rate of the product's default test, per size and pooled."""
-    perm = table[(table["method"] == "permutation") & (table["scenario"] == "null")]
-    runs = frame[(frame["kind"] == "test") & (frame["method"] == "permutation") & (frame["scenario"] == "null")]
-    rows, total = [], [0, 0, 0, 0]
-    for n in settings.sizes:
-        cell = perm[perm["n"] == n]
-        pain, memory, either, R = _rejections(cell, "p_holm", settings.alpha)
-        if not R:
-            continue
-        total = [a + b for a, b in zip(total, (pain, memory, either, R), strict=True)]
-        sel = runs[runs["n"] == n]
-        rows.append([n, R, fmt_rate(pain, R), fmt_rate(memory, R), fmt_rate(either, R), f"{sel['permutations_run'].mean():.0f}", f"{sel['seconds'].mean():.0f}"])
-    pain, memory, either, R = total
-    if R:
-        rows.append(["all (pooled)", R, fmt_rate(pain, R), fmt_rate(memory, R), f"**{fmt_rate(either, R)}**", f"{runs['permutations_run'].mean():.0f}", f"{runs['seconds'].mean():.0f}"])
-    table_md = md_table(["n", "trials", "pain (Holm)", "memory (Holm)", "either outcome (FWER)", "mean permutations run", "s per test"], rows, "lrrrrrr")
-    lo, hi = wilson(either, R) if R else (float("nan"), float("nan"))
-    core_minutes = runs["seconds"].sum() / 60
-    verdict = (
-        f"Family-wise false-positive rate {either}/{R} = {100 * either / R:.1f}% (Wilson 95% CI {100 * lo:.1f}–{100 * hi:.1f}%): "
-        f"the upper bound is {'below' if hi < 0.10 else '**not** below'} 10%. The {R} tests of {2 * R} outcomes took "
-        f"{core_minutes:.0f} process-minutes (wall time inside the worker processes, {settings.workers} in parallel on a shared machine)."
-        if R
-        else "No null trial ran the permutation test."
+    """The family-wise false-positive rate of the product's two tests on every null design, per size and pooled over sizes."""
+    rows, verdicts = [], []
+    for method in PRODUCT_TESTS:
+        runs = frame[(frame["kind"] == "test") & (frame["method"] == method)] if "method" in frame else frame.iloc[0:0]
+        for design in _nulls(settings):
+            total, sizes = [0, 0, 0, 0], 0
+            here = runs[runs["scenario"] == design]
+            for n in settings.sizes:
+                cell = table[(table["method"] == method) & (table["scenario"] == design) & (table["n"] == n)]
+                pain, memory, either, R = _rejections(cell, "p_holm", settings.alpha)
+                if not R:
+                    continue
+                sizes += 1
+                total = [a + b for a, b in zip(total, (pain, memory, either, R), strict=True)]
+                sel = here[here["n"] == n]
+                rows.append(
+                    [TESTS[method][0].split(":")[0], f"`{design}`", n, R, fmt_rate(pain, R), fmt_rate(memory, R), fmt_rate(either, R),
+                     f"{sel['permutations_run'].mean():.0f}", f"{sel['seconds'].mean():.0f}"]
+                )
+            pain, memory, either, R = total
+            if sizes > 1:
+                rows.append(
+                    [TESTS[method][0].split(":")[0], f"`{design}`", "all (pooled)", R, fmt_rate(pain, R), fmt_rate(memory, R),
+                     f"**{fmt_rate(either, R)}**", f"{here['permutations_run'].mean():.0f}", f"{here['seconds'].mean():.0f}"]
+                )
+            if R and method == PRODUCT_TESTS[0]:
+                lo, hi = wilson(either, R)
+                where = "lies above" if lo > settings.alpha else ("lies below" if hi < settings.alpha else "includes")
+                verdicts.append(
+                    f"`{design}`: {either}/{R} = {100 * either / R:.1f}% (Wilson 95% CI {100 * lo:.1f}–{100 * hi:.1f}%), an interval that "
+                    f"{where} the nominal {100 * settings.alpha:.0f}%"
+                )
+    if not rows:
+        return "No null trial ran a product test."
+    table_md = md_table(
+        ["test", "null design", "n", "trials", "pain (Holm)", "memory (Holm)", "either outcome (FWER)", "mean permutations / simulated trials run",
+         "s per test"],
+        rows,
+        "llrrrrrrr",
     )
-    return table_md + "\n\n" + verdict
+    product = frame[(frame["kind"] == "test") & frame["method"].isin(PRODUCT_TESTS)] if "method" in frame else frame.iloc[0:0]
+    minutes = ", ".join(
+        f"{TESTS[m][0].split(':')[0]} {product.loc[product['method'] == m, 'seconds'].sum() / 60:.0f}" for m in PRODUCT_TESTS
+    )
+    text = (
+        ("Family-wise false-positive rate of the product's default test per null design (sizes pooled): " + "; ".join(verdicts) + ". ")
+        if verdicts else "The product's default test ran on no null trial. "
+    ) + (
+        f"Process-minutes of the product's tests on all trials: {minutes} (wall time inside the worker processes, "
+        f"{settings.workers} in parallel on a shared machine)."
+    )
+    return table_md + "\n\n" + text
 
 
 def tests_markdown(table: pd.DataFrame, settings: Settings, column: str) -> str:
-    """Rejection rates of every test (rows: test x size) under null (FWER) and the alternatives (per outcome)."""
-    alternatives = [s for s in ("final", "strong") if s in settings.scenarios]
+    """Rejection rates of every test (rows: test x size) on every null design (FWER) and the alternatives (power per outcome)."""
+    nulls = _nulls(settings)
+    alternatives = [s for s in ALTERNATIVES if s in settings.scenarios]
     rows = []
     for method in [*TESTS, *COMBINATIONS]:
         for n in settings.sizes:
             sel = table[(table["method"] == method) & (table["n"] == n)]
             if sel.empty:
                 continue
-            _, _, either, R = _rejections(sel[sel["scenario"] == "null"], column, settings.alpha)
-            row = [_test_label(method), n, f"{either}/{R} = {_pct(either, R)}" if R else "—"]
+            row = [_test_label(method), n]
+            for design in nulls:
+                _, _, either, R = _rejections(sel[sel["scenario"] == design], column, settings.alpha)
+                row.append(f"{either}/{R} = {_pct(either, R)}" if R else "—")
             for scenario in alternatives:
-                pain, memory, either_alt, R_alt = _rejections(sel[sel["scenario"] == scenario], column, settings.alpha)
-                row += [f"{_pct(pain, R_alt)} / {_pct(memory, R_alt)} ({R_alt})" if R_alt else "—"]
+                pain, memory, _, R_alt = _rejections(sel[sel["scenario"] == scenario], column, settings.alpha)
+                row.append(f"{_pct(pain, R_alt)} / {_pct(memory, R_alt)} ({R_alt})" if R_alt else "—")
             rows.append(row)
-    headers = ["test", "n", "null: FWER"] + [f"{s}: power pain / memory (trials)" for s in alternatives]
-    return md_table(headers, rows, "lrr" + "r" * len(alternatives))
+    headers = ["test", "n", *[f"{d}: FWER" for d in nulls], *[f"{s}: power pain / memory (trials)" for s in alternatives]]
+    return md_table(headers, rows, "lr" + "r" * (len(nulls) + len(alternatives)))
 
 
 # ---------------------------------------------------------------------------
@@ -853,53 +1041,100 @@ def headline_markdown(frame: pd.DataFrame, settings: Settings, n: int) -> str:
     return md_table(["method", *[f"{s} / {o}" for s, o in cells]], rows)
 
 
-def _picks(cell: pd.DataFrame) -> str:
-    counts = cell["champion_choice"].value_counts()
-    return ", ".join(f"{name} {int(counts[name])}" for name in CANDIDATES if name in counts)
+def _answers(cell: pd.DataFrame) -> str:
+    """Which answers the job served in a cell: ``conditional 2, average 3`` (trials)."""
+    counts = cell["answer"].value_counts() if "answer" in cell else pd.Series(dtype=int)
+    return ", ".join(f"{a} {int(counts[a])}" for a in ANSWERS if a in counts) or "—"
 
 
-def coverage_markdown(frame: pd.DataFrame, settings: Settings) -> str:
-    """The served champion's interval coverage per scenario, size and outcome, against the target."""
+def interval_markdown(frame: pd.DataFrame, settings: Settings) -> str:
+    """Coverage of the observable conditional benefit, mean width and mean interval score: the served interval and two baselines."""
     rows = []
-    for scenario in settings.scenarios:
+    for scenario in settings.work_up_scenarios:
         for n in settings.sizes:
             for outcome in OUTCOMES:
-                sel = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome, method="champion")
-                if sel.empty or "coverage" not in sel:
+                cell = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome)
+                if cell.empty:
                     continue
-                mean, se = mean_se(sel["coverage"])
-                verdict = "yes" if mean >= 0.90 else ("within MC error" if np.isfinite(se) and mean + 2 * se >= 0.90 else f"**no** (short by {0.90 - mean:.2f})")
-                rows.append(
-                    [
-                        scenario, n, outcome, _picks(sel), f"{fmt_mean_se(sel['coverage'], 2)}", fmt_mean_se(sel["coverage_observable"], 2),
-                        fmt_mean_se(sel["coverage_model"], 2), f"{sel['width'].mean():.2f}", f"{sel['heterogeneity_sd'].mean():.3f}", verdict,
-                    ]
-                )
+                answers = _answers(cell[cell["method"] == "champion"])
+                for method in INTERVAL_METHODS:
+                    sel = cell[cell["method"] == method]
+                    label = "served answer" if method == "champion" else METHOD_LABELS[method]
+                    if "coverage_observable" not in sel or sel["coverage_observable"].isna().all():
+                        rows.append([scenario, n, outcome, answers, label, _missing(sel), "", ""])
+                        continue
+                    rows.append(
+                        [scenario, n, outcome, answers, label, fmt_mean_se(sel["coverage_observable"], 2), fmt_mean_se(sel["width"], 3),
+                         fmt_mean_se(sel["interval_score"], 3)]
+                    )
     return md_table(
-        ["scenario", "n", "outcome", "champions (trials)", "covers true benefit", "covers observable oracle", "model only (true)",
-         "mean width", "allowance SD", ">= 0.90?"],
+        ["scenario", "n", "outcome", "answers served (trials)", "interval", "covers the observable conditional benefit",
+         "mean width", "mean interval score"],
         rows,
-        "lrllrrrrrl",
+        "lrlllrrr",
     )
 
 
-def allowance_markdown(frame: pd.DataFrame, settings: Settings) -> str:
-    """The champion's coverage of the true benefit under other allowance rules (same intervals otherwise)."""
-    rules = [f"x{m:g}" for m in settings.allowance_multiples] + list(ALLOWANCE_RULES)
+def detail_markdown(frame: pd.DataFrame, settings: Settings, scenario: str) -> str:
+    """Every method's ranking, error and interval per outcome and size in one scenario."""
     rows = []
-    for scenario in settings.scenarios:
+    for outcome in OUTCOMES:
+        observable_auc = _oracle_auc(frame, scenario, outcome, "observable")
+        for n in settings.sizes:
+            cell = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome)
+            if cell.empty:
+                continue
+            for method in METHODS:
+                sel = cell[cell["method"] == method]
+                if "rmse" not in sel or sel["rmse"].isna().all():
+                    rows.append([outcome, n, METHOD_LABELS[method], _missing(sel), "", "", "", "", "", "", "", ""])
+                    continue
+                covered = "coverage_observable" in sel and sel["coverage_observable"].notna().any()
+                rows.append(
+                    [
+                        outcome,
+                        n,
+                        METHOD_LABELS[method],
+                        fmt_mean_se(sel["auc"]) if scenario != "null" else "—",
+                        _ratio(sel["auc"].dropna(), observable_auc) if scenario != "null" else "—",
+                        fmt_mean_se(sel["spearman"]),
+                        fmt_mean_se(sel["rmse"]),
+                        fmt_mean_se(sel["rmse_observable"]),
+                        fmt_mean_se(sel["coverage_observable"], 2) if covered else "",
+                        f"{sel['width'].mean():.3f}" if covered else "",
+                        f"{sel['interval_score'].mean():.3f}" if covered else "",
+                        f"{sel['seconds'].mean():.1f}",
+                    ]
+                )
+    return md_table(
+        ["outcome", "n", "method", "AUC (true subgroup)", "AUC / observable oracle", "Spearman (true benefit)", "RMSE vs true benefit (PEHE)",
+         "RMSE vs observable conditional benefit", "covers observable conditional benefit", "width", "interval score", "fit s"],
+        rows,
+        "lrlrrrrrrrrr",
+    )
+
+
+def champion_counts_markdown(frame: pd.DataFrame, settings: Settings) -> str:
+    """Per cell: how often the job served each answer, and from which model."""
+    rows = []
+    for scenario in settings.work_up_scenarios:
         for n in settings.sizes:
             for outcome in OUTCOMES:
-                sel = _cell(frame, "allowance", scenario=scenario, n=n, outcome=outcome)
-                if sel.empty:
+                cell = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome, method="champion")
+                if cell.empty:
                     continue
-                row = [scenario, n, outcome]
-                for rule in rules:
-                    r = sel[sel["method"] == rule]
-                    row.append(f"{fmt_mean_se(r['coverage'], 2)} ({r['width'].mean():.2f})" if len(r) else "—")
-                rows.append(row)
-    headers = ["scenario", "n", "outcome"] + [f"{m:g} x BCF SD" for m in settings.allowance_multiples] + list(ALLOWANCE_RULES.values())
-    return md_table(headers, rows, "lrl" + "r" * len(rules))
+                answers = cell["answer"].value_counts()
+                models = cell["champion_choice"].value_counts()
+                cv = cell["cv_choice"].value_counts()
+                rows.append(
+                    [scenario, n, outcome, *[int(answers.get(a, 0)) for a in ANSWERS], *[int(models.get(c, 0)) for c in CANDIDATES],
+                     ", ".join(f"{c} {int(cv[c])}" for c in CANDIDATES if c in cv)]
+                )
+    return md_table(
+        ["scenario", "n", "outcome", *[f"answer: {a}" for a in ANSWERS], *[f"served by {c}" for c in CANDIDATES], "selection criterion's choice"],
+        rows,
+        "lrl" + "r" * (len(ANSWERS) + len(CANDIDATES)) + "l",
+    )
 
 
 def selection_markdown(frame: pd.DataFrame, settings: Settings) -> tuple[str, str]:
@@ -956,58 +1191,6 @@ def selection_markdown(frame: pd.DataFrame, settings: Settings) -> tuple[str, st
     return summary_md, detail_md
 
 
-def detail_markdown(frame: pd.DataFrame, settings: Settings, scenario: str) -> str:
-    """Every method's ranking, error and interval per outcome and size in one scenario."""
-    rows = []
-    for outcome in OUTCOMES:
-        observable_auc = _oracle_auc(frame, scenario, outcome, "observable")
-        for n in settings.sizes:
-            cell = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome)
-            if cell.empty:
-                continue
-            for method in METHODS:
-                sel = cell[cell["method"] == method]
-                if "rmse" not in sel or sel["rmse"].isna().all():
-                    rows.append([outcome, n, METHOD_LABELS[method], _missing(sel), "", "", "", "", "", "", "", ""])
-                    continue
-                covered = "coverage" in sel and sel["coverage"].notna().any()
-                rows.append(
-                    [
-                        outcome,
-                        n,
-                        METHOD_LABELS[method],
-                        fmt_mean_se(sel["auc"]) if scenario != "null" else "—",
-                        _ratio(sel["auc"].dropna(), observable_auc) if scenario != "null" else "—",
-                        fmt_mean_se(sel["spearman"]),
-                        fmt_mean_se(sel["rmse"]),
-                        fmt_mean_se(sel["coverage"], 2) if covered else "",
-                        fmt_mean_se(sel["coverage_observable"], 2) if covered else "",
-                        fmt_mean_se(sel["coverage_model"], 2) if covered else "",
-                        f"{sel['width'].mean():.2f}" if covered else "",
-                        f"{sel['seconds'].mean():.1f}",
-                    ]
-                )
-    return md_table(
-        ["outcome", "n", "method", "AUC (subgroup)", "AUC / observable oracle", "Spearman (benefit)", "RMSE (PEHE)",
-         "covers true benefit", "covers observable oracle", "model only (true)", "width", "fit s"],
-        rows,
-        "lrlrrrrrrrrr",
-    )
-
-
-def champion_counts_markdown(frame: pd.DataFrame, settings: Settings) -> str:
-    rows = []
-    for scenario in settings.scenarios:
-        for n in settings.sizes:
-            for outcome in OUTCOMES:
-                cell = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome, method="champion")
-                if cell.empty:
-                    continue
-                counts = cell["champion_choice"].value_counts()
-                rows.append([scenario, n, outcome, *[int(counts.get(name, 0)) for name in CANDIDATES]])
-    return md_table(["scenario", "n", "outcome", *CANDIDATES], rows, "lrl" + "r" * len(CANDIDATES))
-
-
 def _resumed(frame: pd.DataFrame) -> str:
     if "resumed" not in frame or not frame["resumed"].fillna(False).astype(bool).any():
         return ""
@@ -1016,17 +1199,23 @@ def _resumed(frame: pd.DataFrame) -> str:
 
 
 def timing_line(frame: pd.DataFrame, settings: Settings) -> str:
-    """Where the compute went: CPU time by trial kind, and the permutation tests' share of the wall time."""
+    """Where the compute went: CPU time by trial kind, and the product tests' share of the wall time."""
     timing = frame[frame["kind"] == "timing"]
     if timing.empty:
         return "- Compute: not recorded."
     by_kind = timing.groupby("method")["cpu_seconds"].agg(["count", "sum"])
     parts = ", ".join(f"{kind}: {int(row['count'])} trials, {row['sum'] / 3600:.2f} h" for kind, row in by_kind.iterrows())
-    perm = frame[(frame["kind"] == "test") & (frame["method"] == "permutation")]["seconds"].sum()
-    share = perm / timing["seconds"].sum() if timing["seconds"].sum() > 0 else float("nan")
+    wall = timing["seconds"].sum()
+    shares = []
+    for method in PRODUCT_TESTS:
+        ran = frame[(frame["kind"] == "test") & (frame["method"] == method)]
+        if ran.empty:
+            continue
+        spent = ran["seconds"].sum()
+        shares.append(f"{TESTS[method][0].split(':')[0]} {100 * spent / wall:.0f}%" if wall > 0 else "—")
     return (
         f"- Compute: {timing['cpu_seconds'].sum() / 3600:.2f} CPU-hours in {settings.workers} worker processes ({parts}); "
-        f"the product's permutation tests took {100 * share:.0f}% of the workers' wall time."
+        f"share of the workers' wall time: {', '.join(shares)}."
     )
 
 
@@ -1038,8 +1227,9 @@ def render(
     n_mid = 300 if 300 in settings.sizes else settings.sizes[-1]
     trials = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0]
     table = rejection_table(frame, settings)
+    work_up = settings.work_up_scenarios
     oracle_lines = []
-    for scenario in settings.scenarios:
+    for scenario in work_up:
         pop = population(settings, scenario)
         o = oracles[scenario]
         parts = []
@@ -1047,8 +1237,9 @@ def render(
             truth = pop[f"true_benefit_{outcome}"].to_numpy()
             pred = observable[scenario][outcome]
             parts.append(
-                f"{outcome}: true benefit mean {truth.mean():.3f}, SD {truth.std():.3f}; unexplained by the features (RMSE of the "
-                f"observable oracle) {np.sqrt(np.mean((truth - pred) ** 2)):.3f} ({o.trees[outcome]} trees)"
+                f"{outcome}: true benefit mean {truth.mean():.3f}, SD {truth.std():.3f}; observable conditional benefit SD "
+                f"{pred.std():.3f}; true benefit unexplained by the features (RMSE of the observable oracle) "
+                f"{np.sqrt(np.mean((truth - pred) ** 2)):.3f} ({o.trees[outcome]} trees)"
             )
         oracle_lines.append(f"- `{scenario}`: " + "; ".join(parts) + f"; subgroup share {pop['true_responder_subgroup'].mean():.0%}.")
     oracle_time = "taken from the cache (`benchmarks/out/`)" if oracle_cached else f"fitted in this run ({sum(o.seconds for o in oracles.values()) / 60:.1f} min)"
@@ -1066,27 +1257,36 @@ def render(
         f"`effect_interval`); CausalML {versions['causalml'] or 'not installed'} `BaseXClassifier` (LightGBM outcome and effect "
         f"learners, known propensity; no interval). Same LightGBM settings as the product's learners, same engineered features. "
         f"BCF: stochtree {versions['stochtree'] or 'not installed'}.",
+    ]
+    if work_up:
+        parts += [
+            "",
+            f"The truth in the held-out populations, and what the observable oracle ({oracle_time}) cannot explain:",
+            "",
+            *oracle_lines,
+        ]
+    parts += [
         "",
-        f"The truth in the held-out populations, and what the observable oracle ({oracle_time}) cannot explain:",
+        "### Null family-wise false-positive rate of the product's tests",
         "",
-        *oracle_lines,
-        "",
-        "### Null family-wise false-positive rate of the product's test",
-        "",
-        "Rejection: Holm-adjusted p < alpha; *either outcome* is the family-wise rate.",
+        "Rejection: Holm-adjusted p < alpha; *either outcome* is the family-wise rate, with its Wilson 95% interval. The default "
+        "test's null (a constant probit effect with any prognosis) holds exactly in `ushape` and `sharp`, and nearly in `null`; the "
+        "permutation test's null (covariates carry no information) holds only in `sharp`.",
         "",
         fwer_markdown(frame, table, settings),
         "",
         "### Heterogeneity tests compared: the product's against the peers' own",
         "",
         "At the nominal level (each test's own p-value; BCF: the uncalibrated rule 'posterior probability "
-        f"that the SD of tau exceeds {BCF_SMALL_SD} probit units, read as p = 1 - that probability'), Holm across pain and memory:",
+        f"that the SD of tau exceeds {BCF_SMALL_SD} probit units, read as p = 1 - that probability'), Holm across pain and memory; "
+        "FWER on each null design, power (rejection rate per outcome) on the alternatives:",
         "",
         tests_markdown(table, settings, "p_holm"),
         "",
         "At the same false-positive rate: every test's evidence is ranked among its own values on the `null` trials of the same size "
         f"(sizes pooled when there are fewer than {MIN_NULL_FOR_CALIBRATION}; a null trial is left out of its own reference), then Holm. "
-        "This is possible only in a simulator (it needs the null distribution), so it compares tests, it does not make one valid.",
+        "This is possible only in a simulator (it needs the null distribution), so it compares tests' power side by side, it does "
+        "not make one valid.",
         "",
         tests_markdown(table, settings, "p_cal_holm"),
         "",
@@ -1096,42 +1296,47 @@ def render(
         "drawn without replacement; `split_rate` ranks with the best of three learners by their beyond-risk benefit (risk "
         "model's benefit subtracted from ranking and scores, Bonferroni over the three), scores with cross-fitted per-arm "
         "logistic outcome models, breaks ties by order, and bootstraps with replacement.",
+    ]
+    if not work_up or _cell(frame, "method").empty:
+        parts += ["", "No trial of this run had the work-up: no served answers, intervals, rankings or criteria to show."]
+        return "\n".join(parts) + "\n"
+    parts += [
         "",
         f"### Benefit ranking at n = {n_mid}: AUC for the true subgroup as a ratio to the observable oracle",
         "",
         "1.00 is the best ranking the measured features allow; the true-benefit oracle is above 1 because the features measure "
-        "the latent profile only noisily. Mean ± SE over trials.",
+        "the latent profile only noisily. The served answer ranks patients only when it is conditional or risk-based (an average "
+        "answer is the same for everybody: AUC 0.5). Mean ± SE over trials.",
         "",
         headline_markdown(frame, settings, n_mid),
         "",
-        "### Coverage of the served champion's 95% benefit interval",
+        "### Intervals: coverage of the observable conditional benefit, width and interval score",
         "",
-        "`ResponderModel.predict` on the held-out population: the interval the API returns (model uncertainty widened by the "
-        "allowance: k x BCF's posterior spread of benefit over the training patients, plus in quadrature the SD of BCF's benefit "
-        "minus the champion's when `intervals.model_gap` is on, the default). Target (issue 12): covers the individual true benefit for "
-        ">= 0.90 of patients in every scenario and size. *Model only* is the interval before the allowance.",
+        "Each interval on the held-out population against the observable conditional benefit of each patient (the observable "
+        "oracle: E[benefit | measured features], the most a trial identifies per patient). *Served answer*: the "
+        f"{100 * (1 - settings.alpha):.0f}% interval `ResponderModel.predict` returns for the answer the job chose, which is for the "
+        "conditional average benefit only when the answer is `conditional` (for `risk_based`: the benefit at the patient's "
+        "baseline risk under the trial's constant odds ratio; for `average`: the trial's average effect). Baselines on the same "
+        "trials: the trial average (Miettinen-Nurminen) for every patient, and EconML's causal forest. Coverage, width and the mean "
+        "interval score (Gneiting & Raftery 2007, alpha = 0.05: the width plus 2/alpha times each miss's distance; lower is "
+        "better; in risk-difference units) are means over trials ± SE.",
         "",
-        coverage_markdown(frame, settings),
-        "",
-        "The same champion intervals under other allowance rules (coverage of the true benefit, mean width in brackets; k = "
-        "`intervals.unmeasured_heterogeneity`): multiples of the job's reference, BCF's posterior spread of benefit (the "
-        "posterior mean, over draws, of the SD of the drawn benefit across the training patients); the SD of BCF's "
-        "posterior-mean benefit instead (which shrinks with the posterior mean on small trials); and either with the *gap* "
-        "added in quadrature: the SD over the training patients of BCF's benefit minus the champion's, i.e. the "
-        "measured-feature heterogeneity the champion leaves out (all of BCF's for the arm-only floor, none for BCF itself). "
-        "The last column is what the API serves.",
-        "",
-        allowance_markdown(frame, settings),
+        interval_markdown(frame, settings),
         "",
         "### Selection criteria: which picks the candidate that ranks fresh patients best",
         "",
         "Every criterion is applied to the same outer out-of-fold predictions of the same nested CV (as `cross_validate` does for "
         "its `final_choice`), among the candidates not worse than the floor; *best* is the candidate with the highest AUC for the "
-        "true subgroup on the held-out population (all six fitted on the whole trial).",
+        "true subgroup on the held-out population (all six fitted on the whole trial). The criterion's choice serves only when "
+        "effect modification is established (the answer is `conditional`).",
         "",
         *selection_markdown(frame, settings)[:1],
         "",
-        "### How often each candidate became champion",
+        "### Which answer the job served, and from which model",
+        "",
+        "Counts of trials per cell: the answer (`choose_answer`: conditional with evidence of effect modification, risk-based when "
+        "the prognostic model discriminates, else the average), the model that served it, and the selection criterion's choice in "
+        "the nested CV (which serves only a conditional answer).",
         "",
         champion_counts_markdown(frame, settings),
     ]
@@ -1142,13 +1347,14 @@ def render(
         "final": "The FINAL-calibrated scenario: a ~30% subgroup with weak, overlapping biomarker signals.",
         "strong": "A larger, sharper subgroup and markers that track it more closely (power check).",
     }
-    for scenario in settings.scenarios:
+    for scenario in work_up:
         parts += [
             "",
             f"### Detail: `{scenario}`",
             "",
-            notes[scenario] + " Intervals: the champion's as served; each candidate's own (BCF posterior, arm-only Jeffreys, "
-            "bootstrap refits) and the causal forest's, all widened by the job's allowance; *model only* before it.",
+            notes[scenario] + " Intervals: the served answer's as served; each candidate's own (BCF posterior, arm-only Jeffreys, "
+            "bootstrap refits), the trial average's and the causal forest's; coverage, width and interval score against the "
+            "observable conditional benefit.",
             "",
             detail_markdown(frame, settings, scenario),
         ]
@@ -1157,12 +1363,12 @@ def render(
 
 
 def observable_predictions(oracles: dict, settings: Settings) -> dict[str, dict[str, np.ndarray]]:
-    """The observable oracle's predictions on each scenario's held-out population."""
+    """The observable oracle's predictions on each work-up scenario's held-out population."""
     from training.data import model_inputs
     from training.spec import load_spec
 
     spec = load_spec()
-    return {s: oracles[s].predict(model_inputs(population(settings, s), spec)) for s in settings.scenarios}
+    return {s: oracles[s].predict(model_inputs(population(settings, s), spec)) for s in settings.work_up_scenarios}
 
 
 def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
@@ -1176,7 +1382,8 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
         settings = settings.scaled(float(scale))
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    oracles, cached = load_oracles(settings.scenarios, settings.oracle, out_dir / "oracle-cache")
+    # Only the work-up needs the observable oracle (a tests-only run fits none).
+    oracles, cached = load_oracles(settings.work_up_scenarios, settings.oracle, out_dir / "oracle-cache")
     observable = observable_predictions(oracles, settings)
     resume = os.environ.get("BENCH_RESUME") == "1"
     frame = run_benchmark(settings, observable, partial=out_dir / "recovery-partial.jsonl", resume=resume)

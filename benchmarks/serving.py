@@ -313,13 +313,15 @@ def _candidate_plans(settings: Settings, patients: list[dict]) -> list[list]:
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
     evidence = Evidence(True, True, 0.01, 0.02, 0.1, 0.05, 199, "evidence")
-    policy = LabelPolicy("conditional", LabelRule().model_dump(), "There is evidence.", "uncertain", "The trial population.", "Why.")
     rows = []
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
         ensemble = None
         if not candidate.has_draws:
             ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, 7).fit(F, data.t, data.y)
+        # A conditional answer: every patient gets an own label read from the interval (the most work per call).
+        kind = "credible" if candidate.has_draws else "confidence"
+        policy = LabelPolicy("conditional", LabelRule().model_dump(), "There is evidence.", "uncertain", "The trial population.", "Why.", 0.95, kind)
         model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence)
         t0 = time.perf_counter()
         plan = ScoringPlan({"pain": model})

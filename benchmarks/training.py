@@ -65,7 +65,7 @@ FULL = Settings()
 # Tiny settings for a smoke run: every step of the job runs, none of it at a useful size.
 QUICK_JOB = {
     "cv": {"folds": 2, "repeats": 1, "inner_folds": 2},
-    "evidence": {"permutations": 9, "rate_bootstrap": 20},
+    "evidence": {"permutations": 9, "replicates": 9, "rate_bootstrap": 20},
     "intervals": {"bootstrap_models": 5},
     "candidates": {
         "bcf": {"num_gfr": 2, "cv_gfr": 1, "num_mcmc": 20, "cv_mcmc": 10, "mu_trees": 10, "tau_trees": 5, "explain_draws": 5},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,14 @@ def test_markdown_helpers():
 
 
 TINY_RECOVERY = recovery.Settings(
-    scenarios=("null", "strong"),  # one without and one with a subgroup keeps the smoke run short
+    scenarios=("null", "strong", "ushape", "sharp"),  # one of each: without and with a subgroup, and both tests-only null designs
     sizes=(80,),
-    trials=(("null", (3,)), ("strong", (1,))),  # null: one trial of each kind (full, permutation test, cheap tests)
-    permutation_trials=(("null", (2,)), ("strong", (1,))),
+    # null: one trial of each kind (work-up with the default test, default and permutation tests, cheap tests only)
+    trials=(("null", (3,)), ("strong", (1,)), ("ushape", (1,)), ("sharp", (1,))),
+    bootstrap_trials=(("null", (1,)), ("strong", (1,)), ("ushape", (1,)), ("sharp", (1,))),  # a work-up trial runs it anyway
+    permutation_trials=(("null", (2,)), ("strong", (1,)), ("ushape", (1,))),
     full_trials=(("null", (1,)), ("strong", (1,))),
+    replicates=2,
     permutations=1,
     population=150,
     bootstrap_models=5,
@@ -81,45 +85,100 @@ TINY_RECOVERY = recovery.Settings(
 )
 
 
+def test_null_designs_keep_the_trial_and_redraw_only_the_outcome():
+    F = pd.DataFrame({recovery.USHAPE_FEATURE: np.linspace(-3, 3, 4000)})
+    t = np.tile([0, 1], 2000)
+    y = np.r_[np.ones(1000, int), np.zeros(3000, int)]
+    sharp = recovery.null_design_outcome("sharp", F, t, y, 1, 0)
+    assert sharp.sum() == y.sum() and not np.array_equal(sharp, y)  # the same responders, shuffled across patients and arms
+    ushape = recovery.null_design_outcome("ushape", F, t, y, 1, 0)
+    edges, middle = np.abs(F[recovery.USHAPE_FEATURE]) > 1.5, np.abs(F[recovery.USHAPE_FEATURE]) < 0.5
+    assert ushape[edges].mean() > ushape[middle].mean() + 0.3  # U-shaped prognosis
+    assert ushape[t == 1].mean() > ushape[t == 0].mean()  # a constant probit effect on top
+    assert np.array_equal(ushape, recovery.null_design_outcome("ushape", F, t, y, 1, 0))
+    assert not np.array_equal(ushape, recovery.null_design_outcome("ushape", F, t, y, 1, 1))  # each outcome its own draw
+
+
+def test_interval_score_is_the_width_plus_the_scaled_misses():
+    lower, upper = np.array([0.0, 0.0, 0.0]), np.array([0.1, 0.1, 0.1])
+    target = np.array([0.05, -0.1, 0.3])
+    # Gneiting & Raftery (2007): width + 2/alpha x distance below / above.
+    expected = [0.1, 0.1 + 40 * 0.1, 0.1 + 40 * 0.2]
+    assert recovery.interval_score(lower, upper, target, 0.05) == pytest.approx(expected)
+
+
 def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     markdown = recovery.run(quick=True, out_dir=tmp_path, settings=TINY_RECOVERY)
     assert markdown.startswith("## 1. Subgroup recovery")
+    assert "allowance" not in markdown.lower()
     assert (tmp_path / "recovery.csv").exists() and (tmp_path / "recovery.parquet").exists()
     assert list((tmp_path / "oracle-cache").glob("oracle-*.joblib")), "the observable oracle is cached"
-    fwer, nominal, calibrated, headline, coverage, allowance, criteria, champions, *details, criteria_detail = tables(markdown)
-    assert first_column(fwer) == ["80", "all (pooled)"] and fwer[1][1] == "2"  # the two null trials that ran the permutation test
+    assert not list((tmp_path / "oracle-cache").glob("oracle-ushape-*")), "a tests-only design needs no oracle"
+    fwer, nominal, calibrated, headline, intervals, criteria, answers, *details, criteria_detail = tables(markdown)
+    # The product's tests on every null design: the default on one trial each (null: the work-up trial), the permutation test
+    # on two null trials and one ushape trial.
+    assert [row[:4] for row in fwer[1:]] == [
+        ["product default", "`null`", "80", "1"], ["product default", "`ushape`", "80", "1"], ["product default", "`sharp`", "80", "1"],
+        ["product `permutation` (earlier default)", "`null`", "80", "2"], ["product `permutation` (earlier default)", "`ushape`", "80", "1"],
+    ]
     # The grf-style tests need EconML (the optional bench extra, not installed by `make test`): without it
     # their rows are left out, not faked.
     grf = importlib.util.find_spec("econml") is not None
     shown = [t for t in [*recovery.TESTS, *recovery.COMBINATIONS] if grf or "grf" not in t]
     tests = [recovery._test_label(t) for t in shown]
     assert first_column(nominal) == tests and first_column(calibrated) == tests
-    assert "/2 = " in nominal[1][2]  # the permutation test ran on two null trials
-    cheap = len([t for t in recovery.TESTS if t != "permutation" and (grf or "grf" not in t)])
-    assert all("/3 = " in row[2] for row in nominal[2 : 2 + cheap])  # the cheap tests on all three
+    assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER", "strong: power pain / memory (trials)"]
+    assert nominal[1][0].startswith("product default") and nominal[1][2].split(" = ")[0] in ("0/1", "1/1")  # one null trial
+    assert "/2 = " in nominal[2][2]  # the permutation test ran on two null trials
+    cheap = len([t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)])
+    assert all("/3 = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4] for row in nominal[3 : 3 + cheap])  # on every trial
     labels = [recovery.METHOD_LABELS[m] for m in recovery.METHODS]
     assert first_column(headline) == labels
     assert headline[0][1:] == ["strong / pain", "strong / memory"]
     assert headline[2][1:] == ["1.00", "1.00"]  # the observable oracle is the yardstick
-    assert [row[:3] for row in coverage[1:]] == [["null", "80", "pain"], ["null", "80", "memory"], ["strong", "80", "pain"], ["strong", "80", "memory"]]
-    assert len(allowance) == 1 + 4 and len(allowance[0]) == 3 + len(TINY_RECOVERY.allowance_multiples) + len(recovery.ALLOWANCE_RULES)
+    # The interval table: the served interval and both baselines in every cell, with the answers served.
+    assert intervals[0][4:] == ["interval", "covers the observable conditional benefit", "mean width", "mean interval score"]
+    cells = [[s, "80", o] for s in ("null", "strong") for o in ("pain", "memory")]
+    assert [row[:3] for row in intervals[1:]] == [c for c in cells for _ in recovery.INTERVAL_METHODS]
+    assert [row[4] for row in intervals[1:4]] == ["served answer", recovery.METHOD_LABELS["trial_average"], recovery.METHOD_LABELS["causal_forest"]]
+    assert all(row[3].split()[0] in recovery.ANSWERS for row in intervals[1:])
+    for row in intervals[1:]:
+        if row[4] != recovery.METHOD_LABELS["causal_forest"] or grf:
+            assert 0 <= float(row[5].split()[0]) <= 1 and float(row[6].split()[0]) > 0 and float(row[7].split()[0]) >= float(row[6].split()[0])
     assert first_column(criteria)[:-1] == [recovery.SELECTOR_LABELS[s] for s in recovery.SELECTORS]
-    assert len(champions) == 1 + 2 * 2
+    assert len(answers) == 1 + 2 * 2 and all(sum(int(c) for c in row[3:6]) == 1 for row in answers[1:])
     assert len(details) == 2
     for detail in details:
         assert [row[2] for row in detail[1:]] == labels * 2  # both outcomes
     assert len(criteria_detail) == 1 + 2 * len(recovery.SELECTORS)
     frame = pd.read_parquet(tmp_path / "recovery.parquet")
     champion = frame[(frame["kind"] == "method") & (frame["method"] == "champion")]
-    assert champion["coverage"].between(0, 1).all() and (champion["width"] > 0).all()
-    # The served interval contains the model-only interval: the allowance only widens.
-    assert (champion["width"] >= champion["width_model"] - 1e-9).all()
+    assert champion["coverage_observable"].between(0, 1).all() and (champion["width"] > 0).all()
+    assert champion["answer"].isin(recovery.ANSWERS).all()
+    # Every served interval contains the served benefit, for every patient.
+    assert (champion["contains_benefit"] == 1.0).all()
+    # The interval score is at least the width (misses only add).
+    assert (champion["interval_score"] >= champion["width"] - 1e-12).all()
     # An interrupted campaign of the same code and design resumes from its finished trials.
-    oracles, cached = recovery.load_oracles(TINY_RECOVERY.scenarios, TINY_RECOVERY.oracle, tmp_path / "oracle-cache")
+    oracles, cached = recovery.load_oracles(TINY_RECOVERY.work_up_scenarios, TINY_RECOVERY.oracle, tmp_path / "oracle-cache")
     assert cached
     observable = recovery.observable_predictions(oracles, TINY_RECOVERY)
     again = recovery.run_benchmark(TINY_RECOVERY, observable, progress=False, partial=tmp_path / "recovery-partial.jsonl", resume=True)
     assert len(again) == len(frame) and again["resumed"].all()
+
+
+def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
+    settings = replace(
+        TINY_RECOVERY, scenarios=recovery.NULLS, trials=(("ushape", (1,)), ("sharp", (1,))), bootstrap_trials=(("ushape", (1,)),),
+        permutation_trials=(), full_trials=(), peers=False,
+    )
+    markdown = recovery.run(quick=False, out_dir=tmp_path, settings=settings)
+    assert not (tmp_path / "oracle-cache").exists() or not list((tmp_path / "oracle-cache").iterdir())
+    assert "No trial of this run had the work-up" in markdown
+    assert "- Served answer:" not in markdown and "- Earlier default:" not in markdown  # the design lists what ran
+    fwer, nominal, calibrated = tables(markdown)
+    assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"]]
+    assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
 
 
 def test_test_calibration_ranks_against_null_trials_and_leaves_each_out():
@@ -150,7 +209,7 @@ def test_grf_rate_averages_ties_and_weights_like_grf():
 
 TINY_JOB = {
     "cv": {"folds": 2, "repeats": 1, "inner_folds": 2},
-    "evidence": {"permutations": 2, "rate_bootstrap": 10},
+    "evidence": {"permutations": 2, "replicates": 2, "rate_bootstrap": 10},  # replicates: the default test's simulated trials
     "intervals": {"bootstrap_models": 5},
     "candidates": {
         "t_learner": {"lightgbm": {"n_estimators": 10}},
