@@ -651,19 +651,28 @@ def permutation_test(
     if B == 0:
         return PermutationResult(observed, per_candidate, np.array([]), float("nan"), kind)
     seeds = [int(s) for s in np.random.SeedSequence(config.seed).generate_state(B)]
-    null: list[float] = []
-    # Batches keep the workers busy while the sequential rule can stop at the first batch that reaches h.
-    batch = max(8, 4 * getattr(executor, "workers", 2))
-    # One progress counter over the budget: the log says how far towards B, not each batch's 8 tasks.
     label = f"{desc} (at most {B}; stops once {h} reach the observed statistic)" if h else desc
-    with task_progress(B, label, "permutation") as bar:
-        while len(null) < B:
-            chunk = seeds[len(null): len(null) + batch]
-            null += executor.map(_permuted_statistic, chunk, desc=desc, shared=shared, progress=bar)
+    null, p_value, used = sequential_null(_permuted_statistic, seeds, observed, h, executor, shared, label, "permutation", desc)
+    return PermutationResult(observed, per_candidate, null, p_value, kind, "permutation", used, used < B)
+
+
+def sequential_null(fn, seeds: list[int], observed: float, h: int, executor: Executor, shared, label: str, unit: str, desc: str):
+    """Null statistics ``fn(seed, shared)`` in the seeds' order until Besag-Clifford's rule stops: (null, p, used).
+
+    Batches keep the workers busy while the sequential rule can stop at the
+    first batch that reaches ``h``; one progress counter runs over the budget.
+    """
+    budget = len(seeds)
+    null: list[float] = []
+    batch = max(8, 4 * getattr(executor, "workers", 2))
+    with task_progress(budget, label, unit) as bar:
+        while len(null) < budget:
+            chunk = seeds[len(null) : len(null) + batch]
+            null += executor.map(fn, chunk, desc=desc, shared=shared, progress=bar)
             if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
                 break
-    p_value, used = sequential_p_value(np.asarray(null), observed, h, B)
-    return PermutationResult(observed, per_candidate, np.asarray(null[:used]), p_value, kind, "permutation", used, used < B)
+    p_value, used = sequential_p_value(np.asarray(null), observed, h, budget)
+    return np.asarray(null[:used]), p_value, used
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,10 @@ from training.evaluation import (
     PermutationResult,
     features_of,
     permutation_test,
-    sequential_p_value,
+    sequential_null,
     with_parsed,
 )
 from training.executor import Executor
-from training.progress import task_progress
 from training.spec import DatasetSpec
 
 STATISTIC = "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis"
@@ -167,16 +166,6 @@ def imputed_randomisation_test(
         return PermutationResult(observed, {"bcf": observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
     task = BootstrapTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
     seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
-    null: list[float] = []
-    batch = max(8, 4 * getattr(executor, "workers", 2))
     label = f"{desc} (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
-    with task_progress(B, label, "null trial") as bar:
-        while len(null) < B:
-            chunk = seeds[len(null) : len(null) + batch]
-            null += executor.map(_replicate, chunk, desc=desc, shared=task, progress=bar)
-            if h and np.sum(np.asarray(null) >= observed - 1e-12) >= h:
-                break
-    p_value, used = sequential_p_value(np.asarray(null), observed, h, B)
-    return PermutationResult(
-        observed, {"bcf": observed}, np.asarray(null[:used]), p_value, "bcf_spread", "imputed_randomisation", used, used < B, details
-    )
+    null, p_value, used = sequential_null(_replicate, seeds, observed, h, executor, task, label, "null trial", desc)
+    return PermutationResult(observed, {"bcf": observed}, null, p_value, "bcf_spread", "imputed_randomisation", used, used < B, details)
