@@ -320,7 +320,10 @@ class OutcomeMetadata(BaseModel):
     responder_rule: str
     label_rule: str
     answer: Answer = Field("average", description="The answer every patient gets for this outcome (see OutcomePrediction.answer).")
-    answer_reason: str = Field("", description="Why this answer and model serve, including models refused by the served-model checks.")
+    answer_reason: str = Field("", description="Why this answer and model serve.")
+    refused: dict[str, list[str]] = Field(
+        {}, description="Models that may not serve (out-of-fold AUC upper 95% limit below 0.5 or a negative calibration slope in an arm), with the failed checks."
+    )
     estimand: str = ""
     average_effect: AverageEffectOut | None = None
     interval_level: float

@@ -286,6 +286,7 @@ class Scorer:
                 label_rule=model.label_policy.describe(),
                 answer=model.label_policy.answer,
                 answer_reason=model.label_policy.answer_reason,
+                refused=dict(model.metadata.get("refused") or {}),
                 estimand=model.label_policy.estimand(self.spec.treated_display(), self.spec.control_display()),
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,

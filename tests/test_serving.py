@@ -153,6 +153,13 @@ def test_metadata(client, store):
     assert effect["risk_difference"] == pytest.approx(trained.risk_difference)
     assert effect["ci_low"] <= effect["risk_difference"] <= effect["ci_high"] and 0 <= effect["p_value"] <= 1
     assert effect["established"] == trained.established
+    # What each outcome answers, why, and which models were refused (as the summary JSON says).
+    assert body["simulated_training_data"] is True
+    for outcome, result in store["summary"].outcomes.items():
+        meta = body["outcomes"][outcome]
+        assert meta["answer"] == result.answer and meta["answer_reason"] and meta["estimand"]
+        assert meta["refused"] == result.refused
+    assert effect["risk_ratio"] > 0 and effect["rr_low"] <= effect["risk_ratio"] <= effect["rr_high"]
 
 
 @pytest.mark.parametrize(

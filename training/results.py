@@ -142,7 +142,7 @@ class OutcomeResult:
             "rule": policy.describe(),
             "population_label": policy.population_label,
             "population_reason": policy.population_reason,
-            "patient_label": "from each patient's interval" if policy.mode == "individual" else None,
+            "patient_labels": policy.mode == "individual",  # read from each patient's own interval
             "no_patient_label_reason": policy.no_patient_label_reason() if policy.mode != "individual" else None,
             "interval_kind": policy.interval_kind,
         }

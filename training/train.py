@@ -229,6 +229,7 @@ def fit_champion(
             "n_train": len(data.y),
             "n_responders": int(data.y.sum()),
             "answer": result.answer,
+            "refused": result.refused,  # candidates that failed the served-model checks, with the failed checks
             "path": result.path.to_dict() if result.path is not None else None,
             # Convergence of the served posterior (several chains); None for models without MCMC draws.
             "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == "bcf" else None,
