@@ -123,3 +123,30 @@ def serving_store(tmp_path_factory) -> dict:
         summary = run_training(tmp / "trial.csv", load_spec(), fast_config(evidence={"replicates": 59}), tracking_uri=uri)
         _SERVING_STORE.update(uri=uri, tmp=tmp, frame=frame, summary=summary)
     return dict(_SERVING_STORE)
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port``: a new server could bind it.
+
+    With SO_REUSEADDR, as servers (uvicorn included) bind: a connection the
+    server closed itself lingers in TIME_WAIT for a minute after the process is
+    gone, and would make a plain bind fail although the port is free.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def rounded(value):
+    """A JSON answer with floats rounded to 12 decimals (vectorised maths may differ in the last bit)."""
+    if isinstance(value, float):
+        return round(value, 12)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import free_port, running, serving_store, wait_http
+from helpers import free_port, port_is_free, running, serving_store, wait_http
 
 from features.catalog import load_catalog
 from features.labs import LabValueError, parse_lab_value
@@ -238,22 +237,6 @@ def test_a_killed_worker_is_logged_and_replaced(server):
 
 
 # Fail fast ------------------------------------------------------------------------------------------------------
-def _port_is_free(port: int) -> bool:
-    """Nothing listens on ``port``: a new server could bind it.
-
-    With SO_REUSEADDR, as servers (uvicorn included) bind: a connection the
-    server closed itself lingers in TIME_WAIT for a minute after the process is
-    gone, and would make a plain bind fail although the port is free.
-    """
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _refused_start(command: list[str], env: dict, cwd: Path) -> tuple[int, list[str], str]:
     done = subprocess.run(command, env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -271,7 +254,7 @@ def test_no_champion_exits_with_one_line_before_binding(store, tmp_path):
     status, lines, output = _refused_start([str(BIN / "responders"), "serve", "--port", str(port)], env, tmp_path)
     assert status != 0
     assert lines[-1].startswith("ldn-responders cannot start: no 'champion' version of registered model 'fibromyalgia-ldn-pain'")
-    assert "listening on" not in output and _port_is_free(port)
+    assert "listening on" not in output and port_is_free(port)
 
 
 @pytest.mark.integration
@@ -293,7 +276,7 @@ def test_truncated_model_file_exits_with_one_line_naming_model_version_and_file(
     line = lines[-1]
     assert line.startswith("ldn-responders cannot start: registered model 'fibromyalgia-ldn-memory'")
     assert f"version {version.version}" in line and str(artifact) in line
-    assert "listening on" not in output and _port_is_free(port)
+    assert "listening on" not in output and port_is_free(port)
 
 
 def test_a_worker_that_cannot_start_stops_its_supervisor(tmp_path):
@@ -347,7 +330,7 @@ def test_sigterm_to_responders_serve_leaves_no_server(store, tmp_path):
                 process.wait()
     for member in tree:
         assert not member.is_running() or member.status() == psutil.STATUS_ZOMBIE, member
-    assert _port_is_free(port), log.read_text()[-3000:]
+    assert port_is_free(port), log.read_text()[-3000:]
     assert "died" not in log.read_text()  # a shutdown is not a worker death
 
 

@@ -29,7 +29,7 @@ import httpx
 import psutil
 import pytest
 import yaml
-from helpers import FAST, free_port, serving_store, wait_http
+from helpers import FAST, free_port, port_is_free, rounded, serving_store, wait_http
 
 TOKEN = "deployment-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,28 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SERVICE = "serving.service:ResponderService"
 EXAMPLE = json.loads((ROOT / "examples" / "patient.json").read_text())
-
-
-def _rounded(value):
-    if isinstance(value, float):
-        return round(value, 12)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
-def _port_is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -158,7 +136,7 @@ def test_a_start_without_a_registry_fails_with_one_line_and_leaves_no_mlflow_db(
     shown = value or f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     assert shown in lines[-1]
     assert not list(tmp_path.rglob("mlflow.db")), list(tmp_path.rglob("*"))
-    assert _port_is_free(port)
+    assert port_is_free(port)
 
 
 # The real server: warm before ready, nesting on /metrics, no worker outliving a SIGKILL ---------------------------
@@ -202,9 +180,9 @@ def test_real_server_is_warm_when_ready_counts_deep_nesting_and_dies_with_its_pr
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(timeout=30)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and (not _port_is_free(port) or any(_alive(p) for p in workers)):
+        while time.monotonic() < deadline and (not port_is_free(port) or any(_alive(p) for p in workers)):
             time.sleep(0.2)
-        assert _port_is_free(port), "a worker still holds the port after the server's process group was killed"
+        assert port_is_free(port), "a worker still holds the port after the server's process group was killed"
         assert not [p.pid for p in workers if _alive(p)]
     finally:
         server.stop()
@@ -286,7 +264,7 @@ def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_reposit
         server.stop()
     assert response.status_code == 200, response.text
     assert response.json()["n_scored"] == 1
-    assert _rounded(response.json()) == _rounded(_in_process_prediction(env["MLFLOW_TRACKING_URI"], EXAMPLE))
+    assert rounded(response.json()) == rounded(_in_process_prediction(env["MLFLOW_TRACKING_URI"], EXAMPLE))
 
 
 @pytest.mark.slow
@@ -337,6 +315,6 @@ def test_bento_serves_from_outside_the_repository_and_its_dockerfile_starts_it(s
     finally:
         server.stop()
     assert response.status_code == 200, response.text
-    assert _rounded(response.json()) == _rounded(_in_process_prediction(store["uri"], EXAMPLE))
+    assert rounded(response.json()) == rounded(_in_process_prediction(store["uri"], EXAMPLE))
     assert report.status_code == 200 and report.text.lstrip().lower().startswith("<!doctype html"), report.text[:300]
     assert not (tmp_path / "no-registry.db").exists()  # the Bento never asked the registry

@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import schemathesis
-from helpers import free_port, running, serving_store
+from helpers import free_port, rounded, running, serving_store
 from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
@@ -252,7 +252,7 @@ def test_censored_lab_far_below_the_detection_limit_is_scored_as_below_the_limit
         assert result["errors"] == [], (form, result["errors"])
         assert ("below_detection_limit", "crp") in {(w["code"], w["field"]) for w in result["warnings"]}
         results.append(result["predictions"])
-    assert all(_rounded(r) == _rounded(results[0]) for r in results[1:])
+    assert all(rounded(r) == rounded(results[0]) for r in results[1:])
 
 
 @pytest.mark.parametrize("field", ["crp", "age", "pain_baseline", "ana"])
@@ -344,17 +344,7 @@ def test_mixed_batch_scores_others_identically(client, patients):
     assert mixed["n_scored"] == 2 and mixed["n_failed"] == 1
     assert mixed["results"][1]["errors"] and mixed["results"][1]["predictions"] is None
     for k in (0, 2):  # equal up to float rounding (vectorised maths may differ in the last bit with batch size)
-        assert _rounded(mixed["results"][k]) == _rounded(alone[k])
-
-
-def _rounded(value):
-    if isinstance(value, float):
-        return round(value, 12)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
+        assert rounded(mixed["results"][k]) == rounded(alone[k])
 
 
 def test_no_training_serving_skew(client, patients, store):
@@ -545,7 +535,7 @@ def test_file_scoring_in_chunks_equals_one_batch_and_logs_progress(store, patien
         [clean if clean is not None else {spec.id_column: rows[i][spec.id_column]} for i, (clean, _) in enumerate(validated)],
         prior_errors={i: problems for i, (_, problems) in enumerate(validated) if problems},
     )
-    assert _rounded(chunked.model_dump()) == _rounded(whole.model_dump())  # last-bit differences with batch size
+    assert rounded(chunked.model_dump()) == rounded(whole.model_dump())  # last-bit differences with batch size
     assert (chunked.n_scored, chunked.n_failed) == (len(patients), 2)
     lines = [r.getMessage() for r in caplog.records if r.name == "responders.progress"]
     assert lines and lines[-1].startswith(f"scoring: {len(rows)}/{len(rows)} patients (100%)")
