@@ -146,7 +146,8 @@ Answer = Literal["conditional", "risk_based", "average"]
 class Interval(BaseModel):
     """The interval for the estimand served (see ``estimand``): the model's own uncertainty, from posterior draws
     (credible) or bootstrap refits (confidence). It is not an interval for one patient's own benefit, which no
-    parallel-group trial identifies. Its coverage, width and interval score are measured in benchmarks/RESULTS.md."""
+    parallel-group trial identifies. The recovery benchmark (benchmarks/recovery.py) measures its coverage of the
+    observable conditional benefit with its width and interval score; no such run is in benchmarks/RESULTS.md yet."""
 
     lower: float = Field(ge=-1, le=1, description="Fraction (0.05 = 5 percentage points).")
     upper: float = Field(ge=-1, le=1, description="Fraction.")

@@ -100,8 +100,11 @@ def test_the_calibrated_test_rejects_a_real_modifier_and_names_its_null():
 
 # Which answer serves ----------------------------------------------------------------------------------
 def _cv(y, t, oof: dict[str, tuple[np.ndarray, np.ndarray]], eligible: list[str], final: str) -> CVResult:
+    from training.evaluation import log_loss_per_patient
+
     arrays = {name: np.stack([p1, p0], axis=-1)[None] for name, (p1, p0) in oof.items()}
-    return CVResult(len(y), 1, arrays, np.zeros((1, len(y))), pd.DataFrame(), pd.DataFrame(), {}, final, eligible)
+    summary = pd.DataFrame({"log_loss": {name: log_loss_per_patient(y, t, p1, p0).mean() for name, (p1, p0) in oof.items()}})
+    return CVResult(len(y), 1, arrays, np.zeros((1, len(y))), pd.DataFrame(), summary, {}, final, eligible)
 
 
 def _arms(n: int, seed: int):
@@ -185,3 +188,17 @@ def test_a_model_stored_in_an_older_format_is_refused_with_one_line():
     assert check_format(current) is current
     with pytest.raises(ArtefactFormatError, match=f"format 1, this code reads format {FORMAT_VERSION}: retrain with `make train`"):
         check_format(SimpleNamespace())  # pickled before the format was recorded
+
+
+def test_rhat_and_ess_tell_agreeing_chains_from_disagreeing_and_autocorrelated_ones():
+    from training.diagnostics import effective_sample_size, split_rhat
+
+    rng = np.random.default_rng(11)
+    iid = rng.normal(size=(4, 500))
+    assert abs(split_rhat(iid) - 1) < 0.01 and effective_sample_size(iid) > 1500
+    shifted = iid + np.arange(4)[:, None]  # chains stuck in different places
+    assert split_rhat(shifted) > 1.3
+    ar = np.zeros((4, 2000))
+    for i in range(1, 2000):
+        ar[:, i] = 0.9 * ar[:, i - 1] + rng.normal(size=4)
+    assert effective_sample_size(ar) < 0.15 * ar.size  # theory: (1 - 0.9) / (1 + 0.9) = 5% of the draws

@@ -88,7 +88,7 @@ def test_without_effect_modification_there_is_no_patient_label_and_the_populatio
     ruled_out = adjust({"x": _effect("x", 100, 1000, 110, 1000)})["x"]
     for answer in (RISK_BASED, AVERAGE):
         for effect, expected in ((not_established, UNCERTAIN), (established, LIKELY), (ruled_out, UNLIKELY)):
-            labels = _policy(answer, effect).label(benefit, lower, upper)
+            labels = _policy(answer, effect).label(lower, upper)
             assert all(label is None for label in labels.patient_label), answer
             assert set(labels.patient_reason) == {labels.patient_reason[0]} and labels.patient_reason[0].startswith("No patient label")
             assert labels.population_label == expected
@@ -104,7 +104,7 @@ def test_a_patient_label_is_read_from_the_patients_own_interval_and_never_disagr
     lower, upper = benefit - width, benefit + width
     established = adjust({"memory": _effect("memory", 30, 49, 7, 50)})["memory"]
     policy = _policy(CONDITIONAL, established)
-    labels = policy.label(benefit, lower, upper)
+    labels = policy.label(lower, upper)
     mid = LabelRule().unlikely_upper_below
     assert ((labels.patient_label == LIKELY) == (lower > 0)).all()
     assert ((labels.patient_label == UNLIKELY) == (upper < mid)).all()

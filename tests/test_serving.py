@@ -87,7 +87,9 @@ def test_predict_contract(client, patients, store):
         assert p["benefit_interval"]["kind"] in {"credible", "confidence"}
         # The patient label only with established effect modification, read from the interval beside it.
         if p["answer"] == "conditional":
-            assert p["patient_label"] == ("likely_benefit" if p["benefit_interval"]["lower"] > 0 else p["patient_label"])
+            low, high = p["benefit_interval"]["lower"], p["benefit_interval"]["upper"]
+            expected = "likely_benefit" if low > 0 else "unlikely_benefit" if high < 0.05 else "uncertain"  # 0.05: the default minimal benefit
+            assert p["patient_label"] == expected and "interval for the conditional average benefit" in p["patient_label_reason"]
         else:
             assert p["patient_label"] is None and p["patient_label_reason"].startswith("No patient label")
         population = p["population"]

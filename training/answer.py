@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.candidates import candidate_label
-from training.evaluation import FLOOR, CVResult, log_loss_per_patient
+from training.evaluation import FLOOR, CVResult
 from training.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.metrics import auc_interval, calibration
 
@@ -72,9 +72,8 @@ def choose_answer(cv: CVResult, y: np.ndarray, t: np.ndarray, evidence: bool, te
     notes = []
     if evidence:
         others = [c for c in cv.eligible if c != FLOOR]
-        losses = {c: float(np.mean([log_loss_per_patient(y, t, cv.oof[c][r, :, 0], cv.oof[c][r, :, 1]).mean() for r in range(cv.repeats)])) for c in others}
         order = [cv.final_choice] if cv.final_choice != FLOOR else []
-        order += sorted((c for c in others if c not in order), key=lambda c: losses[c])
+        order += sorted((c for c in others if c not in order), key=lambda c: cv.metric(c, "log_loss"))
         for name in order:
             if fit_to_serve(name):
                 how = "the selection criterion's choice" if name == cv.final_choice else "the eligible candidate with the lowest out-of-fold log-loss"

@@ -32,17 +32,22 @@ def _split(draws: np.ndarray) -> np.ndarray:
     return np.concatenate([draws[:, :half], draws[:, half : 2 * half]], axis=0)
 
 
+def _variances(chains: np.ndarray) -> tuple[float, float, float]:
+    """(within-chain variance W, between-chain variance B, the pooled estimate var+) of split chains (BDA3 11.4)."""
+    n = chains.shape[1]
+    within = float(chains.var(axis=1, ddof=1).mean())
+    between = float(n * chains.mean(axis=1).var(ddof=1))
+    return within, between, (n - 1) / n * within + between / n
+
+
 def split_rhat(draws: np.ndarray) -> float:
     """Split R-hat of one quantity's (chains, draws) posterior draws."""
     chains = _split(np.asarray(draws, dtype=float))
-    m, n = chains.shape
-    if n < 2:
+    if chains.shape[1] < 2:
         return float("nan")
-    within = chains.var(axis=1, ddof=1).mean()
-    between = n * chains.mean(axis=1).var(ddof=1)
+    within, between, var_plus = _variances(chains)
     if within <= 0:
         return 1.0 if between <= 0 else float("inf")
-    var_plus = (n - 1) / n * within + between / n
     return float(np.sqrt(var_plus / within))
 
 
@@ -52,9 +57,7 @@ def effective_sample_size(draws: np.ndarray) -> float:
     m, n = chains.shape
     if n < 4:
         return float("nan")
-    within = chains.var(axis=1, ddof=1).mean()
-    between = n * chains.mean(axis=1).var(ddof=1)
-    var_plus = (n - 1) / n * within + between / n
+    within, _, var_plus = _variances(chains)
     if var_plus <= 0:
         return float(m * n)
     centred = chains - chains.mean(axis=1, keepdims=True)

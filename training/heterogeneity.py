@@ -37,9 +37,9 @@ Besag & Clifford's sequential Monte-Carlo p-value over at most
 statistics reach the observed one).
 
 On trials above ``evidence.max_patients`` the test runs on a stratified
-random subsample of that many patients (every replicate refits BCF). Its
-level on several null designs and sizes, and its power beside the other
-tests, are measured in benchmarks/RESULTS.md.
+random subsample of that many patients (every null trial refits BCF). The
+recovery benchmark (benchmarks/recovery.py) measures its level on several null
+designs and sizes, and its power beside the other tests.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from scipy.stats import norm
 from training.candidates import make_candidate, stratified_subsample
 from training.config import TrainConfig
 from training.evaluation import (
+    STATISTIC_LABELS,
     OutcomeData,
     PermutationResult,
     features_of,
@@ -63,7 +64,7 @@ from training.evaluation import (
 from training.executor import Executor
 from training.spec import DatasetSpec
 
-STATISTIC = "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis"
+STATISTIC = STATISTIC_LABELS["bcf_spread"]
 NULL = (
     "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
     "P(response | x, arm) = Phi(m(x) + c x arm)"
@@ -71,7 +72,7 @@ NULL = (
 
 
 @dataclass(frozen=True)
-class BootstrapTask:
+class NullTrialTask:
     """What every null trial reads (sent to each worker once)."""
 
     F: pd.DataFrame
@@ -116,7 +117,7 @@ def null_trial(rng: np.random.Generator, t: np.ndarray, y: np.ndarray, eta0: np.
     return arms, np.where(arms == t, y, outcome)
 
 
-def _replicate(seed: int, task: BootstrapTask) -> float:
+def _replicate(seed: int, task: NullTrialTask) -> float:
     rng = np.random.default_rng(seed)
     t, y = null_trial(rng, task.t, task.y, task.eta0, task.effect)
     if y.min() == y.max():  # a simulated trial with one outcome class has no spread to estimate
@@ -164,7 +165,7 @@ def imputed_randomisation_test(
     B, h = config.evidence.replicates, config.evidence.sequential_h
     if B == 0:
         return PermutationResult(observed, {"bcf": observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
-    task = BootstrapTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
+    task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
     seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
     label = f"{desc} (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
     null, p_value, used = sequential_null(_replicate, seeds, observed, h, executor, task, label, "null trial", desc)

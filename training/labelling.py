@@ -95,8 +95,8 @@ class LabelPolicy:
     def estimand(self, treated: str = "treatment", control: str = "control") -> str:
         return ESTIMANDS[self.answer].format(treated=treated, control=control)
 
-    def label(self, benefit: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> PatientLabels:
-        """Both labels and their reasons for a batch of estimates and their intervals."""
+    def label(self, lower: np.ndarray, upper: np.ndarray) -> PatientLabels:
+        """Both labels and their reasons for a batch of intervals (a patient label is read from the interval alone)."""
         lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
         n = len(lower)
         if self.answer != CONDITIONAL:

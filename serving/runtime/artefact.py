@@ -186,7 +186,7 @@ class ResponderModel:
 
 def prediction_frame(policy: LabelPolicy, p1, p0, benefit, lower, upper, index=None) -> pd.DataFrame:
     """The prediction columns (:data:`PREDICTION_COLUMNS`) of a batch, labels read from the policy."""
-    labels = policy.label(benefit, lower, upper)
+    labels = policy.label(lower, upper)
     n = len(benefit)
     return pd.DataFrame(
         {

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -299,15 +299,12 @@ def explain_rows(
     Raises ``AssertionError`` if contributions do not add up to the model output
     (the candidates check exactness, this checks the assembled result).
     """
-    from training.candidates import Contributions
-    from training.labelling import CONDITIONAL
-
     describer = _Describer(model, parsed)
     arm_only = model.candidate_name == "arm_only"
     treated_c, benefit_c = explanation.p_treated, explanation.benefit
     # SHAP values are additive: the control arm's are the treated arm's minus the benefit's.
-    control_c = Contributions(treated_c.values - benefit_c.values, treated_c.base - benefit_c.base, treated_c.output - benefit_c.output)
-    conditional = model.label_policy is not None and model.label_policy.answer == CONDITIONAL
+    control_c = replace(treated_c, values=treated_c.values - benefit_c.values, base=treated_c.base - benefit_c.base, output=treated_c.output - benefit_c.output)
+    conditional = model.label_policy is not None and model.label_policy.mode == "individual"  # effect modification established
     out = []
     for i in range(len(benefit_c.output)):
         benefit = _output("benefit", benefit_c, i, explanation.features, sources, describer, arm_only)

@@ -1,4 +1,4 @@
-"""Benefit intervals: the arithmetic shared by training (which fits the label rule on them) and scoring.
+"""Benefit intervals: the arithmetic shared by training (the served model's interval, its patient labels) and scoring.
 
 - :func:`posterior_interval`: equal-tailed interval of posterior draws (arm-only
   floor, BCF), stretched to contain the point estimate;

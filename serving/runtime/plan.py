@@ -110,7 +110,7 @@ class OutcomePlan:
         _, F = self.matrix(parsed)
         p1, p0, lower, upper = self.arms.predict(F)
         benefit = p1 - p0
-        labels = policy.label(benefit, lower, upper)
+        labels = policy.label(lower, upper)
         return Scores(
             p1, p0, benefit, lower, upper, policy.answer, labels.patient_label, labels.patient_reason,
             labels.population_label, labels.population_reason,
