@@ -390,7 +390,7 @@ class BayesianCausalForest(BenefitCandidate):
     both arms leaks into it; with +-1/2 a shift common to both arms cannot be
     an effect. (Prototype runs on trials with a constant probit effect and a
     U-shaped prognosis, n = 200: with the 0/1 coding the heterogeneity test
-    gave p <= 0.05 in 4 of 14 trials.) The treatment-effect forest ``tau`` has a prior that keeps its
+    gave p <= 0.05 in 4 of 13 trials.) The treatment-effect forest ``tau`` has a prior that keeps its
     trees shallow and its leaves small, so on a small trial it answers close to
     one common effect with wide intervals, and with more patients it can find a
     subgroup. Point predictions are posterior means of each arm's probability;

@@ -17,7 +17,7 @@ The removed part is what a prognosis the forest cannot fit leaks into the
 effect forest (prototype runs on constant-effect trials with a U-shaped
 prognosis, n = 200, one outcome, trials simulated from the fitted null: the
 plain spread gave p <= 0.05 in 3 of 30 trials, the residual spread in 1 of
-21), and effect variation that runs
+20), and effect variation that runs
 with baseline risk is what the PATH treatment x risk interaction test
 examines (:mod:`training.path`).
 
