@@ -129,7 +129,9 @@ def test_readme_is_a_front_door():
     first_block = re.search(r"```sh\n(.*?)```", text, re.DOTALL).group(1).split("\n")
     assert [line.split()[:2] for line in first_block if line.strip()] == [["make", "train"], ["make", "test"]]
     assert "Authorization: Bearer" in text and "curl" in text
-    assert "```python" in text
+    example = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert example, "README has no Python example"
+    compile(example.group(1), "README.md", "exec")  # at least valid Python; examples/ run in their own tests
 
 
 @pytest.mark.parametrize("path", [README, *sorted(DOCS.rglob("*.md"))], ids=lambda p: p.relative_to(ROOT).as_posix())
