@@ -25,7 +25,7 @@ DATA ?= data/simulated/$(SCENARIO)-n$(N)-seed$(SEED).csv
 PORT ?= 3000
 SPEC ?=
 
-.PHONY: help install compile train simulate validate serve bento test bench bench-quick lint clean browser report
+.PHONY: help install compile train simulate validate serve bento test bench bench-quick lint clean browser report docs docs-serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -95,6 +95,14 @@ bench: $(BIN)/.installed-bench ## run all benchmarks and rewrite benchmarks/RESU
 
 bench-quick: $(BIN)/.installed-bench ## smoke-run every benchmark on tiny settings into benchmarks/out/
 	BENCH_COMMAND="make bench-quick$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+# The documentation site (mkdocs.yml, docs/): built --strict, so a broken link, a missing page or a bad
+# API reference fails the build (tests/test_docs.py builds it the same way).
+docs: install ## build the documentation site into site/ (strict: broken links fail)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install ## preview the documentation site on 127.0.0.1:8000 (rebuilds on change; Ctrl-C stops it)
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 lint: install ## static checks
 	$(BIN)/ruff check features training serving tests benchmarks

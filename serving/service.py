@@ -15,7 +15,7 @@ when the worker starts): ``RESPONDERS_API_TOKEN`` (required unless
 ``fibromyalgia-ldn``), ``RESPONDERS_BENTO_MODELS`` (BentoML model tags to serve
 instead of the registry's champions; a built Bento serves the models it carries),
 ``RESPONDERS_WORKERS`` (default 1). The registry is checked before MLflow touches
-it (:func:`check_registry`); see the README's "Deployment" section.
+it (:func:`check_registry`); see docs/operations.md, "Deployment".
 
 Bounded requests, in this order, before any per-patient work: the body size
 (413, read no further than the limit), the media type (415 unless JSON), the

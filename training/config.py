@@ -155,7 +155,7 @@ class CandidatesConfig(_Strict):
     solver: Literal["auto", "liblinear", "newton-cholesky", "lbfgs"] = Field(
         "auto",
         description="solver of the L2 logistic fits (risk model, interaction logistic, DR outcome models). auto: "
-        "liblinear below 5,000 training rows of a fit, newton-cholesky from there (liblinear grows ~40x for 10x patients)",
+        "liblinear below 5,000 training rows of a fit, lbfgs from there (liblinear grows ~40x for 10x patients)",
     )
     risk_model: RiskModelParams = RiskModelParams()
     bcf: BCFParams = BCFParams()

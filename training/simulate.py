@@ -5,7 +5,7 @@ contract with ground truth in ``true_*`` columns. Every parameter lives in
 :data:`CALIBRATION` (or in :data:`SCENARIOS`) with its source or marked as a
 stated assumption.
 
-Mechanism (documented for biostatisticians; see the README for the summary):
+Mechanism (documented for biostatisticians; see docs/data-contract.md, "The simulator", for the summary):
 
 1. Baseline: all women, age ~ N(50.6, 8.8) within 18-64 (FINAL inclusion),
    pain on 0-10 with entry pain >= 4 (mean 6.3), memory mean 5.7.
