@@ -246,7 +246,7 @@ _CHECK_KIND = {
 
 def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", catalog: LabCatalog | None = None) -> ValidationReport:
     """Check a raw trial frame against the spec; never raises for data problems."""
-    catalog = catalog or load_catalog()
+    catalog = spec.lab_catalog(catalog or load_catalog())
     frame = frame.reset_index(drop=True)
     report = ValidationReport(source=source, spec=spec.name, n_rows=len(frame), n_columns=frame.shape[1])
     if frame.empty:

@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from features.catalog import LabCatalog, load_catalog
+from features.catalog import Analyte, LabCatalog, load_catalog, read_analytes
 from features.codes import level_key
 from training.errors import ConfigError, did_you_mean, spec_columns, validation_problems, yaml_mapping
 
@@ -302,9 +302,29 @@ class DatasetSpec(_Strict):
     outcomes: dict[str, OutcomeSpec]
     covariates: dict[str, CovariateSpec] = Field(default_factory=dict)
     labs: dict[str, LabColumnSpec] = Field(default_factory=dict)
+    analytes: dict[str, Analyte] = Field(
+        default_factory=dict,
+        description="labs the packaged catalog does not know, declared with its fields (features/lab_catalog.yaml); "
+        "a spec file may instead list catalog files under lab_catalog_files",
+    )
     auxiliary: dict[str, AuxiliarySpec] = Field(default_factory=dict)
     roles: RolesSpec = RolesSpec()
     cognitive_dominance: CognitiveDominanceSpec | None = None
+
+    @field_validator("analytes", mode="before")
+    @classmethod
+    def _analyte_keys(cls, value: Any) -> Any:
+        """A declared analyte's key is its name in the mapping, as in the catalog file."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, fields in value.items():
+            if isinstance(fields, dict):
+                if fields.get("key", key) != key:
+                    raise ValueError(f"analytes.{key}: key {fields['key']!r} differs from the entry's name")
+                fields = {**fields, "key": key}
+            out[key] = fields
+        return out
 
     @field_validator("outcomes")
     @classmethod
@@ -418,10 +438,15 @@ class DatasetSpec(_Strict):
                 ranges[column] = aux.range
         return ranges
 
+    def lab_catalog(self, base: LabCatalog | None = None) -> LabCatalog:
+        """The lab catalog this trial's labs are read with: ``base`` (default: the packaged one) and the declared analytes."""
+        return (base or load_catalog()).extended(self.analytes)
+
     def analyte_for_column(self) -> dict[str, str]:
         return {lab.column: analyte for analyte, lab in self.labs.items()}
 
     def check_catalog(self, catalog: LabCatalog) -> None:
+        catalog = catalog.extended(self.analytes)
         unknown = [a for a in self.labs if a not in catalog]
         if unknown:
             raise ValueError(f"spec {self.name!r} names labs missing from the lab catalog: {unknown}")
@@ -465,17 +490,26 @@ def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None
         path = Path(path_or_name)
         source = f"spec {path_or_name}"
         if path.exists():
-            spec = parse_spec(path.read_text(encoding="utf-8"), source)
+            spec = parse_spec(path.read_text(encoding="utf-8"), source, base_dir=path.parent)
         elif resources.files("training").joinpath("specs", f"{path_or_name}.yaml").is_file():
             spec = _packaged(str(path_or_name))
         else:
             packaged = [p.name.removesuffix(".yaml") for p in resources.files("training").joinpath("specs").iterdir() if p.name.endswith(".yaml")]
             raise ConfigError(source, [f"no such file, and no packaged spec of that name{did_you_mean(path_or_name, packaged)}"])
-    catalog = catalog or load_catalog()
-    problems = []
+    base = catalog or load_catalog()
+    problems = [
+        f"analytes.{key}: already in the lab catalog; use it as it is (labs.{key}: {{column: ...}}) or declare it under another key"
+        for key in spec.analytes if key in base
+    ]
+    catalog = spec.lab_catalog(base)
     for analyte, lab in spec.labs.items():
         if analyte not in catalog:
-            problems.append(f"labs.{analyte}: not in the lab catalog{did_you_mean(analyte, catalog.analytes, 'labs.')}")
+            problems.append(
+                f"labs.{analyte}: not in the lab catalog{did_you_mean(analyte, catalog.analytes, 'labs.')}; "
+                f"declare it in the spec under analytes.{analyte} with the catalog's fields (name, label, unit, units, "
+                "plausible; optionally lod, lower_reference, upper_reference, positive_at, loinc, group), "
+                "or list a file in that schema under lab_catalog_files (see docs/wider-trials.md)"
+            )
         elif lab.unit is not None:
             try:
                 catalog[analyte].factor(lab.unit)
@@ -489,16 +523,48 @@ def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None
     return spec
 
 
-def parse_spec(text: str, source: str = "spec") -> DatasetSpec:
-    """Validate spec YAML text; problems raise ``ConfigError`` (one line each, with suggestions)."""
+def parse_spec(text: str, source: str = "spec", base_dir: Path | None = None) -> DatasetSpec:
+    """Validate spec YAML text; problems raise ``ConfigError`` (one line each, with suggestions).
+
+    ``lab_catalog_files`` (paths relative to ``base_dir``, the spec file's folder) are read here and their
+    analytes joined to the spec's ``analytes``, so the validated spec carries every lab fact it uses.
+    """
     data = yaml_mapping(text, source)
+    if "lab_catalog_files" in data:
+        data = _with_catalog_files(data, source, base_dir or Path.cwd())
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(source, validation_problems(err, DatasetSpec, spec_columns(data))) from None
 
 
+def _with_catalog_files(data: dict[str, Any], source: str, base_dir: Path) -> dict[str, Any]:
+    files = data.pop("lab_catalog_files")
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError(source, ["lab_catalog_files: a list of catalog file paths (relative to the spec's folder)"])
+    declared = dict(data.get("analytes") or {})
+    origin = {key: "analytes" for key in declared}
+    problems = []
+    for i, name in enumerate(files):
+        path = base_dir / name
+        try:
+            analytes = read_analytes(path)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            problems.append(f"lab_catalog_files[{i}]: {path}: {err}")
+            continue
+        for key, fields in analytes.items():
+            if key in declared:
+                problems.append(f"lab_catalog_files[{i}]: analyte {key!r} of {name} is also declared in {origin[key]}")
+                continue
+            declared[key], origin[key] = fields, name
+    if problems:
+        raise ConfigError(source, problems)
+    return {**data, "analytes": declared}
+
+
 @lru_cache(maxsize=8)
 def _packaged(name: str) -> DatasetSpec:
-    text = resources.files("training").joinpath("specs", f"{name}.yaml").read_text(encoding="utf-8")
-    return parse_spec(text)
+    folder = resources.files("training").joinpath("specs")
+    text = folder.joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return parse_spec(text, base_dir=Path(str(folder)))
