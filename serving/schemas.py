@@ -319,7 +319,9 @@ class AverageEffectOut(BaseModel):
 
 class OutcomeMetadata(BaseModel):
     label: str
-    kind: Literal["score", "binary"] = Field("score", description="score: a follow-up score; binary: an event (yes/no).")
+    kind: Literal["score", "binary", "event_by"] = Field(
+        "score", description="score: a follow-up score; binary: an event (yes/no); event_by: the event by a time horizon (censored patients excluded)."
+    )
     description: str = ""
     responder_rule: str
     label_rule: str

@@ -688,6 +688,7 @@ def _with_effects(rows: list[dict[str, Any]], results: dict[str, OutcomeResult])
         row["effect"] = _json_safe(effect.to_dict()) if effect is not None else None
         sensitivity = getattr(result, "average_effect_sensitivity", None)
         row["sensitivity"] = _json_safe(sensitivity.to_dict()) if sensitivity is not None else None
+        row["censoring"] = _json_safe(getattr(result, "censoring", None))
     return rows
 
 
