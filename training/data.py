@@ -467,7 +467,10 @@ def _collect_schema_failures(
         if not kind:
             if check.startswith("isin"):
                 if column == spec.arm.column:
-                    kind, message = "unknown_arm", f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r})"
+                    kind, message = "unknown_arm", (
+                        f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r}; a job compares two arms, "
+                        "so a trial with more arms needs its other arms' rows left out, see docs/wider-trials.md)"
+                    )
                 elif column in spec.covariates:
                     levels = spec.covariates[column].level_codes()
                     kind, message = "unknown_level", f"unknown level (expected one of {levels})"
