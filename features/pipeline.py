@@ -33,6 +33,7 @@ from features.transformers import (
     AutoantibodyFeatures,
     FeatureInfo,
     InflammationFeatures,
+    LabFeatures,
     LabParser,
     MedianImputer,
     SymptomFeatures,
@@ -49,11 +50,13 @@ def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -
     labs has no lab imputer, inflammation or autoantibody features and no
     missing-lab indicators, rather than empty or constant ones.
     """
-    catalog = load_catalog(catalog_path)
+    catalog = spec.lab_catalog(load_catalog(catalog_path))
     spec.check_catalog(catalog)
+    declared = tuple(spec.analytes.values())
     analytes = list(spec.labs)
     inflammation = [a for a in analytes if catalog[a].group == "inflammation"]
     autoantibody = [a for a in analytes if catalog[a].group == "autoantibody"]
+    ungrouped = [a for a in analytes if catalog[a].group is None]
     with_lod = [a for a in analytes if catalog[a].lod is not None]
     baselines = spec.baseline_score_columns()
     numeric = baselines + [c for c in spec.numeric_covariates() if c not in baselines]
@@ -67,6 +70,7 @@ def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -
         numeric=tuple(numeric),
         categorical=tuple(categorical),
         catalog_path=catalog_path,
+        declared=declared,
     )
     # A ColumnTransformer silently skips a part with no columns (it is never fitted), so parts are
     # added only when they have inputs; readers look parts up by name and treat absence as "none".
@@ -91,13 +95,18 @@ def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -
             (
                 "inflammation",
                 InflammationFeatures(
-                    analytes=tuple(inflammation), age=roles.age, sex=roles.sex, female=roles.female, catalog_path=catalog_path
+                    analytes=tuple(inflammation), age=roles.age, sex=roles.sex, female=roles.female, catalog_path=catalog_path,
+                    declared=declared,
                 ),
                 inflammation + context,
             )
         )
     if autoantibody:
-        feature_parts.append(("autoantibody", AutoantibodyFeatures(analytes=tuple(autoantibody), catalog_path=catalog_path), autoantibody))
+        feature_parts.append(
+            ("autoantibody", AutoantibodyFeatures(analytes=tuple(autoantibody), catalog_path=catalog_path, declared=declared), autoantibody)
+        )
+    if ungrouped:
+        feature_parts.append(("other_labs", LabFeatures(analytes=tuple(ungrouped), catalog_path=catalog_path, declared=declared), ungrouped))
     if symptom_inputs:
         feature_parts.append(
             (

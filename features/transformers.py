@@ -47,7 +47,7 @@ class FeatureInfo:
     description: str
     unit: str = ""
     source: str | None = None  # the input column (or analyte) the feature is derived from
-    group: str = "other"  # inflammation, autoantibody, symptom, covariate, data quality
+    group: str = "other"  # inflammation, autoantibody, lab (a lab in no group), symptom, covariate, data quality
     label: str = ""  # short name for sentences ("Inflammation index"); empty: use the description
 
     @property
@@ -81,8 +81,9 @@ class LabParseError(ValueError):
         super().__init__(f"{len(issues)} lab value(s) cannot be used: {shown}{more}")
 
 
-def _catalog(path: str | None) -> LabCatalog:
-    return load_catalog(path)
+def _catalog(path: str | None, declared: Sequence[Analyte] = ()) -> LabCatalog:
+    """The catalog at ``path`` (None: the packaged one) with a trial's declared analytes added."""
+    return load_catalog(path).extended({a.key: a for a in declared or ()})
 
 
 def _floats(columns: Mapping[str, Any], name: str) -> np.ndarray:
@@ -106,16 +107,19 @@ class LabParser(TransformerMixin, BaseEstimator):
         the text "1" and "1.0" are the same code, see ``training.spec.level_key``).
     catalog_path : str or None
         Lab catalog YAML; None uses the packaged catalog.
+    declared : tuple of Analyte
+        Labs the trial's spec declares (added to the catalog).
     """
 
-    def __init__(self, labs=(), numeric=(), categorical=(), catalog_path=None):
+    def __init__(self, labs=(), numeric=(), categorical=(), catalog_path=None, declared=()):
         self.labs = labs
         self.numeric = numeric
         self.categorical = categorical
         self.catalog_path = catalog_path
+        self.declared = declared
 
     def fit(self, X: pd.DataFrame, y=None):
-        self.catalog_ = _catalog(self.catalog_path)
+        self.catalog_ = _catalog(self.catalog_path, self.declared)
         missing = [a for a, _, _ in self.labs if a not in self.catalog_]
         if missing:
             raise ValueError(f"labs missing from the catalog: {missing}")
@@ -293,20 +297,23 @@ class InflammationFeatures(TransformerMixin, BaseEstimator):
         Level of ``sex`` meaning female.
     catalog_path : str or None
         Lab catalog YAML; None uses the packaged catalog.
+    declared : tuple of Analyte
+        Labs the trial's spec declares (added to the catalog).
     """
 
-    def __init__(self, analytes=(), age=None, sex=None, female=None, catalog_path=None):
+    def __init__(self, analytes=(), age=None, sex=None, female=None, catalog_path=None, declared=()):
         self.analytes = analytes
         self.age = age
         self.sex = sex
         self.female = female
         self.catalog_path = catalog_path
+        self.declared = declared
 
     def _logs(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {f"{a}_log": np.log(np.maximum(_floats(X, a), EPS)) for a in self.analytes}
 
     def fit(self, X: pd.DataFrame, y=None):
-        self.catalog_ = _catalog(self.catalog_path)
+        self.catalog_ = _catalog(self.catalog_path, self.declared)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.index_markers_ = [a for a in INDEX_MARKERS if a in self.analytes]
@@ -435,14 +442,17 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
         Autoantibody analytes present (catalog keys), as columns of the input.
     catalog_path : str or None
         Lab catalog YAML; None uses the packaged catalog.
+    declared : tuple of Analyte
+        Labs the trial's spec declares (added to the catalog).
     """
 
-    def __init__(self, analytes=(), catalog_path=None):
+    def __init__(self, analytes=(), catalog_path=None, declared=()):
         self.analytes = analytes
         self.catalog_path = catalog_path
+        self.declared = declared
 
     def fit(self, X: pd.DataFrame, y=None):
-        self.catalog_ = _catalog(self.catalog_path)
+        self.catalog_ = _catalog(self.catalog_path, self.declared)
         self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.positive_analytes_ = [a for a in self.analytes if self.catalog_[a].positive_at is not None]
@@ -515,6 +525,79 @@ class AutoantibodyFeatures(TransformerMixin, BaseEstimator):
             else:
                 text, unit = f"{lab.label} (natural log of {lab.unit})", f"log {lab.unit}"
             info.append(FeatureInfo(name, text, unit, a, "autoantibody", lab.label))
+        return info
+
+
+class LabFeatures(TransformerMixin, BaseEstimator):
+    """Labs in no feature group (a trial's declared liver panel, say): the value and its reference flags.
+
+    Per analyte: the value in the catalog's canonical unit, ``<key>_above_reference``
+    when the catalog gives an upper reference limit and ``<key>_below_reference``
+    when it gives a lower one (0/1). The missing and below-detection-limit
+    flags come from the pipeline's imputer, as for every lab.
+
+    Parameters
+    ----------
+    analytes : tuple of str
+        Ungrouped analytes present (catalog keys), as columns of the input.
+    catalog_path : str or None
+        Lab catalog YAML; None uses the packaged catalog.
+    declared : tuple of Analyte
+        Labs the trial's spec declares (added to the catalog).
+    """
+
+    def __init__(self, analytes=(), catalog_path=None, declared=()):
+        self.analytes = analytes
+        self.catalog_path = catalog_path
+        self.declared = declared
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self.catalog_ = _catalog(self.catalog_path, self.declared)
+        self.feature_names_in_ = np.asarray(list(X.columns), dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.compute(X), index=X.index)
+
+    def compute(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The core of :meth:`transform`: input columns (a frame or a mapping of arrays) -> feature arrays."""
+        check_is_fitted(self, "catalog_")
+        out: dict[str, np.ndarray] = {}
+        for a in self.analytes:
+            lab, values = self.catalog_[a], _floats(X, a)
+            out[a] = values
+            if lab.upper_reference is not None:
+                out[f"{a}_above_reference"] = (values > lab.upper_reference).astype(float)
+            if lab.lower_reference is not None:
+                out[f"{a}_below_reference"] = (values < lab.lower_reference).astype(float)
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "catalog_")
+        names = []
+        for a in self.analytes:
+            lab = self.catalog_[a]
+            names.append(a)
+            names += [f"{a}_above_reference"] if lab.upper_reference is not None else []
+            names += [f"{a}_below_reference"] if lab.lower_reference is not None else []
+        return np.asarray(names, dtype=object)
+
+    def feature_info(self) -> list[FeatureInfo]:
+        info = []
+        for a in self.analytes:
+            lab = self.catalog_[a]
+            info.append(FeatureInfo(a, f"{lab.label} ({lab.unit})", lab.unit, a, "lab", lab.label))
+            if lab.upper_reference is not None:
+                info.append(FeatureInfo(
+                    f"{a}_above_reference", f"{lab.label} above its upper reference limit ({lab.upper_reference:g} {lab.unit}; 1 = yes)",
+                    "0/1", a, "lab", f"{lab.label} above reference",
+                ))
+            if lab.lower_reference is not None:
+                info.append(FeatureInfo(
+                    f"{a}_below_reference", f"{lab.label} below its lower reference limit ({lab.lower_reference:g} {lab.unit}; 1 = yes)",
+                    "0/1", a, "lab", f"{lab.label} below reference",
+                ))
         return info
 
 

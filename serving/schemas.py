@@ -38,13 +38,16 @@ def _lab_description(catalog: LabCatalog, analyte: str, column: str) -> str:
     else:
         parts.append(
             f"A number in {lab.unit} (or in the unit given in `{column}_unit`), or lab report text such as "
-            f"'<{lab.lod:g}', '>{lab.plausible[1] / 10:g}'" + (", 'negative', 'positive'" if lab.positive_at else "") + "."
+            + (f"'<{lab.lod:g}', " if lab.lod is not None else "")  # a declared lab may have no detection limit
+            + f"'>{lab.plausible[1] / 10:g}'" + (", 'negative', 'positive'" if lab.positive_at else "") + "."
         )
         if lab.lod is not None:
             parts.append(f"Limit of detection {lab.lod:g} {lab.unit}.")
     if lab.upper_reference is not None:
         ref = f"1:{lab.upper_reference:g}" if lab.kind == "titre" else f"{lab.upper_reference:g} {lab.unit}"
         parts.append(f"Upper reference limit {ref}{' (age/sex-adjusted)' if lab.reference_rule else ''}.")
+    if lab.lower_reference is not None:
+        parts.append(f"Lower reference limit {lab.lower_reference:g} {lab.unit}.")
     if lab.positive_at is not None:
         cut = f"1:{lab.positive_at:g}" if lab.kind == "titre" else f"{lab.positive_at:g} {lab.unit}"
         parts.append(f"Positive at >= {cut}.")
@@ -316,7 +319,9 @@ class AverageEffectOut(BaseModel):
 
 class OutcomeMetadata(BaseModel):
     label: str
-    kind: Literal["score", "binary"] = Field("score", description="score: a follow-up score; binary: an event (yes/no).")
+    kind: Literal["score", "binary", "event_by"] = Field(
+        "score", description="score: a follow-up score; binary: an event (yes/no); event_by: the event by a time horizon (censored patients excluded)."
+    )
     description: str = ""
     responder_rule: str
     label_rule: str

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from features.catalog import load_catalog
 from serving import schemas as S
 from serving.runtime.arms import limit_lightgbm_threads
 from serving.runtime.artefact import ResponderModel, check_format
@@ -148,7 +147,7 @@ class Scorer:
         self.spec = spec
         self.champions = champions
         self.max_batch = max_batch
-        self.patient_model = S.patient_model(spec, load_catalog())
+        self.patient_model = S.patient_model(spec, spec.lab_catalog())
         limit_lightgbm_threads()
         self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
         # What every answer repeats, built once: the rule texts, the evidence and the model references.
@@ -366,7 +365,7 @@ def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     from training.data import read_table
 
     frame = read_table(path)
-    fields = S.patient_model(spec, load_catalog()).model_fields  # once: building the model takes milliseconds
+    fields = S.patient_model(spec, spec.lab_catalog()).model_fields  # once: building the model takes milliseconds
     keep = [c for c in frame.columns if c in fields]
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
     columns = []

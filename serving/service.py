@@ -56,7 +56,6 @@ from bentoml._internal.service.openapi.specification import OpenAPISpecification
 from pydantic import Field
 from starlette.responses import HTMLResponse, JSONResponse
 
-from features.catalog import load_catalog
 from serving import schemas as S
 from serving import supervision
 from serving.scoring import DEFAULT_MAX_BATCH, ChampionError, Scorer, load_bento_champions, resolve_champions
@@ -68,7 +67,7 @@ log = logging.getLogger("responders.serving")
 # the class is defined; reading the packaged spec (or RESPONDERS_SPEC) is the
 # only work done at import.
 SPEC = load_spec(os.environ.get("RESPONDERS_SPEC"))
-Patient = S.patient_model(SPEC, load_catalog())
+Patient = S.patient_model(SPEC, SPEC.lab_catalog())
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # a full batch of 500 typical patients is about 0.3 MB
 MAX_LISTED_ERRORS = 50

@@ -193,7 +193,8 @@ def coerce_numeric(frame: pd.DataFrame, spec: DatasetSpec, report: ValidationRep
 def _codes(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Arm, categorical and event columns as canonical codes, so 1, "1" and 1.0 are one level."""
     out = frame.copy()
-    for column in [spec.arm.column, *spec.categorical_covariates(), *(o.column for o in spec.event_outcomes().values())]:
+    events = [o.column for o in spec.event_outcomes().values()] + [o.column for o in spec.event_by_outcomes().values()]
+    for column in [spec.arm.column, *spec.categorical_covariates(), *events]:
         if column in out.columns:
             out[column] = out[column].map(level_key).astype(object)
     return out
@@ -222,6 +223,8 @@ def _schema(spec: DatasetSpec) -> pa.DataFrameSchema:
         assert outcome.event is not None
         codes = [level_key(outcome.event.present), level_key(outcome.event.absent)]
         columns[outcome.column] = pa.Column(str, pa.Check.isin(codes), nullable=True, coerce=True, required=True)
+    for outcome in spec.event_by_outcomes().values():  # status codes are checked by _check_event_by, naming the codes
+        columns[outcome.column] = pa.Column(str, nullable=True, coerce=True, required=True)
     return pa.DataFrameSchema(columns, strict=False)
 
 
@@ -246,7 +249,7 @@ _CHECK_KIND = {
 
 def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", catalog: LabCatalog | None = None) -> ValidationReport:
     """Check a raw trial frame against the spec; never raises for data problems."""
-    catalog = catalog or load_catalog()
+    catalog = spec.lab_catalog(catalog or load_catalog())
     frame = frame.reset_index(drop=True)
     report = ValidationReport(source=source, spec=spec.name, n_rows=len(frame), n_columns=frame.shape[1])
     if frame.empty:
@@ -294,9 +297,10 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
                 f"{int(below.sum())} value(s) below the detection limit; substituted (LOD/sqrt 2) and flagged",
             )
 
+    _check_event_by(typed, spec, report)
     for name, outcome in spec.outcomes.items():
-        if outcome.column in frame.columns:
-            missing = typed[outcome.column].isna().to_numpy()
+        if all(c in frame.columns for c in outcome.observed_columns()):
+            missing = typed[outcome.observed_columns()].isna().any(axis=1).to_numpy()
             if missing.any():
                 rule = (
                     "counted as non-responders whatever the responder rule"
@@ -328,6 +332,42 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
     if unknown:
         report.add("warning", "unknown_column", None, [], f"columns not in the spec, ignored: {', '.join(map(str, unknown))}")
     return report
+
+
+def _check_event_by(typed: pd.DataFrame, spec: DatasetSpec, report: ValidationReport) -> None:
+    """Time-to-event columns: no negative time, no status code the spec does not name (errors naming rows);
+    patients censored before the horizon are counted (a warning: excluded from the outcome)."""
+    from training.labels import event_by_status
+
+    for name, outcome in spec.event_by_outcomes().items():
+        eb = outcome.event_by
+        assert eb is not None
+        if eb.time not in typed.columns or eb.status not in typed.columns:
+            continue
+        time = typed[eb.time]
+        negative = (time < 0).to_numpy()
+        if negative.any():
+            report.add("error", "negative_time", eb.time, _rows(typed.index[negative]),
+                       f"{int(negative.sum())} negative time(s) to event or censoring: {sorted(set(time[negative]))[:3]}")
+        codes = typed[eb.status]
+        unknown = (codes.notna() & ~codes.isin(eb.event_codes + eb.censored_codes)).to_numpy()
+        if unknown.any():
+            report.add(
+                "error", "unknown_status", eb.status, _rows(typed.index[unknown]),
+                f"unknown status code(s) {sorted(set(map(str, codes[unknown])))} (the spec names event {eb.event_codes}, "
+                f"censored {eb.censored_codes}; list every code the file uses under event_by)",
+            )
+        if negative.any() or unknown.any():
+            continue
+        status = event_by_status(typed, outcome)
+        early = status == "censored_early"
+        if early.any():
+            report.add(
+                "warning", "censored_before_horizon", eb.status, _rows(typed.index[early]),
+                f"{int(early.sum())} patient(s) censored before {eb.describe_horizon()}: status at the horizon unknown, "
+                f"excluded from {name} (policy {eb.censored_before_horizon}; an inverse-probability-of-censoring weighted "
+                "estimate is reported as a sensitivity analysis)",
+            )
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -427,7 +467,10 @@ def _collect_schema_failures(
         if not kind:
             if check.startswith("isin"):
                 if column == spec.arm.column:
-                    kind, message = "unknown_arm", f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r})"
+                    kind, message = "unknown_arm", (
+                        f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r}; a job compares two arms, "
+                        "so a trial with more arms needs its other arms' rows left out, see docs/wider-trials.md)"
+                    )
                 elif column in spec.covariates:
                     levels = spec.covariates[column].level_codes()
                     kind, message = "unknown_level", f"unknown level (expected one of {levels})"

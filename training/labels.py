@@ -13,12 +13,13 @@ effect, so :func:`sensitivity_effects` recomputes it under the other policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from training.effects import AverageEffect, adjust, risk_difference
-from training.spec import DatasetSpec, OutcomeSpec, ResponderRule, level_key
+from training.spec import TIME_UNITS, DatasetSpec, OutcomeSpec, ResponderRule, level_key
 
 POLICIES = ("non_responder", "exclude")
 SENSITIVITY_MISSING_FRACTION = 0.10  # more missing follow-up than this: also report the other policy
@@ -34,6 +35,7 @@ class LabelCounts:
     rule: str
     missing_policy: str
     counted_non_responder: int = 0  # patients without follow-up counted as non-responders (policy non_responder)
+    censored_before_horizon: int = 0  # event_by outcomes: censored before the horizon, excluded
     n_rows: int = 0  # patients in the file, before any exclusion
 
     @property
@@ -48,6 +50,7 @@ class LabelCounts:
             f"{prefix}n_excluded": self.excluded,
             f"{prefix}n_counted_non_responder": self.counted_non_responder,
             f"{prefix}n_zero_baseline": self.zero_baseline,
+            f"{prefix}n_censored_before_horizon": self.censored_before_horizon,
         }
 
 
@@ -58,6 +61,31 @@ def _event_observed(frame: pd.DataFrame, outcome: OutcomeSpec) -> tuple[np.ndarr
     present = (codes == level_key(outcome.event.present)).to_numpy()
     absent = (codes == level_key(outcome.event.absent)).to_numpy()
     return present, ~(present | absent)
+
+
+def event_by_times(frame: pd.DataFrame, outcome: OutcomeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(time in days, event happened at that time) of an event_by outcome; NaN time where time or status is
+    missing or the status code is unknown."""
+    eb = outcome.event_by
+    assert eb is not None
+    time = pd.to_numeric(frame[eb.time], errors="coerce").to_numpy(dtype=float) * TIME_UNITS[eb.time_unit]
+    codes = frame[eb.status].map(level_key)
+    event = codes.isin(eb.event_codes).to_numpy()
+    known = event | codes.isin(eb.censored_codes).to_numpy()
+    return np.where(known, time, np.nan), event
+
+
+def event_by_status(frame: pd.DataFrame, outcome: OutcomeSpec) -> np.ndarray:
+    """Per patient at the horizon: ``event`` (by then), ``free`` (known event-free through it),
+    ``censored_early`` (censored before it) or ``missing`` (no usable time or status)."""
+    eb = outcome.event_by
+    assert eb is not None
+    time, event = event_by_times(frame, outcome)
+    horizon = eb.horizon_days()
+    with np.errstate(invalid="ignore"):
+        # An event after the horizon, or censoring at or after it: event-free through the horizon.
+        status = np.where(event & (time <= horizon), "event", np.where(time >= horizon, "free", "censored_early"))
+    return np.where(np.isnan(time), "missing", status)
 
 
 def responder_labels(
@@ -76,7 +104,14 @@ def responder_labels(
     if policy not in POLICIES:
         raise ValueError(f"unknown missing-follow-up policy {policy!r} (use one of {POLICIES})")
     zero_baseline = np.zeros(len(frame), dtype=bool)
-    if outcome.kind == "binary":
+    censored_early = np.zeros(len(frame), dtype=bool)
+    if outcome.kind == "event_by":
+        assert outcome.event_by is not None
+        status = event_by_status(frame, outcome)
+        happened, missing, censored_early = status == "event", status == "missing", status == "censored_early"
+        responder = happened if outcome.event_by.good else ~happened
+        description = outcome.describe_rule()
+    elif outcome.kind == "binary":
         assert outcome.event is not None
         happened, missing = _event_observed(frame, outcome)
         responder = happened if outcome.event.good else ~happened
@@ -106,16 +141,18 @@ def responder_labels(
         labels[missing] = np.nan
     zero_excluded = zero_baseline & ~missing & (outcome.zero_baseline == "exclude")
     labels[zero_excluded] = np.nan
+    labels[censored_early] = np.nan  # the only policy for censoring before the horizon: exclude (spec.EventBySpec)
     counts = LabelCounts(
         n=int(labels.notna().sum()),
         responders=int(np.nansum(labels.to_numpy())),
         missing_followup=int(missing.sum()),
-        excluded=(int(missing.sum()) if policy == "exclude" else 0) + int(zero_excluded.sum()),
+        excluded=(int(missing.sum()) if policy == "exclude" else 0) + int(zero_excluded.sum()) + int(censored_early.sum()),
         zero_baseline=int((zero_baseline & ~missing).sum()),
         rule=description,
         missing_policy=policy,
         counted_non_responder=int(missing.sum()) if policy == "non_responder" else 0,
         n_rows=len(frame),
+        censored_before_horizon=int(censored_early.sum()),
     )
     return labels, counts
 
@@ -152,6 +189,37 @@ def missing_followup_sensitivity(
         }
     )
     return effect
+
+
+def censoring_sensitivity(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, seed: int = 0) -> dict[str, Any] | None:
+    """An event_by outcome's censoring policy and counts, with the IPCW responder risk difference beside the
+    primary analysis (which excludes patients censored before the horizon); None for other outcomes."""
+    from training.censoring import ipcw_effect
+
+    spec_outcome = spec.outcomes[outcome]
+    eb = spec_outcome.event_by
+    if eb is None:
+        return None
+    time, event = event_by_times(frame, spec_outcome)
+    status = event_by_status(frame, spec_outcome)
+    treated = spec.arm.is_treated(frame[spec.arm.column])
+    early = int((status == "censored_early").sum())
+    effect = ipcw_effect(outcome, eb.describe_horizon(), time, event, treated, eb.horizon_days(), eb.good, early, seed=seed)
+    return {
+        "time_column": eb.time,
+        "time_unit": eb.time_unit,
+        "status_column": eb.status,
+        "event_codes": eb.event_codes,
+        "censored_codes": eb.censored_codes,
+        "horizon": eb.describe_horizon(),
+        "event_good": eb.good,
+        "censored_before_horizon_policy": eb.censored_before_horizon,
+        "n_censored_before_horizon": early,
+        "n_events_by_horizon": int((status == "event").sum()),
+        "n_event_free_at_horizon": int((status == "free").sum()),
+        "n_missing_time_or_status": int((status == "missing").sum()),
+        "ipcw": effect.to_dict(),
+    }
 
 
 def sensitivity_effects(frame: pd.DataFrame, spec: DatasetSpec, config) -> dict[str, AverageEffect]:

@@ -66,6 +66,8 @@ class OutcomeResult:
     average_effect: AverageEffect | None = None
     # The average effect under the other missing-follow-up policy, when > 10% of follow-up is missing.
     average_effect_sensitivity: AverageEffect | None = None
+    # An event_by outcome: censoring before the horizon (policy, counts) and the IPCW sensitivity estimate.
+    censoring: dict[str, Any] | None = None
     path: PathAnalysis | None = None  # the risk-based (PATH) analysis
     answer: str = "average"  # conditional, risk_based or average (training.labelling)
     refused: dict[str, list[str]] = field(default_factory=dict)  # candidates that failed the served-model checks
@@ -123,6 +125,7 @@ class OutcomeResult:
             "average_effect_sensitivity": (
                 self.average_effect_sensitivity.to_dict() if self.average_effect_sensitivity is not None else None
             ),
+            "censoring": self.censoring,
             "selections": self.cv.selections,
             "metrics": metrics,
             "run_id": self.run_id,

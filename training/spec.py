@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from features.catalog import LabCatalog, load_catalog
+from features.catalog import Analyte, LabCatalog, load_catalog, read_analytes
 from features.codes import level_key
 from training.errors import ConfigError, did_you_mean, spec_columns, validation_problems, yaml_mapping
 
@@ -132,6 +132,62 @@ class EventSpec(_Strict):
         return self
 
 
+TIME_UNITS = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}  # in days
+
+
+class EventBySpec(_Strict):
+    """A time-to-event outcome read at a horizon: did the event happen by ``horizon`` (e.g. death by 4 years)?
+
+    ``time`` is the time from randomisation to the event or to censoring (in ``time_unit``); ``status``
+    says which: a code in ``event`` (the event happened at that time) or in ``censored`` (follow-up ended
+    without it; a competing end such as transplant is listed here, i.e. treated as censoring). A patient
+    censored before the horizon has an unknown status at the horizon and follows ``censored_before_horizon``.
+    """
+
+    time: str = Field(description="column: time from randomisation to the event or to censoring")
+    time_unit: Literal["days", "weeks", "months", "years"] = "days"
+    status: str = Field(description="column: what ended follow-up (the event or censoring)")
+    event: list[Level] = Field(min_length=1, description="status codes meaning the event happened at that time")
+    censored: list[Level] = Field(min_length=1, description="status codes meaning follow-up ended without the event")
+    horizon: float = Field(gt=0, description="the outcome is the event by this time after randomisation")
+    horizon_unit: Literal["days", "weeks", "months", "years"] = "years"
+    good: bool = Field(description="true: the event is hoped for; false: it is to be prevented (death)")
+    censored_before_horizon: Literal["exclude"] = Field(
+        "exclude",
+        description="exclude: drop patients censored before the horizon from the outcome (counted and reported); "
+        "an inverse-probability-of-censoring weighted estimate is reported beside it as a sensitivity analysis",
+    )
+
+    @field_validator("event", "censored", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return _yaml_codes(value if isinstance(value, list) else [value], "status codes")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> EventBySpec:
+        both = {level_key(c) for c in self.event} & {level_key(c) for c in self.censored}
+        if both:
+            raise ValueError(f"event_by: status codes {sorted(both)} are both event and censored")
+        if self.time == self.status:
+            raise ValueError("event_by: time and status must be different columns")
+        return self
+
+    @property
+    def event_codes(self) -> list[str]:
+        return [str(level_key(c)) for c in self.event]
+
+    @property
+    def censored_codes(self) -> list[str]:
+        return [str(level_key(c)) for c in self.censored]
+
+    def horizon_days(self) -> float:
+        return self.horizon * TIME_UNITS[self.horizon_unit]
+
+    def describe_horizon(self) -> str:
+        unit = self.horizon_unit if self.horizon != 1 else self.horizon_unit.removesuffix("s")
+        return f"{self.horizon:g} {unit}"
+
+
 class OutcomeSpec(_Strict):
     """One outcome of the trial: a score at follow-up (``kind: score``) or a binary event (``kind: binary``).
 
@@ -142,7 +198,7 @@ class OutcomeSpec(_Strict):
     event when it is good, without it when it is bad.
     """
 
-    kind: Literal["score", "binary"] = "score"
+    kind: Literal["score", "binary", "event_by"] = "score"
     label: str
     baseline: str | None = None
     baseline_label: str | None = Field(None, description="what the baseline column measures (default: 'Baseline <label>')")
@@ -152,6 +208,7 @@ class OutcomeSpec(_Strict):
     unit: str = "points"
     responder: ResponderRule = ResponderRule()
     event: EventSpec | None = None
+    event_by: EventBySpec | None = None
     missing_followup: Literal["non_responder", "exclude"] = Field(
         "non_responder",
         description="non_responder: a patient without follow-up counts as not responding, whatever the rule; "
@@ -175,10 +232,29 @@ class OutcomeSpec(_Strict):
             if column is None and followup is not None:
                 data = {**data, "event": {**data["event"], "column": followup}}
             data = {**data, "followup": column or followup}
+        if isinstance(data, dict) and data.get("kind") == "event_by" and isinstance(data.get("event_by"), dict):
+            status = data["event_by"].get("status")
+            if data.get("followup") not in (None, status):
+                raise ValueError("an event_by outcome names its columns under event_by (time, status), not followup")
+            data = {**data, "followup": status}
+            if "missing_followup" not in data:
+                data["missing_followup"] = "exclude"  # no time or status: like censored at 0, unknown at the horizon
         return data
 
     @model_validator(mode="after")
     def _check(self) -> OutcomeSpec:
+        if self.kind == "event_by":
+            if self.event_by is None:
+                raise ValueError(
+                    "an event_by outcome needs event_by: {time, status, event: [codes], censored: [codes], horizon, good}"
+                )
+            if self.event is not None or self.baseline is not None:
+                raise ValueError("an event_by outcome takes event_by (no event, no baseline score)")
+            if "responder" in self.model_fields_set or "scale" in self.model_fields_set or "better" in self.model_fields_set:
+                raise ValueError("an event_by outcome takes event_by.good instead of responder, scale and better")
+            return self
+        if self.event_by is not None:
+            raise ValueError("event_by: is for kind: event_by outcomes")
         if self.kind == "binary":
             if self.event is None:
                 raise ValueError("a binary outcome needs event: {column, good: true|false}")
@@ -205,8 +281,26 @@ class OutcomeSpec(_Strict):
         assert self.followup is not None
         return self.followup
 
+    def observed_columns(self) -> list[str]:
+        """Every column observed at the end of the trial for this outcome (an event_by outcome: time and status)."""
+        if self.event_by is not None:
+            return [self.event_by.time, self.event_by.status]
+        return [self.column]
+
+    @property
+    def event_good(self) -> bool | None:
+        """Whether the outcome's event is hoped for (binary and event_by outcomes; None for scores)."""
+        if self.event is not None:
+            return self.event.good
+        return self.event_by.good if self.event_by is not None else None
+
     def describe_rule(self, rule: ResponderRule | None = None) -> str:
         """The responder rule in words (the override ``rule`` for score outcomes, when given)."""
+        if self.kind == "event_by":
+            assert self.event_by is not None
+            by = f" by {self.event_by.describe_horizon()}"
+            text = inline(self.label) if self.event_by.good else f"no {inline(self.label)}"
+            return text if text.endswith(by) else text + by
         if self.kind == "binary":
             assert self.event is not None
             return inline(self.label) if self.event.good else f"no {inline(self.label)}"
@@ -302,9 +396,29 @@ class DatasetSpec(_Strict):
     outcomes: dict[str, OutcomeSpec]
     covariates: dict[str, CovariateSpec] = Field(default_factory=dict)
     labs: dict[str, LabColumnSpec] = Field(default_factory=dict)
+    analytes: dict[str, Analyte] = Field(
+        default_factory=dict,
+        description="labs the packaged catalog does not know, declared with its fields (features/lab_catalog.yaml); "
+        "a spec file may instead list catalog files under lab_catalog_files",
+    )
     auxiliary: dict[str, AuxiliarySpec] = Field(default_factory=dict)
     roles: RolesSpec = RolesSpec()
     cognitive_dominance: CognitiveDominanceSpec | None = None
+
+    @field_validator("analytes", mode="before")
+    @classmethod
+    def _analyte_keys(cls, value: Any) -> Any:
+        """A declared analyte's key is its name in the mapping, as in the catalog file."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, fields in value.items():
+            if isinstance(fields, dict):
+                if fields.get("key", key) != key:
+                    raise ValueError(f"analytes.{key}: key {fields['key']!r} differs from the entry's name")
+                fields = {**fields, "key": key}
+            out[key] = fields
+        return out
 
     @field_validator("outcomes")
     @classmethod
@@ -319,7 +433,8 @@ class DatasetSpec(_Strict):
         for column in self.baseline_score_columns():
             roles.setdefault(column, []).append("baseline")
         for name, outcome in self.outcomes.items():
-            roles.setdefault(outcome.column, []).append(f"outcome {name}")
+            for column in outcome.observed_columns():
+                roles.setdefault(column, []).append(f"outcome {name}")
         for column in self.covariates:
             roles.setdefault(column, []).append("covariate")
         for analyte, lab in self.labs.items():
@@ -369,7 +484,10 @@ class DatasetSpec(_Strict):
 
     def followup_columns(self) -> list[str]:
         """The columns observed at the end of the trial: follow-up scores and binary events."""
-        return [o.column for o in self.outcomes.values()]
+        return list(dict.fromkeys(c for o in self.outcomes.values() for c in o.observed_columns()))
+
+    def event_by_outcomes(self) -> dict[str, OutcomeSpec]:
+        return {k: o for k, o in self.outcomes.items() if o.kind == "event_by"}
 
     def event_outcomes(self) -> dict[str, OutcomeSpec]:
         return {k: o for k, o in self.outcomes.items() if o.kind == "binary"}
@@ -413,15 +531,23 @@ class DatasetSpec(_Strict):
         for column, cov in self.covariates.items():
             if cov.kind == "numeric":
                 ranges[column] = cov.range
+        for outcome in self.event_by_outcomes().values():
+            assert outcome.event_by is not None
+            ranges[outcome.event_by.time] = None  # a number; a negative time is refused by validate, naming rows
         for column, aux in self.auxiliary.items():
             if aux.range is not None:  # an auxiliary column without a range may hold anything (text, flags)
                 ranges[column] = aux.range
         return ranges
 
+    def lab_catalog(self, base: LabCatalog | None = None) -> LabCatalog:
+        """The lab catalog this trial's labs are read with: ``base`` (default: the packaged one) and the declared analytes."""
+        return (base or load_catalog()).extended(self.analytes)
+
     def analyte_for_column(self) -> dict[str, str]:
         return {lab.column: analyte for analyte, lab in self.labs.items()}
 
     def check_catalog(self, catalog: LabCatalog) -> None:
+        catalog = catalog.extended(self.analytes)
         unknown = [a for a in self.labs if a not in catalog]
         if unknown:
             raise ValueError(f"spec {self.name!r} names labs missing from the lab catalog: {unknown}")
@@ -465,17 +591,26 @@ def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None
         path = Path(path_or_name)
         source = f"spec {path_or_name}"
         if path.exists():
-            spec = parse_spec(path.read_text(encoding="utf-8"), source)
+            spec = parse_spec(path.read_text(encoding="utf-8"), source, base_dir=path.parent)
         elif resources.files("training").joinpath("specs", f"{path_or_name}.yaml").is_file():
             spec = _packaged(str(path_or_name))
         else:
             packaged = [p.name.removesuffix(".yaml") for p in resources.files("training").joinpath("specs").iterdir() if p.name.endswith(".yaml")]
             raise ConfigError(source, [f"no such file, and no packaged spec of that name{did_you_mean(path_or_name, packaged)}"])
-    catalog = catalog or load_catalog()
-    problems = []
+    base = catalog or load_catalog()
+    problems = [
+        f"analytes.{key}: already in the lab catalog; use it as it is (labs.{key}: {{column: ...}}) or declare it under another key"
+        for key in spec.analytes if key in base
+    ]
+    catalog = spec.lab_catalog(base)
     for analyte, lab in spec.labs.items():
         if analyte not in catalog:
-            problems.append(f"labs.{analyte}: not in the lab catalog{did_you_mean(analyte, catalog.analytes, 'labs.')}")
+            problems.append(
+                f"labs.{analyte}: not in the lab catalog{did_you_mean(analyte, catalog.analytes, 'labs.')}; "
+                f"declare it in the spec under analytes.{analyte} with the catalog's fields (name, label, unit, units, "
+                "plausible; optionally lod, lower_reference, upper_reference, positive_at, loinc, group), "
+                "or list a file in that schema under lab_catalog_files (see docs/wider-trials.md)"
+            )
         elif lab.unit is not None:
             try:
                 catalog[analyte].factor(lab.unit)
@@ -489,16 +624,48 @@ def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None
     return spec
 
 
-def parse_spec(text: str, source: str = "spec") -> DatasetSpec:
-    """Validate spec YAML text; problems raise ``ConfigError`` (one line each, with suggestions)."""
+def parse_spec(text: str, source: str = "spec", base_dir: Path | None = None) -> DatasetSpec:
+    """Validate spec YAML text; problems raise ``ConfigError`` (one line each, with suggestions).
+
+    ``lab_catalog_files`` (paths relative to ``base_dir``, the spec file's folder) are read here and their
+    analytes joined to the spec's ``analytes``, so the validated spec carries every lab fact it uses.
+    """
     data = yaml_mapping(text, source)
+    if "lab_catalog_files" in data:
+        data = _with_catalog_files(data, source, base_dir or Path.cwd())
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError(source, validation_problems(err, DatasetSpec, spec_columns(data))) from None
 
 
+def _with_catalog_files(data: dict[str, Any], source: str, base_dir: Path) -> dict[str, Any]:
+    files = data.pop("lab_catalog_files")
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError(source, ["lab_catalog_files: a list of catalog file paths (relative to the spec's folder)"])
+    declared = dict(data.get("analytes") or {})
+    origin = {key: "analytes" for key in declared}
+    problems = []
+    for i, name in enumerate(files):
+        path = base_dir / name
+        try:
+            analytes = read_analytes(path)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            problems.append(f"lab_catalog_files[{i}]: {path}: {err}")
+            continue
+        for key, fields in analytes.items():
+            if key in declared:
+                problems.append(f"lab_catalog_files[{i}]: analyte {key!r} of {name} is also declared in {origin[key]}")
+                continue
+            declared[key], origin[key] = fields, name
+    if problems:
+        raise ConfigError(source, problems)
+    return {**data, "analytes": declared}
+
+
 @lru_cache(maxsize=8)
 def _packaged(name: str) -> DatasetSpec:
-    text = resources.files("training").joinpath("specs", f"{name}.yaml").read_text(encoding="utf-8")
-    return parse_spec(text)
+    folder = resources.files("training").joinpath("specs")
+    text = folder.joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return parse_spec(text, base_dir=Path(str(folder)))

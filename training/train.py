@@ -43,7 +43,7 @@ from training.evaluation import (
 from training.executor import Executor, make_executor
 from training.heterogeneity import heterogeneity_test
 from training.labelling import build_policy
-from training.labels import LabelCounts, responder_labels, sensitivity_effects
+from training.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
 from training.path import path_analysis
 from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
@@ -467,6 +467,10 @@ def run_training(
         # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
         for outcome, effect in sensitivity_effects(frame, spec, config).items():
             results[outcome].average_effect_sensitivity = effect
+        # Event by a horizon: the IPCW estimate beside the primary analysis, which excludes early censoring.
+        for outcome in spec.event_by_outcomes():
+            if outcome in results:
+                results[outcome].censoring = censoring_sensitivity(frame, spec, outcome, seed=config.seed)
 
         steps.start("refit, log and register the champions")
         clock.start("final fits: champions and bootstrap refits", "final fits")

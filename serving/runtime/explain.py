@@ -178,6 +178,8 @@ class _Describer:
             limit = float(np.ravel(limit)[0])
             if math.isfinite(limit) and value > limit:
                 flag = "above the reference limit"
+            elif lab.lower_reference is not None and value < lab.lower_reference:
+                flag = "below the reference limit"
         return shown, flag
 
     def level_text(self, i: int, column: str) -> str:
@@ -253,7 +255,7 @@ def _output(
         if abs(amount) < 1e-12:
             continue
         display, flag, description, unit, value = describer.describe(i, source)
-        group = describer.catalog[source].group if describer.is_lab(source) else (
+        group = (describer.catalog[source].group or "lab") if describer.is_lab(source) else (
             "symptom" if source in describer.spec.baseline_score_columns() else "covariate"
         )
         drivers.append(

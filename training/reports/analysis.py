@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from features.catalog import load_catalog
 from features.labs import parse_lab_series
 from features.transformers import _upper_reference
 from training import metrics as M
@@ -147,7 +146,7 @@ def _lab_values(X: pd.DataFrame, spec: DatasetSpec, analyte: str) -> np.ndarray:
     if lab_spec.column not in X.columns:
         return np.full(len(X), np.nan)
     units = X[f"{lab_spec.column}_unit"] if f"{lab_spec.column}_unit" in X.columns else None
-    value, _, _ = parse_lab_series(X[lab_spec.column], load_catalog()[analyte], lab_spec.column, lab_spec.unit, units)
+    value, _, _ = parse_lab_series(X[lab_spec.column], spec.lab_catalog()[analyte], lab_spec.column, lab_spec.unit, units)
     return value
 
 
@@ -163,7 +162,7 @@ def _any_of(flags: list[np.ndarray], measured: list[np.ndarray]) -> np.ndarray:
 
 def subgroup_definitions(X: pd.DataFrame, spec: DatasetSpec, outcome: str) -> list[dict[str, Any]]:
     """The prespecified subgroups the spec's inputs allow: membership (1/0/NaN) and level names."""
-    catalog = load_catalog()
+    catalog = spec.lab_catalog()
     groups: list[dict[str, Any]] = []
     inflammation = [a for a in spec.labs if catalog[a].group == "inflammation"]
     if inflammation:

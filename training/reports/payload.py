@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from features.catalog import load_catalog
 from features.labs import parse_lab_series
 from serving.runtime.artefact import ResponderModel
 from serving.runtime.explain import explain_patients
@@ -187,7 +186,7 @@ def _arms(frame: pd.DataFrame, spec: DatasetSpec) -> list[tuple[str, np.ndarray]
 
 def table_one(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> dict[str, Any]:
     """Baseline characteristics by arm, as in a trial paper's Table 1."""
-    catalog = load_catalog()
+    catalog = spec.lab_catalog()
     arms = _arms(frame, spec)
     rows: list[dict[str, Any]] = []
 
@@ -236,7 +235,7 @@ def table_one(frame: pd.DataFrame, spec: DatasetSpec, published: bool) -> dict[s
             continue
         units = frame[f"{lab_spec.column}_unit"] if f"{lab_spec.column}_unit" in frame.columns else None
         value, below, _ = parse_lab_series(frame[lab_spec.column], lab, lab_spec.column, lab_spec.unit, units)
-        group = "Inflammation labs" if lab.group == "inflammation" else "Autoantibodies"
+        group = {"inflammation": "Inflammation labs", "autoantibody": "Autoantibodies"}.get(lab.group or "", "Labs")
         if lab.kind == "quantitative":
             digits = _digits(value)
             notes = []
@@ -689,6 +688,7 @@ def _with_effects(rows: list[dict[str, Any]], results: dict[str, OutcomeResult])
         row["effect"] = _json_safe(effect.to_dict()) if effect is not None else None
         sensitivity = getattr(result, "average_effect_sensitivity", None)
         row["sensitivity"] = _json_safe(sensitivity.to_dict()) if sensitivity is not None else None
+        row["censoring"] = _json_safe(getattr(result, "censoring", None))
     return rows
 
 
