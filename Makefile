@@ -42,7 +42,7 @@ $(BIN)/.installed: pyproject.toml requirements/lock.txt
 # training job, each executor worker) would otherwise compile thousands of modules again, about
 # 30 s of CPU each on a 2-core machine, or every time under PYTHONDONTWRITEBYTECODE.
 compile: ## compile the virtual environment's and the project's Python files to bytecode
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib features training serving benchmarks > /dev/null || true
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib features core training serving responders benchmarks > /dev/null || true
 
 install: $(BIN)/.installed ## create .venv with the pinned, known-good versions
 
@@ -97,7 +97,7 @@ bench-quick: $(BIN)/.installed-bench ## smoke-run every benchmark on tiny settin
 	BENCH_COMMAND="make bench-quick$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
 lint: install ## static checks
-	$(BIN)/ruff check features training serving tests benchmarks
+	$(BIN)/ruff check features core training serving responders tests examples benchmarks
 
 clean: ## remove the virtual environment and caches (keeps mlruns/)
 	rm -rf $(VENV) .cache .pytest_cache

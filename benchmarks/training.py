@@ -95,9 +95,9 @@ def _job_child(args: argparse.Namespace) -> dict:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # progress lines into the child's log
-    from training.config import load_config
+    from core.config import load_config
+    from core.spec import load_spec
     from training.simulate import simulate
-    from training.spec import load_spec
     from training.timing import tree_cpu_seconds
     from training.train import run_training
 
@@ -161,9 +161,9 @@ def _level_replicate(task: tuple[str, int, int], shared: dict) -> float:
 
 def _level_child(args: argparse.Namespace) -> dict:
     quiet_environment()
-    from training.config import load_config
+    from core.config import load_config
+    from core.spec import load_spec
     from training.executor import make_executor
-    from training.spec import load_spec
 
     config = load_config(None, evidence={"method": "split_rate"})
     tasks = [(kind, n, 10_000 + r) for n, reps in zip(args.sizes, args.replicates, strict=True) for kind in ("sharp", "null") for r in range(reps)]
@@ -435,7 +435,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
             "### (b) The whole job at growing n (Dask executor, 2-worker local cluster)",
             "",
             "`run_training` on `simulate(\"final\", n, 1)` with the default config, whose `auto` settings scale with n "
-            "(`training/configs/default.yaml`): the heterogeneity test is the split-sample RATE test above 3,000 patients.",
+            "(`core/configs/default.yaml`): the heterogeneity test is the split-sample RATE test above 3,000 patients.",
             "",
             render_scaling(scaling),
             "",

@@ -56,11 +56,11 @@ from bentoml._internal.service.openapi.specification import OpenAPISpecification
 from pydantic import Field
 from starlette.responses import HTMLResponse, JSONResponse
 
+from core.spec import load_spec
 from features.catalog import load_catalog
 from serving import schemas as S
 from serving import supervision
 from serving.scoring import DEFAULT_MAX_BATCH, ChampionError, Scorer, load_bento_champions, resolve_champions
-from training.spec import load_spec
 
 log = logging.getLogger("responders.serving")
 
@@ -698,7 +698,7 @@ class ResponderService:
     @bentoml.api(route="/report")
     def report(self, patient: Patient) -> str:  # type: ignore[valid-type]
         """The one-patient HTML report (self-contained: images embedded, no external resources)."""
-        from training.reports import render_patient_report
+        from serving.reports import render_patient_report
 
         frame, problems = self.scorer.patient_frame(patient.model_dump())
         if problems:
@@ -831,7 +831,7 @@ def _load_champions():
     tags = _bento_model_tags()
     if tags:
         return load_bento_champions(SPEC, tags)
-    from training.tracking import resolve_tracking_uri
+    from core.registry import resolve_tracking_uri
 
     for name, value in REGISTRY_HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)

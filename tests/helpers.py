@@ -11,7 +11,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.config import TrainConfig, load_config
+from core.config import TrainConfig, load_config
 
 FAST = {
     "cv": {"folds": 3, "repeats": 1, "inner_folds": 2},
@@ -51,7 +51,7 @@ labs:
 
 
 def fast_config(**overrides) -> TrainConfig:
-    from training.config import _merge
+    from core.config import _merge
 
     return load_config(None, **_merge(FAST, overrides))
 
@@ -109,8 +109,8 @@ def serving_store(tmp_path_factory) -> dict:
     trial ``frame`` and the training ``summary``.
     """
     if not _SERVING_STORE:
+        from core.spec import load_spec
         from training.simulate import simulate
-        from training.spec import load_spec
         from training.train import run_training
 
         tmp = tmp_path_factory.mktemp("serving-store")

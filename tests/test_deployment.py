@@ -80,9 +80,9 @@ def store(tmp_path_factory):
 
 # The warm-up -------------------------------------------------------------------------------------------------------
 def test_synthetic_warm_up_patients_carry_no_patient_data(store):
+    from core.spec import load_spec
     from serving.scoring import Scorer, resolve_champions
     from serving.service import synthetic_patients
-    from training.spec import load_spec
 
     spec = load_spec()
     scorer = Scorer(spec, resolve_champions(spec, store["uri"]))
@@ -223,8 +223,8 @@ def _fresh_venv(path: Path, *requirements: str) -> Path:
 
 
 def _in_process_prediction(uri: str, patient: dict) -> dict:
+    from core.spec import load_spec
     from serving.scoring import Scorer, resolve_champions
-    from training.spec import load_spec
 
     spec = load_spec()
     scorer = Scorer(spec, resolve_champions(spec, uri))
@@ -243,7 +243,7 @@ def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_reposit
     work = tmp_path / "clinic"
     work.mkdir()
     env = _clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}", BENTOML_HOME=str(work / "bentoml"))
-    where = subprocess.run([str(python), "-c", "import serving.runtime.plan, serving; print(serving.__file__)"], env=env, cwd=work,
+    where = subprocess.run([str(python), "-c", "import core.runtime.plan, serving; print(serving.__file__)"], env=env, cwd=work,
                            capture_output=True, text=True, check=True)  # fmt: skip
     assert where.stdout.strip().startswith(str(tmp_path / "venv")), where.stdout  # the installed copy, not the sources
     # A tiny trial, trained by the installed command.

@@ -57,9 +57,7 @@ from scipy.special import expit
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from features.pipeline import build_feature_pipeline
-from training import metrics as M
-from training.candidates import (
+from core.candidates import (
     CANDIDATE_ORDER,
     _decision,
     _scale,
@@ -68,10 +66,12 @@ from training.candidates import (
     logistic_solver,
     make_candidate,
 )
-from training.config import TrainConfig
+from core.config import TrainConfig
+from core.progress import task_progress
+from core.spec import DatasetSpec
+from features.pipeline import build_feature_pipeline
+from training import metrics as M
 from training.executor import Executor
-from training.progress import task_progress
-from training.spec import DatasetSpec
 
 SELECTED = "selected"
 FLOOR = "arm_only"

@@ -1,6 +1,6 @@
-"""Moved to :mod:`serving.runtime.explain` (the one explanation function, run by the scoring plan); kept for old imports."""
+"""Moved to :mod:`core.runtime.explain` (the one explanation function, run by the scoring plan); kept for old imports."""
 
-from serving.runtime.explain import (
+from core.runtime.explain import (
     NO_DEPENDENCE,
     Driver,
     OutputExplanation,

@@ -52,8 +52,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from training.candidates import make_candidate, stratified_subsample
-from training.config import TrainConfig
+from core.candidates import make_candidate, stratified_subsample
+from core.config import TrainConfig
+from core.spec import DatasetSpec
 from training.evaluation import (
     STATISTIC_LABELS,
     OutcomeData,
@@ -64,7 +65,6 @@ from training.evaluation import (
     with_parsed,
 )
 from training.executor import Executor
-from training.spec import DatasetSpec
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
 NULL = (

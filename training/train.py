@@ -24,13 +24,17 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from serving.runtime.artefact import Evidence, ResponderModel
+from core.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
+from core.config import TrainConfig
+from core.data import file_digest, ground_truth_columns, load_trial, model_inputs
+from core.effects import AverageEffect, adjust, ancova, risk_difference
+from core.labelling import build_policy
+from core.labels import LabelCounts, responder_labels, sensitivity_effects
+from core.progress import JobSteps, deferred_interrupt
+from core.runtime.artefact import Evidence, ResponderModel
+from core.spec import DatasetSpec
 from training.answer import choose_answer
-from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
-from training.config import TrainConfig
-from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from training.diagnostics import bcf_diagnostics, thin_and_measure
-from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import (
     OutcomeData,
     cross_validate,
@@ -42,14 +46,10 @@ from training.evaluation import (
 )
 from training.executor import Executor, make_executor
 from training.heterogeneity import heterogeneity_test
-from training.labelling import build_policy
-from training.labels import LabelCounts, responder_labels, sensitivity_effects
 from training.path import path_analysis
-from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
-from training.spec import DatasetSpec
 from training.timing import PhaseClock
 from training.tracking import (
     NOTE,

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.reports import figures
+from core.reports.render import environment
 from training import plots
-from training.reports import analysis, figures
+from training.reports import analysis
 from training.reports.payload import CohortPayload
-from training.reports.render import environment
 
 log = logging.getLogger("responders.reports")
 
@@ -203,7 +204,7 @@ def render_cohort_report(payload: CohortPayload, progress: bool = True, images: 
     """Render the cohort report (self-contained HTML) from a payload, drawing its figures unless given."""
     started = time.perf_counter()
     images = images if images is not None else cohort_figures(payload, progress)
-    html = environment().get_template(TEMPLATE).render(
+    html = environment("training.reports").get_template(TEMPLATE).render(
         m=payload.meta,
         outcomes=payload.outcomes,
         images=images,

@@ -36,24 +36,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core.candidates import candidate_label
+from core.labels import responder_labels
+from core.runtime.artefact import ResponderModel
+from core.runtime.explain import explain_patients
+from core.spec import DEFAULT_SPEC, DatasetSpec, level_key
 from features.catalog import load_catalog
 from features.labs import parse_lab_series
-from serving.runtime.artefact import ResponderModel
-from serving.runtime.explain import explain_patients
-from training.candidates import candidate_label
 from training.diagnostics import describe as describe_diagnostics
 from training.evaluation import SELECTED
-from training.labels import responder_labels
 from training.published import PUBLISHED_FINAL, comparison
 from training.reports.analysis import chance_flags, metric_intervals, subgroup_effects
 from training.results import HEADLINE
-from training.spec import DEFAULT_SPEC, DatasetSpec, level_key
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from training.config import TrainConfig
-    from training.data import ValidationReport
+    from core.config import TrainConfig
+    from core.data import ValidationReport
     from training.results import OutcomeResult
 
 log = logging.getLogger("responders.reports")

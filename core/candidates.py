@@ -54,8 +54,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import _liblinear
 from sklearn.svm._base import _get_liblinear_solver_type
 
-from serving.runtime.intervals import bootstrap_interval
-from training.config import CandidatesConfig, LightGBMParams
+from core.config import CandidatesConfig, LightGBMParams
+from core.runtime.intervals import bootstrap_interval
 
 # Simplest first: the one-SE rules and ties prefer the earlier candidate.
 CANDIDATE_ORDER = ("arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner")
@@ -490,7 +490,7 @@ class BayesianCausalForest(BenefitCandidate):
         state = dict(self.__dict__)
         trees = state.pop("explain_trees_", None)
         if trees is not None:  # thousands of small tree dictionaries pickle slowly: a few arrays instead
-            from serving.runtime.forests import pack_shap_trees
+            from core.runtime.forests import pack_shap_trees
 
             state["explain_packed_"] = {**trees, "mu": pack_shap_trees(trees["mu"]), "tau": pack_shap_trees(trees["tau"])}
         for key in ("_live", "_train_F", "_explainer"):
@@ -503,7 +503,7 @@ class BayesianCausalForest(BenefitCandidate):
         if trees is None:
             packed = getattr(self, "explain_packed_", None)
             if packed is not None:
-                from serving.runtime.forests import unpack_shap_trees
+                from core.runtime.forests import unpack_shap_trees
 
                 trees = {**packed, "mu": unpack_shap_trees(packed["mu"]), "tau": unpack_shap_trees(packed["tau"])}
             else:
@@ -512,14 +512,14 @@ class BayesianCausalForest(BenefitCandidate):
         return trees
 
     def flat_forests(self) -> dict:
-        """Both posterior forests flattened (:class:`serving.runtime.forests.TreeArrays`) with their offsets.
+        """Both posterior forests flattened (:class:`core.runtime.forests.TreeArrays`) with their offsets.
 
         Computed once from the live model and pickled with the candidate, so a
         loaded model scores a few patients without parsing stochtree's JSON.
         """
         flat = getattr(self, "flat_", None)
         if flat is None:
-            from serving.runtime.forests import flatten_stochtree
+            from core.runtime.forests import flatten_stochtree
 
             live = self._model()
             index = getattr(self, "serve_index_", None)
@@ -643,7 +643,7 @@ def stratified_subsample(strata: np.ndarray, size: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(rows))
 
 
-FLAT_CELLS = 120_000  # rows x trees up to which the flat forests beat stochtree's predict (serving.runtime.arms.ARRAY_CELLS)
+FLAT_CELLS = 120_000  # rows x trees up to which the flat forests beat stochtree's predict (core.runtime.arms.ARRAY_CELLS)
 
 
 def _tau0(model) -> np.ndarray:
@@ -992,6 +992,6 @@ class BootstrapEnsemble:
         return self
 
     def interval(self, X: pd.DataFrame, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Median-centred percentile interval of the refits around the point estimate (``serving.runtime.intervals``)."""
+        """Median-centred percentile interval of the refits around the point estimate (``core.runtime.intervals``)."""
         A = _matrix(X, self.candidate.features_)  # once, not once per refit
         return bootstrap_interval(np.column_stack([m.predict_benefit(A) for m in self.models_]), point, self.level)

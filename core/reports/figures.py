@@ -1,4 +1,4 @@
-"""Report figures: shap's own plots fed with :func:`serving.runtime.explain.explain_patients` numbers, and small pictures.
+"""Report figures: shap's own plots fed with :func:`core.runtime.explain.explain_patients` numbers, and small pictures.
 
 Every figure is a headless matplotlib figure turned into an embedded PNG
 (``data:`` URI), so a report is one file that opens without a server or the

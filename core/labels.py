@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from training.effects import AverageEffect, adjust, risk_difference
-from training.spec import DatasetSpec, OutcomeSpec, ResponderRule, level_key
+from core.effects import AverageEffect, adjust, risk_difference
+from core.spec import DatasetSpec, OutcomeSpec, ResponderRule, level_key
 
 POLICIES = ("non_responder", "exclude")
 SENSITIVITY_MISSING_FRACTION = 0.10  # more missing follow-up than this: also report the other policy

@@ -1,13 +1,18 @@
-"""The Jinja2 environment shared by both reports: autoescaping on, number filters, packaged templates."""
+"""The Jinja2 environment shared by both reports: autoescaping on, number filters, packaged templates.
+
+The shared layout (``base.html.j2``, ``_effects.html.j2``) lives here in core;
+each report keeps its own template beside its renderer: the cohort report in
+``training/reports/templates``, the one-patient report in ``serving/reports/templates``.
+"""
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined
 
-from training.spec import inline
+from core.spec import inline
 
 
 def _missing(value) -> bool:
@@ -54,11 +59,11 @@ def fmt_level(value) -> str:
     return f"{100 * float(value):.1f}".removesuffix(".0") + "%"
 
 
-@lru_cache(maxsize=1)
-def environment() -> Environment:
-    """Templates from ``training/reports/templates``; every variable is HTML-escaped unless marked safe."""
+@lru_cache(maxsize=4)
+def environment(package: str) -> Environment:
+    """Templates from ``<package>/templates``, then the shared ones; every variable is HTML-escaped unless marked safe."""
     env = Environment(
-        loader=PackageLoader("training.reports", "templates"),
+        loader=ChoiceLoader([PackageLoader(package, "templates"), PackageLoader("core.reports", "templates")]),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

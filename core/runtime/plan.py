@@ -1,9 +1,9 @@
 """The scoring plan: a fitted artefact compiled, at load time, into array operations on patient dicts.
 
-:class:`OutcomePlan` compiles one :class:`~serving.runtime.artefact.ResponderModel`:
+:class:`OutcomePlan` compiles one :class:`~core.runtime.artefact.ResponderModel`:
 its feature pipeline into a :class:`features.pipeline.FeaturePlan` (the fitted
 transformers' own NumPy cores) and its champion with the bootstrap refits or
-posterior draws into a plan from :mod:`serving.runtime.arms`. The answer and
+posterior draws into a plan from :mod:`core.runtime.arms`. The answer and
 label rule and the warnings are the model's own objects.
 :class:`ScoringPlan` serves several outcomes (the service's champions) and
 parses a request once for all of them: each raw value goes through
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core.runtime.arms import compile_arms
+from core.runtime.explain import PatientExplanation, explain_rows
 from features.labs import LabIssue
 from features.pipeline import FeaturePlan, InputWarning
-from serving.runtime.arms import compile_arms
-from serving.runtime.explain import PatientExplanation, explain_rows
 
 if TYPE_CHECKING:
-    from serving.runtime.artefact import ResponderModel
+    from core.runtime.artefact import ResponderModel
 
 
 @dataclass
@@ -120,7 +120,7 @@ class OutcomePlan:
         return self.features.warnings(parsed.columns, parsed.n, parsed.raw)
 
     def explain(self, parsed: Parsed) -> list[PatientExplanation]:
-        """SHAP drivers of benefit and P(response | treated), one per input (``serving.runtime.explain``)."""
+        """SHAP drivers of benefit and P(response | treated), one per input (``core.runtime.explain``)."""
         imputed, F = self.matrix(parsed)
         explanation = self.model.candidate._explain(F)
         p1, p0 = self.arms.point(F)

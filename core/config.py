@@ -2,7 +2,7 @@
 
 Every knob of a training job lives here so that a job is reproducible from
 (data, spec, config, seed). ``load_config(None)`` gives the packaged default
-(``training/configs/default.yaml``); a user's file overrides any subset of it.
+(``core/configs/default.yaml``); a user's file overrides any subset of it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from training.errors import ConfigError, validation_problems, yaml_mapping
-from training.spec import ResponderRule
+from core.errors import ConfigError, validation_problems, yaml_mapping
+from core.spec import ResponderRule
 
 
 class _Strict(BaseModel):
@@ -309,7 +309,7 @@ class IntervalConfig(_Strict):
 
 
 class LabelRule(_Strict):
-    """Thresholds of the labels, in percentage points of benefit (0.10 = 10 pp); applied by ``training.labelling``.
+    """Thresholds of the labels, in percentage points of benefit (0.10 = 10 pp); applied by ``core.labelling``.
 
     Population label (every patient, from the trial's average effect):
     ``likely_benefit`` for an established (multiplicity-adjusted) average
@@ -427,7 +427,7 @@ def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
 
 @lru_cache(maxsize=1)
 def _default_text() -> str:
-    return resources.files("training").joinpath("configs", "default.yaml").read_text(encoding="utf-8")
+    return resources.files("core").joinpath("configs", "default.yaml").read_text(encoding="utf-8")
 
 
 def _default_dict() -> dict:

@@ -4,13 +4,13 @@ A :class:`ResponderModel` is what MLflow stores (inside a pyfunc wrapper) and
 what serving and the reports load. Training builds it from this module (one
 definition for the job that fits it and the runtime that serves it); the
 service and ``responders predict`` run its compiled :meth:`ResponderModel.plan`
-(:mod:`serving.runtime.plan`), while :meth:`ResponderModel.predict`, the pyfunc
+(:mod:`core.runtime.plan`), while :meth:`ResponderModel.predict`, the pyfunc
 path that ``mlflow models serve`` runs, goes through the scikit-learn pipeline
 and the candidate objects themselves: the reference the plan is tested against. It takes raw patient rows in the data
 contract (labs as report text, optional ``<lab>_unit`` columns) and returns,
 for one outcome, both probabilities, the benefit with its interval, which
 answer (estimand) they are, and the population and patient labels with their
-reasons from the model's own :class:`~training.labelling.LabelPolicy`.
+reasons from the model's own :class:`~core.labelling.LabelPolicy`.
 
 Intervals are for the estimand served (the conditional average, risk-based or
 trial average benefit): the model's own uncertainty, from posterior draws
@@ -22,6 +22,7 @@ patient's own deviation from that average, which no trial identifies.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
@@ -29,15 +30,15 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from core.labelling import LabelPolicy
+from core.runtime.intervals import posterior_interval
+from core.spec import DatasetSpec
 from features.pipeline import InputWarning, feature_info, input_warnings, lab_issues
 from features.transformers import FeatureInfo
-from serving.runtime.intervals import posterior_interval
-from training.labelling import LabelPolicy
-from training.spec import DatasetSpec
 
 if TYPE_CHECKING:
-    from serving.runtime.plan import OutcomePlan
-    from training.candidates import BenefitCandidate, BootstrapEnsemble, Explanation
+    from core.candidates import BenefitCandidate, BootstrapEnsemble, Explanation
+    from core.runtime.plan import OutcomePlan
 
 PREDICTION_COLUMNS = [
     "p_response_treated",
@@ -55,6 +56,8 @@ TEXT_COLUMNS = PREDICTION_COLUMNS[5:]
 # The artefact's format: 2 = answers (estimands) with population and patient labels, no interval allowance.
 # A model pickled in another format is refused at load with one line (retrain), never served half-understood.
 FORMAT_VERSION = 2
+# MLflow "models from code": this file is stored with each logged model and run on load.
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
 
 class ArtefactFormatError(ValueError):
@@ -112,7 +115,7 @@ class ResponderModel:
         """The compiled scoring plan of this model (compiled on first use, not stored with the model)."""
         plan = self.__dict__.get("_plan")
         if plan is None:
-            from serving.runtime.plan import OutcomePlan
+            from core.runtime.plan import OutcomePlan
 
             plan = self.__dict__["_plan"] = OutcomePlan(self)
         return plan

@@ -1,11 +1,11 @@
 """The one explanation function: ranked SHAP drivers, one per input, with the patient's value and a plain sentence.
 
 Both the REST API (``/explain``) and the reports run it: the scoring plan
-(:meth:`serving.runtime.plan.OutcomePlan.explain`) calls :func:`explain_rows`
+(:meth:`core.runtime.plan.OutcomePlan.explain`) calls :func:`explain_rows`
 with the values it parsed once, and :func:`explain_patients` does the same for
 a frame of patients (the reports).
 Contributions come from the candidate's own exact method (TreeSHAP for tree
-models, coefficients for linear models; see ``training.candidates``) in
+models, coefficients for linear models; see ``core.candidates``) in
 probability points on the feature pipeline's features, and always add up:
 ``base + sum(contributions) == model output``.
 
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core.spec import DatasetSpec
 from features.transformers import _upper_reference
-from training.spec import DatasetSpec
 
 if TYPE_CHECKING:
-    from serving.runtime.artefact import ResponderModel
-    from training.candidates import Contributions, Explanation
+    from core.candidates import Contributions, Explanation
+    from core.runtime.artefact import ResponderModel
 
 
 def targets(spec: DatasetSpec) -> dict[str, str]:
@@ -97,7 +97,7 @@ class PatientExplanation:
 
     ``p_response_control`` holds the *prognostic* drivers (what shapes the
     chance of response without the treatment). Which of them a reader is shown
-    follows the answer (:mod:`training.labelling`): drivers of benefit only
+    follows the answer (:mod:`core.labelling`): drivers of benefit only
     when effect modification is established (``shows_benefit_drivers``).
     """
 

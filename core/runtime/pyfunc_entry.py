@@ -2,6 +2,6 @@
 
 import mlflow
 
-from serving.runtime.artefact import ResponderPyfunc
+from core.runtime.artefact import ResponderPyfunc
 
 mlflow.models.set_model(ResponderPyfunc())

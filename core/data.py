@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from core.spec import GROUND_TRUTH_PREFIX, DatasetSpec, level_key
 from features.catalog import LabCatalog, load_catalog
 from features.labs import is_missing, parse_lab_series
-from training.spec import GROUND_TRUTH_PREFIX, DatasetSpec, level_key
 
 MAX_ROWS_LISTED = 12
 MIN_PER_ARM = 10  # fewer responders (or non-responders) than this in an arm: too few to model, warn
@@ -370,7 +370,7 @@ def _absent_optional(report: ValidationReport, column: str, what: str, unclaimed
 def _check_responder_rules(typed: pd.DataFrame, spec: DatasetSpec, report: ValidationReport) -> None:
     """Relative rules need non-zero baselines (an error naming the rows); every rule needs responders
     and non-responders in both arms (a warning below 10)."""
-    from training.labels import responder_labels
+    from core.labels import responder_labels
 
     if spec.arm.column not in typed.columns:
         return

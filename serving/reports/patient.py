@@ -2,7 +2,7 @@
 
 ``render_patient_report`` is the function behind ``responders report patient``
 and the REST API's ``POST /report``. It uses the models' own predict, warnings
-and :func:`~serving.runtime.explain.explain_patients` (the one explanation function),
+and :func:`~core.runtime.explain.explain_patients` (the one explanation function),
 so the report always agrees with ``/predict`` and ``/explain``.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from serving.runtime.artefact import ResponderModel
-from serving.runtime.explain import OutputExplanation, explain_patients
-from training.labelling import CONDITIONAL, RISK_BASED, pp
-from training.reports import figures
-from training.reports.render import environment
+from core.labelling import CONDITIONAL, RISK_BASED, pp
+from core.reports import figures
+from core.reports.render import environment
+from core.runtime.artefact import ResponderModel
+from core.runtime.explain import OutputExplanation, explain_patients
 
 log = logging.getLogger("responders.reports")
 
@@ -258,7 +258,7 @@ def render_patient_report(
     if patient_id is not None and isinstance(patient_id, float) and math.isnan(patient_id):
         patient_id = None
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    html = environment().get_template(TEMPLATE).render(
+    html = environment("serving.reports").get_template(TEMPLATE).render(
         spec={
             "name": spec.name,
             "treated": spec.treated_display(),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from training.config import LabelRule
+from core.config import LabelRule
 
 LIKELY, UNCERTAIN, UNLIKELY = "likely_benefit", "uncertain", "unlikely_benefit"
 LABELS = (LIKELY, UNCERTAIN, UNLIKELY)
@@ -152,7 +152,7 @@ def build_policy(
     treated: str = "treatment",
     control: str = "control",
 ) -> LabelPolicy:
-    """One outcome's answer policy; ``average_effect`` is its multiplicity-adjusted :class:`training.effects.AverageEffect`."""
+    """One outcome's answer policy; ``average_effect`` is its multiplicity-adjusted :class:`core.effects.AverageEffect`."""
     if answer not in ANSWERS:
         raise ValueError(f"unknown answer {answer!r} (one of {ANSWERS})")
     label, reason = population_label(rule, average_effect, treated, control)

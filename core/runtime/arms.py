@@ -10,7 +10,7 @@ control) and the model's own interval (the served interval):
   (a few array operations) and the 100 refits stacked into one set of matrices:
   every refit is ``logit P(arm) = c_arm + ((x - mean) / scale) @ w_arm``;
 - ``t_learner``, ``dr_learner``: every booster of the champion and the refits
-  flattened into one :class:`~serving.runtime.forests.TreeArrays` and walked at
+  flattened into one :class:`~core.runtime.forests.TreeArrays` and walked at
   once for a few patients; for larger batches LightGBM's own ``predict`` per
   booster (the same numbers; the arrays lose to it past a few rows);
 - ``bcf``: the posterior forests flattened (200 draws x 150 trees walked at
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, ndtr
 
-from serving.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
-from serving.runtime.intervals import bootstrap_interval, posterior_interval
+from core.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
+from core.runtime.intervals import bootstrap_interval, posterior_interval
 
 # Rows x trees up to which walking the flattened arrays beats the libraries' own predict calls: measured on
 # 2 cores, 202 LightGBM boosters (12,000 trees) took 0.5 ms for 1 row as arrays against 11 ms through

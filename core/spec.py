@@ -16,9 +16,9 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from core.errors import ConfigError, did_you_mean, spec_columns, validation_problems, yaml_mapping
 from features.catalog import LabCatalog, load_catalog
 from features.codes import level_key
-from training.errors import ConfigError, did_you_mean, spec_columns, validation_problems, yaml_mapping
 
 DEFAULT_SPEC = "fibromyalgia-ldn"
 GROUND_TRUTH_PREFIX = "true_"
@@ -466,10 +466,10 @@ def load_spec(path_or_name: str | Path | None = None, catalog: LabCatalog | None
         source = f"spec {path_or_name}"
         if path.exists():
             spec = parse_spec(path.read_text(encoding="utf-8"), source)
-        elif resources.files("training").joinpath("specs", f"{path_or_name}.yaml").is_file():
+        elif resources.files("core").joinpath("specs", f"{path_or_name}.yaml").is_file():
             spec = _packaged(str(path_or_name))
         else:
-            packaged = [p.name.removesuffix(".yaml") for p in resources.files("training").joinpath("specs").iterdir() if p.name.endswith(".yaml")]
+            packaged = [p.name.removesuffix(".yaml") for p in resources.files("core").joinpath("specs").iterdir() if p.name.endswith(".yaml")]
             raise ConfigError(source, [f"no such file, and no packaged spec of that name{did_you_mean(path_or_name, packaged)}"])
     catalog = catalog or load_catalog()
     problems = []
@@ -500,5 +500,5 @@ def parse_spec(text: str, source: str = "spec") -> DatasetSpec:
 
 @lru_cache(maxsize=8)
 def _packaged(name: str) -> DatasetSpec:
-    text = resources.files("training").joinpath("specs", f"{name}.yaml").read_text(encoding="utf-8")
+    text = resources.files("core").joinpath("specs", f"{name}.yaml").read_text(encoding="utf-8")
     return parse_spec(text)
