@@ -98,6 +98,7 @@ bench-quick: $(BIN)/.installed-bench ## smoke-run every benchmark on tiny settin
 
 lint: install ## static checks
 	$(BIN)/ruff check features core training serving responders tests examples benchmarks
+	$(BIN)/lint-imports --no-cache
 
 clean: ## remove the virtual environment and caches (keeps mlruns/)
 	rm -rf $(VENV) .cache .pytest_cache
