@@ -549,12 +549,12 @@ class BayesianCausalForest(BenefitCandidate):
         return -(-self.num_mcmc // max(1, self.num_chains))
 
     def chains(self) -> int:
-        """Chains of this fit (1 for models fitted before several chains were run)."""
-        return getattr(self, "num_chains", 1)
+        """Chains of this fit."""
+        return self.num_chains
 
     def coding(self) -> tuple[float, float]:
-        """The treatment basis of control and treated patients (+-1/2; 0 and 1 in models fitted before the change)."""
-        return getattr(self, "control_code_", 0.0), getattr(self, "treated_code_", 1.0)
+        """The treatment basis of control and treated patients (+-1/2)."""
+        return self.control_code_, self.treated_code_
 
     def _forest_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The forests' own posterior draws: ``mu`` (the prognosis at the coding's midpoint) and ``tau``."""

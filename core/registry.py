@@ -5,7 +5,7 @@ the registry; only training writes to it (``training.tracking``). The embedded
 default is a sqlite store at ``mlruns/mlflow.db`` with artifacts under
 ``mlruns/artifacts``; ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) points
 anywhere else. Loading checks the artefact's format version
-(:func:`core.runtime.artefact.check_format`).
+(:func:`core.runtime.artefact.load_artefact`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import joblib
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from core.runtime.artefact import ResponderModel, check_format
+from core.runtime.artefact import ResponderModel, load_artefact
 
 CHAMPION = "champion"
 DEFAULT_DIR = "mlruns"
@@ -54,4 +53,4 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
 def load_registered(uri: str) -> ResponderModel:
     """Load the ResponderModel behind a ``models:/`` URI (without the pyfunc wrapper)."""
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    return check_format(joblib.load(Path(local) / "artifacts" / "responder.joblib"))
+    return load_artefact(Path(local) / "artifacts" / "responder.joblib")

@@ -31,11 +31,15 @@ def predict(
     """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr)."""
     import logging
 
-    from serving.scoring import score_file
+    from serving.scoring import ChampionError, score_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
+    try:
+        text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
+    except ChampionError as err:  # no champion, or one stored in another artefact format: one line, exit 2
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.progress import task_progress
 from core.runtime.arms import limit_lightgbm_threads
-from core.runtime.artefact import ResponderModel, check_format
+from core.runtime.artefact import ResponderModel, load_artefact
 from core.runtime.plan import Parsed, ScoringPlan
 from core.spec import DatasetSpec, load_spec
 from features.catalog import load_catalog
@@ -109,7 +109,6 @@ def _one_line(err: BaseException) -> str:
 def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champion]:
     """Load champions imported into the BentoML model store (used inside a built Bento)."""
     import bentoml
-    import joblib
 
     champions = {}
     for tag in tags:
@@ -119,7 +118,7 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
             raise ChampionError(f"BentoML model {tag!r} is not in the model store: {_one_line(err)}") from err
         path = Path(stored.path_of("mlflow_model")) / "artifacts" / "responder.joblib"
         try:
-            model: ResponderModel = check_format(joblib.load(path))
+            model: ResponderModel = load_artefact(path)
         except Exception as err:  # name what could not be served
             labels = stored.info.labels
             raise ChampionError(

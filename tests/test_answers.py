@@ -190,6 +190,33 @@ def test_a_model_stored_in_an_older_format_is_refused_with_one_line():
         check_format(SimpleNamespace())  # pickled before the format was recorded
 
 
+def test_a_model_pickled_under_the_old_module_paths_is_refused_with_the_same_line(tmp_path, monkeypatch):
+    """Format 2 pickled serving.runtime.artefact.ResponderModel; that module is gone, and loading says retrain."""
+    import pickle
+    import sys
+    import types
+
+    from core.runtime.artefact import FORMAT_VERSION, ArtefactFormatError, load_artefact
+
+    old = types.ModuleType("serving.runtime.artefact")
+
+    class ResponderModel:  # what a format-2 pickle names
+        pass
+
+    ResponderModel.__module__, ResponderModel.__qualname__ = "serving.runtime.artefact", "ResponderModel"
+    old.ResponderModel = ResponderModel
+    monkeypatch.setitem(sys.modules, "serving.runtime.artefact", old)
+    stored = ResponderModel()
+    stored.format_version = 2
+    (tmp_path / "responder.joblib").write_bytes(pickle.dumps(stored))
+    monkeypatch.delitem(sys.modules, "serving.runtime.artefact")
+    monkeypatch.delitem(sys.modules, "serving.runtime", raising=False)
+
+    with pytest.raises(ArtefactFormatError, match=f"this code reads format {FORMAT_VERSION}: retrain with `make train`") as err:
+        load_artefact(tmp_path / "responder.joblib")
+    assert "serving.runtime" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_rhat_and_ess_tell_agreeing_chains_from_disagreeing_and_autocorrelated_ones():
     from training.diagnostics import effective_sample_size, split_rhat
 

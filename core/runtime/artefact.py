@@ -53,9 +53,12 @@ PREDICTION_COLUMNS = [
     "population_label_reason",
 ]
 TEXT_COLUMNS = PREDICTION_COLUMNS[5:]
-# The artefact's format: 2 = answers (estimands) with population and patient labels, no interval allowance.
-# A model pickled in another format is refused at load with one line (retrain), never served half-understood.
-FORMAT_VERSION = 2
+# The artefact's format. 2 = answers (estimands) with population and patient labels, no interval allowance;
+# 3 = the same objects under ``core`` (core.runtime.artefact, core.candidates, core.spec, core.config, core.labelling),
+# no pickle shims. A model pickled in another format is refused at load with one line (retrain), never served
+# half-understood; a pickle whose classes no longer exist (format 2 named serving.runtime and training.*) is
+# refused with the same line.
+FORMAT_VERSION = 3
 # MLflow "models from code": this file is stored with each logged model and run on load.
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
@@ -64,15 +67,34 @@ class ArtefactFormatError(ValueError):
     """A stored model written in a format this code does not read."""
 
 
+def _retrain(found: object) -> ArtefactFormatError:
+    return ArtefactFormatError(
+        f"model artefact format {found}, this code reads format {FORMAT_VERSION}: retrain with `make train` "
+        "(or `responders train`) to register a model in the current format"
+    )
+
+
 def check_format(model: ResponderModel) -> ResponderModel:
     """The model itself, or :class:`ArtefactFormatError` naming both formats and what to do."""
     found = model.__dict__.get("format_version", 1)  # the class default would hide an older pickle
     if found != FORMAT_VERSION:
-        raise ArtefactFormatError(
-            f"model artefact format {found}, this code reads format {FORMAT_VERSION}: retrain with `make train` "
-            "(or `responders train`) to register a model in the current format"
-        )
+        raise _retrain(found)
     return model
+
+
+def load_artefact(path: str | Path) -> ResponderModel:
+    """Unpickle a stored :class:`ResponderModel` and check its format.
+
+    A pickle naming classes this code no longer has (an older format's module
+    paths) gets the same one-line "retrain" error as a recorded older format.
+    """
+    import joblib
+
+    try:
+        model = joblib.load(path)
+    except (ModuleNotFoundError, AttributeError) as err:  # a class path of another format
+        raise _retrain(f"< {FORMAT_VERSION} ({err})") from None
+    return check_format(model)
 
 
 @dataclass
@@ -263,9 +285,7 @@ class ResponderPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
-        import joblib
-
-        self.model: ResponderModel = check_format(joblib.load(context.artifacts["responder"]))
+        self.model: ResponderModel = load_artefact(context.artifacts["responder"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         raw = _as_frame(model_input)
