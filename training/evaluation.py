@@ -58,7 +58,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from core.candidates import (
+    BCF,
     CANDIDATE_ORDER,
+    FLOOR,
     _decision,
     _scale,
     fit_logistic,
@@ -74,7 +76,6 @@ from training import metrics as M
 from training.executor import Executor
 
 SELECTED = "selected"
-FLOOR = "arm_only"
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def select(
     losses = criterion_losses(shown, {n: preds.benefit(n) for n in candidates}, np.asarray(y, float), np.asarray(t, float), psi, m, e)
     scores = criterion_scores(losses)
     if criterion == PRESPECIFIED:
-        return Selection("bcf" if "bcf" in candidates else FLOOR, candidates, floor, scores)
+        return Selection(BCF if BCF in candidates else FLOOR, candidates, floor, scores)
     return Selection(choose(scores, criterion), candidates, floor, scores)
 
 

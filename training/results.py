@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.candidates import candidate_label
+from core.candidates import FLOOR, candidate_label
 from core.data import ValidationReport
 from core.effects import AverageEffect
 from core.labelling import CONDITIONAL
@@ -53,7 +53,7 @@ class OutcomeResult:
     run_id: str = ""
     p_adjusted: float = float("nan")
     evidence: bool = False
-    champion: str = "arm_only"
+    champion: str = FLOOR
     reason: str = ""
     model: ResponderModel | None = None
     registered_model: str = ""

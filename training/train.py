@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from core.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
+from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from core.config import TrainConfig
 from core.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from core.effects import AverageEffect, adjust, ancova, risk_difference
@@ -232,7 +232,7 @@ def fit_champion(
             "refused": result.refused,  # candidates that failed the served-model checks, with the failed checks
             "path": result.path.to_dict() if result.path is not None else None,
             # Convergence of the served posterior (several chains); None for models without MCMC draws.
-            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == "bcf" else None,
+            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == BCF else None,
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
         },

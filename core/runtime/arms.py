@@ -41,17 +41,22 @@ LINEAR_BLOCK_CELLS = 2_000_000
 
 
 def compile_arms(candidate: Any, ensemble: Any, level: float):
-    """The plan of a fitted candidate and its ensemble (None for candidates with posterior draws)."""
-    name = candidate.name
-    if name == "arm_only":
+    """The plan of a fitted candidate and its ensemble (None for candidates with posterior draws).
+
+    The candidate says which form it takes and hands over its arrays
+    (``candidate.scoring()``, :class:`core.candidates.base.Scoring`): nothing
+    here knows a model by name or reads its fitted attributes.
+    """
+    kind = candidate.scoring().kind
+    if kind == "constant":
         return ConstantArms(candidate, level)
-    if name in ("risk_model", "interaction_logistic"):
+    if kind == "linear":
         return LinearArms(candidate, _members(candidate, ensemble))
-    if name in ("t_learner", "dr_learner"):
+    if kind == "trees":
         return TreeArms(candidate, _members(candidate, ensemble))
-    if name == "bcf":
+    if kind == "posterior_forest":
         return PosteriorForestArms(candidate, level)
-    raise ValueError(f"no scoring plan for candidate {name!r}")
+    raise ValueError(f"no scoring plan for the form {kind!r} of candidate {candidate.name!r}")
 
 
 def _members(candidate: Any, ensemble: Any) -> tuple[list[Any], float]:
@@ -70,9 +75,10 @@ class ConstantArms:
     """The arm-only floor: every patient gets the two rates and the interval of the Jeffreys draws."""
 
     def __init__(self, candidate: Any, level: float):
-        self.p1, self.p0 = float(candidate.p_treated_), float(candidate.p_control_)
+        arrays = candidate.scoring().arrays
+        self.p1, self.p0 = float(arrays["p_treated"]), float(arrays["p_control"])
         benefit = np.array([self.p1 - self.p0])
-        lower, upper = posterior_interval(np.asarray(candidate.draws_, dtype=float)[None, :], benefit, level)
+        lower, upper = posterior_interval(np.asarray(arrays["draws"], dtype=float)[None, :], benefit, level)
         self.lower, self.upper = float(lower[0]), float(upper[0])
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,14 +91,11 @@ class ConstantArms:
 
 def linear_form(model: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
     """A fitted linear candidate as ``logit P(arm) = c_arm + z @ w_arm`` on standardised features z: (w1, w0, c1, c0)."""
-    if model.name == "risk_model":  # logit P = a + b * (z @ coef + intercept) + gamma * t
-        w0 = model.b_ * np.asarray(model.coef_, dtype=float)
-        c0 = model.a_ + model.b_ * model.intercept_
-        return w0, w0, c0 + model.gamma_, c0
-    if model.name == "interaction_logistic":  # logit P = intercept + z @ main + t * (gamma + z @ inter)
-        main, inter = np.asarray(model.main_, dtype=float), np.asarray(model.inter_, dtype=float)
-        return main + inter, main, model.intercept_ + model.gamma_, model.intercept_
-    raise ValueError(f"{model.name} is not a linear candidate")
+    scoring = model.scoring()
+    if scoring.kind != "linear":
+        raise ValueError(f"{model.name} is not a linear candidate")
+    a = scoring.arrays
+    return np.asarray(a["w1"], dtype=float), np.asarray(a["w0"], dtype=float), float(a["c1"]), float(a["c0"])
 
 
 class LinearArms:
@@ -102,9 +105,10 @@ class LinearArms:
         refits, self.level = members
         self.candidate = candidate
         forms = [linear_form(m) for m in refits]
+        scalers = [m.scoring().arrays for m in refits]
         d = len(candidate.features_)
-        self.mean = np.array([m.scaler_.mean_ for m in refits]).reshape(-1, d)  # (refits, d)
-        self.scale = np.array([m.scaler_.scale_ for m in refits]).reshape(-1, d)
+        self.mean = np.array([s["mean"] for s in scalers]).reshape(-1, d)  # (refits, d)
+        self.scale = np.array([s["scale"] for s in scalers]).reshape(-1, d)
         self.w1 = np.array([f[0] for f in forms]).reshape(-1, d)
         self.w0 = np.array([f[1] for f in forms]).reshape(-1, d)
         self.c1 = np.array([f[2] for f in forms])
@@ -139,27 +143,27 @@ class TreeArms:
         refits, self.level = members
         self.candidate = candidate
         self.kind = candidate.name
-        models = [candidate, *refits]
-        second = "control_" if self.kind == "t_learner" else "final_"
+        parts = [m.scoring().arrays for m in (candidate, *refits)]
+        self.other_is = parts[0]["other_is"]  # "control": P(control); "effect": the benefit (DR)
         self.boosters: list[Any] = []
         forests: list[TreeArrays] = []
         sigmoid: list[float] = []  # 0 marks a raw (regression) output
         constants: list[float] = []
 
         def column(part: Any) -> int:
-            """Output column of a booster, or -(k + 1) for the k-th constant classifier."""
-            booster = getattr(part, "booster_", None)
-            if booster is None:  # training's stand-in for an arm with one class: its smoothed rate
-                constants.append(float(part.rate))
+            """Output column of a booster, or -(k + 1) for the k-th constant arm (a float: its smoothed rate)."""
+            if isinstance(part, float):
+                constants.append(part)
                 return -len(constants)
+            booster = part
             arrays, objective, scale = flatten_lightgbm(booster)
             self.boosters.append(booster)
             forests.append(arrays)
             sigmoid.append(scale if objective == "binary" else 0.0)
             return len(self.boosters) - 1
 
-        first = [column(m.treated_) for m in models]
-        other = [column(getattr(m, second)) for m in models]
+        first = [column(p["treated"]) for p in parts]
+        other = [column(p["other"]) for p in parts]
         self.forest = concat_forests(forests) if forests else None
         self.sigmoid = np.asarray(sigmoid)
         self.constants = np.asarray(constants)
@@ -186,7 +190,7 @@ class TreeArms:
         """(p1, p0) of every model, champion first: two (n, models) arrays."""
         out = self.outputs(F)
         p1 = out[:, self.first]
-        if self.kind == "t_learner":
+        if self.other_is == "control":
             return p1, out[:, self.other]
         return p1, np.clip(p1 - out[:, self.other], 0.0, 1.0)  # DR: P(control) from the effect model
 
@@ -204,21 +208,21 @@ class PosteriorForestArms:
     """BCF: the posterior draws of both forests, from flattened arrays for a few rows, stochtree for batches."""
 
     def __init__(self, candidate: Any, level: float):
-        self.candidate = candidate
         self.level = level
-        flat = candidate.flat_forests()  # pickled with the candidate: no stochtree JSON parsed at load
-        self.mu, self.tau = flat["mu"], flat["tau"]
-        self.mu_offset = float(flat["mu_offset"])
-        self.tau_offset = np.asarray(flat["tau_offset"], dtype=float)
+        arrays = candidate.scoring().arrays
+        self.mu, self.tau = arrays["mu"], arrays["tau"]
+        self.mu_offset = float(arrays["mu_offset"])
+        self.tau_offset = np.asarray(arrays["tau_offset"], dtype=float)
         self.trees = len(self.mu.roots) + len(self.tau.roots)
-        self.control_code = float(candidate.coding()[0])
+        self.control_code = float(arrays["control_code"])
+        self.model_draws = arrays["probit_draws"]  # the model's own evaluation, faster for batches
 
     def probit_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, draws) posterior draws of the control arm's probit and of the effect tau (treated: control + tau)."""
         if len(F) * self.trees <= ARRAY_CELLS:
             tau = self.tau.predict(F) + self.tau_offset[None, :]
             return self.mu.predict(F) + self.mu_offset + self.control_code * tau, tau
-        return self.candidate._probit_draws(F)
+        return self.model_draws(F)
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, tau = self.probit_draws(F)

@@ -300,7 +300,7 @@ def explain_rows(
     (the candidates check exactness, this checks the assembled result).
     """
     describer = _Describer(model, parsed)
-    arm_only = model.candidate_name == "arm_only"
+    arm_only = model.candidate.same_for_everyone
     treated_c, benefit_c = explanation.p_treated, explanation.benefit
     # SHAP values are additive: the control arm's are the treated arm's minus the benefit's.
     control_c = replace(treated_c, values=treated_c.values - benefit_c.values, base=treated_c.base - benefit_c.base, output=treated_c.output - benefit_c.output)

@@ -122,7 +122,7 @@ class OutcomePlan:
     def explain(self, parsed: Parsed) -> list[PatientExplanation]:
         """SHAP drivers of benefit and P(response | treated), one per input (``core.runtime.explain``)."""
         imputed, F = self.matrix(parsed)
-        explanation = self.model.candidate._explain(F)
+        explanation = self.model.candidate.explain(F, check=False)
         p1, p0 = self.arms.point(F)
         # The explained outputs must be the predictions the service returns.
         if not (np.allclose(explanation.p_treated.output, p1, rtol=0, atol=1e-6) and np.allclose(explanation.benefit.output, p1 - p0, rtol=0, atol=1e-6)):

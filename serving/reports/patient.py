@@ -133,7 +133,7 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     conditional = policy.answer == CONDITIONAL
     # Drivers of benefit only with established effect modification; otherwise prognostic drivers, named as such.
     explained_output = explained.benefit if conditional else explained.p_response_control
-    view = driver_view(explained_output, model.candidate_name == "arm_only")
+    view = driver_view(explained_output, model.candidate.same_for_everyone)
     with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
         probabilities = figures.data_uri(
             figures.probability_figure(float(prediction["p_response_treated"]), float(prediction["p_response_control"]), labels),

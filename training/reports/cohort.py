@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.candidates import FLOOR
 from core.reports import figures
 from core.reports.render import environment
 from training import plots
@@ -150,7 +151,7 @@ def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
                 return plots.forest_figure(info["subgroups"], f"{outcome}: prespecified subgroups")
 
             steps.append((outcome, "forest", forest))
-        if info["champion"] == "arm_only":
+        if info["champion"] == FLOOR:
             continue  # the floor's prediction does not depend on any value: nothing to attribute
 
         def beeswarm(outcome=outcome):

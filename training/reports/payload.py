@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from core.candidates import candidate_label
+from core.candidates import FLOOR, candidate_label
 from core.labels import responder_labels
 from core.runtime.artefact import ResponderModel
 from core.runtime.explain import explain_patients
@@ -356,10 +356,10 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
 # Models: candidates, evidence, SHAP ----------------------------------------------------------------
 def _floor_only(result: OutcomeResult, name: str) -> bool:
     """Whether a row's predictions are the arm-only floor's: one probability per arm, no ranking to judge."""
-    if name == "arm_only":
+    if name == FLOOR:
         return True
     selections = result.cv.selections
-    return name == SELECTED and sum(selections.values()) > 0 and selections.get("arm_only", 0) == sum(selections.values())
+    return name == SELECTED and sum(selections.values()) > 0 and selections.get(FLOOR, 0) == sum(selections.values())
 
 
 def candidate_rows(
