@@ -279,10 +279,12 @@ def test_bento_serves_from_outside_the_repository_and_its_dockerfile_starts_it(s
     tag = f"ldn-responders:{version}"
     src = Path(bento.path) / "src"
     shipped = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    packaged = {p.relative_to(ROOT).as_posix() for package in ("features", "training", "serving") for p in (ROOT / package).rglob("*")
+    packaged = {p.relative_to(ROOT).as_posix() for package in ("features", "core", "serving") for p in (ROOT / package).rglob("*")
                 if p.is_file() and p.suffix in {".py", ".yaml", ".j2"}}  # fmt: skip
     assert packaged <= shipped, sorted(packaged - shipped)
     assert not {p for p in shipped if p.startswith(("tests/", "benchmarks/", "mlruns/", ".venv/"))}
+    # Serving stands on core and features only (the import contract): the Bento carries no training code.
+    assert not {p for p in shipped if p.startswith("training/")}
     # The container recipe BentoML generated: the pinned requirements, the whole Bento (sources and models) copied,
     # and an entrypoint that runs `bentoml serve` on it; the container flag makes the service listen beyond loopback.
     dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
