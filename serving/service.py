@@ -51,8 +51,6 @@ import attr
 import bentoml
 import numpy as np
 import yaml
-from _bentoml_sdk import Service
-from bentoml._internal.service.openapi.specification import OpenAPISpecification
 from pydantic import Field
 from starlette.responses import HTMLResponse, JSONResponse
 
@@ -60,6 +58,7 @@ from core.spec import load_spec
 from features.catalog import load_catalog
 from serving import schemas as S
 from serving import supervision
+from serving.compat.bentoml import SERVER_LOGGERS, OpenAPISpecification, Service, render_metrics
 from serving.scoring import DEFAULT_MAX_BATCH, ChampionError, Scorer, load_bento_champions, resolve_champions
 
 log = logging.getLogger("responders.serving")
@@ -161,7 +160,7 @@ class _NoRequestData(logging.Filter):
 
 
 def _protect_logs() -> None:
-    for name in ("bentoml._internal.server.http_app", "bentoml", "_bentoml_impl"):
+    for name in SERVER_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoRequestData) for f in logger.filters):
             logger.addFilter(_NoRequestData())
@@ -780,9 +779,7 @@ def _record_warm_up(timings: dict[str, float]) -> None:
 def _warm_metrics() -> None:
     """Render the metrics once: the first rendering (prometheus' multi-process collector, also used when a request
     is counted) cost about 0.3 s, paid otherwise by the first request after ready."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    BentoMLContainer.metrics_client.get().generate_latest()
+    render_metrics()
 
 
 # Settings for MLflow's REST client in the server: its defaults (7 retries with exponential back-off,

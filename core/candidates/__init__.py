@@ -131,8 +131,6 @@ from core.candidates.interaction_logistic import (  # noqa: F401
     InteractionLogistic,
 )
 from core.candidates.logistic import (  # noqa: F401
-    _PRIMAL_L2_LOGISTIC,
-    _UNIT_CLASS_WEIGHTS,
     LIBLINEAR_MAX_N,
     _decision,
     _liblinear_fit,

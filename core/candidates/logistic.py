@@ -7,8 +7,8 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import _liblinear
-from sklearn.svm._base import _get_liblinear_solver_type
+
+from core.compat.sklearn import liblinear_logistic
 
 # Lean fits -------------------------------------------------------------------------------------------
 # A training job makes thousands of small fits. The estimator wrappers' input validation cost more
@@ -44,26 +44,13 @@ def fit_logistic(Z: np.ndarray, y: np.ndarray, C: float, solver: str = "liblinea
     return model.coef_[0], float(model.intercept_[0])
 
 
-# What scikit-learn's ``_fit_liblinear`` hands liblinear for ``LogisticRegression(solver="liblinear")``
-# with two classes: labels 0/1 as doubles (LabelEncoder's sorted classes), unit class and sample
-# weights, the primal L2 logistic solver, bias = intercept_scaling = 1. That function's label
-# encoding, class-weight and sample-weight checks cost three times the fit on 60 rows; the primal
-# solver (trust-region Newton) draws no random numbers, so the seed it is passed does not matter.
-_PRIMAL_L2_LOGISTIC = _get_liblinear_solver_type("ovr", "l2", "logistic_regression", False)
-_UNIT_CLASS_WEIGHTS = np.ones(2, dtype=np.float64)
-
-
 def _liblinear_fit(Z: np.ndarray, y: np.ndarray, C: float, max_iter: int, tol: float = 1e-4) -> tuple[np.ndarray, float]:
     y = np.asarray(y)
     classes = np.unique(y)
     if len(classes) != 2:
         raise ValueError(f"logistic fit needs two classes, got {classes.tolist()}")
-    target = np.require((y == classes[1]).astype(np.float64), requirements="W")
-    _liblinear.set_verbosity_wrap(0)  # liblinear prints its iterations unless told (scikit-learn does the same)
-    raw, _ = _liblinear.train_wrap(
-        Z, target, False, _PRIMAL_L2_LOGISTIC, tol, 1.0, C, _UNIT_CLASS_WEIGHTS, max_iter, 0, 0.1, np.ones(len(target), dtype=np.float64)
-    )
-    return raw[0, :-1], float(raw[0, -1])
+    # LabelEncoder's sorted classes as 0/1, then scikit-learn's liblinear driver (core.compat.sklearn)
+    return liblinear_logistic(Z, (y == classes[1]).astype(np.float64), C, max_iter, tol)
 
 
 def _decision(Z: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:

@@ -246,10 +246,6 @@ def limit_lightgbm_threads() -> None:
     the process-wide setting (``LGBM_SetMaxThreads``); its Python package has no
     wrapper for it.
     """
-    import ctypes
+    from core.compat.lightgbm import set_max_threads
 
-    from lightgbm.basic import _LIB
-
-    setter = getattr(_LIB, "LGBM_SetMaxThreads", None)
-    if setter is not None:
-        setter(ctypes.c_int(1))
+    set_max_threads(1)
