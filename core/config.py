@@ -425,6 +425,16 @@ def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
         raise ConfigError(source, validation_problems(err, TrainConfig)) from None
 
 
+def smoke_settings() -> dict:
+    """The smoke overrides (``core/configs/smoke.yaml``): tests, quick benchmarks and examples share them."""
+    return yaml.safe_load(resources.files("core").joinpath("configs", "smoke.yaml").read_text(encoding="utf-8")) or {}
+
+
+def smoke_config(**overrides) -> TrainConfig:
+    """The defaults with the smoke settings and ``overrides`` (deep-merged): a job of seconds, not estimates."""
+    return load_config(None, **_merge(smoke_settings(), overrides))
+
+
 @lru_cache(maxsize=1)
 def _default_text() -> str:
     return resources.files("core").joinpath("configs", "default.yaml").read_text(encoding="utf-8")
