@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -52,8 +53,50 @@ IntOrAuto = Annotated[Any, PlainValidator(_int_or_auto)]
 OptionalIntOrAuto = Annotated[Any, PlainValidator(_optional_int_or_auto)]
 
 
-def _auto(value, rule):
-    return rule() if value == AUTO else value
+@dataclass(frozen=True)
+class AutoRule:
+    """An ``auto`` setting's rule: ``small`` below ``threshold`` patients, ``large`` from there."""
+
+    threshold: int
+    small: Any
+    large: Any
+
+    def value(self, n: int) -> Any:
+        return self.small if n < self.threshold else self.large
+
+
+# Every ``auto`` rule, once: TrainConfig.resolved applies them, the candidates take ``small`` for an
+# unresolved auto, and tests/test_config.py checks the descriptions and default.yaml say the same.
+AUTO_RULES: dict[str, AutoRule] = {
+    "cv.folds": AutoRule(20_000, 5, 2),
+    "cv.repeats": AutoRule(10_000, 3, 1),
+    "cv.inner_folds": AutoRule(20_000, 3, 2),
+    "candidates.bcf.num_mcmc": AutoRule(2_000, 1_000, 400),
+    "candidates.bcf.cv_mcmc": AutoRule(2_000, 50, 20),
+    "candidates.bcf.max_patients": AutoRule(2_000, None, 1_000),  # None: every patient
+    "evidence.rate_bootstrap": AutoRule(10_000, 500, 200),
+    "intervals.bootstrap_models": AutoRule(10_000, 100, 20),
+    "intervals.bootstrap_penalty": AutoRule(10_000, "reselect", "keep"),
+}
+
+
+def small_value(path: str, value: Any) -> Any:
+    """``value``, or the small-trial value of its rule if it is an unresolved ``auto``."""
+    return AUTO_RULES[path].small if value == AUTO else value
+
+
+def _resolve(model: BaseModel, prefix: str, n: int) -> BaseModel:
+    """``model`` with each ``auto`` under ``prefix`` replaced by its rule's value for ``n`` patients."""
+    updates: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value, path = getattr(model, name), f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            resolved = _resolve(value, f"{path}.", n)
+            if resolved is not value:
+                updates[name] = resolved
+        elif isinstance(value, str) and value == AUTO and path in AUTO_RULES:
+            updates[name] = AUTO_RULES[path].value(n)
+    return model.model_copy(update=updates) if updates else model
 
 
 class LightGBMParams(_Strict):
@@ -155,7 +198,7 @@ class CandidatesConfig(_Strict):
     solver: Literal["auto", "liblinear", "newton-cholesky", "lbfgs"] = Field(
         "auto",
         description="solver of the L2 logistic fits (risk model, interaction logistic, DR outcome models). auto: "
-        "liblinear below 5,000 training rows of a fit, newton-cholesky from there (liblinear grows ~40x for 10x patients)",
+        "liblinear below 5,000 training rows of a fit, lbfgs from there (liblinear grows ~40x for 10x patients; core.candidates.logistic)",
     )
     risk_model: RiskModelParams = RiskModelParams()
     bcf: BCFParams = BCFParams()
@@ -217,11 +260,7 @@ class CVConfig(_Strict):
         return self
 
     def resolved(self, n: int) -> CVConfig:
-        return CVConfig(
-            folds=_auto(self.folds, lambda: 5 if n < 20_000 else 2),
-            repeats=_auto(self.repeats, lambda: 3 if n < 10_000 else 1),
-            inner_folds=_auto(self.inner_folds, lambda: 3 if n < 20_000 else 2),
-        )
+        return _resolve(self, "cv.", n)  # type: ignore[return-value]
 
 
 class EvidenceConfig(_Strict):
@@ -372,32 +411,10 @@ class TrainConfig(_Strict):
     def resolved(self, n: int) -> TrainConfig:
         """This config with every ``auto`` setting replaced by its rule's value for ``n`` patients.
 
-        The rules are in the fields' descriptions and in ``configs/default.yaml``;
+        The rules are :data:`AUTO_RULES` (described in the fields and in ``configs/default.yaml``);
         an explicit value is kept as it is.
         """
-        bcf = self.candidates.bcf
-        bcf = bcf.model_copy(
-            update={
-                "max_patients": _auto(bcf.max_patients, lambda: 1_000 if n >= 2_000 else None),
-                "num_mcmc": _auto(bcf.num_mcmc, lambda: 1_000 if n < 2_000 else 400),
-                "cv_mcmc": _auto(bcf.cv_mcmc, lambda: 50 if n < 2_000 else 20),
-            }
-        )
-        return self.model_copy(
-            update={
-                "cv": self.cv.resolved(n),
-                "candidates": self.candidates.model_copy(update={"bcf": bcf}),
-                "evidence": self.evidence.model_copy(
-                    update={"rate_bootstrap": _auto(self.evidence.rate_bootstrap, lambda: 500 if n < 10_000 else 200)}
-                ),
-                "intervals": self.intervals.model_copy(
-                    update={
-                        "bootstrap_models": _auto(self.intervals.bootstrap_models, lambda: 100 if n < 10_000 else 20),
-                        "bootstrap_penalty": _auto(self.intervals.bootstrap_penalty, lambda: "reselect" if n < 10_000 else "keep"),
-                    }
-                ),
-            }
-        )
+        return _resolve(self, "", n)  # type: ignore[return-value]
 
     def digest(self) -> str:
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -18,7 +18,7 @@ from core.candidates.base import (
     _matrix,
     stratified_subsample,
 )
-from core.config import CandidatesConfig
+from core.config import CandidatesConfig, small_value
 
 
 class BayesianCausalForest(BenefitCandidate):
@@ -50,13 +50,10 @@ class BayesianCausalForest(BenefitCandidate):
     @classmethod
     def from_config(cls, config: CandidatesConfig, treated_fraction: float, seed: int, final: bool = False) -> BayesianCausalForest:
         params = config.bcf
-
-        def small(value, default):  # an unresolved ``auto`` (see TrainConfig.resolved) gets the small-trial value
-            return default if value == "auto" else value
-
+        # An unresolved ``auto`` (see TrainConfig.resolved) gets the small-trial value of its rule.
         return cls(
             num_gfr=params.num_gfr if final else params.cv_gfr,
-            num_mcmc=small(params.num_mcmc, 1000) if final else small(params.cv_mcmc, 50),
+            num_mcmc=small_value("candidates.bcf.num_mcmc", params.num_mcmc) if final else small_value("candidates.bcf.cv_mcmc", params.cv_mcmc),
             # CV fits use posterior means only; each chain starts from its own warm start (stochtree)
             num_chains=(min(params.num_chains, params.num_gfr) if params.num_gfr else params.num_chains) if final else 1,
             num_burnin=params.num_burnin if final else 0,
@@ -64,7 +61,7 @@ class BayesianCausalForest(BenefitCandidate):
             tau_trees=params.tau_trees,
             explain_draws=params.explain_draws,
             treated_fraction=treated_fraction,
-            max_patients=small(params.max_patients, None),
+            max_patients=small_value("candidates.bcf.max_patients", params.max_patients),
             random_state=seed,
         )
 
