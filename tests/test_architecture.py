@@ -68,3 +68,18 @@ def test_serving_runs_without_importing_training():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_one_responders_command_carries_every_verb_of_both_layers():
+    """The console script keeps every sub-command (each layer's CLI holds its own verbs)."""
+    import typer.main
+
+    from responders.cli import app
+
+    group = typer.main.get_command(app)
+    assert set(group.commands) == {"simulate", "validate", "train", "predict", "serve", "bento", "report"}
+    assert set(group.commands["report"].commands) == {"cohort", "patient"}
+    train_flags = {p.opts[0] for p in group.commands["train"].params if p.opts}
+    assert {"--spec", "--config", "--tracking-uri", "--summary-json", "--report-dir", "--executor", "--workers", "--seed"} <= train_flags
+    serve_flags = {p.opts[0] for p in group.commands["serve"].params if p.opts}
+    assert {"--port", "--host", "--spec", "--insecure-dev"} <= serve_flags
