@@ -22,6 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = json.loads((ROOT / "examples" / "patient.json").read_text())
 
 
+THIRD_PARTY = {"builtins", "numpy", "pandas", "sklearn", "scipy", "lightgbm", "stochtree", "collections", "copyreg", "_codecs", "joblib", "functools"}
+
+
+def pickled_modules(obj) -> set[str]:
+    """The top-level packages a pickle of ``obj`` names (what loading it imports)."""
+    import io
+    import pickle
+
+    seen: set[str] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module, name):
+            seen.add(module.split(".")[0])
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(pickle.dumps(obj))).load()
+    return seen
+
+
 @pytest.mark.slow
 def test_the_estimator_fits_the_models_the_job_registers_without_touching_mlflow(tmp_path, monkeypatch):
     """Same trial, spec, config and seed: the estimator's answers, tests and predictions are the job's."""
@@ -47,6 +66,7 @@ def test_the_estimator_fits_the_models_the_job_registers_without_touching_mlflow
         assert test["p_value"] == result.permutation.p_value and test["p_adjusted"] == result.p_adjusted
         pd.testing.assert_frame_equal(fitted.evaluate()[outcome], result.cv.summary)
         registered = load_registered(result.model_uri)
+        assert pickled_modules(result.model) <= {"core", "features"} | THIRD_PARTY, pickled_modules(result.model)
         ours = fitted.predict(patient, outcome).drop(columns=["patient_id", "outcome"])
         pd.testing.assert_frame_equal(ours.reset_index(drop=True), registered.predict(patient).reset_index(drop=True))
     interval = fitted.benefit_interval(patient)
