@@ -42,7 +42,7 @@ $(BIN)/.installed: pyproject.toml requirements/lock.txt
 # training job, each executor worker) would otherwise compile thousands of modules again, about
 # 30 s of CPU each on a 2-core machine, or every time under PYTHONDONTWRITEBYTECODE.
 compile: ## compile the virtual environment's and the project's Python files to bytecode
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib features training serving benchmarks > /dev/null || true
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib features core training serving responders benchmarks > /dev/null || true
 
 install: $(BIN)/.installed ## create .venv with the pinned, known-good versions
 
@@ -105,7 +105,8 @@ docs-serve: install ## preview the documentation site on 127.0.0.1:8000 (rebuild
 	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 lint: install ## static checks
-	$(BIN)/ruff check features training serving tests benchmarks
+	$(BIN)/ruff check features core training serving responders tests examples benchmarks
+	$(BIN)/lint-imports --no-cache
 
 clean: ## remove the virtual environment and caches (keeps mlruns/)
 	rm -rf $(VENV) .cache .pytest_cache

@@ -34,7 +34,7 @@ from benchmarks.common import REPO
 
 OUTCOMES = ("pain", "memory")
 # Everything that decides what a simulated patient and its engineered features are.
-SOURCES = ("training/simulate.py", "training/data.py", "training/spec.py", "training/specs", "features")
+SOURCES = ("training/simulate.py", "core/data.py", "core/spec.py", "core/specs", "features")
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,10 @@ def fit_oracle(scenario: str, settings: OracleSettings) -> Oracle:
     """Simulate ``settings.patients`` patients of ``scenario`` and fit the pipeline and one booster per outcome."""
     import lightgbm as lgb
 
+    from core.data import model_inputs
+    from core.spec import load_spec
     from features.pipeline import build_feature_pipeline
-    from training.data import model_inputs
     from training.simulate import simulate
-    from training.spec import load_spec
 
     started = time.perf_counter()
     spec = load_spec()

@@ -135,6 +135,6 @@ def bcf_heterogeneity(model, F) -> dict[str, float]:
     """
     # The candidate's probit-scale draws; the served benefit draws are on the probability scale,
     # where a common effect on the probit scale already spreads with baseline risk.
-    _, tau = model._probit_draws(F)
+    _, tau = model.probit_draws(F)
     sd = np.asarray(tau).std(axis=0)
     return {"q05": float(np.quantile(sd, 0.05)), "mean": float(sd.mean()), "p_small": float(np.mean(sd > BCF_SMALL_SD))}

@@ -41,15 +41,15 @@ patients, for the heterogeneity tests only (no work-up):
    ``conditional``: the champion's conditional average benefit;
    ``risk_based``: the risk model; ``average``: the arm-only floor), refitted
    by :func:`training.train.fit_champion` and scored by
-   :meth:`serving.runtime.artefact.ResponderModel.predict` on a fresh held-out
+   :meth:`core.runtime.artefact.ResponderModel.predict` on a fresh held-out
    population of the same scenario: the served benefit and its 95% interval
-   (posterior draws or bootstrap refits; :func:`serving.runtime.artefact.model_interval`).
+   (posterior draws or bootstrap refits; :func:`core.runtime.artefact.model_interval`).
 3. **Every candidate** refitted with its own interval (BCF posterior,
    arm-only Jeffreys draws, bootstrap refits for the others), the peers
    (EconML ``CausalForestDML`` with its own ``effect_interval``, CausalML
    ``BaseXClassifier`` without one) and a constant baseline, the **trial
    average**: the trial's responder risk difference with its
-   Miettinen-Nurminen 95% interval (:func:`training.effects.risk_difference`),
+   Miettinen-Nurminen 95% interval (:func:`core.effects.risk_difference`),
    the same for every patient. Ranking: AUC for the true subgroup, Spearman
    and RMSE (PEHE) against the true benefit. Intervals: coverage of the
    *observable conditional benefit*, mean width and mean interval score
@@ -238,7 +238,7 @@ class Settings:
 
     def describe(self) -> list[str]:
         """Bullet lines stating the design, for the Markdown section."""
-        from training.config import load_config
+        from core.config import load_config
 
         job = load_config(None)
         config = load_config(None, **self.config_overrides(self.seed)).resolved(max(self.sizes))
@@ -510,14 +510,14 @@ def run_replicate(task: Task) -> list[dict]:
     quiet_environment()
     warnings.simplefilter("ignore")  # peers, LightGBM and stochtree warn about feature names and defaults
     from benchmarks.peers import bcf_heterogeneity, grf_rate_test
+    from core.candidates import make_candidate
+    from core.config import load_config
+    from core.spec import load_spec
     from features.pipeline import build_feature_pipeline
-    from training.candidates import make_candidate
-    from training.config import load_config
     from training.evaluation import holm, permutation_test, split_rate_test
     from training.executor import LocalExecutor
     from training.heterogeneity import imputed_randomisation_test
     from training.simulate import simulate
-    from training.spec import load_spec
 
     wall, cpu = time.perf_counter(), time.process_time()
     settings = task.settings
@@ -598,12 +598,12 @@ def run_replicate(task: Task) -> list[dict]:
 def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, test, adjusted) -> list[dict]:
     """Nested CV, PATH, the served answer, every candidate's, the baselines' and the peers' intervals, the criteria (one outcome)."""
     from benchmarks.peers import fit_peer
-    from serving.runtime.artefact import Evidence, model_interval
+    from core.candidates import BootstrapEnsemble, make_candidate
+    from core.config import load_config
+    from core.data import model_inputs
+    from core.effects import adjust
+    from core.runtime.artefact import Evidence, model_interval
     from training.answer import choose_answer
-    from training.candidates import BootstrapEnsemble, make_candidate
-    from training.config import load_config
-    from training.data import model_inputs
-    from training.effects import adjust
     from training.evaluation import cross_validate
     from training.path import path_analysis
     from training.results import OutcomeResult
@@ -1364,8 +1364,8 @@ def render(
 
 def observable_predictions(oracles: dict, settings: Settings) -> dict[str, dict[str, np.ndarray]]:
     """The observable oracle's predictions on each work-up scenario's held-out population."""
-    from training.data import model_inputs
-    from training.spec import load_spec
+    from core.data import model_inputs
+    from core.spec import load_spec
 
     spec = load_spec()
     return {s: oracles[s].predict(model_inputs(population(settings, s), spec)) for s in settings.work_up_scenarios}

@@ -211,9 +211,9 @@ def _measure(target: str, payload: str, calls, concurrency: int, total: int, sec
 
 
 def _train(work: Path, settings: Settings) -> str:
-    from training.config import load_config
+    from core.config import load_config
+    from core.spec import load_spec
     from training.simulate import simulate
-    from training.spec import load_spec
     from training.train import run_training
 
     data = work / "trial.csv"
@@ -224,9 +224,9 @@ def _train(work: Path, settings: Settings) -> str:
 
 
 def _patients(work: Path) -> list[dict]:
+    from core.spec import load_spec
     from serving.scoring import read_patients
     from training.simulate import simulate
-    from training.spec import load_spec
 
     path = work / "patients.csv"
     simulate("final", 100, 77).to_csv(path, index=False)
@@ -234,8 +234,8 @@ def _patients(work: Path) -> list[dict]:
 
 
 def _scorer(uri: str):
+    from core.spec import load_spec
     from serving.scoring import Scorer, resolve_champions
-    from training.spec import load_spec
 
     spec = load_spec()
     return Scorer(spec, resolve_champions(spec, uri))
@@ -295,15 +295,15 @@ def _profile(uri: str, patients: list[dict], repeats: int, route: str = "predict
 
 def _candidate_plans(settings: Settings, patients: list[dict]) -> list[list]:
     """Every candidate type as a served model on the same trial: plan time for one patient, in process (ms, median)."""
+    from core.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
+    from core.config import LabelRule, load_config
+    from core.labelling import LabelPolicy
+    from core.runtime.arms import limit_lightgbm_threads
+    from core.runtime.artefact import Evidence, ResponderModel
+    from core.runtime.plan import ScoringPlan
+    from core.spec import load_spec
     from features.pipeline import build_feature_pipeline
-    from serving.runtime.arms import limit_lightgbm_threads
-    from serving.runtime.artefact import Evidence, ResponderModel
-    from serving.runtime.plan import ScoringPlan
-    from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
-    from training.config import LabelRule, load_config
-    from training.labelling import LabelPolicy
     from training.simulate import simulate
-    from training.spec import load_spec
     from training.train import outcome_data
 
     limit_lightgbm_threads()
@@ -471,7 +471,7 @@ def run(quick: bool, out_dir: Path) -> str:
 
 
 def _champion_names(uri: str) -> dict[str, str]:
-    from training.spec import load_spec
+    from core.spec import load_spec
     from training.tracking import current_champion, setup_tracking
 
     spec = load_spec()

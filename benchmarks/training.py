@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import ChildResult, fmt_rate, mb, md_table, quiet_environment, run_child
+from core.config import smoke_settings
 from training.published import DEFAULT_SEED
 
 TARGET_SMALL_SECONDS = 60.0  # issue 13: the default job within a minute on 2 idle cores
@@ -63,16 +64,8 @@ class Settings:
 
 FULL = Settings()
 # Tiny settings for a smoke run: every step of the job runs, none of it at a useful size.
-QUICK_JOB = {
-    "cv": {"folds": 2, "repeats": 1, "inner_folds": 2},
-    "evidence": {"permutations": 9, "replicates": 9, "rate_bootstrap": 20},
-    "intervals": {"bootstrap_models": 5},
-    "candidates": {
-        "bcf": {"num_gfr": 2, "cv_gfr": 1, "num_mcmc": 20, "cv_mcmc": 10, "mu_trees": 10, "tau_trees": 5, "explain_draws": 5},
-        "t_learner": {"lightgbm": {"n_estimators": 20}},
-        "dr_learner": {"nuisance": {"n_estimators": 20}, "final": {"n_estimators": 10}},
-    },
-}
+# The smoke settings shared with the tests and the examples (core/configs/smoke.yaml), without their worker count.
+QUICK_JOB = {k: v for k, v in smoke_settings().items() if k != "executor"}
 QUICK = Settings(
     job_overrides=QUICK_JOB,
     scale_sizes=(300, 4_000),
@@ -95,9 +88,9 @@ def _job_child(args: argparse.Namespace) -> dict:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # progress lines into the child's log
-    from training.config import load_config
+    from core.config import load_config
+    from core.spec import load_spec
     from training.simulate import simulate
-    from training.spec import load_spec
     from training.timing import tree_cpu_seconds
     from training.train import run_training
 
@@ -161,9 +154,9 @@ def _level_replicate(task: tuple[str, int, int], shared: dict) -> float:
 
 def _level_child(args: argparse.Namespace) -> dict:
     quiet_environment()
-    from training.config import load_config
+    from core.config import load_config
+    from core.spec import load_spec
     from training.executor import make_executor
-    from training.spec import load_spec
 
     config = load_config(None, evidence={"method": "split_rate"})
     tasks = [(kind, n, 10_000 + r) for n, reps in zip(args.sizes, args.replicates, strict=True) for kind in ("sharp", "null") for r in range(reps)]
@@ -435,7 +428,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
             "### (b) The whole job at growing n (Dask executor, 2-worker local cluster)",
             "",
             "`run_training` on `simulate(\"final\", n, 1)` with the default config, whose `auto` settings scale with n "
-            "(`training/configs/default.yaml`): the heterogeneity test is the split-sample RATE test above 3,000 patients.",
+            "(`core/configs/default.yaml`): the heterogeneity test is the split-sample RATE test above 3,000 patients.",
             "",
             render_scaling(scaling),
             "",

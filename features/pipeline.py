@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,9 @@ from features.transformers import (
     SymptomFeatures,
 )
 
-if TYPE_CHECKING:
-    from training.spec import DatasetSpec
+# A ``core.spec.DatasetSpec``: features sits below core (core's artefact holds a fitted feature pipeline),
+# so it takes the spec as an argument and never imports it, not even for type checking.
+DatasetSpec = Any
 
 
 def build_feature_pipeline(spec: DatasetSpec, catalog_path: str | None = None) -> Pipeline:

@@ -104,7 +104,7 @@ class LabParser(TransformerMixin, BaseEstimator):
         Numeric input columns (coerced to float; non-numbers become missing).
     categorical : tuple of str
         Categorical input columns, as canonical level codes (text; the number 1,
-        the text "1" and "1.0" are the same code, see ``training.spec.level_key``).
+        the text "1" and "1.0" are the same code, see ``core.spec.level_key``).
     catalog_path : str or None
         Lab catalog YAML; None uses the packaged catalog.
     declared : tuple of Analyte

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import bentoml
 
+from core.spec import DatasetSpec, load_spec
 from serving.scoring import resolve_champions
-from training.spec import DatasetSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("features", "training", "serving")
+PACKAGES = ("features", "core", "serving")
 BENTO_INCLUDE = tuple(f"{package}/**/*.{ext}" for package in PACKAGES for ext in ("py", "yaml", "j2"))
 
 
@@ -55,9 +55,9 @@ def build_bento(spec_name: str | None = None, tracking_uri: str | None = None, v
         "serving.service:ResponderService",
         name="ldn-responders",
         description="LDN responder-subgroup API with its champion models",
-        # Recursive globs for every package: a subpackage (serving/runtime/) missing here breaks the Bento at import.
+        # Recursive globs for every package: a subpackage (core/runtime/) missing here breaks the Bento at import.
         include=[*BENTO_INCLUDE],
-        # Anchored at the root: a bare "reports" also dropped training/reports/, the /report endpoint's code.
+        # Anchored at the root: a bare "reports" also dropped serving/reports/, the /report endpoint's code.
         exclude=["/tests/", "/benchmarks/", "/mlruns/", "/data/", "/reports/", "/.venv/"],
         # Offline build: no lock resolution against an index; the pins are the project's lock file.
         python={"requirements_txt": "requirements/lock.txt", "lock_packages": False},

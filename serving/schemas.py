@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from core.spec import CovariateSpec, DatasetSpec
 from features.catalog import LabCatalog
 from features.codes import level_key
-from training.spec import CovariateSpec, DatasetSpec
 
 Label = Literal["likely_benefit", "uncertain", "unlikely_benefit"]
 

@@ -1,6 +1,6 @@
 """Scoring shared by the REST API and ``responders predict``: load the champions once, score batches.
 
-The champions are compiled into one :class:`~serving.runtime.plan.ScoringPlan`
+The champions are compiled into one :class:`~core.runtime.plan.ScoringPlan`
 when the scorer is made (at start-up): a request's patient dicts are parsed
 once for every outcome and scored with array operations, without pandas.
 
@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from core.progress import task_progress
+from core.runtime.arms import limit_lightgbm_threads
+from core.runtime.artefact import ResponderModel, load_artefact
+from core.runtime.plan import Parsed, ScoringPlan
+from core.spec import DatasetSpec, load_spec
 from serving import schemas as S
-from serving.runtime.arms import limit_lightgbm_threads
-from serving.runtime.artefact import ResponderModel, check_format
-from serving.runtime.plan import Parsed, ScoringPlan
-from training.progress import task_progress
-from training.spec import DatasetSpec, load_spec
 
 log = logging.getLogger("responders.serving")
 
@@ -66,7 +66,7 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
     running service (restart it to pick up a new champion). Raises
     :class:`ChampionError` when an outcome has no champion or its file cannot be loaded.
     """
-    from training.tracking import CHAMPION, current_champion, load_registered, setup_tracking
+    from core.registry import CHAMPION, current_champion, load_registered, setup_tracking
 
     uri, client = setup_tracking(tracking_uri)
     champions = {}
@@ -108,7 +108,6 @@ def _one_line(err: BaseException) -> str:
 def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champion]:
     """Load champions imported into the BentoML model store (used inside a built Bento)."""
     import bentoml
-    import joblib
 
     champions = {}
     for tag in tags:
@@ -118,7 +117,7 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
             raise ChampionError(f"BentoML model {tag!r} is not in the model store: {_one_line(err)}") from err
         path = Path(stored.path_of("mlflow_model")) / "artifacts" / "responder.joblib"
         try:
-            model: ResponderModel = check_format(joblib.load(path))
+            model: ResponderModel = load_artefact(path)
         except Exception as err:  # name what could not be served
             labels = stored.info.labels
             raise ChampionError(
@@ -362,7 +361,7 @@ def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
         data = json.loads(path.read_text())
         rows = data.get("patients", data) if isinstance(data, dict) else data
         return [rows] if isinstance(rows, dict) else list(rows)
-    from training.data import read_table
+    from core.data import read_table
 
     frame = read_table(path)
     fields = S.patient_model(spec, spec.lab_catalog()).model_fields  # once: building the model takes milliseconds

@@ -51,15 +51,14 @@ import attr
 import bentoml
 import numpy as np
 import yaml
-from _bentoml_sdk import Service
-from bentoml._internal.service.openapi.specification import OpenAPISpecification
 from pydantic import Field
 from starlette.responses import HTMLResponse, JSONResponse
 
+from core.spec import load_spec
 from serving import schemas as S
 from serving import supervision
+from serving.compat.bentoml import SERVER_LOGGERS, OpenAPISpecification, Service, render_metrics
 from serving.scoring import DEFAULT_MAX_BATCH, ChampionError, Scorer, load_bento_champions, resolve_champions
-from training.spec import load_spec
 
 log = logging.getLogger("responders.serving")
 
@@ -160,7 +159,7 @@ class _NoRequestData(logging.Filter):
 
 
 def _protect_logs() -> None:
-    for name in ("bentoml._internal.server.http_app", "bentoml", "_bentoml_impl"):
+    for name in SERVER_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoRequestData) for f in logger.filters):
             logger.addFilter(_NoRequestData())
@@ -697,7 +696,7 @@ class ResponderService:
     @bentoml.api(route="/report")
     def report(self, patient: Patient) -> str:  # type: ignore[valid-type]
         """The one-patient HTML report (self-contained: images embedded, no external resources)."""
-        from training.reports import render_patient_report
+        from serving.reports import render_patient_report
 
         frame, problems = self.scorer.patient_frame(patient.model_dump())
         if problems:
@@ -779,9 +778,7 @@ def _record_warm_up(timings: dict[str, float]) -> None:
 def _warm_metrics() -> None:
     """Render the metrics once: the first rendering (prometheus' multi-process collector, also used when a request
     is counted) cost about 0.3 s, paid otherwise by the first request after ready."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    BentoMLContainer.metrics_client.get().generate_latest()
+    render_metrics()
 
 
 # Settings for MLflow's REST client in the server: its defaults (7 retries with exponential back-off,
@@ -830,7 +827,7 @@ def _load_champions():
     tags = _bento_model_tags()
     if tags:
         return load_bento_champions(SPEC, tags)
-    from training.tracking import resolve_tracking_uri
+    from core.registry import resolve_tracking_uri
 
     for name, value in REGISTRY_HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)

@@ -22,8 +22,8 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="respo
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from core.spec import DatasetSpec, load_spec  # noqa: E402
 from training.simulate import simulate  # noqa: E402
-from training.spec import DatasetSpec, load_spec  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,10 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.config import TrainConfig, load_config
+from core.config import TrainConfig, smoke_config, smoke_settings
 
-FAST = {
-    "cv": {"folds": 3, "repeats": 1, "inner_folds": 2},
-    "evidence": {"permutations": 19, "replicates": 19, "rate_bootstrap": 50},
-    "intervals": {"bootstrap_models": 8},
-    "candidates": {
-        "bcf": {"num_gfr": 5, "cv_gfr": 2, "num_mcmc": 40, "cv_mcmc": 20, "num_burnin": 10, "mu_trees": 30, "tau_trees": 15, "explain_draws": 10},
-        "t_learner": {"lightgbm": {"n_estimators": 30}},
-        "dr_learner": {"nuisance": {"n_estimators": 30}, "final": {"n_estimators": 20}},
-    },
-    "executor": {"workers": 2},
-}
+# The smoke settings (core/configs/smoke.yaml), shared with the benchmarks' quick runs and the examples.
+FAST = smoke_settings()
 
 
 # A second, differently named trial layout: other ids, arm labels, a higher-is-better outcome
@@ -51,9 +42,7 @@ labs:
 
 
 def fast_config(**overrides) -> TrainConfig:
-    from training.config import _merge
-
-    return load_config(None, **_merge(FAST, overrides))
+    return smoke_config(**overrides)
 
 
 def free_port() -> int:
@@ -109,8 +98,8 @@ def serving_store(tmp_path_factory) -> dict:
     trial ``frame`` and the training ``summary``.
     """
     if not _SERVING_STORE:
+        from core.spec import load_spec
         from training.simulate import simulate
-        from training.spec import load_spec
         from training.train import run_training
 
         tmp = tmp_path_factory.mktemp("serving-store")

@@ -13,11 +13,11 @@ import pytest
 from helpers import fast_config
 from scipy.stats import norm
 
+from core.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.answer import choose_answer, served_model_problems
 from training.evaluation import CVResult
 from training.executor import LocalExecutor
 from training.heterogeneity import imputed_randomisation_test, spread_beyond_prognosis
-from training.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.path import path_analysis
 
 
@@ -152,8 +152,8 @@ def test_the_answer_follows_the_evidence_then_the_prognosis_then_the_average():
 def test_bcf_chains_are_diagnosed_then_thinned_for_serving_with_the_change_measured():
     import pickle
 
-    from serving.runtime.arms import PosteriorForestArms
-    from training.candidates import BayesianCausalForest
+    from core.candidates import BayesianCausalForest
+    from core.runtime.arms import PosteriorForestArms
     from training.diagnostics import bcf_diagnostics, describe, thin_and_measure
 
     X, t, y = _trial(200, 7, prognosis=0.8, modifier=1.0)
@@ -182,12 +182,39 @@ def test_bcf_chains_are_diagnosed_then_thinned_for_serving_with_the_change_measu
 def test_a_model_stored_in_an_older_format_is_refused_with_one_line():
     from types import SimpleNamespace
 
-    from serving.runtime.artefact import FORMAT_VERSION, ArtefactFormatError, check_format
+    from core.runtime.artefact import FORMAT_VERSION, ArtefactFormatError, check_format
 
     current = SimpleNamespace(format_version=FORMAT_VERSION)
     assert check_format(current) is current
     with pytest.raises(ArtefactFormatError, match=f"format 1, this code reads format {FORMAT_VERSION}: retrain with `make train`"):
         check_format(SimpleNamespace())  # pickled before the format was recorded
+
+
+def test_a_model_pickled_under_the_old_module_paths_is_refused_with_the_same_line(tmp_path, monkeypatch):
+    """Format 2 pickled serving.runtime.artefact.ResponderModel; that module is gone, and loading says retrain."""
+    import pickle
+    import sys
+    import types
+
+    from core.runtime.artefact import FORMAT_VERSION, ArtefactFormatError, load_artefact
+
+    old = types.ModuleType("serving.runtime.artefact")
+
+    class ResponderModel:  # what a format-2 pickle names
+        pass
+
+    ResponderModel.__module__, ResponderModel.__qualname__ = "serving.runtime.artefact", "ResponderModel"
+    old.ResponderModel = ResponderModel
+    monkeypatch.setitem(sys.modules, "serving.runtime.artefact", old)
+    stored = ResponderModel()
+    stored.format_version = 2
+    (tmp_path / "responder.joblib").write_bytes(pickle.dumps(stored))
+    monkeypatch.delitem(sys.modules, "serving.runtime.artefact")
+    monkeypatch.delitem(sys.modules, "serving.runtime", raising=False)
+
+    with pytest.raises(ArtefactFormatError, match=f"this code reads format {FORMAT_VERSION}: retrain with `make train`") as err:
+        load_artefact(tmp_path / "responder.joblib")
+    assert "serving.runtime" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_rhat_and_ess_tell_agreeing_chains_from_disagreeing_and_autocorrelated_ones():

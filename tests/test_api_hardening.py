@@ -29,11 +29,11 @@ import psutil
 import pytest
 from helpers import free_port, port_is_free, running, serving_store, wait_http
 
+from core.spec import load_spec
 from features.catalog import load_catalog
 from features.labs import LabValueError, parse_lab_value
 from serving.scoring import read_patients
 from training.simulate import simulate
-from training.spec import load_spec
 
 TOKEN = "hardening-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -341,10 +341,10 @@ def process_cmdline(pid: int) -> str:
 def test_serve_environment_resolves_the_spec_and_refuses_bad_ones(tmp_path, monkeypatch):
     import typer
 
-    from training.cli import serve_command, serve_environment
+    from serving.cli import serve_command, serve_environment
 
     spec_file = tmp_path / "trial.yaml"
-    spec_file.write_text((ROOT / "training" / "specs" / "fibromyalgia-ldn.yaml").read_text())
+    spec_file.write_text((ROOT / "core" / "specs" / "fibromyalgia-ldn.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     env = serve_environment({"RESPONDERS_API_TOKEN": "t"}, spec="trial.yaml")
     assert env["RESPONDERS_SPEC"] == str(spec_file.resolve())

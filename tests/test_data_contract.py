@@ -10,9 +10,9 @@ import pytest
 from helpers import OTHER_SPEC
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.data import DataContractError, load_trial, model_inputs, read_table, validate
-from training.spec import load_spec, parse_spec
+from core.data import DataContractError, load_trial, model_inputs, read_table, validate
+from core.spec import load_spec, parse_spec
+from responders.cli import app
 
 runner = CliRunner()
 

@@ -80,9 +80,9 @@ def store(tmp_path_factory):
 
 # The warm-up -------------------------------------------------------------------------------------------------------
 def test_synthetic_warm_up_patients_carry_no_patient_data(store):
+    from core.spec import load_spec
     from serving.scoring import Scorer, resolve_champions
     from serving.service import synthetic_patients
-    from training.spec import load_spec
 
     spec = load_spec()
     scorer = Scorer(spec, resolve_champions(spec, store["uri"]))
@@ -223,8 +223,8 @@ def _fresh_venv(path: Path, *requirements: str) -> Path:
 
 
 def _in_process_prediction(uri: str, patient: dict) -> dict:
+    from core.spec import load_spec
     from serving.scoring import Scorer, resolve_champions
-    from training.spec import load_spec
 
     spec = load_spec()
     scorer = Scorer(spec, resolve_champions(spec, uri))
@@ -243,7 +243,7 @@ def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_reposit
     work = tmp_path / "clinic"
     work.mkdir()
     env = _clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}", BENTOML_HOME=str(work / "bentoml"))
-    where = subprocess.run([str(python), "-c", "import serving.runtime.plan, serving; print(serving.__file__)"], env=env, cwd=work,
+    where = subprocess.run([str(python), "-c", "import core.runtime.plan, serving; print(serving.__file__)"], env=env, cwd=work,
                            capture_output=True, text=True, check=True)  # fmt: skip
     assert where.stdout.strip().startswith(str(tmp_path / "venv")), where.stdout  # the installed copy, not the sources
     # A tiny trial, trained by the installed command.
@@ -279,10 +279,12 @@ def test_bento_serves_from_outside_the_repository_and_its_dockerfile_starts_it(s
     tag = f"ldn-responders:{version}"
     src = Path(bento.path) / "src"
     shipped = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    packaged = {p.relative_to(ROOT).as_posix() for package in ("features", "training", "serving") for p in (ROOT / package).rglob("*")
+    packaged = {p.relative_to(ROOT).as_posix() for package in ("features", "core", "serving") for p in (ROOT / package).rglob("*")
                 if p.is_file() and p.suffix in {".py", ".yaml", ".j2"}}  # fmt: skip
     assert packaged <= shipped, sorted(packaged - shipped)
     assert not {p for p in shipped if p.startswith(("tests/", "benchmarks/", "mlruns/", ".venv/"))}
+    # Serving stands on core and features only (the import contract): the Bento carries no training code.
+    assert not {p for p in shipped if p.startswith("training/")}
     # The container recipe BentoML generated: the pinned requirements, the whole Bento (sources and models) copied,
     # and an entrypoint that runs `bentoml serve` on it; the container flag makes the service listen beyond loopback.
     dockerfile = (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()

@@ -96,7 +96,7 @@ def test_site_builds_strict_with_every_nav_page(site, mkdocs_config):
 
 def test_api_reference_is_built_from_docstrings(site):
     html = built_page(site, "reference.md").read_text(encoding="utf-8")
-    for anchor in ("features.pipeline.build_feature_pipeline", "serving.schemas.OutcomePrediction", "training.config.TrainConfig"):
+    for anchor in ("features.pipeline.build_feature_pipeline", "serving.schemas.OutcomePrediction", "core.config.TrainConfig"):
         assert f'id="{anchor}"' in html, f"the API reference has no entry for {anchor}"
     # A docstring's own text, not just the names: mkdocstrings read the source.
     assert "parse labs -&gt; impute -&gt; engineer features" in html or "parse labs -> impute -> engineer features" in html
@@ -108,7 +108,7 @@ def test_included_files_are_rendered_not_copied(site):
     first_heading = re.search(r"^## (.+)$", (ROOT / "benchmarks/RESULTS.md").read_text(encoding="utf-8"), re.MULTILINE).group(1)
     assert first_heading.split(". ", 1)[-1] in results
     operations = built_page(site, "operations.md").read_text(encoding="utf-8")
-    assert "bcf_when_eligible" in operations  # from training/configs/default.yaml
+    assert "bcf_when_eligible" in operations  # from core/configs/default.yaml
     sources = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
     assert "floor_margin_se: 1.0" not in sources, "docs/ copies default.yaml instead of including it"
 

@@ -11,11 +11,11 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from core.data import model_inputs
 from features.catalog import load_catalog
 from features.labs import LabValueError, parse_lab_value
 from features.pipeline import build_feature_pipeline, feature_info, fitted_parts, input_warnings, lab_issues
 from features.transformers import InflammationFeatures, LabParseError, MedianImputer
-from training.data import model_inputs
 from training.simulate import simulate
 
 EXPECTED_NAMES = [
@@ -224,9 +224,9 @@ covariates:
 def test_a_spec_without_labs_or_baselines_builds_fits_and_describes(tmp_path):
     from mlflow.models.utils import _enforce_schema
 
-    from serving.runtime.artefact import ResponderModel, input_schema
-    from training.config import LabelRule
-    from training.spec import parse_spec
+    from core.config import LabelRule
+    from core.runtime.artefact import ResponderModel, input_schema
+    from core.spec import parse_spec
 
     spec = parse_spec(COVARIATES_ONLY)
     rng = np.random.default_rng(0)

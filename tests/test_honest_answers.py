@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from helpers import fast_config
 
+from core.candidates import ArmOnly, BayesianCausalForest
+from core.config import LabelRule
+from core.effects import adjust, risk_difference, score_interval, score_test
+from core.labelling import AVERAGE, CONDITIONAL, LIKELY, RISK_BASED, UNCERTAIN, UNLIKELY, build_policy
+from core.runtime.explain import NO_DEPENDENCE
 from features.pipeline import build_feature_pipeline
-from serving.runtime.explain import NO_DEPENDENCE
-from training.candidates import ArmOnly, BayesianCausalForest
-from training.config import LabelRule
-from training.effects import adjust, risk_difference, score_interval, score_test
 from training.evaluation import (
     FoldPredictions,
     eligible,
@@ -22,7 +23,6 @@ from training.evaluation import (
     select,
     sequential_p_value,
 )
-from training.labelling import AVERAGE, CONDITIONAL, LIKELY, RISK_BASED, UNCERTAIN, UNLIKELY, build_policy
 from training.train import outcome_data
 
 
@@ -119,7 +119,7 @@ def test_a_patient_label_is_read_from_the_patients_own_interval_and_never_disagr
 
 
 def test_relative_effects_match_a_hand_computation():
-    from training.effects import relative_effects
+    from core.effects import relative_effects
 
     out = relative_effects(30, 49, 12, 50)
     rr = (30 / 49) / (12 / 50)
@@ -237,7 +237,7 @@ def test_bcf_posterior_draws_pickle_and_explanations_add_up(features_99):
     # The explanation trees travel as a few packed arrays, not one dictionary per tree.
     assert "explain_trees_" not in restored.__dict__ and set(restored.explain_packed_["tau"]) >= {"starts", "features"}
     # The served plan scores a few patients from the pickled flat forests, without rebuilding stochtree's model.
-    from serving.runtime.arms import PosteriorForestArms
+    from core.runtime.arms import PosteriorForestArms
 
     plan_p1, plan_p0 = PosteriorForestArms(restored, 0.95).point(F.to_numpy(dtype=float)[:5])
     restored.explain(F.head(1))  # one patient's explanation needs no stochtree model either
@@ -262,7 +262,7 @@ def test_bcf_posterior_draws_pickle_and_explanations_add_up(features_99):
 
 
 def test_flattened_posterior_forests_predict_what_stochtree_predicts(features_99):
-    from serving.runtime.forests import flatten_stochtree
+    from core.runtime.forests import flatten_stochtree
 
     F, data = features_99
     model = BayesianCausalForest(num_gfr=3, num_mcmc=30, mu_trees=20, tau_trees=10, random_state=5).fit(F, data.t, data.y)
@@ -277,16 +277,16 @@ def test_flattened_posterior_forests_predict_what_stochtree_predicts(features_99
 
 # Explanations: one driver per input ------------------------------------------------------------------
 def test_explanations_have_one_driver_per_input_and_add_up(spec, final_99):
-    from serving.runtime.artefact import Evidence, ResponderModel
-    from serving.runtime.explain import explain_patients
-    from training.labelling import LabelPolicy
+    from core.labelling import LabelPolicy
+    from core.runtime.artefact import Evidence, ResponderModel
+    from core.runtime.explain import explain_patients
 
     data, _ = outcome_data(final_99, spec, "pain", fast_config())
     pipeline = build_feature_pipeline(spec).fit(data.X)
     F = pipeline.transform(data.X)
     evidence = Evidence(True, False, 0.5, 0.5, 0.0, 0.05, 10, "no reliable evidence")
     policy = LabelPolicy(AVERAGE, LabelRule().model_dump(), "", UNCERTAIN, "reason")
-    from training.candidates import TLearner
+    from core.candidates import TLearner
 
     for candidate in (TLearner(random_state=0).fit(F, data.t, data.y), ArmOnly().fit(F, data.t, data.y)):
         model = ResponderModel(spec, "pain", pipeline, candidate, None, policy, evidence)
@@ -319,7 +319,7 @@ def test_default_draw_answers_with_what_the_trial_identifies(tmp_path, spec):
     simulate("final", 99, DEFAULT_SEED).to_csv(path, index=False)
     summary = run_training(path, spec, fast_config(), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     frame = pd.read_csv(path, dtype=str)
-    from training.data import model_inputs
+    from core.data import model_inputs
 
     for name, result in summary.outcomes.items():
         out = result.model.predict(model_inputs(frame, spec))

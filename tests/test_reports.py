@@ -17,19 +17,20 @@ from helpers import fast_config
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from core.candidates import CANDIDATE_ORDER, BootstrapEnsemble, candidate_label, make_candidate
+from core.config import LabelRule
+from core.labelling import LabelPolicy
+from core.runtime.artefact import Evidence, ResponderModel
+from core.runtime.explain import explain_patients
+from core.spec import load_spec
 from features.pipeline import build_feature_pipeline
-from serving.runtime.artefact import Evidence, ResponderModel
-from serving.runtime.explain import explain_patients
+from responders.cli import app
+from serving.reports import render_patient_report
+from serving.reports.patient import driver_view
 from serving.scoring import Scorer, patient_from_file
-from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, candidate_label, make_candidate
-from training.cli import app
-from training.config import LabelRule
-from training.labelling import LabelPolicy
 from training.published import DEFAULT_SEED
-from training.reports import latest_training_run, render_patient_report
-from training.reports.patient import driver_view
+from training.reports import latest_training_run
 from training.simulate import simulate
-from training.spec import load_spec
 from training.tracking import CHAMPION, current_champion, load_registered
 from training.train import outcome_data, run_training
 
@@ -226,8 +227,8 @@ def test_patient_report_gives_the_answer_first_in_plain_words(spec, personal_mod
 
 
 def test_drivers_chart_uses_the_benefit_scale_and_is_dropped_below_one_point():
-    from serving.runtime.explain import NO_DEPENDENCE, Driver, OutputExplanation
-    from training.reports import figures
+    from core.reports import figures
+    from core.runtime.explain import NO_DEPENDENCE, Driver, OutputExplanation
 
     def driver(amount, name="CRP of 1.2 mg/L"):
         return Driver("crp", "C-reactive protein", "inflammation", 1.2, name, "mg/L", amount, f"{name} moves it.")

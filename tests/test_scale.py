@@ -20,9 +20,7 @@ from helpers import FAST, fast_config, free_port
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
-from features.pipeline import build_feature_pipeline
-from training import metrics as M
-from training.candidates import (
+from core.candidates import (
     LIBLINEAR_MAX_N,
     BootstrapEnsemble,
     fit_lgbm,
@@ -32,8 +30,10 @@ from training.candidates import (
     make_candidate,
     stratified_subsample,
 )
-from training.config import LightGBMParams, _merge, load_config
-from training.data import validate
+from core.config import LightGBMParams, _merge, load_config
+from core.data import validate
+from features.pipeline import build_feature_pipeline
+from training import metrics as M
 from training.evaluation import cross_validate, fit_pipeline, parsed_inputs
 from training.executor import LocalExecutor, make_executor
 from training.heterogeneity import heterogeneity_test
@@ -264,7 +264,7 @@ def test_a_job_runs_against_a_dask_scheduler_with_workers_in_other_processes(tmp
 
 
 def spec_default():
-    from training.spec import load_spec
+    from core.spec import load_spec
 
     return load_spec()
 

@@ -17,16 +17,16 @@ import pandas as pd
 import pytest
 from helpers import OTHER_SPEC, fast_config
 
+from core.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
+from core.config import LabelRule
+from core.labelling import LabelPolicy
+from core.runtime import arms as A
+from core.runtime.artefact import TEXT_COLUMNS, Evidence, ResponderModel, ResponderPyfunc
+from core.runtime.forests import concat_forests, flatten_lightgbm
+from core.runtime.plan import ScoringPlan
+from core.spec import load_spec, parse_spec
 from features.pipeline import FeaturePlan, build_feature_pipeline, input_warnings, lab_issues
-from serving.runtime import arms as A
-from serving.runtime.artefact import TEXT_COLUMNS, Evidence, ResponderModel, ResponderPyfunc
-from serving.runtime.forests import concat_forests, flatten_lightgbm
-from serving.runtime.plan import ScoringPlan
-from training.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
-from training.config import LabelRule
-from training.labelling import LabelPolicy
 from training.simulate import simulate
-from training.spec import load_spec, parse_spec
 from training.train import outcome_data
 
 N_PATIENTS = 10_000

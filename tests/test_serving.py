@@ -16,9 +16,9 @@ from helpers import free_port, rounded, running, serving_store
 from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
+from core.spec import load_spec
 from serving.scoring import read_patients
 from training.simulate import simulate
-from training.spec import load_spec
 
 TOKEN = "test-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -367,7 +367,7 @@ def test_no_training_serving_skew(client, patients, store):
 def test_cli_predict_prints_the_same_json(store, patients, tmp_path):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from responders.cli import app
 
     path = tmp_path / "patients.json"
     path.write_text(json.dumps({"patients": patients[:2] + [dict(patients[2], age="unknown")]}))

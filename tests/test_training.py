@@ -14,15 +14,15 @@ from helpers import OTHER_SPEC, fast_config, free_port, running
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from serving.runtime.artefact import PREDICTION_COLUMNS
-from training.candidates import CANDIDATE_ORDER, make_candidate
-from training.data import model_inputs
+from core.candidates import CANDIDATE_ORDER, make_candidate
+from core.data import model_inputs
+from core.labels import responder_labels
+from core.runtime.artefact import PREDICTION_COLUMNS
+from core.spec import load_spec
 from training.evaluation import cross_validate
 from training.executor import make_executor
 from training.heterogeneity import heterogeneity_test
-from training.labels import responder_labels
 from training.simulate import simulate
-from training.spec import load_spec
 from training.tracking import CHAMPION, load_registered
 from training.train import outcome_data, run_training
 

@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from core.data import validate
+from core.errors import ConfigError
+from core.labels import event_by_status, responder_labels
+from core.spec import load_spec, parse_spec
 from features.catalog import load_catalog
 from features.labs import LabValueError, parse_lab_value
 from features.pipeline import build_feature_pipeline, feature_info, input_warnings
-from training.censoring import ipcw_risk
-from training.data import validate
-from training.errors import ConfigError
-from training.labels import event_by_status, responder_labels
-from training.spec import load_spec, parse_spec
+from core.censoring import ipcw_risk
 
 SPECS = Path(__file__).resolve().parents[1] / "training" / "specs"
 
@@ -234,7 +234,7 @@ def test_ipcw_risk_is_one_minus_kaplan_meier_on_a_small_example():
 
 def _miettinen_nurminen(x1: int, n1: int, x2: int, n2: int, level: float = 0.95) -> tuple[float, float]:
     """The Miettinen-Nurminen score interval by brute force: the restricted MLE by numerical maximisation (not
-    the closed form training.effects uses), the n/(n-1) variance factor, the limits by root finding.
+    the closed form core.effects uses), the n/(n-1) variance factor, the limits by root finding.
     (statsmodels' confint_proportions_2indep(method="score") differs from it in the third decimal here.)"""
     from scipy import optimize, stats
 
@@ -326,7 +326,7 @@ def test_pbc_death_by_4_years_matches_a_hand_analysis(pbc_job):
 
 @pytest.mark.slow
 def test_pbc_registered_model_treats_declared_labs_as_labs(pbc_job):
-    from serving.runtime.explain import explain_patients
+    from core.runtime.explain import explain_patients
     from serving.scoring import Scorer, read_patients, resolve_champions
     from training.tracking import CHAMPION, load_registered
 

@@ -1,4 +1,4 @@
-"""Which answer a patient gets for one outcome, and which model gives it (see :mod:`training.labelling`).
+"""Which answer a patient gets for one outcome, and which model gives it (see :mod:`core.labelling`).
 
 The order (DESIGN.md section 5):
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.candidates import candidate_label
+from core.candidates import candidate_label
+from core.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.evaluation import FLOOR, CVResult
-from training.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.metrics import auc_interval, calibration
 
 

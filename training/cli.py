@@ -1,72 +1,25 @@
-"""The ``responders`` command: one thin sub-command per verb, each calling a plain function.
+"""The training verbs of ``responders``: simulate, validate, train and ``report cohort``.
 
-Heavy libraries (MLflow, BentoML, LightGBM) are imported inside the commands
-that need them, after usage reporting has been switched off.
+Each sub-command is thin and calls a plain function; heavy libraries (MLflow,
+LightGBM) are imported inside the commands that need them, after usage
+reporting has been switched off. The serving verbs are in :mod:`serving.cli`;
+the ``responders`` console script (:mod:`responders.cli`) carries both.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from typer.core import TyperGroup
 
-from training.errors import ConfigError
+from core.cli import SpecOption, new_app, run
 from training.published import DEFAULT_SEED
 
 if TYPE_CHECKING:
-    from training.spec import DatasetSpec
+    from core.spec import DatasetSpec
 
-
-class _Commands(TyperGroup):
-    """Turns a bad config or spec into one line per problem (exit 2) and Ctrl-C into a message (exit 130).
-
-    Typer itself converts an interrupt into a silent exit 130 before any
-    handler around ``app()`` could speak.
-    """
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ConfigError as err:
-            for line in err.lines():
-                typer.echo(line, err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("Interrupted.", err=True)
-            raise typer.Exit(130) from None
-
-
-app = typer.Typer(
-    name="responders",
-    help="Responder-subgroup models for randomised trials (default spec: low-dose naltrexone in fibromyalgia).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    cls=_Commands,
-)
-report_app = typer.Typer(help="Write SHAP explanation reports (self-contained HTML).", no_args_is_help=True)
-app.add_typer(report_app, name="report")
-
-SpecOption = Annotated[
-    str | None, typer.Option("--spec", help="dataset spec YAML, or the name of a packaged spec (default: fibromyalgia-ldn)")
-]
-
-
-def quiet_telemetry() -> None:
-    """Switch off usage reporting of MLflow and BentoML before they are imported."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-@app.callback()
-def _root() -> None:
-    quiet_telemetry()
+app, report_app = new_app()
 
 
 @app.command()
@@ -104,9 +57,9 @@ def validate(
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Check a trial file against the data contract; exit 0 when usable, 1 otherwise."""
-    from training.data import read_table
-    from training.data import validate as check
-    from training.spec import load_spec
+    from core.data import read_table
+    from core.data import validate as check
+    from core.spec import load_spec
 
     dataset_spec = load_spec(spec)
     report = check(read_table(data), dataset_spec, source=str(data))
@@ -132,9 +85,9 @@ def train(
     """Train, evaluate (nested CV), test heterogeneity, register and gate the champion per outcome."""
     import logging
 
-    from training.config import load_config
-    from training.data import DataContractError
-    from training.spec import load_spec
+    from core.config import load_config
+    from core.data import DataContractError
+    from core.spec import load_spec
     from training.tracking import ui_link
     from training.train import run_training
 
@@ -172,7 +125,7 @@ def interruption_message(err: KeyboardInterrupt, spec: DatasetSpec, tracking_uri
     """
     from mlflow.exceptions import MlflowException
 
-    from training.progress import JobInterrupted
+    from core.progress import JobInterrupted
     from training.tracking import champions_set_by, setup_tracking
 
     if not isinstance(err, JobInterrupted):
@@ -190,81 +143,6 @@ def interruption_message(err: KeyboardInterrupt, spec: DatasetSpec, tracking_uri
     return f"Training interrupted{where}; {runs}; the champions are unchanged (no @champion alias was moved)."
 
 
-@app.command()
-def predict(
-    patients: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="patients as .csv, .parquet or .json")],
-    out: Annotated[Path | None, typer.Option("--out", help="write the JSON here instead of printing it")] = None,
-    spec: SpecOption = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
-) -> None:
-    """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr)."""
-    import logging
-
-    from serving.scoring import score_file
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        typer.echo(f"wrote {out}")
-    else:
-        typer.echo(text)
-
-
-@app.command()
-def serve(
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (or --host)")] = 3000,
-    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    spec: SpecOption = None,
-    insecure_dev: Annotated[
-        bool, typer.Option("--insecure-dev", help="development only: serve without a bearer token if RESPONDERS_API_TOKEN is unset")
-    ] = False,
-) -> None:
-    """Serve the champions as a REST API (BentoML); needs RESPONDERS_API_TOKEN unless --insecure-dev.
-
-    The champions are loaded and checked before the port is bound; the command
-    exits non-zero with one line when they cannot be served. This process
-    becomes the BentoML server (no wrapper left behind), so SIGTERM or Ctrl-C
-    stops it and frees the port.
-    """
-    command = serve_command(port=port, host=host)
-    env = serve_environment(dict(os.environ), spec=spec, insecure_dev=insecure_dev)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(command[0], command, env)
-
-
-def serve_command(port: int, host: str) -> list[str]:
-    """The ``bentoml serve`` command line that ``responders serve`` becomes."""
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", host, "--port", str(port)]
-
-
-def serve_environment(env: dict[str, str], spec: str | None = None, insecure_dev: bool = False) -> dict[str, str]:
-    """The server's environment: token policy checked, the dataset spec resolved (exits 2 when unusable)."""
-    import yaml
-
-    from training.spec import load_spec
-
-    if insecure_dev:
-        env["RESPONDERS_INSECURE_DEV"] = "1"
-        if not env.get("RESPONDERS_API_TOKEN"):
-            typer.echo("WARNING: --insecure-dev without RESPONDERS_API_TOKEN: the API accepts requests without a token.", err=True)
-    elif not env.get("RESPONDERS_API_TOKEN"):
-        typer.echo("Refusing to start: set RESPONDERS_API_TOKEN (or pass --insecure-dev for local development).", err=True)
-        raise typer.Exit(2)
-    if spec is not None:
-        try:
-            load_spec(spec)
-        except (OSError, ValueError, yaml.YAMLError) as err:
-            typer.echo(f"Refusing to start: spec {spec!r}: {' '.join(str(err).split())}", err=True)
-            raise typer.Exit(2) from None
-        # A file is found again by the server whatever its working directory; a packaged name stays a name.
-        env["RESPONDERS_SPEC"] = str(Path(spec).resolve()) if Path(spec).is_file() else spec
-    return env
-
-
 @report_app.command("cohort")
 def report_cohort(
     out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
@@ -275,8 +153,8 @@ def report_cohort(
     """Re-render a training job's cohort report (with model card) from MLflow alone."""
     import logging
 
+    from core.spec import load_spec
     from training.reports import CohortPayload, latest_training_run, render_cohort_report
-    from training.spec import load_spec
     from training.tracking import setup_tracking
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -293,59 +171,8 @@ def report_cohort(
     typer.echo(f"wrote {out} ({len(html) / 1e6:.1f} MB) from training run {run_id}")
 
 
-@report_app.command("patient")
-def report_patient(
-    patient: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON object of baseline fields, or {\"patients\": [...]} (first used)")],
-    out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
-    spec: SpecOption = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
-) -> None:
-    """One-patient report from the @champion model of every outcome of the spec."""
-    from serving.scoring import Scorer, patient_from_file, resolve_champions
-    from training.reports import render_patient_report
-    from training.spec import load_spec
-
-    dataset_spec = load_spec(spec)
-    try:
-        champions = resolve_champions(dataset_spec, tracking_uri)
-    except RuntimeError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-    try:
-        frame, problems = patient_from_file(patient, Scorer(dataset_spec, champions))
-    except ValueError as err:  # not JSON, or an unreadable table
-        typer.echo(f"Cannot read {patient}: {err}", err=True)
-        raise typer.Exit(2) from None
-    if frame is None:
-        typer.echo("The patient cannot be scored:\n  " + "\n  ".join(f"{p.field}: {p.message}" for p in problems), err=True)
-        raise typer.Exit(2)
-    models = {outcome: c.model for outcome, c in champions.items()}
-    versions = {outcome: f"{c.ref.registered_model} v{c.ref.version}" for outcome, c in champions.items()}
-    html = render_patient_report(models, frame, versions)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
-    typer.echo(f"wrote {out} ({len(html) / 1e3:.0f} kB): {', '.join(versions.values())}")
-
-
-@app.command()
-def bento(
-    spec: SpecOption = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
-) -> None:
-    """Build a deployable Bento (offline) that carries the current champions."""
-    from serving.bento import build_bento
-
-    built = build_bento(spec, tracking_uri)
-    typer.echo(f"built {built.tag} with models {', '.join(str(m.tag) for m in built.info.models)}")
-
-
 def main() -> None:
-    quiet_telemetry()
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        sys.exit(130)
+    run(app)
 
 
 if __name__ == "__main__":

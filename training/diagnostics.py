@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime.intervals import posterior_interval
+from core.runtime.intervals import posterior_interval
 
 MAX_PATIENTS = 200
 RHAT_OK = 1.05

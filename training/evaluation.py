@@ -57,10 +57,10 @@ from scipy.special import expit
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from features.pipeline import build_feature_pipeline
-from training import metrics as M
-from training.candidates import (
+from core.candidates import (
+    BCF,
     CANDIDATE_ORDER,
+    FLOOR,
     _decision,
     _scale,
     fit_logistic,
@@ -68,13 +68,14 @@ from training.candidates import (
     logistic_solver,
     make_candidate,
 )
-from training.config import TrainConfig
+from core.config import TrainConfig
+from core.progress import task_progress
+from core.spec import DatasetSpec
+from features.pipeline import build_feature_pipeline
+from training import metrics as M
 from training.executor import Executor
-from training.progress import task_progress
-from training.spec import DatasetSpec
 
 SELECTED = "selected"
-FLOOR = "arm_only"
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def select(
     losses = criterion_losses(shown, {n: preds.benefit(n) for n in candidates}, np.asarray(y, float), np.asarray(t, float), psi, m, e)
     scores = criterion_scores(losses)
     if criterion == PRESPECIFIED:
-        return Selection("bcf" if "bcf" in candidates else FLOOR, candidates, floor, scores)
+        return Selection(BCF if BCF in candidates else FLOOR, candidates, floor, scores)
     return Selection(choose(scores, criterion), candidates, floor, scores)
 
 

@@ -3,7 +3,7 @@
 Tasks are plain picklable callables applied to a list of items, each item
 carrying its own seed, and results come back in submission order. With
 single-threaded math inside each task the same seed gives the same numbers on
-either executor. Every loop reports progress through ``training.progress``: a
+either executor. Every loop reports progress through ``core.progress``: a
 bar on a terminal, rate-limited log lines (done/total, ETA) anywhere else.
 
 Data that every task of a loop reads (the feature table, the arm and outcome
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from threadpoolctl import threadpool_limits
 
-from training.progress import task_progress
+from core.progress import task_progress
 
 
 class Executor(Protocol):

@@ -52,8 +52,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from training.candidates import make_candidate, stratified_subsample
-from training.config import TrainConfig
+from core.candidates import BCF, make_candidate, stratified_subsample
+from core.config import TrainConfig
+from core.spec import DatasetSpec
 from training.evaluation import (
     STATISTIC_LABELS,
     OutcomeData,
@@ -64,7 +65,6 @@ from training.evaluation import (
     with_parsed,
 )
 from training.executor import Executor
-from training.spec import DatasetSpec
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
 NULL = (
@@ -89,7 +89,7 @@ class NullTrialTask:
 
 def fit_statistic(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
     """BCF fitted to (F, t, y): the statistic, and the posterior draws (patients x draws) of prognosis and effect (probit)."""
-    model = make_candidate("bcf", config.candidates, e, seed).fit(F, t, y)
+    model = make_candidate(BCF, config.candidates, e, seed).fit(F, t, y)
     mu, tau = model.midpoint_draws(F)
     return spread_beyond_prognosis(tau.mean(axis=1), mu.mean(axis=1)), mu, tau
 
@@ -166,9 +166,9 @@ def imputed_randomisation_test(
     }
     B, h = config.evidence.replicates, config.evidence.sequential_h
     if B == 0:
-        return PermutationResult(observed, {"bcf": observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
+        return PermutationResult(observed, {BCF: observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
     task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
     seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
     label = f"{desc} (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
     null, p_value, used = sequential_null(_replicate, seeds, observed, h, executor, task, label, "null trial", desc)
-    return PermutationResult(observed, {"bcf": observed}, null, p_value, "bcf_spread", "imputed_randomisation", used, used < B, details)
+    return PermutationResult(observed, {BCF: observed}, null, p_value, "bcf_spread", "imputed_randomisation", used, used < B, details)

@@ -6,7 +6,7 @@ varies with a patient's baseline risk:
 - **Prognostic model**: a parsimonious L2-penalised logistic regression of
   response on the baseline features, fitted *blind to arm* (arm is not a
   predictor, and both arms are pooled). Each patient's risk score comes from
-  a model fitted without them (:func:`training.candidates.crossfit_score`),
+  a model fitted without them (:func:`core.candidates.crossfit_score`),
   so its c-statistic, with DeLong's interval, is out of fold.
 - **Effects by quarter of predicted risk**: the responder risk difference
   (Miettinen-Nurminen), risk ratio and odds ratio with their intervals in
@@ -34,9 +34,9 @@ import pandas as pd
 from scipy import stats
 from scipy.special import expit
 
-from training.candidates import _matrix, _scale, crossfit_score, fit_scaler, logistic_solver
-from training.config import TrainConfig
-from training.effects import relative_effects, score_interval, score_test
+from core.candidates import _matrix, _scale, crossfit_score, fit_scaler, logistic_solver
+from core.config import TrainConfig
+from core.effects import relative_effects, score_interval, score_test
 from training.metrics import auc_interval
 
 QUARTERS = 4

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from serving.runtime.artefact import ResponderModel
-from training.candidates import candidate_label
-from training.data import ValidationReport
+from core.candidates import FLOOR, candidate_label
+from core.data import ValidationReport
+from core.effects import AverageEffect
+from core.labelling import CONDITIONAL
+from core.labels import LabelCounts
+from core.runtime.artefact import ResponderModel
 from training.diagnostics import describe as describe_diagnostics
-from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
-from training.labelling import CONDITIONAL
-from training.labels import LabelCounts
 from training.path import PathAnalysis
 
 HEADLINE = [
@@ -53,7 +53,7 @@ class OutcomeResult:
     run_id: str = ""
     p_adjusted: float = float("nan")
     evidence: bool = False
-    champion: str = "arm_only"
+    champion: str = FLOOR
     reason: str = ""
     model: ResponderModel | None = None
     registered_model: str = ""
@@ -69,7 +69,7 @@ class OutcomeResult:
     # An event_by outcome: censoring before the horizon (policy, counts) and the IPCW sensitivity estimate.
     censoring: dict[str, Any] | None = None
     path: PathAnalysis | None = None  # the risk-based (PATH) analysis
-    answer: str = "average"  # conditional, risk_based or average (training.labelling)
+    answer: str = "average"  # conditional, risk_based or average (core.labelling)
     refused: dict[str, list[str]] = field(default_factory=dict)  # candidates that failed the served-model checks
 
     @property

@@ -8,7 +8,6 @@ server. URIs are resolved by the command's entry point, never at import.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,15 +20,23 @@ import joblib
 import mlflow
 from mlflow import ActiveRun, MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec
 
-from serving.runtime.artefact import ResponderModel, check_format, input_schema, predictions_schema
-from training.progress import JobInterrupted, JobSteps, deferred_interrupt
+from core.progress import JobInterrupted, JobSteps, deferred_interrupt
 
-CHAMPION = "champion"
-DEFAULT_DIR = "mlruns"
+# The registry readers live in core (serving reads the registry too); re-exported for training's callers.
+from core.registry import (  # noqa: F401
+    CHAMPION,
+    DEFAULT_DIR,
+    current_champion,
+    default_tracking_uri,
+    load_registered,
+    resolve_tracking_uri,
+    setup_tracking,
+)
+from core.runtime.artefact import PYFUNC_ENTRY, ResponderModel, input_schema, predictions_schema
+
 PACKAGE = "ldn-responders"
 NOTE = "mlflow.note.content"  # a run's or experiment's description (Markdown) in the MLflow UI
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -37,23 +44,7 @@ EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning" in M
 KILLED = "KILLED"
 
 
-def default_tracking_uri(root: str | Path | None = None) -> str:
-    base = Path(root or os.getcwd()) / DEFAULT_DIR
-    return f"sqlite:///{(base / 'mlflow.db').resolve()}"
 
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """Explicit URI, else ``MLFLOW_TRACKING_URI``, else the embedded ``mlruns/`` store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-
-
-def setup_tracking(uri: str | None = None) -> tuple[str, MlflowClient]:
-    resolved = resolve_tracking_uri(uri)
-    if resolved.startswith("sqlite:///"):
-        Path(resolved.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(resolved)
-    mlflow.set_registry_uri(resolved)
-    return resolved, MlflowClient(tracking_uri=resolved, registry_uri=resolved)
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -123,7 +114,7 @@ def log_responder_model(model: ResponderModel, name: str = "model") -> Any:
         joblib.dump(model, path, compress=3)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            python_model=str(PYFUNC_ENTRY),
             artifacts={"responder": str(path)},
             signature=signature,
             input_example=example,
@@ -144,21 +135,10 @@ def register(model_uri: str, name: str, tags: dict[str, Any]) -> ModelVersion:
     return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
 
 
-def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
 
 def set_champion(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHAMPION, version)
 
-
-def load_registered(uri: str) -> ResponderModel:
-    """Load the ResponderModel behind a ``models:/`` URI (without the pyfunc wrapper)."""
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-    return check_format(joblib.load(Path(local) / "artifacts" / "responder.joblib"))
 
 
 # Interrupted jobs --------------------------------------------------------------------------------
@@ -244,7 +224,7 @@ def _plural(count: Any, word: str) -> str:
 
 
 def _candidate_name(name: str) -> str:
-    from training.candidates import candidate_label
+    from core.candidates import candidate_label
 
     try:
         return candidate_label(name)

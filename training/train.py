@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,17 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from serving.runtime.artefact import Evidence, ResponderModel
+from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
+from core.config import TrainConfig
+from core.data import file_digest, ground_truth_columns, load_trial, model_inputs
+from core.effects import AverageEffect, adjust, ancova, risk_difference
+from core.labelling import build_policy
+from core.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
+from core.progress import JobSteps, deferred_interrupt
+from core.runtime.artefact import Evidence, ResponderModel
+from core.spec import DatasetSpec
 from training.answer import choose_answer
-from training.candidates import BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
-from training.config import TrainConfig
-from training.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from training.diagnostics import bcf_diagnostics, thin_and_measure
-from training.effects import AverageEffect, adjust, ancova, risk_difference
 from training.evaluation import (
     OutcomeData,
     cross_validate,
@@ -42,14 +47,10 @@ from training.evaluation import (
 )
 from training.executor import Executor, make_executor
 from training.heterogeneity import heterogeneity_test
-from training.labelling import build_policy
-from training.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
 from training.path import path_analysis
-from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
-from training.spec import DatasetSpec
 from training.timing import PhaseClock
 from training.tracking import (
     NOTE,
@@ -232,7 +233,7 @@ def fit_champion(
             "refused": result.refused,  # candidates that failed the served-model checks, with the failed checks
             "path": result.path.to_dict() if result.path is not None else None,
             # Convergence of the served posterior (several chains); None for models without MCMC draws.
-            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == "bcf" else None,
+            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == BCF else None,
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
         },
@@ -369,6 +370,74 @@ def promote(results: dict[str, OutcomeResult], client: MlflowClient) -> None:
         result.champion_version = str(current.version) if current else None
 
 
+# The steps of a fit, shared by the job (run_training) and the library API (training.estimator) ------------
+def evaluate_outcome(
+    data: OutcomeData,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    executor: Executor,
+    outcome: str,
+    phase: Callable[..., None] | None = None,
+    after_cv: Callable[[Any], None] | None = None,
+) -> tuple[Any, Any, Any]:
+    """One outcome's nested cross-validation, risk-based (PATH) analysis and heterogeneity test: (cv, path, test).
+
+    ``phase(label, kind, step=False)`` is told when each step starts (the job's progress and
+    timing); ``after_cv(cv)`` runs right after the cross-validation (the job logs its candidate runs).
+    """
+    phase = phase or (lambda *args, **kwargs: None)
+    phase("nested cross-validation", "cv", step=True)
+    cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
+    if after_cv is not None:
+        after_cv(cv)
+    phase("risk-based (PATH) analysis", "test")
+    path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
+    phase("heterogeneity test", "test", step=True)
+    permutation = heterogeneity_test(data, spec, config, executor, desc=f"{outcome}: heterogeneity test")
+    return cv, path, permutation
+
+
+def decide_answers(results: dict[str, OutcomeResult], frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig) -> None:
+    """Holm over the outcomes' tests, the adjusted average effects, and each outcome's answer and champion (in place)."""
+    adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
+    effects = adjust(
+        {k: average_effect(frame, spec, k, config) for k in results},
+        alpha=config.evidence.alpha,
+    )
+    for outcome, result in results.items():
+        result.p_adjusted = adjusted[outcome]
+        result.average_effect = effects[outcome]
+        tested = result.permutation.tested
+        result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
+        choice = choose_answer(
+            result.cv, result.data.y, result.data.t, result.evidence, tested,
+            bool(result.path is not None and result.path.discriminates), list(config.candidates.enabled), config.intervals.level,
+        )
+        result.answer, result.champion, result.reason, result.refused = choice.answer, choice.champion, choice.reason, choice.refused
+
+
+def evidence_of(result: OutcomeResult, config: TrainConfig) -> tuple[str, Evidence]:
+    """The verdict sentence and the heterogeneity record the served model carries."""
+    tested = result.permutation.tested
+    verdict = (
+        "evidence of effect modification"
+        if result.evidence
+        else "no reliable evidence of effect modification" if tested else "effect modification not tested"
+    )
+    evidence = Evidence(
+        tested=tested,
+        subgroup_evidence=result.evidence,
+        p_value=_clean(result.permutation.p_value),
+        p_adjusted=_clean(result.p_adjusted),
+        statistic=_clean(result.permutation.statistic),
+        alpha=config.evidence.alpha,
+        permutations=int(result.permutation.permutations_run),
+        verdict=verdict,
+        method=result.permutation.method,
+    )
+    return verdict, evidence
+
+
 def run_training(
     data_path: str | Path,
     spec: DatasetSpec,
@@ -443,25 +512,26 @@ def run_training(
                 mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
                 mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
                 mlflow.log_metrics(counts.as_metrics())
-                steps.start(f"{outcome}: nested cross-validation")
-                clock.start(f"{outcome}: nested cross-validation", "cv")
-                cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
-                clock.start(f"{outcome}: MLflow candidate runs", "mlflow")
-                for name in config.candidates.enabled:
-                    with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
-                        mlflow.set_tags({"outcome": outcome, "candidate": name})
-                        settings = getattr(config.candidates, name, None)
-                        params = settings.model_dump(mode="json") if settings is not None else {}
-                        if params:
-                            mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-                        mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
-                        mlflow.log_metric("times_selected", cv.selections[name])
-                        mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
-                clock.start(f"{outcome}: risk-based (PATH) analysis", "test")
-                path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
-                steps.start(f"{outcome}: heterogeneity test")
-                clock.start(f"{outcome}: heterogeneity test", "test")
-                permutation = heterogeneity_test(data, spec, config, executor, desc=f"{outcome}: heterogeneity test")
+
+                def phase(label: str, kind: str, step: bool = False, outcome: str = outcome) -> None:
+                    if step:
+                        steps.start(f"{outcome}: {label}")
+                    clock.start(f"{outcome}: {label}", kind)
+
+                def log_candidates(cv, outcome: str = outcome) -> None:
+                    clock.start(f"{outcome}: MLflow candidate runs", "mlflow")
+                    for name in config.candidates.enabled:
+                        with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
+                            mlflow.set_tags({"outcome": outcome, "candidate": name})
+                            settings = getattr(config.candidates, name, None)
+                            params = settings.model_dump(mode="json") if settings is not None else {}
+                            if params:
+                                mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+                            mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                            mlflow.log_metric("times_selected", cv.selections[name])
+                            mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
+
+                cv, path, permutation = evaluate_outcome(data, spec, config, executor, outcome, phase=phase, after_cv=log_candidates)
                 results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id, path=path)
 
         # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
@@ -474,40 +544,11 @@ def run_training(
 
         steps.start("refit, log and register the champions")
         clock.start("final fits: champions and bootstrap refits", "final fits")
-        adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
-        effects = adjust(
-            {k: average_effect(frame, spec, k, config) for k in results},
-            alpha=config.evidence.alpha,
-        )
-        for outcome, result in results.items():
-            result.p_adjusted = adjusted[outcome]
-            result.average_effect = effects[outcome]
-            tested = result.permutation.tested
-            result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
-            choice = choose_answer(
-                result.cv, result.data.y, result.data.t, result.evidence, tested,
-                bool(result.path is not None and result.path.discriminates), list(config.candidates.enabled), config.intervals.level,
-            )
-            result.answer, result.champion, result.reason, result.refused = choice.answer, choice.champion, choice.reason, choice.refused
+        decide_answers(results, frame, spec, config)
         fitted = final_fits(results, spec, config, executor)
         for outcome, result in results.items():
             tested = result.permutation.tested
-            verdict = (
-                "evidence of effect modification"
-                if result.evidence
-                else "no reliable evidence of effect modification" if tested else "effect modification not tested"
-            )
-            evidence = Evidence(
-                tested=tested,
-                subgroup_evidence=result.evidence,
-                p_value=_clean(result.permutation.p_value),
-                p_adjusted=_clean(result.p_adjusted),
-                statistic=_clean(result.permutation.statistic),
-                alpha=config.evidence.alpha,
-                permutations=int(result.permutation.permutations_run),
-                verdict=verdict,
-                method=result.permutation.method,
-            )
+            verdict, evidence = evidence_of(result, config)
             clock.start(f"{outcome}: assemble the served model", "final fits")
             result.model = fit_champion(result, spec, config, evidence, provenance, fitted[outcome])
             clock.start(f"{outcome}: MLflow logging and registration", "mlflow")

@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.effects import score_interval
 from features.labs import parse_lab_series
 from features.transformers import _upper_reference
 from training import metrics as M
-from training.effects import score_interval
 
 if TYPE_CHECKING:
+    from core.spec import DatasetSpec
     from training.evaluation import CVResult, OutcomeData
-    from training.spec import DatasetSpec
 
 LEVEL = 0.95
 BOOTSTRAP = 1000

@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.candidates import FLOOR
+from core.reports import figures
+from core.reports.render import environment
 from training import plots
-from training.reports import analysis, figures
+from training.reports import analysis
 from training.reports.payload import CohortPayload
-from training.reports.render import environment
 
 log = logging.getLogger("responders.reports")
 
@@ -149,7 +151,7 @@ def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
                 return plots.forest_figure(info["subgroups"], f"{outcome}: prespecified subgroups")
 
             steps.append((outcome, "forest", forest))
-        if info["champion"] == "arm_only":
+        if info["champion"] == FLOOR:
             continue  # the floor's prediction does not depend on any value: nothing to attribute
 
         def beeswarm(outcome=outcome):
@@ -203,7 +205,7 @@ def render_cohort_report(payload: CohortPayload, progress: bool = True, images: 
     """Render the cohort report (self-contained HTML) from a payload, drawing its figures unless given."""
     started = time.perf_counter()
     images = images if images is not None else cohort_figures(payload, progress)
-    html = environment().get_template(TEMPLATE).render(
+    html = environment("training.reports").get_template(TEMPLATE).render(
         m=payload.meta,
         outcomes=payload.outcomes,
         images=images,

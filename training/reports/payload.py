@@ -36,23 +36,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core.candidates import FLOOR, candidate_label
+from core.labels import responder_labels
+from core.runtime.artefact import ResponderModel
+from core.runtime.explain import explain_patients
+from core.spec import DEFAULT_SPEC, DatasetSpec, level_key
 from features.labs import parse_lab_series
-from serving.runtime.artefact import ResponderModel
-from serving.runtime.explain import explain_patients
-from training.candidates import candidate_label
 from training.diagnostics import describe as describe_diagnostics
 from training.evaluation import SELECTED
-from training.labels import responder_labels
 from training.published import PUBLISHED_FINAL, comparison
 from training.reports.analysis import chance_flags, metric_intervals, subgroup_effects
 from training.results import HEADLINE
-from training.spec import DEFAULT_SPEC, DatasetSpec, level_key
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from training.config import TrainConfig
-    from training.data import ValidationReport
+    from core.config import TrainConfig
+    from core.data import ValidationReport
     from training.results import OutcomeResult
 
 log = logging.getLogger("responders.reports")
@@ -355,10 +355,10 @@ def responder_rates(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig,
 # Models: candidates, evidence, SHAP ----------------------------------------------------------------
 def _floor_only(result: OutcomeResult, name: str) -> bool:
     """Whether a row's predictions are the arm-only floor's: one probability per arm, no ranking to judge."""
-    if name == "arm_only":
+    if name == FLOOR:
         return True
     selections = result.cv.selections
-    return name == SELECTED and sum(selections.values()) > 0 and selections.get("arm_only", 0) == sum(selections.values())
+    return name == SELECTED and sum(selections.values()) > 0 and selections.get(FLOOR, 0) == sum(selections.values())
 
 
 def candidate_rows(

@@ -1,0 +1,78 @@
+"""What every ``responders`` verb shares: the error handling of the command group and quiet telemetry.
+
+The verbs themselves live with their layer (``training.cli``: simulate, validate,
+train, report cohort; ``serving.cli``: predict, serve, bento, report patient);
+the ``responders`` console script (:mod:`responders.cli`) puts them together.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from core.errors import ConfigError
+
+
+class Commands(TyperGroup):
+    """Turns a bad config or spec into one line per problem (exit 2) and Ctrl-C into a message (exit 130).
+
+    Typer itself converts an interrupt into a silent exit 130 before any
+    handler around ``app()`` could speak.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:
+            for line in err.lines():
+                typer.echo(line, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
+
+
+HELP = "Responder-subgroup models for randomised trials (default spec: low-dose naltrexone in fibromyalgia)."
+REPORT_HELP = "Write SHAP explanation reports (self-contained HTML)."
+
+SpecOption = Annotated[
+    str | None, typer.Option("--spec", help="dataset spec YAML, or the name of a packaged spec (default: fibromyalgia-ldn)")
+]
+
+
+def quiet_telemetry() -> None:
+    """Switch off usage reporting of MLflow and BentoML before they are imported."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def new_app(help: str = HELP) -> tuple[typer.Typer, typer.Typer]:
+    """A command group and its ``report`` sub-group, with the shared error handling and quiet telemetry."""
+    app = typer.Typer(
+        name="responders", help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=Commands
+    )
+    report_app = typer.Typer(help=REPORT_HELP, no_args_is_help=True)
+    app.add_typer(report_app, name="report")
+
+    @app.callback()
+    def _root() -> None:
+        quiet_telemetry()
+
+    return app, report_app
+
+
+def run(app: typer.Typer) -> None:
+    """Run a command group as a console script (Ctrl-C outside a command: one line, exit 130)."""
+    import sys
+
+    quiet_telemetry()
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,471 @@
+"""The typed training configuration (YAML), with small-sample defaults.
+
+Every knob of a training job lives here so that a job is reproducible from
+(data, spec, config, seed). ``load_config(None)`` gives the packaged default
+(``core/configs/default.yaml``); a user's file overrides any subset of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from core.errors import ConfigError, validation_problems, yaml_mapping
+from core.spec import ResponderRule
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Settings that must change with the number of patients accept ``auto``: the rule is written in the
+# field's description (and default.yaml) and applied by ``TrainConfig.resolved(n)`` once the job knows
+# n. An explicit number always wins.
+AUTO = "auto"
+_INT = TypeAdapter(int)
+
+
+def _int_or_auto(value: Any) -> int | str:
+    # One error line for a bad value (a plain union would report one per member).
+    if value == AUTO:
+        return AUTO
+    try:
+        return _INT.validate_python(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise PydanticCustomError(first["type"], first["msg"]) from None
+
+
+def _optional_int_or_auto(value: Any) -> int | str | None:
+    return None if value is None else _int_or_auto(value)
+
+
+IntOrAuto = Annotated[Any, PlainValidator(_int_or_auto)]
+OptionalIntOrAuto = Annotated[Any, PlainValidator(_optional_int_or_auto)]
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """An ``auto`` setting's rule: ``small`` below ``threshold`` patients, ``large`` from there."""
+
+    threshold: int
+    small: Any
+    large: Any
+
+    def value(self, n: int) -> Any:
+        return self.small if n < self.threshold else self.large
+
+
+# Every ``auto`` rule, once: TrainConfig.resolved applies them, the candidates take ``small`` for an
+# unresolved auto, and tests/test_config.py checks the descriptions and default.yaml say the same.
+AUTO_RULES: dict[str, AutoRule] = {
+    "cv.folds": AutoRule(20_000, 5, 2),
+    "cv.repeats": AutoRule(10_000, 3, 1),
+    "cv.inner_folds": AutoRule(20_000, 3, 2),
+    "candidates.bcf.num_mcmc": AutoRule(2_000, 1_000, 400),
+    "candidates.bcf.cv_mcmc": AutoRule(2_000, 50, 20),
+    "candidates.bcf.max_patients": AutoRule(2_000, None, 1_000),  # None: every patient
+    "evidence.rate_bootstrap": AutoRule(10_000, 500, 200),
+    "intervals.bootstrap_models": AutoRule(10_000, 100, 20),
+    "intervals.bootstrap_penalty": AutoRule(10_000, "reselect", "keep"),
+}
+
+
+def small_value(path: str, value: Any) -> Any:
+    """``value``, or the small-trial value of its rule if it is an unresolved ``auto``."""
+    return AUTO_RULES[path].small if value == AUTO else value
+
+
+def _resolve(model: BaseModel, prefix: str, n: int) -> BaseModel:
+    """``model`` with each ``auto`` under ``prefix`` replaced by its rule's value for ``n`` patients."""
+    updates: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value, path = getattr(model, name), f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            resolved = _resolve(value, f"{path}.", n)
+            if resolved is not value:
+                updates[name] = resolved
+        elif isinstance(value, str) and value == AUTO and path in AUTO_RULES:
+            updates[name] = AUTO_RULES[path].value(n)
+    return model.model_copy(update=updates) if updates else model
+
+
+class LightGBMParams(_Strict):
+    """LightGBM settings; defaults are deliberately shallow and slow-learning for about 100 patients."""
+
+    n_estimators: int = Field(60, ge=1)
+    learning_rate: float = Field(0.08, gt=0)
+    num_leaves: int = Field(4, ge=2)
+    max_depth: int = -1
+    min_child_samples: int = Field(10, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    subsample_freq: int = 1
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+
+    def kwargs(self, seed: int) -> dict:
+        # n_jobs=1 and deterministic: the executor parallelises across folds, and the
+        # same seed must give the same model on any worker.
+        return {
+            **self.model_dump(),
+            "random_state": seed,
+            "n_jobs": 1,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbose": -1,
+        }
+
+
+class RiskModelParams(_Strict):
+    C: float = Field(0.1, gt=0, description="inverse L2 strength of the prognostic (treatment-blinded) model")
+    score_folds: int = Field(5, ge=2, description="folds for the cross-fitted risk score the effect model is fitted on")
+
+
+class InteractionLogisticParams(_Strict):
+    Cs: list[float] = Field([0.001, 0.003, 0.01, 0.03, 0.1], min_length=1, description="L2 strengths tried by internal CV")
+    cv: int = Field(3, ge=2, description="folds of the internal CV that picks C")
+    treatment_scale: float = Field(
+        10.0, gt=0, description="the treatment column is multiplied by this, so its penalty is 1/scale^2 of the others"
+    )
+
+
+class TLearnerParams(_Strict):
+    lightgbm: LightGBMParams = LightGBMParams()
+
+
+class DRLearnerParams(_Strict):
+    crossfit_folds: int = Field(2, ge=2)
+    nuisance: LightGBMParams = LightGBMParams()
+    final: LightGBMParams = LightGBMParams(n_estimators=40, min_child_samples=20, num_leaves=3)
+
+
+class BCFParams(_Strict):
+    """Bayesian Causal Forest (stochtree, probit link); tree counts sized for trials of 10^2-10^3 patients."""
+
+    num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations (each chain starts from one of them)")
+    num_chains: int = Field(4, ge=1, description="MCMC chains of the served model (R-hat and ESS need several); at most num_gfr when num_gfr > 0, as each chain starts from its own warm start")
+    num_burnin: int = Field(100, ge=0, description="burn-in iterations per chain of the served model, discarded")
+    serve_draws: int = Field(
+        200,
+        ge=20,
+        description="retained draws each served prediction evaluates, evenly spaced over the chains (the diagnostics use "
+        "every retained draw; the job measures how far thinning moves the interval limits)",
+    )
+    num_mcmc: IntOrAuto = Field(
+        AUTO,
+        description="retained posterior draws of the served model over all chains (its interval). auto: 1,000 below 2,000 "
+        "patients, 400 from there (each prediction evaluates every draw's trees for every patient)",
+    )
+    cv_gfr: int = Field(5, ge=0, description="warm-start iterations in cross-validation")
+    cv_mcmc: IntOrAuto = Field(
+        AUTO,
+        description="retained draws in cross-validation, where only posterior means are used. auto: 50 below 2,000 "
+        "patients, 20 from there",
+    )
+    mu_trees: int = Field(100, ge=1, description="trees of the prognostic forest")
+    tau_trees: int = Field(50, ge=1, description="trees of the treatment-effect forest")
+    explain_draws: int = Field(50, ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+    @model_validator(mode="after")
+    def _draws(self) -> BCFParams:
+        for name, low in (("num_mcmc", 20), ("cv_mcmc", 10)):
+            value = getattr(self, name)
+            if value != AUTO and value < low:
+                raise ValueError(f"{name} must be at least {low} (or auto)")
+        return self
+
+    max_patients: OptionalIntOrAuto = Field(
+        AUTO,
+        description="BCF is fitted on a stratified random subsample of at most this many patients (None: all). "
+        "auto: 1,000 from 2,000 patients on (a probit BCF fit grows faster than linearly and its prior already "
+        "shrinks towards one effect; the other candidates use every patient), all patients below",
+    )
+
+
+CandidateName = Literal["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
+
+
+class CandidatesConfig(_Strict):
+    enabled: list[CandidateName] = ["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
+    solver: Literal["auto", "liblinear", "newton-cholesky", "lbfgs"] = Field(
+        "auto",
+        description="solver of the L2 logistic fits (risk model, interaction logistic, DR outcome models). auto: "
+        "liblinear below 5,000 training rows of a fit, lbfgs from there (liblinear grows ~40x for 10x patients; core.candidates.logistic)",
+    )
+    risk_model: RiskModelParams = RiskModelParams()
+    bcf: BCFParams = BCFParams()
+    interaction_logistic: InteractionLogisticParams = InteractionLogisticParams()
+    t_learner: TLearnerParams = TLearnerParams()
+    dr_learner: DRLearnerParams = DRLearnerParams()
+
+    @model_validator(mode="after")
+    def _floor_enabled(self) -> CandidatesConfig:
+        if "arm_only" not in self.enabled:
+            raise ValueError("the arm-only model is the floor every served model must beat and cannot be disabled")
+        if len(set(self.enabled)) != len(self.enabled):
+            raise ValueError("a candidate is listed twice")
+        return self
+
+
+class SelectionConfig(_Strict):
+    """How the champion is chosen among the candidates (inside the nested cross-validation)."""
+
+    criterion: Literal["bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
+        "bcf_when_eligible",
+        description=(
+            "bcf_when_eligible: the prespecified shrinkage model (BCF) when it is eligible, else the arm-only floor "
+            "(lost the least fresh-patient AUC of these rules in the recovery benchmark; needs bcf among the "
+            "candidates); dr_tau_risk: lowest mean squared error against doubly robust scores; r_loss: lowest "
+            "R-learner loss; rate: highest Qini-weighted RATE of the held-out benefit ranking; _1se: the simplest "
+            "candidate within one standard error (of the paired difference) of the best"
+        ),
+    )
+    floor_margin_se: float = Field(
+        1.0,
+        ge=0,
+        description="a candidate is eligible when its out-of-fold log-loss is not worse than the arm-only floor's "
+        "by more than this many standard errors of the paired difference",
+    )
+
+
+class CVConfig(_Strict):
+    folds: IntOrAuto = Field(
+        AUTO,
+        description="outer folds. auto: 5 below 20,000 patients, 2 from there (each model still trains on 10,000 or "
+        "more; a fit's cost grows with its training rows, so 2 folds cost about a quarter of 3 folds with 2 inner folds)",
+    )
+    repeats: IntOrAuto = Field(
+        AUTO,
+        description="repeats of the outer split. auto: 3 below 10,000 patients, 1 from there (the split-to-split "
+        "spread of out-of-fold metrics shrinks like 1/sqrt(n); at 10^4 one split is already as stable as three at 10^3)",
+    )
+    inner_folds: IntOrAuto = Field(
+        AUTO, description="folds of the inner loop that chooses the candidate. auto: 3 below 20,000 patients, 2 from there"
+    )
+
+    @model_validator(mode="after")
+    def _at_least(self) -> CVConfig:
+        for name, low in (("folds", 2), ("repeats", 1), ("inner_folds", 2)):
+            value = getattr(self, name)
+            if value != AUTO and value < low:
+                raise ValueError(f"{name} must be at least {low} (or auto)")
+        return self
+
+    def resolved(self, n: int) -> CVConfig:
+        return _resolve(self, "cv.", n)  # type: ignore[return-value]
+
+
+class EvidenceConfig(_Strict):
+    method: Literal["imputed_randomisation", "auto", "permutation", "split_rate"] = Field(
+        "imputed_randomisation",
+        description="imputed_randomisation: the served model (BCF) is the statistic, calibrated by null trials built "
+        "from the fitted no-modification model (null: a constant treatment effect on the probit scale with a flexible "
+        "prognosis; arms re-randomised, outcomes imputed; training.heterogeneity); permutation: whole-pipeline permutation test of 'covariates carry no "
+        "information' (small trials); split_rate: sample-split RATE test on the risk-difference scale (large trials); "
+        "auto: permutation up to auto_max_n patients, split_rate above",
+    )
+    replicates: int = Field(
+        99, ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
+    )
+    max_patients: int = Field(
+        1000,
+        ge=50,
+        description="the imputed randomisation test runs on a stratified random subsample of at most this many patients "
+        "(the BCF statistic is refitted for every replicate)",
+    )
+    auto_max_n: int = Field(3000, ge=10, description="largest trial tested by permutation when method is auto")
+    permutations: int = Field(199, ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")
+    sequential_h: int = Field(
+        10,
+        ge=0,
+        description="Besag-Clifford sequential p-value: stop once this many permuted statistics reach the observed one "
+        "(0: always run every permutation)",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
+    rate_bootstrap: IntOrAuto = Field(
+        AUTO,
+        description="bootstrap replicates for the RATE (AUTOC) interval and the split-sample test's standard error. "
+        "auto: 500 below 10,000 patients, 200 from there (each replicate sorts every patient; 200 keep the Monte-Carlo "
+        "error of a standard error near 5%)",
+    )
+
+    @model_validator(mode="after")
+    def _replicates(self) -> EvidenceConfig:
+        if self.rate_bootstrap != AUTO and self.rate_bootstrap < 0:
+            raise ValueError("rate_bootstrap must be at least 0 (or auto)")
+        return self
+    statistic: Literal["beyond_risk", "rate"] = Field(
+        "beyond_risk",
+        description=(
+            "beyond_risk: best Qini-weighted RATE of an effect-modelling candidate for the benefit the risk model "
+            "does not explain (the claim 'responder subgroup'); rate: best Qini-weighted RATE of any candidate "
+            "(also counts the benefit spread that baseline risk alone produces)"
+        ),
+    )
+    candidates: list[CandidateName] = Field(
+        ["interaction_logistic", "t_learner", "dr_learner"],
+        description="effect-modelling candidates whose best ranking is the test statistic (refitted for every permutation)",
+    )
+
+
+class IntervalConfig(_Strict):
+    """Per-patient benefit intervals: for the *conditional average* benefit given the patient's measured values.
+
+    The uncertainty comes from posterior draws (arm-only, BCF: credible
+    intervals) or a percentile interval over bootstrap refits (the risk model
+    and the other candidates: confidence intervals). No allowance is added for
+    how one patient's own benefit may differ from that average: no
+    parallel-group trial identifies it.
+    """
+
+    bootstrap_models: IntOrAuto = Field(
+        AUTO,
+        description="refits of the bootstrap interval (candidates without posterior draws). auto: 100 below 10,000 "
+        "patients, 20 from there (each refit costs O(n), while the model's interval narrows like 1/sqrt(n))",
+    )
+
+    bootstrap_penalty: Literal["auto", "reselect", "keep"] = Field(
+        AUTO,
+        description="reselect: each bootstrap refit chooses its own penalty by internal CV, as the served fit did; keep: "
+        "refits use the penalty chosen on all patients (one fit instead of folds x Cs + 1). auto: reselect below 10,000 "
+        "patients, keep from there (the choice barely varies between resamples of that size)",
+    )
+
+    @model_validator(mode="after")
+    def _enough(self) -> IntervalConfig:
+        if self.bootstrap_models != AUTO and self.bootstrap_models < 5:
+            raise ValueError("bootstrap_models must be at least 5 (or auto)")
+        return self
+    level: float = Field(0.95, gt=0.5, lt=1)
+
+
+class LabelRule(_Strict):
+    """Thresholds of the labels, in percentage points of benefit (0.10 = 10 pp); applied by ``core.labelling``.
+
+    Population label (every patient, from the trial's average effect):
+    ``likely_benefit`` for an established (multiplicity-adjusted) average
+    benefit of at least ``likely_min_benefit``; ``unlikely_benefit`` when the
+    adjusted interval lies wholly below ``unlikely_upper_below``; otherwise
+    ``uncertain``. Patient label (only when effect modification is
+    established): ``likely_benefit`` when the patient's interval lies above
+    0 pp, ``unlikely_benefit`` when it lies wholly below
+    ``unlikely_upper_below`` (the smallest benefit worth having), otherwise
+    ``uncertain``.
+    """
+
+    likely_min_benefit: float = Field(0.10, ge=0, le=1)
+    unlikely_upper_below: float = Field(0.05, ge=-1, le=1, description="the minimal important benefit")
+
+
+class GateConfig(_Strict):
+    """When a new model may become ``champion``."""
+
+    max_brier_excess: float = Field(
+        0.05, ge=0, description="cross-validated Brier score (mean over arms) may exceed the no-information Brier by at most this"
+    )
+    max_brier_worse_than_champion: float = Field(
+        0.01, ge=0, description="not worse than the current champion's candidate on the same evaluation by more than this"
+    )
+
+
+class ExecutorConfig(_Strict):
+    kind: Literal["local", "dask"] = "local"
+    workers: int | None = Field(None, ge=1, description="local processes (None: one per core)")
+    scheduler: str | None = Field(None, description="address of a running Dask scheduler (kind: dask)")
+
+
+class TrainConfig(_Strict):
+    seed: int = 2024
+    cv: CVConfig = CVConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    selection: SelectionConfig = SelectionConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
+    intervals: IntervalConfig = IntervalConfig()
+    labels: LabelRule = LabelRule()
+    gate: GateConfig = GateConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    responder_rules: dict[str, ResponderRule] = Field(
+        default_factory=dict, description="per-outcome override of the spec's responder rule (e.g. >= 50%)"
+    )
+    missing_followup: Literal["non_responder", "exclude"] | None = Field(
+        None, description="override of the spec's handling of missing follow-up"
+    )
+
+    @model_validator(mode="after")
+    def _criterion_has_its_candidate(self) -> TrainConfig:
+        if self.selection.criterion == "bcf_when_eligible" and "bcf" not in self.candidates.enabled:
+            raise ValueError(
+                "selection.criterion bcf_when_eligible chooses BCF and needs bcf in candidates.enabled; "
+                "enable it or choose another criterion (e.g. dr_tau_risk_1se)"
+            )
+        return self
+
+    def resolved(self, n: int) -> TrainConfig:
+        """This config with every ``auto`` setting replaced by its rule's value for ``n`` patients.
+
+        The rules are :data:`AUTO_RULES` (described in the fields and in ``configs/default.yaml``);
+        an explicit value is kept as it is.
+        """
+        return _resolve(self, "", n)  # type: ignore[return-value]
+
+    def digest(self) -> str:
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
+    """The packaged default config, updated by a YAML file and keyword overrides (deep-merged).
+
+    Raises ``ConfigError`` with one line per problem (unknown key with the
+    nearest known one, wrong type or value) instead of pydantic's long report.
+    """
+    source = f"config {path}" if path is not None else "config"
+    data = _default_dict()
+    if path is not None:
+        data = _merge(data, yaml_mapping(Path(path).read_text(encoding="utf-8"), source))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, validation_problems(err, TrainConfig)) from None
+
+
+def smoke_settings() -> dict:
+    """The smoke overrides (``core/configs/smoke.yaml``): tests, quick benchmarks and examples share them."""
+    return yaml.safe_load(resources.files("core").joinpath("configs", "smoke.yaml").read_text(encoding="utf-8")) or {}
+
+
+def smoke_config(**overrides) -> TrainConfig:
+    """The defaults with the smoke settings and ``overrides`` (deep-merged): a job of seconds, not estimates."""
+    return load_config(None, **_merge(smoke_settings(), overrides))
+
+
+@lru_cache(maxsize=1)
+def _default_text() -> str:
+    return resources.files("core").joinpath("configs", "default.yaml").read_text(encoding="utf-8")
+
+
+def _default_dict() -> dict:
+    return yaml.safe_load(_default_text()) or {}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,178 @@
+"""What a patient is told: which estimand answers, and two labels that never disagree with what stands beside them.
+
+A parallel-group trial identifies the average effect and the *conditional
+average* benefit given measured values; it never identifies one patient's own
+benefit. Every served answer is therefore one of three (``answer``):
+
+- ``conditional``: effect modification is established (the heterogeneity
+  test rejects after Holm's correction). The patient's numbers are the served
+  model's conditional average benefit given their measured values, with its
+  interval, and the patient gets a **patient label** read from that interval:
+  ``likely_benefit`` when it lies above 0 pp, ``unlikely_benefit`` when it lies
+  wholly below the minimal important benefit (``labels.unlikely_upper_below``),
+  otherwise ``uncertain``.
+- ``risk_based``: no established effect modification, but the prognostic
+  model discriminates baseline risk out of fold (PATH, :mod:`training.path`).
+  The numbers are the trial's constant odds ratio applied to the patient's
+  predicted control risk. No patient label: such a difference between
+  patients comes from their baseline risk, not from a subgroup.
+- ``average``: neither. Every patient gets the trial's average answer.
+
+Every answer also carries the **population label**, from the trial's
+(multiplicity-adjusted) average effect: ``likely_benefit`` only for an
+established average benefit of at least ``labels.likely_min_benefit``;
+``unlikely_benefit`` when the adjusted interval lies wholly below
+``labels.unlikely_upper_below``; otherwise ``uncertain``. Its reason says that
+it describes the trial population, not this patient. Thresholds are in
+percentage points (never "%").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from core.config import LabelRule
+
+LIKELY, UNCERTAIN, UNLIKELY = "likely_benefit", "uncertain", "unlikely_benefit"
+LABELS = (LIKELY, UNCERTAIN, UNLIKELY)
+CONDITIONAL, RISK_BASED, AVERAGE = "conditional", "risk_based", "average"
+ANSWERS = (CONDITIONAL, RISK_BASED, AVERAGE)
+
+ESTIMANDS = {
+    CONDITIONAL: (
+        "conditional average benefit: the expected difference in the chance of response, {treated} minus {control}, "
+        "among patients with this patient's measured values (effect modification is established)"
+    ),
+    RISK_BASED: (
+        "risk-based benefit: the trial's constant odds ratio applied to this patient's predicted chance of response on "
+        "{control} (no established effect modification; the prognostic model discriminates baseline risk)"
+    ),
+    AVERAGE: (
+        "trial average benefit: the difference in the chance of response, {treated} minus {control}, over the trial "
+        "population (no established effect modification and no discriminating prognostic model)"
+    ),
+}
+
+
+def pp(value: float | None, digits: int = 0) -> str:
+    """Percentage points with a sign: 0.123 -> '+12 pp'."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{100 * value:+.{digits}f} pp"
+
+
+@dataclass
+class PatientLabels:
+    """A batch's labels: the population label (one for all) and the patient labels (None unless conditional)."""
+
+    population_label: str
+    population_reason: str
+    patient_label: np.ndarray  # object array of labels or None
+    patient_reason: list[str]
+
+
+@dataclass
+class LabelPolicy:
+    """One outcome's answer and label rule, fitted at training time and stored with the model."""
+
+    answer: str  # conditional, risk_based or average
+    rule: dict[str, float]
+    evidence_sentence: str
+    population_label: str
+    population_reason: str
+    answer_reason: str = ""
+    level: float = 0.95
+    interval_kind: str = "credible"  # credible (posterior draws) or confidence (bootstrap refits)
+
+    @property
+    def mode(self) -> str:
+        """``individual`` when patients get their own label, else ``population`` (one label for everybody)."""
+        return "individual" if self.answer == CONDITIONAL else "population"
+
+    def estimand(self, treated: str = "treatment", control: str = "control") -> str:
+        return ESTIMANDS[self.answer].format(treated=treated, control=control)
+
+    def label(self, lower: np.ndarray, upper: np.ndarray) -> PatientLabels:
+        """Both labels and their reasons for a batch of intervals (a patient label is read from the interval alone)."""
+        lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+        n = len(lower)
+        if self.answer != CONDITIONAL:
+            reason = self.no_patient_label_reason()
+            return PatientLabels(self.population_label, self.population_reason, np.full(n, None, dtype=object), [reason] * n)
+        mid = self.rule["unlikely_upper_below"]
+        labels = np.where(lower > 0, LIKELY, np.where(upper < mid, UNLIKELY, UNCERTAIN)).astype(object)
+        reasons = [self._reason(str(label), float(lo), float(hi)) for label, lo, hi in zip(labels, lower, upper, strict=True)]
+        return PatientLabels(self.population_label, self.population_reason, labels, reasons)
+
+    def _reason(self, label: str, low: float, high: float) -> str:
+        interval = f"this patient's {100 * self.level:.0f}% {self.interval_kind} interval for the conditional average benefit ({pp(low)} to {pp(high)})"
+        mid = pp(self.rule["unlikely_upper_below"])
+        if label == LIKELY:
+            return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} lies above 0 pp."
+        if label == UNLIKELY:
+            return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} lies wholly below {mid}, the smallest benefit worth having."
+        return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} includes 0 pp and reaches {mid}, so it cannot tell."
+
+    def no_patient_label_reason(self) -> str:
+        """Why a patient gets no label of their own (answers other than ``conditional``)."""
+        sentence = self.evidence_sentence[:1].lower() + self.evidence_sentence[1:]
+        return " ".join(part for part in ("No patient label:", sentence or "effect modification is not established.", self.answer_reason) if part)
+
+    def describe(self) -> str:
+        """The rule in one sentence (thresholds in percentage points)."""
+        population = (
+            f"The population label ({self.population_label}) follows the trial's average effect: likely_benefit needs an "
+            f"established average benefit of at least {pp(self.rule['likely_min_benefit'])}, unlikely_benefit an "
+            f"average-effect interval wholly below {pp(self.rule['unlikely_upper_below'])}, otherwise uncertain."
+        )
+        if self.answer != CONDITIONAL:
+            return f"{population} There is no patient label, because effect modification is not established."
+        return (
+            f"{population} The patient label is read from the patient's own {100 * self.level:.0f}% interval: "
+            f"likely_benefit when it lies above 0 pp, unlikely_benefit when it lies wholly below "
+            f"{pp(self.rule['unlikely_upper_below'])}, otherwise uncertain."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_policy(
+    rule: LabelRule,
+    *,
+    answer: str,
+    answer_reason: str,
+    evidence_sentence: str,
+    average_effect: Any,
+    level: float,
+    interval_kind: str,
+    treated: str = "treatment",
+    control: str = "control",
+) -> LabelPolicy:
+    """One outcome's answer policy; ``average_effect`` is its multiplicity-adjusted :class:`core.effects.AverageEffect`."""
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer {answer!r} (one of {ANSWERS})")
+    label, reason = population_label(rule, average_effect, treated, control)
+    return LabelPolicy(answer, rule.model_dump(), evidence_sentence, label, reason, answer_reason, level, interval_kind)
+
+
+def population_label(rule: LabelRule, effect: Any, treated: str, control: str) -> tuple[str, str]:
+    """The label of the trial population as a whole, from its average effect, with its reason."""
+    scope = "This describes the trial population as a whole, not this patient in particular."
+    if effect is None or effect.risk_difference is None:
+        return UNCERTAIN, f"The trial's average effect could not be estimated. {scope}"
+    summary = effect.describe(treated, control)
+    high = effect.ci_high_adjusted if effect.ci_high_adjusted is not None else effect.ci_high
+    if effect.direction == "benefit" and effect.risk_difference >= rule.likely_min_benefit:
+        return LIKELY, f"{summary} {scope}"
+    if high is not None and high < rule.unlikely_upper_below:
+        return UNLIKELY, f"{summary} It rules out an average benefit of {pp(rule.unlikely_upper_below)} or more. {scope}"
+    if effect.direction == "benefit":
+        return UNCERTAIN, (
+            f"{summary} The established average benefit is below the {pp(rule.likely_min_benefit)} needed for a likely "
+            f"benefit. {scope}"
+        )
+    return UNCERTAIN, f"{summary} {scope}"

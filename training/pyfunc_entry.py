@@ -1,7 +1,0 @@
-"""MLflow "models from code" entry point: MLflow stores this file with each model and runs it on load."""
-
-import mlflow
-
-from serving.runtime.artefact import ResponderPyfunc
-
-mlflow.models.set_model(ResponderPyfunc())
