@@ -27,7 +27,7 @@ from features.labs import LabValueError, parse_lab_value
 from features.pipeline import build_feature_pipeline, feature_info, input_warnings
 from core.censoring import ipcw_risk
 
-SPECS = Path(__file__).resolve().parents[1] / "training" / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "core" / "specs"
 
 BASE = {
     "name": "declared",
