@@ -18,7 +18,7 @@ from training.data import ValidationReport
 from training.diagnostics import describe as describe_diagnostics
 from training.effects import AverageEffect
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
-from training.labelling import CONDITIONAL
+from training.labelling import CONDITIONAL, Wording
 from training.labels import LabelCounts
 from training.path import PathAnalysis
 
@@ -131,7 +131,7 @@ class OutcomeResult:
     def _estimand(self) -> str | None:
         if self.model is None or self.model.label_policy is None:
             return None
-        return self.model.label_policy.estimand(*_arm_names(self))
+        return self.model.label_policy.estimand(*_arm_names(self), _wording(self))
 
     def _labels(self) -> dict[str, Any]:
         if self.model is None or self.model.label_policy is None:
@@ -146,6 +146,13 @@ class OutcomeResult:
             "no_patient_label_reason": policy.no_patient_label_reason() if policy.mode != "individual" else None,
             "interval_kind": policy.interval_kind,
         }
+
+
+def _wording(result: OutcomeResult) -> Wording | None:
+    """How the outcome's numbers are told (an event to prevent as its risk); None without a model."""
+    if result.model is None:
+        return None
+    return Wording.of(result.model.spec.outcomes[result.outcome])
 
 
 def _arm_names(result: OutcomeResult) -> tuple[str, str]:
@@ -203,7 +210,7 @@ class TrainSummary:
             test = f"{s['heterogeneity_test'].replace('_', ' ')} test" + (f", {s['permutations']} {runs}" if runs else "")
             lines += [
                 f"- {s['outcome']}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
-                f"    average effect: {effect.describe(*_arm_names(result)) if effect is not None else 'n/a'}",
+                f"    average effect: {effect.describe(*_arm_names(result), _wording(result)) if effect is not None else 'n/a'}",
                 f"    risk-based (PATH): {result.path.sentence() if result.path is not None else 'n/a'}",
                 f"    answer: {s['answer']} ({s['reason']}); served model {s['champion']}",
                 f"    estimand: {s['estimand']}",

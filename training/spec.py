@@ -6,6 +6,7 @@ labs), so another trial plugs in by writing a spec, without code changes.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,11 +25,22 @@ DEFAULT_SPEC = "fibromyalgia-ldn"
 GROUND_TRUTH_PREFIX = "true_"
 
 Level = StrictInt | str
+# A follow-up time at the end of an outcome's label: ", month 2", " at week 12", " (day 28)", " - 6 months".
+FOLLOWUP_TIME = re.compile(
+    r"\s*(?:[,;-]\s*|\bat\s+|\(\s*)(?:at\s+)?(?:(?:day|week|month|year|visit)s?\s*\d+|\d+\s*(?:day|week|month|year)s?)\s*\)?\s*$",
+    re.IGNORECASE,
+)
 
 
 def inline(name: str) -> str:
-    """A display name inside a sentence: "Low-dose naltrexone" -> "low-dose naltrexone", "LDN" stays "LDN"."""
-    if len(name) > 1 and name[0].isupper() and name[1].islower():
+    """A display name inside a sentence, in the case the spec wrote it unless it is plainly a capitalised common phrase.
+
+    Only the first letter may be lowered, and only when no other letter of the
+    name is a capital: "Low-dose naltrexone" -> "low-dose naltrexone", "Placebo"
+    -> "placebo"; "Pentax AWS video laryngoscope", "Beat the Blues", "BDI
+    depression score", "PACU" and "Post-ERCP pancreatitis" keep their case.
+    """
+    if len(name) > 1 and name[0].isupper() and name[1].islower() and not any(c.isupper() for c in name[1:]):
         return name[0].lower() + name[1:]
     return name
 
@@ -364,8 +376,14 @@ class DatasetSpec(_Strict):
         return next(o for o in self.outcomes.values() if o.baseline == column)
 
     def baseline_label(self, column: str) -> str:
+        """What the baseline column measures: ``baseline_label``, else "Baseline <label>" without the follow-up time.
+
+        "BDI depression score (0-63), month 2" measured at baseline is "Baseline
+        BDI depression score (0-63)": a trailing time (", month 2", " at week 12")
+        names the follow-up, not the baseline.
+        """
         outcome = self.baseline_outcome(column)
-        return outcome.baseline_label or f"Baseline {outcome.label}"
+        return outcome.baseline_label or f"Baseline {inline(FOLLOWUP_TIME.sub('', outcome.label))}"
 
     def followup_columns(self) -> list[str]:
         """The columns observed at the end of the trial: follow-up scores and binary events."""

@@ -42,14 +42,14 @@ from training.evaluation import (
 )
 from training.executor import Executor, make_executor
 from training.heterogeneity import heterogeneity_test
-from training.labelling import build_policy
+from training.labelling import Wording, build_policy
 from training.labels import LabelCounts, responder_labels, sensitivity_effects
 from training.path import path_analysis
 from training.progress import JobSteps, deferred_interrupt
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
-from training.spec import DatasetSpec
+from training.spec import DatasetSpec, inline
 from training.timing import PhaseClock
 from training.tracking import (
     NOTE,
@@ -176,7 +176,7 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
 
 def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
     """The effect-modification verdict in one sentence (it starts every patient-label reason)."""
-    name = spec.outcomes[result.outcome].label.split(" (")[0].lower()
+    name = inline(spec.outcomes[result.outcome].label.split(" (")[0])
     if not result.permutation.tested:
         return f"Whether the effect on {name} differs between patients was not tested."
     p = _fmt(_clean(result.p_adjusted))
@@ -247,6 +247,7 @@ def fit_champion(
         interval_kind="credible" if candidate.has_draws else "confidence",
         treated=spec.treated_display(),
         control=spec.control_display(),
+        wording=Wording.of(spec.outcomes[result.outcome]),
     )
     return model
 

@@ -21,6 +21,7 @@ from training import plots
 from training.reports import analysis, figures
 from training.reports.payload import CohortPayload
 from training.reports.render import environment
+from training.spec import inline
 
 log = logging.getLogger("responders.reports")
 
@@ -158,7 +159,7 @@ def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
 
         def bar(outcome=outcome):
             _, _, treated = _shap_views(payload, outcome)
-            return figures.bar_figure(treated, f"{outcome}: drivers of P(responder | {labels[0].lower()})")
+            return figures.bar_figure(treated, f"{outcome}: drivers of P(responder | {inline(labels[0])})")
 
         steps += [(outcome, "beeswarm", beeswarm), (outcome, "bar_treated", bar)]
         for group in ("inflammation", "autoantibody"):
