@@ -16,6 +16,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from training.tracking import (
     job_note,
     job_run,
     load_registered,
+    log_metrics,
     log_responder_model,
     outcome_note,
     register,
@@ -172,6 +174,12 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
                 bootstrap[i :: len(chunks)] = models
         fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap)
     return fits
+
+
+def job_run_name(spec: DatasetSpec, data_path: Path, now: datetime | None = None) -> str:
+    """A training job's run name: trial, outcomes and date, then the data file ("indo-rct: pancreatitis, 2026-12-04 21:30 UTC (indo_rct.csv)")."""
+    moment = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{spec.name}: {', '.join(spec.outcomes)}, {moment} ({data_path.name})"
 
 
 def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
@@ -401,7 +409,8 @@ def run_training(
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
     # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
     # One executor for the whole job: its workers start once and serve every resampling loop and the final fits.
-    with job_run(f"train {data_path.name}", steps, description=note) as parent, ExitStack() as stack:
+    started_on = datetime.now(UTC).strftime("%Y-%m-%d")
+    with job_run(job_run_name(spec, data_path), steps, description=note) as parent, ExitStack() as stack:
         clock.start("start the executor", "executor")
         executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
         clock.start("MLflow: job run, dataset and parameters", "mlflow")
@@ -439,11 +448,11 @@ def run_training(
             clock.start(f"{outcome}: MLflow outcome run", "mlflow")
             data, counts = outcome_data(frame, spec, outcome, config, parsed)
             log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
-            with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
+            with mlflow.start_run(run_name=f"{spec.name}/{outcome} {started_on}", nested=True) as outcome_run:
                 mlflow.set_tags({"outcome": outcome, "spec": spec.name})
                 mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
                 mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
-                mlflow.log_metrics(counts.as_metrics())
+                log_metrics(counts.as_metrics())
                 steps.start(f"{outcome}: nested cross-validation")
                 clock.start(f"{outcome}: nested cross-validation", "cv")
                 cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
@@ -455,8 +464,8 @@ def run_training(
                         params = settings.model_dump(mode="json") if settings is not None else {}
                         if params:
                             mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-                        mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
-                        mlflow.log_metric("times_selected", cv.selections[name])
+                        log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                        log_metrics({"times_selected": cv.selections[name]})
                         mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
                 clock.start(f"{outcome}: risk-based (PATH) analysis", "test")
                 path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
@@ -511,9 +520,9 @@ def run_training(
             result.registered_model = spec.registered_model_name(outcome)
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 selected = result.cv.summary.loc[result.procedure]
-                mlflow.log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
+                log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
                 effect = result.average_effect
-                mlflow.log_metrics(
+                log_metrics(
                     {
                         k: v
                         for k, v in {
@@ -554,7 +563,15 @@ def run_training(
                 },
             )
             result.version = str(version.version)
-            mlflow.log_metrics({f"{outcome}.{k}": v for k, v in {"p_adjusted": result.p_adjusted, "subgroup_evidence": float(result.evidence)}.items() if np.isfinite(v)})
+            # The parent run's table shows each outcome's headline: evidence, average effect and the served procedure's fit.
+            headline = {
+                "p_adjusted": result.p_adjusted,
+                "subgroup_evidence": float(result.evidence),
+                "average_effect.risk_difference": _nan(effect.risk_difference),
+                "n_patients": float(result.counts.n),
+                **{k: float(selected[k]) for k in ("auc_treated", "auc_control", "brier_mean") if k in selected},
+            }
+            log_metrics({f"{outcome}.{k}": v for k, v in headline.items() if np.isfinite(v)})
 
         # The report's analysis and figures (SHAP on the cohort, ANCOVA, Table 1) are made before the
         # gate, so a failure there fails the job while every previous champion is still in place;
@@ -590,7 +607,7 @@ def run_training(
             (Path(report_dir) / "cohort.html").write_text(html, encoding="utf-8")
             log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
         report_seconds += time.perf_counter() - report_started
-        mlflow.log_metric("report_seconds", report_seconds)
+        log_metrics({"report_seconds": report_seconds})
 
         clock.start("MLflow: summary", "mlflow")
         summary = TrainSummary(
@@ -606,7 +623,7 @@ def run_training(
             validation=validation,
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
-        mlflow.log_metric("job_seconds", summary.seconds)
+        log_metrics({"job_seconds": summary.seconds})
         clock.stop()
         summary.timing = clock.to_dict()
         mlflow.log_dict(summary.timing, "timing.json")
