@@ -98,6 +98,7 @@ class OutcomeResult:
             "gate": self.gate,
             "answer": self.answer,
             "estimand": self._estimand(),
+            "event_to_prevent": wording.event if (wording := _wording(self)) is not None else None,
             "refused": self.refused,
             "evidence": self.evidence,
             "heterogeneity_null": self.permutation.details.get("null") if self.permutation.details else None,

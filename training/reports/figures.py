@@ -102,6 +102,8 @@ def dependence_figure(expl_column, title: str, xlabel: str):
         ax.set_ylabel("contribution to benefit (pp)", fontsize=9)
         ax.set_xlabel(_shorten(xlabel, 60), fontsize=9)
         ax.set_title(title, fontsize=10)
+        # shap draws the feature's distribution as grey bars behind the points: say what they are.
+        ax.text(0.99, 0.02, "grey bars: how many patients have each value", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
         return fig
 
 
