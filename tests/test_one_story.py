@@ -201,3 +201,95 @@ def test_a_report_without_labs_has_no_lab_notes_and_a_detection_note_only_with_l
     html = render_patient_report({"pancreatitis": model}, frame.drop(columns=["outcome", "rx"]).iloc[[0]], {"pancreatitis": "v1"})
     assert 'id="note-detection"' not in html
     assert np.isfinite(model.average_effect["risk_difference"])
+
+
+# The service's tools -----------------------------------------------------------------------------------
+def test_serve_on_a_busy_port_is_one_line_not_a_traceback():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        responders = Path(sys.executable).with_name("responders")
+        done = subprocess.run([str(responders), "serve", "--port", str(port), "--insecure-dev"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("WARNING")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_printed_mlflow_command_opens_the_ui_on_the_runs_without_an_active_venv(tmp_path):
+    import json
+    import os
+    import urllib.request
+
+    import mlflow
+    from helpers import free_port, running
+
+    from training.tracking import ui_link
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("indo-rct", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment, run_name="indo-rct: pancreatitis, 2026-12-04 21:30 UTC (indo_rct.csv)"):
+        mlflow.log_metric("pancreatitis.auc_treated", 0.6123)
+    printed = ui_link(uri, experiment)
+    command = printed.split(" (or: make mlflow)")[0].split()
+    port = free_port()
+    # No venv on PATH: the printed program is found by its path, not by an activated environment.
+    env = {"PATH": "/usr/bin:/bin", "VIRTUAL_ENV": ""}
+    with running([*command, "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/health", env=env, cwd=tmp_path, timeout=120):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search", data=json.dumps({"experiment_ids": [experiment]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.load(response)["runs"]
+    assert [r["info"]["run_name"] for r in runs] == ["indo-rct: pancreatitis, 2026-12-04 21:30 UTC (indo_rct.csv)"]
+    assert os.environ.get("PATH")  # the test's own environment is untouched
+
+
+# Spec and data messages ----------------------------------------------------------------------------------
+def test_roles_take_numeric_codes_and_refuse_codes_the_sex_covariate_lacks():
+    from training.errors import ConfigError
+
+    base = (
+        "name: t\narm: {treated: a, control: b}\noutcomes:\n  o: {kind: binary, label: Death, event: {column: died, good: false}}\n"
+        "covariates:\n  age: {kind: numeric}\n  sex: {kind: categorical, levels: {0: Female, 1: Male}}\n"
+    )
+    spec = parse_spec(base + "roles: {age: age, sex: sex, female: 0, male: 1}\n")
+    assert (spec.roles.female, spec.roles.male) == ("0", "1")
+    with pytest.raises(ConfigError, match=r"roles.female '2' is not a code of the sex covariate 'sex'"):
+        parse_spec(base + "roles: {sex: sex, female: 2}\n")
+
+
+def test_did_you_mean_never_suggests_a_column_the_spec_already_uses():
+    from training.data import validate
+
+    spec = parse_spec(
+        "name: t\narm: {treated: a, control: b}\noutcomes:\n  o: {kind: binary, label: Death, event: {column: died, good: false}}\n"
+        "covariates:\n  age: {kind: numeric}\n  agee2: {kind: numeric}\n"
+    )
+    frame = pd.DataFrame({"patient_id": ["p1", "p2"], "arm": ["a", "b"], "died": [0, 1], "age": [50, 60]})
+    report = validate(frame, spec)
+    [missing] = [f for f in report.findings if f.column == "agee2"]
+    assert "did you mean" not in missing.message, missing.message  # 'age' is the spec's own column
+    frame["agee_2"] = [1, 2]  # a column the spec does not know: a fair suggestion
+    [missing] = [f for f in validate(frame, spec).findings if f.column == "agee2"]
+    assert "did you mean 'agee_2'?" in missing.message
+
+
+def test_the_registered_models_input_errors_count_rows_from_1_and_do_not_call_covariates_labs(indo):
+    from features.transformers import LabParseError
+
+    spec, frame, model = indo
+    patients = frame.drop(columns=["outcome", "rx"]).head(3).astype(object).reset_index(drop=True)
+    patients.loc[1, "age"] = "sixty"
+    with pytest.raises(LabParseError) as caught:
+        model.predict(patients)
+    message = str(caught.value)
+    assert "row 2: age: 'sixty': not a number" in message and "rows counted from 1" in message
+    assert "lab value" not in message

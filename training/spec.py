@@ -295,10 +295,21 @@ class AuxiliarySpec(_Strict):
 
 
 class RolesSpec(_Strict):
-    age: str | None = None
-    sex: str | None = None
-    female: str | None = Field(None, description="level of the sex column meaning female")
-    male: str | None = Field(None, description="level of the sex column meaning male")
+    """Which covariates age- and sex-specific reference limits read (e.g. the Westergren ESR limit).
+
+    ``age`` and ``sex`` name covariates; ``female`` and ``male`` are codes of the sex covariate, text or
+    numbers as the file writes them (``female: 0``), kept in canonical form (see :func:`level_key`).
+    """
+
+    age: str | None = Field(None, description="the covariate holding age in years")
+    sex: str | None = Field(None, description="the categorical covariate holding sex")
+    female: str | None = Field(None, description="code of the sex covariate meaning female (text or a number)")
+    male: str | None = Field(None, description="code of the sex covariate meaning male (text or a number)")
+
+    @field_validator("female", "male", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return None if value is None else str(level_key(_yaml_codes(value, "roles codes")))
 
 
 class CognitiveDominanceSpec(_Strict):
@@ -359,6 +370,11 @@ class DatasetSpec(_Strict):
             column = getattr(self.roles, role)
             if column is not None and column not in self.covariates:
                 raise ValueError(f"roles.{role} names {column!r}, which is not a covariate")
+        sex = self.covariates.get(self.roles.sex) if self.roles.sex else None
+        for role in ("female", "male"):
+            code = getattr(self.roles, role)
+            if code is not None and sex is not None and sex.kind == "categorical" and code not in sex.level_codes():
+                raise ValueError(f"roles.{role} {code!r} is not a code of the sex covariate {self.roles.sex!r} (its codes: {sex.level_codes()})")
         if self.cognitive_dominance is not None:
             baselines = set(self.baseline_score_columns())
             for column in (self.cognitive_dominance.memory, self.cognitive_dominance.pain):
