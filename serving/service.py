@@ -707,6 +707,14 @@ def api_docs_html() -> bytes:
                 parts.append("<details><summary>200 response fields</summary><div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
                 parts += [f"<tr><td class=\"d{d}\"><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for d, f, k, t in rows]
                 parts.append("</table></div></details>")
+    parts.append("<h2 id=\"schemas\">Schemas</h2><p>Every object the endpoints take or answer, field by field.</p>")
+    for name, schema in sorted(schemas.items()):
+        if not schema.get("properties"):
+            continue
+        parts.append(f"<h3 id=\"schema-{escape(name)}\">{escape(name)}</h3><p>{escape(schema.get('description', ''))}</p>")
+        parts.append("<div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
+        parts += [f"<tr><td><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for _, f, k, t in _schema_rows(schema, {}, 3)]
+        parts.append("</table></div>")
     parts.append("</body></html>")
     return "\n".join(parts).encode()
 
