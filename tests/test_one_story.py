@@ -293,3 +293,42 @@ def test_the_registered_models_input_errors_count_rows_from_1_and_do_not_call_co
     message = str(caught.value)
     assert "row 2: age: 'sixty': not a number" in message and "rows counted from 1" in message
     assert "lab value" not in message
+
+
+# A real browser: the event's risk is the first thing a clinician reads -----------------------------------
+@pytest.mark.slow
+@pytest.mark.browser
+def test_event_headline_names_the_events_risk_in_headless_chromium(indo, tmp_path):
+    import os
+
+    from test_reports import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS
+
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {CHROMIUM} is missing")
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (`make browser` as root)")
+    from playwright.sync_api import sync_playwright
+
+    spec, frame, model = indo
+    patient = frame.drop(columns=["outcome", "rx"]).iloc[[5]]
+    prediction = model.predict(patient).iloc[0]
+    page_file = tmp_path / "patient.html"
+    page_file.write_text(render_patient_report({"pancreatitis": model}, patient, {"pancreatitis": "v1"}), encoding="utf-8")
+    risk_t, risk_c = 100 * (1 - prediction["p_response_treated"]), 100 * (1 - prediction["p_response_control"])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            for width, height in VIEWPORTS:
+                context = browser.new_context(viewport={"width": width, "height": height})
+                page = context.new_page()
+                page.goto(page_file.resolve().as_uri(), wait_until="load")
+                line = page.locator("#answer-pancreatitis .patient-line").inner_text()
+                assert f"risk of Post-ERCP pancreatitis {risk_t:.0f}% on rectal indomethacin vs {risk_c:.0f}% on placebo" in line, line
+                assert "absolute risk reduction" in line and "chance" not in line
+                # ... on the first screen, without scrolling sideways.
+                bottom = page.evaluate("() => document.querySelector('#answer-pancreatitis').getBoundingClientRect().bottom")
+                assert bottom <= height and page.evaluate("() => document.documentElement.scrollWidth") <= width
+                assert "number needed to treat" in page.locator("#event-pancreatitis").inner_text()
+                context.close()
+        finally:
+            browser.close()
