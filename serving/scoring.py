@@ -153,7 +153,6 @@ class Scorer:
         limit_lightgbm_threads()
         self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
         # What every answer repeats, built once: the rule texts, the evidence and the model references.
-        treated, control = spec.treated_display(), spec.control_display()
         self._names = (spec.treated_inline(), spec.control_inline())
         # Training records where its data came from (training.reports.payload.data_provenance).
         self.simulated = any(bool((c.model.metadata.get("data_provenance") or {}).get("simulated")) for c in champions.values())
@@ -165,7 +164,7 @@ class Scorer:
                 "model": c.ref,
                 "level": c.model.interval_level,
                 "kind": c.model.label_policy.interval_kind,
-                "estimand": c.model.label_policy.estimand(treated, control, Wording.of(spec.outcomes[o])),
+                "estimand": c.model.label_policy.estimand(*self._names, Wording.of(spec.outcomes[o])),
                 "wording": Wording.of(spec.outcomes[o]),
                 "population": population_answer(c.model),
             }
@@ -294,9 +293,7 @@ class Scorer:
                 answer=model.label_policy.answer,
                 answer_reason=model.label_policy.answer_reason,
                 refused=dict(model.metadata.get("refused") or {}),
-                estimand=model.label_policy.estimand(
-                    self.spec.treated_display(), self.spec.control_display(), Wording.of(self.spec.outcomes[outcome])
-                ),
+                estimand=model.label_policy.estimand(*self._names, Wording.of(self.spec.outcomes[outcome])),
                 event_to_prevent=Wording.of(self.spec.outcomes[outcome]).event,
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,

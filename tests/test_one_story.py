@@ -46,7 +46,7 @@ def _text(html: str) -> str:
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html.split("<style")[0] + html.split("</style>")[-1])))
 
 
-def _model(spec, frame: pd.DataFrame, outcome: str, name: str = "risk_model") -> ResponderModel:
+def _model(spec, frame: pd.DataFrame, outcome: str, name: str = "risk_model", effect=None) -> ResponderModel:
     """A served model of one outcome fitted on the real trial (no tracking store), with its answer policy."""
     config = fast_config()
     data, _ = outcome_data(frame, spec, outcome, config)
@@ -54,7 +54,7 @@ def _model(spec, frame: pd.DataFrame, outcome: str, name: str = "risk_model") ->
     F = pipeline.transform(data.X)
     candidate = make_candidate(name, config.candidates, spec.arm.treated_fraction, 7).fit(F, data.t, data.y)
     ensemble = BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
-    effect = average_effect(frame, spec, outcome, config)
+    effect = effect or average_effect(frame, spec, outcome, config)
     evidence = Evidence(True, False, 0.3, 0.6, 0.0, 0.05, 19, "no reliable evidence of effect modification")
     policy = build_policy(
         config.labels, answer="risk_based" if name == "risk_model" else "average", answer_reason="Why this answer.",
@@ -332,3 +332,21 @@ def test_event_headline_names_the_events_risk_in_headless_chromium(indo, tmp_pat
                 context.close()
         finally:
             browser.close()
+
+
+def test_the_patient_page_says_which_average_and_which_interval_is_which(spec, final_99):
+    from training.effects import adjust
+
+    config = fast_config()
+    effects = adjust({o: average_effect(final_99, spec, o, config) for o in spec.outcomes})
+    models = {o: _model(spec, final_99, o, "risk_model", effects[o]) for o in spec.outcomes}
+    patient = final_99[[c for c in final_99.columns if c in spec.feature_input_columns() or c == spec.id_column]].iloc[[0]]
+    html = render_patient_report(models, patient, {o: "v1" for o in models})
+    answer = _text(html.split('<section id="answer"')[1].split("</section>")[0])
+    for effect in effects.values():
+        level = f"{100 * effect.adjusted_level:.1f}".removesuffix(".0")
+        # The Holm-adjusted interval (97.5% for two outcomes) says why it is not 95%.
+        assert f"observed average benefit {100 * effect.risk_difference:+.0f} pp ({level}% confidence interval" in answer
+        assert f"Holm-adjusted for {len(effects)} outcomes)" in answer
+    text = _text(html)
+    assert "model's average over the trial's patients" in text or "a model average, not the trial's observed average above" in text

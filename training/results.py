@@ -159,7 +159,7 @@ def _wording(result: OutcomeResult) -> Wording | None:
 def _arm_names(result: OutcomeResult) -> tuple[str, str]:
     if result.model is None:
         return ("treatment", "control")
-    return (result.model.spec.treated_display(), result.model.spec.control_display())
+    return (result.model.spec.treated_inline(), result.model.spec.control_inline())  # names inside sentences
 
 
 def _average_effect(effect: AverageEffect | None) -> dict[str, Any] | None:

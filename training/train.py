@@ -253,8 +253,8 @@ def fit_champion(
         average_effect=result.average_effect,
         level=config.intervals.level,
         interval_kind="credible" if candidate.has_draws else "confidence",
-        treated=spec.treated_display(),
-        control=spec.control_display(),
+        treated=spec.treated_inline(),  # inside sentences
+        control=spec.control_inline(),
         wording=Wording.of(spec.outcomes[result.outcome]),
     )
     return model

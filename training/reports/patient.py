@@ -202,7 +202,7 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "answer": policy.answer,
         "answer_text": (EVENT_ANSWER_TEXT if wording.prevents else ANSWER_TEXT)[policy.answer],
         "answer_reason": policy.answer_reason,
-        "estimand": policy.estimand(*labels, wording),
+        "estimand": policy.estimand(spec.treated_inline(), spec.control_inline(), wording),
         "interval_kind": policy.interval_kind,
         "patient_label": patient_label,
         "patient_label_text": LABEL_TEXT.get(patient_label, "") if patient_label else "",
@@ -216,6 +216,9 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "population_low": population_low,
         "population_high": population_high,
         "population_level": population_level,
+        # A Holm-adjusted interval is wider than 95% (97.5% for two outcomes): the page says why.
+        "population_adjusted": bool(adjusted and (effect.get("n_outcomes") or 1) > 1),
+        "population_n_outcomes": effect.get("n_outcomes") or 1,
         "label_rule": plain_rule(policy.describe()),
         "probabilities": probabilities,
         "interval": interval,

@@ -619,7 +619,7 @@ def build_cohort_payload(
             "label_mode": result.model.label_policy.mode,
             "answer": result.answer,
             "answer_reason": result.model.label_policy.answer_reason,
-            "estimand": result.model.label_policy.estimand(spec.treated_display(), spec.control_display(), wording),
+            "estimand": result.model.label_policy.estimand(spec.treated_inline(), spec.control_inline(), wording),
             "event": wording.event,  # an event to prevent is told as its risk (training.labelling.Wording)
             "population_nnt": _population_nnt(wording, result.average_effect),
             "interval_kind": result.model.label_policy.interval_kind,
