@@ -350,3 +350,26 @@ def test_the_patient_page_says_which_average_and_which_interval_is_which(spec, f
         assert f"Holm-adjusted for {len(effects)} outcomes)" in answer
     text = _text(html)
     assert "model's average over the trial's patients" in text or "a model average, not the trial's observed average above" in text
+
+
+@pytest.mark.parametrize("columns", [120, 80])
+def test_the_terminal_progress_bar_keeps_its_counts_unit_and_times_at_the_terminals_width(columns):
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    from training.progress import BAR_MIN, bar_settings
+
+    out = io.StringIO()
+    desc = "pain: imputed randomisation test under the fitted constant-effect null (sequential stop)"
+    bar = tqdm(total=1000, file=out, ncols=columns, mininterval=0, **bar_settings(desc, "permutation", columns))
+    for _ in range(3):
+        time.sleep(0.05)
+        bar.update(7)
+    bar.close()
+    lines = [line.strip("\n") for line in out.getvalue().split("\r") if line.strip()]
+    assert lines and all(len(line) <= columns for line in lines)
+    last = lines[-1]
+    assert "21/1000 permutations [" in last and last.endswith("]"), last  # never "2.18per"
+    assert last.count(" ") >= 3 and len(last.split("|")[1]) >= BAR_MIN
