@@ -184,7 +184,7 @@ def test_on_a_real_terminal_loops_draw_a_bar_instead_of_log_lines():
         os.close(leader)
     text = output.decode(errors="replace")
     assert process.returncode == 0, text
-    assert re.search(r"demo loop: +\d+%\|.*\| \d+/50 \[", text), text  # tqdm's bar (cleared at the end: leave=False)
+    assert re.search(r"demo loop: +\d+%\|.*\| \d+/50 tasks \[", text), text  # tqdm's bar with its unit (cleared at the end: leave=False)
     assert "tasks (" not in text  # no log lines on a terminal
 
 
