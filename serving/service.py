@@ -338,6 +338,8 @@ class ApiGuard:
             return await self.app(scope, receive, send)
         if not self._authorised(scope):
             return await _refuse(send, 401, "unauthorised", "send 'Authorization: Bearer <token>'", [(b"www-authenticate", b"Bearer")])
+        if path == "/metadata" and method not in ("GET", "POST"):
+            return await _refuse(send, 405, "method not allowed", "use GET or POST", [(b"allow", b"GET, POST")])
         if path == "/metadata" and method == "GET":  # the same answer as POST /metadata with an empty body
             headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
             scope = {**scope, "method": "POST", "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"2")]}
