@@ -188,6 +188,8 @@ def test_names_keep_their_case_mid_sentence():
     for kept in ("Pentax AWS video laryngoscope", "Beat the Blues", "BDI depression score", "PACU", "Post-ERCP pancreatitis"):
         assert inline(kept) == kept
     assert inline("Low-dose naltrexone") == "low-dose naltrexone" and inline("Placebo") == "placebo"
+    assert inline("Pain (FIQR item, 0-10 NRS)") == "pain (FIQR item, 0-10 NRS)"
+    assert load_spec().baseline_label("pain_baseline") == "Baseline pain (FIQR item, 0-10 NRS)"
     spec = parse_spec(
         "name: bdi\narm: {treated: a, control: b, treated_name: Beat the Blues, control_name: Usual care}\noutcomes:\n"
         "  bdi:\n    label: BDI depression score (0-63), month 2\n    baseline: bdi_0\n    followup: bdi_2\n    scale: [0, 63]\n"

@@ -36,11 +36,13 @@ def inline(name: str) -> str:
     """A display name inside a sentence, in the case the spec wrote it unless it is plainly a capitalised common phrase.
 
     Only the first letter may be lowered, and only when no other letter of the
-    name is a capital: "Low-dose naltrexone" -> "low-dose naltrexone", "Placebo"
-    -> "placebo"; "Pentax AWS video laryngoscope", "Beat the Blues", "BDI
+    name (a parenthetical aside apart) is a capital: "Low-dose naltrexone" ->
+    "low-dose naltrexone", "Placebo" -> "placebo", "Pain (FIQR item)" -> "pain
+    (FIQR item)"; "Pentax AWS video laryngoscope", "Beat the Blues", "BDI
     depression score", "PACU" and "Post-ERCP pancreatitis" keep their case.
     """
-    if len(name) > 1 and name[0].isupper() and name[1].islower() and not any(c.isupper() for c in name[1:]):
+    main = name.split(" (")[0]  # a parenthetical scale or unit ("(FIQR item, 0-10 NRS)") does not make a proper name
+    if len(main) > 1 and main[0].isupper() and main[1].islower() and not any(c.isupper() for c in main[1:]):
         return name[0].lower() + name[1:]
     return name
 
