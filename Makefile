@@ -23,9 +23,11 @@ N ?= 99
 SEED ?= 417
 DATA ?= data/simulated/$(SCENARIO)-n$(N)-seed$(SEED).csv
 PORT ?= 3000
+MLFLOW_PORT ?= 5000
+TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
 SPEC ?=
 
-.PHONY: help install compile train simulate validate serve bento test bench bench-quick lint clean browser report docs docs-serve
+.PHONY: help install compile train simulate validate serve bento test bench bench-quick lint clean browser report docs docs-serve mlflow
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +59,11 @@ train: validate ## simulate, validate, train, track, register and report on the 
 
 report: install ## one-patient report from the champions for examples/patient.json -> reports/patient.html
 	$(BIN)/responders report patient examples/patient.json --out reports/patient.html
+
+# The MLflow UI on the training runs (the default store, or MLFLOW_TRACKING_URI); loopback only. `responders train`
+# prints the link to its job's runs.
+mlflow: install ## open the MLflow UI on the training runs at http://127.0.0.1:MLFLOW_PORT (Ctrl-C stops it)
+	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # Serves the registered champions on 127.0.0.1:$(PORT); without RESPONDERS_API_TOKEN in development mode
 # (no token needed, with a warning). SPEC names another dataset spec (a YAML path or a packaged name).

@@ -266,7 +266,7 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
     unclaimed = [c for c in present if c not in spec.known_columns() and not c.startswith(GROUND_TRUTH_PREFIX)]
     for finding in report.findings:
         if finding.kind == "missing_column" and finding.column:
-            finding.message += _suggestion(finding.column, unclaimed or present)
+            finding.message += _suggestion(finding.column, unclaimed)  # never a column the spec already uses
 
     for analyte, lab in spec.labs.items():
         if lab.column not in frame.columns:
@@ -403,7 +403,7 @@ def _absent_optional(report: ValidationReport, column: str, what: str, unclaimed
         return
     report.add(
         "warning", "missing_column", column, [],
-        f"{what} named in the spec is not in the file: imputed for every patient{_suggestion(column, present)}",
+        f"{what} named in the spec is not in the file: imputed for every patient{_suggestion(column, unclaimed)}",
     )
 
 

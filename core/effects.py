@@ -178,22 +178,31 @@ class AverageEffect:
         out["direction"] = self.direction
         return out
 
-    def describe(self, treated: str = "treatment", control: str = "control") -> str:
-        """One sentence, thresholds in percentage points."""
+    def describe(self, treated: str = "treatment", control: str = "control", wording: Any = None) -> str:
+        """One sentence, thresholds in percentage points; an event to prevent is told as its risk (:class:`core.labelling.Wording`)."""
         if self.risk_difference is None:
             return "The average effect could not be estimated (an arm has no patients)."
         low = self.ci_low_adjusted if self.ci_low_adjusted is not None else self.ci_low
         high = self.ci_high_adjusted if self.ci_high_adjusted is not None else self.ci_high
         level = self.adjusted_level if self.adjusted_level is not None else self.level
         adjusted = " adjusted for the trial's several outcomes" if self.n_outcomes > 1 else ""
-        text = (
-            f"Responders {_pct(self.rate_treated)} on {treated} vs {_pct(self.rate_control)} on {control}: "
-            f"difference {_pp(self.risk_difference)} ({_level(level)} interval{adjusted} {_pp(low)} to {_pp(high)})"
-        )
+        if wording is not None and wording.prevents:
+            nnt = wording.nnt(self.risk_difference, low, high, level)
+            text = (
+                f"{wording.event} in {_pct(1 - self.rate_treated)} on {treated} vs {_pct(1 - self.rate_control)} on {control}: "
+                f"absolute risk reduction {_pp(self.risk_difference)} ({_level(level)} interval{adjusted} {_pp(low)} to {_pp(high)}); {nnt}"
+            )
+            if self.direction == "harm":
+                return text + f"; on average the {wording.quantity} is higher on {treated}."
+        else:
+            text = (
+                f"Responders {_pct(self.rate_treated)} on {treated} vs {_pct(self.rate_control)} on {control}: "
+                f"difference {_pp(self.risk_difference)} ({_level(level)} interval{adjusted} {_pp(low)} to {_pp(high)})"
+            )
+            if self.direction == "harm":
+                return text + f"; on average fewer patients respond on {treated}."
         if self.direction == "benefit":
             return text + "; the average benefit is established."
-        if self.direction == "harm":
-            return text + f"; on average fewer patients respond on {treated}."
         return text + "; the average effect is not established."
 
 

@@ -108,10 +108,31 @@ def task_progress(total: int, desc: str, unit: str = "task"):
     Both have ``update()`` and work as context managers.
     """
     if on_terminal():
+        import shutil
+
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        return tqdm(total=total, leave=False, dynamic_ncols=True, **bar_settings(desc, unit, shutil.get_terminal_size().columns))
     return LogProgress(total, desc, unit)
+
+
+BAR_MIN = 10  # columns the bar itself keeps
+
+
+def bar_settings(desc: str, unit: str, columns: int) -> dict[str, Any]:
+    """tqdm settings whose line fits ``columns``: counts with their whole unit, elapsed and remaining time.
+
+    tqdm's default line ends in a rate ("2.18 permutation/s") and cuts the line
+    at the terminal's width, so at 120 columns a long description left
+    "2.18per". Here the rate is left out and the description is shortened to
+    what the width leaves, so the counts, the unit and the times always show.
+    """
+    units = unit if unit.endswith("s") else f"{unit}s"
+    tail = f" {{percentage:3.0f}}%|{{bar}}| {{n_fmt}}/{{total_fmt}} {units} [{{elapsed}}<{{remaining}}]"
+    widest = tail.format(percentage=100, bar="", n_fmt="99999", total_fmt="99999", elapsed="00:00:00", remaining="00:00:00")
+    room = max(8, columns - len(widest) - 1 - BAR_MIN)
+    shown = desc if len(desc) <= room else desc[: room - 1] + "\u2026"
+    return {"desc": shown, "unit": unit, "bar_format": "{desc}:" + tail}
 
 
 class JobSteps:

@@ -6,6 +6,7 @@ labs), so another trial plugs in by writing a spec, without code changes.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,11 +25,24 @@ DEFAULT_SPEC = "fibromyalgia-ldn"
 GROUND_TRUTH_PREFIX = "true_"
 
 Level = StrictInt | str
+# A follow-up time at the end of an outcome's label: ", month 2", " at week 12", " (day 28)", " - 6 months".
+FOLLOWUP_TIME = re.compile(
+    r"\s*(?:[,;-]\s*|\bat\s+|\(\s*)(?:at\s+)?(?:(?:day|week|month|year|visit)s?\s*\d+|\d+\s*(?:day|week|month|year)s?)\s*\)?\s*$",
+    re.IGNORECASE,
+)
 
 
 def inline(name: str) -> str:
-    """A display name inside a sentence: "Low-dose naltrexone" -> "low-dose naltrexone", "LDN" stays "LDN"."""
-    if len(name) > 1 and name[0].isupper() and name[1].islower():
+    """A display name inside a sentence, in the case the spec wrote it unless it is plainly a capitalised common phrase.
+
+    Only the first letter may be lowered, and only when no other letter of the
+    name (a parenthetical aside apart) is a capital: "Low-dose naltrexone" ->
+    "low-dose naltrexone", "Placebo" -> "placebo", "Pain (FIQR item)" -> "pain
+    (FIQR item)"; "Pentax AWS video laryngoscope", "Beat the Blues", "BDI
+    depression score", "PACU" and "Post-ERCP pancreatitis" keep their case.
+    """
+    main = name.split(" (")[0]  # a parenthetical scale or unit ("(FIQR item, 0-10 NRS)") does not make a proper name
+    if len(main) > 1 and main[0].isupper() and main[1].islower() and not any(c.isupper() for c in main[1:]):
         return name[0].lower() + name[1:]
     return name
 
@@ -377,10 +391,21 @@ class AuxiliarySpec(_Strict):
 
 
 class RolesSpec(_Strict):
-    age: str | None = None
-    sex: str | None = None
-    female: str | None = Field(None, description="level of the sex column meaning female")
-    male: str | None = Field(None, description="level of the sex column meaning male")
+    """Which covariates age- and sex-specific reference limits read (e.g. the Westergren ESR limit).
+
+    ``age`` and ``sex`` name covariates; ``female`` and ``male`` are codes of the sex covariate, text or
+    numbers as the file writes them (``female: 0``), kept in canonical form (see :func:`level_key`).
+    """
+
+    age: str | None = Field(None, description="the covariate holding age in years")
+    sex: str | None = Field(None, description="the categorical covariate holding sex")
+    female: str | None = Field(None, description="code of the sex covariate meaning female (text or a number)")
+    male: str | None = Field(None, description="code of the sex covariate meaning male (text or a number)")
+
+    @field_validator("female", "male", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return None if value is None else str(level_key(_yaml_codes(value, "roles codes")))
 
 
 class CognitiveDominanceSpec(_Strict):
@@ -462,6 +487,11 @@ class DatasetSpec(_Strict):
             column = getattr(self.roles, role)
             if column is not None and column not in self.covariates:
                 raise ValueError(f"roles.{role} names {column!r}, which is not a covariate")
+        sex = self.covariates.get(self.roles.sex) if self.roles.sex else None
+        for role in ("female", "male"):
+            code = getattr(self.roles, role)
+            if code is not None and sex is not None and sex.kind == "categorical" and code not in sex.level_codes():
+                raise ValueError(f"roles.{role} {code!r} is not a code of the sex covariate {self.roles.sex!r} (its codes: {sex.level_codes()})")
         if self.cognitive_dominance is not None:
             baselines = set(self.baseline_score_columns())
             for column in (self.cognitive_dominance.memory, self.cognitive_dominance.pain):
@@ -479,8 +509,14 @@ class DatasetSpec(_Strict):
         return next(o for o in self.outcomes.values() if o.baseline == column)
 
     def baseline_label(self, column: str) -> str:
+        """What the baseline column measures: ``baseline_label``, else "Baseline <label>" without the follow-up time.
+
+        "BDI depression score (0-63), month 2" measured at baseline is "Baseline
+        BDI depression score (0-63)": a trailing time (", month 2", " at week 12")
+        names the follow-up, not the baseline.
+        """
         outcome = self.baseline_outcome(column)
-        return outcome.baseline_label or f"Baseline {outcome.label}"
+        return outcome.baseline_label or f"Baseline {inline(FOLLOWUP_TIME.sub('', outcome.label))}"
 
     def followup_columns(self) -> list[str]:
         """The columns observed at the end of the trial: follow-up scores and binary events."""

@@ -188,7 +188,7 @@ def feature_info(pipeline: Pipeline, spec: DatasetSpec) -> dict[str, FeatureInfo
     for column in spec.baseline_score_columns():
         outcome = spec.baseline_outcome(column)
         label = spec.baseline_label(column)
-        short = label if outcome.baseline_label else f"Baseline {outcome.label.split(' (')[0].lower()}"
+        short = label if outcome.baseline_label else label.split(" (")[0]
         info[column] = FeatureInfo(column, label, outcome.unit, column, "symptom", short)
     if spec.cognitive_dominance is not None:
         info["cognitive_dominance"] = FeatureInfo(

@@ -71,14 +71,22 @@ def shares(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: out[:, j] for j, name in enumerate(names)}
 
 
+def _row_number(row: Any) -> str:
+    """A row as people and ``responders validate`` count them: data rows from 1 (a position 0 is row 1)."""
+    return str(int(row) + 1) if isinstance(row, (int, np.integer)) else repr(row)
+
+
 class LabParseError(ValueError):
-    """One or more lab cells could not be parsed; ``issues`` names each row, column and value."""
+    """One or more input cells (labs, numeric covariates) could not be used; ``issues`` names each row, column and value.
+
+    Rows are counted from 1, as ``responders validate`` counts data rows (the header not counted).
+    """
 
     def __init__(self, issues: list[LabIssue]):
         self.issues = issues
-        shown = "; ".join(f"row {i.row}: {i.message()}" for i in issues[:10])
+        shown = "; ".join(f"row {_row_number(i.row)}: {i.message()}" for i in issues[:10])
         more = f" (and {len(issues) - 10} more)" if len(issues) > 10 else ""
-        super().__init__(f"{len(issues)} lab value(s) cannot be used: {shown}{more}")
+        super().__init__(f"{len(issues)} input value(s) cannot be used (rows counted from 1): {shown}{more}")
 
 
 def _catalog(path: str | None, declared: Sequence[Analyte] = ()) -> LabCatalog:

@@ -66,9 +66,36 @@ def serve(
     """
     command = serve_command(port=port, host=host)
     env = serve_environment(dict(os.environ), spec=spec, insecure_dev=insecure_dev)
+    problem = port_problem(host, port)
+    if problem:
+        typer.echo(f"Refusing to start: {problem}", err=True)
+        raise typer.Exit(2)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(command[0], command, env)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the server could not bind ``host:port`` (one line), or None when it can.
+
+    Checked before the server starts, so a busy port is one line, not BentoML's
+    traceback (``OSError: [Errno 98] Address already in use``).
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a socket in TIME_WAIT does not count
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another server?); stop it or choose another port (--port, or PORT=... for make serve)"
+            if err.errno == errno.EACCES:
+                return f"port {port} on {host} needs privileges this user does not have; choose a port above 1023 (--port)"
+            return f"cannot bind {host}:{port}: {err.strerror or err}"
+    return None
 
 
 def serve_command(port: int, host: str) -> list[str]:

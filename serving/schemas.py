@@ -183,16 +183,50 @@ class ModelRef(BaseModel):
     candidate: str = Field(description="Model type: arm_only, risk_model, bcf, interaction_logistic, t_learner or dr_learner.")
 
 
+class EventRisk(BaseModel):
+    """An event to prevent (a binary outcome with ``event.good: false``), told as the event's own risk.
+
+    A responder is a patient without the event, so risk = 1 - p_response and
+    absolute_risk_reduction = risk_control - risk_treated = benefit.
+    """
+
+    event: str = Field(description="The event, as the dataset spec names it (e.g. 'Post-ERCP pancreatitis').")
+    risk_treated: float = Field(ge=0, le=1, description="Risk of the event on the active arm, a fraction (1 - p_response_treated).", json_schema_extra={"unit": "fraction"})
+    risk_control: float = Field(ge=0, le=1, description="Risk of the event on the control arm, a fraction (1 - p_response_control).", json_schema_extra={"unit": "fraction"})
+    absolute_risk_reduction: float = Field(
+        ge=-1, le=1, description="risk_control - risk_treated, a fraction (equal to benefit); its interval is benefit_interval.",
+        json_schema_extra={"unit": "fraction"},
+    )
+    number_needed: int | None = Field(
+        description="Number needed to treat (nnt_kind benefit) or to harm (nnt_kind harm), rounded up; null when the "
+        "interval of the risk reduction includes 0, where it is not defined (Altman, BMJ 1998)."
+    )
+    nnt_kind: Literal["benefit", "harm"] | None = None
+    nnt_text: str = Field(description="The number needed to treat with its interval, or why it is not defined, in words.")
+
+
 class OutcomePrediction(BaseModel):
     p_response_treated: float = Field(
-        ge=0, le=1, description="Probability of a clinically meaningful response on the active arm (named in /metadata: treated)."
+        ge=0, le=1, description="Probability of a clinically meaningful response on the active arm (named in /metadata: treated), "
+        "a fraction. For an event to prevent, the probability of being without the event (see event).",
+        json_schema_extra={"unit": "fraction"},
     )
     p_response_control: float = Field(
-        ge=0, le=1, description="Probability of a clinically meaningful response on the control arm (named in /metadata: control)."
+        ge=0, le=1, description="Probability of a clinically meaningful response on the control arm (named in /metadata: control), "
+        "a fraction. For an event to prevent, the probability of being without the event (see event).",
+        json_schema_extra={"unit": "fraction"},
     )
     benefit: float = Field(
-        ge=-1, le=1, description="p_response_treated - p_response_control, as a fraction (0.12 = 12 percentage points); see estimand."
+        ge=-1, le=1, description="p_response_treated - p_response_control, a fraction (0.12 = 12 percentage points, the unit "
+        "of every sentence); see estimand. For an event to prevent it is the absolute risk reduction.",
+        json_schema_extra={"unit": "fraction"},
     )
+    summary: str = Field(
+        "", description="The answer in one sentence, in percent and percentage points: the chance of response on each arm "
+        "(for an event to prevent, the event's own risk), the benefit (absolute risk reduction) with its interval and, for an "
+        "event to prevent, the number needed to treat where it is defined."
+    )
+    event: EventRisk | None = Field(None, description="Only for an event to prevent: the event's risk on each arm, the absolute risk reduction and the NNT.")
     benefit_interval: Interval
     answer: Answer = Field(
         description="Which estimand these numbers are: conditional (conditional average benefit given the patient's measured "
@@ -321,6 +355,10 @@ class OutcomeMetadata(BaseModel):
     label: str
     kind: Literal["score", "binary", "event_by"] = Field(
         "score", description="score: a follow-up score; binary: an event (yes/no); event_by: the event by a time horizon (censored patients excluded)."
+    )
+    event_to_prevent: str | None = Field(
+        None, description="For an event to prevent (event.good false): its name. Answers then give the event's risk "
+        "per arm and the absolute risk reduction (OutcomePrediction.event)."
     )
     description: str = ""
     responder_rule: str

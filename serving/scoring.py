@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from core.labelling import Wording
 from core.progress import task_progress
 from core.runtime.arms import limit_lightgbm_threads
 from core.runtime.artefact import ResponderModel, load_artefact
@@ -150,7 +151,7 @@ class Scorer:
         limit_lightgbm_threads()
         self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
         # What every answer repeats, built once: the rule texts, the evidence and the model references.
-        treated, control = spec.treated_display(), spec.control_display()
+        self._names = (spec.treated_inline(), spec.control_inline())
         # Training records where its data came from (training.reports.payload.data_provenance).
         self.simulated = any(bool((c.model.metadata.get("data_provenance") or {}).get("simulated")) for c in champions.values())
         self._fixed = {
@@ -161,7 +162,8 @@ class Scorer:
                 "model": c.ref,
                 "level": c.model.interval_level,
                 "kind": c.model.label_policy.interval_kind,
-                "estimand": c.model.label_policy.estimand(treated, control),
+                "estimand": c.model.label_policy.estimand(*self._names, Wording.of(spec.outcomes[o])),
+                "wording": Wording.of(spec.outcomes[o]),
                 "population": population_answer(c.model),
             }
             for o, c in champions.items()
@@ -225,10 +227,14 @@ class Scorer:
             predictions = {}
             for outcome, scores in per_outcome.items():
                 fixed = self._fixed[outcome]
+                p1, p0, benefit = float(scores.p_response_treated[k]), float(scores.p_response_control[k]), float(scores.benefit[k])
+                low, high = float(scores.benefit_lower[k]), float(scores.benefit_upper[k])
                 predictions[outcome] = S.OutcomePrediction(
-                    p_response_treated=float(scores.p_response_treated[k]),
-                    p_response_control=float(scores.p_response_control[k]),
-                    benefit=float(scores.benefit[k]),
+                    p_response_treated=p1,
+                    p_response_control=p0,
+                    benefit=benefit,
+                    summary=fixed["wording"].sentence(p1, p0, benefit, low, high, fixed["level"], fixed["kind"], *self._names),
+                    event=_event_risk(fixed["wording"], p1, p0, benefit, low, high, fixed["level"], fixed["kind"]),
                     benefit_interval=S.Interval(
                         lower=float(scores.benefit_lower[k]), upper=float(scores.benefit_upper[k]), level=fixed["level"], kind=fixed["kind"]
                     ),
@@ -285,7 +291,8 @@ class Scorer:
                 answer=model.label_policy.answer,
                 answer_reason=model.label_policy.answer_reason,
                 refused=dict(model.metadata.get("refused") or {}),
-                estimand=model.label_policy.estimand(self.spec.treated_display(), self.spec.control_display()),
+                estimand=model.label_policy.estimand(*self._names, Wording.of(self.spec.outcomes[outcome])),
+                event_to_prevent=Wording.of(self.spec.outcomes[outcome]).event,
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,
                 evidence=champion.evidence(),
@@ -312,12 +319,24 @@ class Scorer:
         return frame.astype(object).where(frame.notna(), None), errors.get(0, [])
 
 
+def _event_risk(wording: Wording, p1: float, p0: float, benefit: float, low: float, high: float, level: float, kind: str) -> S.EventRisk | None:
+    """The event's risk per arm, the absolute risk reduction and the NNT, for an event to prevent (else None)."""
+    if not wording.prevents:
+        return None
+    number, which = wording.nnt_number(benefit, low, high)
+    return S.EventRisk(
+        event=wording.event, risk_treated=wording.shown(p1), risk_control=wording.shown(p0), absolute_risk_reduction=benefit,
+        number_needed=number, nnt_kind=which, nnt_text=wording.nnt(benefit, low, high, level, kind),
+    )
+
+
 def population_answer(model: ResponderModel) -> S.PopulationAnswer:
     """The trial population's answer of one outcome: the average effect and its label (the same for every patient)."""
     policy, effect = model.label_policy, model.average_effect or {}
-    low = effect.get("ci_low_adjusted", effect.get("ci_low"))
-    high = effect.get("ci_high_adjusted", effect.get("ci_high"))
-    level = effect.get("adjusted_level") or effect.get("level") or model.interval_level
+    adjusted = effect.get("ci_low_adjusted") is not None  # a single outcome's effect needs no Holm adjustment
+    low = effect.get("ci_low_adjusted" if adjusted else "ci_low")
+    high = effect.get("ci_high_adjusted" if adjusted else "ci_high")
+    level = (effect.get("adjusted_level") if adjusted else None) or effect.get("level") or model.interval_level
     interval = S.Interval(lower=low, upper=high, level=level, kind="confidence") if low is not None and high is not None else None
     return S.PopulationAnswer(
         label=policy.population_label, label_reason=policy.population_reason, risk_difference=effect.get("risk_difference"), interval=interval

@@ -1,8 +1,9 @@
 """The clinic REST API: a BentoML service over the registered champions.
 
-Endpoints (all POST, JSON): ``/predict``, ``/explain``, ``/report`` (HTML) and
-``/metadata``; BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, the
-OpenAPI document at ``/docs.json`` and a plain index page at ``/`` stay open.
+Endpoints (POST, JSON): ``/predict``, ``/explain``, ``/report`` (HTML) and
+``/metadata`` (also GET); BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, the
+OpenAPI document at ``/docs.json`` (title, version and description of this
+trial's service), its readable form at ``/docs`` and a plain index page at ``/`` stay open.
 Every data endpoint needs ``Authorization: Bearer <RESPONDERS_API_TOKEN>``.
 Any other path is a 404, answered before BentoML's metrics see it (so unknown
 paths add no series to ``/metrics``).
@@ -44,6 +45,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,7 +56,8 @@ import yaml
 from pydantic import Field
 from starlette.responses import HTMLResponse, JSONResponse
 
-from core.spec import load_spec
+from core.labelling import Wording
+from core.spec import inline, load_spec
 from serving import schemas as S
 from serving import supervision
 from serving.compat.bentoml import SERVER_LOGGERS, OpenAPISpecification, Service, render_metrics
@@ -67,12 +70,41 @@ log = logging.getLogger("responders.serving")
 # only work done at import.
 SPEC = load_spec(os.environ.get("RESPONDERS_SPEC"))
 Patient = S.patient_model(SPEC, SPEC.lab_catalog())
+TITLE = f"Responder-subgroup API: {SPEC.treated_display()} vs {inline(SPEC.control_display())} ({SPEC.name})"
+
+
+def _summary() -> str:
+    """What the service answers for this spec's trial, in a sentence (an event to prevent as its risk)."""
+    events = [o.label for o in SPEC.outcomes.values() if Wording.of(o).prevents]
+    scores = [o.label for o in SPEC.outcomes.values() if not Wording.of(o).prevents]
+    what = []
+    if scores:
+        what.append(f"the chance of a clinically meaningful response ({'; '.join(scores)}) and the difference (benefit)")
+    if events:
+        what.append(f"the risk of each event to prevent ({'; '.join(events)}) and the absolute risk reduction with the number needed to treat")
+    return (
+        f"Per patient, on {SPEC.treated_inline()} and on {SPEC.control_inline()}: {' and '.join(what)}, with an interval, "
+        "the estimand they answer, a population label and, only where effect modification is established, a patient label; and why (SHAP)."
+    )
+
+
+SUMMARY = _summary()
+
+
+def _version() -> str:
+    """The installed package's version (the OpenAPI document's ``info.version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ldn-responders")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # a full batch of 500 typical patients is about 0.3 MB
 MAX_LISTED_ERRORS = 50
 DATA_ROUTES = ("/predict", "/explain", "/report", "/metadata")
 BATCH_ROUTES = ("/predict", "/explain")
-OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json")
+OPEN_PATHS = ("/", "/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/docs")
 # Every path the service answers; BentoML also serves its schema at /schema.json (behind the token).
 KNOWN_PATHS = frozenset({*OPEN_PATHS, *DATA_ROUTES, "/schema.json"})
 
@@ -167,20 +199,27 @@ def _protect_logs() -> None:
     logging.getLogger("responders").setLevel(logging.INFO)
 
 
-INDEX_HTML = b"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ldn-responders API</title></head>
+def _index_html() -> bytes:
+    """The index page: what this service answers, for the trial of its dataset spec, and where the contract is."""
+    from html import escape
+
+    outcomes = ", ".join(escape(o.label) for o in SPEC.outcomes.values())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(TITLE)}</title></head>
 <body>
-<h1>ldn-responders API</h1>
-<p>Chance of a clinically meaningful pain or memory response on low-dose naltrexone and on placebo, the
-difference with an interval, and why. Decision support only, not a substitute for clinical judgement.</p>
+<h1>{escape(TITLE)}</h1>
+<p>{escape(SUMMARY)} Outcomes: {outcomes}. Decision support only, not a substitute for clinical judgement.</p>
 <ul>
-<li><a href="/docs.json">/docs.json</a>: the OpenAPI contract of <code>POST /predict</code>, <code>/explain</code>,
-<code>/report</code> and <code>/metadata</code> (each needs <code>Authorization: Bearer &lt;token&gt;</code>)</li>
+<li><a href="/docs">/docs</a>: the API documentation (readable); <a href="/docs.json">/docs.json</a>: the OpenAPI contract of
+<code>POST /predict</code>, <code>/explain</code>, <code>/report</code> and <code>GET</code> or <code>POST /metadata</code>
+(each needs <code>Authorization: Bearer &lt;token&gt;</code>)</li>
 <li><a href="/readyz">/readyz</a>, <a href="/livez">/livez</a>, <a href="/healthz">/healthz</a>: readiness and health</li>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 </ul>
 </body></html>
-"""
+""".encode()
+
+
 # The index page loads nothing: no scripts, styles, images or third-party resources.
 _INDEX_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
@@ -290,11 +329,28 @@ class ApiGuard:
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if path == "/" and method in ("GET", "HEAD"):
-            return await _respond(send, 200, INDEX_HTML, b"text/html; charset=utf-8", _INDEX_HEADERS, head=method == "HEAD")
+            return await _respond(send, 200, _index_html(), b"text/html; charset=utf-8", _INDEX_HEADERS, head=method == "HEAD")
+        if path == "/docs" and method in ("GET", "HEAD"):
+            return await _respond(send, 200, api_docs_html(), b"text/html; charset=utf-8", _INDEX_HEADERS, head=method == "HEAD")
         if path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if not self._authorised(scope):
             return await _refuse(send, 401, "unauthorised", "send 'Authorization: Bearer <token>'", [(b"www-authenticate", b"Bearer")])
+        if path == "/metadata" and method not in ("GET", "POST"):
+            return await _refuse(send, 405, "method not allowed", "use GET or POST", [(b"allow", b"GET, POST")])
+        if path == "/metadata" and method == "GET":  # the same answer as POST /metadata with an empty body
+            headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
+            scope = {**scope, "method": "POST", "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"2")]}
+            sent = False
+
+            async def empty_object():
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": b"{}", "more_body": False}
+                return await receive()
+
+            return await self.app(scope, empty_object, _unprocessable_rewriter(send))
         if method != "POST" or path not in DATA_ROUTES:
             return await self.app(scope, receive, send)
         body = await self._bounded_body(scope, receive, send)
@@ -560,6 +616,23 @@ def publish_contract(doc: dict, settings: ServiceSettings) -> dict:
                 named = schemas.get(f"{path.strip('/')}__Input", {}).get("properties", {}).get("patients")
                 if named is not None:
                     named["maxItems"] = settings.max_batch
+    doc["info"] = {  # instead of BentoML's boilerplate (its team as contact, version "None")
+        "title": TITLE,
+        "version": _version(),
+        "description": (
+            f"{SUMMARY} Trial: {SPEC.description.strip().rstrip('.') or SPEC.name}. Decision support only, not a substitute for "
+            "clinical judgement. Probabilities, benefits and risks are fractions (0.12 = 12 percentage points); the "
+            "sentences say percent and percentage points. Every data endpoint needs 'Authorization: Bearer <token>'. "
+            "Readable documentation: GET /docs."
+        ),
+    }
+    metadata = doc.get("paths", {}).get("/metadata", {})
+    if "post" in metadata:
+        get = {k: v for k, v in copy.deepcopy(metadata["post"]).items() if k != "requestBody"}
+        get["operationId"] = f"{get.get('operationId', 'metadata')}__get"
+        get["responses"] = {k: v for k, v in get.get("responses", {}).items() if k not in ("413", "415", "422")}
+        get["description"] = (get.get("description") or "") + " The same answer as POST /metadata with an empty body."
+        metadata["get"] = get
     report = doc.get("paths", {}).get("/report", {}).get("post")
     if report is not None:
         report["responses"]["200"] = {
@@ -567,6 +640,83 @@ def publish_contract(doc: dict, settings: ServiceSettings) -> dict:
             "content": {"text/html": {"schema": {"type": "string"}}},
         }
     return doc
+
+
+def _schema_rows(schema: dict, schemas: dict, depth: int = 0, seen: frozenset = frozenset()) -> list[tuple[int, str, str, str]]:
+    """(depth, field, type, description) for a schema's properties, following references a few levels down."""
+    ref = schema.get("$ref") or next((s.get("$ref") for s in schema.get("allOf", []) + schema.get("anyOf", []) if "$ref" in s), None)
+    if ref:
+        name = ref.rsplit("/", 1)[-1]
+        if name in seen or depth > 3:
+            return []
+        return _schema_rows({**schemas.get(name, {}), **{k: v for k, v in schema.items() if k not in ("$ref", "allOf", "anyOf")}}, schemas, depth, seen | {name})
+    rows = []
+    for field, prop in schema.get("properties", {}).items():
+        kinds = [p.get("type") or p.get("$ref", "").rsplit("/", 1)[-1] for p in prop.get("anyOf", [prop])]
+        kind = " or ".join(k for k in kinds if k) or "object"
+        if prop.get("type") == "array":
+            kind = f"array of {prop.get('items', {}).get('type') or prop.get('items', {}).get('$ref', '').rsplit('/', 1)[-1] or 'items'}"
+        unit = prop.get("unit")
+        described = next((p for p in [prop, *prop.get("anyOf", [])] if p.get("description")), {})
+        unit = unit or described.get("unit")
+        description = (described.get("description") or "") + (f" Unit: {unit}." if unit else "")
+        rows.append((depth, field, kind, description))
+        inner = prop.get("items", prop) if prop.get("type") == "array" else prop
+        if any("$ref" in p for p in inner.get("anyOf", [inner])) and depth < 2:
+            target = next(p for p in inner.get("anyOf", [inner]) if "$ref" in p)
+            rows += _schema_rows(target, schemas, depth + 1, seen)
+    return rows
+
+
+@lru_cache(maxsize=1)
+def api_docs_html() -> bytes:
+    """``GET /docs``: the OpenAPI contract as one readable, self-contained page (no scripts, nothing loaded from the web)."""
+    from html import escape
+
+    doc = ResponderService.openapi_spec.asdict()
+    schemas = doc.get("components", {}).get("schemas", {})
+    info = doc.get("info", {})
+    parts = [
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">",
+        f"<title>{escape(info.get('title', 'API'))}: documentation</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem;line-height:1.45}"
+        "table{border-collapse:collapse;width:100%;font-size:.9rem}td,th{border-bottom:1px solid #ddd;padding:.25rem .4rem;"
+        "text-align:left;vertical-align:top}code{background:#f3f3f3;padding:0 .2rem}.d1{padding-left:1.4rem}.d2{padding-left:2.8rem}"
+        ".d3{padding-left:4.2rem}.wrap{overflow-x:auto}</style></head><body>",
+        f"<h1>{escape(info.get('title', 'API'))}</h1><p>Version {escape(str(info.get('version', '')))}.</p>",
+        f"<p>{escape(info.get('description', ''))}</p>",
+        "<p>Machine-readable contract: <a href=\"/docs.json\">/docs.json</a> (OpenAPI).</p>",
+    ]
+    for path in (*DATA_ROUTES,):
+        for method, operation in doc.get("paths", {}).get(path, {}).items():
+            parts.append(f"<h2 id=\"{method}-{escape(path.strip('/'))}\"><code>{method.upper()} {escape(path)}</code></h2>")
+            parts.append(f"<p>{escape(operation.get('description') or operation.get('summary') or '')}</p>")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                rows = _schema_rows(body, schemas)
+                parts.append("<h3>Request body (JSON)</h3><div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
+                parts += [f"<tr><td class=\"d{d}\"><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for d, f, k, t in rows]
+                parts.append("</table></div>")
+            parts.append("<h3>Responses</h3><ul>")
+            for status, response in operation.get("responses", {}).items():
+                parts.append(f"<li><strong>{escape(str(status))}</strong>: {escape(response.get('description', ''))}</li>")
+            parts.append("</ul>")
+            ok = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema")
+            if ok:
+                rows = _schema_rows(ok, schemas)
+                parts.append("<details><summary>200 response fields</summary><div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
+                parts += [f"<tr><td class=\"d{d}\"><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for d, f, k, t in rows]
+                parts.append("</table></div></details>")
+    parts.append("<h2 id=\"schemas\">Schemas</h2><p>Every object the endpoints take or answer, field by field.</p>")
+    for name, schema in sorted(schemas.items()):
+        if not schema.get("properties"):
+            continue
+        parts.append(f"<h3 id=\"schema-{escape(name)}\">{escape(name)}</h3><p>{escape(schema.get('description', ''))}</p>")
+        parts.append("<div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
+        parts += [f"<tr><td><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for _, f, k, t in _schema_rows(schema, {}, 3)]
+        parts.append("</table></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts).encode()
 
 
 @attr.frozen
@@ -595,9 +745,7 @@ class HardenedService(Service):
 @bentoml.service(
     name="ldn-responders",
     description=(
-        f"Chance of a clinically meaningful response ({', '.join(o.label for o in SPEC.outcomes.values())}) on "
-        f"{SPEC.treated_inline()} and on {SPEC.control_inline()}, the difference "
-        "(benefit) with an interval, and why (SHAP). Decision support only, not a substitute for clinical judgement. "
+        f"{SUMMARY} Decision support only, not a substitute for clinical judgement. "
         "All data endpoints require 'Authorization: Bearer <token>' and a JSON body. Invalid bodies get 422 naming each "
         "field (at most 50 listed); a patient with an unusable lab value gets its own 'errors' and no prediction while the "
         "others are scored; bodies over the size limit and batches over the batch limit get 413."

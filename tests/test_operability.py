@@ -186,7 +186,7 @@ def test_on_a_real_terminal_loops_draw_a_bar_instead_of_log_lines():
         os.close(leader)
     text = output.decode(errors="replace")
     assert process.returncode == 0, text
-    assert re.search(r"demo loop: +\d+%\|.*\| \d+/50 \[", text), text  # tqdm's bar (cleared at the end: leave=False)
+    assert re.search(r"demo loop: +\d+%\|.*\| \d+/50 tasks \[", text), text  # tqdm's bar with its unit (cleared at the end: leave=False)
     assert "tasks (" not in text  # no log lines on a terminal
 
 
@@ -238,7 +238,10 @@ def test_the_mlflow_ui_gets_a_training_experiment_and_descriptions(finished_job)
         assert not version.description.startswith("*")  # the registry's version table shows it raw
     # MLflow 3.17's UI picks its view from a browser-side toggle, not from the kind tag: the link selects it.
     assert ui_link("http://mlflow.example:5000/", "7") == "http://mlflow.example:5000/#/experiments/7/runs?workflowType=machine_learning"
-    assert ui_link(_uri(tmp), "7").startswith(f"mlflow ui --backend-store-uri {_uri(tmp)}, then open http://127.0.0.1:5000/#/")
+    # The printed command works without an activated venv: the environment's own mlflow, by path (issue 22).
+    command = ui_link(_uri(tmp), "7").split(" ui --backend-store-uri")[0]
+    assert Path(command).name == "mlflow" and Path(command).is_file() and (Path(command).is_absolute() or "/" in command)
+    assert ui_link(_uri(tmp), "7").startswith(f"{command} ui --backend-store-uri {_uri(tmp)} (or: make mlflow), then open http://127.0.0.1:5000/#/")
 
 
 def _wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 600) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from datetime import UTC, datetime
+from html import unescape
 from pathlib import Path
 
 import mlflow
@@ -140,7 +142,35 @@ def test_indomethacin_lowers_post_ercp_pancreatitis(store):
     assert (effect.n_treated - effect.responders_treated, effect.n_control - effect.responders_control) == (27, 52)
     assert effect.ci_low > 0
     assert abs(_cohort_benefit(store, job, "pancreatitis") - effect.risk_difference) < 0.05
-    assert job["json"]["outcomes"]["pancreatitis"]["responder_rule"] == "no post-ERCP pancreatitis"
+    assert job["json"]["outcomes"]["pancreatitis"]["responder_rule"] == "no Post-ERCP pancreatitis"
+    # An event to prevent reads the right way round in the cohort report and the model card (issue 22):
+    # the event's own risk on each arm (16.9% on placebo), the absolute risk reduction and the NNT.
+    cohort = " ".join(unescape(re.sub(r"<[^>]+>", " ", job["cohort"])).split())
+    assert "Post-ERCP pancreatitis in 9% on rectal indomethacin" in cohort and "17% on placebo" in cohort
+    assert "absolute risk reduction" in cohort and "number needed to treat" in cohort
+    assert "is an event to prevent: its answers give the risk of Post-ERCP pancreatitis on each arm" in cohort
+    assert job["json"]["outcomes"]["pancreatitis"]["event_to_prevent"] == "Post-ERCP pancreatitis"
+
+
+# Each trial's cohort report speaks only of its own trial and names it in the footer (issue 22).
+OWN_WORDS = {
+    "fibromyalgia-ldn": ["naltrexone", "fibromyalgia", "LDN", "FIQR", "autoantibod"],  # OPT has CRP: inflammation is its word too
+    "indo-rct": ["indomethacin", "pancreatitis", "ERCP"],
+    "strep-tb": ["streptomycin", "tuberculosis"],
+    "opt": ["periodontal", "pregnan", "gestational"],
+}
+
+
+@pytest.mark.parametrize("name", list(TRIALS))
+def test_cohort_reports_have_no_words_of_another_trial(store, name):
+    job = store["jobs"][name]
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", job["cohort"].split("</style>")[-1])).split())
+    for other, words in OWN_WORDS.items():
+        if other != name:
+            assert not [w for w in words if w.lower() in text.lower()], (name, other, [w for w in words if w.lower() in text.lower()])
+    assert "ldn-responders" not in text and f"for the trial of {job['spec'].treated_display()}" in text
+    if not job["spec"].labs:
+        assert 'id="dependence"' not in job["cohort"] and "detection limit" not in text.lower()
 
 
 def test_periodontal_treatment_leaves_birth_outcomes_and_improves_pockets(store):

@@ -404,6 +404,24 @@ def test_cohort_numbers_equal_logged_mlflow_metrics(job):
 
 
 @pytest.mark.slow
+def test_runs_are_named_by_trial_outcome_and_date_and_metrics_read_at_a_glance(job):
+    """Issue 22: one run name per job (trial, outcomes, date), parent runs with each outcome's headline, 4 digits."""
+    client = MlflowClient(job.uri)
+    parent = client.get_run(job.summary.parent_run_id)
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert parent.info.run_name.startswith(f"fibromyalgia-ldn: pain, memory, {today} ") and "final-n99" in parent.info.run_name
+    children = client.search_runs([job.summary.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(f"fibromyalgia-ldn/{o} {today}" for o in ("pain", "memory"))
+    for outcome in ("pain", "memory"):
+        assert {f"{outcome}.{k}" for k in ("auc_treated", "auc_control", "brier_mean", "average_effect.risk_difference", "n_patients")} <= set(parent.data.metrics)
+    runs = [parent, *children, *[g for c in children for g in client.search_runs([job.summary.experiment_id], f"tags.mlflow.parentRunId = '{c.info.run_id}'")]]
+    values = [v for run in runs for v in run.data.metrics.values()]
+    assert len(values) > 100
+    # No 17-digit metric: below 1, at most 4 significant digits; from 1 up, at most 3 decimals.
+    assert all(float(f"{v:.4g}") == v if abs(v) < 1 else round(v, 3) == v for v in values), [v for v in values if len(repr(v)) > 10][:5]
+
+
+@pytest.mark.slow
 def test_cohort_report_rerenders_from_mlflow_alone(job, tmp_path):
     original = METRIC.findall(job.cohort.read_text(encoding="utf-8"))
     assert latest_training_run(MlflowClient(job.uri), "fibromyalgia-ldn") == job.summary.parent_run_id  # the default --run
@@ -539,6 +557,9 @@ def test_reports_open_in_headless_chromium(chromium, job, champions, tmp_path):
             shot = tmp_path / f"{name}-{width}x{height}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            if width > 1000:  # on a desktop screen no table is cut off (issue 22: they were at 1280 px)
+                cut = page.evaluate("() => Array.from(document.querySelectorAll('.table-wrap')).filter(t => t.scrollWidth > t.clientWidth + 1).length")
+                assert cut == 0, (name, width, cut)
             if name == "cohort" and width > 1000:
                 page.emulate_media(media="print")
                 pdf = tmp_path / "cohort.pdf"

@@ -327,6 +327,37 @@ def test_openapi_declares_security_errors_and_html(client):
     assert doc["components"]["schemas"]["Patient"]["properties"]["patient_id"]["pattern"]
 
 
+# One story (issue 22): GET /metadata, readable docs, a real OpenAPI title and version, the flag everywhere ----
+def test_metadata_answers_get_as_post_and_every_answer_says_simulated(client, patients):
+    posted = client.post("/metadata", json={}, headers=AUTH).json()
+    got = client.get("/metadata", headers=AUTH)
+    assert got.status_code == 200 and got.json() == posted
+    assert client.get("/metadata").status_code == 401
+    assert posted["simulated_training_data"] is True
+    for path, body in (("/predict", {"patients": patients[:1]}), ("/explain", {"patients": patients[:1], "top": 2})):
+        assert client.post(path, json=body, headers=AUTH).json()["simulated_training_data"] is True, path
+    doc = client.get("/docs.json").json()
+    assert "get" in doc["paths"]["/metadata"] and doc["paths"]["/metadata"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_openapi_has_a_real_title_version_and_description_and_docs_are_served(client):
+    from importlib.metadata import version
+
+    info = client.get("/docs.json").json()["info"]
+    assert info["title"].startswith("Responder-subgroup API: Low-dose naltrexone vs placebo")
+    assert info["version"] == version("ldn-responders") and info["version"] != "None"
+    assert "BentoML" not in str(info) and "fraction" in info["description"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    html = docs.text
+    assert info["title"] in html and "POST /predict" in html and "GET /metadata" in html and "p_response_treated" in html
+    assert "Unit: fraction" in html  # benefit and the probabilities say their unit
+    for external in ("<script", "http://", "https://", "<link", "<img", "src="):
+        assert external not in html, external
+    index = client.get("/").text
+    assert 'href="/docs"' in index and "ldn-responders" not in index
+
+
 def test_auth(client, patients):
     body = {"patients": patients[:1]}
     assert client.post("/predict", json=body).status_code == 401
@@ -553,3 +584,4 @@ def test_worker_count_comes_from_the_environment_and_a_bad_value_is_named(monkey
         assert _workers() == 1  # the decorator's value; the start-up check below stops the server first
         with pytest.raises(ConfigurationError, match="RESPONDERS_WORKERS"):
             ServiceSettings.from_env()
+

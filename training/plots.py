@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: training jobs, servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.spec import inline
 from training import metrics as M  # noqa: E402
 
 ARM_COLOURS = {"treated": "#1b6ca8", "control": "#c75b12"}
@@ -147,8 +148,8 @@ def decision_curve_figure(curves: dict[str, np.ndarray], title: str, labels: tup
     fig, ax = plt.subplots(figsize=(5, 3.6))
     x = 100 * curves["threshold"]
     ax.plot(x, 100 * curves["model"], color="#1b6ca8", lw=2, label="treat if predicted benefit > threshold")
-    ax.plot(x, 100 * curves["all"], color="#c75b12", ls="--", label=f"treat everyone ({labels[0].lower()})")
-    ax.plot(x, 100 * curves["none"], color="0.4", ls=":", label=f"treat no one ({labels[1].lower()})")
+    ax.plot(x, 100 * curves["all"], color="#c75b12", ls="--", label=f"treat everyone ({inline(labels[0])})")
+    ax.plot(x, 100 * curves["none"], color="0.4", ls=":", label=f"treat no one ({inline(labels[1])})")
     top = max(float(np.max(100 * curves["model"])), float(np.max(100 * curves["all"])), 1.0)
     ax.set_ylim(min(-5.0, -0.25 * top), top * 1.15 + 1)
     ax.set_xlim(x[0], x[-1])

@@ -15,7 +15,7 @@ import numpy as np
 from core.candidates import FLOOR, candidate_label
 from core.data import ValidationReport
 from core.effects import AverageEffect
-from core.labelling import CONDITIONAL
+from core.labelling import CONDITIONAL, Wording
 from core.labels import LabelCounts
 from core.runtime.artefact import ResponderModel
 from training.diagnostics import describe as describe_diagnostics
@@ -100,6 +100,7 @@ class OutcomeResult:
             "gate": self.gate,
             "answer": self.answer,
             "estimand": self._estimand(),
+            "event_to_prevent": wording.event if (wording := _wording(self)) is not None else None,
             "refused": self.refused,
             "evidence": self.evidence,
             "heterogeneity_null": self.permutation.details.get("null") if self.permutation.details else None,
@@ -134,7 +135,7 @@ class OutcomeResult:
     def _estimand(self) -> str | None:
         if self.model is None or self.model.label_policy is None:
             return None
-        return self.model.label_policy.estimand(*_arm_names(self))
+        return self.model.label_policy.estimand(*_arm_names(self), _wording(self))
 
     def _labels(self) -> dict[str, Any]:
         if self.model is None or self.model.label_policy is None:
@@ -151,10 +152,17 @@ class OutcomeResult:
         }
 
 
+def _wording(result: OutcomeResult) -> Wording | None:
+    """How the outcome's numbers are told (an event to prevent as its risk); None without a model."""
+    if result.model is None:
+        return None
+    return Wording.of(result.model.spec.outcomes[result.outcome])
+
+
 def _arm_names(result: OutcomeResult) -> tuple[str, str]:
     if result.model is None:
         return ("treatment", "control")
-    return (result.model.spec.treated_display(), result.model.spec.control_display())
+    return (result.model.spec.treated_inline(), result.model.spec.control_inline())  # names inside sentences
 
 
 def _average_effect(effect: AverageEffect | None) -> dict[str, Any] | None:
@@ -206,7 +214,7 @@ class TrainSummary:
             test = f"{s['heterogeneity_test'].replace('_', ' ')} test" + (f", {s['permutations']} {runs}" if runs else "")
             lines += [
                 f"- {s['outcome']}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
-                f"    average effect: {effect.describe(*_arm_names(result)) if effect is not None else 'n/a'}",
+                f"    average effect: {effect.describe(*_arm_names(result), _wording(result)) if effect is not None else 'n/a'}",
                 f"    risk-based (PATH): {result.path.sentence() if result.path is not None else 'n/a'}",
                 f"    answer: {s['answer']} ({s['reason']}); served model {s['champion']}",
                 f"    estimand: {s['estimand']}",

@@ -9,6 +9,7 @@ server. URIs are resolved by the command's entry point, never at import.
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,6 +143,23 @@ def set_champion(client: MlflowClient, name: str, version: str) -> None:
 
 
 # Interrupted jobs --------------------------------------------------------------------------------
+
+
+def metric_value(value: Any) -> float:
+    """A metric as it is logged and shown: 4 significant digits below 1, 3 decimals from 1 up (counts stay exact).
+
+    MLflow's run table shows what is logged; 0.6123 reads, 0.61234567891234567 does not. The cohort
+    report's payload rounds the same way (:func:`training.reports.payload._num`), so both show one number.
+    """
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    return float(f"{value:.4g}") if abs(value) < 1 else round(value, 3)
+
+
+def log_metrics(metrics: dict[str, Any]) -> None:
+    """``mlflow.log_metrics`` with every value rounded by :func:`metric_value`."""
+    mlflow.log_metrics({k: metric_value(v) for k, v in metrics.items()})
 
 
 @contextmanager
@@ -338,12 +356,20 @@ def version_note(summary: dict[str, Any], data: str, digest: str, parent_run_id:
     )
 
 
-def registered_model_note(outcome: str, spec: str, rule: str | None, champion: str | None, champion_summary: str) -> str:
-    """A registered model's description: what its versions predict and which one is served."""
+def registered_model_note(
+    outcome: str, spec: str, rule: str | None, champion: str | None, champion_summary: str, event: str | None = None
+) -> str:
+    """A registered model's description: what its versions predict and which one is served (an event to prevent as its risk)."""
+    what = (
+        f"the risk of {event} (an event to prevent; the model's responder = {rule}) on the active arm and on control, "
+        "the absolute risk reduction (the benefit) with an interval, the number needed to treat where it is defined"
+        if event
+        else f"the probability of a clinically meaningful response (responder = {rule}) on the active arm and on control, "
+        "their difference (the benefit) with an interval"
+    )
     return (
-        f"Responder model for **{outcome}** (dataset spec `{spec}`): per patient, the probability of a clinically "
-        f"meaningful response (responder = {rule}) on the active arm and on control, their difference (the benefit) with "
-        f"an interval, and a label. Trained by `responders train`; the `@champion` alias is the version the API serves"
+        f"Responder model for **{outcome}** (dataset spec `{spec}`): per patient, {what}, "
+        f"and a label. Trained by `responders train`; the `@champion` alias is the version the API serves"
         + (f": currently version {champion} ({champion_summary})." if champion else "; no version has passed validation yet.")
     )
 
@@ -359,7 +385,12 @@ def ui_link(tracking_uri: str, experiment_id: str) -> str:
     page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000/{page}"
+    return f"{mlflow_command()} ui --backend-store-uri {tracking_uri} (or: make mlflow), then open http://127.0.0.1:5000/{page}"
+
+
+def mlflow_command() -> str:
+    """The ``mlflow`` program of this environment as an absolute path: it works without an activated venv, from any directory."""
+    return str(Path(sys.executable).with_name("mlflow"))
 
 
 def experiment_note(spec: str, outcomes: list[str], registered_models: list[str]) -> str:
@@ -402,7 +433,9 @@ def describe_job(
         )
         client.update_registered_model(
             summary["registered_model"],
-            description=registered_model_note(outcome, spec, summary.get("responder_rule"), summary.get("champion_version"), served),
+            description=registered_model_note(
+                outcome, spec, summary.get("responder_rule"), summary.get("champion_version"), served, summary.get("event_to_prevent")
+            ),
         )
         state = "promoted to `@champion`" if summary.get("promoted") else "not promoted"
         lines.append(

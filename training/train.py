@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,11 @@ from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_
 from core.config import TrainConfig
 from core.data import file_digest, ground_truth_columns, load_trial, model_inputs
 from core.effects import AverageEffect, adjust, ancova, risk_difference
-from core.labelling import build_policy
+from core.labelling import Wording, build_policy
 from core.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
 from core.progress import JobSteps, deferred_interrupt
 from core.runtime.artefact import Evidence, ResponderModel
-from core.spec import DatasetSpec
+from core.spec import DatasetSpec, inline
 from training.answer import choose_answer
 from training.diagnostics import bcf_diagnostics, thin_and_measure
 from training.evaluation import (
@@ -62,6 +63,7 @@ from training.tracking import (
     job_note,
     job_run,
     load_registered,
+    log_metrics,
     log_responder_model,
     outcome_note,
     register,
@@ -175,9 +177,15 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
     return fits
 
 
+def job_run_name(spec: DatasetSpec, data_path: Path, now: datetime | None = None) -> str:
+    """A training job's run name: trial, outcomes and date, then the data file ("indo-rct: pancreatitis, 2026-12-04 21:30 UTC (indo_rct.csv)")."""
+    moment = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{spec.name}: {', '.join(spec.outcomes)}, {moment} ({data_path.name})"
+
+
 def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
     """The effect-modification verdict in one sentence (it starts every patient-label reason)."""
-    name = spec.outcomes[result.outcome].label.split(" (")[0].lower()
+    name = inline(spec.outcomes[result.outcome].label.split(" (")[0])
     if not result.permutation.tested:
         return f"Whether the effect on {name} differs between patients was not tested."
     p = _fmt(_clean(result.p_adjusted))
@@ -246,8 +254,9 @@ def fit_champion(
         average_effect=result.average_effect,
         level=config.intervals.level,
         interval_kind="credible" if candidate.has_draws else "confidence",
-        treated=spec.treated_display(),
-        control=spec.control_display(),
+        treated=spec.treated_inline(),  # inside sentences
+        control=spec.control_inline(),
+        wording=Wording.of(spec.outcomes[result.outcome]),
     )
     return model
 
@@ -469,7 +478,8 @@ def run_training(
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
     # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
     # One executor for the whole job: its workers start once and serve every resampling loop and the final fits.
-    with job_run(f"train {data_path.name}", steps, description=note) as parent, ExitStack() as stack:
+    started_on = datetime.now(UTC).strftime("%Y-%m-%d")
+    with job_run(job_run_name(spec, data_path), steps, description=note) as parent, ExitStack() as stack:
         clock.start("start the executor", "executor")
         executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
         clock.start("MLflow: job run, dataset and parameters", "mlflow")
@@ -507,11 +517,11 @@ def run_training(
             clock.start(f"{outcome}: MLflow outcome run", "mlflow")
             data, counts = outcome_data(frame, spec, outcome, config, parsed)
             log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
-            with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
+            with mlflow.start_run(run_name=f"{spec.name}/{outcome} {started_on}", nested=True) as outcome_run:
                 mlflow.set_tags({"outcome": outcome, "spec": spec.name})
                 mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
                 mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
-                mlflow.log_metrics(counts.as_metrics())
+                log_metrics(counts.as_metrics())
 
                 def phase(label: str, kind: str, step: bool = False, outcome: str = outcome) -> None:
                     if step:
@@ -527,8 +537,8 @@ def run_training(
                             params = settings.model_dump(mode="json") if settings is not None else {}
                             if params:
                                 mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-                            mlflow.log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
-                            mlflow.log_metric("times_selected", cv.selections[name])
+                            log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                            log_metrics({"times_selected": cv.selections[name]})
                             mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
 
                 cv, path, permutation = evaluate_outcome(data, spec, config, executor, outcome, phase=phase, after_cv=log_candidates)
@@ -555,9 +565,9 @@ def run_training(
             result.registered_model = spec.registered_model_name(outcome)
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 selected = result.cv.summary.loc[result.procedure]
-                mlflow.log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
+                log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
                 effect = result.average_effect
-                mlflow.log_metrics(
+                log_metrics(
                     {
                         k: v
                         for k, v in {
@@ -598,7 +608,15 @@ def run_training(
                 },
             )
             result.version = str(version.version)
-            mlflow.log_metrics({f"{outcome}.{k}": v for k, v in {"p_adjusted": result.p_adjusted, "subgroup_evidence": float(result.evidence)}.items() if np.isfinite(v)})
+            # The parent run's table shows each outcome's headline: evidence, average effect and the served procedure's fit.
+            headline = {
+                "p_adjusted": result.p_adjusted,
+                "subgroup_evidence": float(result.evidence),
+                "average_effect.risk_difference": _nan(effect.risk_difference),
+                "n_patients": float(result.counts.n),
+                **{k: float(selected[k]) for k in ("auc_treated", "auc_control", "brier_mean") if k in selected},
+            }
+            log_metrics({f"{outcome}.{k}": v for k, v in headline.items() if np.isfinite(v)})
 
         # The report's analysis and figures (SHAP on the cohort, ANCOVA, Table 1) are made before the
         # gate, so a failure there fails the job while every previous champion is still in place;
@@ -634,7 +652,7 @@ def run_training(
             (Path(report_dir) / "cohort.html").write_text(html, encoding="utf-8")
             log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
         report_seconds += time.perf_counter() - report_started
-        mlflow.log_metric("report_seconds", report_seconds)
+        log_metrics({"report_seconds": report_seconds})
 
         clock.start("MLflow: summary", "mlflow")
         summary = TrainSummary(
@@ -650,7 +668,7 @@ def run_training(
             validation=validation,
         )
         mlflow.log_dict(summary.to_dict(), "summary.json")
-        mlflow.log_metric("job_seconds", summary.seconds)
+        log_metrics({"job_seconds": summary.seconds})
         clock.stop()
         summary.timing = clock.to_dict()
         mlflow.log_dict(summary.timing, "timing.json")

@@ -19,6 +19,8 @@ matplotlib.use("Agg")  # headless: training jobs, servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.spec import inline
+
 # pyplot keeps one current figure per process; shap's plots draw on it, and the
 # REST API renders reports from several threads at once.
 PLOT_LOCK = threading.RLock()
@@ -100,6 +102,8 @@ def dependence_figure(expl_column, title: str, xlabel: str):
         ax.set_ylabel("contribution to benefit (pp)", fontsize=9)
         ax.set_xlabel(_shorten(xlabel, 60), fontsize=9)
         ax.set_title(title, fontsize=10)
+        # shap draws the feature's distribution as grey bars behind the points: say what they are.
+        ax.text(0.99, 0.02, "grey bars: how many patients have each value", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
         return fig
 
 
@@ -148,8 +152,8 @@ def drivers_figure(drivers: list[tuple[str, float]], remainder: tuple[int, float
         return fig
 
 
-def probability_figure(p_treated: float, p_control: float, labels: tuple[str, str]):
-    """Both arms' chance of a meaningful response as bars (percent), sized for a phone."""
+def probability_figure(p_treated: float, p_control: float, labels: tuple[str, str], quantity: str = "chance of a meaningful response"):
+    """Both arms' numbers as bars (percent), sized for a phone: the chance of response, or an event's risk (``quantity``)."""
     with PLOT_LOCK:
         fig, ax = plt.subplots(figsize=(PHONE_WIDTH, 1.45))
         values = [100 * p_treated, 100 * p_control]
@@ -159,7 +163,7 @@ def probability_figure(p_treated: float, p_control: float, labels: tuple[str, st
         ax.set_yticks([0, 1], [_wrap(labels[0], 16), _wrap(labels[1], 16)], fontsize=8.5)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
-        ax.set_xlabel("chance of a meaningful response (%)", fontsize=8.5)
+        ax.set_xlabel(_shorten(f"{quantity} (%)", 60), fontsize=8.5)
         ax.tick_params(axis="x", labelsize=8)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
@@ -167,7 +171,7 @@ def probability_figure(p_treated: float, p_control: float, labels: tuple[str, st
         return fig
 
 
-def benefit_figure(benefit: float, lower: float, upper: float, labels: tuple[str, str], level: float):
+def benefit_figure(benefit: float, lower: float, upper: float, labels: tuple[str, str], level: float, difference: str = "benefit"):
     """The benefit as a point with its interval on a percentage-point axis centred on no difference, sized for a phone."""
     with PLOT_LOCK:
         fig, ax = plt.subplots(figsize=(PHONE_WIDTH, 1.45))
@@ -179,10 +183,10 @@ def benefit_figure(benefit: float, lower: float, upper: float, labels: tuple[str
         ax.set_xlim(-span, span)
         ax.set_ylim(-1, 1)
         ax.set_yticks([])
-        ax.set_xlabel(f"benefit, percentage points ({level:.0%} interval)", fontsize=8.5)
+        ax.set_xlabel(f"{difference}, percentage points ({level:.0%} interval)", fontsize=8.5)
         ax.tick_params(axis="x", labelsize=8)
-        ax.text(-span * 0.97, 0.62, f"favours {_shorten(labels[1].lower(), 18)}", fontsize=7.5, color="0.35")
-        ax.text(span * 0.97, 0.62, f"favours {_shorten(labels[0].lower(), 18)}", fontsize=7.5, color="0.35", ha="right")
+        ax.text(-span * 0.97, 0.62, f"favours {_shorten(inline(labels[1]), 18)}", fontsize=7.5, color="0.35")
+        ax.text(span * 0.97, 0.62, f"favours {_shorten(inline(labels[0]), 18)}", fontsize=7.5, color="0.35", ha="right")
         ax.text(mid, -0.66, f"{mid:+.0f} ({lo:+.0f} to {hi:+.0f})", ha="center", fontsize=9)
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)

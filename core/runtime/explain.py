@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from core.labelling import Wording
 from core.spec import DatasetSpec
 from features.transformers import _upper_reference
 
@@ -39,12 +40,18 @@ if TYPE_CHECKING:
     from core.runtime.artefact import ResponderModel
 
 
-def targets(spec: DatasetSpec) -> dict[str, str]:
-    """What each explained output is, in a sentence, with the spec's name of the active arm."""
+def targets(spec: DatasetSpec, outcome: str | None = None) -> dict[str, str]:
+    """What each explained output is, in a sentence, with the spec's names of the arms.
+
+    For an event to prevent (:class:`core.labelling.Wording`) the per-arm
+    outputs are told as the event's risk, so a driver that raises the chance
+    of response *lowers* that risk (see :func:`_sentence`).
+    """
+    wording = Wording.of(spec.outcomes[outcome]) if outcome in spec.outcomes else Wording()
     return {
-        "benefit": "the predicted benefit",
-        "p_response_treated": f"the chance of a meaningful response on {spec.treated_inline()}",
-        "p_response_control": f"the chance of a meaningful response on {spec.control_inline()}",
+        "benefit": f"the predicted {wording.difference}",
+        "p_response_treated": f"the {wording.quantity} on {spec.treated_inline()}",
+        "p_response_control": f"the {wording.quantity} on {spec.control_inline()}",
     }
 
 
@@ -128,7 +135,9 @@ class _Describer:
         self.columns = parsed
         spec = model.spec
         self.spec = spec
-        self.targets = targets(spec)
+        self.targets = targets(spec, model.outcome)
+        # An event to prevent: the per-arm outputs are chances of being without it, told as its risk (sign reversed).
+        self.event_risk = Wording.of(spec.outcomes[model.outcome]).prevents
         # Per categorical covariate: its label and code -> name (looked up once per cell otherwise).
         self.levels = {c: (spec.covariates[c].label or c, spec.covariates[c].level_names()) for c in spec.categorical_covariates()}
         self.age_column, self.sex_column, self.female = spec.roles.age, spec.roles.sex, spec.roles.female
@@ -216,7 +225,7 @@ def _label_unit(spec, column: str) -> tuple[str, str]:
         return (cov.label or column).split(" (")[0], cov.unit
     for outcome in spec.outcomes.values():
         if outcome.baseline == column:
-            return f"Baseline {outcome.label.split(' (')[0].lower()}", outcome.unit
+            return spec.baseline_label(column).split(" (")[0], outcome.unit
     return column, ""
 
 
@@ -267,7 +276,7 @@ def _output(
                 display_value=display,
                 unit=unit,
                 contribution=amount,
-                sentence=_sentence(display, flag, amount, text),
+                sentence=_sentence(display, flag, -amount if describer.event_risk and target != "benefit" else amount, text),
                 components=parts[source],
             )
         )

@@ -16,11 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from core.labelling import CONDITIONAL, RISK_BASED, pp
+from core.labelling import CONDITIONAL, RISK_BASED, Wording, pp
 from core.reports import figures
 from core.reports.render import environment
 from core.runtime.artefact import ResponderModel
 from core.runtime.explain import OutputExplanation, explain_patients
+from core.spec import inline
 
 log = logging.getLogger("responders.reports")
 
@@ -34,6 +35,12 @@ LABEL_TEXT = {
 ANSWER_TEXT = {
     "conditional": "conditional average benefit for patients with these measured values",
     "risk_based": "risk-based benefit, from this patient's baseline chance of response",
+    "average": "the trial average, the same for every patient",
+}
+# The same for an event to prevent, told as its risk (core.labelling.Wording).
+EVENT_ANSWER_TEXT = {
+    "conditional": "conditional average risk reduction for patients with these measured values",
+    "risk_based": "risk-based risk reduction, from this patient's baseline risk",
     "average": "the trial average, the same for every patient",
 }
 WARNING_TITLES = {
@@ -82,6 +89,11 @@ def driver_view(benefit: OutputExplanation, arm_only: bool) -> dict[str, Any]:
     return view
 
 
+def trial_name(spec) -> str:
+    """The trial as a footer names it: "the trial of Rectal indomethacin vs Placebo"."""
+    return f"the trial of {spec.treated_display()} vs {inline(spec.control_display())}"
+
+
 def plain_rule(text: str) -> str:
     """The label rule with the labels' code names (``likely_benefit``) replaced by the words on the report."""
     for code in ("unlikely_benefit", "likely_benefit"):
@@ -92,13 +104,14 @@ def plain_rule(text: str) -> str:
 def short_reasons(model: ResponderModel, population: str, patient: str | None, lower: float, upper: float) -> tuple[str, str]:
     """One short sentence per label for the answer box (the full reasons stand in the outcome's section)."""
     rule = model.label_policy.rule
+    noun = Wording.of(model.spec.outcomes[model.outcome]).difference.replace("absolute ", "")
     effect = model.average_effect or {}
     if population == "likely_benefit":
-        first = f"The trial established an average benefit of at least {pp(rule['likely_min_benefit'])}."
+        first = f"The trial established an average {noun} of at least {pp(rule['likely_min_benefit'])}."
     elif population == "unlikely_benefit":
-        first = f"The trial rules out an average benefit of {pp(rule['unlikely_upper_below'])} or more."
+        first = f"The trial rules out an average {noun} of {pp(rule['unlikely_upper_below'])} or more."
     elif effect.get("direction") == "benefit":
-        first = f"The established average benefit is below the {pp(rule['likely_min_benefit'])} needed for a likely benefit."
+        first = f"The established average {noun} is below the {pp(rule['likely_min_benefit'])} needed for a likely benefit."
     else:
         first = "The trial did not establish an average effect."
     first += " This describes the trial population, not this patient."
@@ -131,19 +144,21 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     labels = (spec.treated_display(), spec.control_display())
     policy = model.label_policy
     conditional = policy.answer == CONDITIONAL
+    wording = Wording.of(spec.outcomes[model.outcome])
+    p1, p0 = float(prediction["p_response_treated"]), float(prediction["p_response_control"])
+    benefit, lower, upper = float(prediction["benefit"]), float(prediction["benefit_lower"]), float(prediction["benefit_upper"])
     # Drivers of benefit only with established effect modification; otherwise prognostic drivers, named as such.
     explained_output = explained.benefit if conditional else explained.p_response_control
     view = driver_view(explained_output, model.candidate.same_for_everyone)
     with figures.PLOT_LOCK:  # pyplot is shared by every thread of a serving process
         probabilities = figures.data_uri(
-            figures.probability_figure(float(prediction["p_response_treated"]), float(prediction["p_response_control"]), labels),
+            figures.probability_figure(wording.shown(p1), wording.shown(p0), labels, wording.quantity),
             dpi=figures.PATIENT_DPI,
             tight=False,
         )
         interval = figures.data_uri(
             figures.benefit_figure(
-                float(prediction["benefit"]), float(prediction["benefit_lower"]), float(prediction["benefit_upper"]), labels,
-                model.interval_level,
+                benefit, lower, upper, labels, model.interval_level, wording.difference,
             ),
             dpi=figures.PATIENT_DPI,
             tight=False,
@@ -158,6 +173,10 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
     patient_label = None if patient_label is None or (isinstance(patient_label, float) and math.isnan(patient_label)) else str(patient_label)
     population = str(prediction["population_label"])
     effect = _average_effect(model) or {}
+    adjusted = effect.get("ci_low_adjusted") is not None  # a single outcome's effect needs no Holm adjustment
+    population_low = effect.get("ci_low_adjusted" if adjusted else "ci_low")
+    population_high = effect.get("ci_high_adjusted" if adjusted else "ci_high")
+    population_level = (effect.get("adjusted_level") if adjusted else None) or effect.get("level") or model.interval_level
     short_population, short_patient = short_reasons(
         model, population, patient_label, float(prediction["benefit_lower"]), float(prediction["benefit_upper"])
     )
@@ -166,16 +185,24 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "label": outcome.label,
         "short": outcome.label.split(" (")[0],
         "responder_rule": model.metadata.get("responder_rule") or outcome.responder.describe(outcome.better, outcome.unit),
-        "p_treated": float(prediction["p_response_treated"]),
-        "p_control": float(prediction["p_response_control"]),
-        "benefit": float(prediction["benefit"]),
-        "lower": float(prediction["benefit_lower"]),
-        "upper": float(prediction["benefit_upper"]),
+        "p_treated": p1,
+        "p_control": p0,
+        # What the reader is told per arm: the chance of response, or the risk of an event to prevent.
+        "shown_treated": wording.shown(p1),
+        "shown_control": wording.shown(p0),
+        "event": wording.event,
+        "quantity": wording.quantity,
+        "difference": wording.difference,
+        "nnt": wording.nnt(benefit, lower, upper, model.interval_level, policy.interval_kind),
+        "population_nnt": wording.nnt(effect.get("risk_difference"), population_low, population_high, population_level),
+        "benefit": benefit,
+        "lower": lower,
+        "upper": upper,
         "level": model.interval_level,
         "answer": policy.answer,
-        "answer_text": ANSWER_TEXT[policy.answer],
+        "answer_text": (EVENT_ANSWER_TEXT if wording.prevents else ANSWER_TEXT)[policy.answer],
         "answer_reason": policy.answer_reason,
-        "estimand": policy.estimand(*labels),
+        "estimand": policy.estimand(spec.treated_inline(), spec.control_inline(), wording),
         "interval_kind": policy.interval_kind,
         "patient_label": patient_label,
         "patient_label_text": LABEL_TEXT.get(patient_label, "") if patient_label else "",
@@ -186,9 +213,12 @@ def _outcome_section(model: ResponderModel, raw: pd.DataFrame, version: str) -> 
         "population_short": short_population,
         "patient_short": short_patient,
         "population_rd": effect.get("risk_difference"),
-        "population_low": effect.get("ci_low_adjusted", effect.get("ci_low")),
-        "population_high": effect.get("ci_high_adjusted", effect.get("ci_high")),
-        "population_level": effect.get("adjusted_level") or effect.get("level") or model.interval_level,
+        "population_low": population_low,
+        "population_high": population_high,
+        "population_level": population_level,
+        # A Holm-adjusted interval is wider than 95% (97.5% for two outcomes): the page says why.
+        "population_adjusted": bool(adjusted and (effect.get("n_outcomes") or 1) > 1),
+        "population_n_outcomes": effect.get("n_outcomes") or 1,
         "label_rule": plain_rule(policy.describe()),
         "probabilities": probabilities,
         "interval": interval,
@@ -261,6 +291,8 @@ def render_patient_report(
     html = environment("serving.reports").get_template(TEMPLATE).render(
         spec={
             "name": spec.name,
+            "trial": trial_name(spec),
+            "has_labs": bool(spec.labs),
             "treated": spec.treated_display(),
             "control": spec.control_display(),
             "n_train": first.metadata.get("n_train"),

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from core.candidates import FLOOR
 from core.reports import figures
 from core.reports.render import environment
+from core.spec import inline
 from training import plots
 from training.reports import analysis
 from training.reports.payload import CohortPayload
@@ -160,7 +161,7 @@ def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
 
         def bar(outcome=outcome):
             _, _, treated = _shap_views(payload, outcome)
-            return figures.bar_figure(treated, f"{outcome}: drivers of P(responder | {labels[0].lower()})")
+            return figures.bar_figure(treated, f"{outcome}: drivers of P(responder | {inline(labels[0])})")
 
         steps += [(outcome, "beeswarm", beeswarm), (outcome, "bar_treated", bar)]
         for group in ("inflammation", "autoantibody"):

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from core.candidates import FLOOR, candidate_label
+from core.labelling import Wording
 from core.labels import responder_labels
 from core.runtime.artefact import ResponderModel
 from core.runtime.explain import explain_patients
@@ -47,6 +48,7 @@ from training.evaluation import SELECTED
 from training.published import PUBLISHED_FINAL, comparison
 from training.reports.analysis import chance_flags, metric_intervals, subgroup_effects
 from training.results import HEADLINE
+from training.tracking import metric_value
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -69,11 +71,11 @@ SIMULATED_NAME = re.compile(r"^(?P<scenario>final|null|strong)-n(?P<n>\d+)-seed(
 
 # Small helpers ----------------------------------------------------------------------------------
 def _num(value: Any) -> float | None:
-    """JSON-safe float: None for missing or non-finite values."""
+    """JSON-safe float, rounded as MLflow metrics are logged (:func:`training.tracking.metric_value`); None for missing or non-finite values."""
     if value is None:
         return None
     value = float(value)
-    return value if math.isfinite(value) else None
+    return metric_value(value) if math.isfinite(value) else None
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -576,6 +578,7 @@ def build_cohort_payload(
             parts[f"{name}__{part}"] = table
         parts[f"{name}__oof"] = oof_frame(result)
         outcome = spec.outcomes[name]
+        wording = Wording.of(outcome)
         candidates = candidate_rows(result, HEADLINE, (spec.treated_display(), spec.control_display()), config.seed)
         outcomes[name] = {
             "label": outcome.label,
@@ -615,7 +618,9 @@ def build_cohort_payload(
             "label_mode": result.model.label_policy.mode,
             "answer": result.answer,
             "answer_reason": result.model.label_policy.answer_reason,
-            "estimand": result.model.label_policy.estimand(spec.treated_display(), spec.control_display()),
+            "estimand": result.model.label_policy.estimand(spec.treated_inline(), spec.control_inline(), wording),
+            "event": wording.event,  # an event to prevent is told as its risk (core.labelling.Wording)
+            "population_nnt": _population_nnt(wording, result.average_effect),
             "interval_kind": result.model.label_policy.interval_kind,
             "population_label": result.model.label_policy.population_label,
             "refused": result.refused,
@@ -641,6 +646,8 @@ def build_cohort_payload(
             "control": spec.control_display(),
             "treated_fraction": spec.arm.treated_fraction,
             "n_labs": len(spec.labs),
+            # The lab groups the dependence plots and subgroups can speak of (none for a trial without labs).
+            "lab_groups": [g for g in ("inflammation", "autoantibody") if any(spec.lab_catalog()[a].group == g for a in spec.labs)],
         },
         "data": {
             **provenance,
@@ -678,6 +685,15 @@ def build_cohort_payload(
     json.dumps(meta, allow_nan=False)  # fail now, before the champion gate, rather than when the payload is logged
     log.info("cohort report payload built in %.1f s", time.perf_counter() - started)
     return CohortPayload(meta, parts)
+
+
+def _population_nnt(wording: Wording, effect: Any) -> str:
+    """The number needed to treat of the trial's average effect (its Holm-adjusted interval when there is one)."""
+    if effect is None or effect.risk_difference is None:
+        return ""
+    adjusted = effect.ci_low_adjusted is not None
+    low, high = (effect.ci_low_adjusted, effect.ci_high_adjusted) if adjusted else (effect.ci_low, effect.ci_high)
+    return wording.nnt(effect.risk_difference, low, high, effect.adjusted_level if adjusted and effect.adjusted_level else effect.level)
 
 
 def _with_effects(rows: list[dict[str, Any]], results: dict[str, OutcomeResult]) -> list[dict[str, Any]]:
