@@ -282,6 +282,7 @@ def test_training_tables():
     assert rates[1][0] == "500" and rates[1][1].startswith("1/4 = 25%") and rates[1][2].startswith("1/4")
 
 
+@pytest.mark.slow  # a child benchmark process that runs the heterogeneity test on a 400-patient trial (about 11 s)
 def test_a_measured_child_process_reports_time_and_memory(tmp_path):
     result = run_child(["benchmarks.training", "level", "--sizes", "400", "--replicates", "1"], 600, tmp_path / "child.log")
     assert set(result.payload["p_values"]) == {"sharp:400", "null:400"}
