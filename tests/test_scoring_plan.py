@@ -262,7 +262,17 @@ def test_tree_paths_agree_with_each_other(spec, final_99, monkeypatch):
             library_mu, library_tau = candidate.midpoint_draws(X)  # the forests themselves (mu at the coding midpoint)
             np.testing.assert_allclose(mu, library_mu, rtol=0, atol=1e-12)
             np.testing.assert_allclose(tau, library_tau, rtol=0, atol=1e-12)
-        else:
+            # The compiled walk (what the plan serves): the library's numbers, a row's alone or in any batch, any threads.
+            compiled = plan.mu.predict_compiled(X) + plan.mu_offset
+            np.testing.assert_allclose(compiled, library_mu, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(plan.tau.predict_compiled(X) + plan.tau_offset, library_tau, rtol=0, atol=1e-12)
+            many = np.vstack([X] * 40)  # enough rows to split over two threads
+            assert np.array_equal(plan.mu.predict_compiled(many, threads=2)[: len(X)], plan.mu.predict_compiled(X))
+            assert np.array_equal(np.vstack([plan.mu.predict_compiled(X[[i]]) for i in range(5)]), plan.mu.predict_compiled(X)[:5])
+        elif name == "t_learner":
+            with pytest.raises(ValueError, match="without missing-value rules"):
+                plan.forest.predict_compiled(X)  # LightGBM's NaN and zero rules are not in the compiled walk
+        if name != "bcf":
             arrays = plan.forest.predict(X)
             library = np.column_stack([b.predict(X, raw_score=True) for b in plan.boosters])
             np.testing.assert_allclose(arrays, library, rtol=0, atol=1e-12)
