@@ -239,7 +239,7 @@ def parse_lab_cells(
 
     ``rows`` names each cell's row in the issues (default: its position). Every
     cell follows :func:`parse_lab_value`, the one implementation of the rules:
-    plain numbers in the column's unit of a quantitative analyte with array
+    plain numbers (or number text) in the column's unit of a quantitative analyte with array
     operations that repeat its arithmetic (a number times the unit factor,
     the plausible range, the detection limit; any number the arrays would
     refuse goes through :func:`parse_lab_value` for its message), every other
@@ -295,11 +295,23 @@ def parse_lab_cells(
 _NUMBER_TYPES = (float, int, np.float64, np.float32, np.int64, np.int32)
 
 
+def _plain_number(value: Any) -> float:
+    """A number, or text that is one plain number (``3.2``, ``3,2``: :func:`parse_lab_value`'s rule), as a float; else NaN."""
+    kind = type(value)
+    if kind is str:
+        text = value.strip()
+        return _to_float(text) if _PLAIN.match(text) else math.nan
+    if kind in _NUMBER_TYPES:
+        return float(value)
+    return math.nan
+
+
 def _plain_numbers(values: Sequence[Any], analyte: Analyte, unit: str | None, row_units: list[str | None] | None):
     """Which cells are plain numbers in the column's unit (and their values), or None when the array path does not apply.
 
-    It applies to quantitative analytes whose column unit is known; a cell with
-    a unit of its own, text or a boolean is left to :func:`parse_lab_value`.
+    It applies to quantitative analytes whose column unit is known; numbers and
+    text that is one plain number (a CSV read as text) take it; a cell with a
+    unit of its own, other text or a boolean is left to :func:`parse_lab_value`.
     """
     if analyte.kind == "titre":
         return None
@@ -311,10 +323,8 @@ def _plain_numbers(values: Sequence[Any], analyte: Analyte, unit: str | None, ro
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
         mask, numbers = np.ones(n, dtype=bool), values.astype(np.float64)
     else:
-        mask = np.fromiter((type(v) in _NUMBER_TYPES for v in values), dtype=bool, count=n)
-        numbers = np.full(n, np.nan)
-        if mask.any():
-            numbers[mask] = np.asarray([values[i] for i in np.flatnonzero(mask)], dtype=np.float64)
+        numbers = np.fromiter((_plain_number(v) for v in values), dtype=np.float64, count=n)
+        mask = ~np.isnan(numbers) | np.fromiter((type(v) in _NUMBER_TYPES for v in values), dtype=bool, count=n)
     if row_units is not None:
         mask &= np.fromiter((u is None for u in row_units), dtype=bool, count=n)
     return mask, numbers
