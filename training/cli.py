@@ -193,17 +193,28 @@ def interruption_message(err: KeyboardInterrupt, spec: DatasetSpec, tracking_uri
 @app.command()
 def predict(
     patients: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="patients as .csv, .parquet or .json")],
-    out: Annotated[Path | None, typer.Option("--out", help="write the JSON here instead of printing it")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write here instead of printing: .json (the POST /predict JSON), or .parquet / .jsonl (one row per patient, fast)"),
+    ] = None,
     spec: SpecOption = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
 ) -> None:
-    """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr)."""
+    """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr).
+
+    With --out FILE.parquet or FILE.jsonl: one row per patient (id, errors, warnings, each outcome's scores,
+    label and answer), the same numbers, scored column by column (tens of thousands of patients a second).
+    """
     import logging
 
-    from serving.scoring import score_file
+    from serving.scoring import TABLE_SUFFIXES, score_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if out is not None and out.suffix.lower() in TABLE_SUFFIXES:
+        score_file(patients, spec=spec, tracking_uri=tracking_uri, out=out)
+        typer.echo(f"wrote {out}")
+        return
     text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
