@@ -437,7 +437,8 @@ _NUMBERS = (float, int)
 
 
 def _blank_to_none(values: list[Any]) -> list[Any]:
-    return [None if _is_blank(v) else v for v in values]
+    """:func:`_is_blank` cells as None (inlined: it runs once per cell of a file)."""
+    return [None if v is None or (type(v) is float and v != v) or (type(v) is str and not v.strip()) or _is_blank(v) else v for v in values]
 
 
 def _id_check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
@@ -571,7 +572,7 @@ def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | No
             table = score_table(scorer, columns, len(rows), rows.__getitem__)
         else:
             columns, n = read_patient_columns(path, dataset_spec)
-            table = score_table(scorer, columns, n)
+            table = score_table_in_blocks(scorer, columns, n)
         write_table(table, Path(out), scorer)
         return None
     rows = read_patients(path, dataset_spec)
@@ -600,7 +601,7 @@ TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl")
 SCORE_FIELDS = ("p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper")
 
 
-def score_table(scorer: Scorer, columns: dict[str, list[Any]], n: int, row: Any = None) -> pd.DataFrame:
+def score_table(scorer: Scorer, columns: dict[str, list[Any]], n: int, row: Any = None, offset: int = 0) -> pd.DataFrame:
     """A file's patients scored column by column: one row per patient, in file order (``responders predict`` to a table).
 
     The same checks, parse, models and numbers as ``POST /predict`` without a
@@ -622,12 +623,12 @@ def score_table(scorer: Scorer, columns: dict[str, list[Any]], n: int, row: Any 
     subset: dict[int, Parsed] = {}
     usable = {o: subset.setdefault(id(p), p.rows(good)) for o, p in parsed.items()}
     ids = clean[scorer.spec.id_column]
-    table: dict[str, Any] = {"patient_id": [str(v or f"row-{i + 1}") for i, v in enumerate(ids)]}
+    table: dict[str, Any] = {"patient_id": [str(v or f"row-{offset + i + 1}") for i, v in enumerate(ids)]}  # offset: rows before this block
     table["errors"] = _json_texts([errors.get(i) for i in range(n)], none_when_empty=True)
     warned: list[Any] = [None] * n
     for k, items in zip(good.tolist(), scorer.plan.warnings(usable) if len(good) else [], strict=True):
-        warned[k] = [S.InputWarningOut(code=w.code, field=w.field, message=w.message) for w in items]
-    table["warnings"] = _json_texts(warned, none_when_empty=False)
+        warned[k] = tuple((w.code, w.field, w.message) for w in items)
+    table["warnings"] = _warning_texts(warned)
     for outcome, plan in scorer.plan.plans.items():
         scores = plan.predict(usable[outcome]) if len(good) else None
         for name in SCORE_FIELDS:
@@ -644,6 +645,36 @@ def score_table(scorer: Scorer, columns: dict[str, list[Any]], n: int, row: Any 
         answer[good] = plan.model.label_policy.answer
         table[f"{outcome}_answer"] = answer
     return pd.DataFrame({k: pd.Series(v, dtype=object) if not isinstance(v, np.ndarray) or v.dtype == object else v for k, v in table.items()})
+
+
+TABLE_BLOCK = 20_000  # patients per block of score_table: a BCF champion's draws for 20,000 patients take ~200 MB
+
+
+def score_table_in_blocks(scorer: Scorer, columns: dict[str, list[Any]], n: int, block: int = TABLE_BLOCK) -> pd.DataFrame:
+    """:func:`score_table` a block of rows at a time (bounded memory; one progress update per block)."""
+    parts = []
+    with task_progress(n, "scoring", unit="patient") as progress:
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            parts.append(score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, offset=start))
+            progress.update(stop - start)
+    return pd.concat(parts, ignore_index=True) if parts else score_table(scorer, columns, 0)
+
+
+def _warning_texts(rows: list[tuple | None]) -> list[str | None]:
+    """Each row's warnings (code, field, message) as the response's JSON text of its ``warnings`` list (equal lists written once)."""
+    written: dict[tuple, str] = {}
+    out: list[str | None] = []
+    for items in rows:
+        if items is None:
+            out.append(None)
+            continue
+        text = written.get(items)
+        if text is None:
+            listed = [{"code": code, "field": field, "message": message} for code, field, message in items]
+            text = written[items] = json.dumps(listed, ensure_ascii=False, separators=(",", ":"))
+        out.append(text)
+    return out
 
 
 def _json_texts(values: list[Any], none_when_empty: bool) -> list[str | None]:

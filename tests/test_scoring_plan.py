@@ -346,7 +346,7 @@ def patient_fields(spec) -> list[str]:
 def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix):
     import json
 
-    from serving.scoring import read_patient_columns, read_patients, score_rows, score_table, write_table
+    from serving.scoring import read_patient_columns, read_patients, score_rows, score_table, score_table_in_blocks, write_table
 
     spec = layout["spec"]
     models = {name: layout["models"][name] for name in ("arm_only", "risk_model", "bcf")}
@@ -356,6 +356,8 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.astype(str).where(frame.notna(), None).to_parquet(path, index=False)
     columns, n = read_patient_columns(path, spec)
     table = score_table(scorer, columns, n)
+    blocks = score_table_in_blocks(scorer, columns, n, block=97)  # what `responders predict` runs: the same rows in blocks
+    pd.testing.assert_frame_equal(blocks, table)
     api = score_rows(scorer, read_patients(path, spec)).results  # what POST /predict answers for the same rows
     assert len(table) == len(api) == len(frame)
     failed = 0

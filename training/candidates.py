@@ -559,9 +559,9 @@ class BayesianCausalForest(BenefitCandidate):
     def _forest_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The forests' own posterior draws: ``mu`` (the prognosis at the coding's midpoint) and ``tau``."""
         n = len(F)
-        flat = getattr(self, "flat_", None)  # a loaded model: a few rows from the flat forests, as the served plan does
-        if flat is not None and n * (len(flat["mu"].roots) + len(flat["tau"].roots)) <= FLAT_CELLS:
-            return flat["mu"].predict(F) + flat["mu_offset"], flat["tau"].predict(F) + flat["tau_offset"][None, :]
+        flat = getattr(self, "flat_", None)  # a loaded model: the flat forests' compiled walk, as the served plan does
+        if flat is not None:
+            return flat["mu"].predict_compiled(F) + flat["mu_offset"], flat["tau"].predict_compiled(F) + flat["tau_offset"][None, :]
         out = self._model().predict(F, np.ones(n), np.full(n, self.treated_fraction), terms=["mu", "tau"], type="posterior")
         mu, tau = np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
         index = getattr(self, "serve_index_", None)
@@ -643,7 +643,6 @@ def stratified_subsample(strata: np.ndarray, size: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(rows))
 
 
-FLAT_CELLS = 120_000  # rows x trees up to which the flat forests beat stochtree's predict (serving.runtime.arms.ARRAY_CELLS)
 
 
 def _tau0(model) -> np.ndarray:
