@@ -473,14 +473,14 @@ def run(quick: bool, out_dir: Path) -> str:
     print(f"[bench] serving: responders predict on {settings.batch_patients} patients", file=sys.stderr, flush=True)
     batch_cli = _batch_cli(uri, work, settings.batch_patients)
     print(f"[bench] serving: responders predict on {settings.batch_patients} patients to Parquet", file=sys.stderr, flush=True)
-    batch_table = _batch_cli(uri, work, settings.batch_patients, ".parquet")
+    batch_parquet = _batch_cli(uri, work, settings.batch_patients, ".parquet")
     loads["end"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps([vars(r) | {"rps": r.rps} for r in results], default=float))
     if load is not None:
         (work / "load.json").write_text(json.dumps(_load_record(load), default=float))
     extra = {
         "plans": plans, "profile": profile, "profiled_ms": profiled_ms, "explain_profile": explain_profile,
-        "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "batch_table": batch_table, "loads": loads, "champions": _champion_names(uri),
+        "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "batch_parquet": batch_parquet, "loads": loads, "champions": _champion_names(uri),
     }  # fmt: skip
     (work / "plan.json").write_text(json.dumps(extra, default=str))
     return _markdown(results, explain, floor, memory, settings, quick, load, extra)
@@ -639,14 +639,14 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         ["throughput / `mlflow models serve`, 1 patient, concurrency 8", ">= 3x", _headline(at8),
          _headline_detail(at8, outcomes)],
     ]  # fmt: skip
-    batch_cli, batch_table = extra.get("batch_cli"), extra.get("batch_table")
+    batch_cli, batch_parquet = extra.get("batch_cli"), extra.get("batch_parquet")
     if batch_cli:
         targets.append([f"`responders predict`, {batch_cli['patients']:,} patients (file to JSON, child process)", "seconds",
                         f"{batch_cli['seconds']:.1f} s", f"{batch_cli['rate']:,.0f} patients/s, {batch_cli['mib']:.0f} MiB of JSON"])  # fmt: skip
-    if batch_table:
-        ratio = f"; {batch_table['rate'] / batch_cli['rate']:.1f}x the JSON output's rate" if batch_cli else ""
-        targets.append([f"`responders predict`, {batch_table['patients']:,} patients (CSV to Parquet, child process)", ">= 50,000 patients/s",
-                        f"{batch_table['rate']:,.0f} patients/s", f"{batch_table['seconds']:.1f} s wall, {batch_table['cpu']:.1f} s CPU{ratio}"])  # fmt: skip
+    if batch_parquet:
+        ratio = f"; {batch_parquet['rate'] / batch_cli['rate']:.1f}x the JSON output's rate" if batch_cli else ""
+        targets.append([f"`responders predict`, {batch_parquet['patients']:,} patients (CSV to Parquet, child process)", ">= 50,000 patients/s",
+                        f"{batch_parquet['rate']:,.0f} patients/s", f"{batch_parquet['seconds']:.1f} s wall, {batch_parquet['cpu']:.1f} s CPU{ratio}"])  # fmt: skip
     loads = extra.get("loads", {})
     load_text = ", ".join(f"{k} {v[0]:.2f} / {v[1]:.2f} / {v[2]:.2f}" for k, v in loads.items())
     served = [
@@ -716,12 +716,12 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
             f"({batch_cli['rate']:,.0f} patients/s; {batch_cli['scored']:,} scored; {batch_cli['mib']:.0f} MiB written; "
             f"{batch_cli['progress_lines']} progress lines logged, as off a terminal; load average {batch_cli['load']:.2f} at its start)."
         )
-    if batch_table:
+    if batch_parquet:
         parts.append(
             f"The same file to Parquet (`--out scores.parquet`: one row per patient, scored column by column, the API's numbers): "
-            f"{batch_table['seconds']:.1f} s wall, {batch_table['cpu']:.1f} s CPU (user + sys), start-up and model loading included "
-            f"({batch_table['rate']:,.0f} patients/s; {batch_table['scored']:,} scored; {batch_table['mib']:.0f} MiB written; "
-            f"load average {batch_table['load']:.2f} at its start)."
+            f"{batch_parquet['seconds']:.1f} s wall, {batch_parquet['cpu']:.1f} s CPU (user + sys), start-up and model loading included "
+            f"({batch_parquet['rate']:,.0f} patients/s; {batch_parquet['scored']:,} scored; {batch_parquet['mib']:.0f} MiB written; "
+            f"load average {batch_parquet['load']:.2f} at its start)."
         )
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",

@@ -346,7 +346,14 @@ def patient_fields(spec) -> list[str]:
 def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix):
     import json
 
-    from serving.scoring import read_patient_columns, read_patients, score_rows, score_table, score_table_in_blocks, write_table
+    from serving.scoring import (
+        read_patient_columns,
+        read_patients,
+        score_rows,
+        score_table,
+        score_table_in_blocks,
+        write_table,
+    )
 
     spec = layout["spec"]
     models = {name: layout["models"][name] for name in ("arm_only", "risk_model", "bcf")}
