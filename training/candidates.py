@@ -484,6 +484,7 @@ class BayesianCausalForest(BenefitCandidate):
             if getattr(self, "model_json_", None) is None:
                 self.model_json_ = zlib.compress(self._live.to_json().encode(), 6)
             self.flat_forests()
+        if getattr(self, "_live", None) is not None or getattr(self, "flat_", None) is not None:  # forests to explain with
             if getattr(self, "explain_trees_", None) is None and getattr(self, "explain_packed_", None) is None:
                 if getattr(self, "_train_F", None) is not None:
                     self.explain_trees_ = self._explain_trees(self._train_F)
@@ -575,9 +576,15 @@ class BayesianCausalForest(BenefitCandidate):
         thinning. The difference thinning makes to the interval limits is
         measured by the training job (:func:`training.diagnostics.thin_and_measure`). ``X``: the training rows.
         """
-        total = self._model().num_samples
+        flat = getattr(self, "flat_", None) if getattr(self, "serve_index_", None) is None else None  # every retained draw
+        total = flat["mu"].n_draws if flat is not None else self._model().num_samples
         self.serve_index_ = None if draws >= total else np.unique(np.linspace(0, total - 1, draws).round().astype(int))
-        self.flat_ = self.explain_trees_ = self.explain_packed_ = self._explainer = None
+        self.explain_trees_ = self.explain_packed_ = self._explainer = None
+        if flat is not None and self.serve_index_ is not None:  # a fit sent back from a worker: no stochtree JSON to parse
+            index = self.serve_index_
+            flat = {"mu": flat["mu"].take_draws(index), "tau": flat["tau"].take_draws(index), "mu_offset": flat["mu_offset"],
+                    "tau_offset": np.asarray(flat["tau_offset"])[index]}  # fmt: skip
+        self.flat_ = flat
         self._train_F = _matrix(X, self.features_)  # the explanation trees' node covers, rebuilt for the served draws
         return self
 

@@ -117,6 +117,32 @@ class TreeArrays:
             return values.reshape(len(values), self.n_draws, self.trees_per_draw).sum(axis=2)
         return np.add.reduceat(values, self.slot_starts, axis=1)
 
+    def take_draws(self, draws: np.ndarray) -> TreeArrays:
+        """The posterior draws ``draws`` (indices, in order) of a stochtree forest: what :func:`flatten_stochtree` gives for them."""
+        if not self.trees_per_draw or self.n_draws * self.trees_per_draw != len(self.roots):
+            raise ValueError("take_draws needs a stochtree forest (the same number of trees in every draw)")
+        draws = np.asarray(draws, dtype=np.intp)
+        ends = np.r_[self.roots[self.trees_per_draw :: self.trees_per_draw], len(self.feature)]  # node after each draw's last
+        starts, stops = self.roots[draws * self.trees_per_draw], ends[draws]
+        sizes = stops - starts
+        shift = np.repeat(np.cumsum(np.r_[0, sizes[:-1]]) - starts, sizes)  # new node id = old id + shift
+        keep = np.repeat(starts, sizes) + (np.arange(sizes.sum()) - np.repeat(np.cumsum(np.r_[0, sizes[:-1]]), sizes))
+        trees = (draws[:, None] * self.trees_per_draw + np.arange(self.trees_per_draw)).ravel()
+        tree_shift = np.repeat(np.cumsum(np.r_[0, sizes[:-1]]) - starts, self.trees_per_draw)
+        left, right = self.left[keep], self.right[keep]
+        return TreeArrays(
+            feature=self.feature[keep],
+            threshold=self.threshold[keep],
+            left=np.where(left >= 0, left + shift, -1),
+            right=np.where(right >= 0, right + shift, -1),
+            value=self.value[keep],
+            roots=self.roots[trees] + tree_shift,
+            slot_starts=np.arange(len(draws), dtype=np.intp) * self.trees_per_draw,
+            max_depth=self.max_depth,
+            n_draws=len(draws),
+            trees_per_draw=self.trees_per_draw,
+        )
+
     def predict_compiled(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
         """:meth:`predict` in a compiled loop: every row's walk down every tree, summed by slot.
 
