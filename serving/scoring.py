@@ -450,7 +450,7 @@ def _id_check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
 def _number_check(low: float | None, high: float | None, required: bool):
     def check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
         values = _blank_to_none(values)
-        numbers = np.fromiter((float(v) if type(v) in _NUMBERS else math.nan for v in values), dtype=np.float64, count=len(values))
+        numbers = np.fromiter((_as_float(v) for v in values), dtype=np.float64, count=len(values))
         with np.errstate(invalid="ignore"):
             passed = np.isfinite(numbers)
             if low is not None:
@@ -462,6 +462,16 @@ def _number_check(low: float | None, high: float | None, required: bool):
         return [None if v is None else float(x) for v, x in zip(values, numbers.tolist(), strict=True)], passed
 
     return check
+
+
+def _as_float(value: Any) -> float:
+    """A number cell as a float; NaN (left to the request model) for anything else, or an int too large for a float."""
+    if type(value) in _NUMBERS:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.nan
+    return math.nan
 
 
 def _code_check(codes: set[str], required: bool):
@@ -485,8 +495,9 @@ def _code_check(codes: set[str], required: bool):
 
 def _lab_check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
     values = _blank_to_none(values)
-    out = [float(v) if type(v) in _NUMBERS else v for v in values]
-    passed = np.fromiter((v is None or type(v) is float or (type(v) is str and len(v) <= 32) for v in out), dtype=bool, count=len(out))
+    out = [_as_float(v) if type(v) in _NUMBERS else v for v in values]
+    passed = np.fromiter((v is None or (type(v) is float and v == v) or (type(v) is str and len(v) <= 32) for v in out), dtype=bool, count=len(out))
+    out = [v if type(v) is not float or v == v else w for v, w in zip(out, values, strict=True)]  # too large: as given, for the model
     return out, passed
 
 

@@ -404,3 +404,34 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
                 assert value is None
             else:
                 assert value == expected, key  # floats read back bit for bit
+
+
+def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout, tmp_path):
+    """JSON rows keep what was sent: an unknown key, a missing required field or a number too large for a float
+    are the request model's errors, as over HTTP; the other rows get the API's numbers."""
+    import json
+
+    from serving.scoring import read_patients, score_rows, score_table
+
+    spec = layout["spec"]
+    scorer = _scorer(spec, {name: layout["models"][name] for name in ("arm_only", "bcf")})
+    frame = layout["patients"].head(40).astype(object)
+    rows = [{k: v for k, v in row.items() if k in patient_fields(spec) and not pd.isna(v)} for row in frame.to_dict(orient="records")]
+    rows[0]["favourite_colour"] = "blue"
+    required = [c for c in spec.required_columns() if c in rows[1] and c != spec.id_column]
+    del rows[1][required[0]]
+    if spec.labs:
+        rows[2][next(iter(spec.labs.values())).column] = 10**400
+    path = tmp_path / "patients.json"
+    path.write_text(json.dumps({"patients": rows}))
+    given = read_patients(path, spec)
+    columns = {c: [r.get(c) for r in given] for c in dict.fromkeys(k for r in given for k in r)}
+    table = score_table(scorer, columns, len(given), given.__getitem__)
+    api = score_rows(scorer, given).results
+    for i, result in enumerate(api):
+        row = table.iloc[i]
+        errors = [e.model_dump(mode="json") for e in result.errors]
+        assert (json.loads(row["errors"]) if isinstance(row["errors"], str) else []) == errors, i
+        if result.predictions is not None:
+            assert [row[f"bcf_{f}"] for f in NUMBERS[:3]] == [getattr(result.predictions["bcf"], f) for f in NUMBERS[:3]]
+    assert table["errors"].notna().sum() >= (3 if spec.labs else 2)
