@@ -1,6 +1,7 @@
 # The front door. Two commands on a fresh machine (Python 3.11 and pip only):
 #   make train   install into .venv, simulate the default trial, train, track, register, report
-#   make test    install into .venv, run the test suite
+#   make test    install into .venv, run the test suite (the CI gate)
+#   make test-fast  the edit-test loop: every test but full training jobs, servers and browsers
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -27,7 +28,7 @@ MLFLOW_PORT ?= 5000
 TRACKING_URI ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
 SPEC ?=
 
-.PHONY: help install compile train simulate validate serve bento test bench bench-quick lint clean browser report docs docs-serve mlflow
+.PHONY: help install compile train simulate validate serve bento test test-fast bench bench-quick lint clean browser report docs docs-serve mlflow
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,8 +86,13 @@ browser: ## install Debian's chromium for the browser tests when missing (as roo
 		echo "WARNING: chromium is missing; install it as root (apt-get install -y chromium) or browser tests are skipped"; \
 	fi
 
-test: install browser ## run the test suite
+test: install browser ## run the whole test suite (the CI gate)
 	$(BIN)/pytest
+
+# The markers (pyproject.toml): slow = a whole training job (or the shared store trained by one), integration =
+# a real server process, browser = headless Chromium. Everything else runs here; `make test` stays the CI gate.
+test-fast: install ## the edit-test loop: the suite without training jobs, servers and browsers (under 2 minutes)
+	$(BIN)/pytest -m "not slow and not integration and not browser" $(PYTEST_ARGS)
 
 # The benchmark peers (EconML, CausalML) are an optional extra, installed only for the benchmarks
 # (and compiled like the rest: benchmarks time fresh processes).

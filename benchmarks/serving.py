@@ -347,25 +347,39 @@ def _time_plan(plan, patients: list[dict], repeats: int) -> tuple[float, float, 
     )
 
 
-def _batch_cli(uri: str, work: Path, n: int) -> dict[str, float]:
-    """``responders predict`` on ``n`` simulated patients in a child process: wall seconds, rate, output size."""
+def _batch_cli(uri: str, work: Path, n: int, suffix: str = ".json") -> dict[str, float]:
+    """``responders predict`` on ``n`` simulated patients in a child process: wall and CPU seconds, rate, output size.
+
+    ``suffix``: the output file's, ``.json`` (the POST /predict JSON) or ``.parquet`` (one row per patient).
+    """
+    import resource
+
     from training.simulate import simulate
 
     path = work / f"patients-{n}.csv"
-    simulate("final", n, 123).to_csv(path, index=False)
-    out = work / f"scores-{n}.json"
+    if not path.exists():
+        simulate("final", n, 123).to_csv(path, index=False)
+    out = work / f"scores-{n}{suffix}"
     command = [str(Path(sys.executable).with_name("responders")), "predict", str(path), "--out", str(out), "--tracking-uri", uri]
     load = os.getloadavg()[0]
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env={**os.environ, **QUIET_ENV}, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
-    (work / "batch-cli.log").write_text(done.stdout[-5000:] + done.stderr[-20000:])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    (work / f"batch-cli{suffix}.log").write_text(done.stdout[-5000:] + done.stderr[-20000:])
     if done.returncode != 0:
-        raise RuntimeError(f"responders predict failed ({done.returncode}); see {work / 'batch-cli.log'}")
-    body = json.loads(out.read_text())
+        raise RuntimeError(f"responders predict failed ({done.returncode}); see {work / f'batch-cli{suffix}.log'}")
+    if suffix == ".json":
+        scored = json.loads(out.read_text())["n_scored"]
+    else:
+        import pandas as pd
+
+        scored = int(pd.read_parquet(out, columns=["errors"])["errors"].isna().sum())
     progress_lines = sum("scoring:" in line for line in done.stderr.splitlines())
-    return {"patients": n, "seconds": seconds, "rate": n / seconds, "mib": out.stat().st_size / 2**20, "scored": body["n_scored"],
-            "progress_lines": progress_lines, "load": load}  # fmt: skip
+    return {"patients": n, "seconds": seconds, "rate": n / seconds, "mib": out.stat().st_size / 2**20, "scored": scored,
+            "progress_lines": progress_lines, "load": load, "format": suffix.lstrip("."),
+            "cpu": (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)}  # fmt: skip
 
 
 def _bentoml_calls(url: str, path: str, body_of):
@@ -458,13 +472,15 @@ def run(quick: bool, out_dir: Path) -> str:
 
     print(f"[bench] serving: responders predict on {settings.batch_patients} patients", file=sys.stderr, flush=True)
     batch_cli = _batch_cli(uri, work, settings.batch_patients)
+    print(f"[bench] serving: responders predict on {settings.batch_patients} patients to Parquet", file=sys.stderr, flush=True)
+    batch_parquet = _batch_cli(uri, work, settings.batch_patients, ".parquet")
     loads["end"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps([vars(r) | {"rps": r.rps} for r in results], default=float))
     if load is not None:
         (work / "load.json").write_text(json.dumps(_load_record(load), default=float))
     extra = {
         "plans": plans, "profile": profile, "profiled_ms": profiled_ms, "explain_profile": explain_profile,
-        "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "loads": loads, "champions": _champion_names(uri),
+        "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "batch_parquet": batch_parquet, "loads": loads, "champions": _champion_names(uri),
     }  # fmt: skip
     (work / "plan.json").write_text(json.dumps(extra, default=str))
     return _markdown(results, explain, floor, memory, settings, quick, load, extra)
@@ -623,10 +639,14 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         ["throughput / `mlflow models serve`, 1 patient, concurrency 8", ">= 3x", _headline(at8),
          _headline_detail(at8, outcomes)],
     ]  # fmt: skip
-    batch_cli = extra.get("batch_cli")
+    batch_cli, batch_parquet = extra.get("batch_cli"), extra.get("batch_parquet")
     if batch_cli:
         targets.append([f"`responders predict`, {batch_cli['patients']:,} patients (file to JSON, child process)", "seconds",
                         f"{batch_cli['seconds']:.1f} s", f"{batch_cli['rate']:,.0f} patients/s, {batch_cli['mib']:.0f} MiB of JSON"])  # fmt: skip
+    if batch_parquet:
+        ratio = f"; {batch_parquet['rate'] / batch_cli['rate']:.1f}x the JSON output's rate" if batch_cli else ""
+        targets.append([f"`responders predict`, {batch_parquet['patients']:,} patients (CSV to Parquet, child process)", ">= 50,000 patients/s",
+                        f"{batch_parquet['rate']:,.0f} patients/s", f"{batch_parquet['seconds']:.1f} s wall, {batch_parquet['cpu']:.1f} s CPU{ratio}"])  # fmt: skip
     loads = extra.get("loads", {})
     load_text = ", ".join(f"{k} {v[0]:.2f} / {v[1]:.2f} / {v[2]:.2f}" for k, v in loads.items())
     served = [
@@ -695,6 +715,13 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
             f"took {batch_cli['seconds']:.1f} s wall in a fresh process, start-up and model loading included "
             f"({batch_cli['rate']:,.0f} patients/s; {batch_cli['scored']:,} scored; {batch_cli['mib']:.0f} MiB written; "
             f"{batch_cli['progress_lines']} progress lines logged, as off a terminal; load average {batch_cli['load']:.2f} at its start)."
+        )
+    if batch_parquet:
+        parts.append(
+            f"The same file to Parquet (`--out scores.parquet`: one row per patient, scored column by column, the API's numbers): "
+            f"{batch_parquet['seconds']:.1f} s wall, {batch_parquet['cpu']:.1f} s CPU (user + sys), start-up and model loading included "
+            f"({batch_parquet['rate']:,.0f} patients/s; {batch_parquet['scored']:,} scored; {batch_parquet['mib']:.0f} MiB written; "
+            f"load average {batch_parquet['load']:.2f} at its start)."
         )
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",

@@ -238,20 +238,93 @@ def parse_lab_cells(
     """:func:`parse_lab_series` on plain sequences (a frame's column or the values of a batch of request dicts).
 
     ``rows`` names each cell's row in the issues (default: its position). Every
-    cell goes through :func:`parse_lab_value`, the one implementation of the rules.
+    cell follows :func:`parse_lab_value`, the one implementation of the rules:
+    plain numbers (or number text) in the column's unit of a quantitative analyte with array
+    operations that repeat its arithmetic (a number times the unit factor,
+    the plausible range, the detection limit; any number the arrays would
+    refuse goes through :func:`parse_lab_value` for its message), every other
+    cell through :func:`parse_lab_value` once per distinct text and unit.
     """
-    out_value = np.full(len(values), np.nan)
-    out_lod = np.zeros(len(values))
+    n = len(values)
+    out_value = np.full(n, np.nan)
+    out_lod = np.zeros(n)
     issues: list[LabIssue] = []
-    for i, raw in enumerate(values):
-        row_unit = unit
-        if units is not None and not is_missing(units[i]):
-            row_unit = str(units[i]).strip()
+    row_units: list[str | None] | None = None
+    if units is not None:
+        row_units = [None if is_missing(u) else str(u).strip() for u in units]
+    numeric = _plain_numbers(values, analyte, unit, row_units)
+    if numeric is not None:
+        mask, numbers = numeric
+        factor = analyte.factor(unit if not (isinstance(unit, str) and not unit.strip()) else None)
+        value = numbers * factor
+        low, high = analyte.plausible
+        with np.errstate(invalid="ignore"):
+            fine = mask & np.isfinite(value) & (value >= low) & (value <= high)
+        given = mask & np.isnan(numbers)  # a NaN number is a missing cell
+        lod = analyte.lod
+        below = fine & (value < lod) if lod is not None else np.zeros(n, dtype=bool)
+        out_value[fine] = np.where(below[fine], lod / SQRT2 if lod is not None else 0.0, value[fine])
+        out_lod[below] = 1.0
+        rest = np.flatnonzero(~(fine | given))
+    else:
+        rest = range(n)
+    known: dict[tuple[type, Any, str | None], LabResult | LabValueError] = {}
+    for i in rest:
+        raw = values[i]
+        row_unit = unit if row_units is None or row_units[i] is None else row_units[i]
         try:
-            result = parse_lab_value(raw, analyte, row_unit)
-        except LabValueError as err:
-            issues.append(LabIssue(rows[i] if rows is not None else i, column, analyte.key, raw, err.reason))
+            key = (type(raw), raw, row_unit)
+            result = known.get(key)
+        except TypeError:  # an unhashable cell: parsed on its own
+            key, result = None, None
+        if result is None:
+            try:
+                result = parse_lab_value(raw, analyte, row_unit)
+            except LabValueError as err:
+                result = err
+            if key is not None:
+                known[key] = result
+        if isinstance(result, LabValueError):
+            issues.append(LabIssue(rows[i] if rows is not None else i, column, analyte.key, raw, result.reason))
             continue
         out_value[i] = result.value
         out_lod[i] = float(result.below_lod)
     return out_value, out_lod, issues
+
+
+_NUMBER_TYPES = (float, int, np.float64, np.float32, np.int64, np.int32)
+
+
+def _plain_number(value: Any) -> float:
+    """A number, or text that is one plain number (``3.2``, ``3,2``: :func:`parse_lab_value`'s rule), as a float; else NaN."""
+    kind = type(value)
+    if kind is str:
+        text = value.strip()
+        return _to_float(text) if _PLAIN.match(text) else math.nan
+    if kind in _NUMBER_TYPES:
+        return float(value)
+    return math.nan
+
+
+def _plain_numbers(values: Sequence[Any], analyte: Analyte, unit: str | None, row_units: list[str | None] | None):
+    """Which cells are plain numbers in the column's unit (and their values), or None when the array path does not apply.
+
+    It applies to quantitative analytes whose column unit is known; numbers and
+    text that is one plain number (a CSV read as text) take it; a cell with a
+    unit of its own, other text or a boolean is left to :func:`parse_lab_value`.
+    """
+    if analyte.kind == "titre":
+        return None
+    try:
+        analyte.factor(unit if not (isinstance(unit, str) and not unit.strip()) else None)
+    except KeyError:
+        return None  # every cell gets the unknown-unit message
+    n = len(values)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        mask, numbers = np.ones(n, dtype=bool), values.astype(np.float64)
+    else:
+        numbers = np.fromiter((_plain_number(v) for v in values), dtype=np.float64, count=n)
+        mask = ~np.isnan(numbers) | np.fromiter((type(v) in _NUMBER_TYPES for v in values), dtype=bool, count=n)
+    if row_units is not None:
+        mask &= np.fromiter((u is None for u in row_units), dtype=bool, count=n)
+    return mask, numbers

@@ -24,23 +24,33 @@ app, report_app = new_app()
 @app.command()
 def predict(
     patients: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="patients as .csv, .parquet or .json")],
-    out: Annotated[Path | None, typer.Option("--out", help="write the JSON here instead of printing it")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write here instead of printing: .json (the POST /predict JSON), or .parquet / .jsonl (one row per patient, fast)"),
+    ] = None,
     spec: SpecOption = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
 ) -> None:
-    """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr)."""
+    """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr).
+
+    With --out FILE.parquet or FILE.jsonl: one row per patient (id, errors, warnings, each outcome's scores,
+    label and answer), the same numbers, scored column by column.
+    """
     import logging
 
-    from serving.scoring import ChampionError, score_file
+    from serving.scoring import TABLE_SUFFIXES, ChampionError, score_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    table = out is not None and out.suffix.lower() in TABLE_SUFFIXES
     try:
-        text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
+        text = score_file(patients, spec=spec, tracking_uri=tracking_uri, out=out if table else None)
     except ChampionError as err:  # no champion, or one stored in another artefact format: one line, exit 2
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
-    if out:
+    if table:
+        typer.echo(f"wrote {out}")
+    elif out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         typer.echo(f"wrote {out}")

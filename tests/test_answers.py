@@ -179,6 +179,38 @@ def test_bcf_chains_are_diagnosed_then_thinned_for_serving_with_the_change_measu
     np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), restored.predict_benefit(X.head(5)), atol=1e-9)
 
 
+def test_a_bcf_fit_sent_back_from_a_worker_is_thinned_without_rebuilding_stochtree(monkeypatch):
+    """The final fit comes back from the worker pool pickled (stochtree's JSON and the flat forests of every draw):
+    thinning takes the served draws from the flat forests, the same arrays as flattening the live model's."""
+    import pickle
+
+    from serving.runtime.forests import flatten_stochtree
+    from training.candidates import BayesianCausalForest
+
+    X, t, y = _trial(200, 7, prognosis=0.8, modifier=1.0)
+    model = BayesianCausalForest(num_gfr=4, num_mcmc=160, num_chains=4, num_burnin=20, mu_trees=20, tau_trees=10, random_state=3)
+    model.fit(X, t, y)
+    sent = pickle.loads(pickle.dumps(model))  # what a worker returns
+    live = model.thin_for_serving(40, X)  # thinned with the live stochtree model
+    reference = live.flat_forests()
+    index = live.serve_index_
+    expected_mu = flatten_stochtree(live._model().forest_container_mu, index)
+    monkeypatch.setattr(BayesianCausalForest, "_model", lambda self: pytest.fail("stochtree's model was rebuilt from JSON"))
+    sent.thin_for_serving(40, X)
+    assert np.array_equal(sent.serve_index_, index)
+    for part in ("mu", "tau"):
+        for name in ("feature", "threshold", "left", "right", "value", "roots", "slot_starts"):
+            assert np.array_equal(getattr(sent.flat_[part], name), getattr(reference[part], name)), (part, name)
+        assert sent.flat_[part].n_draws == 40
+    assert np.array_equal(sent.flat_["mu"].left, expected_mu.left) and sent.flat_["mu_offset"] == reference["mu_offset"]
+    assert np.array_equal(sent.flat_["tau_offset"], reference["tau_offset"])
+    assert np.array_equal(sent.benefit_draws(X), live.benefit_draws(X))
+    served = pickle.loads(pickle.dumps(sent))  # explanation trees made from the flat forests of the served draws
+    explanation = served.explain(X.head(5))
+    np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), served.predict_benefit(X.head(5)), atol=1e-9)
+    np.testing.assert_allclose(explanation.benefit.values, live.explain(X.head(5)).benefit.values, atol=1e-12)
+
+
 def test_a_model_stored_in_an_older_format_is_refused_with_one_line():
     from types import SimpleNamespace
 

@@ -282,6 +282,7 @@ def test_training_tables():
     assert rates[1][0] == "500" and rates[1][1].startswith("1/4 = 25%") and rates[1][2].startswith("1/4")
 
 
+@pytest.mark.slow  # a child benchmark process that runs the heterogeneity test on a 400-patient trial (about 11 s)
 def test_a_measured_child_process_reports_time_and_memory(tmp_path):
     result = run_child(["benchmarks.training", "level", "--sizes", "400", "--replicates", "1"], 600, tmp_path / "child.log")
     assert set(result.payload["p_values"]) == {"sharp:400", "null:400"}
@@ -353,3 +354,7 @@ def test_serving_throughput_says_what_is_compared_and_gives_both_ratios():
     assert "one request to our `/predict` answers every outcome" in markdown and "answers one outcome" in markdown
     assert "5.0x per request, 8.0x per outcome answer" in markdown
     assert "200 requests/s (2 outcomes each) vs the pain server's 40.0 (1 outcome each)" in markdown
+    run = {"patients": 100_000, "scored": 100_000, "progress_lines": 5, "load": 1.0, "mib": 10.0}
+    batch_files = {"batch_cli": {**run, "seconds": 50.0, "rate": 2_000.0, "cpu": 40.0}, "batch_parquet": {**run, "seconds": 10.0, "rate": 10_000.0, "cpu": 9.5}}
+    markdown = serving._markdown(results, None, {}, {}, serving.QUICK, True, extra={"champions": {"pain": "bcf (v1)"}, **batch_files})
+    assert "| `responders predict`, 100,000 patients (CSV to Parquet, child process) | >= 50,000 patients/s | 10,000 patients/s | 10.0 s wall, 9.5 s CPU; 5.0x the JSON output's rate |" in markdown

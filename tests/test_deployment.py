@@ -79,6 +79,7 @@ def store(tmp_path_factory):
 
 
 # The warm-up -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the shared serving store: a whole training job (about 35 s)
 def test_synthetic_warm_up_patients_carry_no_patient_data(store):
     from core.spec import load_spec
     from serving.scoring import Scorer, resolve_champions

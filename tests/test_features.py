@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from core.data import model_inputs
 from features.catalog import load_catalog
-from features.labs import LabValueError, parse_lab_value
+from features.labs import LabValueError, parse_lab_cells, parse_lab_value
 from features.pipeline import build_feature_pipeline, feature_info, fitted_parts, input_warnings, lab_issues
 from features.transformers import InflammationFeatures, LabParseError, MedianImputer
 from training.simulate import simulate
@@ -274,3 +274,38 @@ def test_text_in_a_numeric_column_is_an_issue_not_a_silent_imputation(fitted, fi
     assert (issue.column, issue.raw, issue.reason) == ("age", "fifty", "not a number")
     with pytest.raises(LabParseError, match="age"):
         fitted.transform(row)
+
+
+CELLS = [
+    "3.2", " 3,2 ", "<0.3", "0.1", "0", "-1", "+3", "3.", "inf", "nan", "", "NA", None, math.nan, 2.5, 10**9, "1e5", "1E-2", True,
+    "\u0661\u0662", "pos", "negative", "1:160", 160, "abc", np.float64(4.0), np.int64(3), 0.0, 1e-9, ["3.2"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("analyte", ["crp", "il6", "ana", "rf", "anti_tpo"])
+@pytest.mark.parametrize("units", ["none", "all missing", "some mg/dL"])
+def test_parsing_a_column_gives_each_cells_own_result(analyte, units):
+    """The column parser (array path for plain numbers, one parse per distinct text) agrees with parse_lab_value cell by cell."""
+    lab = load_catalog()[analyte]
+    row_units = {"none": None, "all missing": [None] * len(CELLS), "some mg/dL": ["mg/dL" if i % 3 == 0 else None for i in range(len(CELLS))]}[units]
+    values, below, issues = parse_lab_cells(CELLS, lab, "cell", None, row_units)
+    for i, cell in enumerate(CELLS):
+        found = [issue for issue in issues if issue.row == i]
+        try:
+            result = parse_lab_value(cell, lab, row_units[i] if row_units else None)
+        except (LabValueError, TypeError) as err:
+            assert len(found) == 1 and found[0].reason == getattr(err, "reason", None) and found[0].raw is cell, (cell, found)
+            assert math.isnan(values[i]) and below[i] == 0
+            continue
+        assert not found, (cell, found)
+        assert (math.isnan(result.value) and math.isnan(values[i])) or result.value == values[i], (cell, result, values[i])
+        assert below[i] == float(result.below_lod)
+    numbers = np.array([0.05, 3.0, 250.0, np.nan, 1e6])  # a float column: the array path only (1e6 is implausible)
+    values, below, issues = parse_lab_cells(numbers, lab, "cell")
+    for i, number in enumerate(numbers):
+        try:
+            expected = parse_lab_value(number, lab)
+        except LabValueError as err:
+            assert [issue.reason for issue in issues if issue.row == i] == [err.reason]
+            continue
+        assert (math.isnan(expected.value) and math.isnan(values[i])) or expected.value == values[i]

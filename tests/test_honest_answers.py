@@ -309,6 +309,7 @@ def test_explanations_have_one_driver_per_input_and_add_up(spec, final_99):
             assert not all_fields & {"inflammation_index", "markers_above_reference", "autoantibody_burden", "nlr"}
 
 
+@pytest.mark.slow  # a whole training job (about 15 s)
 def test_default_draw_answers_with_what_the_trial_identifies(tmp_path, spec):
     """The default trial size: without established effect modification no patient label and no drivers of benefit."""
     from training.published import DEFAULT_SEED

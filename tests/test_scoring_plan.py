@@ -262,7 +262,17 @@ def test_tree_paths_agree_with_each_other(spec, final_99, monkeypatch):
             library_mu, library_tau = candidate.midpoint_draws(X)  # the forests themselves (mu at the coding midpoint)
             np.testing.assert_allclose(mu, library_mu, rtol=0, atol=1e-12)
             np.testing.assert_allclose(tau, library_tau, rtol=0, atol=1e-12)
-        else:
+            # The compiled walk (what the plan serves): the library's numbers, a row's alone or in any batch, any threads.
+            compiled = plan.mu.predict_compiled(X) + plan.mu_offset
+            np.testing.assert_allclose(compiled, library_mu, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(plan.tau.predict_compiled(X) + plan.tau_offset, library_tau, rtol=0, atol=1e-12)
+            many = np.vstack([X] * 40)  # enough rows to split over two threads
+            assert np.array_equal(plan.mu.predict_compiled(many, threads=2)[: len(X)], plan.mu.predict_compiled(X))
+            assert np.array_equal(np.vstack([plan.mu.predict_compiled(X[[i]]) for i in range(5)]), plan.mu.predict_compiled(X)[:5])
+        elif name == "t_learner":
+            with pytest.raises(ValueError, match="without missing-value rules"):
+                plan.forest.predict_compiled(X)  # LightGBM's NaN and zero rules are not in the compiled walk
+        if name != "bcf":
             arrays = plan.forest.predict(X)
             library = np.column_stack([b.predict(X, raw_score=True) for b in plan.boosters])
             np.testing.assert_allclose(arrays, library, rtol=0, atol=1e-12)
@@ -288,3 +298,140 @@ def test_concatenated_forests_keep_each_booster_apart(spec, final_99):
     forest = concat_forests([flatten_lightgbm(b)[0] for b in boosters])
     X = F.to_numpy(float)
     np.testing.assert_allclose(forest.predict(X), np.column_stack([b.predict(X, raw_score=True) for b in boosters]), rtol=0, atol=1e-12)
+
+
+# `responders predict` to a table: column by column, the API's answers ------------------------------------------------
+def _scorer(spec, models: dict[str, ResponderModel]):
+    from serving import schemas as S
+    from serving.scoring import Champion, Scorer
+
+    refs = {name: S.ModelRef(registered_model=f"m-{name}", version="1", training_run_id="r", candidate=name) for name in models}
+    return Scorer(spec, {name: Champion(name, model, refs[name]) for name, model in models.items()})
+
+
+def _awkward(spec, patients: pd.DataFrame) -> pd.DataFrame:
+    """The patients with rows the request model or the lab parser refuses, and rows it accepts in another form."""
+    frame = patients.head(300).astype(object).copy()
+    numeric = [c for c, s in spec.covariates.items() if s.kind == "numeric"] + spec.baseline_score_columns()
+    categorical = [c for c, s in spec.covariates.items() if s.kind == "categorical"]
+    frame.loc[0, spec.id_column] = " padded"
+    frame.loc[1, spec.id_column] = None  # no id: named by its row
+    if numeric:
+        frame.loc[2, numeric[0]] = "abc"
+        frame.loc[3, numeric[0]] = 1e9
+        frame.loc[6, numeric[-1]] = "  "  # blank: missing
+    required = [c for c in spec.required_columns() if c in frame.columns and c != spec.id_column and c in patient_fields(spec)]
+    frame.loc[5, required[0]] = None
+    frame.loc[4, categorical[0]] = "zz"
+    frame.loc[12, categorical[-1]] = None
+    if spec.labs:
+        lab = next(iter(spec.labs.values())).column
+        frame.loc[7, lab] = "x" * 40
+        frame.loc[8, lab] = "<0"
+        frame.loc[9, lab] = " 3,5 "
+        if f"{lab}_unit" in patient_fields(spec):
+            frame.loc[10, f"{lab}_unit"] = "furlongs"
+            frame.loc[11, f"{lab}_unit"] = "y" * 20
+    return frame
+
+
+def patient_fields(spec) -> list[str]:
+    from features.catalog import load_catalog
+    from serving.schemas import patient_model
+
+    return list(patient_model(spec, load_catalog()).model_fields)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix):
+    import json
+
+    from serving.scoring import (
+        read_patient_columns,
+        read_patients,
+        score_rows,
+        score_table,
+        score_table_in_blocks,
+        write_table,
+    )
+
+    spec = layout["spec"]
+    models = {name: layout["models"][name] for name in ("arm_only", "risk_model", "bcf")}
+    scorer = _scorer(spec, models)
+    frame = _awkward(spec, layout["patients"])
+    path = tmp_path / f"patients{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.astype(str).where(frame.notna(), None).to_parquet(path, index=False)
+    columns, n = read_patient_columns(path, spec)
+    table = score_table(scorer, columns, n)
+    blocks = score_table_in_blocks(scorer, columns, n, block=97)  # what `responders predict` runs: the same rows in blocks
+    pd.testing.assert_frame_equal(blocks, table)
+    api = score_rows(scorer, read_patients(path, spec)).results  # what POST /predict answers for the same rows
+    assert len(table) == len(api) == len(frame)
+    failed = 0
+    for i, result in enumerate(api):
+        row = table.iloc[i]
+        assert row["patient_id"] == result.patient_id
+        errors = [e.model_dump(mode="json") for e in result.errors]
+        assert (json.loads(row["errors"]) if row["errors"] is not None else []) == errors, (i, row["errors"], errors)
+        if result.predictions is None:
+            failed += 1
+            assert all(np.isnan(row[f"{o}_{f}"]) for o in models for f in NUMBERS) and row["warnings"] is None
+            continue
+        assert json.loads(row["warnings"]) == [w.model_dump(mode="json") for w in result.warnings], i
+        for outcome, prediction in result.predictions.items():
+            got = [row[f"{outcome}_{f}"] for f in NUMBERS]
+            want = [prediction.p_response_treated, prediction.p_response_control, prediction.benefit,
+                    prediction.benefit_interval.lower, prediction.benefit_interval.upper]  # fmt: skip
+            assert got == want, (i, outcome)  # the same floats, not merely close
+            assert row[f"{outcome}_patient_label"] == prediction.patient_label
+            assert row[f"{outcome}_patient_label_reason"] == prediction.patient_label_reason
+            assert row[f"{outcome}_answer"] == prediction.answer
+    assert failed >= (8 if spec.labs else 3)  # every awkward row the model or the parser refuses
+    for out in (tmp_path / "scores.parquet", tmp_path / "scores.jsonl"):
+        write_table(table, out, scorer)
+    back = pd.read_parquet(tmp_path / "scores.parquet")
+    assert list(back.columns) == list(table.columns)
+    for column in table.columns:
+        assert [None if pd.isna(v) else v for v in back[column]] == [None if pd.isna(v) else v for v in table[column]], column
+    lines = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert len(lines) == len(table)
+    for line, (_, row) in zip(lines, table.iterrows(), strict=True):
+        for key, value in line.items():
+            expected = row[key]
+            if key in ("errors", "warnings") and isinstance(expected, str):
+                assert value == json.loads(expected), key  # nested lists in a line, JSON text in the Parquet file
+            elif isinstance(expected, float) and np.isnan(expected):
+                assert value is None
+            else:
+                assert value == expected, key  # floats read back bit for bit
+
+
+def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout, tmp_path):
+    """JSON rows keep what was sent: an unknown key, a missing required field or a number too large for a float
+    are the request model's errors, as over HTTP; the other rows get the API's numbers."""
+    import json
+
+    from serving.scoring import read_patients, score_rows, score_table
+
+    spec = layout["spec"]
+    scorer = _scorer(spec, {name: layout["models"][name] for name in ("arm_only", "bcf")})
+    frame = layout["patients"].head(40).astype(object)
+    rows = [{k: v for k, v in row.items() if k in patient_fields(spec) and not pd.isna(v)} for row in frame.to_dict(orient="records")]
+    rows[0]["favourite_colour"] = "blue"
+    required = [c for c in spec.required_columns() if c in rows[1] and c != spec.id_column]
+    del rows[1][required[0]]
+    if spec.labs:
+        rows[2][next(iter(spec.labs.values())).column] = 10**400
+    path = tmp_path / "patients.json"
+    path.write_text(json.dumps({"patients": rows}))
+    given = read_patients(path, spec)
+    columns = {c: [r.get(c) for r in given] for c in dict.fromkeys(k for r in given for k in r)}
+    table = score_table(scorer, columns, len(given), given.__getitem__)
+    api = score_rows(scorer, given).results
+    for i, result in enumerate(api):
+        row = table.iloc[i]
+        errors = [e.model_dump(mode="json") for e in result.errors]
+        assert (json.loads(row["errors"]) if isinstance(row["errors"], str) else []) == errors, i
+        if result.predictions is not None:
+            assert [row[f"bcf_{f}"] for f in NUMBERS[:3]] == [getattr(result.predictions["bcf"], f) for f in NUMBERS[:3]]
+    assert table["errors"].notna().sum() >= (3 if spec.labs else 2)

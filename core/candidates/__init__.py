@@ -107,7 +107,6 @@ from core.candidates.base import (  # noqa: F401
     stratified_subsample,
 )
 from core.candidates.bcf import (  # noqa: F401
-    FLAT_CELLS,
     BayesianCausalForest,
     _probit_to_probability,
     _tau0,
@@ -157,4 +156,4 @@ from core.candidates.t_learner import (  # noqa: F401
     TLearner,
 )
 
-__all__ = ["ArmOnly", "BCF", "BayesianCausalForest", "BenefitCandidate", "BootstrapEnsemble", "CANDIDATES", "CANDIDATE_ORDER", "Contributions", "DRLearner", "Explanation", "FLAT_CELLS", "FLOOR", "InteractionLogistic", "KEEP_TRAINING_DATA_BELOW", "LGBMModel", "LIBLINEAR_MAX_N", "MODELS", "PROB_CLIP", "RiskModel", "Scoring", "TLearner", "candidate_label", "crossfit_score", "fit_lgbm", "fit_logistic", "fit_logistic_cv", "fit_scaler", "logistic_solver", "make_candidate", "stratified_subsample"]
+__all__ = ["ArmOnly", "BCF", "BayesianCausalForest", "BenefitCandidate", "BootstrapEnsemble", "CANDIDATES", "CANDIDATE_ORDER", "Contributions", "DRLearner", "Explanation", "FLOOR", "InteractionLogistic", "KEEP_TRAINING_DATA_BELOW", "LGBMModel", "LIBLINEAR_MAX_N", "MODELS", "PROB_CLIP", "RiskModel", "Scoring", "TLearner", "candidate_label", "crossfit_score", "fit_lgbm", "fit_logistic", "fit_logistic_cv", "fit_scaler", "logistic_solver", "make_candidate", "stratified_subsample"]

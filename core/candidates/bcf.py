@@ -143,6 +143,7 @@ class BayesianCausalForest(BenefitCandidate):
             if getattr(self, "model_json_", None) is None:
                 self.model_json_ = zlib.compress(self._live.to_json().encode(), 6)
             self.flat_forests()
+        if getattr(self, "_live", None) is not None or getattr(self, "flat_", None) is not None:  # forests to explain with
             if getattr(self, "explain_trees_", None) is None and getattr(self, "explain_packed_", None) is None:
                 if getattr(self, "_train_F", None) is not None:
                     self.explain_trees_ = self._explain_trees(self._train_F)
@@ -218,9 +219,9 @@ class BayesianCausalForest(BenefitCandidate):
     def _forest_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The forests' own posterior draws: ``mu`` (the prognosis at the coding's midpoint) and ``tau``."""
         n = len(F)
-        flat = getattr(self, "flat_", None)  # a loaded model: a few rows from the flat forests, as the served plan does
-        if flat is not None and n * (len(flat["mu"].roots) + len(flat["tau"].roots)) <= FLAT_CELLS:
-            return flat["mu"].predict(F) + flat["mu_offset"], flat["tau"].predict(F) + flat["tau_offset"][None, :]
+        flat = getattr(self, "flat_", None)  # a loaded model: the flat forests' compiled walk, as the served plan does
+        if flat is not None:
+            return flat["mu"].predict_compiled(F) + flat["mu_offset"], flat["tau"].predict_compiled(F) + flat["tau_offset"][None, :]
         out = self._model().predict(F, np.ones(n), np.full(n, self.treated_fraction), terms=["mu", "tau"], type="posterior")
         mu, tau = np.asarray(out["mu_hat"]).reshape(n, -1), np.asarray(out["tau_hat"]).reshape(n, -1)
         index = getattr(self, "serve_index_", None)
@@ -234,9 +235,15 @@ class BayesianCausalForest(BenefitCandidate):
         thinning. The difference thinning makes to the interval limits is
         measured by the training job (:func:`training.diagnostics.thin_and_measure`). ``X``: the training rows.
         """
-        total = self._model().num_samples
+        flat = getattr(self, "flat_", None) if getattr(self, "serve_index_", None) is None else None  # every retained draw
+        total = flat["mu"].n_draws if flat is not None else self._model().num_samples
         self.serve_index_ = None if draws >= total else np.unique(np.linspace(0, total - 1, draws).round().astype(int))
-        self.flat_ = self.explain_trees_ = self.explain_packed_ = self._explainer = None
+        self.explain_trees_ = self.explain_packed_ = self._explainer = None
+        if flat is not None and self.serve_index_ is not None:  # a fit sent back from a worker: no stochtree JSON to parse
+            index = self.serve_index_
+            flat = {"mu": flat["mu"].take_draws(index), "tau": flat["tau"].take_draws(index), "mu_offset": flat["mu_offset"],
+                    "tau_offset": np.asarray(flat["tau_offset"])[index]}  # fmt: skip
+        self.flat_ = flat
         self._train_F = _matrix(X, self.features_)  # the explanation trees' node covers, rebuilt for the served draws
         return self
 
@@ -298,7 +305,6 @@ class BayesianCausalForest(BenefitCandidate):
 
 
 
-FLAT_CELLS = 120_000  # rows x trees up to which the flat forests beat stochtree's predict (core.runtime.arms.ARRAY_CELLS)
 
 
 def _tau0(model) -> np.ndarray:

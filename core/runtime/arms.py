@@ -13,8 +13,10 @@ control) and the model's own interval (the served interval):
   flattened into one :class:`~core.runtime.forests.TreeArrays` and walked at
   once for a few patients; for larger batches LightGBM's own ``predict`` per
   booster (the same numbers; the arrays lose to it past a few rows);
-- ``bcf``: the posterior forests flattened (200 draws x 150 trees walked at
-  once) for a few patients, stochtree's own ``predict`` for larger batches.
+- ``bcf``: the posterior forests flattened (200 draws x 150 trees) and walked
+  in a compiled loop (:meth:`~core.runtime.forests.TreeArrays.predict_compiled`)
+  for one patient or 10^5: stochtree's model (its JSON: seconds to parse, for
+  every retained draw, not only the served ones) is never rebuilt for scoring.
 
 Each plan equals the candidate's ``predict_arms`` and the artefact's
 ``model_interval`` to 1e-12 (tests/test_scoring_plan.py), and the two tree
@@ -205,7 +207,9 @@ class TreeArms:
 
 
 class PosteriorForestArms:
-    """BCF: the posterior draws of both forests, from flattened arrays for a few rows, stochtree for batches."""
+    """BCF: the posterior draws of both forests, from the flattened arrays in a compiled loop (any batch size)."""
+
+    threads = 1  # rows split over this many threads (``responders predict`` sets it; a serving worker uses one)
 
     def __init__(self, candidate: Any, level: float):
         self.level = level
@@ -215,14 +219,11 @@ class PosteriorForestArms:
         self.tau_offset = np.asarray(arrays["tau_offset"], dtype=float)
         self.trees = len(self.mu.roots) + len(self.tau.roots)
         self.control_code = float(arrays["control_code"])
-        self.model_draws = arrays["probit_draws"]  # the model's own evaluation, faster for batches
 
     def probit_draws(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, draws) posterior draws of the control arm's probit and of the effect tau (treated: control + tau)."""
-        if len(F) * self.trees <= ARRAY_CELLS:
-            tau = self.tau.predict(F) + self.tau_offset[None, :]
-            return self.mu.predict(F) + self.mu_offset + self.control_code * tau, tau
-        return self.model_draws(F)
+        tau = self.tau.predict_compiled(F, self.threads) + self.tau_offset[None, :]
+        return self.mu.predict_compiled(F, self.threads) + self.mu_offset + self.control_code * tau, tau
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, tau = self.probit_draws(F)

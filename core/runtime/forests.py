@@ -9,7 +9,11 @@ into node arrays, all trees of all models are evaluated at once:
 rows and trees (only trees that have not reached a leaf take the next step),
 and sums each model's ("slot's") trees. :func:`flatten_stochtree` gives exactly
 what stochtree predicts and :func:`flatten_lightgbm` what ``Booster.predict``
-predicts (both checked in the tests to 1e-12); :meth:`TreeArrays.shap_trees`
+predicts (both checked in the tests to 1e-12). For trees without missing-value
+rules (stochtree's), :meth:`TreeArrays.predict_compiled` walks the same arrays
+in a compiled loop (numba): the same numbers to 1e-12, for one patient or 10^5
+(a BCF batch of 10^5 patients in seconds, without parsing stochtree's JSON).
+:meth:`TreeArrays.shap_trees`
 exports trees in the dictionary form ``shap.TreeExplainer`` accepts, so BCF
 explanations use TreeSHAP like every other tree model here.
 
@@ -67,7 +71,7 @@ class TreeArrays:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_inner_trees", "_root_values", "_general_missing"):
+        for key in ("_inner_trees", "_root_values", "_general_missing", "_compiled"):
             state.pop(key, None)
         return state
 
@@ -112,6 +116,61 @@ class TreeArrays:
         if self.trees_per_draw and self.n_draws * self.trees_per_draw == len(self.roots):
             return values.reshape(len(values), self.n_draws, self.trees_per_draw).sum(axis=2)
         return np.add.reduceat(values, self.slot_starts, axis=1)
+
+    def take_draws(self, draws: np.ndarray) -> TreeArrays:
+        """The posterior draws ``draws`` (indices, in order) of a stochtree forest: what :func:`flatten_stochtree` gives for them."""
+        if not self.trees_per_draw or self.n_draws * self.trees_per_draw != len(self.roots):
+            raise ValueError("take_draws needs a stochtree forest (the same number of trees in every draw)")
+        draws = np.asarray(draws, dtype=np.intp)
+        ends = np.r_[self.roots[self.trees_per_draw :: self.trees_per_draw], len(self.feature)]  # node after each draw's last
+        starts, stops = self.roots[draws * self.trees_per_draw], ends[draws]
+        sizes = stops - starts
+        shift = np.repeat(np.cumsum(np.r_[0, sizes[:-1]]) - starts, sizes)  # new node id = old id + shift
+        keep = np.repeat(starts, sizes) + (np.arange(sizes.sum()) - np.repeat(np.cumsum(np.r_[0, sizes[:-1]]), sizes))
+        trees = (draws[:, None] * self.trees_per_draw + np.arange(self.trees_per_draw)).ravel()
+        tree_shift = np.repeat(np.cumsum(np.r_[0, sizes[:-1]]) - starts, self.trees_per_draw)
+        left, right = self.left[keep], self.right[keep]
+        return TreeArrays(
+            feature=self.feature[keep],
+            threshold=self.threshold[keep],
+            left=np.where(left >= 0, left + shift, -1),
+            right=np.where(right >= 0, right + shift, -1),
+            value=self.value[keep],
+            roots=self.roots[trees] + tree_shift,
+            slot_starts=np.arange(len(draws), dtype=np.intp) * self.trees_per_draw,
+            max_depth=self.max_depth,
+            n_draws=len(draws),
+            trees_per_draw=self.trees_per_draw,
+        )
+
+    def predict_compiled(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+        """:meth:`predict` in a compiled loop: every row's walk down every tree, summed by slot.
+
+        Only for trees without missing-value rules (stochtree's; LightGBM's go
+        through :meth:`predict`). A row's sums do not depend on the other rows
+        of the batch: a patient gets the same numbers alone or among 10^5.
+        ``threads``: the rows split over that many threads (the compiled loop
+        releases the GIL) for a batch job; a serving worker uses one.
+        """
+        if self.missing_type is not None:
+            raise ValueError("predict_compiled walks trees without missing-value rules (stochtree's), not LightGBM's")
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        compiled = getattr(self, "_compiled", None)
+        if compiled is None:
+            compiled = self._compiled = _compile_walk(self)
+        children, feature, threshold, depth, slot, roots = compiled
+        kernel = _kernel()
+
+        def walk(part: np.ndarray) -> np.ndarray:
+            return kernel(part, feature, threshold, children, self.value, roots, depth, slot, self.n_slots, WALK_BLOCK)
+
+        parts = max(1, min(int(threads), len(X) // (16 * WALK_BLOCK)))
+        if parts == 1:
+            return walk(X)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(parts) as pool:
+            return np.vstack(list(pool.map(walk, np.array_split(X, parts))))
 
     def shap_trees(self, X_train: np.ndarray, draws: np.ndarray, scale: float) -> list[dict]:
         """Trees of the given draws as ``shap.TreeExplainer`` dictionaries, leaf values times ``scale``.
@@ -158,6 +217,55 @@ class TreeArrays:
                     }
                 )
         return out
+
+
+# Rows per block of the compiled walk: a block's rows go down one tree before the next tree (the tree's nodes
+# stay in cache); measured on 2 cores with a BCF champion's 30,000 trees, 64 rows beat 32 and 256.
+WALK_BLOCK = 64
+_KERNEL = None
+
+
+def _compile_walk(arrays: TreeArrays) -> tuple[np.ndarray, ...]:
+    """The arrays of the compiled walk: leaves point to themselves (a fixed number of steps per tree, no branch on leaves)."""
+    leaf = arrays.left < 0
+    nodes = np.arange(len(arrays.left))
+    children = np.empty(2 * len(nodes), dtype=np.int64)
+    children[0::2] = np.where(leaf, nodes, arrays.left)
+    children[1::2] = np.where(leaf, nodes, arrays.right)
+    feature = np.where(leaf, 0, arrays.feature).astype(np.int64)
+    threshold = np.where(leaf, np.inf, arrays.threshold)
+    inner = np.flatnonzero(~leaf)
+    level = np.zeros(len(nodes), dtype=np.int64)
+    for _ in range(arrays.max_depth):  # each pass moves the depths one level further down
+        level[arrays.left[inner]] = level[arrays.right[inner]] = level[inner] + 1
+    depth = np.maximum.reduceat(level, arrays.roots)  # a tree's nodes run from its root to the next tree's root
+    slot = np.repeat(np.arange(arrays.n_slots), np.diff(np.r_[arrays.slot_starts, len(arrays.roots)])).astype(np.int64)
+    return children, feature, threshold, depth, slot, arrays.roots.astype(np.int64)
+
+
+def _walk(X, feature, threshold, children, value, roots, depth, slot, n_slots, block):  # pragma: no cover - compiled by numba
+    n = X.shape[0]
+    out = np.zeros((n, n_slots))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        for t in range(roots.shape[0]):
+            root, s, d = roots[t], slot[t], depth[t]
+            for i in range(start, stop):
+                node = root
+                for _ in range(d):  # x <= threshold goes left (a leaf goes to itself); NaN goes right
+                    node = children[2 * node + (0 if X[i, feature[node]] <= threshold[node] else 1)]
+                out[i, s] += value[node]
+    return out
+
+
+def _kernel():
+    """The walk compiled once (numba caches the machine code next to this file); it releases the GIL."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        _KERNEL = numba.njit(cache=True, nogil=True)(_walk)
+    return _KERNEL
 
 
 SHAP_TREE_KEYS = ("children_left", "children_right", "children_default", "features", "thresholds", "values", "node_sample_weight")

@@ -170,8 +170,10 @@ class ScoringPlan:
 
     def parse(self, patients: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Parsed], dict[int, list[LabIssue]]]:
         """Every outcome's parsed batch and the unusable cells by row (each row and column once)."""
-        n = len(patients)
-        columns = {c: [p.get(c) for p in patients] for c in self.columns}
+        return self.parse_columns({c: [p.get(c) for p in patients] for c in self.columns}, len(patients))
+
+    def parse_columns(self, columns: Mapping[str, Sequence[Any]], n: int) -> tuple[dict[str, Parsed], dict[int, list[LabIssue]]]:
+        """:meth:`parse` on the patients' columns (a file read column by column; absent columns are missing)."""
         parsed: dict[str, Parsed] = {}
         issues: dict[int, list[LabIssue]] = {}
         seen: set[tuple[int, str]] = set()
