@@ -165,8 +165,8 @@ class Scorer:
                 "model": c.ref,
                 "level": c.model.interval_level,
                 "kind": c.model.label_policy.interval_kind,
-                "estimand": c.model.label_policy.estimand(*self._names, Wording.of(spec.outcomes[o])),
-                "wording": Wording.of(spec.outcomes[o]),
+                "estimand": c.model.label_policy.estimand(*self._names, Wording.of(spec.outcomes.get(o))),
+                "wording": Wording.of(spec.outcomes.get(o)),
                 "population": population_answer(c.model),
             }
             for o, c in champions.items()
@@ -731,7 +731,12 @@ def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shared = {o: {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in fixed.items()} for o, fixed in scorer._fixed.items()}
+    def plain(key: str, value: Any) -> tuple[str, Any]:
+        if key == "wording":  # an event to prevent: its risk is 1 - p_response on each arm (as the API's `event` field says)
+            return "event_to_prevent", value.event
+        return key, value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    shared = {o: dict(plain(k, v) for k, v in fixed.items()) for o, fixed in scorer._fixed.items()}
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     meta = {**(arrow.schema.metadata or {}), b"responders": json.dumps({"outcomes": shared, "simulated_training_data": scorer.simulated}).encode()}
     pq.write_table(arrow.replace_schema_metadata(meta), out)
