@@ -237,7 +237,9 @@ def _in_process_prediction(uri: str, patient: dict) -> dict:
 @pytest.mark.integration
 def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_repository(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([str(BIN / "uv"), "build", "-q", "--wheel", "--out-dir", str(dist), str(ROOT)], check=True, env=_uv_env(), timeout=300)
+    # The sdist first, then the wheel from the unpacked sdist (uv build's default): as a package index builds it,
+    # and never from a stale build/lib of the working tree (which would ship modules and templates since deleted).
+    subprocess.run([str(BIN / "uv"), "build", "-q", "--out-dir", str(dist), str(ROOT)], check=True, env=_uv_env(), timeout=300)
     [wheel] = dist.glob("ldn_responders-*.whl")
     python = _fresh_venv(tmp_path / "venv", str(wheel))
     venv_bin = python.parent
