@@ -104,8 +104,9 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
     """
     shared_data, configs, pipelines = {}, {}, {}
     for outcome, result in results.items():
-        data = with_parsed(result.data, spec)
-        pipelines[outcome], F = fit_pipeline(spec, data.X, data.parsed)
+        own = result.spec or spec  # a comparison's two-arm spec (three or more arms)
+        data = with_parsed(result.data, own)
+        pipelines[outcome], F = fit_pipeline(own, data.X, data.parsed)
         configs[outcome] = config.resolved(len(data.y))
         shared_data[outcome] = (F, data.t, data.y, data.treated_fraction)
     shared = _FinalShared(shared_data, {k: r.champion for k, r in results.items()}, configs)
@@ -195,6 +196,8 @@ def fit_champion(
             "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == BCF else None,
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
+            # Three or more arms: the comparison this model answers (serving keys and names its answers by it).
+            **({"comparison": result.comparison.describe()} if result.spec is not None else {}),
         },
     )
     model.label_policy = build_policy(
@@ -242,11 +245,21 @@ def evaluate_outcome(
     return cv, path, permutation
 
 
+def _own(result: OutcomeResult, frame: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, DatasetSpec]:
+    """The rows and two-arm spec a result was fitted on (its comparison's, with three or more arms)."""
+    if result.comparison is None or result.comparison.key is None:
+        return frame, spec
+    return frame.loc[result.comparison.rows(frame)].reset_index(drop=True), result.comparison.spec
+
+
 def decide_answers(results: dict[str, OutcomeResult], frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig) -> None:
-    """Holm over the outcomes' tests, the adjusted average effects, and each outcome's answer and champion (in place)."""
+    """Holm over the outcomes' tests, the adjusted average effects, and each outcome's answer and champion (in place).
+
+    With three or more arms the family is every comparison x outcome: Holm runs over all of them at once.
+    """
     adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
     effects = adjust(
-        {k: average_effect(frame, spec, k, config) for k in results},
+        {k: average_effect(*_own(r, frame, spec), r.outcome, config) for k, r in results.items()},
         alpha=config.evidence.alpha,
     )
     for outcome, result in results.items():
@@ -302,28 +315,34 @@ def fit_trial(
     phase = phase or (lambda *args, **kwargs: None)
     results: dict[str, OutcomeResult] = {}
     phase("parse the lab values once", "data")
-    parsed = parsed_inputs(spec, model_inputs(frame, spec))
-    for outcome in spec.outcomes:
-        phase("labels", "data", outcome=outcome)
-        data, counts = outcome_data(frame, spec, outcome, config, parsed)
+    parsed_all = parsed_inputs(spec, model_inputs(frame, spec))
+    # One comparison for a two-arm trial (this spec, every row); with three or more arms, each comparison
+    # is fitted on its two arms' patients with its two-arm spec. Holm then runs across all of them.
+    for comparison in spec.comparisons():
+        rows = comparison.rows(frame) if comparison.key is not None else np.ones(len(frame), dtype=bool)
+        sub, own = frame.loc[rows].reset_index(drop=True), comparison.spec
+        parsed = parsed_all.loc[rows].reset_index(drop=True)
+        for outcome in spec.outcomes:
+            key = comparison.result_key(outcome)
+            phase("labels", "data", outcome=key)
+            data, counts = outcome_data(sub, own, outcome, config, parsed)
 
-        def outcome_phase(label: str, kind: str, step: bool = False, outcome: str = outcome) -> None:
-            phase(label, kind, step=step, outcome=outcome)
+            def outcome_phase(label: str, kind: str, step: bool = False, key: str = key) -> None:
+                phase(label, kind, step=step, outcome=key)
 
-        cv, path, permutation = evaluate_outcome(data, spec, config, executor, outcome, phase=outcome_phase)
-        results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, path=path)
-    # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
-    for outcome, effect in sensitivity_effects(frame, spec, config).items():
-        results[outcome].average_effect_sensitivity = effect
-    # Event by a horizon: the IPCW estimate beside the primary analysis, which excludes early censoring.
-    for outcome in spec.event_by_outcomes():
-        if outcome in results:
-            results[outcome].censoring = censoring_sensitivity(frame, spec, outcome, seed=config.seed)
+            cv, path, permutation = evaluate_outcome(data, own, config, executor, key, phase=outcome_phase)
+            results[key] = OutcomeResult(outcome, counts, data, cv, permutation, path=path, comparison=comparison)
+        # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
+        for outcome, effect in sensitivity_effects(sub, own, config).items():
+            results[comparison.result_key(outcome)].average_effect_sensitivity = effect
+        # Event by a horizon: the IPCW estimate beside the primary analysis, which excludes early censoring.
+        for outcome in own.event_by_outcomes():
+            results[comparison.result_key(outcome)].censoring = censoring_sensitivity(sub, own, outcome, seed=config.seed)
     phase("refit the champions", "final fits", step=True)
     decide_answers(results, frame, spec, config)
     fitted = final_fits(results, spec, config, executor)
-    for outcome, result in results.items():
-        phase("assemble the served model", "final fits", outcome=outcome)
+    for key, result in results.items():
+        phase("assemble the served model", "final fits", outcome=key)
         _, evidence = evidence_of(result, config)
-        result.model = fit_champion(result, spec, config, evidence, provenance, fitted[outcome])
+        result.model = fit_champion(result, result.spec or spec, config, evidence, provenance, fitted[key])
     return results

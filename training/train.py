@@ -18,6 +18,7 @@ import tempfile
 import time
 import warnings
 from contextlib import ExitStack
+from html import escape
 from pathlib import Path
 
 import mlflow
@@ -182,6 +183,40 @@ def promote(results: dict[str, OutcomeResult], client: MlflowClient) -> None:
         result.champion_version = str(current.version) if current else None
 
 
+def _by_comparison(
+    results: dict[str, OutcomeResult], frame: pd.DataFrame, spec: DatasetSpec
+) -> list[tuple[str | None, pd.DataFrame, DatasetSpec, dict[str, OutcomeResult]]]:
+    """Per comparison: its key, rows, two-arm spec and results keyed by outcome (a two-arm trial: one, unchanged)."""
+    if not spec.arm.multi:
+        return [(None, frame, spec, results)]
+    out = []
+    for comparison in spec.comparisons():
+        group = {r.outcome: r for r in results.values() if r.comparison is not None and r.comparison.key == comparison.key}
+        out.append((comparison.key, frame.loc[comparison.rows(frame)].reset_index(drop=True), comparison.spec, group))
+    return out
+
+
+def _comparisons_index(spec: DatasetSpec, results: dict[str, OutcomeResult]) -> str:
+    """Three or more arms: a page listing each comparison's cohort report with its average effects (Holm across all)."""
+    rows = []
+    for result in results.values():
+        own, effect = result.spec, result.average_effect
+        rd = "n/a" if effect is None or effect.risk_difference is None else f"{effect.risk_difference:+.3f} [{_fmt(effect.ci_low)}, {_fmt(effect.ci_high)}]"
+        rows.append(
+            f"<tr><td><a href=\"cohort-{escape(result.comparison.key)}.html\">{escape(own.treated_display())} vs {escape(own.control_display())}</a></td>"
+            f"<td>{escape(spec.outcomes[result.outcome].label)}</td><td>{escape(rd)}</td><td>{_fmt(_clean(effect.p_adjusted)) if effect else 'n/a'}</td>"
+            f"<td>{_fmt(_clean(result.p_adjusted))}</td><td>{escape(result.answer)}</td></tr>"
+        )
+    return (
+        f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(spec.name)}: comparisons</title></head><body>"
+        f"<h1>{escape(spec.name)}: {len(spec.comparisons())} comparisons</h1>"
+        "<p>Each comparison is fitted on its two arms' patients. Holm's procedure runs across every comparison and outcome "
+        "(the average effects' adjusted p-values and the heterogeneity tests).</p>"
+        "<table><thead><tr><th>Comparison</th><th>Outcome</th><th>Responder risk difference [CI]</th><th>Holm-adjusted p (average effect)</th>"
+        "<th>Holm-adjusted p (heterogeneity)</th><th>Answer</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></body></html>"
+    )
+
+
 def run_training(
     data_path: str | Path,
     spec: DatasetSpec,
@@ -206,7 +241,7 @@ def run_training(
     digest = file_digest(data_path)
     provenance = data_provenance(frame, data_path, digest, spec)
     # Per outcome: nested CV, permutation test; then refit/register, report analysis, gate/promote, report.
-    steps = JobSteps(2 * len(spec.outcomes) + 4)
+    steps = JobSteps(2 * len(spec.model_keys()) + 4)
     note = job_note(data_path.name, len(frame), digest, spec.name, list(spec.outcomes), config.model_dump(mode="json"))
 
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
@@ -260,16 +295,20 @@ def run_training(
         results: dict[str, OutcomeResult] = fitted.results
 
         # Tracking: per outcome a run with its candidates' runs under it, the served model logged and registered.
+        # The key is the outcome (two arms) or "<comparison>/<outcome>" (three or more arms, each with its two-arm spec).
         for outcome, result in results.items():
+            own = result.spec or spec
             clock.start(f"{outcome}: MLflow logging and registration", "mlflow")
             counts, cv = result.counts, result.cv
             log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
             tested = result.permutation.tested
             verdict, _ = evidence_of(result, config)
-            result.registered_model = spec.registered_model_name(outcome)
+            result.registered_model = own.registered_model_name(result.outcome)
             with mlflow.start_run(run_name=outcome, nested=True) as outcome_run:
                 result.run_id = outcome_run.info.run_id
-                mlflow.set_tags({"outcome": outcome, "spec": spec.name})
+                mlflow.set_tags({"outcome": result.outcome, "spec": spec.name})
+                if result.spec is not None:
+                    mlflow.set_tags({"comparison": result.comparison.key, "treated_arm": own.treated_display(), "control_arm": own.control_display()})
                 mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
                 mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
                 mlflow.log_metrics(counts.as_metrics())
@@ -306,7 +345,7 @@ def run_training(
                     }
                 )
                 mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
-                _log_outcome_artifacts(result, spec, config)
+                _log_outcome_artifacts(result, own, config)
                 info = log_responder_model(result.model)
             result.model_uri = info.model_uri
             version = register(
@@ -335,11 +374,14 @@ def run_training(
         steps.start("cohort report: analysis and figures")
         clock.start("cohort report: analysis and figures", "reports")
         report_started = time.perf_counter()
-        payload = build_cohort_payload(
-            frame, spec, run_config, results, provenance, validation, parent.info.run_id, experiment_id
-        )
-        payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
-        images = cohort_figures(payload, drawn={name: r.figures for name, r in results.items()})
+        reports = []  # one cohort report per comparison (a two-arm trial: one, as always)
+        for key, sub, own, group in _by_comparison(results, frame, spec):
+            payload = build_cohort_payload(
+                sub, own, config.resolved(len(sub)), group, provenance, validation, parent.info.run_id, experiment_id
+            )
+            payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
+            images = cohort_figures(payload, drawn={name: r.figures for name, r in group.items()})
+            reports.append((key, payload, images, group))
         report_seconds = time.perf_counter() - report_started
 
         steps.start("validate and promote")
@@ -353,14 +395,22 @@ def run_training(
         clock.start("cohort report: render and log", "reports")
 
         report_started = time.perf_counter()
-        add_registry(payload, results)
-        payload.log_to_mlflow()
-        html = render_cohort_report(payload, images=images)
-        mlflow.log_text(html, "reports/cohort.html")
-        _log_shap_plots(images, results, client)
+        pages = {}
+        for key, payload, images, group in reports:
+            where = "reports" if key is None else f"reports/{key}"
+            add_registry(payload, group)
+            payload.log_to_mlflow(where)
+            html = render_cohort_report(payload, images=images)
+            mlflow.log_text(html, f"{where}/cohort.html")
+            _log_shap_plots(images, group, client)
+            pages["cohort.html" if key is None else f"cohort-{key}.html"] = html
+        if len(reports) > 1:  # three or more arms: cohort.html lists the comparisons' reports
+            pages["cohort.html"] = _comparisons_index(spec, results)
+            mlflow.log_text(pages["cohort.html"], "reports/cohort.html")
         if report_dir is not None:
             Path(report_dir).mkdir(parents=True, exist_ok=True)
-            (Path(report_dir) / "cohort.html").write_text(html, encoding="utf-8")
+            for name, html in pages.items():
+                (Path(report_dir) / name).write_text(html, encoding="utf-8")
             log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
         report_seconds += time.perf_counter() - report_started
         mlflow.log_metric("report_seconds", report_seconds)

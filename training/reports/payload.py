@@ -509,14 +509,14 @@ class CohortPayload:
         parts = {p.stem: pd.read_parquet(p) for p in sorted((directory / PARTS_DIR).glob("*.parquet"))}
         return cls(meta, parts)
 
-    def log_to_mlflow(self) -> None:
-        """Log the payload to the active MLflow run under ``reports/``."""
+    def log_to_mlflow(self, artifact_dir: str = ARTIFACT_DIR) -> None:
+        """Log the payload to the active MLflow run under ``reports/`` (a comparison's: ``reports/<comparison>/``)."""
         import mlflow
 
         with tempfile.TemporaryDirectory() as tmp:
             self.save(tmp)
-            mlflow.log_artifact(str(Path(tmp) / PAYLOAD_FILE), artifact_path=ARTIFACT_DIR)
-            mlflow.log_artifacts(str(Path(tmp) / PARTS_DIR), artifact_path=f"{ARTIFACT_DIR}/{PARTS_DIR}")
+            mlflow.log_artifact(str(Path(tmp) / PAYLOAD_FILE), artifact_path=artifact_dir)
+            mlflow.log_artifacts(str(Path(tmp) / PARTS_DIR), artifact_path=f"{artifact_dir}/{PARTS_DIR}")
 
     @classmethod
     def from_mlflow(cls, run_id: str, tracking_uri: str) -> CohortPayload:
