@@ -696,9 +696,13 @@ class DatasetSpec(_Strict):
         return f"{self.name}-{outcome}"
 
     def treated_display(self) -> str:
+        if self.arm.multi:  # three or more arms: every compared arm (each comparison's spec names its own)
+            return " / ".join(dict.fromkeys(self.arm.arm_name(t) for t, _ in self.arm.pairs()))
         return self.arm.treated_name or str(self.arm.treated)
 
     def control_display(self) -> str:
+        if self.arm.multi:
+            return " / ".join(dict.fromkeys(self.arm.arm_name(c) for _, c in self.arm.pairs()))
         return self.arm.control_name or str(self.arm.control)
 
     def treated_inline(self) -> str:

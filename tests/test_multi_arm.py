@@ -47,6 +47,7 @@ def test_default_comparisons_are_each_other_arm_against_the_control_with_arm_nam
     assert (cbt.name, cbt.treated_display(), cbt.control_display(), cbt.arm.treated_fraction) == ("three-cbt-vs-cont", "CBT", "Control", 0.5)
     assert [k for k, _, _ in spec.model_keys()] == ["cbt-vs-cont/weight", "ft-vs-cont/weight"]
     assert [n for _, _, n in spec.model_keys()] == ["three-cbt-vs-cont-weight", "three-ft-vs-cont-weight"]
+    assert (spec.treated_display(), spec.control_display()) == ("CBT / Family", "Control")  # the whole trial's arms, as people read them
     # Declared comparisons (active vs active too) and allocation weights: the comparison's treated fraction is its share.
     declared = _spec(comparisons=[{"treated": "FT", "control": "CBT"}, {"treated": "FT"}], allocation={"Cont": 1, "CBT": 1, "FT": 2})
     assert [(c.key, c.spec.arm.treated_fraction) for c in declared.comparisons()] == [("ft-vs-cbt", 2 / 3), ("ft-vs-cont", 2 / 3)]
