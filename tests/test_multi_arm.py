@@ -185,6 +185,7 @@ def test_anorexia_cohort_reports_show_each_comparison(anorexia_job):
     for key, arm in (("cbt-vs-cont", "Cognitive-behavioural treatment"), ("ft-vs-cont", "Family treatment")):
         html = (report / f"cohort-{key}.html").read_text(encoding="utf-8")
         assert arm in html and "Control treatment" in html
+        assert "adjusted for 2 comparison x outcome tests (Holm)" in html  # the Holm family named for what it is
     # The trial's whole file, but each report counts only its two arms' patients.
     counts = pd.read_csv(anorexia_job["path"])["Treat"].value_counts()
     assert anorexia_job["json"]["outcomes"]["ft-vs-cont/weight"]["n_patients"] == counts["FT"] + counts["Cont"]

@@ -262,6 +262,9 @@ def decide_answers(results: dict[str, OutcomeResult], frame: pd.DataFrame, spec:
         {k: average_effect(*_own(r, frame, spec), r.outcome, config) for k, r in results.items()},
         alpha=config.evidence.alpha,
     )
+    if any(r.spec is not None for r in results.values()):  # three or more arms: say what Holm adjusted for
+        for effect in effects.values():
+            effect.extra["holm_family"] = "comparison x outcome tests"
     for outcome, result in results.items():
         result.p_adjusted = adjusted[outcome]
         result.average_effect = effects[outcome]
