@@ -190,3 +190,33 @@ def test_anorexia_cohort_reports_show_each_comparison(anorexia_job):
     counts = pd.read_csv(anorexia_job["path"])["Treat"].value_counts()
     assert anorexia_job["json"]["outcomes"]["ft-vs-cont/weight"]["n_patients"] == counts["FT"] + counts["Cont"]
     assert np.isclose(anorexia_job["summary"].outcomes["ft-vs-cont/weight"].data.t.mean(), counts["FT"] / (counts["FT"] + counts["Cont"]))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_anorexia_real_bentoml_serve_answers_per_comparison(anorexia_job, tmp_path):
+    import sys
+
+    import httpx
+    from helpers import free_port, running
+
+    token = "multi-arm-test-token"
+    port = free_port()
+    env = {"RESPONDERS_API_TOKEN": token, "MLFLOW_TRACKING_URI": anorexia_job["uri"], "RESPONDERS_SPEC": "anorexia"}
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", "127.0.0.1", "--port", str(port)]
+    raw = pd.read_csv(anorexia_job["path"]).astype({"rownames": str})  # the API's patient id is text
+    patients = json.loads(raw.drop(columns=["Treat", "Postwt"]).head(2).to_json(orient="records"))
+    with running(command, f"http://127.0.0.1:{port}/readyz", env=env, cwd=tmp_path, timeout=120):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            response = http.post("/predict", json={"patients": patients}, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["n_scored"] == 2
+            predictions = body["results"][0]["predictions"]
+            assert {k: (v["comparison"]["treated"], v["comparison"]["control"]) for k, v in predictions.items()} == {
+                "cbt-vs-cont/weight": ("Cognitive-behavioural treatment", "Control treatment"),
+                "ft-vs-cont/weight": ("Family treatment", "Control treatment"),
+            }
+            # A body missing the baseline weight is refused naming the field.
+            bad = http.post("/predict", json={"patients": [{"rownames": "1"}]}, headers={"Authorization": f"Bearer {token}"})
+            assert bad.status_code == 422 and "Prewt" in bad.text
