@@ -186,6 +186,11 @@ def test_anorexia_cohort_reports_show_each_comparison(anorexia_job):
         html = (report / f"cohort-{key}.html").read_text(encoding="utf-8")
         assert arm in html and "Control treatment" in html
         assert "adjusted for 2 comparison x outcome tests (Holm)" in html  # the Holm family named for what it is
+    # Re-rendered from MLflow alone (`responders report cohort`): each comparison's payload is under reports/<comparison>.
+    from training.reports import CohortPayload, render_cohort_report
+
+    again = render_cohort_report(CohortPayload.from_mlflow(anorexia_job["summary"].parent_run_id, anorexia_job["uri"], "reports/ft-vs-cont"))
+    assert "Family treatment" in again and "adjusted for 2 comparison x outcome tests (Holm)" in again
     # The trial's whole file, but each report counts only its two arms' patients.
     counts = pd.read_csv(anorexia_job["path"])["Treat"].value_counts()
     assert anorexia_job["json"]["outcomes"]["ft-vs-cont/weight"]["n_patients"] == counts["FT"] + counts["Cont"]

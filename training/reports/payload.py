@@ -519,8 +519,8 @@ class CohortPayload:
             mlflow.log_artifacts(str(Path(tmp) / PARTS_DIR), artifact_path=f"{artifact_dir}/{PARTS_DIR}")
 
     @classmethod
-    def from_mlflow(cls, run_id: str, tracking_uri: str) -> CohortPayload:
-        """Download and load the payload logged by the training job ``run_id``."""
+    def from_mlflow(cls, run_id: str, tracking_uri: str, artifact_dir: str = ARTIFACT_DIR) -> CohortPayload:
+        """Download and load the payload logged by the training job ``run_id`` (a comparison's: ``reports/<comparison>``)."""
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -529,10 +529,10 @@ class CohortPayload:
             try:
                 for name in (PAYLOAD_FILE, PARTS_DIR):
                     mlflow.artifacts.download_artifacts(
-                        run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{name}", dst_path=str(local), tracking_uri=tracking_uri
+                        run_id=run_id, artifact_path=f"{artifact_dir}/{name}", dst_path=str(local), tracking_uri=tracking_uri
                     )
             except (MlflowException, OSError) as err:
-                raise LookupError(f"run {run_id} has no cohort report payload ({ARTIFACT_DIR}/{PAYLOAD_FILE}): {err}") from err
+                raise LookupError(f"run {run_id} has no cohort report payload ({artifact_dir}/{PAYLOAD_FILE}): {err}") from err
             return cls.load(local)
 
 
