@@ -42,7 +42,11 @@ from training.steps import fit_trial
 
 @dataclass
 class FittedResponders:
-    """Fitted responder models, one per outcome of the spec, with the evaluation that chose them."""
+    """Fitted responder models, one per outcome of the spec, with the evaluation that chose them.
+
+    Keyed by outcome; with three or more arms by ``<comparison>/<outcome>`` (``cbt-vs-cont/weight``), each
+    model fitted on its comparison's two arms, Holm across every comparison and outcome.
+    """
 
     spec: DatasetSpec
     config: TrainConfig
