@@ -104,7 +104,7 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
     """
     shared_data, configs, pipelines = {}, {}, {}
     for outcome, result in results.items():
-        own = result.spec or spec  # a comparison's two-arm spec (three or more arms)
+        own = getattr(result, "spec", None) or spec  # a comparison's two-arm spec (three or more arms)
         data = with_parsed(result.data, own)
         pipelines[outcome], F = fit_pipeline(own, data.X, data.parsed)
         configs[outcome] = config.resolved(len(data.y))
