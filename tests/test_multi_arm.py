@@ -155,7 +155,9 @@ def test_anorexia_registers_and_serves_a_model_per_comparison_naming_both_arms(a
     for _, _, name in spec.model_keys():
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     runs = client.search_runs([anorexia_job["summary"].experiment_id], "tags.comparison = 'ft-vs-cont'")
-    assert [r.data.tags["outcome"] for r in runs if r.data.tags.get("mlflow.runName") == "ft-vs-cont/weight"] == ["weight"]
+    assert [(r.data.tags["outcome"], r.data.tags["treated_arm"], r.data.tags["control_arm"]) for r in runs] == [
+        ("weight", "Family treatment", "Control treatment")
+    ]  # one outcome run per comparison and outcome, tagged with both arms
 
     scorer = Scorer(spec, resolve_champions(spec, uri))
     raw = pd.read_csv(anorexia_job["path"])
