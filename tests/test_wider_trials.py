@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from core.censoring import ipcw_risk
 from core.data import validate
 from core.errors import ConfigError
 from core.labels import event_by_status, responder_labels
@@ -25,7 +26,6 @@ from core.spec import load_spec, parse_spec
 from features.catalog import load_catalog
 from features.labs import LabValueError, parse_lab_value
 from features.pipeline import build_feature_pipeline, feature_info, input_warnings
-from core.censoring import ipcw_risk
 
 SPECS = Path(__file__).resolve().parents[1] / "core" / "specs"
 
