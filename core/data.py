@@ -415,7 +415,8 @@ def _check_responder_rules(typed: pd.DataFrame, spec: DatasetSpec, report: Valid
     if spec.arm.column not in typed.columns:
         return
     arm = typed[spec.arm.column]
-    arms = {spec.treated_display(): (arm == spec.arm.labels[0]).to_numpy(), spec.control_display(): (arm == spec.arm.labels[1]).to_numpy()}
+    codes = list(spec.arm.arms) if spec.arm.multi else [spec.arm.treated, spec.arm.control]
+    arms = {spec.arm.arm_name(code): (arm == label).to_numpy() for code, label in zip(codes, spec.arm.labels, strict=True)}
     for name, outcome in spec.outcomes.items():
         if outcome.column not in typed.columns or (outcome.baseline is not None and outcome.baseline not in typed.columns):
             continue
@@ -468,8 +469,10 @@ def _collect_schema_failures(
             if check.startswith("isin"):
                 if column == spec.arm.column:
                     kind, message = "unknown_arm", (
-                        f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r}; a job compares two arms, "
-                        "so a trial with more arms needs its other arms' rows left out, see docs/wider-trials.md)"
+                        f"unknown arm label (expected one of {', '.join(map(repr, spec.arm.arms))})"
+                        if spec.arm.multi
+                        else f"unknown arm label (expected {spec.arm.treated!r} or {spec.arm.control!r}; a trial with three or more "
+                        "arms lists them under arm.arms with its control, see docs/wider-trials.md)"
                     )
                 elif column in spec.covariates:
                     levels = spec.covariates[column].level_codes()

@@ -185,7 +185,8 @@ class AverageEffect:
         low = self.ci_low_adjusted if self.ci_low_adjusted is not None else self.ci_low
         high = self.ci_high_adjusted if self.ci_high_adjusted is not None else self.ci_high
         level = self.adjusted_level if self.adjusted_level is not None else self.level
-        adjusted = " adjusted for the trial's several outcomes" if self.n_outcomes > 1 else ""
+        # The Holm family: the trial's outcomes, or with three or more arms its comparison x outcome tests.
+        adjusted = f" adjusted for the trial's several {self.extra.get('holm_family', 'outcomes')}" if self.n_outcomes > 1 else ""
         if wording is not None and wording.prevents:
             nnt = wording.nnt(self.risk_difference, low, high, level)
             text = (

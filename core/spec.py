@@ -7,6 +7,7 @@ labs), so another trial plugs in by writing a spec, without code changes.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -70,33 +71,135 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ComparisonSpec(_Strict):
+    """One comparison of a trial with three or more arms: an active arm against a control arm."""
+
+    treated: Level = Field(description="code of the compared (active) arm")
+    control: Level | None = Field(None, description="code of the arm it is compared with (default: the trial's control)")
+
+    @field_validator("treated", "control", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return _yaml_codes(value, "comparison arm codes")
+
+
 class ArmSpec(_Strict):
+    """The randomised arms. Two arms: ``treated`` and ``control``. Three or more: ``arms`` (every
+    arm's code and display name), ``control`` (one of them) and optionally ``comparisons`` (default:
+    each other arm against the control, in the order ``arms`` lists them)."""
+
     column: str = "arm"
-    treated: Level = Field(description="code of the active arm (text or a number)")
+    treated: Level | None = Field(None, description="code of the active arm (a two-arm trial)")
     control: Level = Field(description="code of the control arm (text or a number)")
     treated_fraction: float = Field(0.5, gt=0, lt=1, description="known randomisation probability of the active arm")
     treated_name: str | None = Field(None, description="display name of the active arm")
     control_name: str | None = Field(None, description="display name of the control arm")
+    arms: dict[Level, str | None] | None = Field(
+        None, description="three or more arms: each arm's code and its display name (null: the code itself)"
+    )
+    comparisons: list[ComparisonSpec] | None = Field(
+        None, description="three or more arms: the comparisons to fit (default: each other arm against the control)"
+    )
+    allocation: dict[Level, float] | None = Field(
+        None, description="three or more arms: relative randomisation weights per arm code (default: equal); "
+        "a comparison's known treated fraction is its two arms' share"
+    )
 
     @field_validator("treated", "control", mode="before")
     @classmethod
     def _codes(cls, value: Any) -> Any:
         return _yaml_codes(value, "arm codes")
 
+    @field_validator("arms", "allocation", mode="before")
+    @classmethod
+    def _arm_codes(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = {v: None for v in value}
+        return _yaml_codes(value, "arms") if isinstance(value, dict) else value
+
     @model_validator(mode="after")
     def _distinct(self) -> ArmSpec:
-        if level_key(self.treated) == level_key(self.control):
-            raise ValueError("arm: treated and control must be different codes")
+        if self.arms is None:
+            if self.treated is None:
+                raise ValueError("arm: a two-arm trial names treated and control; a trial with three or more arms lists them under arms")
+            if self.comparisons is not None or self.allocation is not None:
+                raise ValueError("arm: comparisons and allocation are for three or more arms (list them under arms)")
+            if level_key(self.treated) == level_key(self.control):
+                raise ValueError("arm: treated and control must be different codes")
+            return self
+        codes = [str(level_key(c)) for c in self.arms]
+        if len(set(codes)) < 3:
+            raise ValueError("arm.arms: list three or more distinct arms (a two-arm trial names treated and control instead)")
+        if self.treated is not None or self.treated_name is not None or self.control_name is not None:
+            raise ValueError("arm: with arms listed, leave out treated, treated_name and control_name (arms names each arm)")
+        if str(level_key(self.control)) not in codes:
+            raise ValueError(f"arm.control: {self.control!r} is not one of arm.arms ({', '.join(map(repr, self.arms))})")
+        for k, (treated, control) in enumerate(self.pairs()):
+            for which, code in (("treated", treated), ("control", control)):
+                if str(level_key(code)) not in codes:
+                    raise ValueError(f"arm.comparisons.{k}.{which}: {code!r} is not one of arm.arms ({', '.join(map(repr, self.arms))})")
+            if level_key(treated) == level_key(control):
+                raise ValueError(f"arm.comparisons.{k}: an arm cannot be compared with itself ({treated!r})")
+        keys = [self.comparison_key(t, c) for t, c in self.pairs()]
+        if len(set(keys)) < len(keys):
+            raise ValueError("arm.comparisons: a comparison is listed twice")
+        for code in self.allocation or {}:
+            if str(level_key(code)) not in codes:
+                raise ValueError(f"arm.allocation: {code!r} is not one of arm.arms")
+        if self.allocation is not None and any(not w > 0 for w in self.allocation.values()):
+            raise ValueError("arm.allocation: the weights must be positive")
         return self
 
     @property
-    def labels(self) -> tuple[str, str]:
-        """The arm codes in canonical form (see :func:`level_key`): (treated, control)."""
+    def multi(self) -> bool:
+        """Three or more arms (``arms`` listed)."""
+        return self.arms is not None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The arm codes in canonical form (see :func:`level_key`): (treated, control), or every arm listed."""
+        if self.arms is not None:
+            return tuple(str(level_key(c)) for c in self.arms)
         return (str(level_key(self.treated)), str(level_key(self.control)))
 
     def is_treated(self, values: pd.Series) -> np.ndarray:
         """True where the arm column holds the treated code (numbers and text compared as codes)."""
+        if self.arms is not None:
+            raise ValueError("a trial with three or more arms has no single treated arm: use DatasetSpec.comparisons()")
         return (values.map(level_key) == self.labels[0]).to_numpy(dtype=bool)
+
+    def arm_name(self, code: Level) -> str:
+        """An arm's display name (a two-arm spec's treated_name/control_name, or arms' names)."""
+        key = str(level_key(code))
+        if self.arms is not None:
+            for c, name in self.arms.items():
+                if str(level_key(c)) == key:
+                    return name or str(c)
+        if self.treated is not None and key == str(level_key(self.treated)):
+            return self.treated_name or str(self.treated)
+        return self.control_name or str(self.control) if key == str(level_key(self.control)) else str(code)
+
+    def pairs(self) -> list[tuple[Level, Level]]:
+        """The (treated, control) codes of each comparison, in order."""
+        if self.arms is None:
+            return [(self.treated, self.control)]
+        if self.comparisons is None:
+            return [(c, self.control) for c in self.arms if level_key(c) != level_key(self.control)]
+        return [(c.treated, self.control if c.control is None else c.control) for c in self.comparisons]
+
+    @staticmethod
+    def comparison_key(treated: Level, control: Level) -> str:
+        """A comparison's name in registered models, runs and API responses: ``cbt-vs-cont``."""
+        slug = lambda code: re.sub(r"[^a-z0-9]+", "-", str(code).lower()).strip("-") or "arm"  # noqa: E731
+        return f"{slug(treated)}-vs-{slug(control)}"
+
+    def fraction(self, treated: Level, control: Level) -> float:
+        """The known probability of the treated arm among the two compared arms' patients."""
+        if self.allocation is None:
+            return 0.5
+        weight = {str(level_key(c)): w for c, w in self.allocation.items()}
+        t, c = weight.get(str(level_key(treated)), 1.0), weight.get(str(level_key(control)), 1.0)
+        return t / (t + c)
 
 
 class ResponderRule(_Strict):
@@ -594,13 +697,47 @@ class DatasetSpec(_Strict):
                 except KeyError:
                     raise ValueError(f"spec {self.name!r}: unknown unit {lab.unit!r} for {analyte}") from None
 
+    def comparisons(self) -> list[Comparison]:
+        """The trial's comparisons, each with the two-arm spec a job fits it with.
+
+        A two-arm trial: one comparison, this spec itself (``key`` None, so model
+        names, runs and responses are as they always were). Three or more arms:
+        one per :meth:`ArmSpec.pairs`, named ``<treated>-vs-<control>``; its spec
+        is this one narrowed to the two arms, named ``<name>-<key>`` (so its
+        registered models are ``<name>-<key>-<outcome>``).
+        """
+        if not self.arm.multi:
+            return [Comparison(None, self.arm.treated, self.arm.control, self)]
+        out = []
+        for treated, control in self.arm.pairs():
+            key = self.arm.comparison_key(treated, control)
+            arm = ArmSpec(
+                column=self.arm.column, treated=treated, control=control, treated_fraction=self.arm.fraction(treated, control),
+                treated_name=self.arm.arm_name(treated), control_name=self.arm.arm_name(control),
+            )
+            out.append(Comparison(key, treated, control, self.model_copy(update={"name": f"{self.name}-{key}", "arm": arm})))
+        return out
+
+    def model_keys(self) -> list[tuple[str, str, str]]:
+        """(key, outcome, registered model name) of every served model: the key is the outcome for a
+        two-arm trial and ``<comparison>/<outcome>`` with three or more arms."""
+        return [
+            (outcome if c.key is None else f"{c.key}/{outcome}", outcome, c.spec.registered_model_name(outcome))
+            for c in self.comparisons()
+            for outcome in self.outcomes
+        ]
+
     def registered_model_name(self, outcome: str) -> str:
         return f"{self.name}-{outcome}"
 
     def treated_display(self) -> str:
+        if self.arm.multi:  # three or more arms: every compared arm (each comparison's spec names its own)
+            return " / ".join(dict.fromkeys(self.arm.arm_name(t) for t, _ in self.arm.pairs()))
         return self.arm.treated_name or str(self.arm.treated)
 
     def control_display(self) -> str:
+        if self.arm.multi:
+            return " / ".join(dict.fromkeys(self.arm.arm_name(c) for _, c in self.arm.pairs()))
         return self.arm.control_name or str(self.arm.control)
 
     def treated_inline(self) -> str:
@@ -698,6 +835,30 @@ def _with_catalog_files(data: dict[str, Any], source: str, base_dir: Path) -> di
     if problems:
         raise ConfigError(source, problems)
     return {**data, "analytes": declared}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a trial (see :meth:`DatasetSpec.comparisons`)."""
+
+    key: str | None  # None for a two-arm trial
+    treated: Level
+    control: Level
+    spec: DatasetSpec  # the two-arm spec it is fitted with
+
+    def rows(self, frame: pd.DataFrame) -> np.ndarray:
+        """The rows of the comparison's two arms."""
+        codes = frame[self.spec.arm.column].map(level_key).astype(str)
+        return codes.isin(self.spec.arm.labels).to_numpy(dtype=bool)
+
+    def result_key(self, outcome: str) -> str:
+        return outcome if self.key is None else f"{self.key}/{outcome}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "treated": self.treated, "control": self.control,
+            "treated_name": self.spec.treated_display(), "control_name": self.spec.control_display(),
+        }
 
 
 @lru_cache(maxsize=8)

@@ -205,6 +205,16 @@ class EventRisk(BaseModel):
     nnt_text: str = Field(description="The number needed to treat with its interval, or why it is not defined, in words.")
 
 
+class ComparisonOut(BaseModel):
+    """Three or more arms: which two arms an answer compares (absent for a two-arm trial)."""
+
+    key: str = Field(description="the comparison's name, e.g. cbt-vs-cont; the answer's key is <key>/<outcome>")
+    treated: str = Field(description="the compared arm's name (p_response_treated is on this arm)")
+    control: str = Field(description="the arm it is compared with (p_response_control is on this arm)")
+    treated_code: str
+    control_code: str
+
+
 class OutcomePrediction(BaseModel):
     p_response_treated: float = Field(
         ge=0, le=1, description="Probability of a clinically meaningful response on the active arm (named in /metadata: treated), "
@@ -239,6 +249,9 @@ class OutcomePrediction(BaseModel):
         "(above 0: likely_benefit; wholly below the minimal important benefit: unlikely_benefit; else uncertain). Null otherwise."
     )
     patient_label_reason: str = Field(description="Why this patient label, or why there is none, in one sentence.")
+    comparison: ComparisonOut | None = Field(
+        None, exclude_if=lambda v: v is None, description="Three or more arms: the two arms this answer compares."
+    )
     population: PopulationAnswer
     label_rule: str
     responder_rule: str = Field(
@@ -361,6 +374,9 @@ class OutcomeMetadata(BaseModel):
         "per arm and the absolute risk reduction (OutcomePrediction.event)."
     )
     description: str = ""
+    comparison: ComparisonOut | None = Field(
+        None, exclude_if=lambda v: v is None, description="Three or more arms: the two arms this outcome's model compares."
+    )
     responder_rule: str
     label_rule: str
     answer: Answer = Field("average", description="The answer every patient gets for this outcome (see OutcomePrediction.answer).")

@@ -74,8 +74,7 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
 
     uri, client = setup_tracking(tracking_uri)
     champions = {}
-    for outcome in spec.outcomes:
-        name = spec.registered_model_name(outcome)
+    for key, outcome, name in spec.model_keys():  # one per outcome; with three or more arms, per comparison too
         version = current_champion(client, name)
         if version is None:
             raise ChampionError(f"no '{CHAMPION}' version of registered model {name!r} in {uri}: run `make train` first")
@@ -93,9 +92,26 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
             training_run_id=version.tags.get("training_run_id", version.run_id or ""),
             candidate=model.candidate_name,
         )
-        champions[outcome] = Champion(outcome, model, ref)
+        champions[key] = Champion(outcome, model, ref)
         log.info("loaded %s version %s (%s)", name, ref.version, ref.candidate)
     return champions
+
+
+def champion_key(model: ResponderModel) -> str:
+    """The key a model answers under: its outcome, or ``<comparison>/<outcome>`` with three or more arms."""
+    comparison = model.metadata.get("comparison")
+    return f"{comparison['key']}/{model.outcome}" if comparison else model.outcome
+
+
+def comparison_out(model: ResponderModel) -> S.ComparisonOut | None:
+    """Three or more arms: the two arms a model compares (None for a two-arm trial)."""
+    comparison = model.metadata.get("comparison")
+    if not comparison:
+        return None
+    return S.ComparisonOut(
+        key=comparison["key"], treated=comparison["treated_name"], control=comparison["control_name"],
+        treated_code=str(comparison["treated"]), control_code=str(comparison["control"]),
+    )
 
 
 def _download_uri(client, name: str, version: str) -> str:
@@ -136,8 +152,8 @@ def load_bento_champions(spec: DatasetSpec, tags: list[str]) -> dict[str, Champi
             training_run_id=labels.get("training_run_id", ""),
             candidate=model.candidate_name,
         )
-        champions[model.outcome] = Champion(model.outcome, model, ref)
-    missing = set(spec.outcomes) - set(champions)
+        champions[champion_key(model)] = Champion(model.outcome, model, ref)
+    missing = {key for key, _, _ in spec.model_keys()} - set(champions)
     if missing:
         raise ChampionError(f"the Bento lacks models for outcomes {sorted(missing)}")
     return champions
@@ -154,7 +170,6 @@ class Scorer:
         limit_lightgbm_threads()
         self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
         # What every answer repeats, built once: the rule texts, the evidence and the model references.
-        self._names = (spec.treated_inline(), spec.control_inline())
         # Training records where its data came from (training.reports.payload.data_provenance).
         self.simulated = any(bool((c.model.metadata.get("data_provenance") or {}).get("simulated")) for c in champions.values())
         self._fixed = {
@@ -165,8 +180,12 @@ class Scorer:
                 "model": c.ref,
                 "level": c.model.interval_level,
                 "kind": c.model.label_policy.interval_kind,
-                "estimand": c.model.label_policy.estimand(*self._names, Wording.of(spec.outcomes.get(o))),
-                "wording": Wording.of(spec.outcomes.get(o)),
+                "estimand": c.model.label_policy.estimand(
+                    c.model.spec.treated_inline(), c.model.spec.control_inline(), Wording.of(c.model.spec.outcomes.get(c.model.outcome))
+                ),
+                "wording": Wording.of(c.model.spec.outcomes.get(c.model.outcome)),
+                "names": (c.model.spec.treated_inline(), c.model.spec.control_inline()),  # each model's own arms
+                "comparison": comparison_out(c.model),
                 "population": population_answer(c.model),
             }
             for o, c in champions.items()
@@ -310,7 +329,7 @@ class Scorer:
                     p_response_treated=p1,
                     p_response_control=p0,
                     benefit=benefit,
-                    summary=fixed["wording"].sentence(p1, p0, benefit, low, high, fixed["level"], fixed["kind"], *self._names),
+                    summary=fixed["wording"].sentence(p1, p0, benefit, low, high, fixed["level"], fixed["kind"], *fixed["names"]),
                     event=_event_risk(fixed["wording"], p1, p0, benefit, low, high, fixed["level"], fixed["kind"]),
                     benefit_interval=S.Interval(
                         lower=float(scores.benefit_lower[k]), upper=float(scores.benefit_upper[k]), level=fixed["level"], kind=fixed["kind"]
@@ -319,6 +338,7 @@ class Scorer:
                     estimand=fixed["estimand"],
                     patient_label=scores.patient_label[k],
                     patient_label_reason=scores.patient_label_reason[k],
+                    comparison=fixed["comparison"],
                     population=fixed["population"],
                     label_rule=fixed["label_rule"],
                     responder_rule=fixed["responder_rule"],
@@ -360,29 +380,34 @@ class Scorer:
         for outcome, champion in self.champions.items():
             model = champion.model
             outcomes[outcome] = S.OutcomeMetadata(
-                label=self.spec.outcomes[outcome].label,
-                kind=self.spec.outcomes[outcome].kind,
-                description=self.spec.outcomes[outcome].description.strip(),
+                label=self.spec.outcomes[champion.outcome].label,
+                kind=self.spec.outcomes[champion.outcome].kind,
+                description=self.spec.outcomes[champion.outcome].description.strip(),
+                comparison=comparison_out(model),
                 responder_rule=str(model.metadata.get("responder_rule", "")),
                 label_rule=model.label_policy.describe(),
                 answer=model.label_policy.answer,
                 answer_reason=model.label_policy.answer_reason,
                 refused=dict(model.metadata.get("refused") or {}),
-                estimand=model.label_policy.estimand(*self._names, Wording.of(self.spec.outcomes[outcome])),
-                event_to_prevent=Wording.of(self.spec.outcomes[outcome]).event,
+                estimand=model.label_policy.estimand(
+                    model.spec.treated_inline(), model.spec.control_inline(), Wording.of(model.spec.outcomes.get(model.outcome))
+                ),
+                event_to_prevent=Wording.of(model.spec.outcomes.get(model.outcome)).event,
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,
                 evidence=champion.evidence(),
                 model=champion.ref,
                 features=[S.FeatureOut(name=f.name, description=f.description, unit=f.unit, group=f.group) for f in model.feature_info().values()],
             )
+        arm, multi = self.spec.arm, self.spec.arm.multi
         return S.Metadata(
             spec=self.spec.name,
             description=self.spec.description.strip(),
-            treated=self.spec.treated_display(),
-            control=self.spec.control_display(),
-            treated_code=self.spec.arm.labels[0],
-            control_code=self.spec.arm.labels[1],
+            # Three or more arms: every compared arm (each outcome's comparison names its own two).
+            treated=self.spec.treated_display() if not multi else " / ".join(dict.fromkeys(arm.arm_name(t) for t, _ in arm.pairs())),
+            control=self.spec.control_display() if not multi else " / ".join(dict.fromkeys(arm.arm_name(c) for _, c in arm.pairs())),
+            treated_code=arm.labels[0] if not multi else " / ".join(dict.fromkeys(str(t) for t, _ in arm.pairs())),
+            control_code=arm.labels[1] if not multi else " / ".join(dict.fromkeys(str(c) for _, c in arm.pairs())),
             outcomes=outcomes,
             max_batch=self.max_batch,
             simulated_training_data=self.simulated,

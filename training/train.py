@@ -1,6 +1,9 @@
-"""The training job: validate -> evaluate (nested CV) -> test heterogeneity -> refit -> register -> gate -> promote.
+"""The training job: fit (:class:`training.estimator.ResponderEstimator`), then track -> register -> gate -> promote -> report.
 
-One MLflow parent run per job; a child run per outcome, and under it a child
+The fit (validate, nested CV, heterogeneity test, answers, final fits) is the
+library API's, unchanged; this module adds what a job needs around it. One
+MLflow parent run per job (open during the fit, so an interrupted or failed fit
+is recorded); a child run per outcome, and under it a child
 run per candidate. The ``champion`` alias moves last, only for outcomes whose
 model passed validation and is not worse than the current champion on this
 job's evaluation, so a job that fails or is interrupted leaves every previous
@@ -14,44 +17,38 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from core.config import TrainConfig
-from core.data import file_digest, ground_truth_columns, load_trial, model_inputs
-from core.effects import AverageEffect, adjust, ancova, risk_difference
-from core.labelling import Wording, build_policy
-from core.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
+from core.data import file_digest, ground_truth_columns, load_trial
 from core.progress import JobSteps, deferred_interrupt
-from core.runtime.artefact import Evidence, ResponderModel
-from core.spec import DatasetSpec, inline
-from training.answer import choose_answer
-from training.diagnostics import bcf_diagnostics, thin_and_measure
-from training.evaluation import (
-    OutcomeData,
-    cross_validate,
-    features_of,
-    fit_pipeline,
-    holm,
-    parsed_inputs,
-    with_parsed,
-)
-from training.executor import Executor, make_executor
-from training.heterogeneity import heterogeneity_test
-from training.path import path_analysis
+from core.spec import DatasetSpec
+from training.estimator import ResponderEstimator
+from training.executor import make_executor
 from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
+
+# The steps of a fit live in training.steps (shared with the library API); importable from here by name too.
+from training.steps import (  # noqa: F401
+    FinalFits,
+    average_effect,
+    decide_answers,
+    evaluate_outcome,
+    evidence_of,
+    evidence_sentence,
+    final_fits,
+    fit_champion,
+    outcome_data,
+)
 from training.timing import PhaseClock
 from training.tracking import (
     NOTE,
@@ -73,199 +70,14 @@ from training.tracking import (
 
 log = logging.getLogger("responders.train")
 
-def outcome_data(
-    frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig, parsed: pd.DataFrame | None = None
-) -> tuple[OutcomeData, LabelCounts]:
-    """One outcome's patients (those with a label), arms and labels; ``parsed``: the whole frame's
-    model inputs already lab-parsed (:func:`training.evaluation.parsed_inputs`), row for row."""
-    labels, counts = responder_labels(
-        frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup
-    )
-    keep = labels.notna().to_numpy()
-    X = model_inputs(frame, spec).loc[keep].reset_index(drop=True)
-    t = spec.arm.is_treated(frame[spec.arm.column])[keep].astype(int)
-    y = labels.to_numpy()[keep].astype(int)
-    rows = parsed.loc[keep].reset_index(drop=True) if parsed is not None else None
-    return OutcomeData(X, t, y, spec.arm.treated_fraction, rows), counts
-
-
-def average_effect(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> AverageEffect:
-    """The outcome's responder risk difference under the rule and missing-follow-up policy it is trained with."""
-    labels, counts = responder_labels(frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup)
-    treated = spec.arm.is_treated(frame[spec.arm.column])
-    effect = risk_difference(outcome, counts.rule, counts.missing_policy, labels.to_numpy(dtype=float), treated)
-    o = spec.outcomes[outcome]
-    if o.kind == "score" and o.baseline in frame.columns and o.followup in frame.columns:
-        effect.ancova = ancova(
-            pd.to_numeric(frame[o.baseline], errors="coerce").to_numpy(dtype=float),
-            pd.to_numeric(frame[o.followup], errors="coerce").to_numpy(dtype=float),
-            treated,
-        )
-        effect.ancova.unit = o.unit
-    return effect
-
-
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-# Final fits in the worker pool -------------------------------------------------------------------------
-@dataclass
-class FinalFits:
-    """One outcome's served parts, fitted before the champion is assembled (:func:`final_fits`)."""
-
-    pipeline: Any
-    F: pd.DataFrame
-    candidate: BenefitCandidate
-    bootstrap: list[BenefitCandidate] | None  # refits for the interval (candidates without posterior draws)
-
-
-@dataclass(frozen=True)
-class _FinalShared:
-    data: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray, float]]  # outcome -> (F, t, y, treated fraction)
-    champions: dict[str, str]
-    configs: dict[str, TrainConfig]
-
-
-def _final_task(task: tuple, shared: _FinalShared):
-    kind, outcome, payload = task
-    F, t, y, e = shared.data[outcome]
-    config, name = shared.configs[outcome], shared.champions[outcome]
-    if kind == "champion":
-        return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
-    template, resamples = payload
-    return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
-
-
-def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: TrainConfig, executor: Executor) -> dict[str, FinalFits]:
-    """Every outcome's champion fit and bootstrap refits, in the worker pool.
-
-    The same fits, seeds and resamples as :func:`fit_champion` makes by itself
-    (the resamples are drawn here, in order), so the served models are identical.
-    Two passes: the champions (whose chosen penalty the refits may keep), then
-    the bootstrap refits of every outcome together.
-    """
-    shared_data, configs, pipelines = {}, {}, {}
-    for outcome, result in results.items():
-        data = with_parsed(result.data, spec)
-        pipelines[outcome], F = fit_pipeline(spec, data.X, data.parsed)
-        configs[outcome] = config.resolved(len(data.y))
-        shared_data[outcome] = (F, data.t, data.y, data.treated_fraction)
-    shared = _FinalShared(shared_data, {k: r.champion for k, r in results.items()}, configs)
-    champions = dict(zip(results, executor.map(_final_task, [("champion", o, None) for o in results], desc="final fits: champions", shared=shared), strict=True))
-    tasks: list[tuple] = []
-    workers = max(1, getattr(executor, "workers", 2))
-    for outcome, candidate in champions.items():
-        if candidate.has_draws:
-            continue
-        intervals = configs[outcome].intervals
-        ensemble = BootstrapEnsemble(candidate, intervals.bootstrap_models, intervals.level, configs[outcome].seed, intervals.bootstrap_penalty)
-        resamples, template = ensemble.resamples(results[outcome].data.t), ensemble.template()
-        chunks = max(1, min(len(resamples), 2 * workers))
-        tasks += [("bootstrap", outcome, (template, resamples[i::chunks])) for i in range(chunks)]
-    answers = executor.map(_final_task, tasks, desc="final fits: bootstrap refits", shared=shared) if tasks else []
-    fits = {}
-    for outcome in results:
-        chunks = [models for (kind, o, _), models in zip(tasks, answers, strict=True) if kind == "bootstrap" and o == outcome]
-        bootstrap = None
-        if chunks:
-            # Back into resample order: chunk i holds resamples i, i + k, i + 2k, ... (k chunks)
-            bootstrap = [None] * sum(len(models) for models in chunks)
-            for i, models in enumerate(chunks):
-                bootstrap[i :: len(chunks)] = models
-        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap)
-    return fits
 
 
 def job_run_name(spec: DatasetSpec, data_path: Path, now: datetime | None = None) -> str:
     """A training job's run name: trial, outcomes and date, then the data file ("indo-rct: pancreatitis, 2026-12-04 21:30 UTC (indo_rct.csv)")."""
     moment = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     return f"{spec.name}: {', '.join(spec.outcomes)}, {moment} ({data_path.name})"
-
-
-def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
-    """The effect-modification verdict in one sentence (it starts every patient-label reason)."""
-    name = inline(spec.outcomes[result.outcome].label.split(" (")[0])
-    if not result.permutation.tested:
-        return f"Whether the effect on {name} differs between patients was not tested."
-    p = _fmt(_clean(result.p_adjusted))
-    beyond = " beyond what their baseline risk explains" if result.permutation.method == "imputed_randomisation" else ""
-    if result.evidence:
-        return f"There is evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
-    return f"There is no reliable evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
-
-
-def fit_champion(
-    result: OutcomeResult,
-    spec: DatasetSpec,
-    config: TrainConfig,
-    evidence: Evidence,
-    provenance: dict[str, Any] | None = None,
-    fitted: FinalFits | None = None,
-) -> ResponderModel:
-    """Refit the chosen candidate on all patients with its interval machinery and fix the answer and label rule.
-
-    ``fitted``: the parts :func:`final_fits` already made in the worker pool (else they are fitted here).
-    """
-    data = result.data
-    config = config.resolved(len(data.y))
-    if fitted is None:
-        data = with_parsed(data, spec)
-        pipeline, F = fit_pipeline(spec, data.X, data.parsed)
-        candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
-        bootstrap = None
-    else:
-        pipeline, F, candidate, bootstrap = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap
-    ensemble = None
-    if not candidate.has_draws:
-        ensemble = BootstrapEnsemble(
-            candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
-        ).fit(F, data.t, data.y, models=bootstrap)
-    model = ResponderModel(
-        spec=spec,
-        outcome=result.outcome,
-        pipeline=pipeline,
-        candidate=candidate,
-        ensemble=ensemble,
-        label_policy=None,  # type: ignore[arg-type]  # fitted below
-        evidence=evidence,
-        interval_level=config.intervals.level,
-        average_effect=result.average_effect.to_dict() if result.average_effect is not None else {},
-        metadata={
-            "candidate_label": candidate_label(result.champion),
-            "reason": result.reason,
-            "responder_rule": result.counts.rule,
-            "n_train": len(data.y),
-            "n_responders": int(data.y.sum()),
-            "answer": result.answer,
-            "refused": result.refused,  # candidates that failed the served-model checks, with the failed checks
-            "path": result.path.to_dict() if result.path is not None else None,
-            # Convergence of the served posterior (several chains); None for models without MCMC draws.
-            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == BCF else None,
-            # The patient report and the API show a simulated-data banner from this record.
-            "data_provenance": dict(provenance or {}),
-        },
-    )
-    model.label_policy = build_policy(
-        config.labels,
-        answer=result.answer,
-        answer_reason=result.reason[0].upper() + result.reason[1:] + "." if result.reason else "",
-        evidence_sentence=evidence_sentence(result, spec),
-        average_effect=result.average_effect,
-        level=config.intervals.level,
-        interval_kind="credible" if candidate.has_draws else "confidence",
-        treated=spec.treated_inline(),  # inside sentences
-        control=spec.control_inline(),
-        wording=Wording.of(spec.outcomes[result.outcome]),
-    )
-    return model
-
-
-def _bcf_diagnostics(candidate: BenefitCandidate, F: pd.DataFrame, config: TrainConfig) -> dict[str, Any]:
-    """Convergence of the served BCF on all its retained draws, then its thinning for serving (measured)."""
-    diagnostics = bcf_diagnostics(candidate, F, config.seed)
-    diagnostics["thinning"] = thin_and_measure(candidate, F, config.candidates.bcf.serve_draws, config.intervals.level, config.seed)
-    return diagnostics
 
 
 def _log_table(frame: pd.DataFrame, path: str) -> None:
@@ -379,72 +191,38 @@ def promote(results: dict[str, OutcomeResult], client: MlflowClient) -> None:
         result.champion_version = str(current.version) if current else None
 
 
-# The steps of a fit, shared by the job (run_training) and the library API (training.estimator) ------------
-def evaluate_outcome(
-    data: OutcomeData,
-    spec: DatasetSpec,
-    config: TrainConfig,
-    executor: Executor,
-    outcome: str,
-    phase: Callable[..., None] | None = None,
-    after_cv: Callable[[Any], None] | None = None,
-) -> tuple[Any, Any, Any]:
-    """One outcome's nested cross-validation, risk-based (PATH) analysis and heterogeneity test: (cv, path, test).
-
-    ``phase(label, kind, step=False)`` is told when each step starts (the job's progress and
-    timing); ``after_cv(cv)`` runs right after the cross-validation (the job logs its candidate runs).
-    """
-    phase = phase or (lambda *args, **kwargs: None)
-    phase("nested cross-validation", "cv", step=True)
-    cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
-    if after_cv is not None:
-        after_cv(cv)
-    phase("risk-based (PATH) analysis", "test")
-    path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
-    phase("heterogeneity test", "test", step=True)
-    permutation = heterogeneity_test(data, spec, config, executor, desc=f"{outcome}: heterogeneity test")
-    return cv, path, permutation
+def _by_comparison(
+    results: dict[str, OutcomeResult], frame: pd.DataFrame, spec: DatasetSpec
+) -> list[tuple[str | None, pd.DataFrame, DatasetSpec, dict[str, OutcomeResult]]]:
+    """Per comparison: its key, rows, two-arm spec and results keyed by outcome (a two-arm trial: one, unchanged)."""
+    if not spec.arm.multi:
+        return [(None, frame, spec, results)]
+    out = []
+    for comparison in spec.comparisons():
+        group = {r.outcome: r for r in results.values() if r.comparison is not None and r.comparison.key == comparison.key}
+        out.append((comparison.key, frame.loc[comparison.rows(frame)].reset_index(drop=True), comparison.spec, group))
+    return out
 
 
-def decide_answers(results: dict[str, OutcomeResult], frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig) -> None:
-    """Holm over the outcomes' tests, the adjusted average effects, and each outcome's answer and champion (in place)."""
-    adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
-    effects = adjust(
-        {k: average_effect(frame, spec, k, config) for k in results},
-        alpha=config.evidence.alpha,
-    )
-    for outcome, result in results.items():
-        result.p_adjusted = adjusted[outcome]
-        result.average_effect = effects[outcome]
-        tested = result.permutation.tested
-        result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
-        choice = choose_answer(
-            result.cv, result.data.y, result.data.t, result.evidence, tested,
-            bool(result.path is not None and result.path.discriminates), list(config.candidates.enabled), config.intervals.level,
+def _comparisons_index(spec: DatasetSpec, results: dict[str, OutcomeResult]) -> str:
+    """Three or more arms: a page listing each comparison's cohort report with its average effects (Holm across all)."""
+    rows = []
+    for result in results.values():
+        own, effect = result.spec, result.average_effect
+        rd = "n/a" if effect is None or effect.risk_difference is None else f"{effect.risk_difference:+.3f} [{_fmt(effect.ci_low)}, {_fmt(effect.ci_high)}]"
+        rows.append(
+            f"<tr><td><a href=\"cohort-{escape(result.comparison.key)}.html\">{escape(own.treated_display())} vs {escape(own.control_display())}</a></td>"
+            f"<td>{escape(spec.outcomes[result.outcome].label)}</td><td>{escape(rd)}</td><td>{_fmt(_clean(effect.p_adjusted)) if effect else 'n/a'}</td>"
+            f"<td>{_fmt(_clean(result.p_adjusted))}</td><td>{escape(result.answer)}</td></tr>"
         )
-        result.answer, result.champion, result.reason, result.refused = choice.answer, choice.champion, choice.reason, choice.refused
-
-
-def evidence_of(result: OutcomeResult, config: TrainConfig) -> tuple[str, Evidence]:
-    """The verdict sentence and the heterogeneity record the served model carries."""
-    tested = result.permutation.tested
-    verdict = (
-        "evidence of effect modification"
-        if result.evidence
-        else "no reliable evidence of effect modification" if tested else "effect modification not tested"
+    return (
+        f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(spec.name)}: comparisons</title></head><body>"
+        f"<h1>{escape(spec.name)}: {len(spec.comparisons())} comparisons</h1>"
+        "<p>Each comparison is fitted on its two arms' patients. Holm's procedure runs across every comparison and outcome "
+        "(the average effects' adjusted p-values and the heterogeneity tests).</p>"
+        "<table><thead><tr><th>Comparison</th><th>Outcome</th><th>Responder risk difference [CI]</th><th>Holm-adjusted p (average effect)</th>"
+        "<th>Holm-adjusted p (heterogeneity)</th><th>Answer</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></body></html>"
     )
-    evidence = Evidence(
-        tested=tested,
-        subgroup_evidence=result.evidence,
-        p_value=_clean(result.permutation.p_value),
-        p_adjusted=_clean(result.p_adjusted),
-        statistic=_clean(result.permutation.statistic),
-        alpha=config.evidence.alpha,
-        permutations=int(result.permutation.permutations_run),
-        verdict=verdict,
-        method=result.permutation.method,
-    )
-    return verdict, evidence
 
 
 def run_training(
@@ -470,9 +248,8 @@ def run_training(
     experiment_id = ensure_experiment(client, spec.name, resolved_uri)
     digest = file_digest(data_path)
     provenance = data_provenance(frame, data_path, digest, spec)
-    results: dict[str, OutcomeResult] = {}
     # Per outcome: nested CV, permutation test; then refit/register, report analysis, gate/promote, report.
-    steps = JobSteps(2 * len(spec.outcomes) + 4)
+    steps = JobSteps(2 * len(spec.model_keys()) + 4)
     note = job_note(data_path.name, len(frame), digest, spec.name, list(spec.outcomes), config.model_dump(mode="json"))
 
     mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
@@ -511,59 +288,49 @@ def run_training(
         mlflow.log_text(spec.to_yaml(), "data/spec.yaml")
         mlflow.log_text(config.to_yaml(), "config.yaml")
 
-        clock.start("parse the lab values once", "data")
-        parsed = parsed_inputs(spec, model_inputs(frame, spec))
-        for outcome in spec.outcomes:
-            clock.start(f"{outcome}: MLflow outcome run", "mlflow")
-            data, counts = outcome_data(frame, spec, outcome, config, parsed)
+        # The fit: exactly ResponderEstimator.fit (the library API), on this job's executor, telling the
+        # progress line and the phase clock where it is. Every run below is made from its results.
+        def phase(label: str, kind: str, step: bool = False, outcome: str | None = None) -> None:
+            if kind == "final fits" and step:
+                steps.start("refit, log and register the champions")
+                clock.start("final fits: champions and bootstrap refits", kind)
+                return
+            named = f"{outcome}: {label}" if outcome else label
+            if step:
+                steps.start(named)
+            clock.start(named, kind)
+
+        fitted = ResponderEstimator(spec, config).fit(frame, str(data_path), validation=validation, provenance=provenance, executor=executor, phase=phase)
+        results: dict[str, OutcomeResult] = fitted.results
+
+        # Tracking: per outcome a run with its candidates' runs under it, the served model logged and registered.
+        # The key is the outcome (two arms) or "<comparison>/<outcome>" (three or more arms, each with its two-arm spec).
+        for outcome, result in results.items():
+            own = result.spec or spec
+            clock.start(f"{outcome}: MLflow logging and registration", "mlflow")
+            counts, cv = result.counts, result.cv
             log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
+            tested = result.permutation.tested
+            verdict, _ = evidence_of(result, config)
+            result.registered_model = own.registered_model_name(result.outcome)
             with mlflow.start_run(run_name=f"{spec.name}/{outcome} {started_on}", nested=True) as outcome_run:
-                mlflow.set_tags({"outcome": outcome, "spec": spec.name})
+                result.run_id = outcome_run.info.run_id
+                mlflow.set_tags({"outcome": result.outcome, "spec": spec.name})
+                if result.spec is not None:
+                    mlflow.set_tags({"comparison": result.comparison.key, "treated_arm": own.treated_display(), "control_arm": own.control_display()})
                 mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
                 mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
                 log_metrics(counts.as_metrics())
-
-                def phase(label: str, kind: str, step: bool = False, outcome: str = outcome) -> None:
-                    if step:
-                        steps.start(f"{outcome}: {label}")
-                    clock.start(f"{outcome}: {label}", kind)
-
-                def log_candidates(cv, outcome: str = outcome) -> None:
-                    clock.start(f"{outcome}: MLflow candidate runs", "mlflow")
-                    for name in config.candidates.enabled:
-                        with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
-                            mlflow.set_tags({"outcome": outcome, "candidate": name})
-                            settings = getattr(config.candidates, name, None)
-                            params = settings.model_dump(mode="json") if settings is not None else {}
-                            if params:
-                                mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-                            log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
-                            log_metrics({"times_selected": cv.selections[name]})
-                            mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
-
-                cv, path, permutation = evaluate_outcome(data, spec, config, executor, outcome, phase=phase, after_cv=log_candidates)
-                results[outcome] = OutcomeResult(outcome, counts, data, cv, permutation, run_id=outcome_run.info.run_id, path=path)
-
-        # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
-        for outcome, effect in sensitivity_effects(frame, spec, config).items():
-            results[outcome].average_effect_sensitivity = effect
-        # Event by a horizon: the IPCW estimate beside the primary analysis, which excludes early censoring.
-        for outcome in spec.event_by_outcomes():
-            if outcome in results:
-                results[outcome].censoring = censoring_sensitivity(frame, spec, outcome, seed=config.seed)
-
-        steps.start("refit, log and register the champions")
-        clock.start("final fits: champions and bootstrap refits", "final fits")
-        decide_answers(results, frame, spec, config)
-        fitted = final_fits(results, spec, config, executor)
-        for outcome, result in results.items():
-            tested = result.permutation.tested
-            verdict, evidence = evidence_of(result, config)
-            clock.start(f"{outcome}: assemble the served model", "final fits")
-            result.model = fit_champion(result, spec, config, evidence, provenance, fitted[outcome])
-            clock.start(f"{outcome}: MLflow logging and registration", "mlflow")
-            result.registered_model = spec.registered_model_name(outcome)
-            with mlflow.start_run(run_id=result.run_id, nested=True):
+                for name in config.candidates.enabled:
+                    with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
+                        mlflow.set_tags({"outcome": outcome, "candidate": name})
+                        settings = getattr(config.candidates, name, None)
+                        params = settings.model_dump(mode="json") if settings is not None else {}
+                        if params:
+                            mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+                        log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                        log_metrics({"times_selected": cv.selections[name]})
+                        mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
                 selected = result.cv.summary.loc[result.procedure]
                 log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
                 effect = result.average_effect
@@ -587,7 +354,7 @@ def run_training(
                     }
                 )
                 mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
-                _log_outcome_artifacts(result, spec, config)
+                _log_outcome_artifacts(result, own, config)
                 info = log_responder_model(result.model)
             result.model_uri = info.model_uri
             version = register(
@@ -624,11 +391,14 @@ def run_training(
         steps.start("cohort report: analysis and figures")
         clock.start("cohort report: analysis and figures", "reports")
         report_started = time.perf_counter()
-        payload = build_cohort_payload(
-            frame, spec, run_config, results, provenance, validation, parent.info.run_id, experiment_id
-        )
-        payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
-        images = cohort_figures(payload, drawn={name: r.figures for name, r in results.items()})
+        reports = []  # one cohort report per comparison (a two-arm trial: one, as always)
+        for key, sub, own, group in _by_comparison(results, frame, spec):
+            payload = build_cohort_payload(
+                sub, own, config.resolved(len(sub)), group, provenance, validation, parent.info.run_id, experiment_id
+            )
+            payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
+            images = cohort_figures(payload, drawn={name: r.figures for name, r in group.items()})
+            reports.append((key, payload, images, group))
         report_seconds = time.perf_counter() - report_started
 
         steps.start("validate and promote")
@@ -642,14 +412,22 @@ def run_training(
         clock.start("cohort report: render and log", "reports")
 
         report_started = time.perf_counter()
-        add_registry(payload, results)
-        payload.log_to_mlflow()
-        html = render_cohort_report(payload, images=images)
-        mlflow.log_text(html, "reports/cohort.html")
-        _log_shap_plots(images, results, client)
+        pages = {}
+        for key, payload, images, group in reports:
+            where = "reports" if key is None else f"reports/{key}"
+            add_registry(payload, group)
+            payload.log_to_mlflow(where)
+            html = render_cohort_report(payload, images=images)
+            mlflow.log_text(html, f"{where}/cohort.html")
+            _log_shap_plots(images, group, client)
+            pages["cohort.html" if key is None else f"cohort-{key}.html"] = html
+        if len(reports) > 1:  # three or more arms: cohort.html lists the comparisons' reports
+            pages["cohort.html"] = _comparisons_index(spec, results)
+            mlflow.log_text(pages["cohort.html"], "reports/cohort.html")
         if report_dir is not None:
             Path(report_dir).mkdir(parents=True, exist_ok=True)
-            (Path(report_dir) / "cohort.html").write_text(html, encoding="utf-8")
+            for name, html in pages.items():
+                (Path(report_dir) / name).write_text(html, encoding="utf-8")
             log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
         report_seconds += time.perf_counter() - report_started
         log_metrics({"report_seconds": report_seconds})

@@ -511,18 +511,18 @@ class CohortPayload:
         parts = {p.stem: pd.read_parquet(p) for p in sorted((directory / PARTS_DIR).glob("*.parquet"))}
         return cls(meta, parts)
 
-    def log_to_mlflow(self) -> None:
-        """Log the payload to the active MLflow run under ``reports/``."""
+    def log_to_mlflow(self, artifact_dir: str = ARTIFACT_DIR) -> None:
+        """Log the payload to the active MLflow run under ``reports/`` (a comparison's: ``reports/<comparison>/``)."""
         import mlflow
 
         with tempfile.TemporaryDirectory() as tmp:
             self.save(tmp)
-            mlflow.log_artifact(str(Path(tmp) / PAYLOAD_FILE), artifact_path=ARTIFACT_DIR)
-            mlflow.log_artifacts(str(Path(tmp) / PARTS_DIR), artifact_path=f"{ARTIFACT_DIR}/{PARTS_DIR}")
+            mlflow.log_artifact(str(Path(tmp) / PAYLOAD_FILE), artifact_path=artifact_dir)
+            mlflow.log_artifacts(str(Path(tmp) / PARTS_DIR), artifact_path=f"{artifact_dir}/{PARTS_DIR}")
 
     @classmethod
-    def from_mlflow(cls, run_id: str, tracking_uri: str) -> CohortPayload:
-        """Download and load the payload logged by the training job ``run_id``."""
+    def from_mlflow(cls, run_id: str, tracking_uri: str, artifact_dir: str = ARTIFACT_DIR) -> CohortPayload:
+        """Download and load the payload logged by the training job ``run_id`` (a comparison's: ``reports/<comparison>``)."""
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -531,10 +531,10 @@ class CohortPayload:
             try:
                 for name in (PAYLOAD_FILE, PARTS_DIR):
                     mlflow.artifacts.download_artifacts(
-                        run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{name}", dst_path=str(local), tracking_uri=tracking_uri
+                        run_id=run_id, artifact_path=f"{artifact_dir}/{name}", dst_path=str(local), tracking_uri=tracking_uri
                     )
             except (MlflowException, OSError) as err:
-                raise LookupError(f"run {run_id} has no cohort report payload ({ARTIFACT_DIR}/{PAYLOAD_FILE}): {err}") from err
+                raise LookupError(f"run {run_id} has no cohort report payload ({artifact_dir}/{PAYLOAD_FILE}): {err}") from err
             return cls.load(local)
 
 

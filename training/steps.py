@@ -1,0 +1,352 @@
+"""The steps of a fit, shared by the library API (:mod:`training.estimator`) and the job (:mod:`training.train`).
+
+:func:`fit_trial` runs them in order on a validated frame: per outcome the
+labels, nested cross-validation, the risk-based (PATH) analysis and the
+heterogeneity test; then the sensitivity analyses, Holm across every test, the
+answer per outcome and the final fits with their intervals. Nothing here
+touches MLflow: the job tracks, registers and reports the fitted results after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
+from core.config import TrainConfig
+from core.data import model_inputs
+from core.effects import AverageEffect, adjust, ancova, risk_difference
+from core.labelling import Wording, build_policy
+from core.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
+from core.runtime.artefact import Evidence, ResponderModel
+from core.spec import DatasetSpec, inline
+from training.answer import choose_answer
+from training.diagnostics import bcf_diagnostics, thin_and_measure
+from training.evaluation import OutcomeData, cross_validate, features_of, fit_pipeline, holm, parsed_inputs, with_parsed
+from training.executor import Executor
+from training.heterogeneity import heterogeneity_test
+from training.path import path_analysis
+from training.results import OutcomeResult, _clean, _fmt
+
+
+def outcome_data(
+    frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig, parsed: pd.DataFrame | None = None
+) -> tuple[OutcomeData, LabelCounts]:
+    """One outcome's patients (those with a label), arms and labels; ``parsed``: the whole frame's
+    model inputs already lab-parsed (:func:`training.evaluation.parsed_inputs`), row for row."""
+    labels, counts = responder_labels(
+        frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup
+    )
+    keep = labels.notna().to_numpy()
+    X = model_inputs(frame, spec).loc[keep].reset_index(drop=True)
+    t = spec.arm.is_treated(frame[spec.arm.column])[keep].astype(int)
+    y = labels.to_numpy()[keep].astype(int)
+    rows = parsed.loc[keep].reset_index(drop=True) if parsed is not None else None
+    return OutcomeData(X, t, y, spec.arm.treated_fraction, rows), counts
+
+
+def average_effect(frame: pd.DataFrame, spec: DatasetSpec, outcome: str, config: TrainConfig) -> AverageEffect:
+    """The outcome's responder risk difference under the rule and missing-follow-up policy it is trained with."""
+    labels, counts = responder_labels(frame, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup)
+    treated = spec.arm.is_treated(frame[spec.arm.column])
+    effect = risk_difference(outcome, counts.rule, counts.missing_policy, labels.to_numpy(dtype=float), treated)
+    o = spec.outcomes[outcome]
+    if o.kind == "score" and o.baseline in frame.columns and o.followup in frame.columns:
+        effect.ancova = ancova(
+            pd.to_numeric(frame[o.baseline], errors="coerce").to_numpy(dtype=float),
+            pd.to_numeric(frame[o.followup], errors="coerce").to_numpy(dtype=float),
+            treated,
+        )
+        effect.ancova.unit = o.unit
+    return effect
+
+
+
+# Final fits in the worker pool -------------------------------------------------------------------------
+@dataclass
+class FinalFits:
+    """One outcome's served parts, fitted before the champion is assembled (:func:`final_fits`)."""
+
+    pipeline: Any
+    F: pd.DataFrame
+    candidate: BenefitCandidate
+    bootstrap: list[BenefitCandidate] | None  # refits for the interval (candidates without posterior draws)
+
+
+@dataclass(frozen=True)
+class _FinalShared:
+    data: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray, float]]  # outcome -> (F, t, y, treated fraction)
+    champions: dict[str, str]
+    configs: dict[str, TrainConfig]
+
+
+def _final_task(task: tuple, shared: _FinalShared):
+    kind, outcome, payload = task
+    F, t, y, e = shared.data[outcome]
+    config, name = shared.configs[outcome], shared.champions[outcome]
+    if kind == "champion":
+        return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
+    template, resamples = payload
+    return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
+
+
+def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: TrainConfig, executor: Executor) -> dict[str, FinalFits]:
+    """Every outcome's champion fit and bootstrap refits, in the worker pool.
+
+    The same fits, seeds and resamples as :func:`fit_champion` makes by itself
+    (the resamples are drawn here, in order), so the served models are identical.
+    Two passes: the champions (whose chosen penalty the refits may keep), then
+    the bootstrap refits of every outcome together.
+    """
+    shared_data, configs, pipelines = {}, {}, {}
+    for outcome, result in results.items():
+        own = getattr(result, "spec", None) or spec  # a comparison's two-arm spec (three or more arms)
+        data = with_parsed(result.data, own)
+        pipelines[outcome], F = fit_pipeline(own, data.X, data.parsed)
+        configs[outcome] = config.resolved(len(data.y))
+        shared_data[outcome] = (F, data.t, data.y, data.treated_fraction)
+    shared = _FinalShared(shared_data, {k: r.champion for k, r in results.items()}, configs)
+    champions = dict(zip(results, executor.map(_final_task, [("champion", o, None) for o in results], desc="final fits: champions", shared=shared), strict=True))
+    tasks: list[tuple] = []
+    workers = max(1, getattr(executor, "workers", 2))
+    for outcome, candidate in champions.items():
+        if candidate.has_draws:
+            continue
+        intervals = configs[outcome].intervals
+        ensemble = BootstrapEnsemble(candidate, intervals.bootstrap_models, intervals.level, configs[outcome].seed, intervals.bootstrap_penalty)
+        resamples, template = ensemble.resamples(results[outcome].data.t), ensemble.template()
+        chunks = max(1, min(len(resamples), 2 * workers))
+        tasks += [("bootstrap", outcome, (template, resamples[i::chunks])) for i in range(chunks)]
+    answers = executor.map(_final_task, tasks, desc="final fits: bootstrap refits", shared=shared) if tasks else []
+    fits = {}
+    for outcome in results:
+        chunks = [models for (kind, o, _), models in zip(tasks, answers, strict=True) if kind == "bootstrap" and o == outcome]
+        bootstrap = None
+        if chunks:
+            # Back into resample order: chunk i holds resamples i, i + k, i + 2k, ... (k chunks)
+            bootstrap = [None] * sum(len(models) for models in chunks)
+            for i, models in enumerate(chunks):
+                bootstrap[i :: len(chunks)] = models
+        fits[outcome] = FinalFits(pipelines[outcome], shared_data[outcome][0], champions[outcome], bootstrap)
+    return fits
+
+
+def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
+    """The effect-modification verdict in one sentence (it starts every patient-label reason)."""
+    name = inline(spec.outcomes[result.outcome].label.split(" (")[0])
+    if not result.permutation.tested:
+        return f"Whether the effect on {name} differs between patients was not tested."
+    p = _fmt(_clean(result.p_adjusted))
+    beyond = " beyond what their baseline risk explains" if result.permutation.method == "imputed_randomisation" else ""
+    if result.evidence:
+        return f"There is evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
+    return f"There is no reliable evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
+
+
+def fit_champion(
+    result: OutcomeResult,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    evidence: Evidence,
+    provenance: dict[str, Any] | None = None,
+    fitted: FinalFits | None = None,
+) -> ResponderModel:
+    """Refit the chosen candidate on all patients with its interval machinery and fix the answer and label rule.
+
+    ``fitted``: the parts :func:`final_fits` already made in the worker pool (else they are fitted here).
+    """
+    data = result.data
+    config = config.resolved(len(data.y))
+    if fitted is None:
+        data = with_parsed(data, spec)
+        pipeline, F = fit_pipeline(spec, data.X, data.parsed)
+        candidate = make_candidate(result.champion, config.candidates, data.treated_fraction, config.seed, final=True).fit(F, data.t, data.y)
+        bootstrap = None
+    else:
+        pipeline, F, candidate, bootstrap = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap
+    ensemble = None
+    if not candidate.has_draws:
+        ensemble = BootstrapEnsemble(
+            candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
+        ).fit(F, data.t, data.y, models=bootstrap)
+    model = ResponderModel(
+        spec=spec,
+        outcome=result.outcome,
+        pipeline=pipeline,
+        candidate=candidate,
+        ensemble=ensemble,
+        label_policy=None,  # type: ignore[arg-type]  # fitted below
+        evidence=evidence,
+        interval_level=config.intervals.level,
+        average_effect=result.average_effect.to_dict() if result.average_effect is not None else {},
+        metadata={
+            "candidate_label": candidate_label(result.champion),
+            "reason": result.reason,
+            "responder_rule": result.counts.rule,
+            "n_train": len(data.y),
+            "n_responders": int(data.y.sum()),
+            "answer": result.answer,
+            "refused": result.refused,  # candidates that failed the served-model checks, with the failed checks
+            "path": result.path.to_dict() if result.path is not None else None,
+            # Convergence of the served posterior (several chains); None for models without MCMC draws.
+            "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == BCF else None,
+            # The patient report and the API show a simulated-data banner from this record.
+            "data_provenance": dict(provenance or {}),
+            # Three or more arms: the comparison this model answers (serving keys and names its answers by it).
+            **({"comparison": result.comparison.describe()} if result.spec is not None else {}),
+        },
+    )
+    model.label_policy = build_policy(
+        config.labels,
+        answer=result.answer,
+        answer_reason=result.reason[0].upper() + result.reason[1:] + "." if result.reason else "",
+        evidence_sentence=evidence_sentence(result, spec),
+        average_effect=result.average_effect,
+        level=config.intervals.level,
+        interval_kind="credible" if candidate.has_draws else "confidence",
+        treated=spec.treated_inline(),  # inside sentences
+        control=spec.control_inline(),
+        wording=Wording.of(spec.outcomes[result.outcome]),
+    )
+    return model
+
+
+def _bcf_diagnostics(candidate: BenefitCandidate, F: pd.DataFrame, config: TrainConfig) -> dict[str, Any]:
+    """Convergence of the served BCF on all its retained draws, then its thinning for serving (measured)."""
+    diagnostics = bcf_diagnostics(candidate, F, config.seed)
+    diagnostics["thinning"] = thin_and_measure(candidate, F, config.candidates.bcf.serve_draws, config.intervals.level, config.seed)
+    return diagnostics
+
+
+# The steps of a fit, shared by the job (run_training) and the library API (training.estimator) ------------
+def evaluate_outcome(
+    data: OutcomeData,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    executor: Executor,
+    outcome: str,
+    phase: Callable[..., None] | None = None,
+) -> tuple[Any, Any, Any]:
+    """One outcome's nested cross-validation, risk-based (PATH) analysis and heterogeneity test: (cv, path, test).
+
+    ``phase(label, kind, step=False)`` is told when each step starts (the job's progress and
+    timing).
+    """
+    phase = phase or (lambda *args, **kwargs: None)
+    phase("nested cross-validation", "cv", step=True)
+    cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
+    phase("risk-based (PATH) analysis", "test")
+    path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
+    phase("heterogeneity test", "test", step=True)
+    permutation = heterogeneity_test(data, spec, config, executor, desc=f"{outcome}: heterogeneity test")
+    return cv, path, permutation
+
+
+def _own(result: OutcomeResult, frame: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, DatasetSpec]:
+    """The rows and two-arm spec a result was fitted on (its comparison's, with three or more arms)."""
+    if result.comparison is None or result.comparison.key is None:
+        return frame, spec
+    return frame.loc[result.comparison.rows(frame)].reset_index(drop=True), result.comparison.spec
+
+
+def decide_answers(results: dict[str, OutcomeResult], frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig) -> None:
+    """Holm over the outcomes' tests, the adjusted average effects, and each outcome's answer and champion (in place).
+
+    With three or more arms the family is every comparison x outcome: Holm runs over all of them at once.
+    """
+    adjusted = holm({k: r.permutation.p_value for k, r in results.items()})
+    effects = adjust(
+        {k: average_effect(*_own(r, frame, spec), r.outcome, config) for k, r in results.items()},
+        alpha=config.evidence.alpha,
+    )
+    if any(r.spec is not None for r in results.values()):  # three or more arms: say what Holm adjusted for
+        for effect in effects.values():
+            effect.extra["holm_family"] = "comparison x outcome tests"
+    for outcome, result in results.items():
+        result.p_adjusted = adjusted[outcome]
+        result.average_effect = effects[outcome]
+        tested = result.permutation.tested
+        result.evidence = bool(tested and result.p_adjusted < config.evidence.alpha)
+        choice = choose_answer(
+            result.cv, result.data.y, result.data.t, result.evidence, tested,
+            bool(result.path is not None and result.path.discriminates), list(config.candidates.enabled), config.intervals.level,
+        )
+        result.answer, result.champion, result.reason, result.refused = choice.answer, choice.champion, choice.reason, choice.refused
+
+
+def evidence_of(result: OutcomeResult, config: TrainConfig) -> tuple[str, Evidence]:
+    """The verdict sentence and the heterogeneity record the served model carries."""
+    tested = result.permutation.tested
+    verdict = (
+        "evidence of effect modification"
+        if result.evidence
+        else "no reliable evidence of effect modification" if tested else "effect modification not tested"
+    )
+    evidence = Evidence(
+        tested=tested,
+        subgroup_evidence=result.evidence,
+        p_value=_clean(result.permutation.p_value),
+        p_adjusted=_clean(result.p_adjusted),
+        statistic=_clean(result.permutation.statistic),
+        alpha=config.evidence.alpha,
+        permutations=int(result.permutation.permutations_run),
+        verdict=verdict,
+        method=result.permutation.method,
+    )
+    return verdict, evidence
+
+
+
+
+def fit_trial(
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    config: TrainConfig,
+    executor: Executor,
+    provenance: dict[str, Any] | None = None,
+    phase: Callable[..., None] | None = None,
+) -> dict[str, OutcomeResult]:
+    """Every outcome of a validated, coerced trial frame, fitted: the results with their served models.
+
+    ``phase(label, kind, step=False, outcome=None)`` is told when each step starts
+    (the job's progress line and phase timing); the steps, seeds and order are the
+    same with or without it.
+    """
+    phase = phase or (lambda *args, **kwargs: None)
+    results: dict[str, OutcomeResult] = {}
+    phase("parse the lab values once", "data")
+    parsed_all = parsed_inputs(spec, model_inputs(frame, spec))
+    # One comparison for a two-arm trial (this spec, every row); with three or more arms, each comparison
+    # is fitted on its two arms' patients with its two-arm spec. Holm then runs across all of them.
+    for comparison in spec.comparisons():
+        rows = comparison.rows(frame) if comparison.key is not None else np.ones(len(frame), dtype=bool)
+        sub, own = frame.loc[rows].reset_index(drop=True), comparison.spec
+        parsed = parsed_all.loc[rows].reset_index(drop=True)
+        for outcome in spec.outcomes:
+            key = comparison.result_key(outcome)
+            phase("labels", "data", outcome=key)
+            data, counts = outcome_data(sub, own, outcome, config, parsed)
+
+            def outcome_phase(label: str, kind: str, step: bool = False, key: str = key) -> None:
+                phase(label, kind, step=step, outcome=key)
+
+            cv, path, permutation = evaluate_outcome(data, own, config, executor, key, phase=outcome_phase)
+            results[key] = OutcomeResult(outcome, counts, data, cv, permutation, path=path, comparison=comparison)
+        # Sensitivity analysis: with > 10% missing follow-up, the average effect under the other policy too.
+        for outcome, effect in sensitivity_effects(sub, own, config).items():
+            results[comparison.result_key(outcome)].average_effect_sensitivity = effect
+        # Event by a horizon: the IPCW estimate beside the primary analysis, which excludes early censoring.
+        for outcome in own.event_by_outcomes():
+            results[comparison.result_key(outcome)].censoring = censoring_sensitivity(sub, own, outcome, seed=config.seed)
+    phase("refit the champions", "final fits", step=True)
+    decide_answers(results, frame, spec, config)
+    fitted = final_fits(results, spec, config, executor)
+    for key, result in results.items():
+        phase("assemble the served model", "final fits", outcome=key)
+        _, evidence = evidence_of(result, config)
+        result.model = fit_champion(result, result.spec or spec, config, evidence, provenance, fitted[key])
+    return results
