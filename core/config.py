@@ -111,6 +111,12 @@ def _default_dict() -> dict:
     return yaml.safe_load(_default_text()) or {}
 
 
+@lru_cache(maxsize=1)
+def _packaged_defaults() -> dict:
+    """default.yaml parsed once for every model's defaults (read only: validation copies what it takes)."""
+    return _default_dict()
+
+
 def _defaults(path: str):
     """Class decorator: each field's default is the value default.yaml gives at ``path`` (validated by the field).
 
@@ -121,7 +127,7 @@ def _defaults(path: str):
     """
 
     def apply(model: type[_Strict]) -> type[_Strict]:
-        tree = _default_dict()
+        tree = _packaged_defaults()
         for key in filter(None, path.split(".")):
             tree = tree[key]
         missing = [f"{path}.{name}".lstrip(".") for name in model.model_fields if name not in tree]
