@@ -14,7 +14,7 @@ import bentoml
 
 from serving import schemas as S
 from serving.scoring import DEFAULT_MAX_BATCH, Scorer, resolve_champions
-from serving.service import SPEC, ApiGuard, Patient
+from serving.service import SPEC, ApiGuard, Patient, api_docs_html
 
 
 @bentoml.service(name="ldn-responders-batched", traffic={"timeout": 60}, workers=1)
@@ -27,4 +27,4 @@ class BatchedResponderService:
         return self.scorer.predict([p.model_dump() for p in patients]).results
 
 
-BatchedResponderService.add_asgi_middleware(ApiGuard)
+BatchedResponderService.add_asgi_middleware(ApiGuard, docs_html=api_docs_html)

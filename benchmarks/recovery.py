@@ -163,6 +163,13 @@ Counts = tuple[tuple[str, tuple[int, ...]], ...]
 COUNT_KINDS = ("trials", "bootstrap_trials", "permutation_trials", "full_trials")
 
 
+def _job_evidence():
+    """The training job's default evidence settings (core/configs/default.yaml)."""
+    from core.config import load_config
+
+    return load_config(None).evidence
+
+
 @dataclass(frozen=True)
 class Settings:
     """The Monte-Carlo design of one recovery run (every figure in the section is read against these).
@@ -188,9 +195,11 @@ class Settings:
         ("null", (300, 20, 12)), ("final", (5, 6, 5)), ("strong", (5, 6, 5)), ("ushape", (100, 20, 5)), ("sharp", (60, 10, 0)),
     )
     full_trials: Counts = (("null", (4, 4, 3)), ("final", (5, 6, 5)), ("strong", (5, 6, 5)))
-    replicates: int = 99  # the default test's simulated trials at most, as the job; the sequential rule stops most null trials early
-    permutations: int = 199  # the permutation test's, as the job
-    alpha: float = 0.05
+    # The default test's simulated trials at most, the permutation test's permutations and the level: the job's
+    # (default.yaml's evidence); the sequential rule stops most null trials early.
+    replicates: int = field(default_factory=lambda: _job_evidence().replicates)
+    permutations: int = field(default_factory=lambda: _job_evidence().permutations)
+    alpha: float = field(default_factory=lambda: _job_evidence().alpha)
     population: int = 2000  # held-out patients per scenario
     bootstrap_models: int | None = None
     cv_folds: int | None = None  # also the folds of the permutation test's statistic (one config, as in the job)

@@ -3,6 +3,9 @@
 Every knob of a training job lives here so that a job is reproducible from
 (data, spec, config, seed). ``load_config(None)`` gives the packaged default
 (``core/configs/default.yaml``); a user's file overrides any subset of it.
+The models here hold each setting's type, bounds and description; its default
+value is written once, in ``default.yaml``, and read from there at import
+(:func:`_defaults`), so ``TrainConfig()`` is the packaged default too.
 """
 
 from __future__ import annotations
@@ -99,18 +102,59 @@ def _resolve(model: BaseModel, prefix: str, n: int) -> BaseModel:
     return model.model_copy(update=updates) if updates else model
 
 
+@lru_cache(maxsize=1)
+def _default_text() -> str:
+    return resources.files("core").joinpath("configs", "default.yaml").read_text(encoding="utf-8")
+
+
+def _default_dict() -> dict:
+    return yaml.safe_load(_default_text()) or {}
+
+
+@lru_cache(maxsize=1)
+def _packaged_defaults() -> dict:
+    """default.yaml parsed once for every model's defaults (read only: validation copies what it takes)."""
+    return _default_dict()
+
+
+def _defaults(path: str):
+    """Class decorator: each field's default is the value default.yaml gives at ``path`` (validated by the field).
+
+    ``core/configs/default.yaml`` is the one place a default value is written: the fields here
+    carry types, bounds and descriptions only. A field the file does not give is an error at
+    import, naming the key. A model used at several places (LightGBM settings) takes its class
+    defaults from ``path``; the parent's field takes the value at its own place.
+    """
+
+    def apply(model: type[_Strict]) -> type[_Strict]:
+        tree = _packaged_defaults()
+        for key in filter(None, path.split(".")):
+            tree = tree[key]
+        missing = [f"{path}.{name}".lstrip(".") for name in model.model_fields if name not in tree]
+        if missing:
+            raise RuntimeError(f"core/configs/default.yaml gives no default for {', '.join(missing)}")
+        values = model.model_validate(tree)
+        for name, field in model.model_fields.items():
+            field.default = getattr(values, name)
+        model.model_rebuild(force=True)
+        return model
+
+    return apply
+
+
+@_defaults("candidates.t_learner.lightgbm")
 class LightGBMParams(_Strict):
     """LightGBM settings; defaults are deliberately shallow and slow-learning for about 100 patients."""
 
-    n_estimators: int = Field(60, ge=1)
-    learning_rate: float = Field(0.08, gt=0)
-    num_leaves: int = Field(4, ge=2)
-    max_depth: int = -1
-    min_child_samples: int = Field(10, ge=1)
-    subsample: float = Field(0.8, gt=0, le=1)
-    subsample_freq: int = 1
-    colsample_bytree: float = Field(0.8, gt=0, le=1)
-    reg_lambda: float = Field(1.0, ge=0)
+    n_estimators: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    num_leaves: int = Field(ge=2)
+    max_depth: int
+    min_child_samples: int = Field(ge=1)
+    subsample: float = Field(gt=0, le=1)
+    subsample_freq: int
+    colsample_bytree: float = Field(gt=0, le=1)
+    reg_lambda: float = Field(ge=0)
 
     def kwargs(self, seed: int) -> dict:
         # n_jobs=1 and deterministic: the executor parallelises across folds, and the
@@ -125,55 +169,57 @@ class LightGBMParams(_Strict):
         }
 
 
+@_defaults("candidates.risk_model")
 class RiskModelParams(_Strict):
-    C: float = Field(0.1, gt=0, description="inverse L2 strength of the prognostic (treatment-blinded) model")
-    score_folds: int = Field(5, ge=2, description="folds for the cross-fitted risk score the effect model is fitted on")
+    C: float = Field(gt=0, description="inverse L2 strength of the prognostic (treatment-blinded) model")
+    score_folds: int = Field(ge=2, description="folds for the cross-fitted risk score the effect model is fitted on")
 
 
+@_defaults("candidates.interaction_logistic")
 class InteractionLogisticParams(_Strict):
-    Cs: list[float] = Field([0.001, 0.003, 0.01, 0.03, 0.1], min_length=1, description="L2 strengths tried by internal CV")
-    cv: int = Field(3, ge=2, description="folds of the internal CV that picks C")
+    Cs: list[float] = Field(min_length=1, description="L2 strengths tried by internal CV")
+    cv: int = Field(ge=2, description="folds of the internal CV that picks C")
     treatment_scale: float = Field(
-        10.0, gt=0, description="the treatment column is multiplied by this, so its penalty is 1/scale^2 of the others"
+        gt=0, description="the treatment column is multiplied by this, so its penalty is 1/scale^2 of the others"
     )
 
 
+@_defaults("candidates.t_learner")
 class TLearnerParams(_Strict):
-    lightgbm: LightGBMParams = LightGBMParams()
+    lightgbm: LightGBMParams
 
 
+@_defaults("candidates.dr_learner")
 class DRLearnerParams(_Strict):
-    crossfit_folds: int = Field(2, ge=2)
-    nuisance: LightGBMParams = LightGBMParams()
-    final: LightGBMParams = LightGBMParams(n_estimators=40, min_child_samples=20, num_leaves=3)
+    crossfit_folds: int = Field(ge=2)
+    nuisance: LightGBMParams
+    final: LightGBMParams
 
 
+@_defaults("candidates.bcf")
 class BCFParams(_Strict):
     """Bayesian Causal Forest (stochtree, probit link); tree counts sized for trials of 10^2-10^3 patients."""
 
-    num_gfr: int = Field(10, ge=0, description="grow-from-root warm-start iterations (each chain starts from one of them)")
-    num_chains: int = Field(4, ge=1, description="MCMC chains of the served model (R-hat and ESS need several); at most num_gfr when num_gfr > 0, as each chain starts from its own warm start")
-    num_burnin: int = Field(100, ge=0, description="burn-in iterations per chain of the served model, discarded")
+    num_gfr: int = Field(ge=0, description="grow-from-root warm-start iterations (each chain starts from one of them)")
+    num_chains: int = Field(ge=1, description="MCMC chains of the served model (R-hat and ESS need several); at most num_gfr when num_gfr > 0, as each chain starts from its own warm start")
+    num_burnin: int = Field(ge=0, description="burn-in iterations per chain of the served model, discarded")
     serve_draws: int = Field(
-        200,
         ge=20,
         description="retained draws each served prediction evaluates, evenly spaced over the chains (the diagnostics use "
         "every retained draw; the job measures how far thinning moves the interval limits)",
     )
     num_mcmc: IntOrAuto = Field(
-        AUTO,
         description="retained posterior draws of the served model over all chains (its interval). auto: 1,000 below 2,000 "
         "patients, 400 from there (each prediction evaluates every draw's trees for every patient)",
     )
-    cv_gfr: int = Field(5, ge=0, description="warm-start iterations in cross-validation")
+    cv_gfr: int = Field(ge=0, description="warm-start iterations in cross-validation")
     cv_mcmc: IntOrAuto = Field(
-        AUTO,
         description="retained draws in cross-validation, where only posterior means are used. auto: 50 below 2,000 "
         "patients, 20 from there",
     )
-    mu_trees: int = Field(100, ge=1, description="trees of the prognostic forest")
-    tau_trees: int = Field(50, ge=1, description="trees of the treatment-effect forest")
-    explain_draws: int = Field(50, ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+    mu_trees: int = Field(ge=1, description="trees of the prognostic forest")
+    tau_trees: int = Field(ge=1, description="trees of the treatment-effect forest")
+    explain_draws: int = Field(ge=1, description="posterior draws whose mean forests TreeSHAP explains")
     @model_validator(mode="after")
     def _draws(self) -> BCFParams:
         for name, low in (("num_mcmc", 20), ("cv_mcmc", 10)):
@@ -183,7 +229,6 @@ class BCFParams(_Strict):
         return self
 
     max_patients: OptionalIntOrAuto = Field(
-        AUTO,
         description="BCF is fitted on a stratified random subsample of at most this many patients (None: all). "
         "auto: 1,000 from 2,000 patients on (a probit BCF fit grows faster than linearly and its prior already "
         "shrinks towards one effect; the other candidates use every patient), all patients below",
@@ -193,18 +238,18 @@ class BCFParams(_Strict):
 CandidateName = Literal["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
 
 
+@_defaults("candidates")
 class CandidatesConfig(_Strict):
-    enabled: list[CandidateName] = ["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
+    enabled: list[CandidateName]
     solver: Literal["auto", "liblinear", "newton-cholesky", "lbfgs"] = Field(
-        "auto",
         description="solver of the L2 logistic fits (risk model, interaction logistic, DR outcome models). auto: "
         "liblinear below 5,000 training rows of a fit, lbfgs from there (liblinear grows ~40x for 10x patients; core.candidates.logistic)",
     )
-    risk_model: RiskModelParams = RiskModelParams()
-    bcf: BCFParams = BCFParams()
-    interaction_logistic: InteractionLogisticParams = InteractionLogisticParams()
-    t_learner: TLearnerParams = TLearnerParams()
-    dr_learner: DRLearnerParams = DRLearnerParams()
+    risk_model: RiskModelParams
+    bcf: BCFParams
+    interaction_logistic: InteractionLogisticParams
+    t_learner: TLearnerParams
+    dr_learner: DRLearnerParams
 
     @model_validator(mode="after")
     def _floor_enabled(self) -> CandidatesConfig:
@@ -215,11 +260,11 @@ class CandidatesConfig(_Strict):
         return self
 
 
+@_defaults("selection")
 class SelectionConfig(_Strict):
     """How the champion is chosen among the candidates (inside the nested cross-validation)."""
 
     criterion: Literal["bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
-        "bcf_when_eligible",
         description=(
             "bcf_when_eligible: the prespecified shrinkage model (BCF) when it is eligible, else the arm-only floor "
             "(lost the least fresh-patient AUC of these rules in the recovery benchmark; needs bcf among the "
@@ -229,26 +274,24 @@ class SelectionConfig(_Strict):
         ),
     )
     floor_margin_se: float = Field(
-        1.0,
         ge=0,
         description="a candidate is eligible when its out-of-fold log-loss is not worse than the arm-only floor's "
         "by more than this many standard errors of the paired difference",
     )
 
 
+@_defaults("cv")
 class CVConfig(_Strict):
     folds: IntOrAuto = Field(
-        AUTO,
         description="outer folds. auto: 5 below 20,000 patients, 2 from there (each model still trains on 10,000 or "
         "more; a fit's cost grows with its training rows, so 2 folds cost about a quarter of 3 folds with 2 inner folds)",
     )
     repeats: IntOrAuto = Field(
-        AUTO,
         description="repeats of the outer split. auto: 3 below 10,000 patients, 1 from there (the split-to-split "
         "spread of out-of-fold metrics shrinks like 1/sqrt(n); at 10^4 one split is already as stable as three at 10^3)",
     )
     inner_folds: IntOrAuto = Field(
-        AUTO, description="folds of the inner loop that chooses the candidate. auto: 3 below 20,000 patients, 2 from there"
+        description="folds of the inner loop that chooses the candidate. auto: 3 below 20,000 patients, 2 from there"
     )
 
     @model_validator(mode="after")
@@ -263,9 +306,9 @@ class CVConfig(_Strict):
         return _resolve(self, "cv.", n)  # type: ignore[return-value]
 
 
+@_defaults("evidence")
 class EvidenceConfig(_Strict):
     method: Literal["imputed_randomisation", "auto", "permutation", "split_rate"] = Field(
-        "imputed_randomisation",
         description="imputed_randomisation: the served model (BCF) is the statistic, calibrated by null trials built "
         "from the fitted no-modification model (null: a constant treatment effect on the probit scale with a flexible "
         "prognosis; arms re-randomised, outcomes imputed; training.heterogeneity); permutation: whole-pipeline permutation test of 'covariates carry no "
@@ -273,25 +316,22 @@ class EvidenceConfig(_Strict):
         "auto: permutation up to auto_max_n patients, split_rate above",
     )
     replicates: int = Field(
-        99, ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
+        ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
     )
     max_patients: int = Field(
-        1000,
         ge=50,
         description="the imputed randomisation test runs on a stratified random subsample of at most this many patients "
         "(the BCF statistic is refitted for every replicate)",
     )
-    auto_max_n: int = Field(3000, ge=10, description="largest trial tested by permutation when method is auto")
-    permutations: int = Field(199, ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")
+    auto_max_n: int = Field(ge=10, description="largest trial tested by permutation when method is auto")
+    permutations: int = Field(ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")
     sequential_h: int = Field(
-        10,
         ge=0,
         description="Besag-Clifford sequential p-value: stop once this many permuted statistics reach the observed one "
         "(0: always run every permutation)",
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
+    alpha: float = Field(gt=0, lt=1, description="family-wise level after Holm's correction across outcomes")
     rate_bootstrap: IntOrAuto = Field(
-        AUTO,
         description="bootstrap replicates for the RATE (AUTOC) interval and the split-sample test's standard error. "
         "auto: 500 below 10,000 patients, 200 from there (each replicate sorts every patient; 200 keep the Monte-Carlo "
         "error of a standard error near 5%)",
@@ -303,7 +343,6 @@ class EvidenceConfig(_Strict):
             raise ValueError("rate_bootstrap must be at least 0 (or auto)")
         return self
     statistic: Literal["beyond_risk", "rate"] = Field(
-        "beyond_risk",
         description=(
             "beyond_risk: best Qini-weighted RATE of an effect-modelling candidate for the benefit the risk model "
             "does not explain (the claim 'responder subgroup'); rate: best Qini-weighted RATE of any candidate "
@@ -311,11 +350,11 @@ class EvidenceConfig(_Strict):
         ),
     )
     candidates: list[CandidateName] = Field(
-        ["interaction_logistic", "t_learner", "dr_learner"],
         description="effect-modelling candidates whose best ranking is the test statistic (refitted for every permutation)",
     )
 
 
+@_defaults("intervals")
 class IntervalConfig(_Strict):
     """Per-patient benefit intervals: for the *conditional average* benefit given the patient's measured values.
 
@@ -327,13 +366,11 @@ class IntervalConfig(_Strict):
     """
 
     bootstrap_models: IntOrAuto = Field(
-        AUTO,
         description="refits of the bootstrap interval (candidates without posterior draws). auto: 100 below 10,000 "
         "patients, 20 from there (each refit costs O(n), while the model's interval narrows like 1/sqrt(n))",
     )
 
     bootstrap_penalty: Literal["auto", "reselect", "keep"] = Field(
-        AUTO,
         description="reselect: each bootstrap refit chooses its own penalty by internal CV, as the served fit did; keep: "
         "refits use the penalty chosen on all patients (one fit instead of folds x Cs + 1). auto: reselect below 10,000 "
         "patients, keep from there (the choice barely varies between resamples of that size)",
@@ -344,9 +381,10 @@ class IntervalConfig(_Strict):
         if self.bootstrap_models != AUTO and self.bootstrap_models < 5:
             raise ValueError("bootstrap_models must be at least 5 (or auto)")
         return self
-    level: float = Field(0.95, gt=0.5, lt=1)
+    level: float = Field(gt=0.5, lt=1)
 
 
+@_defaults("labels")
 class LabelRule(_Strict):
     """Thresholds of the labels, in percentage points of benefit (0.10 = 10 pp); applied by ``core.labelling``.
 
@@ -361,42 +399,45 @@ class LabelRule(_Strict):
     ``uncertain``.
     """
 
-    likely_min_benefit: float = Field(0.10, ge=0, le=1)
-    unlikely_upper_below: float = Field(0.05, ge=-1, le=1, description="the minimal important benefit")
+    likely_min_benefit: float = Field(ge=0, le=1)
+    unlikely_upper_below: float = Field(ge=-1, le=1, description="the minimal important benefit")
 
 
+@_defaults("gate")
 class GateConfig(_Strict):
     """When a new model may become ``champion``."""
 
     max_brier_excess: float = Field(
-        0.05, ge=0, description="cross-validated Brier score (mean over arms) may exceed the no-information Brier by at most this"
+        ge=0, description="cross-validated Brier score (mean over arms) may exceed the no-information Brier by at most this"
     )
     max_brier_worse_than_champion: float = Field(
-        0.01, ge=0, description="not worse than the current champion's candidate on the same evaluation by more than this"
+        ge=0, description="not worse than the current champion's candidate on the same evaluation by more than this"
     )
 
 
+@_defaults("executor")
 class ExecutorConfig(_Strict):
-    kind: Literal["local", "dask"] = "local"
-    workers: int | None = Field(None, ge=1, description="local processes (None: one per core)")
-    scheduler: str | None = Field(None, description="address of a running Dask scheduler (kind: dask)")
+    kind: Literal["local", "dask"]
+    workers: int | None = Field(ge=1, description="local processes (None: one per core)")
+    scheduler: str | None = Field(description="address of a running Dask scheduler (kind: dask)")
 
 
+@_defaults("")
 class TrainConfig(_Strict):
-    seed: int = 2024
-    cv: CVConfig = CVConfig()
-    candidates: CandidatesConfig = CandidatesConfig()
-    selection: SelectionConfig = SelectionConfig()
-    evidence: EvidenceConfig = EvidenceConfig()
-    intervals: IntervalConfig = IntervalConfig()
-    labels: LabelRule = LabelRule()
-    gate: GateConfig = GateConfig()
-    executor: ExecutorConfig = ExecutorConfig()
+    seed: int
+    cv: CVConfig
+    candidates: CandidatesConfig
+    selection: SelectionConfig
+    evidence: EvidenceConfig
+    intervals: IntervalConfig
+    labels: LabelRule
+    gate: GateConfig
+    executor: ExecutorConfig
     responder_rules: dict[str, ResponderRule] = Field(
-        default_factory=dict, description="per-outcome override of the spec's responder rule (e.g. >= 50%)"
+        description="per-outcome override of the spec's responder rule (e.g. >= 50%)"
     )
     missing_followup: Literal["non_responder", "exclude"] | None = Field(
-        None, description="override of the spec's handling of missing follow-up"
+        description="override of the spec's handling of missing follow-up"
     )
 
     @model_validator(mode="after")
@@ -450,15 +491,6 @@ def smoke_settings() -> dict:
 def smoke_config(**overrides) -> TrainConfig:
     """The defaults with the smoke settings and ``overrides`` (deep-merged): a job of seconds, not estimates."""
     return load_config(None, **_merge(smoke_settings(), overrides))
-
-
-@lru_cache(maxsize=1)
-def _default_text() -> str:
-    return resources.files("core").joinpath("configs", "default.yaml").read_text(encoding="utf-8")
-
-
-def _default_dict() -> dict:
-    return yaml.safe_load(_default_text()) or {}
 
 
 def _merge(base: dict, update: dict) -> dict:

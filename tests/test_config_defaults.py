@@ -1,23 +1,68 @@
-"""Config defaults: default.yaml is the source, and the schema, the auto rules and their descriptions agree with it."""
+"""Config defaults: default.yaml is the only place a default value is written; the schema, the auto rules and their descriptions agree with it."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
-from core.config import AUTO, AUTO_RULES, TrainConfig, _default_text, load_config, smoke_config
+import core.config
+from core.config import (
+    AUTO,
+    AUTO_RULES,
+    DRLearnerParams,
+    LightGBMParams,
+    TrainConfig,
+    _default_text,
+    _defaults,
+    _Strict,
+    load_config,
+    smoke_config,
+)
 
 
-def test_the_schema_defaults_are_default_yaml():
-    """A field default in core/config.py that drifts from core/configs/default.yaml fails here, naming the key."""
+def test_no_default_value_is_written_in_the_schema():
+    """core/config.py declares types, bounds and descriptions only: a default written there (``= 3``, ``Field(3, ...)``,
+    ``default=``/``default_factory=``) fails here, naming the field, so default.yaml stays the one source."""
+    source = (Path(core.config.__file__)).read_text(encoding="utf-8")
+    written = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef) or not any(getattr(b, "id", "") == "_Strict" for b in node.bases):
+            continue
+        for statement in node.body:
+            if not isinstance(statement, ast.AnnAssign) or statement.value is None:
+                continue
+            value = statement.value
+            is_field = isinstance(value, ast.Call) and getattr(value.func, "id", "") == "Field"
+            if not is_field or value.args or any(k.arg in ("default", "default_factory") for k in value.keywords):
+                written.append(f"{node.name}.{statement.target.id}")  # type: ignore[attr-defined]
+    assert written == []
+
+
+def test_the_schema_defaults_are_default_yaml_at_every_place():
+    """TrainConfig() is default.yaml, leaf by leaf, including a model used at several places (LightGBM settings)."""
     def flat(value, prefix=""):
         if isinstance(value, dict):
             return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
         return {prefix.rstrip("."): value}
 
-    schema, packaged = flat(TrainConfig().model_dump(mode="json")), flat(load_config(None).model_dump(mode="json"))
+    schema, packaged = flat(TrainConfig().model_dump(mode="json")), flat(yaml.safe_load(_default_text()))
     assert {k: (schema.get(k), packaged.get(k)) for k in schema.keys() | packaged.keys() if schema.get(k) != packaged.get(k)} == {}
+    assert TrainConfig() == load_config(None)
+    lightgbm = yaml.safe_load(_default_text())["candidates"]["dr_learner"]["final"]
+    assert DRLearnerParams().final.model_dump() == lightgbm != LightGBMParams().model_dump()
+
+
+def test_a_setting_missing_from_default_yaml_is_named_at_import():
+    class Gate(_Strict):
+        max_brier_excess: float
+        not_in_the_file: int
+
+    with pytest.raises(RuntimeError, match=r"default.yaml gives no default for gate\.not_in_the_file$"):
+        _defaults("gate")(Gate)
 
 
 @pytest.mark.parametrize("path", list(AUTO_RULES))

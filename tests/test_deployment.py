@@ -82,8 +82,8 @@ def store(tmp_path_factory):
 @pytest.mark.slow  # the shared serving store: a whole training job (about 35 s)
 def test_synthetic_warm_up_patients_carry_no_patient_data(store):
     from core.spec import load_spec
+    from serving.readiness import synthetic_patients
     from serving.scoring import Scorer, resolve_champions
-    from serving.service import synthetic_patients
 
     spec = load_spec()
     scorer = Scorer(spec, resolve_champions(spec, store["uri"]))

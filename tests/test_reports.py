@@ -253,7 +253,7 @@ def test_report_statistics(spec, final_99):
     from sklearn.metrics import roc_auc_score
 
     from training.reports import analysis
-    from training.reports.payload import _censored_median_iqr
+    from training.reports.numbers import _censored_median_iqr
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, (20, 40)).astype(float)

@@ -205,7 +205,7 @@ def test_empty_oversized_and_malformed_bodies(client, patients):
 
 def test_body_size_limit_is_enforced_before_parsing(client, patients):
     """A body over RESPONDERS_MAX_BODY_BYTES gets 413 naming the limit, whether its size is declared or not."""
-    from serving.service import DEFAULT_MAX_BODY_BYTES
+    from serving.settings import DEFAULT_MAX_BODY_BYTES
 
     huge = b'{"patients":[' + b",".join([b"1"] * (DEFAULT_MAX_BODY_BYTES // 2 + 10)) + b"]}"
     declared = client.post("/predict", content=huge, headers={**AUTH, "content-type": "application/json"})

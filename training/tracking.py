@@ -149,7 +149,7 @@ def metric_value(value: Any) -> float:
     """A metric as it is logged and shown: 4 significant digits below 1, 3 decimals from 1 up (counts stay exact).
 
     MLflow's run table shows what is logged; 0.6123 reads, 0.61234567891234567 does not. The cohort
-    report's payload rounds the same way (:func:`training.reports.payload._num`), so both show one number.
+    report's payload rounds the same way (:func:`training.reports.numbers._num`), so both show one number.
     """
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):

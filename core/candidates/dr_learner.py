@@ -17,7 +17,7 @@ from core.candidates.base import (
     _rescale,
 )
 from core.candidates.boosting import _fit_lgbm_classifier, _lgbm_raw_contributions, _scoring_part, fit_lgbm
-from core.config import CandidatesConfig, LightGBMParams
+from core.config import CandidatesConfig, DRLearnerParams, LightGBMParams
 
 
 class DRLearner(BenefitCandidate):
@@ -52,8 +52,8 @@ class DRLearner(BenefitCandidate):
         self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, t: np.ndarray, y: np.ndarray):
-        nuisance = self.nuisance or LightGBMParams()
-        final = self.final or LightGBMParams(n_estimators=40, min_child_samples=20, num_leaves=3)
+        nuisance = self.nuisance or DRLearnerParams().nuisance  # default.yaml's candidates.dr_learner
+        final = self.final or DRLearnerParams().final
         self.features_ = features = list(X.columns)
         A = _matrix(X, features)
         t = np.asarray(t).astype(int)
