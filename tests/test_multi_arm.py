@@ -170,7 +170,7 @@ def test_anorexia_registers_and_serves_a_model_per_comparison_naming_both_arms(a
     assert first["ft-vs-cont/weight"]["comparison"] == {
         "key": "ft-vs-cont", "treated": "Family treatment", "control": "Control treatment", "treated_code": "FT", "control_code": "Cont",
     }
-    assert "Family treatment" in first["ft-vs-cont/weight"]["estimand"]
+    assert "family treatment minus control treatment" in first["ft-vs-cont/weight"]["estimand"]  # names inside a sentence
     assert body["models"]["cbt-vs-cont/weight"]["registered_model"] == "anorexia-cbt-vs-cont-weight"
     # The served answer is each comparison's own: the family-treatment model is not the CBT model.
     assert first["ft-vs-cont/weight"]["p_response_treated"] != pytest.approx(first["cbt-vs-cont/weight"]["p_response_treated"])
