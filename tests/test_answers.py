@@ -184,8 +184,8 @@ def test_a_bcf_fit_sent_back_from_a_worker_is_thinned_without_rebuilding_stochtr
     thinning takes the served draws from the flat forests, the same arrays as flattening the live model's."""
     import pickle
 
-    from core.runtime.forests import flatten_stochtree
     from core.candidates import BayesianCausalForest
+    from core.runtime.forests import flatten_stochtree
 
     X, t, y = _trial(200, 7, prognosis=0.8, modifier=1.0)
     model = BayesianCausalForest(num_gfr=4, num_mcmc=160, num_chains=4, num_burnin=20, mu_trees=20, tau_trees=10, random_state=3)
