@@ -221,30 +221,33 @@ def docs_page(doc: dict) -> bytes:
             parts.append(f"<p>{escape(operation.get('description') or operation.get('summary') or '')}</p>")
             body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body:
-                rows = _schema_rows(body, schemas)
-                parts.append("<h3>Request body (JSON)</h3><div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
-                parts += [f"<tr><td class=\"d{d}\"><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for d, f, k, t in rows]
-                parts.append("</table></div>")
+                parts.append("<h3>Request body (JSON)</h3>" + _field_table(_schema_rows(body, schemas)))
             parts.append("<h3>Responses</h3><ul>")
             for status, response in operation.get("responses", {}).items():
                 parts.append(f"<li><strong>{escape(str(status))}</strong>: {escape(response.get('description', ''))}</li>")
             parts.append("</ul>")
             ok = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {}).get("schema")
             if ok:
-                rows = _schema_rows(ok, schemas)
-                parts.append("<details><summary>200 response fields</summary><div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
-                parts += [f"<tr><td class=\"d{d}\"><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for d, f, k, t in rows]
-                parts.append("</table></div></details>")
+                parts.append("<details><summary>200 response fields</summary>" + _field_table(_schema_rows(ok, schemas)) + "</details>")
     parts.append("<h2 id=\"schemas\">Schemas</h2><p>Every object the endpoints take or answer, field by field.</p>")
     for name, schema in sorted(schemas.items()):
         if not schema.get("properties"):
             continue
         parts.append(f"<h3 id=\"schema-{escape(name)}\">{escape(name)}</h3><p>{escape(schema.get('description', ''))}</p>")
-        parts.append("<div class=\"wrap\"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>")
-        parts += [f"<tr><td><code>{escape(f)}</code></td><td>{escape(k)}</td><td>{escape(t)}</td></tr>" for _, f, k, t in _schema_rows(schema, {}, 3)]
-        parts.append("</table></div>")
+        parts.append(_field_table(_schema_rows(schema, {}, 3), indent=False))
     parts.append("</body></html>")
     return "\n".join(parts).encode()
+
+
+def _field_table(rows: list[tuple[int, str, str, str]], indent: bool = True) -> str:
+    """One table of fields: (depth, field, type, description) rows; nested fields indented by their depth."""
+    from html import escape
+
+    cells = "".join(
+        "<tr><td{}><code>{}</code></td><td>{}</td><td>{}</td></tr>".format(f' class="d{d}"' if indent else "", escape(f), escape(k), escape(t))
+        for d, f, k, t in rows
+    )
+    return f'<div class="wrap"><table><tr><th>Field</th><th>Type</th><th>Description</th></tr>{cells}</table></div>'
 
 
 @attr.frozen
