@@ -307,7 +307,7 @@ def render_jobs(jobs: list[tuple[str, ChildResult, str]], settings: Settings) ->
         outcome_rows.append([name, o["test"], str(o["permutations"]), f"{o['p_value']:.3f}", f"{o['p_adjusted']:.3f}", o["champion"]])
     lines += [
         "",
-        "What the job concluded (the permutation test stops by Besag & Clifford's sequential rule once h = 10 permuted "
+        "What the job concluded (the test stops by Besag & Clifford's sequential rule once `evidence.sequential_h` "
         "statistics reach the observed one):",
         "",
         md_table(["outcome", "test", "permutations run", "p", "Holm-adjusted p", "champion"], outcome_rows, "llrrrl"),

@@ -185,6 +185,24 @@ def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_
     assert "bcf" not in worse.eligible and "t_learner" in worse.eligible and worse.choice == "arm_only"
 
 
+def test_the_default_stopping_rule_gives_every_verdict_all_null_trials_would_give():
+    # default.yaml: 99 null trials, stop at h = 5. A stopped test has p = 5 / used >= 5/99 > 0.05, so at
+    # alpha = 0.05 (and at Holm's 0.025) the verdict must be the one of all 99; h = 4 would not guarantee it.
+    from core.config import load_config
+
+    evidence = load_config(None).evidence
+    B, h = evidence.replicates, evidence.sequential_h
+    rng = np.random.default_rng(11)
+    differs = {h: 0, h - 1: 0}
+    for _ in range(3000):
+        null, observed = rng.normal(size=B), rng.normal(1.2)
+        full = sequential_p_value(null, observed, 0, B)[0]
+        for k in differs:
+            stopped, used = sequential_p_value(null, observed, k, B)
+            differs[k] += any((stopped <= a) != (full <= a) for a in (evidence.alpha, evidence.alpha / 2))
+    assert differs[h] == 0 and differs[h - 1] > 0
+
+
 def test_the_default_criterion_refuses_a_candidate_list_without_bcf():
     with pytest.raises(ValueError, match="bcf_when_eligible .*needs bcf"):
         fast_config(candidates={"enabled": ["arm_only", "risk_model"]})
@@ -233,7 +251,8 @@ def test_bcf_posterior_draws_pickle_and_explanations_add_up(features_99):
     np.testing.assert_allclose(draws.mean(axis=1), p1 - p0, atol=1e-12)
     live_explanation = model.explain(F.head(20))
     restored = pickle.loads(pickle.dumps(model))
-    assert not hasattr(restored, "_live") and restored.model_json_
+    # What travels is the flat forests, not stochtree's own JSON (about 100 MB at 1,000 draws, seconds to write).
+    assert not hasattr(restored, "_live") and restored.model_json_ is None and restored.flat_["mu"].n_draws == 40
     # The explanation trees travel as a few packed arrays, not one dictionary per tree.
     assert "explain_trees_" not in restored.__dict__ and set(restored.explain_packed_["tau"]) >= {"starts", "features"}
     # The served plan scores a few patients from the pickled flat forests, without rebuilding stochtree's model.

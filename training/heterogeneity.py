@@ -36,7 +36,9 @@ lacks (the fitted prognosis is smoother than the truth, so such trials were
 easier for the forest and the test rejected too often). The p-value is
 Besag & Clifford's sequential Monte-Carlo p-value over at most
 ``evidence.replicates`` null trials (it stops once ``sequential_h`` of their
-statistics reach the observed one).
+statistics reach the observed one). With 99 null trials and h = 5 a stopped
+test has p >= 5/99 > 0.05, so the rule changes no verdict at alpha = 0.05
+(Holm's included) and only saves the null trials of clear non-rejections.
 
 On trials above ``evidence.max_patients`` the test runs on a stratified
 random subsample of that many patients (every null trial refits BCF). The

@@ -131,6 +131,8 @@ class BayesianCausalForest(BenefitCandidate):
     def _model(self):
         live = getattr(self, "_live", None)
         if live is None:
+            if getattr(self, "model_json_", None) is None:
+                raise RuntimeError("this BCF was pickled without its stochtree model: only its flat forests (the served draws) are kept")
             from stochtree import BCFModel
 
             live = BCFModel()
@@ -140,8 +142,8 @@ class BayesianCausalForest(BenefitCandidate):
 
     def __getstate__(self):
         if getattr(self, "_live", None) is not None:
-            if getattr(self, "model_json_", None) is None:
-                self.model_json_ = zlib.compress(self._live.to_json().encode(), 6)
+            # The flat forests are what a loaded model reads; stochtree's own JSON (about 100 MB for 1,000 draws at
+            # n = 99, seconds to write) is not kept.
             self.flat_forests()
         if getattr(self, "_live", None) is not None or getattr(self, "flat_", None) is not None:  # forests to explain with
             if getattr(self, "explain_trees_", None) is None and getattr(self, "explain_packed_", None) is None:
