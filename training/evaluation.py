@@ -30,7 +30,7 @@
   DR scores and each candidate's ranking.
 
   - ``permutation`` (small trials): covariate rows permuted against (arm,
-    outcome), everything refitted; the p-value is Besag & Clifford's
+    outcome), the statistic's candidates refitted on each; the p-value is Besag & Clifford's
     sequential Monte-Carlo p-value (Biometrika 1991;78:301-304): permutations
     run in a fixed order and stop once ``h`` permuted statistics reach the
     observed one (``p = h / L`` after ``L`` permutations), otherwise after
