@@ -53,13 +53,13 @@ from typing import Annotated
 import attr
 import bentoml
 from pydantic import Field
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from serving import schemas as S
 from serving import supervision
-from serving.compat.bentoml import OpenAPISpecification, Service
+from serving.compat.bentoml import OpenAPISpecification, Service, json_response_body
 from serving.contract import PublishedSpec, docs_page
-from serving.guards import ApiGuard, PathFilter, _error, _unprocessable_payload
+from serving.guards import ApiGuard, PathFilter, _error, _unprocessable_payload, check_body
 from serving.logs import _protect_logs
 from serving.readiness import _record_warm_up, _warm_metrics, warm_up
 from serving.registry_check import REGISTRY_HTTP_DEFAULTS, check_registry
@@ -129,24 +129,40 @@ class ResponderService:
 
     @bentoml.on_startup
     async def _warm_up(self) -> None:
-        """Before the worker serves (and so before ``/readyz`` is 200): one full batch predicted, one patient explained.
+        """Before the worker serves (and so before ``/readyz`` is 200): every data endpoint's request path, warm.
 
-        The first calls otherwise pay for lazy imports, first allocations and
-        caches (a first 500-patient ``/predict`` took 4.6-7.2 s and kept about
-        280 MiB, a first ``/explain`` about 1 s). Synthetic patients only: the
-        champions' training medians and modes (``example_input``), no patient data.
+        ``/predict`` with a full batch and ``/explain`` with a few patients,
+        twice each, through :meth:`_answer` (what a request does with its body);
+        see :mod:`serving.readiness`. Synthetic patients only, no patient data.
         """
         import anyio
 
-        # In the thread pool that serves the sync endpoints, as a request would run.
-        timings = await anyio.to_thread.run_sync(warm_up, self.scorer, self.max_batch)
-        _record_warm_up(timings)
+        warm = await warm_up(self.scorer, self.max_batch, self._answer)
+        _record_warm_up(warm)
         await anyio.to_thread.run_sync(_warm_metrics)
+        log.info(warm.summary())
         self.warm = True
-        log.info(
-            "warm: /predict of %d synthetic patients took %.2f s, /explain of one %.2f s (before reporting ready)",
-            self.max_batch, timings["predict"], timings["explain"],
-        )  # fmt: skip
+
+    async def _answer(self, route: str, body: bytes) -> bytes:
+        """What a request to ``/<route>`` does with its JSON body after the token check: the answer's bytes.
+
+        As a request runs: in the event loop's thread the body checks of
+        :class:`~serving.guards.ApiGuard`, BentoML's request model and, at the
+        end, BentoML's serialisation of the answer; the endpoint in the thread
+        pool that serves the sync endpoints (the warm-up's requests).
+        """
+        import anyio
+
+        refused = check_body(body, f"/{route}", self.max_batch)
+        if refused is not None:
+            raise RuntimeError(f"the warm-up's /{route} request was refused: {refused[1].get('error')}")
+        api = ResponderService.apis[route]
+        request = api.input_spec.model_validate_json(body)
+        arguments = {name: getattr(request, name) for name in type(request).model_fields}
+        output = await anyio.to_thread.run_sync(lambda: api.func(self, **arguments))
+        if isinstance(output, Response):
+            raise RuntimeError(f"the warm-up's /{route} request was answered {output.status_code}")
+        return json_response_body(output)
 
     def __is_ready__(self) -> bool:
         """BentoML's ``/readyz``: 503 until the warm-up has run."""
