@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -613,3 +614,31 @@ def test_worker_count_comes_from_the_environment_and_a_bad_value_is_named(monkey
         with pytest.raises(ConfigurationError, match="RESPONDERS_WORKERS"):
             ServiceSettings.from_env()
 
+
+
+def test_outcomes_sharing_a_feature_pipeline_compute_it_once_with_the_same_answers(store, patients):
+    """Both champions were fitted on the same rows: one imputation, feature matrix and warning pass per request
+    serves both, and every answer (predict and explain, labs in every form, a patient with an unusable lab) is
+    the same to the last digit as with each outcome computing its own."""
+    from serving.readiness import synthetic_forms
+    from serving.scoring import Scorer, resolve_champions
+
+    spec = load_spec()
+    shared = Scorer(spec, resolve_champions(spec, store["uri"]))
+    alone = Scorer(spec, resolve_champions(spec, store["uri"]))
+    keys = {plan.pipeline_key for plan in shared.plan.plans.values()}
+    assert len(keys) == 1 < len(shared.plan.plans), keys
+    for outcome, plan in alone.plan.plans.items():
+        plan.pipeline_key = f"alone-{outcome}"
+    example = json.loads((Path(__file__).resolve().parent.parent / "examples" / "patient.json").read_text())
+    rows = [*patients, example, *synthetic_forms(shared), dict(patients[0], patient_id="bad", esr="500")]
+    clean = [c for c, _ in shared.validate_rows(rows)]
+    for call in ("predict", "explain"):
+        answers = [getattr(scorer, call)(clean).model_dump_json() for scorer in (shared, alone)]
+        assert answers[0] == answers[1], call
+        assert json.loads(answers[0])["results"][-1]["errors"], "the unusable lab must be named"
+    batch = shared.plan.parse(clean)[0]
+    first, second = (batch[o] for o in shared.plan.plans)
+    assert first is second
+    shared.plan.warnings(batch)
+    assert {what for _, what in first.shared} == {"warnings"}
