@@ -148,18 +148,15 @@ class ResponderService:
 
         As a request runs: in the event loop's thread the body checks of
         :class:`~serving.guards.ApiGuard`, BentoML's request model and, at the
-        end, BentoML's serialisation of the answer; the endpoint in the thread
-        pool that serves the sync endpoints (the warm-up's requests).
+        end, BentoML's serialisation of the answer; the endpoint scores a
+        batch in the thread pool and a few patients in the loop (:func:`_scored`).
         """
-        import anyio
-
         refused = check_body(body, f"/{route}", self.max_batch)
         if refused is not None:
             raise RuntimeError(f"the warm-up's /{route} request was refused: {refused[1].get('error')}")
         api = ResponderService.apis[route]
         request = api.input_spec.model_validate_json(body)
-        arguments = {name: getattr(request, name) for name in type(request).model_fields}
-        output = await anyio.to_thread.run_sync(lambda: api.func(self, **arguments))
+        output = await api.func(self, **{name: getattr(request, name) for name in type(request).model_fields})
         if isinstance(output, Response):
             raise RuntimeError(f"the warm-up's /{route} request was answered {output.status_code}")
         return json_response_body(output)
@@ -174,17 +171,20 @@ class ResponderService:
         return None
 
     @bentoml.api(route="/predict")
-    def predict(self, patients: Annotated[list[Patient], Field(min_length=1)]) -> S.PredictResponse:  # type: ignore[valid-type]
+    async def predict(self, patients: Annotated[list[Patient], Field(min_length=1)]) -> S.PredictResponse:  # type: ignore[valid-type]
         """Per patient and outcome: P(response) on the active and the control arm, benefit with interval, label, warnings."""
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
+        return await _scored(len(patients), self._predict, patients)
+
+    def _predict(self, patients: list) -> S.PredictResponse:
         response = self.scorer.predict([p.model_dump() for p in patients])
         _warn_duplicate_ids(response.results)
         return response
 
     @bentoml.api(route="/explain")
-    def explain(
+    async def explain(
         self,
         patients: Annotated[list[Patient], Field(min_length=1)],  # type: ignore[valid-type]
         top: Annotated[int, Field(ge=1, le=100, strict=True, description="drivers returned per output")] = 10,
@@ -193,6 +193,9 @@ class ResponderService:
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
+        return await _scored(len(patients), self._explain, patients, top)
+
+    def _explain(self, patients: list, top: int) -> S.ExplainResponse:
         response = self.scorer.explain([p.model_dump() for p in patients], top=top)
         _warn_duplicate_ids(response.results)
         return response
@@ -216,6 +219,25 @@ class ResponderService:
     def metadata(self) -> S.Metadata:
         """Outcomes, registry versions, training runs, evidence verdicts, label rules and the feature list with units."""
         return self.scorer.metadata()
+
+
+INLINE_PATIENTS = 8  # requests of up to this many patients are scored in the event loop's thread
+
+
+async def _scored(n: int, work, *args):
+    """``work(*args)``: a request of a few patients in the event loop's thread, a larger one in the thread pool.
+
+    One patient takes 1-3 ms to score; handing it to a worker thread and back
+    cost more than BentoML's whole request handling besides, and the scoring
+    holds the GIL either way. A batch (a 500-patient /predict takes about
+    0.1 s) goes to the thread pool, so that the loop keeps answering
+    ``/healthz``, ``/metrics`` and reading other requests meanwhile.
+    """
+    if n <= INLINE_PATIENTS:
+        return work(*args)
+    import anyio
+
+    return await anyio.to_thread.run_sync(work, *args)
 
 
 def _reason(err: BaseException) -> str:
