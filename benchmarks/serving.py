@@ -11,6 +11,9 @@
   per request (ours / the pain server) and per outcome answer (patients x
   outcomes answered per second, ours / the two MLflow servers together). Same patients, same concurrency levels (1, 8, 32), single patient and a
   batch of 100, bounded in requests and time.
+- The first calls after ready (issue 26): as soon as ``/readyz`` first says 200, one
+  ``/explain`` of examples/patient.json and one 500-patient ``/predict``, each
+  repeated once, with the time and the RSS step of the server's process tree of each call.
 - ``/explain`` latency; the in-process floor (``Scorer.predict`` and
   ``Scorer.explain`` per patient, no HTTP) and the ratio of served latency to it.
 - The compiled scoring plan per candidate type (issue 13): every type fitted
@@ -127,7 +130,7 @@ def _tree_rss(pid: int) -> int:
 
 
 @contextmanager
-def _server(command: list[str], ready_url: str, env: dict, log: Path, timeout: float = 180.0):
+def _server(command: list[str], ready_url: str, env: dict, log: Path, timeout: float = 180.0, poll: float = 0.5):
     with open(log, "w") as out:
         # mlflow models serve starts `uvicorn` by name: the venv's bin must be on PATH.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -146,7 +149,7 @@ def _server(command: list[str], ready_url: str, env: dict, log: Path, timeout: f
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{ready_url} not ready after {timeout:.0f} s; see {log}")
-                time.sleep(0.5)
+                time.sleep(poll)
             yield process
         finally:
             process.terminate()  # our own child, by its id
@@ -204,6 +207,29 @@ def _load_test(calls, pid: int, settings: Settings) -> LoadTest:
     return LoadTest(result, before, max(memory.peak, before, after), after, processes)
 
 
+FIRST_BATCH = 500  # the default RESPONDERS_MAX_BATCH: the largest /predict a client may send
+
+
+def _first_after_ready(url: str, pid: int, example: dict, batch: list[dict]) -> dict[str, dict[str, float]]:
+    """Issue 26: right after ``/readyz`` first said 200, the first ``/explain`` (one patient), then the first
+    ``len(batch)``-patient ``/predict``, each followed by a second identical call: seconds and the RSS step of the
+    server's process tree (MiB) of each call."""
+    out: dict[str, dict[str, float]] = {}
+    with httpx.Client(base_url=url, timeout=120, headers=AUTH) as client:
+        for name, path, body in (("explain", "/explain", {"patients": [example]}), ("predict", "/predict", {"patients": batch})):
+            for call in ("first", "second"):
+                before = _tree_rss(pid)
+                started = time.perf_counter()
+                response = client.post(path, json=body)
+                seconds = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path} after ready answered {response.status_code}: {response.text[:300]}")
+                out.setdefault(name, {})[call] = seconds
+                out[name][f"{call}_rss_mib"] = (_tree_rss(pid) - before) / 2**20
+    out["predict"]["patients"] = len(batch)
+    return out
+
+
 def _measure(target: str, payload: str, calls, concurrency: int, total: int, seconds: float) -> LoadResult:
     asyncio.run(_load(calls, min(concurrency, 2), min(4, total), 10))  # warm-up
     issued, errors, elapsed, latencies = asyncio.run(_load(calls, concurrency, total, seconds))
@@ -223,13 +249,13 @@ def _train(work: Path, settings: Settings) -> str:
     return uri
 
 
-def _patients(work: Path) -> list[dict]:
+def _patients(work: Path, n: int = 100, seed: int = 77) -> list[dict]:
     from core.spec import load_spec
     from serving.scoring import read_patients
     from training.simulate import simulate
 
-    path = work / "patients.csv"
-    simulate("final", 100, 77).to_csv(path, index=False)
+    path = work / ("patients.csv" if n == 100 else f"patients-{n}-{seed}.csv")
+    simulate("final", n, seed).to_csv(path, index=False)
     return read_patients(path, load_spec())
 
 
@@ -412,6 +438,8 @@ def run(quick: bool, out_dir: Path) -> str:
     print("[bench] serving: training the champions ...", file=sys.stderr, flush=True)
     uri = _train(work, settings)
     patients = _patients(work)
+    first_batch = _patients(work, FIRST_BATCH, 78)
+    example = json.loads((REPO / "examples" / "patient.json").read_text())
     loads = {"start": os.getloadavg()}
     floor = _floor(uri, patients, settings.floor_repeats)
     profile, profiled_ms = _profile(uri, patients, settings.plan_repeats)
@@ -435,6 +463,7 @@ def run(quick: bool, out_dir: Path) -> str:
     memory: dict[str, tuple[int, int]] = {}
     explain: LoadResult | None = None
     load: LoadTest | None = None
+    first: dict | None = None
     env = {"RESPONDERS_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": uri, "BENTOML_HOME": str(work / "bentoml")}
 
     def sweep(target, make_single, make_batch, process):
@@ -454,7 +483,9 @@ def run(quick: bool, out_dir: Path) -> str:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(port)]
-        with _server(command, f"{url}/readyz", {**env, **extra_env}, work / f"server-{port}.log") as process:
+        with _server(command, f"{url}/readyz", {**env, **extra_env}, work / f"server-{port}.log", poll=0.05) as process:
+            if name == "BentoML /predict (ours)":
+                first = _first_after_ready(url, process.pid, example, first_batch)
             sweep(name, _bentoml_calls(url, "/predict", single), _bentoml_calls(url, "/predict", batch), process)
             if name == "BentoML /predict (ours)":
                 explain = _measure("BentoML /explain", "1 patient", _bentoml_calls(url, "/explain", single), 1, settings.explain_requests, settings.seconds)
@@ -481,6 +512,7 @@ def run(quick: bool, out_dir: Path) -> str:
     extra = {
         "plans": plans, "profile": profile, "profiled_ms": profiled_ms, "explain_profile": explain_profile,
         "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "batch_parquet": batch_parquet, "loads": loads, "champions": _champion_names(uri),
+        "first": first,
     }  # fmt: skip
     (work / "plan.json").write_text(json.dumps(extra, default=str))
     return _markdown(results, explain, floor, memory, settings, quick, load, extra)
@@ -631,14 +663,29 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
     floor_rows = [[k, f"{v:.2f}"] for k, v in floor.items()]
     one = ours.get(("1 patient", 1))
     at8 = comparisons.get(("1 patient", 8))
+    two_at8 = None
+    two_one = next((r for r in results if r.target == TWO_WORKERS and r.payload == "1 patient" and r.concurrency == 8), None)
+    if two_one is not None:
+        two_at8 = throughput_comparison(two_one, pain.get(("1 patient", 8)), peer.get(("1 patient", 8)), outcomes)
     targets = [
-        ["`/predict`, 1 patient, p99 over HTTP (concurrency 1)", "<= 10 ms", f"{one.quantile(0.99):.1f} ms" if one else "—",
+        ["`/predict`, 1 patient, p99 over HTTP (concurrency 1)", "<= 3 ms (issue 13: 10 ms)", f"{one.quantile(0.99):.1f} ms" if one else "—",
          f"p50 {one.quantile(0.5):.1f} ms" if one else ""],
-        ["`/explain`, 1 patient, p99 over HTTP (concurrency 1)", "<= 25 ms", f"{explain.quantile(0.99):.1f} ms" if explain else "—",
+        ["`/explain`, 1 patient, p99 over HTTP (concurrency 1)", "<= 6 ms (issue 13: 25 ms)", f"{explain.quantile(0.99):.1f} ms" if explain else "—",
          f"p50 {explain.quantile(0.5):.1f} ms" if explain else ""],
-        ["throughput / `mlflow models serve`, 1 patient, concurrency 8", ">= 3x", _headline(at8),
+        ["throughput / `mlflow models serve`, 1 patient, concurrency 8", ">= 15x (issue 13: 3x)", _headline(at8),
          _headline_detail(at8, outcomes)],
     ]  # fmt: skip
+    if two_at8 is not None:
+        targets.append(["the same with 2 BentoML workers (`RESPONDERS_WORKERS=2`)", ">= 15x", _headline(two_at8), _headline_detail(two_at8, outcomes)])
+    first = extra.get("first")
+    if first:
+        e, p = first["explain"], first["predict"]
+        targets += [
+            ["first `/explain` after `/readyz` said ready (1 patient)", "<= 50 ms", f"{e['first'] * 1000:.1f} ms",
+             f"RSS step {e['first_rss_mib']:+.1f} MiB; the second call {e['second'] * 1000:.1f} ms, {e['second_rss_mib']:+.1f} MiB"],
+            [f"first {p['patients']}-patient `/predict` after ready (after that `/explain`)", "<= 0.5 s, no lasting memory step",
+             f"{p['first']:.3f} s", f"RSS step {p['first_rss_mib']:+.1f} MiB; the second call {p['second']:.3f} s, {p['second_rss_mib']:+.1f} MiB"],
+        ]  # fmt: skip
     batch_cli, batch_parquet = extra.get("batch_cli"), extra.get("batch_parquet")
     if batch_cli:
         targets.append([f"`responders predict`, {batch_cli['patients']:,} patients (file to JSON, child process)", "seconds",
@@ -677,8 +724,11 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
     champions = extra.get("champions", {})
     parts = [
         "## 2. Serving",
-        "Targets of issue 13, measured in this run (load average of the machine, 1/5/15 min: "
-        f"{load_text or 'not recorded'}; the machine is shared, so compare the ratios):",
+        "Targets of issue 26 (issue 13's in brackets), measured in this run (load average of the machine, 1/5/15 min: "
+        f"{load_text or 'not recorded'}; the machine is shared, so compare the ratios). The first calls after ready: "
+        "the server is started, `/readyz` polled every 50 ms until it says 200, then one `/explain` of "
+        "examples/patient.json and one /predict of 500 simulated patients (`simulate('final', 500, 78)`), each "
+        "repeated once; RSS of the server's process tree before and after each call:",
         md_table(["what", "target", "measured", "detail"], targets, "llrl"),
         COMPARED.format(outcomes=outcomes),
         ratios,

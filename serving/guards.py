@@ -193,30 +193,43 @@ class ApiGuard:
             return None
         if body is None or not body.strip():
             return body  # an empty body is an empty object to BentoML: the schema decides
-        if _nesting_depth(body) > MAX_JSON_DEPTH:
-            message = f"JSON nested deeper than {MAX_JSON_DEPTH} levels; a request needs at most {MAX_REQUEST_DEPTH}"
-            await _send_unprocessable(send, [{"field": "body", "message": message, "type": "json_too_deep"}])
-            return None
-        try:
-            data = json.loads(body, parse_constant=_NonFinite, parse_float=_finite_float)
-        except RecursionError:  # not reached after the depth check; kept so that nesting can never become a 500
-            await _send_unprocessable(send, [{"field": "body", "message": "JSON nested too deeply", "type": "json_too_deep"}])
-            return None
-        except ValueError as err:  # JSONDecodeError and undecodable bytes; the message carries no values
-            where = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-            await _send_unprocessable(send, [{"field": "body", "message": f"not valid JSON{where}", "type": "json_invalid"}])
-            return None
-        non_finite = _non_finite_fields(data)
+        refused = check_body(body, scope["path"], self.max_batch)
+        if refused is None:
+            return body
+        status, payload = refused
+        await _respond(send, status, json.dumps(payload).encode(), b"application/json")
+        return None
+
+
+def check_body(body: bytes, path: str, max_batch: int) -> tuple[int, dict] | None:
+    """The checks of a data request's non-empty JSON body after its size and media type: None, or (status, answer).
+
+    In order: nesting deeper than :data:`MAX_JSON_DEPTH` (422), JSON syntax
+    (422), non-finite numbers (422, one entry per field) and the batch size
+    (413). The start-up warm-up runs it too, on its synthetic bodies.
+    """
+    # Fewer opening brackets than the limit cannot nest deeper (a 1-patient request has 3): no scan needed.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nesting_depth(body) > MAX_JSON_DEPTH:
+        message = f"JSON nested deeper than {MAX_JSON_DEPTH} levels; a request needs at most {MAX_REQUEST_DEPTH}"
+        return 422, _unprocessable_payload([{"field": "body", "message": message, "type": "json_too_deep"}])
+    try:
+        # Python's own parser (NaN, Infinity and overflowing literals become non-finite floats); only when one is
+        # there is the body parsed again with hooks that keep each one's text for the answer.
+        data = json.loads(body)
+        non_finite = _has_non_finite(data)
         if non_finite:
-            await _send_unprocessable(send, non_finite)
-            return None
-        patients = data.get("patients") if isinstance(data, dict) else None
-        if scope["path"] in BATCH_ROUTES and isinstance(patients, list) and len(patients) > self.max_batch:
-            await _refuse(
-                send, 413, "batch too large", f"{len(patients)} patients sent; the limit is {self.max_batch} per request (RESPONDERS_MAX_BATCH)"
-            )
-            return None
-        return body
+            data = json.loads(body, parse_constant=_NonFinite, parse_float=_finite_float)
+    except RecursionError:  # not reached after the depth check; kept so that nesting can never become a 500
+        return 422, _unprocessable_payload([{"field": "body", "message": "JSON nested too deeply", "type": "json_too_deep"}])
+    except ValueError as err:  # JSONDecodeError and undecodable bytes; the message carries no values
+        where = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        return 422, _unprocessable_payload([{"field": "body", "message": f"not valid JSON{where}", "type": "json_invalid"}])
+    if non_finite:
+        return 422, _unprocessable_payload(_non_finite_fields(data))
+    patients = data.get("patients") if isinstance(data, dict) else None
+    if path in BATCH_ROUTES and isinstance(patients, list) and len(patients) > max_batch:
+        return 413, {"error": "batch too large", "detail": f"{len(patients)} patients sent; the limit is {max_batch} per request (RESPONDERS_MAX_BATCH)"}
+    return None
 
 
 # The deepest a valid request goes is {"patients": [{"field": value}]}: 3 levels. A little room for a
@@ -244,6 +257,21 @@ class _NonFinite:
 def _finite_float(text: str) -> float | _NonFinite:
     value = float(text)
     return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _has_non_finite(data: Any) -> bool:
+    """Whether a float in ``data`` (as ``json.loads`` made it) is NaN or infinite (iterative; the depth is bounded)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if type(value) is float:
+            if value - value != 0.0:  # NaN or an infinity
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _non_finite_fields(data: Any) -> list[dict]:

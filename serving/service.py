@@ -53,13 +53,13 @@ from typing import Annotated
 import attr
 import bentoml
 from pydantic import Field
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from serving import schemas as S
 from serving import supervision
-from serving.compat.bentoml import OpenAPISpecification, Service
+from serving.compat.bentoml import OpenAPISpecification, Service, json_response_body
 from serving.contract import PublishedSpec, docs_page
-from serving.guards import ApiGuard, PathFilter, _error, _unprocessable_payload
+from serving.guards import ApiGuard, PathFilter, _error, _unprocessable_payload, check_body
 from serving.logs import _protect_logs
 from serving.readiness import _record_warm_up, _warm_metrics, warm_up
 from serving.registry_check import REGISTRY_HTTP_DEFAULTS, check_registry
@@ -129,24 +129,37 @@ class ResponderService:
 
     @bentoml.on_startup
     async def _warm_up(self) -> None:
-        """Before the worker serves (and so before ``/readyz`` is 200): one full batch predicted, one patient explained.
+        """Before the worker serves (and so before ``/readyz`` is 200): every data endpoint's request path, warm.
 
-        The first calls otherwise pay for lazy imports, first allocations and
-        caches (a first 500-patient ``/predict`` took 4.6-7.2 s and kept about
-        280 MiB, a first ``/explain`` about 1 s). Synthetic patients only: the
-        champions' training medians and modes (``example_input``), no patient data.
+        ``/predict`` with a full batch and ``/explain`` with a few patients,
+        twice each, through :meth:`_answer` (what a request does with its body);
+        see :mod:`serving.readiness`. Synthetic patients only, no patient data.
         """
         import anyio
 
-        # In the thread pool that serves the sync endpoints, as a request would run.
-        timings = await anyio.to_thread.run_sync(warm_up, self.scorer, self.max_batch)
-        _record_warm_up(timings)
+        warm = await warm_up(self.scorer, self.max_batch, self._answer)
+        _record_warm_up(warm)
         await anyio.to_thread.run_sync(_warm_metrics)
+        log.info(warm.summary())
         self.warm = True
-        log.info(
-            "warm: /predict of %d synthetic patients took %.2f s, /explain of one %.2f s (before reporting ready)",
-            self.max_batch, timings["predict"], timings["explain"],
-        )  # fmt: skip
+
+    async def _answer(self, route: str, body: bytes) -> bytes:
+        """What a request to ``/<route>`` does with its JSON body after the token check: the answer's bytes.
+
+        As a request runs: in the event loop's thread the body checks of
+        :class:`~serving.guards.ApiGuard`, BentoML's request model and, at the
+        end, BentoML's serialisation of the answer; the endpoint scores a
+        batch in the thread pool and a few patients in the loop (:func:`_scored`).
+        """
+        refused = check_body(body, f"/{route}", self.max_batch)
+        if refused is not None:
+            raise RuntimeError(f"the warm-up's /{route} request was refused: {refused[1].get('error')}")
+        api = ResponderService.apis[route]
+        request = api.input_spec.model_validate_json(body)
+        output = await api.func(self, **{name: getattr(request, name) for name in type(request).model_fields})
+        if isinstance(output, Response):
+            raise RuntimeError(f"the warm-up's /{route} request was answered {output.status_code}")
+        return json_response_body(output)
 
     def __is_ready__(self) -> bool:
         """BentoML's ``/readyz``: 503 until the warm-up has run."""
@@ -158,17 +171,20 @@ class ResponderService:
         return None
 
     @bentoml.api(route="/predict")
-    def predict(self, patients: Annotated[list[Patient], Field(min_length=1)]) -> S.PredictResponse:  # type: ignore[valid-type]
+    async def predict(self, patients: Annotated[list[Patient], Field(min_length=1)]) -> S.PredictResponse:  # type: ignore[valid-type]
         """Per patient and outcome: P(response) on the active and the control arm, benefit with interval, label, warnings."""
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
+        return await _scored(len(patients), self._predict, patients)
+
+    def _predict(self, patients: list) -> S.PredictResponse:
         response = self.scorer.predict([p.model_dump() for p in patients])
         _warn_duplicate_ids(response.results)
         return response
 
     @bentoml.api(route="/explain")
-    def explain(
+    async def explain(
         self,
         patients: Annotated[list[Patient], Field(min_length=1)],  # type: ignore[valid-type]
         top: Annotated[int, Field(ge=1, le=100, strict=True, description="drivers returned per output")] = 10,
@@ -177,6 +193,9 @@ class ResponderService:
         refused = self._too_many(len(patients))
         if refused is not None:
             return refused  # type: ignore[return-value]
+        return await _scored(len(patients), self._explain, patients, top)
+
+    def _explain(self, patients: list, top: int) -> S.ExplainResponse:
         response = self.scorer.explain([p.model_dump() for p in patients], top=top)
         _warn_duplicate_ids(response.results)
         return response
@@ -200,6 +219,25 @@ class ResponderService:
     def metadata(self) -> S.Metadata:
         """Outcomes, registry versions, training runs, evidence verdicts, label rules and the feature list with units."""
         return self.scorer.metadata()
+
+
+INLINE_PATIENTS = 8  # requests of up to this many patients are scored in the event loop's thread
+
+
+async def _scored(n: int, work, *args):
+    """``work(*args)``: a request of a few patients in the event loop's thread, a larger one in the thread pool.
+
+    One patient takes 1-3 ms to score; handing it to a worker thread and back
+    cost more than BentoML's whole request handling besides, and the scoring
+    holds the GIL either way. A batch (a 500-patient /predict takes about
+    0.1 s) goes to the thread pool, so that the loop keeps answering
+    ``/healthz``, ``/metrics`` and reading other requests meanwhile.
+    """
+    if n <= INLINE_PATIENTS:
+        return work(*args)
+    import anyio
+
+    return await anyio.to_thread.run_sync(work, *args)
 
 
 def _reason(err: BaseException) -> str:

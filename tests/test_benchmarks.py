@@ -358,3 +358,18 @@ def test_serving_throughput_says_what_is_compared_and_gives_both_ratios():
     batch_files = {"batch_cli": {**run, "seconds": 50.0, "rate": 2_000.0, "cpu": 40.0}, "batch_parquet": {**run, "seconds": 10.0, "rate": 10_000.0, "cpu": 9.5}}
     markdown = serving._markdown(results, None, {}, {}, serving.QUICK, True, extra={"champions": {"pain": "bcf (v1)"}, **batch_files})
     assert "| `responders predict`, 100,000 patients (CSV to Parquet, child process) | >= 50,000 patients/s | 10,000 patients/s | 10.0 s wall, 9.5 s CPU; 5.0x the JSON output's rate |" in markdown
+
+
+def test_serving_reports_the_first_calls_after_ready_with_their_memory_steps():
+    """Issue 26: the first /explain and the first 500-patient /predict after ready, time and RSS step, in the targets."""
+    from benchmarks import serving
+
+    results = [serving.LoadResult("BentoML /predict (ours)", "1 patient", 1, 10, 0, 1.0, [0.002] * 10)]
+    first = {
+        "explain": {"first": 0.0123, "first_rss_mib": 0.25, "second": 0.0081, "second_rss_mib": 0.0},
+        "predict": {"first": 0.142, "first_rss_mib": 11.5, "second": 0.09, "second_rss_mib": 0.5, "patients": 500},
+    }
+    markdown = serving._markdown(results, None, {"predict, 1 patient": 1.0}, {}, serving.QUICK, True, extra={"first": first})
+    assert "| first `/explain` after `/readyz` said ready (1 patient) | <= 50 ms | 12.3 ms | RSS step +0.2 MiB; the second call 8.1 ms, +0.0 MiB |" in markdown
+    assert "| first 500-patient `/predict` after ready (after that `/explain`) | <= 0.5 s, no lasting memory step | 0.142 s |" in markdown
+    assert "RSS step +11.5 MiB; the second call 0.090 s, +0.5 MiB" in markdown

@@ -155,12 +155,17 @@ def test_real_server_is_warm_when_ready_counts_deep_nesting_and_dies_with_its_pr
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
     server = Server(command, _clean_env(MLFLOW_TRACKING_URI=store["uri"]), tmp_path, port)
     try:
-        server.wait_ready()
-        # Ready means warm: the worker logged its warm-up before /readyz answered, and /metrics shows it.
+        # Ready means warm: polled from the start, no /readyz answered 200 before the worker had logged its warm-up.
+        answers = _poll_readyz(server)
         log_at_ready = server.log.read_text()
-        assert "warm: /predict of 500 synthetic patients" in log_at_ready, log_at_ready[-3000:]
+        assert answers[-1] == (200, True), answers[-5:]
+        assert all(warm_logged for status, warm_logged in answers if status == 200), answers
+        assert re.search(r"warm: /predict of 500 synthetic patients took .*, /explain of \d+ synthetic patients took ", log_at_ready), log_at_ready[-3000:]
         with httpx.Client(base_url=server.url, timeout=60) as http:
             metrics = http.get("/metrics").text
+            # The warm-up covered a full batch of /predict (the default limit) and /explain.
+            assert re.search(r'responders_warm_up_patients\{endpoint="/predict"[^}]*\} 500\.0', metrics), metrics[-3000:]
+            assert re.search(r'responders_warm_up_patients\{endpoint="/explain"[^}]*\} [1-9]', metrics), metrics[-3000:]
             assert 'responders_warm_up_seconds{endpoint="/explain"' in metrics
             started = time.perf_counter()
             first = http.post("/explain", json={"patients": [EXAMPLE]}, headers=AUTH)
@@ -187,6 +192,25 @@ def test_real_server_is_warm_when_ready_counts_deep_nesting_and_dies_with_its_pr
         assert not [p.pid for p in workers if _alive(p)]
     finally:
         server.stop()
+
+
+def _poll_readyz(server: Server, timeout: float = 240) -> list[tuple[int | str, bool]]:
+    """``/readyz`` polled until it answers 200: each answer (status, or the error's name while the worker is not
+    serving yet) with whether the worker's warm-up line was in the log when the answer came."""
+    answers: list[tuple[int | str, bool]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited: {server.log.read_text()[-3000:]}")
+        try:
+            status: int | str = httpx.get(f"{server.url}/readyz", timeout=1).status_code
+        except httpx.HTTPError as err:
+            status = type(err).__name__
+        answers.append((status, "warm: /predict" in server.log.read_text()))
+        if status == 200:
+            return answers
+        time.sleep(0.05)
+    raise TimeoutError(f"/readyz not 200 within {timeout:.0f} s: {answers[-5:]}")
 
 
 def test_the_service_listens_beyond_loopback_only_inside_its_container(monkeypatch):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import httpx
 import mlflow
@@ -463,10 +464,38 @@ def test_the_published_contract_forbids_unknown_top_level_fields(client):
 
 
 def test_the_service_is_warm_once_its_lifespan_has_started(client):
-    """The warm-up ran (synthetic patients, before serving) and is on /metrics; the real server: test_deployment.py."""
+    """The warm-up ran (synthetic patients, before serving) and is on /metrics; the real server: test_deployment.py.
+
+    It covered a full batch of /predict (RESPONDERS_MAX_BATCH is 50 here) and a few patients of /explain.
+    """
     metrics = client.get("/metrics").text
     for endpoint in ("/predict", "/explain"):
         assert re.search(rf'responders_warm_up_seconds{{endpoint="{endpoint}"[^}}]*}} [0-9.e+-]+', metrics), metrics[-2000:]
+    patients = dict(re.findall(r'responders_warm_up_patients\{endpoint="(/\w+)"[^}]*\} ([0-9.e+-]+)', metrics))
+    assert float(patients["/predict"]) == 50 and 1 <= float(patients["/explain"]) <= 50, patients
+
+
+def test_the_warm_up_sends_every_form_of_a_lab_value_and_each_is_scored(store):
+    """Synthetic patients from the spec: as example_input gives them, labs as numbers with units, below the detection
+    limit and positive titres, labs missing; all scorable, none a trial patient, a body as a client sends it."""
+    from serving.readiness import synthetic_forms, warm_up_body
+    from serving.scoring import Scorer, resolve_champions
+
+    spec = load_spec()
+    scorer = Scorer(spec, resolve_champions(spec, store["uri"]))
+    forms = synthetic_forms(scorer)
+    assert len(forms) == 4
+    typical, numbers, below, missing = forms
+    labs = [lab.column for lab in spec.labs.values()]
+    assert any(isinstance(numbers[c], float) and numbers.get(f"{c}_unit") for c in labs)
+    assert any(str(below[c]).startswith("<") for c in labs) and any(str(below[c]).startswith("1:") for c in labs)
+    assert all(missing[c] is None for c in labs)
+    body = warm_up_body(scorer, 7)
+    sent = json.loads(body)["patients"]
+    assert [p["patient_id"] for p in sent] == [f"warm-up-{i + 1}" for i in range(7)]
+    assert not set(store["frame"]["patient_id"].astype(str)) & {p["patient_id"] for p in sent}
+    answer = scorer.predict([scorer.patient_model.model_validate(p).model_dump() for p in sent])
+    assert answer.n_scored == 7 and answer.n_failed == 0
 
 
 def _fuzz(operation, statuses: dict[str, set[int]]) -> None:
@@ -585,3 +614,31 @@ def test_worker_count_comes_from_the_environment_and_a_bad_value_is_named(monkey
         with pytest.raises(ConfigurationError, match="RESPONDERS_WORKERS"):
             ServiceSettings.from_env()
 
+
+
+def test_outcomes_sharing_a_feature_pipeline_compute_it_once_with_the_same_answers(store, patients):
+    """Both champions were fitted on the same rows: one imputation, feature matrix and warning pass per request
+    serves both, and every answer (predict and explain, labs in every form, a patient with an unusable lab) is
+    the same to the last digit as with each outcome computing its own."""
+    from serving.readiness import synthetic_forms
+    from serving.scoring import Scorer, resolve_champions
+
+    spec = load_spec()
+    shared = Scorer(spec, resolve_champions(spec, store["uri"]))
+    alone = Scorer(spec, resolve_champions(spec, store["uri"]))
+    keys = {plan.pipeline_key for plan in shared.plan.plans.values()}
+    assert len(keys) == 1 < len(shared.plan.plans), keys
+    for outcome, plan in alone.plan.plans.items():
+        plan.pipeline_key = f"alone-{outcome}"
+    example = json.loads((Path(__file__).resolve().parent.parent / "examples" / "patient.json").read_text())
+    rows = [*patients, example, *synthetic_forms(shared), dict(patients[0], patient_id="bad", esr="500")]
+    clean = [c for c, _ in shared.validate_rows(rows)]
+    for call in ("predict", "explain"):
+        answers = [getattr(scorer, call)(clean).model_dump_json() for scorer in (shared, alone)]
+        assert answers[0] == answers[1], call
+        assert json.loads(answers[0])["results"][-1]["errors"], "the unusable lab must be named"
+    batch = shared.plan.parse(clean)[0]
+    first, second = (batch[o] for o in shared.plan.plans)
+    assert first is second
+    shared.plan.warnings(batch)
+    assert {what for _, what in first.shared} == {"warnings"}

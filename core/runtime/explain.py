@@ -141,6 +141,8 @@ class _Describer:
         # Per categorical covariate: its label and code -> name (looked up once per cell otherwise).
         self.levels = {c: (spec.covariates[c].label or c, spec.covariates[c].level_names()) for c in spec.categorical_covariates()}
         self.age_column, self.sex_column, self.female = spec.roles.age, spec.roles.sex, spec.roles.female
+        self._described: dict[tuple[int, str], tuple[str, str, str, str, float | None]] = {}
+        self._groups: dict[str, str] = {}
 
     def is_lab(self, source: str) -> bool:
         return source in self.catalog.analytes and source in self.model.spec.labs
@@ -200,7 +202,23 @@ class _Describer:
         return f"{label}: {names.get(str(value), str(value))}"
 
     def describe(self, i: int, source: str) -> tuple[str, str, str, str, float | None]:
-        """(display text, flag, description, unit, value) of input ``source`` for patient ``i``."""
+        """(display text, flag, description, unit, value) of input ``source`` for patient ``i`` (once per patient and
+        input: every explained output of the patient names it)."""
+        key = (i, source)
+        described = self._described.get(key)
+        if described is None:
+            described = self._described[key] = self._describe(i, source)
+        return described
+
+    def group(self, source: str) -> str:
+        group = self._groups.get(source)
+        if group is None:
+            group = self._groups[source] = (
+                (self.catalog[source].group or "lab") if self.is_lab(source) else ("symptom" if source in self.spec.baseline_score_columns() else "covariate")
+            )
+        return group
+
+    def _describe(self, i: int, source: str) -> tuple[str, str, str, str, float | None]:
         if self.is_lab(source):
             lab = self.catalog[source]
             shown, flag = self.lab_text(i, source)
@@ -238,57 +256,67 @@ def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
     return f"{display}{flag_text} {verb} {target} by {amount}."
 
 
+def _row_sources(features: list[str], sources: dict[str, dict[str, Any]], i: int) -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:
+    """Per feature of patient ``i``: (position, name, (input, share) pairs); the same for every explained output."""
+    out = []
+    for j, name in enumerate(features):
+        shares = tuple((source, float(share[i]) if isinstance(share, np.ndarray) else share) for source, share in sources[name].items())
+        out.append((j, name, shares))
+    return out
+
+
 def _output(
     target: str,
     contributions: Contributions,
     i: int,
     features: list[str],
-    sources: dict[str, dict[str, Any]],
+    row_sources: list[tuple[int, str, tuple[tuple[str, float], ...]]],
     describer: _Describer,
     arm_only: bool,
 ) -> OutputExplanation:
-    values = contributions.values[i]
+    array = contributions.values[i]
+    values = array.tolist()
     grouped: dict[str, float] = {}
     parts: dict[str, dict[str, float]] = {}
-    for j, name in enumerate(features):
-        if values[j] == 0.0:
+    for j, name, shares in row_sources:
+        value = values[j]
+        if value == 0.0:
             continue
-        for source, share in sources[name].items():
-            amount = float(values[j] * (share[i] if isinstance(share, np.ndarray) else share))
+        for source, share in shares:
+            amount = float(value * share)
             grouped[source] = grouped.get(source, 0.0) + amount
-            parts.setdefault(source, {})[name] = parts.get(source, {}).get(name, 0.0) + amount
+            part = parts.setdefault(source, {})
+            part[name] = part.get(name, 0.0) + amount
     text = describer.targets[target]
+    reversed_sign = describer.event_risk and target != "benefit"
     drivers = []
     for source in sorted(grouped, key=lambda s: -abs(grouped[s])):
         amount = grouped[source]
         if abs(amount) < 1e-12:
             continue
         display, flag, description, unit, value = describer.describe(i, source)
-        group = (describer.catalog[source].group or "lab") if describer.is_lab(source) else (
-            "symptom" if source in describer.spec.baseline_score_columns() else "covariate"
-        )
         drivers.append(
             Driver(
                 feature=describer.field(source),
                 description=description,
-                group=group,
+                group=describer.group(source),
                 value=value,
                 display_value=display,
                 unit=unit,
                 contribution=amount,
-                sentence=_sentence(display, flag, -amount if describer.event_risk and target != "benefit" else amount, text),
+                sentence=_sentence(display, flag, -amount if reversed_sign else amount, text),
                 components=parts[source],
             )
         )
     base, prediction = float(contributions.base[i]), float(contributions.output[i])
-    error = abs(base + float(values.sum()) - prediction)
+    error = abs(base + float(array.sum()) - prediction)
     return OutputExplanation(
         target,
         base,
         prediction,
         drivers,
         error,
-        {name: float(values[j]) for j, name in enumerate(features)},
+        dict(zip(features, values, strict=True)),
         NO_DEPENDENCE if arm_only else "",
     )
 
@@ -318,9 +346,10 @@ def explain_rows(
     conditional = model.label_policy is not None and model.label_policy.mode == "individual"  # effect modification established
     out = []
     for i in range(len(benefit_c.output)):
-        benefit = _output("benefit", benefit_c, i, explanation.features, sources, describer, arm_only)
-        treated = _output("p_response_treated", treated_c, i, explanation.features, sources, describer, arm_only)
-        control = _output("p_response_control", control_c, i, explanation.features, sources, describer, arm_only)
+        row_sources = _row_sources(explanation.features, sources, i)
+        benefit = _output("benefit", benefit_c, i, explanation.features, row_sources, describer, arm_only)
+        treated = _output("p_response_treated", treated_c, i, explanation.features, row_sources, describer, arm_only)
+        control = _output("p_response_control", control_c, i, explanation.features, row_sources, describer, arm_only)
         assert max(benefit.additivity_error, treated.additivity_error, control.additivity_error) < 1e-6, "SHAP contributions do not add up"
         assert abs(sum(d.contribution for d in benefit.drivers) - sum(benefit.features.values())) < 1e-9
         imputed = [a for a in model.spec.labs if math.isnan(float(describer.columns[a][i]))]

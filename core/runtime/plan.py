@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import joblib
 import numpy as np
 import pandas as pd
 
@@ -67,9 +68,14 @@ class Parsed:
     columns: dict[str, np.ndarray]
     issues: dict[int, list[LabIssue]]
     raw: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # the input columns as sent (censored-lab warnings)
+    # What outcomes with the same fitted feature pipeline share of this batch (imputed columns, features, warnings),
+    # by (pipeline key, what): computed for the first such outcome, reused by the others.
+    shared: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def rows(self, keep: Sequence[int]) -> Parsed:
-        """The same batch restricted to the rows ``keep`` (renumbered from 0)."""
+        """The same batch restricted to the rows ``keep`` (renumbered from 0); all of them: this batch, without issues."""
+        if len(keep) == self.n and (self.n == 0 or (keep[0] == 0 and keep[-1] == self.n - 1)):
+            return Parsed(self.n, self.columns, {}, self.raw, self.shared) if self.issues else self
         index = np.asarray(keep, dtype=np.intp)
         raw = {c: [v[i] for i in index] for c, v in self.raw.items()}
         return Parsed(len(index), {c: v[index] for c, v in self.columns.items()}, {}, raw)
@@ -86,6 +92,9 @@ class OutcomePlan:
         if missing:
             raise ValueError(f"the candidate uses features the pipeline does not make: {missing}")
         self.arms = compile_arms(model.candidate, model.ensemble, model.interval_level)
+        # Outcomes fitted on the same rows have equal feature pipelines: the same key, one computation per batch.
+        self.pipeline_key = joblib.hash((model.pipeline, model.spec))
+        self.columns_in_order = np.asarray([self.features.names.index(name) for name in self.order], dtype=np.intp)
 
     @property
     def input_columns(self) -> list[str]:
@@ -99,10 +108,21 @@ class OutcomePlan:
             by_row.setdefault(int(issue.row), []).append(issue)
         return Parsed(n, parsed, by_row, columns)
 
+    def _shared(self, parsed: Parsed, what: str, make) -> Any:
+        key = (self.pipeline_key, what)
+        if key not in parsed.shared:
+            parsed.shared[key] = make()
+        return parsed.shared[key]
+
     def matrix(self, parsed: Parsed) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """The imputed columns and the feature matrix (columns in the candidate's order)."""
-        imputed = self.features.impute(parsed.columns, parsed.n)
-        return imputed, self.features.features(imputed, parsed.n, self.order)
+        """The imputed columns and the feature matrix (columns in the candidate's order).
+
+        Computed once per batch for all outcomes sharing this feature pipeline
+        (the pipeline's features in its own order, then this candidate's columns picked).
+        """
+        imputed = self._shared(parsed, "imputed", lambda: self.features.impute(parsed.columns, parsed.n))
+        every = self._shared(parsed, "features", lambda: self.features.features(imputed, parsed.n))
+        return imputed, every[:, self.columns_in_order]
 
     def predict(self, parsed: Parsed) -> Scores:
         """Both probabilities, the benefit with its interval, the answer and both labels (rows without issues)."""
@@ -117,7 +137,7 @@ class OutcomePlan:
         )
 
     def warnings(self, parsed: Parsed) -> list[list[InputWarning]]:
-        return self.features.warnings(parsed.columns, parsed.n, parsed.raw)
+        return self._shared(parsed, "warnings", lambda: self.features.warnings(parsed.columns, parsed.n, parsed.raw))
 
     def explain(self, parsed: Parsed) -> list[PatientExplanation]:
         """SHAP drivers of benefit and P(response | treated), one per input (``core.runtime.explain``)."""
@@ -127,7 +147,8 @@ class OutcomePlan:
         # The explained outputs must be the predictions the service returns.
         if not (np.allclose(explanation.p_treated.output, p1, rtol=0, atol=1e-6) and np.allclose(explanation.benefit.output, p1 - p0, rtol=0, atol=1e-6)):
             raise AssertionError(f"{self.model.candidate_name}: explained outputs differ from the predictions")
-        return explain_rows(self.model, explanation, self.features.sources(imputed), parsed.columns)
+        sources = self._shared(parsed, "sources", lambda: self.features.sources(imputed))
+        return explain_rows(self.model, explanation, sources, parsed.columns)
 
     # Frames (reports, tests, files read with pandas) ----------------------------------------------
     def parse_frame(self, raw: pd.DataFrame) -> Parsed:
@@ -192,8 +213,13 @@ class ScoringPlan:
         """Per row, every outcome's input warnings, each distinct warning once, in order."""
         n = next(iter(parsed.values())).n if parsed else 0
         merged: list[dict[tuple[str, str, str], InputWarning]] = [{} for _ in range(n)]
+        seen: set[int] = set()
         for outcome, plan in self.plans.items():
-            for i, items in enumerate(plan.warnings(parsed[outcome])):
+            found = plan.warnings(parsed[outcome])
+            if id(found) in seen:  # outcomes sharing a feature pipeline share its warnings of the batch
+                continue
+            seen.add(id(found))
+            for i, items in enumerate(found):
                 for w in items:
                     merged[i].setdefault((w.code, w.field, w.message), w)
         return [list(m.values()) for m in merged]

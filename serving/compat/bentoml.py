@@ -7,7 +7,9 @@
   document, whose dictionary form the service replaces;
 - :func:`render_metrics`: the Prometheus client behind ``/metrics``, rendered
   once at start-up so the first request does not pay for it;
-- :data:`SERVER_LOGGERS`: the loggers that would otherwise print request data.
+- :data:`SERVER_LOGGERS`: the loggers that would otherwise print request data;
+- :func:`json_response_body`: an endpoint's answer serialised as BentoML's JSON serde
+  writes it into the response (the warm-up's requests).
 """
 
 from __future__ import annotations
@@ -27,4 +29,11 @@ def render_metrics() -> bytes:
     return BentoMLContainer.metrics_client.get().generate_latest()
 
 
-__all__ = ["CHECKED_WITH", "SERVER_LOGGERS", "OpenAPISpecification", "Service", "render_metrics"]
+def json_response_body(output) -> bytes:
+    """The body BentoML sends for an endpoint's pydantic answer (``JSONSerde.serialize_model``)."""
+    from _bentoml_impl.serde import JSONSerde
+
+    return b"".join(JSONSerde().serialize_model(output).data)
+
+
+__all__ = ["CHECKED_WITH", "SERVER_LOGGERS", "OpenAPISpecification", "Service", "json_response_body", "render_metrics"]
