@@ -38,7 +38,8 @@ def predict(
     """
     import logging
 
-    from serving.scoring import TABLE_SUFFIXES, ChampionError, score_file
+    from serving.batch import TABLE_SUFFIXES
+    from serving.scoring import ChampionError, score_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -346,14 +346,8 @@ def patient_fields(spec) -> list[str]:
 def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix):
     import json
 
-    from serving.scoring import (
-        read_patient_columns,
-        read_patients,
-        score_rows,
-        score_table,
-        score_table_in_blocks,
-        write_table,
-    )
+    from serving.batch import read_columns, score_table, score_table_in_blocks, write_table
+    from serving.scoring import read_patients, score_rows
 
     spec = layout["spec"]
     models = {name: layout["models"][name] for name in ("arm_only", "risk_model", "bcf")}
@@ -361,7 +355,7 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
     frame = _awkward(spec, layout["patients"])
     path = tmp_path / f"patients{suffix}"
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.astype(str).where(frame.notna(), None).to_parquet(path, index=False)
-    columns, n = read_patient_columns(path, spec)
+    columns, n = read_columns(path, spec)
     table = score_table(scorer, columns, n)
     blocks = score_table_in_blocks(scorer, columns, n, block=97)  # what `responders predict` runs: the same rows in blocks
     pd.testing.assert_frame_equal(blocks, table)
@@ -411,7 +405,8 @@ def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout
     are the request model's errors, as over HTTP; the other rows get the API's numbers."""
     import json
 
-    from serving.scoring import read_patients, score_rows, score_table
+    from serving.batch import score_table
+    from serving.scoring import read_patients, score_rows
 
     spec = layout["spec"]
     scorer = _scorer(spec, {name: layout["models"][name] for name in ("arm_only", "bcf")})
