@@ -61,8 +61,16 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
     from core.data import read_table
     from serving import schemas as S
 
-    frame = read_table(path)
     fields = S.patient_model(spec, spec.lab_catalog()).model_fields
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":  # as read_table reads it (every cell as text), only the patient fields (not arm, follow-up, true_*)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True, usecols=lambda c: c in fields)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        frame = pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in fields])
+    else:
+        frame = read_table(path)
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
     columns: dict[str, Any] = {}
     for column in (c for c in frame.columns if c in fields):
@@ -371,18 +379,40 @@ def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
     return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in table.items()})  # text stays object (no inference)
 
 
-def score_table_in_blocks(scorer: Scorer, columns: dict[str, Any], n: int, block: int = TABLE_BLOCK) -> pd.DataFrame:
-    """:func:`score_table` a block of rows at a time (bounded memory; one progress update per block)."""
+def score_table_in_blocks(scorer: Scorer, columns: dict[str, Any], n: int, block: int = TABLE_BLOCK, workers: int | None = None) -> pd.DataFrame:
+    """:func:`score_table` a block of rows at a time (bounded memory; one progress update per block).
+
+    ``workers`` blocks are scored at once (default: the scorer's batch threads,
+    see :meth:`Scorer.batch_threads`): one block's checks and parse hold the
+    GIL while another's compiled walk, ``ndtr`` and quantiles run without it,
+    so both cores stay busy. A row's answer does not depend on the other rows:
+    the table is the same with any block size and any number of workers.
+    """
     import pandas as pd
 
     from core.progress import task_progress
 
+    if workers is None:
+        workers = max([getattr(plan.arms, "threads", 1) for plan in scorer.plan.plans.values()] + [1])
+    starts = list(range(0, n, block))
     parts = []
     with task_progress(n, "scoring", unit="patient") as progress:
-        for start in range(0, n, block):
+
+        def one(start: int) -> pd.DataFrame:
             stop = min(n, start + block)
-            parts.append(score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, offset=start))
-            progress.update(stop - start)
+            return score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, offset=start)
+
+        if workers <= 1 or len(starts) <= 1:
+            for start in starts:
+                parts.append(one(start))
+                progress.update(min(n, start + block) - start)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+                for start, part in zip(starts, pool.map(one, starts), strict=True):  # in file order
+                    parts.append(part)
+                    progress.update(min(n, start + block) - start)
     return pd.concat(parts, ignore_index=True) if len(parts) != 1 else parts[0] if parts else score_table(scorer, columns, 0)
 
 
@@ -451,7 +481,7 @@ def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
     """Parquet (the models and their answers' shared parts in the file's metadata) or JSON lines (one object per patient)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".jsonl":
-        with out.open("w", encoding="utf-8") as fh:
+        with out.open("wb") as fh:
             for chunk in _jsonl_chunks(table):
                 fh.write(chunk)
         return
@@ -474,29 +504,39 @@ JSONL_CHUNK = 20_000  # rows per piece of JSON-lines text
 
 
 def _jsonl(table: pd.DataFrame) -> str:
-    return "".join(_jsonl_chunks(table))
+    return b"".join(_jsonl_chunks(table)).decode("utf-8")
 
 
 def _jsonl_chunks(table: pd.DataFrame):
     """One JSON object per row, a chunk of rows at a time; numbers as Python writes a float (the shortest text that reads back the same).
 
-    Each column's texts are made once per column (a float column by ``repr``,
-    text columns once per distinct value), then each row's line is joined from them.
+    Each column's value texts are made once per column (a float by ``repr``,
+    other values once per distinct value); Arrow's element-wise join then puts
+    each row's line together, and the joined array's bytes are the chunk.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     keys = [json.dumps(c) + ":" for c in table.columns]
     for start in range(0, len(table), JSONL_CHUNK):
         part = table.iloc[start : start + JSONL_CHUNK]
-        texts = []
-        for key, column in zip(keys, part.columns, strict=True):
+        pieces: list[Any] = []
+        for k, (key, column) in enumerate(zip(keys, part.columns, strict=True)):
             values = part[column].to_numpy()
             if column in ("errors", "warnings"):
-                texts.append([key + ("null" if v is None else v) for v in values.tolist()])
+                texts = ["null" if v is None else v for v in values.tolist()]
             elif values.dtype.kind == "f":
-                texts.append([key + ("null" if v != v else repr(v)) for v in values.tolist()])
+                texts = ["null" if v != v else repr(v) for v in values.tolist()]
             else:
                 seen: dict[Any, str] = {}
-                texts.append([seen[v] if v in seen else seen.setdefault(v, key + json.dumps(v, ensure_ascii=False)) for v in values.tolist()])
-        yield "".join("{" + ",".join(row) + "}\n" for row in zip(*texts, strict=True))
+                texts = [seen[v] if v in seen else seen.setdefault(v, json.dumps(v, ensure_ascii=False)) for v in values.tolist()]
+            pieces += [pa.scalar(("{" if k == 0 else ",") + key), pa.array(texts, type=pa.string())]
+        if not len(part):
+            continue
+        lines = pc.binary_join_element_wise(*pieces, pa.scalar("}\n"), "")
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+        first, last = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+        yield memoryview(lines.buffers()[2])[first:last].tobytes()  # UTF-8
 
 
 # The command ------------------------------------------------------------------------------------
