@@ -461,22 +461,17 @@ def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | 
     return (None, problems) if problems else (frame, [])
 
 
-def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None, out: str | Path | None = None) -> str | None:
+def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
     """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row.
 
     Patients are validated and scored in chunks of :data:`FILE_CHUNK`, with a
-    progress bar on a terminal (log lines otherwise). With ``out`` ending in
-    ``.parquet`` or ``.jsonl`` the patients are scored column by column
-    (:func:`serving.batch.score_file_to_table`) and written there, one row per patient; returns None then.
+    progress bar on a terminal (log lines otherwise). A table output (``--out``
+    ending in ``.parquet`` or ``.jsonl``) is :func:`serving.batch.score_file_to_table`.
     """
-    from serving.batch import TABLE_SUFFIXES, score_file_to_table
-
-    if out is not None and Path(out).suffix.lower() in TABLE_SUFFIXES:
-        score_file_to_table(path, out, spec, tracking_uri)
-        return None
     dataset_spec = load_spec(spec)
     max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
     scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
+    scorer.batch_threads(os.cpu_count() or 1)
     rows = read_patients(path, dataset_spec)
     return score_rows(scorer, rows).model_dump_json(indent=2)
 

@@ -343,7 +343,7 @@ def patient_fields(spec) -> list[str]:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix):
+def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix, monkeypatch):
     import json
 
     from serving.batch import read_columns, score_table, score_table_in_blocks, write_table
@@ -359,6 +359,10 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
     table = score_table(scorer, columns, n)
     blocks = score_table_in_blocks(scorer, columns, n, block=97)  # what `responders predict` runs: the same rows in blocks
     pd.testing.assert_frame_equal(blocks, table)
+    scorer.batch_threads(2)  # and on two cores: two blocks at a time, a BCF batch's rows split over two threads
+    monkeypatch.setattr(A, "PARALLEL_ROWS", 16)
+    pd.testing.assert_frame_equal(score_table_in_blocks(scorer, columns, n, block=97, workers=2), table)
+    scorer.batch_threads(1)
     api = score_rows(scorer, read_patients(path, spec)).results  # what POST /predict answers for the same rows
     assert len(table) == len(api) == len(frame)
     failed = 0

@@ -397,11 +397,16 @@ def _row_quantiles(draws, quantiles, select):  # pragma: no cover - compiled by 
         else:
             row = np.sort(x)
         for k in range(quantiles.shape[0]):
-            virtual = (m - 1) * quantiles[k]  # numpy's "linear" method, operation for operation
-            below = np.floor(virtual)
+            virtual = (m - 1) * quantiles[k]  # numpy's "linear" method, operation for operation (_get_indexes, _lerp)
+            if virtual >= m - 1:  # numpy: both indexes -1 (the last value), gamma measured from -1
+                ia, ib, below = m - 1, m - 1, -1.0
+            elif virtual < 0:
+                ia, ib, below = 0, 0, 0.0
+            else:
+                below = np.floor(virtual)
+                ia = int(below)
+                ib = ia + 1
             gamma = virtual - below
-            ia = min(max(int(below), 0), m - 1)
-            ib = min(max(int(below) + 1, 0), m - 1)
             if 2 * select < m:
                 a = low[ia] if ia < select else high[m - 1 - ia]
                 b = low[ib] if ib < select else high[m - 1 - ib]
