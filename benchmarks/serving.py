@@ -353,6 +353,7 @@ def _time_plan(plan, patients: list[dict], repeats: int) -> tuple[float, float, 
 # 10^5 patients, CSV or Parquet in, Parquet or JSON lines out.
 BATCH_TABLES = ((".csv", ".parquet"), (".parquet", ".parquet"), (".csv", ".jsonl"))
 _STEPS = re.compile(r"predict: (\d+) patients; load ([0-9.]+) s, read ([0-9.]+) s, score ([0-9.]+) s, write ([0-9.]+) s")
+_CPU_STEPS = re.compile(r"predict CPU seconds \(all threads\): load ([0-9.]+), read ([0-9.]+), score ([0-9.]+), write ([0-9.]+)")
 
 
 def _batch_cli(uri: str, work: Path, n: int, suffix: str = ".json", source: str = ".csv") -> dict[str, float]:
@@ -401,6 +402,9 @@ def _batch_cli(uri: str, work: Path, n: int, suffix: str = ".json", source: str 
         load_s, read, score, write = (float(steps.group(k)) for k in range(2, 6))
         record |= {"load_s": load_s, "read": read, "score": score, "write": write,
                    "start_up": seconds - read - score - write, "rate_scoring": n / (read + score + write)}  # fmt: skip
+    cpu_steps = _CPU_STEPS.search(done.stderr)
+    if cpu_steps:
+        record |= dict(zip(("cpu_load", "cpu_read", "cpu_score", "cpu_write"), (float(g) for g in cpu_steps.groups()), strict=True))
     return record
 
 
@@ -754,7 +758,9 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
             f"load average {batch['load']:.2f} at its start)"
             + (f"; start-up and model loading {batch['start_up']:.1f} s (of which loading the champions {batch['load_s']:.2f} s), then read "
                f"{batch['read']:.2f} s, score {batch['score']:.2f} s, write {batch['write']:.2f} s: {batch['rate_scoring']:,.0f} patients/s "
-               "without start-up." if "rate_scoring" in batch else ".")  # fmt: skip
+               "without start-up" if "rate_scoring" in batch else "")  # fmt: skip
+            + (f" (CPU seconds, all threads: load {batch['cpu_load']:.2f}, read {batch['cpu_read']:.2f}, score {batch['cpu_score']:.2f}, "
+               f"write {batch['cpu_write']:.2f})." if "cpu_score" in batch else ".")  # fmt: skip
         )
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
