@@ -344,9 +344,12 @@ def text_array(values: Sequence[Any]):
     import pyarrow as pa
 
     try:
-        return pa.array(values, type=pa.string(), from_pandas=True)
+        arr = pa.array(values, from_pandas=True)  # the type inferred, so that bytes (binary) or numbers are not taken for text
     except (pa.ArrowTypeError, pa.ArrowInvalid, TypeError):
         return None
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), pa.string())
+    return arr if pa.types.is_string(arr.type) else None
 
 
 def plain_text_numbers(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -144,6 +144,7 @@ def test_arrow_reads_number_text_as_python_does():
             assert cell in odd, cell  # left to the per-cell parser, which has the message
     assert mask[: len(numbers)].all()
     assert plain_text_numbers(np.asarray(["1.5", 2.0] * 200, dtype=object)) is None  # not all text: per cell
+    assert plain_text_numbers(np.asarray([b"1.5"] * 300, dtype=object)) is None  # bytes are not text
 
 
 def test_read_columns_keeps_number_fields_as_floats_and_odd_cells_as_given(tmp_path):
