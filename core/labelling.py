@@ -121,7 +121,20 @@ class LabelPolicy:
             return PatientLabels(self.population_label, self.population_reason, np.full(n, None, dtype=object), [reason] * n)
         mid = self.rule["unlikely_upper_below"]
         labels = np.where(lower > 0, LIKELY, np.where(upper < mid, UNLIKELY, UNCERTAIN)).astype(object)
-        reasons = [self._reason(str(label), float(lo), float(hi)) for label, lo, hi in zip(labels, lower, upper, strict=True)]
+        if np.isfinite(lower).all() and np.isfinite(upper).all():
+            # A reason depends on the label and the two bounds as whole percentage points (pp: 100 x, rounded,
+            # its sign kept as formatting keeps it, "-0"): written once per distinct triple, not once per patient.
+            low_pp, high_pp = np.rint(100 * lower), np.rint(100 * upper)
+            keys = zip(labels.tolist(), low_pp.tolist(), np.signbit(low_pp).tolist(), high_pp.tolist(), np.signbit(high_pp).tolist(), strict=True)
+            written: dict[tuple, str] = {}
+            reasons = []
+            for i, key in enumerate(keys):
+                text = written.get(key)
+                if text is None:
+                    text = written[key] = self._reason(str(labels[i]), float(lower[i]), float(upper[i]))
+                reasons.append(text)
+        else:
+            reasons = [self._reason(str(label), float(lo), float(hi)) for label, lo, hi in zip(labels, lower, upper, strict=True)]
         return PatientLabels(self.population_label, self.population_reason, labels, reasons)
 
     def _reason(self, label: str, low: float, high: float) -> str:

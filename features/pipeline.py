@@ -356,6 +356,120 @@ def warnings_from_parsed(
     return warnings
 
 
+@dataclass
+class WarningItem:
+    """One kind of input warning for a whole batch: the rows it concerns and its message (one text, or one per row)."""
+
+    code: str
+    field: str
+    rows: np.ndarray  # (n,) bool
+    message: str | np.ndarray  # a text for every row, or an (n,) object array (None outside ``rows``)
+
+
+def warning_items(
+    pipeline: Pipeline, spec: DatasetSpec, parsed: Mapping[str, np.ndarray], n: int, raw: Mapping[str, Sequence[Any]] | None = None
+) -> list[WarningItem]:
+    """:func:`warnings_from_parsed` as masks over the batch: a row's warnings are the items whose ``rows`` hold it, in order.
+
+    The same checks and texts with array operations; Python runs only for the
+    rows a value-dependent message concerns (a value outside the training
+    range, below the detection limit) and once per distinct unseen category.
+    For a file of 10^5 patients (``responders predict``) instead of a list of
+    objects per patient; tests/test_scoring_plan.py checks both give the same warnings.
+    """
+    parse: LabParser = pipeline.named_steps["parse"]
+    catalog = parse.catalog_
+    transformers = fitted_parts(pipeline.named_steps["impute"])
+    items: list[WarningItem] = []
+
+    for part, kind in (("labs", "lab"), ("numeric", "numeric")):
+        if part not in transformers:
+            continue
+        imputer, columns = transformers[part]
+        values = _stack([parsed[c] for c in columns], n)
+        outside = imputer.outside(values)
+        missing = np.isnan(values)
+        flagged = np.flatnonzero(outside.any(axis=0) | missing.any(axis=0))
+        for j, column in ((j, columns[j]) for j in flagged):
+            if kind == "lab":
+                lab = catalog[column]
+                label, unit, field = lab.label, lab.unit, spec.labs[column].column
+            else:
+                label = _covariate_label(spec, column)
+                unit, field = _covariate_unit(spec, column), column
+            low, high, fill = imputer.min_[j], imputer.max_[j], imputer.statistics_[j]
+            shown = f"1:{fill:g}" if kind == "lab" and catalog[column].kind == "titre" else f"{fill:.3g} {unit}".rstrip()
+            items.append(WarningItem("imputed", field, missing[:, j].copy(), f"{label} not given: imputed with the training median {shown}"))
+            rows = outside[:, j].copy()
+            message = np.full(n, None, dtype=object)
+            within: dict[Any, bool] = {}  # per distinct cell as given (report text such as "<10" repeats)
+            for i in np.flatnonzero(rows):
+                value = values[i, j]
+                if kind == "lab" and raw is not None:
+                    cell = _raw_cell(raw, spec, column, i)
+                    try:
+                        key = (type(cell[0]), *cell)
+                        censored = within[key] if key in within else within.setdefault(key, _censored_within(catalog[column], cell, low, high))
+                    except TypeError:  # an unhashable cell: on its own
+                        censored = _censored_within(catalog[column], cell, low, high)
+                    if censored:
+                        rows[i] = False
+                        continue
+                message[i] = (
+                    f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
+                )
+            items.append(WarningItem("outside_training_range", field, rows, message))
+    for analyte in spec.labs:
+        lab = catalog[analyte]
+        flag = f"{analyte}_below_lod"
+        if lab.lod is None or flag not in parsed:
+            continue
+        rows = np.asarray(parsed[flag]) > 0
+        message = np.full(n, None, dtype=object)
+        texts: dict[float, str] = {}
+        for i in np.flatnonzero(rows):
+            value = float(parsed[analyte][i])
+            if value not in texts:
+                texts[value] = (
+                    f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}): counted as {value:.3g} "
+                    f"{lab.unit}, the value the model uses for every result below this limit"
+                )
+            message[i] = texts[value]
+        items.append(WarningItem("below_detection_limit", spec.labs[analyte].column, rows, message))
+    if "categorical" in transformers:
+        imputer, columns = transformers["categorical"]
+        seen = getattr(parse, "levels_seen_", {})
+        for column, fill in zip(columns, imputer.statistics_, strict=True):
+            names = spec.covariates[column].level_names() if column in spec.covariates else {}
+            label = _covariate_label(spec, column)
+            known = set(seen.get(column, names))
+            values = np.asarray(parsed[column], dtype=object)
+            missing = np.fromiter((_missing_code(v) for v in values), dtype=bool, count=n) if n < 256 else _missing_codes(values)
+            unseen = ~missing & ~pd.Series(values, dtype=object).isin(known).to_numpy()
+            message = np.full(n, None, dtype=object)
+            texts = {}
+            for i in np.flatnonzero(unseen):
+                value = values[i]
+                if value not in texts:
+                    texts[value] = f"{label} {names.get(value, value)!r} was not seen in training"
+                message[i] = texts[value]
+            # A row is missing or unseen, never both: two items in a row give the per-row loop's one warning.
+            items.append(WarningItem("imputed", column, missing, f"{label} not given: imputed as {names.get(str(fill), fill)!r}"))
+            items.append(WarningItem("unseen_category", column, unseen, message))
+    return items
+
+
+def _missing_codes(values: np.ndarray) -> np.ndarray:
+    """:func:`_missing_code` over an object array: None, or a float NaN."""
+    missing = pd.isna(values)
+    if not missing.any():
+        return missing
+    kinds = np.fromiter((v is None or isinstance(v, float) for v in values[missing]), dtype=bool, count=int(missing.sum()))
+    out = np.zeros(len(values), dtype=bool)
+    out[np.flatnonzero(missing)[kinds]] = True
+    return out
+
+
 def _raw_cell(raw: Mapping[str, Sequence[Any]], spec: DatasetSpec, analyte: str, i: int) -> tuple[object, str | None]:
     """The lab cell of row ``i`` as given (report text or number) and its unit, from the raw input columns."""
     lab = spec.labs[analyte]
@@ -463,6 +577,9 @@ class FeaturePlan:
     def warnings(self, parsed: Mapping[str, np.ndarray], n: int, raw: Mapping[str, Sequence[Any]] | None = None) -> list[list[InputWarning]]:
         return warnings_from_parsed(self.pipeline, self.spec, parsed, n, raw)
 
+    def warning_items(self, parsed: Mapping[str, np.ndarray], n: int, raw: Mapping[str, Sequence[Any]] | None = None) -> list[WarningItem]:
+        return warning_items(self.pipeline, self.spec, parsed, n, raw)
+
     def sources(self, imputed: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
         return sources_from_imputed(self.pipeline, self.info, imputed)
 
@@ -495,7 +612,7 @@ def _stack(columns: list[Any], n: int) -> np.ndarray:
 def _fill_codes(values: np.ndarray, fill: Any) -> np.ndarray:
     """``SimpleImputer(strategy="most_frequent")`` on one object column: missing codes (NaN) become ``fill``."""
     out = np.asarray(values, dtype=object).copy()
-    out[[_missing_code(v) for v in out]] = fill
+    out[_missing_codes(out) if len(out) >= 256 else [_missing_code(v) for v in out]] = fill
     return out
 
 

@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.catalog import Analyte, LabCatalog, load_catalog
 from features.codes import level_key as _level_key
-from features.labs import LabIssue, is_missing, parse_lab_cells
+from features.labs import LabIssue, is_missing, parse_lab_cells, text_array
 
 # Markers that make up the composite inflammation index and the count above
 # reference (IL-10 is anti-inflammatory and lymphocytes fall in inflammation,
@@ -175,7 +175,7 @@ class LabParser(TransformerMixin, BaseEstimator):
             issues.extend(LabIssue(rows[i], column, column, cells[i], "not a number") for i in bad)
         for column in self.categorical:
             values = columns[column] if column in columns else [None] * n
-            codes = [_level_key(v) for v in values]
+            codes = _level_keys(values)
             out[column] = np.array([np.nan if c is None else c for c in codes], dtype=object)
         flags: dict[str, np.ndarray] = {}
         for analyte, column, unit in self.labs:
@@ -199,6 +199,17 @@ class LabParser(TransformerMixin, BaseEstimator):
         names = list(self.numeric) + list(self.categorical) + [a for a, _, _ in self.labs]
         names += [f"{a}_below_lod" for a, _, _ in self.labs]
         return np.asarray(names, dtype=object)
+
+
+def _level_keys(values: Sequence[Any]) -> list[str | None]:
+    """``_level_key`` of every cell; a long column of text is keyed once per distinct text (Arrow's dictionary encoding)."""
+    arr = text_array(values)
+    if arr is None:
+        return [_level_key(v) for v in values]
+    encoded = arr.dictionary_encode()
+    keys = [_level_key(v) for v in encoded.dictionary.to_pylist()]
+    index = encoded.indices.fill_null(len(keys)).to_numpy(zero_copy_only=False)  # a missing cell: the None after the keys
+    return np.asarray([*keys, None], dtype=object)[index].tolist()
 
 
 def _numbers(values: pd.Series | Sequence[Any]) -> tuple[np.ndarray, list[int]]:

@@ -38,13 +38,18 @@ def predict(
     """
     import logging
 
-    from serving.scoring import TABLE_SUFFIXES, ChampionError, score_file
+    from serving.batch import TABLE_SUFFIXES, score_file_to_table
+    from serving.scoring import ChampionError, score_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     table = out is not None and out.suffix.lower() in TABLE_SUFFIXES
     try:
-        text = score_file(patients, spec=spec, tracking_uri=tracking_uri, out=out if table else None)
+        if table:
+            score_file_to_table(patients, out, spec=spec, tracking_uri=tracking_uri)
+            text = None
+        else:
+            text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
     except ChampionError as err:  # no champion, or one stored in another artefact format: one line, exit 2
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from core.runtime.arms import limit_lightgbm_threads
 from core.runtime.artefact import ResponderModel, load_artefact
 from core.runtime.plan import Parsed, ScoringPlan
 from core.spec import DatasetSpec, load_spec
-from features.codes import level_key
 from serving import schemas as S
 
 log = logging.getLogger("responders.serving")
@@ -218,74 +215,6 @@ class Scorer:
                 continue
             out.append((patient.model_dump(), []))
         return out
-
-    def validate_columns(
-        self, columns: dict[str, list[Any]], n: int, row: Any = None
-    ) -> tuple[dict[str, list[Any]], dict[int, list[S.FieldProblem]]]:
-        """:meth:`validate_rows` on a file read column by column: the validated columns and the problems by row.
-
-        Every cell is checked with list and array operations against the rules
-        the request model states for its field (types, ranges, codes, lengths,
-        the patient-id pattern); a row with any cell those checks do not pass
-        surely goes through the request model itself (:meth:`validate_rows`),
-        which gives its problems, or its values when the checks were stricter
-        than the model. ``row(i)``: row ``i`` as the model should see it
-        (default: built from the columns). Rows with problems keep only their
-        id in the validated columns.
-        """
-        checks = self._column_checks()
-        clean: dict[str, list[Any]] = {}
-        ok = np.ones(n, dtype=bool)
-        for column, values in columns.items():
-            check = checks.get(column)
-            if check is None:  # a key the model does not know: an error wherever it has a value
-                ok &= np.fromiter((_is_blank(v) for v in values), dtype=bool, count=n)
-                continue
-            clean[column], passed = check(values)
-            ok &= passed
-        for column, check in checks.items():
-            if column not in clean:
-                clean[column], passed = check([None] * n)
-                ok &= passed
-        problems: dict[int, list[S.FieldProblem]] = {}
-        doubtful = np.flatnonzero(~ok)
-        if len(doubtful):
-            rows = [row(i) if row is not None else {c: columns[c][i] for c in columns} for i in doubtful]
-            for i, given, (values, found) in zip(doubtful, rows, self.validate_rows(rows), strict=True):
-                if values is None:
-                    problems[int(i)] = found
-                    for column in clean:
-                        clean[column][i] = None
-                    clean[self.spec.id_column][i] = given.get(self.spec.id_column)
-                else:
-                    for column in clean:
-                        clean[column][i] = values.get(column)
-        return clean, problems
-
-    def _column_checks(self) -> dict[str, Any]:
-        """Per field of the request model, a check of a whole column: (validated values, which cells surely pass)."""
-        checks = getattr(self, "_checks", None)
-        if checks is not None:
-            return checks
-        spec = self.spec
-        catalog = spec.lab_catalog()
-        required = set(spec.required_columns())
-        checks = {spec.id_column: _id_check}
-        for column in spec.baseline_score_columns():
-            checks[column] = _number_check(*spec.baseline_outcome(column).scale, True)
-        for column, cov in spec.covariates.items():
-            if cov.kind == "numeric":
-                checks[column] = _number_check(*(cov.range or (None, None)), column in required)
-            else:
-                checks[column] = _code_check(set(cov.level_codes()), column in required)
-        for analyte, lab in spec.labs.items():
-            checks[lab.column] = _lab_check
-            if catalog[analyte].kind != "titre":
-                checks[f"{lab.column}_unit"] = _unit_check
-        if set(checks) != set(self.patient_model.model_fields):  # the checks must cover the model's fields exactly
-            raise RuntimeError(f"column checks out of step with the request model: {sorted(set(checks) ^ set(self.patient_model.model_fields))}")
-        self._checks = checks
-        return checks
 
     def _parse(
         self, patients: list[dict[str, Any]], prior_errors: dict[int, list[S.FieldProblem]] | None = None
@@ -475,81 +404,6 @@ def _is_blank(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-_ID_PATTERN = re.compile(S.PATIENT_ID_PATTERN)
-_NUMBERS = (float, int)
-
-
-def _blank_to_none(values: list[Any]) -> list[Any]:
-    """:func:`_is_blank` cells as None (inlined: it runs once per cell of a file)."""
-    return [None if v is None or (type(v) is float and v != v) or (type(v) is str and not v.strip()) or _is_blank(v) else v for v in values]
-
-
-def _id_check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-    values = _blank_to_none(values)
-    passed = np.fromiter((type(v) is str and 1 <= len(v) <= 64 and _ID_PATTERN.fullmatch(v) is not None for v in values), dtype=bool, count=len(values))
-    return values, passed
-
-
-def _number_check(low: float | None, high: float | None, required: bool):
-    def check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-        values = _blank_to_none(values)
-        numbers = np.fromiter((_as_float(v) for v in values), dtype=np.float64, count=len(values))
-        with np.errstate(invalid="ignore"):
-            passed = np.isfinite(numbers)
-            if low is not None:
-                passed &= numbers >= low
-            if high is not None:
-                passed &= numbers <= high
-        if not required:
-            passed |= np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-        return [None if v is None else float(x) for v, x in zip(values, numbers.tolist(), strict=True)], passed
-
-    return check
-
-
-def _as_float(value: Any) -> float:
-    """A number cell as a float; NaN (left to the request model) for anything else, or an int too large for a float."""
-    if type(value) in _NUMBERS:
-        try:
-            return float(value)
-        except OverflowError:
-            return math.nan
-    return math.nan
-
-
-def _code_check(codes: set[str], required: bool):
-    def check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-        values = _blank_to_none(values)
-        known: dict[tuple[type, Any], str | None] = {}
-        out = []
-        for v in values:
-            key = (type(v), v)
-            if key not in known:
-                code = level_key(v) if type(v) in (int, float, str) else None
-                known[key] = code if code in codes else None
-            out.append(known[key])
-        passed = np.fromiter((c is not None for c in out), dtype=bool, count=len(out))
-        if not required:
-            passed |= np.fromiter((v is None for v in values), dtype=bool, count=len(values))
-        return out, passed
-
-    return check
-
-
-def _lab_check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-    values = _blank_to_none(values)
-    out = [_as_float(v) if type(v) in _NUMBERS else v for v in values]
-    passed = np.fromiter((v is None or (type(v) is float and v == v) or (type(v) is str and len(v) <= 32) for v in out), dtype=bool, count=len(out))
-    out = [v if type(v) is not float or v == v else w for v, w in zip(out, values, strict=True)]  # too large: as given, for the model
-    return out, passed
-
-
-def _unit_check(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-    values = _blank_to_none(values)
-    passed = np.fromiter((v is None or (type(v) is str and len(v) <= 16) for v in values), dtype=bool, count=len(values))
-    return values, passed
-
-
 def read_patients(path: str | Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     """Patients from CSV/Parquet (trial-file rows; arm, follow-up and true_* columns are dropped) or JSON."""
     path = Path(path)
@@ -607,28 +461,17 @@ def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | 
     return (None, problems) if problems else (frame, [])
 
 
-def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None, out: str | Path | None = None) -> str | None:
+def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
     """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row.
 
     Patients are validated and scored in chunks of :data:`FILE_CHUNK`, with a
-    progress bar on a terminal (log lines otherwise). With ``out`` ending in
-    ``.parquet`` or ``.jsonl`` the patients are scored column by column
-    (:func:`score_table`) and written there, one row per patient; returns None then.
+    progress bar on a terminal (log lines otherwise). A table output (``--out``
+    ending in ``.parquet`` or ``.jsonl``) is :func:`serving.batch.score_file_to_table`.
     """
     dataset_spec = load_spec(spec)
     max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
     scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
     scorer.batch_threads(os.cpu_count() or 1)
-    if out is not None and Path(out).suffix.lower() in TABLE_SUFFIXES:
-        if Path(path).suffix.lower() == ".json":
-            rows = read_patients(path, dataset_spec)
-            columns = {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}
-            table = score_table(scorer, columns, len(rows), rows.__getitem__)
-        else:
-            columns, n = read_patient_columns(path, dataset_spec)
-            table = score_table_in_blocks(scorer, columns, n)
-        write_table(table, Path(out), scorer)
-        return None
     rows = read_patients(path, dataset_spec)
     return score_rows(scorer, rows).model_dump_json(indent=2)
 
@@ -649,139 +492,6 @@ def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHU
     return S.PredictResponse(
         results=results, n_scored=scored, n_failed=len(results) - scored, models=scorer.refs, simulated_training_data=scorer.simulated
     )
-
-
-TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl")
-SCORE_FIELDS = ("p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper")
-
-
-def score_table(scorer: Scorer, columns: dict[str, list[Any]], n: int, row: Any = None, offset: int = 0) -> pd.DataFrame:
-    """A file's patients scored column by column: one row per patient, in file order (``responders predict`` to a table).
-
-    The same checks, parse, models and numbers as ``POST /predict`` without a
-    response object per patient: ``patient_id``; ``errors`` and ``warnings``
-    (JSON text of the response's lists; errors null when the patient was
-    scored); per outcome ``<outcome>_<field>`` for the scores
-    (:data:`SCORE_FIELDS`: the interval as ``benefit_lower`` and
-    ``benefit_upper``), ``<outcome>_patient_label`` and its reason, and
-    ``<outcome>_answer``; all null for a patient with errors.
-    """
-    clean, prior = scorer.validate_columns(columns, n, row)
-    parsed, issues = scorer.plan.parse_columns({c: clean.get(c, [None] * n) for c in scorer.plan.columns}, n)
-    errors: dict[int, list[S.FieldProblem]] = {
-        i: [S.FieldProblem(field=x.column, message=x.message(), code=_lab_code(x.reason)) for x in found] for i, found in issues.items()
-    }
-    for i, problems in prior.items():
-        errors.setdefault(i, []).extend(problems)
-    good = np.setdiff1d(np.arange(n), np.fromiter(errors, dtype=np.intp, count=len(errors)))
-    subset: dict[int, Parsed] = {}
-    usable = {o: subset.setdefault(id(p), p.rows(good)) for o, p in parsed.items()}
-    ids = clean[scorer.spec.id_column]
-    table: dict[str, Any] = {"patient_id": [str(v or f"row-{offset + i + 1}") for i, v in enumerate(ids)]}  # offset: rows before this block
-    table["errors"] = _json_texts([errors.get(i) for i in range(n)], none_when_empty=True)
-    warned: list[Any] = [None] * n
-    for k, items in zip(good.tolist(), scorer.plan.warnings(usable) if len(good) else [], strict=True):
-        warned[k] = tuple((w.code, w.field, w.message) for w in items)
-    table["warnings"] = _warning_texts(warned)
-    for outcome, plan in scorer.plan.plans.items():
-        scores = plan.predict(usable[outcome]) if len(good) else None
-        for name in SCORE_FIELDS:
-            column = np.full(n, np.nan)
-            if scores is not None:
-                column[good] = getattr(scores, name)
-            table[f"{outcome}_{name}"] = column
-        for name in ("patient_label", "patient_label_reason"):
-            column = np.full(n, None, dtype=object)
-            if scores is not None:
-                column[good] = np.asarray(getattr(scores, name), dtype=object)
-            table[f"{outcome}_{name}"] = column
-        answer = np.full(n, None, dtype=object)
-        answer[good] = plan.model.label_policy.answer
-        table[f"{outcome}_answer"] = answer
-    return pd.DataFrame({k: pd.Series(v, dtype=object) if not isinstance(v, np.ndarray) or v.dtype == object else v for k, v in table.items()})
-
-
-TABLE_BLOCK = 20_000  # patients per block of score_table: a BCF champion's draws for 20,000 patients take ~200 MB
-
-
-def score_table_in_blocks(scorer: Scorer, columns: dict[str, list[Any]], n: int, block: int = TABLE_BLOCK) -> pd.DataFrame:
-    """:func:`score_table` a block of rows at a time (bounded memory; one progress update per block)."""
-    parts = []
-    with task_progress(n, "scoring", unit="patient") as progress:
-        for start in range(0, n, block):
-            stop = min(n, start + block)
-            parts.append(score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, offset=start))
-            progress.update(stop - start)
-    return pd.concat(parts, ignore_index=True) if parts else score_table(scorer, columns, 0)
-
-
-def _warning_texts(rows: list[tuple | None]) -> list[str | None]:
-    """Each row's warnings (code, field, message) as the response's JSON text of its ``warnings`` list (equal lists written once)."""
-    written: dict[tuple, str] = {}
-    out: list[str | None] = []
-    for items in rows:
-        if items is None:
-            out.append(None)
-            continue
-        text = written.get(items)
-        if text is None:
-            listed = [{"code": code, "field": field, "message": message} for code, field, message in items]
-            text = written[items] = json.dumps(listed, ensure_ascii=False, separators=(",", ":"))
-        out.append(text)
-    return out
-
-
-def _json_texts(values: list[Any], none_when_empty: bool) -> list[str | None]:
-    """Each row's list of response objects as the response's JSON text (equal lists written once)."""
-    written: dict[tuple, str] = {}
-    out: list[str | None] = []
-    for items in values:
-        if items is None or (none_when_empty and not items):
-            out.append(None)
-            continue
-        key = tuple((type(x), *x.__dict__.values()) for x in items)
-        text = written.get(key)
-        if text is None:
-            text = written[key] = json.dumps([x.model_dump(mode="json") for x in items], ensure_ascii=False, separators=(",", ":"))
-        out.append(text)
-    return out
-
-
-def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
-    """Parquet (the models and their answers' shared parts in the file's metadata) or JSON lines (one object per patient)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".jsonl":
-        out.write_text(_jsonl(table))
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def plain(key: str, value: Any) -> tuple[str, Any]:
-        if key == "wording":  # an event to prevent: its risk is 1 - p_response on each arm (as the API's `event` field says)
-            return "event_to_prevent", value.event
-        return key, value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-
-    shared = {o: dict(plain(k, v) for k, v in fixed.items()) for o, fixed in scorer._fixed.items()}
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = {**(arrow.schema.metadata or {}), b"responders": json.dumps({"outcomes": shared, "simulated_training_data": scorer.simulated}).encode()}
-    pq.write_table(arrow.replace_schema_metadata(meta), out)
-
-
-def _jsonl(table: pd.DataFrame) -> str:
-    """One JSON object per row; numbers written as Python writes a float (the shortest text that reads back the same)."""
-    texts = {}
-    for column in table.columns:
-        values = table[column].tolist()
-        if column in ("errors", "warnings"):
-            texts[column] = ["null" if v is None else v for v in values]
-        elif table[column].dtype.kind == "f":
-            texts[column] = ["null" if v != v else repr(v) for v in values]
-        else:
-            seen: dict[Any, str] = {}
-            texts[column] = [seen[v] if v in seen else seen.setdefault(v, json.dumps(v, ensure_ascii=False)) for v in values]
-    keys = [json.dumps(c) + ":" for c in table.columns]
-    lines = ("{" + ",".join(k + v for k, v in zip(keys, row, strict=True)) + "}" for row in zip(*texts.values(), strict=True))
-    return "\n".join(lines) + ("\n" if len(table) else "")
 
 
 def as_dicts(patients: list[BaseModel]) -> list[dict[str, Any]]:

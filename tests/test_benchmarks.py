@@ -355,9 +355,17 @@ def test_serving_throughput_says_what_is_compared_and_gives_both_ratios():
     assert "5.0x per request, 8.0x per outcome answer" in markdown
     assert "200 requests/s (2 outcomes each) vs the pain server's 40.0 (1 outcome each)" in markdown
     run = {"patients": 100_000, "scored": 100_000, "progress_lines": 5, "load": 1.0, "mib": 10.0}
-    batch_files = {"batch_cli": {**run, "seconds": 50.0, "rate": 2_000.0, "cpu": 40.0}, "batch_parquet": {**run, "seconds": 10.0, "rate": 10_000.0, "cpu": 9.5}}
+    steps = {"load_s": 1.0, "read": 0.5, "score": 1.0, "write": 0.5, "start_up": 3.0, "rate_scoring": 50_000.0}
+    tables = [{**run, "seconds": 5.0, "rate": 20_000.0, "cpu": 9.5, "source": "csv", "format": "parquet", **steps},
+              {**run, "seconds": 6.0, "rate": 16_667.0, "cpu": 9.0, "source": "parquet", "format": "jsonl"}]  # fmt: skip
+    batch_files = {"batch_cli": {**run, "seconds": 50.0, "rate": 2_000.0, "cpu": 40.0}, "batch_tables": tables}
     markdown = serving._markdown(results, None, {}, {}, serving.QUICK, True, extra={"champions": {"pain": "bcf (v1)"}, **batch_files})
-    assert "| `responders predict`, 100,000 patients (CSV to Parquet, child process) | >= 50,000 patients/s | 10,000 patients/s | 10.0 s wall, 9.5 s CPU; 5.0x the JSON output's rate |" in markdown
+    assert (
+        "| `responders predict`, 100,000 patients (CSV to Parquet, child process) | >= 50,000 patients/s | 20,000 patients/s | "
+        "5.0 s wall, 9.5 s CPU, start-up included; 50,000 patients/s without the 3.0 s of start-up and model loading "
+        "(read 0.50 s, score 1.00 s, write 0.50 s) |"
+    ) in markdown
+    assert "| `responders predict`, 100,000 patients (Parquet to JSON lines, child process) | >= 50,000 patients/s | 16,667 patients/s | 6.0 s wall, 9.0 s CPU, start-up included |" in markdown
 
 
 def test_serving_reports_the_first_calls_after_ready_with_their_memory_steps():

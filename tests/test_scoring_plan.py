@@ -343,17 +343,11 @@ def patient_fields(spec) -> list[str]:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix):
+def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix, monkeypatch):
     import json
 
-    from serving.scoring import (
-        read_patient_columns,
-        read_patients,
-        score_rows,
-        score_table,
-        score_table_in_blocks,
-        write_table,
-    )
+    from serving.batch import read_columns, score_table, score_table_in_blocks, write_table
+    from serving.scoring import read_patients, score_rows
 
     spec = layout["spec"]
     models = {name: layout["models"][name] for name in ("arm_only", "risk_model", "bcf")}
@@ -361,10 +355,14 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
     frame = _awkward(spec, layout["patients"])
     path = tmp_path / f"patients{suffix}"
     frame.to_csv(path, index=False) if suffix == ".csv" else frame.astype(str).where(frame.notna(), None).to_parquet(path, index=False)
-    columns, n = read_patient_columns(path, spec)
+    columns, n = read_columns(path, spec)
     table = score_table(scorer, columns, n)
     blocks = score_table_in_blocks(scorer, columns, n, block=97)  # what `responders predict` runs: the same rows in blocks
     pd.testing.assert_frame_equal(blocks, table)
+    scorer.batch_threads(2)  # and on two cores: two blocks at a time, a BCF batch's rows split over two threads
+    monkeypatch.setattr(A, "PARALLEL_ROWS", 16)
+    pd.testing.assert_frame_equal(score_table_in_blocks(scorer, columns, n, block=97, workers=2), table)
+    scorer.batch_threads(1)
     api = score_rows(scorer, read_patients(path, spec)).results  # what POST /predict answers for the same rows
     assert len(table) == len(api) == len(frame)
     failed = 0
@@ -411,7 +409,8 @@ def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout
     are the request model's errors, as over HTTP; the other rows get the API's numbers."""
     import json
 
-    from serving.scoring import read_patients, score_rows, score_table
+    from serving.batch import score_table
+    from serving.scoring import read_patients, score_rows
 
     spec = layout["spec"]
     scorer = _scorer(spec, {name: layout["models"][name] for name in ("arm_only", "bcf")})

@@ -1,0 +1,582 @@
+"""``responders predict`` to a table: a file's patients scored column by column, written as Parquet or JSON lines.
+
+The same checks, parse, models and numbers as ``POST /predict``
+(:class:`serving.scoring.Scorer`), without a response object per patient:
+
+- reading: a CSV or Parquet file becomes one array per field; a numeric field
+  whose cells are all plain numbers or missing is a float array (Arrow parses
+  the text), any other column keeps its cells as the file gives them;
+- checking: each field's rule of the request model applied to the whole column
+  (float arrays and text columns with array operations and Arrow's kernels,
+  other cells one by one); a row any check doubts goes through the request
+  model itself, which names its problems as the API would;
+- warnings: masks over the batch (:func:`features.pipeline.warning_items`),
+  written as each row's JSON text of the API's ``warnings`` list;
+- scoring: the compiled plan on the usable rows (a BCF champion's walk split
+  over the cores: :meth:`~serving.scoring.Scorer.batch_threads`);
+- writing: Parquet through pyarrow, JSON lines from the columns' texts.
+
+tests/test_scoring_plan.py compares every number, label, warning and error
+with the API's answers for the same rows (the same floats, not merely close).
+Patient values are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from core.spec import DatasetSpec
+    from serving.scoring import Scorer
+
+TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl")
+SCORE_FIELDS = ("p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper")
+TABLE_BLOCK = 20_000  # patients per block of score_table: a BCF champion's draws for 20,000 patients take ~200 MB
+_NUMBERS = (float, int)
+_ID_PATTERN: re.Pattern | None = None
+# A number cell of a CSV as Python's float() reads it after a decimal comma became a point (RE2 syntax).
+_PLAIN_NUMBER = r"^[+-]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+# Reading ------------------------------------------------------------------------------------------
+def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], int]:
+    """The patient fields of a CSV or Parquet file, one array per field, and the number of rows.
+
+    Numeric fields whose cells are all numbers (or plain number text, decimal
+    comma allowed) or missing: float arrays, NaN for missing. Other fields:
+    object arrays of the cells as given, None for missing (text a number
+    field cannot take stays text, for the request model to name).
+    """
+    import pandas as pd
+
+    from core.data import read_table
+    from serving import schemas as S
+
+    fields = S.patient_model(spec, spec.lab_catalog()).model_fields
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":  # as read_table reads it (every cell as text), only the patient fields (not arm, follow-up, true_*)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True, usecols=lambda c: c in fields)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        frame = pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in fields])
+    else:
+        frame = read_table(path)
+    numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
+    columns: dict[str, Any] = {}
+    for column in (c for c in frame.columns if c in fields):
+        series = frame[column]
+        if column in numeric:
+            numbers = _number_column(series)
+            if numbers is not None:
+                columns[column] = numbers
+                continue
+        values = series.astype(object).to_numpy()
+        values = np.where(pd.isna(values), None, values)
+        columns[column] = np.asarray([_number(v) for v in values], dtype=object) if column in numeric else values
+    return columns, len(frame)
+
+
+def _number_column(series: pd.Series) -> np.ndarray | None:
+    """A numeric field's cells as floats (NaN for missing) when every cell is a number or plain number text, else None."""
+    if series.dtype.kind in "fiu":
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    from features.labs import text_array
+
+    arr = text_array(series.to_numpy(dtype=object))
+    if arr is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain = pc.match_substring_regex(arr, _PLAIN_NUMBER)
+    if not pc.all(pc.or_kleene(plain, arr.is_null())).as_py():
+        return None  # some cell is other text (or a number with blanks around it): cell by cell
+    return pc.cast(pc.replace_substring(arr, ",", "."), pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _number(value: Any) -> Any:
+    """A numeric cell of a file as a float (decimal comma allowed); text that is no number stays text for validation."""
+    if isinstance(value, str):
+        try:
+            return float(value.replace(",", "."))
+        except ValueError:
+            return value
+    return value
+
+
+# Checking ---------------------------------------------------------------------------------------
+def validate_columns(
+    scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
+) -> tuple[dict[str, Any], dict[int, list[Any]]]:
+    """:meth:`Scorer.validate_rows` on a file read column by column: the validated columns and the problems by row.
+
+    Every cell is checked with array operations against the rules the request
+    model states for its field (types, ranges, codes, lengths, the patient-id
+    pattern); a row with any cell those checks do not pass surely goes through
+    the request model itself (``validate_rows``), which gives its problems, or
+    its values when the checks were stricter than the model. ``row(i)``: row
+    ``i`` as the model should see it (default: built from the columns). Rows
+    with problems keep only their id in the validated columns. A field absent
+    from the file stays absent (missing in every row).
+    """
+    checks = column_checks(scorer)
+    clean: dict[str, Any] = {}
+    ok = np.ones(n, dtype=bool)
+    for column, values in columns.items():
+        check = checks.get(column)
+        if check is None:  # a key the model does not know: an error wherever it has a value
+            ok &= np.fromiter((_is_blank(v) for v in values), dtype=bool, count=n)
+            continue
+        clean[column], passed = check(values)
+        ok &= passed
+    for column, check in checks.items():
+        if column not in clean:
+            _, passed = check(np.full(1, None, dtype=object))  # absent: every row as a missing cell
+            ok &= passed[0]
+    problems: dict[int, list[Any]] = {}
+    doubtful = np.flatnonzero(~ok)
+    if len(doubtful):
+        rows = [row(i) if row is not None else {c: _cell(columns[c], i) for c in columns} for i in doubtful]
+        id_column = scorer.spec.id_column
+        for i, given, (values, found) in zip(doubtful, rows, scorer.validate_rows(rows), strict=True):
+            for column in clean:
+                _assign(clean[column], i, given.get(id_column) if column == id_column and values is None else None if values is None else values.get(column))
+            if values is None:
+                problems[int(i)] = found
+    return clean, problems
+
+
+def _cell(values: Any, i: int) -> Any:
+    """Cell ``i`` as the request model takes it (a Python float, None for a missing float)."""
+    value = values[i]
+    if isinstance(value, np.floating):
+        value = float(value)
+        return None if math.isnan(value) else value
+    return value
+
+
+def _assign(values: Any, i: int, value: Any) -> None:
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        values[i] = np.nan if value is None else value
+    else:
+        values[i] = value
+
+
+def column_checks(scorer: Scorer) -> dict[str, Any]:
+    """Per field of the request model, a check of a whole column: (validated values, which cells surely pass)."""
+    checks = getattr(scorer, "_batch_checks", None)
+    if checks is not None:
+        return checks
+    spec = scorer.spec
+    catalog = spec.lab_catalog()
+    required = set(spec.required_columns())
+    checks = {spec.id_column: _id_check}
+    for column in spec.baseline_score_columns():
+        checks[column] = _number_check(*spec.baseline_outcome(column).scale, True)
+    for column, cov in spec.covariates.items():
+        if cov.kind == "numeric":
+            checks[column] = _number_check(*(cov.range or (None, None)), column in required)
+        else:
+            checks[column] = _code_check(set(cov.level_codes()), column in required)
+    for analyte, lab in spec.labs.items():
+        checks[lab.column] = _text_check(32)
+        if catalog[analyte].kind != "titre":
+            checks[f"{lab.column}_unit"] = _text_check(16, numbers=False)
+    if set(checks) != set(scorer.patient_model.model_fields):  # the checks must cover the model's fields exactly
+        raise RuntimeError(f"column checks out of step with the request model: {sorted(set(checks) ^ set(scorer.patient_model.model_fields))}")
+    scorer._batch_checks = checks
+    return checks
+
+
+def _is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _blanks(values: Any) -> tuple[np.ndarray, Any]:
+    """Which cells are blank (None, NaN, whitespace-only text), and the column as an Arrow string array when it is all text.
+
+    For text, a cell whose first character is printable ASCII other than a
+    space is surely not blank; only the others (empty, leading blanks,
+    non-ASCII) are checked one by one with Python's ``str.strip``.
+    """
+    from features.labs import text_array
+
+    arr = text_array(values)
+    if arr is None:
+        return np.fromiter((_is_blank(v) for v in values), dtype=bool, count=len(values)), None
+    import pyarrow.compute as pc
+
+    blank = arr.is_null().to_numpy(zero_copy_only=False).copy()
+    surely = pc.match_substring_regex(arr, r"^[\x21-\x7e]").fill_null(True).to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(~surely):
+        blank[i] = not values[i].strip()
+    return blank, arr
+
+
+def _id_check(values: Any) -> tuple[Any, np.ndarray]:
+    global _ID_PATTERN
+    if _ID_PATTERN is None:
+        from serving import schemas as S
+
+        _ID_PATTERN = re.compile(S.PATIENT_ID_PATTERN)
+    blank, _ = _blanks(values)
+    out = np.asarray(values, dtype=object).copy()
+    out[blank] = None
+    passed = np.fromiter((type(v) is str and 1 <= len(v) <= 64 and _ID_PATTERN.fullmatch(v) is not None for v in out), dtype=bool, count=len(out))
+    return out, passed
+
+
+def _number_check(low: float | None, high: float | None, required: bool):
+    def check(values: Any) -> tuple[Any, np.ndarray]:
+        if isinstance(values, np.ndarray) and values.dtype.kind == "f":  # a column of numbers (NaN: missing)
+            numbers, missing = values, np.isnan(values)
+            out = values.copy()  # rows the request model refuses are cleared in the copy
+        else:
+            blank, _ = _blanks(values)
+            cells = np.asarray(values, dtype=object)
+            numbers = np.fromiter((math.nan if b else _as_float(v) for v, b in zip(cells, blank, strict=True)), dtype=np.float64, count=len(cells))
+            missing = blank
+            out = np.where(blank, None, np.asarray(numbers, dtype=object))
+        with np.errstate(invalid="ignore"):
+            passed = np.isfinite(numbers)
+            if low is not None:
+                passed &= numbers >= low
+            if high is not None:
+                passed &= numbers <= high
+        if not required:
+            passed |= missing
+        return out, passed
+
+    return check
+
+
+def _as_float(value: Any) -> float:
+    """A number cell as a float; NaN (left to the request model) for anything else, or an int too large for a float."""
+    if type(value) in _NUMBERS:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.nan
+    return math.nan
+
+
+def _code_check(codes: set[str], required: bool):
+    from features.codes import level_key
+
+    def check(values: Any) -> tuple[Any, np.ndarray]:
+        blank, arr = _blanks(values)
+        if arr is not None:  # text: each distinct text keyed once
+            encoded = arr.dictionary_encode()
+            keys = [level_key(v) for v in encoded.dictionary.to_pylist()]
+            keys = np.asarray([k if k in codes else None for k in keys] + [None], dtype=object)
+            index = encoded.indices.fill_null(len(keys) - 1).to_numpy(zero_copy_only=False)
+            out = keys[index]
+        else:
+            known: dict[tuple[type, Any], str | None] = {}
+            out = np.empty(len(values), dtype=object)
+            for i, v in enumerate(values):
+                key = (type(v), v)
+                if key not in known:
+                    code = level_key(v) if type(v) in (int, float, str) else None
+                    known[key] = code if code in codes else None
+                out[i] = known[key]
+        out[blank] = None
+        passed = np.not_equal(out, None)
+        if not required:
+            passed |= blank
+        return out, passed
+
+    return check
+
+
+def _text_check(longest: int, numbers: bool = True):
+    """A lab cell (a number, or report text up to ``longest`` characters) or a unit (text only, ``numbers=False``)."""
+
+    def check(values: Any) -> tuple[Any, np.ndarray]:
+        if numbers and isinstance(values, np.ndarray) and values.dtype.kind == "f":
+            return values.copy(), np.ones(len(values), dtype=bool)
+        blank, arr = _blanks(values)
+        out = np.asarray(values, dtype=object).copy()
+        out[blank] = None
+        if arr is not None:
+            import pyarrow.compute as pc
+
+            passed = blank | pc.less_equal(pc.utf8_length(arr), longest).fill_null(True).to_numpy(zero_copy_only=False)
+            return out, passed
+        if numbers:
+            floats = [_as_float(v) if type(v) in _NUMBERS else v for v in out]
+            out = np.asarray([v if type(v) is not float or v == v else w for v, w in zip(floats, out, strict=True)], dtype=object)
+            ok = (v is None or (type(v) is float and v == v) or (type(v) is str and len(v) <= longest) for v in out)
+        else:
+            ok = (v is None or (type(v) is str and len(v) <= longest) for v in out)
+        return out, np.fromiter(ok, dtype=bool, count=len(out))
+
+    return check
+
+
+# Scoring --------------------------------------------------------------------------------------------
+def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None, offset: int = 0) -> pd.DataFrame:
+    """A file's patients scored column by column: one row per patient, in file order.
+
+    ``patient_id``; ``errors`` and ``warnings`` (JSON text of the response's
+    lists; errors null when the patient was scored, warnings null when not);
+    per outcome ``<outcome>_<field>`` for the scores (:data:`SCORE_FIELDS`:
+    the interval as ``benefit_lower`` and ``benefit_upper``),
+    ``<outcome>_patient_label`` and its reason, and ``<outcome>_answer``; all
+    null for a patient with errors.
+    """
+    import pandas as pd
+
+    from core.runtime.plan import Parsed
+    from serving import schemas as S
+    from serving.scoring import _lab_code
+
+    clean, prior = validate_columns(scorer, columns, n, row)
+    parsed, issues = scorer.plan.parse_columns({c: clean[c] for c in scorer.plan.columns if c in clean}, n)
+    errors: dict[int, list[Any]] = {
+        i: [S.FieldProblem(field=x.column, message=x.message(), code=_lab_code(x.reason)) for x in found] for i, found in issues.items()
+    }
+    for i, problems in prior.items():
+        errors.setdefault(i, []).extend(problems)
+    usable = np.ones(n, dtype=bool)
+    usable[list(errors)] = False
+    good = np.flatnonzero(usable)
+    subset: dict[int, Parsed] = {}  # outcomes sharing a parse share its subset too (the raw cells are not needed to score)
+    rows = {o: p if len(good) == n else subset.setdefault(id(p), Parsed(len(good), {c: v[good] for c, v in p.columns.items()}, {})) for o, p in parsed.items()}
+    ids = clean.get(scorer.spec.id_column, [None] * n)
+    table: dict[str, Any] = {"patient_id": np.asarray([str(v or f"row-{offset + i + 1}") for i, v in enumerate(ids)], dtype=object)}
+    table["errors"] = _error_texts(errors, n)
+    table["warnings"] = warning_texts(scorer, parsed, n, usable)
+    for outcome, plan in scorer.plan.plans.items():
+        scores = plan.predict(rows[outcome]) if len(good) else None
+        for name in SCORE_FIELDS:
+            column = np.full(n, np.nan)
+            if scores is not None:
+                column[good] = getattr(scores, name)
+            table[f"{outcome}_{name}"] = column
+        for name in ("patient_label", "patient_label_reason"):
+            column = np.full(n, None, dtype=object)
+            if scores is not None:
+                column[good] = np.asarray(getattr(scores, name), dtype=object)
+            table[f"{outcome}_{name}"] = column
+        answer = np.full(n, None, dtype=object)
+        answer[good] = plan.model.label_policy.answer
+        table[f"{outcome}_answer"] = answer
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in table.items()})  # text stays object (no inference)
+
+
+def score_table_in_blocks(scorer: Scorer, columns: dict[str, Any], n: int, block: int = TABLE_BLOCK, workers: int | None = None) -> pd.DataFrame:
+    """:func:`score_table` a block of rows at a time (bounded memory; one progress update per block).
+
+    ``workers`` blocks are scored at once (default: the scorer's batch threads,
+    see :meth:`Scorer.batch_threads`): one block's checks and parse hold the
+    GIL while another's compiled walk, ``ndtr`` and quantiles run without it,
+    so both cores stay busy. A row's answer does not depend on the other rows:
+    the table is the same with any block size and any number of workers.
+    """
+    import pandas as pd
+
+    from core.progress import task_progress
+
+    if workers is None:
+        workers = max([getattr(plan.arms, "threads", 1) for plan in scorer.plan.plans.values()] + [1])
+    starts = list(range(0, n, block))
+    parts = []
+    with task_progress(n, "scoring", unit="patient") as progress:
+
+        def one(start: int) -> pd.DataFrame:
+            stop = min(n, start + block)
+            return score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, offset=start)
+
+        if workers <= 1 or len(starts) <= 1:
+            for start in starts:
+                parts.append(one(start))
+                progress.update(min(n, start + block) - start)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+                for start, part in zip(starts, pool.map(one, starts), strict=True):  # in file order
+                    parts.append(part)
+                    progress.update(min(n, start + block) - start)
+    return pd.concat(parts, ignore_index=True) if len(parts) != 1 else parts[0] if parts else score_table(scorer, columns, 0)
+
+
+def _error_texts(errors: dict[int, list[Any]], n: int) -> np.ndarray:
+    """Each row's errors as the response's JSON text (None without errors; equal lists written once)."""
+    out = np.full(n, None, dtype=object)
+    written: dict[tuple, str] = {}
+    for i, items in errors.items():
+        if not items:
+            continue
+        key = tuple((type(x), *x.__dict__.values()) for x in items)
+        text = written.get(key)
+        if text is None:
+            text = written[key] = json.dumps([x.model_dump(mode="json") for x in items], ensure_ascii=False, separators=(",", ":"))
+        out[i] = text
+    return out
+
+
+def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.ndarray) -> np.ndarray:
+    """Each usable row's warnings as the JSON text of the API's ``warnings`` list (None for the other rows).
+
+    Every outcome's warning items (:func:`features.pipeline.warning_items`),
+    a warning another outcome already gave the row dropped, as
+    :meth:`core.runtime.plan.ScoringPlan.warnings` merges them; each item's
+    JSON object appended to the rows it concerns, in order.
+    """
+    items = []
+    for outcome, plan in scorer.plan.plans.items():
+        batch = parsed[outcome]
+        for item in plan.features.warning_items(batch.columns, n, batch.raw):
+            rows = item.rows & usable
+            for earlier in items:  # the same (code, field, message) for a row: given once
+                if earlier.code == item.code and earlier.field == item.field:
+                    rows &= ~(earlier.rows & _same_message(earlier.message, item.message, n))
+            if rows.any():
+                items.append(type(item)(item.code, item.field, rows, item.message))
+    text = np.full(n, "", dtype=object)
+    count = np.zeros(n, dtype=np.int64)
+    for item in items:
+        index = np.flatnonzero(item.rows)
+        head = json.dumps({"code": item.code, "field": item.field}, ensure_ascii=False, separators=(",", ":"))[:-1] + ',"message":'
+        if isinstance(item.message, str):
+            fragment = np.full(len(index), head + json.dumps(item.message, ensure_ascii=False) + "}", dtype=object)
+        else:
+            seen: dict[str, str] = {}
+            fragment = np.asarray(
+                [seen[m] if m in seen else seen.setdefault(m, head + json.dumps(m, ensure_ascii=False) + "}") for m in item.message[index]],
+                dtype=object,
+            )
+        comma = np.where(count[index] > 0, ",", "").astype(object)
+        text[index] = text[index] + comma + fragment
+        count[index] += 1
+    out = np.full(n, None, dtype=object)
+    out[usable] = "[" + text[usable] + "]"
+    return out
+
+
+def _same_message(a: Any, b: Any, n: int) -> np.ndarray:
+    if isinstance(a, str) and isinstance(b, str):
+        return np.full(n, a == b)
+    return np.asarray(np.broadcast_to(np.asarray(a, dtype=object), (n,)) == np.broadcast_to(np.asarray(b, dtype=object), (n,)), dtype=bool)
+
+
+# Writing -----------------------------------------------------------------------------------------
+def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
+    """Parquet (the models and their answers' shared parts in the file's metadata) or JSON lines (one object per patient)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".jsonl":
+        with out.open("wb") as fh:
+            for chunk in _jsonl_chunks(table):
+                fh.write(chunk)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pydantic import BaseModel
+
+    def plain(key: str, value: Any) -> tuple[str, Any]:
+        if key == "wording":  # an event to prevent: its risk is 1 - p_response on each arm (as the API's `event` field says)
+            return "event_to_prevent", value.event
+        return key, value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    shared = {o: dict(plain(k, v) for k, v in fixed.items()) for o, fixed in scorer._fixed.items()}
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = {**(arrow.schema.metadata or {}), b"responders": json.dumps({"outcomes": shared, "simulated_training_data": scorer.simulated}).encode()}
+    pq.write_table(arrow.replace_schema_metadata(meta), out)
+
+
+JSONL_CHUNK = 20_000  # rows per piece of JSON-lines text
+
+
+def _jsonl(table: pd.DataFrame) -> str:
+    return b"".join(_jsonl_chunks(table)).decode("utf-8")
+
+
+def _jsonl_chunks(table: pd.DataFrame):
+    """One JSON object per row, a chunk of rows at a time; numbers as Python writes a float (the shortest text that reads back the same).
+
+    Each column's value texts are made once per column (a float by ``repr``,
+    other values once per distinct value); Arrow's element-wise join then puts
+    each row's line together, and the joined array's bytes are the chunk.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = [json.dumps(c) + ":" for c in table.columns]
+    for start in range(0, len(table), JSONL_CHUNK):
+        part = table.iloc[start : start + JSONL_CHUNK]
+        pieces: list[Any] = []
+        for k, (key, column) in enumerate(zip(keys, part.columns, strict=True)):
+            values = part[column].to_numpy()
+            if column in ("errors", "warnings"):
+                texts = ["null" if v is None else v for v in values.tolist()]
+            elif values.dtype.kind == "f":
+                texts = ["null" if v != v else repr(v) for v in values.tolist()]
+            else:
+                seen: dict[Any, str] = {}
+                texts = [seen[v] if v in seen else seen.setdefault(v, json.dumps(v, ensure_ascii=False)) for v in values.tolist()]
+            pieces += [pa.scalar(("{" if k == 0 else ",") + key), pa.array(texts, type=pa.string())]
+        if not len(part):
+            continue
+        lines = pc.binary_join_element_wise(*pieces, pa.scalar("}\n"), "")
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+        first, last = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+        yield memoryview(lines.buffers()[2])[first:last].tobytes()  # UTF-8
+
+
+# The command ------------------------------------------------------------------------------------
+def score_file_to_table(path: str | Path, out: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> dict[str, float]:
+    """``responders predict --out FILE.parquet|.jsonl``: read, score and write; the wall and CPU seconds of each step (no patient data)."""
+    import logging
+    import os
+
+    from core.spec import load_spec
+    from serving.scoring import DEFAULT_MAX_BATCH, Scorer, read_patients, resolve_champions
+
+    log = logging.getLogger("responders.serving")
+    times: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of the process (every thread) per step: what the step costs, whatever else runs
+    start, clock = time.perf_counter(), time.process_time()
+
+    def done(step: str) -> None:
+        nonlocal start, clock
+        times[step], cpu[step] = time.perf_counter() - start, time.process_time() - clock
+        start, clock = time.perf_counter(), time.process_time()
+
+    dataset_spec = load_spec(spec)
+    max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
+    scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
+    scorer.batch_threads(os.cpu_count() or 1)
+    done("load")
+    if Path(path).suffix.lower() == ".json":
+        rows = read_patients(path, dataset_spec)
+        columns = {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}
+        done("read")
+        table = score_table(scorer, columns, len(rows), rows.__getitem__)
+    else:
+        columns, n = read_columns(path, dataset_spec)
+        done("read")
+        table = score_table_in_blocks(scorer, columns, n)
+    done("score")
+    write_table(table, Path(out), scorer)
+    done("write")
+    times["patients"] = float(len(table))
+    times |= {f"cpu_{step}": seconds for step, seconds in cpu.items()}
+    log.info("predict: %d patients; load %.2f s, read %.2f s, score %.2f s, write %.2f s", len(table), times["load"], times["read"], times["score"], times["write"])
+    log.info("predict CPU seconds (all threads): load %.2f, read %.2f, score %.2f, write %.2f", cpu["load"], cpu["read"], cpu["score"], cpu["write"])
+    return times

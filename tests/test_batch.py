@@ -1,0 +1,204 @@
+"""``responders predict`` to a table: the array paths it takes give exactly what the per-cell and per-tree paths give.
+
+- the compiled forest walk (per-feature step tables for one-feature trees,
+  leaf-only trees summed once, the rest walked) against the vectorised level
+  walk, on forests with stumps, leaves, deep trees, ties and NaN;
+- the compiled row quantiles against ``np.quantile``, bit for bit;
+- Arrow's reading of number text against Python's ``float``;
+- the command itself on a real MLflow store: CSV and Parquet in, Parquet and
+  JSON lines out, the same numbers as ``POST /predict``'s scorer.
+
+The whole-table comparison with the API (every number, label, warning and
+error) is tests/test_scoring_plan.py::test_a_file_scored_column_by_column_gets_the_apis_answers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.runtime.forests import TreeArrays, _compile_walk, row_quantiles
+
+
+def _forest(rng: np.random.Generator, slots: int, per_slot: int, d: int, cuts: np.ndarray) -> TreeArrays:
+    """Random trees as stochtree lays them out: a third single leaves, a third stumps, a third up to depth 3 on several features."""
+    feature, threshold, left, right, value, roots = [], [], [], [], [], []
+
+    def grow(depth: int, features: list[int]) -> int:
+        index = len(feature)
+        feature.append(-1), threshold.append(0.0), left.append(-1), right.append(-1), value.append(0.0)
+        if depth == 0:
+            value[index] = float(rng.normal())
+            return index
+        feature[index] = int(rng.choice(features))
+        threshold[index] = float(rng.choice(cuts))  # shared cut points: thresholds repeat across trees, as in BCF
+        left[index] = grow(depth - 1 if rng.random() < 0.8 else 0, features)
+        right[index] = grow(depth - 1 if rng.random() < 0.8 else 0, features)
+        return index
+
+    for _ in range(slots * per_slot):
+        roots.append(len(feature))
+        kind = rng.integers(3)
+        if kind == 0:
+            grow(0, [0])
+        elif kind == 1:
+            grow(int(rng.integers(1, 3)), [int(rng.integers(d))])  # one feature, one or two levels
+        else:
+            grow(3, list(rng.choice(d, size=2, replace=False)))
+    arrays = TreeArrays(
+        feature=np.asarray(feature, dtype=np.intp),
+        threshold=np.asarray(threshold),
+        left=np.asarray(left, dtype=np.intp),
+        right=np.asarray(right, dtype=np.intp),
+        value=np.asarray(value),
+        roots=np.asarray(roots, dtype=np.intp),
+        slot_starts=np.arange(slots, dtype=np.intp) * per_slot,
+        max_depth=3,
+        n_draws=slots,
+        trees_per_draw=per_slot,
+    )
+    return arrays
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1e9])  # every one-feature tree as a table, the default, none
+def test_the_compiled_walk_with_step_tables_gives_the_trees_sums(share):
+    rng = np.random.default_rng(7)
+    d = 6
+    cuts = np.round(rng.normal(size=12), 2)
+    forest = _forest(rng, slots=40, per_slot=30, d=d, cuts=cuts)
+    forest._compiled = _compile_walk(forest, share)
+    X = rng.normal(size=(700, d))
+    X[::7, 1] = np.nan  # NaN goes right at every node, and past every threshold in a table
+    X[3::11, 2] = rng.choice(cuts, size=len(X[3::11]))  # values on a threshold go left
+    X[5, :] = np.inf
+    want = forest.predict(X)  # the vectorised level walk, tree by tree
+    got = forest.predict_compiled(X)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # A patient gets the same floats alone, in any batch and over threads.
+    alone = np.vstack([forest.predict_compiled(X[[i]]) for i in range(0, 700, 37)])
+    assert np.array_equal(alone, got[::37])
+    assert np.array_equal(forest.predict_compiled(X, threads=2), got)
+    if share == 0.0:
+        assert len(forest._compiled.roots) < len(forest.roots) / 2 and len(forest._compiled.table_features) == d
+
+
+def test_a_bcf_champions_walk_splits_its_trees_into_constants_tables_and_walks(layout_bcf):
+    """On a fitted BCF: the compiled walk equals the level walk, with most mu trees looked up rather than walked."""
+    arms, F = layout_bcf
+    for forest in (arms.mu, arms.tau):
+        np.testing.assert_allclose(forest.predict_compiled(F), forest.predict(F), rtol=0, atol=1e-12)
+    assert len(_compile_walk(arms.mu).roots) < len(arms.mu.roots)
+
+
+@pytest.fixture(scope="module")
+def layout_bcf():
+    from helpers import fast_config
+
+    from core.candidates import make_candidate
+    from core.runtime.arms import PosteriorForestArms
+    from core.spec import load_spec
+    from features.pipeline import build_feature_pipeline
+    from training.simulate import simulate
+    from training.train import outcome_data
+
+    spec, config = load_spec(), fast_config()
+    data, _ = outcome_data(simulate("strong", 160, 8), spec, "pain", config)
+    F = build_feature_pipeline(spec).fit(data.X).transform(data.X)
+    candidate = make_candidate("bcf", config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
+    return PosteriorForestArms(candidate, 0.95), np.asarray(F, dtype=float)
+
+
+@pytest.mark.parametrize("draws", [1, 2, 3, 7, 50, 200, 1000])
+def test_row_quantiles_are_np_quantile_bit_for_bit(draws):
+    rng = np.random.default_rng(draws)
+    values = rng.normal(size=(400, draws)) * rng.random((400, 1))
+    values[5, draws // 2] = np.nan
+    values[7] = 0.125  # ties
+    values[9, : (draws + 1) // 2] = -0.0
+    for level in (0.95, 0.9, 0.8, 0.5, 0.99, 0.6827):
+        tail = (1 - level) / 2
+        want = np.quantile(values, [tail, 1 - tail], axis=1)
+        got = row_quantiles(values, [tail, 1 - tail])
+        assert np.array_equal(want, got, equal_nan=True), (draws, level)
+        assert np.array_equal(np.signbit(want), np.signbit(got))
+
+
+def test_arrow_reads_number_text_as_python_does():
+    from features.labs import _plain_number, plain_text_numbers
+
+    rng = np.random.default_rng(3)
+    numbers = [f"{x:.{k}f}" for x, k in zip(rng.lognormal(0, 3, 3000), rng.integers(0, 12, 3000), strict=True)]
+    numbers += [f"{x:.6e}" for x in rng.lognormal(0, 20, 500)] + ["1e400", "1e-400", ".5", "0,25", "007", "2.675", "1E5"]
+    odd = [" 3.5", "3.5 ", "3.5\n", "-1", "+2", "<10", "1:40", "negative", "", "  ", "NA", "3,5,1", "1e", "١٢", "inf", "nan"]
+    cells = np.asarray(numbers + odd + [None, float("nan")] * 5, dtype=object)
+    mask, got = plain_text_numbers(cells)
+    for cell, taken, number in zip(cells, mask, got, strict=True):
+        if cell is None or isinstance(cell, float):
+            assert taken and np.isnan(number)  # missing
+        elif taken:
+            assert number == _plain_number(cell) or (np.isinf(number) and np.isinf(_plain_number(cell))), cell
+        else:
+            assert cell in odd, cell  # left to the per-cell parser, which has the message
+    assert mask[: len(numbers)].all()
+    assert plain_text_numbers(np.asarray(["1.5", 2.0] * 200, dtype=object)) is None  # not all text: per cell
+    assert plain_text_numbers(np.asarray([b"1.5"] * 300, dtype=object)) is None  # bytes are not text
+
+
+def test_read_columns_keeps_number_fields_as_floats_and_odd_cells_as_given(tmp_path):
+    from core.spec import load_spec
+    from serving.batch import read_columns
+    from training.simulate import simulate
+
+    spec = load_spec()
+    frame = simulate("final", 400, 2).astype({"bmi": object, "age": object})
+    frame.loc[3, "bmi"] = "22,5"
+    frame.loc[4, "bmi"] = None
+    frame.loc[5, "age"] = "forty"  # text a number field cannot take: the column is read cell by cell
+    path = tmp_path / "patients.csv"
+    frame.to_csv(path, index=False)
+    columns, n = read_columns(path, spec)
+    assert n == 400 and "arm" not in columns and not any(c.startswith("true_") for c in columns)
+    assert columns["bmi"].dtype == np.float64 and columns["bmi"][3] == 22.5 and np.isnan(columns["bmi"][4])
+    assert columns["age"].dtype == object and columns["age"][5] == "forty" and columns["age"][6] == float(frame.loc[6, "age"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("source", "suffix"), [(".csv", ".parquet"), (".parquet", ".jsonl")])
+def test_responders_predict_writes_the_apis_numbers(tmp_path_factory, source, suffix):
+    """The command on a real MLflow store: the table's numbers are the API scorer's for the same patients."""
+    from helpers import serving_store
+    from typer.testing import CliRunner
+
+    from core.spec import load_spec
+    from responders.cli import app
+    from serving.scoring import Scorer, read_patients, resolve_champions, score_rows
+    from training.simulate import simulate
+
+    store = serving_store(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("batch")
+    frame = simulate("final", 3000, 11).astype({"crp": object})
+    frame.loc[::50, "crp"] = "<0.3"
+    frame.loc[7, "crp"] = "5000"  # implausible: an error for that patient
+    path = tmp / f"patients{source}"
+    frame.to_csv(path, index=False) if source == ".csv" else frame.to_parquet(path, index=False)
+    out = tmp / f"scores{suffix}"
+    result = CliRunner().invoke(app, ["predict", str(path), "--out", str(out), "--tracking-uri", store["uri"]])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out) if suffix == ".parquet" else pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
+    spec = load_spec()
+    api = score_rows(Scorer(spec, resolve_champions(spec, store["uri"])), read_patients(path, spec)).results
+    assert len(table) == len(api) == 3000
+    assert table["errors"].notna().sum() == sum(r.predictions is None for r in api) >= 1
+    for i in range(0, 3000, 7):
+        row, want = table.iloc[i], api[i]
+        assert row["patient_id"] == want.patient_id
+        if want.predictions is None:
+            continue
+        for outcome, p in want.predictions.items():
+            assert [row[f"{outcome}_p_response_treated"], row[f"{outcome}_benefit"], row[f"{outcome}_benefit_lower"], row[f"{outcome}_benefit_upper"]] == [
+                p.p_response_treated, p.benefit, p.benefit_interval.lower, p.benefit_interval.upper
+            ], (i, outcome)  # the same floats, not merely close
+            assert row[f"{outcome}_patient_label"] == p.patient_label or (p.patient_label is None and pd.isna(row[f"{outcome}_patient_label"]))
