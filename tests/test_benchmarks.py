@@ -228,7 +228,7 @@ def _child_payload(argv: list[str], capsys) -> dict:
 TIMING = {"phases": [], "by_category": {c: {"wall_s": 1.0, "cpu_s": 1.5} for c in ("data", "cv", "test", "final fits", "mlflow", "reports")}}
 MAPS = [
     {"desc": "pain: nested CV", "executor": "dask", "workers": 2, "tasks": 10, "seconds": 4.0, "shared_bytes": 2**20, "item_bytes": 10 * 2**10,
-     "result_bytes": 10 * 2**11},
+     "result_bytes": 10 * 2**11, "count_seconds": 0.3},
     {"desc": "pain: heterogeneity test", "executor": "dask", "workers": 2, "tasks": 8, "seconds": 0.5, "shared_bytes": 2**10, "item_bytes": 80,
      "result_bytes": 80},
     {"desc": "final fits: champions", "executor": "dask", "workers": 2, "tasks": 2, "seconds": 0.5, "shared_bytes": 2**20, "item_bytes": 100,
@@ -261,7 +261,7 @@ def test_training_job_child_runs_the_real_job(tmp_path, capsys):
     data = tmp_path / "trial.csv"
     simulate("final", 60, 3).to_csv(data, index=False)
     argv = ["job", "--data", str(data), "--n", "60", "--executor", "default", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    job = _child_payload([*argv, "--overrides", json.dumps(TINY_JOB)], capsys)
+    job = _child_payload([*argv, "--overrides", json.dumps(TINY_JOB), "--count-bytes"], capsys)
     assert set(job["outcomes"]) == {"pain", "memory"} and all(o["permutations"] <= 2 for o in job["outcomes"].values())
     assert set(job) == set(JOB_PAYLOAD)
     assert {"cv", "test", "final fits", "mlflow", "reports"} <= set(job["timing"]["by_category"])
@@ -318,7 +318,7 @@ def test_training_tables():
     assert first_column(cluster) == ["1,000", "10,000"] and cluster[2][4] == "50 + 50" and cluster[2][7] == "2,048 / 2,048"
 
     markdown = training.render_projection(small, large)
-    assert "job wall **4.5x**, driver CPU **4.0x**" in markdown
+    assert "job wall **4.5x**, driver CPU **4.0x**" in markdown and "0.3 s at n = 10,000 and 0.3 s at n = 1,000 went to counting" in markdown
     amdahl, phases = tables(markdown)
     # At 10^4: cv ran 4 s, all in loops; test and final fits 4 s each, 0.5 s in loops; data, mlflow, reports on the driver
     assert amdahl[1][1:] == ["24", "19"] and amdahl[2][1:] == ["22", "19"]  # 19 + 5 x 2/2, 19 + 5 x 2/4

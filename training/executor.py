@@ -53,6 +53,7 @@ class MapRecord:
     shared_bytes: int = 0  # pickled size of ``shared``: sent to each worker (Dask) or written to a file (local)
     item_bytes: int = 0  # pickled size of every item together (each task's own payload)
     result_bytes: int = 0  # pickled size of every result together (what the driver gathers)
+    count_seconds: float = 0.0  # of ``seconds``, the driver's time spent counting bytes (pickling only to measure)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,10 +100,11 @@ def pickled_size(obj: Any) -> int:
 @contextmanager
 def _recorded(desc: str, executor: str, workers: int, items: list, shared: Any) -> Iterator[MapRecord]:
     """Append this map's record to :data:`MAP_LOG` once it returns (the caller fills in shared/result bytes)."""
+    started = time.perf_counter()
     record = MapRecord(desc, executor, workers, len(items), 0.0)
     if MAP_LOG.measure_bytes:
         record.item_bytes = sum(pickled_size(item) for item in items)
-    started = time.perf_counter()
+        record.count_seconds += time.perf_counter() - started
     yield record
     record.seconds = time.perf_counter() - started
     MAP_LOG.records.append(record)
@@ -110,7 +112,16 @@ def _recorded(desc: str, executor: str, workers: int, items: list, shared: Any) 
 
 def _count_results(record: MapRecord, results: list) -> None:
     if MAP_LOG.measure_bytes:
+        started = time.perf_counter()
         record.result_bytes = sum(pickled_size(r) for r in results)
+        record.count_seconds += time.perf_counter() - started
+
+
+def _count_shared(record: MapRecord, shared: Any) -> None:
+    if MAP_LOG.measure_bytes:
+        started = time.perf_counter()
+        record.shared_bytes = pickled_size(shared)
+        record.count_seconds += time.perf_counter() - started
 
 
 class Executor(Protocol):
@@ -165,8 +176,7 @@ class LocalExecutor:
 
     def _map(self, fn, items, desc, shared, progress, record: MapRecord):
         if self.workers == 1 or len(items) <= 1:
-            if MAP_LOG.measure_bytes:
-                record.shared_bytes = pickled_size(shared)  # in-process: nothing is sent; the size says what would be
+            _count_shared(record, shared)  # in-process: nothing is sent; the size says what would be
             results = []
             with _counter(progress, len(items), desc) as bar:
                 for item in items:
@@ -219,8 +229,7 @@ class DaskExecutor:
     def map(self, fn, items, desc="", shared=None, progress=None):
         items = list(items)
         with _recorded(desc, self.name, self.workers, items, shared) as record:
-            if MAP_LOG.measure_bytes:
-                record.shared_bytes = pickled_size(shared)
+            _count_shared(record, shared)
             results = self._map(fn, items, desc, shared, progress)
             _count_results(record, results)
         return results
