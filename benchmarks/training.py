@@ -1,9 +1,10 @@
 """Section 3: training time and memory, from the default trial to 10^6 patients.
 
-(a) The default training job (``run_training`` with the packaged default
-    config on ``simulate("final", 99, DEFAULT_SEED)``, the default job's trial): both outcomes, nested repeated
-    CV, the heterogeneity test, champion refits with their intervals, MLflow
-    logging and registration into a fresh sqlite store, the cohort report),
+(a) The default training job: ``run_training`` with the packaged default
+    config on ``simulate("final", 99, DEFAULT_SEED)`` (the default job's trial;
+    both outcomes, nested repeated CV, the heterogeneity test, champion refits
+    with their intervals, MLflow logging and registration into a fresh sqlite
+    store, the cohort report),
     once with the local process executor and once with a 2-worker Dask local
     cluster, one after the other in the same run. Each job runs in its own
     child process, so wall time includes interpreter start-up, imports and
@@ -26,7 +27,8 @@
 (d) The projection from 10^5 to 10^6 per phase: the measured time ratio,
     the driver's share, and what the executor sent (``training.executor``
     counters: the pickled shared object scattered to every worker, each task's
-    item and result), with what more workers could save at most.
+    item and result, on these two jobs only), with what more workers could
+    save at most.
 
 The heterogeneity test's level and power at these sizes are section 1's
 (``benchmarks/recovery.py``): above ``evidence.max_patients`` the test runs
@@ -378,11 +380,13 @@ def measure_curve(settings: Settings, work: Path, logs: Path) -> list[tuple[Chil
 class ClusterRun:
     """One job on the separate-process Dask cluster: the driver's measurement and each cluster process's."""
 
-    result: ChildResult
+    result: ChildResult | None  # None: the job failed (``error`` says how)
     load: str
     cluster: dict[str, dict]
     workers: int
     memory_limit: str
+    n: int = 0
+    error: str = ""
 
 
 def measure_cluster(settings: Settings, work: Path, logs: Path) -> list[ClusterRun]:
@@ -393,10 +397,17 @@ def measure_cluster(settings: Settings, work: Path, logs: Path) -> list[ClusterR
         _trial(data_dir, n, settings.seed, logs)  # before the cluster starts: writing 10^6 rows is not the job's time
         print(f"[training] Dask cluster: scheduler + {settings.cluster_workers} worker processes "
               f"(--memory-limit {settings.worker_memory_limit}) for n = {n:,} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        result, load, failure = None, _loadavg(), ""
         with DaskProcesses(work / f"cluster-{n}", settings.cluster_workers, settings.worker_memory_limit, logs, f"cluster-{n}") as cluster:
-            result, load = _job(data_dir, f"cluster-{n}", n, settings.seed, "dask", settings.cluster_overrides, settings.cluster_timeout,
-                                logs, scheduler=cluster.address, count_bytes=True)
-        runs.append(ClusterRun(result, load, cluster.usage(), settings.cluster_workers, settings.worker_memory_limit))
+            try:
+                result, load = _job(data_dir, f"cluster-{n}", n, settings.seed, "dask", settings.cluster_overrides,
+                                    settings.cluster_timeout, logs, scheduler=cluster.address, count_bytes=True)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                # A job over the memory or the time limit is a finding to report, not a reason to lose parts (a) and (b).
+                failure = f"after {time.perf_counter() - started:.0f} s: {str(error).strip().splitlines()[-1][:300]}"
+                print(f"[training]   FAILED {failure}", file=sys.stderr, flush=True)
+        runs.append(ClusterRun(result, load, cluster.usage(), settings.cluster_workers, settings.worker_memory_limit, n, failure))
     return runs
 
 
@@ -541,28 +552,40 @@ def render_curve(results: list[tuple[ChildResult, str]]) -> str:
 
 
 def render_cluster(runs: list[ClusterRun]) -> str:
-    """Markdown for part (c): ratios to the 15-minute and 4 GB targets first, then each cluster process."""
+    """Markdown for part (c): ratios to the 15-minute and 4 GB targets first, then each cluster process (a failed job says so)."""
     largest = runs[-1]
-    r, n = largest.result, largest.result.payload["n"]
     workers = {k: v for k, v in largest.cluster.items() if k.startswith("worker")}
     worst = max((v["worker_peak"] for v in workers.values()), default=0)
-    lines = [
-        f"- n = {n:,}: wall **{r.wall_seconds / TARGET_CLUSTER_SECONDS:.2f}x** the 15-minute target ({r.wall_seconds:.0f} s at load "
-        f"{largest.load}); largest worker process peak **{worst / TARGET_WORKER_BYTES:.2f}x** the 4 GB target ({mb(worst)} MB, "
-        f"`--memory-limit {largest.memory_limit}`); driver peak {mb(r.peak_rss_bytes)} MB.",
-        "",
-    ]
+    memory = (f"largest worker process peak **{worst / TARGET_WORKER_BYTES:.2f}x** the 4 GB target ({mb(worst)} MB, "
+              f"`--memory-limit {largest.memory_limit}`)")
+    r = largest.result
+    if r is None:
+        lines = [f"- n = {largest.n:,}: **FAILED** {largest.error} (log: `job-cluster-{largest.n}.log`); {memory} until then.", ""]
+    else:
+        lines = [
+            f"- n = {largest.n:,}: wall **{r.wall_seconds / TARGET_CLUSTER_SECONDS:.2f}x** the 15-minute target ({r.wall_seconds:.0f} s at "
+            f"load {largest.load}); {memory}; driver peak {mb(r.peak_rss_bytes)} MB.",
+            "",
+        ]
     rows = []
     for run_ in runs:
-        p, usage = run_.result.payload, run_.cluster
+        usage, result = run_.cluster, run_.result
         ws = [usage[k] for k in sorted(usage) if k.startswith("worker")]
+        scheduler = usage.get("scheduler", {"cpu_s": 0.0, "tree_peak": 0})
+        cluster_cells = [
+            " + ".join(f"{w['cpu_s']:.0f}" for w in ws), f"{scheduler['cpu_s']:.0f}",
+        ]
+        memory_cells = [
+            " / ".join(mb(w["worker_peak"]) for w in ws), f"{max((w['worker_peak'] for w in ws), default=0) / TARGET_WORKER_BYTES:.2f}x",
+            " / ".join(mb(w["root_peak"]) for w in ws), mb(scheduler["tree_peak"]),
+        ]
+        if result is None:
+            rows.append([f"{run_.n:,}", "FAILED", "—", "—", *cluster_cells, "—", *memory_cells, run_.load])
+            continue
         rows.append(
             [
-                f"{p['n']:,}", f"{run_.result.wall_seconds:.0f}", f"{run_.result.wall_seconds / TARGET_CLUSTER_SECONDS:.2f}x",
-                f"{p['driver_cpu_seconds']:.0f}", " + ".join(f"{w['cpu_s']:.0f}" for w in ws), f"{usage['scheduler']['cpu_s']:.0f}",
-                mb(run_.result.peak_rss_bytes), " / ".join(mb(w["worker_peak"]) for w in ws),
-                f"{max(w['worker_peak'] for w in ws) / TARGET_WORKER_BYTES:.2f}x", " / ".join(mb(w["root_peak"]) for w in ws),
-                mb(usage["scheduler"]["tree_peak"]), run_.load,
+                f"{run_.n:,}", f"{result.wall_seconds:.0f}", f"{result.wall_seconds / TARGET_CLUSTER_SECONDS:.2f}x",
+                f"{result.payload['driver_cpu_seconds']:.0f}", *cluster_cells, mb(result.peak_rss_bytes), *memory_cells, run_.load,
             ]
         )
     lines.append(
@@ -573,12 +596,14 @@ def render_cluster(runs: list[ClusterRun]) -> str:
             rows,
         )
     )
-    lines += [
-        "",
-        "Per phase (wall s / driver CPU s; the workers are not the driver's children, so the CPU here is the driver's alone):",
-        "",
-        md_table(["n", *CATEGORIES], [[f"{x.result.payload['n']:,}", *_phase_cells(x.result.payload["timing"])] for x in runs]),
-    ]
+    done = [x for x in runs if x.result is not None]
+    if done:
+        lines += [
+            "",
+            "Per phase (wall s / driver CPU s; the workers are not the driver's children, so the CPU here is the driver's alone):",
+            "",
+            md_table(["n", *CATEGORIES], [[f"{x.n:,}", *_phase_cells(x.result.payload["timing"])] for x in done]),
+        ]
     return "\n".join(lines)
 
 
@@ -687,7 +712,8 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     raw = {
         "jobs": [{"executor": e, **row(r, load)} for e, r, load in jobs],
         "curve": [row(r, load) for r, load in curve],
-        "cluster": [{**row(c.result, c.load), "cluster": c.cluster, "workers": c.workers, "memory_limit": c.memory_limit} for c in cluster],
+        "cluster": [{**(row(c.result, c.load) if c.result else {"n": c.n, "error": c.error, "load": c.load}), "cluster": c.cluster,
+                     "workers": c.workers, "memory_limit": c.memory_limit} for c in cluster],
     }
     (work / "section3.json").write_text(json.dumps(raw, indent=1))  # the raw figures, to re-render or check
     config_note = (
@@ -736,7 +762,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
         "",
         render_cluster(cluster),
     ]
-    if len(cluster) > 1:
+    if len(cluster) > 1 and all(c.result is not None for c in cluster):
         parts += [
             "",
             f"### (d) Projection from n = {small:,} to {large:,}",
@@ -747,6 +773,8 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
             "",
             render_projection(cluster[0], cluster[-1]),
         ]
+    elif len(cluster) > 1:
+        parts += ["", f"### (d) Projection from n = {small:,} to {large:,}", "", "Not measured: a cluster job above failed."]
     return "\n".join(parts) + "\n"
 
 

@@ -308,14 +308,19 @@ def test_training_tables():
 
     usage = {"scheduler": {"cpu_s": 1.0, "tree_peak": 2**27, "root_peak": 2**27, "worker_peak": 0},
              **{f"worker-{i}": {"cpu_s": 50.0, "tree_peak": 2**31, "root_peak": 2**26, "worker_peak": 2**31} for i in range(2)}}
-    small = training.ClusterRun(child(1_000, 100.0), "1.0", usage, 2, "4GiB")
+    small = training.ClusterRun(child(1_000, 100.0), "1.0", usage, 2, "4GiB", 1_000)
     large = training.ClusterRun(ChildResult({**JOB_PAYLOAD, "n": 10_000, "driver_cpu_seconds": 48.0, "timing": {
         "by_category": {c: {"wall_s": 4.0, "cpu_s": 3.0} for c in ("data", "cv", "test", "final fits", "mlflow", "reports")}}},
-        450.0, 2**30, 1), "1.0", usage, 2, "4GiB")
+        450.0, 2**30, 1), "1.0", usage, 2, "4GiB", 10_000)
     markdown = training.render_cluster([small, large])
     assert "wall **0.50x** the 15-minute target" in markdown and "**0.50x** the 4 GB target (2,048 MB" in markdown
     cluster, phases = tables(markdown)
     assert first_column(cluster) == ["1,000", "10,000"] and cluster[2][4] == "50 + 50" and cluster[2][7] == "2,048 / 2,048"
+    failed = training.ClusterRun(None, "1.0", usage, 2, "4GiB", 10_000, "after 99 s: KilledWorker")  # reported, not raised
+    markdown = training.render_cluster([small, failed])
+    assert "n = 10,000: **FAILED** after 99 s: KilledWorker" in markdown and "**0.50x** the 4 GB target" in markdown
+    cluster, phases = tables(markdown)
+    assert cluster[2][:2] == ["10,000", "FAILED"] and cluster[2][7] == "2,048 / 2,048" and first_column(phases) == ["1,000"]
 
     markdown = training.render_projection(small, large)
     assert "job wall **4.5x**, driver CPU **4.0x**" in markdown and "0.3 s at n = 10,000 and 0.3 s at n = 1,000 went to counting" in markdown
