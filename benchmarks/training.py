@@ -101,9 +101,10 @@ QUICK = Settings(
     cluster_sizes=(2_000, 10_000),  # 10,000: the large-trial CV path (a task per fold and candidate) that 10^6 takes
     cluster_overrides=QUICK_JOB,
     worker_memory_limit="2GiB",
-    job_timeout=600,
-    curve_timeout=900,
-    cluster_timeout=1200,
+    # Generous: a smoke job of half a minute on quiet cores took ten at a load of 8 on 2 cores (shared machines).
+    job_timeout=1800,
+    curve_timeout=1800,
+    cluster_timeout=2400,
 )
 CATEGORIES = ("data", "cv", "test", "final fits", "mlflow", "reports")
 # Where each executor loop belongs in the job's phase clock (by the loop's description, training/steps.py and evaluation.py).
