@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +130,8 @@ class TreeMemory:
         self.peak = 0
         self.peak_processes = 0
         self._cpu: dict[int, float] = {}
+        self.process_peaks: dict[int, int] = {}  # pid -> that process's own peak resident memory
+        self.process_names: dict[int, str] = {}  # pid -> its command line (shortened), to tell workers from the driver
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -157,8 +159,19 @@ class TreeMemory:
             try:
                 times = proc.cpu_times()
                 self._cpu[proc.pid] = max(self._cpu.get(proc.pid, 0.0), times.user + times.system)
+                rss = proc.memory_info().rss
+                if proc.pid not in self.process_names:
+                    self.process_names[proc.pid] = " ".join(proc.cmdline())[:300]
+                self.process_peaks[proc.pid] = max(self.process_peaks.get(proc.pid, 0), rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
+
+    def peaks(self) -> list[ProcessPeak]:
+        """Each process seen in the tree with its own peak resident memory, the root first."""
+        return [
+            ProcessPeak(pid, self.process_names.get(pid, ""), peak, self._cpu.get(pid, 0.0), pid == self.pid)
+            for pid, peak in sorted(self.process_peaks.items(), key=lambda item: (item[0] != self.pid, item[0]))
+        ]
 
     def __enter__(self) -> TreeMemory:
         self._thread.start()
@@ -170,6 +183,22 @@ class TreeMemory:
 
 
 @dataclass
+class ProcessPeak:
+    """One process of a measured tree: its own peak resident memory and last seen CPU seconds."""
+
+    pid: int
+    command: str
+    peak_rss_bytes: int
+    cpu_seconds: float
+    root: bool
+
+    @property
+    def helper(self) -> bool:
+        """A multiprocessing/loky resource or semaphore tracker: not a worker (a spawned worker's ``tracker_fd=`` is not one)."""
+        return "resource_tracker" in self.command or "semaphore_tracker" in self.command
+
+
+@dataclass
 class ChildResult:
     """What a measured child process reported (its last JSON line), its wall time and peak tree memory."""
 
@@ -178,6 +207,17 @@ class ChildResult:
     peak_rss_bytes: int
     peak_processes: int
     cpu_seconds: float = 0.0  # user + system of the child and every descendant seen (polled)
+    processes: list[ProcessPeak] = field(default_factory=list)  # each process's own peak, the child first
+
+    @property
+    def worker_peak_bytes(self) -> int:
+        """The largest own peak of any descendant that is not a tracker (an executor worker); 0 without one."""
+        return max((p.peak_rss_bytes for p in self.processes if not p.root and not p.helper), default=0)
+
+    @property
+    def root_peak_bytes(self) -> int:
+        """The child's own peak (the driver's), without its descendants."""
+        return next((p.peak_rss_bytes for p in self.processes if p.root), 0)
 
 
 def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None, cwd: Path | None = None) -> ChildResult:
@@ -207,7 +247,7 @@ def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None,
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"benchmark child {' '.join(args)} printed no result")
-    return ChildResult(json.loads(lines[-1]), wall, memory.peak, memory.peak_processes, memory.cpu_seconds)
+    return ChildResult(json.loads(lines[-1]), wall, memory.peak, memory.peak_processes, memory.cpu_seconds, memory.peaks())
 
 
 def mb(value_bytes: float) -> str:

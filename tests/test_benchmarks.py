@@ -226,16 +226,29 @@ def _child_payload(argv: list[str], capsys) -> dict:
 
 
 TIMING = {"phases": [], "by_category": {c: {"wall_s": 1.0, "cpu_s": 1.5} for c in ("data", "cv", "test", "final fits", "mlflow", "reports")}}
+MAPS = [
+    {"desc": "pain: nested CV", "executor": "dask", "workers": 2, "tasks": 10, "seconds": 4.0, "shared_bytes": 2**20, "item_bytes": 10 * 2**10,
+     "result_bytes": 10 * 2**11, "count_seconds": 0.3},
+    {"desc": "pain: heterogeneity test", "executor": "dask", "workers": 2, "tasks": 8, "seconds": 0.5, "shared_bytes": 2**10, "item_bytes": 80,
+     "result_bytes": 80},
+    {"desc": "final fits: champions", "executor": "dask", "workers": 2, "tasks": 2, "seconds": 0.5, "shared_bytes": 2**20, "item_bytes": 100,
+     "result_bytes": 2**20},
+]
 JOB_PAYLOAD = {
     "n": 99,
+    "executor": "local",
     "job_seconds": 10.0,
     "job_cpu_seconds": 15.0,
     "process_cpu_seconds": 18.0,
+    "driver_cpu_seconds": 12.0,
     "timing": TIMING,
+    "maps": MAPS,
     "config_digest": "x",
+    "auto": {"cv.folds": 5, "candidates.bcf.max_patients": "all"},
     "settings": {"cv": "3 x 5 folds, inner 3", "bootstrap_models": 100, "bcf_patients": "all"},
     "outcomes": {
-        o: {"test": "permutation", "permutations": 11, "p_value": 0.5, "p_adjusted": 0.5, "champion": "risk_model", "evidence": False, "promoted": True}
+        o: {"test": "imputed_randomisation", "permutations": 11, "n_tested": 99, "p_value": 0.5, "p_adjusted": 0.5, "champion": "risk_model",
+            "evidence": False, "promoted": True}
         for o in ("pain", "memory")
     },
 }
@@ -247,12 +260,17 @@ def test_training_job_child_runs_the_real_job(tmp_path, capsys):
 
     data = tmp_path / "trial.csv"
     simulate("final", 60, 3).to_csv(data, index=False)
-    argv = ["job", "--data", str(data), "--n", "60", "--executor", "local", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    job = _child_payload([*argv, "--overrides", json.dumps(TINY_JOB)], capsys)
+    argv = ["job", "--data", str(data), "--n", "60", "--executor", "default", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    job = _child_payload([*argv, "--overrides", json.dumps(TINY_JOB), "--count-bytes"], capsys)
     assert set(job["outcomes"]) == {"pain", "memory"} and all(o["permutations"] <= 2 for o in job["outcomes"].values())
     assert set(job) == set(JOB_PAYLOAD)
     assert {"cv", "test", "final fits", "mlflow", "reports"} <= set(job["timing"]["by_category"])
     assert job["process_cpu_seconds"] >= job["timing"]["by_category"]["cv"]["cpu_s"] > 0
+    # The executor's counters: every loop of the job, each placed in its phase, with what it moved
+    assert {training.map_category(m["desc"]) for m in job["maps"]} == {"cv", "test", "final fits"}
+    assert all(m["tasks"] >= 1 and m["item_bytes"] > 0 and m["result_bytes"] > 0 for m in job["maps"])
+    assert all(m["shared_bytes"] > 0 for m in job["maps"] if training.map_category(m["desc"]) == "cv")
+    assert "cv.folds" not in job["auto"] and job["auto"]["candidates.bcf.max_patients"] == "all"  # TINY_JOB sets cv.folds: not auto
     _, _, outcomes = tables(training.render_jobs([("local", ChildResult(job, 20.0, 2**20, 1), "0.5")], training.FULL))
     assert first_column(outcomes) == ["pain", "memory"]
 
@@ -270,24 +288,84 @@ def test_training_tables():
     assert phases[0][1:] == ["data", "cv", "test", "final fits", "mlflow", "reports"] and phases[1][2] == "1.0 / 1.5"
     assert first_column(outcomes) == ["pain", "memory"]
 
-    scale = [ChildResult({**JOB_PAYLOAD, "n": n}, n / 100, n * 2**20, 4) for n in (1_000, 10_000)]
-    markdown = training.render_scaling([(r, "1.0") for r in scale])
-    assert "wall **0.33x** the 5-minute target" in markdown and "10x linear" not in markdown
-    curve, phases = tables(markdown)
-    assert first_column(curve) == ["1,000", "10,000"] and first_column(phases) == ["1,000", "10,000"]
+    from benchmarks.common import ProcessPeak
 
-    settings = training.Settings(level_sizes=(500,), level_replicates=(4,))
-    level = ChildResult({"p_values": {"sharp:500": [0.01, 0.5, 0.7, 0.9], "null:500": [0.2, 0.3, 0.6, 0.04]}, "alpha": 0.05, "seconds": 6.0}, 1, 1, 1)
-    [rates] = tables(training.render_level(level, settings))
-    assert rates[1][0] == "500" and rates[1][1].startswith("1/4 = 25%") and rates[1][2].startswith("1/4")
+    def child(n: int, wall: float) -> ChildResult:
+        processes = [ProcessPeak(1, "python -m benchmarks.training job", n * 2**20, 1.0, True),
+                     ProcessPeak(2, "python -c from joblib.externals.loky.backend.popen_loky_posix", 3 * n * 2**20, 1.0, False),
+                     ProcessPeak(3, "python -c from joblib.externals.loky.backend.resource_tracker import main", 9 * n * 2**20, 0.1, False)]
+        return ChildResult({**JOB_PAYLOAD, "n": n}, wall, 5 * n * 2**20, 3, 1.0, processes)
+
+    curve = [(child(n, wall), "1.0") for n, wall in ((99, 30.0), (1_000, 60.0), (100_000, 150.0))]
+    markdown = training.render_curve(curve)
+    assert "n = 100,000: wall **1.25x** the 2-minute target" in markdown and "within 2 minutes: **NO**" in markdown
+    assert markdown.index("2-minute target") < markdown.index("| n |")  # ratios first
+    table, auto, tests, phases = tables(markdown)
+    assert first_column(table) == ["99", "1,000", "100,000"] and first_column(phases) == ["99", "1,000", "100,000"]
+    assert table[3][2] == "1.25x" and table[2][5] == "3,000" and table[2][6] == "1,000"  # the tracker is no worker
+    assert auto[0][1:] == ["`cv.folds`", "`bcf.max_patients`"] and auto[1][1:] == ["5", "all"]
+    assert len(tests) == 1 + 2 * 3 and tests[3][3] == "99 (subsample)"  # 99 of 1,000 patients tested
+
+    usage = {"scheduler": {"cpu_s": 1.0, "tree_peak": 2**27, "root_peak": 2**27, "worker_peak": 0},
+             **{f"worker-{i}": {"cpu_s": 50.0, "tree_peak": 2**31, "root_peak": 2**26, "worker_peak": 2**31} for i in range(2)}}
+    small = training.ClusterRun(child(1_000, 100.0), "1.0", usage, 2, "4GiB", 1_000)
+    large = training.ClusterRun(ChildResult({**JOB_PAYLOAD, "n": 10_000, "driver_cpu_seconds": 48.0, "timing": {
+        "by_category": {c: {"wall_s": 4.0, "cpu_s": 3.0} for c in ("data", "cv", "test", "final fits", "mlflow", "reports")}}},
+        450.0, 2**30, 1), "1.0", usage, 2, "4GiB", 10_000)
+    markdown = training.render_cluster([small, large])
+    assert "wall **0.50x** the 15-minute target" in markdown and "**0.50x** the 4 GB target (2,048 MB" in markdown
+    cluster, phases = tables(markdown)
+    assert first_column(cluster) == ["1,000", "10,000"] and cluster[2][4] == "50 + 50" and cluster[2][7] == "2,048 / 2,048"
+    failed = training.ClusterRun(None, "1.0", usage, 2, "4GiB", 10_000, "after 99 s: KilledWorker")  # reported, not raised
+    markdown = training.render_cluster([small, failed])
+    assert "n = 10,000: **FAILED** after 99 s: KilledWorker" in markdown and "**0.50x** the 4 GB target" in markdown
+    cluster, phases = tables(markdown)
+    assert cluster[2][:2] == ["10,000", "FAILED"] and cluster[2][7] == "2,048 / 2,048" and first_column(phases) == ["1,000"]
+
+    markdown = training.render_projection(small, large)
+    assert "job wall **4.5x**, driver CPU **4.0x**" in markdown and "0.3 s at n = 10,000 and 0.3 s at n = 1,000 went to counting" in markdown
+    amdahl, phases = tables(markdown)
+    # At 10^4: cv ran 4 s, all in loops; test and final fits 4 s each, 0.5 s in loops; data, mlflow, reports on the driver
+    assert amdahl[1][1:] == ["24", "19"] and amdahl[2][1:] == ["22", "19"]  # 19 + 5 x 2/2, 19 + 5 x 2/4
+    cv = next(row for row in phases if row[0] == "cv")
+    assert cv[3] == "4.0x" and cv[5] == "0.0" and cv[6] == "1 / 10" and cv[7] == "1.0 MB → 1.0 MB"
+    assert cv[8] == "1.0 KB" and cv[9] == "2.0 KB" and cv[10] == "2.0 MB"  # a broadcast scatter counted once per worker
+    assert next(row for row in phases if row[0] == "mlflow")[6:] == ["—"] * 5
 
 
-@pytest.mark.slow  # a child benchmark process that runs the heterogeneity test on a 400-patient trial (about 11 s)
+@pytest.mark.slow  # a scheduler and two worker processes from the dask CLI (a few seconds) and one loop on them
+def test_the_separate_process_cluster_runs_a_loop_and_is_stopped(tmp_path):
+    import operator
+
+    import psutil
+
+    from training.executor import MAP_LOG, make_executor
+
+    MAP_LOG.measure_bytes = True
+    try:
+        with training.DaskProcesses(tmp_path / "cluster", 2, "1GiB", tmp_path, "t") as cluster:
+            pids = [process.pid for _, process, _ in cluster._processes]
+            with make_executor("dask", scheduler=cluster.address) as executor:
+                assert executor.workers == 2
+                # operator.add: a task function the workers can import (they do not have the tests on their path)
+                assert executor.map(operator.add, [(1,), (2,), (3,)], desc="final fits: champions", shared=(10,)) == [(1, 10), (2, 10), (3, 10)]
+        record = MAP_LOG.records[-1]
+    finally:
+        MAP_LOG.measure_bytes = False
+    assert record.tasks == 3 and record.workers == 2 and record.shared_bytes > 0 and record.item_bytes > 0 and record.result_bytes > 0
+    usage = cluster.usage()
+    assert set(usage) == {"scheduler", "worker-0", "worker-1"}
+    assert all(u["worker_peak"] > 0 and u["cpu_s"] > 0 for k, u in usage.items() if k != "scheduler")
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)  # stopped
+
+
+@pytest.mark.slow  # a child benchmark process that simulates a 300-patient trial (a few seconds)
 def test_a_measured_child_process_reports_time_and_memory(tmp_path):
-    result = run_child(["benchmarks.training", "level", "--sizes", "400", "--replicates", "1"], 600, tmp_path / "child.log")
-    assert set(result.payload["p_values"]) == {"sharp:400", "null:400"}
-    assert all(0 < p <= 1 for values in result.payload["p_values"].values() for p in values)
+    out = tmp_path / "trial.csv"
+    result = run_child(["benchmarks.training", "simulate", "--out", str(out), "--n", "300", "--seed", "2"], 600, tmp_path / "child.log")
+    assert result.payload["n"] == 300 and result.payload["bytes"] == out.stat().st_size > 0
     assert result.wall_seconds > 0 and result.peak_rss_bytes > 0 and result.peak_processes >= 1
+    assert result.processes[0].root and result.root_peak_bytes == result.processes[0].peak_rss_bytes > 0
 
 
 def test_runner_reports_missing_sections_and_writes_the_header(tmp_path):

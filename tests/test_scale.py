@@ -161,6 +161,29 @@ def test_shared_data_reach_local_workers_once_per_loop_and_results_keep_order():
     assert not list(Path("/dev/shm").glob(f"responders-shared-{os.getpid()}-*")) if Path("/dev/shm").is_dir() else True
 
 
+def test_every_map_is_counted_and_bytes_only_when_asked():
+    from training.executor import MAP_LOG, pickled_size
+
+    shared = {"offset": 3, "table": np.arange(5_000.0)}
+    MAP_LOG.clear()
+    assert LocalExecutor(workers=2).map(_square_plus, list(range(6)), desc="pain: nested CV", shared=shared) == [i * i + 3 for i in range(6)]
+    [off] = MAP_LOG.records
+    assert (off.desc, off.executor, off.workers, off.tasks) == ("pain: nested CV", "local", 2, 6) and off.seconds > 0
+    assert off.shared_bytes == pickled_size(shared) > 40_000 and off.item_bytes == off.result_bytes == off.count_seconds == 0  # free
+    MAP_LOG.measure_bytes = True
+    try:
+        LocalExecutor(workers=2).map(_square_plus, list(range(6)), desc="final fits", shared=shared)
+        LocalExecutor(workers=1).map(_square_plus, [2, 3], desc="in process", shared=shared)
+    finally:
+        MAP_LOG.measure_bytes = False
+    pooled, alone = list(MAP_LOG.records)[1:]
+    assert pooled.item_bytes == sum(pickled_size(i) for i in range(6)) and pooled.result_bytes == sum(pickled_size(i * i + 3) for i in range(6))
+    assert 0 < pooled.count_seconds < pooled.seconds
+    assert alone.tasks == 2 and alone.shared_bytes == pickled_size(shared) and alone.result_bytes == pickled_size(7) + pickled_size(12)
+    MAP_LOG.clear()
+    assert MAP_LOG.to_list() == []
+
+
 def test_bootstrap_refits_made_in_the_pool_equal_the_serial_ensemble(spec, final_99):
     config = fast_config()
     data, _ = outcome_data(final_99, spec, "pain", config)

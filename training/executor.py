@@ -12,6 +12,13 @@ once, not once per task: Dask scatters it to the workers
 (``client.scatter(..., broadcast=True)``) and the tasks name it; local workers
 read it from one pickle file written for the loop and keep it in memory for
 the loop's later tasks. The task function is then called as ``fn(item, shared)``.
+
+Every ``map`` is recorded in :data:`MAP_LOG` (its description, executor,
+workers, tasks and the seconds the caller waited); with
+``MAP_LOG.measure_bytes`` on it also records the pickled sizes of the shared
+object, of the items sent and of the results returned (the benchmark of
+training time turns it on; counting re-pickles items and results on the
+driver, so a job leaves it off). The counters change no result.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +39,89 @@ from typing import Any, Protocol
 from threadpoolctl import threadpool_limits
 
 from core.progress import task_progress
+
+
+@dataclass
+class MapRecord:
+    """One ``Executor.map`` as the driver saw it (bytes are 0 unless ``MAP_LOG.measure_bytes`` was on)."""
+
+    desc: str
+    executor: str
+    workers: int
+    tasks: int
+    seconds: float  # wall time the caller waited, scatter and gathering included
+    shared_bytes: int = 0  # pickled size of ``shared``: sent to each worker (Dask) or written to a file (local)
+    item_bytes: int = 0  # pickled size of every item together (each task's own payload)
+    result_bytes: int = 0  # pickled size of every result together (what the driver gathers)
+    count_seconds: float = 0.0  # of ``seconds``, the driver's time spent counting bytes (pickling only to measure)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MapLog:
+    """The recent ``map`` calls of this process (the driver), newest last; bounded, so a long-lived process never grows."""
+
+    def __init__(self, maxlen: int = 2_000):
+        self.records: deque[MapRecord] = deque(maxlen=maxlen)
+        self.measure_bytes = False
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def to_list(self) -> list[dict]:
+        return [r.to_dict() for r in self.records]
+
+
+MAP_LOG = MapLog()
+
+
+class _ByteCounter:
+    """A write-only file that only counts: the pickled size of an object without holding its bytes."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        self.n += size
+        return size
+
+
+def pickled_size(obj: Any) -> int:
+    """Bytes of ``obj`` pickled with the highest protocol (0 for None)."""
+    if obj is None:
+        return 0
+    counter = _ByteCounter()
+    pickle.dump(obj, counter, protocol=pickle.HIGHEST_PROTOCOL)
+    return counter.n
+
+
+@contextmanager
+def _recorded(desc: str, executor: str, workers: int, items: list, shared: Any) -> Iterator[MapRecord]:
+    """Append this map's record to :data:`MAP_LOG` once it returns (the caller fills in shared/result bytes)."""
+    started = time.perf_counter()
+    record = MapRecord(desc, executor, workers, len(items), 0.0)
+    if MAP_LOG.measure_bytes:
+        record.item_bytes = sum(pickled_size(item) for item in items)
+        record.count_seconds += time.perf_counter() - started
+    yield record
+    record.seconds = time.perf_counter() - started
+    MAP_LOG.records.append(record)
+
+
+def _count_results(record: MapRecord, results: list) -> None:
+    if MAP_LOG.measure_bytes:
+        started = time.perf_counter()
+        record.result_bytes = sum(pickled_size(r) for r in results)
+        record.count_seconds += time.perf_counter() - started
+
+
+def _count_shared(record: MapRecord, shared: Any) -> None:
+    if MAP_LOG.measure_bytes:
+        started = time.perf_counter()
+        record.shared_bytes = pickled_size(shared)
+        record.count_seconds += time.perf_counter() - started
 
 
 class Executor(Protocol):
@@ -76,7 +169,14 @@ class LocalExecutor:
 
     def map(self, fn, items, desc="", shared=None, progress=None):
         items = list(items)
+        with _recorded(desc, self.name, self.workers, items, shared) as record:
+            results = self._map(fn, items, desc, shared, progress, record)
+            _count_results(record, results)
+        return results
+
+    def _map(self, fn, items, desc, shared, progress, record: MapRecord):
         if self.workers == 1 or len(items) <= 1:
+            _count_shared(record, shared)  # in-process: nothing is sent; the size says what would be
             results = []
             with _counter(progress, len(items), desc) as bar:
                 for item in items:
@@ -86,6 +186,8 @@ class LocalExecutor:
         from joblib import Parallel, delayed
 
         with _shared_file(shared) as path:
+            if path is not None:
+                record.shared_bytes = os.path.getsize(path)  # written anyway: free to count
             task = partial(_single_threaded, fn) if path is None else partial(_from_file, fn, path)
             # loky keeps its worker processes between loops: start-up is paid once per job.
             parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator")
@@ -125,9 +227,16 @@ class DaskExecutor:
         return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
 
     def map(self, fn, items, desc="", shared=None, progress=None):
+        items = list(items)
+        with _recorded(desc, self.name, self.workers, items, shared) as record:
+            _count_shared(record, shared)
+            results = self._map(fn, items, desc, shared, progress)
+            _count_results(record, results)
+        return results
+
+    def _map(self, fn, items, desc, shared, progress):
         from distributed import as_completed
 
-        items = list(items)
         kwargs = {}
         if shared is not None:
             # Once to every worker; the tasks carry only their item (and seed).
