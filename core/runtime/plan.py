@@ -74,9 +74,9 @@ class Parsed:
 
     def rows(self, keep: Sequence[int]) -> Parsed:
         """The same batch restricted to the rows ``keep`` (renumbered from 0); all of them: this batch, without issues."""
-        if len(keep) == self.n and (self.n == 0 or (keep[0] == 0 and keep[-1] == self.n - 1)):
-            return Parsed(self.n, self.columns, {}, self.raw, self.shared) if self.issues else self
         index = np.asarray(keep, dtype=np.intp)
+        if len(index) == self.n and np.array_equal(index, np.arange(self.n)):
+            return Parsed(self.n, self.columns, {}, self.raw, self.shared) if self.issues else self
         raw = {c: [v[i] for i in index] for c, v in self.raw.items()}
         return Parsed(len(index), {c: v[index] for c, v in self.columns.items()}, {}, raw)
 
