@@ -281,6 +281,52 @@ def input_warnings(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> li
     return warnings_from_parsed(pipeline, spec, {c: parsed[c].to_numpy() for c in parsed.columns}, len(X), raw)
 
 
+@dataclass(frozen=True)
+class _Flagged:
+    """One input column with a missing or out-of-range value in the batch, and what its warnings say about it."""
+
+    kind: str  # "lab" or "numeric"
+    column: str
+    j: int
+    values: np.ndarray  # (n, columns) of its imputer part
+    outside: np.ndarray
+    missing: np.ndarray
+    label: str
+    unit: str
+    field: str
+    low: float
+    high: float
+    fill: float
+    shown: str  # the imputed value as a warning writes it
+
+
+def _flagged_columns(spec: DatasetSpec, catalog, transformers: dict, parsed: Mapping[str, np.ndarray], n: int):
+    """Every lab and numeric column with a missing or out-of-training-range value (most batches: none).
+
+    The one place both warning builders (:func:`warnings_from_parsed`, :func:`warning_items`) read
+    a column's label, unit, request field and imputed value from.
+    """
+    for part, kind in (("labs", "lab"), ("numeric", "numeric")):
+        if part not in transformers:
+            continue
+        imputer, columns = transformers[part]
+        values = _stack([parsed[c] for c in columns], n)
+        outside = imputer.outside(values)
+        missing = np.isnan(values)
+        for j in np.flatnonzero(outside.any(axis=0) | missing.any(axis=0)):
+            column = columns[j]
+            if kind == "lab":
+                lab = catalog[column]
+                label, unit, field = lab.label, lab.unit, spec.labs[column].column
+            else:
+                label = _covariate_label(spec, column)
+                unit, field = _covariate_unit(spec, column), column
+            low, high, fill = imputer.min_[j], imputer.max_[j], imputer.statistics_[j]
+            shown = f"1:{fill:g}" if kind == "lab" and catalog[column].kind == "titre" else f"{fill:.3g} {unit}".rstrip()
+            yield _Flagged(kind, column, int(j), values, outside, missing, label, unit, field, low, high, fill, shown)
+
+
+
 def warnings_from_parsed(
     pipeline: Pipeline, spec: DatasetSpec, parsed: Mapping[str, np.ndarray], n: int, raw: Mapping[str, Sequence[Any]] | None = None
 ) -> list[list[InputWarning]]:
@@ -294,37 +340,23 @@ def warnings_from_parsed(
     transformers = fitted_parts(pipeline.named_steps["impute"])
     warnings: list[list[InputWarning]] = [[] for _ in range(n)]
 
-    for part, kind in (("labs", "lab"), ("numeric", "numeric")):
-        if part not in transformers:
-            continue
-        imputer, columns = transformers[part]
-        values = _stack([parsed[c] for c in columns], n)
-        outside = imputer.outside(values)
-        missing = np.isnan(values)
-        flagged = np.flatnonzero(outside.any(axis=0) | missing.any(axis=0))  # most patients: none
-        for j, column in ((j, columns[j]) for j in flagged):
-            if kind == "lab":
-                lab = catalog[column]
-                label, unit, field = lab.label, lab.unit, spec.labs[column].column
-            else:
-                label = _covariate_label(spec, column)
-                unit, field = _covariate_unit(spec, column), column
-            low, high, fill = imputer.min_[j], imputer.max_[j], imputer.statistics_[j]
-            shown = f"1:{fill:g}" if kind == "lab" and catalog[column].kind == "titre" else f"{fill:.3g} {unit}".rstrip()
-            for i in np.nonzero(missing[:, j])[0]:
-                warnings[i].append(InputWarning("imputed", field, f"{label} not given: imputed with the training median {shown}"))
-            for i in np.nonzero(outside[:, j])[0]:
-                value = values[i, j]
-                if kind == "lab" and raw is not None and _censored_within(catalog[column], _raw_cell(raw, spec, column, i), low, high):
-                    continue
-                warnings[i].append(
-                    InputWarning(
-                        "outside_training_range",
-                        field,
-                        f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; "
-                        "the prediction extrapolates",
-                    )
+    for c in _flagged_columns(spec, catalog, transformers, parsed, n):
+        kind, column, j, values, outside, missing = c.kind, c.column, c.j, c.values, c.outside, c.missing
+        label, unit, field, low, high, shown = c.label, c.unit, c.field, c.low, c.high, c.shown
+        for i in np.nonzero(missing[:, j])[0]:
+            warnings[i].append(InputWarning("imputed", field, f"{label} not given: imputed with the training median {shown}"))
+        for i in np.nonzero(outside[:, j])[0]:
+            value = values[i, j]
+            if kind == "lab" and raw is not None and _censored_within(catalog[column], _raw_cell(raw, spec, column, i), low, high):
+                continue
+            warnings[i].append(
+                InputWarning(
+                    "outside_training_range",
+                    field,
+                    f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; "
+                    "the prediction extrapolates",
                 )
+            )
     for analyte in spec.labs:
         lab = catalog[analyte]
         flag = f"{analyte}_below_lod"
@@ -382,43 +414,29 @@ def warning_items(
     transformers = fitted_parts(pipeline.named_steps["impute"])
     items: list[WarningItem] = []
 
-    for part, kind in (("labs", "lab"), ("numeric", "numeric")):
-        if part not in transformers:
-            continue
-        imputer, columns = transformers[part]
-        values = _stack([parsed[c] for c in columns], n)
-        outside = imputer.outside(values)
-        missing = np.isnan(values)
-        flagged = np.flatnonzero(outside.any(axis=0) | missing.any(axis=0))
-        for j, column in ((j, columns[j]) for j in flagged):
-            if kind == "lab":
-                lab = catalog[column]
-                label, unit, field = lab.label, lab.unit, spec.labs[column].column
-            else:
-                label = _covariate_label(spec, column)
-                unit, field = _covariate_unit(spec, column), column
-            low, high, fill = imputer.min_[j], imputer.max_[j], imputer.statistics_[j]
-            shown = f"1:{fill:g}" if kind == "lab" and catalog[column].kind == "titre" else f"{fill:.3g} {unit}".rstrip()
-            items.append(WarningItem("imputed", field, missing[:, j].copy(), f"{label} not given: imputed with the training median {shown}"))
-            rows = outside[:, j].copy()
-            message = np.full(n, None, dtype=object)
-            within: dict[Any, bool] = {}  # per distinct cell as given (report text such as "<10" repeats)
-            for i in np.flatnonzero(rows):
-                value = values[i, j]
-                if kind == "lab" and raw is not None:
-                    cell = _raw_cell(raw, spec, column, i)
-                    try:
-                        key = (type(cell[0]), *cell)
-                        censored = within[key] if key in within else within.setdefault(key, _censored_within(catalog[column], cell, low, high))
-                    except TypeError:  # an unhashable cell: on its own
-                        censored = _censored_within(catalog[column], cell, low, high)
-                    if censored:
-                        rows[i] = False
-                        continue
-                message[i] = (
-                    f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
-                )
-            items.append(WarningItem("outside_training_range", field, rows, message))
+    for c in _flagged_columns(spec, catalog, transformers, parsed, n):
+        kind, column, j, values, outside, missing = c.kind, c.column, c.j, c.values, c.outside, c.missing
+        label, unit, field, low, high, shown = c.label, c.unit, c.field, c.low, c.high, c.shown
+        items.append(WarningItem("imputed", field, missing[:, j].copy(), f"{label} not given: imputed with the training median {shown}"))
+        rows = outside[:, j].copy()
+        message = np.full(n, None, dtype=object)
+        within: dict[Any, bool] = {}  # per distinct cell as given (report text such as "<10" repeats)
+        for i in np.flatnonzero(rows):
+            value = values[i, j]
+            if kind == "lab" and raw is not None:
+                cell = _raw_cell(raw, spec, column, i)
+                try:
+                    key = (type(cell[0]), *cell)
+                    censored = within[key] if key in within else within.setdefault(key, _censored_within(catalog[column], cell, low, high))
+                except TypeError:  # an unhashable cell: on its own
+                    censored = _censored_within(catalog[column], cell, low, high)
+                if censored:
+                    rows[i] = False
+                    continue
+            message[i] = (
+                f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
+            )
+        items.append(WarningItem("outside_training_range", field, rows, message))
     for analyte in spec.labs:
         lab = catalog[analyte]
         flag = f"{analyte}_below_lod"

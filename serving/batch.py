@@ -60,6 +60,7 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
 
     from core.data import read_table
     from serving import schemas as S
+    from serving.scoring import _number  # cells Arrow cannot read as numbers: as the API reads them
 
     fields = S.patient_model(spec, spec.lab_catalog()).model_fields
     suffix = Path(path).suffix.lower()
@@ -102,16 +103,6 @@ def _number_column(series: pd.Series) -> np.ndarray | None:
     if not pc.all(pc.or_kleene(plain, arr.is_null())).as_py():
         return None  # some cell is other text (or a number with blanks around it): cell by cell
     return pc.cast(pc.replace_substring(arr, ",", "."), pa.float64()).to_numpy(zero_copy_only=False)
-
-
-def _number(value: Any) -> Any:
-    """A numeric cell of a file as a float (decimal comma allowed); text that is no number stays text for validation."""
-    if isinstance(value, str):
-        try:
-            return float(value.replace(",", "."))
-        except ValueError:
-            return value
-    return value
 
 
 # Checking ---------------------------------------------------------------------------------------
