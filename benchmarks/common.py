@@ -220,6 +220,20 @@ class ChildResult:
         return next((p.peak_rss_bytes for p in self.processes if p.root), 0)
 
 
+def stop_process(process, timeout: float = 30.0) -> None:
+    """End one of our own child processes by its handle: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    import subprocess
+
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def run_child(args: Sequence[str], timeout: float, log_path: Path | None = None, cwd: Path | None = None) -> ChildResult:
     """Run ``python -m <args>`` from the repository root, measure it, and parse the JSON line it prints last.
 

@@ -60,6 +60,7 @@ from benchmarks.common import (
     md_table,
     quiet_environment,
     run_child,
+    stop_process,
 )
 from core.config import AUTO_RULES, smoke_settings
 from training.published import DEFAULT_SEED
@@ -288,13 +289,7 @@ class DaskProcesses:
     def stop(self) -> None:
         """Workers first, then the scheduler: each our own child, ended by its process id (SIGTERM, then SIGKILL)."""
         for _, process, _ in reversed(self._processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, 30)
         for _, _, watch in self._processes:
             watch.__exit__(None, None, None)
         for log in self._logs:

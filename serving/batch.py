@@ -190,11 +190,9 @@ def column_checks(scorer: Scorer) -> dict[str, Any]:
 
 
 def _is_blank(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and np.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
+    from serving.scoring import _is_blank as blank  # the API's rule for an empty cell
+
+    return blank(value)
 
 
 def _blanks(values: Any) -> tuple[np.ndarray, Any]:

@@ -275,13 +275,10 @@ def test_a_job_runs_against_a_dask_scheduler_with_workers_in_other_processes(tmp
                 served = "selected" if result["answer"] == "conditional" and result["champion"] == cv.final_choice else result["champion"]
                 assert result["metrics"]["brier_mean"] == pytest.approx(cv.metric(served, "brier_mean"), rel=1e-12)
     finally:
+        from benchmarks.common import stop_process
+
         for process in reversed(processes):  # our own processes, by their handles
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, 30)
         for log in logs:
             log.close()
 
