@@ -175,15 +175,7 @@ class WorkerWatch(threading.Thread):
                 workers = {p.pid: p for p in me.children() if _is_worker(p)}
             except psutil.Error:
                 workers = {}
-            for pid, process in workers.items():
-                if pid in known:
-                    continue
-                try:
-                    known[pid] = process.create_time()
-                except psutil.Error:
-                    known[pid] = time.time()
-                if deaths:
-                    log.warning("replacement worker process %d started; it answers once it has loaded the models", pid)
+            # Deaths first: a replacement that BentoML started before this poll saw the death is still a replacement.
             for pid in [p for p in known if p not in workers]:
                 started = known.pop(pid)
                 marker = self.state / f"stopped-{pid}"
@@ -200,4 +192,13 @@ class WorkerWatch(threading.Thread):
                     pid,
                     time.time() - started,
                 )
+            for pid, process in workers.items():
+                if pid in known:
+                    continue
+                try:
+                    known[pid] = process.create_time()
+                except psutil.Error:
+                    known[pid] = time.time()
+                if deaths:
+                    log.warning("replacement worker process %d started; it answers once it has loaded the models", pid)
             time.sleep(self.interval)

@@ -365,3 +365,38 @@ def test_make_serve_and_bento_have_recipes():
     assert "responders serve --port 3000 --insecure-dev" in default.stdout and "--spec" not in default.stdout
     bento = subprocess.run(["make", "-n", "bento"], cwd=ROOT, capture_output=True, text=True)
     assert bento.returncode == 0 and "responders bento" in bento.stdout
+
+
+def test_a_replacement_seen_in_the_same_poll_as_the_death_is_logged_as_one(tmp_path, monkeypatch, caplog):
+    """The watch's race (CI, 2026-12-05): BentoML restarted the worker before the next poll, so the new pid and the
+    missing old one were seen together, and the new one was taken for a first start (no 'replacement' line)."""
+    import logging
+
+    from serving import supervision
+
+    class Child:
+        def __init__(self, pid):
+            self.pid = pid
+
+        def create_time(self):
+            return 0.0
+
+    polls = iter([[Child(101)], [Child(102)]])  # poll 1: the worker; poll 2: it died and its replacement runs
+
+    class Me:
+        def children(self):
+            try:
+                return next(polls)
+            except StopIteration:
+                state.rename(tmp_path / "gone")  # ends the watch's loop
+                return []
+
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setattr(supervision.psutil, "Process", lambda: Me())
+    monkeypatch.setattr(supervision, "_is_worker", lambda process: True)
+    with caplog.at_level(logging.WARNING, logger="responders.supervision"):
+        supervision.WorkerWatch(state, interval=0.0).run()
+    text = caplog.text
+    assert "worker process 101 died" in text and "replacement worker process 102 started" in text
+    assert "replacement worker process 101" not in text
