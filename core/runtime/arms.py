@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, ndtr
 
-from core.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm, row_quantiles
+from core.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
 from core.runtime.intervals import bootstrap_interval, posterior_interval
 
 # Rows x trees up to which walking the flattened arrays beats the libraries' own predict calls: measured on
@@ -252,10 +252,7 @@ class PosteriorForestArms:
         mu = self.mu.predict_compiled(F) + self.mu_offset + self.control_code * tau
         treated, control = ndtr(mu + tau), ndtr(mu)
         p1, p0 = treated.mean(axis=1), control.mean(axis=1)
-        tail = (1 - self.level) / 2
-        lower, upper = row_quantiles(treated - control, [tail, 1 - tail])  # np.quantile's floats, in a compiled loop
-        benefit = p1 - p0
-        return p1, p0, np.minimum(lower, benefit), np.maximum(upper, benefit)  # as posterior_interval
+        return (p1, p0, *posterior_interval(treated - control, p1 - p0, self.level))
 
 
 # Rows per thread below which a batch is scored on one thread (thread start-up costs more than it saves).
