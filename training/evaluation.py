@@ -592,7 +592,7 @@ def _permuted_statistic(seed: int, task: PermutationTask) -> float:
 STATISTIC_LABELS = {
     "beyond_risk": "best Qini-weighted RATE for benefit beyond the risk model",
     "rate": "best Qini-weighted RATE over candidates",
-    "bcf_spread": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis",
+    "bcf_spread": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control",
 }
 
 
