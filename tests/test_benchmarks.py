@@ -119,6 +119,7 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     # on two null trials and one ushape trial.
     assert [row[:4] for row in fwer[1:]] == [
         ["product default", "`null`", "80", "1"], ["product default", "`ushape`", "80", "1"], ["product default", "`sharp`", "80", "1"],
+        *[["product default, 199 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         ["product `permutation` (earlier default)", "`null`", "80", "2"], ["product `permutation` (earlier default)", "`ushape`", "80", "1"],
     ]
     # The grf-style tests need EconML (the optional bench extra, not installed by `make test`): without it
@@ -129,9 +130,10 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert first_column(nominal) == tests and first_column(calibrated) == tests
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER", "strong: power pain / memory (trials)"]
     assert nominal[1][0].startswith("product default") and nominal[1][2].split(" = ")[0] in ("0/1", "1/1")  # one null trial
-    assert "/2 = " in nominal[2][2]  # the permutation test ran on two null trials
+    assert nominal[2][2] == nominal[1][2]  # the longer run of the default test: the same null trial
+    assert "/2 = " in nominal[3][2]  # the permutation test ran on two null trials
     cheap = len([t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)])
-    assert all("/3 = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4] for row in nominal[3 : 3 + cheap])  # on every trial
+    assert all("/3 = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4] for row in nominal[4 : 4 + cheap])  # on every trial
     labels = [recovery.METHOD_LABELS[m] for m in recovery.METHODS]
     assert first_column(headline) == labels
     assert headline[0][1:] == ["strong / pain", "strong / memory"]
@@ -177,7 +179,7 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     assert "No trial of this run had the work-up" in markdown
     assert "- Served answer:" not in markdown and "- Earlier default:" not in markdown  # the design lists what ran
     fwer, nominal, calibrated = tables(markdown)
-    assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"]]
+    assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"], ["product default, 199 null trials", "`ushape`", "80", "1"]]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
 
 
@@ -459,3 +461,25 @@ def test_serving_reports_the_first_calls_after_ready_with_their_memory_steps():
     assert "| first `/explain` after `/readyz` said ready (1 patient) | <= 50 ms | 12.3 ms | RSS step +0.2 MiB; the second call 8.1 ms, +0.0 MiB |" in markdown
     assert "| first 500-patient `/predict` after ready (after that `/explain`) | <= 0.5 s, no lasting memory step | 0.142 s |" in markdown
     assert "RSS step +11.5 MiB; the second call 0.090 s, +0.5 MiB" in markdown
+
+
+def test_the_jobs_verdict_is_read_exactly_from_a_longer_run_of_the_default_test():
+    """The recovery benchmark runs the default test on to 199 null trials and reads the job's 99-trial verdict from it."""
+    from helpers import fast_config
+    from scipy.stats import norm
+
+    from training.executor import LocalExecutor
+    from training.heterogeneity import imputed_randomisation_test
+
+    rng = np.random.default_rng(11)
+    n = 80
+    X = pd.DataFrame(rng.normal(size=(n, 4)), columns=[f"x{i}" for i in range(4)])
+    t = rng.permutation(np.r_[np.ones(n // 2), np.zeros(n - n // 2)]).astype(int)
+    executor = LocalExecutor(workers=1)
+    for modifier in (0.0, 2.5):  # a clear non-rejection (stops early) and a strong modifier (runs the whole budget)
+        y = (rng.uniform(size=n) < norm.cdf(0.5 * X["x0"] + t * (0.2 + modifier * (X["x1"] > 0)))).astype(int)
+        job = imputed_randomisation_test(X, t, y, fast_config(evidence={"replicates": 9, "sequential_h": 3}), 0.5, executor)
+        longer = imputed_randomisation_test(X, t, y, fast_config(evidence={"replicates": 19, "sequential_h": 3}), 0.5, executor)
+        read = recovery.job_budget_result(longer, 9, 3)
+        assert (read.p_value, read.permutations_run, read.stopped_early) == (job.p_value, job.permutations_run, job.stopped_early)
+        assert np.array_equal(read.null, job.null)
