@@ -26,7 +26,7 @@ patients, for the heterogeneity tests only (no work-up):
    re-randomised, outcomes imputed for the patients whose arm changed; run on
    to 199 null trials, the job's 99-trial verdict read from the first 99, so
    the section shows what a larger budget buys), the earlier
-   default (:func:`training.evaluation.permutation_test`, ``evidence.method:
+   default (:func:`training.rate_tests.permutation_test`, ``evidence.method:
    permutation``: whole-pipeline permutation test of the beyond-risk RATE; its
    null is "covariates carry no information"), the product's sample-split RATE
    test (``split_rate``), the grf-style RATE test with a half-sample bootstrap
@@ -513,7 +513,7 @@ def criterion_choices(cv, outer: list[dict], data, configs: dict) -> tuple[dict[
 
 
 def _untested():
-    from training.evaluation import PermutationResult
+    from training.inference import PermutationResult
 
     return PermutationResult(float("nan"), {}, np.array([]), float("nan"))
 
@@ -540,9 +540,10 @@ def run_replicate(task: Task) -> list[dict]:
     from core.config import load_config
     from core.spec import load_spec
     from features.pipeline import build_feature_pipeline
-    from training.evaluation import holm, permutation_test, split_rate_test
     from training.executor import LocalExecutor
     from training.heterogeneity import imputed_randomisation_test
+    from training.inference import holm
+    from training.rate_tests import permutation_test, split_rate_test
     from training.simulate import simulate
 
     wall, cpu = time.perf_counter(), time.process_time()
@@ -638,7 +639,7 @@ def job_budget_result(result, replicates: int, h: int):
     """
     from dataclasses import replace as replaced
 
-    from training.evaluation import sequential_p_value
+    from training.inference import sequential_p_value
 
     if result.permutations_run <= replicates and not result.stopped_early:
         return result
@@ -911,7 +912,7 @@ def rejection_table(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     than :data:`MIN_NULL_FOR_CALIBRATION` null values the sizes are pooled.
     Combinations are Bonferroni (twice the smaller p), calibrated the same way.
     """
-    from training.evaluation import holm
+    from training.inference import holm
 
     tests = frame[frame["kind"] == "test"].copy()
     tests = tests[tests["p"].notna()] if "p" in tests else tests.iloc[0:0]

@@ -21,8 +21,8 @@ from training.evaluation import (
     floor_comparison,
     log_loss_per_patient,
     select,
-    sequential_p_value,
 )
+from training.inference import sequential_p_value
 from training.train import outcome_data
 
 

@@ -9,7 +9,9 @@ import pytest
 from core.labels import responder_labels
 from core.spec import OutcomeSpec, ResponderRule
 from training import metrics as M
-from training.evaluation import _statistic, choose, criterion_scores, holm, statistic_kind
+from training.evaluation import choose, criterion_scores
+from training.inference import holm
+from training.rate_tests import _statistic, statistic_kind
 
 PAIN = OutcomeSpec(label="pain", baseline="b", followup="f", scale=(0, 10), better="lower")
 

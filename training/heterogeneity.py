@@ -64,16 +64,10 @@ from scipy.stats import norm
 from core.candidates import BCF, make_candidate, stratified_subsample
 from core.config import TrainConfig
 from core.spec import DatasetSpec
-from training.evaluation import (
-    STATISTIC_LABELS,
-    OutcomeData,
-    PermutationResult,
-    features_of,
-    permutation_test,
-    sequential_null,
-    with_parsed,
-)
+from training.evaluation import OutcomeData, features_of, with_parsed
 from training.executor import Executor
+from training.inference import STATISTIC_LABELS, PermutationResult, sequential_null
+from training.rate_tests import permutation_test
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
 NULL = (

@@ -20,7 +20,8 @@ from core.labels import LabelCounts
 from core.runtime.artefact import ResponderModel
 from core.spec import Comparison, DatasetSpec
 from training.diagnostics import describe as describe_diagnostics
-from training.evaluation import SELECTED, CVResult, OutcomeData, PermutationResult
+from training.evaluation import SELECTED, CVResult, OutcomeData
+from training.inference import PermutationResult
 from training.path import PathAnalysis
 
 HEADLINE = [

@@ -26,9 +26,10 @@ from core.runtime.artefact import Evidence, ResponderModel
 from core.spec import DatasetSpec, inline
 from training.answer import choose_answer
 from training.diagnostics import bcf_diagnostics, thin_and_measure
-from training.evaluation import OutcomeData, cross_validate, features_of, fit_pipeline, holm, parsed_inputs, with_parsed
+from training.evaluation import OutcomeData, cross_validate, features_of, fit_pipeline, parsed_inputs, with_parsed
 from training.executor import Executor
 from training.heterogeneity import heterogeneity_test
+from training.inference import holm
 from training.path import path_analysis
 from training.results import OutcomeResult, _clean, _fmt
 
