@@ -58,7 +58,6 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
     """
     import pandas as pd
 
-    from core.data import read_table
     from serving import schemas as S
     from serving.scoring import _number  # cells Arrow cannot read as numbers: as the API reads them
 
@@ -71,6 +70,8 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
 
         frame = pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in fields])
     else:
+        from core.data import read_table  # (pandera: only for the other formats)
+
         frame = read_table(path)
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
     columns: dict[str, Any] = {}

@@ -66,32 +66,67 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
     The version is pinned here, at start-up: later alias moves do not change a
     running service (restart it to pick up a new champion). Raises
     :class:`ChampionError` when an outcome has no champion or its file cannot be loaded.
+    A local sqlite store is read without importing MLflow (:func:`core.registry.local_champions`),
+    with the same versions and files; any other store through MLflow.
     """
-    from core.registry import CHAMPION, current_champion, load_registered, setup_tracking
+    from core.registry import local_champions, resolve_tracking_uri
+
+    keys = spec.model_keys()  # one per outcome; with three or more arms, per comparison too
+    uri = resolve_tracking_uri(tracking_uri)
+    stored = local_champions(uri, [name for _, _, name in keys])
+    if stored is None or any(v is not None and v.directory is None for v in stored.values()):
+        return _resolve_with_mlflow(keys, tracking_uri)
+    champions = {}
+    for key, outcome, name in keys:
+        version = stored[name]
+        if version is None:
+            raise ChampionError(_no_champion(name, uri))
+        path = version.directory / "artifacts" / "responder.joblib"
+        try:
+            model = load_artefact(path)
+        except Exception as err:  # any failure to read the artifact: name what could not be served
+            raise ChampionError(_cannot_load(name, version.version, version.download_uri, err)) from err
+        champions[key] = _champion(outcome, name, version, model)
+    return champions
+
+
+def _resolve_with_mlflow(keys: list[tuple[str, str, str]], tracking_uri: str | None) -> dict[str, Champion]:
+    from core.registry import current_champion, load_registered, setup_tracking
 
     uri, client = setup_tracking(tracking_uri)
     champions = {}
-    for key, outcome, name in spec.model_keys():  # one per outcome; with three or more arms, per comparison too
+    for key, outcome, name in keys:
         version = current_champion(client, name)
         if version is None:
-            raise ChampionError(f"no '{CHAMPION}' version of registered model {name!r} in {uri}: run `make train` first")
+            raise ChampionError(_no_champion(name, uri))
         try:
             model = load_registered(f"models:/{name}/{version.version}")
         except Exception as err:  # any failure to read the artifact: name what could not be served
-            where = _download_uri(client, name, str(version.version))
-            raise ChampionError(
-                f"registered model {name!r} version {version.version}: cannot load {where}/artifacts/responder.joblib "
-                f"({type(err).__name__}: {_one_line(err)})"
-            ) from err
-        ref = S.ModelRef(
-            registered_model=name,
-            version=str(version.version),
-            training_run_id=version.tags.get("training_run_id", version.run_id or ""),
-            candidate=model.candidate_name,
-        )
-        champions[key] = Champion(outcome, model, ref)
-        log.info("loaded %s version %s (%s)", name, ref.version, ref.candidate)
+            raise ChampionError(_cannot_load(name, version.version, _download_uri(client, name, str(version.version)), err)) from err
+        champions[key] = _champion(outcome, name, version, model)
     return champions
+
+
+def _no_champion(name: str, uri: str) -> str:
+    from core.registry import CHAMPION
+
+    return f"no '{CHAMPION}' version of registered model {name!r} in {uri}: run `make train` first"
+
+
+def _cannot_load(name: str, version: Any, where: str, err: BaseException) -> str:
+    return f"registered model {name!r} version {version}: cannot load {where}/artifacts/responder.joblib ({type(err).__name__}: {_one_line(err)})"
+
+
+def _champion(outcome: str, name: str, version: Any, model: ResponderModel) -> Champion:
+    """A loaded champion with its registry reference (``version``: MLflow's ModelVersion or a StoredVersion)."""
+    ref = S.ModelRef(
+        registered_model=name,
+        version=str(version.version),
+        training_run_id=version.tags.get("training_run_id", version.run_id or ""),
+        candidate=model.candidate_name,
+    )
+    log.info("loaded %s version %s (%s)", name, ref.version, ref.candidate)
+    return Champion(outcome, model, ref)
 
 
 def champion_key(model: ResponderModel) -> str:
