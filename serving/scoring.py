@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from core.progress import task_progress
 from core.runtime.arms import limit_lightgbm_threads
 from core.runtime.artefact import ResponderModel, load_artefact
 from core.runtime.plan import Parsed, ScoringPlan
-from core.spec import DatasetSpec, load_spec
+from core.spec import DatasetSpec
 from serving import schemas as S
 
 log = logging.getLogger("responders.serving")
 
 DEFAULT_MAX_BATCH = 500
-FILE_CHUNK = 2_000  # patients scored per step of `responders predict` (one progress update each)
+FILE_CHUNK = 2_000  # patients per step of score_rows (one progress update each)
 
 
 @dataclass
@@ -496,23 +495,13 @@ def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | 
     return (None, problems) if problems else (frame, [])
 
 
-def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
-    """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row.
-
-    Patients are validated and scored in chunks of :data:`FILE_CHUNK`, with a
-    progress bar on a terminal (log lines otherwise). A table output (``--out``
-    ending in ``.parquet`` or ``.jsonl``) is :func:`serving.batch.score_file_to_table`.
-    """
-    dataset_spec = load_spec(spec)
-    max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
-    scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
-    scorer.batch_threads(os.cpu_count() or 1)
-    rows = read_patients(path, dataset_spec)
-    return score_rows(scorer, rows).model_dump_json(indent=2)
-
-
 def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHUNK) -> S.PredictResponse:
-    """Validate and score file rows chunk by chunk (with progress); one response, rows in file order."""
+    """Validate and score file rows chunk by chunk (with progress) through :meth:`Scorer.predict`, the API's per-patient
+    path; one response, rows in file order, a patient without an id named by its row of the file (``row-2001``).
+
+    The reference ``responders predict`` is tested against (it scores column by column:
+    :func:`serving.batch.score_file_to_table`).
+    """
     id_column = scorer.spec.id_column
     results: list[S.PatientPrediction] = []
     with task_progress(len(rows), "scoring", unit="patient") as progress:
@@ -521,7 +510,11 @@ def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHU
             validated = scorer.validate_rows(block)
             patients = [clean if clean is not None else {id_column: block[i].get(id_column)} for i, (clean, _) in enumerate(validated)]
             prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
-            results.extend(scorer.predict(patients, prior_errors=prior).results)
+            answered = scorer.predict(patients, prior_errors=prior).results
+            for i, (patient, result) in enumerate(zip(patients, answered, strict=True)):
+                if not patient.get(id_column):  # predict numbers the rows of its own batch: here, of the file
+                    result.patient_id = f"row-{start + i + 1}"
+            results.extend(answered)
             progress.update(len(block))
     scored = sum(r.predictions is not None for r in results)
     return S.PredictResponse(
