@@ -371,21 +371,26 @@ def warnings_from_parsed(
                     f"{lab.unit}, the value the model uses for every result below this limit",
                 )
             )
-    if "categorical" in transformers:
-        imputer, columns = transformers["categorical"]
-        seen = getattr(parse, "levels_seen_", {})
-        for column, fill in zip(columns, imputer.statistics_, strict=True):
-            names = spec.covariates[column].level_names() if column in spec.covariates else {}
-            label = _covariate_label(spec, column)
-            known = set(seen.get(column, names))
-            for i, value in enumerate(parsed[column]):
-                if _missing_code(value):
-                    warnings[i].append(InputWarning("imputed", column, f"{label} not given: imputed as {names.get(str(fill), fill)!r}"))
-                elif value not in known:
-                    warnings[i].append(
-                        InputWarning("unseen_category", column, f"{label} {names.get(value, value)!r} was not seen in training")
-                    )
+    for column, label, names, known, imputed in _categorical_checks(spec, transformers, parse):
+        for i, value in enumerate(parsed[column]):
+            if _missing_code(value):
+                warnings[i].append(InputWarning("imputed", column, imputed))
+            elif value not in known:
+                warnings[i].append(InputWarning("unseen_category", column, f"{label} {names.get(value, value)!r} was not seen in training"))
     return warnings
+
+
+def _categorical_checks(spec: DatasetSpec, transformers: dict[str, Any], parse: Any):
+    """Per fitted categorical column, what both warning builders (per patient, batch masks) check a value against:
+    (column, its label, code -> name, the levels seen in training, the text of an imputed value)."""
+    if "categorical" not in transformers:
+        return
+    imputer, columns = transformers["categorical"]
+    seen = getattr(parse, "levels_seen_", {})
+    for column, fill in zip(columns, imputer.statistics_, strict=True):
+        names = spec.covariates[column].level_names() if column in spec.covariates else {}
+        label = _covariate_label(spec, column)
+        yield column, label, names, set(seen.get(column, names)), f"{label} not given: imputed as {names.get(str(fill), fill)!r}"
 
 
 @dataclass
@@ -454,26 +459,20 @@ def warning_items(
                 )
             message[i] = texts[value]
         items.append(WarningItem("below_detection_limit", spec.labs[analyte].column, rows, message))
-    if "categorical" in transformers:
-        imputer, columns = transformers["categorical"]
-        seen = getattr(parse, "levels_seen_", {})
-        for column, fill in zip(columns, imputer.statistics_, strict=True):
-            names = spec.covariates[column].level_names() if column in spec.covariates else {}
-            label = _covariate_label(spec, column)
-            known = set(seen.get(column, names))
-            values = np.asarray(parsed[column], dtype=object)
-            missing = np.fromiter((_missing_code(v) for v in values), dtype=bool, count=n) if n < 256 else _missing_codes(values)
-            unseen = ~missing & ~pd.Series(values, dtype=object).isin(known).to_numpy()
-            message = np.full(n, None, dtype=object)
-            texts = {}
-            for i in np.flatnonzero(unseen):
-                value = values[i]
-                if value not in texts:
-                    texts[value] = f"{label} {names.get(value, value)!r} was not seen in training"
-                message[i] = texts[value]
-            # A row is missing or unseen, never both: two items in a row give the per-row loop's one warning.
-            items.append(WarningItem("imputed", column, missing, f"{label} not given: imputed as {names.get(str(fill), fill)!r}"))
-            items.append(WarningItem("unseen_category", column, unseen, message))
+    for column, label, names, known, imputed in _categorical_checks(spec, transformers, parse):
+        values = np.asarray(parsed[column], dtype=object)
+        missing = np.fromiter((_missing_code(v) for v in values), dtype=bool, count=n) if n < 256 else _missing_codes(values)
+        unseen = ~missing & ~pd.Series(values, dtype=object).isin(known).to_numpy()
+        message = np.full(n, None, dtype=object)
+        texts = {}
+        for i in np.flatnonzero(unseen):
+            value = values[i]
+            if value not in texts:
+                texts[value] = f"{label} {names.get(value, value)!r} was not seen in training"
+            message[i] = texts[value]
+        # A row is missing or unseen, never both: two items in a row give the per-row loop's one warning.
+        items.append(WarningItem("imputed", column, missing, imputed))
+        items.append(WarningItem("unseen_category", column, unseen, message))
     return items
 
 

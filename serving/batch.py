@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from core.spec import DatasetSpec
     from serving.scoring import Scorer
 
-TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl")
+TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl")  # one row per patient; any other output name gets the POST /predict JSON
 SCORE_FIELDS = ("p_response_treated", "p_response_control", "benefit", "benefit_lower", "benefit_upper")
 TABLE_BLOCK = 20_000  # patients per block of score_table: a BCF champion's draws for 20,000 patients take ~200 MB
 _NUMBERS = (float, int)
@@ -58,7 +58,6 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
     """
     import pandas as pd
 
-    from core.data import read_table
     from serving import schemas as S
     from serving.scoring import _number  # cells Arrow cannot read as numbers: as the API reads them
 
@@ -71,6 +70,8 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
 
         frame = pd.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in fields])
     else:
+        from core.data import read_table  # (pandera: only for the other formats)
+
         frame = read_table(path)
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
     columns: dict[str, Any] = {}
@@ -368,8 +369,12 @@ def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
     return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in table.items()})  # text stays object (no inference)
 
 
-def score_table_in_blocks(scorer: Scorer, columns: dict[str, Any], n: int, block: int = TABLE_BLOCK, workers: int | None = None) -> pd.DataFrame:
+def score_table_in_blocks(
+    scorer: Scorer, columns: dict[str, Any], n: int, block: int = TABLE_BLOCK, workers: int | None = None, row: Any = None
+) -> pd.DataFrame:
     """:func:`score_table` a block of rows at a time (bounded memory; one progress update per block).
+
+    ``row(i)``: row ``i`` of the file as given (a JSON file's patient objects; see :func:`validate_columns`).
 
     ``workers`` blocks are scored at once (default: the scorer's batch threads,
     see :meth:`Scorer.batch_threads`): one block's checks and parse hold the
@@ -389,7 +394,8 @@ def score_table_in_blocks(scorer: Scorer, columns: dict[str, Any], n: int, block
 
         def one(start: int) -> pd.DataFrame:
             stop = min(n, start + block)
-            return score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, offset=start)
+            given = None if row is None else lambda i: row(start + i)
+            return score_table(scorer, {c: v[start:stop] for c, v in columns.items()}, stop - start, given, offset=start)
 
         if workers <= 1 or len(starts) <= 1:
             for start in starts:
@@ -467,11 +473,13 @@ def _same_message(a: Any, b: Any, n: int) -> np.ndarray:
 
 # Writing -----------------------------------------------------------------------------------------
 def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
-    """Parquet (the models and their answers' shared parts in the file's metadata) or JSON lines (one object per patient)."""
+    """Parquet (the models and their answers' shared parts in the file's metadata), JSON lines (one object per
+    patient), or for any other name (``.json``) the ``POST /predict`` JSON (:func:`predict_json_chunks`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".jsonl":
+    suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".pq"):
         with out.open("wb") as fh:
-            for chunk in _jsonl_chunks(table):
+            for chunk in _jsonl_chunks(table) if suffix == ".jsonl" else predict_json_chunks(table, scorer):
                 fh.write(chunk)
         return
     import pyarrow as pa
@@ -528,11 +536,172 @@ def _jsonl_chunks(table: pd.DataFrame):
         yield memoryview(lines.buffers()[2])[first:last].tobytes()  # UTF-8
 
 
+# The POST /predict JSON --------------------------------------------------------------------------
+_MARK = "@@responders:{}@@"  # a place in the response's JSON text that each patient fills
+_MARKED = re.compile(r'"@@responders:([^@"]+)@@"')
+
+
+def predict_json_chunks(table: pd.DataFrame, scorer: Scorer):
+    """The ``POST /predict`` JSON of a scored table (:func:`score_table`), as UTF-8 pieces: byte for byte the text
+    ``PredictResponse.model_dump_json(indent=2)`` gives for the same patients (what ``responders predict`` printed).
+
+    pydantic writes the response once for a patient whose varying values are
+    marks (:func:`_json_templates`): the text between the marks is what every
+    patient shares (estimand, rules, evidence, model, population). Each
+    patient's values are written by pydantic's own serialiser
+    (``pydantic_core.to_json``: its float and string text), a column at a time
+    (the sentence of ``summary`` per patient, as the API makes it); Arrow
+    joins each patient's text, a chunk of :data:`JSONL_CHUNK` patients at a time.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pydantic_core import to_json
+
+    n = len(table)
+    scored = table["warnings"].notna().to_numpy() if n else np.zeros(0, dtype=bool)  # warnings: null exactly when not scored
+    head, tail, good, bad = _json_templates(scorer, n_scored=int(scored.sum()), n_failed=int(n - scored.sum()))
+    if not n:
+        yield (head + '"results": []' + tail).encode()
+        return
+    yield (head + '"results": [\n').encode()
+    outcomes = list(scorer.plan.plans)
+    strings: dict[Any, str] = {None: "null"}
+
+    def text(value: Any) -> str:  # a string (or None) as pydantic writes it, each distinct value once
+        found = strings.get(value)
+        if found is None:
+            found = strings[value] = to_json(value).decode()
+        return found
+
+    nested: dict[tuple[str, str], str] = {}
+
+    def pretty(compact: str | None, indent: str) -> str:  # a list (warnings, errors) as pydantic indents it at this depth
+        key = (compact or "[]", indent)
+        found = nested.get(key)
+        if found is None:
+            found = nested[key] = to_json(json.loads(key[0]), indent=2).decode().replace("\n", "\n" + indent)
+        return found
+
+    def floats(values: np.ndarray) -> list[str]:
+        return to_json(values.tolist(), inf_nan_mode="null").decode()[1:-1].split(",") if len(values) else []
+
+    for start in range(0, n, JSONL_CHUNK):
+        part = table.iloc[start : start + JSONL_CHUNK]
+        ok = scored[start : start + JSONL_CHUNK]
+        last = start + len(part) == n
+        joined: dict[bool, tuple[memoryview, np.ndarray]] = {}  # scored and unscored patients' texts, each set joined by Arrow
+        for flag, (literals, keys) in ((True, good), (False, bad)):
+            rows = np.flatnonzero(ok == flag)
+            if not len(rows):
+                continue
+            sub = part.iloc[rows]
+            values = {key: _column_texts(key, sub, scorer, outcomes, text, pretty, floats, indent) for key, indent in keys}
+            pieces: list[Any] = []
+            for literal, (key, _) in zip(literals, keys, strict=False):
+                pieces += [pa.scalar(literal), pa.array(values[key], type=pa.string())]
+            ends = np.full(len(rows), literals[-1] + ",\n", dtype=object)
+            if last and rows[-1] == len(part) - 1:
+                ends[-1] = literals[-1]  # the last patient of the file: no comma
+            pieces.append(pa.array(ends, type=pa.string()))
+            lines = pc.binary_join_element_wise(*pieces, "")
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+            joined[flag] = (memoryview(lines.buffers()[2]), offsets)
+        runs = np.r_[0, np.flatnonzero(np.diff(ok.astype(np.int8))) + 1, len(ok)]  # file order: runs of scored or unscored patients
+        taken = {True: 0, False: 0}
+        out = []
+        for first, stop in zip(runs[:-1], runs[1:], strict=True):
+            flag = bool(ok[first])
+            data, offsets = joined[flag]
+            k = taken[flag]
+            out.append(data[offsets[k] : offsets[k + stop - first]])
+            taken[flag] = k + stop - first
+        yield b"".join(out)  # UTF-8
+    yield ("\n  ]" + tail).encode()
+
+
+def _column_texts(key: str, rows: pd.DataFrame, scorer: Scorer, outcomes: list[str], text, pretty, floats, indent: str) -> list[str]:
+    """One marked value of the response for each of ``rows``, as JSON text."""
+    if key == "id":
+        return [text(v) for v in rows["patient_id"].tolist()]
+    if key in ("warnings", "errors"):
+        return [pretty(v, indent) for v in rows[key].tolist()]
+    j, name = key.split(".", 1)
+    outcome = outcomes[int(j)]
+    if name in SCORE_FIELDS:
+        return floats(rows[f"{outcome}_{name}"].to_numpy(dtype=np.float64))
+    if name in ("patient_label", "patient_label_reason"):
+        return [text(v) for v in rows[f"{outcome}_{name}"].tolist()]
+    from serving.scoring import _event_risk
+
+    fixed = scorer._fixed[outcome]
+    wording, level, kind = fixed["wording"], fixed["level"], fixed["kind"]
+    numbers = zip(*(rows[f"{outcome}_{f}"].tolist() for f in SCORE_FIELDS), strict=True)
+    if name == "summary":
+        return [text(wording.sentence(p1, p0, b, low, high, level, kind, *fixed["names"])) for p1, p0, b, low, high in numbers]
+    if not wording.prevents:  # name == "event"
+        return ["null"] * len(rows)
+    return [_event_risk(wording, *values, level, kind).model_dump_json(indent=2).replace("\n", "\n" + indent) for values in numbers]
+
+
+def _json_templates(scorer: Scorer, n_scored: int, n_failed: int) -> tuple[str, str, tuple, tuple]:
+    """The response's text around its results, and a scored and an unscored patient's text split at their marks.
+
+    Each patient template: (the literal texts, the marks between them as
+    (key, indentation of the mark's line)); literal ``k`` comes before mark ``k``, the last after the last mark.
+    pydantic writes every part from models validated as the API validates them (a marked value is put in
+    afterwards with ``model_copy``, so that its type is not checked).
+    """
+    from serving import schemas as S
+
+    outcomes = list(scorer.plan.plans)
+    mark = _MARK.format
+    predictions = {}
+    for j, (outcome, plan) in enumerate(scorer.plan.plans.items()):
+        fixed = scorer._fixed[outcome]
+        interval = S.Interval(lower=0.0, upper=0.0, level=fixed["level"], kind=fixed["kind"])
+        valid = S.OutcomePrediction(
+            p_response_treated=0.0, p_response_control=0.0, benefit=0.0, benefit_interval=interval,
+            answer=plan.model.label_policy.answer, estimand=fixed["estimand"], patient_label=None, patient_label_reason="",
+            comparison=fixed["comparison"], population=fixed["population"], label_rule=fixed["label_rule"],
+            responder_rule=fixed["responder_rule"], evidence=fixed["evidence"], model=fixed["model"],
+        )  # fmt: skip
+        marks = {f: mark(f"{j}.{f}") for f in ("p_response_treated", "p_response_control", "benefit", "summary", "event", "patient_label", "patient_label_reason")}
+        bounds = {"lower": mark(f"{j}.benefit_lower"), "upper": mark(f"{j}.benefit_upper")}
+        predictions[outcome] = valid.model_copy(update={**marks, "benefit_interval": interval.model_copy(update=bounds)})
+    frame = S.PredictResponse(results=[], n_scored=n_scored, n_failed=n_failed, models=scorer.refs, simulated_training_data=scorer.simulated)
+    whole = frame.model_dump_json(indent=2)
+    head, tail = whole.split('"results": []', 1)
+    patients = (
+        S.PatientPrediction(patient_id="").model_copy(update={"patient_id": mark("id"), "predictions": predictions, "warnings": mark("warnings")}),
+        S.PatientPrediction(patient_id="").model_copy(update={"patient_id": mark("id"), "errors": mark("errors")}),
+    )
+    templates = []
+    for patient in patients:
+        full = frame.model_copy(update={"results": [patient]}).model_dump_json(indent=2, warnings=False)
+        body = full[full.index('"results": [\n') + len('"results": [\n') : full.rindex("\n  ]" + tail)]
+        parts = _MARKED.split(body)
+        literals, keys = parts[0::2], parts[1::2]
+        if len(set(keys)) != len(keys) or len(keys) != (2 + 9 * len(outcomes) if patient.predictions is not None else 2):
+            raise RuntimeError(f"the response template's marks are not each found once: {keys}")
+        lines = [literal.rsplit("\n", 1)[-1] for literal in literals[:-1]]  # the line each mark is on
+        templates.append((literals, tuple((key, line[: len(line) - len(line.lstrip(" "))]) for key, line in zip(keys, lines, strict=True))))
+    return head, tail, templates[0], templates[1]
+
+
 # The command ------------------------------------------------------------------------------------
-def score_file_to_table(path: str | Path, out: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> dict[str, float]:
-    """``responders predict --out FILE.parquet|.jsonl``: read, score and write; the wall and CPU seconds of each step (no patient data)."""
+def score_file_to_table(
+    path: str | Path, out: str | Path | None, spec: str | None = None, tracking_uri: str | None = None
+) -> dict[str, float]:
+    """``responders predict``: read, score column by column and write; the wall and CPU seconds of each step (no patient data).
+
+    ``out``: a Parquet or JSON-lines table, or ``.json`` (or None: standard
+    output) for the ``POST /predict`` JSON (:func:`predict_json_chunks`). A
+    JSON input file's patients are checked as sent (:func:`validate_columns`).
+    """
+    import itertools
     import logging
     import os
+    import sys
 
     from core.spec import load_spec
     from serving.scoring import DEFAULT_MAX_BATCH, Scorer, read_patients, resolve_champions
@@ -556,13 +725,22 @@ def score_file_to_table(path: str | Path, out: str | Path, spec: str | None = No
         rows = read_patients(path, dataset_spec)
         columns = {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}
         done("read")
-        table = score_table(scorer, columns, len(rows), rows.__getitem__)
+        table = score_table_in_blocks(scorer, columns, len(rows), row=rows.__getitem__)
     else:
         columns, n = read_columns(path, dataset_spec)
         done("read")
         table = score_table_in_blocks(scorer, columns, n)
     done("score")
-    write_table(table, Path(out), scorer)
+    if out is None:  # printed, as the text of typer.echo (a stream without a byte buffer gets text)
+        sys.stdout.flush()
+        stream = getattr(sys.stdout, "buffer", None)
+        for chunk in itertools.chain(predict_json_chunks(table, scorer), [b"\n"]):
+            stream.write(chunk) if stream is not None else sys.stdout.write(chunk.decode("utf-8"))
+        sys.stdout.flush()
+        if stream is not None:
+            stream.flush()
+    else:
+        write_table(table, Path(out), scorer)
     done("write")
     times["patients"] = float(len(table))
     times |= {f"cpu_{step}": seconds for step, seconds in cpu.items()}

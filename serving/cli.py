@@ -26,7 +26,7 @@ def predict(
     patients: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="patients as .csv, .parquet or .json")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="write here instead of printing: .json (the POST /predict JSON), or .parquet / .jsonl (one row per patient, fast)"),
+        typer.Option("--out", help="write here instead of printing: .json (the POST /predict JSON), or .parquet / .jsonl (one row per patient, smaller)"),
     ] = None,
     spec: SpecOption = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI of the registry")] = None,
@@ -34,33 +34,21 @@ def predict(
     """Score patients with the registered champions; prints the same JSON as POST /predict (progress on stderr).
 
     With --out FILE.parquet or FILE.jsonl: one row per patient (id, errors, warnings, each outcome's scores,
-    label and answer), the same numbers, scored column by column.
+    label and answer), the same numbers. Every output is scored column by column.
     """
     import logging
 
-    from serving.batch import TABLE_SUFFIXES, score_file_to_table
-    from serving.scoring import ChampionError, score_file
+    from serving.batch import score_file_to_table
+    from serving.scoring import ChampionError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    table = out is not None and out.suffix.lower() in TABLE_SUFFIXES
     try:
-        if table:
-            score_file_to_table(patients, out, spec=spec, tracking_uri=tracking_uri)
-            text = None
-        else:
-            text = score_file(patients, spec=spec, tracking_uri=tracking_uri)
+        score_file_to_table(patients, out, spec=spec, tracking_uri=tracking_uri)
     except ChampionError as err:  # no champion, or one stored in another artefact format: one line, exit 2
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
-    if table:
+    if out is not None:
         typer.echo(f"wrote {out}")
-    elif out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        typer.echo(f"wrote {out}")
-    else:
-        typer.echo(text)
 
 
 @app.command()

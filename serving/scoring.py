@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,13 @@ from core.progress import task_progress
 from core.runtime.arms import limit_lightgbm_threads
 from core.runtime.artefact import ResponderModel, load_artefact
 from core.runtime.plan import Parsed, ScoringPlan
-from core.spec import DatasetSpec, load_spec
+from core.spec import DatasetSpec
 from serving import schemas as S
 
 log = logging.getLogger("responders.serving")
 
 DEFAULT_MAX_BATCH = 500
-FILE_CHUNK = 2_000  # patients scored per step of `responders predict` (one progress update each)
+FILE_CHUNK = 2_000  # patients per step of score_rows (one progress update each)
 
 
 @dataclass
@@ -66,32 +65,67 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
     The version is pinned here, at start-up: later alias moves do not change a
     running service (restart it to pick up a new champion). Raises
     :class:`ChampionError` when an outcome has no champion or its file cannot be loaded.
+    A local sqlite store is read without importing MLflow (:func:`core.registry.local_champions`),
+    with the same versions and files; any other store through MLflow.
     """
-    from core.registry import CHAMPION, current_champion, load_registered, setup_tracking
+    from core.registry import local_champions, resolve_tracking_uri
+
+    keys = spec.model_keys()  # one per outcome; with three or more arms, per comparison too
+    uri = resolve_tracking_uri(tracking_uri)
+    stored = local_champions(uri, [name for _, _, name in keys])
+    if stored is None or any(v is not None and v.directory is None for v in stored.values()):
+        return _resolve_with_mlflow(keys, tracking_uri)
+    champions = {}
+    for key, outcome, name in keys:
+        version = stored[name]
+        if version is None:
+            raise ChampionError(_no_champion(name, uri))
+        path = version.directory / "artifacts" / "responder.joblib"
+        try:
+            model = load_artefact(path)
+        except Exception as err:  # any failure to read the artifact: name what could not be served
+            raise ChampionError(_cannot_load(name, version.version, version.download_uri, err)) from err
+        champions[key] = _champion(outcome, name, version, model)
+    return champions
+
+
+def _resolve_with_mlflow(keys: list[tuple[str, str, str]], tracking_uri: str | None) -> dict[str, Champion]:
+    from core.registry import current_champion, load_registered, setup_tracking
 
     uri, client = setup_tracking(tracking_uri)
     champions = {}
-    for key, outcome, name in spec.model_keys():  # one per outcome; with three or more arms, per comparison too
+    for key, outcome, name in keys:
         version = current_champion(client, name)
         if version is None:
-            raise ChampionError(f"no '{CHAMPION}' version of registered model {name!r} in {uri}: run `make train` first")
+            raise ChampionError(_no_champion(name, uri))
         try:
             model = load_registered(f"models:/{name}/{version.version}")
         except Exception as err:  # any failure to read the artifact: name what could not be served
-            where = _download_uri(client, name, str(version.version))
-            raise ChampionError(
-                f"registered model {name!r} version {version.version}: cannot load {where}/artifacts/responder.joblib "
-                f"({type(err).__name__}: {_one_line(err)})"
-            ) from err
-        ref = S.ModelRef(
-            registered_model=name,
-            version=str(version.version),
-            training_run_id=version.tags.get("training_run_id", version.run_id or ""),
-            candidate=model.candidate_name,
-        )
-        champions[key] = Champion(outcome, model, ref)
-        log.info("loaded %s version %s (%s)", name, ref.version, ref.candidate)
+            raise ChampionError(_cannot_load(name, version.version, _download_uri(client, name, str(version.version)), err)) from err
+        champions[key] = _champion(outcome, name, version, model)
     return champions
+
+
+def _no_champion(name: str, uri: str) -> str:
+    from core.registry import CHAMPION
+
+    return f"no '{CHAMPION}' version of registered model {name!r} in {uri}: run `make train` first"
+
+
+def _cannot_load(name: str, version: Any, where: str, err: BaseException) -> str:
+    return f"registered model {name!r} version {version}: cannot load {where}/artifacts/responder.joblib ({type(err).__name__}: {_one_line(err)})"
+
+
+def _champion(outcome: str, name: str, version: Any, model: ResponderModel) -> Champion:
+    """A loaded champion with its registry reference (``version``: MLflow's ModelVersion or a StoredVersion)."""
+    ref = S.ModelRef(
+        registered_model=name,
+        version=str(version.version),
+        training_run_id=version.tags.get("training_run_id", version.run_id or ""),
+        candidate=model.candidate_name,
+    )
+    log.info("loaded %s version %s (%s)", name, ref.version, ref.candidate)
+    return Champion(outcome, model, ref)
 
 
 def champion_key(model: ResponderModel) -> str:
@@ -461,23 +495,13 @@ def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | 
     return (None, problems) if problems else (frame, [])
 
 
-def score_file(path: str | Path, spec: str | None = None, tracking_uri: str | None = None) -> str:
-    """``responders predict``: the same JSON as ``POST /predict``, rows with problems reported per row.
-
-    Patients are validated and scored in chunks of :data:`FILE_CHUNK`, with a
-    progress bar on a terminal (log lines otherwise). A table output (``--out``
-    ending in ``.parquet`` or ``.jsonl``) is :func:`serving.batch.score_file_to_table`.
-    """
-    dataset_spec = load_spec(spec)
-    max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
-    scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
-    scorer.batch_threads(os.cpu_count() or 1)
-    rows = read_patients(path, dataset_spec)
-    return score_rows(scorer, rows).model_dump_json(indent=2)
-
-
 def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHUNK) -> S.PredictResponse:
-    """Validate and score file rows chunk by chunk (with progress); one response, rows in file order."""
+    """Validate and score file rows chunk by chunk (with progress) through :meth:`Scorer.predict`, the API's per-patient
+    path; one response, rows in file order, a patient without an id named by its row of the file (``row-2001``).
+
+    The reference ``responders predict`` is tested against (it scores column by column:
+    :func:`serving.batch.score_file_to_table`).
+    """
     id_column = scorer.spec.id_column
     results: list[S.PatientPrediction] = []
     with task_progress(len(rows), "scoring", unit="patient") as progress:
@@ -486,7 +510,11 @@ def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHU
             validated = scorer.validate_rows(block)
             patients = [clean if clean is not None else {id_column: block[i].get(id_column)} for i, (clean, _) in enumerate(validated)]
             prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
-            results.extend(scorer.predict(patients, prior_errors=prior).results)
+            answered = scorer.predict(patients, prior_errors=prior).results
+            for i, (patient, result) in enumerate(zip(patients, answered, strict=True)):
+                if not patient.get(id_column):  # predict numbers the rows of its own batch: here, of the file
+                    result.patient_id = f"row-{start + i + 1}"
+            results.extend(answered)
             progress.update(len(block))
     scored = sum(r.predictions is not None for r in results)
     return S.PredictResponse(

@@ -166,9 +166,10 @@ def test_read_columns_keeps_number_fields_as_floats_and_odd_cells_as_given(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("source", "suffix"), [(".csv", ".parquet"), (".parquet", ".jsonl")])
+@pytest.mark.parametrize(("source", "suffix"), [(".csv", ".parquet"), (".parquet", ".jsonl"), (".csv", ".json"), (".json", ".json")])
 def test_responders_predict_writes_the_apis_numbers(tmp_path_factory, source, suffix):
-    """The command on a real MLflow store: the table's numbers are the API scorer's for the same patients."""
+    """The command on a real MLflow store: the table's numbers are the API scorer's for the same patients;
+    ``--out FILE.json`` is the response's JSON as the per-row path writes it, byte for byte."""
     from helpers import serving_store
     from typer.testing import CliRunner
 
@@ -182,14 +183,29 @@ def test_responders_predict_writes_the_apis_numbers(tmp_path_factory, source, su
     frame = simulate("final", 3000, 11).astype({"crp": object})
     frame.loc[::50, "crp"] = "<0.3"
     frame.loc[7, "crp"] = "5000"  # implausible: an error for that patient
+    frame.loc[2500, "patient_id"] = None  # named by its row of the file
     path = tmp / f"patients{source}"
-    frame.to_csv(path, index=False) if source == ".csv" else frame.to_parquet(path, index=False)
+    if source == ".json":
+        fields = patient_fields()
+        given = [{k: v for k, v in r.items() if v is not None and k in fields} for r in json.loads(frame.to_json(orient="records"))]
+        path.write_text(json.dumps({"patients": given}))  # numbers as JSON numbers, lab text as text, no key for a missing value
+    else:
+        frame.to_csv(path, index=False) if source == ".csv" else frame.to_parquet(path, index=False)
     out = tmp / f"scores{suffix}"
     result = CliRunner().invoke(app, ["predict", str(path), "--out", str(out), "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
-    table = pd.read_parquet(out) if suffix == ".parquet" else pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
     spec = load_spec()
-    api = score_rows(Scorer(spec, resolve_champions(spec, store["uri"])), read_patients(path, spec)).results
+    # The API's per-patient path on the same batch as the command's one block: a risk model's point estimate (scikit-learn's
+    # product through BLAS) can differ in its last bit with a patient's position in a batch (rows 1998 and 2000 of 3,000 with
+    # batches of 2,000), in the API too.
+    rows = read_patients(path, spec)
+    response = score_rows(Scorer(spec, resolve_champions(spec, store["uri"])), rows, chunk=len(rows))
+    api = response.results
+    if suffix == ".json":
+        assert out.read_text(encoding="utf-8") == response.model_dump_json(indent=2)  # byte for byte
+        assert api[2500].patient_id == "row-2501" and 1 <= response.n_failed <= 10 and response.n_scored + response.n_failed == 3000
+        return
+    table = pd.read_parquet(out) if suffix == ".parquet" else pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
     assert len(table) == len(api) == 3000
     assert table["errors"].notna().sum() == sum(r.predictions is None for r in api) >= 1
     for i in range(0, 3000, 7):
@@ -202,3 +218,40 @@ def test_responders_predict_writes_the_apis_numbers(tmp_path_factory, source, su
                 p.p_response_treated, p.benefit, p.benefit_interval.lower, p.benefit_interval.upper
             ], (i, outcome)  # the same floats, not merely close
             assert row[f"{outcome}_patient_label"] == p.patient_label or (p.patient_label is None and pd.isna(row[f"{outcome}_patient_label"]))
+
+
+@pytest.mark.slow
+def test_responders_predict_reads_the_registry_without_importing_mlflow(tmp_path_factory):
+    """The champions read straight from the sqlite store are MLflow's (versions, run ids, the same models' answers),
+    and scoring a file imports neither MLflow nor its database layer (about 1.4 s of every start-up)."""
+    import subprocess
+    import sys
+
+    from helpers import serving_store
+
+    from core.spec import load_spec
+    from serving.scoring import Scorer, _resolve_with_mlflow, read_patients, resolve_champions, score_rows
+
+    store = serving_store(tmp_path_factory)
+    spec = load_spec()
+    local, through_mlflow = resolve_champions(spec, store["uri"]), _resolve_with_mlflow(spec.model_keys(), store["uri"])
+    assert {k: c.ref for k, c in local.items()} == {k: c.ref for k, c in through_mlflow.items()} and len(local) == 2
+    path = tmp_path_factory.mktemp("no-mlflow") / "patients.csv"
+    store["frame"].head(200).to_csv(path, index=False)
+    rows = read_patients(path, spec)
+    assert score_rows(Scorer(spec, local), rows).model_dump_json() == score_rows(Scorer(spec, through_mlflow), rows).model_dump_json()
+    code = (
+        "import sys; from serving.batch import score_file_to_table; score_file_to_table(sys.argv[1], sys.argv[2], tracking_uri=sys.argv[3]); "
+        "print(sorted(m for m in ('mlflow', 'sqlalchemy', 'alembic', 'bentoml', 'shap') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(path.with_suffix(".parquet")), store["uri"]], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]" and len(pd.read_parquet(path.with_suffix(".parquet"))) == 200
+
+
+def patient_fields() -> set[str]:
+    from core.spec import load_spec
+    from serving.schemas import patient_model
+
+    spec = load_spec()
+    return set(patient_model(spec, spec.lab_catalog()).model_fields)

@@ -316,6 +316,7 @@ def _awkward(spec, patients: pd.DataFrame) -> pd.DataFrame:
     categorical = [c for c, s in spec.covariates.items() if s.kind == "categorical"]
     frame.loc[0, spec.id_column] = " padded"
     frame.loc[1, spec.id_column] = None  # no id: named by its row
+    frame.loc[250, spec.id_column] = None  # of the file, not of a batch
     if numeric:
         frame.loc[2, numeric[0]] = "abc"
         frame.loc[3, numeric[0]] = 1e9
@@ -346,6 +347,7 @@ def patient_fields(spec) -> list[str]:
 def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix, monkeypatch):
     import json
 
+    from serving import batch
     from serving.batch import read_columns, score_table, score_table_in_blocks, write_table
     from serving.scoring import read_patients, score_rows
 
@@ -363,7 +365,8 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
     monkeypatch.setattr(A, "PARALLEL_ROWS", 16)
     pd.testing.assert_frame_equal(score_table_in_blocks(scorer, columns, n, block=97, workers=2), table)
     scorer.batch_threads(1)
-    api = score_rows(scorer, read_patients(path, spec)).results  # what POST /predict answers for the same rows
+    response = score_rows(scorer, read_patients(path, spec), chunk=97)  # what POST /predict answers for the same rows
+    api = response.results
     assert len(table) == len(api) == len(frame)
     failed = 0
     for i, result in enumerate(api):
@@ -387,6 +390,13 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
     assert failed >= (8 if spec.labs else 3)  # every awkward row the model or the parser refuses
     for out in (tmp_path / "scores.parquet", tmp_path / "scores.jsonl"):
         write_table(table, out, scorer)
+    # `--out FILE.json` (and standard output): the response's JSON as the per-row path wrote it, byte for byte; in pieces
+    # of 37 patients here (20,000 in the command), so that patients with errors fall at a piece's ends too.
+    monkeypatch.setattr(batch, "JSONL_CHUNK", 37)
+    write_table(table, tmp_path / "scores.json", scorer)
+    assert (tmp_path / "scores.json").read_text(encoding="utf-8") == response.model_dump_json(indent=2)
+    empty = b"".join(batch.predict_json_chunks(table.iloc[:0], scorer)).decode()
+    assert empty == type(response)(results=[], n_scored=0, n_failed=0, models=scorer.refs, simulated_training_data=scorer.simulated).model_dump_json(indent=2)
     back = pd.read_parquet(tmp_path / "scores.parquet")
     assert list(back.columns) == list(table.columns)
     for column in table.columns:
@@ -409,7 +419,7 @@ def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout
     are the request model's errors, as over HTTP; the other rows get the API's numbers."""
     import json
 
-    from serving.batch import score_table
+    from serving.batch import predict_json_chunks, score_table, score_table_in_blocks
     from serving.scoring import read_patients, score_rows
 
     spec = layout["spec"]
@@ -426,7 +436,15 @@ def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout
     given = read_patients(path, spec)
     columns = {c: [r.get(c) for r in given] for c in dict.fromkeys(k for r in given for k in r)}
     table = score_table(scorer, columns, len(given), given.__getitem__)
-    api = score_rows(scorer, given).results
+    pd.testing.assert_frame_equal(score_table_in_blocks(scorer, columns, len(given), block=7, row=given.__getitem__), table)
+    response = score_rows(scorer, given)
+    api = response.results
+    assert b"".join(predict_json_chunks(table, scorer)).decode() == response.model_dump_json(indent=2)  # byte for byte
+    from core.labelling import Wording
+
+    scorer._fixed["bcf"]["wording"] = Wording(event="Relapse")  # told as an event to prevent: risks and the NNT per patient
+    text = b"".join(predict_json_chunks(table, scorer)).decode()
+    assert text == score_rows(scorer, given).model_dump_json(indent=2) and text.count('"number_needed"') == response.n_scored
     for i, result in enumerate(api):
         row = table.iloc[i]
         errors = [e.model_dump(mode="json") for e in result.errors]

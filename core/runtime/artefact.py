@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
@@ -272,41 +271,19 @@ def input_schema(model: ResponderModel):
     return Schema([ColSpec(AnyType(), column, required=column in required and column != spec.id_column) for column in columns])
 
 
-__all__ = ["PREDICTION_COLUMNS", "Evidence", "ResponderModel", "ResponderPyfunc", "input_schema", "model_interval", "prediction_frame", "predictions_schema"]
+__all__ = ["PREDICTION_COLUMNS", "Evidence", "ResponderModel", "input_schema", "model_interval", "prediction_frame", "predictions_schema"]
 
 
-class ResponderPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around a :class:`ResponderModel` stored as a joblib artifact.
+def __getattr__(name: str) -> Any:
+    """``ResponderPyfunc`` on first use (MLflow's pyfunc wrapper, :mod:`core.runtime.pyfunc_model`).
 
-    ``params={"output": "predictions"}`` (default) returns the prediction
-    columns; ``"contributions"`` returns SHAP contributions (probability
-    points) to the benefit and to P(responder | naltrexone), one row per
-    patient and feature.
+    Every stored model's ``pyfunc_entry.py`` imports it from here; scoring
+    (the API, ``responders predict``) never needs it, and importing MLflow
+    took 0.7 s of their start-up.
     """
+    if name == "ResponderPyfunc":
+        import importlib
 
-    def load_context(self, context):
-        self.model: ResponderModel = load_artefact(context.artifacts["responder"])
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
-        raw = _as_frame(model_input)
-        output = (params or {}).get("output", "predictions")
-        if output == "contributions":
-            explanation, _ = self.model.explain(raw)
-            rows = []
-            for i in range(len(raw)):
-                for j, name in enumerate(explanation.features):
-                    rows.append(
-                        {
-                            "row": i,
-                            "feature": name,
-                            "benefit": explanation.benefit.values[i, j],
-                            "p_response_treated": explanation.p_treated.values[i, j],
-                        }
-                    )
-            return pd.DataFrame(rows)
-        return self.model.predict(raw).reset_index(drop=True)
-
-
-def _as_frame(model_input: Any) -> pd.DataFrame:
-    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-    return frame.reset_index(drop=True)
+        # By name: the wrapper depends on this module, not the other way round; this is only the old address.
+        return importlib.import_module("core.runtime.pyfunc_model").ResponderPyfunc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
