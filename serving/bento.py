@@ -26,13 +26,24 @@ def import_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> list
     """Import each outcome's champion into the BentoML model store (once per registry version)."""
     import bentoml.mlflow
 
+    from core.registry import setup_tracking
+
+    # The models:/ URIs below are read through MLflow's process-wide registry URI: point it at this store
+    # (resolve_champions may read a local store without MLflow and then leaves it wherever it was).
+    setup_tracking(tracking_uri)
     tags = []
     for outcome, champion in resolve_champions(spec, tracking_uri).items():
         ref = champion.ref
         tag = f"{ref.registered_model}:mlflow-v{ref.version}"
         try:
-            bentoml.models.get(tag)
+            stored = bentoml.models.get(tag)
         except bentoml.exceptions.NotFound:
+            stored = None
+        if stored is not None and stored.info.labels.get("training_run_id") != ref.training_run_id:
+            # The same name and version from another registry (another store, a re-created one): not this champion.
+            bentoml.models.delete(tag)
+            stored = None
+        if stored is None:
             bentoml.mlflow.import_model(
                 tag,
                 f"models:/{ref.registered_model}/{ref.version}",

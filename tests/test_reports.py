@@ -107,6 +107,7 @@ def champions(job):
     spec = load_spec()
     client = MlflowClient(job.uri)
     mlflow.set_tracking_uri(job.uri)
+    mlflow.set_registry_uri(job.uri)  # models:/ URIs are read from the registry URI, which an earlier test may have set
     models, versions = {}, {}
     for outcome in spec.outcomes:
         name = spec.registered_model_name(outcome)

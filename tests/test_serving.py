@@ -384,6 +384,7 @@ def test_mixed_batch_scores_others_identically(client, patients):
 def test_no_training_serving_skew(client, patients, store):
     """The same patient through /predict and through the registered MLflow model directly."""
     mlflow.set_tracking_uri(store["uri"])
+    mlflow.set_registry_uri(store["uri"])  # models:/ URIs are read from the registry URI, which an earlier test may have set
     served = client.post("/predict", json={"patients": patients}, headers=AUTH).json()["results"]
     for outcome in ("pain", "memory"):
         direct = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-{outcome}@champion").predict(pd.DataFrame(patients))

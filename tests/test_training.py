@@ -132,6 +132,7 @@ def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_jo
     version = client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION)
     assert str(version.version) == summary.outcomes["pain"].version
     mlflow.set_tracking_uri(_uri(tmp))
+    mlflow.set_registry_uri(_uri(tmp))  # models:/ URIs are read from the registry URI, which an earlier test may have set
     loaded = mlflow.pyfunc.load_model(f"models:/fibromyalgia-ldn-pain@{CHAMPION}")
     patients = model_inputs(frame, load_spec()).head(5)
     out = loaded.predict(patients)
@@ -146,6 +147,7 @@ def test_registered_model_takes_a_plain_read_csv_frame(strong_job):
     # pd.read_csv gives whole-number ages as int64 and labs as floats or text: the signature must take them.
     frame, summary, tmp = strong_job
     mlflow.set_tracking_uri(_uri(tmp))
+    mlflow.set_registry_uri(_uri(tmp))  # models:/ URIs are read from the registry URI, which an earlier test may have set
     raw = pd.read_csv(tmp / "strong.csv")
     assert raw["age"].dtype == "int64" and raw["esr"].dtype == "float64" and not pd.api.types.is_numeric_dtype(raw["crp"])
     for outcome in ("pain", "memory"):
