@@ -23,7 +23,6 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from core.labelling import Wording
-from core.progress import task_progress
 from core.runtime.arms import limit_lightgbm_threads
 from core.runtime.artefact import ResponderModel, load_artefact
 from core.runtime.plan import Parsed, ScoringPlan
@@ -33,7 +32,6 @@ from serving import schemas as S
 log = logging.getLogger("responders.serving")
 
 DEFAULT_MAX_BATCH = 500
-FILE_CHUNK = 2_000  # patients per step of score_rows (one progress update each)
 
 
 @dataclass
@@ -493,33 +491,6 @@ def patient_from_file(path: str | Path, scorer: Scorer) -> tuple[pd.DataFrame | 
         return None, problems
     frame, problems = scorer.patient_frame(clean)
     return (None, problems) if problems else (frame, [])
-
-
-def score_rows(scorer: Scorer, rows: list[dict[str, Any]], chunk: int = FILE_CHUNK) -> S.PredictResponse:
-    """Validate and score file rows chunk by chunk (with progress) through :meth:`Scorer.predict`, the API's per-patient
-    path; one response, rows in file order, a patient without an id named by its row of the file (``row-2001``).
-
-    The reference ``responders predict`` is tested against (it scores column by column:
-    :func:`serving.batch.score_file_to_table`).
-    """
-    id_column = scorer.spec.id_column
-    results: list[S.PatientPrediction] = []
-    with task_progress(len(rows), "scoring", unit="patient") as progress:
-        for start in range(0, len(rows), chunk):
-            block = rows[start : start + chunk]
-            validated = scorer.validate_rows(block)
-            patients = [clean if clean is not None else {id_column: block[i].get(id_column)} for i, (clean, _) in enumerate(validated)]
-            prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
-            answered = scorer.predict(patients, prior_errors=prior).results
-            for i, (patient, result) in enumerate(zip(patients, answered, strict=True)):
-                if not patient.get(id_column):  # predict numbers the rows of its own batch: here, of the file
-                    result.patient_id = f"row-{start + i + 1}"
-            results.extend(answered)
-            progress.update(len(block))
-    scored = sum(r.predictions is not None for r in results)
-    return S.PredictResponse(
-        results=results, n_scored=scored, n_failed=len(results) - scored, models=scorer.refs, simulated_training_data=scorer.simulated
-    )
 
 
 def as_dicts(patients: list[BaseModel]) -> list[dict[str, Any]]:

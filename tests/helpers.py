@@ -139,3 +139,31 @@ def rounded(value):
     if isinstance(value, list):
         return [rounded(v) for v in value]
     return value
+
+
+def score_rows(scorer, rows: list[dict], chunk: int = 2_000):
+    """The reference ``responders predict`` is tested against (it scores column by column:
+    :func:`serving.batch.score_file_to_table`): file rows validated and scored chunk by chunk through
+    :meth:`serving.scoring.Scorer.predict`, the API's per-patient path; one response, rows in file order, a patient
+    without an id named by its row of the file (``row-2001``)."""
+    from core.progress import task_progress
+    from serving import schemas as S
+
+    id_column = scorer.spec.id_column
+    results: list[S.PatientPrediction] = []
+    with task_progress(len(rows), "scoring", unit="patient") as progress:
+        for start in range(0, len(rows), chunk):
+            block = rows[start : start + chunk]
+            validated = scorer.validate_rows(block)
+            patients = [clean if clean is not None else {id_column: block[i].get(id_column)} for i, (clean, _) in enumerate(validated)]
+            prior = {i: problems for i, (_, problems) in enumerate(validated) if problems}
+            answered = scorer.predict(patients, prior_errors=prior).results
+            for i, (patient, result) in enumerate(zip(patients, answered, strict=True)):
+                if not patient.get(id_column):  # predict numbers the rows of its own batch: here, of the file
+                    result.patient_id = f"row-{start + i + 1}"
+            results.extend(answered)
+            progress.update(len(block))
+    scored = sum(r.predictions is not None for r in results)
+    return S.PredictResponse(
+        results=results, n_scored=scored, n_failed=len(results) - scored, models=scorer.refs, simulated_training_data=scorer.simulated
+    )

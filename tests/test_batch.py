@@ -170,12 +170,12 @@ def test_read_columns_keeps_number_fields_as_floats_and_odd_cells_as_given(tmp_p
 def test_responders_predict_writes_the_apis_numbers(tmp_path_factory, source, suffix):
     """The command on a real MLflow store: the table's numbers are the API scorer's for the same patients;
     ``--out FILE.json`` is the response's JSON as the per-row path writes it, byte for byte."""
-    from helpers import serving_store
+    from helpers import score_rows, serving_store
     from typer.testing import CliRunner
 
     from core.spec import load_spec
     from responders.cli import app
-    from serving.scoring import Scorer, read_patients, resolve_champions, score_rows
+    from serving.scoring import Scorer, read_patients, resolve_champions
     from training.simulate import simulate
 
     store = serving_store(tmp_path_factory)
@@ -227,10 +227,10 @@ def test_responders_predict_reads_the_registry_without_importing_mlflow(tmp_path
     import subprocess
     import sys
 
-    from helpers import serving_store
+    from helpers import score_rows, serving_store
 
     from core.spec import load_spec
-    from serving.scoring import Scorer, _resolve_with_mlflow, read_patients, resolve_champions, score_rows
+    from serving.scoring import Scorer, _resolve_with_mlflow, read_patients, resolve_champions
 
     store = serving_store(tmp_path_factory)
     spec = load_spec()

@@ -347,9 +347,11 @@ def patient_fields(spec) -> list[str]:
 def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, suffix, monkeypatch):
     import json
 
+    from helpers import score_rows
+
     from serving import batch
     from serving.batch import read_columns, score_table, score_table_in_blocks, write_table
-    from serving.scoring import read_patients, score_rows
+    from serving.scoring import read_patients
 
     spec = layout["spec"]
     models = {name: layout["models"][name] for name in ("arm_only", "risk_model", "bcf")}
@@ -419,8 +421,10 @@ def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout
     are the request model's errors, as over HTTP; the other rows get the API's numbers."""
     import json
 
+    from helpers import score_rows
+
     from serving.batch import predict_json_chunks, score_table, score_table_in_blocks
-    from serving.scoring import read_patients, score_rows
+    from serving.scoring import read_patients
 
     spec = layout["spec"]
     scorer = _scorer(spec, {name: layout["models"][name] for name in ("arm_only", "bcf")})

@@ -582,28 +582,6 @@ def test_bento_build_includes_the_champions(store, tmp_path):
         assert versions == {o: store["summary"].outcomes[o].version for o in ("pain", "memory")}
 
 
-def test_file_scoring_in_chunks_equals_one_batch_and_logs_progress(store, patients, caplog):
-    """`responders predict` validates and scores a file chunk by chunk: the same answers, progress lines off a terminal."""
-    import logging
-
-    from serving.scoring import Scorer, resolve_champions, score_rows
-
-    spec = load_spec()
-    scorer = Scorer(spec, resolve_champions(spec, store["uri"]))
-    rows = [*patients, dict(patients[0], age="unknown"), dict(patients[1], crp="5000")]
-    with caplog.at_level(logging.INFO, logger="responders.progress"):
-        chunked = score_rows(scorer, rows, chunk=3)
-    validated = scorer.validate_rows(rows)
-    whole = scorer.predict(
-        [clean if clean is not None else {spec.id_column: rows[i][spec.id_column]} for i, (clean, _) in enumerate(validated)],
-        prior_errors={i: problems for i, (_, problems) in enumerate(validated) if problems},
-    )
-    assert rounded(chunked.model_dump()) == rounded(whole.model_dump())  # last-bit differences with batch size
-    assert (chunked.n_scored, chunked.n_failed) == (len(patients), 2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "responders.progress"]
-    assert lines and lines[-1].startswith(f"scoring: {len(rows)}/{len(rows)} patients (100%)")
-
-
 def test_worker_count_comes_from_the_environment_and_a_bad_value_is_named(monkeypatch):
     from serving.service import ConfigurationError, ServiceSettings, _workers
 
