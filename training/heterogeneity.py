@@ -22,11 +22,8 @@ variation that runs with baseline risk is what the PATH treatment x risk
 interaction test examines (:mod:`training.path`). The prognosis is the
 control arm's, as in PATH: the forest's midpoint ``mu(x)`` carries half of
 every patient's own effect, so removing a cubic in it removed much of the
-effect modification the test looks for (a prototype on 12 ``strong`` trials
-of 300 patients, the same fits and null trials for both, Holm across the two
-outcomes: the midpoint version rejected 5 and 4 of 12, the control-arm
-version 8 and 10; neither rejected any of 33 ``ushape`` null trials of 300;
-the recovery benchmark measures level and power).
+effect modification the test looks for (the recovery benchmark measures the
+level and power of this statistic: benchmarks/RESULTS.md section 1).
 
 **Calibration.** A composite null has no exact permutation distribution,
 so the test builds null trials from the fitted no-modification model, as a
