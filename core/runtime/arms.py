@@ -76,6 +76,8 @@ def _need_refits(candidate_name: str, refits: int) -> None:
 class ConstantArms:
     """The arm-only floor: every patient gets the two rates and the interval of the Jeffreys draws."""
 
+    uses_features = False  # a batch's feature matrix need not be made for it (only its length is read)
+
     def __init__(self, candidate: Any, level: float):
         arrays = candidate.scoring().arrays
         self.p1, self.p0 = float(arrays["p_treated"]), float(arrays["p_control"])

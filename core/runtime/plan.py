@@ -127,7 +127,7 @@ class OutcomePlan:
     def predict(self, parsed: Parsed) -> Scores:
         """Both probabilities, the benefit with its interval, the answer and both labels (rows without issues)."""
         policy = self.model.label_policy
-        _, F = self.matrix(parsed)
+        F = self.matrix(parsed)[1] if getattr(self.arms, "uses_features", True) else np.empty((parsed.n, 0))
         p1, p0, lower, upper = self.arms.predict(F)
         benefit = p1 - p0
         labels = policy.label(lower, upper)
