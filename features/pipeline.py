@@ -424,11 +424,9 @@ def warning_items(
         label, unit, field, low, high, shown = c.label, c.unit, c.field, c.low, c.high, c.shown
         items.append(WarningItem("imputed", field, missing[:, j].copy(), f"{label} not given: imputed with the training median {shown}"))
         rows = outside[:, j].copy()
-        message = np.full(n, None, dtype=object)
-        within: dict[Any, bool] = {}  # per distinct cell as given (report text such as "<10" repeats)
-        for i in np.flatnonzero(rows):
-            value = values[i, j]
-            if kind == "lab" and raw is not None:
+        if kind == "lab" and raw is not None:
+            within: dict[Any, bool] = {}  # per distinct cell as given (report text such as "<10" repeats)
+            for i in np.flatnonzero(rows):
                 cell = _raw_cell(raw, spec, column, i)
                 try:
                     key = (type(cell[0]), *cell)
@@ -437,10 +435,9 @@ def warning_items(
                     censored = _censored_within(catalog[column], cell, low, high)
                 if censored:
                     rows[i] = False
-                    continue
-            message[i] = (
-                f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
-            )
+        message = _per_value(
+            values[:, j], rows, lambda value: f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
+        )
         items.append(WarningItem("outside_training_range", field, rows, message))
     for analyte in spec.labs:
         lab = catalog[analyte]
@@ -448,16 +445,13 @@ def warning_items(
         if lab.lod is None or flag not in parsed:
             continue
         rows = np.asarray(parsed[flag]) > 0
-        message = np.full(n, None, dtype=object)
-        texts: dict[float, str] = {}
-        for i in np.flatnonzero(rows):
-            value = float(parsed[analyte][i])
-            if value not in texts:
-                texts[value] = (
-                    f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}): counted as {value:.3g} "
-                    f"{lab.unit}, the value the model uses for every result below this limit"
-                )
-            message[i] = texts[value]
+        message = _per_value(
+            np.asarray(parsed[analyte], dtype=float), rows,
+            lambda value, lab=lab: (
+                f"{lab.label} below the detection limit ({lab.lod:g} {lab.unit}): counted as {value:.3g} "
+                f"{lab.unit}, the value the model uses for every result below this limit"
+            ),
+        )  # fmt: skip
         items.append(WarningItem("below_detection_limit", spec.labs[analyte].column, rows, message))
     for column, label, names, known, imputed in _categorical_checks(spec, transformers, parse):
         values = np.asarray(parsed[column], dtype=object)
@@ -474,6 +468,17 @@ def warning_items(
         items.append(WarningItem("imputed", column, missing, imputed))
         items.append(WarningItem("unseen_category", column, unseen, message))
     return items
+
+
+def _per_value(values: np.ndarray, rows: np.ndarray, text) -> np.ndarray:
+    """``text(value)`` in the rows ``rows`` holds (None elsewhere): written once per distinct value (bit for bit, so -0.0 is its own)."""
+    message = np.full(len(values), None, dtype=object)
+    index = np.flatnonzero(rows)
+    if len(index):
+        chosen = np.ascontiguousarray(values[index], dtype=np.float64)
+        bits, first, inverse = np.unique(chosen.view(np.int64), return_index=True, return_inverse=True)
+        message[index] = np.asarray([text(chosen[k]) for k in first], dtype=object)[inverse.ravel()]
+    return message
 
 
 def _missing_codes(values: np.ndarray) -> np.ndarray:
