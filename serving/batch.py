@@ -366,7 +366,36 @@ def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
         answer = np.full(n, None, dtype=object)
         answer[good] = plan.model.label_policy.answer
         table[f"{outcome}_answer"] = answer
-    return pd.DataFrame({k: pd.Series(v, dtype=object) if v.dtype == object else v for k, v in table.items()})  # text stays object (no inference)
+    return pd.DataFrame({k: v if isinstance(v, np.ndarray) and v.dtype.kind == "f" else _text_column(v) for k, v in table.items()})
+
+
+def _text_column(values: Any) -> pd.Series:
+    """A text column of the table: Arrow strings (UTF-8, null for missing), whatever its cells (no type inference).
+
+    Written to Parquet without a conversion, and with one type whether or not
+    any row has a value (a column of nulls is still a string column).
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    if not isinstance(values, pa.Array):  # each distinct text encoded once, then taken for its rows (labels, reasons repeat)
+        codes, distinct = pd.factorize(np.asarray(values, dtype=object))  # None: code -1
+        texts = pa.array(np.asarray(distinct, dtype=object), type=pa.string())
+        values = texts.take(pa.array(codes, mask=codes < 0)) if len(texts) else pa.nulls(len(codes), type=pa.string())
+    return pd.Series(pd.arrays.ArrowExtensionArray(values), copy=False)
+
+
+def text_values(column: pd.Series) -> list[Any]:
+    """A text column's cells as Python values (None for missing)."""
+    return arrow_text(column).to_pylist()
+
+
+def arrow_text(column: pd.Series):
+    """A text column as one Arrow string array (zero copy when it is one chunk)."""
+    import pyarrow as pa
+
+    array = pa.array(column.array)  # an Arrow-backed column gives its own arrays
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 def score_table_in_blocks(
@@ -426,13 +455,14 @@ def _error_texts(errors: dict[int, list[Any]], n: int) -> np.ndarray:
     return out
 
 
-def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.ndarray) -> np.ndarray:
-    """Each usable row's warnings as the JSON text of the API's ``warnings`` list (None for the other rows).
+def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.ndarray):
+    """Each usable row's warnings as the JSON text of the API's ``warnings`` list (null for the other rows): an Arrow string array.
 
     Every outcome's warning items (:func:`features.pipeline.warning_items`),
     a warning another outcome already gave the row dropped, as
     :meth:`core.runtime.plan.ScoringPlan.warnings` merges them; each item's
-    JSON object appended to the rows it concerns, in order.
+    JSON object joined, in order, in the rows it concerns. Arrow writes the
+    text: no Python string per row (10^5 patients carry tens of MB of warnings).
     """
     items = []
     for outcome, plan in scorer.plan.plans.items():
@@ -444,25 +474,25 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
                     rows &= ~(earlier.rows & _same_message(earlier.message, item.message, n))
             if rows.any():
                 items.append(type(item)(item.code, item.field, rows, item.message))
-    text = np.full(n, "", dtype=object)
-    count = np.zeros(n, dtype=np.int64)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    null, empty = pa.scalar(None, type=pa.string()), pa.scalar("")
+    fragments = []  # per item: ",{its JSON object}" in the rows it concerns, "" elsewhere (built by Arrow, UTF-8 throughout)
     for item in items:
-        index = np.flatnonzero(item.rows)
-        head = json.dumps({"code": item.code, "field": item.field}, ensure_ascii=False, separators=(",", ":"))[:-1] + ',"message":'
+        head = ',{"code":' + json.dumps(item.code, ensure_ascii=False) + ',"field":' + json.dumps(item.field, ensure_ascii=False) + ',"message":'
         if isinstance(item.message, str):
-            fragment = np.full(len(index), head + json.dumps(item.message, ensure_ascii=False) + "}", dtype=object)
-        else:
-            seen: dict[str, str] = {}
-            fragment = np.asarray(
-                [seen[m] if m in seen else seen.setdefault(m, head + json.dumps(m, ensure_ascii=False) + "}") for m in item.message[index]],
-                dtype=object,
-            )
-        comma = np.where(count[index] > 0, ",", "").astype(object)
-        text[index] = text[index] + comma + fragment
-        count[index] += 1
-    out = np.full(n, None, dtype=object)
-    out[usable] = "[" + text[usable] + "]"
-    return out
+            fragments.append(pc.if_else(pa.array(item.rows), pa.scalar(head + json.dumps(item.message, ensure_ascii=False) + "}"), empty))
+            continue
+        index = np.flatnonzero(item.rows)
+        seen: dict[str, int] = {}
+        codes = np.zeros(n, dtype=np.int32)
+        codes[index] = np.fromiter((seen.setdefault(m, len(seen)) for m in item.message[index]), dtype=np.int32, count=len(index))
+        texts = pa.array([head + json.dumps(m, ensure_ascii=False) + "}" for m in seen], type=pa.string())
+        fragments.append(pc.fill_null(texts.take(pa.array(codes, mask=~item.rows)), ""))
+    body = pc.binary_join_element_wise(*fragments, "") if fragments else pa.array(np.full(n, ""), type=pa.string())
+    listed = pc.binary_join_element_wise(pa.scalar("["), pc.utf8_slice_codeunits(body, 1), pa.scalar("]"), "")  # the first comma dropped
+    return pc.if_else(pa.array(usable), listed, null)
 
 
 def _same_message(a: Any, b: Any, n: int) -> np.ndarray:
@@ -519,14 +549,14 @@ def _jsonl_chunks(table: pd.DataFrame):
         part = table.iloc[start : start + JSONL_CHUNK]
         pieces: list[Any] = []
         for k, (key, column) in enumerate(zip(keys, part.columns, strict=True)):
-            values = part[column].to_numpy()
-            if column in ("errors", "warnings"):
-                texts = ["null" if v is None else v for v in values.tolist()]
-            elif values.dtype.kind == "f":
-                texts = ["null" if v != v else repr(v) for v in values.tolist()]
+            if column in ("errors", "warnings"):  # already JSON text
+                pieces += [pa.scalar(("{" if k == 0 else ",") + key), pc.fill_null(arrow_text(part[column]), "null")]
+                continue
+            if part[column].dtype.kind == "f":
+                texts = ["null" if v != v else repr(v) for v in part[column].to_numpy().tolist()]
             else:
                 seen: dict[Any, str] = {}
-                texts = [seen[v] if v in seen else seen.setdefault(v, json.dumps(v, ensure_ascii=False)) for v in values.tolist()]
+                texts = [seen[v] if v in seen else seen.setdefault(v, json.dumps(v, ensure_ascii=False)) for v in text_values(part[column])]
             pieces += [pa.scalar(("{" if k == 0 else ",") + key), pa.array(texts, type=pa.string())]
         if not len(part):
             continue
@@ -598,7 +628,8 @@ def predict_json_chunks(table: pd.DataFrame, scorer: Scorer):
             values = {key: _column_texts(key, sub, scorer, outcomes, text, pretty, floats, indent) for key, indent in keys}
             pieces: list[Any] = []
             for literal, (key, _) in zip(literals, keys, strict=False):
-                pieces += [pa.scalar(literal), pa.array(values[key], type=pa.string())]
+                given = values[key]
+                pieces += [pa.scalar(literal), given if isinstance(given, pa.Array) else pa.array(given, type=pa.string())]
             ends = np.full(len(rows), literals[-1] + ",\n", dtype=object)
             if last and rows[-1] == len(part) - 1:
                 ends[-1] = literals[-1]  # the last patient of the file: no comma
@@ -619,18 +650,22 @@ def predict_json_chunks(table: pd.DataFrame, scorer: Scorer):
     yield ("\n  ]" + tail).encode()
 
 
-def _column_texts(key: str, rows: pd.DataFrame, scorer: Scorer, outcomes: list[str], text, pretty, floats, indent: str) -> list[str]:
-    """One marked value of the response for each of ``rows``, as JSON text."""
+def _column_texts(key: str, rows: pd.DataFrame, scorer: Scorer, outcomes: list[str], text, pretty, floats, indent: str):
+    """One marked value of the response for each of ``rows``, as JSON text (a list, or an Arrow string array)."""
     if key == "id":
-        return [text(v) for v in rows["patient_id"].tolist()]
-    if key in ("warnings", "errors"):
-        return [pretty(v, indent) for v in rows[key].tolist()]
+        return [text(v) for v in text_values(rows["patient_id"])]
+    if key in ("warnings", "errors"):  # each distinct list indented once, then taken for every row (an Arrow array)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(pc.fill_null(arrow_text(rows[key]), "[]"))
+        return pa.array([pretty(v, indent) for v in encoded.dictionary.to_pylist()], type=pa.string()).take(encoded.indices)
     j, name = key.split(".", 1)
     outcome = outcomes[int(j)]
     if name in SCORE_FIELDS:
         return floats(rows[f"{outcome}_{name}"].to_numpy(dtype=np.float64))
     if name in ("patient_label", "patient_label_reason"):
-        return [text(v) for v in rows[f"{outcome}_{name}"].tolist()]
+        return [text(v) for v in text_values(rows[f"{outcome}_{name}"])]
     from serving.scoring import _event_risk
 
     fixed = scorer._fixed[outcome]
