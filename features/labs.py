@@ -232,6 +232,9 @@ def parse_lab_series(
     return parse_lab_cells(values.to_numpy(dtype=object), analyte, column, unit, row_units, values.index)
 
 
+SCALAR_CELLS = 4  # up to this many cells (an API request of a few patients) each goes through parse_lab_value: array set-up costs more
+
+
 def parse_lab_cells(
     values: Sequence[Any], analyte: Analyte, column: str, unit: str | None = None, units: Sequence[Any] | None = None, rows: Sequence[Any] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[LabIssue]]:
@@ -243,7 +246,8 @@ def parse_lab_cells(
     operations that repeat its arithmetic (a number times the unit factor,
     the plausible range, the detection limit; any number the arrays would
     refuse goes through :func:`parse_lab_value` for its message), every other
-    cell through :func:`parse_lab_value` once per distinct text and unit.
+    cell through :func:`parse_lab_value` once per distinct text and unit. Up to
+    :data:`SCALAR_CELLS` cells all go through it (the same results: tests/test_features.py).
     """
     n = len(values)
     out_value = np.full(n, np.nan)
@@ -252,7 +256,7 @@ def parse_lab_cells(
     row_units: list[str | None] | None = None
     if units is not None:
         row_units = [None if is_missing(u) else str(u).strip() for u in units]
-    numeric = _plain_numbers(values, analyte, unit, row_units)
+    numeric = _plain_numbers(values, analyte, unit, row_units) if n > SCALAR_CELLS else None
     if numeric is not None:
         mask, numbers = numeric
         factor = analyte.factor(unit if not (isinstance(unit, str) and not unit.strip()) else None)

@@ -300,6 +300,10 @@ def test_parsing_a_column_gives_each_cells_own_result(analyte, units):
         assert not found, (cell, found)
         assert (math.isnan(result.value) and math.isnan(values[i])) or result.value == values[i], (cell, result, values[i])
         assert below[i] == float(result.below_lod)
+    for i, cell in enumerate(CELLS):  # one cell alone (a one-patient request: every cell through parse_lab_value), the same
+        alone, below_alone, found_alone = parse_lab_cells([cell], lab, "cell", None, [row_units[i]] if row_units else None)
+        assert np.array_equal(alone, values[i : i + 1], equal_nan=True) and below_alone[0] == below[i], cell
+        assert [x.reason for x in found_alone] == [x.reason for x in issues if x.row == i], cell
     numbers = np.array([0.05, 3.0, 250.0, np.nan, 1e6])  # a float column: the array path only (1e6 is implausible)
     values, below, issues = parse_lab_cells(numbers, lab, "cell")
     for i, number in enumerate(numbers):
