@@ -238,14 +238,20 @@ def _measure(target: str, payload: str, calls, concurrency: int, total: int, sec
     return LoadResult(target, payload, concurrency, issued, errors, elapsed, latencies)
 
 
-def _train(work: Path, settings: Settings) -> str:
+# A trial whose heterogeneity test rejects for both outcomes with the default config, so that BCF serves both (the default
+# trial's test does not reject: arm-only champions); the serving tests' store uses the same design.
+BCF_TRIAL = ("strong", 400, 8)
+
+
+def _train(work: Path, settings: Settings, trial: tuple[str, int, int] = ("final", 99, DEFAULT_SEED)) -> str:
     from core.config import load_config
     from core.spec import load_spec
     from training.simulate import simulate
     from training.train import run_training
 
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "trial.csv"
-    simulate("final", 99, DEFAULT_SEED).to_csv(data, index=False)
+    simulate(*trial).to_csv(data, index=False)
     uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
     run_training(data, load_spec(), load_config(None, **settings.train_overrides), tracking_uri=uri)
     return uri
@@ -533,6 +539,7 @@ def run(quick: bool, out_dir: Path) -> str:
     for source, suffix in BATCH_TABLES:
         print(f"[bench] serving: responders predict on {settings.batch_patients} patients, {source} to {suffix}", file=sys.stderr, flush=True)
         batch_tables.append(_batch_cli(uri, work, settings.batch_patients, suffix, source))
+    bcf = _bcf_champions(work / "bcf", settings, single, example)
     loads["end"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps([vars(r) | {"rps": r.rps} for r in results], default=float))
     if load is not None:
@@ -540,10 +547,59 @@ def run(quick: bool, out_dir: Path) -> str:
     extra = {
         "plans": plans, "profile": profile, "profiled_ms": profiled_ms, "explain_profile": explain_profile,
         "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "batch_tables": batch_tables, "loads": loads, "champions": _champion_names(uri),
-        "first": first,
+        "first": first, "bcf": bcf,
     }  # fmt: skip
     (work / "plan.json").write_text(json.dumps(extra, default=str))
     return _markdown(results, explain, floor, memory, settings, quick, load, extra)
+
+
+def _bcf_champions(work: Path, settings: Settings, single, example: dict) -> dict:
+    """The same single-patient calls and batch command with BCF champions (:data:`BCF_TRIAL`): the tree walk over served draws."""
+    print(f"[bench] serving: training on simulate{BCF_TRIAL} for BCF champions ...", file=sys.stderr, flush=True)
+    uri = _train(work, settings, BCF_TRIAL)
+    env = {"RESPONDERS_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": uri, "BENTOML_HOME": str(work / "bentoml")}
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:ResponderService", "--host", "127.0.0.1", "--port", str(port)]
+    calls = {}
+    with _server(command, f"{url}/readyz", env, work / f"server-{port}.log", poll=0.05):
+        for path, count in (("/predict", settings.single_requests), ("/explain", settings.explain_requests)):
+            print(f"[bench] serving: BCF champions, {path} x1", file=sys.stderr, flush=True)
+            r = _measure(f"BCF champions {path}", "1 patient", _bentoml_calls(url, path, single), 1, count, settings.seconds)
+            calls[path] = {"requests": r.requests, "errors": r.errors, "p50": r.quantile(0.5), "p99": r.quantile(0.99)}
+    tables = []
+    for source, suffix in BATCH_TABLES:
+        print(f"[bench] serving: BCF champions, responders predict on {settings.batch_patients} patients, {source} to {suffix}", file=sys.stderr, flush=True)
+        tables.append(_batch_cli(uri, work, settings.batch_patients, suffix, source))
+    return {"trial": list(BCF_TRIAL), "champions": _champion_names(uri), "calls": calls, "batch_tables": tables}
+
+
+def render_bcf(bcf: dict, one: LoadResult | None, explain: LoadResult | None, arm_tables: list[dict]) -> str:
+    """The BCF-champion rows beside the default trial's (arm-only) ones: same calls, same batch command."""
+    scenario, n, seed = bcf["trial"]
+    names = ", ".join(f"{o}: {c}" for o, c in bcf["champions"].items())
+    mine = {"/predict": one, "/explain": explain}
+    rows = []
+    for path, r in bcf["calls"].items():
+        base = mine.get(path)
+        rows.append([f"`{path}`, 1 patient, concurrency 1", f"{r['p50']:.1f} / {r['p99']:.1f} ms",
+                     f"{base.quantile(0.5):.1f} / {base.quantile(0.99):.1f} ms" if base else "—",
+                     f"{r['p99'] / base.quantile(0.99):.2f}" if base else "—", f"{r['requests']} ({r['errors']} errors)"])  # fmt: skip
+    arm = {(t["source"], t["format"]): t for t in arm_tables}
+    for t in bcf["batch_tables"]:
+        base = arm.get((t["source"], t["format"]))
+        rows.append([f"`responders predict`, {t['patients']:,} patients, {_format_name(t['source'])} to {_format_name(t['format'])}",
+                     f"{t['rate']:,.0f} / {t.get('rate_scoring', float('nan')):,.0f} patients/s",
+                     f"{base['rate']:,.0f} / {base.get('rate_scoring', float('nan')):,.0f} patients/s" if base else "—",
+                     f"{t['rate'] / base['rate']:.2f}" if base else "—",
+                     f"score {t.get('score', float('nan')):.2f} s, {t['cpu']:.1f} s CPU"])  # fmt: skip
+    return "\n\n".join([
+        f"With BCF champions: the same calls and batch command on champions trained with the default config on "
+        f"`simulate('{scenario}', {n}, {seed})`, whose heterogeneity test rejects, so BCF serves ({names}; the patient "
+        "answer evaluates every served posterior draw). Latency p50 / p99; batch rate with / without start-up; "
+        "the ratio is BCF over the arm-only champions above (p99, or rate with start-up):",
+        md_table(["what", "BCF champions", "arm-only champions (above)", "BCF / arm-only", "detail"], rows, "lrrrl"),
+    ])  # fmt: skip
 
 
 def _format_name(suffix: str) -> str:
@@ -812,6 +868,9 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
             + (f" (CPU seconds, all threads: load {batch['cpu_load']:.2f}, read {batch['cpu_read']:.2f}, score {batch['cpu_score']:.2f}, "
                f"write {batch['cpu_write']:.2f})." if "cpu_score" in batch else ".")  # fmt: skip
         )
+    bcf = extra.get("bcf")
+    if bcf:
+        parts += [render_bcf(bcf, one, explain, batch_tables)]
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
         batch_table,

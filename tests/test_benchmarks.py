@@ -446,6 +446,15 @@ def test_serving_throughput_says_what_is_compared_and_gives_both_ratios():
         "(read 0.50 s, score 1.00 s, write 0.50 s) |"
     ) in markdown
     assert "| `responders predict`, 100,000 patients (Parquet to JSON lines, child process) | >= 50,000 patients/s | 16,667 patients/s | 6.0 s wall, 9.0 s CPU, start-up included |" in markdown
+    # The same calls and command with BCF champions, beside the arm-only ones (ratios BCF / arm-only).
+    one = serving.LoadResult("BentoML /predict (ours)", "1 patient", 1, 100, 0, 1.0, [0.002] * 50 + [0.003] * 50)
+    bcf_tables = [{**tables[0], "rate": 10_000.0, "rate_scoring": 20_000.0, "seconds": 10.0, "cpu": 19.0, "score": 3.0}]
+    bcf = {"trial": ["strong", 400, 8], "champions": {"pain": "bcf (v1)", "memory": "bcf (v1)"}, "batch_tables": bcf_tables,
+           "calls": {"/predict": {"requests": 100, "errors": 0, "p50": 3.0, "p99": 4.5}}}  # fmt: skip
+    text = serving.render_bcf(bcf, one, None, tables)
+    assert "`simulate('strong', 400, 8)`" in text and "pain: bcf (v1), memory: bcf (v1)" in text
+    assert "| `/predict`, 1 patient, concurrency 1 | 3.0 / 4.5 ms | 2.5 / 3.0 ms | 1.50 | 100 (0 errors) |" in text
+    assert "| `responders predict`, 100,000 patients, CSV to Parquet | 10,000 / 20,000 patients/s | 20,000 / 50,000 patients/s | 0.50 |" in text
 
 
 def test_serving_reports_the_first_calls_after_ready_with_their_memory_steps():
