@@ -273,6 +273,22 @@ def test_report_statistics(spec, final_99):
     logged = np.mean([roc_auc_score(yy[t == 1], oof[r, t == 1, 0]) for r in range(3)])
     assert interval["auc_treated"][0] < logged < interval["auc_treated"][1] and interval["auc_treated"][0] > 0.5
     assert interval["brier_mean"][0] < interval["brier_mean"][1]
+    # Above ANALYTIC_N patients the intervals are DeLong's (AUC) and normal (Brier): close to the bootstrap's at that size.
+    n = analysis.ANALYTIC_N + 2_000
+    t, truth = np.arange(n) % 2, rng.random(n)
+    yy = (rng.random(n) < truth).astype(int)
+    oof = np.stack([np.stack([np.clip(truth + rng.normal(0, 0.3, n), 0, 1)] * 2, axis=1) for _ in range(2)])
+    cv, data = SimpleNamespace(oof={"m": oof}), SimpleNamespace(t=t, y=yy)
+    [analytic] = analysis.metric_intervals(cv, data, ["m"], seed=1).values()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analysis, "ANALYTIC_N", 10**9)
+        [boot] = analysis.metric_intervals(cv, data, ["m"], n_boot=200, seed=1).values()
+    logged = np.mean([roc_auc_score(yy[t == 0], oof[r, t == 0, 1]) for r in range(2)])
+    assert analytic["auc_control"][0] < logged < analytic["auc_control"][1]
+    assert set(analytic) == set(boot)
+    for key, (low, high) in analytic.items():
+        width = boot[key][1] - boot[key][0]
+        assert abs(low - boot[key][0]) < 0.25 * width and abs(high - boot[key][1]) < 0.25 * width, (key, analytic[key], boot[key])
     assert analysis.chance_flags({"auc_treated": 0.35, "auc_control": 0.6, "calibration_slope_control": -11.0}, ("A", "B")) == [
         "AUC below 0.5 (A)", "negative calibration slope (B)"]
 
