@@ -476,8 +476,8 @@ def _per_value(values: np.ndarray, rows: np.ndarray, text) -> np.ndarray:
     index = np.flatnonzero(rows)
     if len(index):
         chosen = np.ascontiguousarray(values[index], dtype=np.float64)
-        bits, first, inverse = np.unique(chosen.view(np.int64), return_index=True, return_inverse=True)
-        message[index] = np.asarray([text(chosen[k]) for k in first], dtype=object)[inverse.ravel()]
+        inverse, bits = pd.factorize(chosen.view(np.int64))  # hashed (not sorted), bit for bit
+        message[index] = np.asarray([text(v) for v in np.asarray(bits, dtype=np.int64).view(np.float64)], dtype=object)[inverse]
     return message
 
 
