@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 import mlflow
 import numpy as np
@@ -141,6 +142,33 @@ def test_mlflow_store_holds_runs_metrics_inputs_artifacts_and_champion(strong_jo
     assert (out["benefit_lower"] <= out["benefit"]).all() and (out["benefit"] <= out["benefit_upper"]).all()
     contributions = loaded.predict(patients.head(1), params={"output": "contributions"})
     assert {"feature", "benefit", "p_response_treated"} <= set(contributions.columns)
+
+
+def test_the_trial_dataset_logs_the_schema_mlflow_infers_from_every_row():
+    """The job's dataset input: MLflow's schema of the whole frame, from the rows that show each column's kinds."""
+    from training.tracking import trial_dataset
+
+    frame = simulate("final", 3_000, 5)
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("true_")])
+    text = "sex"
+    frame.loc[2_500, text] = None  # missing only far beyond the first rows: the column is not required
+    frame["given_as"] = pd.Series(["text"] * len(frame), dtype=object)  # an object column (cells looked at one by one)
+    frame.loc[2_800, "given_as"] = None
+    numbers = next(c for c in frame.columns if frame[c].dtype.kind == "f" and frame[c].notna().all())
+    frame.loc[2_900, numbers] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
+        full = mlflow.data.from_pandas(frame, source="trial.csv", name="trial", digest="abc")
+        ours = trial_dataset(frame, source="trial.csv", name="trial", digest="abc")
+    assert full.schema is not None and ours.schema.to_dict() == full.schema.to_dict()
+    required = {c["name"]: c.get("required", True) for c in ours.schema.to_dict()}
+    assert not required[text] and not required[numbers] and not required["given_as"] and required["age"]
+    assert ours.to_dict()["profile"] == full.to_dict()["profile"]  # the whole frame's rows
+    frame.loc[2_900, "given_as"] = 3.5  # a number among the text, late: MLflow gives no schema, and neither do we
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert mlflow.data.from_pandas(frame, source="trial.csv").schema is None
+        assert trial_dataset(frame, source="trial.csv", name="trial", digest="abc").schema is None
 
 
 def test_registered_model_takes_a_plain_read_csv_frame(strong_job):

@@ -66,6 +66,7 @@ from training.tracking import (
     register,
     set_champion,
     setup_tracking,
+    trial_dataset,
 )
 
 log = logging.getLogger("responders.train")
@@ -281,7 +282,7 @@ def run_training(
         inputs = frame.drop(columns=ground_truth_columns(frame))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
-            dataset = mlflow.data.from_pandas(inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
+            dataset = trial_dataset(inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
         mlflow.log_input(dataset, context="training", tags={"spec": spec.name, "rows": str(len(frame))})
         mlflow.log_text(validation.render(), "data/validation_report.txt")
         mlflow.log_dict(validation.to_dict(), "data/validation_report.json")
