@@ -539,7 +539,7 @@ def run(quick: bool, out_dir: Path) -> str:
     for source, suffix in BATCH_TABLES:
         print(f"[bench] serving: responders predict on {settings.batch_patients} patients, {source} to {suffix}", file=sys.stderr, flush=True)
         batch_tables.append(_batch_cli(uri, work, settings.batch_patients, suffix, source))
-    bcf = _bcf_champions(work / "bcf", settings, single, example)
+    bcf = _bcf_champions(work / "bcf", settings, single)
     loads["end"] = os.getloadavg()
     (work / "results.json").write_text(json.dumps([vars(r) | {"rps": r.rps} for r in results], default=float))
     if load is not None:
@@ -553,7 +553,7 @@ def run(quick: bool, out_dir: Path) -> str:
     return _markdown(results, explain, floor, memory, settings, quick, load, extra)
 
 
-def _bcf_champions(work: Path, settings: Settings, single, example: dict) -> dict:
+def _bcf_champions(work: Path, settings: Settings, single) -> dict:
     """The same single-patient calls and batch command with BCF champions (:data:`BCF_TRIAL`): the tree walk over served draws."""
     print(f"[bench] serving: training on simulate{BCF_TRIAL} for BCF champions ...", file=sys.stderr, flush=True)
     uri = _train(work, settings, BCF_TRIAL)
