@@ -288,6 +288,31 @@ def test_tree_paths_agree_with_each_other(spec, final_99, monkeypatch):
         np.testing.assert_allclose(batch[:, 1], p0, rtol=0, atol=1e-12)
 
 
+def test_bcf_explanation_trees_cover_each_training_row_once(spec, final_99):
+    """Path-dependent TreeSHAP weighs a node's children by their covers: each must count the training rows through it."""
+    config = fast_config()
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    F = build_feature_pipeline(spec).fit_transform(data.X)
+    candidate = make_candidate("bcf", config.candidates, 0.5, 2, final=True).fit(F, data.t, data.y)
+    X = F.to_numpy(float)
+    mu = candidate.flat_forests()["mu"]
+    trees = mu.shap_trees(X, np.array([0, mu.n_draws - 1]), 1.0)
+    deep = 0
+    for tree in trees:
+        left, right = tree["children_left"], tree["children_right"]
+        through = np.zeros(len(left))
+        for row in X:  # each row's path, root to leaf
+            node = 0
+            through[node] += 1
+            while left[node] >= 0:
+                node = left[node] if row[tree["features"][node]] <= tree["thresholds"][node] else right[node]
+                through[node] += 1
+        reached = through > 0
+        np.testing.assert_allclose(tree["node_sample_weight"][reached], through[reached], rtol=0, atol=1e-4)
+        deep += int((left >= 0).sum() > 1)
+    assert deep > 0  # some trees have leaves at different depths (where counting rows at every level went wrong)
+
+
 def test_concatenated_forests_keep_each_booster_apart(spec, final_99):
     config = fast_config()
     data, _ = outcome_data(final_99, spec, "pain", config)

@@ -179,45 +179,37 @@ class TreeArrays:
 
         Node covers (needed by path-dependent TreeSHAP) are the training rows
         passing through each node, plus a tiny weight on every leaf so that
-        leaves no training row reaches stay defined.
+        leaves no training row reaches stay defined; a parent's cover is the
+        sum of its children's. Counted in a compiled loop (:func:`_covers`):
+        each training row once, at its leaf.
         """
-        X_train = np.asarray(X_train, dtype=np.float64)
+        X_train = np.ascontiguousarray(X_train, dtype=np.float64)
         ends = np.r_[self.roots[1:], len(self.feature)]
+        trees = np.concatenate([np.arange(d * self.trees_per_draw, (d + 1) * self.trees_per_draw) for d in draws]).astype(np.int64)
+        covers = np.zeros(len(self.feature))
+        _covers_kernel()(
+            X_train, self.left.astype(np.int64), self.right.astype(np.int64), self.feature.astype(np.int64),
+            self.threshold.astype(np.float64), self.roots.astype(np.int64)[trees], covers,
+        )
         out = []
-        rows = np.arange(len(X_train))
-        for draw in draws:
-            for tree in range(draw * self.trees_per_draw, (draw + 1) * self.trees_per_draw):
-                a, b = int(self.roots[tree]), int(ends[tree])
-                left = np.where(self.left[a:b] >= 0, self.left[a:b] - a, -1).astype(np.int32)
-                right = np.where(self.right[a:b] >= 0, self.right[a:b] - a, -1).astype(np.int32)
-                feature = np.where(left >= 0, self.feature[a:b], -2).astype(np.int32)
-                threshold = self.threshold[a:b].astype(np.float64)
-                cover = np.zeros(b - a)
-                node = np.zeros(len(X_train), dtype=np.int64)
-                while True:
-                    np.add.at(cover, node, 1.0)
-                    inner = left[node] >= 0
-                    if not inner.any():
-                        break
-                    go_left = X_train[rows, np.maximum(feature[node], 0)] <= threshold[node]
-                    node = np.where(inner, np.where(go_left, left[node], right[node]), node)
-                for k in reversed(_order(left, right)):  # children before parents
-                    if left[k] >= 0:
-                        cover[k] = cover[left[k]] + cover[right[k]]
-                    else:
-                        cover[k] += 1e-6
-                cover = np.maximum(cover, 1e-6)  # nodes a sampler deleted are unreachable but must not be empty
-                out.append(
-                    {
-                        "children_left": left,
-                        "children_right": right,
-                        "children_default": left.copy(),
-                        "features": feature,
-                        "thresholds": threshold,
-                        "values": (self.value[a:b] * scale)[:, None],
-                        "node_sample_weight": cover,
-                    }
-                )
+        for tree in trees:
+            a, b = int(self.roots[tree]), int(ends[tree])
+            left = np.where(self.left[a:b] >= 0, self.left[a:b] - a, -1).astype(np.int32)
+            right = np.where(self.right[a:b] >= 0, self.right[a:b] - a, -1).astype(np.int32)
+            feature = np.where(left >= 0, self.feature[a:b], -2).astype(np.int32)
+            threshold = self.threshold[a:b].astype(np.float64)
+            out.append(
+                {
+                    "children_left": left,
+                    "children_right": right,
+                    "children_default": left.copy(),
+                    "features": feature,
+                    "thresholds": threshold,
+                    "values": (self.value[a:b] * scale)[:, None],
+                    # nodes a sampler deleted are unreachable but must not be empty
+                    "node_sample_weight": np.maximum(covers[a:b], 1e-6),
+                }
+            )
         return out
 
 
@@ -607,12 +599,40 @@ def _max_depth(left: np.ndarray, right: np.ndarray, roots: np.ndarray) -> int:
         depth += 1
 
 
-def _order(left: np.ndarray, right: np.ndarray) -> list[int]:
-    """Nodes reachable from the root (node 0), parents before children (deleted nodes are unreachable)."""
-    order, k = [0], 0
-    while k < len(order):
-        node = order[k]
-        if left[node] >= 0:
-            order += [int(left[node]), int(right[node])]
-        k += 1
-    return order
+def _covers(X, left, right, feature, threshold, roots, cover):  # pragma: no cover - compiled by numba
+    """Per tree (root node ``roots[k]``, global node ids): the training rows reaching each leaf plus 1e-6,
+    then every reachable inner node the sum of its children (children before parents), written into ``cover``."""
+    order = np.empty(left.shape[0], dtype=np.int64)
+    for k in range(roots.shape[0]):
+        root = roots[k]
+        for i in range(X.shape[0]):
+            node = root
+            while left[node] >= 0:
+                node = left[node] if X[i, feature[node]] <= threshold[node] else right[node]
+            cover[node] += 1.0
+        # reachable nodes, parents before children (a sampler's deleted nodes are unreachable)
+        order[0], size, j = root, 1, 0
+        while j < size:
+            node = order[j]
+            if left[node] >= 0:
+                order[size], order[size + 1] = left[node], right[node]
+                size += 2
+            j += 1
+        for j in range(size - 1, -1, -1):
+            node = order[j]
+            if left[node] >= 0:
+                cover[node] = cover[left[node]] + cover[right[node]]
+            else:
+                cover[node] += 1e-6
+
+
+_COVERS = None
+
+
+def _covers_kernel():
+    global _COVERS
+    if _COVERS is None:
+        import numba
+
+        _COVERS = numba.njit(cache=True, nogil=True)(_covers)
+    return _COVERS
