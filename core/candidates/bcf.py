@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.special import ndtr  # scipy.stats.norm.cdf's own kernel, without its per-call argument handling
 
 from core.candidates.base import (
     BenefitCandidate,
@@ -272,11 +272,11 @@ class BayesianCausalForest(BenefitCandidate):
     # BenefitCandidate ---------------------------------------------------------------------
     def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
         mu, tau = self.probit_draws(X)
-        return norm.cdf(mu + tau).mean(axis=1), norm.cdf(mu).mean(axis=1)
+        return ndtr(mu + tau).mean(axis=1), ndtr(mu).mean(axis=1)
 
     def benefit_draws(self, X) -> np.ndarray:
         mu, tau = self.probit_draws(X)
-        return norm.cdf(mu + tau) - norm.cdf(mu)
+        return ndtr(mu + tau) - ndtr(mu)
 
     def _shap(self, part: str, F: np.ndarray) -> tuple[np.ndarray, float]:
         import shap
@@ -323,10 +323,10 @@ def _probit_to_probability(phi: np.ndarray, base_eta: np.ndarray, output: np.nda
     sign; ``output`` is the posterior mean probability the model serves.
     """
     eta = base_eta + phi.sum(axis=1)
-    p_base = norm.cdf(base_eta)
+    p_base = ndtr(base_eta)
     with np.errstate(divide="ignore", invalid="ignore"):
         diff = eta - base_eta
-        ratio = np.where(np.abs(diff) > 1e-9, (output - p_base) / diff, norm.pdf(eta))
+        ratio = np.where(np.abs(diff) > 1e-9, (output - p_base) / diff, np.exp(-(eta**2) / 2.0) / np.sqrt(2 * np.pi))  # the normal density (scipy's formula)
     values = phi * ratio[:, None]
     # Where the probit-scale contributions cancel, put the (tiny) remainder on the base.
     return Contributions(values, output - values.sum(axis=1), output)
