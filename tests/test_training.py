@@ -222,6 +222,16 @@ def test_gate_refuses_a_worse_candidate(tmp_path):
         assert result.champion_version is None
 
 
+def test_gate_reads_every_patient_up_to_its_cap_and_a_seeded_sample_above():
+    from training.train import GATE_PATIENTS, gate_rows
+
+    assert gate_rows(GATE_PATIENTS, 1) is None
+    rows = gate_rows(10 * GATE_PATIENTS, 1)
+    assert len(rows) == GATE_PATIENTS == len(np.unique(rows)) and (np.diff(rows) > 0).all()
+    assert rows.min() >= 0 and rows.max() < 10 * GATE_PATIENTS and rows.max() > 9 * GATE_PATIENTS
+    assert np.array_equal(rows, gate_rows(10 * GATE_PATIENTS, 1)) and not np.array_equal(rows, gate_rows(10 * GATE_PATIENTS, 2))
+
+
 def test_same_seed_same_metrics_and_dask_matches_local(spec):
     frame = simulate("final", 99, 31)
     config = fast_config(evidence={"replicates": 5})
