@@ -313,6 +313,22 @@ def test_bcf_explanation_trees_cover_each_training_row_once(spec, final_99):
     assert deep > 0  # some trees have leaves at different depths (where counting rows at every level went wrong)
 
 
+def test_served_bcf_explanation_covers_read_as_many_patients_as_the_forests_were_fitted_on(spec, final_99):
+    """Above BCF's max_patients the covers come from a seeded sample of that size, not from every trial patient."""
+    config = fast_config(candidates={"bcf": {"max_patients": 60}})
+    data, _ = outcome_data(final_99, spec, "pain", config)
+    F = build_feature_pipeline(spec).fit_transform(data.X)
+    covers = []
+    for _ in range(2):
+        candidate = make_candidate("bcf", config.candidates, 0.5, 2, final=True).fit(F, data.t, data.y)
+        assert candidate.n_fitted_ == 60
+        candidate.thin_for_serving(10, F)
+        trees = candidate._trees()["mu"]
+        covers.append(np.array([tree["node_sample_weight"][0] for tree in trees]))
+    np.testing.assert_allclose(covers[0], 60, atol=1e-3)  # every root: 60 rows (plus the leaves' tiny weights)
+    assert np.array_equal(covers[0], covers[1])
+
+
 def test_concatenated_forests_keep_each_booster_apart(spec, final_99):
     config = fast_config()
     data, _ = outcome_data(final_99, spec, "pain", config)

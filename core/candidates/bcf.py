@@ -246,7 +246,15 @@ class BayesianCausalForest(BenefitCandidate):
             flat = {"mu": flat["mu"].take_draws(index), "tau": flat["tau"].take_draws(index), "mu_offset": flat["mu_offset"],
                     "tau_offset": np.asarray(flat["tau_offset"])[index]}  # fmt: skip
         self.flat_ = flat
-        self._train_F = _matrix(X, self.features_)  # the explanation trees' node covers, rebuilt for the served draws
+        # The explanation trees' node covers, rebuilt for the served draws: the trial's patients, or above the number
+        # the forests were fitted on a seeded random sample of that many (covers are proportions; every patient of a
+        # 10^6 trial through 7,500 trees took minutes of the job's MLflow logging).
+        rows = len(X)
+        fitted = getattr(self, "n_fitted_", rows)
+        if rows > fitted:
+            keep = np.sort(np.random.default_rng([int(self.random_state) % (2**31 - 1), 1414]).choice(rows, fitted, replace=False))
+            X = X.iloc[keep] if isinstance(X, pd.DataFrame) else np.asarray(X)[keep]
+        self._train_F = _matrix(X, self.features_)
         return self
 
     def probit_draws(self, X) -> tuple[np.ndarray, np.ndarray]:
