@@ -187,3 +187,17 @@ outcomes:
     assert effect.risk_difference > primary_rd + 0.1
     family = sensitivity_effects(frame, spec, config)
     assert list(family) == ["many"] and family["many"].n_outcomes == 2 and family["many"].p_adjusted is not None
+
+
+def test_bootstrap_orders_sort_each_resample_as_a_fresh_sort_would():
+    """One sort of all patients gives every resample's order: the same rows a re-sort of the resample gives."""
+    from training import metrics as M
+
+    rng = np.random.default_rng(5)
+    tau = rng.normal(size=500)
+    again = np.random.default_rng(11)
+    for rows in M.bootstrap_orders(tau, 20, 11):
+        resample = again.integers(0, 500, 500)
+        expected = resample[M._order(tau[resample])]
+        assert np.array_equal(tau[rows], tau[expected])
+        assert np.array_equal(np.sort(rows), np.sort(resample))

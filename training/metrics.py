@@ -104,8 +104,25 @@ def _order(tau_hat: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(tau_hat, float), kind="stable")
 
 
+def bootstrap_orders(tau_hat: np.ndarray, n_boot: int, seed: int):
+    """Per bootstrap resample (patients drawn with replacement, ``default_rng(seed).integers(0, n, n)`` each): its
+    rows ordered by descending ``tau_hat``, from one sort of all patients (a resample's copies of a patient are
+    adjacent, and patients tied on ``tau_hat`` keep their index order). Re-sorting each resample cost 62 s per
+    outcome at 10^6 patients for the report's two bootstrap bands."""
+    order = _order(tau_hat)
+    rng = np.random.default_rng(seed)
+    n = len(order)
+    for _ in range(n_boot):
+        copies = np.bincount(rng.integers(0, n, n), minlength=n)
+        yield np.repeat(order, copies[order])
+
+
 def toc_curve(tau_hat: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    psi = np.asarray(psi, float)[_order(tau_hat)]
+    return toc_sorted(np.asarray(psi, float)[_order(tau_hat)])
+
+
+def toc_sorted(psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The TOC curve of scores already in descending order of predicted benefit."""
     n = len(psi)
     k = np.arange(1, n + 1)
     return k / n, np.cumsum(psi) / k - psi.mean()
@@ -125,7 +142,11 @@ def rate_qini(tau_hat: np.ndarray, psi: np.ndarray) -> float:
 def uplift_curves(tau_hat: np.ndarray, t: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Cumulative Qini and uplift curves by predicted benefit (descending)."""
     order = _order(tau_hat)
-    t, y = np.asarray(t, float)[order], np.asarray(y, float)[order]
+    return uplift_sorted(np.asarray(t, float)[order], np.asarray(y, float)[order])
+
+
+def uplift_sorted(t: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`uplift_curves` of arms and outcomes already in descending order of predicted benefit."""
     n_t, n_c = np.cumsum(t), np.cumsum(1 - t)
     y_t, y_c = np.cumsum(y * t), np.cumsum(y * (1 - t))
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -66,11 +66,9 @@ def uplift_figure(tau_hat: np.ndarray, t: np.ndarray, y: np.ndarray, title: str,
     curves = M.uplift_curves(tau_hat, t, y)
     n = len(y)
     grid = np.linspace(0, 1, 51)
-    rng = np.random.default_rng(seed)
     draws = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, n, n)
-        c = M.uplift_curves(tau_hat[rows], t[rows], y[rows])
+    for rows in M.bootstrap_orders(tau_hat, n_boot, seed):
+        c = M.uplift_sorted(t[rows], y[rows])
         draws.append(np.interp(grid, np.r_[0, c["fraction"]], np.r_[0, c["qini"]]) / n)
     band = np.quantile(np.asarray(draws), [0.025, 0.975], axis=0) if draws else None
     fig, ax = plt.subplots(figsize=(5, 3.6))

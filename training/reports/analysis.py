@@ -380,11 +380,8 @@ def toc_band(benefit: np.ndarray, psi: np.ndarray, grid: np.ndarray, n_boot: int
     curve = np.interp(grid, q, toc)
     if n_boot <= 0:
         return curve, None
-    rng = np.random.default_rng(seed)
-    n = len(psi)
     draws = np.empty((n_boot, len(grid)))
-    for b in range(n_boot):
-        rows = rng.integers(0, n, n)
-        qb, tb = M.toc_curve(benefit[rows], psi[rows])
+    for b, rows in enumerate(M.bootstrap_orders(benefit, n_boot, seed)):
+        qb, tb = M.toc_sorted(psi[rows])
         draws[b] = np.interp(grid, qb, tb)
     return curve, np.quantile(draws, [0.025, 0.975], axis=0)
