@@ -180,6 +180,9 @@ def coerce_numeric(frame: pd.DataFrame, spec: DatasetSpec, report: ValidationRep
         if column not in out.columns:
             continue
         raw = out[column]
+        if raw.dtype.kind in "iuf":  # numbers already (a Parquet file's float columns): as the text route would parse them
+            out[column] = raw.astype(float)
+            continue
         numbers = pd.to_numeric(raw.astype(str).str.strip().str.replace(",", ".", regex=False), errors="coerce")
         numbers = numbers.where(raw.notna())
         bad = raw.notna() & numbers.isna() & ~raw.map(is_missing).astype(bool)
