@@ -23,7 +23,8 @@ import pandera.pandas as pa
 
 from core.spec import GROUND_TRUTH_PREFIX, DatasetSpec, level_key
 from features.catalog import LabCatalog, load_catalog
-from features.labs import is_missing, parse_lab_series
+from features.codes import level_keys
+from features.labs import missing_mask, parse_lab_series
 
 MAX_ROWS_LISTED = 12
 MIN_PER_ARM = 10  # fewer responders (or non-responders) than this in an arm: too few to model, warn
@@ -165,7 +166,7 @@ def model_inputs(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
     for column in spec.categorical_covariates():
         if column in out.columns:
-            out[column] = out[column].map(level_key).astype(object)
+            out[column] = level_keys(out[column])
     return out
 
 
@@ -185,7 +186,7 @@ def coerce_numeric(frame: pd.DataFrame, spec: DatasetSpec, report: ValidationRep
             continue
         numbers = pd.to_numeric(raw.astype(str).str.strip().str.replace(",", ".", regex=False), errors="coerce")
         numbers = numbers.where(raw.notna())
-        bad = raw.notna() & numbers.isna() & ~raw.map(is_missing).astype(bool)
+        bad = raw.notna() & numbers.isna() & ~missing_mask(raw)
         if report is not None and bad.any():
             examples = ", ".join(repr(v) for v in raw[bad].unique()[:3])
             report.add("error", "not_a_number", column, _rows(raw.index[bad]), f"not a number: {examples}")
@@ -199,7 +200,7 @@ def _codes(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     events = [o.column for o in spec.event_outcomes().values()] + [o.column for o in spec.event_by_outcomes().values()]
     for column in [spec.arm.column, *spec.categorical_covariates(), *events]:
         if column in out.columns:
-            out[column] = out[column].map(level_key).astype(object)
+            out[column] = level_keys(out[column])
     return out
 
 
@@ -287,7 +288,7 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
             grouped.setdefault((kind, f"{issue.raw!r}: {issue.reason}"), []).append(int(issue.row) + 1)
         for (kind, message), rows in grouped.items():
             report.add("error", kind, lab.column, rows, message)
-        missing = frame[lab.column].map(is_missing).astype(bool)
+        missing = pd.Series(missing_mask(frame[lab.column]), index=frame.index)
         if missing.any():
             report.add(
                 "warning", "missing_lab", lab.column, _rows(frame.index[missing]),
@@ -319,7 +320,7 @@ def validate(frame: pd.DataFrame, spec: DatasetSpec, source: str = "<frame>", ca
     for column in optional:
         if column not in frame.columns:
             _absent_optional(report, column, "optional covariate", unclaimed, present)
-        elif (missing := frame[column].map(is_missing).astype(bool)).any():
+        elif (missing := pd.Series(missing_mask(frame[column]), index=frame.index)).any():
             report.add(
                 "warning", "missing_value", column, _rows(frame.index[missing]),
                 f"{int(missing.sum())} missing value(s); imputed inside the model pipeline",

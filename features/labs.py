@@ -87,6 +87,18 @@ def _to_float(text: str) -> float:
     return float(text.replace(",", "."))
 
 
+def missing_mask(values: pd.Series) -> np.ndarray:
+    """:func:`is_missing` of every cell, evaluated once per distinct value (equal values are missing alike)."""
+    if values.dtype.kind in "iufb":
+        return values.isna().to_numpy()
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    flags = np.fromiter((is_missing(u) for u in uniques), dtype=bool, count=len(uniques))
+    out = np.ones(len(codes), dtype=bool)  # code -1: None, NaN, NA or NaT
+    present = codes >= 0
+    out[present] = flags[codes[present]]
+    return out
+
+
 def is_missing(raw: Any) -> bool:
     if raw is None:
         return True

@@ -256,3 +256,22 @@ def test_absent_spec_columns_are_errors_or_warnings_with_a_suggestion():
     # Nothing like it in the file: an optional lab may be absent (warned, imputed for everyone).
     absent = validate(frame.drop(columns=["crp"]), spec)
     assert absent.ok and [f.column for f in absent.warnings if f.kind == "missing_column"] == ["crp"]
+
+
+@pytest.mark.parametrize("dtype", ["str", "string", "string[pyarrow]", object, "category"])
+def test_per_distinct_value_codes_and_missing_flags_equal_the_per_cell_ones(dtype):
+    """Validation maps each distinct value once; the answers are the per-cell ones, missing marker included."""
+    from features.codes import level_key, level_keys
+    from features.labs import is_missing, missing_mask
+
+    columns = [
+        pd.Series(["na", " NA ", None, "1", "1.0", "", "x", None, "female", " female"], dtype=dtype),
+        pd.Series([1.0, np.nan, 2.0, -0.0, 0.0, 3.5, np.inf, 1.0, 2.0, 7.0]),
+        pd.Series([1, 2, None, 4, 5, 6, 7, 8, 1, 1], dtype="Int64"),
+        pd.Series([True, 1, "1", 1.0, None, "True", 0, False, np.nan, "n/a"], dtype=object),
+    ]
+    for values in columns:
+        assert np.array_equal(missing_mask(values), values.map(is_missing).astype(bool).to_numpy())
+        old, new = values.map(level_key).astype(object).tolist(), level_keys(values).tolist()
+        assert [type(v) for v in old] == [type(v) for v in new]
+        assert all(a is b or a == b or (a != a and b != b) for a, b in zip(old, new, strict=True))
