@@ -27,8 +27,13 @@ from pathlib import Path
 
 from benchmarks.common import REPO, quiet_environment
 
-SECTIONS = ("recovery", "serving", "training")
-TITLES = {"recovery": "1. Subgroup recovery", "serving": "2. Serving", "training": "3. Training"}
+SECTIONS = ("recovery", "serving", "training", "heldout")
+TITLES = {
+    "recovery": "1. Subgroup recovery",
+    "serving": "2. Serving",
+    "training": "3. Training",
+    "heldout": "4. The heterogeneity test above 2,000 patients",
+}
 PACKAGES = (
     "numpy",
     "pandas",

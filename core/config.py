@@ -321,7 +321,8 @@ class EvidenceConfig(_Strict):
     max_patients: int = Field(
         ge=50,
         description="the imputed randomisation test runs on a stratified random subsample of at most this many patients "
-        "(the BCF statistic is refitted for every replicate)",
+        "(the BCF statistic is refitted for every replicate); above twice this many the test is held out: BCF fitted on "
+        "such a subsample, its effect beyond prognosis tested on every other patient",
     )
     auto_max_n: int = Field(ge=10, description="largest trial tested by permutation when method is auto")
     permutations: int = Field(ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")

@@ -98,6 +98,43 @@ def test_the_calibrated_test_rejects_a_real_modifier_and_names_its_null():
     assert again.p_value == strong.p_value and np.array_equal(again.null, strong.null)  # same seed, same test
 
 
+def test_the_held_out_slope_recovers_a_linear_benefit_and_is_a_standard_normal_without_one():
+    from training.heterogeneity import beyond_prognosis_slope
+
+    rng = np.random.default_rng(4)
+    n = 20_000
+    prognosis, tau = rng.normal(size=n), rng.normal(size=n)
+    beyond = tau - np.polyval(np.polyfit(prognosis, tau, 3), prognosis)
+    psi = 0.1 + 0.3 * prognosis**2 + 0.5 * beyond + rng.normal(0, 2, n)  # any function of prognosis is absorbed
+    slope, se = beyond_prognosis_slope(psi, tau, prognosis)
+    assert abs(slope - 0.5) < 4 * se and 0.005 < se < 0.03
+    z = []
+    for seed in range(200):  # benefit a function of prognosis only: the slope's z is about N(0, 1)
+        r = np.random.default_rng(seed)
+        noise = 0.2 + 0.3 * np.sin(prognosis[:2000]) + r.normal(0, 2, 2000)
+        slope, se = beyond_prognosis_slope(noise, tau[:2000], prognosis[:2000])
+        z.append(slope / se)
+    assert abs(np.mean(z)) < 0.25 and 0.8 < np.std(z) < 1.2
+    assert beyond_prognosis_slope(psi, 0.3 + 0.2 * prognosis, prognosis) == (0.0, 0.0)  # nothing beyond prognosis
+
+
+def test_a_large_trial_is_tested_on_held_out_patients_and_its_power_grows_with_them():
+    config = fast_config(evidence={"max_patients": 400})
+    executor = LocalExecutor(workers=1)
+    X, t, y = _trial(2400, 6, prognosis=0.6, modifier=1.6, constant=-0.2)
+    result = imputed_randomisation_test(X, t, y, config, 0.5, executor)
+    assert result.method == "held_out" and result.kind == "bcf_held_out" and result.permutations_run == 0
+    assert result.details["n_fit"] == 400 and result.details["n_test"] == 2000 and result.details["n_patients"] == 2400
+    assert "constant treatment effect on the probit scale" in result.details["null"]
+    assert result.p_value < 1e-3 and result.statistic > 3
+    # Up to twice max_patients the imputed randomisation test runs on the subsample.
+    X2, t2, y2 = X.iloc[:800], t[:800], y[:800]
+    assert imputed_randomisation_test(X2, t2, y2, config.model_copy(update={"evidence": config.evidence.model_copy(update={"replicates": 3})}), 0.5, executor).method == "imputed_randomisation"
+    # A constant probit effect with a strong prognosis: no evidence.
+    Xn, tn, yn = _trial(2400, 7, prognosis=1.2, modifier=0.0)
+    assert imputed_randomisation_test(Xn, tn, yn, config, 0.5, executor).p_value > 0.01
+
+
 # Which answer serves ----------------------------------------------------------------------------------
 def _cv(y, t, oof: dict[str, tuple[np.ndarray, np.ndarray]], eligible: list[str], final: str) -> CVResult:
     from training.evaluation import log_loss_per_patient

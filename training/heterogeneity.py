@@ -44,10 +44,25 @@ statistics reach the observed one). With 99 null trials and h = 5 a stopped
 test has p >= 5/99 > 0.05, so the rule changes no verdict at alpha = 0.05
 (Holm's included) and only saves the null trials of clear non-rejections.
 
-On trials above ``evidence.max_patients`` the test runs on a stratified
-random subsample of that many patients (every null trial refits BCF). The
-recovery benchmark (benchmarks/recovery.py) measures its level on several null
-designs and sizes, and its power beside the other tests.
+On trials above ``evidence.max_patients`` (up to twice that) the test runs on
+a stratified random subsample of that many patients (every null trial refits
+BCF). The recovery benchmark (benchmarks/recovery.py) measures its level on
+several null designs and sizes, and its power beside the other tests.
+
+**Larger trials: a held-out test.** Above twice ``evidence.max_patients`` a
+subsample would cap the test's power at that of a 1,000-patient trial however
+many patients there are. There BCF (the same statistic's fit) is fitted on the
+stratified subsample and tested on every other patient, in the manner of the
+best-linear-predictor test of Chernozhukov, Demirer, Duflo & Fernandez-Val
+(2018): on the held-out patients, with BCF's arm probabilities as the outcome
+models and the known randomisation probability, each patient's doubly-robust
+benefit score (unbiased for their conditional benefit whatever BCF got wrong)
+is regressed on a cubic in BCF's prognosis on control and on BCF's effect
+beyond that cubic (``S``). Under the null every conditional benefit is a
+function of the prognosis, which the cubic stands for, so ``S`` predicts
+nothing; the test is one-sided (``S``'s slope > 0), with a heteroscedasticity-
+consistent standard error. The statistic is the slope's z. Its level on the
+null designs at large n is measured in benchmarks/RESULTS.md (section 4).
 """
 
 from __future__ import annotations
@@ -56,17 +71,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 from scipy.stats import norm
 
 from core.candidates import BCF, make_candidate, stratified_subsample
 from core.config import TrainConfig
 from core.spec import DatasetSpec
+from training import metrics as M
 from training.evaluation import OutcomeData, features_of, with_parsed
 from training.executor import Executor
 from training.inference import STATISTIC_LABELS, PermutationResult, sequential_null
 from training.rate_tests import permutation_test
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
+HELD_OUT_STATISTIC = STATISTIC_LABELS["bcf_held_out"]
 NULL = (
     "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
     "P(response | x, arm) = Phi(m(x) + c x arm)"
@@ -150,6 +168,8 @@ def imputed_randomisation_test(
     seed = config.seed + 77
     n_all = len(y)
     rows = test_rows(t, y, config.evidence.max_patients, seed)
+    if rows is not None and n_all > 2 * config.evidence.max_patients:
+        return held_out_test(F, np.asarray(t).astype(int), np.asarray(y).astype(int), rows, config, e, seed)
     if rows is not None:
         F, t, y = F.iloc[rows].reset_index(drop=True), np.asarray(t)[rows], np.asarray(y)[rows]
     t, y = np.asarray(t).astype(int), np.asarray(y).astype(int)
@@ -172,3 +192,44 @@ def imputed_randomisation_test(
     label = f"{desc} (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
     null, p_value, used = sequential_null(_replicate, seeds, observed, h, executor, task, label, "null trial", desc)
     return PermutationResult(observed, {BCF: observed}, null, p_value, "bcf_spread", "imputed_randomisation", used, used < B, details)
+
+
+def held_out_test(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, config: TrainConfig, e: float, seed: int) -> PermutationResult:
+    """The large-trial test (module docstring): BCF fitted on ``fit_rows``, its effect beyond prognosis tested on the rest."""
+    rest = np.setdiff1d(np.arange(len(y)), fit_rows)
+    model = make_candidate(BCF, config.candidates, e, seed).fit(F.iloc[fit_rows].reset_index(drop=True), t[fit_rows], y[fit_rows])
+    mu, tau = model.midpoint_draws(F.iloc[rest].reset_index(drop=True))
+    treated, control = ndtr(mu + tau / 2).mean(axis=1), ndtr(mu - tau / 2).mean(axis=1)
+    psi = M.dr_scores(y[rest], t[rest], treated, control, e)
+    slope, se = beyond_prognosis_slope(psi, tau.mean(axis=1), (mu - tau / 2).mean(axis=1))
+    z = slope / se if se > 0 else 0.0
+    details = {
+        "null": NULL,
+        "statistic": HELD_OUT_STATISTIC,
+        "held_out": "BCF fitted on a stratified random subsample; on every other patient, doubly-robust benefit scores "
+        "regressed on a cubic in BCF's prognosis on control and BCF's effect beyond it (one-sided, HC1 standard error)",
+        "slope": slope,
+        "se": se,
+        "n_fit": len(fit_rows),
+        "n_test": len(rest),
+        "n_tested": len(rest),
+        "n_patients": len(y),
+    }
+    return PermutationResult(z, {BCF: z}, np.array([]), float(norm.sf(z)), "bcf_held_out", "held_out", 0, False, details)
+
+
+def beyond_prognosis_slope(psi: np.ndarray, tau: np.ndarray, prognosis: np.ndarray) -> tuple[float, float]:
+    """OLS slope of ``psi`` on ``tau``'s part beyond a cubic in ``prognosis`` (with that cubic), and its HC1 standard error."""
+    z = (prognosis - prognosis.mean()) / (prognosis.std() or 1.0)
+    basis = np.column_stack([np.ones_like(z), z, z**2, z**3])
+    beyond = tau - basis @ np.linalg.lstsq(basis, tau, rcond=None)[0]
+    if np.std(beyond) < 1e-12:  # BCF answers one common effect beyond prognosis: nothing to test
+        return 0.0, 0.0
+    X = np.column_stack([basis, beyond])
+    coef, *_ = np.linalg.lstsq(X, psi, rcond=None)
+    residual = psi - X @ coef
+    n, k = X.shape
+    bread = np.linalg.pinv(X.T @ X)
+    meat = (X * residual[:, None] ** 2).T @ X
+    cov = bread @ meat @ bread * n / (n - k)
+    return float(coef[-1]), float(np.sqrt(max(cov[-1, -1], 0.0)))

@@ -23,6 +23,8 @@ STATISTIC_LABELS = {
     "beyond_risk": "best Qini-weighted RATE for benefit beyond the risk model",
     "rate": "best Qini-weighted RATE over candidates",
     "bcf_spread": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control",
+    "bcf_held_out": "z of the held-out slope of doubly-robust benefit on BCF's posterior-mean treatment effect (probit scale) "
+    "beyond a cubic in its prognosis on control",
 }
 
 

@@ -142,7 +142,7 @@ def evidence_sentence(result: OutcomeResult, spec: DatasetSpec) -> str:
     if not result.permutation.tested:
         return f"Whether the effect on {name} differs between patients was not tested."
     p = _fmt(_clean(result.p_adjusted))
-    beyond = " beyond what their baseline risk explains" if result.permutation.method == "imputed_randomisation" else ""
+    beyond = " beyond what their baseline risk explains" if result.permutation.method in ("imputed_randomisation", "held_out") else ""
     if result.evidence:
         return f"There is evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
     return f"There is no reliable evidence that the effect on {name} differs between patients{beyond} (Holm-adjusted p = {p})."
