@@ -124,8 +124,11 @@ def run(quick: bool, out_dir: Path) -> str:
     frame = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_dir / "heldout.csv", index=False)
-    minutes = (time.perf_counter() - started) / 60
-    alpha = 0.05
+    return render(frame, plan, (time.perf_counter() - started) / 60)
+
+
+def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05) -> str:
+    """The section from the per-outcome rows (one per trial and outcome: design, n, replicate, p, auc_top_quarter, seconds)."""
     wide = frame.pivot_table(index=["design", "n", "replicate"], columns="outcome", values="p").reset_index()
     adjusted = [_holm(p, m) for p, m in zip(wide["pain"], wide["memory"], strict=True)]
     wide["pain_adj"], wide["memory_adj"] = zip(*adjusted, strict=True)
