@@ -130,6 +130,8 @@ def test_a_large_trial_is_tested_on_held_out_patients_and_its_power_grows_with_t
     # Up to twice max_patients the imputed randomisation test runs on the subsample.
     X2, t2, y2 = X.iloc[:800], t[:800], y[:800]
     assert imputed_randomisation_test(X2, t2, y2, config.model_copy(update={"evidence": config.evidence.model_copy(update={"replicates": 3})}), 0.5, executor).method == "imputed_randomisation"
+    untested = config.model_copy(update={"evidence": config.evidence.model_copy(update={"replicates": 0})})
+    assert not imputed_randomisation_test(X, t, y, untested, 0.5, executor).tested  # evidence.replicates: 0 skips the test
     # A constant probit effect with a strong prognosis: no evidence.
     Xn, tn, yn = _trial(2400, 7, prognosis=1.2, modifier=0.0)
     assert imputed_randomisation_test(Xn, tn, yn, config, 0.5, executor).p_value > 0.01

@@ -168,7 +168,7 @@ def imputed_randomisation_test(
     seed = config.seed + 77
     n_all = len(y)
     rows = test_rows(t, y, config.evidence.max_patients, seed)
-    if rows is not None and n_all > 2 * config.evidence.max_patients:
+    if rows is not None and n_all > 2 * config.evidence.max_patients and config.evidence.replicates > 0:  # 0: not tested
         return held_out_test(F, np.asarray(t).astype(int), np.asarray(y).astype(int), rows, config, e, seed)
     if rows is not None:
         F, t, y = F.iloc[rows].reset_index(drop=True), np.asarray(t)[rows], np.asarray(y)[rows]
