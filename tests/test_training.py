@@ -318,3 +318,13 @@ def test_candidates_give_probabilities_and_additive_explanations(spec, final_99)
         explanation = model.explain(F)
         np.testing.assert_allclose(explanation.benefit.base + explanation.benefit.values.sum(1), p1 - p0, atol=1e-9)
         np.testing.assert_allclose(explanation.p_treated.base + explanation.p_treated.values.sum(1), p1, atol=1e-9)
+
+
+def test_the_job_note_names_the_configured_heterogeneity_test():
+    from core.config import load_config
+    from training.tracking import job_note
+
+    note = job_note("trial.csv", 99, "0" * 64, "fibromyalgia-ldn", ["pain"], load_config(None).model_dump(mode="json"))
+    assert "imputed randomisation test" in note and "at most 99 null trials" in note and "above 2,000 patients the held-out test" in note
+    permutation = load_config(None, evidence={"method": "permutation"}).model_dump(mode="json")
+    assert "permutation test (199 permutations)" in job_note("trial.csv", 99, "0" * 64, "fibromyalgia-ldn", ["pain"], permutation)

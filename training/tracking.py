@@ -285,10 +285,25 @@ def _candidate_name(name: str) -> str:
         return name.replace("_", " ")
 
 
-def verdict_text(evidence: bool, permutations: int) -> str:
+def verdict_text(evidence: bool, tested: bool) -> str:
     if evidence:
         return "evidence of effect modification"
-    return "no reliable evidence of effect modification" if permutations else "effect modification not tested"
+    return "no reliable evidence of effect modification" if tested else "effect modification not tested"
+
+
+def _test_text(evidence: dict[str, Any]) -> str:
+    """How the job's settings test heterogeneity, in a few words."""
+    method = evidence.get("method")
+    if method == "imputed_randomisation":
+        most = evidence.get("max_patients")
+        return (
+            f"the imputed randomisation test with the Bayesian Causal Forest as its statistic (at most {evidence.get('replicates')} "
+            f"null trials; above {2 * most:,} patients the held-out test)" if isinstance(most, int) else
+            f"the imputed randomisation test with the Bayesian Causal Forest as its statistic (at most {evidence.get('replicates')} null trials)"
+        )
+    if method == "split_rate":
+        return "the split-sample RATE test"
+    return f"a whole-pipeline permutation test ({evidence.get('permutations')} permutations)"
 
 
 def job_note(data: str, n_rows: int, digest: str, spec: str, outcomes: list[str], settings: dict[str, Any]) -> str:
@@ -298,8 +313,8 @@ def job_note(data: str, n_rows: int, digest: str, spec: str, outcomes: list[str]
     return (
         f"**Training job** on `{Path(data).name}` ({n_rows} patients, SHA-256 `{digest[:12]}`), dataset spec `{spec}`.\n\n"
         f"Per outcome ({', '.join(outcomes)}): candidates {candidates} compared by nested cross-validation "
-        f"({cv.get('folds')} folds x {_plural(cv.get('repeats'), 'repeat')}), heterogeneity tested by a whole-pipeline permutation "
-        f"test ({evidence.get('permutations')} permutations, Holm across outcomes, alpha {evidence.get('alpha')}); the champion is "
+        f"({cv.get('folds')} folds x {_plural(cv.get('repeats'), 'repeat')}), heterogeneity tested by {_test_text(evidence)}, "
+        f"Holm across outcomes, alpha {evidence.get('alpha')}; the champion is "
         "refitted on all data, registered and promoted only if it passes validation."
     )
 
@@ -450,7 +465,7 @@ def describe_job(
     lines = []
     for outcome, summary in outcomes.items():
         run = client.get_run(summary["run_id"])
-        verdict = run.data.tags.get("verdict") or verdict_text(summary.get("evidence", False), summary.get("permutations", 0))
+        verdict = run.data.tags.get("verdict") or verdict_text(summary.get("evidence", False), summary.get("p_value") is not None)
         intro = run.data.tags.get(NOTE, "").split("\n\n**Verdict")[0]
         client.set_tag(summary["run_id"], NOTE, f"{intro}\n\n{outcome_verdict_note(summary, verdict)}".strip())
         for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'"):
