@@ -172,8 +172,9 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
         "`evidence.max_patients` (1,000) the job's test is the held-out test (`training.heterogeneity.held_out_test`): BCF, "
         "with the cross-validation settings, fitted on a stratified random 1,000 patients; on every other patient the "
         "doubly-robust benefit scores (BCF's arm probabilities as outcome models, the known randomisation probability) "
-        "regressed on a cubic in BCF's prognosis on control and on BCF's effect beyond it; one-sided z of that slope with "
-        "an HC1 standard error; Holm across pain and memory at alpha = 0.05, as the job decides. Null designs as in "
+        "regressed on a cubic in BCF's prognosis on control and on BCF's effect beyond it; the one-sided z of that slope "
+        "(HC1 standard error) against the same z on 99 null trials of the held-out patients from BCF's no-modification "
+        "model (BCF not refitted); Holm across pain and memory at alpha = 0.05, as the job decides. Null designs as in "
         "section 1 (`ushape`: a constant probit effect of 0.35 with a U-shaped prognosis in `crp_log`, the null the test "
         "names; `sharp`: outcomes permuted across patients); their patients are `null` trials'.",
         "",
