@@ -73,6 +73,7 @@ def _trial(task: tuple[str, int, int]) -> list[dict]:
         row = {
             "design": design, "n": n, "replicate": replicate, "seed": seed, "outcome": outcome, "method": result.method,
             "p": result.p_value, "z": result.statistic, "seconds": time.perf_counter() - started, "auc_top_quarter": np.nan,
+            "p_normal": result.details.get("p_normal", np.nan),
         }
         if design in ALTERNATIVES and result.method == "held_out":
             # The test's own BCF fit (same rows, seed and settings), scored on the patients it was not fitted on.
@@ -134,6 +135,9 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
     wide["pain_adj"], wide["memory_adj"] = zip(*adjusted, strict=True)
     wide["any"] = (wide["pain_adj"] < alpha) | (wide["memory_adj"] < alpha)
 
+    normal = frame.pivot_table(index=["design", "n", "replicate"], columns="outcome", values="p_normal").reset_index()
+    adjusted = [_holm(p, m) for p, m in zip(normal["pain"], normal["memory"], strict=True)]
+    normal["any"] = [min(a) < alpha for a in adjusted]
     level_rows, met = [], []
     for n in plan.sizes:
         row = [f"{n:,}"]
@@ -143,6 +147,10 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
             row.append(fmt_rate(k, total))
             if total:
                 met.append((design, n, k, total, k / total <= alpha and wilson(k, total)[1] < 0.10))
+        for design in NULLS:  # the same z read from the normal distribution, and its SD (1 if that reading were right)
+            sel = normal[(normal["design"] == design) & (normal["n"] == n)]
+            z = frame[(frame["design"] == design) & (frame["n"] == n)]["z"]
+            row.append(f"{fmt_rate(int(sel['any'].sum()), len(sel))}; SD of z {z.std():.2f}" if len(sel) else "—")
         level_rows.append(row)
     power_rows = []
     for n in plan.sizes:
@@ -182,9 +190,11 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
         f"- Family-wise level, at most 5% with a Wilson 95% upper limit below 10% per design and size: met in {cells_met} of "
         f"{len(met)} cells" + (f"; not met: {', '.join(not_met)}." if not_met else "."),
         "",
-        "Family-wise false-positive rate (either outcome rejected after Holm), per null design:",
+        "Family-wise false-positive rate (either outcome rejected after Holm), per null design: the job's test (its "
+        "p-value from null trials of the held-out patients), and beside it the same z read from the normal distribution "
+        "with the SD of z over the design's outcome-runs (1 where that reading is right):",
         "",
-        md_table(["n", *[f"`{d}`" for d in NULLS]], level_rows),
+        md_table(["n", *[f"`{d}`" for d in NULLS], *[f"`{d}`, normal reading" for d in NULLS]], level_rows),
         "",
         "Power (rejection per outcome after Holm), the test's own BCF ranking of the held-out patients' true benefit (AUC "
         "for the top quarter, mean and range over outcome-runs), and how often the test rejected in the outcome-runs "

@@ -500,13 +500,14 @@ def test_heldout_section_counts_holm_rejections_per_trial_and_reads_auc_per_outc
     rows = []
     for replicate, (pain, memory) in enumerate([(0.001, 0.9), (0.04, 0.04), (0.03, 0.5), (0.5, 0.6)]):
         for outcome, p in (("pain", pain), ("memory", memory)):
-            rows.append({"design": "ushape", "n": 3000, "replicate": replicate, "outcome": outcome, "p": p, "seconds": 1.0, "auc_top_quarter": np.nan})
+            rows.append({"design": "ushape", "n": 3000, "replicate": replicate, "outcome": outcome, "p": p, "seconds": 1.0, "auc_top_quarter": np.nan, "p_normal": p / 2, "z": 1.0})
     for replicate, (pain, memory, auc_pain, auc_memory) in enumerate([(0.001, 0.2, 0.95, 0.92), (0.3, 0.001, 0.7, 0.91)]):
         for outcome, p, auc in (("pain", pain, auc_pain), ("memory", memory, auc_memory)):
-            rows.append({"design": "final", "n": 3000, "replicate": replicate, "outcome": outcome, "p": p, "seconds": 1.0, "auc_top_quarter": auc})
+            rows.append({"design": "final", "n": 3000, "replicate": replicate, "outcome": outcome, "p": p, "seconds": 1.0, "auc_top_quarter": auc, "p_normal": p, "z": 3.0})
     text = render(pd.DataFrame(rows), Plan(sizes=(3000,), null_trials=(4,), alternative_trials=(2,)), 1.0)
     # Holm: (0.001, 0.9) rejects; (0.04, 0.04) does not (0.04 x 2 = 0.08), nor (0.03, 0.5) (0.06).
     assert "| 3,000 | — | 1/4 = 25%" in text and "not met: `ushape` n = 3,000 (1/4)" in text
+    assert "| — | 3/4 = 75%" in text  # read from the normal: p / 2, so (0.02, 0.02) and (0.015, 0.25) reject too
     final = next(line for line in text.splitlines() if "`final`" in line)
     cells = [c.strip() for c in final.strip("|").split("|")]
     assert cells[2] == "2" and cells[3].startswith("1/2") and cells[4].startswith("1/2")

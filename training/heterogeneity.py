@@ -62,9 +62,9 @@ beyond that cubic (``S``). Under the null every conditional benefit is a
 function of the prognosis, which the cubic stands for, so ``S`` predicts
 nothing. The statistic is the z of ``S``'s slope (heteroscedasticity-
 consistent standard error), one-sided (more benefit where BCF predicts more).
-Its p-value is not read from the normal distribution: on the null designs of
-10,000 patients that z had an SD of 1.15, not 1 (benchmarks/RESULTS.md,
-section 4, first run), so the held-out patients get null trials of their own,
+Its p-value is not read from the normal distribution (section 4 of
+benchmarks/RESULTS.md shows that reading's level and the SD of z beside the
+job's): the held-out patients get null trials of their own,
 built as above from BCF's no-modification model (BCF is not refitted: it never
 saw them), at most ``evidence.replicates`` of them (a few seconds even at 10^6).
 """
