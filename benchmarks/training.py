@@ -31,8 +31,10 @@
     save at most.
 
 The heterogeneity test's level and power at these sizes are section 1's
-(``benchmarks/recovery.py``): above ``evidence.max_patients`` the test runs
-on a stratified subsample of that many patients, the size section 1 measures.
+(``benchmarks/recovery.py``) up to twice ``evidence.max_patients`` (above
+``evidence.max_patients`` the test runs on a stratified subsample of that
+many patients, the size section 1 measures), and section 4's above that (the
+held-out test, ``benchmarks/heldout.py``).
 
 Run ``python -m benchmarks.training job ...`` to measure one child by hand;
 :func:`run` drives every part and returns the Markdown section.
@@ -481,8 +483,9 @@ def _test_cells(p: dict) -> list[list[str]]:
     rows = []
     for name, o in p["outcomes"].items():
         tested = o.get("n_tested", p["n"])
+        where = f" (held out; BCF fitted on {p['n'] - tested:,})" if o["test"] == "held_out" else " (subsample)" if tested < p["n"] else ""
         rows.append(
-            [f"{p['n']:,}", name, o["test"], f"{tested:,}" + (" (subsample)" if tested < p["n"] else ""), str(o["permutations"]),
+            [f"{p['n']:,}", name, o["test"], f"{tested:,}{where}", str(o["permutations"]),
              f"{o['p_value']:.3f}", o["champion"]]
         )
     return rows
@@ -534,8 +537,9 @@ def render_curve(results: list[tuple[ChildResult, str]]) -> str:
         ]
     lines += [
         "",
-        "What the heterogeneity test ran on (patients tested: above `evidence.max_patients` a stratified subsample; null trials or "
-        "permutations run before the sequential rule stopped):",
+        "What the heterogeneity test ran on (patients tested: above `evidence.max_patients` a stratified subsample; above twice "
+        "that, the held-out test on every patient outside the subsample BCF is fitted on; null trials run, which the sequential "
+        "rule may stop early in the imputed randomisation test):",
         "",
         md_table(["n", "outcome", "test", "patients tested", "null trials run", "p", "champion"],
                  [row for r, _ in results for row in _test_cells(r.payload)], "rllrrrl"),
@@ -743,8 +747,9 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
         f"`run_training` on `simulate(\"final\", n, {settings.seed})` with {curve_config}: its `auto` rules and its executor (local "
         "processes, one per core), each size in a fresh child process. Wall time includes start-up and imports. The "
         "heterogeneity test's level and power at these sizes are measured in "
-        "[section 1](#1-subgroup-recovery) (n = 99, 300 and 1,000): above `evidence.max_patients` (1,000) the test runs on a "
-        "stratified subsample of that many patients, which the test table below shows.",
+        "[section 1](#1-subgroup-recovery) (n = 99, 300 and 1,000) and, above twice `evidence.max_patients` (2,000 patients), "
+        "where the test is held out, in [section 4](#4-the-heterogeneity-test-above-2000-patients) (n = 3,000, 10,000 and "
+        "100,000); the test table below shows what each job's test ran on.",
         "",
         render_curve(curve),
         "",
