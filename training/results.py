@@ -238,7 +238,7 @@ class TrainSummary:
             test = f"{s['heterogeneity_test'].replace('_', ' ')} test" + (f", {s['permutations']} {runs}" if runs else "")
             held = result.permutation.details if s["heterogeneity_test"] == "held_out" else None
             if held:
-                test = f"held-out test: BCF fitted on {held['n_fit']:,} patients, tested on the other {held['n_test']:,}"
+                test = f"held-out test: BCF fitted on {held['n_fit']:,} patients, tested on the other {held['n_test']:,}, {s['permutations']} null trials"
             lines += [
                 f"- {s['outcome']}{_versus(result)}: {verdict} (p = {_fmt(s['p_value'])}, Holm-adjusted p = {_fmt(s['p_adjusted'])}; {test})",
                 f"    average effect: {effect.describe(*_arm_names(result), _wording(result)) if effect is not None else 'n/a'}",

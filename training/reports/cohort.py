@@ -125,7 +125,7 @@ def evaluation_steps(
         ("benefit_calibration", benefit_calibration),
         ("decision_curve", decision),
     ]
-    if evidence["tested"] and len(evidence["null"]):  # a held-out or split-sample test has no null distribution to draw
+    if evidence["tested"] and len(evidence["null"]):  # a split-sample test has no null distribution to draw
         steps.append(("permutation", permutation))
     return steps
 
