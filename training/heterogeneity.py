@@ -66,7 +66,8 @@ Its p-value is not read from the normal distribution (section 4 of
 benchmarks/RESULTS.md shows that reading's level and the SD of z beside the
 job's): the held-out patients get null trials of their own,
 built as above from BCF's no-modification model (BCF is not refitted: it never
-saw them), at most ``evidence.replicates`` of them (a few seconds even at 10^6).
+saw them), ``evidence.replicates`` of them, each two passes over the held-out
+patients (section 3 of benchmarks/RESULTS.md times the test phase up to 10^6).
 """
 
 from __future__ import annotations
