@@ -59,8 +59,9 @@ models and the known randomisation probability, each patient's doubly-robust
 benefit score (unbiased for their conditional benefit whatever BCF got wrong)
 is regressed on a cubic in BCF's prognosis on control and on BCF's effect
 beyond that cubic (``S``). Under the null every conditional benefit is a
-function of the prognosis, which the cubic stands for, so ``S`` predicts
-nothing. The statistic is the z of ``S``'s slope (heteroscedasticity-
+function of the true prognosis; the cubic in BCF's estimate of it stands in
+for that function, so ``S`` should predict nothing (how nearly is what the null
+designs of section 4 measure). The statistic is the z of ``S``'s slope (heteroscedasticity-
 consistent standard error), one-sided (more benefit where BCF predicts more).
 Its p-value is not read from the normal distribution (section 4 of
 benchmarks/RESULTS.md shows that reading's level and the SD of z beside the
