@@ -99,23 +99,23 @@ def test_the_calibrated_test_rejects_a_real_modifier_and_names_its_null():
 
 
 def test_the_held_out_slope_recovers_a_linear_benefit_and_is_a_standard_normal_without_one():
-    from training.heterogeneity import beyond_prognosis_slope
+    from training.heterogeneity import BeyondPrognosisSlope
 
     rng = np.random.default_rng(4)
     n = 20_000
     prognosis, tau = rng.normal(size=n), rng.normal(size=n)
     beyond = tau - np.polyval(np.polyfit(prognosis, tau, 3), prognosis)
     psi = 0.1 + 0.3 * prognosis**2 + 0.5 * beyond + rng.normal(0, 2, n)  # any function of prognosis is absorbed
-    slope, se = beyond_prognosis_slope(psi, tau, prognosis)
+    slope, se = BeyondPrognosisSlope(tau, prognosis)(psi)
     assert abs(slope - 0.5) < 4 * se and 0.005 < se < 0.03
     z = []
     for seed in range(200):  # benefit a function of prognosis only: the slope's z is about N(0, 1)
         r = np.random.default_rng(seed)
         noise = 0.2 + 0.3 * np.sin(prognosis[:2000]) + r.normal(0, 2, 2000)
-        slope, se = beyond_prognosis_slope(noise, tau[:2000], prognosis[:2000])
+        slope, se = BeyondPrognosisSlope(tau[:2000], prognosis[:2000])(noise)
         z.append(slope / se)
     assert abs(np.mean(z)) < 0.25 and 0.8 < np.std(z) < 1.2
-    assert beyond_prognosis_slope(psi, 0.3 + 0.2 * prognosis, prognosis) == (0.0, 0.0)  # nothing beyond prognosis
+    assert BeyondPrognosisSlope(0.3 + 0.2 * prognosis, prognosis)(psi) == (0.0, 0.0)  # nothing beyond prognosis
 
 
 def test_a_large_trial_is_tested_on_held_out_patients_and_its_power_grows_with_them():

@@ -120,10 +120,14 @@ def fit_statistic(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainCo
 
 def spread_beyond_prognosis(tau: np.ndarray, mu: np.ndarray) -> float:
     """SD of ``tau`` after least-squares removal of a cubic in standardised ``mu`` (the statistic; ``mu``: prognosis on control)."""
-    z = (mu - mu.mean()) / (mu.std() or 1.0)
+    return float(np.std(beyond_prognosis(tau, mu)[1]))
+
+
+def beyond_prognosis(tau: np.ndarray, prognosis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the cubic basis in standardised ``prognosis``, ``tau``'s least-squares residual on it): both tests' "beyond prognosis"."""
+    z = (prognosis - prognosis.mean()) / (prognosis.std() or 1.0)
     basis = np.column_stack([np.ones_like(z), z, z**2, z**3])
-    residual = tau - basis @ np.linalg.lstsq(basis, tau, rcond=None)[0]
-    return float(np.std(residual))
+    return basis, tau - basis @ np.linalg.lstsq(basis, tau, rcond=None)[0]
 
 
 def null_trial(rng: np.random.Generator, t: np.ndarray, y: np.ndarray, eta0: np.ndarray, effect: float) -> tuple[np.ndarray, np.ndarray]:
@@ -244,9 +248,7 @@ class BeyondPrognosisSlope:
     """
 
     def __init__(self, tau: np.ndarray, prognosis: np.ndarray):
-        z = (prognosis - prognosis.mean()) / (prognosis.std() or 1.0)
-        basis = np.column_stack([np.ones_like(z), z, z**2, z**3])
-        beyond = tau - basis @ np.linalg.lstsq(basis, tau, rcond=None)[0]
+        basis, beyond = beyond_prognosis(tau, prognosis)
         self.testable = bool(np.std(beyond) >= 1e-12)  # else BCF answers one common effect beyond prognosis
         self.X = np.column_stack([basis, beyond])
         self.W = np.linalg.pinv(self.X.T @ self.X) @ self.X.T  # coefficients = W @ score
@@ -259,8 +261,3 @@ class BeyondPrognosisSlope:
         n, k = self.X.shape
         variance = float(np.sum((self.W[-1] * residual) ** 2)) * n / (n - k)
         return float(coef[-1]), float(np.sqrt(variance))
-
-
-def beyond_prognosis_slope(psi: np.ndarray, tau: np.ndarray, prognosis: np.ndarray) -> tuple[float, float]:
-    """:class:`BeyondPrognosisSlope` of one score."""
-    return BeyondPrognosisSlope(tau, prognosis)(psi)

@@ -295,11 +295,9 @@ def _test_text(evidence: dict[str, Any]) -> str:
     """How the job's settings test heterogeneity, in a few words."""
     method = evidence.get("method")
     if method == "imputed_randomisation":
-        most = evidence.get("max_patients")
         return (
             f"the imputed randomisation test with the Bayesian Causal Forest as its statistic (at most {evidence.get('replicates')} "
-            f"null trials; above {2 * most:,} patients the held-out test)" if isinstance(most, int) else
-            f"the imputed randomisation test with the Bayesian Causal Forest as its statistic (at most {evidence.get('replicates')} null trials)"
+            f"null trials; above {2 * int(evidence.get('max_patients', 0)):,} patients the held-out test)"
         )
     if method == "split_rate":
         return "the split-sample RATE test"
