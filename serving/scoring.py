@@ -314,7 +314,7 @@ class Scorer:
     def explain(self, patients: list[dict[str, Any]], top: int = 10) -> S.ExplainResponse:
         parsed, good, errors = self._parse(patients)
         warnings = self._warnings(parsed) if good else []
-        explained = {o: plan.explain(parsed[o]) if good else [] for o, plan in self.plan.plans.items()}
+        explained = {o: plan.explain(parsed[o], top) if good else [] for o, plan in self.plan.plans.items()}
         position = {row: k for k, row in enumerate(good)}
         results = []
         for i, patient in enumerate(patients):

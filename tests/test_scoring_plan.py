@@ -205,6 +205,13 @@ def test_explanations_are_the_candidates_own_contributions(layout):
                 assert output.base_value == pytest.approx(contributions.base[k], abs=1e-9)
                 np.testing.assert_allclose(list(output.features.values()), contributions.values[k], rtol=0, atol=1e-9)
                 assert output.base_value + sum(d.contribution for d in output.drivers) == pytest.approx(output.prediction, abs=1e-9)
+        # The API's ``top``: the same largest drivers, word for word, and only those.
+        shown = plan.plans["o"].explain(parsed["o"].rows(good), top=3)
+        for full, short in zip(explained, shown, strict=True):
+            for target in ("benefit", "p_response_treated", "p_response_control"):
+                every, top = getattr(full, target), getattr(short, target)
+                assert [d.to_dict() for d in top.drivers] == [d.to_dict() for d in every.drivers[:3]]
+                assert (top.prediction, top.base_value, top.features) == (every.prediction, every.base_value, every.features)
 
 
 def test_feature_plan_equals_the_pipeline_for_unknown_and_missing_values(spec, final_99):

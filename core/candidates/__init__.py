@@ -72,7 +72,7 @@ is one new module and one registry line::
             eta0 = _scale(_matrix(X, self.features_), self.scaler_) @ self.coef_ + self.intercept_
             return expit(eta0 + self.gamma_), expit(eta0)
 
-        def _explain(self, X): ...  # contributions: coefficient x centred value, as RiskModel
+        def _explain(self, X, arms=None): ...  # contributions: coefficient x centred value, as RiskModel
 
         def scoring(self):
             w = np.asarray(self.coef_, dtype=float)

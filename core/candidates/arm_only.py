@@ -46,7 +46,7 @@ class ArmOnly(BenefitCandidate):
     def benefit_draws(self, X) -> np.ndarray:
         return np.broadcast_to(self.draws_, (len(X), len(self.draws_)))
 
-    def _explain(self, X: pd.DataFrame) -> Explanation:
+    def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
         n, d = len(X), len(self.features_)
         zeros = np.zeros((n, d))
         p1 = Contributions(zeros, np.full(n, self.p_treated_), np.full(n, self.p_treated_))

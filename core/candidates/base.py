@@ -145,9 +145,13 @@ class BenefitCandidate(BaseEstimator):
         p1, p0 = self.predict_arms(X)
         return p1 - p0
 
-    def explain(self, X: pd.DataFrame, check: bool = True) -> Explanation:
-        """Contributions to P(responder | treated) and to the benefit; ``check=False`` skips re-predicting to verify them."""
-        explanation = self._explain(X)
+    def explain(self, X: pd.DataFrame, check: bool = True, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
+        """Contributions to P(responder | treated) and to the benefit; ``check=False`` skips re-predicting to verify them.
+
+        ``arms``: the served (p_treated, p_control) of these rows when the caller has them (the scoring plan): a
+        candidate whose explanation is scaled to its predictions (BCF, DR-learner) then does not predict again.
+        """
+        explanation = self._explain(X, arms)
         if not check:  # the scoring plan checks the assembled explanation against its own predictions
             return explanation
         p1, p0 = self.predict_arms(X)

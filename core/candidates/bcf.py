@@ -301,12 +301,12 @@ class BayesianCausalForest(BenefitCandidate):
         values = np.asarray(explainer.shap_values(F, check_additivity=False)).reshape(len(F), -1)
         return values, float(np.ravel(explainer.expected_value)[0])
 
-    def _explain(self, X: pd.DataFrame) -> Explanation:
+    def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
         F = _matrix(X, self.features_)
         trees = self._trees()
         phi_mu, base_mu = self._shap("mu", F)
         phi_tau, base_tau = self._shap("tau", F)
-        p1, p0 = self.predict_arms(X)
+        p1, p0 = self.predict_arms(X) if arms is None else arms
         c0, c1 = self.coding()
         mid, effect = base_mu + trees["mu_offset"], base_tau + trees["tau_offset"]
         treated = _probit_to_probability(phi_mu + c1 * phi_tau, np.full(len(F), mid + c1 * effect), p1)

@@ -87,11 +87,11 @@ class DRLearner(BenefitCandidate):
         p0 = np.clip(p1 - self._tau(X), 0.0, 1.0)
         return p1, p0
 
-    def _explain(self, X: pd.DataFrame) -> Explanation:
+    def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
         X = _matrix(X, self.features_)
         p1 = _logit_to_probability(*_lgbm_raw_contributions(self.treated_, X))
         contrib = self.final_.booster_.predict(X, pred_contrib=True)
         phi, base = contrib[:, :-1], contrib[:, -1]
-        p1_pred, p0_pred = self.predict_arms(X)
+        p1_pred, p0_pred = self.predict_arms(X) if arms is None else arms
         benefit = p1_pred - p0_pred  # equals tau unless p0 was clipped into [0, 1]
         return Explanation(self.features_, p1, Contributions(_rescale(phi, base, benefit), base, benefit))

@@ -80,7 +80,7 @@ class InteractionLogistic(BenefitCandidate):
         eta1 = eta0 + self.gamma_ + Z @ self.inter_
         return expit(eta1), expit(eta0)
 
-    def _explain(self, X: pd.DataFrame) -> Explanation:
+    def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
         Z = _scale(_matrix(X, self.features_), self.scaler_)
         p1 = _logit_to_probability(Z * (self.main_ + self.inter_)[None, :], np.full(len(X), self.intercept_ + self.gamma_))
         p0 = _logit_to_probability(Z * self.main_[None, :], np.full(len(X), self.intercept_))

@@ -75,7 +75,7 @@ class RiskModel(BenefitCandidate):
         eta0 = self._eta(X)
         return expit(eta0 + self.gamma_), expit(eta0)
 
-    def _explain(self, X: pd.DataFrame) -> Explanation:
+    def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
         Z = _scale(_matrix(X, self.features_), self.scaler_)  # training mean is 0 after scaling
         phi = self.b_ * Z * self.coef_[None, :]
         base0 = np.full(len(X), self.a_ + self.b_ * self.intercept_)

@@ -48,7 +48,7 @@ class TLearner(BenefitCandidate):
         A = _matrix(X, self.features_)
         return _proba(self.treated_, A), _proba(self.control_, A)
 
-    def _explain(self, X: pd.DataFrame) -> Explanation:
+    def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:
         X = _matrix(X, self.features_)
         p1 = _logit_to_probability(*_lgbm_raw_contributions(self.treated_, X))
         p0 = _logit_to_probability(*_lgbm_raw_contributions(self.control_, X))

@@ -256,13 +256,32 @@ def _sentence(display: str, flag: str, contribution: float, target: str) -> str:
     return f"{display}{flag_text} {verb} {target} by {amount}."
 
 
-def _row_sources(features: list[str], sources: dict[str, dict[str, Any]], i: int) -> list[tuple[int, str, tuple[tuple[str, float], ...]]]:
-    """Per feature of patient ``i``: (position, name, (input, share) pairs); the same for every explained output."""
-    out = []
-    for j, name in enumerate(features):
-        shares = tuple((source, float(share[i]) if isinstance(share, np.ndarray) else share) for source, share in sources[name].items())
-        out.append((j, name, shares))
-    return out
+class _Grouping:
+    """How the features' contributions split between inputs, for every row at once (built once per call).
+
+    One (feature, input) pair per part of a feature an input owns: a plain feature is one pair with share 1, a
+    composite one pair per input with a share per row (:func:`features.transformers.shares`). A row's
+    contributions grouped by input are then one weighted count over the pairs.
+    """
+
+    def __init__(self, features: list[str], sources: dict[str, dict[str, Any]], n: int):
+        pairs = [(j, name, source, share) for j, name in enumerate(features) for source, share in sources[name].items()]
+        self.inputs = list(dict.fromkeys(source for _, _, source, _ in pairs))
+        position = {source: k for k, source in enumerate(self.inputs)}
+        self.feature = np.array([j for j, _, _, _ in pairs], dtype=np.intp)
+        self.input = np.array([position[source] for _, _, source, _ in pairs], dtype=np.intp)
+        self.shares = np.empty((n, len(pairs)))
+        for r, (_, _, _, share) in enumerate(pairs):
+            self.shares[:, r] = share  # a number, or one share per row
+        # Per input, its pairs in feature order (the components of a driver shown).
+        self.pairs_of: list[list[tuple[int, int, str]]] = [[] for _ in self.inputs]
+        for r, (j, name, source, _) in enumerate(pairs):
+            self.pairs_of[position[source]].append((r, j, name))
+
+    def group(self, values: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``i``'s contribution of each pair and of each input (``values``: the row's feature contributions)."""
+        per_pair = values[self.feature] * self.shares[i]
+        return per_pair, np.bincount(self.input, weights=per_pair, minlength=len(self.inputs))
 
 
 def _output(
@@ -270,31 +289,29 @@ def _output(
     contributions: Contributions,
     i: int,
     features: list[str],
-    row_sources: list[tuple[int, str, tuple[tuple[str, float], ...]]],
+    grouping: _Grouping,
     describer: _Describer,
     arm_only: bool,
+    top: int | None = None,
 ) -> OutputExplanation:
+    """One output's drivers, largest first: all of them, or the ``top`` a caller shows (sentences cost; sums do not)."""
     array = contributions.values[i]
-    values = array.tolist()
-    grouped: dict[str, float] = {}
-    parts: dict[str, dict[str, float]] = {}
-    for j, name, shares in row_sources:
-        value = values[j]
-        if value == 0.0:
-            continue
-        for source, share in shares:
-            amount = float(value * share)
-            grouped[source] = grouped.get(source, 0.0) + amount
-            part = parts.setdefault(source, {})
-            part[name] = part.get(name, 0.0) + amount
+    per_pair, grouped = grouping.group(array, i)
+    # Grouping keeps additivity: each feature's shares add up to one.
+    assert abs(float(grouped.sum()) - float(array.sum())) < 1e-9, "grouped contributions do not add up"
     text = describer.targets[target]
     reversed_sign = describer.event_risk and target != "benefit"
     drivers = []
-    for source in sorted(grouped, key=lambda s: -abs(grouped[s])):
-        amount = grouped[source]
-        if abs(amount) < 1e-12:
-            continue
+    for k in np.argsort(-np.abs(grouped), kind="stable").tolist():
+        amount = float(grouped[k])
+        if abs(amount) < 1e-12 or (top is not None and len(drivers) >= top):
+            break  # sorted by size: everything after is smaller
+        source = grouping.inputs[k]
         display, flag, description, unit, value = describer.describe(i, source)
+        components: dict[str, float] = {}
+        for r, j, name in grouping.pairs_of[k]:
+            if array[j] != 0.0:
+                components[name] = components.get(name, 0.0) + float(per_pair[r])
         drivers.append(
             Driver(
                 feature=describer.field(source),
@@ -305,7 +322,7 @@ def _output(
                 unit=unit,
                 contribution=amount,
                 sentence=_sentence(display, flag, -amount if reversed_sign else amount, text),
-                components=parts[source],
+                components=components,
             )
         )
     base, prediction = float(contributions.base[i]), float(contributions.output[i])
@@ -316,7 +333,7 @@ def _output(
         prediction,
         drivers,
         error,
-        dict(zip(features, values, strict=True)),
+        dict(zip(features, array.tolist(), strict=True)),
         NO_DEPENDENCE if arm_only else "",
     )
 
@@ -331,9 +348,15 @@ def explain_patients(model: ResponderModel, raw: pd.DataFrame) -> list[PatientEx
 
 
 def explain_rows(
-    model: ResponderModel, explanation: Explanation, sources: dict[str, dict[str, Any]], parsed: Mapping[str, np.ndarray]
+    model: ResponderModel,
+    explanation: Explanation,
+    sources: dict[str, dict[str, Any]],
+    parsed: Mapping[str, np.ndarray],
+    top: int | None = None,
 ) -> list[PatientExplanation]:
     """Drivers and sentences for every row, from the candidate's contributions, the features' sources and the parsed inputs.
+
+    ``top``: drivers kept per output, largest first (all when None).
 
     Raises ``AssertionError`` if contributions do not add up to the model output
     (the candidates check exactness, this checks the assembled result).
@@ -344,14 +367,13 @@ def explain_rows(
     # SHAP values are additive: the control arm's are the treated arm's minus the benefit's.
     control_c = replace(treated_c, values=treated_c.values - benefit_c.values, base=treated_c.base - benefit_c.base, output=treated_c.output - benefit_c.output)
     conditional = model.label_policy is not None and model.label_policy.mode == "individual"  # effect modification established
+    grouping = _Grouping(explanation.features, sources, len(benefit_c.output))
     out = []
     for i in range(len(benefit_c.output)):
-        row_sources = _row_sources(explanation.features, sources, i)
-        benefit = _output("benefit", benefit_c, i, explanation.features, row_sources, describer, arm_only)
-        treated = _output("p_response_treated", treated_c, i, explanation.features, row_sources, describer, arm_only)
-        control = _output("p_response_control", control_c, i, explanation.features, row_sources, describer, arm_only)
+        benefit = _output("benefit", benefit_c, i, explanation.features, grouping, describer, arm_only, top)
+        treated = _output("p_response_treated", treated_c, i, explanation.features, grouping, describer, arm_only, top)
+        control = _output("p_response_control", control_c, i, explanation.features, grouping, describer, arm_only, top)
         assert max(benefit.additivity_error, treated.additivity_error, control.additivity_error) < 1e-6, "SHAP contributions do not add up"
-        assert abs(sum(d.contribution for d in benefit.drivers) - sum(benefit.features.values())) < 1e-9
         imputed = [a for a in model.spec.labs if math.isnan(float(describer.columns[a][i]))]
         out.append(PatientExplanation(i, benefit, treated, control, imputed, conditional))
     return out

@@ -139,16 +139,19 @@ class OutcomePlan:
     def warnings(self, parsed: Parsed) -> list[list[InputWarning]]:
         return self._shared(parsed, "warnings", lambda: self.features.warnings(parsed.columns, parsed.n, parsed.raw))
 
-    def explain(self, parsed: Parsed) -> list[PatientExplanation]:
-        """SHAP drivers of benefit and P(response | treated), one per input (``core.runtime.explain``)."""
+    def explain(self, parsed: Parsed, top: int | None = None) -> list[PatientExplanation]:
+        """SHAP drivers of benefit and P(response | treated), one per input (``core.runtime.explain``).
+
+        ``top``: drivers kept per output, largest first (all when None); every contribution still counts in the sums.
+        """
         imputed, F = self.matrix(parsed)
-        explanation = self.model.candidate.explain(F, check=False)
         p1, p0 = self.arms.point(F)
+        explanation = self.model.candidate.explain(F, check=False, arms=(p1, p0))
         # The explained outputs must be the predictions the service returns.
         if not (np.allclose(explanation.p_treated.output, p1, rtol=0, atol=1e-6) and np.allclose(explanation.benefit.output, p1 - p0, rtol=0, atol=1e-6)):
             raise AssertionError(f"{self.model.candidate_name}: explained outputs differ from the predictions")
         sources = self._shared(parsed, "sources", lambda: self.features.sources(imputed))
-        return explain_rows(self.model, explanation, sources, parsed.columns)
+        return explain_rows(self.model, explanation, sources, parsed.columns, top)
 
     # Frames (reports, tests, files read with pandas) ----------------------------------------------
     def parse_frame(self, raw: pd.DataFrame) -> Parsed:
