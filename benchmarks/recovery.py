@@ -1145,6 +1145,61 @@ def interval_markdown(frame: pd.DataFrame, settings: Settings) -> str:
     )
 
 
+COVERAGE_TARGET = (0.90, 0.97)  # issue 21: the served interval's coverage of the observable conditional benefit
+
+
+def interval_criteria_markdown(frame: pd.DataFrame, settings: Settings) -> str:
+    """The issue's criteria per cell (coverage in 0.90-0.97; interval score below both baselines'), and the served
+    interval by the answer it belongs to (trials pooled over cells)."""
+    low, high = COVERAGE_TARGET
+    cells, covered, missed, below = 0, [], [], {m: [] for m in INTERVAL_METHODS[1:]}
+    compared = dict.fromkeys(INTERVAL_METHODS[1:], 0)
+    for scenario in settings.work_up_scenarios:
+        for n in settings.sizes:
+            for outcome in OUTCOMES:
+                cell = _cell(frame, "method", scenario=scenario, n=n, outcome=outcome)
+                served = cell[cell["method"] == "champion"] if not cell.empty else cell
+                if served.empty or "coverage_observable" not in served or served["coverage_observable"].isna().all():
+                    continue
+                cells += 1
+                name = f"`{scenario}` n = {n} {outcome}"
+                coverage = float(served["coverage_observable"].mean())
+                (covered if low <= coverage <= high else missed).append(f"{name} {coverage:.2f}")
+                score = float(served["interval_score"].mean())
+                for method in below:
+                    other = cell[cell["method"] == method]
+                    if "interval_score" in other and other["interval_score"].notna().any():
+                        compared[method] += 1
+                        if score < float(other["interval_score"].mean()):
+                            below[method].append(name)
+    if not cells:
+        return "No served intervals in this run."
+    lines = [
+        f"The issue's criteria per cell (scenario x size x outcome, means over trials): the served interval covers the observable "
+        f"conditional benefit at {low:.2f}-{high:.2f} in {len(covered)} of {cells} cells"
+        + (f" (not: {'; '.join(missed)})" if missed else "")
+        + "; its interval score is below the "
+        + " and below the ".join(f"{METHOD_LABELS[m]}'s in {len(below[m])} of {compared[m]} cells" for m in below)
+        + ".",
+    ]
+    served = frame[(frame["kind"] == "method") & (frame["method"] == "champion")] if "kind" in frame else frame.iloc[:0]
+    rows = []
+    for answer in ANSWERS:
+        sel = served[served["answer"] == answer]
+        if sel.empty or sel["coverage_observable"].isna().all():
+            continue
+        rows.append([answer, len(sel), fmt_mean_se(sel["coverage_observable"], 2), fmt_mean_se(sel["width"], 3), fmt_mean_se(sel["interval_score"], 3)])
+    if rows:
+        lines += [
+            "",
+            "The served interval by the answer it belongs to (outcome-runs pooled over scenarios and sizes; an `average` or "
+            "`risk_based` interval is not for the conditional benefit, so it covers it only where that benefit is flat):",
+            "",
+            md_table(["answer served", "outcome-runs", "covers the observable conditional benefit", "mean width", "mean interval score"], rows, "lrrrr"),
+        ]
+    return "\n".join(lines)
+
+
 def detail_markdown(frame: pd.DataFrame, settings: Settings, scenario: str) -> str:
     """Every method's ranking, error and interval per outcome and size in one scenario."""
     rows = []
@@ -1295,25 +1350,9 @@ def render(
 ) -> str:
     """The Markdown section from the per-replicate rows."""
     versions = _peer_versions()
-    n_mid = 300 if 300 in settings.sizes else settings.sizes[-1]
     trials = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0]
     table = rejection_table(frame, settings)
     work_up = settings.work_up_scenarios
-    oracle_lines = []
-    for scenario in work_up:
-        pop = population(settings, scenario)
-        o = oracles[scenario]
-        parts = []
-        for outcome in OUTCOMES:
-            truth = pop[f"true_benefit_{outcome}"].to_numpy()
-            pred = observable[scenario][outcome]
-            parts.append(
-                f"{outcome}: true benefit mean {truth.mean():.3f}, SD {truth.std():.3f}; observable conditional benefit SD "
-                f"{pred.std():.3f}; true benefit unexplained by the features (RMSE of the observable oracle) "
-                f"{np.sqrt(np.mean((truth - pred) ** 2)):.3f} ({o.trees[outcome]} trees)"
-            )
-        oracle_lines.append(f"- `{scenario}`: " + "; ".join(parts) + f"; subgroup share {pop['true_responder_subgroup'].mean():.0%}.")
-    oracle_time = "taken from the cache (`benchmarks/out/`)" if oracle_cached else f"fitted in this run ({sum(o.seconds for o in oracles.values()) / 60:.1f} min)"
     parts = [
         "## 1. Subgroup recovery",
         "",
@@ -1331,12 +1370,7 @@ def render(
         f"BCF: stochtree {versions['stochtree'] or 'not installed'}.",
     ]
     if work_up:
-        parts += [
-            "",
-            f"The truth in the held-out populations, and what the observable oracle ({oracle_time}) cannot explain:",
-            "",
-            *oracle_lines,
-        ]
+        parts += ["", *oracle_markdown(settings, oracles, observable, oracle_cached)]
     parts += [
         "",
         "### Null family-wise false-positive rate of the product's tests",
@@ -1372,7 +1406,118 @@ def render(
     if not work_up or _cell(frame, "method").empty:
         parts += ["", "No trial of this run had the work-up: no served answers, intervals, rankings or criteria to show."]
         return "\n".join(parts) + "\n"
-    parts += [
+    return "\n".join([*parts, *work_up_markdown(frame, settings)]) + "\n"
+
+
+def observable_predictions(oracles: dict, settings: Settings) -> dict[str, dict[str, np.ndarray]]:
+    """The observable oracle's predictions on each work-up scenario's held-out population."""
+    from core.data import model_inputs
+    from core.spec import load_spec
+
+    spec = load_spec()
+    return {s: oracles[s].predict(model_inputs(population(settings, s), spec)) for s in settings.work_up_scenarios}
+
+
+def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
+    """Run section 1 and return its Markdown; per-replicate rows go to ``out_dir/recovery.parquet`` (and ``.csv``)."""
+    preset = os.environ.get("BENCH_RECOVERY", "").strip().lower()
+    if preset and preset not in PRESETS:
+        raise ValueError(f"BENCH_RECOVERY={preset!r}: expected one of {sorted(PRESETS)}")
+    settings = settings or (QUICK if quick else PRESETS[preset or "full"])
+    scale = os.environ.get("BENCH_REPLICATES_SCALE")
+    if scale:  # a longer, more precise campaign: multiply every replicate count
+        settings = settings.scaled(float(scale))
+    c = campaign(settings, out_dir, "recovery")
+    return render(c.frame, settings, c.seconds, quick, c.oracles, c.observable, c.cached, c.note)
+
+
+@dataclass
+class Campaign:
+    frame: pd.DataFrame  # one row per trial x outcome x row kind
+    seconds: float
+    oracles: dict
+    observable: dict
+    cached: bool  # every oracle came from the cache
+    note: str  # what a wall-clock budget left out, or ""
+
+
+def campaign(settings: Settings, out_dir: Path, name: str) -> Campaign:
+    """Every trial of ``settings`` (oracles first, if a work-up needs them); rows saved as ``out_dir/<name>.parquet`` and ``.csv``.
+
+    ``BENCH_RESUME=1`` keeps the finished trials of an interrupted run of the same code and design
+    (``<name>-partial.jsonl``); ``BENCH_DEADLINE`` (UTC ``HH:MM``) stops starting trials then.
+    """
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Only the work-up needs the observable oracle (a tests-only run fits none).
+    oracles, cached = load_oracles(settings.work_up_scenarios, settings.oracle, out_dir / "oracle-cache")
+    observable = observable_predictions(oracles, settings)
+    resume = os.environ.get("BENCH_RESUME") == "1"
+    deadline = _deadline(os.environ.get("BENCH_DEADLINE", ""))
+    if deadline is not None:
+        os.environ["BENCH_DEADLINE_TS"] = str(deadline)  # the worker processes read it (started after this)
+    planned = len(tasks(settings, observable))
+    try:
+        frame = run_benchmark(settings, observable, partial=out_dir / f"{name}-partial.jsonl", resume=resume)
+    finally:
+        os.environ.pop("BENCH_DEADLINE_TS", None)
+    seconds = time.perf_counter() - started
+    ran = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0] if len(frame) else 0
+    note = ""
+    if ran < planned:
+        note = (
+            f"Stopped by its wall-clock budget (`BENCH_DEADLINE={os.environ.get('BENCH_DEADLINE')}` UTC): {ran} of the {planned} "
+            "planned trials ran (trials are started round by round over the cells, so every cell has its first ones); the "
+            "tables count the trials that ran."
+        )
+    frame.to_parquet(out_dir / f"{name}.parquet", index=False)  # exact types (pandas reads "null" in a CSV as missing)
+    frame.to_csv(out_dir / f"{name}.csv", index=False)
+    (out_dir / f"{name}-settings.txt").write_text(repr(asdict(settings)) + "\n")
+    return Campaign(frame, seconds, oracles, observable, cached, note)
+
+
+def _deadline(value: str) -> float | None:
+    """``HH:MM`` (UTC; the next such time) or a Unix time stamp, as a Unix time; empty: no deadline."""
+    import datetime as dt
+
+    value = value.strip()
+    if not value:
+        return None
+    if ":" not in value:
+        return float(value)
+    hour, minute = (int(part) for part in value.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if at <= now:
+        at += dt.timedelta(days=1)
+    return at.timestamp()
+
+
+def oracle_markdown(settings: Settings, oracles: dict, observable: dict, oracle_cached: bool) -> list[str]:
+    """The truth in each work-up scenario's held-out population, and what the observable oracle cannot explain."""
+    lines = []
+    for scenario in settings.work_up_scenarios:
+        pop = population(settings, scenario)
+        o = oracles[scenario]
+        parts = []
+        for outcome in OUTCOMES:
+            truth = pop[f"true_benefit_{outcome}"].to_numpy()
+            pred = observable[scenario][outcome]
+            parts.append(
+                f"{outcome}: true benefit mean {truth.mean():.3f}, SD {truth.std():.3f}; observable conditional benefit SD "
+                f"{pred.std():.3f}; true benefit unexplained by the features (RMSE of the observable oracle) "
+                f"{np.sqrt(np.mean((truth - pred) ** 2)):.3f} ({o.trees[outcome]} trees)"
+            )
+        lines.append(f"- `{scenario}`: " + "; ".join(parts) + f"; subgroup share {pop['true_responder_subgroup'].mean():.0%}.")
+    oracle_time = "taken from the cache (`benchmarks/out/`)" if oracle_cached else f"fitted in this run ({sum(o.seconds for o in oracles.values()) / 60:.1f} min)"
+    return [f"The truth in the held-out populations, and what the observable oracle ({oracle_time}) cannot explain:", "", *lines]
+
+
+def work_up_markdown(frame: pd.DataFrame, settings: Settings) -> list[str]:
+    """The work-up's tables: ranking, intervals against their baselines, selection criteria, answers served, details."""
+    n_mid = 300 if 300 in settings.sizes else settings.sizes[-1]
+    work_up = settings.work_up_scenarios
+    parts = [
         "",
         f"### Benefit ranking at n = {n_mid}: AUC for the true subgroup as a ratio to the observable oracle",
         "",
@@ -1394,6 +1539,8 @@ def render(
         "better; in risk-difference units) are means over trials ± SE.",
         "",
         interval_markdown(frame, settings),
+        "",
+        interval_criteria_markdown(frame, settings),
         "",
         "### Selection criteria: which picks the candidate that ranks fresh patients best",
         "",
@@ -1431,69 +1578,4 @@ def render(
             detail_markdown(frame, settings, scenario),
         ]
     parts += ["", "### Detail: selection criteria per cell", "", selection_markdown(frame, settings)[1]]
-    return "\n".join(parts) + "\n"
-
-
-def observable_predictions(oracles: dict, settings: Settings) -> dict[str, dict[str, np.ndarray]]:
-    """The observable oracle's predictions on each work-up scenario's held-out population."""
-    from core.data import model_inputs
-    from core.spec import load_spec
-
-    spec = load_spec()
-    return {s: oracles[s].predict(model_inputs(population(settings, s), spec)) for s in settings.work_up_scenarios}
-
-
-def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
-    """Run section 1 and return its Markdown; per-replicate rows go to ``out_dir/recovery.parquet`` (and ``.csv``)."""
-    preset = os.environ.get("BENCH_RECOVERY", "").strip().lower()
-    if preset and preset not in PRESETS:
-        raise ValueError(f"BENCH_RECOVERY={preset!r}: expected one of {sorted(PRESETS)}")
-    settings = settings or (QUICK if quick else PRESETS[preset or "full"])
-    scale = os.environ.get("BENCH_REPLICATES_SCALE")
-    if scale:  # a longer, more precise campaign: multiply every replicate count
-        settings = settings.scaled(float(scale))
-    started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Only the work-up needs the observable oracle (a tests-only run fits none).
-    oracles, cached = load_oracles(settings.work_up_scenarios, settings.oracle, out_dir / "oracle-cache")
-    observable = observable_predictions(oracles, settings)
-    resume = os.environ.get("BENCH_RESUME") == "1"
-    deadline = _deadline(os.environ.get("BENCH_DEADLINE", ""))
-    if deadline is not None:
-        os.environ["BENCH_DEADLINE_TS"] = str(deadline)  # the worker processes read it (started after this)
-    planned = len(tasks(settings, observable))
-    try:
-        frame = run_benchmark(settings, observable, partial=out_dir / "recovery-partial.jsonl", resume=resume)
-    finally:
-        os.environ.pop("BENCH_DEADLINE_TS", None)
-    seconds = time.perf_counter() - started
-    ran = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0] if len(frame) else 0
-    if ran < planned:
-        settings_note = (
-            f"Stopped by its wall-clock budget (`BENCH_DEADLINE={os.environ.get('BENCH_DEADLINE')}` UTC): {ran} of the {planned} "
-            "planned trials ran (trials are started round by round over the cells, so every cell has its first ones); the "
-            "tables count the trials that ran."
-        )
-    else:
-        settings_note = ""
-    frame.to_parquet(out_dir / "recovery.parquet", index=False)  # exact types (pandas reads "null" in a CSV as missing)
-    frame.to_csv(out_dir / "recovery.csv", index=False)
-    (out_dir / "recovery-settings.txt").write_text(repr(asdict(settings)) + "\n")
-    return render(frame, settings, seconds, quick, oracles, observable, cached, settings_note)
-
-
-def _deadline(value: str) -> float | None:
-    """``HH:MM`` (UTC; the next such time) or a Unix time stamp, as a Unix time; empty: no deadline."""
-    import datetime as dt
-
-    value = value.strip()
-    if not value:
-        return None
-    if ":" not in value:
-        return float(value)
-    hour, minute = (int(part) for part in value.split(":"))
-    now = dt.datetime.now(dt.UTC)
-    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if at <= now:
-        at += dt.timedelta(days=1)
-    return at.timestamp()
+    return parts

@@ -27,12 +27,13 @@ from pathlib import Path
 
 from benchmarks.common import REPO, quiet_environment
 
-SECTIONS = ("recovery", "serving", "training", "heldout")
+SECTIONS = ("recovery", "serving", "training", "heldout", "intervals")
 TITLES = {
     "recovery": "1. Subgroup recovery",
     "serving": "2. Serving",
     "training": "3. Training",
     "heldout": "4. The heterogeneity test above 2,000 patients",
+    "intervals": "5. Per-patient intervals",
 }
 PACKAGES = (
     "numpy",

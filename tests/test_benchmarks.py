@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is not part of the installed distribution
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import intervals as intervals_section  # noqa: E402
 from benchmarks import recovery, run, training  # noqa: E402
 from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, run_child, wilson  # noqa: E402
 from benchmarks.oracle import OracleSettings  # noqa: E402
@@ -114,7 +115,7 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert (tmp_path / "recovery.csv").exists() and (tmp_path / "recovery.parquet").exists()
     assert list((tmp_path / "oracle-cache").glob("oracle-*.joblib")), "the observable oracle is cached"
     assert not list((tmp_path / "oracle-cache").glob("oracle-ushape-*")), "a tests-only design needs no oracle"
-    fwer, nominal, calibrated, headline, intervals, criteria, answers, *details, criteria_detail = tables(markdown)
+    fwer, nominal, calibrated, headline, intervals, by_answer, criteria, answers, *details, criteria_detail = tables(markdown)
     # The product's tests on every null design: the default on one trial each (null: the work-up trial), the permutation test
     # on two null trials and one ushape trial.
     assert [row[:4] for row in fwer[1:]] == [
@@ -167,6 +168,15 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     observable = recovery.observable_predictions(oracles, TINY_RECOVERY)
     again = recovery.run_benchmark(TINY_RECOVERY, observable, progress=False, partial=tmp_path / "recovery-partial.jsonl", resume=True)
     assert len(again) == len(frame) and again["resumed"].all()
+    # Section 5 renders the same work-up (its own campaign in a real run) without section 1's tests.
+    campaign = recovery.Campaign(frame, 1.0, oracles, observable, True, "")
+    section = intervals_section.render(campaign, TINY_RECOVERY, quick=True)
+    assert section.startswith("## 5. Per-patient intervals") and "Null family-wise" not in section
+    _, intervals_table, by_answer_5, *_ = tables(section)
+    assert intervals_table == intervals and by_answer_5 == by_answer
+    assert "covers the observable conditional benefit at 0.90-0.97 in " in section and " of 4 cells" in section
+    assert sum(int(row[1]) for row in by_answer[1:]) == len(champion)  # every served outcome-run, under its answer
+    assert {row[0] for row in by_answer[1:]} == set(champion["answer"])
 
 
 def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
