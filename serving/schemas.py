@@ -382,7 +382,7 @@ class OutcomeMetadata(BaseModel):
     answer: Answer = Field("average", description="The answer every patient gets for this outcome (see OutcomePrediction.answer).")
     answer_reason: str = Field("", description="Why this answer and model serve.")
     refused: dict[str, list[str]] = Field(
-        {}, description="Models that may not serve (out-of-fold AUC upper 95% limit below 0.5 or a negative calibration slope in an arm), with the failed checks."
+        {}, description="Models that may not serve (in an arm, the out-of-fold AUC's upper 95% limit below 0.5 or the calibration slope's upper 95% limit below 0), with the failed checks."
     )
     estimand: str = ""
     average_effect: AverageEffectOut | None = None

@@ -18,6 +18,7 @@ from training.answer import choose_answer, served_model_problems
 from training.evaluation import CVResult
 from training.executor import LocalExecutor
 from training.heterogeneity import imputed_randomisation_test, spread_beyond_prognosis
+from training.metrics import calibration, calibration_slope_interval
 from training.path import path_analysis
 
 
@@ -166,6 +167,34 @@ def test_a_model_that_ranks_worse_than_chance_or_runs_backwards_never_serves():
     # With evidence, the criterion's (backwards) choice is refused and the next eligible candidate serves.
     choice = choose_answer(cv, y, t, evidence=True, tested=True, discriminates=False, enabled=["arm_only", "bcf", "t_learner"])
     assert choice.answer == CONDITIONAL and choice.champion == "bcf" and "t_learner" in choice.refused
+
+
+def test_a_slope_that_is_only_noise_around_zero_does_not_refuse_a_model():
+    """In an arm whose outcome does not depend on the measured values, every model's calibration slope there is noise
+    around 0 and often negative; only a slope below 0 beyond chance (its upper limit) refuses, as for the AUC."""
+    rng = np.random.default_rng(11)
+    n = 1000
+    t = rng.integers(0, 2, n)
+    risk = rng.uniform(0.1, 0.7, n)
+    y = np.where(t == 1, rng.uniform(size=n) < risk, rng.uniform(size=n) < 0.3).astype(int)  # control: a flat 30%
+    wobble = rng.uniform(0.25, 0.35, n)  # the model's control-arm predictions vary, the outcome there does not
+    slopes = []
+    for seed in range(40):
+        y0 = np.where(t == 1, y, (np.random.default_rng(seed).uniform(size=n) < 0.3).astype(int))
+        slope, low, high = calibration_slope_interval(y0[t == 0], wobble[t == 0])
+        assert low < slope < high
+        slopes.append((slope, high))
+    assert sum(s < 0 for s, _ in slopes) >= 10, "a flat arm's slope is often negative"
+    assert sum(h < 0 for _, h in slopes) <= 4, "and rarely below 0 beyond chance"
+    floor = (np.full(n, y[t == 1].mean()), np.full(n, y[t == 0].mean()))
+    model = (np.clip(risk, 0, 1), wobble)
+    negative_but_noise = next(seed for seed in range(40) if -0.5 < slopes[seed][0] < 0 < slopes[seed][1])
+    y0 = np.where(t == 1, y, (np.random.default_rng(negative_but_noise).uniform(size=n) < 0.3).astype(int))
+    cv = _cv(y0, t, {"arm_only": floor, "bcf": model}, ["arm_only", "bcf"], "bcf")
+    assert served_model_problems(cv, y0, t, "bcf") == []
+    assert choose_answer(cv, y0, t, evidence=True, tested=True, discriminates=False, enabled=["arm_only", "bcf"]).champion == "bcf"
+    # The slope's interval is the Wald interval of the same slope `calibration` reports.
+    assert calibration_slope_interval(y0[t == 0], wobble[t == 0])[0] == pytest.approx(calibration(y0[t == 0], wobble[t == 0])[1], abs=1e-4)
 
 
 def test_the_answer_follows_the_evidence_then_the_prognosis_then_the_average():

@@ -15,10 +15,15 @@ The order (DESIGN.md section 5):
 
 **Served models earn it.** A model whose out-of-fold AUC in either arm has
 its upper 95% limit below 0.5 (it ranks patients worse than chance), or whose
-out-of-fold calibration slope in either arm is negative (its predictions run
-the wrong way), never serves: the next answer down does, and the reason says
-which check failed. The checks use the candidate's own out-of-fold
-predictions, averaged over the repeats of the nested cross-validation.
+out-of-fold calibration slope in either arm has its upper 95% limit below 0
+(its predictions run the wrong way), never serves: the next answer down does,
+and the reason says which check failed. Both checks are inferential alike: in
+an arm where the outcome barely depends on the measured values (memory on
+placebo in the simulator), every model's slope there is noise around 0 and
+often negative, and a point-estimate rule refused a BCF that picked out the
+true subgroup among fresh patients with AUC 0.96. The checks use the candidate's own
+out-of-fold predictions, averaged over the repeats of the nested
+cross-validation.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 from core.candidates import candidate_label
 from core.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.evaluation import FLOOR, CVResult
-from training.metrics import auc_interval, calibration
+from training.metrics import auc_interval, calibration_slope_interval
 
 
 @dataclass
@@ -41,21 +46,28 @@ class AnswerChoice:
     refused: dict[str, list[str]] = field(default_factory=dict)  # candidate -> failed checks
 
 
-def served_model_problems(cv: CVResult, y: np.ndarray, t: np.ndarray, name: str, level: float = 0.95) -> list[str]:
-    """Why ``name`` may not serve (empty when it may): worse-than-chance ranking or a negative calibration slope."""
+def served_model_problems(
+    cv: CVResult, y: np.ndarray, t: np.ndarray, name: str, level: float = 0.95, arm_names: tuple[str, str] = ("treated", "control")
+) -> list[str]:
+    """Why ``name`` may not serve (empty when it may): it ranks worse than chance or runs backwards, beyond chance.
+
+    Per arm, on its out-of-fold predictions averaged over the repeats: the AUC's upper ``level`` limit below 0.5,
+    or the calibration slope's upper ``level`` limit below 0. The cohort report flags the same rows with the same
+    phrases (``arm_names``: how the arms are named there).
+    """
     if name == FLOOR:
         return []
     p1 = np.nanmean(cv.oof[name][:, :, 0], axis=0)
     p0 = np.nanmean(cv.oof[name][:, :, 1], axis=0)
     t = np.asarray(t).astype(bool)
     problems = []
-    for arm, rows, p in (("treated", t, p1), ("control", ~t, p0)):
+    for arm, rows, p in ((arm_names[0], t, p1), (arm_names[1], ~t, p0)):
         auc, _, high = auc_interval(y[rows], p[rows], level)
         if np.isfinite(high) and high < 0.5:
             problems.append(f"out-of-fold AUC in the {arm} arm {auc:.2f} (upper {100 * level:.0f}% limit {high:.2f} < 0.5)")
-        _, slope = calibration(y[rows], p[rows])
-        if np.isfinite(slope) and slope < 0:
-            problems.append(f"negative out-of-fold calibration slope in the {arm} arm ({slope:.2f})")
+        slope, _, high = calibration_slope_interval(y[rows], p[rows], level)
+        if np.isfinite(high) and high < 0:
+            problems.append(f"negative out-of-fold calibration slope in the {arm} arm {slope:.2f} (upper {100 * level:.0f}% limit {high:.2f} < 0)")
     return problems
 
 

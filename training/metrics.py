@@ -94,6 +94,30 @@ def calibration(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
+def calibration_slope_interval(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """The calibration slope (logistic regression of ``y`` on logit(p) with an intercept) and its Wald interval.
+
+    Returns (slope, lower, upper); NaN when undefined (one class, constant predictions). The slope's standard
+    error comes from the fitted model's Fisher information. The slope is :func:`calibration`'s, to the solver's
+    tolerance.
+    """
+    y = np.asarray(y, float)
+    lp = logit(np.clip(np.asarray(p, float), EPS, 1 - EPS))
+    if len(np.unique(y)) < 2 or np.std(lp) < 1e-8:
+        return float("nan"), float("nan"), float("nan")
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(lp[:, None], y)
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    fitted = expit(intercept + slope * lp)
+    w = fitted * (1 - fitted)
+    information = np.array([[w.sum(), (w * lp).sum()], [(w * lp).sum(), (w * lp * lp).sum()]])
+    try:
+        variance = float(np.linalg.inv(information)[1, 1])
+    except np.linalg.LinAlgError:
+        return slope, float("nan"), float("nan")
+    half = float(stats.norm.ppf(0.5 + level / 2)) * np.sqrt(max(variance, 0.0))
+    return slope, slope - half, slope + half
+
+
 def dr_scores(y: np.ndarray, t: np.ndarray, mu1: np.ndarray, mu0: np.ndarray, e: float) -> np.ndarray:
     y, t = np.asarray(y, float), np.asarray(t, float)
     return mu1 - mu0 + t * (y - mu1) / e - (1 - t) * (y - mu0) / (1 - e)

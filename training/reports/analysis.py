@@ -9,8 +9,6 @@ responder labels; nothing refits a model.
   predictions and averages over repeats, exactly as the logged metric is
   defined, so the interval is the interval of the number in the table.
   Above 50,000 patients: DeLong's normal interval for the same AUC instead.
-- :func:`chance_flags`: a candidate whose out-of-fold AUC is below 0.5 or
-  whose calibration slope is negative in an arm predicts worse than chance.
 - :func:`subgroup_effects`: prespecified subgroups (raised inflammation,
   autoantibody positivity, baseline severity; only those the spec's inputs
   allow) with the responder risk difference in each level and a test of
@@ -174,24 +172,6 @@ def _analytic_intervals(oof: np.ndarray, y: np.ndarray, arms: dict[str, np.ndarr
         mean, half = (estimate["treated"] + estimate["control"]) / 2, z * float(np.hypot(se["treated"], se["control"])) / 2
         out["brier_mean"] = [_num(mean - half), _num(mean + half)]
     return out
-
-
-def chance_flags(metrics: dict[str, float | None], arm_names: tuple[str, str]) -> list[str]:
-    """Why a candidate predicts worse than chance out of fold, one phrase per condition (empty when it does not)."""
-    low_auc, negative_slope = [], []
-    for arm, name in zip(("treated", "control"), arm_names, strict=True):
-        auc = metrics.get(f"auc_{arm}")
-        slope = metrics.get(f"calibration_slope_{arm}")
-        if auc is not None and auc < 0.5:
-            low_auc.append(name)
-        if slope is not None and slope < 0:
-            negative_slope.append(name)
-    flags = []
-    if low_auc:
-        flags.append(f"AUC below 0.5 ({', '.join(low_auc)})")
-    if negative_slope:
-        flags.append(f"negative calibration slope ({', '.join(negative_slope)})")
-    return flags
 
 
 # Prespecified subgroups ------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ TRIPOD_COVERED = [
     ("21", "Model development (participants and outcome events)", "Candidate comparison (n patients, responders)"),
     ("22", "Model specification", "Model card: champion candidate and registry version"),
     ("23", "Model performance", "Candidate comparison with bootstrap intervals for AUC and Brier; calibration plots; Qini and TOC "
-     "curves with bootstrap bands; AUTOC interval; calibration for benefit; decision curve; prespecified subgroups"),
+     "curves with bootstrap bands; AUTOC (a description, without an interval); calibration for benefit; decision curve; prespecified subgroups"),
     ("25", "Interpretation", "Heterogeneity evidence verdict"),
     ("26", "Limitations", "Model card: limitations"),
     ("27", "Usability in context", "Model card: intended use, not a substitute for clinical judgement, input warnings"),

@@ -12,8 +12,9 @@ import pandas as pd
 from core.candidates import FLOOR, candidate_label
 from core.runtime.artefact import ResponderModel
 from core.runtime.explain import explain_patients
+from training.answer import served_model_problems
 from training.evaluation import SELECTED
-from training.reports.analysis import chance_flags, metric_intervals
+from training.reports.analysis import metric_intervals
 from training.reports.numbers import _num
 
 if TYPE_CHECKING:
@@ -33,16 +34,18 @@ def _floor_only(result: OutcomeResult, name: str) -> bool:
 
 
 def candidate_rows(
-    result: OutcomeResult, headline: list[str], arm_names: tuple[str, str] = ("treated", "control"), seed: int = 0
+    result: OutcomeResult, headline: list[str], arm_names: tuple[str, str] = ("treated", "control"), seed: int = 0, level: float = 0.95
 ) -> list[dict[str, Any]]:
     """One row per candidate (and the nested selection procedure): out-of-fold metrics as logged, intervals, flags.
 
     AUC and Brier intervals are percentile bootstrap intervals over the
     out-of-fold predictions (:func:`training.reports.analysis.metric_intervals`).
-    A row is flagged when it predicts worse than chance out of fold (AUC below
-    0.5 or a negative calibration slope in an arm), except the arm-only floor,
-    which gives every patient of an arm the same probability by design: its AUC
-    and slope only reflect fold-to-fold noise.
+    A row is flagged when it fails the checks a served model must pass
+    (:func:`training.answer.served_model_problems`: in an arm, the out-of-fold
+    AUC's upper limit below 0.5 or the calibration slope's upper limit below 0),
+    so a flagged candidate never serves and a served one is never flagged;
+    except the arm-only floor, which gives every patient of an arm the same
+    probability by design: its AUC and slope only reflect fold-to-fold noise.
     """
     summary = result.cv.summary
     names = [str(name) for name in summary.index]
@@ -61,7 +64,7 @@ def candidate_rows(
                 "metrics": metrics,
                 "intervals": intervals.get(name, {}),
                 "floor_only": floor,
-                "flags": [] if floor else chance_flags(metrics, arm_names),
+                "flags": [] if floor or name not in result.cv.oof else served_model_problems(result.cv, result.data.y, result.data.t, name, level, arm_names),
             }
         )
     return rows

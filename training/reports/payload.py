@@ -195,7 +195,7 @@ def build_cohort_payload(
         parts[f"{name}__oof"] = oof_frame(result)
         outcome = spec.outcomes[name]
         wording = Wording.of(outcome)
-        candidates = candidate_rows(result, HEADLINE, (spec.treated_display(), spec.control_display()), config.seed)
+        candidates = candidate_rows(result, HEADLINE, (spec.treated_display(), spec.control_display()), config.seed, config.intervals.level)
         outcomes[name] = {
             "label": outcome.label,
             "responder_rule": result.counts.rule,
