@@ -70,6 +70,7 @@ class Settings:
     batch_requests: int = 40
     seconds: float = 30.0
     explain_requests: int = 100
+    plain_requests: int = 2_000  # one at a time over one socket, without an HTTP client library (see _plain_client)
     floor_repeats: int = 50
     load_requests: int = 20_000
     load_concurrency: int = 8
@@ -87,6 +88,7 @@ QUICK = Settings(
     batch_requests=4,
     seconds=10.0,
     explain_requests=10,
+    plain_requests=30,
     floor_repeats=5,
     load_requests=200,
     load_seconds=120.0,
@@ -230,6 +232,52 @@ def _first_after_ready(url: str, pid: int, example: dict, batch: list[dict]) -> 
                 out[name][f"{call}_rss_mib"] = (_tree_rss(pid) - before) / 2**20
     out["predict"]["patients"] = len(batch)
     return out
+
+
+def _plain_client(url: str, path: str, body_of, count: int, target: str, warm: int = 20) -> LoadResult:
+    """``count`` requests one at a time over one keep-alive HTTP/1.1 socket, each request's bytes built before its clock
+    starts: the server's latency plus the loopback, without an HTTP client library's own time (httpx's asyncio client,
+    which the other rows use, runs in this process on the same 2 cores and adds its own parsing and scheduling)."""
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    latencies: list[float] = []
+    errors = 0
+    started = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=60) as sock, sock.makefile("rb") as reader:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(warm + count):
+            body = json.dumps(body_of(i)).encode()
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            request = head.encode() + body
+            t0 = time.perf_counter()
+            sock.sendall(request)
+            status = reader.readline()
+            length, chunked = 0, False
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+                elif name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+                    chunked = True
+            if chunked:
+                while (size := int(reader.readline().split(b";")[0], 16)) > 0:
+                    reader.read(size + 2)  # the chunk and its CRLF
+                reader.readline()
+            else:
+                reader.read(length)
+            elapsed = time.perf_counter() - t0
+            if i >= warm:
+                latencies.append(elapsed)
+                errors += 0 if status.split(b" ", 2)[1:2] == [b"200"] else 1
+    return LoadResult(target, "1 patient", 1, count, errors, time.perf_counter() - started, latencies)
+
+
+def _quantiles(r: LoadResult) -> dict[str, float]:
+    return {"requests": r.requests, "errors": r.errors, "p50": r.quantile(0.5), "p99": r.quantile(0.99)}
 
 
 def _measure(target: str, payload: str, calls, concurrency: int, total: int, seconds: float) -> LoadResult:
@@ -496,6 +544,7 @@ def run(quick: bool, out_dir: Path) -> str:
     explain: LoadResult | None = None
     load: LoadTest | None = None
     first: dict | None = None
+    plain: dict = {}
     env = {"RESPONDERS_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": uri, "BENTOML_HOME": str(work / "bentoml")}
 
     def sweep(target, make_single, make_batch, process):
@@ -521,6 +570,8 @@ def run(quick: bool, out_dir: Path) -> str:
             sweep(name, _bentoml_calls(url, "/predict", single), _bentoml_calls(url, "/predict", batch), process)
             if name == "BentoML /predict (ours)":
                 explain = _measure("BentoML /explain", "1 patient", _bentoml_calls(url, "/explain", single), 1, settings.explain_requests, settings.seconds)
+                print(f"[bench] serving: minimal client, {settings.plain_requests} x /predict and /explain", file=sys.stderr, flush=True)
+                plain = {path: _quantiles(_plain_client(url, path, single, settings.plain_requests, f"{path}, minimal client")) for path in ("/predict", "/explain")}
                 print(f"[bench] serving: load test, {settings.load_requests} requests x{settings.load_concurrency}", file=sys.stderr, flush=True)
                 load = _load_test(_bentoml_calls(url, "/predict", single), process.pid, settings)
 
@@ -547,7 +598,7 @@ def run(quick: bool, out_dir: Path) -> str:
     extra = {
         "plans": plans, "profile": profile, "profiled_ms": profiled_ms, "explain_profile": explain_profile,
         "explain_profiled_ms": explain_profiled_ms, "batch_cli": batch_cli, "batch_tables": batch_tables, "loads": loads, "champions": _champion_names(uri),
-        "first": first, "bcf": bcf,
+        "first": first, "bcf": bcf, "plain": plain,
     }  # fmt: skip
     (work / "plan.json").write_text(json.dumps(extra, default=str))
     return _markdown(results, explain, floor, memory, settings, quick, load, extra)
@@ -566,7 +617,7 @@ def _bcf_champions(work: Path, settings: Settings, single) -> dict:
         for path, count in (("/predict", settings.single_requests), ("/explain", settings.explain_requests)):
             print(f"[bench] serving: BCF champions, {path} x1", file=sys.stderr, flush=True)
             r = _measure(f"BCF champions {path}", "1 patient", _bentoml_calls(url, path, single), 1, count, settings.seconds)
-            calls[path] = {"requests": r.requests, "errors": r.errors, "p50": r.quantile(0.5), "p99": r.quantile(0.99)}
+            calls[path] = {**_quantiles(r), "plain": _quantiles(_plain_client(url, path, single, settings.plain_requests, f"BCF {path}, minimal client"))}
     tables = []
     for source, suffix in BATCH_TABLES:
         print(f"[bench] serving: BCF champions, responders predict on {settings.batch_patients} patients, {source} to {suffix}", file=sys.stderr, flush=True)
@@ -574,7 +625,7 @@ def _bcf_champions(work: Path, settings: Settings, single) -> dict:
     return {"trial": list(BCF_TRIAL), "champions": _champion_names(uri), "calls": calls, "batch_tables": tables}
 
 
-def render_bcf(bcf: dict, one: LoadResult | None, explain: LoadResult | None, arm_tables: list[dict]) -> str:
+def render_bcf(bcf: dict, one: LoadResult | None, explain: LoadResult | None, arm_tables: list[dict], plain: dict | None = None) -> str:
     """The BCF-champion rows beside the default trial's (arm-only) ones: same calls, same batch command."""
     scenario, n, seed = bcf["trial"]
     names = ", ".join(f"{o}: {c}" for o, c in bcf["champions"].items())
@@ -582,9 +633,14 @@ def render_bcf(bcf: dict, one: LoadResult | None, explain: LoadResult | None, ar
     rows = []
     for path, r in bcf["calls"].items():
         base = mine.get(path)
-        rows.append([f"`{path}`, 1 patient, concurrency 1", f"{r['p50']:.1f} / {r['p99']:.1f} ms",
+        rows.append([f"`{path}`, 1 patient, concurrency 1 (httpx)", f"{r['p50']:.1f} / {r['p99']:.1f} ms",
                      f"{base.quantile(0.5):.1f} / {base.quantile(0.99):.1f} ms" if base else "—",
                      f"{r['p99'] / base.quantile(0.99):.2f}" if base else "—", f"{r['requests']} ({r['errors']} errors)"])  # fmt: skip
+        mine_plain, theirs = (plain or {}).get(path), r.get("plain")
+        if theirs:
+            rows.append([f"`{path}`, 1 patient, concurrency 1 (minimal client)", f"{theirs['p50']:.1f} / {theirs['p99']:.1f} ms",
+                         f"{mine_plain['p50']:.1f} / {mine_plain['p99']:.1f} ms" if mine_plain else "—",
+                         f"{theirs['p99'] / mine_plain['p99']:.2f}" if mine_plain else "—", f"{theirs['requests']:,} ({theirs['errors']} errors)"])  # fmt: skip
     arm = {(t["source"], t["format"]): t for t in arm_tables}
     for t in bcf["batch_tables"]:
         base = arm.get((t["source"], t["format"]))
@@ -755,11 +811,21 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
     two_one = next((r for r in results if r.target == TWO_WORKERS and r.payload == "1 patient" and r.concurrency == 8), None)
     if two_one is not None:
         two_at8 = throughput_comparison(two_one, pain.get(("1 patient", 8)), peer.get(("1 patient", 8)), outcomes)
+    plain = extra.get("plain") or {}
+
+    def latency(path: str, r: LoadResult | None) -> tuple[str, str]:
+        """(measured, detail) of a one-patient call: the minimal client's p99 first when measured, then httpx's."""
+        if r is None:
+            return "—", ""
+        httpx_text = f"{r.quantile(0.99):.1f} ms with httpx (p50 {r.quantile(0.5):.1f}; {r.requests} requests)"
+        q = plain.get(path)
+        if not q:
+            return f"{r.quantile(0.99):.1f} ms", httpx_text
+        return f"{q['p99']:.1f} ms", f"minimal client: p50 {q['p50']:.1f} ms, {q['requests']:,} requests, {q['errors']} errors; {httpx_text}"
+
     targets = [
-        ["`/predict`, 1 patient, p99 over HTTP (concurrency 1)", "<= 3 ms (issue 13: 10 ms)", f"{one.quantile(0.99):.1f} ms" if one else "—",
-         f"p50 {one.quantile(0.5):.1f} ms" if one else ""],
-        ["`/explain`, 1 patient, p99 over HTTP (concurrency 1)", "<= 6 ms (issue 13: 25 ms)", f"{explain.quantile(0.99):.1f} ms" if explain else "—",
-         f"p50 {explain.quantile(0.5):.1f} ms" if explain else ""],
+        ["`/predict`, 1 patient, p99 over HTTP (concurrency 1)", "<= 3 ms (issue 13: 10 ms)", *latency("/predict", one)],
+        ["`/explain`, 1 patient, p99 over HTTP (concurrency 1)", "<= 6 ms (issue 13: 25 ms)", *latency("/explain", explain)],
         ["throughput / `mlflow models serve`, 1 patient, concurrency 8", ">= 15x (issue 13: 3x)", _headline(at8),
          _headline_detail(at8, outcomes)],
     ]  # fmt: skip
@@ -870,7 +936,7 @@ def _markdown(results, explain, floor, memory, settings, quick, load: LoadTest |
         )
     bcf = extra.get("bcf")
     if bcf:
-        parts += [render_bcf(bcf, one, explain, batch_tables)]
+        parts += [render_bcf(bcf, one, explain, batch_tables, extra.get("plain"))]
     parts += [
         "Adaptive batching (`batchable=True`, same scorer) relative to the plain endpoint:",
         batch_table,

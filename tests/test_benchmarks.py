@@ -463,7 +463,10 @@ def test_serving_throughput_says_what_is_compared_and_gives_both_ratios():
            "calls": {"/predict": {"requests": 100, "errors": 0, "p50": 3.0, "p99": 4.5}}}  # fmt: skip
     text = serving.render_bcf(bcf, one, None, tables)
     assert "`simulate('strong', 400, 8)`" in text and "pain: bcf (v1), memory: bcf (v1)" in text
-    assert "| `/predict`, 1 patient, concurrency 1 | 3.0 / 4.5 ms | 2.5 / 3.0 ms | 1.50 | 100 (0 errors) |" in text
+    assert "| `/predict`, 1 patient, concurrency 1 (httpx) | 3.0 / 4.5 ms | 2.5 / 3.0 ms | 1.50 | 100 (0 errors) |" in text
+    bcf["calls"]["/predict"]["plain"] = {"requests": 2000, "errors": 0, "p50": 1.5, "p99": 2.4}
+    text = serving.render_bcf(bcf, one, None, tables, {"/predict": {"requests": 2000, "errors": 0, "p50": 1.0, "p99": 1.6}})
+    assert "| `/predict`, 1 patient, concurrency 1 (minimal client) | 1.5 / 2.4 ms | 1.0 / 1.6 ms | 1.50 | 2,000 (0 errors) |" in text
     assert "| `responders predict`, 100,000 patients, CSV to Parquet | 10,000 / 20,000 patients/s | 20,000 / 50,000 patients/s | 0.50 |" in text
 
 
@@ -522,3 +525,45 @@ def test_heldout_section_counts_holm_rejections_per_trial_and_reads_auc_per_outc
     cells = [c.strip() for c in final.strip("|").split("|")]
     assert cells[2] == "2" and cells[3].startswith("1/2") and cells[4].startswith("1/2")
     assert cells[6].startswith("2/3")  # AUC >= 0.9 in three outcome-runs; trial 0's memory run (p 0.2) was not rejected
+
+
+def test_the_minimal_client_reads_sized_and_chunked_answers_on_one_socket():
+    """The serving benchmark's client without an HTTP library: one keep-alive socket, sized and chunked bodies, errors counted."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from benchmarks import serving
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802 - the http.server API
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers["Authorization"], body, self.client_address[1]))
+            status = 500 if body["i"] == 25 else 200
+            self.send_response(status)
+            if body["i"] % 2:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", "7")
+                self.end_headers()
+                self.wfile.write(b"{\"ok\":1}")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = serving._plain_client(f"http://127.0.0.1:{server.server_port}", "/predict", lambda i: {"i": i}, 10, "x", warm=20)
+    finally:
+        server.shutdown()
+    assert [b["i"] for _, _, b, _ in seen] == list(range(30)) and {p for p, _, _, _ in seen} == {"/predict"}
+    assert {a for _, a, _, _ in seen} == {f"Bearer {serving.TOKEN}"} and len({port for *_, port in seen}) == 1  # one socket
+    assert result.requests == 10 and len(result.latencies) == 10 and result.errors == 1  # request 25: a 500
+
