@@ -20,10 +20,10 @@ out-of-fold calibration slope in either arm has its upper 95% limit below 0
 and the reason says which check failed. Both checks are inferential alike: in
 an arm where the outcome barely depends on the measured values (memory on
 placebo in the simulator), every model's slope there is noise around 0 and
-often negative, and a point-estimate rule refused a BCF that picked out the
-true subgroup among fresh patients with AUC 0.96. The checks use the candidate's own
-out-of-fold predictions, averaged over the repeats of the nested
-cross-validation.
+often negative, and a point-estimate rule refused every candidate for memory
+on a 1,000-patient `strong` trial whose heterogeneity test had rejected. The
+checks use the candidate's own out-of-fold predictions, averaged over the
+repeats of the nested cross-validation.
 """
 
 from __future__ import annotations
