@@ -214,6 +214,15 @@ def test_the_answer_follows_the_evidence_then_the_prognosis_then_the_average():
     bad_risk = _cv(y, t, {"arm_only": floor, "risk_model": backwards, "bcf": good}, enabled, "bcf")
     refused = choose_answer(bad_risk, y, t, False, True, True, enabled)
     assert refused.answer == AVERAGE and "risk_model" in refused.refused and "failed the served-model checks" in refused.reason
+    # Evidence, and the effect-modifying candidate is refused: PATH's constant relative effect never stands in for the
+    # conditional answer (it cannot express effect modification); the risk-based answer serves, named as such.
+    refused_bcf = _cv(y, t, {"arm_only": floor, "risk_model": good, "bcf": backwards}, enabled, "bcf")
+    risk_instead = choose_answer(refused_bcf, y, t, True, True, True, enabled)
+    assert (risk_instead.answer, risk_instead.champion) == (RISK_BASED, "risk_model") and "bcf" in risk_instead.refused
+    assert "no candidate that models it" in risk_instead.reason
+    # ... also when the criterion itself chose the risk model.
+    chose_risk = _cv(y, t, {"arm_only": floor, "risk_model": good, "bcf": good}, enabled, "risk_model")
+    assert (choose_answer(chose_risk, y, t, True, True, True, enabled).answer, choose_answer(chose_risk, y, t, True, True, True, enabled).champion) == (CONDITIONAL, "bcf")
 
 
 # The served BCF: several chains, diagnostics, thinning --------------------------------------------------

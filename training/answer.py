@@ -5,9 +5,12 @@ The order (DESIGN.md section 5):
 1. **Effect modification established** (the heterogeneity test rejects after
    Holm's correction): the conditional average benefit, from the champion the
    selection criterion chose (BCF by default). If the criterion chose the
-   floor, the eligible candidate with the lowest out-of-fold log-loss serves
-   instead: when the test has found effect modification and a candidate is
-   not worse than the floor, the floor does not serve.
+   floor or the risk model, or its choice fails the checks below, the eligible
+   candidate with the lowest out-of-fold log-loss among those whose benefit
+   may vary beyond baseline risk serves instead: when the test has found
+   effect modification and such a candidate is not worse than the floor, the
+   floor does not serve, and PATH's constant relative effect never stands in
+   for a conditional answer.
 2. Otherwise, when the PATH prognostic model discriminates out of fold (the
    lower limit of its c-statistic's interval above 0.5): the risk-based
    benefit, from the risk model.
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.candidates import candidate_label
+from core.candidates import CANDIDATES, candidate_label
 from core.labelling import AVERAGE, CONDITIONAL, RISK_BASED
 from training.evaluation import FLOOR, CVResult
 from training.metrics import auc_interval, calibration_slope_interval
@@ -83,8 +86,10 @@ def choose_answer(cv: CVResult, y: np.ndarray, t: np.ndarray, evidence: bool, te
 
     notes = []
     if evidence:
-        others = [c for c in cv.eligible if c != FLOOR]
-        order = [cv.final_choice] if cv.final_choice != FLOOR else []
+        # Only a model whose benefit may vary beyond baseline risk gives the conditional answer (not the floor, not
+        # PATH's risk model: with effect modification established, its constant relative effect is the wrong model).
+        others = [c for c in cv.eligible if CANDIDATES[c].models_effect_modification]
+        order = [cv.final_choice] if cv.final_choice in others else []
         order += sorted((c for c in others if c not in order), key=lambda c: cv.metric(c, "log_loss"))
         for name in order:
             if fit_to_serve(name):
@@ -92,7 +97,7 @@ def choose_answer(cv: CVResult, y: np.ndarray, t: np.ndarray, evidence: bool, te
                 model = candidate_label(name).split(" (")[0]
                 return AnswerChoice(CONDITIONAL, name, f"effect modification is established, so the {model} ({how}) gives the conditional average benefit", refused)
         notes.append(
-            "effect modification is established, but no candidate other than the arm-only floor predicted responders "
+            "effect modification is established, but no candidate that models it predicted responders "
             "at least as well as the floor out of fold" + (" and passed the served-model checks" if refused else "")
         )
     if discriminates and "risk_model" in enabled and fit_to_serve("risk_model"):

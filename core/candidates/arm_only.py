@@ -18,6 +18,7 @@ class ArmOnly(BenefitCandidate):
 
     name = "arm_only"
     same_for_everyone = True
+    models_effect_modification = False
     label = "Arm-only floor (each arm's response rate; no patient differences)"
     has_draws = True
 

@@ -127,6 +127,9 @@ class BenefitCandidate(BaseEstimator):
     has_draws: ClassVar[bool] = False
     # The same answer for every patient (the floor): explanations have no patient drivers.
     same_for_everyone: ClassVar[bool] = False
+    # Whether the benefit may vary beyond what baseline risk explains: only such a model can give the conditional answer
+    # once the test has established effect modification (the floor and PATH's constant relative effect cannot).
+    models_effect_modification: ClassVar[bool] = True
 
     @classmethod
     def from_config(cls, config: CandidatesConfig, treated_fraction: float, seed: int, final: bool = False) -> BenefitCandidate:

@@ -31,6 +31,7 @@ class RiskModel(BenefitCandidate):
 
     name = "risk_model"
     label = "Risk model (prognostic score + constant relative effect)"
+    models_effect_modification = False  # a constant relative effect: the benefit varies with baseline risk only
 
     @classmethod
     def from_config(cls, config: CandidatesConfig, treated_fraction: float, seed: int, final: bool = False) -> RiskModel:
