@@ -18,8 +18,8 @@ from pathlib import Path
 from benchmarks import recovery
 from benchmarks.recovery import SCENARIOS, Settings
 
-# About 2 minutes per trial at n = 300 and 5-6 at n = 1,000 on one core (the work-up's nested CV, the default test,
-# the served model with 4 BCF chains, every candidate's interval, the peers): about 45 minutes on 2 cores.
+# About 2 minutes per trial at n = 300 and 3-4 at n = 1,000 on one core (the work-up's nested CV, the default test,
+# the served model with 4 BCF chains, every candidate's interval, the peers): about 35 minutes on 2 cores.
 FULL = Settings(
     sizes=(99, 300, 1000),
     scenarios=SCENARIOS,

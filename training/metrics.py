@@ -88,18 +88,14 @@ def calibration(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
         intercept = brentq(score, -20, 20)
     except ValueError:
         intercept = float("nan")
-    if np.std(lp) < 1e-8:
-        return float(intercept), float("nan")
-    slope = LogisticRegression(C=1e6, max_iter=1000).fit(lp[:, None], y).coef_[0, 0]
-    return float(intercept), float(slope)
+    return float(intercept), calibration_slope_interval(y, p)[0]
 
 
 def calibration_slope_interval(y: np.ndarray, p: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """The calibration slope (logistic regression of ``y`` on logit(p) with an intercept) and its Wald interval.
 
     Returns (slope, lower, upper); NaN when undefined (one class, constant predictions). The slope's standard
-    error comes from the fitted model's Fisher information. The slope is :func:`calibration`'s, to the solver's
-    tolerance.
+    error comes from the fitted model's Fisher information. :func:`calibration` reports the same slope.
     """
     y = np.asarray(y, float)
     lp = logit(np.clip(np.asarray(p, float), EPS, 1 - EPS))
