@@ -27,13 +27,14 @@ from pathlib import Path
 
 from benchmarks.common import REPO, quiet_environment
 
-SECTIONS = ("recovery", "serving", "training", "heldout", "intervals")
+SECTIONS = ("recovery", "serving", "training", "heldout", "intervals", "large")
 TITLES = {
     "recovery": "1. Subgroup recovery",
     "serving": "2. Serving",
     "training": "3. Training",
     "heldout": "4. The heterogeneity test above 2,000 patients",
     "intervals": "5. Per-patient intervals",
+    "large": "6. The served answer on large trials",
 }
 PACKAGES = (
     "numpy",

@@ -80,6 +80,7 @@ AUTO_RULES: dict[str, AutoRule] = {
     "evidence.rate_bootstrap": AutoRule(10_000, 500, 200),
     "intervals.bootstrap_models": AutoRule(10_000, 100, 20),
     "intervals.bootstrap_penalty": AutoRule(10_000, "reselect", "keep"),
+    "selection.criterion": AutoRule(2_000, "bcf_when_eligible", "dr_tau_risk"),
 }
 
 
@@ -264,13 +265,15 @@ class CandidatesConfig(_Strict):
 class SelectionConfig(_Strict):
     """How the champion is chosen among the candidates (inside the nested cross-validation)."""
 
-    criterion: Literal["bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
+    criterion: Literal["auto", "bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate"] = Field(
         description=(
             "bcf_when_eligible: the prespecified shrinkage model (BCF) when it is eligible, else the arm-only floor "
             "(lost the least fresh-patient AUC of these rules in the recovery benchmark; needs bcf among the "
             "candidates); dr_tau_risk: lowest mean squared error against doubly robust scores; r_loss: lowest "
             "R-learner loss; rate: highest Qini-weighted RATE of the held-out benefit ranking; _1se: the simplest "
-            "candidate within one standard error (of the paired difference) of the best"
+            "candidate within one standard error (of the paired difference) of the best. auto: bcf_when_eligible "
+            "below 2,000 patients, dr_tau_risk from there (where BCF is fitted on a subsample of 1,000 while the "
+            "other candidates use every patient, and thousands of out-of-fold patients separate their benefit losses)"
         ),
     )
     floor_margin_se: float = Field(
@@ -443,10 +446,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _criterion_has_its_candidate(self) -> TrainConfig:
-        if self.selection.criterion == "bcf_when_eligible" and "bcf" not in self.candidates.enabled:
+        if self.selection.criterion in ("bcf_when_eligible", AUTO) and "bcf" not in self.candidates.enabled:
+            which = "bcf_when_eligible" if self.selection.criterion != AUTO else "auto (bcf_when_eligible below 2,000 patients)"
             raise ValueError(
-                "selection.criterion bcf_when_eligible chooses BCF and needs bcf in candidates.enabled; "
-                "enable it or choose another criterion (e.g. dr_tau_risk_1se)"
+                f"selection.criterion {which} chooses BCF and needs bcf in candidates.enabled; "
+                "enable it or choose another criterion (e.g. dr_tau_risk)"
             )
         return self
 

@@ -527,6 +527,36 @@ def test_heldout_section_counts_holm_rejections_per_trial_and_reads_auc_per_outc
     assert cells[6].startswith("2/3")  # AUC >= 0.9 in three outcome-runs; trial 0's memory run (p 0.2) was not rejected
 
 
+def test_large_trials_section_counts_runs_within_the_oracle_gap_and_floors_served_despite_evidence():
+    from benchmarks.large import Plan, render
+
+    base = {
+        "scenario": "final", "n": 10_000, "test": "held_out", "p_adjusted": 0.01, "eligible": "arm_only,bcf,t_learner",
+        "auc_bcf": 0.75, "coverage": 0.9, "width": 0.2, "interval_score": 0.5, "interval_score_average": 1.0,
+        "coverage_average": 0.3, "job_seconds": 60.0, "bcf_seconds": 10.0, "former_choice": "bcf",
+    }
+    rows = [
+        # within 0.05 of the oracle, and the rule below 2,000 (BCF) was not
+        {**base, "replicate": 0, "outcome": "pain", "answer": "conditional", "champion": "t_learner", "cv_choice": "t_learner",
+         "evidence": True, "auc_oracle": 0.90, "auc_served": 0.86, "auc_former": 0.75, "floor_despite_evidence": False},
+        # 0.051 below the oracle: not within
+        {**base, "replicate": 0, "outcome": "memory", "answer": "conditional", "champion": "t_learner", "cv_choice": "t_learner",
+         "evidence": True, "auc_oracle": 0.90, "auc_served": 0.849, "auc_former": 0.86, "floor_despite_evidence": False},
+        # the floor served with evidence and an eligible candidate: counted, and a constant ranks at 0.5
+        {**base, "replicate": 1, "outcome": "pain", "answer": "average", "champion": "arm_only", "cv_choice": "t_learner",
+         "evidence": True, "auc_oracle": 0.90, "auc_served": 0.5, "auc_former": 0.5, "floor_despite_evidence": True,
+         "interval_score": 2.0},
+    ]
+    text = render(pd.DataFrame(rows), Plan(sizes=(10_000,), trials=(2,), scenarios=("final",)), 1.0, False, True, 2)
+    assert text.startswith("## 6. The served answer on large trials")
+    assert "within 0.05 of the observable oracle: **1 of 3** outcome-runs (the rule below 2,000 patients: 1 of 3)" in text
+    assert "a candidate beat the floor: **1**" in text
+    assert "interval score below the trial average's in 2 of 3" in text
+    pain = next(line for line in text.splitlines() if line.startswith("| `final` | 10,000 | pain"))
+    cells = [c.strip() for c in pain.strip("|").split("|")]
+    assert cells[3] == "2" and cells[4] == "average 1, conditional 1" and cells[7] == "0.680 (0.500)"
+
+
 def test_the_minimal_client_reads_sized_and_chunked_answers_on_one_socket():
     """The serving benchmark's client without an HTTP library: one keep-alive socket, sized and chunked bodies, errors counted."""
     import threading

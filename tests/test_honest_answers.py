@@ -161,7 +161,7 @@ def test_a_candidate_worse_than_the_floor_is_not_eligible_and_the_floor_then_ser
     assert select(preds, y, t, 0.5, fast_config()).choice == "arm_only"
 
 
-def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_floor():
+def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_floor_below_2000_patients():
     rng = np.random.default_rng(5)
     n = 400
     t = rng.integers(0, 2, n)
@@ -174,12 +174,18 @@ def test_the_default_criterion_serves_bcf_when_it_is_eligible_and_otherwise_the_
     noisy = (np.clip(floor[0] + rng.normal(0, 0.3, n), 0.01, 0.99), np.clip(floor[1] + rng.normal(0, 0.3, n), 0.01, 0.99))
     mu = (sharp[0], sharp[1])
     default = fast_config()
-    assert default.selection.criterion == "bcf_when_eligible"
+    # auto: the prespecified model below 2,000 patients, where BCF sees every patient; the data choose from there.
+    assert default.selection.criterion == "auto"
+    assert default.resolved(1_999).selection.criterion == "bcf_when_eligible"
+    assert default.resolved(2_000).selection.criterion == "dr_tau_risk"
     eligible_bcf = select(FoldPredictions({"arm_only": floor, "bcf": shrunk, "t_learner": sharp}, *mu), y, t, 0.5, default)
     assert set(eligible_bcf.eligible) == {"arm_only", "bcf", "t_learner"} and eligible_bcf.choice == "bcf"
     # tau-risk would have taken the sharper candidate: the default names its model in advance.
     tau_risk = fast_config(selection={"criterion": "dr_tau_risk"})
     assert select(FoldPredictions({"arm_only": floor, "bcf": shrunk, "t_learner": sharp}, *mu), y, t, 0.5, tau_risk).choice == "t_learner"
+    # ... and so does the default resolved for a trial of 2,000 or more (cross_validate resolves it for the trial's n).
+    large = default.resolved(2_000)
+    assert select(FoldPredictions({"arm_only": floor, "bcf": shrunk, "t_learner": sharp}, *mu), y, t, 0.5, large).choice == "t_learner"
     # BCF worse than the floor: the floor serves, even though another candidate is eligible.
     worse = select(FoldPredictions({"arm_only": floor, "bcf": noisy, "t_learner": sharp}, *mu), y, t, 0.5, default)
     assert "bcf" not in worse.eligible and "t_learner" in worse.eligible and worse.choice == "arm_only"

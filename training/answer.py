@@ -4,7 +4,7 @@ The order (DESIGN.md section 5):
 
 1. **Effect modification established** (the heterogeneity test rejects after
    Holm's correction): the conditional average benefit, from the champion the
-   selection criterion chose (BCF by default). If the criterion chose the
+   selection criterion chose (BCF by default below 2,000 patients). If the criterion chose the
    floor or the risk model, or its choice fails the checks below, the eligible
    candidate with the lowest out-of-fold log-loss among those whose benefit
    may vary beyond baseline risk serves instead: when the test has found
