@@ -328,3 +328,21 @@ def test_the_job_note_names_the_configured_heterogeneity_test():
     assert "imputed randomisation test" in note and "at most 99 null trials" in note and "above 2,000 patients the held-out test" in note
     permutation = load_config(None, evidence={"method": "permutation"}).model_dump(mode="json")
     assert "permutation test (199 permutations)" in job_note("trial.csv", 99, "0" * 64, "fibromyalgia-ldn", ["pain"], permutation)
+
+
+def test_the_prespecified_inner_loop_fits_only_bcf_and_the_floor_and_chooses_as_if_it_fitted_all(spec, monkeypatch):
+    from training import evaluation
+
+    frame = simulate("strong", 99, 12)
+    config = fast_config()
+    assert config.resolved(99).selection.criterion == evaluation.PRESPECIFIED
+    assert evaluation.inner_candidates(config.resolved(99)) == ["arm_only", "bcf"]
+    assert evaluation.inner_candidates(config.resolved(20_000)) == list(config.candidates.enabled)
+    data, _ = outcome_data(frame, spec, "pain", config)
+    with make_executor("local", workers=1) as local:
+        lean = cross_validate(data, spec, config, local)
+        monkeypatch.setattr(evaluation, "inner_candidates", lambda c: list(c.candidates.enabled))
+        full = cross_validate(data, spec, config, local)
+    assert lean.selections == full.selections and lean.final_choice == full.final_choice
+    np.testing.assert_array_equal(lean.oof["selected"], full.oof["selected"])
+    pd.testing.assert_frame_equal(lean.summary, full.summary)

@@ -355,7 +355,8 @@ def _fold_candidate(task: tuple[int, str], shared: FitShared) -> dict:
     k, name = task
     Ftr, Fte, ttr, ytr, seed = shared.folds[k]
     config, e = shared.config, shared.treated_fraction
-    inner = oof_arms(Ftr, ttr, ytr, config, e, name, config.cv.inner_folds, seed)
+    needed = name == OUTCOME_MODELS or name in inner_candidates(config)
+    inner = oof_arms(Ftr, ttr, ytr, config, e, name, config.cv.inner_folds, seed) if needed else None
     if name == OUTCOME_MODELS:
         outer = predict_outcome_models(outcome_models(Ftr, ttr, ytr, config.candidates.solver), Fte)
     else:
@@ -380,7 +381,7 @@ def outer_folds_by_candidate(tasks: list[OuterTask], shared: CVShared, executor:
     results = []
     for k, task in enumerate(tasks):
         _, _, ttr, ytr, _ = folds[k]
-        inner = FoldPredictions({name: answers[k, name]["inner"] for name in names}, *answers[k, OUTCOME_MODELS]["inner"])
+        inner = FoldPredictions({name: answers[k, name]["inner"] for name in inner_candidates(config)}, *answers[k, OUTCOME_MODELS]["inner"])
         selection = select(inner, ytr, ttr, e, config)
         predictions = {name: answers[k, name]["outer"] for name in names}
         predictions[SELECTED] = predictions[selection.choice]
@@ -394,13 +395,26 @@ def outer_folds_by_candidate(tasks: list[OuterTask], shared: CVShared, executor:
     return results
 
 
+def inner_candidates(config: TrainConfig) -> list[str]:
+    """The candidates the inner loop fits: all of them, except under the prespecified criterion.
+
+    ``bcf_when_eligible`` takes BCF when BCF is eligible, and eligibility compares a
+    candidate with the floor alone, so the other candidates' inner fits could not
+    change its choice (the same choice, seeds and numbers, without their cost).
+    """
+    names = list(config.candidates.enabled)
+    if config.selection.criterion == PRESPECIFIED:
+        return [name for name in names if name in (FLOOR, BCF)]
+    return names
+
+
 def run_outer_fold(task: OuterTask, shared: CVShared) -> dict:
     config, t, y = shared.config, shared.t, shared.y
     Ftr, Fte = _fold_features(shared, task)
     ttr, ytr = t[task.train], y[task.train]
     data = shared
     names = list(config.candidates.enabled)
-    inner = oof_predictions(Ftr, ttr, ytr, config, data.treated_fraction, names, config.cv.inner_folds, task.seed)
+    inner = oof_predictions(Ftr, ttr, ytr, config, data.treated_fraction, inner_candidates(config), config.cv.inner_folds, task.seed)
     selection = select(inner, ytr, ttr, data.treated_fraction, config)
     predictions = {}
     for name in names:
