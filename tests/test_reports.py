@@ -582,3 +582,25 @@ def test_reports_open_in_headless_chromium(chromium, job, champions, tmp_path):
                 page.pdf(path=str(pdf), format="A4")
                 assert pdf.stat().st_size > 100_000
             context.close()
+
+
+@pytest.mark.slow
+def test_the_cohort_report_describes_the_test_the_job_ran(job):
+    """Each heterogeneity test gets its own description; the held-out test does not call BCF the served model."""
+    import copy
+
+    from training.reports import CohortPayload, render_cohort_report
+
+    payload = CohortPayload.from_mlflow(job.summary.parent_run_id, job.uri)
+    notes = {}
+    for method, details in (("imputed_randomisation", {}), ("held_out", {"n_fit": 1000, "n_test": 9000}), ("split_rate", {"n_fit": 5000, "n_test": 5000})):
+        meta = copy.deepcopy(payload.meta)
+        for outcome in meta["outcomes"].values():
+            outcome["evidence"].update({"method": method, **details})
+        html = unescape(render_cohort_report(CohortPayload(meta, payload.parts)))
+        notes[method] = re.search(r'<p class="note" id="test-null">(.*?)</p>', html, re.S).group(1)
+    assert "null trials built from the fitted no-modification model" in notes["imputed_randomisation"]
+    assert "tested on held-out patients" in notes["held_out"] and "the test's prespecified statistic" in notes["held_out"]
+    assert "Forest that serves" not in notes["held_out"]  # from 2,000 patients the cross-validation chooses the served model
+    assert notes["split_rate"].startswith("Sample-split RATE test") and "9,000" not in notes["split_rate"] and "5,000" in notes["split_rate"]
+    assert len(set(notes.values())) == 3

@@ -49,7 +49,9 @@ a stratified random subsample of that many patients (every null trial refits
 BCF). The recovery benchmark (benchmarks/recovery.py) measures its level on
 several null designs and sizes, and its power beside the other tests.
 
-**Larger trials: a held-out test.** Above twice ``evidence.max_patients`` a
+**Larger trials: a held-out test.** (From 2,000 patients the served model is the
+cross-validation's choice, ``selection.criterion: auto``; BCF stays the test's
+prespecified statistic.) Above twice ``evidence.max_patients`` a
 subsample would cap the test's power at that of a 1,000-patient trial however
 many patients there are. There BCF (the same statistic's fit) is fitted on the
 stratified subsample and tested on every other patient, in the manner of the
