@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+from scipy.special import expit
 import pandas as pd
 import pytest
 import yaml
@@ -91,6 +92,32 @@ def test_solver_rule_and_large_n_fits_agree_with_the_small_n_solver():
     p_lib = 1 / (1 + np.exp(-(Z @ fit_logistic(Z, y, 0.1, "liblinear")[0])))
     p_lbfgs = 1 / (1 + np.exp(-(Z @ fit_logistic(Z, y, 0.1, "lbfgs")[0])))
     assert np.abs(p_lib - p_lbfgs).max() < 5e-3  # the same model up to the intercept's (tiny) penalty
+
+
+def test_the_large_n_penalty_choice_matches_scikit_learns_cv_without_copying_folds():
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(6000, 10))
+    y = (rng.random(6000) < 1 / (1 + np.exp(-(0.8 * Z[:, 0] - 0.5 * Z[:, 1] + 0.1 * Z[:, 2])))).astype(int)
+    Cs = [0.0003, 0.001, 0.01, 0.1]
+    reference = LogisticRegressionCV(
+        Cs=Cs, l1_ratios=(0.0,), cv=3, scoring="neg_log_loss", solver="lbfgs", max_iter=5000, use_legacy_attributes=False
+    ).fit(Z, y)
+    coef, intercept, C = fit_logistic_cv(Z, y, Cs, 3, "lbfgs")
+    assert C == np.ravel(reference.C_)[0]
+    # The same model up to lbfgs's tolerance (scikit-learn's refit starts from the folds' mean coefficients).
+    np.testing.assert_allclose(coef, reference.coef_[0], atol=1e-3)
+    assert np.abs(expit(Z @ coef + intercept) - reference.predict_proba(Z)[:, 1]).max() < 1e-3
+
+
+def test_the_interaction_design_is_written_in_place_with_the_same_floats():
+    from core.candidates.base import _scale
+
+    rng = np.random.default_rng(6)
+    A, t = rng.normal(3.0, 2.0, size=(500, 7)), rng.integers(0, 2, 500).astype(float)
+    model = make_candidate("interaction_logistic", load_config().candidates, 0.5, 1)
+    model.scaler_ = StandardScaler().fit(A)
+    Z = _scale(A, model.scaler_)
+    assert np.array_equal(model._design(A, t), np.column_stack([Z, model.treatment_scale * t, Z * t[:, None]]))
 
 
 # Settings that follow n ----------------------------------------------------------------------------------
