@@ -49,6 +49,18 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: st
     return "\n".join(lines)
 
 
+def auc_top_quarter(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """The AUC with which ``predicted`` picks out the top quarter of ``truth`` (the issue's ranking measure).
+
+    A constant prediction ranks no one: 0.5.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if np.ptp(predicted) < 1e-12:
+        return 0.5
+    return float(roc_auc_score(truth >= np.quantile(truth, 0.75), predicted))
+
+
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
     """Mean and its Monte-Carlo standard error (SD / sqrt(R)); NaN SE for a single replicate."""
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import fmt_rate, md_table, quiet_environment, wilson
+from benchmarks.common import auc_top_quarter, fmt_rate, md_table, quiet_environment, wilson
 
 OUTCOMES = ("pain", "memory")
 NULLS = ("null", "ushape", "sharp")
@@ -45,7 +45,6 @@ def _trial(task: tuple[str, int, int]) -> list[dict]:
     """One simulated trial: the job's test on both outcomes; one row per outcome."""
     quiet_environment()
     warnings.simplefilter("ignore")
-    from sklearn.metrics import roc_auc_score
 
     from benchmarks.recovery import DESIGN_SEED_OFFSET, null_design_outcome
     from core.candidates import BCF, make_candidate
@@ -84,8 +83,7 @@ def _trial(task: tuple[str, int, int]) -> list[dict]:
             predicted = model.predict_benefit(F.iloc[rest].reset_index(drop=True))
             keep = trial.index[outcome_data_mask(trial, spec, outcome, config)]
             truth = trial.loc[keep, f"true_benefit_{outcome}"].to_numpy()[rest]
-            top = truth >= np.quantile(truth, 0.75)
-            row["auc_top_quarter"] = float(roc_auc_score(top, predicted)) if 0 < top.sum() < len(top) else np.nan
+            row["auc_top_quarter"] = auc_top_quarter(predicted, truth)
         rows.append(row)
     return rows
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import md_table, quiet_environment
+from benchmarks.common import auc_top_quarter, md_table, quiet_environment
 
 OUTCOMES = ("pain", "memory")
 SEED = 9600
@@ -44,14 +44,6 @@ class Plan:
 
 FULL = Plan(sizes=(10_000, 100_000), trials=(3, 2))
 QUICK = Plan(sizes=(2_500,), trials=(1,), scenarios=("strong",), population=2_000)
-
-
-def _auc_top_quarter(predicted: np.ndarray, truth: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if np.ptp(predicted) < 1e-12:
-        return 0.5  # a constant ranks no one
-    return float(roc_auc_score(truth >= np.quantile(truth, 0.75), predicted))
 
 
 def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable: dict[str, np.ndarray]) -> list[dict]:
@@ -100,9 +92,9 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
                 "answer": result.answer, "champion": result.champion, "cv_choice": result.cv.final_choice,
                 "eligible": ",".join(result.cv.eligible), "evidence": bool(result.evidence),
                 "p_adjusted": float(result.p_adjusted), "test": result.permutation.method,
-                "auc_oracle": _auc_top_quarter(target, truth), "auc_served": _auc_top_quarter(benefit, truth),
-                "auc_bcf": _auc_top_quarter(bcf_benefit, truth), "former_choice": former,
-                "auc_former": _auc_top_quarter(bcf_benefit, truth) if former == BCF else 0.5,
+                "auc_oracle": auc_top_quarter(target, truth), "auc_served": auc_top_quarter(benefit, truth),
+                "auc_bcf": auc_top_quarter(bcf_benefit, truth), "former_choice": former,
+                "auc_former": auc_top_quarter(bcf_benefit, truth) if former == BCF else 0.5,
                 "coverage": float(np.mean((lower <= target + 1e-12) & (target - 1e-12 <= upper))),
                 "width": float(np.mean(upper - lower)),
                 "interval_score": float(np.mean(interval_score(lower, upper, target, 1 - level))),

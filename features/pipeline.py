@@ -436,7 +436,7 @@ def warning_items(
                 if censored:
                     rows[i] = False
         message = _per_value(
-            values[:, j], rows, lambda value: f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
+            values[:, j], rows, lambda value, label=label, unit=unit, low=low, high=high: f"{label} {value:.3g} {unit} is outside the training range {low:.3g}-{high:.3g}; the prediction extrapolates"
         )
         items.append(WarningItem("outside_training_range", field, rows, message))
     for analyte in spec.labs:

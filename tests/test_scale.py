@@ -13,11 +13,11 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-from scipy.special import expit
 import pandas as pd
 import pytest
 import yaml
 from helpers import FAST, fast_config, free_port
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.preprocessing import StandardScaler
 
