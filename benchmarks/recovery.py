@@ -725,7 +725,8 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
             ensemble = None
             if not candidate.has_draws:
                 ensemble = BootstrapEnsemble(
-                    candidate, config.intervals.bootstrap_models, level, config.seed, config.intervals.bootstrap_penalty
+                    candidate, config.intervals.bootstrap_models, level, config.seed, config.intervals.bootstrap_penalty,
+                    config.intervals.bootstrap_fraction,
                 ).fit(F, d.t, d.y)
         benefit = candidate.predict_benefit(P)
         predictions[name], intervals[name] = benefit, model_interval(candidate, ensemble, P, benefit, level)

@@ -557,6 +557,31 @@ def test_large_trials_section_counts_runs_within_the_oracle_gap_and_floors_serve
     assert cells[3] == "2" and cells[4] == "average 1, conditional 1" and cells[7] == "0.680 (0.500)"
 
 
+def test_large_trials_section_sets_the_m_out_of_n_interval_beside_the_full_size_bootstrap():
+    from benchmarks.large import Plan, render
+
+    base = {
+        "scenario": "final", "test": "held_out", "p_adjusted": 0.01, "eligible": "arm_only,t_learner", "auc_bcf": 0.75,
+        "coverage": 0.6, "width": 0.1, "interval_score": 0.5, "interval_score_average": 1.0, "coverage_average": 0.3,
+        "job_seconds": 60.0, "bcf_seconds": 10.0, "former_choice": "bcf", "answer": "conditional", "champion": "t_learner",
+        "cv_choice": "t_learner", "evidence": True, "auc_oracle": 0.9, "auc_served": 0.88, "auc_former": 0.75,
+        "floor_despite_evidence": False, "outcome": "pain",
+    }
+    mofn = {"bootstrap_rate": 0.5, "bootstrap_fraction": 0.1, "coverage_full": 0.5, "interval_score_full": 0.6}
+    rows = [
+        {**base, "n": 10_000, "replicate": 0},  # full-size bootstrap served: no comparison columns
+        {**base, **mofn, "n": 100_000, "replicate": 0, "coverage_mofn": 0.6, "width_mofn": 0.11, "width_full": 0.10,
+         "interval_score_mofn": 0.5, "refit_seconds_mofn": 5.0, "refit_seconds_full": 40.0},
+        {**base, **mofn, "n": 100_000, "replicate": 1, "coverage_mofn": 0.7, "width_mofn": 0.13, "width_full": 0.10,
+         "interval_score_mofn": 0.4, "refit_seconds_mofn": 5.0, "refit_seconds_full": 20.0},
+    ]
+    text = render(pd.DataFrame(rows), Plan(sizes=(10_000, 100_000), trials=(1, 2), scenarios=("final",)), 1.0, False, True, 2)
+    assert "Over 2 outcome-runs the m-out-of-n interval is 1.20x the full-size one's width, and its refits take 1/6.0 of the time" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `final` | 100,000 | pain | 2 | 0.50"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5:] == ["0.65 / 0.50", "0.120 / 0.100", "0.450 / 0.600", "6.0x"]
+    assert "m-out-of-n" not in render(pd.DataFrame(rows[:1]), Plan(sizes=(10_000,), trials=(1,), scenarios=("final",)), 1.0, False, True, 2)
+
 def test_the_minimal_client_reads_sized_and_chunked_answers_on_one_socket():
     """The serving benchmark's client without an HTTP library: one keep-alive socket, sized and chunked bodies, errors counted."""
     import threading

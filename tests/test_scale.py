@@ -227,7 +227,7 @@ def test_bootstrap_refits_made_in_the_pool_equal_the_serial_ensemble(spec, final
 
 def _refit(resample, shared):
     candidate, F, t, y = shared
-    rows, seed = resample
+    rows, seed, _ = resample
     return BootstrapEnsemble.refit(candidate, F, t, y, rows, seed)
 
 
@@ -386,3 +386,75 @@ def test_large_trial_path_gives_the_small_trial_numbers(spec, final_99, monkeypa
     for name in small.oof:
         assert np.array_equal(large.oof[name], small.oof[name], equal_nan=True)
     pd.testing.assert_frame_equal(large.summary, small.summary, check_exact=True)
+
+
+def test_bootstrap_interval_groups_rescale_each_group_around_its_own_median():
+    from core.runtime.intervals import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    draws, point = rng.normal(size=(50, 40)), rng.normal(size=50) * 0.1
+    plain = bootstrap_interval(draws, point, 0.9)
+    one_group = bootstrap_interval(draws, point, 0.9, np.zeros(40, int), np.ones(40))
+    assert all(np.allclose(a, b, atol=1e-12) for a, b in zip(plain, one_group, strict=True))
+    # Two groups with different centres and spreads: each is centred on its own median and shrunk by its factor.
+    groups = np.repeat([0, 1], 20)
+    shifted = draws + np.where(groups == 1, 5.0, 0.0) * 0.01
+    lo, hi = bootstrap_interval(shifted, point, 0.9, groups, np.where(groups == 0, 0.5, 0.25))
+    deviations = np.column_stack([
+        (shifted[:, :20] - np.median(shifted[:, :20], axis=1, keepdims=True)) * 0.5,
+        (shifted[:, 20:] - np.median(shifted[:, 20:], axis=1, keepdims=True)) * 0.25,
+    ])
+    assert np.allclose(lo, np.clip(point + np.quantile(deviations, 0.05, axis=1), -1, 1))
+    assert np.allclose(hi, np.clip(point + np.quantile(deviations, 0.95, axis=1), -1, 1))
+    assert np.all(lo <= point) and np.all(point <= hi)
+
+
+@pytest.fixture(scope="module")
+def trial_4000(spec):
+    config = fast_config()
+    data, _ = outcome_data(simulate("strong", 4_000, 5), spec, "memory", config)
+    F = build_feature_pipeline(spec).fit_transform(data.X).reset_index(drop=True)
+    candidate = make_candidate("interaction_logistic", config.candidates, data.treated_fraction, 1, final=True).fit(F, data.t, data.y)
+    return data, F, candidate
+
+
+def test_m_out_of_n_bootstrap_refits_two_smaller_sizes_and_carries_their_spread_to_the_trial(trial_4000):
+    data, F, candidate = trial_4000
+    ensemble = BootstrapEnsemble(candidate, 8, 0.95, 3, penalty="keep", fraction=0.2)
+    resamples = ensemble.resamples(data.t)
+    assert len(resamples) == 16 and [k for _, _, k in resamples] == [0] * 8 + [1] * 8
+    arms = [int((data.t == a).sum()) for a in (0, 1)]
+    for rows, _, k in resamples:
+        share = (0.2, 0.05)[k]
+        assert [int((data.t[rows] == a).sum()) for a in (0, 1)] == [round(share * m) for m in arms]
+    # A kept penalty is the same per patient: C grows as the resample shrinks.
+    assert [tpl.Cs for tpl in ensemble.templates()] == [(candidate.C_ / 0.2,), (candidate.C_ / 0.05,)]
+    ensemble.fit(F, data.t, data.y)
+    assert 0.0 <= ensemble.rate_ <= 0.5
+    assert np.allclose(ensemble.factors_, np.where(ensemble.groups_ == 0, 0.2, 0.05) ** ensemble.rate_)
+    # The refits made in the pool (resamples + templates, in any order of chunks) give the same ensemble.
+    templates = ensemble.templates()
+    models = LocalExecutor(workers=2).map(_refit_sized, resamples, shared=(templates, F, data.t, data.y))
+    pooled = BootstrapEnsemble(candidate, 8, 0.95, 3, penalty="keep", fraction=0.2).fit(F, data.t, data.y, models=models)
+    point = candidate.predict_benefit(F)
+    assert pooled.rate_ == ensemble.rate_
+    assert all(np.array_equal(a, b) for a, b in zip(ensemble.interval(F, point), pooled.interval(F, point), strict=True))
+
+
+def _refit_sized(resample, shared):
+    templates, F, t, y = shared
+    rows, seed, k = resample
+    return BootstrapEnsemble.refit(templates[k], F, t, y, rows, seed)
+
+
+def test_m_out_of_n_interval_is_about_as_wide_as_the_full_bootstrap(trial_4000):
+    """A penalised logistic with a kept penalty is a root-n estimator: the rescaled spread must land near the full bootstrap's."""
+    data, F, candidate = trial_4000
+    point = candidate.predict_benefit(F)
+    widths = {}
+    for fraction in (1.0, 0.2):
+        ensemble = BootstrapEnsemble(candidate, 20, 0.95, 3, penalty="keep", fraction=fraction).fit(F, data.t, data.y)
+        lo, hi = ensemble.interval(F, point)
+        widths[fraction] = float(np.mean(hi - lo))
+    assert 0.35 <= ensemble.rate_ <= 0.5  # near root-n
+    assert 0.7 <= widths[0.2] / widths[1.0] <= 1.4, widths

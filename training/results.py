@@ -122,6 +122,7 @@ class OutcomeResult:
             "average_effect": _average_effect(self.average_effect),
             "path": self.path.to_dict() if self.path is not None else None,
             "diagnostics": self.model.metadata.get("bcf_diagnostics") if self.model is not None else None,
+            "interval_bootstrap": self.model.metadata.get("interval_bootstrap") if self.model is not None else None,
             "eligible": list(self.cv.eligible),
             "labels": self._labels(),
             "responder_rule": self.counts.rule,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
+from core.candidates.ensemble import describe_refits
 from core.config import TrainConfig
 from core.data import model_inputs
 from core.effects import AverageEffect, adjust, ancova, risk_difference
@@ -85,14 +86,20 @@ class _FinalShared:
     configs: dict[str, TrainConfig]
 
 
+def make_ensemble(candidate: BenefitCandidate, config: TrainConfig) -> BootstrapEnsemble:
+    """The served interval's bootstrap ensemble under ``config`` (resolved for the trial's size)."""
+    iv = config.intervals
+    return BootstrapEnsemble(candidate, iv.bootstrap_models, iv.level, config.seed, iv.bootstrap_penalty, iv.bootstrap_fraction)
+
+
 def _final_task(task: tuple, shared: _FinalShared):
     kind, outcome, payload = task
     F, t, y, e = shared.data[outcome]
     config, name = shared.configs[outcome], shared.champions[outcome]
     if kind == "champion":
         return make_candidate(name, config.candidates, e, config.seed, final=True).fit(F, t, y)
-    template, resamples = payload
-    return [BootstrapEnsemble.refit(template, F, t, y, rows, seed) for rows, seed in resamples]
+    templates, resamples = payload
+    return [BootstrapEnsemble.refit(templates[k], F, t, y, rows, seed) for rows, seed, k in resamples]
 
 
 def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: TrainConfig, executor: Executor) -> dict[str, FinalFits]:
@@ -118,10 +125,10 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
         if candidate.has_draws:
             continue
         intervals = configs[outcome].intervals
-        ensemble = BootstrapEnsemble(candidate, intervals.bootstrap_models, intervals.level, configs[outcome].seed, intervals.bootstrap_penalty)
-        resamples, template = ensemble.resamples(results[outcome].data.t), ensemble.template()
+        ensemble = make_ensemble(candidate, configs[outcome])
+        resamples, templates = ensemble.resamples(results[outcome].data.t), ensemble.templates()
         chunks = max(1, min(len(resamples), 2 * workers))
-        tasks += [("bootstrap", outcome, (template, resamples[i::chunks])) for i in range(chunks)]
+        tasks += [("bootstrap", outcome, (templates, resamples[i::chunks])) for i in range(chunks)]
     answers = executor.map(_final_task, tasks, desc="final fits: bootstrap refits", shared=shared) if tasks else []
     fits = {}
     for outcome in results:
@@ -171,9 +178,7 @@ def fit_champion(
         pipeline, F, candidate, bootstrap = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap
     ensemble = None
     if not candidate.has_draws:
-        ensemble = BootstrapEnsemble(
-            candidate, config.intervals.bootstrap_models, config.intervals.level, config.seed, config.intervals.bootstrap_penalty
-        ).fit(F, data.t, data.y, models=bootstrap)
+        ensemble = make_ensemble(candidate, config).fit(F, data.t, data.y, models=bootstrap)
     model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
@@ -195,6 +200,11 @@ def fit_champion(
             "path": result.path.to_dict() if result.path is not None else None,
             # Convergence of the served posterior (several chains); None for models without MCMC draws.
             "bcf_diagnostics": _bcf_diagnostics(candidate, F, config) if candidate.name == BCF else None,
+            # The bootstrap interval's refits: how many, at which resample size, and (m-out-of-n) the measured rate.
+            "interval_bootstrap": None if ensemble is None else {
+                "refits": len(ensemble.models_), "fraction": float(ensemble.fraction), "rate": ensemble.rate_,
+                "description": describe_refits(ensemble.n_models, ensemble.fraction),
+            },
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
             # Three or more arms: the comparison this model answers (serving keys and names its answers by it).

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.special import expit, ndtr
 
 from core.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
-from core.runtime.intervals import bootstrap_interval, posterior_interval
+from core.runtime.intervals import bootstrap_interval, posterior_interval, refit_scaling
 
 # Rows x trees up to which walking the flattened arrays beats the libraries' own predict calls: measured on
 # 2 cores, 202 LightGBM boosters (12,000 trees) took 0.5 ms for 1 row as arrays against 11 ms through
@@ -61,11 +61,11 @@ def compile_arms(candidate: Any, ensemble: Any, level: float):
     raise ValueError(f"no scoring plan for the form {kind!r} of candidate {candidate.name!r}")
 
 
-def _members(candidate: Any, ensemble: Any) -> tuple[list[Any], float]:
-    """The bootstrap refits and their level; none (explanations only, as in some tests) until an interval is asked for."""
+def _members(candidate: Any, ensemble: Any) -> tuple[list[Any], float, tuple]:
+    """The bootstrap refits, their level and (groups, factors); none (explanations only, as in some tests) until an interval is asked for."""
     if ensemble is None:
-        return [], float("nan")
-    return list(ensemble.models_), float(ensemble.level)
+        return [], float("nan"), (None, None)
+    return list(ensemble.models_), float(ensemble.level), refit_scaling(ensemble)
 
 
 def _need_refits(candidate_name: str, refits: int) -> None:
@@ -106,7 +106,7 @@ class LinearArms:
     """A linear champion and its refits: the refits' parameters stacked, one product for all of them."""
 
     def __init__(self, candidate: Any, members: tuple[list[Any], float]):
-        refits, self.level = members
+        refits, self.level, self.scaling = members
         self.candidate = candidate
         forms = [linear_form(m) for m in refits]
         scalers = [m.scoring().arrays for m in refits]
@@ -136,7 +136,7 @@ class LinearArms:
     def predict(self, F: np.ndarray) -> tuple[np.ndarray, ...]:
         _need_refits(self.candidate.name, len(self.c1))
         p1, p0 = self.candidate.predict_arms(F)
-        lower, upper = bootstrap_interval(self.refit_benefits(F), p1 - p0, self.level)
+        lower, upper = bootstrap_interval(self.refit_benefits(F), p1 - p0, self.level, *self.scaling)
         return p1, p0, lower, upper
 
 
@@ -144,7 +144,7 @@ class TreeArms:
     """LightGBM T-/DR-learner champion and refits: every booster in one flattened forest (or called one by one)."""
 
     def __init__(self, candidate: Any, members: tuple[list[Any], float]):
-        refits, self.level = members
+        refits, self.level, self.scaling = members
         self.candidate = candidate
         self.kind = candidate.name
         parts = [m.scoring().arrays for m in (candidate, *refits)]
@@ -204,7 +204,7 @@ class TreeArms:
     def predict(self, F: np.ndarray) -> tuple[np.ndarray, ...]:
         _need_refits(self.kind, self.refits)
         p1, p0 = self.benefits(F)
-        lower, upper = bootstrap_interval(p1[:, 1:] - p0[:, 1:], p1[:, 0] - p0[:, 0], self.level)
+        lower, upper = bootstrap_interval(p1[:, 1:] - p0[:, 1:], p1[:, 0] - p0[:, 0], self.level, *self.scaling)
         return p1[:, 0], p0[:, 0], lower, upper
 
 

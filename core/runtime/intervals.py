@@ -3,7 +3,8 @@
 - :func:`posterior_interval`: equal-tailed interval of posterior draws (arm-only
   floor, BCF), stretched to contain the point estimate;
 - :func:`bootstrap_interval`: the median-centred percentile interval of
-  bootstrap refits (the other candidates);
+  bootstrap refits (the other candidates), rescaled to the trial's size when
+  the refits were on smaller resamples (m-out-of-n);
 
 Both are intervals for the served estimand (a conditional average, risk-based
 or trial average benefit), never for one patient's own benefit.
@@ -23,13 +24,38 @@ def posterior_interval(draws: np.ndarray, benefit: np.ndarray, level: float) -> 
     return np.minimum(lower, benefit), np.maximum(upper, benefit)
 
 
-def bootstrap_interval(draws: np.ndarray, point: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_interval(
+    draws: np.ndarray, point: np.ndarray, level: float, groups: np.ndarray | None = None, factors: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Median-centred percentile interval: the (n, refits) refits' spread placed around the point estimate.
 
     A plain percentile interval of refits need not contain the full-data
     estimate (trees refitted on resamples shift); centring keeps the width
     and asymmetry of the bootstrap distribution and always contains it.
+
+    ``groups`` and ``factors`` (one per refit; the m-out-of-n bootstrap of
+    :class:`core.candidates.BootstrapEnsemble`): each group's deviations from
+    its own median, times each refit's factor, pooled. Without them every
+    refit is one group with factor 1 (the same quantiles).
     """
     tail = (1 - level) / 2
-    lo, mid, hi = (np.quantile(draws, q, axis=1) for q in (tail, 0.5, 1 - tail))
-    return np.clip(point + (lo - mid), -1, 1), np.clip(point + (hi - mid), -1, 1)
+    if groups is None:
+        lo, mid, hi = (np.quantile(draws, q, axis=1) for q in (tail, 0.5, 1 - tail))
+        return np.clip(point + (lo - mid), -1, 1), np.clip(point + (hi - mid), -1, 1)
+    deviations = np.empty_like(draws, dtype=float)
+    for g in np.unique(groups):
+        cols = groups == g
+        deviations[:, cols] = (draws[:, cols] - np.median(draws[:, cols], axis=1, keepdims=True)) * factors[cols]
+    lo, hi = (np.quantile(deviations, q, axis=1) for q in (tail, 1 - tail))
+    return np.clip(point + lo, -1, 1), np.clip(point + hi, -1, 1)
+
+
+def refit_scaling(ensemble: object) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(groups, factors) of an ensemble's refits for :func:`~core.runtime.intervals.bootstrap_interval`; (None, None) at full size.
+
+    Ensembles pickled before the m-out-of-n bootstrap have neither: every refit was at full size.
+    """
+    groups, factors = getattr(ensemble, "groups_", None), getattr(ensemble, "factors_", None)
+    if groups is None or factors is None or (np.all(groups == 0) and np.all(factors == 1)):
+        return None, None
+    return np.asarray(groups), np.asarray(factors, dtype=float)

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from core.candidates import candidate_label
+from core.candidates.ensemble import describe_refits
 from core.labelling import Wording
 from core.spec import DEFAULT_SPEC, DatasetSpec
 from training.diagnostics import describe as describe_diagnostics
@@ -285,6 +286,7 @@ def build_cohort_payload(
             "replicates": config.evidence.replicates,
             "alpha": config.evidence.alpha,
             "bootstrap_models": config.intervals.bootstrap_models,
+            "bootstrap_refits": describe_refits(config.intervals.bootstrap_models, config.intervals.bootstrap_fraction),
             "interval_level": config.intervals.level,
             "metric_bootstrap": METRIC_BOOTSTRAP,
             "digest": config.digest(),
