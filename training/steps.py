@@ -124,7 +124,6 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
     for outcome, candidate in champions.items():
         if candidate.has_draws:
             continue
-        intervals = configs[outcome].intervals
         ensemble = make_ensemble(candidate, configs[outcome])
         resamples, templates = ensemble.resamples(results[outcome].data.t), ensemble.templates()
         chunks = max(1, min(len(resamples), 2 * workers))
