@@ -1,4 +1,4 @@
-"""Section 6: the served answer on large trials (10^4 and 10^5 patients), against the observable oracle.
+"""Section 6: the served answer on large trials (3,000, 10^4 and 10^5 patients), against the observable oracle.
 
 Each simulated trial (`final` and `strong`) is fitted by the training job's own fit
 (:class:`training.estimator.ResponderEstimator`, the default config and executor: nested CV, PATH, the heterogeneity
@@ -42,7 +42,7 @@ class Plan:
     population: int = 20_000  # fresh patients per scenario (one draw, shared by every trial of it)
 
 
-FULL = Plan(sizes=(10_000, 100_000), trials=(3, 2))
+FULL = Plan(sizes=(3_000, 10_000, 100_000), trials=(3, 3, 2))
 QUICK = Plan(sizes=(2_500,), trials=(1,), scenarios=("strong",), population=2_000)
 
 

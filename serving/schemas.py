@@ -151,7 +151,7 @@ class Interval(BaseModel):
     (credible) or bootstrap refits (confidence). It is not an interval for one patient's own benefit, which no
     parallel-group trial identifies. Its coverage of simulated patients' observable conditional benefit, with its width
     and interval score beside the trial average's, is in benchmarks/RESULTS.md (section 5 up to 1,000 patients,
-    section 6 at 10^4-10^5): a bootstrap interval carries the refits' variation, not the model's approximation error,
+    section 6 at 3,000-10^5): a bootstrap interval carries the refits' variation, not the model's approximation error,
     and on large simulated trials it covered less often than its level."""
 
     lower: float = Field(ge=-1, le=1, description="Fraction (0.05 = 5 percentage points).")

@@ -23,7 +23,7 @@
   least. From 2,000 patients BCF is fitted on a subsample of 1,000 while the
   other candidates use every patient, and thousands of out-of-fold patients
   separate the candidates' losses: there the data choose (section 6 of
-  RESULTS.md measures the served ranking at 10^4 and 10^5 patients).
+  RESULTS.md measures the served ranking at 3,000, 10^4 and 10^5 patients).
 
 The heterogeneity tests live in :mod:`training.heterogeneity` (the default) and
 :mod:`training.rate_tests` (the RATE-based permutation and split-sample tests).
