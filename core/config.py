@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.errors import ConfigError, validation_problems, yaml_mapping
@@ -88,7 +88,6 @@ AUTO_RULES: dict[str, AutoRule] = {
     "cv.folds": AutoRule(20_000, 5, 2),
     "cv.repeats": AutoRule(10_000, 3, 1),
     "cv.inner_folds": AutoRule(20_000, 3, 2),
-    "candidates.bcf.num_mcmc": AutoRule(2_000, 1_000, 400),
     "candidates.bcf.cv_mcmc": AutoRule(2_000, 50, 20),
     "candidates.bcf.max_patients": AutoRule(2_000, None, 1_000),  # None: every patient
     "evidence.rate_bootstrap": AutoRule(10_000, 500, 200),
@@ -224,9 +223,9 @@ class BCFParams(_Strict):
         description="retained draws each served prediction evaluates, evenly spaced over the chains (the diagnostics use "
         "every retained draw; the job measures how far thinning moves the interval limits)",
     )
-    num_mcmc: IntOrAuto = Field(
-        description="retained posterior draws of the served model over all chains (its interval). auto: 1,000 below 2,000 "
-        "patients, 400 from there (each prediction evaluates every draw's trees for every patient)",
+    num_mcmc: int = Field(
+        description="retained posterior draws of the served model over all chains (its interval, R-hat and ESS), at every "
+        "trial size (a served prediction evaluates serve_draws of them)",
     )
     cv_gfr: int = Field(ge=0, description="warm-start iterations in cross-validation")
     cv_mcmc: IntOrAuto = Field(
@@ -236,6 +235,16 @@ class BCFParams(_Strict):
     mu_trees: int = Field(ge=1, description="trees of the prognostic forest")
     tau_trees: int = Field(ge=1, description="trees of the treatment-effect forest")
     explain_draws: int = Field(ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+    @field_validator("num_mcmc", mode="before")
+    @classmethod
+    def _no_auto_draws(cls, value: Any) -> Any:
+        if value == AUTO:  # configs written before 2026-12-05
+            raise ValueError(
+                "num_mcmc no longer takes auto (it was 1,000 below 2,000 patients and 400 from there): give a number; "
+                "the default is 1000 at every size"
+            )
+        return value
+
     @model_validator(mode="after")
     def _draws(self) -> BCFParams:
         for name, low in (("num_mcmc", 20), ("cv_mcmc", 10)):

@@ -22,6 +22,7 @@ from core.config import (
     load_config,
     smoke_config,
 )
+from core.errors import ConfigError
 
 
 def test_no_default_value_is_written_in_the_schema():
@@ -91,3 +92,10 @@ def test_each_auto_rule_is_applied_and_described_as_defined(path):
 def test_an_explicit_value_wins_over_the_rule_and_the_smoke_config_is_a_valid_override():
     assert load_config(None, cv={"folds": 7}).resolved(50_000).cv.folds == 7
     assert smoke_config().cv.folds == 3 and smoke_config(cv={"folds": 4}).cv.folds == 4
+
+
+def test_bcf_keeps_a_thousand_draws_at_every_size_and_refuses_the_old_auto():
+    """Issue 21: the served BCF retains at least 1,000 draws; the old auto (400 from 2,000 patients) is named, not guessed."""
+    assert {load_config(None).resolved(n).candidates.bcf.num_mcmc for n in (99, 2_000, 10**6)} == {1000}
+    with pytest.raises(ConfigError, match=r"num_mcmc no longer takes auto \(it was 1,000 below 2,000 patients and 400"):
+        load_config(None, candidates={"bcf": {"num_mcmc": "auto"}})
