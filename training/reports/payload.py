@@ -248,6 +248,7 @@ def build_cohort_payload(
             "path_sentence": result.path.sentence() if result.path is not None else None,
             "diagnostics": _json_safe(result.model.metadata.get("bcf_diagnostics")),
             "diagnostics_sentence": describe_diagnostics(result.model.metadata.get("bcf_diagnostics")),
+            "interval_bootstrap": _json_safe(result.model.metadata.get("interval_bootstrap")),
             "average_effect": _json_safe(result.average_effect.to_dict()) if result.average_effect is not None else None,
             "shap": shap_meta,
             "registry": {},
