@@ -193,7 +193,9 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
         "conditional benefit, beside the trial average's interval given to everyone.",
         "",
         f"- Served ranking within {GAP} of the observable oracle: **{int(within.sum())} of {runs}** outcome-runs "
-        f"(the rule below 2,000 patients: {int(former_within.sum())} of {runs}).",
+        f"(the rule below 2,000 patients: {int(former_within.sum())} of {runs}); by trial size: "
+        + "; ".join(f"{n:,}: {int(within[frame['n'] == n].sum())} of {int((frame['n'] == n).sum())}" for n in sorted(frame["n"].unique()))
+        + ".",
         f"- Outcome-runs where the floor served although the test found effect modification and a candidate beat the "
         f"floor: **{floor_bad}**.",
         f"- Served interval: coverage of the observable conditional benefit {frame['coverage'].mean():.2f} (mean over "

@@ -549,7 +549,7 @@ def test_large_trials_section_counts_runs_within_the_oracle_gap_and_floors_serve
     ]
     text = render(pd.DataFrame(rows), Plan(sizes=(10_000,), trials=(2,), scenarios=("final",)), 1.0, False, True, 2)
     assert text.startswith("## 6. The served answer on large trials")
-    assert "within 0.05 of the observable oracle: **1 of 3** outcome-runs (the rule below 2,000 patients: 1 of 3)" in text
+    assert "within 0.05 of the observable oracle: **1 of 3** outcome-runs (the rule below 2,000 patients: 1 of 3); by trial size: 10,000: 1 of 3." in text
     assert "a candidate beat the floor: **1**" in text
     assert "interval score below the trial average's in 2 of 3" in text
     pain = next(line for line in text.splitlines() if line.startswith("| `final` | 10,000 | pain"))
