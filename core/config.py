@@ -63,6 +63,7 @@ def _optional_int_or_auto(value: Any) -> int | str | None:
 
 
 IntOrAuto = Annotated[Any, PlainValidator(_int_or_auto)]
+OptionalIntOrAuto = Annotated[Any, PlainValidator(_optional_int_or_auto)]
 
 
 def _float_or_auto(value: Any) -> float | str:
@@ -76,7 +77,6 @@ def _float_or_auto(value: Any) -> float | str:
 
 
 FloatOrAuto = Annotated[Any, PlainValidator(_float_or_auto)]
-OptionalIntOrAuto = Annotated[Any, PlainValidator(_optional_int_or_auto)]
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,7 @@ class BCFParams(_Strict):
     mu_trees: int = Field(ge=1, description="trees of the prognostic forest")
     tau_trees: int = Field(ge=1, description="trees of the treatment-effect forest")
     explain_draws: int = Field(ge=1, description="posterior draws whose mean forests TreeSHAP explains")
+
     @field_validator("num_mcmc", mode="before")
     @classmethod
     def _no_auto_draws(cls, value: Any) -> Any:

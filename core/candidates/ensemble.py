@@ -109,7 +109,8 @@ class BootstrapEnsemble:
         draws = np.column_stack([m.predict_benefit(A) for m in self.models_])
         large, small = (draws[:, self.groups_ == k].std(axis=1, ddof=1) for k in (0, 1))
         ok = (large > 1e-12) & (small > 1e-12)
-        # Spread ~ size^-rate: log(small / large) = rate * log(SMALLER); the median over patients.
+        # Spread ~ size^-rate: log(small / large) = rate * log(SMALLER); the median over patients. No spread at all
+        # (a model whose refits agree everywhere): any rate gives the same zero width.
         rate = float(np.median(np.log(small[ok] / large[ok]) / np.log(SMALLER))) if ok.any() else RATE_BOUNDS[1]
         rate = float(np.clip(rate, *RATE_BOUNDS))
         return rate, np.array([fractions[k] ** rate for k in self.groups_])
@@ -119,7 +120,6 @@ class BootstrapEnsemble:
         A = _matrix(X, self.candidate.features_)  # once, not once per refit
         draws = np.column_stack([m.predict_benefit(A) for m in self.models_])
         return bootstrap_interval(draws, point, self.level, *refit_scaling(self))
-
 
 
 def describe_refits(n_models: int, fraction: float) -> str:

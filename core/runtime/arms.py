@@ -105,7 +105,7 @@ def linear_form(model: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
 class LinearArms:
     """A linear champion and its refits: the refits' parameters stacked, one product for all of them."""
 
-    def __init__(self, candidate: Any, members: tuple[list[Any], float]):
+    def __init__(self, candidate: Any, members: tuple[list[Any], float, tuple]):
         refits, self.level, self.scaling = members
         self.candidate = candidate
         forms = [linear_form(m) for m in refits]
@@ -143,7 +143,7 @@ class LinearArms:
 class TreeArms:
     """LightGBM T-/DR-learner champion and refits: every booster in one flattened forest (or called one by one)."""
 
-    def __init__(self, candidate: Any, members: tuple[list[Any], float]):
+    def __init__(self, candidate: Any, members: tuple[list[Any], float, tuple]):
         refits, self.level, self.scaling = members
         self.candidate = candidate
         self.kind = candidate.name
