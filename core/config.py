@@ -47,35 +47,31 @@ _INT = TypeAdapter(int)
 _FLOAT = TypeAdapter(float)
 
 
-def _int_or_auto(value: Any) -> int | str:
+def _or_auto(adapter: TypeAdapter, value: Any) -> Any:
     # One error line for a bad value (a plain union would report one per member).
     if value == AUTO:
         return AUTO
     try:
-        return _INT.validate_python(value)
+        return adapter.validate_python(value)
     except ValidationError as err:
         first = err.errors()[0]
         raise PydanticCustomError(first["type"], first["msg"]) from None
+
+
+def _int_or_auto(value: Any) -> int | str:
+    return _or_auto(_INT, value)
 
 
 def _optional_int_or_auto(value: Any) -> int | str | None:
     return None if value is None else _int_or_auto(value)
 
 
+def _float_or_auto(value: Any) -> float | str:
+    return _or_auto(_FLOAT, value)
+
+
 IntOrAuto = Annotated[Any, PlainValidator(_int_or_auto)]
 OptionalIntOrAuto = Annotated[Any, PlainValidator(_optional_int_or_auto)]
-
-
-def _float_or_auto(value: Any) -> float | str:
-    if value == AUTO:
-        return AUTO
-    try:
-        return _FLOAT.validate_python(value)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise PydanticCustomError(first["type"], first["msg"]) from None
-
-
 FloatOrAuto = Annotated[Any, PlainValidator(_float_or_auto)]
 
 
