@@ -430,6 +430,7 @@ def test_m_out_of_n_bootstrap_refits_two_smaller_sizes_and_carries_their_spread_
     # A kept penalty is the same per patient: C grows as the resample shrinks.
     assert [tpl.Cs for tpl in ensemble.templates()] == [(candidate.C_ / 0.2,), (candidate.C_ / 0.05,)]
     ensemble.fit(F, data.t, data.y)
+    assert list(ensemble.groups_) == [k for _, _, k in resamples]
     assert 0.0 <= ensemble.rate_ <= 0.5
     assert np.allclose(ensemble.factors_, np.where(ensemble.groups_ == 0, 0.2, 0.05) ** ensemble.rate_)
     # The refits made in the pool (resamples + templates, in any order of chunks) give the same ensemble.

@@ -87,15 +87,15 @@ class BootstrapEnsemble:
 
     def fit(self, X: pd.DataFrame, t: np.ndarray, y: np.ndarray, models: list[BenefitCandidate] | None = None):
         """Refit on every resample; ``models`` are refits already made elsewhere (e.g. in the worker pool) from :meth:`resamples`."""
-        resamples = self.resamples(t)
-        if models is not None:
-            if len(models) != len(resamples):
-                raise ValueError(f"expected {len(resamples)} refits, got {len(models)}")
+        sizes = len(self.fractions())
+        if models is not None:  # (the resamples are not drawn again: at 10^6 patients that is 160 MB per 20 refits)
+            if len(models) != sizes * self.n_models:
+                raise ValueError(f"expected {sizes * self.n_models} refits, got {len(models)}")
             self.models_ = list(models)
         else:
             templates = self.templates()
-            self.models_ = [self.refit(templates[k], X, t, y, rows, seed) for rows, seed, k in resamples]
-        self.groups_ = np.array([k for _, _, k in resamples])
+            self.models_ = [self.refit(templates[k], X, t, y, rows, seed) for rows, seed, k in self.resamples(t)]
+        self.groups_ = np.repeat(np.arange(sizes), self.n_models)  # the order of resamples()
         self.rate_, self.factors_ = self._rescale(X)
         return self
 
