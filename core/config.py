@@ -414,7 +414,7 @@ class IntervalConfig(_Strict):
         description="size of each bootstrap resample as a fraction of each arm. 1.0: the ordinary bootstrap; below 1: the "
         "m-out-of-n bootstrap, bootstrap_models refits at this fraction and as many at a quarter of it, their spread "
         "carried to the whole trial by the rate measured between the two sizes (core.candidates.ensemble). auto: 1.0 "
-        "below 100,000 patients, 0.1 from there (a refit on 10^6 patients costs about 20 s on one core)",
+        "below 100,000 patients, 0.1 from there (each full-size refit costs as much as the served fit)",
     )
 
     @model_validator(mode="after")

@@ -459,3 +459,22 @@ def test_m_out_of_n_interval_is_about_as_wide_as_the_full_bootstrap(trial_4000):
         widths[fraction] = float(np.mean(hi - lo))
     assert 0.35 <= ensemble.rate_ <= 0.5  # near root-n
     assert 0.7 <= widths[0.2] / widths[1.0] <= 1.4, widths
+
+
+@pytest.mark.parametrize("name", ["interaction_logistic", "t_learner"])
+def test_the_scoring_plan_serves_the_m_out_of_n_interval_the_ensemble_gives(trial_4000, name):
+    """What ships: the compiled plan (linear and tree forms) applies each refit's group and factor as the ensemble does."""
+    from core.runtime.arms import compile_arms
+
+    data, F, _ = trial_4000
+    candidate = make_candidate(name, fast_config().candidates, data.treated_fraction, 1, final=True).fit(F, data.t, data.y)
+    ensemble = BootstrapEnsemble(candidate, 6, 0.95, 3, penalty="keep", fraction=0.2).fit(F, data.t, data.y)
+    assert ensemble.rate_ is not None and not np.allclose(ensemble.factors_, 1)
+    rows = F.iloc[:300][list(candidate.features_)]
+    p1, p0, lower, upper = compile_arms(candidate, ensemble, 0.95).predict(rows.to_numpy(dtype=float))
+    expected = ensemble.interval(rows, p1 - p0)
+    np.testing.assert_allclose(lower, expected[0], atol=1e-9)
+    np.testing.assert_allclose(upper, expected[1], atol=1e-9)
+    unscaled = BootstrapEnsemble(candidate, 6, 0.95, 3, penalty="keep", fraction=0.2).fit(F, data.t, data.y)
+    unscaled.factors_ = np.ones(len(unscaled.models_))  # the same refits without the rate: a different (wider) interval
+    assert not np.allclose(upper - lower, np.subtract(*unscaled.interval(rows, p1 - p0)[::-1]))
