@@ -15,12 +15,17 @@ error) is tests/test_scoring_plan.py::test_a_file_scored_column_by_column_gets_t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from core.runtime.forests import TreeArrays, _compile_walk, row_quantiles
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _forest(rng: np.random.Generator, slots: int, per_slot: int, d: int, cuts: np.ndarray) -> TreeArrays:
@@ -124,6 +129,21 @@ def test_row_quantiles_are_np_quantile_bit_for_bit(draws):
         got = row_quantiles(values, [tail, 1 - tail])
         assert np.array_equal(want, got, equal_nan=True), (draws, level)
         assert np.array_equal(np.signbit(want), np.signbit(got))
+
+
+def test_a_few_rows_do_not_load_the_compiled_quantiles():
+    """Loading numba cost 0.3-0.5 s of `responders predict`'s start for the floor's one-row interval: NumPy does it."""
+    code = (
+        "import sys, numpy as np\n"
+        "from core.runtime.forests import COMPILED_QUANTILE_ROWS, row_quantiles\n"
+        "x = np.random.default_rng(1).normal(size=(COMPILED_QUANTILE_ROWS - 1, 200))\n"
+        "assert np.array_equal(row_quantiles(x, [0.025, 0.975]), np.quantile(x, [0.025, 0.975], axis=1))\n"
+        "assert 'numba' not in sys.modules\n"
+        "row_quantiles(np.vstack([x, x]), [0.025, 0.975])\n"
+        "assert 'numba' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_arrow_reads_number_text_as_python_does():

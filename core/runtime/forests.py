@@ -410,6 +410,10 @@ def _row_quantiles(draws, quantiles, select):  # pragma: no cover - compiled by 
 
 
 _QUANTILES = None
+# Below this many rows, until the compiled loop is loaded, NumPy itself: importing numba and loading the cached loop
+# took 0.3-0.5 s of `responders predict`'s start (the arm-only floor's one-row interval at load), about what NumPy
+# needs for 20,000 rows. A service loads it while warming up (its warm-up batch is larger).
+COMPILED_QUANTILE_ROWS = 64
 
 
 def row_quantiles(draws: np.ndarray, quantiles: list[float]) -> np.ndarray:
@@ -417,9 +421,12 @@ def row_quantiles(draws: np.ndarray, quantiles: list[float]) -> np.ndarray:
 
     NumPy's partition-based quantile cost 17 us a row for 200 posterior draws
     (1.7 s for 10^5 patients); sorting each row in a compiled loop costs a
-    fraction of that and releases the GIL (tests/test_scoring_plan.py checks the equality).
+    fraction of that and releases the GIL (tests/test_scoring_plan.py checks the equality). A few rows
+    before the loop is loaded (:data:`COMPILED_QUANTILE_ROWS`) go to NumPy.
     """
     global _QUANTILES
+    if _QUANTILES is None and len(draws) < COMPILED_QUANTILE_ROWS:
+        return np.quantile(draws, quantiles, axis=1)  # the same floats; loading the compiled loop costs more
     if _QUANTILES is None:
         import numba
 
