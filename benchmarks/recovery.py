@@ -290,7 +290,8 @@ class Settings:
         lines += [
             f"- Product default test: `imputed_randomisation_test` as the job runs it (`evidence.method: {job.evidence.method}`; "
             f"statistic: the SD of BCF's posterior-mean probit effects beyond a cubic in its prognosis on control, BCF with the cross-validation "
-            f"settings, {config.candidates.bcf.cv_gfr} warm-start iterations and {config.candidates.bcf.cv_mcmc} draws; sequential stop "
+            f"settings but `evidence.warm_starts` = {config.evidence.warm_starts} warm-start iterations (cross-validation: "
+            f"{config.candidates.bcf.cv_gfr}), {config.candidates.bcf.cv_mcmc} draws; sequential stop "
             f"after h = {job.evidence.sequential_h} exceedances; a subsample above {job.evidence.max_patients:,} patients) with at most "
             f"B = {self.replicates} simulated trials (job: {job.evidence.replicates}; smallest p-value {1 / (self.replicates + 1):.3f}), "
             f"Holm across pain and memory, alpha = {self.alpha}.",

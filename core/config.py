@@ -351,6 +351,13 @@ class EvidenceConfig(_Strict):
     replicates: int = Field(
         ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
     )
+    warm_starts: int = Field(
+        ge=0,
+        description="grow-from-root warm-start iterations of each BCF fit of the imputed randomisation test (the "
+        "observed statistic and every null trial; its other settings are the cross-validation fits'). A warm start on "
+        "the 64 engineered features costs about as much as 150 MCMC draws at 99 patients; level and power with this "
+        "setting: benchmarks/RESULTS.md, section 1",
+    )
     max_patients: int = Field(
         ge=50,
         description="the imputed randomisation test runs on a stratified random subsample of at most this many patients "

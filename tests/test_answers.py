@@ -99,6 +99,29 @@ def test_the_calibrated_test_rejects_a_real_modifier_and_names_its_null():
     assert again.p_value == strong.p_value and np.array_equal(again.null, strong.null)  # same seed, same test
 
 
+def test_the_tests_bcf_fits_take_their_own_warm_starts(monkeypatch):
+    """Every fit of the imputed randomisation test (observed and null trials) has evidence.warm_starts grow-from-root iterations."""
+    from core.candidates.bcf import BayesianCausalForest
+
+    seen: list[int] = []
+    fit = BayesianCausalForest.fit
+
+    def spy(self, X, t, y):
+        seen.append(self.num_gfr)
+        return fit(self, X, t, y)
+
+    monkeypatch.setattr(BayesianCausalForest, "fit", spy)
+    config = fast_config(evidence={"replicates": 3, "sequential_h": 0, "warm_starts": 1})
+    assert config.candidates.bcf.cv_gfr != 1
+    X, t, y = _trial(120, 5, prognosis=0.6, modifier=1.0)
+    result = imputed_randomisation_test(X, t, y, config, 0.5, LocalExecutor(workers=1))
+    assert result.permutations_run == 3 and seen == [1] * 4
+    assert "1 warm-start iterations" in result.details["bcf_fit"]
+    seen.clear()
+    again = imputed_randomisation_test(X, t, y, fast_config(evidence={"replicates": 3, "sequential_h": 0, "warm_starts": 0}), 0.5, LocalExecutor(workers=1))
+    assert seen == [0] * 4 and again.statistic != result.statistic  # the setting reaches the fit
+
+
 def test_the_held_out_slope_recovers_a_linear_benefit_and_is_a_standard_normal_without_one():
     from training.heterogeneity import BeyondPrognosisSlope
 
