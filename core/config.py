@@ -354,9 +354,9 @@ class EvidenceConfig(_Strict):
     warm_starts: int = Field(
         ge=0,
         description="grow-from-root warm-start iterations of each BCF fit of the imputed randomisation test (the "
-        "observed statistic and every null trial; its other settings are the cross-validation fits'). A warm start on "
-        "the 64 engineered features costs about as much as 150 MCMC draws at 99 patients; level and power with this "
-        "setting: benchmarks/RESULTS.md, section 1",
+        "observed statistic and every null trial; its other settings are the cross-validation fits'). Each warm start "
+        "sweeps every feature's cut-points for every tree, so on a small trial they dominate a fit; level and power "
+        "with this setting: benchmarks/RESULTS.md, section 1",
     )
     max_patients: int = Field(
         ge=50,
