@@ -421,7 +421,7 @@ def row_quantiles(draws: np.ndarray, quantiles: list[float]) -> np.ndarray:
 
     NumPy's partition-based quantile cost 17 us a row for 200 posterior draws
     (1.7 s for 10^5 patients); sorting each row in a compiled loop costs a
-    fraction of that and releases the GIL (tests/test_scoring_plan.py checks the equality). A few rows
+    fraction of that and releases the GIL (tests/test_batch.py checks the equality). A few rows
     before the loop is loaded (:data:`COMPILED_QUANTILE_ROWS`) go to NumPy.
     """
     global _QUANTILES
