@@ -112,6 +112,7 @@ class OutcomeResult:
             "refused": self.refused,
             "evidence": self.evidence,
             "heterogeneity_null": self.permutation.details.get("null") if self.permutation.details else None,
+            "heterogeneity_bcf_fit": (self.permutation.details or {}).get("bcf_fit"),  # the statistic's BCF (small trials)
             "heterogeneity_statistic_label": self.permutation.label,
             "p_value": _clean(self.permutation.p_value),
             "p_adjusted": _clean(self.p_adjusted),
