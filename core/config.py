@@ -93,6 +93,7 @@ AUTO_RULES: dict[str, AutoRule] = {
     "cv.folds": AutoRule(20_000, 5, 2),
     "cv.repeats": AutoRule(10_000, 3, 1),
     "cv.inner_folds": AutoRule(20_000, 3, 2),
+    "candidates.bcf.cv_gfr": AutoRule(2_000, 2, 5),
     "candidates.bcf.cv_mcmc": AutoRule(2_000, 50, 20),
     "candidates.bcf.max_patients": AutoRule(2_000, None, 1_000),  # None: every patient
     "evidence.rate_bootstrap": AutoRule(10_000, 500, 200),
@@ -232,7 +233,11 @@ class BCFParams(_Strict):
         description="retained posterior draws of the served model over all chains (its interval, R-hat and ESS), at every "
         "trial size (a served prediction evaluates serve_draws of them)",
     )
-    cv_gfr: int = Field(ge=0, description="warm-start iterations in cross-validation")
+    cv_gfr: IntOrAuto = Field(
+        description="warm-start (grow-from-root) iterations of each fit in cross-validation, where only posterior means "
+        "are used. auto: 2 below 2,000 patients (warm starts dominate a small trial's fit), 5 from there (20 draws "
+        "follow them, and the held-out heterogeneity test uses this fit)",
+    )
     cv_mcmc: IntOrAuto = Field(
         description="retained draws in cross-validation, where only posterior means are used. auto: 50 below 2,000 "
         "patients, 20 from there",
@@ -253,7 +258,7 @@ class BCFParams(_Strict):
 
     @model_validator(mode="after")
     def _draws(self) -> BCFParams:
-        for name, low in (("num_mcmc", 20), ("cv_mcmc", 10)):
+        for name, low in (("num_mcmc", 20), ("cv_mcmc", 10), ("cv_gfr", 0)):
             value = getattr(self, name)
             if value != AUTO and value < low:
                 raise ValueError(f"{name} must be at least {low} (or auto)")

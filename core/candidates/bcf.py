@@ -52,7 +52,7 @@ class BayesianCausalForest(BenefitCandidate):
         params = config.bcf
         # An unresolved ``auto`` (see TrainConfig.resolved) gets the small-trial value of its rule.
         return cls(
-            num_gfr=params.num_gfr if final else params.cv_gfr,
+            num_gfr=params.num_gfr if final else small_value("candidates.bcf.cv_gfr", params.cv_gfr),
             num_mcmc=params.num_mcmc if final else small_value("candidates.bcf.cv_mcmc", params.cv_mcmc),
             # CV fits use posterior means only; each chain starts from its own warm start (stochtree)
             num_chains=(min(params.num_chains, params.num_gfr) if params.num_gfr else params.num_chains) if final else 1,
