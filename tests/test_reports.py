@@ -251,6 +251,30 @@ def test_drivers_chart_uses_the_benefit_scale_and_is_dropped_below_one_point():
     figures.data_uri(fig)
 
 
+def test_evaluation_figures_drawn_in_the_workers_are_the_ones_drawn_here():
+    """The job draws every outcome's evaluation figures in its executor's workers: the same PNGs as in process."""
+    import pandas as pd
+
+    from training.executor import LocalExecutor
+    from training.reports.evaluation import EvaluationInputs, draw_evaluation_figures
+
+    rng = np.random.default_rng(5)
+    inputs = []
+    for outcome, tested in (("pain", True), ("memory", False)):
+        t, y = rng.integers(0, 2, 80), rng.integers(0, 2, 80)
+        p1, p0 = rng.uniform(0.2, 0.8, 80), rng.uniform(0.2, 0.8, 80)
+        oof = pd.DataFrame({"t": t, "y": y, "p1": p1, "p0": p0, "benefit": p1 - p0, "psi": rng.normal(0.1, 1, 80)})
+        evidence = {"tested": tested, "null": rng.normal(size=30) if tested else np.array([]), "statistic": 1.2, "p_value": 0.2, "statistic_label": "T"}
+        inputs.append(EvaluationInputs(outcome, oof, evidence, ("LDN", "placebo"), 7, {"calibration_intercept_treated": 0.1, "calibration_slope_treated": 0.9}))
+    here = draw_evaluation_figures(inputs)
+    assert [sorted(d) for d in here] == [
+        ["benefit_calibration", "calibration", "decision_curve", "permutation", "qini", "toc"],
+        ["benefit_calibration", "calibration", "decision_curve", "qini", "toc"],  # untested: no null to draw
+    ]
+    assert all(uri.startswith("data:image/png;base64,") for d in here for uri in d.values())
+    assert draw_evaluation_figures(inputs, LocalExecutor(workers=2)) == here
+
+
 def test_report_statistics(spec, final_99):
     from sklearn.metrics import roc_auc_score
 

@@ -188,6 +188,25 @@ def test_shared_data_reach_local_workers_once_per_loop_and_results_keep_order():
     assert not list(Path("/dev/shm").glob(f"responders-shared-{os.getpid()}-*")) if Path("/dev/shm").is_dir() else True
 
 
+def _has_module(item, shared):
+    import sys
+
+    return os.getpid(), shared in sys.modules
+
+
+def test_workers_started_ahead_import_the_modules_and_the_next_map_waits_for_them():
+    """A training job starts its local workers while it opens MLflow; the first loop reuses them (loky's pool)."""
+    from training.executor import _STARTING, start_local_workers
+
+    start_local_workers(2, ["tabnanny"])  # a module nothing else here imports
+    assert len(_STARTING) == 1  # returned at once, the start still pending
+    answers = LocalExecutor(workers=2).map(_has_module, list(range(8)), shared="tabnanny")
+    assert not _STARTING  # the map waited for the start first: no two joblib calls on one pool at once
+    assert any(imported for _, imported in answers)
+    start_local_workers(1, ["tabnanny"])  # one worker runs in process: nothing to start
+    assert not _STARTING
+
+
 def test_every_map_is_counted_and_bytes_only_when_asked():
     from training.executor import MAP_LOG, pickled_size
 

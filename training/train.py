@@ -32,8 +32,9 @@ from core.data import file_digest, ground_truth_columns, load_trial
 from core.progress import JobSteps, deferred_interrupt
 from core.spec import DatasetSpec
 from training.estimator import ResponderEstimator
-from training.executor import make_executor
-from training.reports.cohort import cohort_figures, evaluation_figures, png_from_uri, render_cohort_report
+from training.executor import make_executor, start_local_workers
+from training.reports.cohort import cohort_figures, png_from_uri, render_cohort_report
+from training.reports.evaluation import EvaluationInputs, draw_evaluation_figures
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
 from training.results import HEADLINE, OutcomeResult, TrainSummary, _clean, _fmt
 
@@ -71,6 +72,9 @@ from training.tracking import (
 
 log = logging.getLogger("responders.train")
 
+# What the job's worker processes run: cross-validation, the heterogeneity test (BCF) and the evaluation figures.
+WORKER_MODULES = ("training.evaluation", "training.heterogeneity", "stochtree", "training.reports.evaluation")
+
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -91,21 +95,26 @@ def _log_table(frame: pd.DataFrame, path: str) -> None:
         mlflow.log_artifact(str(local), artifact_path=str(Path(path).parent) if Path(path).parent != Path(".") else None)
 
 
-def _log_outcome_artifacts(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig) -> None:
+def _evaluation_inputs(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig) -> EvaluationInputs:
+    """What the outcome's evaluation figures are drawn from: the served procedure's out-of-fold predictions and the test."""
     cv, data = result.cv, result.data
-    _log_table(cv.summary, "evaluation/candidates.csv")
-    _log_table(cv.per_repeat.set_index(["candidate", "repeat"]), "evaluation/per_repeat.csv")
     p = cv.oof[result.procedure].mean(axis=0)
     tau = cv.mean_benefit(result.procedure)
     oof = pd.DataFrame({"t": data.t, "y": data.y, "p1": p[:, 0], "p0": p[:, 1], "benefit": tau, "psi": cv.psi.mean(axis=0)})
     for name in config.candidates.enabled:
         oof[f"benefit_{name}"] = cv.mean_benefit(name)
-    _log_table(oof, "evaluation/oof_predictions.parquet")
-    arm_labels = (spec.treated_display(), spec.control_display())
     perm = result.permutation
     evidence = {"tested": perm.tested, "null": perm.null, "statistic": perm.statistic, "p_value": perm.p_value, "statistic_label": perm.label}
-    # Drawn once: logged here as files and embedded in the cohort report.
-    result.figures = evaluation_figures(result.outcome, oof, evidence, arm_labels, config.seed, cv.summary.loc[result.procedure].to_dict())
+    arm_labels = (spec.treated_display(), spec.control_display())
+    return EvaluationInputs(result.outcome, oof, evidence, arm_labels, config.seed, cv.summary.loc[result.procedure].to_dict())
+
+
+def _log_outcome_artifacts(result: OutcomeResult, inputs: EvaluationInputs) -> None:
+    """The outcome run's evaluation tables, its figures (``result.figures``, drawn already) and the test's null."""
+    cv, perm = result.cv, result.permutation
+    _log_table(cv.summary, "evaluation/candidates.csv")
+    _log_table(cv.per_repeat.set_index(["candidate", "repeat"]), "evaluation/per_repeat.csv")
+    _log_table(inputs.oof, "evaluation/oof_predictions.parquet")
     with tempfile.TemporaryDirectory() as tmp:
         for key, uri in result.figures.items():
             (Path(tmp) / f"{key}.png").write_bytes(png_from_uri(uri))
@@ -262,6 +271,9 @@ def run_training(
     clock.start("load and validate the data", "data")
     data_path = Path(data_path)
     frame, validation = load_trial(data_path, spec)
+    if config.executor.kind == "local" and config.executor.scheduler is None:
+        # The workers start and import the training modules while this process opens the MLflow store.
+        start_local_workers(config.executor.workers, WORKER_MODULES)
     resolved_uri, client = setup_tracking(tracking_uri)
     experiment_id = ensure_experiment(client, spec.name, resolved_uri)
     digest = file_digest(data_path)
@@ -321,6 +333,13 @@ def run_training(
         fitted = ResponderEstimator(spec, config).fit(frame, str(data_path), validation=validation, provenance=provenance, executor=executor, phase=phase)
         results: dict[str, OutcomeResult] = fitted.results
 
+        # Every outcome's evaluation figures, drawn once in the executor's workers (one task per figure, in
+        # parallel): logged below as each outcome run's plots/ and embedded in the cohort report.
+        clock.start("evaluation figures", "reports")
+        inputs = {outcome: _evaluation_inputs(result, result.spec or spec, config) for outcome, result in results.items()}
+        for result, drawn in zip(results.values(), draw_evaluation_figures(list(inputs.values()), executor), strict=True):
+            result.figures = drawn
+
         # Tracking: per outcome a run with its candidates' runs under it, the served model logged and registered.
         # The key is the outcome (two arms) or "<comparison>/<outcome>" (three or more arms, each with its two-arm spec).
         for outcome, result in results.items():
@@ -372,7 +391,7 @@ def run_training(
                     }
                 )
                 mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
-                _log_outcome_artifacts(result, own, config)
+                _log_outcome_artifacts(result, inputs[outcome])
                 info = log_responder_model(result.model)
             result.model_uri = info.model_uri
             version = register(

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from core.candidates import FLOOR
@@ -22,13 +20,12 @@ from core.reports import figures
 from core.reports.render import environment
 from core.spec import inline
 from training import plots
-from training.reports import analysis
+from training.reports.evaluation import evaluation_steps
 from training.reports.payload import CohortPayload
 
 log = logging.getLogger("responders.reports")
 
 TEMPLATE = "cohort.html.j2"
-DECISION_THRESHOLDS = np.linspace(0.0, 0.30, 61)  # smallest benefit worth treating for: 0 to 30 percentage points
 
 # TRIPOD+AI (Collins et al., BMJ 2024;385:e078378) main items this report covers, and where.
 TRIPOD_COVERED = [
@@ -66,75 +63,6 @@ def _shap_views(payload: CohortPayload, outcome: str):
     benefit = figures.explanation(payload.part(outcome, "shap_benefit").to_numpy(), base["base_benefit"].to_numpy(), features, names)
     treated = figures.explanation(payload.part(outcome, "shap_p_treated").to_numpy(), base["base_p_treated"].to_numpy(), features, names)
     return meta, benefit, treated
-
-
-def evaluation_steps(
-    outcome: str, oof, evidence: dict, labels: tuple[str, str], seed: int, metrics: dict | None = None
-) -> list[tuple[str, Callable]]:
-    """(figure key, builder) for the out-of-fold evaluation figures of one outcome.
-
-    The training job draws these once, logs them as the outcome run's
-    ``plots/<key>.png`` and embeds the same images in the report. ``metrics``
-    (the logged out-of-fold metrics of the champion procedure) puts the logged
-    calibration intercepts and slopes on the calibration figure.
-    """
-    t, y = oof["t"].to_numpy(), oof["y"].to_numpy()
-    benefit, psi = oof["benefit"].to_numpy(), oof["psi"].to_numpy()
-    stats = None
-    if metrics is not None:
-        stats = {}
-        for arm in ("treated", "control"):
-            pair = (metrics.get(f"calibration_intercept_{arm}"), metrics.get(f"calibration_slope_{arm}"))
-            if all(v is not None and math.isfinite(float(v)) for v in pair):
-                stats[arm] = (float(pair[0]), float(pair[1]))
-
-    def calibration():
-        return plots.calibration_figure(
-            y, t, oof["p1"].to_numpy(), oof["p0"].to_numpy(), labels, f"{outcome}: calibration of the served model (out of fold)", stats
-        )
-
-    def qini():
-        return plots.uplift_figure(benefit, t, y, f"{outcome}: Qini curve (out of fold)", seed=seed)
-
-    def toc():
-        grid = np.linspace(max(0.05, 1 / len(psi)), 1, 60)
-        curve, band = analysis.toc_band(benefit, psi, grid, seed=seed)
-        return plots.toc_figure(curve, band, grid, f"{outcome}: TOC curve (out of fold)")
-
-    def benefit_calibration():
-        rows = analysis.benefit_calibration(benefit, t, y)
-        return plots.benefit_calibration_figure(rows, f"{outcome}: calibration for benefit (out of fold)")
-
-    def decision():
-        curves = analysis.decision_curve(benefit, psi, DECISION_THRESHOLDS)
-        return plots.decision_curve_figure(curves, f"{outcome}: decision curve (out of fold)", labels)
-
-    def permutation():
-        return plots.permutation_figure(
-            np.asarray(evidence["null"]),
-            evidence["statistic"],
-            evidence["p_value"],
-            f"{outcome}: permutation test",
-            evidence.get("statistic_label", "best Qini-weighted RATE over candidates"),
-        )
-
-    steps: list[tuple[str, Callable]] = [
-        ("calibration", calibration),
-        ("qini", qini),
-        ("toc", toc),
-        ("benefit_calibration", benefit_calibration),
-        ("decision_curve", decision),
-    ]
-    if evidence["tested"] and len(evidence["null"]):  # a split-sample test has no null distribution to draw
-        steps.append(("permutation", permutation))
-    return steps
-
-
-def evaluation_figures(
-    outcome: str, oof, evidence: dict, labels: tuple[str, str], seed: int, metrics: dict | None = None
-) -> dict[str, str]:
-    """Draw :func:`evaluation_steps` now: figure key -> PNG ``data:`` URI."""
-    return {key: figures.data_uri(build()) for key, build in evaluation_steps(outcome, oof, evidence, labels, seed, metrics)}
 
 
 def _figure_steps(payload: CohortPayload) -> list[tuple[str, str, Callable]]:
