@@ -96,25 +96,31 @@ def _log_table(frame: pd.DataFrame, path: str) -> None:
 
 
 def _evaluation_inputs(result: OutcomeResult, spec: DatasetSpec, config: TrainConfig) -> EvaluationInputs:
-    """What the outcome's evaluation figures are drawn from: the served procedure's out-of-fold predictions and the test."""
+    """What the outcome's evaluation figures are drawn from: the served procedure's out-of-fold predictions and the test.
+
+    Only the columns the figures read: this is sent to the workers that draw them.
+    """
     cv, data = result.cv, result.data
     p = cv.oof[result.procedure].mean(axis=0)
     tau = cv.mean_benefit(result.procedure)
     oof = pd.DataFrame({"t": data.t, "y": data.y, "p1": p[:, 0], "p0": p[:, 1], "benefit": tau, "psi": cv.psi.mean(axis=0)})
-    for name in config.candidates.enabled:
-        oof[f"benefit_{name}"] = cv.mean_benefit(name)
     perm = result.permutation
     evidence = {"tested": perm.tested, "null": perm.null, "statistic": perm.statistic, "p_value": perm.p_value, "statistic_label": perm.label}
     arm_labels = (spec.treated_display(), spec.control_display())
     return EvaluationInputs(result.outcome, oof, evidence, arm_labels, config.seed, cv.summary.loc[result.procedure].to_dict())
 
 
-def _log_outcome_artifacts(result: OutcomeResult, inputs: EvaluationInputs) -> None:
+def _evaluation_table(result: OutcomeResult, inputs: EvaluationInputs, config: TrainConfig) -> pd.DataFrame:
+    """The outcome run's out-of-fold table: the figures' columns and every candidate's mean benefit."""
+    return inputs.oof.assign(**{f"benefit_{name}": result.cv.mean_benefit(name) for name in config.candidates.enabled})
+
+
+def _log_outcome_artifacts(result: OutcomeResult, inputs: EvaluationInputs, config: TrainConfig) -> None:
     """The outcome run's evaluation tables, its figures (``result.figures``, drawn already) and the test's null."""
     cv, perm = result.cv, result.permutation
     _log_table(cv.summary, "evaluation/candidates.csv")
     _log_table(cv.per_repeat.set_index(["candidate", "repeat"]), "evaluation/per_repeat.csv")
-    _log_table(inputs.oof, "evaluation/oof_predictions.parquet")
+    _log_table(_evaluation_table(result, inputs, config), "evaluation/oof_predictions.parquet")
     with tempfile.TemporaryDirectory() as tmp:
         for key, uri in result.figures.items():
             (Path(tmp) / f"{key}.png").write_bytes(png_from_uri(uri))
@@ -391,7 +397,7 @@ def run_training(
                     }
                 )
                 mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
-                _log_outcome_artifacts(result, inputs[outcome])
+                _log_outcome_artifacts(result, inputs[outcome], config)
                 info = log_responder_model(result.model)
             result.model_uri = info.model_uri
             version = register(
