@@ -86,6 +86,15 @@ TINY_RECOVERY = recovery.Settings(
 )
 
 
+def test_the_level_criterion_is_also_given_per_size_with_the_null_designs_pooled():
+    cells = [("null", 99, 1, 59), ("ushape", 99, 2, 59), ("sharp", 99, 2, 58), ("null", 300, 4, 59), ("ushape", 300, 5, 59)]
+    bounds = [(d, n, k, R, wilson(k, R)[1]) for d, n, k, R in cells]
+    text = recovery._per_size_bounds(bounds, 0.05)
+    assert "n = 99: 5/176 = 2.8% (upper 6.5%, met)" in text  # two of its cells miss it alone (upper 11.5%, 11.7%)
+    assert "n = 300: 9/118 = 7.6% (upper 13.9%, not met)" in text
+    assert recovery._per_size_bounds(bounds[:1], 0.05) == ""  # one design: the per-cell sentence says it all
+
+
 def test_null_designs_keep_the_trial_and_redraw_only_the_outcome():
     F = pd.DataFrame({recovery.USHAPE_FEATURE: np.linspace(-3, 3, 4000)})
     t = np.tile([0, 1], 2000)

@@ -75,6 +75,7 @@ log = logging.getLogger("responders.train")
 # What the job's worker processes run: cross-validation, the heterogeneity test (BCF) and the evaluation figures.
 WORKER_MODULES = ("training.evaluation", "training.heterogeneity", "stochtree", "training.reports.evaluation")
 
+
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
