@@ -23,6 +23,7 @@ driver, so a job leaves it off). The counters change no result.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import tempfile
@@ -218,12 +219,16 @@ def start_local_workers(workers: int | None, modules: Sequence[str]) -> None:
 
         # A generator: joblib dispatches its tasks at once and yields as they finish.
         _STARTING.append(Parallel(n_jobs=workers, backend="loky", return_as="generator")(delayed(_import)(tuple(modules)) for _ in range(workers)))
+        # A job that fails before its first map still waits for the start at exit (registered after the pool
+        # was made, so this runs before loky shuts it down): joblib warns about a call nobody read.
+        atexit.register(_wait_for_start)
 
 
 _STARTING: list[Iterator[None]] = []  # start_local_workers' call, until the next map has waited for it
 
 
 def _wait_for_start() -> None:
+    atexit.unregister(_wait_for_start)
     while _STARTING:
         for _ in _STARTING.pop():
             pass
