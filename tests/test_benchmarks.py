@@ -303,7 +303,7 @@ def test_training_tables():
     ]
     markdown = training.render_jobs(jobs, training.FULL)
     assert "wall **1.50x**" in markdown and "identical across executors: **yes**" in markdown
-    assert markdown.index("the 60 s target") < markdown.index("| executor")  # ratios first
+    assert markdown.index("the 30 s target") < markdown.index("the 60 s one") < markdown.index("| executor")  # ratios first
     jobs_table, phases, outcomes = tables(markdown)
     assert first_column(jobs_table)[0].startswith("local processes") and len(jobs_table) == 3 and len(jobs_table[0]) == 8
     assert phases[0][1:] == ["data", "cv", "test", "final fits", "mlflow", "reports"] and phases[1][2] == "1.0 / 1.5"

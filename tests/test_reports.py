@@ -275,6 +275,17 @@ def test_evaluation_figures_drawn_in_the_workers_are_the_ones_drawn_here():
     assert draw_evaluation_figures(inputs, LocalExecutor(workers=2)) == here
 
 
+def test_a_worker_drawing_a_figure_does_not_import_mlflow():
+    """training.reports loads its report names lazily: the figure module a worker imports stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys, training.reports.evaluation; print(sorted(m for m in ('mlflow', 'jinja2', 'shap') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_report_statistics(spec, final_99):
     from sklearn.metrics import roc_auc_score
 

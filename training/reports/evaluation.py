@@ -4,8 +4,8 @@ The training job draws them once, in its executor's workers (one task per
 figure, :func:`draw_evaluation_figures`), logs them as each outcome run's
 ``plots/<key>.png`` and embeds the same images in the cohort report; the
 report re-draws them from MLflow alone with the same builders. This module
-imports matplotlib and NumPy only (no MLflow, no report templates), so a
-worker that draws a figure loads little.
+imports matplotlib, NumPy and pandas only (no MLflow, no report templates),
+so a worker that draws a figure loads little.
 """
 
 from __future__ import annotations
