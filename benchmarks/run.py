@@ -102,7 +102,11 @@ def command_line(argv: list[str]) -> str:
     """The exact command: the make target that called us (BENCH_COMMAND) and the Python invocation."""
     python = shlex.join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable, "-m", "benchmarks.run", *argv])
     outer = os.environ.get("BENCH_COMMAND")
-    knobs = " ".join(f"{k}={os.environ[k]}" for k in ("BENCH_RECOVERY", "BENCH_REPLICATES_SCALE", "BENCH_RESUME") if os.environ.get(k))
+    knobs = " ".join(
+        f"{k}={os.environ[k]}"
+        for k in ("BENCH_RECOVERY", "BENCH_REPLICATES_SCALE", "BENCH_RESUME", "BENCH_DEADLINE")
+        if os.environ.get(k) and f"{k}=" not in (outer or "")  # a knob the caller already wrote once
+    )
     if outer and knobs:
         outer = f"{knobs} {outer}"
     return f"`{outer}` (runs `{python}`)" if outer else f"`{python}`"

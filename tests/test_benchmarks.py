@@ -389,6 +389,18 @@ def test_a_measured_child_process_reports_time_and_memory(tmp_path):
     assert result.processes[0].root and result.root_peak_bytes == result.processes[0].peak_rss_bytes > 0
 
 
+def test_the_command_line_names_each_knob_once(monkeypatch):
+    monkeypatch.setenv("BENCH_RECOVERY", "level")
+    monkeypatch.setenv("BENCH_DEADLINE", "19:00")
+    monkeypatch.delenv("BENCH_REPLICATES_SCALE", raising=False)
+    monkeypatch.delenv("BENCH_RESUME", raising=False)
+    monkeypatch.setenv("BENCH_COMMAND", "make bench BENCH_ARGS='--sections recovery'")
+    assert run.command_line(["--sections", "recovery"]).startswith("`BENCH_RECOVERY=level BENCH_DEADLINE=19:00 make bench")
+    monkeypatch.setenv("BENCH_COMMAND", "BENCH_RECOVERY=level make bench BENCH_ARGS='--sections recovery'")
+    line = run.command_line(["--sections", "recovery"])
+    assert line.count("BENCH_RECOVERY=") == 1 and line.startswith("`BENCH_DEADLINE=19:00 BENCH_RECOVERY=level make bench")
+
+
 def test_runner_reports_missing_sections_and_writes_the_header(tmp_path):
     parts, seconds, failed = run.run_sections(["no_such_section"], quick=True, out_dir=tmp_path)
     assert "does not exist yet" in parts[0] and not seconds and not failed
