@@ -112,7 +112,10 @@ QUICK = Settings(
 )
 CATEGORIES = ("data", "cv", "test", "final fits", "mlflow", "reports")
 # Where each executor loop belongs in the job's phase clock (by the loop's description, training/steps.py and evaluation.py).
-MAP_CATEGORIES = (("nested CV", "cv"), ("heterogeneity test", "test"), ("RATE", "test"), ("permutation", "test"), ("final fits", "final fits"))
+MAP_CATEGORIES = (
+    ("nested CV", "cv"), ("heterogeneity test", "test"), ("RATE", "test"), ("permutation", "test"), ("final fits", "final fits"),
+    ("evaluation figures", "reports"),
+)
 
 
 def map_category(desc: str) -> str:

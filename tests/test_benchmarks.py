@@ -288,7 +288,7 @@ def test_training_job_child_runs_the_real_job(tmp_path, capsys):
     assert {"cv", "test", "final fits", "mlflow", "reports"} <= set(job["timing"]["by_category"])
     assert job["process_cpu_seconds"] >= job["timing"]["by_category"]["cv"]["cpu_s"] > 0
     # The executor's counters: every loop of the job, each placed in its phase, with what it moved
-    assert {training.map_category(m["desc"]) for m in job["maps"]} == {"cv", "test", "final fits"}
+    assert {training.map_category(m["desc"]) for m in job["maps"]} == {"cv", "test", "final fits", "reports"}  # reports: the figures
     assert all(m["tasks"] >= 1 and m["item_bytes"] > 0 and m["result_bytes"] > 0 for m in job["maps"])
     assert all(m["shared_bytes"] > 0 for m in job["maps"] if training.map_category(m["desc"]) == "cv")
     assert "cv.folds" not in job["auto"] and job["auto"]["candidates.bcf.max_patients"] == "all"  # TINY_JOB sets cv.folds: not auto
