@@ -357,3 +357,41 @@ def test_interrupt_after_registration_keeps_champions_and_after_promotion_says_t
         # the registry's descriptions were written with the promotion, not at the job's very end
         assert f"currently version {version} " in client.get_registered_model(name).description
     assert "after promotion" in message and "unchanged" not in message
+
+
+# The job's MLflow run, opened beside the fit ---------------------------------------------------------------------
+
+
+def test_a_fit_that_fails_is_recorded_in_the_run_opened_beside_it(tmp_path, monkeypatch):
+    # The store, experiment and parent run open in a thread while the fit starts; a fit that fails is still
+    # recorded in that run (FAILED, with what it logged first), as when the run was opened before the fit.
+    import training.train as job
+
+    data = tmp_path / "trial.csv"
+    simulate("final", 60, 3).to_csv(data, index=False)
+    uri = _uri(tmp_path)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the fit broke")
+
+    monkeypatch.setattr(job.ResponderEstimator, "fit", broken)
+    with pytest.raises(RuntimeError, match="the fit broke"):
+        run_training(data, load_spec(), fast_config(), tracking_uri=uri)
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name(load_spec().name).experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.params["n_rows"] == "60" and run.data.tags["job"] == "train"
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["trial"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} >= {"data/validation_report.json", "data/spec.yaml"}
+
+
+def test_a_store_that_cannot_be_opened_stops_the_job_at_the_fits_first_phase(tmp_path, caplog):
+    data = tmp_path / "trial.csv"
+    simulate("final", 60, 3).to_csv(data, index=False)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder would be")
+    with caplog.at_level(logging.INFO, logger="responders"), pytest.raises(OSError):
+        run_training(data, load_spec(), fast_config(), tracking_uri=f"sqlite:///{blocker}/mlflow.db")
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    # The opening fails in milliseconds; the fit stops at its next phase, long before the heterogeneity test.
+    assert len(steps) <= 1 and not any("heterogeneity" in s for s in steps), steps

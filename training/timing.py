@@ -48,6 +48,7 @@ class PhaseClock:
 
     def __init__(self) -> None:
         self.phases: list[Phase] = []
+        self.background: list[Phase] = []  # work done in a thread beside the phases (wall only; its CPU is in theirs)
         self._current: Phase | None = None
         self._wall = self._cpu = 0.0
 
@@ -64,6 +65,10 @@ class PhaseClock:
         self.phases.append(self._current)
         self._current = None
 
+    def beside(self, name: str, category: str, wall_seconds: float) -> None:
+        """Record work that ran in a thread beside the phases: shown, not added (the phases' wall and CPU include it)."""
+        self.background.append(Phase(name, category, wall_seconds))
+
     def by_category(self) -> dict[str, dict[str, float]]:
         """Wall and CPU seconds summed per category, in the order the categories first ran."""
         out: dict[str, dict[str, float]] = {}
@@ -74,4 +79,8 @@ class PhaseClock:
         return {k: {m: round(v, 3) for m, v in e.items()} for k, e in out.items()}
 
     def to_dict(self) -> dict:
-        return {"phases": [p.to_dict() for p in self.phases], "by_category": self.by_category()}
+        return {
+            "phases": [p.to_dict() for p in self.phases],
+            "by_category": self.by_category(),
+            "beside": [{"phase": p.name, "category": p.category, "wall_s": round(p.wall_seconds, 3)} for p in self.background],
+        }

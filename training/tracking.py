@@ -11,8 +11,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +47,7 @@ NOTE = "mlflow.note.content"  # a run's or experiment's description (Markdown) i
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # shown as "Machine learning" in MLflow 3's UI
 KILLED = "KILLED"
+FAILED = "FAILED"
 
 
 
@@ -197,15 +201,85 @@ def log_metrics(metrics: dict[str, Any]) -> None:
     mlflow.log_metrics({k: metric_value(v) for k, v in metrics.items()})
 
 
+@dataclass
+class OpenedJob:
+    """What :class:`JobOpening` opened: the store, the experiment and the job's parent run."""
+
+    tracking_uri: str
+    client: MlflowClient
+    experiment_id: str
+    run_id: str
+    seconds: float  # wall time the opening took, beside the fit
+
+
+class JobOpening:
+    """A job's MLflow store, experiment and parent run, opened in a thread while the job's fit starts.
+
+    Opening a store (a fresh one runs MLflow's schema migrations), the
+    experiment and the parent run with what it records first (``start(run)``:
+    tags, parameters, the dataset, the files; called in the thread, the run
+    active there) takes the driver 2-4 s, in which the executor's workers would
+    otherwise idle. The fit needs none of it and no number depends on it.
+
+    The caller's :func:`job_run` (``run_id=``) then makes the run its own, so
+    a fit that fails or is interrupted is still recorded as FAILED or KILLED.
+    :meth:`check` (between the fit's phases) raises an error of the opening as
+    soon as one is known, so a store that cannot be opened still stops the job
+    early; :meth:`result` waits for the opening.
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str, description: str, start: Callable[[ActiveRun], None]):
+        self._tracking_uri, self._experiment, self._run_name, self._description, self._start = tracking_uri, experiment, run_name, description, start
+        self._done = threading.Event()
+        self._opened: OpenedJob | None = None
+        self._error: BaseException | None = None
+        # A daemon: an interpreter that exits without waiting (the caller always waits) is not held by it.
+        self._thread = threading.Thread(target=self._open, name="responders-open-job", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        began = time.perf_counter()
+        try:
+            resolved, client = setup_tracking(self._tracking_uri)
+            experiment_id = ensure_experiment(client, self._experiment, resolved)
+            mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
+            run = mlflow.start_run(run_name=self._run_name, description=self._description or None)  # this thread's active run
+            try:
+                self._start(run)
+            except BaseException:
+                mlflow.end_run(FAILED)
+                raise
+            self._opened = OpenedJob(resolved, client, experiment_id, run.info.run_id, time.perf_counter() - began)
+        except BaseException as err:  # noqa: BLE001 - raised in the caller's thread by check() or result()
+            self._error = err
+        finally:
+            self._done.set()
+
+    def check(self) -> None:
+        """Raise the opening's error, if it has failed; return at once otherwise."""
+        if self._error is not None:
+            raise self._error
+
+    def result(self) -> OpenedJob:
+        """Wait for the opening (in short waits, so Ctrl-C still reaches the caller) and return it, or raise its error."""
+        while not self._done.wait(0.1):
+            pass
+        self.check()
+        assert self._opened is not None
+        return self._opened
+
+
 @contextmanager
-def job_run(run_name: str, steps: JobSteps | None = None, description: str = "") -> Iterator[ActiveRun]:
+def job_run(run_name: str, steps: JobSteps | None = None, description: str = "", run_id: str | None = None) -> Iterator[ActiveRun]:
     """The job's parent run. On Ctrl-C its runs are marked KILLED and ``JobInterrupted`` is raised.
 
     MLflow's ``with start_run()`` would record an interrupted job as FAILED,
     which reads as a fault in the job rather than a person stopping it.
-    ``steps`` names the phase the job was in.
+    ``steps`` names the phase the job was in. ``run_id``: a parent run already
+    created (by :class:`JobOpening`), made this thread's active run.
     """
-    with mlflow.start_run(run_name=run_name, description=description or None) as run:
+    started = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=run_name, description=description or None)
+    with started as run:
         run_id = run.info.run_id
         try:
             yield run

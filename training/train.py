@@ -53,11 +53,11 @@ from training.steps import (  # noqa: F401
 from training.timing import PhaseClock
 from training.tracking import (
     NOTE,
+    JobOpening,
     candidate_note,
     code_version,
     current_champion,
     describe_job,
-    ensure_experiment,
     job_note,
     job_run,
     load_registered,
@@ -66,7 +66,6 @@ from training.tracking import (
     outcome_note,
     register,
     set_champion,
-    setup_tracking,
     trial_dataset,
 )
 
@@ -281,22 +280,18 @@ def run_training(
     if config.executor.kind == "local" and config.executor.scheduler is None:
         # The workers start and import the training modules while this process opens the MLflow store.
         start_local_workers(config.executor.workers, WORKER_MODULES)
-    resolved_uri, client = setup_tracking(tracking_uri)
-    experiment_id = ensure_experiment(client, spec.name, resolved_uri)
     digest = file_digest(data_path)
     provenance = data_provenance(frame, data_path, digest, spec)
     # Per outcome: nested CV, permutation test; then refit/register, report analysis, gate/promote, report.
     steps = JobSteps(2 * len(spec.model_keys()) + 4)
     note = job_note(data_path.name, len(frame), digest, spec.name, list(spec.outcomes), config.model_dump(mode="json"))
+    inputs = frame.drop(columns=ground_truth_columns(frame))  # the model inputs the run records (a copy: the fit reads frame)
+    with warnings.catch_warnings():  # here, not in the thread below: the filters are the process's, not a thread's
+        warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
+        dataset = trial_dataset(inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
 
-    mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
-    # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
-    # One executor for the whole job: its workers start once and serve every resampling loop and the final fits.
-    started_on = datetime.now(UTC).strftime("%Y-%m-%d")
-    with job_run(job_run_name(spec, data_path), steps, description=note) as parent, ExitStack() as stack:
-        clock.start("start the executor", "executor")
-        executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
-        clock.start("MLflow: job run, dataset and parameters", "mlflow")
+    def record_start(run: mlflow.ActiveRun) -> None:
+        """What the parent run records first: tags, parameters, the dataset, the validation report, spec and config."""
         run_config = config.resolved(len(frame))
         mlflow.set_tags({**code_version(), "spec": spec.name, "dataset.digest": digest, "config.digest": config.digest(), "job": "train"})
         mlflow.log_params(
@@ -315,185 +310,211 @@ def run_training(
                 "executor": config.executor.kind,
             }
         )
-        inputs = frame.drop(columns=ground_truth_columns(frame))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
-            dataset = trial_dataset(inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
         mlflow.log_input(dataset, context="training", tags={"spec": spec.name, "rows": str(len(frame))})
         mlflow.log_text(validation.render(), "data/validation_report.txt")
         mlflow.log_dict(validation.to_dict(), "data/validation_report.json")
         mlflow.log_text(spec.to_yaml(), "data/spec.yaml")
         mlflow.log_text(config.to_yaml(), "config.yaml")
 
-        # The fit: exactly ResponderEstimator.fit (the library API), on this job's executor, telling the
-        # progress line and the phase clock where it is. Every run below is made from its results.
-        def phase(label: str, kind: str, step: bool = False, outcome: str | None = None) -> None:
-            if kind == "final fits" and step:
-                steps.start("refit, log and register the champions")
-                clock.start("final fits: champions and bootstrap refits", kind)
-                return
-            named = f"{outcome}: {label}" if outcome else label
-            if step:
-                steps.start(named)
-            clock.start(named, kind)
+    # The store, the experiment and the parent run open in a thread while the fit starts (the workers would idle
+    # for those seconds otherwise); the parent run is this thread's from the fit's end, and a failed or
+    # interrupted fit is recorded in it as FAILED or KILLED all the same.
+    opening = JobOpening(tracking_uri, spec.name, job_run_name(spec, data_path), note, record_start)
 
-        fitted = ResponderEstimator(spec, config).fit(frame, str(data_path), validation=validation, provenance=provenance, executor=executor, phase=phase)
-        results: dict[str, OutcomeResult] = fitted.results
+    # The fit: exactly ResponderEstimator.fit (the library API), on this job's executor, telling the
+    # progress line and the phase clock where it is. Every run below is made from its results.
+    def phase(label: str, kind: str, step: bool = False, outcome: str | None = None) -> None:
+        opening.check()  # a store that cannot be opened stops the job at the fit's next phase
+        if kind == "final fits" and step:
+            steps.start("refit, log and register the champions")
+            clock.start("final fits: champions and bootstrap refits", kind)
+            return
+        named = f"{outcome}: {label}" if outcome else label
+        if step:
+            steps.start(named)
+        clock.start(named, kind)
 
-        # Every outcome's evaluation figures, drawn once in the executor's workers (one task per figure, in
-        # parallel): logged below as each outcome run's plots/ and embedded in the cohort report.
-        clock.start("evaluation figures", "reports")
-        inputs = {outcome: _evaluation_inputs(result, result.spec or spec, config) for outcome, result in results.items()}
-        for result, drawn in zip(results.values(), draw_evaluation_figures(list(inputs.values()), executor), strict=True):
-            result.figures = drawn
+    started_on = datetime.now(UTC).strftime("%Y-%m-%d")
+    # One executor for the whole job: its workers start once and serve every resampling loop and the final fits.
+    with ExitStack() as stack:
+        failure: BaseException | None = None
+        try:
+            clock.start("start the executor", "executor")
+            executor = stack.enter_context(make_executor(config.executor.kind, config.executor.workers, config.executor.scheduler))
+            fitted = ResponderEstimator(spec, config).fit(
+                frame, str(data_path), validation=validation, provenance=provenance, executor=executor, phase=phase
+            )
+        except BaseException as err:  # noqa: BLE001 - raised again below, inside the job's run (FAILED or KILLED)
+            failure = err
+        clock.start("MLflow: the job's run (opened beside the fit)", "mlflow")
+        try:
+            opened = opening.result()
+        except BaseException as err:
+            if failure is not None and failure is not err and not isinstance(failure, KeyboardInterrupt):
+                err.add_note(f"the fit had failed too: {type(failure).__name__}: {failure}")
+            raise
+        clock.beside("MLflow: store, experiment, job run, dataset and parameters", "mlflow", opened.seconds)
+        resolved_uri, client, experiment_id = opened.tracking_uri, opened.client, opened.experiment_id
+        # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
+        with job_run("", steps, run_id=opened.run_id) as parent:
+            if failure is not None:
+                raise failure
+            results: dict[str, OutcomeResult] = fitted.results
 
-        # Tracking: per outcome a run with its candidates' runs under it, the served model logged and registered.
-        # The key is the outcome (two arms) or "<comparison>/<outcome>" (three or more arms, each with its two-arm spec).
-        for outcome, result in results.items():
-            own = result.spec or spec
-            clock.start(f"{outcome}: MLflow logging and registration", "mlflow")
-            counts, cv = result.counts, result.cv
-            log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
-            tested = result.permutation.tested
-            verdict, _ = evidence_of(result, config)
-            result.registered_model = own.registered_model_name(result.outcome)
-            with mlflow.start_run(run_name=f"{spec.name}/{outcome} {started_on}", nested=True) as outcome_run:
-                result.run_id = outcome_run.info.run_id
-                mlflow.set_tags({"outcome": result.outcome, "spec": spec.name})
-                if result.spec is not None:
-                    mlflow.set_tags({"comparison": result.comparison.key, "treated_arm": own.treated_display(), "control_arm": own.control_display()})
-                mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
-                mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
-                log_metrics(counts.as_metrics())
-                for name in config.candidates.enabled:
-                    with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
-                        mlflow.set_tags({"outcome": outcome, "candidate": name})
-                        settings = getattr(config.candidates, name, None)
-                        params = settings.model_dump(mode="json") if settings is not None else {}
-                        if params:
-                            mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
-                        log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
-                        log_metrics({"times_selected": cv.selections[name]})
-                        mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
-                selected = result.cv.summary.loc[result.procedure]
-                log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
-                effect = result.average_effect
-                log_metrics(
-                    {
-                        k: v
-                        for k, v in {
-                            "p_value": result.permutation.p_value if tested else float("nan"),
-                            "p_adjusted": result.p_adjusted if tested else float("nan"),
-                            "heterogeneity_statistic": result.permutation.statistic,
-                            "subgroup_evidence": float(result.evidence),
-                            "permutations_run": float(result.permutation.permutations_run),
-                            "average_effect.risk_difference": _nan(effect.risk_difference),
-                            "average_effect.ci_low": _nan(effect.ci_low),
-                            "average_effect.ci_high": _nan(effect.ci_high),
-                            "average_effect.p_value": _nan(effect.p_value),
-                            "average_effect.p_adjusted": _nan(effect.p_adjusted),
-                            "average_effect.established": float(effect.established),
-                        }.items()
-                        if np.isfinite(v)
-                    }
+            # Every outcome's evaluation figures, drawn once in the executor's workers (one task per figure, in
+            # parallel): logged below as each outcome run's plots/ and embedded in the cohort report.
+            clock.start("evaluation figures", "reports")
+            inputs = {outcome: _evaluation_inputs(result, result.spec or spec, config) for outcome, result in results.items()}
+            for result, drawn in zip(results.values(), draw_evaluation_figures(list(inputs.values()), executor), strict=True):
+                result.figures = drawn
+
+            # Tracking: per outcome a run with its candidates' runs under it, the served model logged and registered.
+            # The key is the outcome (two arms) or "<comparison>/<outcome>" (three or more arms, each with its two-arm spec).
+            for outcome, result in results.items():
+                own = result.spec or spec
+                clock.start(f"{outcome}: MLflow logging and registration", "mlflow")
+                counts, cv = result.counts, result.cv
+                log.info("%s: %d patients, %d responders (%s)", outcome, counts.n, counts.responders, counts.rule)
+                tested = result.permutation.tested
+                verdict, _ = evidence_of(result, config)
+                result.registered_model = own.registered_model_name(result.outcome)
+                with mlflow.start_run(run_name=f"{spec.name}/{outcome} {started_on}", nested=True) as outcome_run:
+                    result.run_id = outcome_run.info.run_id
+                    mlflow.set_tags({"outcome": result.outcome, "spec": spec.name})
+                    if result.spec is not None:
+                        mlflow.set_tags({"comparison": result.comparison.key, "treated_arm": own.treated_display(), "control_arm": own.control_display()})
+                    mlflow.set_tag(NOTE, outcome_note(outcome, counts.rule, counts.n, counts.responders, counts.missing_followup, counts.missing_policy))
+                    mlflow.log_params({"responder_rule": counts.rule, "missing_followup": counts.missing_policy})
+                    log_metrics(counts.as_metrics())
+                    for name in config.candidates.enabled:
+                        with mlflow.start_run(run_name=f"{outcome}/{name}", nested=True):
+                            mlflow.set_tags({"outcome": outcome, "candidate": name})
+                            settings = getattr(config.candidates, name, None)
+                            params = settings.model_dump(mode="json") if settings is not None else {}
+                            if params:
+                                mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()})
+                            log_metrics({k: float(v) for k, v in cv.summary.loc[name].items() if np.isfinite(v)})
+                            log_metrics({"times_selected": cv.selections[name]})
+                            mlflow.set_tag(NOTE, candidate_note(name, outcome, {**cv.summary.loc[name].to_dict(), "times_selected": cv.selections[name]}))
+                    selected = result.cv.summary.loc[result.procedure]
+                    log_metrics({k: float(selected[k]) for k in HEADLINE if k in selected and np.isfinite(selected[k])})
+                    effect = result.average_effect
+                    log_metrics(
+                        {
+                            k: v
+                            for k, v in {
+                                "p_value": result.permutation.p_value if tested else float("nan"),
+                                "p_adjusted": result.p_adjusted if tested else float("nan"),
+                                "heterogeneity_statistic": result.permutation.statistic,
+                                "subgroup_evidence": float(result.evidence),
+                                "permutations_run": float(result.permutation.permutations_run),
+                                "average_effect.risk_difference": _nan(effect.risk_difference),
+                                "average_effect.ci_low": _nan(effect.ci_low),
+                                "average_effect.ci_high": _nan(effect.ci_high),
+                                "average_effect.p_value": _nan(effect.p_value),
+                                "average_effect.p_adjusted": _nan(effect.p_adjusted),
+                                "average_effect.established": float(effect.established),
+                            }.items()
+                            if np.isfinite(v)
+                        }
+                    )
+                    mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
+                    _log_outcome_artifacts(result, inputs[outcome], config)
+                    info = log_responder_model(result.model)
+                result.model_uri = info.model_uri
+                version = register(
+                    info.model_uri,
+                    result.registered_model,
+                    tags={
+                        "candidate": result.champion,
+                        "subgroup_evidence": result.evidence,
+                        "p_adjusted": _fmt(_clean(result.p_adjusted)),
+                        "verdict": verdict,
+                        "dataset_digest": digest,
+                        "config_digest": config.digest(),
+                        "training_run_id": result.run_id,
+                        "parent_run_id": parent.info.run_id,
+                        "brier_mean_cv": f"{result.cv.metric(result.champion, 'brier_mean'):.5f}",
+                        "label_mode": result.model.label_policy.mode,
+                        "answer": result.answer,
+                    },
                 )
-                mlflow.set_tags({"champion_candidate": result.champion, "verdict": verdict, "answer": result.answer})
-                _log_outcome_artifacts(result, inputs[outcome], config)
-                info = log_responder_model(result.model)
-            result.model_uri = info.model_uri
-            version = register(
-                info.model_uri,
-                result.registered_model,
-                tags={
-                    "candidate": result.champion,
-                    "subgroup_evidence": result.evidence,
-                    "p_adjusted": _fmt(_clean(result.p_adjusted)),
-                    "verdict": verdict,
-                    "dataset_digest": digest,
-                    "config_digest": config.digest(),
-                    "training_run_id": result.run_id,
-                    "parent_run_id": parent.info.run_id,
-                    "brier_mean_cv": f"{result.cv.metric(result.champion, 'brier_mean'):.5f}",
-                    "label_mode": result.model.label_policy.mode,
-                    "answer": result.answer,
-                },
+                result.version = str(version.version)
+                # The parent run's table shows each outcome's headline: evidence, average effect and the served procedure's fit.
+                headline = {
+                    "p_adjusted": result.p_adjusted,
+                    "subgroup_evidence": float(result.evidence),
+                    "average_effect.risk_difference": _nan(effect.risk_difference),
+                    "n_patients": float(result.counts.n),
+                    **{k: float(selected[k]) for k in ("auc_treated", "auc_control", "brier_mean") if k in selected},
+                }
+                log_metrics({f"{outcome}.{k}": v for k, v in headline.items() if np.isfinite(v)})
+
+            # The report's analysis and figures (SHAP on the cohort, ANCOVA, Table 1) are made before the
+            # gate, so a failure there fails the job while every previous champion is still in place;
+            # only the registry outcome is filled in after promotion.
+            steps.start("cohort report: analysis and figures")
+            clock.start("cohort report: analysis and figures", "reports")
+            report_started = time.perf_counter()
+            reports = []  # one cohort report per comparison (a two-arm trial: one, as always)
+            for key, sub, own, group in _by_comparison(results, frame, spec):
+                payload = build_cohort_payload(
+                    sub, own, config.resolved(len(sub)), group, provenance, validation, parent.info.run_id, experiment_id
+                )
+                payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
+                images = cohort_figures(payload, drawn={name: r.figures for name, r in group.items()})
+                reports.append((key, payload, images, group))
+            report_seconds = time.perf_counter() - report_started
+
+            steps.start("validate and promote")
+            clock.start("validate and promote", "mlflow")
+            validate_for_promotion(results, client, config)
+            with deferred_interrupt():  # all aliases move, or none
+                promote(results, client)
+            describe_job(client, experiment_id, spec.name, data_path.name, digest, parent.info.run_id, {k: r.summary() for k, r in results.items()})
+
+            steps.start("cohort report: render and log")
+            clock.start("cohort report: render and log", "reports")
+
+            report_started = time.perf_counter()
+            pages = {}
+            for key, payload, images, group in reports:
+                where = "reports" if key is None else f"reports/{key}"
+                add_registry(payload, group)
+                payload.log_to_mlflow(where)
+                html = render_cohort_report(payload, images=images)
+                mlflow.log_text(html, f"{where}/cohort.html")
+                _log_shap_plots(images, group, client)
+                pages["cohort.html" if key is None else f"cohort-{key}.html"] = html
+            if len(reports) > 1:  # three or more arms: cohort.html lists the comparisons' reports
+                pages["cohort.html"] = _comparisons_index(spec, results)
+                mlflow.log_text(pages["cohort.html"], "reports/cohort.html")
+            if report_dir is not None:
+                Path(report_dir).mkdir(parents=True, exist_ok=True)
+                for name, html in pages.items():
+                    (Path(report_dir) / name).write_text(html, encoding="utf-8")
+                log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
+            report_seconds += time.perf_counter() - report_started
+            log_metrics({"report_seconds": report_seconds})
+
+            clock.start("MLflow: summary", "mlflow")
+            summary = TrainSummary(
+                spec=spec.name,
+                data=str(data_path),
+                dataset_digest=digest,
+                config_digest=config.digest(),
+                tracking_uri=resolved_uri,
+                experiment_id=experiment_id,
+                parent_run_id=parent.info.run_id,
+                seconds=time.perf_counter() - started,
+                outcomes=results,
+                validation=validation,
             )
-            result.version = str(version.version)
-            # The parent run's table shows each outcome's headline: evidence, average effect and the served procedure's fit.
-            headline = {
-                "p_adjusted": result.p_adjusted,
-                "subgroup_evidence": float(result.evidence),
-                "average_effect.risk_difference": _nan(effect.risk_difference),
-                "n_patients": float(result.counts.n),
-                **{k: float(selected[k]) for k in ("auc_treated", "auc_control", "brier_mean") if k in selected},
-            }
-            log_metrics({f"{outcome}.{k}": v for k, v in headline.items() if np.isfinite(v)})
-
-        # The report's analysis and figures (SHAP on the cohort, ANCOVA, Table 1) are made before the
-        # gate, so a failure there fails the job while every previous champion is still in place;
-        # only the registry outcome is filled in after promotion.
-        steps.start("cohort report: analysis and figures")
-        clock.start("cohort report: analysis and figures", "reports")
-        report_started = time.perf_counter()
-        reports = []  # one cohort report per comparison (a two-arm trial: one, as always)
-        for key, sub, own, group in _by_comparison(results, frame, spec):
-            payload = build_cohort_payload(
-                sub, own, config.resolved(len(sub)), group, provenance, validation, parent.info.run_id, experiment_id
-            )
-            payload.meta["config"]["digest"] = config.digest()  # the job's config (with its auto settings), as tagged
-            images = cohort_figures(payload, drawn={name: r.figures for name, r in group.items()})
-            reports.append((key, payload, images, group))
-        report_seconds = time.perf_counter() - report_started
-
-        steps.start("validate and promote")
-        clock.start("validate and promote", "mlflow")
-        validate_for_promotion(results, client, config)
-        with deferred_interrupt():  # all aliases move, or none
-            promote(results, client)
-        describe_job(client, experiment_id, spec.name, data_path.name, digest, parent.info.run_id, {k: r.summary() for k, r in results.items()})
-
-        steps.start("cohort report: render and log")
-        clock.start("cohort report: render and log", "reports")
-
-        report_started = time.perf_counter()
-        pages = {}
-        for key, payload, images, group in reports:
-            where = "reports" if key is None else f"reports/{key}"
-            add_registry(payload, group)
-            payload.log_to_mlflow(where)
-            html = render_cohort_report(payload, images=images)
-            mlflow.log_text(html, f"{where}/cohort.html")
-            _log_shap_plots(images, group, client)
-            pages["cohort.html" if key is None else f"cohort-{key}.html"] = html
-        if len(reports) > 1:  # three or more arms: cohort.html lists the comparisons' reports
-            pages["cohort.html"] = _comparisons_index(spec, results)
-            mlflow.log_text(pages["cohort.html"], "reports/cohort.html")
-        if report_dir is not None:
-            Path(report_dir).mkdir(parents=True, exist_ok=True)
-            for name, html in pages.items():
-                (Path(report_dir) / name).write_text(html, encoding="utf-8")
-            log.info("cohort report written to %s", Path(report_dir) / "cohort.html")
-        report_seconds += time.perf_counter() - report_started
-        log_metrics({"report_seconds": report_seconds})
-
-        clock.start("MLflow: summary", "mlflow")
-        summary = TrainSummary(
-            spec=spec.name,
-            data=str(data_path),
-            dataset_digest=digest,
-            config_digest=config.digest(),
-            tracking_uri=resolved_uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent.info.run_id,
-            seconds=time.perf_counter() - started,
-            outcomes=results,
-            validation=validation,
-        )
-        mlflow.log_dict(summary.to_dict(), "summary.json")
-        log_metrics({"job_seconds": summary.seconds})
-        clock.stop()
-        summary.timing = clock.to_dict()
-        mlflow.log_dict(summary.timing, "timing.json")
+            mlflow.log_dict(summary.to_dict(), "summary.json")
+            log_metrics({"job_seconds": summary.seconds})
+            clock.stop()
+            summary.timing = clock.to_dict()
+            mlflow.log_dict(summary.timing, "timing.json")
     if summary_json:
         Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_json).write_text(json.dumps(summary.to_dict(), indent=2))
