@@ -150,6 +150,16 @@ def _job_child(args: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # progress lines into the child's log
     from core.config import load_config
     from core.spec import load_spec
+
+    overrides = json.loads(args.overrides)
+    if args.executor != "default":  # default: the config's own (local processes, one per core)
+        # workers: None -> one per core locally, 2 for a Dask local cluster; a scheduler: a running cluster
+        overrides["executor"] = {"kind": args.executor, **({"scheduler": args.scheduler} if args.scheduler else {})}
+    config = load_config(None, **overrides)
+    if config.executor.kind == "local" and config.executor.scheduler is None:
+        from training.executor import WORKER_MODULES, start_local_workers
+
+        start_local_workers(config.executor.workers, WORKER_MODULES)  # as `responders train` does, before the heavy imports
     from training.executor import MAP_LOG
     from training.simulate import simulate
     from training.timing import tree_cpu_seconds
@@ -158,11 +168,6 @@ def _job_child(args: argparse.Namespace) -> dict:
     data = Path(args.data)
     if not data.exists():
         simulate(args.scenario, args.n, args.seed).to_csv(data, index=False)
-    overrides = json.loads(args.overrides)
-    if args.executor != "default":  # default: the config's own (local processes, one per core)
-        # workers: None -> one per core locally, 2 for a Dask local cluster; a scheduler: a running cluster
-        overrides["executor"] = {"kind": args.executor, **({"scheduler": args.scheduler} if args.scheduler else {})}
-    config = load_config(None, **overrides)
     MAP_LOG.clear()  # every loop's tasks and wait are recorded (free)
     MAP_LOG.measure_bytes = args.count_bytes  # and what it sends and returns: re-pickled on the driver, a little CPU
     cpu_before = tree_cpu_seconds()

@@ -88,8 +88,6 @@ def train(
     from core.config import load_config
     from core.data import DataContractError
     from core.spec import load_spec
-    from training.tracking import ui_link
-    from training.train import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict = {}
@@ -101,6 +99,14 @@ def train(
         overrides["seed"] = seed
     cfg = load_config(config, **overrides)
     dataset_spec = load_spec(spec)
+    if cfg.executor.kind == "local" and cfg.executor.scheduler is None:
+        from training.executor import WORKER_MODULES, start_local_workers
+
+        # The workers start and import the training modules while this process imports MLflow and the job's modules.
+        start_local_workers(cfg.executor.workers, WORKER_MODULES)
+    from training.tracking import ui_link
+    from training.train import run_training
+
     try:
         summary = run_training(data, dataset_spec, cfg, tracking_uri=tracking_uri, summary_json=summary_json, report_dir=report_dir)
     except DataContractError as err:

@@ -207,8 +207,8 @@ def start_local_workers(workers: int | None, modules: Sequence[str]) -> None:
     Returns at once. loky keeps one pool of workers per process and every later
     :class:`LocalExecutor` map with the same number of workers reuses it, so
     the workers' start-up and imports (about 1.5 CPU-seconds each for the
-    training modules) run while the caller goes on (a training job: opening its
-    MLflow store and run) instead of delaying its first loop. Nothing is
+    training modules) run while the caller goes on (``responders train``: its
+    own imports of MLflow and the job's modules) instead of delaying its first loop. Nothing is
     computed and no seed is drawn: no result changes. The next map first waits
     for this one (joblib's temporary folders are per call: two calls at once on
     one pool clash).
@@ -223,6 +223,10 @@ def start_local_workers(workers: int | None, modules: Sequence[str]) -> None:
         # was made, so this runs before loky shuts it down): joblib warns about a call nobody read.
         atexit.register(_wait_for_start)
 
+
+# What a training job's worker processes run: cross-validation, the heterogeneity test (BCF) and the evaluation
+# figures (imported by the workers as they start: :func:`start_local_workers`).
+WORKER_MODULES = ("training.evaluation", "training.heterogeneity", "stochtree", "training.reports.evaluation")
 
 _STARTING: list[Iterator[None]] = []  # start_local_workers' call, until the next map has waited for it
 

@@ -32,7 +32,7 @@ from core.data import file_digest, ground_truth_columns, load_trial
 from core.progress import JobSteps, deferred_interrupt
 from core.spec import DatasetSpec
 from training.estimator import ResponderEstimator
-from training.executor import make_executor, start_local_workers
+from training.executor import WORKER_MODULES, make_executor, start_local_workers
 from training.reports.cohort import cohort_figures, png_from_uri, render_cohort_report
 from training.reports.evaluation import EvaluationInputs, draw_evaluation_figures
 from training.reports.payload import add_registry, build_cohort_payload, data_provenance
@@ -71,8 +71,6 @@ from training.tracking import (
 
 log = logging.getLogger("responders.train")
 
-# What the job's worker processes run: cross-validation, the heterogeneity test (BCF) and the evaluation figures.
-WORKER_MODULES = ("training.evaluation", "training.heterogeneity", "stochtree", "training.reports.evaluation")
 
 
 def _nan(value: float | None) -> float:
@@ -278,7 +276,8 @@ def run_training(
     data_path = Path(data_path)
     frame, validation = load_trial(data_path, spec)
     if config.executor.kind == "local" and config.executor.scheduler is None:
-        # The workers start and import the training modules while this process opens the MLflow store.
+        # The workers start and import the training modules while the fit begins (`responders train` has started
+        # them already, before its own imports: then this does nothing).
         start_local_workers(config.executor.workers, WORKER_MODULES)
     digest = file_digest(data_path)
     provenance = data_provenance(frame, data_path, digest, spec)
