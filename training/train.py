@@ -284,10 +284,10 @@ def run_training(
     # Per outcome: nested CV, permutation test; then refit/register, report analysis, gate/promote, report.
     steps = JobSteps(2 * len(spec.model_keys()) + 4)
     note = job_note(data_path.name, len(frame), digest, spec.name, list(spec.outcomes), config.model_dump(mode="json"))
-    inputs = frame.drop(columns=ground_truth_columns(frame))  # the model inputs the run records (a copy: the fit reads frame)
+    model_inputs = frame.drop(columns=ground_truth_columns(frame))  # what the run records as its dataset (a copy)
     with warnings.catch_warnings():  # here, not in the thread below: the filters are the process's, not a thread's
         warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
-        dataset = trial_dataset(inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
+        dataset = trial_dataset(model_inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
 
     def record_start(run: mlflow.ActiveRun) -> None:
         """What the parent run records first: tags, parameters, the dataset, the validation report, spec and config."""
@@ -346,12 +346,18 @@ def run_training(
         except BaseException as err:  # noqa: BLE001 - raised again below, inside the job's run (FAILED or KILLED)
             failure = err
         clock.start("MLflow: the job's run (opened beside the fit)", "mlflow")
-        try:
-            opened = opening.result()
-        except BaseException as err:
-            if failure is not None and failure is not err and not isinstance(failure, KeyboardInterrupt):
-                err.add_note(f"the fit had failed too: {type(failure).__name__}: {failure}")
-            raise
+        while True:
+            try:
+                opened = opening.result()
+                break
+            except KeyboardInterrupt as err:  # Ctrl-C while the run is still opening: recorded in it once it is open
+                if isinstance(failure, KeyboardInterrupt):
+                    raise  # a second one: leave without waiting
+                failure = err
+            except BaseException as err:
+                if failure is not None and failure is not err and not isinstance(failure, KeyboardInterrupt):
+                    err.add_note(f"the fit had failed too: {type(failure).__name__}: {failure}")
+                raise
         clock.beside("MLflow: store, experiment, job run, dataset and parameters", "mlflow", opened.seconds)
         resolved_uri, client, experiment_id = opened.tracking_uri, opened.client, opened.experiment_id
         # Ctrl-C: the runs end KILLED and JobInterrupted names the step (training.tracking.job_run).
