@@ -216,7 +216,7 @@ class JobOpening:
     """A job's MLflow store, experiment and parent run, opened in a thread while the job's fit starts.
 
     Opening a store (a fresh one runs MLflow's schema migrations), the
-    experiment and the parent run with what it records first (``start(run)``:
+    experiment and the parent run with what it records first (``start()``:
     tags, parameters, the dataset, the files; called in the thread, the run
     active there) takes the driver 2-4 s, in which the executor's workers would
     otherwise idle. The fit needs none of it and no number depends on it.
@@ -228,7 +228,7 @@ class JobOpening:
     early; :meth:`result` waits for the opening.
     """
 
-    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str, description: str, start: Callable[[ActiveRun], None]):
+    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str, description: str, start: Callable[[], None]):
         self._tracking_uri, self._experiment, self._run_name, self._description, self._start = tracking_uri, experiment, run_name, description, start
         self._done = threading.Event()
         self._opened: OpenedJob | None = None
@@ -245,7 +245,7 @@ class JobOpening:
             mlflow.set_experiment(experiment_id=experiment_id)  # nested runs inherit the active experiment
             run = mlflow.start_run(run_name=self._run_name, description=self._description or None)  # this thread's active run
             try:
-                self._start(run)
+                self._start()
             except BaseException:
                 mlflow.end_run(FAILED)
                 raise

@@ -289,7 +289,7 @@ def run_training(
         warnings.simplefilter("ignore", UserWarning)  # MLflow cannot tell which local-file source class to use
         dataset = trial_dataset(model_inputs, source=str(data_path.resolve()), name=data_path.stem, digest=digest[:16])
 
-    def record_start(run: mlflow.ActiveRun) -> None:
+    def record_start() -> None:
         """What the parent run records first: tags, parameters, the dataset, the validation report, spec and config."""
         run_config = config.resolved(len(frame))
         mlflow.set_tags({**code_version(), "spec": spec.name, "dataset.digest": digest, "config.digest": config.digest(), "job": "train"})
