@@ -264,8 +264,6 @@ class Settings:
 
         job = load_config(None)
         config = load_config(None, **self.config_overrides(self.seed)).resolved(max(self.sizes))
-        sized = [load_config(None, **self.config_overrides(self.seed)).resolved(n).evidence.warm_starts for n in self.sizes]
-        warm_starts = f"{sized[0]}" if len(set(sized)) == 1 else ", ".join(f"{w} at n = {n:,}" for w, n in zip(sized, self.sizes, strict=True))
         a, b, c = USHAPE
 
         def per_size(which: str) -> str:
@@ -292,7 +290,7 @@ class Settings:
         lines += [
             f"- Product default test: `imputed_randomisation_test` as the job runs it (`evidence.method: {job.evidence.method}`; "
             f"statistic: the SD of BCF's posterior-mean probit effects beyond a cubic in its prognosis on control, BCF with the cross-validation "
-            f"settings but `evidence.warm_starts` = {warm_starts} warm-start iterations (cross-validation: "
+            f"settings but `evidence.warm_starts` = {config.evidence.warm_starts} warm-start iterations (cross-validation: "
             f"{config.candidates.bcf.cv_gfr}), {config.candidates.bcf.cv_mcmc} draws; sequential stop "
             f"after h = {job.evidence.sequential_h} exceedances; a subsample above {job.evidence.max_patients:,} patients) with at most "
             f"B = {self.replicates} simulated trials (job: {job.evidence.replicates}; smallest p-value {1 / (self.replicates + 1):.3f}), "

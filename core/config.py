@@ -97,7 +97,6 @@ AUTO_RULES: dict[str, AutoRule] = {
     "candidates.bcf.cv_mcmc": AutoRule(2_000, 50, 20),
     "candidates.bcf.max_patients": AutoRule(2_000, None, 1_000),  # None: every patient
     "evidence.rate_bootstrap": AutoRule(10_000, 500, 200),
-    "evidence.warm_starts": AutoRule(500, 2, 5),
     "intervals.bootstrap_models": AutoRule(10_000, 100, 20),
     "intervals.bootstrap_penalty": AutoRule(10_000, "reselect", "keep"),
     "intervals.bootstrap_fraction": AutoRule(100_000, 1.0, 0.1),
@@ -357,11 +356,11 @@ class EvidenceConfig(_Strict):
     replicates: int = Field(
         ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
     )
-    warm_starts: IntOrAuto = Field(
+    warm_starts: int = Field(
+        ge=0,
         description="grow-from-root warm-start iterations of each BCF fit of the imputed randomisation test (the "
         "observed statistic and every null trial; its other settings are the cross-validation fits'). Each warm start "
-        "sweeps every feature's cut-points for every tree, so on a small trial they dominate a fit. auto: 2 below 500 "
-        "patients, 5 from there (a larger trial's effect modification needs more sweeps to be found). Level and power "
+        "sweeps every feature's cut-points for every tree, so on a small trial they dominate a fit; level and power "
         "with this setting: benchmarks/RESULTS.md, section 1",
     )
     max_patients: int = Field(
@@ -386,10 +385,8 @@ class EvidenceConfig(_Strict):
 
     @model_validator(mode="after")
     def _replicates(self) -> EvidenceConfig:
-        for name in ("rate_bootstrap", "warm_starts"):
-            value = getattr(self, name)
-            if value != AUTO and value < 0:
-                raise ValueError(f"{name} must be at least 0 (or auto)")
+        if self.rate_bootstrap != AUTO and self.rate_bootstrap < 0:
+            raise ValueError("rate_bootstrap must be at least 0 (or auto)")
         return self
     statistic: Literal["beyond_risk", "rate"] = Field(
         description=(

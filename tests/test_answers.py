@@ -120,14 +120,6 @@ def test_the_tests_bcf_fits_take_their_own_warm_starts(monkeypatch):
     seen.clear()
     again = imputed_randomisation_test(X, t, y, fast_config(evidence={"replicates": 3, "sequential_h": 0, "warm_starts": 0}), 0.5, LocalExecutor(workers=1))
     assert seen == [0] * 4 and again.statistic != result.statistic  # the setting reaches the fit
-    seen.clear()
-    auto = fast_config(evidence={"replicates": 1, "sequential_h": 0, "warm_starts": "auto"})
-    imputed_randomisation_test(X, t, y, auto, 0.5, LocalExecutor(workers=1))
-    assert seen == [2] * 2  # auto, below 500 patients
-    seen.clear()
-    X5, t5, y5 = _trial(500, 6, prognosis=0.6, modifier=1.0)
-    imputed_randomisation_test(X5, t5, y5, auto, 0.5, LocalExecutor(workers=1))
-    assert seen == [5] * 2  # the trial's size resolves the rule
 
 
 def test_the_held_out_slope_recovers_a_linear_benefit_and_is_a_standard_normal_without_one():

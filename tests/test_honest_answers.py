@@ -354,7 +354,7 @@ def test_default_draw_answers_with_what_the_trial_identifies(tmp_path, spec):
             "conditional average benefit", "risk-based benefit", "trial average benefit"
         }
         assert s["heterogeneity_test"] == "imputed_randomisation" and "probit scale" in s["heterogeneity_null"]
-        assert s["heterogeneity_bcf_fit"].startswith(f"{fast_config().resolved(result.counts.n).evidence.warm_starts} warm-start iterations")
+        assert s["heterogeneity_bcf_fit"].startswith(f"{fast_config().evidence.warm_starts} warm-start iterations")
         assert s["path"]["n"] == result.counts.n and len(s["path"]["quarters"]) == 4
         assert sum(q["n"] for q in s["path"]["quarters"]) == result.counts.n
         if not result.evidence:

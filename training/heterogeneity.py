@@ -9,8 +9,8 @@ vary with baseline risk; that variation is the risk-based (PATH) answer
 
 **Statistic.** The served model itself: the Bayesian Causal Forest (probit
 link, the cross-validation settings with ``evidence.warm_starts`` grow-from-root
-iterations (auto: 2 below 500 patients, 5 from there), which dominate a small
-trial's fit, and the test refits BCF up to a hundred times) fitted to the trial. ``T`` is the
+iterations, which dominate a small trial's fit, and the test refits BCF up to
+a hundred times) fitted to the trial. ``T`` is the
 standard deviation across patients of its posterior-mean treatment effect on
 the probit scale, after removing the part that a cubic in its posterior-mean
 prognosis *on control* (``mu(x) - tau(x) / 2`` with BCF's +-1/2 coding)
