@@ -3,7 +3,8 @@
 The same checks, parse, models and numbers as ``POST /predict``
 (:class:`serving.scoring.Scorer`), without a response object per patient:
 
-- reading: a CSV or Parquet file becomes one array per field; a numeric field
+- reading: a CSV or Parquet file becomes one array per field (a CSV parsed by
+  Arrow with every cell as text, as pandas reads it: :func:`csv_texts`); a numeric field
   whose cells are all plain numbers or missing is a float array (Arrow parses
   the text), any other column keeps its cells as the file gives them;
 - checking: each field's rule of the request model applied to the whole column
@@ -14,7 +15,8 @@ The same checks, parse, models and numbers as ``POST /predict``
   written as each row's JSON text of the API's ``warnings`` list;
 - scoring: the compiled plan on the usable rows (a BCF champion's walk split
   over the cores: :meth:`~serving.scoring.Scorer.batch_threads`);
-- writing: Parquet through pyarrow, JSON lines from the columns' texts.
+- writing: Parquet through pyarrow, JSON lines from the columns' texts (Arrow
+  writes the floats and quotes the text; Python only where its text would differ).
 
 tests/test_scoring_plan.py compares every number, label, warning and error
 with the API's answers for the same rows (the same floats, not merely close).
@@ -62,8 +64,21 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
     from serving.scoring import _number  # cells Arrow cannot read as numbers: as the API reads them
 
     fields = S.patient_model(spec, spec.lab_catalog()).model_fields
+    numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
     suffix = Path(path).suffix.lower()
-    if suffix == ".csv":  # as read_table reads it (every cell as text), only the patient fields (not arm, follow-up, true_*)
+    if suffix == ".csv":
+        texts = csv_texts(path, fields)
+        if texts is not None:
+            columns: dict[str, Any] = {}
+            for column, arr in texts.items():
+                numbers = _plain_numbers(arr) if column in numeric and len(arr) >= _arrow_cells() else None
+                if numbers is not None:
+                    columns[column] = numbers
+                    continue
+                values = arr.to_numpy(zero_copy_only=False)  # object: the cells' text, None for missing
+                columns[column] = np.asarray([_number(v) for v in values], dtype=object) if column in numeric else values
+            return columns, len(next(iter(texts.values())))
+        # as read_table reads it (every cell as text), only the patient fields (not arm, follow-up, true_*)
         frame = pd.read_csv(path, dtype=str, keep_default_na=True, usecols=lambda c: c in fields)
     elif suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -73,8 +88,7 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
         from core.data import read_table  # (pandera: only for the other formats)
 
         frame = read_table(path)
-    numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
-    columns: dict[str, Any] = {}
+    columns = {}
     for column in (c for c in frame.columns if c in fields):
         series = frame[column]
         if column in numeric:
@@ -95,8 +109,11 @@ def _number_column(series: pd.Series) -> np.ndarray | None:
     from features.labs import text_array
 
     arr = text_array(series.to_numpy(dtype=object))
-    if arr is None:
-        return None
+    return None if arr is None else _plain_numbers(arr)
+
+
+def _plain_numbers(arr: Any) -> np.ndarray | None:
+    """An Arrow string column as floats (NaN for missing) when every cell is plain number text or missing, else None."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -104,6 +121,46 @@ def _number_column(series: pd.Series) -> np.ndarray | None:
     if not pc.all(pc.or_kleene(plain, arr.is_null())).as_py():
         return None  # some cell is other text (or a number with blanks around it): cell by cell
     return pc.cast(pc.replace_substring(arr, ",", "."), pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _arrow_cells() -> int:
+    from features.labs import ARROW_CELLS
+
+    return ARROW_CELLS
+
+
+def csv_texts(path: str | Path, fields: Any) -> dict[str, Any] | None:
+    """The ``fields`` columns of a CSV file as Arrow string arrays, every cell as text as ``pandas.read_csv(dtype=str)``
+    reads it (its missing-value words are missing), or None where the two readers could differ (pandas then reads it).
+
+    Arrow parses on both cores without a Python object per cell. None for a
+    header with a repeated name (pandas renames them), a file with none of the
+    fields, or any file Arrow refuses (a row with more or fewer cells than the
+    header, text that is not UTF-8): pandas reads those and says what is wrong.
+    """
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.csv as pv
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+    except (UnicodeDecodeError, csv.Error):
+        return None
+    wanted = [c for c in header if c in fields]
+    if not wanted or len(set(header)) != len(header):
+        return None
+    options = pv.ConvertOptions(
+        include_columns=wanted, column_types=dict.fromkeys(wanted, pa.string()), null_values=sorted(STR_NA_VALUES),
+        strings_can_be_null=True, quoted_strings_can_be_null=True,
+    )
+    try:
+        table = pv.read_csv(path, convert_options=options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+        return None
+    return {c: table.column(c).combine_chunks() for c in wanted}
 
 
 # Checking ---------------------------------------------------------------------------------------
@@ -460,14 +517,19 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
 
     Every outcome's warning items (:func:`features.pipeline.warning_items`),
     a warning another outcome already gave the row dropped, as
-    :meth:`core.runtime.plan.ScoringPlan.warnings` merges them; each item's
+    :meth:`core.runtime.plan.ScoringPlan.warnings` merges them (outcomes with
+    the same feature pipeline on the same parse give the same items: once); each item's
     JSON object in order in the rows it concerns. Each distinct list is written
     once and Arrow takes it for its rows: no Python string per row (10^5
     simulated patients carry about 48 MB of warnings in some 22,000 distinct lists).
     """
     items = []
+    done: set[tuple[str, int]] = set()
     for outcome, plan in scorer.plan.plans.items():
         batch = parsed[outcome]
+        if (plan.pipeline_key, id(batch)) in done:  # the same pipeline on the same parse: the same items, each already given
+            continue
+        done.add((plan.pipeline_key, id(batch)))
         for item in plan.features.warning_items(batch.columns, n, batch.raw):
             rows = item.rows & usable
             for earlier in items:  # the same (code, field, message) for a row: given once
@@ -475,7 +537,6 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
                     rows &= ~(earlier.rows & _same_message(earlier.message, item.message, n))
             if rows.any():
                 items.append(type(item)(item.code, item.field, rows, item.message))
-    import pandas as pd
     import pyarrow as pa
 
     # Rows with the same warnings share one text: each row's combination of (item, message) is a row of codes (0: the
@@ -492,13 +553,26 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
         seen: dict[str, int] = {}
         codes[index, j] = 1 + np.fromiter((seen.setdefault(m, len(seen)) for m in item.message[index]), dtype=np.int32, count=len(index))
         fragments.append([head + json.dumps(m, ensure_ascii=False) + "}" for m in seen])
-    inverse, keys = pd.factorize(np.fromiter((row.tobytes() for row in codes), dtype=object, count=n))  # hashed, not sorted
-    combinations = np.frombuffer(b"".join(keys), dtype=np.int32).reshape(len(keys), len(items))
+    inverse = _row_codes(codes)
+    first = np.empty(int(inverse.max()) + 1 if n else 0, dtype=np.intp)
+    first[inverse[::-1]] = np.arange(n - 1, -1, -1)  # each combination's first row
+    combinations = codes[first]
     lists: list[list[str]] = [[] for _ in range(len(combinations))]
     for k, j in zip(*np.nonzero(combinations), strict=True):  # row-major: each combination's items in order
         lists[k].append(fragments[j][combinations[k, j] - 1])
     texts = pa.array(["[" + ",".join(parts) + "]" for parts in lists], type=pa.string())
     return texts.take(pa.array(inverse.astype(np.int32), mask=~np.asarray(usable, dtype=bool)))
+
+
+def _row_codes(codes: np.ndarray) -> np.ndarray:
+    """A dense code (0, 1, ...) per row of ``codes`` (n, k): rows with equal values share one; column by column, hashed."""
+    import pandas as pd
+
+    key = np.zeros(len(codes), dtype=np.int64)
+    for j in range(codes.shape[1]):
+        # key < n and codes < n + 1 (a column's distinct values), so the pair fits in int64 before it is densified again
+        key = pd.factorize(key * (int(codes[:, j].max(initial=0)) + 1) + codes[:, j])[0].astype(np.int64)
+    return key
 
 
 def _same_message(a: Any, b: Any, n: int) -> np.ndarray:
@@ -556,20 +630,54 @@ def _jsonl_chunks(table: pd.DataFrame):
         pieces: list[Any] = []
         for k, (key, column) in enumerate(zip(keys, part.columns, strict=True)):
             if column in ("errors", "warnings"):  # already JSON text
-                pieces += [pa.scalar(("{" if k == 0 else ",") + key), pc.fill_null(arrow_text(part[column]), "null")]
-                continue
-            if part[column].dtype.kind == "f":
-                texts = ["null" if v != v else repr(v) for v in part[column].to_numpy().tolist()]
+                texts = pc.fill_null(arrow_text(part[column]), "null")
+            elif part[column].dtype.kind == "f":
+                texts = float_texts(part[column].to_numpy())
             else:
-                seen: dict[Any, str] = {}
-                texts = [seen[v] if v in seen else seen.setdefault(v, json.dumps(v, ensure_ascii=False)) for v in text_values(part[column])]
-            pieces += [pa.scalar(("{" if k == 0 else ",") + key), pa.array(texts, type=pa.string())]
+                texts = json_texts(arrow_text(part[column]))
+            pieces += [pa.scalar(("{" if k == 0 else ",") + key), texts]
         if not len(part):
             continue
         lines = pc.binary_join_element_wise(*pieces, pa.scalar("}\n"), "")
         offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
         first, last = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
-        yield memoryview(lines.buffers()[2])[first:last].tobytes()  # UTF-8
+        yield memoryview(lines.buffers()[2])[first:last]  # UTF-8, not copied (the view keeps Arrow's buffer alive)
+
+
+def float_texts(values: np.ndarray):
+    """Each float as Python's ``repr`` writes it (``null`` for NaN), as an Arrow string array.
+
+    Arrow's cast writes the same shortest text that reads back the same number,
+    except in its notation for integral values (``1`` for ``1.0``) and for
+    magnitudes below 1e-4 or from 1e16 (positional where Python uses an
+    exponent): those few cells, and NaN, are written by Python.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = np.asarray(values, dtype=np.float64)
+    texts = pc.cast(pa.array(values), pa.string())
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(values)
+        python = ~((magnitude >= 1e-4) & (magnitude < 1e16) & (values != np.floor(values)))  # NaN: True
+    if python.any():
+        texts = pc.replace_with_mask(texts, pa.array(python), pa.array(["null" if v != v else repr(v) for v in values[python].tolist()], type=pa.string()))
+    return texts
+
+
+def json_texts(column):
+    """Each cell of an Arrow string array as its JSON text (``null`` for missing); each distinct value encoded once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(column) and not pc.any(pc.match_substring_regex(column, _JSON_ESCAPED)).as_py():  # nothing to escape: quoted
+        return pc.fill_null(pc.binary_join_element_wise('"', column, '"', ""), "null")
+    encoded = column.dictionary_encode()
+    distinct = pa.array([json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()], type=pa.string())
+    return pc.fill_null(distinct.take(encoded.indices), "null")
+
+
+_JSON_ESCAPED = r'["\\\x00-\x1f]'  # what json.dumps(ensure_ascii=False) escapes in a string (RE2 syntax)
 
 
 # The POST /predict JSON --------------------------------------------------------------------------

@@ -185,6 +185,64 @@ def test_read_columns_keeps_number_fields_as_floats_and_odd_cells_as_given(tmp_p
     assert columns["age"].dtype == object and columns["age"][5] == "forty" and columns["age"][6] == float(frame.loc[6, "age"])
 
 
+def _pandas_columns(path, spec, monkeypatch):
+    from serving import batch
+
+    monkeypatch.setattr(batch, "csv_texts", lambda path, fields: None)  # the pandas reader, as before Arrow read CSV
+    try:
+        return batch.read_columns(path, spec)
+    finally:
+        monkeypatch.undo()
+
+
+def _same_columns(a: dict, b: dict) -> bool:
+    if list(a) != list(b):
+        return False
+    for column in a:
+        x, y = a[column], b[column]
+        if x.dtype != y.dtype or len(x) != len(y):
+            return False
+        if x.dtype.kind == "f":
+            if not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif [v if v == v else "nan" for v in x.tolist()] != [v if v == v else "nan" for v in y.tolist()]:
+            return False
+    return True
+
+
+def test_arrow_reads_a_csv_as_pandas_reads_it_or_leaves_it_to_pandas(tmp_path, monkeypatch):
+    """Every cell as text, pandas' missing-value words missing, quotes, CRLF, a BOM, blank lines; pandas for the rest."""
+    from core.spec import load_spec
+    from serving.batch import csv_texts, read_columns
+    from serving.schemas import patient_model
+    from training.simulate import simulate
+
+    spec = load_spec()
+    fields = patient_model(spec, spec.lab_catalog()).model_fields
+    frame = simulate("final", 600, 4).astype({"bmi": object, "age": object, "patient_id": object})
+    frame.loc[1, "bmi"], frame.loc[2, "bmi"], frame.loc[3, "bmi"], frame.loc[4, "bmi"] = "NA", "None", "<NA>", "n/a"
+    frame.loc[5, "patient_id"], frame.loc[6, "patient_id"] = 'quote "q", comma', "line\nbreak é"
+    frame.loc[7, "age"] = " 41"  # a blank before a number: not plain number text, so the column is read cell by cell
+    plain = tmp_path / "plain.csv"
+    frame.to_csv(plain, index=False)
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n").replace(b"\r\n", b"\r\n\r\n", 1))
+    for path in (plain, crlf):
+        assert csv_texts(path, fields) is not None, path.name
+        columns, n = read_columns(path, spec)
+        expected, m = _pandas_columns(path, spec, monkeypatch)
+        assert n == m == 600 and _same_columns(columns, expected), path.name
+        assert columns["bmi"].dtype == np.float64 and np.isnan(columns["bmi"][1:5]).all()
+        assert columns["age"].dtype == object and columns["age"][7] == 41.0  # as the API reads the cell
+    ragged = tmp_path / "ragged.csv"  # a short row: pandas fills it with missing cells, Arrow refuses; pandas reads it
+    ragged.write_text(plain.read_text().replace("\n", "\nP-short,1\n", 1))
+    repeated = tmp_path / "repeated.csv"  # a repeated name: pandas renames it
+    repeated.write_text(plain.read_text().replace("bmi", "age", 1))
+    for path in (ragged, repeated):
+        assert csv_texts(path, fields) is None, path.name
+        assert _same_columns(read_columns(path, spec)[0], _pandas_columns(path, spec, monkeypatch)[0])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("source", "suffix"), [(".csv", ".parquet"), (".parquet", ".jsonl"), (".csv", ".json"), (".json", ".json")])
 def test_responders_predict_writes_the_apis_numbers(tmp_path_factory, source, suffix):
