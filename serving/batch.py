@@ -647,10 +647,12 @@ def _jsonl_chunks(table: pd.DataFrame):
 def float_texts(values: np.ndarray):
     """Each float as Python's ``repr`` writes it (``null`` for NaN), as an Arrow string array.
 
-    Arrow's cast writes the same shortest text that reads back the same number,
-    except in its notation for integral values (``1`` for ``1.0``) and for
-    magnitudes below 1e-4 or from 1e16 (positional where Python uses an
-    exponent): those few cells, and NaN, are written by Python.
+    Arrow's cast writes the same shortest digits that read back the same
+    number, but in its own notation for integral values (``1`` for ``1.0``),
+    below 1e-4 (positional where Python uses an exponent) and from about 1e10
+    (an exponent where Python writes the digits): cells outside
+    [1e-4, 1e9) in magnitude, integral ones and NaN are written by Python
+    (scores are probabilities and differences of them: a few cells at most).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -659,7 +661,7 @@ def float_texts(values: np.ndarray):
     texts = pc.cast(pa.array(values), pa.string())
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(values)
-        python = ~((magnitude >= 1e-4) & (magnitude < 1e16) & (values != np.floor(values)))  # NaN: True
+        python = ~((magnitude >= 1e-4) & (magnitude < 1e9) & (values != np.floor(values)))  # NaN: True
     if python.any():
         texts = pc.replace_with_mask(texts, pa.array(python), pa.array(["null" if v != v else repr(v) for v in values[python].tolist()], type=pa.string()))
     return texts

@@ -185,6 +185,22 @@ def test_read_columns_keeps_number_fields_as_floats_and_odd_cells_as_given(tmp_p
     assert columns["age"].dtype == object and columns["age"][5] == "forty" and columns["age"][6] == float(frame.loc[6, "age"])
 
 
+def test_json_lines_write_floats_and_text_as_python_does():
+    """Arrow's float and string texts in the JSON-lines writer equal ``repr`` and ``json.dumps`` cell for cell."""
+    import pyarrow as pa
+
+    from serving.batch import float_texts, json_texts
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.random(2000) * 10.0 ** rng.integers(-9, 20, 2000), -rng.random(500), rng.random(500) - 0.5])
+    values = np.concatenate([values, [0.0, -0.0, 1.0, -1.0, 2.0, np.nan, np.inf, 1e-4, 9.9e-5, 1e9, 1e16, 5e-324, 0.1]])
+    assert float_texts(values).to_pylist() == ["null" if v != v else repr(v) for v in values.tolist()]
+    plain = ["likely benefit", "é ü", "P-001", None, ""]
+    odd = plain + ['a "quoted" one', "back\\slash", "new\nline", "\x01"]
+    for cells in (plain, odd):  # without and with cells that need escapes
+        assert json_texts(pa.array(cells, type=pa.string())).to_pylist() == ["null" if v is None else json.dumps(v, ensure_ascii=False) for v in cells]
+
+
 def _pandas_columns(path, spec, monkeypatch):
     from serving import batch
 
