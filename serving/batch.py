@@ -67,11 +67,14 @@ def read_columns(path: str | Path, spec: DatasetSpec) -> tuple[dict[str, Any], i
     numeric = set(spec.numeric_covariates()) | set(spec.baseline_score_columns())
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
+        # below ARROW_CELLS cells a column is read cell by cell, as features.labs.text_array has it
+        from features.labs import ARROW_CELLS
+
         texts = csv_texts(path, fields)
         if texts is not None:
             columns: dict[str, Any] = {}
             for column, arr in texts.items():
-                numbers = _plain_numbers(arr) if column in numeric and len(arr) >= _arrow_cells() else None
+                numbers = _plain_numbers(arr) if column in numeric and len(arr) >= ARROW_CELLS else None
                 if numbers is not None:
                     columns[column] = numbers
                     continue
@@ -121,12 +124,6 @@ def _plain_numbers(arr: Any) -> np.ndarray | None:
     if not pc.all(pc.or_kleene(plain, arr.is_null())).as_py():
         return None  # some cell is other text (or a number with blanks around it): cell by cell
     return pc.cast(pc.replace_substring(arr, ",", "."), pa.float64()).to_numpy(zero_copy_only=False)
-
-
-def _arrow_cells() -> int:
-    from features.labs import ARROW_CELLS
-
-    return ARROW_CELLS
 
 
 def csv_texts(path: str | Path, fields: Any) -> dict[str, Any] | None:
