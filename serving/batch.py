@@ -11,7 +11,7 @@ The same checks, parse, models and numbers as ``POST /predict``
   (float arrays and text columns with array operations and Arrow's kernels,
   other cells one by one); a row any check doubts goes through the request
   model itself, which names its problems as the API would;
-- warnings: masks over the batch (:func:`features.pipeline.warning_items`),
+- warnings: masks over the batch (:func:`features.plan.warning_items`),
   written as each row's JSON text of the API's ``warnings`` list;
 - scoring: the compiled plan on the usable rows (a BCF champion's walk split
   over the cores: :meth:`~serving.scoring.Scorer.batch_threads`);
@@ -512,7 +512,7 @@ def _error_texts(errors: dict[int, list[Any]], n: int) -> np.ndarray:
 def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.ndarray):
     """Each usable row's warnings as the JSON text of the API's ``warnings`` list (null for the other rows): an Arrow string array.
 
-    Every outcome's warning items (:func:`features.pipeline.warning_items`),
+    Every outcome's warning items (:func:`features.plan.warning_items`),
     a warning another outcome already gave the row dropped, as
     :meth:`core.runtime.plan.ScoringPlan.warnings` merges them (outcomes with
     the same feature pipeline on the same parse give the same items: once); each item's
@@ -881,7 +881,7 @@ def score_file_to_table(
 
     dataset_spec = load_spec(spec)
     max_batch = int(os.environ.get("RESPONDERS_MAX_BATCH", DEFAULT_MAX_BATCH))
-    scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri), max_batch=max_batch)
+    scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri, scoring_only=True), max_batch=max_batch)
     scorer.batch_threads(os.cpu_count() or 1)
     done("load")
     if Path(path).suffix.lower() == ".json":

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from core.labelling import Wording
 from core.runtime.arms import limit_lightgbm_threads
 from core.runtime.artefact import ResponderModel, load_artefact
+from core.runtime.compiled import SCORING_FILE, load_scoring_model
 from core.runtime.plan import Parsed, ScoringPlan
 from core.spec import DatasetSpec
 from serving import schemas as S
@@ -57,7 +58,7 @@ class ChampionError(RuntimeError):
     """A champion that cannot be served; the message names the registered model, version and file."""
 
 
-def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dict[str, Champion]:
+def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None, scoring_only: bool = False) -> dict[str, Champion]:
     """Resolve each outcome's ``champion`` alias to a fixed registry version, and load that version.
 
     The version is pinned here, at start-up: later alias moves do not change a
@@ -65,6 +66,10 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
     :class:`ChampionError` when an outcome has no champion or its file cannot be loaded.
     A local sqlite store is read without importing MLflow (:func:`core.registry.local_champions`),
     with the same versions and files; any other store through MLflow.
+
+    ``scoring_only`` (``responders predict``): from a local store, each version's stored scoring plan
+    (:mod:`core.runtime.compiled`: the same answers, no scikit-learn to import, no explanations) where
+    training wrote one, else its artefact.
     """
     from core.registry import local_champions, resolve_tracking_uri
 
@@ -79,8 +84,9 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None) -> dic
         if version is None:
             raise ChampionError(_no_champion(name, uri))
         path = version.directory / "artifacts" / "responder.joblib"
+        compiled = version.directory / "artifacts" / SCORING_FILE
         try:
-            model = load_artefact(path)
+            model = load_scoring_model(compiled) if scoring_only and compiled.is_file() else load_artefact(path)
         except Exception as err:  # any failure to read the artifact: name what could not be served
             raise ChampionError(_cannot_load(name, version.version, version.download_uri, err)) from err
         champions[key] = _champion(outcome, name, version, model)
@@ -196,8 +202,9 @@ class Scorer:
         self.champions = champions
         self.max_batch = max_batch
         self.patient_model = S.patient_model(spec, spec.lab_catalog())
-        limit_lightgbm_threads()
         self.plan = ScoringPlan({o: c.model for o, c in champions.items()})
+        if any(getattr(plan.arms, "uses_lightgbm", False) for plan in self.plan.plans.values()):
+            limit_lightgbm_threads()  # (importing LightGBM imports scikit-learn: only for a LightGBM champion)
         # What every answer repeats, built once: the rule texts, the evidence and the model references.
         # Training records where its data came from (training.reports.payload.data_provenance).
         self.simulated = any(bool((c.model.metadata.get("data_provenance") or {}).get("simulated")) for c in champions.values())
@@ -220,8 +227,12 @@ class Scorer:
             for o, c in champions.items()
         }
 
+    threads = 1  # blocks of a file scored at once (``responders predict``: the cores; a serving worker: one)
+
     def batch_threads(self, threads: int) -> None:
-        """Let a batch job (not a serving worker) split large batches of the compiled tree walks over ``threads`` threads."""
+        """Let a batch job (not a serving worker) score ``threads`` blocks of a file at once and split large batches of
+        the compiled tree walks over as many threads."""
+        self.threads = max(1, int(threads))
         for plan in self.plan.plans.values():
             if hasattr(plan.arms, "threads"):
                 plan.arms.threads = max(1, int(threads))

@@ -25,7 +25,7 @@ from core.runtime.artefact import TEXT_COLUMNS, Evidence, ResponderModel, Respon
 from core.runtime.forests import concat_forests, flatten_lightgbm
 from core.runtime.plan import ScoringPlan
 from core.spec import load_spec, parse_spec
-from features.pipeline import FeaturePlan, build_feature_pipeline, input_warnings, lab_issues
+from features.pipeline import build_feature_pipeline, compile_pipeline, input_warnings, lab_issues
 from training.simulate import simulate
 from training.train import outcome_data
 
@@ -216,7 +216,7 @@ def test_explanations_are_the_candidates_own_contributions(layout):
 
 def test_feature_plan_equals_the_pipeline_for_unknown_and_missing_values(spec, final_99):
     pipeline = build_feature_pipeline(spec).fit(final_99)
-    plan = FeaturePlan(pipeline, spec)
+    plan = compile_pipeline(pipeline, spec)
     rows = final_99.head(40).astype(object).copy()
     rows.loc[:5, "sex"] = None
     rows.loc[6:9, ["crp", "il6", "ana"]] = None
@@ -462,6 +462,63 @@ def test_a_file_scored_column_by_column_gets_the_apis_answers(layout, tmp_path, 
                 assert value is None
             else:
                 assert value == expected, key  # floats read back bit for bit
+
+
+def test_a_stored_scoring_plan_answers_as_the_artefact_and_needs_no_scikit_learn(layout, tmp_path):
+    """The compiled model training stores beside each artefact (what `responders predict` loads): the same table,
+    bit for bit, for every candidate type after a round trip through its file; in a fresh process an arm-only or
+    BCF champion's file is loaded and scores a file without importing scikit-learn or LightGBM."""
+    import subprocess
+    import sys
+
+    import joblib
+
+    from core.runtime.compiled import compile_model, load_scoring_model
+    from serving.batch import read_columns, score_table
+
+    spec = layout["spec"]
+    frame = _awkward(spec, layout["patients"])
+    path = tmp_path / "patients.csv"
+    frame.to_csv(path, index=False)
+    columns, n = read_columns(path, spec)
+    files = {}
+    for name, model in layout["models"].items():
+        files[name] = tmp_path / f"{name}.joblib"
+        joblib.dump(compile_model(model), files[name], compress=3)
+        expected = score_table(_scorer(spec, {name: model}), columns, n)
+        stored = load_scoring_model(files[name])
+        assert stored.candidate_name == name and stored.feature_info() == model.feature_info()
+        pd.testing.assert_frame_equal(score_table(_scorer(spec, {name: stored}), columns, n), expected)
+        if name == "bcf":
+            with pytest.raises(AttributeError, match="no candidate to explain with"):
+                stored.plan().explain(stored.plan().parse_frame(layout["patients"].head(2)))
+    with pytest.raises(TypeError, match="not a stored scoring plan"):
+        load_scoring_model(_dumped(layout["models"]["arm_only"], tmp_path / "artefact.joblib"))
+    code = (
+        "import sys; from core.runtime.compiled import load_scoring_model; from serving import schemas as S; "
+        "from serving.scoring import Champion, Scorer; from serving.batch import read_columns, score_table; "
+        "models = {f.split('=')[0]: load_scoring_model(f.split('=')[1]) for f in sys.argv[3:]}; spec = next(iter(models.values())).spec; "
+        "scorer = Scorer(spec, {k: Champion(k, m, S.ModelRef(registered_model=f'm-{k}', version='1', training_run_id='r', candidate=k)) "
+        "for k, m in models.items()}); score_table(scorer, *read_columns(sys.argv[1], spec)).to_parquet(sys.argv[2]); "
+        "print(sorted(m for m in ('sklearn', 'lightgbm', 'mlflow', 'shap') if m in sys.modules))"
+    )
+    out = tmp_path / "stored.parquet"
+    names = ["arm_only", "bcf"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(out), *(f"{k}={files[k]}" for k in names)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+    expected = score_table(_scorer(spec, {k: layout["models"][k] for k in names}), columns, n)
+    expected.to_parquet(tmp_path / "expected.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(tmp_path / "expected.parquet"))
+
+
+def _dumped(model, path):
+    import joblib
+
+    joblib.dump(model, path)
+    return path
 
 
 def test_a_json_file_scored_to_a_table_names_the_same_problems_as_the_api(layout, tmp_path):

@@ -41,6 +41,7 @@ from core.registry import (  # noqa: F401
     setup_tracking,
 )
 from core.runtime.artefact import PYFUNC_ENTRY, ResponderModel, input_schema, predictions_schema
+from core.runtime.compiled import SCORING_FILE, compile_model
 
 PACKAGE = "ldn-responders"
 NOTE = "mlflow.note.content"  # a run's or experiment's description (Markdown) in the MLflow UI
@@ -118,10 +119,13 @@ def log_responder_model(model: ResponderModel, name: str = "model") -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "responder.joblib"
         joblib.dump(model, path, compress=3)
+        # The same model compiled for scoring, read by `responders predict` without scikit-learn (core.runtime.compiled).
+        scoring = Path(tmp) / SCORING_FILE
+        joblib.dump(compile_model(model), scoring, compress=3)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PYFUNC_ENTRY),
-            artifacts={"responder": str(path)},
+            artifacts={"responder": str(path), "scoring": str(scoring)},
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),

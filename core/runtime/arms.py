@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, ndtr
 
 from core.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
 from core.runtime.intervals import bootstrap_interval, posterior_interval, refit_scaling
@@ -127,7 +126,7 @@ class LinearArms:
             Z = (F[start : start + block, None, :] - self.mean) / self.scale  # each refit has its own scaler
             eta1 = np.einsum("nmd,md->nm", Z, self.w1) + self.c1
             eta0 = np.einsum("nmd,md->nm", Z, self.w0) + self.c0
-            out[start : start + block] = expit(eta1) - expit(eta0)
+            out[start : start + block] = _expit(eta1) - _expit(eta0)
         return out
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +141,8 @@ class LinearArms:
 
 class TreeArms:
     """LightGBM T-/DR-learner champion and refits: every booster in one flattened forest (or called one by one)."""
+
+    uses_lightgbm = True  # a serving process caps LightGBM's threads (serving.scoring.Scorer)
 
     def __init__(self, candidate: Any, members: tuple[list[Any], float, tuple]):
         refits, self.level, self.scaling = members
@@ -229,7 +230,7 @@ class PosteriorForestArms:
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, tau = self.probit_draws(F)
-        return ndtr(mu + tau).mean(axis=1), ndtr(mu).mean(axis=1)
+        return _ndtr(mu + tau).mean(axis=1), _ndtr(mu).mean(axis=1)
 
     def predict(self, F: np.ndarray) -> tuple[np.ndarray, ...]:
         """Both arms' posterior means and the equal-tailed interval of the benefit draws (:func:`posterior_interval`).
@@ -252,9 +253,21 @@ class PosteriorForestArms:
     def _predict(self, F: np.ndarray) -> tuple[np.ndarray, ...]:
         tau = self.tau.predict_compiled(F) + self.tau_offset[None, :]
         mu = self.mu.predict_compiled(F) + self.mu_offset + self.control_code * tau
-        treated, control = ndtr(mu + tau), ndtr(mu)
+        treated, control = _ndtr(mu + tau), _ndtr(mu)
         p1, p0 = treated.mean(axis=1), control.mean(axis=1)
         return (p1, p0, *posterior_interval(treated - control, p1 - p0, self.level))
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    from scipy.special import expit  # SciPy on first use: a stored plan of an arm-only champion never imports it
+
+    return expit(x)
+
+
+def _ndtr(x: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return ndtr(x)
 
 
 # Rows per thread below which a batch is scored on one thread (thread start-up costs more than it saves).

@@ -27,15 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
 from core.labelling import LabelPolicy
 from core.runtime.intervals import posterior_interval
 from core.spec import DatasetSpec
-from features.pipeline import InputWarning, feature_info, input_warnings, lab_issues
-from features.transformers import FeatureInfo
+from features.cores import FeatureInfo
+from features.plan import InputWarning
 
 if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
     from core.candidates import BenefitCandidate, BootstrapEnsemble, Explanation
     from core.runtime.plan import OutcomePlan
 
@@ -153,6 +154,8 @@ class ResponderModel:
         return self.pipeline.transform(raw)
 
     def feature_info(self) -> dict[str, FeatureInfo]:
+        from features.pipeline import feature_info
+
         return feature_info(self.pipeline, self.spec)
 
     def predict(self, raw: pd.DataFrame) -> pd.DataFrame:
@@ -175,9 +178,13 @@ class ResponderModel:
         return self.candidate.explain(F), F
 
     def warnings(self, raw: pd.DataFrame) -> list[list[InputWarning]]:
+        from features.pipeline import input_warnings
+
         return input_warnings(self.pipeline, self.spec, raw)
 
     def lab_issues(self, raw: pd.DataFrame):
+        from features.pipeline import lab_issues
+
         return lab_issues(self.pipeline, raw)
 
     def example_input(self) -> pd.DataFrame:

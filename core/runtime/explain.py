@@ -33,7 +33,7 @@ import pandas as pd
 
 from core.labelling import Wording
 from core.spec import DatasetSpec
-from features.transformers import _upper_reference
+from features.cores import _upper_reference
 
 if TYPE_CHECKING:
     from core.candidates import Contributions, Explanation
@@ -260,7 +260,7 @@ class _Grouping:
     """How the features' contributions split between inputs, for every row at once (built once per call).
 
     One (feature, input) pair per part of a feature an input owns: a plain feature is one pair with share 1, a
-    composite one pair per input with a share per row (:func:`features.transformers.shares`). A row's
+    composite one pair per input with a share per row (:func:`features.cores.shares`). A row's
     contributions grouped by input are then one weighted count over the pairs.
     """
 

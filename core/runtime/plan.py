@@ -1,7 +1,7 @@
 """The scoring plan: a fitted artefact compiled, at load time, into array operations on patient dicts.
 
 :class:`OutcomePlan` compiles one :class:`~core.runtime.artefact.ResponderModel`:
-its feature pipeline into a :class:`features.pipeline.FeaturePlan` (the fitted
+its feature pipeline into a :class:`features.plan.FeaturePlan` (the fitted
 transformers' own NumPy cores) and its champion with the bootstrap refits or
 posterior draws into a plan from :mod:`core.runtime.arms`. The answer and
 label rule and the warnings are the model's own objects.
@@ -23,14 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
 import pandas as pd
 
-from core.runtime.arms import compile_arms
 from core.runtime.explain import PatientExplanation, explain_rows
 from features.labs import LabIssue
-from features.pipeline import FeaturePlan, InputWarning
+from features.plan import FeaturePlan, InputWarning
 
 if TYPE_CHECKING:
     from core.runtime.artefact import ResponderModel
@@ -85,8 +83,13 @@ class OutcomePlan:
     """One outcome's model compiled for scoring."""
 
     def __init__(self, model: ResponderModel):
+        import joblib
+
+        from core.runtime.arms import compile_arms
+        from features.pipeline import compile_pipeline
+
         self.model = model
-        self.features = FeaturePlan(model.pipeline, model.spec)
+        self.features: FeaturePlan = compile_pipeline(model.pipeline, model.spec)
         self.order = list(model.candidate.features_)
         missing = [name for name in self.order if name not in self.features.names]
         if missing:
@@ -169,7 +172,7 @@ class OutcomePlan:
     @staticmethod
     def _usable(parsed: Parsed) -> Parsed:
         if parsed.issues:
-            from features.transformers import LabParseError
+            from features.cores import LabParseError
 
             raise LabParseError([issue for row in sorted(parsed.issues) for issue in parsed.issues[row]])
         return parsed

@@ -29,8 +29,8 @@ import pandas as pd
 from scipy import stats
 
 from core.effects import score_interval
+from features.cores import _upper_reference
 from features.labs import parse_lab_series
-from features.transformers import _upper_reference
 from training import metrics as M
 
 if TYPE_CHECKING:
