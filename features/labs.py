@@ -284,6 +284,8 @@ def parse_lab_cells(
         rest = np.flatnonzero(~(fine | given))
     else:
         rest = range(n)
+    if row_units is None and len(rest) >= ARROW_CELLS and _parse_distinct_texts(values, rest, analyte, column, unit, rows, out_value, out_lod, issues):
+        return out_value, out_lod, issues
     known: dict[tuple[type, Any, str | None], LabResult | LabValueError] = {}
     for i in rest:
         raw = values[i]
@@ -306,6 +308,42 @@ def parse_lab_cells(
         out_value[i] = result.value
         out_lod[i] = float(result.below_lod)
     return out_value, out_lod, issues
+
+
+def _parse_distinct_texts(
+    values: Sequence[Any], rest: Any, analyte: Analyte, column: str, unit: str | None, rows: Sequence[Any] | None,
+    out_value: np.ndarray, out_lod: np.ndarray, issues: list[LabIssue],
+) -> bool:
+    """The cells ``rest`` of a column of text (report text such as ``1:160``, ``negative``, ``<0.5``) through
+    :func:`parse_lab_value` once per distinct text (Arrow's dictionary encoding), the results taken for their rows.
+
+    The per-cell loop's results and issues (in row order), without Python per cell; False (nothing done)
+    when a cell is neither text nor missing.
+    """
+    index = np.asarray(rest, dtype=np.intp)
+    cells = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    arr = text_array(cells[index])
+    if arr is None:
+        return False
+    encoded = arr.dictionary_encode()
+    distinct = [*encoded.dictionary.to_pylist(), None]  # a missing cell: the None after the texts
+    codes = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False)
+    results: list[LabResult | LabValueError] = []
+    for raw in distinct:
+        try:
+            results.append(parse_lab_value(raw, analyte, unit))
+        except LabValueError as err:
+            results.append(err)
+    bad = np.asarray([isinstance(r, LabValueError) for r in results])
+    value = np.asarray([math.nan if isinstance(r, LabValueError) else r.value for r in results], dtype=float)
+    lod = np.asarray([0.0 if isinstance(r, LabValueError) else float(r.below_lod) for r in results])
+    ok = ~bad[codes]
+    out_value[index[ok]] = value[codes[ok]]
+    out_lod[index[ok]] = lod[codes[ok]]
+    for k in np.flatnonzero(~ok):
+        i = int(index[k])
+        issues.append(LabIssue(rows[i] if rows is not None else i, column, analyte.key, cells[i], results[codes[k]].reason))
+    return True
 
 
 _NUMBER_TYPES = (float, int, np.float64, np.float32, np.int64, np.int32)

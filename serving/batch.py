@@ -402,7 +402,10 @@ def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
     subset: dict[int, Parsed] = {}  # outcomes sharing a parse share its subset too (the raw cells are not needed to score)
     rows = {o: p if len(good) == n else subset.setdefault(id(p), Parsed(len(good), {c: v[good] for c, v in p.columns.items()}, {})) for o, p in parsed.items()}
     ids = clean.get(scorer.spec.id_column, [None] * n)
-    table: dict[str, Any] = {"patient_id": np.asarray([str(v or f"row-{offset + i + 1}") for i, v in enumerate(ids)], dtype=object)}
+    import pyarrow as pa
+
+    # ids are distinct: one Arrow string array straight away (no distinct values to encode once)
+    table: dict[str, Any] = {"patient_id": pa.array([str(v or f"row-{offset + i + 1}") for i, v in enumerate(ids)], type=pa.string())}
     table["errors"] = _error_texts(errors, n)
     table["warnings"] = warning_texts(scorer, parsed, n, usable)
     for outcome, plan in scorer.plan.plans.items():
@@ -460,9 +463,9 @@ def score_table_in_blocks(
     ``row(i)``: row ``i`` of the file as given (a JSON file's patient objects; see :func:`validate_columns`).
 
     ``workers`` blocks are scored at once (default: the scorer's batch threads,
-    see :meth:`Scorer.batch_threads`): one block's checks and parse hold the
-    GIL while another's compiled walk, ``ndtr`` and quantiles run without it,
-    so both cores stay busy. A row's answer does not depend on the other rows:
+    see :meth:`Scorer.batch_threads`): one block's Python holds the GIL while
+    another's Arrow kernels, NumPy, compiled walk, ``ndtr`` and quantiles run
+    without it. A row's answer does not depend on the other rows:
     the table is the same with any block size and any number of workers.
     """
     import pandas as pd
@@ -470,7 +473,7 @@ def score_table_in_blocks(
     from core.progress import task_progress
 
     if workers is None:
-        workers = max([getattr(plan.arms, "threads", 1) for plan in scorer.plan.plans.values()] + [1])
+        workers = scorer.threads
     starts = list(range(0, n, block))
     parts = []
     with task_progress(n, "scoring", unit="patient") as progress:
@@ -534,11 +537,12 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
                     rows &= ~(earlier.rows & _same_message(earlier.message, item.message, n))
             if rows.any():
                 items.append(type(item)(item.code, item.field, rows, item.message))
+    import pandas as pd
     import pyarrow as pa
 
     # Rows with the same warnings share one text: each row's combination of (item, message) is a row of codes (0: the
     # item does not concern it), each distinct combination's JSON list is written once, then taken for its rows by Arrow.
-    codes = np.zeros((n, len(items)), dtype=np.int32)
+    codes = np.zeros((n, len(items)), dtype=np.int32, order="F")  # written and read column by column
     fragments: list[list[str]] = []
     for j, item in enumerate(items):
         head = '{"code":' + json.dumps(item.code, ensure_ascii=False) + ',"field":' + json.dumps(item.field, ensure_ascii=False) + ',"message":'
@@ -547,8 +551,8 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
             fragments.append([head + json.dumps(item.message, ensure_ascii=False) + "}"])
             continue
         index = np.flatnonzero(item.rows)
-        seen: dict[str, int] = {}
-        codes[index, j] = 1 + np.fromiter((seen.setdefault(m, len(seen)) for m in item.message[index]), dtype=np.int32, count=len(index))
+        message, seen = pd.factorize(item.message[index])  # each distinct message once, in order of first appearance
+        codes[index, j] = 1 + message.astype(np.int32)
         fragments.append([head + json.dumps(m, ensure_ascii=False) + "}" for m in seen])
     inverse = _row_codes(codes)
     first = np.empty(int(inverse.max()) + 1 if n else 0, dtype=np.intp)
@@ -562,7 +566,28 @@ def warning_texts(scorer: Scorer, parsed: dict[str, Any], n: int, usable: np.nda
 
 
 def _row_codes(codes: np.ndarray) -> np.ndarray:
-    """A dense code (0, 1, ...) per row of ``codes`` (n, k): rows with equal values share one; column by column, hashed."""
+    """A dense code (0, 1, ...) per row of ``codes`` (n, k): rows with equal values share one, in order of first appearance.
+
+    Each row is hashed to one 64-bit number (a product with fixed odd weights, wrapping) and the numbers factorized
+    once; a check that every row equals the first row of its code catches a collision, which falls back to factorizing
+    column by column (exact either way).
+    """
+    import pandas as pd
+
+    if codes.shape[1]:
+        weights = np.random.default_rng(20261206).integers(1, 2**63 - 1, size=codes.shape[1], dtype=np.int64) | 1
+        with np.errstate(over="ignore"):
+            hashed = codes.astype(np.int64) @ weights  # int64 arithmetic wraps
+        key = pd.factorize(hashed)[0]
+        first = np.empty(int(key.max()) + 1 if len(key) else 0, dtype=np.intp)
+        first[key[::-1]] = np.arange(len(key) - 1, -1, -1)
+        if np.array_equal(codes[first][key], codes):
+            return key.astype(np.int64)
+    return _row_codes_by_column(codes)
+
+
+def _row_codes_by_column(codes: np.ndarray) -> np.ndarray:
+    """:func:`_row_codes` exactly, whatever the hashes: the codes so far and the next column factorized as one number."""
     import pandas as pd
 
     key = np.zeros(len(codes), dtype=np.int64)
@@ -585,9 +610,17 @@ def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq"):
-        with out.open("wb") as fh:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # A chunk is written while the next is made (both without the GIL): one writer thread, chunks in order.
+        with out.open("wb") as fh, ThreadPoolExecutor(1) as writer:
+            pending = None
             for chunk in _jsonl_chunks(table) if suffix == ".jsonl" else predict_json_chunks(table, scorer):
-                fh.write(chunk)
+                if pending is not None:
+                    pending.result()  # one chunk in flight at a time (bounded memory; an error stops the loop)
+                pending = writer.submit(fh.write, chunk)
+            if pending is not None:
+                pending.result()
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -625,17 +658,23 @@ def _jsonl_chunks(table: pd.DataFrame):
     for start in range(0, len(table), JSONL_CHUNK):
         part = table.iloc[start : start + JSONL_CHUNK]
         pieces: list[Any] = []
-        for k, (key, column) in enumerate(zip(keys, part.columns, strict=True)):
+        before = "{"  # the text between two columns' values: a closing quote, a comma, the next key and an opening quote
+        for key, column in zip(keys, part.columns, strict=True):
+            quoted = False
             if column in ("errors", "warnings"):  # already JSON text
                 texts = pc.fill_null(arrow_text(part[column]), "null")
             elif part[column].dtype.kind == "f":
                 texts = float_texts(part[column].to_numpy())
             else:
-                texts = json_texts(arrow_text(part[column]))
-            pieces += [pa.scalar(("{" if k == 0 else ",") + key), texts]
+                texts = arrow_text(part[column])
+                encoded = texts.dictionary_encode()  # labels, reasons and answers repeat: each distinct text checked once
+                quoted = texts.null_count == 0 and not _needs_escapes(encoded.dictionary)  # the quotes go between the values
+                texts = texts if quoted else json_texts(encoded)
+            pieces += [pa.scalar(before + key + ('"' if quoted else "")), texts]
+            before = ('"' if quoted else "") + ","
         if not len(part):
             continue
-        lines = pc.binary_join_element_wise(*pieces, pa.scalar("}\n"), "")
+        lines = pc.binary_join_element_wise(*pieces, pa.scalar(before[:-1] + "}\n"), "")
         offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
         first, last = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
         yield memoryview(lines.buffers()[2])[first:last]  # UTF-8, not copied (the view keeps Arrow's buffer alive)
@@ -665,18 +704,27 @@ def float_texts(values: np.ndarray):
 
 
 def json_texts(column):
-    """Each cell of an Arrow string array as its JSON text (``null`` for missing); each distinct value encoded once."""
+    """Each cell of an Arrow string array (or its dictionary encoding) as its JSON text (``null`` for missing); each
+    distinct value encoded once."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if len(column) and not pc.any(pc.match_substring_regex(column, _JSON_ESCAPED)).as_py():  # nothing to escape: quoted
-        return pc.fill_null(pc.binary_join_element_wise('"', column, '"', ""), "null")
-    encoded = column.dictionary_encode()
-    distinct = pa.array([json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()], type=pa.string())
+    encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+    if len(encoded.dictionary) and not _needs_escapes(encoded.dictionary):  # nothing to escape: quoted
+        distinct = pc.binary_join_element_wise('"', encoded.dictionary, '"', "")
+    else:
+        distinct = pa.array([json.dumps(v, ensure_ascii=False) for v in encoded.dictionary.to_pylist()], type=pa.string())
     return pc.fill_null(distinct.take(encoded.indices), "null")
 
 
 _JSON_ESCAPED = r'["\\\x00-\x1f]'  # what json.dumps(ensure_ascii=False) escapes in a string (RE2 syntax)
+
+
+def _needs_escapes(column) -> bool:
+    """Whether any cell of an Arrow string array has a character JSON escapes (a quote, a backslash, a control character)."""
+    import pyarrow.compute as pc
+
+    return bool(pc.any(pc.match_substring_regex(column, _JSON_ESCAPED)).as_py())
 
 
 # The POST /predict JSON --------------------------------------------------------------------------

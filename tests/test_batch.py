@@ -201,6 +201,44 @@ def test_json_lines_write_floats_and_text_as_python_does():
         assert json_texts(pa.array(cells, type=pa.string())).to_pylist() == ["null" if v is None else json.dumps(v, ensure_ascii=False) for v in cells]
 
 
+def test_json_lines_are_each_rows_json_object():
+    """Each line is the row's JSON object, byte for byte as json.dumps writes it: text columns with and without
+    missing cells and cells that need escapes, floats with NaN, and the errors and warnings lists (JSON text already)."""
+    import pandas as pd
+
+    from serving.batch import _jsonl, _text_column
+
+    rows = [
+        {"patient_id": "P1", "errors": None, "warnings": [], "pain_benefit": 0.1, "pain_answer": "average", "reason": 'says "why"', "same": "risk_based", "accents": "é ü"},
+        {"patient_id": "P2", "errors": [{"field": "crp", "code": "implausible_lab"}], "warnings": None, "pain_benefit": None, "pain_answer": None, "reason": "x\ny", "same": "risk_based", "accents": "é ü"},
+        {"patient_id": "P3", "errors": None, "warnings": [{"code": "imputed", "field": "esr"}], "pain_benefit": -0.25, "pain_answer": "average", "reason": "z", "same": "risk_based", "accents": "é ü"},
+    ]  # fmt: skip
+    compact = {"ensure_ascii": False, "separators": (",", ":")}
+    table = pd.DataFrame({
+        column: np.array([np.nan if r[column] is None else r[column] for r in rows]) if column == "pain_benefit"
+        else _text_column([None if r[column] is None else json.dumps(r[column], **compact) for r in rows]) if column in ("errors", "warnings")
+        else _text_column([r[column] for r in rows])
+        for column in rows[0]
+    })  # fmt: skip
+    assert _jsonl(table).splitlines() == [json.dumps(r, **compact) for r in rows]
+
+
+def _row_codes_reference(codes: np.ndarray) -> np.ndarray:
+    first: dict[bytes, int] = {}
+    return np.asarray([first.setdefault(row.tobytes(), len(first)) for row in codes], dtype=np.int64)
+
+
+def test_rows_with_equal_warnings_share_one_code():
+    """The hashed row codes equal a dictionary's of each row's bytes (first appearance order), as does the column-by-column fallback."""
+    from serving.batch import _row_codes, _row_codes_by_column
+
+    rng = np.random.default_rng(7)
+    for n, k, levels in ((0, 3, 2), (1, 0, 1), (500, 1, 3), (5000, 40, 2), (2000, 7, 50)):
+        codes = np.asfortranarray(rng.integers(0, levels, (n, k)).astype(np.int32) * (rng.random((n, k)) < 0.3))
+        expected = _row_codes_reference(codes)
+        assert np.array_equal(_row_codes(codes), expected) and np.array_equal(_row_codes_by_column(codes), expected)
+
+
 def _pandas_columns(path, spec, monkeypatch):
     from serving import batch
 

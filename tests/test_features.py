@@ -313,3 +313,27 @@ def test_parsing_a_column_gives_each_cells_own_result(analyte, units):
             assert [issue.reason for issue in issues if issue.row == i] == [err.reason]
             continue
         assert (math.isnan(expected.value) and math.isnan(values[i])) or expected.value == values[i]
+
+
+@pytest.mark.parametrize("analyte", ["crp", "ana", "rf"])
+def test_a_long_column_of_report_text_gives_each_cells_own_result(analyte):
+    """A file's column of text (at least ARROW_CELLS cells): each distinct text parsed once, the same values, flags and
+    issues (in row order, with the cell as given) as parse_lab_value cell by cell."""
+    from features.labs import ARROW_CELLS
+
+    lab = load_catalog()[analyte]
+    texts = [c for c in CELLS if c is None or isinstance(c, str) or (isinstance(c, float) and math.isnan(c))]
+    cells = np.asarray([texts[i] for i in np.random.default_rng(3).integers(0, len(texts), 3 * ARROW_CELLS)], dtype=object)
+    values, below, issues = parse_lab_cells(cells, lab, "cell")
+    expected_issues = []
+    for i, cell in enumerate(cells):
+        try:
+            result = parse_lab_value(cell, lab)
+        except LabValueError as err:
+            expected_issues.append((i, err.reason))
+            assert math.isnan(values[i]) and below[i] == 0
+            continue
+        assert (math.isnan(result.value) and math.isnan(values[i])) or result.value == values[i], (cell, result, values[i])
+        assert below[i] == float(result.below_lod)
+    assert [(x.row, x.reason) for x in issues] == expected_issues and len(expected_issues) > 10
+    assert all(x.raw is cells[x.row] for x in issues)
