@@ -29,6 +29,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -470,12 +471,19 @@ def score_table_in_blocks(
     """
     import pandas as pd
 
+    parts = list(scored_blocks(scorer, columns, n, block, workers, row))
+    return pd.concat(parts, ignore_index=True) if len(parts) != 1 else parts[0] if parts else score_table(scorer, columns, 0)
+
+
+def scored_blocks(
+    scorer: Scorer, columns: dict[str, Any], n: int, block: int = TABLE_BLOCK, workers: int | None = None, row: Any = None
+) -> Iterator[pd.DataFrame]:
+    """The blocks of :func:`score_table_in_blocks`, each as soon as it and the blocks before it are scored (in file order)."""
     from core.progress import task_progress
 
     if workers is None:
         workers = scorer.threads
     starts = list(range(0, n, block))
-    parts = []
     with task_progress(n, "scoring", unit="patient") as progress:
 
         def one(start: int) -> pd.DataFrame:
@@ -485,16 +493,16 @@ def score_table_in_blocks(
 
         if workers <= 1 or len(starts) <= 1:
             for start in starts:
-                parts.append(one(start))
+                part = one(start)
                 progress.update(min(n, start + block) - start)
+                yield part
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(workers, len(starts))) as pool:
                 for start, part in zip(starts, pool.map(one, starts), strict=True):  # in file order
-                    parts.append(part)
                     progress.update(min(n, start + block) - start)
-    return pd.concat(parts, ignore_index=True) if len(parts) != 1 else parts[0] if parts else score_table(scorer, columns, 0)
+                    yield part
 
 
 def _error_texts(errors: dict[int, list[Any]], n: int) -> np.ndarray:
@@ -610,17 +618,7 @@ def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq"):
-        from concurrent.futures import ThreadPoolExecutor
-
-        # A chunk is written while the next is made (both without the GIL): one writer thread, chunks in order.
-        with out.open("wb") as fh, ThreadPoolExecutor(1) as writer:
-            pending = None
-            for chunk in _jsonl_chunks(table) if suffix == ".jsonl" else predict_json_chunks(table, scorer):
-                if pending is not None:
-                    pending.result()  # one chunk in flight at a time (bounded memory; an error stops the loop)
-                pending = writer.submit(fh.write, chunk)
-            if pending is not None:
-                pending.result()
+        write_chunks(out, _jsonl_chunks(table) if suffix == ".jsonl" else predict_json_chunks(table, scorer))
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -635,6 +633,29 @@ def write_table(table: pd.DataFrame, out: Path, scorer: Scorer) -> None:
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     meta = {**(arrow.schema.metadata or {}), b"responders": json.dumps({"outcomes": shared, "simulated_training_data": scorer.simulated}).encode()}
     pq.write_table(arrow.replace_schema_metadata(meta), out)
+
+
+def write_chunks(out: Path, chunks: Iterable[Any]) -> None:
+    """Write the chunks to ``out`` in order, each while the next is made (one writer thread; making a chunk
+    is mostly Arrow's joins, writing it the kernel's copy: neither holds the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with out.open("wb") as fh, ThreadPoolExecutor(1) as writer:
+        pending = None
+        for chunk in chunks:
+            if pending is not None:
+                pending.result()  # one chunk in flight at a time (bounded memory; an error stops the loop)
+            pending = writer.submit(fh.write, chunk)
+        if pending is not None:
+            pending.result()
+
+
+def jsonl_of_blocks(blocks: Iterable[pd.DataFrame], last_scored: list[float]) -> Iterator[Any]:
+    """The JSON lines of scored blocks as they come (``responders predict --out FILE.jsonl``): a block's lines are
+    joined and written while later blocks are scored. ``last_scored`` gets the clock time the last block arrived."""
+    for part in blocks:
+        last_scored[:] = [time.perf_counter()]
+        yield from _jsonl_chunks(part)
 
 
 JSONL_CHUNK = 20_000  # rows per piece of JSON-lines text
@@ -932,15 +953,28 @@ def score_file_to_table(
     scorer = Scorer(dataset_spec, resolve_champions(dataset_spec, tracking_uri, scoring_only=True), max_batch=max_batch)
     scorer.batch_threads(os.cpu_count() or 1)
     done("load")
+    row = None
     if Path(path).suffix.lower() == ".json":
         rows = read_patients(path, dataset_spec)
-        columns = {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}
-        done("read")
-        table = score_table_in_blocks(scorer, columns, len(rows), row=rows.__getitem__)
+        columns, n, row = {c: [r.get(c) for r in rows] for c in dict.fromkeys(k for r in rows for k in r)}, len(rows), rows.__getitem__
     else:
         columns, n = read_columns(path, dataset_spec)
-        done("read")
-        table = score_table_in_blocks(scorer, columns, n)
+    done("read")
+    if out is not None and Path(out).suffix.lower() == ".jsonl":
+        # Streamed: each block's lines written while later blocks are scored. "score" is the time until the last
+        # block was scored (with the writing of the blocks before it), "write" what remained after.
+        last_scored: list[float] = []
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_chunks(Path(out), jsonl_of_blocks(scored_blocks(scorer, columns, n, row=row), last_scored))
+        split = last_scored[0] if last_scored else time.perf_counter()
+        times["score"], times["write"] = split - start, time.perf_counter() - split
+        now = time.process_time()
+        cpu["score"], cpu["write"] = now - clock, 0.0  # one CPU clock for both: they ran at once
+        times["patients"] = float(n)
+        times |= {f"cpu_{step}": seconds for step, seconds in cpu.items()}
+        _log_steps(log, times, cpu, n)
+        return times
+    table = score_table_in_blocks(scorer, columns, n, row=row)
     done("score")
     if out is None:  # printed, as the text of typer.echo (a stream without a byte buffer gets text)
         sys.stdout.flush()
@@ -955,6 +989,11 @@ def score_file_to_table(
     done("write")
     times["patients"] = float(len(table))
     times |= {f"cpu_{step}": seconds for step, seconds in cpu.items()}
-    log.info("predict: %d patients; load %.2f s, read %.2f s, score %.2f s, write %.2f s", len(table), times["load"], times["read"], times["score"], times["write"])
-    log.info("predict CPU seconds (all threads): load %.2f, read %.2f, score %.2f, write %.2f", cpu["load"], cpu["read"], cpu["score"], cpu["write"])
+    _log_steps(log, times, cpu, len(table))
     return times
+
+
+def _log_steps(log: Any, times: dict[str, float], cpu: dict[str, float], n: int) -> None:
+    """The steps' wall and CPU seconds (no patient data); benchmarks/serving.py reads these two lines."""
+    log.info("predict: %d patients; load %.2f s, read %.2f s, score %.2f s, write %.2f s", n, times["load"], times["read"], times["score"], times["write"])
+    log.info("predict CPU seconds (all threads): load %.2f, read %.2f, score %.2f, write %.2f", cpu["load"], cpu["read"], cpu["score"], cpu["write"])

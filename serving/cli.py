@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from core.cli import SpecOption, new_app, run
+from core.cli import SpecOption, end_process, new_app, run
 
 app, report_app = new_app()
 
@@ -49,6 +49,7 @@ def predict(
         raise typer.Exit(2) from None
     if out is not None:
         typer.echo(f"wrote {out}")
+    end_process(0)
 
 
 @app.command()

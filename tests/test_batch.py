@@ -379,6 +379,15 @@ def test_responders_predict_reads_the_registry_without_importing_mlflow(tmp_path
     done = subprocess.run([sys.executable, "-c", code, str(path), str(path.with_suffix(".parquet")), store["uri"]], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]" and len(pd.read_parquet(path.with_suffix(".parquet"))) == 200
+    # The console script streams JSON lines and ends its process without the interpreter's teardown
+    # (core.cli.end_process): every line and its log lines are out, exit status 0.
+    out = path.with_suffix(".jsonl")
+    command = [str(Path(sys.executable).with_name("responders")), "predict", str(path), "--out", str(out), "--tracking-uri", store["uri"]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == f"wrote {out}", done.stderr[-2000:]
+    assert "predict: 200 patients" in done.stderr and "predict CPU seconds" in done.stderr
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["patient_id"] for line in lines] == pd.read_parquet(path.with_suffix(".parquet"))["patient_id"].tolist()
 
 
 def patient_fields() -> set[str]:
