@@ -71,7 +71,12 @@ def fit_peer(name: str, F: np.ndarray, t: np.ndarray, y: np.ndarray, P: np.ndarr
         lower, upper = model.effect_interval(P, alpha=0.05)
         return np.ravel(model.effect(P)), (np.ravel(lower), np.ravel(upper))
     if name == "x_learner":
-        from causalml.inference.meta import BaseXClassifier
+        import matplotlib
+
+        # CausalML sets matplotlib's style for the whole process when imported (its plots use "fivethirtyeight"):
+        # undone at once, so that figures drawn in this process afterwards look as in any other.
+        with matplotlib.rc_context():
+            from causalml.inference.meta import BaseXClassifier
 
         model = BaseXClassifier(outcome_learner=LGBMClassifier(**kwargs), effect_learner=LGBMRegressor(**kwargs), control_name=0)
         # The randomisation ratio is known: pass it as the propensity, as the product's DR-learner does.

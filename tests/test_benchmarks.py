@@ -117,6 +117,7 @@ def test_interval_score_is_the_width_plus_the_scaled_misses():
     assert recovery.interval_score(lower, upper, target, 0.05) == pytest.approx(expected)
 
 
+@pytest.mark.slow  # tiny recovery trials: each fits candidates and runs the tests (8-25 s)
 def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     markdown = recovery.run(quick=True, out_dir=tmp_path, settings=TINY_RECOVERY)
     assert markdown.startswith("## 1. Subgroup recovery")
@@ -188,6 +189,7 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert {row[0] for row in by_answer[1:]} == set(champion["answer"])
 
 
+@pytest.mark.slow  # tiny recovery trials: each fits candidates and runs the tests (8-25 s)
 def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     settings = replace(
         TINY_RECOVERY, scenarios=recovery.NULLS, trials=(("ushape", (1,)), ("sharp", (1,))), bootstrap_trials=(("ushape", (1,)),),
