@@ -84,13 +84,26 @@ def resolve_champions(spec: DatasetSpec, tracking_uri: str | None = None, scorin
         if version is None:
             raise ChampionError(_no_champion(name, uri))
         path = version.directory / "artifacts" / "responder.joblib"
-        compiled = version.directory / "artifacts" / SCORING_FILE
+        model = _stored_plan(name, version.version, version.directory / "artifacts" / SCORING_FILE) if scoring_only else None
         try:
-            model = load_scoring_model(compiled) if scoring_only and compiled.is_file() else load_artefact(path)
+            model = model or load_artefact(path)
         except Exception as err:  # any failure to read the artifact: name what could not be served
             raise ChampionError(_cannot_load(name, version.version, version.download_uri, err)) from err
         champions[key] = _champion(outcome, name, version, model)
     return champions
+
+
+def _stored_plan(name: str, version: Any, path: Path) -> Any:
+    """A version's stored scoring plan, or None: absent (registered before training wrote one) or unreadable
+    (logged, and the artefact, which holds the same model, is loaded instead)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_scoring_model(path)
+    except Exception as err:  # a damaged plan file: the artefact answers the same, so it is no reason to stop
+        log.warning("registered model %r version %s: cannot read its stored scoring plan %s (%s: %s); loading the artefact instead",
+                    name, version, path.name, type(err).__name__, _one_line(err))  # fmt: skip
+        return None
 
 
 def _resolve_with_mlflow(keys: list[tuple[str, str, str]], tracking_uri: str | None) -> dict[str, Champion]:

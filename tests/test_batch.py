@@ -396,3 +396,39 @@ def patient_fields() -> set[str]:
 
     spec = load_spec()
     return set(patient_model(spec, spec.lab_catalog()).model_fields)
+
+
+@pytest.mark.slow
+def test_responders_predict_loads_the_stored_plans_and_falls_back_to_the_artefact(tmp_path_factory, monkeypatch, caplog):
+    """From a local store, `scoring_only` loads each version's stored scoring plan; a plan file that cannot be read
+    is logged by name and the version's artefact is loaded instead, with the same answers."""
+    import logging
+
+    from helpers import score_rows, serving_store
+
+    from core.runtime.artefact import ResponderModel
+    from core.runtime.compiled import ScoringModel
+    from core.spec import load_spec
+    from serving import scoring
+    from serving.scoring import Scorer, read_patients, resolve_champions
+
+    store = serving_store(tmp_path_factory)
+    spec = load_spec()
+    stored = resolve_champions(spec, store["uri"], scoring_only=True)
+    assert all(type(c.model) is ScoringModel for c in stored.values()) and len(stored) == 2
+    full = resolve_champions(spec, store["uri"])
+    assert all(type(c.model) is ResponderModel for c in full.values())
+
+    def damaged(path):
+        raise ValueError("unexpected end of file")
+
+    monkeypatch.setattr(scoring, "load_scoring_model", damaged)
+    with caplog.at_level(logging.WARNING, logger="responders.serving"):
+        fallback = resolve_champions(spec, store["uri"], scoring_only=True)
+    assert all(type(c.model) is ResponderModel for c in fallback.values())
+    assert sum("cannot read its stored scoring plan scoring.joblib (ValueError: unexpected end of file)" in r.getMessage() for r in caplog.records) == 2
+    path = tmp_path_factory.mktemp("fallback") / "patients.csv"
+    store["frame"].head(50).to_csv(path, index=False)
+    rows = read_patients(path, spec)
+    answers = {k: score_rows(Scorer(spec, c), rows).model_dump_json() for k, c in (("stored", stored), ("full", full), ("fallback", fallback))}
+    assert answers["stored"] == answers["full"] == answers["fallback"]
