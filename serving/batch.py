@@ -385,6 +385,7 @@ def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
     null for a patient with errors.
     """
     import pandas as pd
+    import pyarrow as pa
 
     from core.runtime.plan import Parsed
     from serving import schemas as S
@@ -403,8 +404,6 @@ def score_table(scorer: Scorer, columns: dict[str, Any], n: int, row: Any = None
     subset: dict[int, Parsed] = {}  # outcomes sharing a parse share its subset too (the raw cells are not needed to score)
     rows = {o: p if len(good) == n else subset.setdefault(id(p), Parsed(len(good), {c: v[good] for c, v in p.columns.items()}, {})) for o, p in parsed.items()}
     ids = clean.get(scorer.spec.id_column, [None] * n)
-    import pyarrow as pa
-
     # ids are distinct: one Arrow string array straight away (no distinct values to encode once)
     table: dict[str, Any] = {"patient_id": pa.array([str(v or f"row-{offset + i + 1}") for i, v in enumerate(ids)], type=pa.string())}
     table["errors"] = _error_texts(errors, n)
