@@ -39,6 +39,7 @@ DatasetSpec = Any  # a core.spec.DatasetSpec (features sits below core)
 Part = tuple[str, Any, list[str], list[str]]  # (name, core or "passthrough", input columns, output names)
 
 
+@dataclass(eq=False, repr=False)
 class FeaturePlan:
     """A fitted feature pipeline's cores: raw columns -> parsed values -> imputed columns -> features.
 
@@ -52,13 +53,12 @@ class FeaturePlan:
     ``info``: what each feature means.
     """
 
-    def __init__(self, spec: DatasetSpec, parser: LabParserCore, impute_parts: list[Part], feature_parts: list[Part], names: list[str], info: dict[str, FeatureInfo]):
-        self.spec = spec
-        self.parser = parser
-        self.impute_parts = impute_parts
-        self.feature_parts = feature_parts
-        self.names = names
-        self.info = info
+    spec: DatasetSpec
+    parser: LabParserCore
+    impute_parts: list[Part]
+    feature_parts: list[Part]
+    names: list[str]
+    info: dict[str, FeatureInfo]
 
     @property
     def imputers(self) -> dict[str, tuple[Any, list[str]]]:
