@@ -54,6 +54,7 @@ class Detachable:
         out.__dict__.update(self.__dict__)
         return out
 
+
 @dataclass(frozen=True)
 class FeatureInfo:
     """What a feature means, for clinicians: shown in the API and the reports."""

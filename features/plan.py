@@ -130,7 +130,6 @@ class InputWarning:
         return asdict(self)
 
 
-
 @dataclass(frozen=True)
 class _Flagged:
     """One input column with a missing or out-of-range value in the batch, and what its warnings say about it."""
@@ -174,7 +173,6 @@ def _flagged_columns(spec: DatasetSpec, catalog, transformers: dict, parsed: Map
             low, high, fill = imputer.min_[j], imputer.max_[j], imputer.statistics_[j]
             shown = f"1:{fill:g}" if kind == "lab" and catalog[column].kind == "titre" else f"{fill:.3g} {unit}".rstrip()
             yield _Flagged(kind, column, int(j), values, outside, missing, label, unit, field, low, high, fill, shown)
-
 
 
 def warnings_from_parsed(
