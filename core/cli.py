@@ -85,7 +85,10 @@ def end_process(code: int = 0) -> None:
 
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (a closed pipe) or a closed stream: nothing left to say
+            pass
     os._exit(code)
 
 
