@@ -24,12 +24,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from features.catalog import load_catalog
-from features.cores import CategoricalFill, Detachable, OneHotLevels
+from features.cores import CategoricalFill, Detachable, FeatureInfo, OneHotLevels
 from features.labs import LabIssue
 from features.plan import FeaturePlan, InputWarning, Part
 from features.transformers import (
     AutoantibodyFeatures,
-    FeatureInfo,
     InflammationFeatures,
     LabFeatures,
     LabParser,

@@ -24,10 +24,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from features.cores import (  # noqa: F401 - FeatureInfo, LabParseError, shares, _upper_reference: their old address
+from features.cores import (
     INDEX_MARKERS,
     AutoantibodyCore,
-    FeatureInfo,
     InflammationCore,
     LabFeaturesCore,
     LabParseError,
@@ -38,7 +37,6 @@ from features.cores import (  # noqa: F401 - FeatureInfo, LabParseError, shares,
     _floats,
     _level_key,
     _upper_reference,
-    shares,
 )
 
 

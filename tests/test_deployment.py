@@ -294,6 +294,15 @@ def test_wheel_installed_into_a_fresh_venv_trains_and_serves_outside_the_reposit
     assert response.status_code == 200, response.text
     assert response.json()["n_scored"] == 1
     assert rounded(response.json()) == rounded(_in_process_prediction(env["MLFLOW_TRACKING_URI"], EXAMPLE))
+    # The installed batch command: it reads the scoring plan training stored beside each model (no scikit-learn),
+    # and its POST /predict JSON gives the server's answers.
+    models = list(work.rglob("scoring.joblib"))
+    assert len(models) >= 2, "training stores a scoring plan beside every logged model"
+    (work / "patient.json").write_text(json.dumps({"patients": [EXAMPLE]}))
+    batch = subprocess.run([responders, "predict", "patient.json", "--out", "scores.json"], env=env, cwd=work,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert batch.returncode == 0 and batch.stdout.strip() == "wrote scores.json", batch.stderr[-3000:]
+    assert rounded(json.loads((work / "scores.json").read_text())) == rounded(response.json())
 
 
 @pytest.mark.slow

@@ -13,9 +13,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from core.data import model_inputs
 from features.catalog import load_catalog
+from features.cores import LabParseError
 from features.labs import LabValueError, parse_lab_cells, parse_lab_value
 from features.pipeline import build_feature_pipeline, feature_info, fitted_parts, input_warnings, lab_issues
-from features.transformers import InflammationFeatures, LabParseError, MedianImputer
+from features.transformers import InflammationFeatures, MedianImputer
 from training.simulate import simulate
 
 EXPECTED_NAMES = [

@@ -285,7 +285,7 @@ def test_did_you_mean_never_suggests_a_column_the_spec_already_uses():
 
 
 def test_the_registered_models_input_errors_count_rows_from_1_and_do_not_call_covariates_labs(indo):
-    from features.transformers import LabParseError
+    from features.cores import LabParseError
 
     spec, frame, model = indo
     patients = frame.drop(columns=["outcome", "rx"]).head(3).astype(object).reset_index(drop=True)
