@@ -238,8 +238,12 @@ def _main(argv: list[str] | None = None) -> None:
     sim.add_argument("--n", type=int, required=True)
     sim.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    from core.cli import end_after_exit_handlers, skip_teardown
+
+    end_after_exit_handlers()  # a job child ends as `responders train` does: exit handlers, then no teardown
     result = _job_child(args) if args.command == "job" else _simulate_child(args)
     print(json.dumps(result), flush=True)
+    skip_teardown()
 
 
 # ---------------------------------------------------------------------------

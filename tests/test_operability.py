@@ -41,6 +41,42 @@ def _problems(call) -> list[str]:
     return caught.value.problems
 
 
+# How a finished command ends -----------------------------------------------------------------------
+
+_ENDING = """
+import atexit, sys, threading, time
+from core import cli
+
+cli.end_after_exit_handlers()  # as the console script does before anything else
+
+
+class FreedAtTeardown:
+    def __del__(self):
+        sys.stdout.write("teardown\\n")
+        sys.stdout.flush()
+
+
+kept = FreedAtTeardown()  # a module global: freed only by the interpreter's teardown
+joined = []
+threading.Thread(target=lambda: (time.sleep(0.3), joined.append("thread joined"))).start()  # not a daemon
+atexit.register(lambda: print("library exit handler ran after", joined, flush=True))  # as MLflow registers its flush
+if sys.argv[1] == "finished":
+    cli.skip_teardown()
+print("command done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["finished", "failed"])
+def test_a_finished_command_ends_after_every_exit_handler_without_the_teardown(how):
+    """`responders train` arms core.cli.skip_teardown as its last act: the libraries' exit handlers (MLflow's
+    flush) still run, after the threads were joined, and only freeing the modules one by one is skipped."""
+    done = subprocess.run([sys.executable, "-c", _ENDING, how], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["command done", "library exit handler ran after ['thread joined']"], done.stdout
+    assert ("teardown" in lines) is (how != "finished"), done.stdout  # a command that did not finish ends as usual
+
+
 # Config and spec errors ----------------------------------------------------------------------------
 
 

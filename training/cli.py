@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from core.cli import SpecOption, new_app, run
+from core.cli import SpecOption, new_app, run, skip_teardown
 from training.published import DEFAULT_SEED
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ def train(
     typer.echo(f"MLflow UI: {ui_link(summary.tracking_uri, summary.experiment_id)}")
     if report_dir is not None:
         typer.echo(f"Cohort report: {report_dir / 'cohort.html'}")
+    skip_teardown()
 
 
 def interruption_message(err: KeyboardInterrupt, spec: DatasetSpec, tracking_uri: str | None) -> str:
