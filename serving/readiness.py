@@ -27,6 +27,7 @@ from typing import Any
 
 import bentoml
 
+from core.runtime.forests import load_compiled_quantiles
 from serving.compat.bentoml import render_metrics
 from serving.scoring import Scorer
 from serving.trial import SPEC
@@ -122,6 +123,9 @@ async def warm_up(scorer: Scorer, batch: int, answer: Callable[[str, bytes], Awa
     (the other way round the first two real batches still added 5-10 MiB).
     """
     steady_large_buffers()
+    # Intervals of large batches use a compiled loop that a small warm-up batch would not load (the first large
+    # request would: 0.3-0.5 s).
+    load_compiled_quantiles()
     # /explain first: its lasting allocations (explainers, caches) then sit below what /predict's large answers use.
     bodies = {"explain": warm_up_body(scorer, min(batch, EXPLAIN_PATIENTS)), "predict": warm_up_body(scorer, batch)}
     patients = {route: len(json.loads(body)["patients"]) for route, body in bodies.items()}

@@ -131,15 +131,16 @@ def test_row_quantiles_are_np_quantile_bit_for_bit(draws):
         assert np.array_equal(np.signbit(want), np.signbit(got))
 
 
-def test_a_few_rows_do_not_load_the_compiled_quantiles():
-    """Loading numba cost 0.3-0.5 s of `responders predict`'s start for the floor's one-row interval: NumPy does it."""
+def test_a_few_thousand_rows_do_not_load_the_compiled_quantiles():
+    """Loading numba cost 0.3-0.5 s of `responders predict`'s start for the floor's one-row interval, and 0.7 s of the
+    default training job's checks of its 99 patients: NumPy does those; a large block, or a service's warm-up, loads it."""
     code = (
         "import sys, numpy as np\n"
-        "from core.runtime.forests import COMPILED_QUANTILE_ROWS, row_quantiles\n"
-        "x = np.random.default_rng(1).normal(size=(COMPILED_QUANTILE_ROWS - 1, 200))\n"
+        "from core.runtime.forests import COMPILED_QUANTILE_CELLS, row_quantiles\n"
+        "x = np.random.default_rng(1).normal(size=(COMPILED_QUANTILE_CELLS // 1000 - 1, 1000))\n"
         "assert np.array_equal(row_quantiles(x, [0.025, 0.975]), np.quantile(x, [0.025, 0.975], axis=1))\n"
         "assert 'numba' not in sys.modules\n"
-        "row_quantiles(np.vstack([x, x]), [0.025, 0.975])\n"
+        "assert np.array_equal(row_quantiles(np.vstack([x, x]), [0.025, 0.975]), np.quantile(np.vstack([x, x]), [0.025, 0.975], axis=1))\n"
         "assert 'numba' in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

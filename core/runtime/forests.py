@@ -410,10 +410,21 @@ def _row_quantiles(draws, quantiles, select):  # pragma: no cover - compiled by 
 
 
 _QUANTILES = None
-# Below this many rows, until the compiled loop is loaded, NumPy itself: importing numba and loading the cached loop
-# took 0.3-0.5 s of `responders predict`'s start (the arm-only floor's one-row interval at load), about what NumPy
-# needs for 20,000 rows. A service loads it while warming up (its warm-up batch is larger).
-COMPILED_QUANTILE_ROWS = 64
+# Below this many cells (rows x draws), until the compiled loop is loaded, NumPy itself: importing numba and loading
+# the cached loop takes 0.3-0.5 s, what NumPy needs for about 10^7 cells (30 ns a cell), and below the threshold NumPy
+# takes at most about 60 ms (61 ms for the floor's 1,000 draws of 2,048 patients). So a training job's checks of
+# its 99 patients (0.7 s of the default job when every check loaded it), or a file of a few thousand, never load it;
+# `responders predict`'s 20,000-patient blocks do, and a service loads it while warming up (load_compiled_quantiles).
+COMPILED_QUANTILE_CELLS = 2_000_000
+
+
+def load_compiled_quantiles() -> None:
+    """Import numba and load the compiled quantile loop now (a service's warm-up), not on a later large request."""
+    global _QUANTILES
+    if _QUANTILES is None:
+        import numba
+
+        _QUANTILES = numba.njit(cache=True, nogil=True)(_row_quantiles)
 
 
 def row_quantiles(draws: np.ndarray, quantiles: list[float]) -> np.ndarray:
@@ -421,16 +432,12 @@ def row_quantiles(draws: np.ndarray, quantiles: list[float]) -> np.ndarray:
 
     NumPy's partition-based quantile cost 17 us a row for 200 posterior draws
     (1.7 s for 10^5 patients); sorting each row in a compiled loop costs a
-    fraction of that and releases the GIL (tests/test_batch.py checks the equality). A few rows
-    before the loop is loaded (:data:`COMPILED_QUANTILE_ROWS`) go to NumPy.
+    fraction of that and releases the GIL (tests/test_batch.py checks the equality). Draws of fewer than
+    :data:`COMPILED_QUANTILE_CELLS` cells go to NumPy until the loop is loaded.
     """
-    global _QUANTILES
-    if _QUANTILES is None and len(draws) < COMPILED_QUANTILE_ROWS:
+    if _QUANTILES is None and draws.size < COMPILED_QUANTILE_CELLS:
         return np.quantile(draws, quantiles, axis=1)  # the same floats; loading the compiled loop costs more
-    if _QUANTILES is None:
-        import numba
-
-        _QUANTILES = numba.njit(cache=True, nogil=True)(_row_quantiles)
+    load_compiled_quantiles()
     draws = np.ascontiguousarray(draws, dtype=np.float64)
     if draws.shape[1] == 0:
         return np.quantile(draws, quantiles, axis=1)
