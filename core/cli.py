@@ -80,8 +80,12 @@ def end_process(code: int = 0) -> None:
     one object at a time, which for 10^5 patients takes a noticeable part of the
     command's time. In process (a test's runner) it does nothing.
     """
-    if not _CONSOLE_SCRIPT:
-        return
+    if _CONSOLE_SCRIPT:
+        _flush_and_exit(code)
+
+
+def _flush_and_exit(code: int) -> None:
+    """Flush the log handlers and both streams, then end the process without the interpreter's teardown."""
     import logging
     import sys
 
@@ -124,18 +128,8 @@ def skip_teardown() -> None:
 
 
 def _end_now_if_armed() -> None:
-    if not _END_AFTER_EXIT_HANDLERS:
-        return
-    import logging
-    import sys
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a reader that went away or a closed stream: nothing left to say
-            pass
-    os._exit(0)  # armed only by a command that returned normally: its status is 0
+    if _END_AFTER_EXIT_HANDLERS:
+        _flush_and_exit(0)  # armed only by a command that returned normally: its status is 0
 
 
 def run(app: typer.Typer) -> None:
