@@ -60,13 +60,13 @@ kept = FreedAtTeardown()  # a module global: freed only by the interpreter's tea
 joined = []
 threading.Thread(target=lambda: (time.sleep(0.3), joined.append("thread joined"))).start()  # not a daemon
 atexit.register(lambda: print("library exit handler ran after", joined, flush=True))  # as MLflow registers its flush
-if sys.argv[1] == "finished":
+if sys.argv[1] == "armed":  # the command returned normally
     cli.skip_teardown()
 print("command done", flush=True)
 """
 
 
-@pytest.mark.parametrize("how", ["finished", "failed"])
+@pytest.mark.parametrize("how", ["armed", "not armed"])
 def test_a_finished_command_ends_after_every_exit_handler_without_the_teardown(how):
     """`responders train` arms core.cli.skip_teardown as its last act: the libraries' exit handlers (MLflow's
     flush) still run, after the threads were joined, and only freeing the modules one by one is skipped."""
@@ -74,7 +74,7 @@ def test_a_finished_command_ends_after_every_exit_handler_without_the_teardown(h
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[:2] == ["command done", "library exit handler ran after ['thread joined']"], done.stdout
-    assert ("teardown" in lines) is (how != "finished"), done.stdout  # a command that did not finish ends as usual
+    assert ("teardown" in lines) is (how != "armed"), done.stdout  # unarmed (a test's runner, a failed command): as usual
 
 
 # Config and spec errors ----------------------------------------------------------------------------
