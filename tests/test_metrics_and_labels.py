@@ -77,6 +77,38 @@ def test_benefit_metrics_reward_true_ranking_and_not_noise():
     assert good["tau_risk"] < noise["tau_risk"] or np.isclose(good["tau_risk"], noise["tau_risk"], rtol=0.05)
 
 
+def test_calibration_for_benefit_reads_the_scale_of_predicted_differences():
+    # Binary outcomes with known conditional benefit tau(x); DR scores from the true arm probabilities.
+    rng = np.random.default_rng(11)
+    n, reps = 2000, 200
+    x = rng.normal(size=(reps, n))
+    tau = 0.15 + 0.10 * np.tanh(x)
+    t = rng.random((reps, n)) < 0.5
+    p0 = np.full((reps, n), 0.3)
+    y = (rng.random((reps, n)) < p0 + t * tau).astype(int)
+    lines = {}
+    for name, predicted in {"calibrated": tau, "too_spread": 0.15 + 2.0 * (tau - 0.15), "too_cautious": 0.15 + 0.5 * (tau - 0.15), "shifted": tau - 0.05}.items():
+        lines[name] = [M.benefit_calibration_line(predicted[r], M.dr_scores(y[r], t[r], p0[r] + tau[r], p0[r], 0.5)) for r in range(reps)]
+    slope = {k: np.mean([v["benefit_calibration_slope"] for v in lines[k]]) for k in lines}
+    assert slope["calibrated"] == pytest.approx(1.0, abs=0.1)
+    assert slope["too_spread"] == pytest.approx(0.5, abs=0.05) and slope["too_cautious"] == pytest.approx(2.0, abs=0.2)
+    # The intervals cover the truth about as often as they say (slope 1 and calibration in the large 0).
+    covered = np.mean([v["benefit_calibration_slope_low"] <= 1 <= v["benefit_calibration_slope_high"] for v in lines["calibrated"]])
+    assert 0.90 <= covered <= 0.99
+    covered = np.mean([v["benefit_calibration_intercept_low"] <= 0 <= v["benefit_calibration_intercept_high"] for v in lines["calibrated"]])
+    assert 0.90 <= covered <= 0.99
+    shifted = np.mean([v["benefit_calibration_intercept"] for v in lines["shifted"]])
+    assert shifted == pytest.approx(0.05, abs=0.01)  # observed minus predicted average benefit
+    # One benefit for everybody: no slope, and the sentence says why.
+    flat = M.benefit_calibration_line(np.full(n, 0.15), M.dr_scores(y[0], t[0], p0[0] + tau[0], p0[0], 0.5))
+    assert np.isnan(flat["benefit_calibration_slope"]) and np.isfinite(flat["benefit_calibration_intercept"])
+    assert "no slope (the same benefit for every patient)" in M.describe_benefit_calibration(flat)
+    assert "larger than the randomised comparison shows" in M.describe_benefit_calibration(lines["too_spread"][0])
+    cautious = dict(zip(M.BENEFIT_CALIBRATION, (0.0, -0.01, 0.01, 2.0, 1.5, 2.5), strict=True))
+    assert "smaller than the randomised comparison shows" in M.describe_benefit_calibration(cautious)
+    assert "consistent with 1" in M.describe_benefit_calibration({**cautious, "benefit_calibration_slope_low": 0.9})
+
+
 def test_holm_and_the_paired_one_se_rule():
     adjusted = holm({"pain": 0.01, "memory": 0.04, "sleep": float("nan")})
     assert adjusted["pain"] == pytest.approx(0.02) and adjusted["memory"] == pytest.approx(0.04)

@@ -68,6 +68,9 @@ def test_null_trial_gives_no_evidence_and_no_patient_labels(null_job):
         out = result.model.predict(model_inputs(frame, load_spec()))
         assert out["patient_label"].isna().all() and out["population_label"].nunique() == 1
         assert "trial population as a whole" in out["population_label_reason"].iat[0]
+        # One benefit for everybody has no calibration slope; a risk-based benefit varies with baseline risk and has one.
+        slope = result.summary()["metrics"]["benefit_calibration_slope"]
+        assert (slope is None) == (result.answer == "average"), (name, result.answer, slope)
     client = MlflowClient(_uri(tmp))
     version = client.get_model_version_by_alias("fibromyalgia-ldn-pain", CHAMPION)
     assert version.tags["subgroup_evidence"] == "False"
@@ -91,6 +94,12 @@ def test_strong_trial_gives_evidence_and_separates_the_subgroup(strong_job):
     assert saved["outcomes"]["pain"]["evidence"] is True
     assert saved["outcomes"]["pain"]["registered_model"] == "fibromyalgia-ldn-pain"
     assert set(saved["outcomes"]["pain"]["metrics"]) >= {"auc_treated", "brier_mean", "autoc", "c_for_benefit", "qini"}
+    # Calibration for benefit of the served ranking (out of fold), with its intervals, in the summary and the CLI text.
+    m = saved["outcomes"]["pain"]["metrics"]
+    assert m["benefit_calibration_slope_low"] < m["benefit_calibration_slope"] < m["benefit_calibration_slope_high"]
+    assert m["benefit_calibration_slope"] > 0  # a ranking the test found carries information on who benefits more
+    assert m["benefit_calibration_intercept_low"] < m["benefit_calibration_intercept"] < m["benefit_calibration_intercept_high"]
+    assert f"slope {m['benefit_calibration_slope']:.2f} (95% interval" in summary.render()
 
 
 def test_ground_truth_never_reaches_a_model(strong_job, tmp_path):

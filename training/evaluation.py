@@ -42,6 +42,7 @@ from sklearn.pipeline import Pipeline
 from core.candidates import (
     BCF,
     CANDIDATE_ORDER,
+    CANDIDATES,
     FLOOR,
     _decision,
     _scale,
@@ -437,6 +438,17 @@ def run_outer_fold(task: OuterTask, shared: CVShared) -> dict:
 LARGE_N = 10_000  # from here: CV tasks per (fold, candidate)
 
 
+def same_for_everyone(name: str, selections: dict[str, int]) -> bool:
+    """Whether a row's out-of-fold predictions are one benefit for everybody (up to fold-to-fold noise).
+
+    The floor, and the nested selection procedure when its inner loop chose the floor in every outer fold.
+    """
+    if name in CANDIDATES:
+        return CANDIDATES[name].same_for_everyone
+    total = sum(selections.values())
+    return name == SELECTED and total > 0 and sum(n for c, n in selections.items() if CANDIDATES[c].same_for_everyone) == total
+
+
 @dataclass
 class CVResult:
     """Out-of-fold predictions per repeat and the metrics computed from them."""
@@ -512,7 +524,16 @@ def cross_validate(
     # The AUTOC of the repeat-averaged ranking, a description without an interval: a bootstrap of fixed out-of-fold
     # predictions excluded 0 in 15% of sharp-null trials. The one inferential statement is the heterogeneity test.
     for name in names:
-        summary.loc[name, "autoc_averaged"] = M.autoc((oof[name][:, :, 0] - oof[name][:, :, 1]).mean(axis=0), psi_mean)
+        averaged_benefit = (oof[name][:, :, 0] - oof[name][:, :, 1]).mean(axis=0)
+        summary.loc[name, "autoc_averaged"] = M.autoc(averaged_benefit, psi_mean)
+        # Calibration for benefit of the same averaged predictions against the averaged DR scores (training.metrics).
+        # The floor's benefit is one number for everybody: its out-of-fold values vary only from fold to fold, so it
+        # has no slope (no ranking to calibrate).
+        line = M.benefit_calibration_line(averaged_benefit, psi_mean)
+        if same_for_everyone(name, selections):
+            line.update(dict.fromkeys(M.BENEFIT_CALIBRATION[3:], np.nan))
+        for key, value in line.items():
+            summary.loc[name, key] = value
 
     # The procedure on the outer out-of-fold predictions (averaged over repeats) gives the champion.
     averaged = FoldPredictions(

@@ -22,6 +22,17 @@ Definitions (documented because small-sample readers will check them):
   mean predicted benefit and their observed benefit ``y_t - y_c``.
 - ``tau_risk``: mean squared error of predicted benefit against DR scores, the
   selection criterion (lower is better).
+- ``benefit_calibration_*`` (calibration for benefit, on the risk-difference
+  scale, in the manner of grf's ``test_calibration``): the DR scores against
+  the predicted benefit. ``intercept``: calibration in the large,
+  ``mean(psi - tau_hat)``, the observed minus the predicted average benefit
+  (0 is ideal); ``slope``: least-squares slope of ``psi`` on ``tau_hat`` (1 is
+  ideal: differences in predicted benefit between patients are the size the
+  randomised comparison shows; below 1 the predictions are too spread out,
+  above 1 too cautious, 0 or less: they carry no information on who benefits
+  more). Both with 95% Wald intervals (the slope's from a heteroscedasticity-
+  consistent HC1 standard error). Undefined (NaN) slope for a benefit that is
+  the same for every patient.
 """
 
 from __future__ import annotations
@@ -112,6 +123,59 @@ def calibration_slope_interval(y: np.ndarray, p: np.ndarray, level: float = 0.95
         return slope, float("nan"), float("nan")
     half = float(stats.norm.ppf(0.5 + level / 2)) * np.sqrt(max(variance, 0.0))
     return slope, slope - half, slope + half
+
+
+BENEFIT_CALIBRATION = (
+    "benefit_calibration_intercept", "benefit_calibration_intercept_low", "benefit_calibration_intercept_high",
+    "benefit_calibration_slope", "benefit_calibration_slope_low", "benefit_calibration_slope_high",
+)
+
+
+def benefit_calibration_line(tau_hat: np.ndarray, psi: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Calibration for benefit: intercept (calibration in the large) and slope of DR scores on predicted benefit, with intervals.
+
+    Keys :data:`BENEFIT_CALIBRATION` (module docstring). The intercept is
+    ``mean(psi - tau_hat)`` with the normal interval of a mean; the slope is
+    the OLS slope of ``psi`` on ``tau_hat`` (with an intercept) with an HC1
+    standard error. The slope is NaN when ``tau_hat`` has no spread.
+    """
+    tau_hat, psi = np.asarray(tau_hat, float), np.asarray(psi, float)
+    n = len(psi)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    gap = psi - tau_hat
+    intercept = float(gap.mean())
+    half = z * float(gap.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
+    out = dict(zip(BENEFIT_CALIBRATION[:3], (intercept, intercept - half, intercept + half), strict=True))
+    centred = tau_hat - tau_hat.mean()
+    sxx = float(np.sum(centred**2))
+    if n < 3 or sxx < 1e-12 * n:  # the same benefit for everyone (the floor, an average answer): no slope
+        return {**out, **dict.fromkeys(BENEFIT_CALIBRATION[3:], float("nan"))}
+    slope = float(np.sum(centred * psi) / sxx)
+    residual = psi - psi.mean() - slope * centred
+    se = float(np.sqrt(np.sum((centred * residual) ** 2) * n / (n - 2)) / sxx)
+    return {**out, **dict(zip(BENEFIT_CALIBRATION[3:], (slope, slope - z * se, slope + z * se), strict=True))}
+
+
+def describe_benefit_calibration(metrics: dict) -> str:
+    """The calibration-for-benefit line in words (the CLI summary, the outcome run's description, the cohort report)."""
+
+    def number(key: str) -> float:
+        value = metrics.get(key)
+        return float("nan") if value is None else float(value)
+
+    a, a_low, a_high, b, b_low, b_high = (number(k) for k in BENEFIT_CALIBRATION)
+    if not np.isfinite(a):
+        return "calibration for benefit: n/a"
+    large = f"observed minus predicted average benefit {100 * a:+.1f} pp (95% interval {100 * a_low:+.1f} to {100 * a_high:+.1f} pp)"
+    if not np.isfinite(b):
+        return f"calibration for benefit: no slope (the same benefit for every patient); {large}"
+    if b_high < 1:
+        reading = "the predicted differences between patients are larger than the randomised comparison shows"
+    elif b_low > 1:
+        reading = "the predicted differences between patients are smaller than the randomised comparison shows"
+    else:
+        reading = "consistent with 1"
+    return f"calibration for benefit: slope {b:.2f} (95% interval {b_low:.2f} to {b_high:.2f}; 1 is ideal: {reading}); {large}"
 
 
 def dr_scores(y: np.ndarray, t: np.ndarray, mu1: np.ndarray, mu0: np.ndarray, e: float) -> np.ndarray:

@@ -22,6 +22,7 @@ from core.spec import Comparison, DatasetSpec
 from training.diagnostics import describe as describe_diagnostics
 from training.evaluation import SELECTED, CVResult, OutcomeData
 from training.inference import PermutationResult
+from training.metrics import BENEFIT_CALIBRATION, describe_benefit_calibration
 from training.path import PathAnalysis
 
 HEADLINE = [
@@ -42,6 +43,7 @@ HEADLINE = [
     "rate_qini",
     "c_for_benefit",
     "tau_risk",
+    *BENEFIT_CALIBRATION,
 ]
 
 
@@ -253,6 +255,7 @@ class TrainSummary:
                 f"Brier {_fmt(m.get('brier_mean'))} (no-information {_fmt(m.get('brier_null_mean'))}); "
                 f"AUTOC {_fmt(m.get('autoc_averaged'))} (descriptive); "
                 f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",
+                f"    {describe_benefit_calibration(m)}",
                 f"    population label: {labels.get('population_label')}; patient labels: "
                 + ("from each patient's interval" if labels.get("mode") == "individual" else "none (effect modification not established)"),
                 f"    registry: {s['registered_model']} version {s['version']} -> "

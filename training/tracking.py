@@ -42,6 +42,7 @@ from core.registry import (  # noqa: F401
 )
 from core.runtime.artefact import PYFUNC_ENTRY, ResponderModel, input_schema, predictions_schema
 from core.runtime.compiled import SCORING_FILE, compile_model
+from training.metrics import describe_benefit_calibration
 
 PACKAGE = "ldn-responders"
 NOTE = "mlflow.note.content"  # a run's or experiment's description (Markdown) in the MLflow UI
@@ -433,7 +434,8 @@ def outcome_verdict_note(summary: dict[str, Any], verdict: str) -> str:
         + (f"{average}{label_text}\n\n" if average or label_text else "")
         + f"Champion candidate: **{summary.get('champion_label') or _candidate_name(summary['champion'])}** ({summary.get('reason')}). "
         f"Out of fold: AUC treated arm {_num(m.get('auc_treated'))}, control arm {_num(m.get('auc_control'))}; Brier "
-        f"{_num(m.get('brier_mean'))} (no-information {_num(m.get('brier_null_mean'))}); c-for-benefit {_num(m.get('c_for_benefit'))}.\n\n"
+        f"{_num(m.get('brier_mean'))} (no-information {_num(m.get('brier_null_mean'))}); c-for-benefit {_num(m.get('c_for_benefit'))}; "
+        f"{describe_benefit_calibration(m)}.\n\n"
         + registry
     )
 

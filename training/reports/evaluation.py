@@ -64,9 +64,15 @@ def evaluation_steps(
         curve, band = analysis.toc_band(benefit, psi, grid, seed=seed)
         return plots.toc_figure(curve, band, grid, f"{outcome}: TOC curve (out of fold)")
 
+    line = None  # the logged calibration line (training.metrics.benefit_calibration_line), drawn where it has a slope
+    if metrics is not None:
+        pair = (metrics.get("benefit_calibration_intercept"), metrics.get("benefit_calibration_slope"))
+        if all(v is not None and math.isfinite(float(v)) for v in pair):
+            line = (float(pair[0]), float(pair[1]), float(np.mean(benefit)), float(np.mean(psi)))
+
     def benefit_calibration():
         rows = analysis.benefit_calibration(benefit, t, y)
-        return plots.benefit_calibration_figure(rows, f"{outcome}: calibration for benefit (out of fold)")
+        return plots.benefit_calibration_figure(rows, f"{outcome}: calibration for benefit (out of fold)", line)
 
     def decision():
         curves = analysis.decision_curve(benefit, psi, DECISION_THRESHOLDS)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from core.candidates import FLOOR, candidate_label
+from core.candidates import candidate_label
 from core.runtime.artefact import ResponderModel
 from core.runtime.explain import explain_patients
 from training.answer import served_model_problems
-from training.evaluation import SELECTED
+from training.evaluation import same_for_everyone
 from training.reports.analysis import metric_intervals
 from training.reports.numbers import _num
 
@@ -27,10 +27,7 @@ METRIC_BOOTSTRAP = 1000  # draws for the AUC and Brier intervals
 # Models: candidates, evidence, SHAP ----------------------------------------------------------------
 def _floor_only(result: OutcomeResult, name: str) -> bool:
     """Whether a row's predictions are the arm-only floor's: one probability per arm, no ranking to judge."""
-    if name == FLOOR:
-        return True
-    selections = result.cv.selections
-    return name == SELECTED and sum(selections.values()) > 0 and selections.get(FLOOR, 0) == sum(selections.values())
+    return same_for_everyone(name, result.cv.selections)
 
 
 def candidate_rows(

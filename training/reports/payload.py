@@ -41,6 +41,7 @@ from core.candidates.ensemble import describe_refits
 from core.labelling import Wording
 from core.spec import DEFAULT_SPEC, DatasetSpec
 from training.diagnostics import describe as describe_diagnostics
+from training.metrics import describe_benefit_calibration
 from training.published import PUBLISHED_FINAL, comparison
 from training.reports.analysis import subgroup_effects
 from training.reports.model_parts import METRIC_BOOTSTRAP, _verdict, candidate_rows, oof_frame, shap_cohort
@@ -248,6 +249,7 @@ def build_cohort_payload(
             "path_sentence": result.path.sentence() if result.path is not None else None,
             "diagnostics": _json_safe(result.model.metadata.get("bcf_diagnostics")),
             "diagnostics_sentence": describe_diagnostics(result.model.metadata.get("bcf_diagnostics")),
+            "benefit_calibration_sentence": describe_benefit_calibration(result.summary()["metrics"]),
             "interval_bootstrap": _json_safe(result.model.metadata.get("interval_bootstrap")),
             "average_effect": _json_safe(result.average_effect.to_dict()) if result.average_effect is not None else None,
             "shap": shap_meta,
