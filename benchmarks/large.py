@@ -13,7 +13,8 @@ oracle (``benchmarks/oracle.py``):
 - **the answer**: which answer served and from which model, and whether the floor ever served although the test
   found effect modification and a candidate beat the floor;
 - **the interval**: the served interval's coverage of the observable conditional benefit, its width and its interval
-  score, beside the trial average's interval given to everyone.
+  score, beside the trial average's interval given to everyone and EconML ``CausalForestDML``'s own
+  ``effect_interval`` fitted on the same trial (the issue's two baselines; section 5 has both up to 1,000 patients).
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ class Plan:
     trials: tuple[int, ...]  # per scenario, per size
     scenarios: tuple[str, ...] = ("final", "strong")
     population: int = 20_000  # fresh patients per scenario (one draw, shared by every trial of it)
+    forest_trees: int = 200  # the peer's trees (EconML CausalForestDML, as in sections 1 and 5)
 
 
 FULL = Plan(sizes=(3_000, 10_000, 100_000), trials=(3, 3, 2))
-QUICK = Plan(sizes=(2_500,), trials=(1,), scenarios=("strong",), population=2_000)
+QUICK = Plan(sizes=(2_500,), trials=(1,), scenarios=("strong",), population=2_000, forest_trees=40)
 
 
-def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable: dict[str, np.ndarray]) -> list[dict]:
+def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable: dict[str, np.ndarray], plan: Plan) -> list[dict]:
     """One trial fitted as the job fits it; one row per outcome."""
     from benchmarks.recovery import interval_score
     from core.candidates import BCF, FLOOR, make_candidate
@@ -87,9 +89,11 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
         average = result.average_effect
         ones = np.ones(len(pop))
         compared = _full_size_bootstrap(result.model, d, pop_inputs, benefit, target, level)
+        peer = _causal_forest(pipeline, d, pop_inputs, target, truth, resolved, seed, plan.forest_trees, level)
         rows.append(
             {
                 **compared,
+                **peer,
                 "scenario": scenario, "n": n, "replicate": replicate, "seed": seed, "outcome": outcome,
                 "answer": result.answer, "champion": result.champion, "cv_choice": result.cv.final_choice,
                 "eligible": ",".join(result.cv.eligible), "evidence": bool(result.evidence),
@@ -107,6 +111,43 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
             }
         )
     return rows
+
+
+def econml_version() -> str:
+    """EconML's version, or "" where it is not installed (`make bench` installs it; CI's test environment does not)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("econml")
+    except PackageNotFoundError:
+        return ""
+
+
+def _causal_forest(pipeline, d, pop_inputs: pd.DataFrame, target: np.ndarray, truth: np.ndarray, config, seed: int, trees: int, level: float) -> dict:
+    """EconML's CausalForestDML on the same trial's engineered features: its `effect_interval` on the fresh patients.
+
+    The issue's baseline for the served interval at every size (section 5 has it up to 1,000 patients). The forest
+    uses both cores here (the job's workers are idle while it fits); empty where EconML is not installed.
+    """
+    if not econml_version():
+        return {}
+    from benchmarks.peers import fit_peer
+    from benchmarks.recovery import interval_score
+
+    started = time.perf_counter()
+    F = pipeline.transform(d.X).to_numpy(dtype=float)
+    P = pipeline.transform(pop_inputs).to_numpy(dtype=float)
+    benefit, (lower, upper) = fit_peer(
+        "causal_forest", F, np.asarray(d.t).astype(int), np.asarray(d.y).astype(int), P, d.treated_fraction, config, seed, trees,
+        n_jobs=os.cpu_count() or 1,
+    )
+    return {
+        "cf_auc": auc_top_quarter(benefit, truth),
+        "cf_coverage": float(np.mean((lower <= target + 1e-12) & (target - 1e-12 <= upper))),
+        "cf_width": float(np.mean(upper - lower)),
+        "cf_interval_score": float(np.mean(interval_score(lower, upper, target, 1 - level))),
+        "cf_seconds": time.perf_counter() - started,
+    }
 
 
 def _full_size_bootstrap(model, d, pop_inputs: pd.DataFrame, benefit: np.ndarray, target: np.ndarray, level: float) -> dict:
@@ -151,7 +192,7 @@ def run(quick: bool, out_dir: Path, plan: Plan | None = None) -> str:
         observable = oracles[scenario].predict(model_inputs(pop, spec))
         for n, count in zip(plan.sizes, plan.trials, strict=True):
             for replicate in range(count):
-                rows.extend(_trial(scenario, n, replicate, pop, observable))
+                rows.extend(_trial(scenario, n, replicate, pop, observable, plan))
                 print(f"[large] {scenario} n={n:,} trial {replicate + 1}/{count} done", flush=True)
     frame = pd.DataFrame(rows)
     frame.to_parquet(out_dir / "large.parquet", index=False)
@@ -201,6 +242,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
         f"- Served interval: coverage of the observable conditional benefit {frame['coverage'].mean():.2f} (mean over "
         f"outcome-runs; target 0.90-0.97), width {frame['width'].mean():.3f}; interval score below the trial average's in "
         f"{int((frame['interval_score'] < frame['interval_score_average']).sum())} of {runs}.",
+        *_peer_summary(frame, plan),
         "",
     ]
     rows = []
@@ -210,8 +252,9 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
                 f"`{scenario}`", f"{n:,}", outcome, len(cell), _counts(cell["answer"]), _counts(cell["champion"]),
                 f"{cell['auc_oracle'].mean():.3f}", _mean_min(cell["auc_served"]),
                 f"{(cell['auc_served'] - cell['auc_oracle']).mean():+.3f}",
-                _mean_min(cell["auc_former"]), f"{cell['coverage'].mean():.2f}", f"{cell['width'].mean():.3f}",
-                f"{cell['interval_score'].mean():.3f} / {cell['interval_score_average'].mean():.3f}",
+                _mean_min(cell["auc_former"]), f"{cell['coverage'].mean():.2f} / {_peer_mean(cell, 'cf_coverage', 2)}",
+                f"{cell['width'].mean():.3f} / {_peer_mean(cell, 'cf_width', 3)}",
+                f"{cell['interval_score'].mean():.3f} / {cell['interval_score_average'].mean():.3f} / {_peer_mean(cell, 'cf_interval_score', 3)}",
                 f"{cell['job_seconds'].mean():.0f}",
             ]
         )
@@ -219,8 +262,8 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
         md_table(
             [
                 "scenario", "n", "outcome", "trials", "answer served", "served by", "oracle AUC",
-                "served AUC, mean (min)", "served - oracle", "rule below 2,000: AUC", "coverage", "width",
-                "interval score: served / trial average", "job s",
+                "served AUC, mean (min)", "served - oracle", "rule below 2,000: AUC", "coverage: served / EconML",
+                "width: served / EconML", "interval score: served / trial average / EconML", "job s",
             ],
             rows,
             align="lrlrllrrrrrrrr",
@@ -234,18 +277,43 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
         "Holm-adjusted p of the test and BCF's own AUC on the fresh patients.",
         "",
         md_table(
-            ["scenario", "n", "trial", "outcome", "test", "Holm p", "CV choice", "eligible", "BCF AUC", "served AUC"],
+            ["scenario", "n", "trial", "outcome", "test", "Holm p", "CV choice", "eligible", "BCF AUC", "EconML AUC", "served AUC"],
             [
                 [
                     f"`{r.scenario}`", f"{r.n:,}", r.replicate + 1, r.outcome, r.test, f"{r.p_adjusted:.3f}", r.cv_choice,
-                    r.eligible, f"{r.auc_bcf:.3f}", f"{r.auc_served:.3f}",
+                    r.eligible, f"{r.auc_bcf:.3f}", _peer_value(getattr(r, "cf_auc", np.nan), 3), f"{r.auc_served:.3f}",
                 ]
                 for r in frame.itertuples()
             ],
-            align="lrrlllllrr",
+            align="lrrlllllrrr",
         ),
     ]
     return "\n".join(parts) + "\n"
+
+
+def _peer_value(value: float, digits: int) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _peer_mean(cell: pd.DataFrame, column: str, digits: int) -> str:
+    """The peer's mean over a cell's outcome-runs, or a dash (EconML not installed)."""
+    return _peer_value(float(cell[column].mean()) if column in cell else float("nan"), digits)
+
+
+def _peer_summary(frame: pd.DataFrame, plan: Plan) -> list[str]:
+    """The issue's second baseline at these sizes: EconML CausalForestDML's own interval on the same trials."""
+    if "cf_interval_score" not in frame or frame["cf_interval_score"].isna().all():
+        return ["- EconML is not installed in this environment (`make bench` installs it): no peer interval at these sizes."]
+    peer = frame.dropna(subset=["cf_interval_score"])
+    within = peer["cf_auc"] >= peer["auc_oracle"] - GAP
+    return [
+        f"- EconML `CausalForestDML` ({plan.forest_trees} trees, LightGBM nuisance models, its own `effect_interval`, both "
+        f"cores) on the same trials: coverage {peer['cf_coverage'].mean():.2f}, width {peer['cf_width'].mean():.3f}; the "
+        f"served interval's score is below the forest's in **{int((peer['interval_score'] < peer['cf_interval_score']).sum())} "
+        f"of {len(peer)}** outcome-runs. The forest's ranking is within {GAP} of the observable oracle in {int(within.sum())} "
+        f"of {len(peer)}; it took {peer['cf_seconds'].mean():.0f} s per fit on average (largest trials "
+        f"{peer.loc[peer['n'] == peer['n'].max(), 'cf_seconds'].mean():.0f} s).",
+    ]
 
 
 def _bootstrap_comparison(frame: pd.DataFrame) -> list[str]:

@@ -38,11 +38,12 @@ def lgbm_kwargs(config, seed: int) -> dict:
     return config.candidates.t_learner.lightgbm.kwargs(seed)
 
 
-def causal_forest(kwargs: dict, trees: int, seed: int, known_propensity: bool = False):
+def causal_forest(kwargs: dict, trees: int, seed: int, known_propensity: bool = False, n_jobs: int = 1):
     """An unfitted EconML ``CausalForestDML`` with LightGBM nuisance models (discrete outcome and treatment).
 
     ``known_propensity``: the treatment model predicts each fold's treated share
     (the randomisation ratio) instead of learning it, as grf does with ``W.hat = 0.5``.
+    ``n_jobs``: the forest's processes (1 where replicates are the parallel unit).
     """
     from econml.dml import CausalForestDML
     from lightgbm import LGBMClassifier
@@ -56,17 +57,19 @@ def causal_forest(kwargs: dict, trees: int, seed: int, known_propensity: bool = 
         n_estimators=trees,
         cv=2,
         random_state=seed,
-        n_jobs=1,
+        n_jobs=n_jobs,
     )
 
 
-def fit_peer(name: str, F: np.ndarray, t: np.ndarray, y: np.ndarray, P: np.ndarray, e: float, config, seed: int, trees: int):
+def fit_peer(
+    name: str, F: np.ndarray, t: np.ndarray, y: np.ndarray, P: np.ndarray, e: float, config, seed: int, trees: int, n_jobs: int = 1
+):
     """Fit one peer on the trial; return (benefit on the population ``P``, (lower, upper) or None)."""
     from lightgbm import LGBMClassifier, LGBMRegressor
 
     kwargs = lgbm_kwargs(config, seed)
     if name == "causal_forest":
-        model = causal_forest(kwargs, trees, seed)
+        model = causal_forest(kwargs, trees, seed, n_jobs=n_jobs)
         model.fit(y, t, X=F)
         lower, upper = model.effect_interval(P, alpha=0.05)
         return np.ravel(model.effect(P)), (np.ravel(lower), np.ravel(upper))

@@ -578,6 +578,31 @@ def test_large_trials_section_counts_runs_within_the_oracle_gap_and_floors_serve
     pain = next(line for line in text.splitlines() if line.startswith("| `final` | 10,000 | pain"))
     cells = [c.strip() for c in pain.strip("|").split("|")]
     assert cells[3] == "2" and cells[4] == "average 1, conditional 1" and cells[7] == "0.680 (0.500)"
+    assert cells[10] == "0.90 / —" and "EconML is not installed" in text  # no peer columns: said, not left blank
+
+
+def test_large_trials_section_scores_the_served_interval_beside_econml_on_the_same_trials():
+    from benchmarks.large import Plan, render
+
+    base = {
+        "scenario": "strong", "n": 10_000, "test": "held_out", "p_adjusted": 0.01, "eligible": "arm_only,t_learner",
+        "auc_bcf": 0.85, "width": 0.2, "interval_score_average": 5.0, "coverage_average": 0.1, "job_seconds": 40.0,
+        "bcf_seconds": 10.0, "former_choice": "bcf", "answer": "conditional", "champion": "t_learner", "cv_choice": "t_learner",
+        "evidence": True, "auc_oracle": 0.96, "auc_served": 0.93, "auc_former": 0.88, "floor_despite_evidence": False,
+        "cf_width": 0.3, "cf_seconds": 20.0,
+    }
+    rows = [
+        {**base, "replicate": 0, "outcome": "pain", "coverage": 0.7, "interval_score": 0.6, "cf_coverage": 0.6, "cf_interval_score": 1.2, "cf_auc": 0.95},
+        {**base, "replicate": 1, "outcome": "pain", "coverage": 0.8, "interval_score": 1.4, "cf_coverage": 0.8, "cf_interval_score": 1.0, "cf_auc": 0.90},
+    ]
+    text = render(pd.DataFrame(rows), Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",), forest_trees=200), 1.0, False, True, 2)
+    assert "the served interval's score is below the forest's in **1 of 2** outcome-runs" in text
+    assert "The forest's ranking is within 0.05 of the observable oracle in 1 of 2" in text and "coverage 0.70, width 0.300" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `strong` | 10,000 | pain"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[10:13] == ["0.75 / 0.70", "0.200 / 0.300", "1.000 / 5.000 / 1.100"]
+    trial = next(line for line in text.splitlines() if line.startswith("| `strong` | 10,000 | 2 | pain"))
+    assert "| 0.850 | 0.900 | 0.930 |" in trial  # BCF, EconML, served AUC
 
 
 def test_large_trials_section_sets_the_m_out_of_n_interval_beside_the_full_size_bootstrap():
