@@ -107,6 +107,7 @@ def test_calibration_for_benefit_reads_the_scale_of_predicted_differences():
     cautious = dict(zip(M.BENEFIT_CALIBRATION, (0.0, -0.01, 0.01, 2.0, 1.5, 2.5), strict=True))
     assert "smaller than the randomised comparison shows" in M.describe_benefit_calibration(cautious)
     assert "consistent with 1" in M.describe_benefit_calibration({**cautious, "benefit_calibration_slope_low": 0.9})
+    assert "too imprecise" in M.describe_benefit_calibration({**cautious, "benefit_calibration_slope_low": -0.2})
 
 
 def test_holm_and_the_paired_one_se_rule():

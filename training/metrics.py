@@ -173,6 +173,8 @@ def describe_benefit_calibration(metrics: dict) -> str:
         reading = "the predicted differences between patients are larger than the randomised comparison shows"
     elif b_low > 1:
         reading = "the predicted differences between patients are smaller than the randomised comparison shows"
+    elif b_low <= 0:
+        reading = "the interval holds both 0 and 1: too imprecise to tell whether the predicted differences are real"
     else:
         reading = "consistent with 1"
     return f"calibration for benefit: slope {b:.2f} (95% interval {b_low:.2f} to {b_high:.2f}; 1 is ideal: {reading}); {large}"

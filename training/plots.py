@@ -115,11 +115,11 @@ def toc_figure(curve: np.ndarray, band: np.ndarray | None, grid: np.ndarray, tit
     return fig
 
 
-def benefit_calibration_figure(rows: list[dict], title: str, line: tuple[float, float, float, float] | None = None):
+def benefit_calibration_figure(rows: list[dict], title: str, line: tuple[float, float, float] | None = None):
     """Observed benefit (responder risk difference with its score interval) against predicted benefit, by quantile group.
 
-    ``line``: (intercept, slope, mean predicted, mean DR score) of the calibration line
-    (:func:`training.metrics.benefit_calibration_line`), drawn through (mean predicted, mean DR score) with its slope.
+    ``line``: (slope, mean predicted benefit, mean DR score) of the calibration line
+    (:func:`training.metrics.benefit_calibration_line`): least squares passes through the two means.
     """
     fig, ax = plt.subplots(figsize=(5, 3.6))
     usable = [r for r in rows if r["risk_difference"] is not None and r["predicted"] is not None]
@@ -136,7 +136,7 @@ def benefit_calibration_figure(rows: list[dict], title: str, line: tuple[float, 
         for x, yv, r in zip(pred, obs, usable, strict=True):
             ax.annotate(f"n={r['n']}", (x, yv), textcoords="offset points", xytext=(6, -10), fontsize=7, color="0.35")
     if line is not None and len(usable):
-        _, slope, x0, y0 = line
+        slope, x0, y0 = line
         xs = np.array([pred.min(), pred.max()])
         ax.plot(xs, 100 * y0 + slope * (xs - 100 * x0), color="#c75b12", lw=1.5, label=f"calibration line (slope {slope:.2f})")
     ax.set_xlim(lo_lim, hi_lim)

@@ -65,10 +65,9 @@ def evaluation_steps(
         return plots.toc_figure(curve, band, grid, f"{outcome}: TOC curve (out of fold)")
 
     line = None  # the logged calibration line (training.metrics.benefit_calibration_line), drawn where it has a slope
-    if metrics is not None:
-        pair = (metrics.get("benefit_calibration_intercept"), metrics.get("benefit_calibration_slope"))
-        if all(v is not None and math.isfinite(float(v)) for v in pair):
-            line = (float(pair[0]), float(pair[1]), float(np.mean(benefit)), float(np.mean(psi)))
+    slope = (metrics or {}).get("benefit_calibration_slope")
+    if slope is not None and math.isfinite(float(slope)):
+        line = (float(slope), float(np.mean(benefit)), float(np.mean(psi)))
 
     def benefit_calibration():
         rows = analysis.benefit_calibration(benefit, t, y)
