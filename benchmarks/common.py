@@ -49,6 +49,14 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: st
     return "\n".join(lines)
 
 
+def outcome_data_mask(trial, spec, outcome: str, config) -> np.ndarray:
+    """The trial's rows that have the outcome's label (the rows ``training.train.outcome_data`` keeps, in order)."""
+    from core.labels import responder_labels
+
+    labels, _ = responder_labels(trial, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup)
+    return labels.notna().to_numpy()
+
+
 def auc_top_quarter(predicted: np.ndarray, truth: np.ndarray) -> float:
     """The AUC with which ``predicted`` picks out the top quarter of ``truth`` (the issue's ranking measure).
 

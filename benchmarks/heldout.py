@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import auc_top_quarter, fmt_rate, md_table, quiet_environment, wilson
+from benchmarks.common import auc_top_quarter, fmt_rate, md_table, outcome_data_mask, quiet_environment, wilson
 
 OUTCOMES = ("pain", "memory")
 NULLS = ("null", "ushape", "sharp")
@@ -86,14 +86,6 @@ def _trial(task: tuple[str, int, int]) -> list[dict]:
             row["auc_top_quarter"] = auc_top_quarter(predicted, truth)
         rows.append(row)
     return rows
-
-
-def outcome_data_mask(trial: pd.DataFrame, spec, outcome: str, config) -> np.ndarray:
-    """The trial's rows that have the outcome's label (the rows :func:`outcome_data` keeps, in order)."""
-    from core.labels import responder_labels
-
-    labels, _ = responder_labels(trial, spec.outcomes[outcome], config.responder_rules.get(outcome), config.missing_followup)
-    return labels.notna().to_numpy()
 
 
 def _tasks(plan: Plan) -> list[tuple[str, int, int]]:

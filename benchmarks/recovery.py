@@ -102,7 +102,7 @@ import pandas as pd
 from scipy.stats import norm, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.common import fmt_mean_se, fmt_rate, md_table, mean_se, quiet_environment, wilson
+from benchmarks.common import fmt_mean_se, fmt_rate, md_table, mean_se, outcome_data_mask, quiet_environment, wilson
 from benchmarks.oracle import OracleSettings, load_oracles
 from benchmarks.peers import BCF_SMALL_SD, PEERS
 
@@ -468,6 +468,61 @@ def _interval_metrics(lower, upper, observable, truth, alpha: float) -> dict:
     }
 
 
+CALIBRATION_BOOTSTRAP = 200  # resamples of the baseline (percentile bootstrap) interval of the calibration line
+
+
+def benefit_calibration_rows(base: dict, cv, true_benefit: np.ndarray, level: float, seed: int) -> list[dict]:
+    """The calibration-for-benefit line of each candidate's out-of-fold predictions, against the trial's own truth.
+
+    The job's line (:func:`training.metrics.benefit_calibration_line`: DR scores on the repeat-averaged predictions) has
+    two intervals: calibration in the large and the slope. Their targets here are the same quantities with each patient's
+    true benefit (the simulator's) in place of the DR score: E[psi | patient] is that benefit, so they are what the
+    intervals estimate. Beside each Wald interval, a percentile bootstrap of the same statistic (patients resampled) as
+    the simple baseline. Candidates whose benefit is one number for everybody have no slope and are left out.
+    """
+    from training import metrics as M
+    from training.evaluation import SELECTED, same_for_everyone
+
+    psi = cv.psi.mean(axis=0)
+    rng = np.random.default_rng([seed, 2718])
+    resamples = [rng.integers(0, len(psi), len(psi)) for _ in range(CALIBRATION_BOOTSTRAP)]
+    tail = (1 - level) / 2
+    rows = []
+    for name in [*cv.selections, SELECTED]:
+        if name not in cv.oof or same_for_everyone(name, cv.selections):
+            continue
+        tau = cv.mean_benefit(name)
+        line = M.benefit_calibration_line(tau, psi, level)
+        if not np.isfinite(line["benefit_calibration_slope"]):
+            continue
+        centred = tau - tau.mean()
+        target = {
+            "intercept": float(np.mean(true_benefit - tau)),
+            "slope": float(np.sum(centred * true_benefit) / np.sum(centred**2)),
+        }
+        boot = {"intercept": [], "slope": []}
+        for rows_b in resamples:
+            line_b = M.benefit_calibration_line(tau[rows_b], psi[rows_b], level)
+            boot["intercept"].append(line_b["benefit_calibration_intercept"])
+            boot["slope"].append(line_b["benefit_calibration_slope"])
+        row = {**base, "kind": "benefit_calibration", "method": name}
+        for stat in ("intercept", "slope"):
+            draws = np.asarray(boot[stat], float)
+            draws = draws[np.isfinite(draws)]
+            row.update(
+                {
+                    f"cal_{stat}": line[f"benefit_calibration_{stat}"],
+                    f"cal_{stat}_target": target[stat],
+                    f"cal_{stat}_wald_low": line[f"benefit_calibration_{stat}_low"],
+                    f"cal_{stat}_wald_high": line[f"benefit_calibration_{stat}_high"],
+                    f"cal_{stat}_boot_low": float(np.quantile(draws, tail)) if len(draws) else np.nan,
+                    f"cal_{stat}_boot_high": float(np.quantile(draws, 1 - tail)) if len(draws) else np.nan,
+                }
+            )
+        rows.append(row)
+    return rows
+
+
 class RecordingExecutor:
     """One in-process executor that keeps the last map's raw results.
 
@@ -677,6 +732,10 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
     recorder = RecordingExecutor()
     cv = cross_validate(d, spec, config, recorder)
     cv_seconds = time.perf_counter() - started
+    own_truth = trial.loc[outcome_data_mask(trial, spec, outcome, config), f"true_benefit_{outcome}"].to_numpy()
+    if len(own_truth) != len(d.y):
+        raise AssertionError(f"{outcome}: {len(own_truth)} rows of truth for {len(d.y)} patients")
+    calibration = benefit_calibration_rows(base, cv, own_truth, level, task.seed)
     configs = {c: load_config(None, **settings.config_overrides(task.seed), selection={"criterion": c}).resolved(task.n) for c in CRITERIA}
     choices, eligible = criterion_choices(cv, recorder.results or [], d, configs)
     if choices[config.selection.criterion] != cv.final_choice:
@@ -797,7 +856,7 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
                 "auc_of_best": metrics[best_auc]["auc"], "rmse_of_best": metrics[best_rmse]["rmse"],
             }
         )
-    return rows
+    return rows + calibration
 
 
 # ---------------------------------------------------------------------------
@@ -1164,6 +1223,44 @@ def interval_markdown(frame: pd.DataFrame, settings: Settings) -> str:
 
 
 COVERAGE_TARGET = (0.90, 0.97)  # issue 21: the served interval's coverage of the observable conditional benefit
+
+
+def benefit_calibration_markdown(frame: pd.DataFrame, settings: Settings) -> list[str]:
+    """The calibration-for-benefit intervals (:func:`benefit_calibration_rows`): coverage, width and interval score."""
+    cell = _cell(frame, "benefit_calibration") if "kind" in frame else frame.iloc[:0]
+    if cell.empty:
+        return []
+    alpha = settings.alpha
+    table = []
+    for stat, label in (("intercept", "calibration in the large (observed minus predicted average benefit)"), ("slope", "slope")):
+        target = cell[f"cal_{stat}_target"].to_numpy(float)
+        for kind, name in (("wald", "Wald (the job's)"), ("boot", "percentile bootstrap of the same statistic")):
+            low, high = cell[f"cal_{stat}_{kind}_low"].to_numpy(float), cell[f"cal_{stat}_{kind}_high"].to_numpy(float)
+            ok = np.isfinite(low) & np.isfinite(high) & np.isfinite(target)
+            hits = int(np.sum((low[ok] <= target[ok]) & (target[ok] <= high[ok])))
+            scores = interval_score(low[ok], high[ok], target[ok], alpha)
+            table.append([label, name, fmt_rate(hits, int(ok.sum())), f"{np.median(high[ok] - low[ok]):.3f}", f"{np.median(scores):.3f}"])
+    per = []
+    for method, rows in cell.groupby("method", sort=False):
+        hits = int(np.sum((rows["cal_slope_wald_low"] <= rows["cal_slope_target"]) & (rows["cal_slope_target"] <= rows["cal_slope_wald_high"])))
+        per.append(f"{method} {hits}/{len(rows)}")
+    return [
+        "",
+        "### Calibration for benefit: the line's intervals against each trial's own truth",
+        "",
+        "The job reports, for the predictions that describe the served model, the doubly robust scores regressed on the "
+        "out-of-fold predicted benefit (`training.metrics.benefit_calibration_line`): calibration in the large and the slope, "
+        "each with a 95% Wald interval (the slope's from an HC1 standard error). Here every candidate's line (and the nested "
+        "selection's) in every work-up trial, except a benefit that is one number for everybody (no slope): each interval "
+        "against the same statistic computed with the simulator's true benefit of each of the trial's patients in place of "
+        "the DR score (what the DR score estimates), beside a percentile bootstrap of the same statistic (patients resampled, "
+        f"{CALIBRATION_BOOTSTRAP} resamples) as the simple baseline. Medians of width and interval score (alpha = 0.05), "
+        "because a ranking with almost no spread has a slope interval hundreds wide.",
+        "",
+        md_table(["statistic", "interval", "covers the trial's own value", "median width", "median interval score"], table, align="llrrr"),
+        "",
+        "Wald interval of the slope covering its target, by candidate: " + "; ".join(per) + ".",
+    ]
 
 
 def interval_criteria_markdown(frame: pd.DataFrame, settings: Settings) -> str:
@@ -1559,6 +1656,7 @@ def work_up_markdown(frame: pd.DataFrame, settings: Settings) -> list[str]:
         interval_markdown(frame, settings),
         "",
         interval_criteria_markdown(frame, settings),
+        *benefit_calibration_markdown(frame, settings),
         "",
         "### Selection criteria: which picks the candidate that ranks fresh patients best",
         "",

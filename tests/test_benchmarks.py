@@ -125,7 +125,7 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert (tmp_path / "recovery.csv").exists() and (tmp_path / "recovery.parquet").exists()
     assert list((tmp_path / "oracle-cache").glob("oracle-*.joblib")), "the observable oracle is cached"
     assert not list((tmp_path / "oracle-cache").glob("oracle-ushape-*")), "a tests-only design needs no oracle"
-    fwer, nominal, calibrated, headline, intervals, by_answer, criteria, answers, *details, criteria_detail = tables(markdown)
+    fwer, nominal, calibrated, headline, intervals, by_answer, calibration, criteria, answers, *details, criteria_detail = tables(markdown)
     # The product's tests on every null design: the default on one trial each (null: the work-up trial), the permutation test
     # on two null trials and one ushape trial.
     assert [row[:4] for row in fwer[1:]] == [
@@ -158,6 +158,13 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     for row in intervals[1:]:
         if row[4] != recovery.METHOD_LABELS["causal_forest"] or grf:
             assert 0 <= float(row[5].split()[0]) <= 1 and float(row[6].split()[0]) > 0 and float(row[7].split()[0]) >= float(row[6].split()[0])
+    # Calibration for benefit: both statistics, the job's Wald interval beside the bootstrap, coverage of each trial's own value.
+    assert [row[:2] for row in calibration[1:]] == [
+        [stat, kind] for stat in ("calibration in the large (observed minus predicted average benefit)", "slope")
+        for kind in ("Wald (the job's)", "percentile bootstrap of the same statistic")
+    ]
+    assert all(" = " in row[2] and float(row[3]) > 0 and float(row[4]) >= float(row[3]) for row in calibration[1:])
+    assert "Wald interval of the slope covering its target, by candidate: " in markdown
     assert first_column(criteria)[:-1] == [recovery.SELECTOR_LABELS[s] for s in recovery.SELECTORS]
     assert len(answers) == 1 + 2 * 2 and all(sum(int(c) for c in row[3:6]) == 1 for row in answers[1:])
     assert len(details) == 2
