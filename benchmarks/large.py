@@ -113,26 +113,17 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
     return rows
 
 
-def econml_version() -> str:
-    """EconML's version, or "" where it is not installed (`make bench` installs it; CI's test environment does not)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("econml")
-    except PackageNotFoundError:
-        return ""
-
-
 def _causal_forest(pipeline, d, pop_inputs: pd.DataFrame, target: np.ndarray, truth: np.ndarray, config, seed: int, trees: int, level: float) -> dict:
     """EconML's CausalForestDML on the same trial's engineered features: its `effect_interval` on the fresh patients.
 
     The issue's baseline for the served interval at every size (section 5 has it up to 1,000 patients). The forest
     uses both cores here (the job's workers are idle while it fits); empty where EconML is not installed.
     """
-    if not econml_version():
+    from benchmarks.recovery import _peer_versions, interval_score
+
+    if not _peer_versions()["econml"]:  # `make bench` installs it; CI's test environment does not
         return {}
     from benchmarks.peers import fit_peer
-    from benchmarks.recovery import interval_score
 
     started = time.perf_counter()
     F = pipeline.transform(d.X).to_numpy(dtype=float)

@@ -99,7 +99,7 @@ def test_strong_trial_gives_evidence_and_separates_the_subgroup(strong_job):
     assert m["benefit_calibration_slope_low"] < m["benefit_calibration_slope"] < m["benefit_calibration_slope_high"]
     assert m["benefit_calibration_slope"] > 0  # a ranking the test found carries information on who benefits more
     assert m["benefit_calibration_intercept_low"] < m["benefit_calibration_intercept"] < m["benefit_calibration_intercept_high"]
-    assert f"slope {m['benefit_calibration_slope']:.2f} (95% interval" in summary.render()
+    assert f"slope {m['benefit_calibration_slope']:.2f} (nominal 95% interval" in summary.render()
 
 
 def test_ground_truth_never_reaches_a_model(strong_job, tmp_path):

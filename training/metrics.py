@@ -177,7 +177,10 @@ def describe_benefit_calibration(metrics: dict) -> str:
         reading = "the interval holds both 0 and 1: too imprecise to tell whether the predicted differences are real"
     else:
         reading = "consistent with 1"
-    return f"calibration for benefit: slope {b:.2f} (95% interval {b_low:.2f} to {b_high:.2f}; 1 is ideal: {reading}); {large}"
+    return (
+        f"calibration for benefit: slope {b:.2f} (nominal 95% interval {b_low:.2f} to {b_high:.2f}, narrower than its level in "
+        f"simulations; 1 is ideal: {reading}); {large}"
+    )
 
 
 def dr_scores(y: np.ndarray, t: np.ndarray, mu1: np.ndarray, mu0: np.ndarray, e: float) -> np.ndarray:
