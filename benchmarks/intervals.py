@@ -28,7 +28,7 @@ FULL = Settings(
     permutation_trials=(),
     full_trials=(("null", (3, 3, 2)), ("final", (4, 4, 3)), ("strong", (4, 4, 3))),
     bcf_posterior=False,  # the uncalibrated BCF rule is section 1's
-    extended=False,  # the job's 99 null trials decide the answer; a longer run changes nothing here
+    earlier_budget=False,  # the job's own budget decides the answer; the earlier one's verdict is section 1's
     seed=7500,  # trials of their own (section 1's start at 7000)
 )
 QUICK = replace(
@@ -40,7 +40,7 @@ QUICK = replace(
     permutation_trials=(),
     full_trials=(("null", (1,)), ("strong", (1,))),
     bcf_posterior=False,
-    extended=False,
+    earlier_budget=False,
 )
 
 

@@ -130,7 +130,7 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     # on two null trials and one ushape trial.
     assert [row[:4] for row in fwer[1:]] == [
         ["product default", "`null`", "80", "1"], ["product default", "`ushape`", "80", "1"], ["product default", "`sharp`", "80", "1"],
-        *[["product default, 199 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
+        *[["product default read at 99 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         ["product `permutation` (earlier default)", "`null`", "80", "2"], ["product `permutation` (earlier default)", "`ushape`", "80", "1"],
     ]
     # The grf-style tests need EconML (the optional bench extra, not installed by `make test`): without it
@@ -207,7 +207,7 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     assert "No trial of this run had the work-up" in markdown
     assert "- Served answer:" not in markdown and "- Earlier default:" not in markdown  # the design lists what ran
     fwer, nominal, calibrated = tables(markdown)
-    assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"], ["product default, 199 null trials", "`ushape`", "80", "1"]]
+    assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"], ["product default read at 99 null trials", "`ushape`", "80", "1"]]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
 
 
@@ -516,7 +516,7 @@ def test_serving_reports_the_first_calls_after_ready_with_their_memory_steps():
 
 
 def test_the_jobs_verdict_is_read_exactly_from_a_longer_run_of_the_default_test():
-    """The recovery benchmark runs the default test on to 199 null trials and reads the job's 99-trial verdict from it."""
+    """The recovery benchmark reads a smaller budget's verdict (the earlier 99 null trials) exactly from one run of the default test."""
     from helpers import fast_config
     from scipy.stats import norm
 

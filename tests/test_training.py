@@ -334,7 +334,7 @@ def test_the_job_note_names_the_configured_heterogeneity_test():
     from training.tracking import job_note
 
     note = job_note("trial.csv", 99, "0" * 64, "fibromyalgia-ldn", ["pain"], load_config(None).model_dump(mode="json"))
-    assert "imputed randomisation test" in note and "at most 99 null trials" in note and "above 2,000 patients the held-out test" in note
+    assert "imputed randomisation test" in note and "at most 199 null trials" in note and "above 2,000 patients the held-out test" in note
     permutation = load_config(None, evidence={"method": "permutation"}).model_dump(mode="json")
     assert "permutation test (199 permutations)" in job_note("trial.csv", 99, "0" * 64, "fibromyalgia-ldn", ["pain"], permutation)
 
