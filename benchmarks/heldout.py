@@ -120,6 +120,9 @@ def run(quick: bool, out_dir: Path) -> str:
 
 def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05) -> str:
     """The section from the per-outcome rows (one per trial and outcome: design, n, replicate, p, auc_top_quarter, seconds)."""
+    from core.config import load_config
+
+    replicates = load_config(None).evidence.replicates  # the null trials each test ran (run_test: the job's config)
     wide = frame.pivot_table(index=["design", "n", "replicate"], columns="outcome", values="p").reset_index()
     adjusted = [_holm(p, m) for p, m in zip(wide["pain"], wide["memory"], strict=True)]
     wide["pain_adj"], wide["memory_adj"] = zip(*adjusted, strict=True)
@@ -171,7 +174,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
         "with the cross-validation settings, fitted on a stratified random 1,000 patients; on every other patient the "
         "doubly-robust benefit scores (BCF's arm probabilities as outcome models, the known randomisation probability) "
         "regressed on a cubic in BCF's prognosis on control and on BCF's effect beyond it; the one-sided z of that slope "
-        "(HC1 standard error) against the same z on 99 null trials of the held-out patients from BCF's no-modification "
+        f"(HC1 standard error) against the same z on {replicates} null trials of the held-out patients from BCF's no-modification "
         "model (BCF not refitted); Holm across pain and memory at alpha = 0.05, as the job decides. Null designs as in "
         "section 1 (`ushape`: a constant probit effect of 0.35 with a U-shaped prognosis in `crp_log`, the null the test "
         "names; `sharp`: outcomes permuted across patients); their patients are `null` trials'.",

@@ -729,9 +729,12 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
                      "workers": c.workers, "memory_limit": c.memory_limit} for c in cluster],
     }
     (work / "section3.json").write_text(json.dumps(raw, indent=1))  # the raw figures, to re-render or check
+    from core.config import load_config
+
+    evidence = load_config(None).evidence
     config_note = (
         "the packaged default config (nested CV 3 x 5 folds, inner 3; six candidates; the imputed randomisation test with at most "
-        "99 null trials and the sequential stopping rule; the final fits with their intervals)"
+        f"{evidence.replicates} null trials and the sequential stopping rule, h = {evidence.sequential_h}; the final fits with their intervals)"
         if not settings.job_overrides
         else f"the default config with `{json.dumps(settings.job_overrides)}`"
     )
