@@ -31,8 +31,11 @@ patients, for the heterogeneity tests only (no work-up):
    permutation``: whole-pipeline permutation test of the beyond-risk RATE; its
    null is "covariates carry no information"), the product's sample-split RATE
    test (``split_rate``), the grf-style RATE test with a half-sample bootstrap
-   (:func:`benchmarks.peers.grf_rate_test`) and a statistic of BCF's posterior
-   (:func:`benchmarks.peers.bcf_heterogeneity`), each with Holm across the two
+   (:func:`benchmarks.peers.grf_rate_test`), a statistic of BCF's posterior
+   (:func:`benchmarks.peers.bcf_heterogeneity`) and two parametric tests that
+   are told the modifiers (:mod:`benchmarks.modifier_tests`: the prespecified
+   composites, and the simulator's hidden profile score as a yardstick of the
+   power any test can reach), each with Holm across the two
    outcomes: the family-wise false-positive rate on every null design (Wilson
    95% intervals), and power at the nominal level and at the same
    false-positive rate (p-values calibrated on the ``null`` trials).
@@ -156,6 +159,12 @@ TESTS = {
     "grf_autoc": ("grf-style RATE test, AUTOC (causal forest, half-sample bootstrap)", "p"),
     "grf_qini": ("grf-style RATE test, QINI (causal forest, half-sample bootstrap)", "p"),
     "bcf": ("BCF posterior: 5% quantile of the SD of tau(x)", "stat"),
+    "composites": (
+        "prespecified composites: probit LR test of arm x `inflammation_index` and `autoantibody_burden` (2 df, chi-square)", "p"
+    ),
+    "oracle_modifier": (
+        "yardstick, not a product test: probit LR test of arm x the simulator's hidden profile score (1 df, chi-square)", "p"
+    ),
 }
 PRODUCT_TESTS = ("imputed_randomisation", "imputed_randomisation_99", "permutation")
 EARLIER_REPLICATES = 99  # the budget of the `imputed_randomisation_99` row (the job's until 2026-12-06)
@@ -592,6 +601,7 @@ def run_replicate(task: Task) -> list[dict]:
     """Simulate one trial and run what ``task`` asks for on it; one row per (outcome, test / method / selector)."""
     quiet_environment()
     warnings.simplefilter("ignore")  # peers, LightGBM and stochtree warn about feature names and defaults
+    from benchmarks.modifier_tests import ORACLE_COLUMN, composite_modifiers, modifier_lr_test
     from benchmarks.peers import bcf_heterogeneity, grf_rate_test
     from core.candidates import make_candidate
     from core.config import load_config
@@ -600,6 +610,7 @@ def run_replicate(task: Task) -> list[dict]:
     from training.executor import LocalExecutor
     from training.heterogeneity import imputed_randomisation_test
     from training.inference import holm
+    from training.path import risk_score as path_risk_score
     from training.rate_tests import permutation_test, split_rate_test
     from training.simulate import simulate
 
@@ -658,6 +669,13 @@ def run_replicate(task: Task) -> list[dict]:
         started = time.perf_counter()
         split = split_rate_test(F, d.t, d.y, config, d.treated_fraction, config.seed + 77)
         results["split_rate"] = {"p": split.p_value, "stat": split.statistic, "seconds": time.perf_counter() - started}
+        started = time.perf_counter()
+        risk = path_risk_score(F, d.y, config)
+        modifiers = {"composites": composite_modifiers(F), "oracle_modifier": trial.loc[outcome_data_mask(trial, spec, outcome, config), ORACLE_COLUMN].to_numpy()}
+        for test, m in modifiers.items():
+            if m is not None:
+                results[test] = {**modifier_lr_test(risk, m, d.t, d.y), "seconds": time.perf_counter() - started}
+                started = time.perf_counter()
         if settings.peers:
             started = time.perf_counter()
             try:

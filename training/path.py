@@ -75,7 +75,8 @@ class PathAnalysis:
         return text + "."
 
 
-def _fit_score(F: pd.DataFrame, y: np.ndarray, config: TrainConfig) -> np.ndarray:
+def risk_score(F: pd.DataFrame, y: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Each patient's cross-fitted prognostic score (logit scale, the prognostic model blind to arm)."""
     settings = config.candidates.risk_model
     Z = _scale(_matrix(F, list(F.columns)), fit_scaler(_matrix(F, list(F.columns))))
     solver = logistic_solver(config.candidates.solver, len(y))
@@ -146,7 +147,7 @@ def path_analysis(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainCo
     n = len(y)
     if len(np.unique(y)) < 2 or min(np.bincount(y)) < folds:
         return PathAnalysis(n, None, None, None, level, False)
-    s = _fit_score(F, y, config)
+    s = risk_score(F, y, config)
     c, low, high = auc_interval(y, s, level)
     if not np.isfinite(c):
         return PathAnalysis(n, None, None, None, level, False)
