@@ -1,8 +1,8 @@
 """Parametric tests of named effect modifiers: what the recovery benchmark reads the product's test against.
 
 The product's heterogeneity test does not know which baseline values modify
-the effect. Two parametric likelihood-ratio tests that are *told* bound the
-power it can be expected to reach:
+the effect. Two parametric likelihood-ratio tests that are *told* show what
+power knowing them buys (a yardstick, not a proven upper bound):
 
 - **prespecified composites**: arm x the engineered ``inflammation_index`` and
   ``autoantibody_burden`` (the modifiers the experts name; 2 df), the test a
