@@ -677,3 +677,21 @@ def test_the_minimal_client_reads_sized_and_chunked_answers_on_one_socket():
     assert {a for _, a, _, _ in seen} == {f"Bearer {serving.TOKEN}"} and len({port for *_, port in seen}) == 1  # one socket
     assert result.requests == 10 and len(result.latencies) == 10 and result.errors == 1  # request 25: a 500
 
+
+
+def test_the_told_modifier_test_finds_a_modifier_and_not_one_that_is_absent():
+    """The yardstick of section 1 (benchmarks/modifier_tests.py) on trials whose truth is known."""
+    from scipy.stats import norm
+
+    from benchmarks.modifier_tests import modifier_lr_test
+
+    rng = np.random.default_rng(5)
+    n = 600
+    risk, m, t = rng.normal(size=n), rng.normal(size=n), rng.integers(0, 2, n)
+    modified = (rng.random(n) < norm.cdf(0.5 * risk + 0.3 * t + 0.6 * t * m)).astype(int)
+    constant = (rng.random(n) < norm.cdf(0.5 * risk + 0.3 * t)).astype(int)
+    found, absent = modifier_lr_test(risk, m, t, modified), modifier_lr_test(risk, m, t, constant)
+    assert found["df"] == 1 and found["p"] < 1e-4 and found["stat"] > absent["stat"]
+    assert absent["p"] > 0.05
+    two = modifier_lr_test(risk, np.column_stack([m, rng.normal(size=n)]), t, modified)
+    assert two["df"] == 2 and two["p"] < 1e-3
