@@ -20,13 +20,15 @@ patients, for the heterogeneity tests only (no work-up):
 1. **Heterogeneity tests.** The product's default test
    (:func:`training.heterogeneity.imputed_randomisation_test`, ``evidence.method:
    imputed_randomisation``; null: no effect modification beyond a constant
-   probit effect with a flexible prognosis; statistic: the spread of the
-   served BCF's effects beyond its prognosis on control; Besag-Clifford sequential
-   p-value over null trials built from the fitted null model: arms
+   probit effect with a flexible prognosis; statistics: the spread of the
+   served BCF's effects beyond its prognosis on control and the probit
+   likelihood-ratio statistic of arm x the spec's prespecified modifiers,
+   joined by min-p over null trials built from the fitted null model: arms
    re-randomised, outcomes imputed for the patients whose arm changed; beside
    it the verdict the earlier budget of 99 null trials gives, read from the
-   first 99 of the same run, so the section shows what the larger budget
-   buys), the earlier
+   first 99 of the same run, and each statistic alone on the same null
+   trials with Besag-Clifford's sequential rule: BCF's spread alone was the
+   default until 2026-12-06), the earlier
    default (:func:`training.rate_tests.permutation_test`, ``evidence.method:
    permutation``: whole-pipeline permutation test of the beyond-risk RATE; its
    null is "covariates carry no information"), the product's sample-split RATE
@@ -150,9 +152,18 @@ SELECTOR_LABELS = {
 }
 # The heterogeneity tests; "calibrate" says which column carries the evidence (p: smaller, stat: larger).
 TESTS = {
-    "imputed_randomisation": ("product default: imputed randomisation, BCF effect spread beyond prognosis on control", "p"),
+    "imputed_randomisation": (
+        "product default: imputed randomisation, min-p of BCF's effect spread beyond prognosis on control and the "
+        "prespecified modifiers' LR statistic (curtailed)", "p"
+    ),
     "imputed_randomisation_99": (
         "product default read at 99 null trials: the earlier budget (the first 99 of the default's null trials)", "p"
+    ),
+    "imputed_randomisation_bcf": (
+        "BCF spread alone (the default until 2026-12-06): the same null trials, Besag-Clifford h = 5", "p"
+    ),
+    "imputed_randomisation_modifiers": (
+        "prespecified modifiers alone, calibrated: their LR statistic against the same null trials, Besag-Clifford h = 5", "p"
     ),
     "permutation": ("product `permutation` (earlier default): permutation test of the beyond-risk RATE", "p"),
     "split_rate": ("product `split_rate`: sample-split beyond-risk RATE, 3 candidates, Bonferroni", "p"),
@@ -166,7 +177,7 @@ TESTS = {
         "yardstick, not a product test: probit LR test of arm x the simulator's hidden profile score (1 df, chi-square)", "p"
     ),
 }
-PRODUCT_TESTS = ("imputed_randomisation", "imputed_randomisation_99", "permutation")
+PRODUCT_TESTS = ("imputed_randomisation", "imputed_randomisation_99", "imputed_randomisation_bcf", "imputed_randomisation_modifiers", "permutation")
 EARLIER_REPLICATES = 99  # the budget of the `imputed_randomisation_99` row (the job's until 2026-12-06)
 # Combinations decided before looking at any figure (with the earlier default): the permutation test with each other valid test.
 COMBINATIONS = {
@@ -297,12 +308,26 @@ class Settings:
                 f"probit effect of {c} with a U-shaped prognosis: the null the default test names); `sharp`, each outcome of a "
                 "`null` trial permuted across its patients (independent of covariates and arm)."
             )
+        from core.spec import load_spec
+
+        named = load_spec().prespecified_modifiers if job.evidence.prespecified else []
+        spread = (
+            f"the SD of BCF's posterior-mean probit effects beyond a cubic in its prognosis on control, BCF with the cross-validation "
+            f"settings but `evidence.warm_starts` = {config.evidence.warm_starts} warm-start iterations (cross-validation: "
+            f"{config.candidates.bcf.cv_gfr}), {config.candidates.bcf.cv_mcmc} draws"
+        )
+        if named:
+            statistic = (
+                f"statistics: (a) {spread}; (b) the probit likelihood-ratio statistic of arm x the spec's prespecified modifiers "
+                f"({', '.join(f'`{m}`' for m in named)}), adjusted for a quadratic in the cross-fitted PATH risk score; joined by "
+                f"min-p over the same null trials, curtailed once p > alpha is certain. Beside it, each statistic alone on the "
+                f"same null trials with Besag-Clifford's rule (h = {job.evidence.sequential_h}): (a) is the default until 2026-12-06"
+            )
+        else:
+            statistic = f"statistic: {spread}; sequential stop after h = {job.evidence.sequential_h} exceedances"
         lines += [
             f"- Product default test: `imputed_randomisation_test` as the job runs it (`evidence.method: {job.evidence.method}`; "
-            f"statistic: the SD of BCF's posterior-mean probit effects beyond a cubic in its prognosis on control, BCF with the cross-validation "
-            f"settings but `evidence.warm_starts` = {config.evidence.warm_starts} warm-start iterations (cross-validation: "
-            f"{config.candidates.bcf.cv_gfr}), {config.candidates.bcf.cv_mcmc} draws; sequential stop "
-            f"after h = {job.evidence.sequential_h} exceedances; a subsample above {job.evidence.max_patients:,} patients) with at most "
+            f"{statistic}; a subsample above {job.evidence.max_patients:,} patients) with at most "
             f"B = {self.replicates} simulated trials (job: {job.evidence.replicates}; smallest p-value {1 / (self.replicates + 1):.3f}), "
             f"Holm across pain and memory, alpha = {self.alpha}.",
         ]
@@ -609,7 +634,7 @@ def run_replicate(task: Task) -> list[dict]:
     from features.pipeline import build_feature_pipeline
     from training.executor import LocalExecutor
     from training.heterogeneity import imputed_randomisation_test
-    from training.inference import holm
+    from training.inference import holm, sequential_p_value
     from training.path import risk_score as path_risk_score
     from training.rate_tests import permutation_test, split_rate_test
     from training.simulate import simulate
@@ -639,23 +664,32 @@ def run_replicate(task: Task) -> list[dict]:
             started = time.perf_counter()
             budget = max(config.evidence.replicates, EARLIER_REPLICATES if settings.earlier_budget else 0)
             run_config = config.model_copy(update={"evidence": config.evidence.model_copy(update={"replicates": budget})})
-            longer = imputed_randomisation_test(F, d.t, d.y, run_config, d.treated_fraction, executor)
+            named = spec.prespecified_modifiers if config.evidence.prespecified else []
+            longer = imputed_randomisation_test(F, d.t, d.y, run_config, d.treated_fraction, executor, modifiers=named)
             seconds = time.perf_counter() - started
-            boot = job_budget_result(longer, config.evidence.replicates, config.evidence.sequential_h)
-            results["imputed_randomisation"] = {
-                "p": boot.p_value,
-                "stat": boot.statistic,
-                "permutations_run": boot.permutations_run,  # simulated trials (the result type's field name)
-                "seconds": seconds * boot.permutations_run / max(longer.permutations_run, 1),  # the job's share of the null trials
-            }
-            if settings.earlier_budget and EARLIER_REPLICATES != config.evidence.replicates:
-                earlier = job_budget_result(longer, EARLIER_REPLICATES, config.evidence.sequential_h)
-                results["imputed_randomisation_99"] = {
-                    "p": earlier.p_value,
-                    "stat": earlier.statistic,
-                    "permutations_run": earlier.permutations_run,
-                    "seconds": seconds * earlier.permutations_run / max(longer.permutations_run, 1),
+            evidence = config.evidence
+            boot = job_budget_result(longer, evidence.replicates, evidence.sequential_h, evidence.alpha)
+            readings = {"imputed_randomisation": boot}
+            if settings.earlier_budget and EARLIER_REPLICATES != evidence.replicates:
+                readings["imputed_randomisation_99"] = job_budget_result(longer, EARLIER_REPLICATES, evidence.sequential_h, evidence.alpha)
+            for name, reading in readings.items():
+                results[name] = {
+                    "p": reading.p_value,
+                    "stat": reading.statistic,
+                    "permutations_run": reading.permutations_run,  # simulated trials (the result type's field name)
+                    "seconds": seconds * reading.permutations_run / max(longer.permutations_run, 1),  # its share of the null trials
                 }
+            if longer.null_components is not None:  # each statistic alone, read from the same null trials
+                for name, column in (("imputed_randomisation_bcf", 0), ("imputed_randomisation_modifiers", 1)):
+                    p_alone, used = sequential_p_value(
+                        longer.null_components[:, column], longer.observed_components[column], evidence.sequential_h, evidence.replicates
+                    )
+                    results[name] = {
+                        "p": p_alone,
+                        "stat": float(longer.observed_components[column]),
+                        "permutations_run": used,
+                        "seconds": seconds * used / max(longer.permutations_run, 1),
+                    }
             tests[outcome] = boot
         if task.permutation:
             started = time.perf_counter()
@@ -714,18 +748,28 @@ def run_replicate(task: Task) -> list[dict]:
     return rows
 
 
-def job_budget_result(result, replicates: int, h: int):
+def job_budget_result(result, replicates: int, h: int, alpha: float = 0.05):
     """The test's result as the job computes it with ``replicates`` null trials, read from a run with a larger budget.
 
     The null trials' seeds are a prefix-stable sequence (``SeedSequence.generate_state``), so the first
-    ``replicates`` of a longer run are the job's own, and Besag-Clifford's rule is applied to them again.
+    ``replicates`` of a longer run are the job's own, and the job's rule is applied to them again: Besag-Clifford's
+    for BCF's spread alone, the curtailed min-p rule for the combined test (which stops no later with a smaller
+    budget, so the prefix holds the job's stop).
     """
     from dataclasses import replace as replaced
 
-    from training.inference import sequential_p_value
+    from training.inference import curtailed_p_value, marginal_p_values, sequential_p_value
 
     if result.permutations_run <= replicates and not result.stopped_early:
         return result
+    if result.null_components is not None:
+        p_value, used = curtailed_p_value(result.null_components[:replicates], result.observed_components, alpha, replicates)
+        rows = np.vstack([result.observed_components, result.null_components[:used]])
+        combined = -np.log10(marginal_p_values(rows).min(axis=1))
+        return replaced(
+            result, statistic=float(combined[0]), null=combined[1:], p_value=p_value, permutations_run=used,
+            stopped_early=used < replicates, null_components=result.null_components[:used],
+        )
     p_value, used = sequential_p_value(np.asarray(result.null)[:replicates], result.statistic, h, replicates)
     return replaced(result, null=np.asarray(result.null)[:used], p_value=p_value, permutations_run=used, stopped_early=used < replicates)
 

@@ -369,6 +369,11 @@ class EvidenceConfig(_Strict):
         "(the BCF statistic is refitted for every replicate); above twice this many the test is held out: BCF fitted on "
         "such a subsample, its effect beyond prognosis tested on every other patient",
     )
+    prespecified: bool = Field(
+        description="the imputed randomisation test also examines the spec's prespecified_modifiers by name (a probit "
+        "likelihood-ratio statistic of arm x modifiers, training/modifiers.py), joined to BCF's spread by a min-p "
+        "combination over the same null trials; false, or a spec that names none: BCF's spread alone"
+    )
     auto_max_n: int = Field(ge=10, description="largest trial tested by permutation when method is auto")
     permutations: int = Field(ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")
     sequential_h: int = Field(

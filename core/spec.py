@@ -532,6 +532,12 @@ class DatasetSpec(_Strict):
     auxiliary: dict[str, AuxiliarySpec] = Field(default_factory=dict)
     roles: RolesSpec = RolesSpec()
     cognitive_dominance: CognitiveDominanceSpec | None = None
+    prespecified_modifiers: list[str] = Field(
+        default_factory=list,
+        description="engineered features the trial's protocol names as effect modifiers (e.g. inflammation_index): "
+        "the heterogeneity test examines arm x these by name beside the served model's spread, both calibrated by "
+        "the same null trials (training/modifiers.py); empty: the served model's spread alone",
+    )
 
     @field_validator("analytes", mode="before")
     @classmethod

@@ -131,6 +131,9 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert [row[:4] for row in fwer[1:]] == [
         ["product default", "`null`", "80", "1"], ["product default", "`ushape`", "80", "1"], ["product default", "`sharp`", "80", "1"],
         *[["product default read at 99 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
+        # Each of the default's two statistics alone, read from the same null trials.
+        *[["BCF spread alone (the default until 2026-12-06)", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
+        *[["prespecified modifiers alone, calibrated", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         ["product `permutation` (earlier default)", "`null`", "80", "2"], ["product `permutation` (earlier default)", "`ushape`", "80", "1"],
     ]
     # The grf-style tests need EconML (the optional bench extra, not installed by `make test`): without it
@@ -141,10 +144,10 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert first_column(nominal) == tests and first_column(calibrated) == tests
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER", "strong: power pain / memory (trials)"]
     assert nominal[1][0].startswith("product default") and nominal[1][2].split(" = ")[0] in ("0/1", "1/1")  # one null trial
-    assert nominal[2][2] == nominal[1][2]  # the longer run of the default test: the same null trial
-    assert "/2 = " in nominal[3][2]  # the permutation test ran on two null trials
+    assert all(row[2].split(" = ")[0] == nominal[1][2].split(" = ")[0] for row in nominal[2:4])  # the same null trial, read again
+    assert "/2 = " in nominal[5][2]  # the permutation test ran on two null trials
     cheap = len([t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)])
-    assert all("/3 = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4] for row in nominal[4 : 4 + cheap])  # on every trial
+    assert all("/3 = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4] for row in nominal[6 : 6 + cheap])  # on every trial
     labels = [recovery.METHOD_LABELS[m] for m in recovery.METHODS]
     assert first_column(headline) == labels
     assert headline[0][1:] == ["strong / pain", "strong / memory"]
@@ -207,7 +210,11 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     assert "No trial of this run had the work-up" in markdown
     assert "- Served answer:" not in markdown and "- Earlier default:" not in markdown  # the design lists what ran
     fwer, nominal, calibrated = tables(markdown)
-    assert [row[:4] for row in fwer[1:]] == [["product default", "`ushape`", "80", "1"], ["product default read at 99 null trials", "`ushape`", "80", "1"]]
+    assert [row[:4] for row in fwer[1:]] == [
+        [label, "`ushape`", "80", "1"]
+        for label in ("product default", "product default read at 99 null trials", "BCF spread alone (the default until 2026-12-06)",
+                      "prespecified modifiers alone, calibrated")
+    ]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
 
 

@@ -93,10 +93,13 @@ from core.spec import DatasetSpec
 from training import metrics as M
 from training.evaluation import OutcomeData, features_of, with_parsed
 from training.executor import Executor
-from training.inference import STATISTIC_LABELS, PermutationResult, sequential_null
+from training.inference import STATISTIC_LABELS, PermutationResult, curtailed_null, marginal_p_values, sequential_null
+from training.modifiers import modifier_matrix, modifier_statistic
 from training.rate_tests import permutation_test
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
+COMBINED_STATISTIC = STATISTIC_LABELS["bcf_spread_modifiers"]
+MODIFIER_STATISTIC = "probit likelihood-ratio statistic of arm x {names}, adjusted for a quadratic in the cross-fitted PATH risk score"
 HELD_OUT_STATISTIC = STATISTIC_LABELS["bcf_held_out"]
 NULL = (
     "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
@@ -116,6 +119,7 @@ class NullTrialTask:
     config: TrainConfig
     e: float
     seed: int
+    modifiers: np.ndarray | None = None  # the prespecified modifiers (patients x modifiers), or None: BCF's spread alone
 
 
 def fit_statistic(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -158,12 +162,15 @@ def null_trial(rng: np.random.Generator, t: np.ndarray, y: np.ndarray, eta0: np.
     return arms, np.where(arms == t, y, outcome)
 
 
-def _replicate(seed: int, task: NullTrialTask) -> float:
+def _replicate(seed: int, task: NullTrialTask) -> float | tuple[float, float]:
     rng = np.random.default_rng(seed)
     t, y = null_trial(rng, task.t, task.y, task.eta0, task.effect)
     if y.min() == y.max():  # a simulated trial with one outcome class has no spread to estimate
-        return 0.0
-    return fit_statistic(task.F, t, y, task.config, task.e, task.seed)[0]
+        return 0.0 if task.modifiers is None else (0.0, float("inf"))  # the modifiers' fit fails: counted as reaching
+    spread = fit_statistic(task.F, t, y, task.config, task.e, task.seed)[0]
+    if task.modifiers is None:
+        return spread
+    return spread, modifier_statistic(task.F, task.modifiers, t, y, task.config)
 
 
 def test_rows(t: np.ndarray, y: np.ndarray, max_patients: int, seed: int) -> np.ndarray | None:
@@ -178,21 +185,31 @@ def heterogeneity_test(data: OutcomeData, spec: DatasetSpec, config: TrainConfig
     if config.evidence.method != "imputed_randomisation":
         return permutation_test(data, spec, config, executor, desc=desc)
     F = features_of(spec, with_parsed(data, spec).parsed)
-    return imputed_randomisation_test(F, data.t, data.y, config, data.treated_fraction, executor, desc)
+    modifiers = spec.prespecified_modifiers if config.evidence.prespecified else []
+    return imputed_randomisation_test(F, data.t, data.y, config, data.treated_fraction, executor, desc, modifiers)
 
 
 def imputed_randomisation_test(
-    F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, executor: Executor, desc: str = "heterogeneity test"
+    F: pd.DataFrame,
+    t: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    e: float,
+    executor: Executor,
+    desc: str = "heterogeneity test",
+    modifiers: list[str] | tuple[str, ...] = (),
 ):
-    """The test on one outcome's engineered features (see the module docstring)."""
+    """The test on one outcome's engineered features (see the module docstring); ``modifiers``: prespecified names."""
     config = config.resolved(len(y))
     seed = config.seed + 77
     n_all = len(y)
+    named = modifier_matrix(F, list(modifiers)) if modifiers else None  # a name the features lack: a clear error, first
     rows = test_rows(t, y, config.evidence.max_patients, seed)
     if rows is not None and n_all > 2 * config.evidence.max_patients and config.evidence.replicates > 0:  # 0: not tested
         return held_out_test(F, np.asarray(t).astype(int), np.asarray(y).astype(int), rows, config, e, seed)
     if rows is not None:
         F, t, y = F.iloc[rows].reset_index(drop=True), np.asarray(t)[rows], np.asarray(y)[rows]
+        named = None if named is None else named[rows]
     t, y = np.asarray(t).astype(int), np.asarray(y).astype(int)
     observed, mu, tau = fit_statistic(F, t, y, config, e, seed)
     effect = float(tau.mean())  # the constant effect of the no-modification model
@@ -209,11 +226,48 @@ def imputed_randomisation_test(
     B, h = config.evidence.replicates, config.evidence.sequential_h
     if B == 0:
         return PermutationResult(observed, {BCF: observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
-    task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
     seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
+    if named is not None:
+        told = modifier_statistic(F, named, t, y, config)
+        if np.isfinite(told):
+            task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed, named)
+            return _combined_test(observed, told, list(modifiers), task, seeds, executor, desc, details)
+        details["prespecified_modifiers"] = f"not tested: the probit fit of arm x {', '.join(modifiers)} failed on this trial"
+    task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
     label = f"{desc} (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
     null, p_value, used = sequential_null(_replicate, seeds, observed, h, executor, task, label, "null trial", desc)
     return PermutationResult(observed, {BCF: observed}, null, p_value, "bcf_spread", "imputed_randomisation", used, used < B, details)
+
+
+def _combined_test(spread: float, told: float, names: list[str], task: NullTrialTask, seeds: list[int], executor: Executor, desc: str, details: dict):
+    """BCF's spread and the prespecified modifiers' statistic on the same null trials, joined by min-p (module docstring)."""
+    B, alpha = len(seeds), task.config.evidence.alpha
+    observed = np.array([spread, told])
+    label = f"{desc} (at most {B} null trials; stops once the verdict at {alpha:g} cannot change)"
+    null, p_value, used = curtailed_null(_replicate, seeds, observed, alpha, executor, task, label, "null trial", desc)
+    marginal = marginal_p_values(np.vstack([observed, null]))
+    combined = -np.log10(marginal.min(axis=1))  # larger is more extreme, as every other statistic
+    details.update(
+        statistic=COMBINED_STATISTIC,
+        combination="min-p over the same null trials: each statistic's Monte-Carlo p-value (its rank among the observed "
+        "and the null trials), the smaller of the two, and that value's rank among every trial's",
+        stopping=f"curtailed: stops once both statistics have been reached so often that p > {alpha:g} whatever the "
+        "remaining null trials give (the verdict at alpha is that of every null trial; the p-value is that of those run)",
+        components={
+            "bcf_spread": {"label": STATISTIC, "observed": spread, "p_value": float(marginal[0, 0])},
+            "prespecified_modifiers": {
+                "label": MODIFIER_STATISTIC.format(names=", ".join(names)),
+                "modifiers": names,
+                "observed": told,
+                "p_value": float(marginal[0, 1]),
+            },
+        },
+    )
+    stopped = used < B
+    return PermutationResult(
+        float(combined[0]), {BCF: spread}, combined[1:], p_value, "bcf_spread_modifiers", "imputed_randomisation", used, stopped, details,
+        null_components=null, observed_components=observed,
+    )
 
 
 def held_out_test(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, config: TrainConfig, e: float, seed: int) -> PermutationResult:

@@ -1,0 +1,90 @@
+"""The trial's prespecified effect modifiers, tested by name: the second statistic of the heterogeneity test.
+
+A trial's protocol may name the baseline values expected to modify the
+effect (FINAL's experts name inflammation and autoantibody profiles; the spec
+lists the engineered composites under ``prespecified_modifiers``). The served
+model (BCF) searches every feature and shrinks its effects towards one common
+effect, so on a modest modifier its spread is a weak statistic; a test told
+where to look is far stronger there (benchmarks/RESULTS.md, section 1, the
+told-modifier rows). The heterogeneity test
+(:mod:`training.heterogeneity`) therefore joins the two statistics, each
+calibrated by the same null trials, with a min-p combination.
+
+The statistic: the likelihood-ratio statistic of arm x modifiers in the probit
+model ``P(y = 1) = Phi(a + b1 s + b2 s^2 + c'm + g t + d't m)`` against the
+model without ``d``, where ``s`` is the standardised cross-fitted PATH risk
+score (:func:`training.path.risk_score`, its prognostic model blind to arm)
+and ``m`` the standardised modifiers. The chi-square reading of it does not
+hold its level on small trials (section 1: up to 13% on the sharp null at
+n = 300), so the test never reads it: its null distribution comes from the
+null trials.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from core.config import TrainConfig
+from training.path import risk_score
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def modifier_lr_test(risk: np.ndarray, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray) -> dict:
+    """Probit likelihood-ratio test of arm x ``modifiers`` adjusted for a quadratic in the risk score (module docstring).
+
+    Returns ``{"p": ..., "stat": LR, "df": ...}`` (``p``: the asymptotic chi-square reading), or ``{"error": ...}``
+    when a fit fails (separation, singular design).
+    """
+    from statsmodels.discrete.discrete_model import Probit  # not statsmodels.api: that imports every submodule
+
+    s = _standardised(risk)[:, 0]
+    m = _standardised(modifiers)
+    t = np.asarray(t, dtype=float)
+    base = np.column_stack([np.ones_like(s), s, s**2, m, t])
+    full = np.column_stack([base, t[:, None] * m])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reduced = Probit(np.asarray(y, dtype=float), base).fit(disp=0, maxiter=200)
+            fitted = Probit(np.asarray(y, dtype=float), full).fit(disp=0, maxiter=200)
+    except Exception as exc:  # perfect separation, singular design: reported, not guessed
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    if not (np.isfinite(fitted.llf) and np.isfinite(reduced.llf)):
+        return {"error": "the probit fit did not converge to a finite likelihood"}
+    lr = float(max(0.0, 2.0 * (fitted.llf - reduced.llf)))
+    return {"p": float(stats.chi2.sf(lr, m.shape[1])), "stat": lr, "df": int(m.shape[1])}
+
+
+def modifier_matrix(F: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The named engineered features as a matrix; a clear error when the features lack one."""
+    missing = [name for name in names if name not in F.columns]
+    if missing:
+        raise ValueError(
+            f"prespecified_modifiers: {', '.join(map(repr, missing))} is not an engineered feature of this trial "
+            f"(the features are: {', '.join(F.columns)})"
+        )
+    return F[list(names)].to_numpy(dtype=float)
+
+
+def modifier_statistic(F: pd.DataFrame, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray, config: TrainConfig) -> float:
+    """The LR statistic of one trial (observed or null), or +inf when it cannot be computed.
+
+    +inf makes a failed null trial count as reaching the observed statistic (conservative); on the observed
+    trial the test leaves the statistic out instead (:func:`training.heterogeneity.imputed_randomisation_test`).
+    """
+    try:
+        risk = risk_score(F, y, config)
+    except ValueError:  # too few responders or non-responders for the score's folds
+        return float("inf")
+    return float(modifier_lr_test(risk, modifiers, t, y).get("stat", float("inf")))
