@@ -361,3 +361,36 @@ def test_rhat_and_ess_tell_agreeing_chains_from_disagreeing_and_autocorrelated_o
     for i in range(1, 2000):
         ar[:, i] = 0.9 * ar[:, i - 1] + rng.normal(size=4)
     assert effective_sample_size(ar) < 0.15 * ar.size  # theory: (1 - 0.9) / (1 + 0.9) = 5% of the draws
+
+
+def _modified(n: int, seed: int, modifier: float):
+    """A trial whose effect varies along a named engineered feature ``m`` (among five noise features) and its prognosis on x0."""
+    X, t, _ = _trial(n, seed, prognosis=0.0, modifier=0.0)
+    X = X.rename(columns={"x5": "m"})
+    rng = np.random.default_rng(seed + 100)
+    eta = 0.6 * X["x0"].to_numpy() - 0.3 + t * (0.2 + modifier * X["m"].to_numpy())
+    return X, t, (rng.uniform(size=n) < norm.cdf(eta)).astype(int)
+
+
+@pytest.mark.slow
+def test_the_prespecified_modifiers_join_bcfs_spread_and_the_combination_finds_a_named_modifier_and_not_an_absent_one():
+    config = fast_config(evidence={"replicates": 39})
+    executor = LocalExecutor(workers=2)
+    X, t, y = _modified(300, 8, modifier=0.7)
+    found = imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["m"])
+    assert found.kind == "bcf_spread_modifiers" and found.method == "imputed_randomisation"
+    parts = found.details["components"]
+    assert set(parts) == {"bcf_spread", "prespecified_modifiers"} and parts["prespecified_modifiers"]["modifiers"] == ["m"]
+    assert parts["prespecified_modifiers"]["p_value"] == pytest.approx(1 / 40)  # no null trial reaches the named modifier
+    assert found.p_value <= 2 / 40 and found.null_components.shape == (found.permutations_run, 2)
+    assert found.p_value >= min(c["p_value"] for c in parts.values())  # min-p is never below the smaller own p-value
+    # No modification: the curtailed rule stops once p > alpha is certain, with both statistics' p-values reported.
+    Xn, tn, yn = _modified(300, 9, modifier=0.0)
+    quiet = imputed_randomisation_test(Xn, tn, yn, config, 0.5, executor, modifiers=["m"])
+    assert quiet.p_value > config.evidence.alpha
+    assert quiet.stopped_early == (quiet.permutations_run < 39)
+    # Without names the test is BCF's spread alone, as before; a name the features lack is a clear error.
+    alone = imputed_randomisation_test(X, t, y, config, 0.5, executor)
+    assert alone.kind == "bcf_spread" and alone.null_components is None and "components" not in alone.details
+    with pytest.raises(ValueError, match="prespecified_modifiers: 'crp' is not an engineered feature"):
+        imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["crp"])

@@ -386,3 +386,31 @@ def test_default_draw_answers_with_what_the_trial_identifies(tmp_path, spec):
         own = result.model.interval(F, out["benefit"].to_numpy())
         np.testing.assert_allclose(own[0], out["benefit_lower"])
         np.testing.assert_allclose(own[1], out["benefit_upper"])
+
+
+def test_the_min_p_combination_is_valid_under_the_null_and_curtailing_never_changes_a_verdict_at_alpha():
+    from training.inference import curtailed_p_value, min_p_value
+
+    rng = np.random.default_rng(21)
+    B, alpha = 199, 0.05
+    p_values, differs, stopped = [], 0, 0
+    for _ in range(2000):
+        # Two correlated statistics, the observed trial exchangeable with the null trials.
+        z = rng.normal(size=(B + 1, 2))
+        T = np.column_stack([z[:, 0], 0.6 * z[:, 0] + 0.8 * z[:, 1]])
+        full = min_p_value(T)
+        curtailed, used = curtailed_p_value(T[1:], T[0], alpha, B)
+        differs += (curtailed <= alpha) != (full <= alpha) or (curtailed <= alpha / 2) != (full <= alpha / 2)
+        stopped += used < B
+        assert used == B or curtailed > alpha  # a curtailed run's p-value is above alpha
+        p_values.append(full)
+    assert differs == 0 and stopped > 1500  # most null runs stop early, none with a different verdict
+    for level in (0.01, 0.05, 0.1):  # P(p <= level) <= level, within Monte-Carlo error
+        assert np.mean(np.array(p_values) <= level) <= level + 3 * np.sqrt(level / 2000)
+    # The combination is never below either statistic's own p-value, and an extreme observed value gives the smallest p.
+    T = rng.normal(size=(B + 1, 2))
+    T[0] = [10.0, -10.0]
+    assert min_p_value(T) >= 1 / (B + 1) and min_p_value(T) <= 2 / (B + 1)
+    T[0] = [0.0, 0.0]
+    own = [np.mean(T[:, j] >= T[0, j]) for j in range(2)]
+    assert min_p_value(T) >= min(own) - 1e-12

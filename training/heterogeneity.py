@@ -49,6 +49,27 @@ differ from the verdict of all 199. With 99 null trials a p-value below
 0.025 needed at most one null statistic at the observed one, and that
 resolution cost power at n = 1,000 (benchmarks/RESULTS.md, section 1).
 
+**The trial's prespecified modifiers.** When the spec names
+``prespecified_modifiers`` (and ``evidence.prespecified`` is true), a second
+statistic joins BCF's spread on the same null trials: the probit
+likelihood-ratio statistic of arm x those modifiers, adjusted for a quadratic
+in the cross-fitted PATH risk score (:mod:`training.modifiers`). Its
+chi-square reading is never used: each statistic's p-value is its rank among
+the observed and the null trials, and the test's p-value is the rank of the
+smaller of the two among every trial's (the min-p combination,
+:func:`training.inference.min_p_value`: exact whenever the trials are
+exchangeable, as for one statistic, and never below either statistic's own
+p-value). Besag & Clifford's rule does not apply to a rank that depends on
+every null trial, so running is *curtailed* instead: it stops once both
+statistics have been reached so often that p > alpha is certain, and the
+verdict at any level up to alpha is that of the whole budget. The result's
+``statistic`` is then -log10 of the smaller p-value (larger is more
+extreme), ``details["components"]`` gives each statistic with its own
+p-value, and ``null_components`` every null trial's pair. A null trial
+whose probit fit fails counts as reaching the observed statistic
+(conservative); when the observed trial's fit fails, BCF's spread is tested
+alone and the details say why.
+
 On trials above ``evidence.max_patients`` (up to twice that) the test runs on
 a stratified random subsample of that many patients (every null trial refits
 BCF). The recovery benchmark (benchmarks/recovery.py) measures its level on

@@ -115,6 +115,8 @@ class OutcomeResult:
             "evidence": self.evidence,
             "heterogeneity_null": self.permutation.details.get("null") if self.permutation.details else None,
             "heterogeneity_bcf_fit": (self.permutation.details or {}).get("bcf_fit"),  # the statistic's BCF (small trials)
+            # The combined test's statistics (BCF's spread, the prespecified modifiers), each with its own p-value.
+            "heterogeneity_components": (self.permutation.details or {}).get("components"),
             "heterogeneity_statistic_label": self.permutation.label,
             "p_value": _clean(self.permutation.p_value),
             "p_adjusted": _clean(self.p_adjusted),

@@ -226,6 +226,10 @@ def build_cohort_payload(
                 "permutations": int(len(perm.null)),
                 "method": perm.method,
                 "null_hypothesis": perm.details.get("null") if perm.details else None,
+                # A combined test (BCF's spread and the prespecified modifiers): each statistic, its own p-value, the rule.
+                "components": (perm.details or {}).get("components"),
+                "combination": (perm.details or {}).get("combination"),
+                "stopping": (perm.details or {}).get("stopping"),
                 "sequential_h": config.evidence.sequential_h,
                 "n_fit": (perm.details or {}).get("n_fit"),
                 "n_test": (perm.details or {}).get("n_test"),
