@@ -542,6 +542,15 @@ def test_the_jobs_verdict_is_read_exactly_from_a_longer_run_of_the_default_test(
         read = recovery.job_budget_result(longer, 9, 3)
         assert (read.p_value, read.permutations_run, read.stopped_early) == (job.p_value, job.permutations_run, job.stopped_early)
         assert np.array_equal(read.null, job.null)
+        # The combined test (BCF's spread and a named modifier, min-p, curtailed at alpha): read exactly as well.
+        config = {"replicates": 9, "sequential_h": 3, "alpha": 0.3}  # a level that lets 9 null trials curtail
+        job = imputed_randomisation_test(X, t, y, fast_config(evidence=config), 0.5, executor, modifiers=["x1"])
+        longer = imputed_randomisation_test(X, t, y, fast_config(evidence={**config, "replicates": 19}), 0.5, executor, modifiers=["x1"])
+        read = recovery.job_budget_result(longer, 9, 3, 0.3)
+        assert job.kind == read.kind == "bcf_spread_modifiers"
+        assert (read.p_value, read.permutations_run, read.stopped_early) == (job.p_value, job.permutations_run, job.stopped_early)
+        assert np.allclose(read.null, job.null) and read.statistic == pytest.approx(job.statistic)
+        assert np.array_equal(read.null_components, job.null_components)
 
 
 def test_heldout_section_counts_holm_rejections_per_trial_and_reads_auc_per_outcome_run():
