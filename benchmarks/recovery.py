@@ -23,7 +23,7 @@ patients, for the heterogeneity tests only (no work-up):
    probit effect with a flexible prognosis; statistics: the spread of the
    served BCF's effects beyond its prognosis on control and the probit
    likelihood-ratio statistic of arm x the spec's prespecified modifiers,
-   joined by min-p over null trials built from the fitted null model: arms
+   joined by Fisher's combination over null trials built from the fitted null model: arms
    re-randomised, outcomes imputed for the patients whose arm changed; beside
    it the verdict the earlier budget of 99 null trials gives, read from the
    first 99 of the same run, and each statistic alone on the same null
@@ -95,6 +95,7 @@ test: the served answer depends on its verdict).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import sys
@@ -153,8 +154,8 @@ SELECTOR_LABELS = {
 # The heterogeneity tests; "calibrate" says which column carries the evidence (p: smaller, stat: larger).
 TESTS = {
     "imputed_randomisation": (
-        "product default: imputed randomisation, min-p of BCF's effect spread beyond prognosis on control and the "
-        "prespecified modifiers' LR statistic (curtailed)", "p"
+        "product default: imputed randomisation, Fisher's combination of BCF's effect spread beyond prognosis on control and "
+        "the prespecified modifiers' LR statistic (futility stop)", "p"
     ),
     "imputed_randomisation_99": (
         "product default read at 99 null trials: the earlier budget (the first 99 of the default's null trials)", "p"
@@ -320,7 +321,7 @@ class Settings:
             statistic = (
                 f"statistics: (a) {spread}; (b) the probit likelihood-ratio statistic of arm x the spec's prespecified modifiers "
                 f"({', '.join(f'`{m}`' for m in named)}), adjusted for a quadratic in the cross-fitted PATH risk score; joined by "
-                f"min-p over the same null trials, curtailed once p > alpha is certain. Beside it, each statistic alone on the "
+                f"Fisher's combination of their Monte-Carlo p-values over the same null trials, stopped for futility. Beside it, each statistic alone on the "
                 f"same null trials with Besag-Clifford's rule (h = {job.evidence.sequential_h}): (a) is the default until 2026-12-06"
             )
         else:
@@ -665,8 +666,12 @@ def run_replicate(task: Task) -> list[dict]:
             budget = max(config.evidence.replicates, EARLIER_REPLICATES if settings.earlier_budget else 0)
             run_config = config.model_copy(update={"evidence": config.evidence.model_copy(update={"replicates": budget})})
             named = spec.prespecified_modifiers if config.evidence.prespecified else []
-            longer = imputed_randomisation_test(F, d.t, d.y, run_config, d.treated_fraction, executor, modifiers=named)
+            # min_hits: the null trials also run until each statistic alone can be read with Besag-Clifford's rule.
+            longer = imputed_randomisation_test(
+                F, d.t, d.y, run_config, d.treated_fraction, executor, modifiers=named, min_hits=config.evidence.sequential_h
+            )
             seconds = time.perf_counter() - started
+            ran = len(longer.null_components) if longer.null_components is not None else longer.permutations_run
             evidence = config.evidence
             boot = job_budget_result(longer, evidence.replicates, evidence.sequential_h, evidence.alpha)
             readings = {"imputed_randomisation": boot}
@@ -677,8 +682,12 @@ def run_replicate(task: Task) -> list[dict]:
                     "p": reading.p_value,
                     "stat": reading.statistic,
                     "permutations_run": reading.permutations_run,  # simulated trials (the result type's field name)
-                    "seconds": seconds * reading.permutations_run / max(longer.permutations_run, 1),  # its share of the null trials
+                    "seconds": seconds * reading.permutations_run / max(ran, 1),  # its share of the null trials
                 }
+            if longer.null_components is not None:  # every null trial's pair, so other combinations can be read later
+                results["imputed_randomisation"]["components"] = json.dumps(
+                    {"observed": longer.observed_components.tolist(), "null": np.round(longer.null_components, 6).tolist()}
+                )
             if longer.null_components is not None:  # each statistic alone, read from the same null trials
                 for name, column in (("imputed_randomisation_bcf", 0), ("imputed_randomisation_modifiers", 1)):
                     p_alone, used = sequential_p_value(
@@ -688,7 +697,7 @@ def run_replicate(task: Task) -> list[dict]:
                         "p": p_alone,
                         "stat": float(longer.observed_components[column]),
                         "permutations_run": used,
-                        "seconds": seconds * used / max(longer.permutations_run, 1),
+                        "seconds": seconds * used / max(ran, 1),
                     }
             tests[outcome] = boot
         if task.permutation:
@@ -753,19 +762,18 @@ def job_budget_result(result, replicates: int, h: int, alpha: float = 0.05):
 
     The null trials' seeds are a prefix-stable sequence (``SeedSequence.generate_state``), so the first
     ``replicates`` of a longer run are the job's own, and the job's rule is applied to them again: Besag-Clifford's
-    for BCF's spread alone, the curtailed min-p rule for the combined test (which stops no later with a smaller
-    budget, so the prefix holds the job's stop).
+    for BCF's spread alone, Fisher's combination with its futility stop for the combined test (which stops no later
+    with a smaller budget, so the prefix holds the job's stop).
     """
     from dataclasses import replace as replaced
 
-    from training.inference import curtailed_p_value, marginal_p_values, sequential_p_value
+    from training.inference import combined_p_value, fisher_statistics, sequential_p_value
 
     if result.permutations_run <= replicates and not result.stopped_early:
         return result
     if result.null_components is not None:
-        p_value, used = curtailed_p_value(result.null_components[:replicates], result.observed_components, alpha, replicates)
-        rows = np.vstack([result.observed_components, result.null_components[:used]])
-        combined = -np.log10(marginal_p_values(rows).min(axis=1))
+        p_value, used = combined_p_value(result.null_components[:replicates], result.observed_components, alpha, replicates)
+        combined = fisher_statistics(np.vstack([result.observed_components, result.null_components[:used]]))
         return replaced(
             result, statistic=float(combined[0]), null=combined[1:], p_value=p_value, permutations_run=used,
             stopped_early=used < replicates, null_components=result.null_components[:used],

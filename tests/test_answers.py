@@ -383,8 +383,9 @@ def test_the_prespecified_modifiers_join_bcfs_spread_and_the_combination_finds_a
     assert set(parts) == {"bcf_spread", "prespecified_modifiers"} and parts["prespecified_modifiers"]["modifiers"] == ["m"]
     assert parts["prespecified_modifiers"]["p_value"] == pytest.approx(1 / 40)  # no null trial reaches the named modifier
     assert found.p_value <= 2 / 40 and found.null_components.shape == (found.permutations_run, 2)
-    assert found.p_value >= min(c["p_value"] for c in parts.values())  # min-p is never below the smaller own p-value
-    # No modification: the curtailed rule stops once p > alpha is certain, with both statistics' p-values reported.
+    # The statistic is Fisher's combination of the two statistics' own p-values.
+    assert found.statistic == pytest.approx(-sum(np.log(c["p_value"]) for c in parts.values()))
+    # No modification: the futility rule stops once the test cannot reject, with both statistics' p-values reported.
     Xn, tn, yn = _modified(300, 9, modifier=0.0)
     quiet = imputed_randomisation_test(Xn, tn, yn, config, 0.5, executor, modifiers=["m"])
     assert quiet.p_value > config.evidence.alpha

@@ -542,8 +542,8 @@ def test_the_jobs_verdict_is_read_exactly_from_a_longer_run_of_the_default_test(
         read = recovery.job_budget_result(longer, 9, 3)
         assert (read.p_value, read.permutations_run, read.stopped_early) == (job.p_value, job.permutations_run, job.stopped_early)
         assert np.array_equal(read.null, job.null)
-        # The combined test (BCF's spread and a named modifier, min-p, curtailed at alpha): read exactly as well.
-        config = {"replicates": 9, "sequential_h": 3, "alpha": 0.3}  # a level that lets 9 null trials curtail
+        # The combined test (BCF's spread and a named modifier, Fisher's combination, stopped for futility): read exactly too.
+        config = {"replicates": 9, "sequential_h": 3, "alpha": 0.3}  # a level that lets 9 null trials stop
         job = imputed_randomisation_test(X, t, y, fast_config(evidence=config), 0.5, executor, modifiers=["x1"])
         longer = imputed_randomisation_test(X, t, y, fast_config(evidence={**config, "replicates": 19}), 0.5, executor, modifiers=["x1"])
         read = recovery.job_budget_result(longer, 9, 3, 0.3)

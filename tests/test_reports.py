@@ -638,14 +638,14 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
     # The default spec names its prespecified modifiers: the note names them and gives each statistic's own p-value.
     parts = [o["evidence"]["components"] for o in payload.meta["outcomes"].values()]
     assert all(p and set(p) == {"bcf_spread", "prespecified_modifiers"} for p in parts)
-    assert "inflammation_index, autoantibody_burden" in notes["imputed_randomisation"] and "min-p combination" in notes["imputed_randomisation"]
+    assert "inflammation_index, autoantibody_burden" in notes["imputed_randomisation"] and "Fisher combination" in notes["imputed_randomisation"]
     for p in parts:
         assert f"(a) {p['bcf_spread']['p_value']:.3f}, (b) {p['prespecified_modifiers']['p_value']:.3f}" in notes["imputed_randomisation"]
     meta = copy.deepcopy(payload.meta)
     for outcome in meta["outcomes"].values():
         outcome["evidence"]["components"] = None  # a spec naming no modifiers: BCF's spread alone, Besag-Clifford's rule
     alone = re.search(r'<p class="note" id="test-null">(.*?)</p>', unescape(render_cohort_report(CohortPayload(meta, payload.parts))), re.S).group(1)
-    assert "Besag" in alone and "min-p" not in alone and "Besag" not in notes["imputed_randomisation"]
+    assert "Besag" in alone and "Fisher" not in alone and "Besag" not in notes["imputed_randomisation"]
     assert "tested on held-out patients" in notes["held_out"] and "the test's prespecified statistic" in notes["held_out"]
     assert "Forest that serves" not in notes["held_out"]  # from 2,000 patients the cross-validation chooses the served model
     assert notes["split_rate"].startswith("Sample-split RATE test") and "9,000" not in notes["split_rate"] and "5,000" in notes["split_rate"]

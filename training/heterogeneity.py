@@ -55,20 +55,23 @@ statistic joins BCF's spread on the same null trials: the probit
 likelihood-ratio statistic of arm x those modifiers, adjusted for a quadratic
 in the cross-fitted PATH risk score (:mod:`training.modifiers`). Its
 chi-square reading is never used: each statistic's p-value is its rank among
-the observed and the null trials, and the test's p-value is the rank of the
-smaller of the two among every trial's (the min-p combination,
-:func:`training.inference.min_p_value`: exact whenever the trials are
-exchangeable, as for one statistic, and never below either statistic's own
-p-value). Besag & Clifford's rule does not apply to a rank that depends on
-every null trial, so running is *curtailed* instead: it stops once both
-statistics have been reached so often that p > alpha is certain, and the
-verdict at any level up to alpha is that of the whole budget. The result's
-``statistic`` is then -log10 of the smaller p-value (larger is more
-extreme), ``details["components"]`` gives each statistic with its own
-p-value, and ``null_components`` every null trial's pair. A null trial
-whose probit fit fails counts as reaching the observed statistic
-(conservative); when the observed trial's fit fails, BCF's spread is tested
-alone and the details say why.
+the observed and the null trials, and the test's p-value is the rank of
+Fisher's combination (``-sum log p``) of the observed trial among every
+trial's (:func:`training.inference.fisher_p_value`: exact whenever the trials
+are exchangeable, as for one statistic, whatever the statistics'
+dependence). Fisher's combination accumulates evidence that both statistics
+see, as both look at the same modification (BCF along any feature, the LR
+statistic along the named ones). Besag & Clifford's rule does not apply to a
+rank that depends on every null trial, so a futility rule stops the null
+trials instead: once the observed trial's own p-values (which more null
+trials can only raise) would put the combination above alpha even for
+independent statistics. A stopped test does not reject, so stopping never
+adds a rejection to those of the whole budget. The result's ``statistic`` is
+then Fisher's combination (larger is more extreme), ``details["components"]``
+gives each statistic with its own p-value, and ``null_components`` every
+null trial's pair. A null trial whose probit fit fails counts as reaching
+the observed statistic (conservative); when the observed trial's fit fails,
+BCF's spread is tested alone and the details say why.
 
 On trials above ``evidence.max_patients`` (up to twice that) the test runs on
 a stratified random subsample of that many patients (every null trial refits
@@ -114,7 +117,14 @@ from core.spec import DatasetSpec
 from training import metrics as M
 from training.evaluation import OutcomeData, features_of, with_parsed
 from training.executor import Executor
-from training.inference import STATISTIC_LABELS, PermutationResult, curtailed_null, marginal_p_values, sequential_null
+from training.inference import (
+    STATISTIC_LABELS,
+    PermutationResult,
+    combined_null,
+    fisher_statistics,
+    marginal_p_values,
+    sequential_null,
+)
 from training.modifiers import modifier_matrix, modifier_statistic
 from training.rate_tests import permutation_test
 
@@ -219,8 +229,13 @@ def imputed_randomisation_test(
     executor: Executor,
     desc: str = "heterogeneity test",
     modifiers: list[str] | tuple[str, ...] = (),
+    min_hits: int = 0,
 ):
-    """The test on one outcome's engineered features (see the module docstring); ``modifiers``: prespecified names."""
+    """The test on one outcome's engineered features (see the module docstring); ``modifiers``: prespecified names.
+
+    ``min_hits`` (benchmarks only): with modifiers, keep running null trials until each statistic has been reached
+    this many times, so each can be read alone from the same run; the test's own result does not change.
+    """
     config = config.resolved(len(y))
     seed = config.seed + 77
     n_all = len(y)
@@ -252,7 +267,7 @@ def imputed_randomisation_test(
         told = modifier_statistic(F, named, t, y, config)
         if np.isfinite(told):
             task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed, named)
-            return _combined_test(observed, told, list(modifiers), task, seeds, executor, desc, details)
+            return _combined_test(observed, told, list(modifiers), task, seeds, executor, desc, details, min_hits)
         details["prespecified_modifiers"] = f"not tested: the probit fit of arm x {', '.join(modifiers)} failed on this trial"
     task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
     label = f"{desc} (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
@@ -260,20 +275,23 @@ def imputed_randomisation_test(
     return PermutationResult(observed, {BCF: observed}, null, p_value, "bcf_spread", "imputed_randomisation", used, used < B, details)
 
 
-def _combined_test(spread: float, told: float, names: list[str], task: NullTrialTask, seeds: list[int], executor: Executor, desc: str, details: dict):
-    """BCF's spread and the prespecified modifiers' statistic on the same null trials, joined by min-p (module docstring)."""
+def _combined_test(
+    spread: float, told: float, names: list[str], task: NullTrialTask, seeds: list[int], executor: Executor, desc: str, details: dict,
+    min_hits: int = 0,
+):
+    """BCF's spread and the prespecified modifiers' statistic on the same null trials, joined by Fisher (module docstring)."""
     B, alpha = len(seeds), task.config.evidence.alpha
     observed = np.array([spread, told])
-    label = f"{desc} (at most {B} null trials; stops once the verdict at {alpha:g} cannot change)"
-    null, p_value, used = curtailed_null(_replicate, seeds, observed, alpha, executor, task, label, "null trial", desc)
-    marginal = marginal_p_values(np.vstack([observed, null]))
-    combined = -np.log10(marginal.min(axis=1))  # larger is more extreme, as every other statistic
+    label = f"{desc} (at most {B} null trials; stops once the test cannot reject at {alpha:g})"
+    null, p_value, used = combined_null(_replicate, seeds, observed, alpha, executor, task, label, "null trial", desc, min_hits)
+    rows = np.vstack([observed, null[:used]])
+    marginal, combined = marginal_p_values(rows), fisher_statistics(rows)
     details.update(
         statistic=COMBINED_STATISTIC,
-        combination="min-p over the same null trials: each statistic's Monte-Carlo p-value (its rank among the observed "
-        "and the null trials), the smaller of the two, and that value's rank among every trial's",
-        stopping=f"curtailed: stops once both statistics have been reached so often that p > {alpha:g} whatever the "
-        "remaining null trials give (the verdict at alpha is that of every null trial; the p-value is that of those run)",
+        combination="Fisher's combination over the same null trials: each statistic's Monte-Carlo p-value (its rank among "
+        "the observed and the null trials), -sum of their logs, and that value's rank among every trial's",
+        stopping=f"futility: stops once the observed p-values (which more null trials can only raise) would put the "
+        f"combination above {alpha:g} even for independent statistics; a stopped test does not reject",
         components={
             "bcf_spread": {"label": STATISTIC, "observed": spread, "p_value": float(marginal[0, 0])},
             "prespecified_modifiers": {
@@ -284,9 +302,8 @@ def _combined_test(spread: float, told: float, names: list[str], task: NullTrial
             },
         },
     )
-    stopped = used < B
     return PermutationResult(
-        float(combined[0]), {BCF: spread}, combined[1:], p_value, "bcf_spread_modifiers", "imputed_randomisation", used, stopped, details,
+        float(combined[0]), {BCF: spread}, combined[1:], p_value, "bcf_spread_modifiers", "imputed_randomisation", used, used < B, details,
         null_components=null, observed_components=observed,
     )
 

@@ -7,14 +7,15 @@
   run in a fixed order and stop once ``h`` of them reach the observed one
   (``p = h / L`` after ``L``), otherwise after ``B``
   (``p = (1 + #{T_null >= T_obs}) / (1 + B)``); valid at every stopping point.
-- :func:`min_p_value` / :func:`curtailed_null`: two or more statistics on the
-  same null trials joined by the min-p combination, with curtailed sampling
-  (stop once the verdict at ``alpha`` cannot change).
+- :func:`fisher_p_value` / :func:`combined_null`: two or more statistics on
+  the same null trials joined by Fisher's combination of their Monte-Carlo
+  p-values, with a futility stop.
 - :func:`holm`: Holm's step-down adjustment across the job's outcomes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +27,9 @@ STATISTIC_LABELS = {
     "beyond_risk": "best Qini-weighted RATE for benefit beyond the risk model",
     "rate": "best Qini-weighted RATE over candidates",
     "bcf_spread": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control",
-    "bcf_spread_modifiers": "-log10 of the smaller Monte-Carlo p-value of two statistics on the same null trials: the SD across "
-    "patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control, and the "
-    "probit likelihood-ratio statistic of arm x the prespecified modifiers",
+    "bcf_spread_modifiers": "Fisher's combination (-sum of log Monte-Carlo p-values) of two statistics on the same null trials: "
+    "the SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control, "
+    "and the probit likelihood-ratio statistic of arm x the prespecified modifiers",
     "bcf_held_out": "z of the held-out slope of doubly-robust benefit on BCF's posterior-mean treatment effect (probit scale) "
     "beyond a cubic in its prognosis on control",
 }
@@ -94,21 +95,6 @@ def sequential_null(fn, seeds: list[int], observed: float, h: int, executor: Exe
     return np.asarray(null[:used]), p_value, used
 
 
-def min_p_value(statistics: np.ndarray) -> float:
-    """The min-p combination's p-value from a Monte-Carlo set: row 0 the observed trial, the others null trials.
-
-    ``statistics``: (1 + L) x J, larger is more extreme in every column. Each
-    trial's p-value for each statistic is its rank among all 1 + L trials
-    (``#{i: T_ij >= T_0j} / (1 + L)``, itself counted); its combined value is the
-    smallest of them; the p-value is the observed combined value's rank among
-    every trial's (``#{i: m_i <= m_0} / (1 + L)``). Under the null the 1 + L
-    trials are exchangeable, so the rank is uniform: an exact test of the
-    combination, and never below the smallest marginal p-value.
-    """
-    combined = marginal_p_values(statistics).min(axis=1)
-    return float(np.sum(combined <= combined[0] + 1e-12) / len(combined))
-
-
 def marginal_p_values(statistics: np.ndarray) -> np.ndarray:
     """Each trial's Monte-Carlo p-value for each statistic: its rank among all rows (``#{i: T_ij >= T_kj} / rows``)."""
     T = np.asarray(statistics, dtype=float)
@@ -121,47 +107,102 @@ def marginal_p_values(statistics: np.ndarray) -> np.ndarray:
     return marginal
 
 
-def curtailed_p_value(null: np.ndarray, observed: np.ndarray, alpha: float, budget: int) -> tuple[float, int]:
-    """The min-p combination over at most ``budget`` null trials in their fixed order, curtailed: (p, null trials used).
+def fisher_statistics(statistics: np.ndarray) -> np.ndarray:
+    """Fisher's combination for every trial of a Monte-Carlo set: ``-sum_j log p_ij`` of its marginal p-values."""
+    return -np.log(marginal_p_values(statistics)).sum(axis=1)
 
-    Running stops at the first null trial after which every statistic has been
-    reached so often that the observed min-p, and so the combined p-value,
-    must exceed ``alpha`` whatever the remaining null trials give
-    (``1 + min_j #{T_ij >= T_0j} > alpha (1 + budget)``). A curtailed test's
-    verdict at any level up to ``alpha`` is the verdict of the whole budget;
-    its p-value is that of the null trials run (above ``alpha``).
+
+def fisher_p_value(statistics: np.ndarray) -> float:
+    """The p-value of Fisher's combination from a Monte-Carlo set: row 0 the observed trial, the others null trials.
+
+    ``statistics``: (1 + L) x J, larger is more extreme in every column. Each
+    trial's p-value for each statistic is its rank among all 1 + L trials
+    (``#{i: T_ij >= T_kj} / (1 + L)``, itself counted); its combined value is
+    Fisher's ``-sum_j log p_kj``; the p-value is the observed combined value's
+    rank among every trial's. Under the null the 1 + L trials are
+    exchangeable, so the rank is uniform: an exact test of the combination
+    whatever the statistics' dependence, which only the null trials know.
     """
-    null = np.asarray(null, dtype=float).reshape(len(null), -1)
-    observed = np.asarray(observed, dtype=float).reshape(1, -1)
-    stop = _curtailed_stop(null, observed, alpha, budget)
-    used = stop if stop is not None else min(len(null), budget)
-    if not used:
-        return float("nan"), 0
-    return min_p_value(np.vstack([observed, null[:used]])), used
+    combined = fisher_statistics(statistics)
+    return float(np.sum(combined >= combined[0] - 1e-12) / len(combined))
 
 
-def _curtailed_stop(null: np.ndarray, observed: np.ndarray, alpha: float, budget: int) -> int | None:
-    """How many of ``null``'s trials the curtailed rule runs, or None when it has not stopped within them."""
+def independent_fisher_tail(x: float, k: int) -> float:
+    """P(product of k independent uniforms <= x): the p-value Fisher's combination would have with independent statistics."""
+    if x >= 1:
+        return 1.0
+    log = -np.log(x)
+    return float(x * sum(log**i / math.factorial(i) for i in range(k)))
+
+
+def _futility_stop(null: np.ndarray, observed: np.ndarray, alpha: float, budget: int) -> int | None:
+    """How many of ``null``'s trials the futility rule runs, or None when it has not stopped within them."""
     null = np.asarray(null, dtype=float).reshape(len(null), -1)
-    hits = np.cumsum(null >= np.asarray(observed, dtype=float).reshape(1, -1) - 1e-12, axis=0).min(axis=1)
-    reached = np.nonzero(1 + hits > alpha * (1 + budget) + 1e-12)[0]
+    hits = np.cumsum(null >= np.asarray(observed, dtype=float).reshape(1, -1) - 1e-12, axis=0)
+    product = np.prod((1 + hits) / (1 + budget), axis=1)  # the observed p-values can only grow with more null trials
+    tail = np.array([independent_fisher_tail(x, null.shape[1]) for x in product])
+    reached = np.nonzero(tail > alpha)[0]
     return int(reached[0]) + 1 if len(reached) else None
 
 
-def curtailed_null(fn, seeds: list[int], observed: np.ndarray, alpha: float, executor: Executor, shared, label: str, unit: str, desc: str):
-    """Null statistics ``fn(seed, shared)`` (one row each) in the seeds' order until the curtailed rule stops: (null, p, used)."""
+def combined_p_value(null: np.ndarray, observed: np.ndarray, alpha: float, budget: int) -> tuple[float, int]:
+    """Fisher's combination over at most ``budget`` null trials in their fixed order, with a futility stop: (p, used).
+
+    Running stops at the first null trial after which the observed trial's own
+    p-values, which more null trials can only raise, would give Fisher's
+    combination a p-value above ``alpha`` even if the statistics were
+    independent (:func:`independent_fisher_tail`; under the null they are
+    positively dependent, which makes the rank larger still). A stopped test
+    does not reject: its p-value is the larger of the rank among the null
+    trials run and that bound, so it is above ``alpha``. Stopping only ever
+    turns a rejection into a non-rejection, so the test keeps the level of
+    the whole budget's exact test.
+    """
+    null = np.asarray(null, dtype=float).reshape(len(null), -1)
+    observed = np.asarray(observed, dtype=float).reshape(1, -1)
+    stop = _futility_stop(null, observed, alpha, budget)
+    used = stop if stop is not None else min(len(null), budget)
+    if not used:
+        return float("nan"), 0
+    p_value = fisher_p_value(np.vstack([observed, null[:used]]))
+    if stop is not None:
+        hits = (null[:used] >= observed - 1e-12).sum(axis=0)
+        p_value = max(p_value, independent_fisher_tail(float(np.prod((1 + hits) / (1 + budget))), null.shape[1]))
+    return p_value, used
+
+
+def combined_null(
+    fn, seeds: list[int], observed: np.ndarray, alpha: float, executor: Executor, shared, label: str, unit: str, desc: str, min_hits: int = 0
+):
+    """Null statistics ``fn(seed, shared)`` (one row each) in the seeds' order until the futility rule stops: (null, p, used).
+
+    ``min_hits``: also run until every statistic has been reached this many times (or the budget is spent), so
+    that a benchmark can read each statistic alone with Besag-Clifford's rule from the same null trials.
+    """
     budget = len(seeds)
     rows: list = []
     batch = max(8, 4 * getattr(executor, "workers", 2))
+    observed = np.asarray(observed, dtype=float)
     with task_progress(budget, label, unit) as bar:
         while len(rows) < budget:
             chunk = seeds[len(rows) : len(rows) + batch]
             rows += executor.map(fn, chunk, desc=desc, shared=shared, progress=bar)
-            if _curtailed_stop(np.asarray(rows), observed, alpha, budget) is not None:
+            done = np.asarray(rows, dtype=float).reshape(len(rows), -1)
+            enough = (done >= observed - 1e-12).sum(axis=0).min() >= min_hits
+            if enough and _futility_stop(done, observed, alpha, budget) is not None:
                 break
     null = np.asarray(rows, dtype=float).reshape(len(rows), -1)
-    p_value, used = curtailed_p_value(null, observed, alpha, budget)
-    return null[:used], p_value, used
+    p_value, used = combined_p_value(null, observed, alpha, budget)
+    return null[: max(used, _hits_reached(null, observed, min_hits))], p_value, used
+
+
+def _hits_reached(null: np.ndarray, observed: np.ndarray, h: int) -> int:
+    """How many null trials it took until every statistic was reached ``h`` times (all of them if it never was)."""
+    if h <= 0:
+        return 0
+    hits = np.cumsum(null >= observed.reshape(1, -1) - 1e-12, axis=0).min(axis=1)
+    reached = np.nonzero(hits >= h)[0]
+    return int(reached[0]) + 1 if len(reached) else len(null)
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

@@ -8,7 +8,8 @@ effect, so on a modest modifier its spread is a weak statistic; a test told
 where to look is far stronger there (benchmarks/RESULTS.md, section 1, the
 told-modifier rows). The heterogeneity test
 (:mod:`training.heterogeneity`) therefore joins the two statistics, each
-calibrated by the same null trials, with a min-p combination.
+calibrated by the same null trials, with Fisher's combination of their
+Monte-Carlo p-values.
 
 The statistic: the likelihood-ratio statistic of arm x modifiers in the probit
 model ``P(y = 1) = Phi(a + b1 s + b2 s^2 + c'm + g t + d't m)`` against the
