@@ -150,13 +150,14 @@ def combined_p_value(null: np.ndarray, observed: np.ndarray, alpha: float, budge
 
     Running stops at the first null trial after which the observed trial's own
     p-values, which more null trials can only raise, would give Fisher's
-    combination a p-value above ``alpha`` even if the statistics were
-    independent (:func:`independent_fisher_tail`; under the null they are
-    positively dependent, which makes the rank larger still). A stopped test
-    does not reject: its p-value is the larger of the rank among the null
-    trials run and that bound, so it is above ``alpha``. Stopping only ever
-    turns a rejection into a non-rejection, so the test keeps the level of
-    the whole budget's exact test.
+    combination a p-value above ``alpha`` if the statistics were independent
+    (:func:`independent_fisher_tail`). A stopped test does not reject: its
+    p-value is the larger of the rank among the null trials run and that
+    bound, so it is above ``alpha``. Stopping only ever turns a rejection into
+    a non-rejection, so the test keeps the level of the whole budget's exact
+    test whatever the statistics' dependence; the dependence decides only how
+    often a stop gives up a rejection the whole budget would have made (with
+    positively dependent statistics, rarely: tests/test_honest_answers.py).
     """
     null = np.asarray(null, dtype=float).reshape(len(null), -1)
     observed = np.asarray(observed, dtype=float).reshape(1, -1)
