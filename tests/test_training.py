@@ -355,3 +355,20 @@ def test_the_prespecified_inner_loop_fits_only_bcf_and_the_floor_and_chooses_as_
     assert lean.selections == full.selections and lean.final_choice == full.final_choice
     np.testing.assert_array_equal(lean.oof["selected"], full.oof["selected"])
     pd.testing.assert_frame_equal(lean.summary, full.summary)
+
+
+def test_a_prespecified_modifier_the_features_lack_stops_the_job_before_its_cross_validation(spec, final_99, monkeypatch):
+    import training.steps as steps
+
+    def no_cv(*args, **kwargs):
+        raise AssertionError("cross-validation ran before the spec's modifiers were checked")
+
+    monkeypatch.setattr(steps, "cross_validate", no_cv)
+    wrong = spec.model_copy(update={"prespecified_modifiers": ["inflammation_index", "crp"]})
+    data, _ = outcome_data(final_99, wrong, "pain", fast_config())
+    with pytest.raises(ValueError, match=r"prespecified_modifiers: 'crp' is not an engineered feature .*inflammation_index"):
+        steps.evaluate_outcome(data, wrong, fast_config(), make_executor(fast_config()), "pain")
+    # With the check off (evidence.prespecified: false) the names are not read.
+    off = fast_config(evidence={"prespecified": False})
+    with pytest.raises(AssertionError, match="cross-validation ran"):
+        steps.evaluate_outcome(data, wrong, off, make_executor(off), "pain")

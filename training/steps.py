@@ -31,6 +31,7 @@ from training.evaluation import OutcomeData, cross_validate, features_of, fit_pi
 from training.executor import Executor
 from training.heterogeneity import heterogeneity_test
 from training.inference import holm
+from training.modifiers import modifier_matrix
 from training.path import path_analysis
 from training.results import OutcomeResult, _clean, _fmt
 
@@ -247,10 +248,13 @@ def evaluate_outcome(
     timing).
     """
     phase = phase or (lambda *args, **kwargs: None)
+    F = features_of(spec, with_parsed(data, spec).parsed)
+    if config.evidence.method == "imputed_randomisation" and config.evidence.prespecified:
+        modifier_matrix(F, spec.prespecified_modifiers)  # a name the features lack stops the job before its CV, not after
     phase("nested cross-validation", "cv", step=True)
     cv = cross_validate(data, spec, config, executor, desc=f"{outcome}: nested CV")
     phase("risk-based (PATH) analysis", "test")
-    path = path_analysis(features_of(spec, with_parsed(data, spec).parsed), data.t, data.y, config.resolved(len(data.y)))
+    path = path_analysis(F, data.t, data.y, config.resolved(len(data.y)))
     phase("heterogeneity test", "test", step=True)
     permutation = heterogeneity_test(data, spec, config, executor, desc=f"{outcome}: heterogeneity test")
     return cv, path, permutation
