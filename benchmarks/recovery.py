@@ -684,11 +684,11 @@ def run_replicate(task: Task) -> list[dict]:
                     "permutations_run": reading.permutations_run,  # simulated trials (the result type's field name)
                     "seconds": seconds * reading.permutations_run / max(ran, 1),  # its share of the null trials
                 }
-            if longer.null_components is not None:  # every null trial's pair, so other combinations can be read later
+            if longer.null_components is not None:
+                # Every null trial's pair, so other combinations can be read later; each statistic alone, read from them.
                 results["imputed_randomisation"]["components"] = json.dumps(
                     {"observed": longer.observed_components.tolist(), "null": np.round(longer.null_components, 6).tolist()}
                 )
-            if longer.null_components is not None:  # each statistic alone, read from the same null trials
                 for name, column in (("imputed_randomisation_bcf", 0), ("imputed_randomisation_modifiers", 1)):
                     p_alone, used = sequential_p_value(
                         longer.null_components[:, column], longer.observed_components[column], evidence.sequential_h, evidence.replicates
