@@ -118,6 +118,20 @@ MAP_CATEGORIES = (
 )
 
 
+
+def _stopping_rule() -> str:
+    """How the default test's null trials stop, as the packaged config and spec decide it."""
+    from core.config import load_config
+    from core.spec import load_spec
+
+    evidence = load_config(None).evidence
+    if evidence.prespecified and load_spec().prespecified_modifiers:
+        return (
+            "BCF's spread and the spec's prespecified modifiers joined by Fisher's combination; the null trials stop for "
+            "futility once the test cannot reject at alpha"
+        )
+    return f"Besag & Clifford's sequential rule: stop once {evidence.sequential_h} null statistics reach the observed one"
+
 def map_category(desc: str) -> str:
     """The phase category of an executor loop, from its description ('other' when unknown)."""
     return next((category for needle, category in MAP_CATEGORIES if needle in desc), "other")
@@ -480,8 +494,7 @@ def render_jobs(jobs: list[tuple[str, ChildResult, str]], settings: Settings) ->
         outcome_rows.append([name, o["test"], str(o["permutations"]), f"{o['p_value']:.3f}", f"{o['p_adjusted']:.3f}", o["champion"]])
     lines += [
         "",
-        "What the job concluded (the test stops by Besag & Clifford's sequential rule once `evidence.sequential_h` "
-        "statistics reach the observed one):",
+        "What the job concluded (" + _stopping_rule() + "):",
         "",
         md_table(["outcome", "test", "permutations run", "p", "Holm-adjusted p", "champion"], outcome_rows, "llrrrl"),
     ]
@@ -734,7 +747,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     evidence = load_config(None).evidence
     config_note = (
         "the packaged default config (nested CV 3 x 5 folds, inner 3; six candidates; the imputed randomisation test with at most "
-        f"{evidence.replicates} null trials and the sequential stopping rule, h = {evidence.sequential_h}; the final fits with their intervals)"
+        f"{evidence.replicates} null trials ({_stopping_rule()}); the final fits with their intervals)"
         if not settings.job_overrides
         else f"the default config with `{json.dumps(settings.job_overrides)}`"
     )
