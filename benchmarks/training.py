@@ -118,7 +118,6 @@ MAP_CATEGORIES = (
 )
 
 
-
 def _stopping_rule() -> str:
     """How the default test's null trials stop, as the packaged config and spec decide it."""
     from core.config import load_config
@@ -131,6 +130,7 @@ def _stopping_rule() -> str:
             "futility once the test cannot reject at alpha"
         )
     return f"Besag & Clifford's sequential rule: stop once {evidence.sequential_h} null statistics reach the observed one"
+
 
 def map_category(desc: str) -> str:
     """The phase category of an executor loop, from its description ('other' when unknown)."""
