@@ -624,6 +624,7 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
     """Each heterogeneity test gets its own description; the held-out test does not call BCF the served model."""
     import copy
 
+    from training.inference import STATISTIC_LABELS
     from training.reports import CohortPayload, render_cohort_report
 
     payload = CohortPayload.from_mlflow(job.summary.parent_run_id, job.uri)
@@ -643,7 +644,8 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
         assert f"(a) {p['bcf_spread']['p_value']:.3f}, (b) {p['prespecified_modifiers']['p_value']:.3f}" in notes["imputed_randomisation"]
     meta = copy.deepcopy(payload.meta)
     for outcome in meta["outcomes"].values():
-        outcome["evidence"]["components"] = None  # a spec naming no modifiers: BCF's spread alone, Besag-Clifford's rule
+        # A spec naming no modifiers: BCF's spread alone (its own statistic label), Besag-Clifford's rule.
+        outcome["evidence"].update(components=None, statistic_label=STATISTIC_LABELS["bcf_spread"])
     alone = re.search(r'<p class="note" id="test-null">(.*?)</p>', unescape(render_cohort_report(CohortPayload(meta, payload.parts))), re.S).group(1)
     assert "Besag" in alone and "Fisher" not in alone and "Besag" not in notes["imputed_randomisation"]
     assert "tested on held-out patients" in notes["held_out"] and "the test's prespecified statistic" in notes["held_out"]
