@@ -27,16 +27,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.modifiers import modifier_lr_test
+from training.modifiers import modifier_lr_test, modifier_matrix
 
-__all__ = ["COMPOSITES", "ORACLE_COLUMN", "composite_modifiers", "modifier_lr_test"]
+__all__ = ["ORACLE_COLUMN", "composite_modifiers", "modifier_lr_test"]
 
-COMPOSITES = ("inflammation_index", "autoantibody_burden")
 ORACLE_COLUMN = "true_profile_score"
 
 
-def composite_modifiers(F: pd.DataFrame) -> np.ndarray | None:
-    """The prespecified composites from the engineered features, or None when a spec does not engineer them."""
-    if not all(c in F.columns for c in COMPOSITES):
-        return None
-    return F[list(COMPOSITES)].to_numpy(dtype=float)
+def composite_modifiers(F: pd.DataFrame, names: list[str]) -> np.ndarray | None:
+    """The spec's prespecified modifiers (``names``) from the engineered features, or None when it names none."""
+    return modifier_matrix(F, names) if names else None

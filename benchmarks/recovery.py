@@ -713,7 +713,7 @@ def run_replicate(task: Task) -> list[dict]:
         split = split_rate_test(F, d.t, d.y, config, d.treated_fraction, config.seed + 77)
         results["split_rate"] = {"p": split.p_value, "stat": split.statistic, "seconds": time.perf_counter() - started}
         started = time.perf_counter()
-        modifiers = {"composites": composite_modifiers(F), "oracle_modifier": trial.loc[outcome_data_mask(trial, spec, outcome, config), ORACLE_COLUMN].to_numpy()}
+        modifiers = {"composites": composite_modifiers(F, spec.prespecified_modifiers), "oracle_modifier": trial.loc[outcome_data_mask(trial, spec, outcome, config), ORACLE_COLUMN].to_numpy()}
         try:
             risk = path_risk_score(F, d.y, config)
         except ValueError as exc:  # too few responders (or non-responders) for the score's folds: reported, not faked

@@ -534,7 +534,7 @@ class DatasetSpec(_Strict):
     cognitive_dominance: CognitiveDominanceSpec | None = None
     prespecified_modifiers: list[str] = Field(
         default_factory=list,
-        description="engineered features the trial's protocol names as effect modifiers (e.g. inflammation_index): "
+        description="engineered features named as effect modifiers before the analysis (e.g. inflammation_index): "
         "the heterogeneity test examines arm x these by name beside the served model's spread, both calibrated by "
         "the same null trials (training/modifiers.py); empty: the served model's spread alone",
     )
