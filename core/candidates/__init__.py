@@ -69,7 +69,7 @@ is one new module and one registry line::
             return self
 
         def predict_arms(self, X):
-            eta0 = _scale(_matrix(X, self.features_), self.scaler_) @ self.coef_ + self.intercept_
+            eta0 = row_dot(_scale(_matrix(X, self.features_), self.scaler_), self.coef_) + self.intercept_
             return expit(eta0 + self.gamma_), expit(eta0)
 
         def _explain(self, X, arms=None): ...  # contributions: coefficient x centred value, as RiskModel
@@ -104,6 +104,7 @@ from core.candidates.base import (  # noqa: F401
     _proba,
     _rescale,
     _scale,
+    row_dot,
     stratified_subsample,
 )
 from core.candidates.bcf import (  # noqa: F401

@@ -87,6 +87,16 @@ def _scale(X: np.ndarray, scaler: StandardScaler) -> np.ndarray:
     return (X - scaler.mean_) / scaler.scale_
 
 
+def row_dot(Z: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Z @ w`` row by row, each row's sum in the same order wherever the row sits in the batch.
+
+    A BLAS matrix-vector product may take a row's sum in another order depending on its position (measured on an
+    AMD EPYC host: 232 of 300 rows differed in the last bit between one batch and the rows one at a time), so the
+    same patient could get a different float from ``POST /predict`` and from a file scored in blocks.
+    """
+    return np.einsum("nd,d->n", Z, np.asarray(w, dtype=float))
+
+
 def _proba(model, X: np.ndarray) -> np.ndarray:
     """P(class 1) from a fitted LightGBM classifier (or the constant stand-in), on an array."""
     if isinstance(model, _ConstantClassifier):

@@ -14,6 +14,7 @@ from core.candidates.base import (
     _logit_to_probability,
     _matrix,
     _scale,
+    row_dot,
 )
 from core.candidates.logistic import _log_odds_ratio, fit_logistic_cv, fit_scaler, logistic_solver
 from core.config import CandidatesConfig
@@ -89,8 +90,8 @@ class InteractionLogistic(BenefitCandidate):
 
     def predict_arms(self, X) -> tuple[np.ndarray, np.ndarray]:
         Z = _scale(_matrix(X, self.features_), self.scaler_)
-        eta0 = self.intercept_ + Z @ self.main_
-        eta1 = eta0 + self.gamma_ + Z @ self.inter_
+        eta0 = self.intercept_ + row_dot(Z, self.main_)
+        eta1 = eta0 + self.gamma_ + row_dot(Z, self.inter_)
         return expit(eta1), expit(eta0)
 
     def _explain(self, X: pd.DataFrame, arms: tuple[np.ndarray, np.ndarray] | None = None) -> Explanation:

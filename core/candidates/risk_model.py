@@ -16,6 +16,7 @@ from core.candidates.base import (
     _logit_to_probability,
     _matrix,
     _scale,
+    row_dot,
 )
 from core.candidates.logistic import _decision, _log_odds_ratio, fit_logistic, fit_scaler, logistic_solver
 from core.config import CandidatesConfig
@@ -63,7 +64,7 @@ class RiskModel(BenefitCandidate):
         return self
 
     def _eta(self, X) -> np.ndarray:
-        score = _scale(_matrix(X, self.features_), self.scaler_) @ self.coef_ + self.intercept_
+        score = row_dot(_scale(_matrix(X, self.features_), self.scaler_), self.coef_) + self.intercept_
         return self.a_ + self.b_ * score
 
     def scoring(self) -> Scoring:
