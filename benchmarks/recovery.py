@@ -51,9 +51,10 @@ patients, for the heterogeneity tests only (no work-up):
    by :func:`training.train.fit_champion` and scored by
    :meth:`core.runtime.artefact.ResponderModel.predict` on a fresh held-out
    population of the same scenario: the served benefit and its 95% interval
-   (posterior draws or bootstrap refits; :func:`core.runtime.artefact.model_interval`).
+   (posterior draws, bootstrap refits or the floor's Miettinen-Nurminen interval;
+   :func:`core.runtime.artefact.model_interval`).
 3. **Every candidate** refitted with its own interval (BCF posterior,
-   arm-only Jeffreys draws, bootstrap refits for the others), the peers
+   the floor's Miettinen-Nurminen interval, bootstrap refits for the others), the peers
    (EconML ``CausalForestDML`` with its own ``effect_interval``, CausalML
    ``BaseXClassifier`` without one) and a constant baseline, the **trial
    average**: the trial's responder risk difference with its
@@ -862,7 +863,7 @@ def _work_up(task: Task, config, spec, trial, outcome, d, counts, F, bcf_model, 
         else:
             candidate = make_candidate(name, config.candidates, d.treated_fraction, config.seed, final=True).fit(F, d.t, d.y)
             ensemble = None
-            if not candidate.has_draws:
+            if candidate.needs_refits:
                 ensemble = BootstrapEnsemble(
                     candidate, config.intervals.bootstrap_models, level, config.seed, config.intervals.bootstrap_penalty,
                     config.intervals.bootstrap_fraction,
@@ -1766,7 +1767,7 @@ def work_up_markdown(frame: pd.DataFrame, settings: Settings) -> list[str]:
             "",
             f"### Detail: `{scenario}`",
             "",
-            notes[scenario] + " Intervals: the served answer's as served; each candidate's own (BCF posterior, arm-only Jeffreys, "
+            notes[scenario] + " Intervals: the served answer's as served; each candidate's own (BCF posterior, the floor's Miettinen-Nurminen, "
             "bootstrap refits), the trial average's and the causal forest's; coverage, width and interval score against the "
             "observable conditional benefit.",
             "",

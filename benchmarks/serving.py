@@ -399,17 +399,17 @@ def _candidate_plans(settings: Settings, patients: list[dict]) -> list[list]:
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
         ensemble = None
-        if not candidate.has_draws:
+        if candidate.needs_refits:
             ensemble = BootstrapEnsemble(candidate, config.intervals.bootstrap_models, 0.95, 7).fit(F, data.t, data.y)
         # A conditional answer: every patient gets an own label read from the interval (the most work per call).
-        kind = "credible" if candidate.has_draws else "confidence"
+        kind = candidate.interval_kind
         policy = LabelPolicy("conditional", LabelRule().model_dump(), "There is evidence.", "uncertain", "The trial population.", "Why.", 0.95, kind)
         model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence)
         t0 = time.perf_counter()
         plan = ScoringPlan({"pain": model})
         compile_ms = (time.perf_counter() - t0) * 1000
         predict, explain, batch = _time_plan(plan, patients, settings.plan_repeats)
-        size = len(ensemble.models_) if ensemble is not None else getattr(candidate, "num_mcmc", len(getattr(candidate, "draws_", [])))
+        size = len(ensemble.models_) if ensemble is not None else getattr(candidate, "num_mcmc", 0)  # the floor: a closed form
         rows.append([name, size, f"{compile_ms:.0f}", f"{predict:.2f}", f"{explain:.2f}", f"{batch:.1f}"])
     return rows
 

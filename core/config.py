@@ -409,9 +409,10 @@ class EvidenceConfig(_Strict):
 class IntervalConfig(_Strict):
     """Per-patient benefit intervals: for the *conditional average* benefit given the patient's measured values.
 
-    The uncertainty comes from posterior draws (arm-only, BCF: credible
-    intervals) or a percentile interval over bootstrap refits (the risk model
-    and the other candidates: confidence intervals). No allowance is added for
+    The uncertainty comes from posterior draws (BCF: credible intervals), a
+    percentile interval over bootstrap refits (the risk model and the other
+    candidates: confidence intervals) or, for the arm-only floor (the trial
+    average answer), the trial's Miettinen-Nurminen interval (confidence). No allowance is added for
     how one patient's own benefit may differ from that average: no
     parallel-group trial identifies it.
     """

@@ -102,7 +102,7 @@ class LabelPolicy:
     population_reason: str
     answer_reason: str = ""
     level: float = 0.95
-    interval_kind: str = "credible"  # credible (posterior draws) or confidence (bootstrap refits)
+    interval_kind: str = "credible"  # credible (posterior draws) or confidence (bootstrap refits, the floor's score interval)
 
     @property
     def mode(self) -> str:

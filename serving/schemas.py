@@ -148,7 +148,8 @@ Answer = Literal["conditional", "risk_based", "average"]
 
 class Interval(BaseModel):
     """The interval for the estimand served (see ``estimand``): the model's own uncertainty, from posterior draws
-    (credible) or bootstrap refits (confidence). It is not an interval for one patient's own benefit, which no
+    (credible), bootstrap refits (confidence) or, for the trial average answer, the trial's own Miettinen-Nurminen
+    interval at this level (confidence; the population block gives the multiplicity-adjusted one). It is not an interval for one patient's own benefit, which no
     parallel-group trial identifies. Its coverage of simulated patients' observable conditional benefit, with its width
     and interval score beside the trial average's, is in benchmarks/RESULTS.md (section 5 up to 1,000 patients,
     section 6 at 3,000-10^5): a bootstrap interval carries the refits' variation, not the model's approximation error,
@@ -157,7 +158,7 @@ class Interval(BaseModel):
     lower: float = Field(ge=-1, le=1, description="Fraction (0.05 = 5 percentage points).")
     upper: float = Field(ge=-1, le=1, description="Fraction.")
     level: float = Field(description="Nominal level, e.g. 0.95.")
-    kind: Literal["credible", "confidence"] = Field("credible", description="credible: posterior draws; confidence: bootstrap refits.")
+    kind: Literal["credible", "confidence"] = Field("credible", description="credible: posterior draws; confidence: bootstrap refits, or the trial average's Miettinen-Nurminen interval.")
 
 
 class PopulationAnswer(BaseModel):

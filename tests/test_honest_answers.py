@@ -244,13 +244,32 @@ def features_99(spec, final_99):
 
 
 def test_arm_only_gives_everyone_the_trial_average_and_explains_nothing(features_99):
+    from core.effects import score_interval
+    from core.runtime.arms import ConstantArms
+    from core.runtime.artefact import model_interval
+
     F, data = features_99
-    model = ArmOnly(random_state=1).fit(F, data.t, data.y)
+    r1, n1 = int(data.y[data.t == 1].sum()), int((data.t == 1).sum())
+    r0, n0 = int(data.y[data.t == 0].sum()), int((data.t == 0).sum())
+    # Served (the final fit): the trial's own proportions and its Miettinen-Nurminen interval, the numbers of the
+    # average effect the population label reads, through both scoring paths.
+    model = ArmOnly(trial_average=True, random_state=1).fit(F, data.t, data.y)
     p1, p0 = model.predict_arms(F)
     assert np.ptp(p1) == 0 and np.ptp(p0) == 0
-    assert p1[0] == pytest.approx((data.y[data.t == 1].sum() + 0.5) / ((data.t == 1).sum() + 1))
-    draws = model.benefit_draws(F.head(3))
-    assert draws.shape == (3, 1000) and abs(np.median(draws) - (p1[0] - p0[0])) < 0.03
+    assert p1[0] == r1 / n1 and p0[0] == r0 / n0
+    low, high = score_interval(r1, n1, r0, n0, 0.95)
+    lower, upper = model_interval(model, None, F.head(3), (p1 - p0)[:3], 0.95)
+    np.testing.assert_allclose(lower, low)
+    np.testing.assert_allclose(upper, high)
+    plan = ConstantArms(pickle.loads(pickle.dumps(model)), 0.95).predict(np.zeros((2, 1)))
+    np.testing.assert_allclose([v[0] for v in plan], [r1 / n1, r0 / n0, low, high])
+    assert model.interval_kind == "confidence" and not model.needs_refits
+    # A narrower level gives a narrower interval (the level is the served one, not fixed at fit time).
+    assert model.closed_interval(0.80)[0] > low and model.closed_interval(0.80)[1] < high
+    # In cross-validation the rates are smoothed: an arm with no responders in a fold keeps a finite log-loss.
+    smoothed = ArmOnly().fit(F, data.t, np.zeros_like(data.y))
+    assert smoothed.predict_arms(F.head(1))[0][0] == pytest.approx(0.5 / (n1 + 1))
+    assert ArmOnly.from_config(None, 0.5, 3, final=True).trial_average and not ArmOnly.from_config(None, 0.5, 3).trial_average
     explanation = model.explain(F)
     assert not explanation.benefit.values.any()
 
@@ -373,6 +392,14 @@ def test_default_draw_answers_with_what_the_trial_identifies(tmp_path, spec):
             assert (s["answer"] == "risk_based") == bool(s["path"]["discriminates"] and "risk_model" not in s["refused"])
             if s["answer"] == "average":
                 assert out["benefit"].nunique() == 1
+                # The trial average answer is the trial's average effect: the same difference as the population
+                # line, and its Miettinen-Nurminen interval at the served level (before the multiplicity adjustment).
+                c = result.average_effect
+                assert out["benefit"].iat[0] == pytest.approx(c.risk_difference, abs=1e-12)
+                assert out["p_response_control"].iat[0] == pytest.approx(c.responders_control / c.n_control, abs=1e-12)
+                low, high = score_interval(c.responders_treated, c.n_treated, c.responders_control, c.n_control, 0.95)
+                assert (out["benefit_lower"].iat[0], out["benefit_upper"].iat[0]) == pytest.approx((low, high), abs=1e-12)
+                assert result.model.label_policy.interval_kind == "confidence"
         assert out["population_label"].nunique() == 1
         assert "trial population as a whole" in out["population_label_reason"].iat[0]
         effect = s["average_effect"]

@@ -129,7 +129,7 @@ def test_explanations_add_up_for_every_candidate_type(spec, final_99):
     policy = LabelPolicy("average", LabelRule().model_dump(), "", "uncertain", "no evidence")
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, 0.5, 7).fit(F, data.t, data.y)
-        ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
+        ensemble = None if not candidate.needs_refits else BootstrapEnsemble(candidate, 5, 0.95, 7).fit(F, data.t, data.y)
         model = ResponderModel(spec, "pain", pipeline, candidate, ensemble, policy, evidence)
         predicted = model.predict(patients)
         explained = explain_patients(model, patients)

@@ -124,10 +124,10 @@ def _models(spec, train, outcome) -> dict[str, ResponderModel]:
     models = {}
     for name in CANDIDATE_ORDER:
         candidate = make_candidate(name, config.candidates, data.treated_fraction, 7, final=True).fit(F, data.t, data.y)
-        ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 8, 0.95, 7).fit(F, data.t, data.y)
+        ensemble = None if not candidate.needs_refits else BootstrapEnsemble(candidate, 8, 0.95, 7).fit(F, data.t, data.y)
         benefit = candidate.predict_benefit(F)
         rule = LabelRule(unlikely_upper_below=float(np.quantile(benefit, 0.6))).model_dump()  # so that unlikely occurs
-        kind = "credible" if candidate.has_draws else "confidence"
+        kind = candidate.interval_kind
         policy = LabelPolicy("conditional", rule, "There is evidence.", "uncertain", "The trial population.", "Why.", 0.95, kind)
         models[name] = ResponderModel(spec, outcome, pipeline, candidate, ensemble, policy, evidence)
     return models
@@ -262,7 +262,7 @@ def test_tree_paths_agree_with_each_other(spec, final_99, monkeypatch):
     X = pipeline.transform(final_99)[list(F.columns)].to_numpy(float)
     for name in ("t_learner", "dr_learner", "bcf"):
         candidate = make_candidate(name, config.candidates, 0.5, 3, final=True).fit(F, data.t, data.y)
-        ensemble = None if candidate.has_draws else BootstrapEnsemble(candidate, 6, 0.95, 3).fit(F, data.t, data.y)
+        ensemble = None if not candidate.needs_refits else BootstrapEnsemble(candidate, 6, 0.95, 3).fit(F, data.t, data.y)
         plan = A.compile_arms(candidate, ensemble, 0.95)
         if name == "bcf":
             mu, tau = plan.mu.predict(X) + plan.mu_offset, plan.tau.predict(X) + plan.tau_offset

@@ -97,6 +97,9 @@ def test_predict_contract(client, patients, store):
         assert population["label"] in {"likely_benefit", "uncertain", "unlikely_benefit"}
         assert population["label_reason"].endswith(".") and "pp" in population["label_reason"]
         assert population["interval"]["lower"] <= population["risk_difference"] <= population["interval"]["upper"]
+        if p["answer"] == "average":  # the trial average answer: the population line's numbers, not a second estimate
+            assert p["benefit"] == pytest.approx(population["risk_difference"], abs=1e-12)
+            assert p["benefit_interval"]["kind"] == "confidence"
         assert p["model"]["version"] == store["summary"].outcomes[outcome].version
         assert p["evidence"]["verdict"]
         assert "30%" in p["responder_rule"]

@@ -123,7 +123,7 @@ def final_fits(results: dict[str, OutcomeResult], spec: DatasetSpec, config: Tra
     tasks: list[tuple] = []
     workers = max(1, getattr(executor, "workers", 2))
     for outcome, candidate in champions.items():
-        if candidate.has_draws:
+        if not candidate.needs_refits:
             continue
         ensemble = make_ensemble(candidate, configs[outcome])
         resamples, templates = ensemble.resamples(results[outcome].data.t), ensemble.templates()
@@ -177,7 +177,7 @@ def fit_champion(
     else:
         pipeline, F, candidate, bootstrap = fitted.pipeline, fitted.F, fitted.candidate, fitted.bootstrap
     ensemble = None
-    if not candidate.has_draws:
+    if candidate.needs_refits:
         ensemble = make_ensemble(candidate, config).fit(F, data.t, data.y, models=bootstrap)
     model = ResponderModel(
         spec=spec,
@@ -218,7 +218,7 @@ def fit_champion(
         evidence_sentence=evidence_sentence(result, spec),
         average_effect=result.average_effect,
         level=config.intervals.level,
-        interval_kind="credible" if candidate.has_draws else "confidence",
+        interval_kind=candidate.interval_kind,
         treated=spec.treated_inline(),  # inside sentences
         control=spec.control_inline(),
         wording=Wording.of(spec.outcomes[result.outcome]),

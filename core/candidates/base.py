@@ -111,7 +111,8 @@ class Scoring:
 
     ``kind`` names one of the runtime's forms, and ``arrays`` holds exactly what that form needs:
 
-    - ``constant``: ``p_treated``, ``p_control`` (floats) and ``draws`` (benefit draws for the interval);
+    - ``constant``: ``p_treated``, ``p_control`` (floats) and ``counts`` (responders and patients per arm, treated
+      then control: the trial average's Miettinen-Nurminen interval at the served level);
     - ``linear``: ``logit P(arm) = c_arm + z @ w_arm`` on standardised features ``z = (x - mean) / scale``:
       ``mean``, ``scale``, ``w1``, ``w0`` (arrays) and ``c1``, ``c0`` (floats);
     - ``trees``: ``treated`` and ``other`` (a LightGBM ``Booster``, or a float for a constant arm), with
@@ -128,13 +129,16 @@ class BenefitCandidate(BaseEstimator):
     """Base class; subclasses implement ``fit``, ``predict_arms`` and ``_explain``.
 
     Candidates whose fit yields its own uncertainty (posterior draws) set
-    ``has_draws`` and implement ``benefit_draws``; the others get intervals
-    from a :class:`BootstrapEnsemble` of refits.
+    ``has_draws`` and implement ``benefit_draws``; a candidate whose interval
+    has a closed form (the floor: the trial average's score interval) sets
+    ``closed_form_interval`` and implements ``closed_interval``; the others get
+    intervals from a :class:`BootstrapEnsemble` of refits (``needs_refits``).
     """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     has_draws: ClassVar[bool] = False
+    closed_form_interval: ClassVar[bool] = False
     # The same answer for every patient (the floor): explanations have no patient drivers.
     same_for_everyone: ClassVar[bool] = False
     # Whether the benefit may vary beyond what baseline risk explains: only such a model can give the conditional answer
@@ -153,6 +157,20 @@ class BenefitCandidate(BaseEstimator):
     def benefit_draws(self, X) -> np.ndarray:
         """(n, draws) benefit draws carrying the model's uncertainty (candidates with ``has_draws``)."""
         raise NotImplementedError(f"{self.name} has no posterior draws; use a BootstrapEnsemble")
+
+    def closed_interval(self, level: float) -> tuple[float, float]:
+        """The one benefit interval of every patient (candidates with ``closed_form_interval``)."""
+        raise NotImplementedError(f"{self.name} has no closed-form interval")
+
+    @property
+    def needs_refits(self) -> bool:
+        """Whether its interval comes from a :class:`BootstrapEnsemble` of refits (no draws, no closed form)."""
+        return not (self.has_draws or self.closed_form_interval)
+
+    @property
+    def interval_kind(self) -> str:
+        """``credible`` (posterior draws) or ``confidence`` (bootstrap refits, or the floor's score interval)."""
+        return "credible" if self.has_draws else "confidence"
 
     def predict_benefit(self, X: pd.DataFrame) -> np.ndarray:
         p1, p0 = self.predict_arms(X)

@@ -5,7 +5,7 @@ returns a plan whose ``predict(F)`` gives, for the feature matrix ``F`` (columns
 in the candidate's ``features_`` order), P(response | treated), P(response |
 control) and the model's own interval (the served interval):
 
-- ``arm_only``: the two rates and the quantiles of the Jeffreys draws;
+- ``arm_only``: the two rates and the trial average's Miettinen-Nurminen interval;
 - ``risk_model``, ``interaction_logistic``: the champion's own ``predict_arms``
   (a few array operations) and the 100 refits stacked into one set of matrices:
   every refit is ``logit P(arm) = c_arm + ((x - mean) / scale) @ w_arm``;
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from core.runtime.forests import TreeArrays, concat_forests, flatten_lightgbm
-from core.runtime.intervals import bootstrap_interval, posterior_interval, refit_scaling
+from core.runtime.intervals import bootstrap_interval, posterior_interval, refit_scaling, trial_average_interval
 
 # Rows x trees up to which walking the flattened arrays beats the libraries' own predict calls: measured on
 # 2 cores, 202 LightGBM boosters (12,000 trees) took 0.5 ms for 1 row as arrays against 11 ms through
@@ -73,16 +73,16 @@ def _need_refits(candidate_name: str, refits: int) -> None:
 
 
 class ConstantArms:
-    """The arm-only floor: every patient gets the two rates and the interval of the Jeffreys draws."""
+    """The arm-only floor: every patient gets the two rates and the trial average's Miettinen-Nurminen interval."""
 
     uses_features = False  # a batch's feature matrix need not be made for it (only its length is read)
 
     def __init__(self, candidate: Any, level: float):
         arrays = candidate.scoring().arrays
         self.p1, self.p0 = float(arrays["p_treated"]), float(arrays["p_control"])
-        benefit = np.array([self.p1 - self.p0])
-        lower, upper = posterior_interval(np.asarray(arrays["draws"], dtype=float)[None, :], benefit, level)
-        self.lower, self.upper = float(lower[0]), float(upper[0])
+        lower, upper = trial_average_interval(arrays["counts"], level)
+        benefit = self.p1 - self.p0
+        self.lower, self.upper = min(lower, benefit), max(upper, benefit)
 
     def point(self, F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(F), self.p1), np.full(len(F), self.p0)

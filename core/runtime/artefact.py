@@ -14,8 +14,9 @@ reasons from the model's own :class:`~core.labelling.LabelPolicy`.
 
 Intervals are for the estimand served (the conditional average, risk-based or
 trial average benefit): the model's own uncertainty, from posterior draws
-(arm-only, BCF: credible intervals) or a percentile interval over bootstrap
-refits (the other candidates: confidence intervals). Nothing is added for one
+(BCF: credible intervals), the trial average's Miettinen-Nurminen interval
+(the arm-only floor) or a percentile interval over bootstrap refits (the other
+candidates: confidence intervals). Nothing is added for one
 patient's own deviation from that average, which no trial identifies.
 """
 
@@ -55,10 +56,12 @@ PREDICTION_COLUMNS = [
 TEXT_COLUMNS = PREDICTION_COLUMNS[5:]
 # The artefact's format. 2 = answers (estimands) with population and patient labels, no interval allowance;
 # 3 = the same objects under ``core`` (core.runtime.artefact, core.candidates, core.spec, core.config, core.labelling),
-# no pickle shims. A model pickled in another format is refused at load with one line (retrain), never served
+# no pickle shims; 4 = the arm-only floor serves the trial's own rates and Miettinen-Nurminen interval (it served
+# smoothed rates and Jeffreys draws, which differed from the trial's average effect beside them). A model pickled in
+# another format is refused at load with one line (retrain), never served
 # half-understood; a pickle whose classes no longer exist (format 2 named serving.runtime and training.*) is
 # refused with the same line.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # MLflow "models from code": this file is stored with each logged model and run on load.
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
@@ -239,7 +242,12 @@ def prediction_frame(policy: LabelPolicy, p1, p0, benefit, lower, upper, index=N
 def model_interval(
     candidate: BenefitCandidate, ensemble: BootstrapEnsemble | None, F: pd.DataFrame, benefit: np.ndarray, level: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Equal-tailed interval of the posterior draws, or the median-centred bootstrap interval, containing ``benefit``."""
+    """The floor's closed-form interval, the equal-tailed interval of the posterior draws, or the median-centred
+    bootstrap interval; each contains ``benefit``."""
+    if candidate.closed_form_interval:
+        low, high = candidate.closed_interval(level)
+        benefit = np.asarray(benefit, dtype=float)
+        return np.minimum(np.full(len(benefit), low), benefit), np.maximum(np.full(len(benefit), high), benefit)
     if candidate.has_draws:
         return posterior_interval(candidate.benefit_draws(F), benefit, level)
     if ensemble is None:

@@ -1,7 +1,9 @@
 """Benefit intervals: the arithmetic shared by training (the served model's interval, its patient labels) and scoring.
 
-- :func:`posterior_interval`: equal-tailed interval of posterior draws (arm-only
-  floor, BCF), stretched to contain the point estimate;
+- :func:`posterior_interval`: equal-tailed interval of posterior draws (BCF),
+  stretched to contain the point estimate;
+- :func:`trial_average_interval`: the Miettinen-Nurminen interval of the
+  trial's risk difference (the arm-only floor: the trial average answer);
 - :func:`bootstrap_interval`: the median-centred percentile interval of
   bootstrap refits (the other candidates), rescaled to the trial's size when
   the refits were on smaller resamples (m-out-of-n);
@@ -22,6 +24,20 @@ def posterior_interval(draws: np.ndarray, benefit: np.ndarray, level: float) -> 
     tail = (1 - level) / 2
     lower, upper = row_quantiles(draws, [tail, 1 - tail])
     return np.minimum(lower, benefit), np.maximum(upper, benefit)
+
+
+def trial_average_interval(counts: tuple[int, int, int, int], level: float) -> tuple[float, float]:
+    """Miettinen-Nurminen ``level`` interval of the risk difference from (responders, patients) treated, then control.
+
+    The interval of the trial's average effect (:func:`core.effects.score_interval`, unadjusted for multiplicity):
+    what the arm-only floor serves, so the trial average answer carries the same numbers as the trial's effect.
+    """
+    from core.effects import score_interval
+
+    r1, n1, r0, n0 = (int(c) for c in counts)
+    if n1 == 0 or n0 == 0:
+        return -1.0, 1.0  # an arm without patients: the difference is not estimated
+    return score_interval(r1, n1, r0, n0, level)
 
 
 def bootstrap_interval(
