@@ -35,13 +35,13 @@ LABEL_TEXT = {
 ANSWER_TEXT = {
     "conditional": "conditional average benefit for patients with these measured values",
     "risk_based": "risk-based benefit, from this patient's baseline chance of response",
-    "average": "the trial average, the same for every patient",
+    "average": "trial average, the same for every patient",
 }
 # The same for an event to prevent, told as its risk (core.labelling.Wording).
 EVENT_ANSWER_TEXT = {
     "conditional": "conditional average risk reduction for patients with these measured values",
     "risk_based": "risk-based risk reduction, from this patient's baseline risk",
-    "average": "the trial average, the same for every patient",
+    "average": "trial average, the same for every patient",
 }
 WARNING_TITLES = {
     "imputed": "Not measured: imputed",
