@@ -403,6 +403,7 @@ def test_cohort_report_flags_intervals_average_effect_and_published_draw(job):
         for label in flagged:  # named in the verdict too
             assert label in verdict, (name, label)
         assert ("worse than chance" in verdict) == bool(flagged or rows.get("selected")), name
+        assert f"Served model: {candidate_label(result.champion)}." in verdict and ".;" not in verdict, verdict
         # The average effect, prominently: in the verdict and in its own table, as trained.
         effect = result.average_effect
         assert f"{100 * effect.risk_difference:+.1f} pp" in verdict and "ANCOVA" in verdict, name
