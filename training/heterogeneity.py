@@ -346,7 +346,7 @@ def held_out_test(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, fit_rows: np.nd
     return PermutationResult(observed, {BCF: observed}, null, p_value, "bcf_held_out", "held_out", B, False, details)
 
 
-class BeyondPrognosisSlope:
+class BeyondPrognosisSlope(M.HC1Slope):
     """OLS slope of a score on ``tau``'s part beyond a cubic in ``prognosis`` (with that cubic), and its HC1 standard error.
 
     The design is fixed once, so each null trial costs two passes over the patients.
@@ -355,14 +355,7 @@ class BeyondPrognosisSlope:
     def __init__(self, tau: np.ndarray, prognosis: np.ndarray):
         basis, beyond = beyond_prognosis(tau, prognosis)
         self.testable = bool(np.std(beyond) >= 1e-12)  # else BCF answers one common effect beyond prognosis
-        self.X = np.column_stack([basis, beyond])
-        self.W = np.linalg.pinv(self.X.T @ self.X) @ self.X.T  # coefficients = W @ score
+        super().__init__(np.column_stack([basis, beyond]))
 
     def __call__(self, psi: np.ndarray) -> tuple[float, float]:
-        if not self.testable:
-            return 0.0, 0.0
-        coef = self.W @ psi
-        residual = psi - self.X @ coef
-        n, k = self.X.shape
-        variance = float(np.sum((self.W[-1] * residual) ** 2)) * n / (n - k)
-        return float(coef[-1]), float(np.sqrt(variance))
+        return super().__call__(psi) if self.testable else (0.0, 0.0)

@@ -147,13 +147,30 @@ def benefit_calibration_line(tau_hat: np.ndarray, psi: np.ndarray, level: float 
     half = z * float(gap.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
     out = dict(zip(BENEFIT_CALIBRATION[:3], (intercept, intercept - half, intercept + half), strict=True))
     centred = tau_hat - tau_hat.mean()
-    sxx = float(np.sum(centred**2))
-    if n < 3 or sxx < 1e-12 * n:  # the same benefit for everyone (the floor, an average answer): no slope
+    if n < 3 or float(np.sum(centred**2)) < 1e-12 * n:  # the same benefit for everyone (the floor, an average answer): no slope
         return {**out, **dict.fromkeys(BENEFIT_CALIBRATION[3:], float("nan"))}
-    slope = float(np.sum(centred * psi) / sxx)
-    residual = psi - psi.mean() - slope * centred
-    se = float(np.sqrt(np.sum((centred * residual) ** 2) * n / (n - 2)) / sxx)
+    slope, se = HC1Slope(np.column_stack([np.ones(n), centred]))(psi)
     return {**out, **dict(zip(BENEFIT_CALIBRATION[3:], (slope, slope - z * se, slope + z * se), strict=True))}
+
+
+class HC1Slope:
+    """OLS coefficient of the design's last column, and its HC1 heteroskedasticity-consistent standard error.
+
+    White's sandwich with the n / (n - k) small-sample factor (MacKinnon & White 1985). The design is fixed once,
+    so each response costs two passes over the rows: the calibration line's slope here, and the held-out
+    heterogeneity test's slope beyond prognosis on every null trial (:class:`training.heterogeneity.BeyondPrognosisSlope`).
+    """
+
+    def __init__(self, X: np.ndarray):
+        self.X = np.asarray(X, dtype=float)
+        self.W = np.linalg.pinv(self.X.T @ self.X) @ self.X.T  # coefficients = W @ response
+
+    def __call__(self, y: np.ndarray) -> tuple[float, float]:
+        coef = self.W @ y
+        residual = y - self.X @ coef
+        n, k = self.X.shape
+        variance = float(np.sum((self.W[-1] * residual) ** 2)) * n / (n - k)
+        return float(coef[-1]), float(np.sqrt(variance))
 
 
 def describe_benefit_calibration(metrics: dict) -> str:
