@@ -117,6 +117,35 @@ def test_interval_score_is_the_width_plus_the_scaled_misses():
     assert recovery.interval_score(lower, upper, target, 0.05) == pytest.approx(expected)
 
 
+def test_interval_criteria_read_every_served_interval_then_the_cate_interval_alone_then_bcf_everywhere():
+    from types import SimpleNamespace
+
+    rows = []
+    # Cell A: two trials, one served the conditional answer (its interval covers 0.93), one the average (covers 0.40).
+    # Cell B: one trial, average answer only. Baselines score worse on the conditional trial, better on the other.
+    for outcome, replicate, answer, served, bcf in (("pain", 0, "conditional", 0.93, 0.94), ("pain", 1, "average", 0.40, 0.98),
+                                                     ("memory", 0, "average", 0.96, 1.00)):
+        for method, coverage, score in (("champion", served, 1.0 if answer == "conditional" else 2.0), ("bcf", bcf, 1.5),
+                                        ("trial_average", 0.3, 3.0 if answer == "conditional" else 1.0), ("causal_forest", 0.9, 1.2)):
+            rows.append({"kind": "method", "scenario": "final", "n": 300, "outcome": outcome, "replicate": replicate,
+                         "method": method, "answer": answer, "coverage_observable": coverage, "interval_score": score, "width": 0.3})
+    text = recovery.interval_criteria_markdown(pd.DataFrame(rows), SimpleNamespace(work_up_scenarios=("final",), sizes=(300,)))
+    served, conditional, bcf = text.split("\n\n")[:3]
+    # Every served interval: cell A means 0.665 (missed), cell B 0.96 (met).
+    assert "the served interval covers the observable conditional benefit at 0.90-0.97 in 1 of 2 cells" in served
+    assert "`final` n = 300 pain 0.67" in served
+    # The CATE interval alone: only cell A's conditional trial, judged against the baselines on that same trial.
+    assert "in 1 of 1 cells" in conditional and "`final` n = 300 memory" not in conditional
+    assert "trial average (Miettinen-Nurminen), every patient's in 1 of 1 cells" in conditional
+    assert "EconML CausalForestDML's in 1 of 1 cells" in conditional
+    # BCF in every cell and trial: cell A 0.96 (met), cell B 1.00 (missed).
+    assert "BCF's interval" in bcf and "in 1 of 2 cells (not: `final` n = 300 memory 1.00)" in bcf
+    # No conditional answer anywhere: said, not left out.
+    quiet = pd.DataFrame([r for r in rows if r["answer"] == "average"])
+    assert "no trial in this run served the conditional answer" in recovery.interval_criteria_markdown(
+        quiet, SimpleNamespace(work_up_scenarios=("final",), sizes=(300,)))
+
+
 @pytest.mark.slow  # tiny recovery trials: each fits candidates and runs the tests (8-25 s)
 def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     markdown = recovery.run(quick=True, out_dir=tmp_path, settings=TINY_RECOVERY)
