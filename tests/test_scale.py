@@ -356,6 +356,39 @@ def test_dask_executor_map_with_shared_data_matches_local():
     assert got == [i * i + 2 for i in range(7)]
 
 
+def _kill_every_worker_once(item, shared):
+    """Item 2, the first time: wait until both workers have run a task, kill the other one, then die (both stop)."""
+    import signal
+
+    index, folder = item
+    folder = Path(folder)
+    (folder / f"pid-{os.getpid()}").touch()
+    time.sleep(0.3)
+    if index == 2 and not (folder / "killed").exists():
+        deadline = time.monotonic() + 20
+        while len(list(folder.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (folder / "killed").touch()
+        for path in folder.glob("pid-*"):
+            pid = int(path.name.removeprefix("pid-"))
+            if pid != os.getpid():
+                os.kill(pid, signal.SIGKILL)
+        os._exit(1)
+    return index + shared["offset"]
+
+
+def test_dask_map_resends_the_shared_data_when_every_worker_holding_it_stops(tmp_path, caplog):
+    """Scattered data has no recipe: once every worker holding it stopped, Dask cancelled the loop's tasks and the job
+    failed ("already forgotten"). The executor sends the data again and resubmits only the lost tasks."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="responders.executor"), make_executor("dask", workers=2) as dask:
+        got = dask.map(_kill_every_worker_once, [(i, str(tmp_path)) for i in range(6)], desc="test loop", shared={"offset": 10})
+    assert got == [i + 10 for i in range(6)]
+    assert (tmp_path / "killed").exists()
+    assert any("lost with the loop's shared data" in r.getMessage() and "attempt 2 of 3" in r.getMessage() for r in caplog.records)
+
+
 def test_final_fits_in_the_pool_equal_the_serial_champion_fit(spec, final_99):
     from types import SimpleNamespace
 

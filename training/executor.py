@@ -24,6 +24,7 @@ driver, so a job leaves it off). The counters change no result.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import pickle
 import tempfile
@@ -40,6 +41,8 @@ from typing import Any, Protocol
 from threadpoolctl import threadpool_limits
 
 from core.progress import task_progress
+
+_log = logging.getLogger("responders.executor")
 
 
 @dataclass
@@ -261,9 +264,18 @@ def _shared_file(shared: Any) -> Iterator[str | None]:
 
 
 class DaskExecutor:
-    """A ``dask.distributed`` client: a running scheduler's address, or a local cluster it starts."""
+    """A ``dask.distributed`` client: a running scheduler's address, or a local cluster it starts.
+
+    A task whose worker stops is recomputed elsewhere by Dask, but the loop's scattered ``shared`` data has no
+    recipe: once every worker holding it has stopped (two workers killed together for memory, a cluster
+    restart), Dask cancels every task that reads it and the job failed with "cancelled for reason: already
+    forgotten". Those tasks are resubmitted with the data sent again, up to ``attempts`` times in all; a task
+    that raises, or that Dask gives up on after killing its workers repeatedly (``KilledWorker``), still fails the
+    loop at once.
+    """
 
     name = "dask"
+    attempts = 3
 
     def __init__(self, client):
         self.client = client
@@ -281,26 +293,53 @@ class DaskExecutor:
         return results
 
     def _map(self, fn, items, desc, shared, progress):
+        """Submit, gather in submission order; tasks lost with the shared data are sent again (see the class)."""
+        results: list[Any] = [None] * len(items)
+        pending = list(range(len(items)))
+        with _counter(progress, len(items), desc) as bar:
+            for attempt in range(1, self.attempts + 1):
+                pending = self._attempt(fn, items, pending, shared, results, bar)
+                if not pending:
+                    return results
+                if attempt < self.attempts:
+                    _log.warning(
+                        "%s: %d of %d tasks were lost with the loop's shared data (every worker holding it stopped); "
+                        "sending it again and resubmitting them (attempt %d of %d)", desc or "map", len(pending), len(items),
+                        attempt + 1, self.attempts,
+                    )
+        raise RuntimeError(
+            f"{desc or 'map'}: {len(pending)} of {len(items)} tasks were lost with the loop's shared data "
+            f"{self.attempts} times (every worker holding it stopped each time; see the workers' logs for why)"
+        )
+
+    def _attempt(self, fn, items, indices, shared, results, bar) -> list[int]:
+        """Run the tasks ``indices`` once; fill ``results``; return the indices lost with the shared data."""
         from distributed import as_completed
+        from distributed.client import FutureCancelledError
 
         kwargs = {}
         if shared is not None:
             # Once to every worker; the tasks carry only their item (and seed).
             # (in a list: scatter would send a dict's or a list's items one by one)
             [kwargs["shared"]] = self.client.scatter([shared], broadcast=True, hash=False)
-        futures = self.client.map(partial(_single_threaded, fn), items, pure=False, **kwargs)
-        order = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(futures)
+        futures = self.client.map(partial(_single_threaded, fn), [items[i] for i in indices], pure=False, **kwargs)
+        order = {f.key: i for f, i in zip(futures, indices, strict=True)}
+        lost: list[int] = []
         try:
-            with _counter(progress, len(futures), desc) as bar:
-                for future in as_completed(futures):
+            for future in as_completed(futures):
+                try:
                     results[order[future.key]] = future.result()
-                    bar.update()
+                except FutureCancelledError:  # its input is gone: scattered data has no recipe to recompute it
+                    if "shared" not in kwargs:
+                        raise
+                    lost.append(order[future.key])
+                    continue
+                bar.update()
         finally:
             self.client.cancel(futures)
             if "shared" in kwargs:
                 kwargs["shared"].release()
-        return results
+        return sorted(lost)
 
 
 @contextmanager
