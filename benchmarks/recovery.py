@@ -156,7 +156,7 @@ SELECTOR_LABELS = {
 TESTS = {
     "imputed_randomisation": (
         "product default: imputed randomisation, Fisher's combination of BCF's effect spread beyond prognosis on control and "
-        "the prespecified modifiers' LR statistic (futility stop)", "p"
+        "the prespecified modifiers' LR statistic (futility stop and curtailment)", "p"
     ),
     "imputed_randomisation_99": (
         "product default read at 99 null trials: the earlier budget (the first 99 of the default's null trials)", "p"
@@ -322,7 +322,8 @@ class Settings:
             statistic = (
                 f"statistics: (a) {spread}; (b) the probit likelihood-ratio statistic of arm x the spec's prespecified modifiers "
                 f"({', '.join(f'`{m}`' for m in named)}), adjusted for a quadratic in the cross-fitted PATH risk score; joined by "
-                f"Fisher's combination of their Monte-Carlo p-values over the same null trials, stopped for futility. Beside it, each statistic alone on the "
+                f"Fisher's combination of their Monte-Carlo p-values over the same null trials, stopped for futility (an "
+                f"independent-statistics bound, and curtailment once the whole budget could hardly still reject). Beside it, each statistic alone on the "
                 f"same null trials with Besag-Clifford's rule (h = {job.evidence.sequential_h}): (a) is the default until 2026-12-06"
             )
         else:
@@ -763,8 +764,8 @@ def job_budget_result(result, replicates: int, h: int, alpha: float = 0.05):
 
     The null trials' seeds are a prefix-stable sequence (``SeedSequence.generate_state``), so the first
     ``replicates`` of a longer run are the job's own, and the job's rule is applied to them again: Besag-Clifford's
-    for BCF's spread alone, Fisher's combination with its futility stop for the combined test (which stops no later
-    with a smaller budget, so the prefix holds the job's stop).
+    for BCF's spread alone, Fisher's combination with its futility stops for the combined test (both stop no later with a
+    smaller budget, so the prefix holds the job's stop).
     """
     from dataclasses import replace as replaced
 

@@ -127,7 +127,7 @@ def _stopping_rule() -> str:
     if evidence.prespecified and load_spec().prespecified_modifiers:
         return (
             "BCF's spread and the spec's prespecified modifiers joined by Fisher's combination; the null trials stop for "
-            "futility once the test cannot reject at alpha"
+            "futility once the test cannot reject at alpha, or can hardly still reject (curtailment)"
         )
     return f"Besag & Clifford's sequential rule: stop once {evidence.sequential_h} null statistics reach the observed one"
 

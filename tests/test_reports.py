@@ -643,6 +643,8 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
     assert "inflammation_index, autoantibody_burden" in notes["imputed_randomisation"] and "Fisher combination" in notes["imputed_randomisation"]
     for p in parts:
         assert f"(a) {p['bcf_spread']['p_value']:.3f}, (b) {p['prespecified_modifiers']['p_value']:.3f}" in notes["imputed_randomisation"]
+    stopping = next(iter(payload.meta["outcomes"].values()))["evidence"]["stopping"]  # the job's own rule, in its words
+    assert f"When the null trials stop: {stopping}." in notes["imputed_randomisation"] and "curtailment" in stopping
     meta = copy.deepcopy(payload.meta)
     for outcome in meta["outcomes"].values():
         # A spec naming no modifiers: BCF's spread alone (its own statistic label), Besag-Clifford's rule.

@@ -62,11 +62,13 @@ are exchangeable, as for one statistic, whatever the statistics'
 dependence). Fisher's combination accumulates evidence that both statistics
 see, as both look at the same modification (BCF along any feature, the LR
 statistic along the named ones). Besag & Clifford's rule does not apply to a
-rank that depends on every null trial, so a futility rule stops the null
+rank that depends on every null trial, so futility rules stop the null
 trials instead: once the observed trial's own p-values (which more null
 trials can only raise) would put the combination above alpha even for
-independent statistics. A stopped test does not reject, so stopping never
-adds a rejection to those of the whole budget. The result's ``statistic`` is
+independent statistics, or, looked at every 20 null trials, once the chance
+that the whole budget would still reject is below 0.1% (stochastic
+curtailment, :func:`training.inference._curtailed`). A stopped test does not
+reject, so stopping never adds a rejection to those of the whole budget. The result's ``statistic`` is
 then Fisher's combination (larger is more extreme), ``details["components"]``
 gives each statistic with its own p-value, and ``null_components`` every
 null trial's pair. A null trial whose probit fit fails counts as reaching
@@ -118,6 +120,9 @@ from training import metrics as M
 from training.evaluation import OutcomeData, features_of, with_parsed
 from training.executor import Executor
 from training.inference import (
+    CURTAIL_CHANCE,
+    CURTAIL_EVERY,
+    CURTAIL_FIRST,
     STATISTIC_LABELS,
     PermutationResult,
     combined_null,
@@ -282,7 +287,7 @@ def _combined_test(
     """BCF's spread and the prespecified modifiers' statistic on the same null trials, joined by Fisher (module docstring)."""
     B, alpha = len(seeds), task.config.evidence.alpha
     observed = np.array([spread, told])
-    label = f"{desc} (at most {B} null trials; stops once the test cannot reject at {alpha:g})"
+    label = f"{desc} (at most {B} null trials; stops once the test cannot, or can hardly still, reject at {alpha:g})"
     null, p_value, used = combined_null(_replicate, seeds, observed, alpha, executor, task, label, "null trial", desc, min_hits)
     rows = np.vstack([observed, null[:used]])
     marginal, combined = marginal_p_values(rows), fisher_statistics(rows)
@@ -291,7 +296,9 @@ def _combined_test(
         combination="Fisher's combination over the same null trials: each statistic's Monte-Carlo p-value (its rank among "
         "the observed and the null trials), -sum of their logs, and that value's rank among every trial's",
         stopping=f"futility: stops once the observed p-values (which more null trials can only raise) would put the "
-        f"combination above {alpha:g} even for independent statistics; a stopped test does not reject",
+        f"combination above {alpha:g} even for independent statistics, or once the chance that all {B} null trials would "
+        f"still reject is below {CURTAIL_CHANCE:.1%} (curtailment, looked at every {CURTAIL_EVERY} null trials from "
+        f"{CURTAIL_FIRST}); a stopped test does not reject",
         components={
             "bcf_spread": {"label": STATISTIC, "observed": spread, "p_value": float(marginal[0, 0])},
             "prespecified_modifiers": {
