@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
+
+# benchmarks/ is not part of the installed distribution: every test that uses its helpers (test_benchmarks,
+# test_scale's process stopper) imports it from the repository, whichever test runs first.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 # Before MLflow or BentoML is imported anywhere in the test session.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
