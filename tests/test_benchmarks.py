@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ is not part of the installed distribution
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import intervals as intervals_section  # noqa: E402
-from benchmarks import recovery, run, training  # noqa: E402
-from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, run_child, wilson  # noqa: E402
-from benchmarks.oracle import OracleSettings  # noqa: E402
+from benchmarks import intervals as intervals_section
+from benchmarks import recovery, run, training
+from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, run_child, wilson
+from benchmarks.oracle import OracleSettings
 
 
 def tables(markdown: str) -> list[list[list[str]]]:

@@ -451,7 +451,7 @@ def test_fishers_combination_is_valid_under_the_null_and_its_futility_stop_only_
         given_up += full <= alpha < p
         if shift < 1 and full > 0.2:
             used_far.append(used)
-    assert rejected > 150 and given_up <= 0.02 * rejected, (rejected, given_up)  # 1.0% (14 of 1,338) on 4,000 such sets (shifts 1.6 and 0.4)
+    assert rejected > 150 and given_up <= 0.02 * rejected, (rejected, given_up)
     assert np.mean(used_far) < 60, np.mean(used_far)  # the independent-statistics bound alone ran most of the budget here
     for level in (0.01, 0.05, 0.1):  # P(p <= level) <= level, within Monte-Carlo error, for the whole budget and the stopped rule
         for p_values in (full_p, stopped_p):
