@@ -414,7 +414,8 @@ class IntervalConfig(_Strict):
     candidates: confidence intervals) or, for the arm-only floor (the trial
     average answer), the trial's Miettinen-Nurminen interval (confidence). No allowance is added for
     how one patient's own benefit may differ from that average: no
-    parallel-group trial identifies it.
+    parallel-group trial identifies it. A conditional answer on a large trial adds the model's out-of-fold
+    calibration error (``calibration_groups``, ``calibration_min_group``), which the refits do not carry.
     """
 
     bootstrap_models: IntOrAuto = Field(
@@ -433,6 +434,20 @@ class IntervalConfig(_Strict):
         "m-out-of-n bootstrap, bootstrap_models refits at this fraction and as many at a quarter of it, their spread "
         "carried to the whole trial by the rate measured between the two sizes (core.candidates.ensemble). auto: 1.0 "
         "below 100,000 patients, 0.1 from there (each full-size refit costs as much as the served fit)",
+    )
+
+    calibration_groups: int = Field(
+        ge=0,
+        description="a conditional answer's interval adds the served model's out-of-fold calibration error, measured "
+        "across this many equal groups of predicted benefit (training.metrics.calibration_error): an error the "
+        "bootstrap refits do not carry, which on large trials is most of the distance to the conditional benefit. "
+        "0: none",
+    )
+
+    calibration_min_group: int = Field(
+        ge=2,
+        description="patients per group below which the calibration error is not measured (its noise, about "
+        "4 p (1 - p) / patients per group, would swamp it): with 10 groups of at least 200, from 2,000 patients",
     )
 
     @model_validator(mode="after")

@@ -234,3 +234,47 @@ def test_bootstrap_orders_sort_each_resample_as_a_fresh_sort_would():
         expected = resample[M._order(tau[resample])]
         assert np.array_equal(tau[rows], tau[expected])
         assert np.array_equal(np.sort(rows), np.sort(resample))
+
+
+def _dr_trial(rng, n: int, tau: np.ndarray, base: float = 0.3) -> np.ndarray:
+    """DR scores of a two-arm trial with known benefit ``tau`` (e = 1/2, outcome models at the truth)."""
+    p0 = np.full(n, base)
+    p1 = p0 + tau
+    t = rng.integers(0, 2, n)
+    y = (rng.random(n) < np.where(t == 1, p1, p0)).astype(float)
+    return p1 - p0 + 2 * t * (y - p1) - 2 * (1 - t) * (y - p0)
+
+
+def test_the_calibration_error_is_unbiased_for_a_calibrated_model_and_finds_a_shrunken_one():
+    """A calibrated prediction: the moment estimate averages 0 (its positive part is small); predictions shrunk to
+    half the true spread: it finds the grouped error (the truth's group means minus the prediction's), not more."""
+    rng = np.random.default_rng(3)
+    n, groups = 4_000, 10
+    tau = rng.uniform(-0.1, 0.5, n)
+    calibrated = [M.calibration_error(tau, _dr_trial(rng, n, tau), groups) for _ in range(200)]
+    variances = np.array([c["variance"] for c in calibrated])
+    assert abs(variances.mean()) < 3 * variances.std(ddof=1) / np.sqrt(len(variances))
+    assert np.median([c["sd"] for c in calibrated]) < 0.03
+    shrunk = 0.2 + 0.5 * (tau - 0.2)  # too cautious: the true benefit is twice as spread out as predicted
+    order = np.argsort(shrunk, kind="stable")
+    true_gap = np.array([np.mean(tau[rows] - shrunk[rows]) for rows in np.array_split(order, groups)])
+    found = np.array([M.calibration_error(shrunk, _dr_trial(rng, n, tau), groups)["sd"] for _ in range(50)])
+    assert abs(np.mean(found) - np.sqrt(np.mean(true_gap**2))) < 0.1 * np.sqrt(np.mean(true_gap**2))
+    assert all(c["groups"] == groups and c["smallest_group"] == n // groups for c in calibrated[:3])
+    with pytest.raises(ValueError, match="cannot make 10 groups"):
+        M.calibration_error(tau[:15], tau[:15], 10)
+
+
+def test_the_allowance_widens_each_side_in_quadrature_and_keeps_the_point_inside():
+    from core.runtime.intervals import with_allowance
+
+    benefit = np.array([0.10, 0.30, -0.95, 0.98])
+    lower, upper = benefit - np.array([0.03, 0.00, 0.02, 0.05]), benefit + np.array([0.04, 0.05, 0.01, 0.01])
+    same = with_allowance(benefit, lower, upper, 0.0, 0.95)
+    assert same[0] is lower and same[1] is upper
+    low, high = with_allowance(benefit, lower, upper, 0.02, 0.95)
+    extra = (1.959963984540054 * 0.02) ** 2
+    np.testing.assert_allclose(low[:2], benefit[:2] - np.sqrt((benefit[:2] - lower[:2]) ** 2 + extra))
+    np.testing.assert_allclose(high[:2], benefit[:2] + np.sqrt((upper[:2] - benefit[:2]) ** 2 + extra))
+    assert (low <= lower).all() and (high >= upper).all() and (low <= benefit).all() and (benefit <= high).all()
+    assert low.min() >= -1 and high.max() <= 1  # clipped to the scale

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from helpers import OTHER_SPEC, fast_config
 
-from core.candidates import CANDIDATE_ORDER, BootstrapEnsemble, make_candidate
+from core.candidates import CANDIDATE_ORDER, FLOOR, BootstrapEnsemble, make_candidate
 from core.config import LabelRule
 from core.labelling import LabelPolicy
 from core.runtime import arms as A
@@ -129,7 +129,9 @@ def _models(spec, train, outcome) -> dict[str, ResponderModel]:
         rule = LabelRule(unlikely_upper_below=float(np.quantile(benefit, 0.6))).model_dump()  # so that unlikely occurs
         kind = candidate.interval_kind
         policy = LabelPolicy("conditional", rule, "There is evidence.", "uncertain", "The trial population.", "Why.", 0.95, kind)
-        models[name] = ResponderModel(spec, outcome, pipeline, candidate, ensemble, policy, evidence)
+        # A calibration allowance (a conditional answer on a large trial) on every model but the floor's.
+        allowance = 0.0 if name == FLOOR else 0.03
+        models[name] = ResponderModel(spec, outcome, pipeline, candidate, ensemble, policy, evidence, calibration_allowance=allowance)
     return models
 
 

@@ -102,6 +102,35 @@ def test_strong_trial_gives_evidence_and_separates_the_subgroup(strong_job):
     assert f"slope {m['benefit_calibration_slope']:.2f} (nominal 95% interval" in summary.render()
 
 
+def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
+    """600 patients make groups too small to measure the calibration error: recorded as not measured, nothing added.
+    With groups allowed that small, the allowance is the out-of-fold error of the served candidate, and the served
+    interval widens by it (each side in quadrature) around the same benefit."""
+    from dataclasses import replace
+
+    from training import metrics as M
+    from training.steps import calibration_allowance
+
+    frame, summary, tmp = strong_job
+    pain = summary.outcomes["pain"]
+    saved = json.loads((tmp / "summary.json").read_text())["outcomes"]
+    assert saved["pain"]["calibration_allowance"] == {
+        "sd": 0.0, "measured": False, "reason": "not measured: 600 patients make groups of fewer than 200 (needs 2,000)",
+    }
+    assert pain.model.calibration_allowance == 0.0
+    assert all(saved[o]["calibration_allowance"] is None for o in saved if saved[o]["answer"] != "conditional")
+    small = fast_config(intervals={"calibration_min_group": 20})
+    measured = calibration_allowance(pain, small)
+    expected = M.calibration_error(pain.cv.mean_benefit(pain.champion), pain.cv.psi.mean(axis=0), 10)
+    assert measured["measured"] and measured["sd"] == expected["sd"] and measured["smallest_group"] == 60
+    assert f"SD {100 * expected['sd']:.1f} pp" in measured["reason"]
+    inputs = model_inputs(frame.head(50), load_spec())
+    before = pain.model.predict(inputs)
+    after = replace(pain.model, calibration_allowance=0.05).predict(inputs)
+    np.testing.assert_array_equal(after["benefit"], before["benefit"])
+    assert (after["benefit_lower"] < before["benefit_lower"]).all() and (after["benefit_upper"] > before["benefit_upper"]).all()
+
+
 def test_ground_truth_never_reaches_a_model(strong_job, tmp_path):
     frame, summary, _ = strong_job
     for result in summary.outcomes.values():

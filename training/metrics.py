@@ -33,6 +33,17 @@ Definitions (documented because small-sample readers will check them):
   more). Both with 95% Wald intervals (the slope's from a heteroscedasticity-
   consistent HC1 standard error). Undefined (NaN) slope for a benefit that is
   the same for every patient.
+- ``calibration_error`` (the allowance added to a conditional answer's interval
+  on large trials): patients in ``groups`` equal-sized groups of out-of-fold
+  predicted benefit; in each group ``d_g = mean(psi - tau_hat)``, the observed
+  minus the predicted benefit of the group, and ``v_g`` its squared standard
+  error. The mean of ``d_g^2 - v_g`` (weighted by group size, 0 when negative)
+  is a moment estimate of the squared calibration error, in the manner of
+  DerSimonian and Laird's between-study variance but around 0, so an error
+  common to every group counts. Its square root is the SD in risk-difference
+  units. It sees only the error that varies with the predicted benefit (a
+  lower bound on the model's approximation error), and it needs large groups:
+  ``v_g`` is about ``4 p (1 - p) / n_g``.
 """
 
 from __future__ import annotations
@@ -151,6 +162,33 @@ def benefit_calibration_line(tau_hat: np.ndarray, psi: np.ndarray, level: float 
         return {**out, **dict.fromkeys(BENEFIT_CALIBRATION[3:], float("nan"))}
     slope, se = HC1Slope(np.column_stack([np.ones(n), centred]))(psi)
     return {**out, **dict(zip(BENEFIT_CALIBRATION[3:], (slope, slope - z * se, slope + z * se), strict=True))}
+
+
+def calibration_error(tau_hat: np.ndarray, psi: np.ndarray, groups: int) -> dict[str, float]:
+    """The out-of-fold calibration error of predicted benefit across ``groups`` groups (module docstring).
+
+    Keys: ``sd`` (risk difference; the allowance), ``variance`` (the moment estimate before the positive part: it
+    may be negative), ``groups``, ``smallest_group`` (patients) and ``largest_gap`` (the largest ``|d_g|``).
+    """
+    tau_hat, psi = np.asarray(tau_hat, float), np.asarray(psi, float)
+    n = len(psi)
+    if groups < 1 or n < 2 * groups:
+        raise ValueError(f"{n} patients cannot make {groups} groups of at least 2")
+    group = np.empty(n, dtype=int)
+    group[np.argsort(tau_hat, kind="stable")] = np.arange(n) * groups // n  # equal counts, ties by position
+    gap = psi - tau_hat
+    sizes = np.bincount(group, minlength=groups).astype(float)
+    means = np.bincount(group, weights=gap, minlength=groups) / sizes
+    squares = np.bincount(group, weights=gap**2, minlength=groups)
+    se2 = (squares - sizes * means**2) / (sizes - 1) / sizes  # the squared standard error of each group's mean gap
+    variance = float(np.sum(sizes * (means**2 - se2)) / n)
+    return {
+        "sd": float(np.sqrt(max(variance, 0.0))),
+        "variance": variance,
+        "groups": int(groups),
+        "smallest_group": int(sizes.min()),
+        "largest_gap": float(np.abs(means).max()),
+    }
 
 
 class HC1Slope:

@@ -128,6 +128,7 @@ class OutcomeResult:
             "path": self.path.to_dict() if self.path is not None else None,
             "diagnostics": self.model.metadata.get("bcf_diagnostics") if self.model is not None else None,
             "interval_bootstrap": self.model.metadata.get("interval_bootstrap") if self.model is not None else None,
+            "calibration_allowance": self.model.metadata.get("calibration_allowance") if self.model is not None else None,
             "eligible": list(self.cv.eligible),
             "labels": self._labels(),
             "responder_rule": self.counts.rule,

@@ -21,7 +21,7 @@ from core.candidates.ensemble import describe_refits
 from core.config import TrainConfig
 from core.data import model_inputs
 from core.effects import AverageEffect, adjust, ancova, risk_difference
-from core.labelling import Wording, build_policy
+from core.labelling import CONDITIONAL, Wording, build_policy
 from core.labels import LabelCounts, censoring_sensitivity, responder_labels, sensitivity_effects
 from core.runtime.artefact import Evidence, ResponderModel
 from core.spec import DatasetSpec, inline
@@ -31,6 +31,7 @@ from training.evaluation import OutcomeData, cross_validate, features_of, fit_pi
 from training.executor import Executor
 from training.heterogeneity import heterogeneity_test
 from training.inference import holm
+from training.metrics import calibration_error
 from training.modifiers import modifier_matrix
 from training.path import path_analysis
 from training.results import OutcomeResult, _clean, _fmt
@@ -179,6 +180,7 @@ def fit_champion(
     ensemble = None
     if candidate.needs_refits:
         ensemble = make_ensemble(candidate, config).fit(F, data.t, data.y, models=bootstrap)
+    allowance = calibration_allowance(result, config)
     model = ResponderModel(
         spec=spec,
         outcome=result.outcome,
@@ -189,6 +191,7 @@ def fit_champion(
         evidence=evidence,
         interval_level=config.intervals.level,
         average_effect=result.average_effect.to_dict() if result.average_effect is not None else {},
+        calibration_allowance=allowance["sd"] if allowance is not None else 0.0,
         metadata={
             "candidate_label": candidate_label(result.champion),
             "reason": result.reason,
@@ -205,6 +208,8 @@ def fit_champion(
                 "refits": len(ensemble.models_), "fraction": float(ensemble.fraction), "rate": ensemble.rate_,
                 "description": describe_refits(ensemble.n_models, ensemble.fraction),
             },
+            # A conditional answer's calibration allowance: how it was measured (None for the other answers).
+            "calibration_allowance": allowance,
             # The patient report and the API show a simulated-data banner from this record.
             "data_provenance": dict(provenance or {}),
             # Three or more arms: the comparison this model answers (serving keys and names its answers by it).
@@ -224,6 +229,34 @@ def fit_champion(
         wording=Wording.of(spec.outcomes[result.outcome]),
     )
     return model
+
+
+def calibration_allowance(result: OutcomeResult, config: TrainConfig) -> dict[str, Any] | None:
+    """A conditional answer's out-of-fold calibration error (:func:`training.metrics.calibration_error`), or None.
+
+    Measured on the cross-validation's outer out-of-fold benefit of the served candidate (averaged over repeats)
+    against the DR scores, when every one of ``intervals.calibration_groups`` groups holds at least
+    ``intervals.calibration_min_group`` patients; otherwise recorded as not measured, with ``sd`` 0. The other
+    answers' intervals are for another estimand (the trial average, the risk-based benefit): None.
+    """
+    if result.answer != CONDITIONAL:
+        return None
+    iv, n = config.resolved(len(result.data.y)).intervals, len(result.data.y)
+    groups, smallest = iv.calibration_groups, iv.calibration_min_group
+    if groups == 0 or result.champion not in result.cv.oof:
+        return {"sd": 0.0, "measured": False, "reason": "not measured (intervals.calibration_groups is 0)"}
+    if n < groups * smallest:
+        return {
+            "sd": 0.0, "measured": False,
+            "reason": f"not measured: {n:,} patients make groups of fewer than {smallest} (needs {groups * smallest:,})",
+        }
+    error = calibration_error(result.cv.mean_benefit(result.champion), result.cv.psi.mean(axis=0), groups)
+    return {
+        **error,
+        "measured": True,
+        "reason": f"out-of-fold calibration error across {groups} groups of predicted benefit: SD {100 * error['sd']:.1f} pp, "
+        "added to each side of the interval in quadrature (an error the model's own interval does not carry)",
+    }
 
 
 def _bcf_diagnostics(candidate: BenefitCandidate, F: pd.DataFrame, config: TrainConfig) -> dict[str, Any]:

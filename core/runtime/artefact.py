@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from core.labelling import LabelPolicy
-from core.runtime.intervals import posterior_interval
+from core.runtime.intervals import posterior_interval, with_allowance
 from core.spec import DatasetSpec
 from features.cores import FeatureInfo
 from features.plan import InputWarning
@@ -57,11 +57,12 @@ TEXT_COLUMNS = PREDICTION_COLUMNS[5:]
 # The artefact's format. 2 = answers (estimands) with population and patient labels, no interval allowance;
 # 3 = the same objects under ``core`` (core.runtime.artefact, core.candidates, core.spec, core.config, core.labelling),
 # no pickle shims; 4 = the arm-only floor serves the trial's own rates and Miettinen-Nurminen interval (it served
-# smoothed rates and Jeffreys draws, which differed from the trial's average effect beside them). A model pickled in
+# smoothed rates and Jeffreys draws, which differed from the trial's average effect beside them); 5 = a conditional
+# answer may carry a calibration allowance in its interval (code reading format 4 would serve it without). A model pickled in
 # another format is refused at load with one line (retrain), never served
 # half-understood; a pickle whose classes no longer exist (format 2 named serving.runtime and training.*) is
 # refused with the same line.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # MLflow "models from code": this file is stored with each logged model and run on load.
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
@@ -131,6 +132,9 @@ class ResponderModel:
     average_effect: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # The conditional answer's out-of-fold calibration error (risk difference), added to its interval; 0: none (the
+    # other answers, small trials). metadata["calibration_allowance"] says how it was measured.
+    calibration_allowance: float = 0.0
 
     @property
     def candidate_name(self) -> str:
@@ -170,8 +174,10 @@ class ResponderModel:
         return prediction_frame(self.label_policy, p1, p0, benefit, lower, upper, raw.index)
 
     def interval(self, F: pd.DataFrame, benefit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The interval for the served estimand: the model's own uncertainty (posterior draws or bootstrap refits)."""
-        return model_interval(self.candidate, self.ensemble, F, benefit, self.interval_level)
+        """The interval for the served estimand: the model's own uncertainty (posterior draws or bootstrap refits),
+        with the calibration allowance where one was measured."""
+        lower, upper = model_interval(self.candidate, self.ensemble, F, benefit, self.interval_level)
+        return with_allowance(benefit, lower, upper, self.calibration_allowance, self.interval_level)
 
     model_interval = interval  # one interval: nothing is added for a patient's own deviation
 

@@ -7,8 +7,11 @@
 - :func:`bootstrap_interval`: the median-centred percentile interval of
   bootstrap refits (the other candidates), rescaled to the trial's size when
   the refits were on smaller resamples (m-out-of-n);
+- :func:`with_allowance`: a conditional answer's interval on a large trial,
+  widened by the model's out-of-fold calibration error (measured by
+  ``training.metrics.calibration_error`` and stored with the model).
 
-Both are intervals for the served estimand (a conditional average, risk-based
+All are intervals for the served estimand (a conditional average, risk-based
 or trial average benefit), never for one patient's own benefit.
 """
 
@@ -64,6 +67,26 @@ def bootstrap_interval(
         deviations[:, cols] = (draws[:, cols] - np.median(draws[:, cols], axis=1, keepdims=True)) * factors[cols]
     lo, hi = (np.quantile(deviations, q, axis=1) for q in (tail, 1 - tail))
     return np.clip(point + lo, -1, 1), np.clip(point + hi, -1, 1)
+
+
+def with_allowance(
+    benefit: np.ndarray, lower: np.ndarray, upper: np.ndarray, sd: float, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each side's distance from ``benefit`` and ``z * sd`` added in quadrature (``z`` of the two-sided ``level``).
+
+    ``sd``: the model's calibration error (risk difference), an error the refits or draws do not carry. 0 returns
+    the interval unchanged. The model's own interval and the error are taken as independent, as a normal
+    approximation would: the result contains the point estimate and stays within [-1, 1].
+    """
+    if not sd:
+        return lower, upper
+    from statistics import NormalDist
+
+    extra = (NormalDist().inv_cdf(0.5 + level / 2) * float(sd)) ** 2
+    benefit = np.asarray(benefit, dtype=float)
+    below = np.sqrt((benefit - np.asarray(lower, dtype=float)) ** 2 + extra)
+    above = np.sqrt((np.asarray(upper, dtype=float) - benefit) ** 2 + extra)
+    return np.clip(benefit - below, -1, 1), np.clip(benefit + above, -1, 1)
 
 
 def refit_scaling(ensemble: object) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core.runtime.explain import PatientExplanation, explain_rows
+from core.runtime.intervals import with_allowance
 from features.labs import LabIssue
 from features.plan import FeaturePlan, InputWarning
 
@@ -95,6 +96,7 @@ class OutcomePlan:
         if missing:
             raise ValueError(f"the candidate uses features the pipeline does not make: {missing}")
         self.arms = compile_arms(model.candidate, model.ensemble, model.interval_level)
+        self.allowance = (float(model.calibration_allowance), float(model.interval_level))  # (sd, level): with_allowance
         # Outcomes fitted on the same rows have equal feature pipelines: the same key, one computation per batch.
         self.pipeline_key = joblib.hash((model.pipeline, model.spec))
         self.columns_in_order = np.asarray([self.features.names.index(name) for name in self.order], dtype=np.intp)
@@ -133,6 +135,7 @@ class OutcomePlan:
         F = self.matrix(parsed)[1] if getattr(self.arms, "uses_features", True) else np.empty((parsed.n, 0))
         p1, p0, lower, upper = self.arms.predict(F)
         benefit = p1 - p0
+        lower, upper = with_allowance(benefit, lower, upper, *self.allowance)
         labels = policy.label(lower, upper)
         return Scores(
             p1, p0, benefit, lower, upper, policy.answer, labels.patient_label, labels.patient_reason,

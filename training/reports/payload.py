@@ -255,6 +255,7 @@ def build_cohort_payload(
             "diagnostics_sentence": describe_diagnostics(result.model.metadata.get("bcf_diagnostics")),
             "benefit_calibration_sentence": describe_benefit_calibration(result.summary()["metrics"]),
             "interval_bootstrap": _json_safe(result.model.metadata.get("interval_bootstrap")),
+            "calibration_allowance": _json_safe(result.model.metadata.get("calibration_allowance")),
             "average_effect": _json_safe(result.average_effect.to_dict()) if result.average_effect is not None else None,
             "shap": shap_meta,
             "registry": {},
