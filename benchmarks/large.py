@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,9 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
         target = observable[outcome]
         served = result.model.predict(pop_inputs)
         benefit, lower, upper = (served[c].to_numpy() for c in ("benefit", "benefit_lower", "benefit_upper"))
+        # The model's own interval (refits or draws), before the calibration allowance the served one adds.
+        own = replace(result.model, calibration_allowance=0.0).predict(pop_inputs)
+        own_lower, own_upper = own["benefit_lower"].to_numpy(), own["benefit_upper"].to_numpy()
         # What the rule below 2,000 patients would have served: BCF (on its subsample) when eligible, else the floor.
         d = result.data
         pipeline = build_feature_pipeline(spec).fit(d.X)
@@ -102,6 +105,10 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
                 "auc_bcf": auc_top_quarter(bcf_benefit, truth), "former_choice": former,
                 "auc_former": auc_top_quarter(bcf_benefit, truth) if former == BCF else 0.5,
                 "coverage": float(np.mean((lower <= target + 1e-12) & (target - 1e-12 <= upper))),
+                "allowance": float(result.model.calibration_allowance),
+                "coverage_own": float(np.mean((own_lower <= target + 1e-12) & (target - 1e-12 <= own_upper))),
+                "width_own": float(np.mean(own_upper - own_lower)),
+                "interval_score_own": float(np.mean(interval_score(own_lower, own_upper, target, 1 - level))),
                 "width": float(np.mean(upper - lower)),
                 "interval_score": float(np.mean(interval_score(lower, upper, target, 1 - level))),
                 "interval_score_average": float(np.mean(interval_score(average.ci_low * ones, average.ci_high * ones, target, 1 - level))),
@@ -233,6 +240,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
         f"- Served interval: coverage of the observable conditional benefit {frame['coverage'].mean():.2f} (mean over "
         f"outcome-runs; target 0.90-0.97), width {frame['width'].mean():.3f}; interval score below the trial average's in "
         f"{int((frame['interval_score'] < frame['interval_score_average']).sum())} of {runs}.",
+        *_allowance_summary(frame),
         *_peer_summary(frame, plan),
         "",
     ]
@@ -246,6 +254,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
                 _mean_min(cell["auc_former"]), f"{cell['coverage'].mean():.2f} / {_peer_mean(cell, 'cf_coverage', 2)}",
                 f"{cell['width'].mean():.3f} / {_peer_mean(cell, 'cf_width', 3)}",
                 f"{cell['interval_score'].mean():.3f} / {cell['interval_score_average'].mean():.3f} / {_peer_mean(cell, 'cf_interval_score', 3)}",
+                _allowance_cell(cell),
                 f"{cell['job_seconds'].mean():.0f}",
             ]
         )
@@ -254,10 +263,11 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
             [
                 "scenario", "n", "outcome", "trials", "answer served", "served by", "oracle AUC",
                 "served AUC, mean (min)", "served - oracle", "rule below 2,000: AUC", "coverage: served / EconML",
-                "width: served / EconML", "interval score: served / trial average / EconML", "job s",
+                "width: served / EconML", "interval score: served / trial average / EconML",
+                "calibration allowance, pp (coverage without it)", "job s",
             ],
             rows,
-            align="lrlrllrrrrrrrr",
+            align="lrlrllrrrrrrrrr",
         )
     )
     if "coverage_mofn" in frame:
@@ -289,6 +299,36 @@ def _peer_value(value: float, digits: int) -> str:
 def _peer_mean(cell: pd.DataFrame, column: str, digits: int) -> str:
     """The peer's mean over a cell's outcome-runs, or a dash (EconML not installed)."""
     return _peer_value(float(cell[column].mean()) if column in cell else float("nan"), digits)
+
+
+def _allowance_cell(cell: pd.DataFrame) -> str:
+    if "allowance" not in cell:  # rows of a run before the allowance
+        return "—"
+    return f"{100 * cell['allowance'].mean():.1f} ({cell['coverage_own'].mean():.2f})"
+
+
+def _allowance_summary(frame: pd.DataFrame) -> list[str]:
+    """The served interval with and without its calibration allowance (``training.steps.calibration_allowance``)."""
+    if "allowance" not in frame:
+        return []
+    applied = frame[frame["allowance"] > 0]
+    line = (
+        f"- Calibration allowance (a conditional answer's out-of-fold calibration error across `intervals.calibration_groups` "
+        f"groups of predicted benefit, added to each side in quadrature; `training.metrics.calibration_error`): measured in "
+        f"{len(applied)} of {len(frame)} outcome-runs"
+    )
+    if applied.empty:
+        return [line + "."]
+    line += (
+        f", SD {100 * applied['allowance'].min():.1f}-{100 * applied['allowance'].max():.1f} pp. Without it the model's own "
+        f"interval (refits or draws) covers {frame['coverage_own'].mean():.2f} at width {frame['width_own'].mean():.3f}; its "
+        f"interval score is below the served one's in {int((frame['interval_score_own'] < frame['interval_score']).sum())} "
+        f"of {len(frame)}"
+    )
+    if "cf_interval_score" in frame and frame["cf_interval_score"].notna().any():
+        peer = frame.dropna(subset=["cf_interval_score"])
+        line += f" and below EconML's in {int((peer['interval_score_own'] < peer['cf_interval_score']).sum())} of {len(peer)}"
+    return [line + "."]
 
 
 def _peer_summary(frame: pd.DataFrame, plan: Plan) -> list[str]:
@@ -325,7 +365,8 @@ def _bootstrap_comparison(frame: pd.DataFrame) -> list[str]:
     width = frame["width_mofn"].mean() / frame["width_full"].mean()
     return [
         "",
-        f"**The m-out-of-n bootstrap against the full-size bootstrap** (from {frame['n'].min():,} patients the served "
+        f"**The m-out-of-n bootstrap against the full-size bootstrap** (the refits' own interval, before the calibration "
+        f"allowance; from {frame['n'].min():,} patients the served "
         f"interval's refits are on {frame['bootstrap_fraction'].iloc[0]:.0%} and a quarter of that of each arm, their spread "
         "carried to the trial by the rate measured between the two sizes; `core.candidates.ensemble`). Here the served "
         "champion is also refitted as many times at full size with the same seed, one process, both timed in this run. "

@@ -651,6 +651,35 @@ def test_large_trials_section_scores_the_served_interval_beside_econml_on_the_sa
     assert "| 0.850 | 0.900 | 0.930 |" in trial  # BCF, EconML, served AUC
 
 
+def test_large_trials_section_sets_the_served_interval_beside_the_models_own_without_the_allowance():
+    from benchmarks.large import Plan, render
+
+    base = {
+        "scenario": "strong", "n": 10_000, "test": "held_out", "p_adjusted": 0.01, "eligible": "arm_only,t_learner",
+        "auc_bcf": 0.85, "width": 0.25, "interval_score_average": 5.0, "coverage_average": 0.1, "job_seconds": 40.0,
+        "bcf_seconds": 10.0, "former_choice": "bcf", "champion": "t_learner", "cv_choice": "t_learner", "evidence": True,
+        "auc_oracle": 0.96, "auc_served": 0.93, "auc_former": 0.88, "floor_despite_evidence": False, "cf_width": 0.3,
+        "cf_seconds": 20.0, "cf_coverage": 0.9, "cf_auc": 0.95, "width_own": 0.15,
+    }
+    rows = [
+        {**base, "replicate": 0, "outcome": "pain", "answer": "conditional", "coverage": 0.9, "interval_score": 0.5,
+         "cf_interval_score": 0.6, "allowance": 0.04, "coverage_own": 0.7, "interval_score_own": 0.8},
+        {**base, "replicate": 1, "outcome": "pain", "answer": "conditional", "coverage": 0.8, "interval_score": 0.7,
+         "cf_interval_score": 0.6, "allowance": 0.02, "coverage_own": 0.6, "interval_score_own": 0.5},
+        {**base, "replicate": 0, "outcome": "memory", "answer": "risk_based", "coverage": 0.5, "interval_score": 1.5,
+         "cf_interval_score": 0.6, "allowance": 0.0, "coverage_own": 0.5, "interval_score_own": 1.5},
+    ]
+    text = render(pd.DataFrame(rows), Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",)), 1.0, False, True, 2)
+    assert (
+        "measured in 2 of 3 outcome-runs, SD 2.0-4.0 pp. Without it the model's own interval (refits or draws) covers 0.60 "
+        "at width 0.150; its interval score is below the served one's in 1 of 3 and below EconML's in 1 of 3." in text
+    )
+    pain = next(line for line in text.splitlines() if line.startswith("| `strong` | 10,000 | pain"))
+    assert [c.strip() for c in pain.strip("|").split("|")][13] == "3.0 (0.65)"
+    old = pd.DataFrame(rows).drop(columns=["allowance", "coverage_own", "width_own", "interval_score_own"])
+    assert "Calibration allowance" not in render(old, Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",)), 1.0, False, True, 2)
+
+
 def test_large_trials_section_sets_the_m_out_of_n_interval_beside_the_full_size_bootstrap():
     from benchmarks.large import Plan, render
 
