@@ -103,6 +103,7 @@ class LabelPolicy:
     answer_reason: str = ""
     level: float = 0.95
     interval_kind: str = "credible"  # credible (posterior draws) or confidence (bootstrap refits, the floor's score interval)
+    interval_note: str = ""  # what the interval adds to the model's own, in words ("" for nothing): the calibration allowance
 
     @property
     def mode(self) -> str:
@@ -138,7 +139,8 @@ class LabelPolicy:
         return PatientLabels(self.population_label, self.population_reason, labels, reasons)
 
     def _reason(self, label: str, low: float, high: float) -> str:
-        interval = f"this patient's {100 * self.level:.0f}% {self.interval_kind} interval for the conditional average benefit ({pp(low)} to {pp(high)})"
+        note = f"; {self.interval_note}" if self.interval_note else ""
+        interval = f"this patient's {100 * self.level:.0f}% {self.interval_kind} interval for the conditional average benefit ({pp(low)} to {pp(high)}{note})"
         mid = pp(self.rule["unlikely_upper_below"])
         if label == LIKELY:
             return f"{self.evidence_sentence} {interval[0].upper()}{interval[1:]} lies above 0 pp."
@@ -182,12 +184,13 @@ def build_policy(
     treated: str = "treatment",
     control: str = "control",
     wording: Wording | None = None,
+    interval_note: str = "",
 ) -> LabelPolicy:
     """One outcome's answer policy; ``average_effect`` is its multiplicity-adjusted :class:`core.effects.AverageEffect`."""
     if answer not in ANSWERS:
         raise ValueError(f"unknown answer {answer!r} (one of {ANSWERS})")
     label, reason = population_label(rule, average_effect, treated, control, wording)
-    return LabelPolicy(answer, rule.model_dump(), evidence_sentence, label, reason, answer_reason, level, interval_kind)
+    return LabelPolicy(answer, rule.model_dump(), evidence_sentence, label, reason, answer_reason, level, interval_kind, interval_note)
 
 
 def population_label(rule: LabelRule, effect: Any, treated: str, control: str, wording: Wording | None = None) -> tuple[str, str]:

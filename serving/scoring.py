@@ -380,6 +380,8 @@ class Scorer:
                 event_to_prevent=Wording.of(model.spec.outcomes.get(model.outcome)).event,
                 average_effect=S.AverageEffectOut.from_model(model.average_effect),
                 interval_level=model.interval_level,
+                calibration_allowance=model.plan().allowance[0],  # what the scoring plan adds
+                calibration_allowance_reason=(model.metadata.get("calibration_allowance") or {}).get("reason"),
                 evidence=champion.evidence(),
                 model=champion.ref,
                 features=[S.FeatureOut(name=f.name, description=f.description, unit=f.unit, group=f.group) for f in model.feature_info().values()],

@@ -278,3 +278,21 @@ def test_the_allowance_widens_each_side_in_quadrature_and_keeps_the_point_inside
     np.testing.assert_allclose(high[:2], benefit[:2] + np.sqrt((upper[:2] - benefit[:2]) ** 2 + extra))
     assert (low <= lower).all() and (high >= upper).all() and (low <= benefit).all() and (benefit <= high).all()
     assert low.min() >= -1 and high.max() <= 1  # clipped to the scale
+
+
+def test_a_patient_label_reason_says_when_its_interval_carries_the_calibration_allowance():
+    from core.config import LabelRule
+    from core.labelling import LabelPolicy
+
+    plain = LabelPolicy("conditional", LabelRule().model_dump(), "There is evidence.", "uncertain", "Population.", "Why.", 0.95, "confidence")
+    widened = LabelPolicy(*[getattr(plain, f) for f in ("answer", "rule", "evidence_sentence", "population_label", "population_reason",
+                                                        "answer_reason", "level", "interval_kind")],
+                          interval_note="widened by the model's calibration error of 4.7 pp")
+    lower, upper = np.array([0.05]), np.array([0.30])
+    assert plain.label(lower, upper).patient_reason[0] == (
+        "There is evidence. This patient's 95% confidence interval for the conditional average benefit (+5 pp to +30 pp) lies above 0 pp."
+    )
+    assert widened.label(lower, upper).patient_reason[0] == (
+        "There is evidence. This patient's 95% confidence interval for the conditional average benefit (+5 pp to +30 pp; "
+        "widened by the model's calibration error of 4.7 pp) lies above 0 pp."
+    )

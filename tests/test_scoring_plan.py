@@ -491,6 +491,9 @@ def test_a_stored_scoring_plan_answers_as_the_artefact_and_needs_no_scikit_learn
         stored = load_scoring_model(files[name])
         assert stored.candidate_name == name and stored.feature_info() == model.feature_info()
         pd.testing.assert_frame_equal(score_table(_scorer(spec, {name: stored}), columns, n), expected)
+        # /metadata reports the allowance the stored plan adds (the artefact's).
+        as_outcome = _scorer(spec, {stored.outcome: stored}).metadata().outcomes[stored.outcome]
+        assert as_outcome.calibration_allowance == model.calibration_allowance
         if name == "bcf":
             with pytest.raises(AttributeError, match="no candidate to explain with"):
                 stored.plan().explain(stored.plan().parse_frame(layout["patients"].head(2)))

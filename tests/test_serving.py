@@ -165,6 +165,10 @@ def test_metadata(client, store):
         meta = body["outcomes"][outcome]
         assert meta["answer"] == result.answer and meta["answer_reason"] and meta["estimand"]
         assert meta["refused"] == result.refused
+        # The calibration allowance the intervals carry (none below 2,000 patients), and why, as the summary JSON says.
+        allowance = result.summary()["calibration_allowance"]
+        assert meta["calibration_allowance"] == 0.0
+        assert meta["calibration_allowance_reason"] == (None if allowance is None else allowance["reason"])
     assert effect["risk_ratio"] > 0 and effect["rr_low"] <= effect["risk_ratio"] <= effect["rr_high"]
 
 

@@ -227,6 +227,7 @@ def fit_champion(
         treated=spec.treated_inline(),  # inside sentences
         control=spec.control_inline(),
         wording=Wording.of(spec.outcomes[result.outcome]),
+        interval_note=f"widened by the model's calibration error of {100 * model.calibration_allowance:.1f} pp" if model.calibration_allowance else "",
     )
     return model
 
