@@ -259,6 +259,7 @@ class TrainSummary:
                 f"AUTOC {_fmt(m.get('autoc_averaged'))} (descriptive); "
                 f"c-for-benefit {_fmt(m.get('c_for_benefit'))}",
                 f"    {describe_benefit_calibration(m)}",
+                *([f"    interval: calibration allowance {s['calibration_allowance']['reason']}"] if s["calibration_allowance"] else []),
                 f"    population label: {labels.get('population_label')}; patient labels: "
                 + ("from each patient's interval" if labels.get("mode") == "individual" else "none (effect modification not established)"),
                 f"    registry: {s['registered_model']} version {s['version']} -> "

@@ -255,8 +255,8 @@ def calibration_allowance(result: OutcomeResult, config: TrainConfig) -> dict[st
     return {
         **error,
         "measured": True,
-        "reason": f"out-of-fold calibration error across {groups} groups of predicted benefit: SD {100 * error['sd']:.1f} pp, "
-        "added to each side of the interval in quadrature (an error the model's own interval does not carry)",
+        "reason": f"SD {100 * error['sd']:.1f} pp: the served model's out-of-fold calibration error across {groups} groups of "
+        "predicted benefit, added to each side of the interval in quadrature (an error the model's own interval does not carry)",
     }
 
 
