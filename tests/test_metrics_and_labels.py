@@ -263,6 +263,8 @@ def test_the_calibration_error_is_unbiased_for_a_calibrated_model_and_finds_a_sh
     assert all(c["groups"] == groups and c["smallest_group"] == n // groups for c in calibrated[:3])
     with pytest.raises(ValueError, match="cannot make 10 groups"):
         M.calibration_error(tau[:15], tau[:15], 10)
+    with pytest.raises(ValueError, match="not finite"):
+        M.calibration_error(np.where(np.arange(n) == 7, np.nan, tau), tau, 10)
 
 
 def test_the_allowance_widens_each_side_in_quadrature_and_keeps_the_point_inside():

@@ -174,6 +174,8 @@ def calibration_error(tau_hat: np.ndarray, psi: np.ndarray, groups: int) -> dict
     n = len(psi)
     if groups < 1 or n < 2 * groups:
         raise ValueError(f"{n} patients cannot make {groups} groups of at least 2")
+    if not (np.isfinite(tau_hat).all() and np.isfinite(psi).all()):
+        raise ValueError("the predicted benefit or the DR scores are not finite for every patient")
     group = np.empty(n, dtype=int)
     group[np.argsort(tau_hat, kind="stable")] = np.arange(n) * groups // n  # equal counts, ties by position
     gap = psi - tau_hat

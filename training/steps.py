@@ -251,7 +251,10 @@ def calibration_allowance(result: OutcomeResult, config: TrainConfig) -> dict[st
             "sd": 0.0, "measured": False,
             "reason": f"not measured: {n:,} patients make groups of fewer than {smallest} (needs {groups * smallest:,})",
         }
-    error = calibration_error(result.cv.mean_benefit(result.champion), result.cv.psi.mean(axis=0), groups)
+    try:
+        error = calibration_error(result.cv.mean_benefit(result.champion), result.cv.psi.mean(axis=0), groups)
+    except ValueError as problem:  # out-of-fold predictions missing for some patients: nothing measured, said why
+        return {"sd": 0.0, "measured": False, "reason": f"not measured: {problem}"}
     return {
         **error,
         "measured": True,
