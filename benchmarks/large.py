@@ -314,8 +314,9 @@ def _allowance_summary(frame: pd.DataFrame) -> list[str]:
     applied = frame[frame["allowance"] > 0]
     line = (
         f"- Calibration allowance (a conditional answer's out-of-fold calibration error across `intervals.calibration_groups` "
-        f"groups of predicted benefit, added to each side in quadrature; `training.metrics.calibration_error`): measured in "
-        f"{len(applied)} of {len(frame)} outcome-runs"
+        f"groups of predicted benefit, added to each side in quadrature; `training.metrics.calibration_error`): above 0 in "
+        f"{len(applied)} of {len(frame)} outcome-runs (0 where the groups' gaps are within their noise, and below 2,000 "
+        "patients, where it is not measured)"
     )
     if applied.empty:
         return [line + "."]

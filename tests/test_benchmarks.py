@@ -671,7 +671,8 @@ def test_large_trials_section_sets_the_served_interval_beside_the_models_own_wit
     ]
     text = render(pd.DataFrame(rows), Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",)), 1.0, False, True, 2)
     assert (
-        "measured in 2 of 3 outcome-runs, SD 2.0-4.0 pp. Without it the model's own interval (refits or draws) covers 0.60 "
+        "above 0 in 2 of 3 outcome-runs (0 where the groups' gaps are within their noise, and below 2,000 patients, where it "
+        "is not measured), SD 2.0-4.0 pp. Without it the model's own interval (refits or draws) covers 0.60 "
         "at width 0.150; its interval score is below the served one's in 1 of 3 and below EconML's in 1 of 3." in text
     )
     pain = next(line for line in text.splitlines() if line.startswith("| `strong` | 10,000 | pain"))
