@@ -118,6 +118,7 @@ def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
         "sd": 0.0, "measured": False, "reason": "not measured: 600 patients make groups of fewer than 200 (needs 2,000)",
     }
     assert pain.model.calibration_allowance == 0.0
+    assert MlflowClient(_uri(tmp)).get_run(pain.run_id).data.metrics["calibration_allowance"] == 0.0
     assert "interval: calibration allowance not measured: 600 patients make groups of fewer than 200" in summary.render()
     assert all(saved[o]["calibration_allowance"] is None for o in saved if saved[o]["answer"] != "conditional")
     small = fast_config(intervals={"calibration_min_group": 20})

@@ -419,6 +419,8 @@ def run_training(
                                 "average_effect.p_value": _nan(effect.p_value),
                                 "average_effect.p_adjusted": _nan(effect.p_adjusted),
                                 "average_effect.established": float(effect.established),
+                                # SD added to the served interval (0: none; the summary JSON says how it was measured)
+                                "calibration_allowance": float(result.model.calibration_allowance) if result.model is not None else float("nan"),
                             }.items()
                             if np.isfinite(v)
                         }
