@@ -440,7 +440,7 @@ class IntervalConfig(_Strict):
         ge=0,
         description="a conditional answer's interval adds the served model's out-of-fold calibration error, measured "
         "across this many equal groups of predicted benefit (training.metrics.calibration_error): an error the "
-        "bootstrap refits do not carry, which on large trials is most of the distance to the conditional benefit. "
+        "bootstrap refits do not carry (section 6 of benchmarks/RESULTS.md scores the interval with and without it). "
         "0: none",
     )
 
