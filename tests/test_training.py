@@ -107,6 +107,7 @@ def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
     With groups allowed that small, the allowance is the out-of-fold error of the served candidate, and the served
     interval widens by it (each side in quadrature) around the same benefit."""
     from dataclasses import replace
+    from types import SimpleNamespace
 
     from training import metrics as M
     from training.steps import calibration_allowance
@@ -125,7 +126,17 @@ def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
     measured = calibration_allowance(pain, small)
     expected = M.calibration_error(pain.cv.mean_benefit(pain.champion), pain.cv.psi.mean(axis=0), 10)
     assert measured["measured"] and measured["sd"] == expected["sd"] and measured["smallest_group"] == 60
-    assert f"SD {100 * expected['sd']:.1f} pp" in measured["reason"]
+    # Its reason gives the size added, or (an estimate of 0: the groups' gaps within their noise) that nothing is added.
+    tau = pain.cv.mean_benefit(pain.champion)
+
+    def with_scores(psi):
+        cv = SimpleNamespace(oof=pain.cv.oof, psi=np.tile(psi, (2, 1)), mean_benefit=pain.cv.mean_benefit)
+        return calibration_allowance(SimpleNamespace(answer=pain.answer, data=pain.data, champion=pain.champion, cv=cv), small)
+
+    off = with_scores(3 * tau)  # the benefit is three times as spread out as predicted
+    assert off["sd"] > 0 and off["reason"].startswith(f"SD {100 * off['sd']:.1f} pp, the served model's out-of-fold")
+    zero = with_scores(tau)
+    assert zero["measured"] and zero["sd"] == 0.0 and zero["reason"].endswith("so nothing is added to the interval")
     inputs = model_inputs(frame.head(50), load_spec())
     before = pain.model.predict(inputs)
     after = replace(pain.model, calibration_allowance=0.05).predict(inputs)

@@ -255,12 +255,15 @@ def calibration_allowance(result: OutcomeResult, config: TrainConfig) -> dict[st
         error = calibration_error(result.cv.mean_benefit(result.champion), result.cv.psi.mean(axis=0), groups)
     except ValueError as problem:  # out-of-fold predictions missing for some patients: nothing measured, said why
         return {"sd": 0.0, "measured": False, "reason": f"not measured: {problem}"}
-    return {
-        **error,
-        "measured": True,
-        "reason": f"SD {100 * error['sd']:.1f} pp: the served model's out-of-fold calibration error across {groups} groups of "
-        "predicted benefit, added to each side of the interval in quadrature (an error the model's own interval does not carry)",
-    }
+    across = f"the served model's out-of-fold calibration error across {groups} groups of predicted benefit"
+    if error["sd"] == 0:
+        reason = f"0 pp: {across} is within the groups' own noise, so nothing is added to the interval"
+    else:
+        reason = (
+            f"SD {100 * error['sd']:.1f} pp, {across}, added to each side of the interval in quadrature: an error the "
+            "model's own interval does not carry"
+        )
+    return {**error, "measured": True, "reason": reason}
 
 
 def _bcf_diagnostics(candidate: BenefitCandidate, F: pd.DataFrame, config: TrainConfig) -> dict[str, Any]:
