@@ -80,6 +80,11 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
         # The model's own interval (refits or draws), before the calibration allowance the served one adds.
         own = replace(result.model, calibration_allowance=0.0).predict(pop_inputs)
         own_lower, own_upper = own["benefit_lower"].to_numpy(), own["benefit_upper"].to_numpy()
+        # ... and with the allowance's calibration part alone (without the candidates' disagreement).
+        allowance = result.model.metadata.get("calibration_allowance") or {}
+        calibration_sd = float(allowance.get("calibration_sd", result.model.calibration_allowance))
+        alone = replace(result.model, calibration_allowance=calibration_sd).predict(pop_inputs)
+        cal_lower, cal_upper = alone["benefit_lower"].to_numpy(), alone["benefit_upper"].to_numpy()
         # What the rule below 2,000 patients would have served: BCF (on its subsample) when eligible, else the floor.
         d = result.data
         pipeline = build_feature_pipeline(spec).fit(d.X)
@@ -106,6 +111,10 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
                 "auc_former": auc_top_quarter(bcf_benefit, truth) if former == BCF else 0.5,
                 "coverage": float(np.mean((lower <= target + 1e-12) & (target - 1e-12 <= upper))),
                 "allowance": float(result.model.calibration_allowance),
+                "allowance_calibration": calibration_sd, "allowance_disagreement": float(allowance.get("disagreement_sd", 0.0)),
+                "coverage_calibration": float(np.mean((cal_lower <= target + 1e-12) & (target - 1e-12 <= cal_upper))),
+                "width_calibration": float(np.mean(cal_upper - cal_lower)),
+                "interval_score_calibration": float(np.mean(interval_score(cal_lower, cal_upper, target, 1 - level))),
                 "coverage_own": float(np.mean((own_lower <= target + 1e-12) & (target - 1e-12 <= own_upper))),
                 "width_own": float(np.mean(own_upper - own_lower)),
                 "interval_score_own": float(np.mean(interval_score(own_lower, own_upper, target, 1 - level))),
@@ -264,7 +273,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
                 "scenario", "n", "outcome", "trials", "answer served", "served by", "oracle AUC",
                 "served AUC, mean (min)", "served - oracle", "rule below 2,000: AUC", "coverage: served / EconML",
                 "width: served / EconML", "interval score: served / trial average / EconML",
-                "calibration allowance, pp (coverage without it)", "job s",
+                "allowance, pp: total (calibration, disagreement); coverage without it / with the calibration part only", "job s",
             ],
             rows,
             align="lrlrllrrrrrrrrr",
@@ -304,7 +313,12 @@ def _peer_mean(cell: pd.DataFrame, column: str, digits: int) -> str:
 def _allowance_cell(cell: pd.DataFrame) -> str:
     if "allowance" not in cell:  # rows of a run before the allowance
         return "—"
-    return f"{100 * cell['allowance'].mean():.1f} ({cell['coverage_own'].mean():.2f})"
+    if "allowance_disagreement" not in cell:  # rows of a run before the disagreement part
+        return f"{100 * cell['allowance'].mean():.1f} ({cell['coverage_own'].mean():.2f})"
+    return (
+        f"{100 * cell['allowance'].mean():.1f} ({100 * cell['allowance_calibration'].mean():.1f}, "
+        f"{100 * cell['allowance_disagreement'].mean():.1f}); {cell['coverage_own'].mean():.2f} / {cell['coverage_calibration'].mean():.2f}"
+    )
 
 
 def _allowance_summary(frame: pd.DataFrame) -> list[str]:
@@ -313,8 +327,9 @@ def _allowance_summary(frame: pd.DataFrame) -> list[str]:
         return []
     applied = frame[frame["allowance"] > 0]
     line = (
-        f"- Calibration allowance (a conditional answer's out-of-fold calibration error across `intervals.calibration_groups` "
-        f"groups of predicted benefit, added to each side in quadrature; `training.metrics.calibration_error`): above 0 in "
+        f"- Model-error allowance (`training.steps.calibration_allowance`: a conditional answer's out-of-fold calibration error across "
+        f"`intervals.calibration_groups` groups of predicted benefit and, where recorded, its disagreement with the other "
+        f"candidates, added to each side in quadrature): above 0 in "
         f"{len(applied)} of {len(frame)} outcome-runs (0 where the groups' gaps are within their noise, and below 2,000 "
         "patients, where it is not measured)"
     )
@@ -329,7 +344,20 @@ def _allowance_summary(frame: pd.DataFrame) -> list[str]:
     if "cf_interval_score" in frame and frame["cf_interval_score"].notna().any():
         peer = frame.dropna(subset=["cf_interval_score"])
         line += f" and below EconML's in {int((peer['interval_score_own'] < peer['cf_interval_score']).sum())} of {len(peer)}"
-    return [line + "."]
+    lines = [line + "."]
+    if "allowance_disagreement" in frame:
+        split = frame[frame["allowance"] > 0]
+        lines.append(
+            f"- The allowance's two parts (added in quadrature): the calibration error across groups, SD "
+            f"{100 * split['allowance_calibration'].min():.1f}-{100 * split['allowance_calibration'].max():.1f} pp, and the served "
+            "model's root-mean-square out-of-fold disagreement with the other eligible candidates that model effect "
+            f"modification and see every patient (`intervals.disagreement`; `training.metrics.candidate_disagreement`), "
+            f"{100 * split['allowance_disagreement'].min():.1f}-{100 * split['allowance_disagreement'].max():.1f} pp. With the "
+            f"calibration part alone the interval covers {frame['coverage_calibration'].mean():.2f} at width "
+            f"{frame['width_calibration'].mean():.3f}; the served interval's score is below that one's in "
+            f"{int((frame['interval_score'] < frame['interval_score_calibration']).sum())} of {len(frame)}."
+        )
+    return lines
 
 
 def _peer_summary(frame: pd.DataFrame, plan: Plan) -> list[str]:

@@ -415,7 +415,8 @@ class IntervalConfig(_Strict):
     average answer), the trial's Miettinen-Nurminen interval (confidence). No allowance is added for
     how one patient's own benefit may differ from that average: no
     parallel-group trial identifies it. A conditional answer on a large trial adds the model's out-of-fold
-    calibration error (``calibration_groups``, ``calibration_min_group``), which the refits do not carry.
+    calibration error (``calibration_groups``, ``calibration_min_group``) and its disagreement with the other candidates
+    (``disagreement``), which the refits do not carry.
     """
 
     bootstrap_models: IntOrAuto = Field(
@@ -448,6 +449,13 @@ class IntervalConfig(_Strict):
         ge=2,
         description="patients per group below which the calibration error is not measured (its noise, about "
         "4 p (1 - p) / patients per group, would swamp it): with 10 groups of at least 200, from 2,000 patients",
+    )
+
+    disagreement: bool = Field(
+        description="the same allowance also adds the served model's root-mean-square out-of-fold disagreement with "
+        "the other eligible candidates that model effect modification and see every patient "
+        "(training.metrics.candidate_disagreement): the model error the calibration groups cannot see. false: the "
+        "calibration error alone",
     )
 
     @model_validator(mode="after")

@@ -678,7 +678,24 @@ def test_large_trials_section_sets_the_served_interval_beside_the_models_own_wit
     pain = next(line for line in text.splitlines() if line.startswith("| `strong` | 10,000 | pain"))
     assert [c.strip() for c in pain.strip("|").split("|")][13] == "3.0 (0.65)"
     old = pd.DataFrame(rows).drop(columns=["allowance", "coverage_own", "width_own", "interval_score_own"])
-    assert "Calibration allowance" not in render(old, Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",)), 1.0, False, True, 2)
+    assert "Model-error allowance" not in render(old, Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",)), 1.0, False, True, 2)
+    # With its two parts recorded: each part's range, and the interval with the calibration part alone.
+    parts = [
+        {"allowance_calibration": 0.03, "allowance_disagreement": np.sqrt(0.04**2 - 0.03**2), "coverage_calibration": 0.8,
+         "width_calibration": 0.2, "interval_score_calibration": 0.6},
+        {"allowance_calibration": 0.02, "allowance_disagreement": 0.0, "coverage_calibration": 0.8, "width_calibration": 0.2,
+         "interval_score_calibration": 0.7},
+        {"allowance_calibration": 0.0, "allowance_disagreement": 0.0, "coverage_calibration": 0.5, "width_calibration": 0.15,
+         "interval_score_calibration": 1.5},
+    ]
+    text = render(pd.DataFrame([{**r, **p} for r, p in zip(rows, parts, strict=True)]), Plan(sizes=(10_000,), trials=(2,), scenarios=("strong",)), 1.0, False, True, 2)
+    assert (
+        "calibration error across groups, SD 2.0-3.0 pp, and the served model's root-mean-square out-of-fold disagreement"
+        in text
+    )
+    assert "0.0-2.6 pp. With the calibration part alone the interval covers 0.70 at width 0.183; the served interval's score is below that one's in 1 of 3." in text
+    pain = next(line for line in text.splitlines() if line.startswith("| `strong` | 10,000 | pain"))
+    assert [c.strip() for c in pain.strip("|").split("|")][13] == "3.0 (2.5, 1.3); 0.65 / 0.80"
 
 
 def test_large_trials_section_sets_the_m_out_of_n_interval_beside_the_full_size_bootstrap():

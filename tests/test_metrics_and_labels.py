@@ -267,6 +267,18 @@ def test_the_calibration_error_is_unbiased_for_a_calibrated_model_and_finds_a_sh
         M.calibration_error(np.where(np.arange(n) == 7, np.nan, tau), tau, 10)
 
 
+def test_candidate_disagreement_is_the_root_mean_square_difference_to_the_served_model():
+    served = np.array([0.1, 0.2, 0.3, 0.4])
+    out = M.candidate_disagreement(served, {"a": served + 0.03, "b": served - np.array([0.04, -0.04, 0.04, -0.04]), "same": served})
+    assert out["candidates"] == pytest.approx({"a": 0.03, "b": 0.04, "same": 0.0})
+    assert out["variance"] == pytest.approx((0.03**2 + 0.04**2) / 3) and out["sd"] == pytest.approx(np.sqrt(out["variance"]))
+    assert M.candidate_disagreement(served, {}) == {"sd": 0.0, "variance": 0.0, "candidates": {}}
+    with pytest.raises(ValueError, match="b's predicted benefit is not finite"):
+        M.candidate_disagreement(served, {"b": np.array([0.1, np.nan, 0.3, 0.4])})
+    with pytest.raises(ValueError, match="served model"):
+        M.candidate_disagreement(np.array([np.inf, 0, 0, 0]), {})
+
+
 def test_the_allowance_widens_each_side_in_quadrature_and_keeps_the_point_inside():
     from core.runtime.intervals import with_allowance
 
@@ -289,12 +301,12 @@ def test_a_patient_label_reason_says_when_its_interval_carries_the_calibration_a
     plain = LabelPolicy("conditional", LabelRule().model_dump(), "There is evidence.", "uncertain", "Population.", "Why.", 0.95, "confidence")
     widened = LabelPolicy(*[getattr(plain, f) for f in ("answer", "rule", "evidence_sentence", "population_label", "population_reason",
                                                         "answer_reason", "level", "interval_kind")],
-                          interval_note="widened by the model's calibration error of 4.7 pp")
+                          interval_note="widened by the model-error allowance of 4.7 pp")
     lower, upper = np.array([0.05]), np.array([0.30])
     assert plain.label(lower, upper).patient_reason[0] == (
         "There is evidence. This patient's 95% confidence interval for the conditional average benefit (+5 pp to +30 pp) lies above 0 pp."
     )
     assert widened.label(lower, upper).patient_reason[0] == (
         "There is evidence. This patient's 95% confidence interval for the conditional average benefit (+5 pp to +30 pp; "
-        "widened by the model's calibration error of 4.7 pp) lies above 0 pp."
+        "widened by the model-error allowance of 4.7 pp) lies above 0 pp."
     )

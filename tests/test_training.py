@@ -109,8 +109,9 @@ def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
     from dataclasses import replace
     from types import SimpleNamespace
 
+    from core.candidates import candidate_label
     from training import metrics as M
-    from training.steps import calibration_allowance
+    from training.steps import calibration_allowance, disagreement_candidates
 
     frame, summary, tmp = strong_job
     pain = summary.outcomes["pain"]
@@ -124,17 +125,28 @@ def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
     assert all(saved[o]["calibration_allowance"] is None for o in saved if saved[o]["answer"] != "conditional")
     small = fast_config(intervals={"calibration_min_group": 20})
     measured = calibration_allowance(pain, small)
-    expected = M.calibration_error(pain.cv.mean_benefit(pain.champion), pain.cv.psi.mean(axis=0), 10)
-    assert measured["measured"] and measured["sd"] == expected["sd"] and measured["smallest_group"] == 60
-    # Its reason gives the size added, or (an estimate of 0: the groups' gaps within their noise) that nothing is added.
     tau = pain.cv.mean_benefit(pain.champion)
+    expected = M.calibration_error(tau, pain.cv.psi.mean(axis=0), 10)
+    # ... and the served model's disagreement with the other eligible candidates that model effect modification.
+    rivals = disagreement_candidates(pain, small.resolved(len(pain.data.y)))
+    assert rivals and pain.champion not in rivals and not set(rivals) & {"arm_only", "risk_model"}
+    assert set(rivals) <= set(pain.cv.eligible)
+    spread = M.candidate_disagreement(tau, {name: pain.cv.mean_benefit(name) for name in rivals})
+    assert measured["measured"] and measured["calibration_sd"] == expected["sd"] and measured["smallest_group"] == 60
+    assert measured["disagreement_sd"] == spread["sd"] > 0 and measured["disagreement"] == spread["candidates"]
+    assert measured["sd"] == pytest.approx(np.hypot(expected["sd"], spread["sd"]))
+    assert all(candidate_label(name) in measured["reason"] for name in rivals)
+    # Its reason gives the size added, or (an estimate of 0: the groups' gaps within their noise) that nothing is added.
+    alone = fast_config(intervals={"calibration_min_group": 20, "disagreement": False})
+    assert calibration_allowance(pain, alone)["sd"] == expected["sd"]
 
     def with_scores(psi):
-        cv = SimpleNamespace(oof=pain.cv.oof, psi=np.tile(psi, (2, 1)), mean_benefit=pain.cv.mean_benefit)
-        return calibration_allowance(SimpleNamespace(answer=pain.answer, data=pain.data, champion=pain.champion, cv=cv), small)
+        cv = SimpleNamespace(oof=pain.cv.oof, psi=np.tile(psi, (2, 1)), mean_benefit=pain.cv.mean_benefit, eligible=pain.cv.eligible)
+        return calibration_allowance(SimpleNamespace(answer=pain.answer, data=pain.data, champion=pain.champion, cv=cv), alone)
 
     off = with_scores(3 * tau)  # the benefit is three times as spread out as predicted
-    assert off["sd"] > 0 and off["reason"].startswith(f"SD {100 * off['sd']:.1f} pp, the served model's out-of-fold")
+    assert off["sd"] > 0 and off["reason"].startswith(f"SD {100 * off['sd']:.1f} pp, added to each side of the interval")
+    assert "not counted (intervals.disagreement is off)" in off["reason"]
     zero = with_scores(tau)
     assert zero["measured"] and zero["sd"] == 0.0 and zero["reason"].endswith("so nothing is added to the interval")
     inputs = model_inputs(frame.head(50), load_spec())
@@ -142,6 +154,24 @@ def test_a_conditional_answer_records_its_calibration_allowance(strong_job):
     after = replace(pain.model, calibration_allowance=0.05).predict(inputs)
     np.testing.assert_array_equal(after["benefit"], before["benefit"])
     assert (after["benefit_lower"] < before["benefit_lower"]).all() and (after["benefit_upper"] > before["benefit_upper"]).all()
+
+
+def test_the_disagreement_leaves_out_the_floor_the_risk_model_the_served_one_and_a_subsampled_fit():
+    """From 2,000 patients BCF is fitted on a subsample of 1,000: its own noise would pass for the served model's error."""
+    from types import SimpleNamespace
+
+    from training.steps import disagreement_candidates
+
+    names = ["arm_only", "risk_model", "bcf", "interaction_logistic", "t_learner", "dr_learner"]
+
+    def rivals(n, eligible=names, champion="t_learner"):
+        result = SimpleNamespace(data=SimpleNamespace(y=np.zeros(n)), champion=champion, cv=SimpleNamespace(eligible=eligible, oof=dict.fromkeys(names)))
+        return disagreement_candidates(result, fast_config().resolved(n))
+
+    assert rivals(3_000) == ["interaction_logistic", "dr_learner"]
+    assert rivals(1_500) == ["bcf", "interaction_logistic", "dr_learner"]  # below 2,000 BCF sees every patient
+    assert rivals(3_000, eligible=["arm_only", "t_learner"]) == []  # only eligible candidates count
+    assert rivals(3_000, champion="bcf") == ["interaction_logistic", "t_learner", "dr_learner"]
 
 
 def test_ground_truth_never_reaches_a_model(strong_job, tmp_path):

@@ -48,6 +48,8 @@ Definitions (documented because small-sample readers will check them):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import stats
 from scipy.optimize import brentq
@@ -191,6 +193,29 @@ def calibration_error(tau_hat: np.ndarray, psi: np.ndarray, groups: int) -> dict
         "smallest_group": int(sizes.min()),
         "largest_gap": float(np.abs(means).max()),
     }
+
+
+def candidate_disagreement(served: np.ndarray, others: dict[str, np.ndarray]) -> dict[str, Any]:
+    """How far the other candidates' predicted benefit lies from the served model's, patient by patient.
+
+    Per other candidate the root-mean-square difference of the two out-of-fold predictions; ``variance`` is the mean of
+    their squares (0 without others), ``sd`` its square root. This is the between-model part of a model-averaged
+    variance (Buckland, Burnham & Augustin 1997), taken around the served model instead of the average: an error of
+    the served model that the data cannot tell from the others' (the trial does not identify each patient's benefit,
+    so no candidate can be checked patient by patient). It counts the others' own errors too, so where they are much
+    worse than the served model it overstates; where every candidate shares one error it understates.
+    """
+    served = np.asarray(served, float)
+    if not np.isfinite(served).all():
+        raise ValueError("the served model's predicted benefit is not finite for every patient")
+    per = {}
+    for name, values in others.items():
+        values = np.asarray(values, float)
+        if values.shape != served.shape or not np.isfinite(values).all():
+            raise ValueError(f"{name}'s predicted benefit is not finite for every patient")
+        per[name] = float(np.sqrt(np.mean((values - served) ** 2)))
+    variance = float(np.mean([v**2 for v in per.values()])) if per else 0.0
+    return {"sd": float(np.sqrt(variance)), "variance": variance, "candidates": per}
 
 
 class HC1Slope:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.candidates import BCF, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
+from core.candidates import BCF, CANDIDATES, BenefitCandidate, BootstrapEnsemble, candidate_label, make_candidate
 from core.candidates.ensemble import describe_refits
 from core.config import TrainConfig
 from core.data import model_inputs
@@ -31,7 +31,7 @@ from training.evaluation import OutcomeData, cross_validate, features_of, fit_pi
 from training.executor import Executor
 from training.heterogeneity import heterogeneity_test
 from training.inference import holm
-from training.metrics import calibration_error
+from training.metrics import calibration_error, candidate_disagreement
 from training.modifiers import modifier_matrix
 from training.path import path_analysis
 from training.results import OutcomeResult, _clean, _fmt
@@ -227,22 +227,28 @@ def fit_champion(
         treated=spec.treated_inline(),  # inside sentences
         control=spec.control_inline(),
         wording=Wording.of(spec.outcomes[result.outcome]),
-        interval_note=f"widened by the model's calibration error of {100 * model.calibration_allowance:.1f} pp" if model.calibration_allowance else "",
+        interval_note=f"widened by the model-error allowance of {100 * model.calibration_allowance:.1f} pp" if model.calibration_allowance else "",
     )
     return model
 
 
 def calibration_allowance(result: OutcomeResult, config: TrainConfig) -> dict[str, Any] | None:
-    """A conditional answer's out-of-fold calibration error (:func:`training.metrics.calibration_error`), or None.
+    """A conditional answer's allowance for the served model's error, or None: how it was measured, and its ``sd``.
 
-    Measured on the cross-validation's outer out-of-fold benefit of the served candidate (averaged over repeats)
-    against the DR scores, when every one of ``intervals.calibration_groups`` groups holds at least
-    ``intervals.calibration_min_group`` patients; otherwise recorded as not measured, with ``sd`` 0. The other
-    answers' intervals are for another estimand (the trial average, the risk-based benefit): None.
+    Two parts, added in quadrature, both on the cross-validation's outer out-of-fold benefit (averaged over repeats):
+    the served candidate's calibration error across ``intervals.calibration_groups`` groups of predicted benefit
+    against the DR scores (:func:`training.metrics.calibration_error`), and, with ``intervals.disagreement``, its
+    disagreement with the other eligible candidates that model effect modification and see every patient
+    (:func:`training.metrics.candidate_disagreement`; BCF above ``candidates.bcf.max_patients`` is fitted on a
+    subsample, whose own noise says nothing about the served model). Measured when every group holds at least
+    ``intervals.calibration_min_group`` patients; otherwise recorded as not measured, with ``sd`` 0. The other answers'
+    intervals are for another estimand (the trial average, the risk-based benefit): None.
     """
     if result.answer != CONDITIONAL:
         return None
-    iv, n = config.resolved(len(result.data.y)).intervals, len(result.data.y)
+    n = len(result.data.y)
+    resolved = config.resolved(n)
+    iv = resolved.intervals
     groups, smallest = iv.calibration_groups, iv.calibration_min_group
     if groups == 0 or result.champion not in result.cv.oof:
         return {"sd": 0.0, "measured": False, "reason": "not measured (intervals.calibration_groups is 0)"}
@@ -251,19 +257,52 @@ def calibration_allowance(result: OutcomeResult, config: TrainConfig) -> dict[st
             "sd": 0.0, "measured": False,
             "reason": f"not measured: {n:,} patients make groups of fewer than {smallest} (needs {groups * smallest:,})",
         }
+    rivals = disagreement_candidates(result, resolved) if iv.disagreement else []
     try:
-        error = calibration_error(result.cv.mean_benefit(result.champion), result.cv.psi.mean(axis=0), groups)
+        served = result.cv.mean_benefit(result.champion)
+        error = calibration_error(served, result.cv.psi.mean(axis=0), groups)
+        spread = candidate_disagreement(served, {name: result.cv.mean_benefit(name) for name in rivals})
     except ValueError as problem:  # out-of-fold predictions missing for some patients: nothing measured, said why
         return {"sd": 0.0, "measured": False, "reason": f"not measured: {problem}"}
-    across = f"the served model's out-of-fold calibration error across {groups} groups of predicted benefit"
-    if error["sd"] == 0:
-        reason = f"0 pp: {across} is within the groups' own noise, so nothing is added to the interval"
+    sd = float(np.hypot(error["sd"], spread["sd"]))
+    across = f"the served model's out-of-fold calibration error across {groups} groups of predicted benefit ({100 * error['sd']:.1f} pp)"
+    if not iv.disagreement:
+        others = "its disagreement with the other candidates is not counted (intervals.disagreement is off)"
+    elif not rivals:
+        others = "no other eligible candidate models effect modification on every patient, so no disagreement is counted"
+    else:
+        names = ", ".join(f"{candidate_label(name)} {100 * v:.1f} pp" for name, v in spread["candidates"].items())
+        others = f"its root-mean-square disagreement with the other eligible candidates ({names}; together {100 * spread['sd']:.1f} pp)"
+    if sd == 0:
+        reason = f"0 pp: {across} is within the groups' own noise and {others}, so nothing is added to the interval"
     else:
         reason = (
-            f"SD {100 * error['sd']:.1f} pp, {across}, added to each side of the interval in quadrature: an error the "
-            "model's own interval does not carry"
+            f"SD {100 * sd:.1f} pp, added to each side of the interval in quadrature: {across} and {others}; an error "
+            "the model's own interval does not carry"
         )
-    return {**error, "measured": True, "reason": reason}
+    return {
+        **error, "sd": sd, "calibration_sd": error["sd"], "disagreement_sd": spread["sd"],
+        "disagreement": spread["candidates"], "measured": True, "reason": reason,
+    }
+
+
+def disagreement_candidates(result: OutcomeResult, config: TrainConfig) -> list[str]:
+    """The eligible candidates, other than the served one, whose disagreement with it counts in the allowance.
+
+    Those that model effect modification (not the floor, not the risk model, whose benefit varies with baseline risk
+    only) and are fitted on every patient of a training fold (a subsampled fit disagrees by its own noise).
+    """
+    n = len(result.data.y)
+    outer = n - -(-n // max(int(config.cv.folds), 2))  # the smallest outer training fold
+    out = []
+    for name in result.cv.eligible:
+        if name == result.champion or name not in result.cv.oof or not CANDIDATES[name].models_effect_modification:
+            continue
+        cap = getattr(getattr(config.candidates, name, None), "max_patients", None)
+        if isinstance(cap, int) and cap < outer:
+            continue
+        out.append(name)
+    return out
 
 
 def _bcf_diagnostics(candidate: BenefitCandidate, F: pd.DataFrame, config: TrainConfig) -> dict[str, Any]:
