@@ -153,9 +153,9 @@ class Interval(BaseModel):
     parallel-group trial identifies. Its coverage of simulated patients' observable conditional benefit, with its width
     and interval score beside the trial average's, is in benchmarks/RESULTS.md (section 5 up to 1,000 patients,
     section 6 at 3,000-10^5): a bootstrap interval carries the refits' variation, not the model's approximation error.
-    From 2,000 patients a conditional answer's interval therefore adds the model's out-of-fold calibration error
-    (OutcomeMetadata.calibration_allowance), a lower bound on that error: on large simulated trials it still covered
-    less often than its level."""
+    From 2,000 patients a conditional answer's interval therefore adds an allowance for that error
+    (OutcomeMetadata.calibration_allowance): the model's out-of-fold calibration error and its disagreement with the
+    other candidates. Neither identifies the error patient by patient; section 6 measures what they give."""
 
     lower: float = Field(ge=-1, le=1, description="Fraction (0.05 = 5 percentage points).")
     upper: float = Field(ge=-1, le=1, description="Fraction.")
@@ -393,11 +393,12 @@ class OutcomeMetadata(BaseModel):
     average_effect: AverageEffectOut | None = None
     interval_level: float
     calibration_allowance: float = Field(
-        0.0, ge=0, description="A conditional answer's out-of-fold calibration error (SD, a fraction), added to each side "
+        0.0, ge=0, description="A conditional answer's allowance for the model's error (SD, a fraction: its out-of-fold "
+        "calibration error and its disagreement with the other eligible candidates, in quadrature), added to each side "
         "of every benefit interval in quadrature; 0 when none is added (the other answers, fewer than 2,000 patients)."
     )
     calibration_allowance_reason: str | None = Field(
-        None, description="How the calibration allowance was measured, or why it was not; null for an answer other than conditional."
+        None, description="How the allowance was measured (each part, each candidate's distance), or why it was not; null for an answer other than conditional."
     )
     evidence: Evidence
     model: ModelRef
