@@ -281,8 +281,8 @@ class Settings:
             out["candidates"] = self.candidate_overrides
         return out
 
-    def describe(self) -> list[str]:
-        """Bullet lines stating the design, for the Markdown section."""
+    def describe(self, cut_short: bool = False) -> list[str]:
+        """Bullet lines stating the design, for the Markdown section (``cut_short``: not every planned trial ran)."""
         from core.config import load_config
 
         job = load_config(None)
@@ -298,7 +298,8 @@ class Settings:
             return "; ".join(parts) or "none"
 
         lines = [
-            f"- Simulated trials: {per_size('trials')}. Of these, with the product's default test: {per_size('bootstrap_trials')}; "
+            f"- {'Planned trials (not all ran: the tables count those that did)' if cut_short else 'Simulated trials'}: "
+            f"{per_size('trials')}. Of these, with the product's default test: {per_size('bootstrap_trials')}; "
             f"with the permutation test (earlier default): {per_size('permutation_trials')}; with the work-up (nested CV, PATH "
             f"analysis, the served answer, every candidate's interval, peers, criteria; always with the default test): "
             f"{per_size('full_trials')}.",
@@ -1582,7 +1583,7 @@ def render(
         "shown with its Monte-Carlo standard error (± SE); rejection rates also with a Wilson 95% interval where it matters."
         + (f" {note}" if note else ""),
         "",
-        *settings.describe(),
+        *settings.describe(cut_short=bool(note)),
         timing_line(frame, settings),
         f"- Peers: EconML {versions['econml'] or 'not installed'} `CausalForestDML` "
         f"({settings.forest_trees} trees, LightGBM classifiers for outcome and treatment, discrete outcome and treatment, its own "

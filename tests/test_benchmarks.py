@@ -89,6 +89,11 @@ def test_the_level_criterion_is_also_given_per_size_with_the_null_designs_pooled
     assert recovery._per_size_bounds(bounds[:1], 0.05) == ""  # one design: the per-cell sentence says it all
 
 
+def test_a_campaign_cut_short_lists_its_design_as_planned_not_as_run():
+    assert recovery.QUICK.describe()[0].startswith("- Simulated trials: `null` ")
+    assert recovery.QUICK.describe(cut_short=True)[0].startswith("- Planned trials (not all ran: the tables count those that did): `null` ")
+
+
 def test_null_designs_keep_the_trial_and_redraw_only_the_outcome():
     F = pd.DataFrame({recovery.USHAPE_FEATURE: np.linspace(-3, 3, 4000)})
     t = np.tile([0, 1], 2000)
