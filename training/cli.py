@@ -100,10 +100,11 @@ def train(
     cfg = load_config(config, **overrides)
     dataset_spec = load_spec(spec)
     if cfg.executor.kind == "local" and cfg.executor.scheduler is None:
-        from training.executor import WORKER_MODULES, start_local_workers
+        from training.executor import WORKER_MODULES, quiet_pool_race_on_interrupt, start_local_workers
 
         # The workers start and import the training modules while this process imports MLflow and the job's modules.
         start_local_workers(cfg.executor.workers, WORKER_MODULES)
+        quiet_pool_race_on_interrupt()
     from training.tracking import ui_link
     from training.train import run_training
 

@@ -27,7 +27,9 @@ import atexit
 import logging
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -202,6 +204,39 @@ class LocalExecutor:
                     results.append(result)
                     bar.update()
         return results
+
+
+_INTERRUPTED = threading.Event()
+
+
+def quiet_pool_race_on_interrupt() -> None:
+    """After Ctrl-C, drop the one traceback loky's pool can print while the job is being stopped.
+
+    Ctrl-C while loky's workers are busy: its manager thread may look up a pending call that the interrupted
+    main thread has just cancelled and die with a ``KeyError`` (a race inside loky, not the job's error), whose
+    traceback lands under the job's own one-line "Training interrupted" message. Once SIGINT has arrived, that
+    exception from that thread is not printed; any other thread's error, or that one before an interrupt, still is.
+    The process's SIGINT handling is otherwise unchanged (``KeyboardInterrupt`` as before). Call once, from the
+    main thread of a command-line job.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or getattr(previous, "_marks_interrupt", False):
+        return
+
+    def on_sigint(signum, frame):
+        _INTERRUPTED.set()
+        (previous if callable(previous) else signal.default_int_handler)(signum, frame)
+
+    on_sigint._marks_interrupt = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGINT, on_sigint)
+    hook = threading.excepthook
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        if _INTERRUPTED.is_set() and args.exc_type is KeyError and getattr(args.thread, "name", "") == "ExecutorManagerThread":
+            return
+        hook(args)
+
+    threading.excepthook = excepthook
 
 
 def start_local_workers(workers: int | None, modules: Sequence[str]) -> None:
