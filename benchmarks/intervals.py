@@ -61,7 +61,7 @@ def render(c: recovery.Campaign, settings: Settings, quick: bool) -> str:
         f"{trials} simulated trials in {c.seconds / 60:.1f} min. Means are over trials, ± their Monte-Carlo standard error."
         + (f" {c.note}" if c.note else ""),
         "",
-        *settings.describe(),
+        *settings.describe(cut_short=bool(c.note)),
         recovery.timing_line(c.frame, settings),
         f"- Peer: EconML {versions['econml'] or 'not installed'} `CausalForestDML` ({settings.forest_trees} trees, its own "
         f"`effect_interval`); BCF: stochtree {versions['stochtree'] or 'not installed'}.",
