@@ -77,7 +77,7 @@ def _trial(scenario: str, n: int, replicate: int, pop: pd.DataFrame, observable:
         target = observable[outcome]
         served = result.model.predict(pop_inputs)
         benefit, lower, upper = (served[c].to_numpy() for c in ("benefit", "benefit_lower", "benefit_upper"))
-        # The model's own interval (refits or draws), before the calibration allowance the served one adds.
+        # The model's own interval (refits or draws), before the allowance the served one adds.
         own = replace(result.model, calibration_allowance=0.0).predict(pop_inputs)
         own_lower, own_upper = own["benefit_lower"].to_numpy(), own["benefit_upper"].to_numpy()
         # ... and with the allowance's calibration part alone (without the candidates' disagreement).
@@ -322,7 +322,7 @@ def _allowance_cell(cell: pd.DataFrame) -> str:
 
 
 def _allowance_summary(frame: pd.DataFrame) -> list[str]:
-    """The served interval with and without its calibration allowance (``training.steps.calibration_allowance``)."""
+    """The served interval with and without its allowance for the model.s error (``training.steps.calibration_allowance``)."""
     if "allowance" not in frame:
         return []
     applied = frame[frame["allowance"] > 0]
@@ -394,7 +394,7 @@ def _bootstrap_comparison(frame: pd.DataFrame) -> list[str]:
     width = frame["width_mofn"].mean() / frame["width_full"].mean()
     return [
         "",
-        f"**The m-out-of-n bootstrap against the full-size bootstrap** (the refits' own interval, before the calibration "
+        f"**The m-out-of-n bootstrap against the full-size bootstrap** (the refits' own interval, before the model-error "
         f"allowance; from {frame['n'].min():,} patients the served "
         f"interval's refits are on {frame['bootstrap_fraction'].iloc[0]:.0%} and a quarter of that of each arm, their spread "
         "carried to the trial by the rate measured between the two sizes; `core.candidates.ensemble`). Here the served "
