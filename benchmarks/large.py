@@ -322,7 +322,7 @@ def _allowance_cell(cell: pd.DataFrame) -> str:
 
 
 def _allowance_summary(frame: pd.DataFrame) -> list[str]:
-    """The served interval with and without its allowance for the model.s error (``training.steps.calibration_allowance``)."""
+    """The served interval with and without its allowance for the model's error (``training.steps.calibration_allowance``)."""
     if "allowance" not in frame:
         return []
     applied = frame[frame["allowance"] > 0]
