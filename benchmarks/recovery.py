@@ -402,15 +402,16 @@ SHORT = Settings(
 )
 # The default test's level and power (``BENCH_RECOVERY=level``): the three null designs at n = 99, 300 and 1,000
 # with enough trials for a Wilson 95% upper limit below 10% when the test holds its level (about 35 trials without
-# a rejection, 50-60 with one or two), and its power on `strong` at n = 300 and `final` at n = 1,000 beside the
-# grf-style RATE test's; no permutation test, no work-up (so no oracle), no uncalibrated BCF rule. About 1.5-2 hours
-# on 2 cores; with ``BENCH_DEADLINE`` (UTC time, e.g. 01:55) trials not started by then are left out and the
-# section says how many ran.
+# a rejection, 50-60 with one or two: 60 in every cell), and its power on `strong` at n = 300 (12 trials) and `final`
+# at n = 1,000 (30) beside the grf-style RATE test's; no permutation test, no work-up (so no oracle), no uncalibrated
+# BCF rule. About 3 hours on 2 cores (an n = 1,000 null trial takes about 50 s of one worker, a `final` one 210 s);
+# with ``BENCH_DEADLINE`` (UTC time, e.g. 01:55) trials not started by then are left out and the section says how
+# many ran, and ``BENCH_RESUME=1`` goes on from an earlier campaign (:func:`_kept_trials`).
 LEVEL = Settings(
     sizes=(99, 300, 1000),
     scenarios=(*NULLS, "strong", "final"),
-    trials=(("null", (60, 60, 35)), ("ushape", (60, 60, 35)), ("sharp", (60, 60, 35)), ("strong", (0, 12, 0)), ("final", (0, 0, 12))),
-    bootstrap_trials=(("null", (60, 60, 35)), ("ushape", (60, 60, 35)), ("sharp", (60, 60, 35)), ("strong", (0, 12, 0)), ("final", (0, 0, 12))),
+    trials=(("null", (60, 60, 60)), ("ushape", (60, 60, 60)), ("sharp", (60, 60, 60)), ("strong", (0, 12, 0)), ("final", (0, 0, 30))),
+    bootstrap_trials=(("null", (60, 60, 60)), ("ushape", (60, 60, 60)), ("sharp", (60, 60, 60)), ("strong", (0, 12, 0)), ("final", (0, 0, 30))),
     permutation_trials=(),
     full_trials=(),
     bcf_posterior=False,
@@ -983,6 +984,136 @@ def _campaign_key(settings: Settings) -> str:
     return f"{git_revision()}\n{asdict(replace(settings, workers=0))!r}\n"
 
 
+# Columns a re-run trial may change without changing its result: times, and this runner's own bookkeeping.
+NOT_RESULTS = ("seconds", "cpu_seconds", "resumed", "code", "verified")
+
+
+def _flags(design: dict, scenario: str, i: int, r: int) -> tuple[bool, bool, bool] | None:
+    """What trial ``r`` of ``scenario`` at the ``i``-th size runs under a design (``asdict(Settings)``); None: not in it."""
+    trials, boot, perm, full = (dict(design[kind]).get(scenario, (0,) * len(design["sizes"])) for kind in COUNT_KINDS)
+    if r >= trials[i]:
+        return None
+    return r < max(boot[i], full[i]), r < perm[i], r < full[i]
+
+
+def extends(earlier: dict, settings: Settings) -> bool:
+    """Whether every trial of the ``earlier`` design (``asdict`` of its Settings) is a trial of ``settings``, run alike.
+
+    The designs may differ only in their trial counts (seeds depend on the design's seed, size and replicate
+    number, not on the counts), and each earlier trial must run the same tests under both.
+    """
+    current = asdict(replace(settings, workers=0))
+    if {k: v for k, v in earlier.items() if k not in COUNT_KINDS} != {k: v for k, v in current.items() if k not in COUNT_KINDS}:
+        return False
+    for scenario in earlier["scenarios"]:
+        for i in range(len(earlier["sizes"])):
+            r = 0
+            while (flags := _flags(earlier, scenario, i, r)) is not None:
+                if flags != _flags(current, scenario, i, r):
+                    return False
+                r += 1
+    return True
+
+
+def _results(rows: list[dict] | pd.DataFrame) -> list[dict]:
+    """A trial's rows as they read back from the campaign file, without times or bookkeeping, in a fixed order."""
+    import io
+
+    frame = pd.read_json(io.StringIO(pd.DataFrame(rows).to_json(orient="records", lines=True)), lines=True)  # as the file has it
+    frame = frame.drop(columns=[c for c in NOT_RESULTS if c in frame]).dropna(axis=1, how="all")
+    keys = [c for c in ("kind", "outcome", "method", "trial_kind") if c in frame]
+    frame = frame.astype({c: str for c in keys}).sort_values(keys).reset_index(drop=True)
+    return [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))} for row in frame.to_dict("records")]
+
+
+def same_results(fresh: list[dict], stored: pd.DataFrame) -> bool:
+    """Whether a re-run trial's rows equal the stored ones (numbers compared as floats, after the file's own rounding)."""
+    a, b = _results(fresh), _results(stored)
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if set(x) != set(y):
+            return False
+        for k in x:
+            u, v = x[k], y[k]
+            numbers = all(isinstance(w, int | float | np.integer | np.floating) and not isinstance(w, bool) for w in (u, v))
+            if (float(u) != float(v)) if numbers else (json.dumps(u, sort_keys=True, default=str) != json.dumps(v, sort_keys=True, default=str)):
+                return False
+    return True
+
+
+def _run_tasks(todo: list, workers: int):
+    """Each task's rows as it finishes (in ``workers`` processes)."""
+    from joblib import Parallel, delayed
+
+    if workers > 1:
+        return Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(delayed(_single_threaded)(task) for task in todo)
+    return (_single_threaded(task) for task in todo)
+
+
+def _trial_key(row_or_task) -> tuple:
+    if isinstance(row_or_task, dict):
+        return row_or_task["scenario"], row_or_task["n"], row_or_task["replicate"]
+    return row_or_task.scenario, row_or_task.n, row_or_task.replicate
+
+
+def _kept_trials(partial: Path, key: str, settings: Settings, todo: list) -> tuple[list[dict], list, list[dict]]:
+    """(the stored rows kept, the trials still to run, rows of trials run here to check them) for ``BENCH_RESUME=1``.
+
+    The same code and design: every finished trial is kept (trials are deterministic). A stored campaign of
+    another revision whose design this one extends (:func:`extends`): the first finished trial of each of its
+    cells is run again first, and the stored trials are kept only if every re-run reproduces its stored
+    results exactly (the other code then runs these trials as this code does); otherwise none is kept. The
+    re-run trials are this run's own either way (marked ``verified`` when every one reproduced).
+    """
+    import ast
+
+    stamp = partial.with_suffix(".key")
+    if not (partial.exists() and stamp.exists()):
+        return [], todo, []
+    text = stamp.read_text()
+    revision, _, design_text = text.partition("\n")
+    try:
+        earlier_design = ast.literal_eval(design_text.strip())
+    except (ValueError, SyntaxError):
+        return [], todo, []
+    same = text == key
+    if not same and not (isinstance(earlier_design, dict) and extends(earlier_design, settings)):
+        print(f"[recovery] not resuming: {partial} is of another design", file=sys.stderr, flush=True)
+        return [], todo, []
+    earlier = pd.read_json(partial, lines=True)
+    earlier["code"] = earlier["code"].fillna(revision) if "code" in earlier else revision
+    finished = {tuple(t) for t in earlier.loc[earlier["kind"] == "timing", ["scenario", "n", "replicate"]].to_numpy().tolist()}
+    checked: list[dict] = []
+    if not same:
+        first: dict = {}
+        for s, n, r in sorted(finished, key=lambda t: t[2]):
+            first.setdefault((s, n), r)
+        probes = [t for t in todo if first.get((t.scenario, t.n)) == t.replicate]
+        print(f"[recovery] {partial} is of code {revision}: re-running {len(probes)} of its trials (the first of each cell) "
+              "to check that this code reproduces them", file=sys.stderr, flush=True)
+        differ = []
+        for result in _run_tasks(probes, settings.workers):
+            if not result:  # left out at the deadline
+                continue
+            trial = _trial_key(result[0])
+            stored = earlier[[_trial_key(row) == trial for row in earlier[["scenario", "n", "replicate"]].to_dict("records")]]
+            if not same_results(result, stored):
+                differ.append(trial)
+            checked += result
+        ran = {_trial_key(row) for row in checked}
+        if differ or len(ran) < len(probes):
+            why = f"{differ[0]} gave other results than code {revision} stored" if differ else "the deadline left checks out"
+            print(f"[recovery] not resuming: {why}; running every trial", file=sys.stderr, flush=True)
+            return [], [t for t in todo if _trial_key(t) not in ran], checked
+        checked = [{**row, "verified": True} for row in checked]
+        finished -= ran
+    kept = [{**row, "resumed": True} for row in earlier.to_dict("records") if _trial_key(row) in finished]
+    print(f"[recovery] resuming: {len(finished)} trials kept from {partial}", file=sys.stderr, flush=True)
+    done = finished | {_trial_key(row) for row in checked}
+    return kept, [t for t in todo if _trial_key(t) not in done], checked
+
+
 def run_benchmark(
     settings: Settings,
     observable: dict[str, dict[str, np.ndarray]],
@@ -994,37 +1125,31 @@ def run_benchmark(
 
     ``partial``: a JSON-lines file that receives each trial's rows as it finishes, so that an
     interrupted campaign still leaves its figures (``pd.read_json(partial, lines=True)``).
-    ``resume``: keep the trials already in ``partial`` when it was written by the same code
-    revision and design (they are deterministic) and run only the others; their rows are
-    marked ``resumed``.
+    ``resume``: keep the trials already in ``partial`` (:func:`_kept_trials`): those of the same code
+    revision and design, or, after re-running some of them and finding the same results, those of
+    another revision whose design this one extends; kept rows are marked ``resumed``, each row
+    carries the ``code`` that ran it.
     """
-    from joblib import Parallel, delayed
+    from benchmarks.run import git_revision
 
     todo = tasks(settings, observable)
     started = time.perf_counter()
     rows: list[dict] = []
+    code = git_revision()
     if partial is not None:
         stamp = partial.with_suffix(".key")
         key = _campaign_key(settings)
-        if resume and partial.exists() and stamp.exists() and stamp.read_text() == key:
-            earlier = pd.read_json(partial, lines=True)
-            finished = set(map(tuple, earlier.loc[earlier["kind"] == "timing", ["scenario", "n", "replicate"]].to_numpy().tolist()))
-            earlier = earlier[[(s, n, r) in finished for s, n, r in earlier[["scenario", "n", "replicate"]].itertuples(index=False)]]
-            rows = [{**row, "resumed": True} for row in earlier.to_dict("records")]
-            todo = [t for t in todo if (t.scenario, t.n, t.replicate) not in finished]
-            print(f"[recovery] resuming: {len(finished)} trials kept from {partial}", file=sys.stderr, flush=True)
-        else:
-            partial.unlink(missing_ok=True)
-            stamp.write_text(key)
-    if settings.workers > 1:
-        results = Parallel(n_jobs=settings.workers, backend="loky", return_as="generator_unordered")(
-            delayed(_single_threaded)(task) for task in todo
-        )
-    else:
-        results = (_single_threaded(task) for task in todo)
-    for done, result in enumerate(results, 1):
+        if resume:
+            rows, todo, checked = _kept_trials(partial, key, settings, todo)
+            rows += [{**row, "code": code} for row in checked]
+        partial.unlink(missing_ok=True)  # rewritten below: a further interruption resumes under this code's key
+        stamp.write_text(key)
+        if rows:
+            partial.write_text(pd.DataFrame(rows).drop(columns=["resumed"], errors="ignore").to_json(orient="records", lines=True))
+    for done, result in enumerate(_run_tasks(todo, settings.workers), 1):
         if not result:  # left out at the deadline
             continue
+        result = [{**row, "code": code} for row in result]
         rows += result
         if partial is not None:
             with partial.open("a") as handle:
@@ -1539,10 +1664,21 @@ def selection_markdown(frame: pd.DataFrame, settings: Settings) -> tuple[str, st
 
 
 def _resumed(frame: pd.DataFrame) -> str:
+    from benchmarks.run import git_revision
+
     if "resumed" not in frame or not frame["resumed"].fillna(False).astype(bool).any():
         return ""
-    kept = frame[frame["resumed"].fillna(False).astype(bool)].drop_duplicates(["scenario", "n", "replicate"]).shape[0]
-    return f" ({kept} of them kept from an interrupted run of the same code and design: `BENCH_RESUME=1`)"
+    resumed = frame["resumed"].fillna(False).astype(bool)
+    kept = frame[resumed].drop_duplicates(["scenario", "n", "replicate"]).shape[0]
+    other = sorted(set(frame.loc[resumed, "code"].dropna()) - {git_revision()}) if "code" in frame else []
+    if not other:
+        return f" ({kept} of them kept from an interrupted run of the same code and design: `BENCH_RESUME=1`)"
+    checked = frame[frame["verified"].eq(True)].drop_duplicates(["scenario", "n", "replicate"]).shape[0] if "verified" in frame else 0
+    return (
+        f" ({kept} of them kept from the run of code {', '.join(other)}, whose design this one extends with more trials: "
+        f"`BENCH_RESUME=1` re-ran the first trial of each of its {checked} cells with this code and kept its trials only "
+        "because every re-run reproduced the stored results exactly: p-values, statistics, null trials run)"
+    )
 
 
 def timing_line(frame: pd.DataFrame, settings: Settings) -> str:
@@ -1667,7 +1803,8 @@ def campaign(settings: Settings, out_dir: Path, name: str) -> Campaign:
     """Every trial of ``settings`` (oracles first, if a work-up needs them); rows saved as ``out_dir/<name>.parquet`` and ``.csv``.
 
     ``BENCH_RESUME=1`` keeps the finished trials of an interrupted run of the same code and design
-    (``<name>-partial.jsonl``); ``BENCH_DEADLINE`` (UTC ``HH:MM``) stops starting trials then.
+    (``<name>-partial.jsonl``), or of another code's campaign that this design extends once re-runs of some of
+    them reproduce their results (:func:`_kept_trials`); ``BENCH_DEADLINE`` (UTC ``HH:MM``) stops starting trials then.
     """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -227,6 +227,70 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert {row[0] for row in by_answer[1:]} == set(champion["answer"])
 
 
+def _fake_trial(task, shift: float = 0.0) -> list[dict]:
+    """A trial's rows as run_replicate shapes them (a test row and the timing row), its result a function of the task."""
+    base = {"scenario": task.scenario, "n": task.n, "replicate": task.replicate, "seed": task.seed, "trial_kind": "tests"}
+    return [
+        {**base, "kind": "test", "outcome": "pain", "method": "imputed", "p": 0.25 + task.replicate / 100 + shift, "stat": 1.5,
+         "components": {"a": 0.1 * task.replicate}, "seconds": float(np.random.default_rng().random())},
+        {**base, "kind": "timing", "method": "all", "seconds": float(np.random.default_rng().random()), "cpu_seconds": 1.0},
+    ]
+
+
+def test_resume_extends_another_codes_campaign_only_when_its_trials_reproduce(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    def design(k: int) -> recovery.Settings:
+        counts = (("ushape", (k,)), ("sharp", (k,)))
+        return replace(TINY_RECOVERY, scenarios=recovery.NULLS, trials=counts, bootstrap_trials=counts, permutation_trials=(),
+                       full_trials=(), workers=1)
+
+    earlier, larger = design(2), design(3)
+    stored = asdict(replace(earlier, workers=0))
+    assert recovery.extends(stored, larger) and recovery.extends(stored, earlier)
+    assert not recovery.extends(stored, replace(larger, alpha=0.1))  # another design, not more of the same
+    # The second ushape trial would lose its default test: not the trial the earlier code ran.
+    assert not recovery.extends(stored, replace(larger, bootstrap_trials=(("ushape", (1,)), ("sharp", (3,)))))
+    assert not recovery.extends(asdict(replace(larger, workers=0)), earlier)  # fewer trials: the result would drop some
+
+    trial = _fake_trial(recovery.tasks(earlier, {})[0])
+    assert recovery.same_results(_fake_trial(recovery.tasks(earlier, {})[0]), pd.DataFrame(trial))  # times differ only
+    assert not recovery.same_results(_fake_trial(recovery.tasks(earlier, {})[0], shift=1e-6), pd.DataFrame(trial))
+
+    partial = tmp_path / "recovery-partial.jsonl"
+
+    def store() -> None:
+        rows = [row for task in recovery.tasks(earlier, {}) for row in _fake_trial(task)]
+        partial.write_text(pd.DataFrame(rows).to_json(orient="records", lines=True))
+        partial.with_suffix(".key").write_text(f"abc1234\n{stored!r}\n")
+
+    ran: list[tuple] = []
+    shift = {"value": 0.0}
+    monkeypatch.setattr(recovery, "_single_threaded", lambda task: ran.append((task.scenario, task.replicate)) or _fake_trial(task, shift["value"]))
+    store()
+    frame = recovery.run_benchmark(larger, {}, progress=False, partial=partial, resume=True)
+    # First the first trial of each earlier cell, then only the trials the earlier design lacked.
+    assert sorted(ran[:2]) == [("sharp", 0), ("ushape", 0)] and sorted(ran[2:]) == [("sharp", 2), ("ushape", 2)]
+    per_trial = frame.drop_duplicates(["scenario", "replicate"]).set_index(["scenario", "replicate"])
+    assert per_trial["resumed"].eq(True).groupby(level="replicate").all().tolist() == [False, True, False]
+    assert per_trial["verified"].eq(True).groupby(level="replicate").all().tolist() == [True, False, False]
+    assert set(frame.loc[frame["resumed"].eq(True), "code"]) == {"abc1234"}
+    assert "2 of them kept from the run of code abc1234" in recovery._resumed(frame) and "each of its 2 cells" in recovery._resumed(frame)
+    # The campaign file now carries this code's key: an interruption resumes it as the same code and design.
+    ran.clear()
+    again = recovery.run_benchmark(larger, {}, progress=False, partial=partial, resume=True)
+    assert not ran and len(again) == len(frame) and again["resumed"].all()
+
+    # A re-run that does not reproduce its stored result: nothing stored is kept, every trial runs under this code.
+    store()
+    ran.clear()
+    shift["value"] = 1e-6
+    frame = recovery.run_benchmark(larger, {}, progress=False, partial=partial, resume=True)
+    assert len(ran) == 6 and len(set(ran)) == 6
+    assert not frame["resumed"].eq(True).any() if "resumed" in frame else True
+    assert recovery._resumed(frame) == ""
+
+
 @pytest.mark.slow  # tiny recovery trials: each fits candidates and runs the tests (8-25 s)
 def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     settings = replace(
