@@ -207,6 +207,23 @@ def run(quick: bool, out_dir: Path, plan: Plan | None = None) -> str:
     return render(frame, plan, (time.perf_counter() - started) / 60, quick, cached, os.cpu_count() or 1)
 
 
+RANKS_WELL = 0.9  # the issue's criterion: the test rejects whenever the served model ranks this well
+
+
+def _ranks_well_line(frame: pd.DataFrame) -> str:
+    """Whether the test found effect modification wherever the served model ranked fresh patients' true benefit well."""
+    good = frame[frame["auc_served"] >= RANKS_WELL]
+    if not len(good):
+        return f"- No outcome-run's served model ranked the fresh patients' true benefit with AUC >= {RANKS_WELL}."
+    missed = good[~good["evidence"].astype(bool)]
+    where = "; ".join(f"`{r.scenario}` {r.n:,} {r.outcome} (AUC {r.auc_served:.3f}, Holm p {r.p_adjusted:.3f})" for r in missed.itertuples())
+    return (
+        f"- Outcome-runs whose served model ranked the fresh patients' true benefit with AUC >= {RANKS_WELL}: {len(good)} of "
+        f"{len(frame)}; the job's test found effect modification (Holm) in **{len(good) - len(missed)} of {len(good)}**"
+        + (f" (not: {where})." if len(missed) else ".")
+    )
+
+
 def _mean_min(values: pd.Series) -> str:
     return f"{values.mean():.3f} ({values.min():.3f})" if len(values) > 1 else f"{values.mean():.3f}"
 
@@ -246,6 +263,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, quick: bool, cached:
         + ".",
         f"- Outcome-runs where the floor served although the test found effect modification and a candidate beat the "
         f"floor: **{floor_bad}**.",
+        _ranks_well_line(frame),
         f"- Served interval: coverage of the observable conditional benefit {frame['coverage'].mean():.2f} (mean over "
         f"outcome-runs; target 0.90-0.97), width {frame['width'].mean():.3f}; interval score below the trial average's in "
         f"{int((frame['interval_score'] < frame['interval_score_average']).sum())} of {runs}.",

@@ -689,6 +689,13 @@ def test_large_trials_section_counts_runs_within_the_oracle_gap_and_floors_serve
     assert text.startswith("## 6. The served answer on large trials")
     assert "within 0.05 of the observable oracle: **1 of 3** outcome-runs (the rule below 2,000 patients: 1 of 3); by trial size: 10,000: 1 of 3." in text
     assert "a candidate beat the floor: **1**" in text
+    assert "No outcome-run's served model ranked the fresh patients' true benefit with AUC >= 0.9." in text
+    ranked = [{**rows[0], "auc_served": 0.91}, {**rows[1], "auc_served": 0.93, "evidence": False, "p_adjusted": 0.2}, rows[2]]
+    assert (
+        "true benefit with AUC >= 0.9: 2 of 3; the job's test found effect modification (Holm) in **1 of 2** (not: `final` "
+        "10,000 memory (AUC 0.930, Holm p 0.200))."
+        in render(pd.DataFrame(ranked), Plan(sizes=(10_000,), trials=(2,), scenarios=("final",)), 1.0, False, True, 2)
+    )
     assert "interval score below the trial average's in 2 of 3" in text
     pain = next(line for line in text.splitlines() if line.startswith("| `final` | 10,000 | pain"))
     cells = [c.strip() for c in pain.strip("|").split("|")]
