@@ -97,6 +97,25 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+
+def per_size_bounds(bounds: list[tuple], alpha: float, bound: float, size=str) -> str:
+    """The level criterion per size with the null designs pooled (each design's trials are its own seeds).
+
+    ``bounds``: (design, n, rejections, trials, ...) per design and size; met when the pooled family-wise rate is at
+    most ``alpha`` and its Wilson 95% upper limit below ``bound``; ``size`` formats n. Empty with one design.
+    """
+    sizes = sorted({n for _, n, *_ in bounds})
+    if len({d for d, *_ in bounds}) < 2 or not sizes:
+        return ""
+    parts = []
+    for n in sizes:
+        k = sum(b[2] for b in bounds if b[1] == n)
+        R = sum(b[3] for b in bounds if b[1] == n)
+        hi = wilson(k, R)[1]
+        met = k <= alpha * R and hi < bound
+        parts.append(f"n = {size(n)}: {k}/{R} = {100 * k / R:.1f}% (upper {100 * hi:.1f}%, {'met' if met else 'not met'})")
+    return "Per size, the null designs pooled: " + "; ".join(parts) + ". "
+
 def fmt_rate(k: int, n: int) -> str:
     """A rejection rate as ``k/n = p% (SE s; 95% CI lo–hi)``: the count, the MC error and a Wilson interval."""
     if n == 0:

@@ -21,12 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import auc_top_quarter, fmt_rate, md_table, outcome_data_mask, quiet_environment, wilson
+from benchmarks.common import (
+    auc_top_quarter,
+    fmt_rate,
+    md_table,
+    outcome_data_mask,
+    per_size_bounds,
+    quiet_environment,
+    wilson,
+)
 
 OUTCOMES = ("pain", "memory")
 NULLS = ("null", "ushape", "sharp")
 ALTERNATIVES = ("final", "strong")
 SEED = 9100
+LEVEL_BOUND = 0.10  # the Wilson 95% upper limit of the family-wise rate a design and size must stay below (issue 21)
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,7 @@ def run(quick: bool, out_dir: Path) -> str:
         rows = [row for chunk in pool.map(_trial, tasks) for row in chunk]
     frame = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out_dir / "heldout.parquet", index=False)  # exact types (pandas reads the design "null" in a CSV as missing)
     frame.to_csv(out_dir / "heldout.csv", index=False)
     return render(frame, plan, (time.perf_counter() - started) / 60)
 
@@ -141,7 +151,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
             k, total = int(sel["any"].sum()), len(sel)
             row.append(fmt_rate(k, total))
             if total:
-                met.append((design, n, k, total, k / total <= alpha and wilson(k, total)[1] < 0.10))
+                met.append((design, n, k, total, k / total <= alpha and wilson(k, total)[1] < LEVEL_BOUND))
         for design in NULLS:  # the same z read from the normal distribution, and its SD (1 if that reading were right)
             sel = normal[(normal["design"] == design) & (normal["n"] == n)]
             z = frame[(frame["design"] == design) & (frame["n"] == n)]["z"]
@@ -183,7 +193,8 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
         "",
         "- Mean seconds per test (one outcome, one process): " + ", ".join(f"n = {n:,}: {s:.1f} s" for n, s in seconds.items()) + ".",
         f"- Family-wise level, at most 5% with a Wilson 95% upper limit below 10% per design and size: met in {cells_met} of "
-        f"{len(met)} cells" + (f"; not met: {', '.join(not_met)}." if not_met else "."),
+        f"{len(met)} cells" + (f"; not met: {', '.join(not_met)}." if not_met else ".")
+        + (f" {pooled.strip()}" if (pooled := per_size_bounds(met, alpha, LEVEL_BOUND, "{:,}".format)) else ""),
         "",
         "Family-wise false-positive rate (either outcome rejected after Holm), per null design: the job's test (its "
         "p-value from null trials of the held-out patients), and beside it the same z read from the normal distribution "

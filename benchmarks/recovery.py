@@ -110,7 +110,16 @@ import pandas as pd
 from scipy.stats import norm, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.common import fmt_mean_se, fmt_rate, md_table, mean_se, outcome_data_mask, quiet_environment, wilson
+from benchmarks.common import (
+    fmt_mean_se,
+    fmt_rate,
+    md_table,
+    mean_se,
+    outcome_data_mask,
+    per_size_bounds,
+    quiet_environment,
+    wilson,
+)
 from benchmarks.oracle import OracleSettings, load_oracles
 from benchmarks.peers import BCF_SMALL_SD, PEERS
 
@@ -1241,21 +1250,6 @@ def _nulls(settings: Settings) -> list[str]:
     return [s for s in NULLS if s in settings.scenarios]
 
 
-def _per_size_bounds(bounds: list[tuple], alpha: float) -> str:
-    """The same criterion per size with the null designs pooled (each design's trials are its own seeds)."""
-    sizes = sorted({n for _, n, *_ in bounds})
-    if len({d for d, *_ in bounds}) < 2 or not sizes:
-        return ""
-    parts = []
-    for n in sizes:
-        k = sum(b[2] for b in bounds if b[1] == n)
-        R = sum(b[3] for b in bounds if b[1] == n)
-        hi = wilson(k, R)[1]
-        met = k <= alpha * R and hi < LEVEL_BOUND
-        parts.append(f"n = {n}: {k}/{R} = {100 * k / R:.1f}% (upper {100 * hi:.1f}%, {'met' if met else 'not met'})")
-    return "Per size, the null designs pooled: " + "; ".join(parts) + ". "
-
-
 def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) -> str:
     """The family-wise false-positive rate of the product's two tests on every null design, per size and pooled over sizes."""
     rows, verdicts, bounds = [], [], []
@@ -1314,7 +1308,7 @@ def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) 
         )
         + ". "
     ) if bounds else ""
-    bound_text += _per_size_bounds(bounds, settings.alpha)
+    bound_text += per_size_bounds(bounds, settings.alpha, LEVEL_BOUND)
     text = bound_text + (
         ("Family-wise false-positive rate of the product's default test per null design (sizes pooled): " + "; ".join(verdicts) + ". ")
         if verdicts else "The product's default test ran on no null trial. "

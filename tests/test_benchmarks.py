@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import intervals as intervals_section
 from benchmarks import recovery, run, training
-from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, run_child, wilson
+from benchmarks.common import ChildResult, fmt_rate, growth_exponent, md_table, per_size_bounds, run_child, wilson
 from benchmarks.oracle import OracleSettings
 
 
@@ -83,10 +83,10 @@ TINY_RECOVERY = recovery.Settings(
 def test_the_level_criterion_is_also_given_per_size_with_the_null_designs_pooled():
     cells = [("null", 99, 1, 59), ("ushape", 99, 2, 59), ("sharp", 99, 2, 58), ("null", 300, 4, 59), ("ushape", 300, 5, 59)]
     bounds = [(d, n, k, R, wilson(k, R)[1]) for d, n, k, R in cells]
-    text = recovery._per_size_bounds(bounds, 0.05)
+    text = per_size_bounds(bounds, 0.05, recovery.LEVEL_BOUND)
     assert "n = 99: 5/176 = 2.8% (upper 6.5%, met)" in text  # two of its cells miss it alone (upper 11.5%, 11.7%)
     assert "n = 300: 9/118 = 7.6% (upper 13.9%, not met)" in text
-    assert recovery._per_size_bounds(bounds[:1], 0.05) == ""  # one design: the per-cell sentence says it all
+    assert per_size_bounds(bounds[:1], 0.05, recovery.LEVEL_BOUND) == ""  # one design: the per-cell sentence says it all
 
 
 def test_a_campaign_cut_short_lists_its_design_as_planned_not_as_run():
@@ -658,6 +658,10 @@ def test_heldout_section_counts_holm_rejections_per_trial_and_reads_auc_per_outc
     text = render(pd.DataFrame(rows), Plan(sizes=(3000,), null_trials=(4,), alternative_trials=(2,)), 1.0)
     # Holm: (0.001, 0.9) rejects; (0.04, 0.04) does not (0.04 x 2 = 0.08), nor (0.03, 0.5) (0.06).
     assert "| 3,000 | — | 1/4 = 25%" in text and "not met: `ushape` n = 3,000 (1/4)" in text
+    assert "Per size" not in text  # one null design: nothing to pool
+    sharp = [{**row, "design": "sharp"} for row in rows if row["design"] == "ushape"]
+    text = render(pd.DataFrame(rows + sharp), Plan(sizes=(3000,), null_trials=(4,), alternative_trials=(2,)), 1.0)
+    assert "Per size, the null designs pooled: n = 3,000: 2/8 = 25.0% (upper 59.1%, not met)." in text
     assert "| — | 3/4 = 75%" in text  # read from the normal: p / 2, so (0.02, 0.02) and (0.015, 0.25) reject too
     final = next(line for line in text.splitlines() if "`final`" in line)
     cells = [c.strip() for c in final.strip("|").split("|")]
