@@ -365,7 +365,7 @@ class EvidenceConfig(_Strict):
     )
     max_patients: int = Field(
         ge=50,
-        description="the imputed randomisation test runs on a stratified random subsample of at most this many patients "
+        description="the imputed randomisation test runs on a random subsample (stratified by outcome) of at most this many patients "
         "(the BCF statistic is refitted for every replicate); above twice this many the test is held out: BCF fitted on "
         "such a subsample, its effect beyond prognosis tested on every other patient",
     )

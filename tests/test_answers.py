@@ -142,6 +142,18 @@ def test_the_held_out_slope_recovers_a_linear_benefit_and_is_a_standard_normal_w
     assert BeyondPrognosisSlope(0.3 + 0.2 * prognosis, prognosis)(psi) == (0.0, 0.0)  # nothing beyond prognosis
 
 
+def test_the_tests_subsample_is_chosen_by_outcome_alone_not_by_the_arms():
+    """Chosen by arm x outcome, the patients left would have an arm x outcome table tied to the fit's (benchmarks section 4)."""
+    from training.heterogeneity import test_rows
+
+    rng = np.random.default_rng(11)
+    y, t = rng.random(5000) < 0.35, rng.random(5000) < 0.5
+    rows = test_rows(t, y, 1000, seed=3)
+    assert len(rows) == 1000 and abs(y[rows].sum() - 0.2 * y.sum()) <= 1  # the outcome's share kept
+    assert np.array_equal(rows, test_rows(rng.permutation(t), y, 1000, seed=3))  # the arms play no part
+    assert test_rows(t[:1000], y[:1000], 1000, seed=3) is None
+
+
 def test_a_large_trial_is_tested_on_held_out_patients_and_its_power_grows_with_them():
     config = fast_config(evidence={"max_patients": 400})
     executor = LocalExecutor(workers=1)
