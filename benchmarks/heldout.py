@@ -1,6 +1,6 @@
 """Section 4: the heterogeneity test above twice ``evidence.max_patients`` (the held-out test), its level and power.
 
-Above 2,000 patients the job's test fits BCF on a stratified subsample of 1,000 and tests, on every other patient,
+Above 2,000 patients the job's test fits BCF on a random 1,000 patients (stratified by outcome) and tests, on every other patient,
 whether BCF's effect beyond a cubic in its prognosis on control predicts the patients' doubly-robust benefit scores
 (:func:`training.heterogeneity.held_out_test`). The null designs are section 1's: the simulator's `null`, `ushape`
 (a constant probit effect with a U-shaped prognosis: the null the test names, where a prognosis BCF misses could pass
@@ -183,7 +183,7 @@ def render(frame: pd.DataFrame, plan: Plan, minutes: float, alpha: float = 0.05)
         "",
         f"{len(wide)} simulated trials in {minutes:.1f} min ({plan.workers} worker processes). Above twice "
         "`evidence.max_patients` (1,000) the job's test is the held-out test (`training.heterogeneity.held_out_test`): BCF, "
-        "with the cross-validation settings, fitted on a stratified random 1,000 patients; on every other patient the "
+        "with the cross-validation settings, fitted on a random 1,000 patients stratified by outcome; on every other patient the "
         "doubly-robust benefit scores (BCF's arm probabilities as outcome models, the known randomisation probability) "
         "regressed on a cubic in BCF's prognosis on control and on BCF's effect beyond it; the one-sided z of that slope "
         f"(HC1 standard error) against the same z on {replicates} null trials of the held-out patients from BCF's no-modification "
