@@ -87,7 +87,7 @@ def _trial(task: tuple[str, int, int]) -> list[dict]:
         }
         if design in ALTERNATIVES and result.method == "held_out":
             # The test's own BCF fit (same rows, seed and settings), scored on the patients it was not fitted on.
-            fit = test_rows(d.t, d.y, config.evidence.max_patients, config.seed + 77)
+            fit = test_rows(d.y, config.evidence.max_patients, config.seed + 77)
             rest = np.setdiff1d(np.arange(len(d.y)), fit)
             model = make_candidate(BCF, config.candidates, d.treated_fraction, config.seed + 77)
             model.fit(F.iloc[fit].reset_index(drop=True), np.asarray(d.t)[fit], np.asarray(d.y)[fit])

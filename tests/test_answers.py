@@ -147,11 +147,10 @@ def test_the_tests_subsample_is_chosen_by_outcome_alone_not_by_the_arms():
     from training.heterogeneity import test_rows
 
     rng = np.random.default_rng(11)
-    y, t = rng.random(5000) < 0.35, rng.random(5000) < 0.5
-    rows = test_rows(t, y, 1000, seed=3)
-    assert len(rows) == 1000 and abs(y[rows].sum() - 0.2 * y.sum()) <= 1  # the outcome's share kept
-    assert np.array_equal(rows, test_rows(rng.permutation(t), y, 1000, seed=3))  # the arms play no part
-    assert test_rows(t[:1000], y[:1000], 1000, seed=3) is None
+    y = rng.random(5000) < 0.35
+    rows = test_rows(y, 1000, seed=3)
+    assert len(rows) == 1000 and len(set(rows)) == 1000 and abs(y[rows].sum() - 0.2 * y.sum()) <= 1  # the outcome's share kept
+    assert test_rows(y[:1000], 1000, seed=3) is None
 
 
 def test_a_large_trial_is_tested_on_held_out_patients_and_its_power_grows_with_them():

@@ -209,8 +209,8 @@ def _replicate(seed: int, task: NullTrialTask) -> float | tuple[float, float]:
     return spread, modifier_statistic(task.F, task.modifiers, t, y, task.config)
 
 
-def test_rows(t: np.ndarray, y: np.ndarray, max_patients: int, seed: int) -> np.ndarray | None:
-    """The subsample the test runs on (stratified by outcome), or None for every patient.
+def test_rows(y: np.ndarray, max_patients: int, seed: int) -> np.ndarray | None:
+    """The subsample the test runs on (stratified by outcome; the arms play no part), or None for every patient.
 
     Stratified by the outcome alone, not by arm x outcome: a subsample drawn in proportion to the arm x outcome
     table makes the other patients' table a scaled copy of the fit's, so the choice of patients depends on the
@@ -253,7 +253,7 @@ def imputed_randomisation_test(
     seed = config.seed + 77
     n_all = len(y)
     named = modifier_matrix(F, list(modifiers)) if modifiers else None  # a name the features lack: a clear error, first
-    rows = test_rows(t, y, config.evidence.max_patients, seed)
+    rows = test_rows(y, config.evidence.max_patients, seed)
     if rows is not None and n_all > 2 * config.evidence.max_patients and config.evidence.replicates > 0:  # 0: not tested
         return held_out_test(F, np.asarray(t).astype(int), np.asarray(y).astype(int), rows, config, e, seed)
     if rows is not None:
