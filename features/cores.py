@@ -338,41 +338,58 @@ class AutoantibodyCore(Detachable):
     def source_shares(self, X: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
         """The autoantibody burden's credit split by each antibody's positivity against its training rate."""
         _fitted(self, "positive_rate_")
-        if not self.positive_analytes_:
-            return {}
         parts = {
             a: (_floats(X, a) >= self.catalog_[a].positive_at) - self.positive_rate_[a] for a in self.positive_analytes_
         }
-        return {"autoantibody_burden": shares(parts)}
+        out = {"autoantibody_burden": shares(parts)} if parts else {}
+        if self._index_analytes():
+            levels = self._levels(X)
+            out["autoantibody_index"] = shares({a: (levels[a] - self.index_mean_[a]) / self.index_scale_[a] for a in self._index_analytes()})
+        return out
+
+    def _level_name(self, a: str) -> str:
+        """The name of analyte ``a``'s continuous feature (its level on the scale it is read on)."""
+        return f"{a}_log2_titre" if self.catalog_[a].kind == "titre" else "anti_sgc_index" if a == "anti_sgc" else f"{a}_log"
+
+    def _levels(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Each analyte's continuous feature: log2 titre steps, the anti-SGC binding index, or the natural log."""
+        out = {}
+        for a in self.analytes:
+            lab, values = self.catalog_[a], _floats(X, a)
+            if lab.kind == "titre":
+                out[a] = np.log2(np.maximum(values, EPS) / lab.reference_dilution)
+            elif a == "anti_sgc":
+                out[a] = values
+            else:
+                out[a] = np.log(np.maximum(values, EPS))
+        return out
 
     def compute(self, X: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The core of :meth:`transform`: input columns (a frame or a mapping of arrays) -> feature arrays."""
         _fitted(self, "positive_analytes_")
-        out: dict[str, np.ndarray] = {}
-        for a in self.analytes:
-            lab = self.catalog_[a]
-            values = _floats(X, a)
-            if lab.kind == "titre":
-                out[f"{a}_log2_titre"] = np.log2(np.maximum(values, EPS) / lab.reference_dilution)
-            elif a == "anti_sgc":
-                out["anti_sgc_index"] = values
-            else:
-                out[f"{a}_log"] = np.log(np.maximum(values, EPS))
+        levels = self._levels(X)
+        out: dict[str, np.ndarray] = {self._level_name(a): levels[a] for a in self.analytes}
         for a in self.positive_analytes_:
             out[f"{a}_positive"] = (_floats(X, a) >= self.catalog_[a].positive_at).astype(float)
         if self.positive_analytes_:
             out["autoantibody_burden"] = np.sum([out[f"{a}_positive"] for a in self.positive_analytes_], axis=0)
+        if self._index_analytes():
+            z = [(levels[a] - self.index_mean_[a]) / self.index_scale_[a] for a in self._index_analytes()]
+            out["autoantibody_index"] = np.mean(np.column_stack(z), axis=1)
         return out
+
+    def _index_analytes(self) -> list[str]:
+        """The analytes of the autoantibody index (none in a pipeline fitted before the index existed)."""
+        return getattr(self, "index_analytes_", [])
 
     def get_feature_names_out(self, input_features=None):
         _fitted(self, "positive_analytes_")
-        names = []
-        for a in self.analytes:
-            lab = self.catalog_[a]
-            names.append(f"{a}_log2_titre" if lab.kind == "titre" else "anti_sgc_index" if a == "anti_sgc" else f"{a}_log")
+        names = [self._level_name(a) for a in self.analytes]
         names += [f"{a}_positive" for a in self.positive_analytes_]
         if self.positive_analytes_:
             names.append("autoantibody_burden")
+        if self._index_analytes():
+            names.append("autoantibody_index")
         return np.asarray(names, dtype=object)
 
     def feature_info(self) -> list[FeatureInfo]:
@@ -385,6 +402,11 @@ class AutoantibodyCore(Detachable):
                         name, f"Autoantibody burden: number positive of {labels}", "count", None, "autoantibody", "Autoantibody burden"
                     )
                 )
+                continue
+            if name == "autoantibody_index":
+                labels = ", ".join(self.catalog_[a].label for a in self._index_analytes())
+                text = f"Composite autoantibody index: mean z-score of the levels of {labels} (scaled on training data; not cut at positivity)"
+                info.append(FeatureInfo(name, text, "z", None, "autoantibody", "Autoantibody index"))
                 continue
             a = name.removesuffix("_log2_titre").removesuffix("_positive").removesuffix("_index").removesuffix("_log")
             lab = self.catalog_[a]

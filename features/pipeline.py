@@ -227,7 +227,7 @@ def feature_sources(pipeline: Pipeline, spec: DatasetSpec, X: pd.DataFrame) -> d
     Returns, per feature, ``{source: share}``: share 1.0 for a feature with one
     source (a lab's log value, its flags and band; a covariate; the levels of a
     categorical), and per-row arrays for composite features (the inflammation
-    index, markers above reference, ratios, autoantibody burden, cognitive
+    index, markers above reference, ratios, autoantibody burden and index, cognitive
     dominance), whose SHAP credit is split by each input's part of the
     composite's deviation from its training average. Sources are analyte keys
     for labs and column names otherwise.

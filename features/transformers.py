@@ -189,7 +189,7 @@ class InflammationFeatures(InflammationCore, TransformerMixin, BaseEstimator):
 
 
 class AutoantibodyFeatures(AutoantibodyCore, TransformerMixin, BaseEstimator):
-    """Positivity flags at catalog cut-offs, ANA log2 titre, autoantibody burden, anti-SGC index.
+    """Positivity flags at catalog cut-offs, ANA log2 titre, autoantibody burden, anti-SGC index, autoantibody index.
 
     Parameters
     ----------
@@ -212,6 +212,11 @@ class AutoantibodyFeatures(AutoantibodyCore, TransformerMixin, BaseEstimator):
         self.n_features_in_ = len(self.feature_names_in_)
         self.positive_analytes_ = [a for a in self.analytes if self.catalog_[a].positive_at is not None]
         self.positive_rate_ = {a: float(np.mean(_floats(X, a) >= self.catalog_[a].positive_at)) for a in self.positive_analytes_}
+        # The composite index is scaled on training data only, as the inflammation index is; transform reuses these.
+        levels = self._levels(X)
+        self.index_analytes_ = [a for a in self.analytes if np.isfinite(levels[a]).any()]
+        self.index_mean_ = {a: float(np.nanmean(levels[a])) for a in self.index_analytes_}
+        self.index_scale_ = {a: float(np.nanstd(levels[a])) or 1.0 for a in self.index_analytes_}
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,14 @@ from core.data import model_inputs
 from features.catalog import load_catalog
 from features.cores import LabParseError
 from features.labs import LabValueError, parse_lab_cells, parse_lab_value
-from features.pipeline import build_feature_pipeline, feature_info, fitted_parts, input_warnings, lab_issues
+from features.pipeline import (
+    build_feature_pipeline,
+    feature_info,
+    feature_sources,
+    fitted_parts,
+    input_warnings,
+    lab_issues,
+)
 from features.transformers import InflammationFeatures, MedianImputer
 from training.simulate import simulate
 
@@ -23,7 +30,7 @@ EXPECTED_NAMES = [
     "crp_log", "esr_log", "il6_log", "il8_log", "tnfa_log", "il1b_log", "il10_log", "neutrophils_log",
     "lymphocytes_log", "crp_band", "esr_uln_ratio", "esr_elevated", "il6_il10_ratio_log", "nlr",
     "inflammation_index", "markers_above_reference", "anti_sgc_index", "ana_log2_titre", "anti_tpo_log",
-    "rf_log", "anti_sgc_positive", "ana_positive", "anti_tpo_positive", "rf_positive", "autoantibody_burden",
+    "rf_log", "anti_sgc_positive", "ana_positive", "anti_tpo_positive", "rf_positive", "autoantibody_burden", "autoantibody_index",
     "pain_baseline", "memory_baseline", "cognitive_dominance", "age", "bmi", "symptom_years",
     "fatigue_baseline", "sleep_baseline", "stiffness_baseline", "tenderness_baseline", "anxiety_baseline",
     "depression_baseline", "fiqr_baseline", "sex_female",
@@ -338,3 +345,27 @@ def test_a_long_column_of_report_text_gives_each_cells_own_result(analyte):
         assert below[i] == float(result.below_lod)
     assert [(x.row, x.reason) for x in issues] == expected_issues and len(expected_issues) > 10
     assert all(x.raw is cells[x.row] for x in issues)
+
+
+def test_the_autoantibody_index_is_the_mean_z_of_the_antibody_levels_scaled_on_training_data(spec, final_99):
+    """The continuous composite beside the count positive: every level counts, not only which side of a cut-off."""
+    train, other = model_inputs(final_99, spec), model_inputs(simulate("final", 60, 8), spec)
+    pipeline = build_feature_pipeline(spec).fit(train)
+    levels = ["anti_sgc_index", "ana_log2_titre", "anti_tpo_log", "rf_log"]
+    raw = {name: pipeline.transform(train)[name] for name in levels}  # imputed, but a complete trial has nothing to fill
+    scale = {name: (values.mean(), values.std(ddof=0)) for name, values in raw.items()}
+    F = pipeline.transform(other)
+    expected = np.mean([(F[name] - scale[name][0]) / scale[name][1] for name in levels], axis=0)
+    complete = other[["anti_sgc", "ana", "anti_tpo", "rf"]].notna().all(axis=1).to_numpy()
+    assert complete.sum() > 30 and np.allclose(F["autoantibody_index"].to_numpy()[complete], expected[complete])
+    info = feature_info(pipeline, spec)["autoantibody_index"]
+    assert info.group == "autoantibody" and "anti-SGC index, ANA, anti-TPO, RF" in info.description and info.unit == "z"
+    # Its SHAP credit splits over the four antibodies (feature_sources), as the inflammation index's does.
+    shares = feature_sources(pipeline, spec, other.iloc[:5])["autoantibody_index"]
+    assert set(shares) == {"anti_sgc", "ana", "anti_tpo", "rf"}
+    # A pipeline fitted before the index existed (no index state) keeps its own feature list.
+    step = next(part for part, _ in fitted_parts(pipeline.named_steps["features"]).values() if hasattr(part, "index_analytes_"))
+    del step.index_analytes_
+    parsed = pipeline[:-1].transform(other)
+    assert "autoantibody_index" not in step.get_feature_names_out() and "autoantibody_index" not in step.compute(parsed)
+
