@@ -4,9 +4,11 @@ The product's heterogeneity test does not know which baseline values modify
 the effect. Two parametric likelihood-ratio tests that are *told* show what
 power knowing them buys (a yardstick, not a proven upper bound):
 
-- **prespecified composites**: arm x the engineered ``inflammation_index`` and
-  ``autoantibody_burden`` (the modifiers the experts name; 2 df), the test a
-  trial statistician would prespecify;
+- **prespecified modifiers**: arm x the spec's ``prespecified_modifiers``
+  (FINAL: one modifier, the mean of the standardised ``inflammation_index``
+  and ``autoantibody_index``, the experts' hypothesis; 1 df, one-sided as the
+  spec's ``prespecified_direction`` says), the test a trial statistician
+  would prespecify;
 - **oracle modifier**: arm x the simulator's hidden profile score
   (``true_profile_score``, the one score the simulated benefit rises with;
   1 df). No product code sees it; only a simulator can run this test, and
@@ -16,10 +18,10 @@ Both fit ``probit P(y = 1) = a + b1 s + b2 s^2 + c' m + g t (+ d' t m)``,
 ``s`` the standardised cross-fitted PATH risk score (:mod:`training.path`, its
 prognostic model blind to arm) and ``m`` the standardised modifiers, and read
 the likelihood-ratio statistic against chi-square (asymptotic, no
-calibration: the null designs of section 1 show its level). The statistic is
-the product's (:mod:`training.modifiers`): the default test calibrates the
-composites' statistic by its null trials and joins it to BCF's spread; these
-rows read it uncalibrated.
+calibration: the null designs of section 1 show its level; with a direction,
+the signed root read one-sided from the normal). The statistic is the
+product's (:mod:`training.modifiers`): the default test calibrates it by its
+null trials and joins it to BCF's spread; these rows read it uncalibrated.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ patients, for the heterogeneity tests only (no work-up):
    test (``split_rate``), the grf-style RATE test with a half-sample bootstrap
    (:func:`benchmarks.peers.grf_rate_test`), a statistic of BCF's posterior
    (:func:`benchmarks.peers.bcf_heterogeneity`) and two parametric tests that
-   are told the modifiers (:mod:`benchmarks.modifier_tests`: the prespecified
-   composites, and the simulator's hidden profile score: a yardstick, the
+   are told the modifiers (:mod:`benchmarks.modifier_tests`: the spec's
+   prespecified modifiers read by chi-square or, with a direction, one-sided, and the simulator's hidden profile score: a yardstick, the
    power of a test that knew the modifier), each with Holm across the two
    outcomes: the family-wise false-positive rate on every null design (Wilson
    95% intervals), and power at the nominal level and at the same
@@ -161,6 +161,22 @@ SELECTOR_LABELS = {
     "r_loss": "`r_loss`",
     "rate": "`rate` (Qini RATE of held-out folds)",
 }
+
+
+def _composites_label() -> str:
+    """The row of the spec's prespecified modifiers read alone and uncalibrated (their names, df and reading)."""
+    from core.spec import load_spec
+
+    spec = load_spec()
+    names = " and ".join(f"`{name}`" for name in spec.prespecified_modifiers)
+    if spec.prespecified_direction == "any":
+        return f"prespecified modifiers: probit LR test of arm x {names} ({len(spec.prespecified_modifiers)} df, chi-square)"
+    return (
+        f"prespecified modifier: probit LR test of arm x {names}, its signed root one-sided "
+        f"({spec.prespecified_direction}; normal)"
+    )
+
+
 # The heterogeneity tests; "calibrate" says which column carries the evidence (p: smaller, stat: larger).
 TESTS = {
     "imputed_randomisation": (
@@ -174,21 +190,24 @@ TESTS = {
         "BCF spread alone (the default until 2026-12-06): the same null trials, Besag-Clifford h = 5", "p"
     ),
     "imputed_randomisation_modifiers": (
-        "prespecified modifiers alone, calibrated: their LR statistic against the same null trials, Besag-Clifford h = 5", "p"
+        "prespecified modifiers alone, calibrated: their statistic against the same null trials, Besag-Clifford h = 5", "p"
     ),
     "permutation": ("product `permutation` (earlier default): permutation test of the beyond-risk RATE", "p"),
     "split_rate": ("product `split_rate`: sample-split beyond-risk RATE, 3 candidates, Bonferroni", "p"),
     "grf_autoc": ("grf-style RATE test, AUTOC (causal forest, half-sample bootstrap)", "p"),
     "grf_qini": ("grf-style RATE test, QINI (causal forest, half-sample bootstrap)", "p"),
     "bcf": ("BCF posterior: 5% quantile of the SD of tau(x)", "stat"),
-    "composites": (
-        "prespecified composites: probit LR test of arm x `inflammation_index` and `autoantibody_burden` (2 df, chi-square)", "p"
+    "composites": (_composites_label(), "p"),
+    "composites_earlier": (
+        "earlier prespecified modifiers (until 2026-12-07): probit LR test of arm x `inflammation_index` and "
+        "`autoantibody_burden` (2 df, chi-square)", "p"
     ),
     "oracle_modifier": (
         "yardstick, not a product test: probit LR test of arm x the simulator's hidden profile score (1 df, chi-square)", "p"
     ),
 }
 PRODUCT_TESTS = ("imputed_randomisation", "imputed_randomisation_99", "imputed_randomisation_bcf", "imputed_randomisation_modifiers", "permutation")
+EARLIER_MODIFIERS = ("inflammation_index", "autoantibody_burden")  # the spec's prespecified modifiers until 2026-12-07
 EARLIER_REPLICATES = 99  # the budget of the `imputed_randomisation_99` row (the job's until 2026-12-06)
 # Combinations decided before looking at any figure (with the earlier default): the permutation test with each other valid test.
 COMBINATIONS = {
@@ -321,8 +340,10 @@ class Settings:
                 "`null` trial permuted across its patients (independent of covariates and arm)."
             )
         from core.spec import load_spec
+        from training.heterogeneity import modifier_label
 
-        named = load_spec().prespecified_modifiers if job.evidence.prespecified else []
+        spec = load_spec()
+        named = spec.prespecified_modifiers if job.evidence.prespecified else []
         spread = (
             f"the SD of BCF's posterior-mean probit effects beyond a cubic in its prognosis on control, BCF with the cross-validation "
             f"settings but `evidence.warm_starts` = {config.evidence.warm_starts} warm-start iterations (cross-validation: "
@@ -330,8 +351,8 @@ class Settings:
         )
         if named:
             statistic = (
-                f"statistics: (a) {spread}; (b) the probit likelihood-ratio statistic of arm x the spec's prespecified modifiers "
-                f"({', '.join(f'`{m}`' for m in named)}), adjusted for a quadratic in the cross-fitted PATH risk score; joined by "
+                f"statistics: (a) {spread}; (b) the {modifier_label(named, spec.prespecified_direction)} (the spec's "
+                f"prespecified modifiers: {', '.join(f'`{m}`' for m in named)}); joined by "
                 f"Fisher's combination of their Monte-Carlo p-values over the same null trials, stopped for futility (an "
                 f"independent-statistics bound, and curtailment once the whole budget could hardly still reject). Beside it, each statistic alone on the "
                 f"same null trials with Besag-Clifford's rule (h = {job.evidence.sequential_h}): (a) is the default until 2026-12-06"
@@ -681,7 +702,8 @@ def run_replicate(task: Task) -> list[dict]:
             named = spec.prespecified_modifiers if config.evidence.prespecified else []
             # min_hits: the null trials also run until each statistic alone can be read with Besag-Clifford's rule.
             longer = imputed_randomisation_test(
-                F, d.t, d.y, run_config, d.treated_fraction, executor, modifiers=named, min_hits=config.evidence.sequential_h
+                F, d.t, d.y, run_config, d.treated_fraction, executor, modifiers=named, min_hits=config.evidence.sequential_h,
+                direction=spec.prespecified_direction,
             )
             seconds = time.perf_counter() - started
             ran = len(longer.null_components) if longer.null_components is not None else longer.permutations_run
@@ -726,7 +748,11 @@ def run_replicate(task: Task) -> list[dict]:
         split = split_rate_test(F, d.t, d.y, config, d.treated_fraction, config.seed + 77)
         results["split_rate"] = {"p": split.p_value, "stat": split.statistic, "seconds": time.perf_counter() - started}
         started = time.perf_counter()
-        modifiers = {"composites": composite_modifiers(F, spec.prespecified_modifiers), "oracle_modifier": trial.loc[outcome_data_mask(trial, spec, outcome, config), ORACLE_COLUMN].to_numpy()}
+        modifiers = {
+            "composites": composite_modifiers(F, spec.prespecified_modifiers),
+            "composites_earlier": composite_modifiers(F, [name for name in EARLIER_MODIFIERS if name in F.columns]),
+            "oracle_modifier": trial.loc[outcome_data_mask(trial, spec, outcome, config), ORACLE_COLUMN].to_numpy(),
+        }
         try:
             risk = path_risk_score(F, d.y, config)
         except ValueError as exc:  # too few responders (or non-responders) for the score's folds: reported, not faked
@@ -734,7 +760,8 @@ def run_replicate(task: Task) -> list[dict]:
         else:
             for test, m in modifiers.items():
                 if m is not None:
-                    results[test] = {**modifier_lr_test(risk, m, d.t, d.y), "seconds": time.perf_counter() - started}
+                    direction = spec.prespecified_direction if test == "composites" else "any"
+                    results[test] = {**modifier_lr_test(risk, m, d.t, d.y, direction), "seconds": time.perf_counter() - started}
                     started = time.perf_counter()
         if settings.peers:
             started = time.perf_counter()

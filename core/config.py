@@ -371,7 +371,8 @@ class EvidenceConfig(_Strict):
     )
     prespecified: bool = Field(
         description="the imputed randomisation test also examines the spec's prespecified_modifiers by name (a probit "
-        "likelihood-ratio statistic of arm x modifiers, training/modifiers.py), joined to BCF's spread by Fisher's "
+        "likelihood-ratio statistic of arm x modifiers, or its signed root with the spec's prespecified_direction; "
+        "training/modifiers.py), joined to BCF's spread by Fisher's "
         "combination of their p-values over the same null trials (stopped for futility and by curtailment at alpha); false, or a spec that names none: BCF's spread alone"
     )
     auto_max_n: int = Field(ge=10, description="largest trial tested by permutation when method is auto")

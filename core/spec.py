@@ -516,6 +516,11 @@ class CognitiveDominanceSpec(_Strict):
     pain: str
 
 
+def modifier_parts(entry: str) -> list[str]:
+    """The engineered features of one ``prespecified_modifiers`` entry (``a + b``: one modifier from two features)."""
+    return [part.strip() for part in str(entry).split("+")]
+
+
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
@@ -536,8 +541,33 @@ class DatasetSpec(_Strict):
         default_factory=list,
         description="engineered features named as effect modifiers before the analysis (e.g. inflammation_index): "
         "the heterogeneity test examines arm x these by name beside the served model's spread, both calibrated by "
-        "the same null trials (training/modifiers.py); empty: the served model's spread alone",
+        "the same null trials (training/modifiers.py); empty: the served model's spread alone. An entry joining "
+        "features with '+' (inflammation_index + autoantibody_index) is one modifier: the mean of those features, each "
+        "standardised (one degree of freedom)",
     )
+    prespecified_direction: Literal["any", "increasing", "decreasing"] = Field(
+        default="any",
+        description="which way the protocol expects the benefit to move with the prespecified modifier: increasing or "
+        "decreasing makes the modifiers' statistic one-sided (the signed root of its likelihood ratio) and needs exactly "
+        "one entry in prespecified_modifiers; any: the two-sided likelihood ratio, any number of modifiers",
+    )
+
+    @field_validator("prespecified_modifiers")
+    @classmethod
+    def _modifier_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not all(modifier_parts(entry)):
+                raise ValueError(f"prespecified_modifiers: {entry!r} has an empty name (join features as 'a + b')")
+        return value
+
+    @model_validator(mode="after")
+    def _direction_needs_one_modifier(self) -> DatasetSpec:
+        if self.prespecified_direction != "any" and len(self.prespecified_modifiers) != 1:
+            raise ValueError(
+                f"prespecified_direction: {self.prespecified_direction} needs exactly one entry in prespecified_modifiers "
+                f"(got {len(self.prespecified_modifiers)}); join features with '+' for one modifier, or use 'any'"
+            )
+        return self
 
     @field_validator("analytes", mode="before")
     @classmethod

@@ -406,3 +406,45 @@ def test_the_prespecified_modifiers_join_bcfs_spread_and_the_combination_finds_a
     assert alone.kind == "bcf_spread" and alone.null_components is None and "components" not in alone.details
     with pytest.raises(ValueError, match="prespecified_modifiers: 'crp' is not an engineered feature"):
         imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["crp"])
+    # A direction makes the modifier's statistic one-sided: the expected direction finds it, the other counts nothing.
+    rises = imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["m"], direction="increasing")
+    named = rises.details["components"]["prespecified_modifiers"]
+    assert named["direction"] == "increasing" and "one-sided: large when the effect rises with it" in named["label"]
+    assert named["observed"] > 2 and named["p_value"] == pytest.approx(1 / 40) and rises.p_value <= 2 / 40
+    falls = imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["m"], direction="decreasing")
+    assert falls.details["components"]["prespecified_modifiers"]["observed"] == pytest.approx(-named["observed"])
+    assert falls.details["components"]["prespecified_modifiers"]["p_value"] > 0.5
+
+
+def test_a_modifier_joined_from_features_is_the_mean_of_them_standardised_and_a_direction_reads_one_side():
+    from training.modifiers import modifier_lr_test, modifier_matrix
+
+    rng = np.random.default_rng(3)
+    n = 600
+    F = pd.DataFrame({"a": rng.normal(2.0, 3.0, n), "b": rng.normal(-1.0, 0.5, n), "c": rng.normal(size=n)})
+    joined = modifier_matrix(F, ["a + b", "c"])
+    za, zb = ((F[k] - F[k].mean()) / F[k].std(ddof=0) for k in "ab")
+    assert joined.shape == (n, 2) and np.allclose(joined[:, 0], (za + zb) / 2) and np.allclose(joined[:, 1], F["c"])
+    with pytest.raises(ValueError, match="prespecified_modifiers: 'd' is not an engineered feature"):
+        modifier_matrix(F, ["a + d"])
+    risk, t = rng.normal(size=n), rng.integers(0, 2, n)
+    m = joined[:, 0]
+    y = (rng.random(n) < norm.cdf(0.5 * risk + 0.3 * t + 0.5 * t * m)).astype(int)
+    two_sided, rises, falls = (modifier_lr_test(risk, m, t, y, d) for d in ("any", "increasing", "decreasing"))
+    assert rises["stat"] == pytest.approx(np.sqrt(two_sided["stat"])) and falls["stat"] == pytest.approx(-rises["stat"])
+    assert rises["p"] == pytest.approx(two_sided["p"] / 2) and falls["p"] == pytest.approx(1 - rises["p"])
+    with pytest.raises(ValueError, match="needs exactly one modifier"):
+        modifier_lr_test(risk, joined, t, y, "increasing")
+
+
+def test_the_spec_refuses_a_direction_for_more_than_one_modifier_and_an_empty_joined_name(spec):
+    from pydantic import ValidationError
+
+    data = spec.model_dump()
+    assert spec.prespecified_modifiers == ["inflammation_index + autoantibody_index"] and spec.prespecified_direction == "increasing"
+    with pytest.raises(ValidationError, match="prespecified_direction: increasing needs exactly one entry"):
+        type(spec).model_validate({**data, "prespecified_modifiers": ["inflammation_index", "autoantibody_index"]})
+    with pytest.raises(ValidationError, match="'inflammation_index \\+ ' has an empty name"):
+        type(spec).model_validate({**data, "prespecified_modifiers": ["inflammation_index + "]})
+    two = type(spec).model_validate({**data, "prespecified_modifiers": ["inflammation_index", "autoantibody_index"], "prespecified_direction": "any"})
+    assert two.prespecified_direction == "any"

@@ -640,7 +640,8 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
     # The default spec names its prespecified modifiers: the note names them and gives each statistic's own p-value.
     parts = [o["evidence"]["components"] for o in payload.meta["outcomes"].values()]
     assert all(p and set(p) == {"bcf_spread", "prespecified_modifiers"} for p in parts)
-    assert "inflammation_index, autoantibody_burden" in notes["imputed_randomisation"] and "Fisher combination" in notes["imputed_randomisation"]
+    assert "(inflammation_index + autoantibody_index)" in notes["imputed_randomisation"] and "Fisher combination" in notes["imputed_randomisation"]
+    assert "one-sided: large when the effect rises with it" in notes["imputed_randomisation"]
     for p in parts:
         assert f"(a) {p['bcf_spread']['p_value']:.3f}, (b) {p['prespecified_modifiers']['p_value']:.3f}" in notes["imputed_randomisation"]
     stopping = next(iter(payload.meta["outcomes"].values()))["evidence"]["stopping"]  # the job's own rule, in its words

@@ -115,7 +115,7 @@ from scipy.stats import norm
 
 from core.candidates import BCF, make_candidate, stratified_subsample
 from core.config import TrainConfig
-from core.spec import DatasetSpec
+from core.spec import DatasetSpec, modifier_parts
 from training import metrics as M
 from training.evaluation import OutcomeData, features_of, with_parsed
 from training.executor import Executor
@@ -136,6 +136,23 @@ from training.rate_tests import permutation_test
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
 COMBINED_STATISTIC = STATISTIC_LABELS["bcf_spread_modifiers"]
 MODIFIER_STATISTIC = "probit likelihood-ratio statistic of arm x {names}, adjusted for a quadratic in the cross-fitted PATH risk score"
+DIRECTED_MODIFIER_STATISTIC = (
+    "signed root of the probit likelihood-ratio statistic of arm x {names} (one-sided: large when the effect {moves} with it), "
+    "adjusted for a quadratic in the cross-fitted PATH risk score"
+)
+
+
+def modifier_label(names: list[str], direction: str = "any") -> str:
+    """What the modifiers' statistic is, in words (the spec's names, joined features written as the mean of them)."""
+    written = ", ".join(_written(name) for name in names)
+    if direction == "any":
+        return MODIFIER_STATISTIC.format(names=written)
+    return DIRECTED_MODIFIER_STATISTIC.format(names=written, moves="rises" if direction == "increasing" else "falls")
+
+
+def _written(name: str) -> str:
+    parts = modifier_parts(name)
+    return parts[0] if len(parts) == 1 else f"the mean of standardised {' and '.join(parts)}"
 HELD_OUT_STATISTIC = STATISTIC_LABELS["bcf_held_out"]
 NULL = (
     "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
@@ -156,6 +173,7 @@ class NullTrialTask:
     e: float
     seed: int
     modifiers: np.ndarray | None = None  # the prespecified modifiers (patients x modifiers), or None: BCF's spread alone
+    direction: str = "any"  # the spec's prespecified_direction (training.modifiers.modifier_lr_test)
 
 
 def fit_statistic(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, config: TrainConfig, e: float, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -206,7 +224,7 @@ def _replicate(seed: int, task: NullTrialTask) -> float | tuple[float, float]:
     spread = fit_statistic(task.F, t, y, task.config, task.e, task.seed)[0]
     if task.modifiers is None:
         return spread
-    return spread, modifier_statistic(task.F, task.modifiers, t, y, task.config)
+    return spread, modifier_statistic(task.F, task.modifiers, t, y, task.config, task.direction)
 
 
 def test_rows(y: np.ndarray, max_patients: int, seed: int) -> np.ndarray | None:
@@ -230,7 +248,9 @@ def heterogeneity_test(data: OutcomeData, spec: DatasetSpec, config: TrainConfig
         return permutation_test(data, spec, config, executor, desc=desc)
     F = features_of(spec, with_parsed(data, spec).parsed)
     modifiers = spec.prespecified_modifiers if config.evidence.prespecified else []
-    return imputed_randomisation_test(F, data.t, data.y, config, data.treated_fraction, executor, desc, modifiers)
+    return imputed_randomisation_test(
+        F, data.t, data.y, config, data.treated_fraction, executor, desc, modifiers, direction=spec.prespecified_direction
+    )
 
 
 def imputed_randomisation_test(
@@ -243,8 +263,12 @@ def imputed_randomisation_test(
     desc: str = "heterogeneity test",
     modifiers: list[str] | tuple[str, ...] = (),
     min_hits: int = 0,
+    direction: str = "any",
 ):
     """The test on one outcome's engineered features (see the module docstring); ``modifiers``: prespecified names.
+
+    ``direction``: the spec's ``prespecified_direction`` (``any``: the modifiers' two-sided likelihood ratio;
+    ``increasing`` or ``decreasing``: its signed root, one-sided; :mod:`training.modifiers`).
 
     ``min_hits`` (benchmarks only): with modifiers, keep running null trials until each statistic has been reached
     this many times, so each can be read alone from the same run; the test's own result does not change.
@@ -277,9 +301,9 @@ def imputed_randomisation_test(
         return PermutationResult(observed, {BCF: observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
     seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
     if named is not None:
-        told = modifier_statistic(F, named, t, y, config)
+        told = modifier_statistic(F, named, t, y, config, direction)
         if np.isfinite(told):
-            task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed, named)
+            task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed, named, direction)
             return _combined_test(observed, told, list(modifiers), task, seeds, executor, desc, details, min_hits)
         details["prespecified_modifiers"] = f"not tested: the probit fit of arm x {', '.join(modifiers)} failed on this trial"
     task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
@@ -310,8 +334,9 @@ def _combined_test(
         components={
             "bcf_spread": {"label": STATISTIC, "observed": spread, "p_value": float(marginal[0, 0])},
             "prespecified_modifiers": {
-                "label": MODIFIER_STATISTIC.format(names=", ".join(names)),
+                "label": modifier_label(names, task.direction),
                 "modifiers": names,
+                "direction": task.direction,
                 "observed": told,
                 "p_value": float(marginal[0, 1]),
             },

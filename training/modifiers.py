@@ -19,6 +19,19 @@ and ``m`` the standardised modifiers. The chi-square reading of it does not
 hold its level on small trials (section 1: up to 13% on the sharp null at
 n = 300), so the test never reads it: its null distribution comes from the
 null trials.
+
+**One modifier from several features.** An entry of ``prespecified_modifiers``
+may join engineered features with ``+`` (``inflammation_index +
+autoantibody_index``): one modifier, the mean of the features standardised
+over the trial's patients (arm- and outcome-blind), so one degree of freedom
+where the protocol expects the features to act together.
+
+**A direction.** With ``prespecified_direction: increasing`` (or
+``decreasing``) the protocol states which way the one modifier moves the
+benefit, and the statistic is the signed root of the likelihood ratio,
+``sign(d) sqrt(LR)`` (negated for ``decreasing``): a one-sided test, large
+only when the effect rises (falls) with the modifier, so no part of its
+level is spent on the direction the protocol does not expect.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import pandas as pd
 from scipy import stats
 
 from core.config import TrainConfig
+from core.spec import modifier_parts
 from training.path import risk_score
 
 
@@ -41,12 +55,18 @@ def _standardised(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
-def modifier_lr_test(risk: np.ndarray, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray) -> dict:
+DIRECTIONS = {"any": 0.0, "increasing": 1.0, "decreasing": -1.0}
+
+
+def modifier_lr_test(risk: np.ndarray, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray, direction: str = "any") -> dict:
     """Probit likelihood-ratio test of arm x ``modifiers`` adjusted for a quadratic in the risk score (module docstring).
 
-    Returns ``{"p": ..., "stat": LR, "df": ...}`` (``p``: the asymptotic chi-square reading), or ``{"error": ...}``
-    when a fit fails (separation, singular design).
+    Returns ``{"p": ..., "stat": ..., "df": ...}``, or ``{"error": ...}`` when a fit fails (separation, singular
+    design). ``direction`` ``any``: ``stat`` is the LR and ``p`` its asymptotic chi-square reading; ``increasing`` or
+    ``decreasing`` (one modifier only): ``stat`` is the signed root of the LR in that direction and ``p`` its one-sided
+    normal reading.
     """
+    sign = DIRECTIONS[direction]
     from statsmodels.discrete.discrete_model import Probit  # not statsmodels.api: that imports every submodule
 
     s = _standardised(risk)[:, 0]
@@ -64,28 +84,45 @@ def modifier_lr_test(risk: np.ndarray, modifiers: np.ndarray, t: np.ndarray, y: 
     if not (np.isfinite(fitted.llf) and np.isfinite(reduced.llf)):
         return {"error": "the probit fit did not converge to a finite likelihood"}
     lr = float(max(0.0, 2.0 * (fitted.llf - reduced.llf)))
-    return {"p": float(stats.chi2.sf(lr, m.shape[1])), "stat": lr, "df": int(m.shape[1])}
+    if not sign:
+        return {"p": float(stats.chi2.sf(lr, m.shape[1])), "stat": lr, "df": int(m.shape[1])}
+    if m.shape[1] != 1:
+        raise ValueError(f"a prespecified direction ({direction}) needs exactly one modifier, got {m.shape[1]}")
+    z = float(sign * np.sign(fitted.params[-1]) * np.sqrt(lr))
+    return {"p": float(stats.norm.sf(z)), "stat": z, "df": 1, "direction": direction}
 
 
 def modifier_matrix(F: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """The named engineered features as a matrix; a clear error when the features lack one."""
-    missing = [name for name in names if name not in F.columns]
+    """The named modifiers as a matrix (patients x entries); a clear error when the features lack one.
+
+    An entry of one feature is that feature; an entry joining features with ``+`` is the mean of the features
+    standardised over these patients (module docstring).
+    """
+    missing = [part for name in names for part in modifier_parts(name) if part not in F.columns]
     if missing:
         raise ValueError(
             f"prespecified_modifiers: {', '.join(map(repr, missing))} is not an engineered feature of this trial "
             f"(the features are: {', '.join(F.columns)})"
         )
-    return F[list(names)].to_numpy(dtype=float)
+    columns = []
+    for name in names:
+        parts = modifier_parts(name)
+        values = F[parts].to_numpy(dtype=float)
+        columns.append(values[:, 0] if len(parts) == 1 else _standardised(values).mean(axis=1))
+    return np.column_stack(columns) if columns else np.empty((len(F), 0))
 
 
-def modifier_statistic(F: pd.DataFrame, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray, config: TrainConfig) -> float:
-    """The LR statistic of one trial (observed or null), or +inf when it cannot be computed.
+def modifier_statistic(
+    F: pd.DataFrame, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray, config: TrainConfig, direction: str = "any"
+) -> float:
+    """The statistic of one trial (observed or null; larger is more extreme), or +inf when it cannot be computed.
 
-    +inf makes a failed null trial count as reaching the observed statistic (conservative); on the observed
-    trial the test leaves the statistic out instead (:func:`training.heterogeneity.imputed_randomisation_test`).
+    The LR, or with a ``direction`` its signed root (:func:`modifier_lr_test`). +inf makes a failed null trial
+    count as reaching the observed statistic (conservative); on the observed trial the test leaves the statistic
+    out instead (:func:`training.heterogeneity.imputed_randomisation_test`).
     """
     try:
         risk = risk_score(F, y, config)
     except ValueError:  # too few responders or non-responders for the score's folds
         return float("inf")
-    return float(modifier_lr_test(risk, modifiers, t, y).get("stat", float("inf")))
+    return float(modifier_lr_test(risk, modifiers, t, y, direction).get("stat", float("inf")))
