@@ -47,11 +47,36 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` unchanged, or a ConfigError (one line, exit 2 from any command) for a store MLflow 3 refuses.
+
+    MLflow 3.17 keeps the file store (``file:///...`` or a plain path) in maintenance mode and raises deep
+    inside its first use unless ``MLFLOW_ALLOW_FILE_STORE`` is true; a training job would have started its
+    fit by then. Checked before any work, with the database URI to use instead.
+    """
+    from core.errors import ConfigError
+
+    # A plain path is a file store to MLflow; "databricks" (with or without a profile) is its one bare-word store.
+    file_store = uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in {"1", "true", "yes"}
+    if file_store and not allowed:
+        folder = Path(uri.removeprefix("file://").removeprefix("file:") or DEFAULT_DIR)
+        raise ConfigError(
+            f"tracking URI {uri}",
+            [
+                "MLflow 3 refuses a file store (it keeps it in maintenance mode): use a database URI such as "
+                f"sqlite:///{(folder / 'mlflow.db').resolve()} (the default store is {default_tracking_uri()}), "
+                "or set MLFLOW_ALLOW_FILE_STORE=true to use the file store anyway"
+            ],
+        )
+    return uri
+
+
 def setup_tracking(uri: str | None = None) -> tuple[str, MlflowClient]:
     import mlflow
     from mlflow import MlflowClient
 
-    resolved = resolve_tracking_uri(uri)
+    resolved = check_tracking_uri(resolve_tracking_uri(uri))
     if resolved.startswith("sqlite:///"):
         Path(resolved.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(resolved)

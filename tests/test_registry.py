@@ -101,3 +101,28 @@ def test_a_version_stored_elsewhere_has_no_local_directory():
     assert StoredVersion(**kept, download_uri="models:/m-1").directory is None
     assert StoredVersion(**kept, download_uri="file://otherhost/models/m-1").directory is None
     assert StoredVersion(**kept, download_uri="file:///nonexistent/models/m-1").directory is None
+
+
+def test_a_file_store_uri_is_refused_before_any_work_with_the_database_uri_to_use(tmp_path, monkeypatch):
+    """MLflow 3 raises deep inside a file store's first use; the product says so in one line and does nothing."""
+    from typer.testing import CliRunner
+
+    from core.errors import ConfigError
+    from core.registry import check_tracking_uri
+    from responders.cli import app
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["simulate", "--n", "99", "--seed", "3", "--out", "t.csv"]).exit_code == 0
+    result = runner.invoke(app, ["train", "t.csv", "--tracking-uri", f"file://{tmp_path}/store", "--report-dir", "out"])
+    assert result.exit_code == 2, result.output
+    assert f"use a database URI such as sqlite:///{tmp_path}/store/mlflow.db" in result.output
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()  # nothing was started
+    with pytest.raises(ConfigError, match="refuses a file store"):
+        check_tracking_uri("./mlruns")
+    for fine in (f"sqlite:///{tmp_path}/m.db", "http://127.0.0.1:5000", "databricks"):
+        assert check_tracking_uri(fine) == fine
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-out is honoured
+    assert check_tracking_uri("./mlruns") == "./mlruns"

@@ -30,6 +30,7 @@ from mlflow import MlflowClient
 from core.config import TrainConfig
 from core.data import file_digest, ground_truth_columns, load_trial
 from core.progress import JobSteps, deferred_interrupt
+from core.registry import check_tracking_uri, resolve_tracking_uri
 from core.spec import DatasetSpec
 from training.estimator import ResponderEstimator
 from training.executor import WORKER_MODULES, make_executor, start_local_workers
@@ -271,6 +272,7 @@ def run_training(
     written to ``report_dir/cohort.html``.
     """
     started = time.perf_counter()
+    check_tracking_uri(resolve_tracking_uri(tracking_uri))  # a store MLflow refuses stops the job before any work
     clock = PhaseClock()
     clock.start("load and validate the data", "data")
     data_path = Path(data_path)
