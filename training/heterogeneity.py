@@ -53,7 +53,9 @@ resolution cost power at n = 1,000 (benchmarks/RESULTS.md, section 1).
 ``prespecified_modifiers`` (and ``evidence.prespecified`` is true), a second
 statistic joins BCF's spread on the same null trials: the probit
 likelihood-ratio statistic of arm x those modifiers, adjusted for a quadratic
-in the cross-fitted PATH risk score (:mod:`training.modifiers`). Its
+in the cross-fitted PATH risk score, or its signed root (one-sided) when the
+spec's ``prespecified_direction`` says which way the one modifier moves the
+benefit (:mod:`training.modifiers`). Its
 chi-square reading is never used: each statistic's p-value is its rank among
 the observed and the null trials, and the test's p-value is the rank of
 Fisher's combination (``-sum log p``) of the observed trial among every
@@ -135,6 +137,11 @@ from training.rate_tests import permutation_test
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
 COMBINED_STATISTIC = STATISTIC_LABELS["bcf_spread_modifiers"]
+HELD_OUT_STATISTIC = STATISTIC_LABELS["bcf_held_out"]
+NULL = (
+    "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
+    "P(response | x, arm) = Phi(m(x) + c x arm)"
+)
 MODIFIER_STATISTIC = "probit likelihood-ratio statistic of arm x {names}, adjusted for a quadratic in the cross-fitted PATH risk score"
 DIRECTED_MODIFIER_STATISTIC = (
     "signed root of the probit likelihood-ratio statistic of arm x {names} (one-sided: large when the effect {moves} with it), "
@@ -153,11 +160,6 @@ def modifier_label(names: list[str], direction: str = "any") -> str:
 def _written(name: str) -> str:
     parts = modifier_parts(name)
     return parts[0] if len(parts) == 1 else f"the mean of standardised {' and '.join(parts)}"
-HELD_OUT_STATISTIC = STATISTIC_LABELS["bcf_held_out"]
-NULL = (
-    "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
-    "P(response | x, arm) = Phi(m(x) + c x arm)"
-)
 
 
 @dataclass(frozen=True)

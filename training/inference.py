@@ -30,7 +30,7 @@ STATISTIC_LABELS = {
     "bcf_spread": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control",
     "bcf_spread_modifiers": "Fisher's combination (-sum of log Monte-Carlo p-values) of two statistics on the same null trials: "
     "the SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control, "
-    "and the probit likelihood-ratio statistic of arm x the prespecified modifiers",
+    "and the probit likelihood-ratio statistic of arm x the prespecified modifiers (its signed root when the spec gives their direction)",
     "bcf_held_out": "z of the held-out slope of doubly-robust benefit on BCF's posterior-mean treatment effect (probit scale) "
     "beyond a cubic in its prognosis on control",
 }
