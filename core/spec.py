@@ -557,7 +557,7 @@ class DatasetSpec(_Strict):
     def _modifier_entries(cls, value: list[str]) -> list[str]:
         for entry in value:
             if not all(modifier_parts(entry)):
-                raise ValueError(f"prespecified_modifiers: {entry!r} has an empty name (join features as 'a + b')")
+                raise ValueError(f"{entry!r} has an empty name (join features as a + b)")
         return value
 
     @model_validator(mode="after")
@@ -565,7 +565,7 @@ class DatasetSpec(_Strict):
         if self.prespecified_direction != "any" and len(self.prespecified_modifiers) != 1:
             raise ValueError(
                 f"prespecified_direction: {self.prespecified_direction} needs exactly one entry in prespecified_modifiers "
-                f"(got {len(self.prespecified_modifiers)}); join features with '+' for one modifier, or use 'any'"
+                f"(got {len(self.prespecified_modifiers)}): join the features with + for one modifier, or set it to any"
             )
         return self
 

@@ -336,7 +336,7 @@ class AutoantibodyCore(Detachable):
     """The core of :class:`features.transformers.AutoantibodyFeatures`."""
 
     def source_shares(self, X: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-        """The autoantibody burden's credit split by each antibody's positivity against its training rate."""
+        """The burden's credit split by each antibody's positivity against its training rate; the index's by each standardised level."""
         _fitted(self, "positive_rate_")
         parts = {
             a: (_floats(X, a) >= self.catalog_[a].positive_at) - self.positive_rate_[a] for a in self.positive_analytes_

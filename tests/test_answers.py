@@ -442,7 +442,7 @@ def test_the_spec_refuses_a_direction_for_more_than_one_modifier_and_an_empty_jo
 
     data = spec.model_dump()
     assert spec.prespecified_modifiers == ["inflammation_index + autoantibody_index"] and spec.prespecified_direction == "increasing"
-    with pytest.raises(ValidationError, match="prespecified_direction: increasing needs exactly one entry"):
+    with pytest.raises(ValidationError, match="prespecified_direction: increasing needs exactly one entry .*join the features with \\+"):
         type(spec).model_validate({**data, "prespecified_modifiers": ["inflammation_index", "autoantibody_index"]})
     with pytest.raises(ValidationError, match="'inflammation_index \\+ ' has an empty name"):
         type(spec).model_validate({**data, "prespecified_modifiers": ["inflammation_index + "]})

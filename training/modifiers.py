@@ -66,11 +66,13 @@ def modifier_lr_test(risk: np.ndarray, modifiers: np.ndarray, t: np.ndarray, y: 
     ``decreasing`` (one modifier only): ``stat`` is the signed root of the LR in that direction and ``p`` its one-sided
     normal reading.
     """
-    sign = DIRECTIONS[direction]
     from statsmodels.discrete.discrete_model import Probit  # not statsmodels.api: that imports every submodule
 
+    sign = DIRECTIONS[direction]
     s = _standardised(risk)[:, 0]
     m = _standardised(modifiers)
+    if sign and m.shape[1] != 1:
+        raise ValueError(f"a prespecified direction ({direction}) needs exactly one modifier, got {m.shape[1]}")
     t = np.asarray(t, dtype=float)
     base = np.column_stack([np.ones_like(s), s, s**2, m, t])
     full = np.column_stack([base, t[:, None] * m])
@@ -86,8 +88,6 @@ def modifier_lr_test(risk: np.ndarray, modifiers: np.ndarray, t: np.ndarray, y: 
     lr = float(max(0.0, 2.0 * (fitted.llf - reduced.llf)))
     if not sign:
         return {"p": float(stats.chi2.sf(lr, m.shape[1])), "stat": lr, "df": int(m.shape[1])}
-    if m.shape[1] != 1:
-        raise ValueError(f"a prespecified direction ({direction}) needs exactly one modifier, got {m.shape[1]}")
     z = float(sign * np.sign(fitted.params[-1]) * np.sqrt(lr))
     return {"p": float(stats.norm.sf(z)), "stat": z, "df": 1, "direction": direction}
 
