@@ -197,7 +197,7 @@ TESTS = {
     "grf_autoc": ("grf-style RATE test, AUTOC (causal forest, half-sample bootstrap)", "p"),
     "grf_qini": ("grf-style RATE test, QINI (causal forest, half-sample bootstrap)", "p"),
     "bcf": ("BCF posterior: 5% quantile of the SD of tau(x)", "stat"),
-    "composites": (_composites_label(), "p"),
+    "composites": ("prespecified modifiers: the spec's, read uncalibrated (named by _composites_label)", "p"),
     "composites_earlier": (
         "earlier prespecified modifiers (until 2026-12-07): probit LR test of arm x `inflammation_index` and "
         "`autoantibody_burden` (2 df, chi-square)", "p"
@@ -1254,6 +1254,8 @@ def rejection_table(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
 
 
 def _test_label(method: str) -> str:
+    if method == "composites":  # named from the spec when a table is written, not when the module is imported
+        return _composites_label()
     return TESTS[method][0] if method in TESTS else COMBINATIONS[method][0]
 
 
