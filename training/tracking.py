@@ -154,7 +154,6 @@ def trial_dataset(inputs: Any, source: str, name: str, digest: str) -> Any:
     import numpy as np
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.pandas_dataset import PandasDataset
-    from mlflow.types.utils import _infer_schema  # what PandasDataset.schema runs (MLflow 3.17; tests/test_training.py)
 
     class TrialDataset(PandasDataset):
         @cached_property
@@ -168,10 +167,9 @@ def trial_dataset(inputs: Any, source: str, name: str, digest: str) -> Any:
                 if values.dtype == object:
                     kinds = values.map(type, na_action="ignore").to_numpy()
                     rows.update(int(np.argmax(kinds == kind)) for kind in set(kinds[~missing]))
-            try:
-                return _infer_schema(self.df.iloc[sorted(rows)])
-            except Exception:  # as PandasDataset does: no schema (a text column with numbers and text among its cells)
-                return None
+            # MLflow's own inference on those rows, through its public dataset class (None where it finds no schema:
+            # a text column with numbers and text among its cells).
+            return PandasDataset(self.df.iloc[sorted(rows)], source=self.source, digest=self.digest).schema
 
     return TrialDataset(inputs, source=resolve_dataset_source(source), name=name, digest=digest)
 
