@@ -324,6 +324,20 @@ def test_test_calibration_ranks_against_null_trials_and_leaves_each_out():
     assert table.loc[("final", 0, "pain", "split_rate"), "p_cal_holm"] == pytest.approx(2 / 9)
 
 
+def test_the_default_tests_two_statistics_alone_are_also_read_as_a_bonferroni_union():
+    """Beside Fisher's combination: the smaller of the two statistics' own p-values, doubled (capped at 1)."""
+    rows = [
+        {"kind": "test", "scenario": "final", "n": 1000, "replicate": 0, "outcome": outcome, "method": method, "p": p, "stat": 0.0}
+        for outcome, bcf, modifiers in (("pain", 0.30, 0.01), ("memory", 0.70, 0.90))
+        for method, p in (("imputed_randomisation_bcf", bcf), ("imputed_randomisation_modifiers", modifiers))
+    ]
+    table = recovery.rejection_table(pd.DataFrame(rows), recovery.QUICK).set_index(["outcome", "method"])
+    assert table.loc[("pain", "imputed_randomisation_either"), "p"] == pytest.approx(0.02)
+    assert table.loc[("memory", "imputed_randomisation_either"), "p"] == pytest.approx(1.0)
+    assert table.loc[("pain", "imputed_randomisation_either"), "p_holm"] == pytest.approx(0.04)
+    assert "Bonferroni" in recovery._test_label("imputed_randomisation_either")
+
+
 def test_grf_rate_averages_ties_and_weights_like_grf():
     from benchmarks.peers import rate
 
