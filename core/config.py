@@ -351,7 +351,9 @@ class EvidenceConfig(_Strict):
         "from the fitted no-modification model (null: a constant treatment effect on the probit scale with a flexible "
         "prognosis; arms re-randomised, outcomes imputed; training.heterogeneity); permutation: whole-pipeline permutation test of 'covariates carry no "
         "information' (small trials); split_rate: sample-split RATE test on the risk-difference scale (large trials); "
-        "auto: permutation up to auto_max_n patients, split_rate above",
+        "auto: permutation up to auto_max_n patients, split_rate above. permutation, split_rate and auto are kept for "
+        "comparison: none is calibrated for the null imputed_randomisation names (benchmarks/RESULTS.md, section 1, "
+        "measures their level on the same null designs)",
     )
     replicates: int = Field(
         ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
