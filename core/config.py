@@ -353,7 +353,7 @@ class EvidenceConfig(_Strict):
         "information' (small trials); split_rate: sample-split RATE test on the risk-difference scale (large trials); "
         "auto: permutation up to auto_max_n patients, split_rate above. permutation, split_rate and auto are kept for "
         "comparison: none is calibrated for the null imputed_randomisation names (benchmarks/RESULTS.md, section 1, "
-        "measures their level on the same null designs)",
+        "measures split_rate's level on the same null designs)",
     )
     replicates: int = Field(
         ge=0, description="most null trials of the imputed randomisation test (0 skips the test: verdict not tested)"
