@@ -47,7 +47,7 @@ QUICK = replace(
 def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     """Run section 5 and return its Markdown; per-trial rows go to ``out_dir/intervals.parquet`` (and ``.csv``)."""
     settings = settings or (QUICK if quick else FULL)
-    c = recovery.campaign(settings, out_dir, "intervals")
+    c = recovery.campaign(settings, out_dir, "intervals", recovery.stored_campaigns(quick, out_dir))
     return render(c, settings, quick)
 
 

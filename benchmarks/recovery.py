@@ -96,6 +96,7 @@ test: the served answer depends on its verdict).
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import math
 import os
@@ -138,6 +139,7 @@ METHODS = ("oracle", "observable", "champion", "trial_average", *CANDIDATES, *PE
 INTERVAL_METHODS = ("champion", "trial_average", "causal_forest")  # the served interval and its two baselines
 CRITERIA = ("bcf_when_eligible", "dr_tau_risk_1se", "dr_tau_risk", "r_loss_1se", "r_loss", "rate")
 SELECTORS = CRITERIA
+CAMPAIGNS = Path(__file__).resolve().parent / "campaigns"  # real runs' campaign files, kept in the repository (stored_campaigns)
 POPULATION_SEED = 999_983  # offset of the held-out population's seed from the trials' seeds
 METHOD_LABELS = {
     "oracle": "oracle (true benefit)",
@@ -1817,7 +1819,7 @@ def run(quick: bool, out_dir: Path, settings: Settings | None = None) -> str:
     scale = os.environ.get("BENCH_REPLICATES_SCALE")
     if scale:  # a longer, more precise campaign: multiply every replicate count
         settings = settings.scaled(float(scale))
-    c = campaign(settings, out_dir, "recovery")
+    c = campaign(settings, out_dir, "recovery", stored_campaigns(quick, out_dir))
     return render(c.frame, settings, c.seconds, quick, c.oracles, c.observable, c.cached, c.note)
 
 
@@ -1831,15 +1833,52 @@ class Campaign:
     note: str  # what a wall-clock budget left out, or ""
 
 
-def campaign(settings: Settings, out_dir: Path, name: str) -> Campaign:
+def stored_campaigns(quick: bool, out_dir: Path) -> Path | None:
+    """Where a real run keeps its campaign's rows in the repository (``benchmarks/campaigns/``), or None.
+
+    Only a measuring run into the default place (``make bench``: ``benchmarks/out/full``) keeps them: smoke runs and
+    tests write elsewhere and leave the repository alone.
+    """
+    from benchmarks.run import OUT
+
+    return CAMPAIGNS if not quick and out_dir.resolve() == (OUT / "full").resolve() else None
+
+
+def _restore(partial: Path, stored: Path) -> None:
+    """``BENCH_RESUME=1`` on a machine without the campaign file: start from the repository's copy of it."""
+    rows, key = stored.with_suffix(".jsonl.gz"), stored.with_suffix(".key")
+    if partial.exists() or not (rows.exists() and key.exists()):
+        return
+    partial.write_bytes(gzip.decompress(rows.read_bytes()))
+    partial.with_suffix(".key").write_text(key.read_text())
+    print(f"[recovery] campaign file restored from {rows}", file=sys.stderr, flush=True)
+
+
+def _store(partial: Path, stored: Path) -> None:
+    """Copy the campaign file (every trial's rows, and its code and design key) into the repository, compressed."""
+    if not (partial.exists() and partial.with_suffix(".key").exists()):
+        return
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    # mtime=0: the same rows give the same bytes (no spurious change to commit)
+    stored.with_suffix(".jsonl.gz").write_bytes(gzip.compress(partial.read_bytes(), compresslevel=9, mtime=0))
+    stored.with_suffix(".key").write_text(partial.with_suffix(".key").read_text())
+
+
+def campaign(settings: Settings, out_dir: Path, name: str, store: Path | None = None) -> Campaign:
     """Every trial of ``settings`` (oracles first, if a work-up needs them); rows saved as ``out_dir/<name>.parquet`` and ``.csv``.
 
     ``BENCH_RESUME=1`` keeps the finished trials of an interrupted run of the same code and design
     (``<name>-partial.jsonl``), or of another code's campaign that this design extends once re-runs of some of
     them reproduce their results (:func:`_kept_trials`); ``BENCH_DEADLINE`` (UTC ``HH:MM``) stops starting trials then.
+    ``store`` (:func:`stored_campaigns`): a directory of the repository that receives the campaign file when the run
+    ends (``<name>.jsonl.gz`` and ``<name>.key``, to commit), and from which ``BENCH_RESUME=1`` starts when
+    ``out_dir`` has none: a campaign longer than one machine's session goes on from the commit on another machine.
     """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f"{name}-partial.jsonl"
+    if store is not None and os.environ.get("BENCH_RESUME") == "1":
+        _restore(partial, store / name)
     # Only the work-up needs the observable oracle (a tests-only run fits none).
     oracles, cached = load_oracles(settings.work_up_scenarios, settings.oracle, out_dir / "oracle-cache")
     observable = observable_predictions(oracles, settings)
@@ -1849,9 +1888,11 @@ def campaign(settings: Settings, out_dir: Path, name: str) -> Campaign:
         os.environ["BENCH_DEADLINE_TS"] = str(deadline)  # the worker processes read it (started after this)
     planned = len(tasks(settings, observable))
     try:
-        frame = run_benchmark(settings, observable, partial=out_dir / f"{name}-partial.jsonl", resume=resume)
+        frame = run_benchmark(settings, observable, partial=partial, resume=resume)
     finally:
         os.environ.pop("BENCH_DEADLINE_TS", None)
+        if store is not None:
+            _store(partial, store / name)
     seconds = time.perf_counter() - started
     ran = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0] if len(frame) else 0
     note = ""

@@ -92,10 +92,10 @@ def git_revision() -> str:
     """Commit and whether the working tree had uncommitted changes."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        # RESULTS.md is this runner's output: a section run after another in the same checkout is still that commit's code
-        # (and a resumed campaign still matches its key).
+        # RESULTS.md and the stored campaign files are this runner's output: a section run after another in the same
+        # checkout is still that commit's code (and a resumed campaign still matches its key).
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/RESULTS.md"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/RESULTS.md", ":(exclude)benchmarks/campaigns"],
             cwd=REPO, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

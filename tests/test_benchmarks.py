@@ -875,3 +875,35 @@ def test_the_told_modifier_test_finds_a_modifier_and_not_one_that_is_absent():
     assert absent["p"] > 0.05
     two = modifier_lr_test(risk, np.column_stack([m, rng.normal(size=n)]), t, modified)
     assert two["df"] == 2 and two["p"] < 1e-3
+
+
+def test_a_measuring_run_keeps_its_campaign_file_in_the_repository_and_resumes_from_it(tmp_path, monkeypatch):
+    """A campaign longer than one machine's session: the rows are committed, and BENCH_RESUME=1 starts from them."""
+    from benchmarks.run import OUT
+
+    assert recovery.stored_campaigns(quick=False, out_dir=OUT / "full") == recovery.CAMPAIGNS
+    assert recovery.stored_campaigns(quick=True, out_dir=OUT / "full") is None  # smoke runs and tests leave it alone
+    assert recovery.stored_campaigns(quick=False, out_dir=tmp_path) is None
+    counts = (("ushape", (2,)),)
+    settings = replace(TINY_RECOVERY, scenarios=("ushape",), trials=counts, bootstrap_trials=counts, permutation_trials=(),
+                       full_trials=(), workers=1)
+    ran: list[int] = []
+    monkeypatch.setattr(recovery, "_single_threaded", lambda task: ran.append(task.replicate) or _fake_trial(task))
+    monkeypatch.setattr(recovery, "render", lambda *args, **kwargs: "")
+    store, first, second = tmp_path / "campaigns", tmp_path / "machine-1", tmp_path / "machine-2"
+    monkeypatch.delenv("BENCH_RESUME", raising=False)
+    done = recovery.campaign(settings, first, "recovery", store)
+    assert ran == [0, 1] and (store / "recovery.jsonl.gz").exists() and (store / "recovery.key").exists()
+    stored = pd.read_json(store / "recovery.jsonl.gz", lines=True)
+    assert len(stored) == len(done.frame) and set(stored["replicate"]) == {0, 1}
+    before = (store / "recovery.jsonl.gz").read_bytes()
+    # Another machine: nothing in its out directory, the repository's copy resumes every finished trial.
+    monkeypatch.setenv("BENCH_RESUME", "1")
+    ran.clear()
+    again = recovery.campaign(settings, second, "recovery", store)
+    assert not ran and len(again.frame) == len(done.frame) and again.frame["resumed"].all()
+    assert (store / "recovery.jsonl.gz").read_bytes() == before  # the same rows: the same bytes, nothing to commit
+    # Without BENCH_RESUME the copy is not read: every trial runs.
+    monkeypatch.delenv("BENCH_RESUME")
+    recovery.campaign(settings, tmp_path / "machine-3", "recovery", store)
+    assert ran == [0, 1]
