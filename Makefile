@@ -103,7 +103,7 @@ $(BIN)/.installed-bench: $(BIN)/.installed pyproject.toml requirements/lock.txt
 
 # BENCH_ARGS passes options to benchmarks/run.py, e.g. BENCH_ARGS="--sections recovery";
 # BENCH_REPLICATES_SCALE=4 runs four times as many recovery replicates (and takes that much longer).
-bench: $(BIN)/.installed-bench ## run all benchmarks and rewrite benchmarks/RESULTS.md (hours on 2 cores; BENCH_RECOVERY=short: a few hours, BENCH_RECOVERY=level: the default test's level at n = 99, 300 and 1,000 and its power, about 3 hours; BENCH_DEADLINE=HH:MM (UTC) stops starting trials then; BENCH_RESUME=1 goes on from the last campaign (docs/benchmarks.md))
+bench: $(BIN)/.installed-bench ## run all benchmarks and rewrite benchmarks/RESULTS.md (hours on 2 cores; BENCH_RECOVERY=short: a few hours, BENCH_RECOVERY=level: the default test's level at n = 99, 300 and 1,000 and its power, about 4 hours; BENCH_DEADLINE=HH:MM (UTC) stops starting trials then; BENCH_RESUME=1 goes on from the last campaign (docs/benchmarks.md))
 	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 bench-quick: $(BIN)/.installed-bench ## smoke-run every benchmark on tiny settings into benchmarks/out/

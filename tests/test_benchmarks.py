@@ -174,8 +174,11 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert nominal[1][0].startswith("product default") and nominal[1][2].split(" = ")[0] in ("0/1", "1/1")  # one null trial
     assert all(row[2].split(" = ")[0] == nominal[1][2].split(" = ")[0] for row in nominal[2:4])  # the same null trial, read again
     assert "/2 = " in nominal[5][2]  # the permutation test ran on two null trials
-    cheap = len([t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)])
-    assert all("/3 = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4] for row in nominal[6 : 6 + cheap])  # on every trial
+    cheap = [t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)]
+    for test, row in zip(cheap, nominal[6 : 6 + len(cheap)], strict=True):
+        assert row[0] == recovery._test_label(test)
+        # On every trial; the parametric bootstrap only beside the default test (one null trial).
+        assert f"/{1 if test == 'composites_parametric' else 3} = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4], row
     labels = [recovery.METHOD_LABELS[m] for m in recovery.METHODS]
     assert first_column(headline) == labels
     assert headline[0][1:] == ["strong / pain", "strong / memory"]
@@ -875,6 +878,30 @@ def test_the_told_modifier_test_finds_a_modifier_and_not_one_that_is_absent():
     assert absent["p"] > 0.05
     two = modifier_lr_test(risk, np.column_stack([m, rng.normal(size=n)]), t, modified)
     assert two["df"] == 2 and two["p"] < 1e-3
+
+
+def test_the_parametric_bootstrap_of_the_modifier_statistic_finds_a_modifier_and_not_one_that_is_absent():
+    """Section 1's comparison row: the product's modifier statistic against trials drawn from its fitted null model."""
+    from scipy.stats import norm
+
+    from benchmarks.modifier_tests import parametric_bootstrap_test
+    from core.config import load_config
+
+    rng = np.random.default_rng(11)
+    n = 400
+    F = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "m": rng.normal(size=n)})
+    t = rng.integers(0, 2, n)
+    config = load_config(None, seed=3).resolved(n)
+    modified = (rng.random(n) < norm.cdf(0.6 * F["a"] + 0.3 * t + 0.7 * t * F["m"])).astype(int)
+    constant = (rng.random(n) < norm.cdf(0.6 * F["a"] + 0.3 * t)).astype(int)
+    m = F[["m"]].to_numpy()
+    found = parametric_bootstrap_test(F, m, t, modified, config, "increasing", 39, 5, 1)
+    absent = parametric_bootstrap_test(F, m, t, constant, config, "increasing", 39, 5, 1)
+    assert found["p"] == pytest.approx(1 / 40) and found["permutations_run"] == 39  # no drawn trial reached it
+    assert absent["p"] > 0.1 and absent["permutations_run"] < 39  # stopped once 5 drawn trials reached it
+    assert parametric_bootstrap_test(F, m, t, constant, config, "increasing", 39, 5, 1) == absent  # seeded
+    # The opposite direction: the same modification is no evidence for a falling effect.
+    assert parametric_bootstrap_test(F, m, t, modified, config, "decreasing", 39, 5, 1)["p"] > 0.5
 
 
 def test_a_measuring_run_keeps_its_campaign_file_in_the_repository_and_resumes_from_it(tmp_path, monkeypatch):
