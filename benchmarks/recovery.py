@@ -793,11 +793,13 @@ def run_replicate(task: Task) -> list[dict]:
                     results[test] = {**modifier_lr_test(risk, m, d.t, d.y, direction), "seconds": time.perf_counter() - started}
                     started = time.perf_counter()
             if task.bootstrap and modifiers["composites"] is not None:  # beside the default test, on the same trials
+                # The default test's own seed and budget (training.heterogeneity): the row is what a product test that
+                # calibrated the modifiers this way would answer on this trial.
                 evidence = config.evidence
                 results["composites_parametric"] = {
                     **parametric_bootstrap_test(
                         F, modifiers["composites"], d.t, d.y, config, spec.prespecified_direction, evidence.replicates,
-                        evidence.sequential_h, config.seed + index,
+                        evidence.sequential_h, config.seed + 77,
                     ),
                     "seconds": time.perf_counter() - started,
                 }
