@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.modifiers import modifier_lr_test, modifier_matrix
+from training.modifiers import modifier_lr_test, modifier_matrix, parametric_bootstrap
 
 __all__ = ["ORACLE_COLUMN", "composite_modifiers", "modifier_lr_test", "parametric_bootstrap_test"]
 
@@ -47,55 +47,14 @@ def composite_modifiers(F: pd.DataFrame, names: list[str]) -> np.ndarray | None:
     return modifier_matrix(F, names) if names else None
 
 
+
 def parametric_bootstrap_test(
     F: pd.DataFrame, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray, config, direction: str, replicates: int, h: int, seed: int
 ) -> dict:
     """The product's modifier statistic calibrated by a parametric bootstrap from its own null model (a comparison row).
 
-    The null model is the statistic's reduced probit model, ``P(y = 1) = Phi(a + b1 s + b2 s^2 + c'm + g t)``
-    fitted to the trial (``s`` the standardised cross-fitted PATH risk score, ``m`` the standardised modifiers); each
-    bootstrap trial keeps the patients and arms, draws every outcome from that fit, and recomputes the whole statistic
-    (the risk score refitted to the drawn outcomes). Besag-Clifford's sequential p-value (stop once ``h`` bootstrap
-    statistics reach the observed one, at most ``replicates``). Unlike the imputed randomisation of the product's test,
-    no null trial keeps a real outcome, so none inherits part of a real modification; in exchange the p-value is exact
-    only if the fitted probit model were the truth.
-
-    Returns ``{"p", "stat", "permutations_run"}`` or ``{"error"}`` (the observed statistic cannot be computed).
+    :func:`training.modifiers.parametric_bootstrap` (``evidence.combination: bonferroni`` calibrates the modifiers this
+    way); returns ``{"p", "stat", "permutations_run"}`` or ``{"error"}``.
     """
-    from scipy.stats import norm
-    from statsmodels.discrete.discrete_model import Probit
-
-    from training.inference import sequential_p_value
-    from training.modifiers import _standardised, modifier_statistic
-    from training.path import risk_score
-
-    t, y = np.asarray(t).astype(int), np.asarray(y).astype(int)
-    try:
-        risk = risk_score(F, y, config)
-    except ValueError as exc:
-        return {"error": f"risk score: {exc}"[:200]}
-    observed = modifier_lr_test(risk, modifiers, t, y, direction)
-    if "error" in observed:
-        return {"error": observed["error"]}
-    s, m = _standardised(risk)[:, 0], _standardised(modifiers)
-    X = np.column_stack([np.ones_like(s), s, s**2, m, t])
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitted = norm.cdf(X @ Probit(y.astype(float), X).fit(disp=0, maxiter=200).params)
-    except Exception as exc:  # separation, singular design: reported, not guessed
-        return {"error": f"null model: {type(exc).__name__}: {exc}"[:200]}
-    rng = np.random.default_rng([seed, 4244])
-    null, hits = [], 0
-    for _ in range(replicates):
-        drawn = (rng.random(len(y)) < fitted).astype(int)
-        # A drawn trial whose statistic cannot be computed counts as reaching the observed one (conservative).
-        value = modifier_statistic(F, modifiers, t, drawn, config, direction) if drawn.min() < drawn.max() else float("inf")
-        null.append(value)
-        hits += value >= observed["stat"] - 1e-12
-        if h and hits >= h:
-            break
-    p, used = sequential_p_value(np.asarray(null), observed["stat"], h, replicates)
-    return {"p": p, "stat": observed["stat"], "permutations_run": used}
+    out = parametric_bootstrap(F, modifiers, t, y, config, direction, replicates, h, seed)
+    return out if "error" in out else {"p": out["p"], "stat": out["stat"], "permutations_run": out["used"]}

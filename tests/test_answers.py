@@ -416,6 +416,29 @@ def test_the_prespecified_modifiers_join_bcfs_spread_and_the_combination_finds_a
     assert falls.details["components"]["prespecified_modifiers"]["p_value"] > 0.5
 
 
+@pytest.mark.slow
+def test_the_bonferroni_combination_doubles_the_smaller_of_bcfs_and_the_bootstrapped_modifiers_p_values():
+    """``evidence.combination: bonferroni``: BCF's spread on the null trials, the named modifier by a parametric bootstrap."""
+    config = fast_config(evidence={"replicates": 19, "combination": "bonferroni"})
+    executor = LocalExecutor(workers=1)
+    X, t, y = _modified(300, 8, modifier=0.7)
+    found = imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["m"], direction="increasing")
+    assert found.kind == "bcf_spread_or_modifiers" and found.method == "imputed_randomisation" and found.null_components is None
+    parts = found.details["components"]
+    named, spread = parts["prespecified_modifiers"], parts["bcf_spread"]
+    assert named["p_value"] == pytest.approx(1 / 20) and named["null_trials"] == 19  # no drawn trial reaches the named modifier
+    assert "parametric bootstrap" in named["calibration"] and "one-sided" in named["label"]
+    assert found.p_value == pytest.approx(min(1.0, 2 * min(named["p_value"], spread["p_value"])))
+    # The statistic shown with its null trials is BCF's spread, whose own p-value is its Besag-Clifford one.
+    assert found.statistic == spread["observed"] and len(found.null) == found.permutations_run == spread["null_trials"]
+    assert "Bonferroni" in found.details["combination"] and "doubled" in found.label
+    # Without modification the test does not reject.
+    Xn, tn, yn = _modified(300, 9, modifier=0.0)
+    quiet = imputed_randomisation_test(Xn, tn, yn, config, 0.5, executor, modifiers=["m"], direction="increasing")
+    assert quiet.p_value > config.evidence.alpha
+    assert quiet.p_value == pytest.approx(min(1.0, 2 * min(c["p_value"] for c in quiet.details["components"].values())))
+
+
 def test_a_modifier_joined_from_features_is_the_mean_of_them_standardised_and_a_direction_reads_one_side():
     from training.modifiers import modifier_lr_test, modifier_matrix
 

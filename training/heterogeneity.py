@@ -77,6 +77,14 @@ null trial's pair. A null trial whose probit fit fails counts as reaching
 the observed statistic (conservative); when the observed trial's fit fails,
 BCF's spread is tested alone and the details say why.
 
+``evidence.combination: bonferroni`` joins them otherwise: BCF's spread on the
+null trials (Besag-Clifford), the modifiers' statistic by a parametric
+bootstrap from its own fitted no-modification probit model
+(:func:`training.modifiers.parametric_bootstrap`: no bootstrap trial keeps a
+real outcome, so none carries part of a real modification, but it is exact
+only when that model is the truth), the smaller p-value doubled. Section 1 of
+benchmarks/RESULTS.md measures it beside the default on the same trials.
+
 On trials above ``evidence.max_patients`` (up to twice that) the test runs on
 a random subsample of that many patients, stratified by outcome (every null
 trial refits BCF; :func:`test_rows` says why not by arm x outcome). The recovery benchmark (benchmarks/recovery.py) measures its level on
@@ -132,11 +140,12 @@ from training.inference import (
     marginal_p_values,
     sequential_null,
 )
-from training.modifiers import modifier_matrix, modifier_statistic
+from training.modifiers import modifier_matrix, modifier_statistic, parametric_bootstrap
 from training.rate_tests import permutation_test
 
 STATISTIC = STATISTIC_LABELS["bcf_spread"]
 COMBINED_STATISTIC = STATISTIC_LABELS["bcf_spread_modifiers"]
+BONFERRONI_STATISTIC = STATISTIC_LABELS["bcf_spread_or_modifiers"]
 HELD_OUT_STATISTIC = STATISTIC_LABELS["bcf_held_out"]
 NULL = (
     "no effect modification beyond a constant treatment effect on the probit scale with a flexible prognosis: "
@@ -302,6 +311,9 @@ def imputed_randomisation_test(
     if B == 0:
         return PermutationResult(observed, {BCF: observed}, np.array([]), float("nan"), "bcf_spread", "imputed_randomisation", 0, False, details)
     seeds = [int(s) for s in np.random.SeedSequence([config.seed, 4242]).generate_state(B)]
+    if named is not None and config.evidence.combination == "bonferroni":
+        task = NullTrialTask(F, t, y, mu.mean(axis=1), effect, config, e, seed)
+        return _bonferroni_test(observed, named, list(modifiers), direction, task, seeds, executor, desc, details)
     if named is not None:
         told = modifier_statistic(F, named, t, y, config, direction)
         if np.isfinite(told):
@@ -348,6 +360,46 @@ def _combined_test(
         float(combined[0]), {BCF: spread}, combined[1:], p_value, "bcf_spread_modifiers", "imputed_randomisation", used, used < B, details,
         null_components=null, observed_components=observed,
     )
+
+
+def _bonferroni_test(
+    spread: float, named: np.ndarray, names: list[str], direction: str, task: NullTrialTask, seeds: list[int],
+    executor: Executor, desc: str, details: dict,
+):
+    """``evidence.combination: bonferroni``: BCF's spread on the null trials, the modifiers by a parametric bootstrap.
+
+    Each statistic has its own p-value (Besag-Clifford, ``sequential_h``); the test's is the smaller one doubled, a
+    union-intersection test that holds its level whatever the two statistics' dependence when each holds its own.
+    """
+    config = task.config
+    B, h = len(seeds), config.evidence.sequential_h
+    label = f"{desc}: BCF's spread (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
+    null, p_spread, used = sequential_null(_replicate, seeds, spread, h, executor, task, label, "null trial", desc)
+    boot = parametric_bootstrap(task.F, named, task.t, task.y, config, direction, B, h, task.seed)
+    if "error" in boot:
+        details["prespecified_modifiers"] = f"not tested: the probit fit of arm x {', '.join(names)} failed on this trial ({boot['error']})"
+        return PermutationResult(spread, {BCF: spread}, null, p_spread, "bcf_spread", "imputed_randomisation", used, used < B, details)
+    p_value = min(1.0, 2.0 * min(p_spread, boot["p"]))
+    details.update(
+        statistic=BONFERRONI_STATISTIC,
+        combination="Bonferroni: each statistic's own p-value, the smaller one doubled (valid whatever their dependence)",
+        stopping=f"each statistic's null values stop once {h} reach its observed value, at most {B}",
+        components={
+            "bcf_spread": {"label": STATISTIC, "observed": spread, "p_value": float(p_spread), "null_trials": used,
+                           "calibration": "the imputed randomisation's null trials"},
+            "prespecified_modifiers": {
+                "label": modifier_label(names, direction),
+                "modifiers": names,
+                "direction": direction,
+                "observed": float(boot["stat"]),
+                "p_value": float(boot["p"]),
+                "null_trials": int(boot["used"]),
+                "calibration": "a parametric bootstrap: every outcome drawn from the statistic's own fitted no-modification "
+                "probit model (a quadratic in the PATH risk score, the modifiers, the arm), the whole statistic recomputed",
+            },
+        },
+    )
+    return PermutationResult(spread, {BCF: spread}, null, p_value, "bcf_spread_or_modifiers", "imputed_randomisation", used, used < B, details)
 
 
 def held_out_test(F: pd.DataFrame, t: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, config: TrainConfig, e: float, seed: int) -> PermutationResult:

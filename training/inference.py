@@ -31,6 +31,9 @@ STATISTIC_LABELS = {
     "bcf_spread_modifiers": "Fisher's combination (-sum of log Monte-Carlo p-values) of two statistics on the same null trials: "
     "the SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its prognosis on control, "
     "and the probit likelihood-ratio statistic of arm x the prespecified modifiers (its signed root when the spec gives their direction)",
+    "bcf_spread_or_modifiers": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its "
+    "prognosis on control, the first of two statistics: the test's p-value is the smaller of its own and the prespecified "
+    "modifiers' (a parametric bootstrap of their probit likelihood-ratio statistic), doubled (Bonferroni)",
     "bcf_held_out": "z of the held-out slope of doubly-robust benefit on BCF's posterior-mean treatment effect (probit scale) "
     "beyond a cubic in its prognosis on control",
 }
