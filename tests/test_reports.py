@@ -652,6 +652,17 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
         outcome["evidence"].update(components=None, statistic_label=STATISTIC_LABELS["bcf_spread"])
     alone = re.search(r'<p class="note" id="test-null">(.*?)</p>', unescape(render_cohort_report(CohortPayload(meta, payload.parts))), re.S).group(1)
     assert "Besag" in alone and "Fisher" not in alone and "Besag" not in notes["imputed_randomisation"]
+    # evidence.combination: bonferroni: each statistic with its own calibration, the smaller p-value doubled.
+    meta = copy.deepcopy(payload.meta)
+    for outcome in meta["outcomes"].values():
+        named = outcome["evidence"]["components"]["prespecified_modifiers"]
+        named["calibration"] = "a parametric bootstrap: every outcome drawn from the statistic's own fitted no-modification probit model"
+        outcome["evidence"]["stopping"] = "each statistic's null values stop once 5 reach its observed value, at most 199"
+    union = re.search(r'<p class="note" id="test-null">(.*?)</p>', unescape(render_cohort_report(CohortPayload(meta, payload.parts))), re.S).group(1)
+    assert "each calibrated on its own" in union and "calibrated by a parametric bootstrap" in union and "doubled (Bonferroni)" in union
+    assert "Fisher" not in union and "exact only when its probit model is the truth" in union
+    for p in parts:
+        assert f"(a) {p['bcf_spread']['p_value']:.3f}, (b) {p['prespecified_modifiers']['p_value']:.3f}" in union
     assert "tested on held-out patients" in notes["held_out"] and "the test's prespecified statistic" in notes["held_out"]
     assert "Forest that serves" not in notes["held_out"]  # from 2,000 patients the cross-validation chooses the served model
     assert notes["split_rate"].startswith("Sample-split RATE test") and "9,000" not in notes["split_rate"] and "5,000" in notes["split_rate"]
