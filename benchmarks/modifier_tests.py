@@ -47,7 +47,6 @@ def composite_modifiers(F: pd.DataFrame, names: list[str]) -> np.ndarray | None:
     return modifier_matrix(F, names) if names else None
 
 
-
 def parametric_bootstrap_test(
     F: pd.DataFrame, modifiers: np.ndarray, t: np.ndarray, y: np.ndarray, config, direction: str, replicates: int, h: int, seed: int
 ) -> dict:
