@@ -1133,6 +1133,14 @@ def _trial_key(row_or_task) -> tuple:
     return row_or_task.scenario, row_or_task.n, row_or_task.replicate
 
 
+def read_campaign(path: Path) -> pd.DataFrame:
+    """A campaign file's rows (``.jsonl``, or ``.jsonl.gz`` as kept in ``benchmarks/campaigns/``).
+
+    The code revision stays text: pandas would read a short hash made of digits (``0240362``) as a number.
+    """
+    return pd.read_json(path, lines=True, dtype={"code": str})
+
+
 def _kept_trials(partial: Path, key: str, settings: Settings, todo: list) -> tuple[list[dict], list, list[dict]]:
     """(the stored rows kept, the trials still to run, rows of trials run here to check them) for ``BENCH_RESUME=1``.
 
@@ -1157,7 +1165,7 @@ def _kept_trials(partial: Path, key: str, settings: Settings, todo: list) -> tup
     if not same and not (isinstance(earlier_design, dict) and extends(earlier_design, settings)):
         print(f"[recovery] not resuming: {partial} is of another design", file=sys.stderr, flush=True)
         return [], todo, []
-    earlier = pd.read_json(partial, lines=True)
+    earlier = read_campaign(partial)
     earlier["code"] = earlier["code"].fillna(revision) if "code" in earlier else revision
     finished = {tuple(t) for t in earlier.loc[earlier["kind"] == "timing", ["scenario", "n", "replicate"]].to_numpy().tolist()}
     checked: list[dict] = []
@@ -1200,7 +1208,7 @@ def run_benchmark(
     """Run every replicate (in ``settings.workers`` processes) and return one row per replicate x outcome x row kind.
 
     ``partial``: a JSON-lines file that receives each trial's rows as it finishes, so that an
-    interrupted campaign still leaves its figures (``pd.read_json(partial, lines=True)``).
+    interrupted campaign still leaves its figures (:func:`read_campaign`).
     ``resume``: keep the trials already in ``partial`` (:func:`_kept_trials`): those of the same code
     revision and design, or, after re-running some of them and finding the same results, those of
     another revision whose design this one extends; kept rows are marked ``resumed``, each row

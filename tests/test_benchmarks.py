@@ -917,18 +917,21 @@ def test_a_measuring_run_keeps_its_campaign_file_in_the_repository_and_resumes_f
     ran: list[int] = []
     monkeypatch.setattr(recovery, "_single_threaded", lambda task: ran.append(task.replicate) or _fake_trial(task))
     monkeypatch.setattr(recovery, "render", lambda *args, **kwargs: "")
+    monkeypatch.setattr(run, "git_revision", lambda: "0240362")  # a short hash of digits: still a revision, not a number
     store, first, second = tmp_path / "campaigns", tmp_path / "machine-1", tmp_path / "machine-2"
     monkeypatch.delenv("BENCH_RESUME", raising=False)
     done = recovery.campaign(settings, first, "recovery", store)
     assert ran == [0, 1] and (store / "recovery.jsonl.gz").exists() and (store / "recovery.key").exists()
-    stored = pd.read_json(store / "recovery.jsonl.gz", lines=True)
+    stored = recovery.read_campaign(store / "recovery.jsonl.gz")
     assert len(stored) == len(done.frame) and set(stored["replicate"]) == {0, 1}
+    assert set(stored["code"]) == {"0240362"}
     before = (store / "recovery.jsonl.gz").read_bytes()
     # Another machine: nothing in its out directory, the repository's copy resumes every finished trial.
     monkeypatch.setenv("BENCH_RESUME", "1")
     ran.clear()
     again = recovery.campaign(settings, second, "recovery", store)
     assert not ran and len(again.frame) == len(done.frame) and again.frame["resumed"].all()
+    assert set(again.frame["code"]) == {"0240362"}
     assert (store / "recovery.jsonl.gz").read_bytes() == before  # the same rows: the same bytes, nothing to commit
     # Without BENCH_RESUME the copy is not read: every trial runs.
     monkeypatch.delenv("BENCH_RESUME")
