@@ -727,7 +727,11 @@ def run_replicate(task: Task) -> list[dict]:
         if task.bootstrap:
             started = time.perf_counter()
             budget = max(config.evidence.replicates, EARLIER_REPLICATES if settings.earlier_budget else 0)
-            run_config = config.model_copy(update={"evidence": config.evidence.model_copy(update={"replicates": budget})})
+            # Always Fisher's combination (whatever the job's evidence.combination): its null trials also give each
+            # statistic alone, so every combination's rows (and stored campaigns) come from the same run.
+            run_config = config.model_copy(
+                update={"evidence": config.evidence.model_copy(update={"replicates": budget, "combination": "fisher"})}
+            )
             named = spec.prespecified_modifiers if config.evidence.prespecified else []
             # min_hits: the null trials also run until each statistic alone can be read with Besag-Clifford's rule.
             longer = imputed_randomisation_test(
@@ -803,6 +807,8 @@ def run_replicate(task: Task) -> list[dict]:
                     ),
                     "seconds": time.perf_counter() - started,
                 }
+        if task.bootstrap:
+            tests[outcome] = job_verdict(config, spec, tests[outcome], results)
         if settings.peers:
             started = time.perf_counter()
             try:
@@ -835,6 +841,27 @@ def run_replicate(task: Task) -> list[dict]:
             rows += _work_up(task, config, spec, trial, outcome, data[outcome], counts[outcome], features[outcome], bcf[outcome], tests[outcome], adjusted)
     rows.append({**base, "kind": "timing", "method": task.kind, "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu})
     return rows
+
+
+def job_verdict(config, spec, fisher, results: dict):
+    """The verdict of the job's own test on this trial (the work-up's served answer follows it), read from the runs above.
+
+    The section always runs Fisher's combination (``fisher``: the job's budget), whose null trials also give BCF's
+    spread alone. With ``evidence.combination: bonferroni`` the job's test is that spread alone or the modifiers'
+    parametric bootstrap (the ``composites_parametric`` row, the same seed and budget), built by the job's own
+    :func:`training.heterogeneity.bonferroni_result`.
+    """
+    if config.evidence.combination != "bonferroni" or fisher.null_components is None:
+        return fisher  # Fisher's combination, or no modifiers named: BCF's spread alone either way
+    from training.heterogeneity import bonferroni_result
+
+    spread, part = results["imputed_randomisation_bcf"], results.get("composites_parametric", {"error": "not run"})
+    boot = {"error": part["error"]} if "error" in part else {"p": part["p"], "stat": part["stat"], "used": part["permutations_run"]}
+    used, evidence = int(spread["permutations_run"]), config.evidence
+    return bonferroni_result(
+        float(spread["stat"]), fisher.null_components[:used, 0], float(spread["p"]), used, boot, list(spec.prespecified_modifiers),
+        spec.prespecified_direction, evidence.replicates, evidence.sequential_h, fisher.details,
+    )
 
 
 def job_budget_result(result, replicates: int, h: int, alpha: float = 0.05):

@@ -376,6 +376,19 @@ def _bonferroni_test(
     label = f"{desc}: BCF's spread (at most {B} null trials; stops once {h} reach the observed statistic)" if h else desc
     null, p_spread, used = sequential_null(_replicate, seeds, spread, h, executor, task, label, "null trial", desc)
     boot = parametric_bootstrap(task.F, named, task.t, task.y, config, direction, B, h, task.seed)
+    return bonferroni_result(spread, null, p_spread, used, boot, names, direction, B, h, details)
+
+
+def bonferroni_result(
+    spread: float, null: np.ndarray, p_spread: float, used: int, boot: dict, names: list[str], direction: str, B: int, h: int,
+    details: dict,
+) -> PermutationResult:
+    """The Bonferroni test's result from its two parts: BCF's spread with its null trials (Besag-Clifford ``p_spread``
+    after ``used`` of at most ``B``) and the modifiers' parametric bootstrap (:func:`training.modifiers.parametric_bootstrap`).
+
+    One builder for the job and for the benchmarks, which read the same two parts from their own runs.
+    """
+    details = dict(details)
     if "error" in boot:
         details["prespecified_modifiers"] = f"not tested: the probit fit of arm x {', '.join(names)} failed on this trial ({boot['error']})"
         return PermutationResult(spread, {BCF: spread}, null, p_spread, "bcf_spread", "imputed_randomisation", used, used < B, details)
