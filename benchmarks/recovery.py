@@ -188,6 +188,10 @@ TESTS = {
     "imputed_randomisation_99": (
         "product default read at 99 null trials: the earlier budget (the first 99 of the default's null trials)", "p"
     ),
+    "imputed_randomisation_bcf_parametric": (
+        "product option `evidence.combination` = `bonferroni`: BCF's spread (the default's null trials, Besag-Clifford h = 5) "
+        "or the prespecified modifiers (parametric bootstrap), the smaller p doubled", "p"
+    ),
     "imputed_randomisation_bcf": (
         "BCF spread alone (the default until 2026-12-06): the same null trials, Besag-Clifford h = 5", "p"
     ),
@@ -212,7 +216,11 @@ TESTS = {
         "yardstick, not a product test: probit LR test of arm x the simulator's hidden profile score (1 df, chi-square)", "p"
     ),
 }
-PRODUCT_TESTS = ("imputed_randomisation", "imputed_randomisation_99", "imputed_randomisation_bcf", "imputed_randomisation_modifiers", "permutation")
+PRODUCT_TESTS = (
+    "imputed_randomisation", "imputed_randomisation_99", "imputed_randomisation_bcf_parametric", "imputed_randomisation_bcf",
+    "imputed_randomisation_modifiers", "permutation",
+)
+LEVEL_TESTS = PRODUCT_TESTS[:1] + PRODUCT_TESTS[2:3]  # the default and the option: the issue's level criterion per cell
 EARLIER_MODIFIERS = ("inflammation_index", "autoantibody_burden")  # the spec's prespecified modifiers until 2026-12-07
 EARLIER_REPLICATES = 99  # the budget of the `imputed_randomisation_99` row (the job's until 2026-12-06)
 # Combinations read from the rows of other tests (Bonferroni: twice the smaller p). The first two were decided before
@@ -228,14 +236,13 @@ COMBINATIONS = {
         "smaller p doubled (Bonferroni), not Fisher's combination",
         ("imputed_randomisation_bcf", "imputed_randomisation_modifiers"),
     ),
-    # Added 2026-12-07 after a prototype on this section's trials (the parametric bootstrap alone: more power on `final`
-    # n = 1,000, above the nominal level at n = 99): what BCF's spread joined to it by Bonferroni would give.
-    "imputed_randomisation_bcf_parametric": (
-        "BCF spread (the default's null trials, Besag-Clifford h = 5) or the prespecified modifiers (parametric bootstrap), "
-        "the smaller p doubled (Bonferroni)",
-        ("imputed_randomisation_bcf", "composites_parametric"),
-    ),
 }
+# Product tests read from the rows of two others (:func:`with_derived_rows`), as the job computes them. Added
+# 2026-12-07 after a prototype on this section's trials (the parametric bootstrap alone: more power on `final`
+# n = 1,000, above the nominal level at n = 99): the job's ``evidence.combination: bonferroni``, BCF's spread on the
+# default's null trials or the modifiers' parametric bootstrap, the smaller p doubled
+# (:func:`training.heterogeneity.bonferroni_result`; :func:`job_verdict` checks the reading against the job's test).
+DERIVED = {"imputed_randomisation_bcf_parametric": ("imputed_randomisation_bcf", "composites_parametric")}
 LEVEL_BOUND = 0.10  # the Wilson 95% upper limit of the FWER that a null design and size must stay below (issue 21)
 MIN_NULL_FOR_CALIBRATION = 40  # null values per size below which a test's calibration pools the sizes
 
@@ -1281,6 +1288,44 @@ def run_benchmark(
 # ---------------------------------------------------------------------------
 
 
+def with_derived_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the rows of every :data:`DERIVED` test, read from its two parts' rows on the same outcome-run.
+
+    As :func:`training.heterogeneity.bonferroni_result` computes it: the smaller p doubled (capped at 1), or the first
+    part's p alone when the second could not be computed on that trial (its row carries an error); its simulated
+    trials are the first part's (as the job counts them), its seconds the two parts' together. Rows already derived
+    are not derived again.
+    """
+    if frame.empty or "method" not in frame or "kind" not in frame:
+        return frame
+    keys = ["scenario", "n", "replicate", "outcome"]
+    tests = frame[frame["kind"] == "test"]
+    parts = [frame]
+    for name, (a, b) in DERIVED.items():
+        if (frame["method"] == name).any():
+            continue
+        first = tests[tests["method"] == a].drop_duplicates(keys)
+        second = tests[tests["method"] == b].drop_duplicates(keys).set_index(keys)
+        rows = []
+        for row in first.to_dict("records"):
+            key = tuple(row[k] for k in keys)
+            if not np.isfinite(row.get("p", np.nan)) or key not in second.index:
+                continue  # the part that is always computed did not run: no verdict
+            other = second.loc[key]
+            p_other = other.get("p", np.nan)
+            both = bool(np.isfinite(p_other))
+            derived = {k: row.get(k) for k in (*keys, "seed", "trial_kind", "code") if k in row}
+            derived.update(
+                kind="test", method=name, p=min(1.0, 2.0 * min(row["p"], p_other)) if both else row["p"], stat=np.nan,
+                permutations_run=row.get("permutations_run", np.nan),  # the null trials of BCF's spread, as the job counts them
+                seconds=np.nansum([row.get("seconds", np.nan), other.get("seconds", np.nan)]),
+            )
+            rows.append(derived)
+        if rows:
+            parts.append(pd.DataFrame(rows))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else frame
+
+
 def rejection_table(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """One row per (scenario, n, replicate, outcome, test) with nominal and calibrated p-values, each Holm-adjusted.
 
@@ -1354,9 +1399,25 @@ def _nulls(settings: Settings) -> list[str]:
     return [s for s in NULLS if s in settings.scenarios]
 
 
+def level_criterion(method: str, bounds: list[tuple], alpha: float) -> str:
+    """The issue's level criterion for one test: per null design and size, then per size with the designs pooled."""
+    met = [b for b in bounds if b[4] < LEVEL_BOUND]
+    name = "the product default" if method == PRODUCT_TESTS[0] else TESTS[method][0].split(":")[0]
+    return (
+        f"The issue's criterion for {name}, per null design and size (FWER at most {100 * alpha:.0f}% with a Wilson 95% upper "
+        f"limit below {100 * LEVEL_BOUND:.0f}%): met in {len(met)} of {len(bounds)} cells"
+        + (
+            "; not met in " + ", ".join(f"`{d}` n = {n} ({k}/{R}, upper {100 * hi:.1f}%)" for d, n, k, R, hi in bounds if hi >= LEVEL_BOUND)
+            if len(met) < len(bounds) else ""
+        )
+        + ". " + per_size_bounds(bounds, alpha, LEVEL_BOUND)
+    )
+
+
 def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) -> str:
     """The family-wise false-positive rate of the product's two tests on every null design, per size and pooled over sizes."""
-    rows, verdicts, bounds = [], [], []
+    rows, verdicts = [], []
+    bounds: dict[str, list] = {m: [] for m in LEVEL_TESTS}
     for method in PRODUCT_TESTS:
         runs = frame[(frame["kind"] == "test") & (frame["method"] == method)] if "method" in frame else frame.iloc[0:0]
         for design in _nulls(settings):
@@ -1369,8 +1430,8 @@ def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) 
                     continue
                 sizes += 1
                 total = [a + b for a, b in zip(total, (pain, memory, either, R), strict=True)]
-                if method == PRODUCT_TESTS[0]:
-                    bounds.append((design, n, either, R, wilson(either, R)[1]))
+                if method in bounds:
+                    bounds[method].append((design, n, either, R, wilson(either, R)[1]))
                 sel = here[here["n"] == n]
                 rows.append(
                     [TESTS[method][0].split(":")[0], f"`{design}`", n, R, fmt_rate(pain, R), fmt_rate(memory, R), fmt_rate(either, R),
@@ -1401,18 +1462,7 @@ def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) 
     minutes = ", ".join(
         f"{TESTS[m][0].split(':')[0]} {product.loc[product['method'] == m, 'seconds'].sum() / 60:.0f}" for m in PRODUCT_TESTS
     )
-    met = [b for b in bounds if b[4] < LEVEL_BOUND]
-    bound_text = (
-        f"The issue's criterion, per null design and size (FWER at most {100 * settings.alpha:.0f}% with a Wilson 95% upper limit "
-        f"below {100 * LEVEL_BOUND:.0f}%): met in {len(met)} of {len(bounds)} cells"
-        + (
-            "; not met in "
-            + ", ".join(f"`{d}` n = {n} ({k}/{R}, upper {100 * hi:.1f}%)" for d, n, k, R, hi in bounds if hi >= LEVEL_BOUND)
-            if len(met) < len(bounds) else ""
-        )
-        + ". "
-    ) if bounds else ""
-    bound_text += per_size_bounds(bounds, settings.alpha, LEVEL_BOUND)
+    bound_text = "".join(level_criterion(method, cells, settings.alpha) for method, cells in bounds.items() if cells)
     text = bound_text + (
         ("Family-wise false-positive rate of the product's default test per null design (sizes pooled): " + "; ".join(verdicts) + ". ")
         if verdicts else "The product's default test ran on no null trial. "
@@ -1805,6 +1855,7 @@ def render(
     note: str = "",
 ) -> str:
     """The Markdown section from the per-replicate rows."""
+    frame = with_derived_rows(frame)
     versions = _peer_versions()
     trials = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0]
     table = rejection_table(frame, settings)

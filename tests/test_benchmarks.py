@@ -159,6 +159,8 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert [row[:4] for row in fwer[1:]] == [
         ["product default", "`null`", "80", "1"], ["product default", "`ushape`", "80", "1"], ["product default", "`sharp`", "80", "1"],
         *[["product default read at 99 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
+        # The option evidence.combination: bonferroni, read from BCF's spread alone and the parametric bootstrap's rows.
+        *[["product option `evidence.combination` = `bonferroni`", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         # Each of the default's two statistics alone, read from the same null trials.
         *[["BCF spread alone (the default until 2026-12-06)", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         *[["prespecified modifiers alone, calibrated", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
@@ -172,10 +174,11 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert first_column(nominal) == tests and first_column(calibrated) == tests
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER", "strong: power pain / memory (trials)"]
     assert nominal[1][0].startswith("product default") and nominal[1][2].split(" = ")[0] in ("0/1", "1/1")  # one null trial
-    assert all(row[2].split(" = ")[0] == nominal[1][2].split(" = ")[0] for row in nominal[2:4])  # the same null trial, read again
-    assert "/2 = " in nominal[5][2]  # the permutation test ran on two null trials
+    assert nominal[2][2].split(" = ")[0] == nominal[1][2].split(" = ")[0]  # the same null trial, read again at 99
+    assert all(row[2].split(" = ")[0].endswith("/1") for row in nominal[3:6])  # the option and each statistic alone: that trial
+    assert "/2 = " in nominal[6][2]  # the permutation test ran on two null trials
     cheap = [t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)]
-    for test, row in zip(cheap, nominal[6 : 6 + len(cheap)], strict=True):
+    for test, row in zip(cheap, nominal[7 : 7 + len(cheap)], strict=True):
         assert row[0] == recovery._test_label(test)
         # On every trial; the parametric bootstrap only beside the default test (one null trial).
         assert f"/{1 if test == 'composites_parametric' else 3} = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4], row
@@ -307,8 +310,8 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     fwer, nominal, calibrated = tables(markdown)
     assert [row[:4] for row in fwer[1:]] == [
         [label, "`ushape`", "80", "1"]
-        for label in ("product default", "product default read at 99 null trials", "BCF spread alone (the default until 2026-12-06)",
-                      "prespecified modifiers alone, calibrated")
+        for label in ("product default", "product default read at 99 null trials", "product option `evidence.combination` = `bonferroni`",
+                      "BCF spread alone (the default until 2026-12-06)", "prespecified modifiers alone, calibrated")
     ]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
 
@@ -339,6 +342,31 @@ def test_the_default_tests_two_statistics_alone_are_also_read_as_a_bonferroni_un
     assert table.loc[("memory", "imputed_randomisation_either"), "p"] == pytest.approx(1.0)
     assert table.loc[("pain", "imputed_randomisation_either"), "p_holm"] == pytest.approx(0.04)
     assert "Bonferroni" in recovery._test_label("imputed_randomisation_either")
+
+
+def test_the_bonferroni_option_is_read_from_its_two_parts_rows_as_the_job_computes_it():
+    """``evidence.combination: bonferroni``'s rows: BCF's spread alone and the parametric bootstrap, the smaller p doubled;
+    a bootstrap that failed on a trial leaves BCF's spread alone (as ``bonferroni_result`` does)."""
+    base = {"kind": "test", "scenario": "ushape", "n": 99, "seed": 1, "trial_kind": "cheap tests+default test"}
+    rows = [
+        {**base, "replicate": 0, "outcome": "pain", "method": "imputed_randomisation_bcf", "p": 0.30, "permutations_run": 16, "seconds": 4.0},
+        {**base, "replicate": 0, "outcome": "pain", "method": "composites_parametric", "p": 0.01, "permutations_run": 199, "seconds": 1.0},
+        {**base, "replicate": 0, "outcome": "memory", "method": "imputed_randomisation_bcf", "p": 0.20, "permutations_run": 24, "seconds": 6.0},
+        {**base, "replicate": 0, "outcome": "memory", "method": "composites_parametric", "error": "risk score: too few responders"},
+        {**base, "replicate": 1, "outcome": "pain", "method": "composites_parametric", "p": 0.01, "permutations_run": 199, "seconds": 1.0},
+    ]
+    frame = recovery.with_derived_rows(pd.DataFrame(rows))
+    derived = frame[frame["method"] == "imputed_randomisation_bcf_parametric"].set_index(["replicate", "outcome"])
+    assert list(derived.index) == [(0, "pain"), (0, "memory")]  # no BCF spread on replicate 1: no verdict
+    assert derived.loc[(0, "pain"), "p"] == pytest.approx(0.02) and derived.loc[(0, "memory"), "p"] == pytest.approx(0.20)
+    assert derived.loc[(0, "pain"), "permutations_run"] == 16 and derived.loc[(0, "pain"), "seconds"] == pytest.approx(5.0)
+    assert len(recovery.with_derived_rows(frame)) == len(frame)  # rows already derived are not derived twice
+    table = recovery.rejection_table(frame, recovery.QUICK).set_index(["replicate", "outcome", "method"])
+    assert table.loc[(0, "pain", "imputed_randomisation_bcf_parametric"), "p_holm"] == pytest.approx(0.04)
+    assert "imputed_randomisation_bcf_parametric" in recovery.LEVEL_TESTS and "bonferroni" in recovery._test_label("imputed_randomisation_bcf_parametric")
+    text = recovery.level_criterion("imputed_randomisation_bcf_parametric", [("ushape", 99, 1, 150, 0.04), ("sharp", 99, 9, 150, 0.11)], 0.05)
+    assert text.startswith("The issue's criterion for product option `evidence.combination` = `bonferroni`") and "met in 1 of 2 cells" in text
+    assert "n = 99: 10/300 = 3.3%" in text
 
 
 def test_grf_rate_averages_ties_and_weights_like_grf():
