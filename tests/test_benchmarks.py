@@ -161,6 +161,8 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
         *[["product default read at 99 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         # The option evidence.combination: bonferroni, read from BCF's spread alone and the parametric bootstrap's rows.
         *[["product option `evidence.combination` = `bonferroni`", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
+        *[["product default or bootstrapped modifiers (a candidate added after interim figures)", f"`{design}`", "80", "1"]
+          for design in ("null", "ushape", "sharp")],
         # Each of the default's two statistics alone, read from the same null trials.
         *[["BCF spread alone (the default until 2026-12-06)", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         *[["prespecified modifiers alone, calibrated", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
@@ -175,10 +177,10 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER", "strong: power pain / memory (trials)"]
     assert nominal[1][0].startswith("product default") and nominal[1][2].split(" = ")[0] in ("0/1", "1/1")  # one null trial
     assert nominal[2][2].split(" = ")[0] == nominal[1][2].split(" = ")[0]  # the same null trial, read again at 99
-    assert all(row[2].split(" = ")[0].endswith("/1") for row in nominal[3:6])  # the option and each statistic alone: that trial
-    assert "/2 = " in nominal[6][2]  # the permutation test ran on two null trials
+    assert all(row[2].split(" = ")[0].endswith("/1") for row in nominal[3:7])  # the joined tests and each statistic alone: that trial
+    assert "/2 = " in nominal[7][2]  # the permutation test ran on two null trials
     cheap = [t for t in recovery.TESTS if t not in recovery.PRODUCT_TESTS and (grf or "grf" not in t)]
-    for test, row in zip(cheap, nominal[7 : 7 + len(cheap)], strict=True):
+    for test, row in zip(cheap, nominal[8 : 8 + len(cheap)], strict=True):
         assert row[0] == recovery._test_label(test)
         # On every trial; the parametric bootstrap only beside the default test (one null trial).
         assert f"/{1 if test == 'composites_parametric' else 3} = " in row[2] and "/1 = " in row[3] and "/1 = " in row[4], row
@@ -311,6 +313,7 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     assert [row[:4] for row in fwer[1:]] == [
         [label, "`ushape`", "80", "1"]
         for label in ("product default", "product default read at 99 null trials", "product option `evidence.combination` = `bonferroni`",
+                      "product default or bootstrapped modifiers (a candidate added after interim figures)",
                       "BCF spread alone (the default until 2026-12-06)", "prespecified modifiers alone, calibrated")
     ]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")
@@ -361,6 +364,11 @@ def test_the_bonferroni_option_is_read_from_its_two_parts_rows_as_the_job_comput
     assert derived.loc[(0, "pain"), "p"] == pytest.approx(0.02) and derived.loc[(0, "memory"), "p"] == pytest.approx(0.20)
     assert derived.loc[(0, "pain"), "permutations_run"] == 16 and derived.loc[(0, "pain"), "seconds"] == pytest.approx(5.0)
     assert len(recovery.with_derived_rows(frame)) == len(frame)  # rows already derived are not derived twice
+    assert not (frame["method"] == "imputed_randomisation_parametric").any()  # no Fisher row here: not derived
+    fisher = {**base, "replicate": 0, "outcome": "pain", "method": "imputed_randomisation", "p": 0.04, "permutations_run": 40, "seconds": 9.0}
+    both = recovery.with_derived_rows(pd.DataFrame([*rows, fisher]))
+    candidate = both[both["method"] == "imputed_randomisation_parametric"]
+    assert len(candidate) == 1 and candidate["p"].iloc[0] == pytest.approx(0.02) and candidate["permutations_run"].iloc[0] == 40
     table = recovery.rejection_table(frame, recovery.QUICK).set_index(["replicate", "outcome", "method"])
     assert table.loc[(0, "pain", "imputed_randomisation_bcf_parametric"), "p_holm"] == pytest.approx(0.04)
     assert "imputed_randomisation_bcf_parametric" in recovery.LEVEL_TESTS and "bonferroni" in recovery._test_label("imputed_randomisation_bcf_parametric")
