@@ -193,8 +193,8 @@ TESTS = {
         "or the prespecified modifiers (parametric bootstrap), the smaller p doubled", "p"
     ),
     "imputed_randomisation_parametric": (
-        "product default or bootstrapped modifiers (a candidate added after interim figures): Fisher's combination as the "
-        "default runs it, or the prespecified modifiers by the parametric bootstrap, the smaller p doubled", "p"
+        "product option `evidence.combination` = `fisher_or_bootstrap` (added after interim figures): Fisher's combination as "
+        "the default runs it, or the prespecified modifiers by the parametric bootstrap, the smaller p doubled", "p"
     ),
     "imputed_randomisation_bcf": (
         "BCF spread alone (the default until 2026-12-06): the same null trials, Besag-Clifford h = 5", "p"
@@ -249,7 +249,7 @@ COMBINATIONS = {
 # (:func:`training.heterogeneity.bonferroni_result`; :func:`job_verdict` checks the reading against the job's test).
 DERIVED = {
     "imputed_randomisation_bcf_parametric": ("imputed_randomisation_bcf", "composites_parametric"),
-    # Added 2026-12-07 after this level campaign's first 200 trials (not a product option): the default's Fisher
+    # Added 2026-12-07 after this level campaign's first 200 trials (then the job's fisher_or_bootstrap): the default's Fisher
     # combination kept whole, joined by Bonferroni to the modifiers' parametric bootstrap (each at half alpha). In
     # those trials BCF's spread alone, at half alpha, still rejected `ushape` at n = 300 as often as alone at full
     # alpha, and the Fisher combination did not; the bootstrap carries the power on `final`. The campaign's other
@@ -828,7 +828,7 @@ def run_replicate(task: Task) -> list[dict]:
                     "seconds": time.perf_counter() - started,
                 }
         if task.bootstrap:
-            tests[outcome] = job_verdict(config, spec, tests[outcome], results)
+            tests[outcome] = job_verdict(config, spec, tests[outcome], longer, results)
         if settings.peers:
             started = time.perf_counter()
             try:
@@ -863,23 +863,28 @@ def run_replicate(task: Task) -> list[dict]:
     return rows
 
 
-def job_verdict(config, spec, fisher, results: dict):
+def job_verdict(config, spec, fisher, longer, results: dict):
     """The verdict of the job's own test on this trial (the work-up's served answer follows it), read from the runs above.
 
-    The section always runs Fisher's combination (``fisher``: the job's budget), whose null trials also give BCF's
-    spread alone. With ``evidence.combination: bonferroni`` the job's test is that spread alone or the modifiers'
-    parametric bootstrap (the ``composites_parametric`` row, the same seed and budget), built by the job's own
-    :func:`training.heterogeneity.bonferroni_result`.
+    The section always runs Fisher's combination (``longer``, run until each statistic alone can be read; ``fisher``:
+    as the job reads it, :func:`job_budget_result`), whose null trials also give BCF's spread alone. With ``evidence.combination: bonferroni`` the job's test is that spread alone or the modifiers'
+    parametric bootstrap (the ``composites_parametric`` row, the same seed and budget); with ``fisher_or_bootstrap``,
+    Fisher's test or that bootstrap; each built by the job's own builder (:mod:`training.heterogeneity`).
     """
-    if config.evidence.combination != "bonferroni" or fisher.null_components is None:
+    combination = config.evidence.combination
+    if combination == "fisher" or fisher.null_components is None:
         return fisher  # Fisher's combination, or no modifiers named: BCF's spread alone either way
-    from training.heterogeneity import bonferroni_result
+    from training.heterogeneity import bonferroni_result, fisher_or_bootstrap_result
 
-    spread, part = results["imputed_randomisation_bcf"], results.get("composites_parametric", {"error": "not run"})
+    part = results.get("composites_parametric", {"error": "not run"})
     boot = {"error": part["error"]} if "error" in part else {"p": part["p"], "stat": part["stat"], "used": part["permutations_run"]}
-    used, evidence = int(spread["permutations_run"]), config.evidence
+    evidence = config.evidence
+    if combination == "fisher_or_bootstrap":
+        return fisher_or_bootstrap_result(fisher, boot, evidence.replicates, evidence.sequential_h)
+    spread = results["imputed_randomisation_bcf"]
+    used = int(spread["permutations_run"])
     return bonferroni_result(
-        float(spread["stat"]), fisher.null_components[:used, 0], float(spread["p"]), used, boot, list(spec.prespecified_modifiers),
+        float(spread["stat"]), longer.null_components[:used, 0], float(spread["p"]), used, boot, list(spec.prespecified_modifiers),
         spec.prespecified_direction, evidence.replicates, evidence.sequential_h, fisher.details,
     )
 

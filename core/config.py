@@ -377,13 +377,14 @@ class EvidenceConfig(_Strict):
         "training/modifiers.py), joined to BCF's spread by Fisher's "
         "combination of their p-values over the same null trials (stopped for futility and by curtailment at alpha); false, or a spec that names none: BCF's spread alone"
     )
-    combination: Literal["fisher", "bonferroni"] = Field(
+    combination: Literal["fisher", "bonferroni", "fisher_or_bootstrap"] = Field(
         description="how the imputed randomisation test joins BCF's spread and the prespecified modifiers' statistic. "
         "fisher: both on the same null trials, Fisher's combination of their p-values (see prespecified). bonferroni: "
         "BCF's spread on the null trials (Besag-Clifford, sequential_h), the modifiers' statistic by a parametric "
         "bootstrap from its own fitted no-modification probit model (Besag-Clifford, at most replicates), the smaller "
         "p-value doubled: valid whatever the two statistics' dependence when each is; the bootstrap is exact only when "
-        "that probit model is the truth (benchmarks/RESULTS.md, section 1, measures both on the same trials)"
+        "that probit model is the truth. fisher_or_bootstrap: fisher's test whole, or the modifiers' statistic by that "
+        "bootstrap, the smaller p-value doubled (benchmarks/RESULTS.md, section 1, measures all three on the same trials)"
     )
     auto_max_n: int = Field(ge=10, description="largest trial tested by permutation when method is auto")
     permutations: int = Field(ge=0, description="most permutations of the test (0 skips the test: verdict not tested)")

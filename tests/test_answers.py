@@ -440,42 +440,52 @@ def test_the_bonferroni_combination_doubles_the_smaller_of_bcfs_and_the_bootstra
 
 
 @pytest.mark.slow
-def test_the_benchmarks_read_the_jobs_bonferroni_verdict_from_their_fisher_run():
-    """Section 1 always runs Fisher's combination; under ``combination: bonferroni`` a work-up's answer must follow the
-    job's own verdict, which ``job_verdict`` rebuilds from that run's null trials and the parametric bootstrap's row."""
+def test_the_benchmarks_read_the_jobs_verdict_under_every_combination_from_their_fisher_run():
+    """Section 1 always runs Fisher's combination; under ``combination: bonferroni`` or ``fisher_or_bootstrap`` a
+    work-up's answer must follow the job's own verdict, which ``job_verdict`` rebuilds from that run (read at the job's
+    budget as run_replicate reads it) and the parametric bootstrap's row."""
     from types import SimpleNamespace
 
     from benchmarks.modifier_tests import parametric_bootstrap_test
-    from benchmarks.recovery import job_verdict
+    from benchmarks.recovery import job_budget_result, job_verdict
     from training.inference import sequential_p_value
     from training.modifiers import modifier_matrix
 
-    config = fast_config(evidence={"replicates": 19, "combination": "bonferroni"})
-    evidence = config.evidence
+    base = fast_config(evidence={"replicates": 39})  # 39: the smallest p doubled is alpha
+    evidence = base.evidence
     executor = LocalExecutor(workers=1)
     spec = SimpleNamespace(prespecified_modifiers=["m"], prespecified_direction="increasing")
     for modifier, seed in ((0.7, 8), (0.0, 9)):
         X, t, y = _modified(300, seed, modifier=modifier)
-        job = imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["m"], direction="increasing")
-        fisher_config = config.model_copy(update={"evidence": evidence.model_copy(update={"combination": "fisher"})})
-        fisher = imputed_randomisation_test(
-            X, t, y, fisher_config, 0.5, executor, modifiers=["m"], min_hits=evidence.sequential_h, direction="increasing"
-        )
-        assert fisher.kind == "bcf_spread_modifiers"
-        p_spread, used = sequential_p_value(fisher.null_components[:, 0], fisher.observed_components[0], evidence.sequential_h, evidence.replicates)
+        longer = imputed_randomisation_test(X, t, y, base, 0.5, executor, modifiers=["m"], min_hits=evidence.sequential_h, direction="increasing")
+        assert longer.kind == "bcf_spread_modifiers"
+        fisher = job_budget_result(longer, evidence.replicates, evidence.sequential_h, evidence.alpha)
+        p_spread, used = sequential_p_value(longer.null_components[:, 0], longer.observed_components[0], evidence.sequential_h, evidence.replicates)
         results = {
-            "imputed_randomisation_bcf": {"p": p_spread, "stat": float(fisher.observed_components[0]), "permutations_run": used},
+            "imputed_randomisation_bcf": {"p": p_spread, "stat": float(longer.observed_components[0]), "permutations_run": used},
             "composites_parametric": parametric_bootstrap_test(
-                X, modifier_matrix(X, ["m"]), t, y, config, "increasing", evidence.replicates, evidence.sequential_h, config.seed + 77
+                X, modifier_matrix(X, ["m"]), t, y, base, "increasing", evidence.replicates, evidence.sequential_h, base.seed + 77
             ),
         }
-        read = job_verdict(config, spec, fisher, results)
-        assert read.kind == job.kind == "bcf_spread_or_modifiers"
-        assert read.p_value == pytest.approx(job.p_value) and read.permutations_run == job.permutations_run
-        assert read.details == job.details  # every statement the job makes about its test, the same numbers
-        np.testing.assert_allclose(read.null, job.null)
         # The job's default (Fisher) is read as the run itself.
-        assert job_verdict(fisher_config, spec, fisher, results) is fisher
+        assert job_verdict(base, spec, fisher, longer, results) is fisher
+        for combination, kind in (("bonferroni", "bcf_spread_or_modifiers"), ("fisher_or_bootstrap", "bcf_spread_modifiers_or_bootstrap")):
+            config = base.model_copy(update={"evidence": evidence.model_copy(update={"combination": combination})})
+            job = imputed_randomisation_test(X, t, y, config, 0.5, executor, modifiers=["m"], direction="increasing")
+            read = job_verdict(config, spec, fisher, longer, results)
+            assert read.kind == job.kind == kind, combination
+            assert read.p_value == pytest.approx(job.p_value) and read.permutations_run == job.permutations_run
+            assert read.details == job.details  # every statement the job makes about its test, the same numbers
+            np.testing.assert_allclose(read.null, job.null)
+            parts = job.details["components"]
+            if combination == "fisher_or_bootstrap":
+                # Fisher's test whole (its own p-value, as the job's default computes it) or the bootstrap, doubled.
+                assert parts["fisher_combination"]["p_value"] == pytest.approx(fisher.p_value)
+                assert job.statistic == pytest.approx(fisher.statistic) and job.permutations_run == fisher.permutations_run
+                assert parts["prespecified_modifiers_bootstrap"]["p_value"] == pytest.approx(results["composites_parametric"]["p"])
+                assert "parametric bootstrap" in parts["prespecified_modifiers_bootstrap"]["calibration"] and "Bonferroni" in job.details["combination"]
+                assert job.p_value == pytest.approx(min(1.0, 2 * min(fisher.p_value, results["composites_parametric"]["p"])))
+                assert (job.p_value <= evidence.alpha) == (modifier > 0), (modifier, job.p_value)
 
 
 def test_a_modifier_joined_from_features_is_the_mean_of_them_standardised_and_a_direction_reads_one_side():

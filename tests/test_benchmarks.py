@@ -161,7 +161,7 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
         *[["product default read at 99 null trials", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
         # The option evidence.combination: bonferroni, read from BCF's spread alone and the parametric bootstrap's rows.
         *[["product option `evidence.combination` = `bonferroni`", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
-        *[["product default or bootstrapped modifiers (a candidate added after interim figures)", f"`{design}`", "80", "1"]
+        *[["product option `evidence.combination` = `fisher_or_bootstrap` (added after interim figures)", f"`{design}`", "80", "1"]
           for design in ("null", "ushape", "sharp")],
         # Each of the default's two statistics alone, read from the same null trials.
         *[["BCF spread alone (the default until 2026-12-06)", f"`{design}`", "80", "1"] for design in ("null", "ushape", "sharp")],
@@ -313,7 +313,7 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     assert [row[:4] for row in fwer[1:]] == [
         [label, "`ushape`", "80", "1"]
         for label in ("product default", "product default read at 99 null trials", "product option `evidence.combination` = `bonferroni`",
-                      "product default or bootstrapped modifiers (a candidate added after interim figures)",
+                      "product option `evidence.combination` = `fisher_or_bootstrap` (added after interim figures)",
                       "BCF spread alone (the default until 2026-12-06)", "prespecified modifiers alone, calibrated")
     ]
     assert nominal[0][2:] == ["null: FWER", "ushape: FWER", "sharp: FWER"] and nominal[1][2] == "—" and first_column(nominal)[0].startswith("product default")

@@ -663,6 +663,25 @@ def test_the_cohort_report_describes_the_test_the_job_ran(job):
     assert "Fisher" not in union and "exact only when its probit model is the truth" in union
     for p in parts:
         assert f"(a) {p['bcf_spread']['p_value']:.3f}, (b) {p['prespecified_modifiers']['p_value']:.3f}" in union
+    # evidence.combination: fisher_or_bootstrap: Fisher's test whole, or the modifiers by the bootstrap; the first outcome's
+    # bootstrap failed (Fisher's test alone, said so).
+    meta = copy.deepcopy(payload.meta)
+    for index, outcome in enumerate(meta["outcomes"].values()):
+        parts_here = outcome["evidence"]["components"]
+        parts_here["fisher_combination"] = {"label": "Fisher's combination", "p_value": 0.0123, "calibration": "the null trials"}
+        if index:
+            parts_here["prespecified_modifiers_bootstrap"] = {
+                **parts_here["prespecified_modifiers"], "p_value": 0.0046, "calibration": "a parametric bootstrap: every outcome drawn"
+            }
+    first, second = meta["outcomes"].values()
+    meta["outcomes"] = dict(reversed(list(meta["outcomes"].items())))  # the note's branch follows the first outcome shown
+    either = re.search(r'<p class="note" id="test-null">(.*?)</p>', unescape(render_cohort_report(CohortPayload(meta, payload.parts))), re.S).group(1)
+    assert "Two tests of it, each at half the level (Bonferroni)" in either and "calibrated by a parametric bootstrap" in either
+    assert "Fisher combination" in either and "exact only when that probit model is the truth" in either
+    assert f"when its null trials stop: {stopping}." in either
+    assert f"{second['label']}: (a) {second['evidence']['components']['bcf_spread']['p_value']:.3f}" in either
+    assert "test (1) 0.012, test (2) 0.005" in either
+    assert f"{first['label']}: (a)" in either and "test (1) alone (the bootstrap could not be computed)" in either
     assert "tested on held-out patients" in notes["held_out"] and "the test's prespecified statistic" in notes["held_out"]
     assert "Forest that serves" not in notes["held_out"]  # from 2,000 patients the cross-validation chooses the served model
     assert notes["split_rate"].startswith("Sample-split RATE test") and "9,000" not in notes["split_rate"] and "5,000" in notes["split_rate"]

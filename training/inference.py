@@ -34,6 +34,10 @@ STATISTIC_LABELS = {
     "bcf_spread_or_modifiers": "SD across patients of BCF's posterior-mean treatment effect (probit scale) beyond a cubic in its "
     "prognosis on control, the first of two statistics: the test's p-value is the smaller of its own and the prespecified "
     "modifiers' (a parametric bootstrap of their probit likelihood-ratio statistic), doubled (Bonferroni)",
+    "bcf_spread_modifiers_or_bootstrap": "Fisher's combination (-sum of log Monte-Carlo p-values) of two statistics on the same "
+    "null trials (BCF's effect spread beyond a cubic in its prognosis on control, and the prespecified modifiers' probit "
+    "likelihood-ratio statistic), the first of two tests: the test's p-value is the smaller of its own and the modifiers' "
+    "statistic calibrated by a parametric bootstrap, doubled (Bonferroni)",
     "bcf_held_out": "z of the held-out slope of doubly-robust benefit on BCF's posterior-mean treatment effect (probit scale) "
     "beyond a cubic in its prognosis on control",
 }
