@@ -181,20 +181,20 @@ def _composites_label() -> str:
 
 # The heterogeneity tests; "calibrate" says which column carries the evidence (p: smaller, stat: larger).
 TESTS = {
+    # The three settings of evidence.combination, each read from the same run (job_verdict); their role (product
+    # default or option) is the job's configuration's (_role).
     "imputed_randomisation": (
-        "product default: imputed randomisation, Fisher's combination of BCF's effect spread beyond prognosis on control and "
+        "imputed randomisation, Fisher's combination of BCF's effect spread beyond prognosis on control and "
         "the prespecified modifiers' LR statistic (futility stop and curtailment)", "p"
     ),
-    "imputed_randomisation_99": (
-        "product default read at 99 null trials: the earlier budget (the first 99 of the default's null trials)", "p"
-    ),
+    "imputed_randomisation_99": ("the earlier budget (the first 99 of the Fisher test's null trials)", "p"),
     "imputed_randomisation_bcf_parametric": (
-        "product option `evidence.combination` = `bonferroni`: BCF's spread (the default's null trials, Besag-Clifford h = 5) "
-        "or the prespecified modifiers (parametric bootstrap), the smaller p doubled", "p"
+        "BCF's spread (the imputed randomisation's null trials, Besag-Clifford h = 5) or the prespecified modifiers "
+        "(parametric bootstrap), the smaller p doubled", "p"
     ),
     "imputed_randomisation_parametric": (
-        "product option `evidence.combination` = `fisher_or_bootstrap` (added after interim figures): Fisher's combination as "
-        "the default runs it, or the prespecified modifiers by the parametric bootstrap, the smaller p doubled", "p"
+        "Fisher's combination over the imputed randomisation's null trials, or the prespecified modifiers by the parametric "
+        "bootstrap, the smaller p doubled", "p"
     ),
     "imputed_randomisation_bcf": (
         "BCF spread alone (the default until 2026-12-06): the same null trials, Besag-Clifford h = 5", "p"
@@ -224,8 +224,14 @@ PRODUCT_TESTS = (
     "imputed_randomisation", "imputed_randomisation_99", "imputed_randomisation_bcf_parametric", "imputed_randomisation_parametric",
     "imputed_randomisation_bcf", "imputed_randomisation_modifiers", "permutation",
 )
-# The default and the candidates for it: the issue's level criterion per cell.
-LEVEL_TESTS = ("imputed_randomisation", "imputed_randomisation_bcf_parametric", "imputed_randomisation_parametric")
+# The row that is each evidence.combination's verdict: the job's setting is the product default, the others options;
+# each gets the issue's level criterion per cell.
+COMBINATION_ROWS = {
+    "fisher": "imputed_randomisation",
+    "bonferroni": "imputed_randomisation_bcf_parametric",
+    "fisher_or_bootstrap": "imputed_randomisation_parametric",
+}
+ADDED_AFTER_INTERIM = {"imputed_randomisation_parametric": "added after interim figures"}  # said wherever it is named
 EARLIER_MODIFIERS = ("inflammation_index", "autoantibody_burden")  # the spec's prespecified modifiers until 2026-12-07
 EARLIER_REPLICATES = 99  # the budget of the `imputed_randomisation_99` row (the job's until 2026-12-06)
 # Combinations read from the rows of other tests (Bonferroni: twice the smaller p). The first two were decided before
@@ -261,6 +267,33 @@ MIN_NULL_FOR_CALIBRATION = 40  # null values per size below which a test's calib
 
 Counts = tuple[tuple[str, tuple[int, ...]], ...]
 COUNT_KINDS = ("trials", "bootstrap_trials", "permutation_trials", "full_trials")
+
+
+def default_test() -> str:
+    """The row that is the job's own verdict (its ``evidence.combination``)."""
+    return COMBINATION_ROWS[_job_evidence().combination]
+
+
+def product_tests() -> list[str]:
+    """:data:`PRODUCT_TESTS` with the job's default first."""
+    first = default_test()
+    return [first, *[m for m in PRODUCT_TESTS if m != first]]
+
+
+def level_tests() -> list[str]:
+    """The default and the other settings of ``evidence.combination``: each gets the level criterion per cell."""
+    return [m for m in product_tests() if m in COMBINATION_ROWS.values()]
+
+
+def _role(method: str) -> str | None:
+    """What a product test is to the job: its default, or the option that would run it (None: not a combination row)."""
+    setting = {row: name for name, row in COMBINATION_ROWS.items()}
+    if method == "imputed_randomisation_99":
+        return f"{_role('imputed_randomisation')} read at 99 null trials"
+    if method not in setting:
+        return None
+    role = "product default" if method == default_test() else f"product option `evidence.combination` = `{setting[method]}`"
+    return f"{role} ({ADDED_AFTER_INTERIM[method]})" if method in ADDED_AFTER_INTERIM else role
 
 
 def _job_evidence():
@@ -401,12 +434,25 @@ class Settings:
             )
         else:
             statistic = f"statistic: {spread}; sequential stop after h = {job.evidence.sequential_h} exceedances"
+        combination = job.evidence.combination
+        head = (
+            "Product default test: `imputed_randomisation_test` as the job runs it" if combination == "fisher" or not named else
+            "The imputed randomisation test, run on every trial as `evidence.combination: fisher` runs it (whatever the job's setting)"
+        )
         lines += [
-            f"- Product default test: `imputed_randomisation_test` as the job runs it (`evidence.method: {job.evidence.method}`; "
+            f"- {head} (`evidence.method: {job.evidence.method}`; "
             f"{statistic}; a subsample above {job.evidence.max_patients:,} patients) with at most "
             f"B = {self.replicates} simulated trials (job: {job.evidence.replicates}; smallest p-value {1 / (self.replicates + 1):.3f}), "
             f"Holm across pain and memory, alpha = {self.alpha}.",
         ]
+        if combination != "fisher" and named:
+            joined = "BCF's spread alone on those null trials" if combination == "bonferroni" else "that Fisher test"
+            lines.append(
+                f"- Product default test: the job's `evidence.combination: {combination}`, read from that run: {joined} or the "
+                "prespecified modifiers' statistic by the parametric bootstrap (the `composites_parametric` row: the job's seed "
+                "and budget), the smaller p doubled, as `training.heterogeneity` builds it (`job_verdict`); a work-up's served "
+                "answer follows it."
+            )
         if any(any(self.counts("permutation_trials", s)) for s in self.scenarios):
             lines.append(
                 f"- Earlier default: `permutation_test` with `evidence.method: permutation` (statistic `{job.evidence.statistic}`, "
@@ -1394,7 +1440,14 @@ def rejection_table(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
 def _test_label(method: str) -> str:
     if method == "composites":  # named from the spec when a table is written, not when the module is imported
         return _composites_label()
+    if (role := _role(method)) is not None:
+        return f"{role}: {TESTS[method][0]}"
     return TESTS[method][0] if method in TESTS else COMBINATIONS[method][0]
+
+
+def _short_label(method: str) -> str:
+    """The test's name without its description (tables of the product's tests)."""
+    return _role(method) or TESTS[method][0].split(":")[0]
 
 
 def _rejections(cell: pd.DataFrame, column: str, alpha: float) -> tuple[int, int, int, int]:
@@ -1420,7 +1473,7 @@ def _nulls(settings: Settings) -> list[str]:
 def level_criterion(method: str, bounds: list[tuple], alpha: float) -> str:
     """The issue's level criterion for one test: per null design and size, then per size with the designs pooled."""
     met = [b for b in bounds if b[4] < LEVEL_BOUND]
-    name = "the product default" if method == PRODUCT_TESTS[0] else TESTS[method][0].split(":")[0]
+    name = "the product default" if method == default_test() else _short_label(method)
     return (
         f"The issue's criterion for {name}, per null design and size (FWER at most {100 * alpha:.0f}% with a Wilson 95% upper "
         f"limit below {100 * LEVEL_BOUND:.0f}%): met in {len(met)} of {len(bounds)} cells"
@@ -1435,8 +1488,8 @@ def level_criterion(method: str, bounds: list[tuple], alpha: float) -> str:
 def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) -> str:
     """The family-wise false-positive rate of the product's two tests on every null design, per size and pooled over sizes."""
     rows, verdicts = [], []
-    bounds: dict[str, list] = {m: [] for m in LEVEL_TESTS}
-    for method in PRODUCT_TESTS:
+    bounds: dict[str, list] = {m: [] for m in level_tests()}
+    for method in product_tests():
         runs = frame[(frame["kind"] == "test") & (frame["method"] == method)] if "method" in frame else frame.iloc[0:0]
         for design in _nulls(settings):
             total, sizes = [0, 0, 0, 0], 0
@@ -1452,16 +1505,16 @@ def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) 
                     bounds[method].append((design, n, either, R, wilson(either, R)[1]))
                 sel = here[here["n"] == n]
                 rows.append(
-                    [TESTS[method][0].split(":")[0], f"`{design}`", n, R, fmt_rate(pain, R), fmt_rate(memory, R), fmt_rate(either, R),
+                    [_short_label(method), f"`{design}`", n, R, fmt_rate(pain, R), fmt_rate(memory, R), fmt_rate(either, R),
                      f"{sel['permutations_run'].mean():.0f}", f"{sel['seconds'].mean():.0f}"]
                 )
             pain, memory, either, R = total
             if sizes > 1:
                 rows.append(
-                    [TESTS[method][0].split(":")[0], f"`{design}`", "all (pooled)", R, fmt_rate(pain, R), fmt_rate(memory, R),
+                    [_short_label(method), f"`{design}`", "all (pooled)", R, fmt_rate(pain, R), fmt_rate(memory, R),
                      f"**{fmt_rate(either, R)}**", f"{here['permutations_run'].mean():.0f}", f"{here['seconds'].mean():.0f}"]
                 )
-            if R and method == PRODUCT_TESTS[0]:
+            if R and method == default_test():
                 lo, hi = wilson(either, R)
                 where = "lies above" if lo > settings.alpha else ("lies below" if hi < settings.alpha else "includes")
                 verdicts.append(
@@ -1478,7 +1531,7 @@ def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) 
     )
     product = frame[(frame["kind"] == "test") & frame["method"].isin(PRODUCT_TESTS)] if "method" in frame else frame.iloc[0:0]
     minutes = ", ".join(
-        f"{TESTS[m][0].split(':')[0]} {product.loc[product['method'] == m, 'seconds'].sum() / 60:.0f}" for m in PRODUCT_TESTS
+        f"{_short_label(m)} {product.loc[product['method'] == m, 'seconds'].sum() / 60:.0f}" for m in product_tests()
     )
     bound_text = "".join(level_criterion(method, cells, settings.alpha).strip() + "\n\n" for method, cells in bounds.items() if cells)
     text = bound_text + (
@@ -1496,7 +1549,7 @@ def tests_markdown(table: pd.DataFrame, settings: Settings, column: str) -> str:
     nulls = _nulls(settings)
     alternatives = [s for s in ALTERNATIVES if s in settings.scenarios]
     rows = []
-    for method in [*TESTS, *COMBINATIONS]:
+    for method in [*product_tests(), *[t for t in TESTS if t not in PRODUCT_TESTS], *COMBINATIONS]:
         for n in settings.sizes:
             sel = table[(table["method"] == method) & (table["n"] == n)]
             if sel.empty:
@@ -1856,12 +1909,12 @@ def timing_line(frame: pd.DataFrame, settings: Settings) -> str:
     parts = ", ".join(f"{kind}: {int(row['count'])} trials, {row['sum'] / 3600:.2f} h" for kind, row in by_kind.iterrows())
     wall = timing["seconds"].sum()
     shares = []
-    for method in PRODUCT_TESTS:
+    for method in product_tests():
         ran = frame[(frame["kind"] == "test") & (frame["method"] == method)]
         if ran.empty:
             continue
         spent = ran["seconds"].sum()
-        shares.append(f"{TESTS[method][0].split(':')[0]} {100 * spent / wall:.0f}%" if wall > 0 else "—")
+        shares.append(f"{_short_label(method)} {100 * spent / wall:.0f}%" if wall > 0 else "—")
     return (
         f"- Compute: {timing['cpu_seconds'].sum() / 3600:.2f} CPU-hours in {settings.workers} worker processes ({parts}); "
         f"share of the workers' wall time: {', '.join(shares)}."

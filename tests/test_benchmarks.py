@@ -371,10 +371,39 @@ def test_the_bonferroni_option_is_read_from_its_two_parts_rows_as_the_job_comput
     assert len(candidate) == 1 and candidate["p"].iloc[0] == pytest.approx(0.02) and candidate["permutations_run"].iloc[0] == 40
     table = recovery.rejection_table(frame, recovery.QUICK).set_index(["replicate", "outcome", "method"])
     assert table.loc[(0, "pain", "imputed_randomisation_bcf_parametric"), "p_holm"] == pytest.approx(0.04)
-    assert "imputed_randomisation_bcf_parametric" in recovery.LEVEL_TESTS and "bonferroni" in recovery._test_label("imputed_randomisation_bcf_parametric")
+    assert recovery.level_tests() == ["imputed_randomisation", "imputed_randomisation_bcf_parametric", "imputed_randomisation_parametric"]
+    assert recovery._test_label("imputed_randomisation_bcf_parametric").startswith("product option `evidence.combination` = `bonferroni`: ")
     text = recovery.level_criterion("imputed_randomisation_bcf_parametric", [("ushape", 99, 1, 150, 0.04), ("sharp", 99, 9, 150, 0.11)], 0.05)
     assert text.startswith("The issue's criterion for product option `evidence.combination` = `bonferroni`") and "met in 1 of 2 cells" in text
     assert "n = 99: 10/300 = 3.3%" in text
+
+
+def test_the_product_default_row_follows_the_jobs_evidence_combination(monkeypatch):
+    """Whichever setting the job's config makes its default is the section's product default (first, and so named); the
+    Fisher row is then an option. The rows themselves do not change: every setting is read from the same run."""
+    assert recovery.default_test() == "imputed_randomisation" and recovery.product_tests()[0] == "imputed_randomisation"
+    assert recovery._short_label("imputed_randomisation") == "product default"
+    assert recovery._short_label("imputed_randomisation_99") == "product default read at 99 null trials"
+    evidence = recovery._job_evidence().model_copy(update={"combination": "fisher_or_bootstrap"})
+    monkeypatch.setattr(recovery, "_job_evidence", lambda: evidence)
+    assert recovery.product_tests()[0] == recovery.level_tests()[0] == "imputed_randomisation_parametric"
+    assert recovery._short_label("imputed_randomisation_parametric") == "product default (added after interim figures)"
+    assert recovery._short_label("imputed_randomisation") == "product option `evidence.combination` = `fisher`"
+    assert recovery._test_label("imputed_randomisation_99").startswith("product option `evidence.combination` = `fisher` read at 99")
+    assert sorted(recovery.product_tests()) == sorted(recovery.PRODUCT_TESTS)
+    # The design's description says which test is the job's and that the section still runs Fisher's on every trial.
+    import core.config
+
+    original = core.config.load_config
+
+    def job_config(path=None, **overrides):
+        config = original(path, **overrides)
+        return config.model_copy(update={"evidence": config.evidence.model_copy(update={"combination": "fisher_or_bootstrap"})})
+
+    monkeypatch.setattr(core.config, "load_config", job_config)
+    lines = "\n".join(recovery.QUICK.describe())
+    assert "run on every trial as `evidence.combination: fisher` runs it" in lines
+    assert "- Product default test: the job's `evidence.combination: fisher_or_bootstrap`, read from that run: that Fisher test or" in lines
 
 
 def test_grf_rate_averages_ties_and_weights_like_grf():
