@@ -945,16 +945,23 @@ def job_budget_result(result, replicates: int, h: int, alpha: float = 0.05):
     """
     from dataclasses import replace as replaced
 
-    from training.inference import combined_p_value, fisher_statistics, sequential_p_value
+    from training.inference import combined_p_value, fisher_statistics, marginal_p_values, sequential_p_value
 
     if result.permutations_run <= replicates and not result.stopped_early:
         return result
     if result.null_components is not None:
         p_value, used = combined_p_value(result.null_components[:replicates], result.observed_components, alpha, replicates)
-        combined = fisher_statistics(np.vstack([result.observed_components, result.null_components[:used]]))
+        rows = np.vstack([result.observed_components, result.null_components[:used]])
+        combined = fisher_statistics(rows)
+        details = dict(result.details)
+        if "components" in details:  # each statistic's own p-value among the job's null trials, as the job states it
+            own = marginal_p_values(rows)[0]
+            details["components"] = {
+                name: {**part, "p_value": float(own[j])} for j, (name, part) in enumerate(details["components"].items())
+            }
         return replaced(
             result, statistic=float(combined[0]), null=combined[1:], p_value=p_value, permutations_run=used,
-            stopped_early=used < replicates, null_components=result.null_components[:used],
+            stopped_early=used < replicates, null_components=result.null_components[:used], details=details,
         )
     p_value, used = sequential_p_value(np.asarray(result.null)[:replicates], result.statistic, h, replicates)
     return replaced(result, null=np.asarray(result.null)[:used], p_value=p_value, permutations_run=used, stopped_early=used < replicates)

@@ -725,6 +725,7 @@ def test_the_jobs_verdict_is_read_exactly_from_a_longer_run_of_the_default_test(
         assert (read.p_value, read.permutations_run, read.stopped_early) == (job.p_value, job.permutations_run, job.stopped_early)
         assert np.allclose(read.null, job.null) and read.statistic == pytest.approx(job.statistic)
         assert np.array_equal(read.null_components, job.null_components)
+        assert read.details["components"] == job.details["components"]  # each statistic's own p-value at the job's stop
 
 
 def test_heldout_section_counts_holm_rejections_per_trial_and_reads_auc_per_outcome_run():
