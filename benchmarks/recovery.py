@@ -634,35 +634,38 @@ CALIBRATION_BOOTSTRAP = 200  # resamples of the baseline (percentile bootstrap) 
 def benefit_calibration_rows(base: dict, cv, true_benefit: np.ndarray, level: float, seed: int) -> list[dict]:
     """The calibration-for-benefit line of each candidate's out-of-fold predictions, against the trial's own truth.
 
-    The job's line (:func:`training.metrics.benefit_calibration_line`: DR scores on the repeat-averaged predictions) has
-    two intervals: calibration in the large and the slope. Their targets here are the same quantities with each patient's
-    true benefit (the simulator's) in place of the DR score: E[psi | patient] is that benefit, so they are what the
-    intervals estimate. Beside each Wald interval, a percentile bootstrap of the same statistic (patients resampled) as
-    the simple baseline. Candidates whose benefit is one number for everybody have no slope and are left out.
+    The job's line (:func:`training.metrics.benefit_calibration_line`: in the large on the repeat-averaged predictions
+    and DR scores, the slope per repeat of the cross-fitting and aggregated over repeats) has two intervals. Their
+    targets here are the same statistics with each patient's true benefit (the simulator's) in place of the DR score
+    (for the slope: each repeat's slope of the truth on that repeat's predictions, their median): E[psi | patient] is
+    that benefit, so they are what the intervals estimate. Beside each Wald interval, a percentile bootstrap of the same
+    statistic (patients resampled) as the simple baseline. Candidates whose benefit is one number for everybody have no
+    slope and are left out.
     """
     from training import metrics as M
     from training.evaluation import SELECTED, same_for_everyone
 
-    psi = cv.psi.mean(axis=0)
+    psi = cv.psi  # repeats x patients
+    n = psi.shape[1]
     rng = np.random.default_rng([seed, 2718])
-    resamples = [rng.integers(0, len(psi), len(psi)) for _ in range(CALIBRATION_BOOTSTRAP)]
+    resamples = [rng.integers(0, n, n) for _ in range(CALIBRATION_BOOTSTRAP)]
     tail = (1 - level) / 2
     rows = []
     for name in [*cv.selections, SELECTED]:
         if name not in cv.oof or same_for_everyone(name, cv.selections):
             continue
-        tau = cv.mean_benefit(name)
-        line = M.benefit_calibration_line(tau, psi, level)
+        taus = cv.oof[name][:, :, 0] - cv.oof[name][:, :, 1]
+        line = M.benefit_calibration_line(taus, psi, level)
         if not np.isfinite(line["benefit_calibration_slope"]):
             continue
-        centred = tau - tau.mean()
+        centred = taus - taus.mean(axis=1, keepdims=True)
         target = {
-            "intercept": float(np.mean(true_benefit - tau)),
-            "slope": float(np.sum(centred * true_benefit) / np.sum(centred**2)),
+            "intercept": float(np.mean(true_benefit - taus.mean(axis=0))),
+            "slope": float(np.median(np.sum(centred * true_benefit, axis=1) / np.sum(centred**2, axis=1))),
         }
         boot = {"intercept": [], "slope": []}
         for rows_b in resamples:
-            line_b = M.benefit_calibration_line(tau[rows_b], psi[rows_b], level)
+            line_b = M.benefit_calibration_line(taus[:, rows_b], psi[:, rows_b], level)
             boot["intercept"].append(line_b["benefit_calibration_intercept"])
             boot["slope"].append(line_b["benefit_calibration_slope"])
         row = {**base, "kind": "benefit_calibration", "method": name}
@@ -1683,7 +1686,8 @@ def benefit_calibration_markdown(frame: pd.DataFrame, settings: Settings) -> lis
         "",
         "The job reports, for the predictions that describe the served model, the doubly robust scores regressed on the "
         "out-of-fold predicted benefit (`training.metrics.benefit_calibration_line`): calibration in the large and the slope, "
-        "each with a 95% Wald interval (the slope's from an HC1 standard error). Here every candidate's line (and the nested "
+        "each with a 95% Wald interval (the slope: each repeat's with its HC1 standard error, aggregated over the cross-fitting's "
+        "repeats as double/debiased ML aggregates them, the median with the repeats' spread added). Here every candidate's line (and the nested "
         "selection's) in every work-up trial, except a benefit that is one number for everybody (no slope): each interval "
         "against the same statistic computed with the simulator's true benefit of each of the trial's patients in place of "
         "the DR score (what the DR score estimates), beside a percentile bootstrap of the same statistic (patients resampled, "

@@ -110,6 +110,38 @@ def test_calibration_for_benefit_reads_the_scale_of_predicted_differences():
     assert "too imprecise" in M.describe_benefit_calibration({**cautious, "benefit_calibration_slope_low": -0.2})
 
 
+def test_the_calibration_slope_is_aggregated_over_the_cross_fittings_repeats():
+    """Each repeat's slope with its HC1 standard error; over repeats the median, with the repeats' spread in its variance
+    (double/debiased ML's aggregation): one repeat is read alone, and repeats that disagree widen the interval."""
+    rng = np.random.default_rng(5)
+    n = 300
+    x = rng.normal(size=n)
+    tau = 0.15 + 0.10 * np.tanh(x)
+    t = rng.random(n) < 0.5
+    y = (rng.random(n) < 0.3 + t * tau).astype(int)
+    psi = M.dr_scores(y, t, 0.3 + tau, np.full(n, 0.3), 0.5)
+    repeats = np.stack([tau + rng.normal(0, s, n) for s in (0.01, 0.05, 0.10)])  # three cross-fittings' predictions
+    z = 1.959963984540054
+    parts = [M.HC1Slope(np.column_stack([np.ones(n), r - r.mean()]))(psi) for r in repeats]
+    slopes, ses = np.array([b for b, _ in parts]), np.array([se for _, se in parts])
+    one = M.benefit_calibration_line(repeats[1], psi)
+    assert one["benefit_calibration_slope"] == pytest.approx(slopes[1])
+    assert one["benefit_calibration_slope_high"] - one["benefit_calibration_slope"] == pytest.approx(z * ses[1])
+    line = M.benefit_calibration_line(repeats, np.stack([psi] * 3))
+    middle = float(np.median(slopes))
+    se = float(np.sqrt(np.median(ses**2 + (slopes - middle) ** 2)))
+    assert line["benefit_calibration_slope"] == pytest.approx(middle)
+    assert (line["benefit_calibration_slope_low"], line["benefit_calibration_slope_high"]) == pytest.approx((middle - z * se, middle + z * se))
+    assert se >= float(np.median(ses))  # the spread between repeats only adds
+    # Calibration in the large: of the repeat-averaged predictions and scores, as before.
+    assert line["benefit_calibration_intercept"] == pytest.approx(float(np.mean(psi - repeats.mean(axis=0))))
+    # A repeat whose benefit is one number for everybody: no slope.
+    flat = M.benefit_calibration_line(np.vstack([repeats[:2], np.full(n, 0.15)]), np.stack([psi] * 3))
+    assert np.isnan(flat["benefit_calibration_slope"]) and np.isfinite(flat["benefit_calibration_intercept"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.benefit_calibration_line(repeats, psi[None, :])
+
+
 def test_holm_and_the_paired_one_se_rule():
     adjusted = holm({"pain": 0.01, "memory": 0.04, "sleep": float("nan")})
     assert adjusted["pain"] == pytest.approx(0.02) and adjusted["memory"] == pytest.approx(0.04)

@@ -526,10 +526,11 @@ def cross_validate(
     for name in names:
         averaged_benefit = (oof[name][:, :, 0] - oof[name][:, :, 1]).mean(axis=0)
         summary.loc[name, "autoc_averaged"] = M.autoc(averaged_benefit, psi_mean)
-        # Calibration for benefit of the same averaged predictions against the averaged DR scores (training.metrics).
+        # Calibration for benefit (training.metrics): in the large on the averaged predictions and DR scores; the slope in
+        # each repeat, aggregated over repeats.
         # The floor's benefit is one number for everybody: its out-of-fold values vary only from fold to fold, so it
         # has no slope (no ranking to calibrate).
-        line = M.benefit_calibration_line(averaged_benefit, psi_mean)
+        line = M.benefit_calibration_line(oof[name][:, :, 0] - oof[name][:, :, 1], psi)  # per repeat (training.metrics)
         if same_for_everyone(name, selections):
             line.update(dict.fromkeys(M.BENEFIT_CALIBRATION[3:], np.nan))
         for key, value in line.items():

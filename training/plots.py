@@ -119,7 +119,8 @@ def benefit_calibration_figure(rows: list[dict], title: str, line: tuple[float, 
     """Observed benefit (responder risk difference with its score interval) against predicted benefit, by quantile group.
 
     ``line``: (slope, mean predicted benefit, mean DR score) of the calibration line
-    (:func:`training.metrics.benefit_calibration_line`): least squares passes through the two means.
+    (:func:`training.metrics.benefit_calibration_line`), drawn with the logged slope through the two means (each
+    repeat's least-squares line passes through its own means; the logged slope is their median).
     """
     fig, ax = plt.subplots(figsize=(5, 3.6))
     usable = [r for r in rows if r["risk_difference"] is not None and r["predicted"] is not None]
