@@ -523,8 +523,8 @@ SHORT = Settings(
 # a rejection, 50-60 with one or two: 60 in every cell; at n = 99, where 3 of 60 left the limit at 13.7% in the
 # campaign of 2026-12-07, 150, for which 5 rejections keep it below 8%), and its power on `strong` at n = 300 (12
 # trials) and `final` at n = 1,000 (30) beside the grf-style RATE test's; no permutation test, no work-up (so no
-# oracle), no uncalibrated BCF rule. About 4 hours on 2 cores (an n = 1,000 null trial takes about 50 s of one worker,
-# a `final` one 210 s);
+# oracle), no uncalibrated BCF rule. Several hours on 2 cores: the campaign of 2026-12-07 ran 155 trials in its first
+# 126 minutes (every cell's first 12-15, `final` at n = 1,000 the costliest) and needed more than one session;
 # with ``BENCH_DEADLINE`` (UTC time, e.g. 01:55) trials not started by then are left out and the section says how
 # many ran, and ``BENCH_RESUME=1`` goes on from an earlier campaign (:func:`_kept_trials`).
 LEVEL = Settings(
