@@ -1365,10 +1365,10 @@ def run_benchmark(
 def with_derived_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the rows of every :data:`DERIVED` test, read from its two parts' rows on the same outcome-run.
 
-    As :func:`training.heterogeneity.bonferroni_result` computes it: the smaller p doubled (capped at 1), or the first
-    part's p alone when the second could not be computed on that trial (its row carries an error); its simulated
-    trials are the first part's (as the job counts them), its seconds the two parts' together. Rows already derived
-    are not derived again.
+    As :func:`training.heterogeneity.bonferroni_result` and :func:`~training.heterogeneity.fisher_or_bootstrap_result`
+    compute it: the smaller p doubled (capped at 1), or the first part's p alone when the second could not be computed
+    on that trial (its row carries an error); its simulated trials are the first part's (as the job counts them), its
+    seconds the two parts' together. Rows already derived are not derived again.
     """
     if frame.empty or "method" not in frame or "kind" not in frame:
         return frame
