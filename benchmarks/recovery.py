@@ -1554,6 +1554,86 @@ def fwer_markdown(frame: pd.DataFrame, table: pd.DataFrame, settings: Settings) 
     return table_md + "\n\n" + text
 
 
+CARRY_STATISTICS = (("BCF's spread", 0), ("the modifiers' statistic", 1))
+
+
+def _component_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per trial and outcome, each statistic of the default test: the observed value and the mean over its null trials."""
+    rows = frame[(frame["kind"] == "test") & (frame["method"] == "imputed_randomisation")]
+    if "components" not in rows.columns:
+        return pd.DataFrame()
+    out = []
+    for row in rows[rows["components"].notna()].itertuples():
+        parts = json.loads(row.components)
+        observed = np.atleast_1d(np.asarray(parts["observed"], dtype=float))
+        null = np.asarray(parts["null"], dtype=float).reshape(len(parts["null"]), -1)
+        if not len(null) or null.shape[1] != len(observed):
+            continue
+        for _, column in CARRY_STATISTICS:
+            if column < len(observed):
+                out.append(
+                    {"scenario": row.scenario, "n": row.n, "outcome": row.outcome, "statistic": column,
+                     "observed": observed[column], "null_mean": float(np.nanmean(null[:, column])), "null_trials": len(null)}
+                )
+    return pd.DataFrame(out)
+
+
+def null_carry_markdown(frame: pd.DataFrame, settings: Settings) -> list[str]:
+    """How much of the observed statistics the default test's null trials carry on the alternatives (where its power goes).
+
+    A null trial keeps the real outcome of every patient whose arm the re-randomisation keeps, and imputes the others
+    from a latent drawn given their real outcome (:mod:`training.heterogeneity`). On a trial with effect
+    modification, those outcomes carry part of it into the null trials, which raises the reference the observed
+    statistic is ranked against. The share carried: (null trials' mean - R) / (observed mean - R), with R the mean
+    observed statistic on the `null` design of the same size and outcome (what the statistic reads without
+    modification).
+    """
+    means = _component_means(frame)
+    if means.empty:
+        return []
+    rows = []
+    for scenario in [s for s in (*ALTERNATIVES, *_nulls(settings)) if s in set(means["scenario"])]:
+        for n in settings.sizes:
+            for outcome in OUTCOMES:
+                cell = means[(means["scenario"] == scenario) & (means["n"] == n) & (means["outcome"] == outcome)]
+                if cell.empty:
+                    continue
+                row: list[object] = [f"`{scenario}`", n, outcome, int((cell["statistic"] == 0).sum())]
+                for _, column in CARRY_STATISTICS:
+                    stat = cell[cell["statistic"] == column]
+                    ref = means[
+                        (means["scenario"] == "null") & (means["n"] == n) & (means["outcome"] == outcome) & (means["statistic"] == column)
+                    ]
+                    if stat.empty:
+                        row += ["—", "—", "—"]
+                        continue
+                    observed, null_mean = stat["observed"].mean(), stat["null_mean"].mean()
+                    share = "—"
+                    if scenario in ALTERNATIVES and not ref.empty:
+                        R = ref["observed"].mean()
+                        share = f"{(null_mean - R) / (observed - R):.0%}" if abs(observed - R) > 1e-9 else "—"
+                    row += [fmt_mean_se(stat["observed"]), fmt_mean_se(stat["null_mean"]), share]
+                rows.append(row)
+    headers = ["design", "n", "outcome", "trials"]
+    for name, _ in CARRY_STATISTICS:
+        headers += [f"{name}: observed", f"{name}: its null trials' mean", f"{name}: share carried"]
+    return [
+        "### Where the default test's power goes: what its null trials carry",
+        "",
+        "Each statistic of the product default (BCF's spread beyond prognosis; the signed root of the modifiers' LR statistic), "
+        "observed and averaged over the null trials the test ran, means over trials ± SE. A null trial keeps the real outcome of "
+        "every patient whose arm its re-randomisation keeps and imputes the others from a latent drawn given their real outcome, "
+        "so on a trial with effect modification the null trials carry part of it and the reference the observed statistic is "
+        "ranked against rises. *Share carried* = (null trials' mean - R) / (observed mean - R), R the mean observed statistic on "
+        "the `null` design of the same size and outcome. On the null designs the observed and null-trial means should agree. "
+        "The null trials are those the campaign ran: until each statistic had been reached 5 times (Besag-Clifford's h) or the "
+        f"budget of {settings.replicates} was spent, so a trial far from rejecting has few, which lean towards values above its "
+        "observed ones.",
+        "",
+        md_table(headers, rows, "lrlr" + "r" * 3 * len(CARRY_STATISTICS)),
+    ]
+
+
 def tests_markdown(table: pd.DataFrame, settings: Settings, column: str) -> str:
     """Rejection rates of every test (rows: test x size) on every null design (FWER) and the alternatives (power per outcome)."""
     nulls = _nulls(settings)
@@ -1941,6 +2021,7 @@ def render(
     versions = _peer_versions()
     trials = frame.drop_duplicates(["scenario", "n", "replicate"]).shape[0]
     table = rejection_table(frame, settings)
+    carry = null_carry_markdown(frame, settings)
     work_up = settings.work_up_scenarios
     parts = [
         "## 1. Subgroup recovery",
@@ -1985,6 +2066,7 @@ def render(
         "",
         tests_markdown(table, settings, "p_cal_holm"),
         "",
+        *([*carry, ""] if carry else []),
         "How `split_rate` differs from grf's RATE test: the same TOC and QINI weighting (`rate_qini` = grf's QINI target); "
         "grf ranks with one causal forest and scores with AIPW scores of a second forest on the evaluation half (out-of-bag "
         "CATE, forest outcome mean), averages DR scores within tied priorities and takes the SE as the SD over half-samples "

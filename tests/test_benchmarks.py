@@ -153,7 +153,12 @@ def test_recovery_section_renders_every_test_method_and_criterion(tmp_path):
     assert (tmp_path / "recovery.csv").exists() and (tmp_path / "recovery.parquet").exists()
     assert list((tmp_path / "oracle-cache").glob("oracle-*.joblib")), "the observable oracle is cached"
     assert not list((tmp_path / "oracle-cache").glob("oracle-ushape-*")), "a tests-only design needs no oracle"
-    fwer, nominal, calibrated, headline, intervals, by_answer, calibration, criteria, answers, *details, criteria_detail = tables(markdown)
+    fwer, nominal, calibrated, carry, headline, intervals, by_answer, calibration, criteria, answers, *details, criteria_detail = (
+        tables(markdown)
+    )
+    # What the default test's null trials carry of each statistic: the alternative first, a share only there.
+    assert carry[0][:4] == ["design", "n", "outcome", "trials"] and carry[1][0] == "`strong`"
+    assert all(row[6] == "—" for row in carry[1:] if row[0] != "`strong`")
     # The product's tests on every null design: the default on one trial each (null: the work-up trial), the permutation test
     # on two null trials and one ushape trial.
     assert [row[:4] for row in fwer[1:]] == [
@@ -331,6 +336,32 @@ def test_test_calibration_ranks_against_null_trials_and_leaves_each_out():
     assert table.loc[("final", 0, "pain", "split_rate"), "p_cal"] == pytest.approx(1 / 9)
     assert table.loc[("null", 0, "pain", "split_rate"), "p_cal"] == pytest.approx(1 / 7)
     assert table.loc[("final", 0, "pain", "split_rate"), "p_cal_holm"] == pytest.approx(2 / 9)
+
+
+def test_the_share_of_an_alternatives_statistics_its_null_trials_carry_is_read_against_the_null_design():
+    """(null trials' mean - R) / (observed - R), R the `null` design's mean observed statistic of the same size and outcome."""
+
+    def row(scenario, replicate, observed, null):
+        components = json.dumps({"observed": observed, "null": null})
+        return {"kind": "test", "scenario": scenario, "n": 300, "replicate": replicate, "outcome": "pain",
+                "method": "imputed_randomisation", "p": 0.5, "stat": 0.0, "components": components}
+
+    frame = pd.DataFrame([
+        row("null", 0, [0.10, 0.5], [[0.1, 0.0], [0.1, 0.2]]),
+        row("null", 1, [0.10, -0.5], [[0.1, 0.0], [0.1, -0.2]]),
+        row("strong", 0, [0.50, 4.0], [[0.2, 1.0], [0.2, 1.0]]),  # BCF: (0.2 - 0.1) / (0.5 - 0.1); modifiers: 1 / 4
+        {"kind": "test", "scenario": "strong", "n": 300, "replicate": 0, "outcome": "pain", "method": "split_rate", "p": 0.1, "stat": 0.0},
+    ])
+    lines = recovery.null_carry_markdown(frame, recovery.LEVEL)
+    table = [line for line in "\n".join(lines).splitlines() if line.startswith("| `")]
+    strong = next(line for line in table if line.startswith("| `strong`")).strip("| ").split(" | ")
+    assert strong[1:4] == ["300", "pain", "1"]
+    assert strong[6] == "25%" and strong[9] == "25%"
+    assert strong[4] == "0.500" and strong[8] == "1.000"
+    null = next(line for line in table if line.startswith("| `null`")).strip("| ").split(" | ")
+    assert null[3] == "2" and null[6] == "—"  # no share on a null design: nothing to carry
+    # No stored null trials (a test that was not run): no section rather than an empty table.
+    assert recovery.null_carry_markdown(frame.drop(columns="components"), recovery.LEVEL) == []
 
 
 def test_the_default_tests_two_statistics_alone_are_also_read_as_a_bonferroni_union():
