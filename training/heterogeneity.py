@@ -39,7 +39,10 @@ changed gets the outcome of the same latent shifted by ``c``. BCF is refitted
 on every null trial. Keeping the real outcomes keeps the trial's real
 prognostic structure, which a trial simulated wholly from the fitted model
 lacks (the fitted prognosis is smoother than the truth, so such trials were
-easier for the forest and the test rejected too often). The p-value is
+easier for the forest and the test rejected too often). The price is power:
+on a trial with effect modification the kept outcomes, and the latents drawn
+given real outcomes, carry part of it into the null trials (section 1 of
+benchmarks/RESULTS.md measures the share per statistic). The p-value is
 Besag & Clifford's sequential Monte-Carlo p-value over at most
 ``evidence.replicates`` null trials (it stops once ``sequential_h`` of their
 statistics reach the observed one), which is exact whenever it stops. With
