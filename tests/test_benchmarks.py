@@ -314,7 +314,10 @@ def test_a_tests_only_recovery_run_needs_no_oracle_and_says_so(tmp_path):
     assert not (tmp_path / "oracle-cache").exists() or not list((tmp_path / "oracle-cache").iterdir())
     assert "No trial of this run had the work-up" in markdown
     assert "- Served answer:" not in markdown and "- Earlier default:" not in markdown  # the design lists what ran
-    fwer, nominal, calibrated = tables(markdown)
+    fwer, nominal, calibrated, carry = tables(markdown)
+    # What the null trials carry: on a null design only the two means, no share (there is no modification to carry).
+    assert [row[:4] for row in carry[1:]] == [["`ushape`", "80", outcome, "1"] for outcome in ("pain", "memory")]
+    assert all(row[6] == row[9] == "—" for row in carry[1:])
     assert [row[:4] for row in fwer[1:]] == [
         [label, "`ushape`", "80", "1"]
         for label in ("product default", "product default read at 99 null trials", "product option `evidence.combination` = `bonferroni`",
