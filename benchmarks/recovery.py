@@ -2066,13 +2066,13 @@ def render(
         "",
         tests_markdown(table, settings, "p_cal_holm"),
         "",
-        *([*carry, ""] if carry else []),
         "How `split_rate` differs from grf's RATE test: the same TOC and QINI weighting (`rate_qini` = grf's QINI target); "
         "grf ranks with one causal forest and scores with AIPW scores of a second forest on the evaluation half (out-of-bag "
         "CATE, forest outcome mean), averages DR scores within tied priorities and takes the SE as the SD over half-samples "
         "drawn without replacement; `split_rate` ranks with the best of three learners by their beyond-risk benefit (risk "
         "model's benefit subtracted from ranking and scores, Bonferroni over the three), scores with cross-fitted per-arm "
         "logistic outcome models, breaks ties by order, and bootstraps with replacement.",
+        *(["", *carry] if carry else []),
     ]
     if not work_up or _cell(frame, "method").empty:
         parts += ["", "No trial of this run had the work-up: no served answers, intervals, rankings or criteria to show."]
