@@ -1573,7 +1573,7 @@ def _component_means(frame: pd.DataFrame) -> pd.DataFrame:
             if column < len(observed):
                 out.append(
                     {"scenario": row.scenario, "n": row.n, "outcome": row.outcome, "statistic": column,
-                     "observed": observed[column], "null_mean": float(np.nanmean(null[:, column])), "null_trials": len(null)}
+                     "observed": observed[column], "null_mean": float(np.nanmean(null[:, column]))}
                 )
     return pd.DataFrame(out)
 
